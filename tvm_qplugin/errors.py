@@ -1,0 +1,43 @@
+"""User-facing error types.
+
+Every error a user can cause derives from :class:`QPluginError`; the CLI prints its message on one
+line and exits with status 2. Messages say what went wrong, where (file, node, op, shape) and what
+would fix it. ``assert`` is kept for internal invariants only.
+"""
+from __future__ import annotations
+
+
+class QPluginError(Exception):
+    """Base class of every error caused by user input."""
+
+
+class ModelLoadError(QPluginError, ValueError):
+    """The model file is missing, not ONNX, truncated, or invalid."""
+
+
+class ShapeError(QPluginError, ValueError):
+    """A model input has a dynamic dimension and no --input-shape, or a bad --input-shape."""
+
+
+class UnsupportedOpError(QPluginError, NotImplementedError):
+    """Ops no integerize rule accepts. Lists every one over the whole graph, raised once."""
+
+
+class CalibrationError(QPluginError, ValueError):
+    """Calibration / evaluation data that is empty or of the wrong shape or dtype."""
+
+
+class FloatOpError(QPluginError, RuntimeError):
+    """verify_integer_only found float arithmetic between entry quantize and exit dequantize."""
+
+
+class MemoryBudgetError(QPluginError, RuntimeError):
+    """The model does not fit the board's memory or the --budget; names the tensors and bytes over."""
+
+
+class TargetError(QPluginError, ValueError):
+    """Unknown board or malformed board file."""
+
+
+class OutputDirError(QPluginError, OSError):
+    """The output directory cannot be written."""

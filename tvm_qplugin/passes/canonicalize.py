@@ -1,0 +1,162 @@
+"""Canonicalize the imported float graph into the forms the integerize rules expect.
+
+1. ``DecomposeOpsForInference`` + ``FoldConstant``: BatchNorm becomes per-channel affine ops on
+   constants.
+2. :data:`NormalizeClip`: the ONNX importer lowers Clip to TOPI ``maximum``/``minimum``
+   PrimFuncs; turn those back into one ``R.clip`` so activations can be fused by op name.
+3. :data:`FoldBatchNorm`: per-output-channel multiply/divide/add/subtract by constants that follow
+   a conv2d or a matmul with constant weights fold into the weights and one bias add.
+   Quantizing the folded weights (not the unfolded conv) is what HAWQ-V3 prescribes: the scale
+   of BN changes each channel's weight range.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from ..ops import const
+from .graph import Binding, const_value, shape_of
+from .rewriter import FunctionRewriter, function_pass
+
+_TOPI_CLIP_BLOCKS = {"T_maximum": "lo", "T_minimum": "hi"}
+
+
+def _topi_clip_side(rw: FunctionRewriter, b: Binding) -> tuple[str, float] | None:
+    """('lo'|'hi', bound) when ``b`` is call_tir of TOPI maximum/minimum with a scalar constant."""
+    if b.op_name != "relax.call_tir":
+        return None
+    gvar, args = b.args[0], b.args[1].fields
+    if len(args) != 2 or const_value(args[1]) is None or const_value(args[1]).size != 1:
+        return None
+    # TIR has no Python visitor in 0.27: read the block names from the printed kernel.
+    text = rw.mod[gvar].script()
+    sides = {side for block, side in _TOPI_CLIP_BLOCKS.items() if f'T.sblock("{block}")' in text}
+    if len(sides) != 1:
+        return None
+    return sides.pop(), float(const_value(args[1]).reshape(()))
+
+
+def _normalize_clip(rw: FunctionRewriter):
+    bounds: dict[relax.Var, tuple[relax.Expr, float, float]] = {}
+
+    def rewrite(b: Binding):
+        side = _topi_clip_side(rw, b)
+        if side is None:
+            return None
+        x = b.args[1].fields[0]
+        src, lo, hi = bounds.get(x, (x, -math.inf, math.inf))
+        lo, hi = (max(lo, side[1]), hi) if side[0] == "lo" else (lo, min(hi, side[1]))
+        bounds[b.var] = (src, lo, hi)
+        return relax.op.clip(rw.arg(src), _finite(lo), _finite(hi))
+
+    return rewrite
+
+
+NormalizeClip = function_pass(_normalize_clip, "NormalizeClip")
+
+
+def _channel_vector(c: np.ndarray, out_shape: tuple[int, ...], axis: int) -> np.ndarray | None:
+    """``c`` as a per-channel vector along ``axis`` of ``out_shape``, or None if it is not one."""
+    if c.ndim > len(out_shape):
+        return None
+    full = (1,) * (len(out_shape) - c.ndim) + c.shape
+    if any(d != 1 for i, d in enumerate(full) if i != axis % len(out_shape)):
+        return None
+    vec = c.reshape(-1).astype(np.float64)
+    n = out_shape[axis]
+    return np.broadcast_to(vec, (n,)).copy() if vec.size in (1, n) else None
+
+
+class _Linear:
+    """A conv2d or matmul with constant weight, plus the per-channel affine folded so far."""
+
+    def __init__(self, kind: str, call: Binding, weight: np.ndarray, axis: int):
+        self.kind, self.call, self.weight, self.axis = kind, call, weight.astype(np.float64), axis
+        self.bias = np.zeros(weight.shape[0] if kind == "conv2d" else weight.shape[-1])
+
+    def scale(self, s: np.ndarray):
+        if self.kind == "conv2d":
+            self.weight = self.weight * s[:, None, None, None]
+        else:
+            self.weight = self.weight * s[None, :]
+        self.bias = self.bias * s
+
+    def emit(self, rw: FunctionRewriter, dtype: str, out_shape) -> relax.Expr:
+        v = self.call.value
+        w = const(self.weight.astype(dtype))
+        lin = relax.Call(v.op, [rw.arg(v.args[0]), w], v.attrs, v.ty_args)
+        lin = rw.bb.emit(lin, name_hint=self.call.name)
+        bshape = [1] * len(out_shape)
+        bshape[self.axis] = self.bias.size
+        return relax.op.add(lin, const(self.bias.reshape(bshape).astype(dtype)))
+
+
+def _fold_batch_norm(rw: FunctionRewriter):
+    g = rw.graph
+    linear: dict[relax.Var, _Linear] = {}
+
+    def start(b: Binding) -> _Linear | None:
+        if b.op_name == "relax.nn.conv2d" and const_value(b.args[1]) is not None:
+            if str(b.attrs.data_layout) != "NCHW" or str(b.attrs.kernel_layout) != "OIHW":
+                return None
+            return _Linear("conv2d", b, const_value(b.args[1]), 1)
+        if b.op_name == "relax.matmul" and const_value(b.args[1]) is not None and const_value(b.args[1]).ndim == 2:
+            return _Linear("matmul", b, const_value(b.args[1]), -1)
+        return None
+
+    def rewrite(b: Binding):
+        src = b.args[0] if b.args else None
+        lin = linear.get(src) if isinstance(src, relax.Var) else None
+        if lin is None:
+            new = start(b)
+            if new is not None and g.sole_user(b.var) is not None:
+                linear[b.var] = new
+            return None
+        c = const_value(b.args[1]) if len(b.args) == 2 else None
+        vec = None if c is None else _channel_vector(c, shape_of(b.var), lin.axis)
+        if vec is None or b.op_name not in ("relax.add", "relax.subtract", "relax.multiply", "relax.divide"):
+            return None
+        if b.op_name == "relax.add":
+            lin.bias = lin.bias + vec
+        elif b.op_name == "relax.subtract":
+            lin.bias = lin.bias - vec
+        elif b.op_name == "relax.multiply":
+            lin.scale(vec)
+        else:
+            lin.scale(1.0 / vec)
+        if g.sole_user(b.var) is not None and g.sole_user(b.var).op_name in (
+                "relax.add", "relax.subtract", "relax.multiply", "relax.divide"):
+            linear[b.var] = lin  # keep folding; this binding becomes dead
+            return rw.arg(b.value)
+        return lin.emit(rw, str(b.var.ty.dtype.dtype if hasattr(b.var.ty.dtype, "dtype") else b.var.ty.dtype),
+                        shape_of(b.var))
+
+    return rewrite
+
+
+FoldBatchNorm = function_pass(_fold_batch_norm, "FoldBatchNorm")
+
+
+def canonicalize(mod: tvm.IRModule) -> tvm.IRModule:
+    """The canonicalization pipeline (module doc)."""
+    seq = tvm.ir.transform.Sequential([
+        relax.transform.DecomposeOpsForInference(),
+        relax.transform.FoldConstant(),
+        NormalizeClip,
+        FoldBatchNorm,
+        relax.transform.FoldConstant(),
+        relax.transform.DeadCodeElimination(["main"]),
+        relax.transform.CanonicalizeBindings(),
+    ])
+    return seq(mod)
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _finite(v: float) -> float:
+    """Clip bounds as finite float32 values (an open side becomes +-FLT_MAX)."""
+    return float(np.clip(v, -_F32_MAX, _F32_MAX))

@@ -1,0 +1,278 @@
+"""IntegerizeGraph: float canonical Relax ``main`` + calibrated ranges -> integer Relax module.
+
+The output module has two Relax functions:
+
+* ``core`` -- integer in, integer out; every op is an integer ``call_tir`` kernel
+  (ops/) or an integer layout op. This is what ``verify_integer_only`` checks and what the
+  reference interpreter, the TVM build and the C exporter all run.
+* ``main`` -- float in, float out: entry ``quantize``, ``core``, exit ``dequantize``
+  (with ``int_io`` it is ``core`` itself).
+
+One rule per float op kind (passes/rules/) rewrites a float binding into integer ops; a rule may
+absorb the bindings right after it (bias add, ReLU/Clip) when it is their only user. Ops no rule
+takes are collected over the whole graph and reported once.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from ..errors import UnsupportedOpError
+from ..ops import emit
+from ..quant import QType
+from .graph import Binding, Graph, const_value, shape_of
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IntegerizeConfig:
+    """How the graph is integerized (the int8 scheme of DESIGN.md "Numerics")."""
+
+    weight_bits: int = 8
+    activation_bits: int = 8
+    output_bits: int = 24        # graph outputs of accumulating ops keep 24 bits (int32 dtype)
+    int_io: bool = False
+
+    def __post_init__(self):
+        if self.weight_bits != 8 or self.activation_bits != 8:
+            raise ValueError("only the int8 scheme is implemented (weight_bits=8, activation_bits=8)")
+
+
+@dataclass
+class QValue:
+    """A float tensor's integer replacement: expression in the new graph and its quantized type."""
+
+    expr: relax.Expr
+    qtype: QType
+    nonneg: bool = False
+
+
+@dataclass
+class LayerInfo:
+    name: str
+    op: str
+    w_bits: int | None
+    a_bits: int
+    macs: int
+    kernel: str = ""
+
+
+@dataclass
+class Epilogue:
+    """What follows a linear op and is fused into its requantization."""
+
+    var: relax.Var               # the float variable whose value the fused op produces
+    bias: np.ndarray | None      # per-channel float bias
+    lo: float = -math.inf        # activation clamp in real units
+    hi: float = math.inf
+
+    @property
+    def nonneg(self) -> bool:
+        return self.lo >= 0
+
+
+class IntegerRule:
+    """Base class of integerize rules (register with :func:`register_rule`).
+
+    ``ops`` names the Relax ops the rule handles; ``check`` returns None when it can take the
+    binding or a reason why not; ``rewrite`` emits the integer ops and returns the QValue.
+    """
+
+    ops: ClassVar[tuple[str, ...]] = ()
+
+    def check(self, ctx: "IntegerizeContext", b: Binding) -> str | None:
+        return None
+
+    def rewrite(self, ctx: "IntegerizeContext", b: Binding) -> QValue:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+RULES: dict[str, list[IntegerRule]] = {}
+
+
+def register_rule(cls: type[IntegerRule]) -> type[IntegerRule]:
+    for op in cls.ops:
+        RULES.setdefault(op, []).append(cls())
+    return cls
+
+
+class IntegerizeContext:
+    """What rules see: the float graph, calibrated ranges, the builder and the values so far."""
+
+    def __init__(self, graph: Graph, ranges, config: IntegerizeConfig, bb: relax.BlockBuilder):
+        self.graph, self.ranges, self.config, self.bb = graph, ranges, config, bb
+        self.values: dict[relax.Var, QValue] = {}
+        self.consumed: set[relax.Var] = set()
+        self.layers: list[LayerInfo] = []
+
+    # --- operands ---
+    def q(self, expr: relax.Expr) -> QValue:
+        try:
+            return self.values[expr]
+        except KeyError:
+            raise UnsupportedOpError(f"operand {getattr(expr, 'name', expr)!s} has no integer value "
+                                     "(produced by an op that was not integerized)") from None
+
+    @staticmethod
+    def const(expr: relax.Expr) -> np.ndarray | None:
+        return const_value(expr)
+
+    def is_output(self, var: relax.Var) -> bool:
+        return var in self.graph.outputs
+
+    def out_qtype(self, var: relax.Var, nonneg: bool, wide_ok: bool = True) -> QType:
+        """Quantized type of a float variable from its calibrated range.
+
+        Graph outputs of accumulating ops are kept wide (``output_bits``) so that e.g. logits
+        do not tie after rounding to 256 levels.
+        """
+        lo, hi = self.ranges[var]
+        if nonneg:
+            lo = 0.0
+        bits = self.config.output_bits if (wide_ok and self.is_output(var)) else self.config.activation_bits
+        return QType.for_range(lo, hi, nonneg=nonneg, bits=bits)
+
+    # --- fusion ---
+    def epilogue(self, var: relax.Var, channel_axis: int | None, allow_bias: bool = True) -> Epilogue:
+        """Absorb a following per-channel bias add and ReLU/Clip when ``var`` is their sole input."""
+        ep = Epilogue(var, None)
+        nxt = self.graph.sole_user(var)
+        if allow_bias and channel_axis is not None and nxt is not None and nxt.op_name == "relax.add":
+            other = nxt.args[1] if nxt.args[0].same_as(var) else nxt.args[0]
+            c = const_value(other)
+            n = shape_of(var)[channel_axis]
+            if c is not None and c.size == n and c.reshape(-1).size == n and _is_channel_vector(c, shape_of(var), channel_axis):
+                ep.bias = c.reshape(-1).astype(np.float64)
+                self.consumed.add(nxt.var)
+                ep.var = nxt.var
+                nxt = self.graph.sole_user(nxt.var)
+        if nxt is not None and nxt.op_name in ("relax.nn.relu", "relax.clip", "relax.nn.relu6"):
+            ep.lo, ep.hi = activation_bounds(nxt)
+            self.consumed.add(nxt.var)
+            ep.var = nxt.var
+        return ep
+
+    # --- emission ---
+    def emit(self, op_name: str, args: list[relax.Expr], **params) -> relax.Var:
+        return emit(self.bb, op_name, args, **params)
+
+    def emit_relax(self, expr: relax.Expr) -> relax.Var:
+        return self.bb.emit(expr)
+
+    def requantize(self, v: QValue, target: QType) -> relax.Expr:
+        """``v`` rescaled to ``target`` (identity when the types already agree)."""
+        from ..quant import dyadic
+
+        if v.qtype == target:
+            return v.expr
+        d = dyadic(v.qtype.scale / target.scale)
+        return self.emit("requantize", [v.expr], multiplier=d.multiplier, shift=d.shift, qmin=target.qmin,
+                         qmax=target.qmax, out_dtype=target.dtype)
+
+
+def activation_bounds(b: Binding) -> tuple[float, float]:
+    """Real-valued clamp of a ReLU / ReLU6 / Clip binding."""
+    if b.op_name == "relax.nn.relu":
+        return 0.0, math.inf
+    if b.op_name == "relax.nn.relu6":
+        return 0.0, 6.0
+    return float(b.args[1].value), float(b.args[2].value)
+
+
+def _is_channel_vector(c: np.ndarray, shape, axis) -> bool:
+    full = (1,) * (len(shape) - c.ndim) + tuple(c.shape)
+    return len(full) == len(shape) and all(d == 1 for i, d in enumerate(full) if i != axis % len(shape))
+
+
+def clamp_bounds(qt: QType, lo: float, hi: float) -> tuple[int, int]:
+    """Integer clamp for an activation ``[lo, hi]`` in ``qt``'s units, inside the dtype range."""
+    qmin = qt.qmin if not math.isfinite(lo) else max(qt.qmin, math.ceil(lo / qt.scale - 1e-9))
+    qmax = qt.qmax if not math.isfinite(hi) else min(qt.qmax, math.floor(hi / qt.scale + 1e-9))
+    return int(qmin), int(qmax)
+
+
+@dataclass
+class IntegerModule:
+    """The product of integerization: the module plus its I/O contract and per-layer facts."""
+
+    mod: tvm.IRModule
+    inputs: list[tuple[str, tuple[int, ...], QType]]
+    outputs: list[tuple[str, tuple[int, ...], QType]]
+    layers: list[LayerInfo] = field(default_factory=list)
+
+
+def find_unsupported(graph: Graph, ctx: IntegerizeContext) -> list[str]:
+    problems = []
+    for b in graph.bindings:
+        rules = RULES.get(b.op_name)
+        if not rules:
+            problems.append(f"{b.name}: {b.op_name} (no integer rule)")
+            continue
+        reasons = [r.check(ctx, b) for r in rules]
+        if all(reasons):
+            problems.append(f"{b.name}: {b.op_name} ({'; '.join(reasons)})")
+    return problems
+
+
+def integerize(float_mod: tvm.IRModule, ranges, config: IntegerizeConfig = IntegerizeConfig()) -> IntegerModule:
+    """Rewrite the canonical float ``main`` into the integer module described above."""
+    from . import rules  # noqa: F401  (registers the rules)
+
+    graph = Graph(float_mod["main"])
+    bb = relax.BlockBuilder()
+    ctx = IntegerizeContext(graph, ranges, config, bb)
+    problems = find_unsupported(graph, ctx)
+    if problems:
+        supported = ", ".join(sorted(RULES))
+        raise UnsupportedOpError("cannot integerize " + str(len(problems)) + " op(s): " + "; ".join(problems)
+                                 + f". Supported Relax ops: {supported}")
+
+    inputs = []
+    core_params = []
+    for p in graph.params:
+        lo, hi = ranges[p]
+        qt = QType.for_range(lo, hi, nonneg=lo >= 0)
+        qp = relax.Var(p.name, relax.TensorType(list(shape_of(p)), qt.dtype))
+        core_params.append(qp)
+        ctx.values[p] = QValue(qp, qt, nonneg=lo >= 0)
+        inputs.append((p.name, shape_of(p), qt))
+
+    core_name = "main" if config.int_io else "core"
+    with bb.function(core_name, core_params):
+        with bb.dataflow():
+            for b in graph.bindings:
+                if b.var in ctx.consumed:
+                    continue
+                rule = next(r for r in RULES[b.op_name] if r.check(ctx, b) is None)
+                ctx.values[b.var] = rule.rewrite(ctx, b)
+            out_vals = [ctx.values[v] for v in graph.outputs]
+            out_exprs = [bb.emit_output(v.expr) for v in out_vals]
+        bb.emit_func_output(out_exprs[0] if len(out_exprs) == 1 else relax.Tuple(out_exprs))
+    outputs = [(v.name, shape_of(v), qv.qtype) for v, qv in zip(graph.outputs, out_vals)]
+
+    if not config.int_io:
+        _emit_float_main(bb, bb.get().get_global_var("core"), graph, inputs, outputs)
+    mod = bb.finalize()
+    return IntegerModule(mod, inputs, outputs, ctx.layers)
+
+
+def _emit_float_main(bb, core_gv, graph: Graph, inputs, outputs) -> None:
+    params = [relax.Var(p.name, relax.TensorType(list(shape_of(p)), "float32")) for p in graph.params]
+    with bb.function("main", params):
+        with bb.dataflow():
+            qs = [emit(bb, "quantize", [p], inv_scale=1.0 / qt.scale, qmin=qt.qmin, qmax=qt.qmax, out_dtype=qt.dtype)
+                  for p, (_, _, qt) in zip(params, inputs)]
+            res = bb.emit(relax.Call(core_gv, qs))
+            outs = []
+            for i, (_, _, qt) in enumerate(outputs):
+                item = res if len(outputs) == 1 else bb.emit(relax.TupleGetItem(res, i))
+                outs.append(bb.emit_output(emit(bb, "dequantize", [item], scale=qt.scale)))
+        bb.emit_func_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
+

@@ -1,0 +1,111 @@
+"""Conv2d and dense (matmul with constant weight): per-channel symmetric int8 weights, int32 bias
+at ``s_in * s_w``, fused bias/ReLU/Clip, per-channel dyadic requantization (HAWQ-V3)."""
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax
+
+from ...ops import const
+from ...quant import dyadic
+from ..graph import Binding, shape_of
+from ..integerize import IntegerizeContext, IntegerRule, LayerInfo, QValue, clamp_bounds, register_rule
+
+INT32_MAX = 2**31 - 1
+
+
+def quantize_weight_per_channel(w: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-channel int8: ``w ~= w_q * scale[c]``, scale = max|w_c| / 127."""
+    red = tuple(i for i in range(w.ndim) if i != axis)
+    amax = np.abs(w).max(axis=red).astype(np.float64)
+    scale = np.where(amax > 0, amax / 127.0, 1.0)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    wq = np.clip(np.floor(w / scale.reshape(shape) + 0.5), -127, 127).astype(np.int8)
+    return wq, scale
+
+
+def requant_params(in_scale: float, w_scale: np.ndarray, out_scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel dyadic (b, c) for ``in_scale * w_scale / out_scale``."""
+    ds = [dyadic(float(in_scale * s / out_scale)) for s in w_scale]
+    return (np.array([d.multiplier for d in ds], dtype=np.int64), np.array([d.shift for d in ds], dtype=np.int64))
+
+
+def quantize_bias(bias: np.ndarray | None, n: int, acc_scale: np.ndarray) -> np.ndarray:
+    if bias is None:
+        return np.zeros(n, dtype=np.int32)
+    return np.clip(np.floor(bias / acc_scale + 0.5), -INT32_MAX, INT32_MAX).astype(np.int32)
+
+
+def _fused(ctx: IntegerizeContext, b: Binding, x: QValue, wq, w_scale, channel_axis):
+    ep = ctx.epilogue(b.var, channel_axis)
+    out_qt = ctx.out_qtype(ep.var, ep.nonneg)
+    mult, shift = requant_params(x.qtype.scale, w_scale, out_qt.scale)
+    bias = quantize_bias(ep.bias, wq.shape[0], x.qtype.scale * w_scale)
+    qmin, qmax = clamp_bounds(out_qt, ep.lo, ep.hi)
+    return ep, out_qt, mult, shift, bias, qmin, qmax
+
+
+@register_rule
+class QConv2D(IntegerRule):
+    """conv2d(x, W) [+ b] [-> relu/clip] -> conv2d_requant(x_q, W_q, b_q) (ops/conv.py)."""
+
+    ops = ("relax.nn.conv2d",)
+
+    def check(self, ctx, b):
+        if ctx.const(b.args[1]) is None:
+            return "weight is not a constant"
+        a = b.attrs
+        if str(a.data_layout) != "NCHW" or str(a.kernel_layout) != "OIHW":
+            return f"layout {a.data_layout}/{a.kernel_layout} (NCHW/OIHW supported)"
+        return None
+
+    def rewrite(self, ctx, b):
+        x = ctx.q(b.args[0])
+        w = ctx.const(b.args[1])
+        wq, w_scale = quantize_weight_per_channel(w, 0)
+        ep, out_qt, mult, shift, bias, qmin, qmax = _fused(ctx, b, x, wq, w_scale, 1)
+        a = b.attrs
+        pad = [int(p) for p in a.padding]
+        y = ctx.emit("conv2d_requant", [x.expr, const(wq), const(bias), const(mult), const(shift)],
+                     strides=[int(s) for s in a.strides], padding=pad, dilation=[int(d) for d in a.dilation],
+                     groups=int(a.groups), qmin=qmin, qmax=qmax, out_dtype=out_qt.dtype)
+        o, cg, kh, kw = w.shape
+        n, _, oh, ow = shape_of(b.var)
+        ctx.layers.append(LayerInfo(b.name, "conv2d", 8, 8, n * o * oh * ow * cg * kh * kw))
+        return _finish(ctx, b, ep, y, out_qt)
+
+
+@register_rule
+class QDense(IntegerRule):
+    """matmul(x, W) with constant 2-D W (K, N) [+ b] [-> relu/clip] -> dense_requant (ops/conv.py)."""
+
+    ops = ("relax.matmul",)
+
+    def check(self, ctx, b):
+        w = ctx.const(b.args[1])
+        if w is None:
+            return "activation x activation matmul is not supported yet (second operand is not a constant)"
+        if w.ndim != 2:
+            return f"constant operand has rank {w.ndim} (2-D weights supported)"
+        return None
+
+    def rewrite(self, ctx, b):
+        x = ctx.q(b.args[0])
+        w = ctx.const(b.args[1]).T  # (N, K)
+        wq, w_scale = quantize_weight_per_channel(w, 0)
+        ep, out_qt, mult, shift, bias, qmin, qmax = _fused(ctx, b, x, wq, w_scale, -1)
+        y = ctx.emit("dense_requant", [x.expr, const(wq), const(bias), const(mult), const(shift)],
+                     qmin=qmin, qmax=qmax, out_dtype=out_qt.dtype)
+        rows = int(np.prod(shape_of(b.var)[:-1]))
+        ctx.layers.append(LayerInfo(b.name, "dense", 8, 8, rows * w.shape[0] * w.shape[1]))
+        return _finish(ctx, b, ep, y, out_qt)
+
+
+def _finish(ctx, b, ep, y, out_qt) -> QValue:
+    qv = QValue(y, out_qt, ep.nonneg)
+    if ep.var is not b.var:
+        ctx.values[ep.var] = qv
+    return qv
+
+
+_ = relax

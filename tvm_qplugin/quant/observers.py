@@ -1,0 +1,107 @@
+"""Range observers for calibration: minmax, percentile and MSE-optimal clipping.
+
+All three read one running histogram of ``|x|`` per tensor (2048 bins over ``[0, amax]``, rebinned
+when a later batch widens the range), so calibration streams over any number of batches in
+constant memory. The quantization grid is symmetric (zero point 0, see quant/qtype.py), so
+only the clipping threshold ``t`` is chosen; the observed sign decides signed vs unsigned.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+BINS = 2048
+
+
+@dataclass
+class Histogram:
+    """Running histogram of |x| plus the signed extremes."""
+
+    counts: np.ndarray
+    amax: float
+    lo: float
+    hi: float
+
+    @classmethod
+    def empty(cls) -> "Histogram":
+        return cls(np.zeros(BINS, dtype=np.float64), 0.0, np.inf, -np.inf)
+
+    def update(self, x: np.ndarray) -> None:
+        x = np.asarray(x, dtype=np.float32).ravel()
+        if x.size == 0:
+            return
+        if not np.all(np.isfinite(x)):
+            raise ValueError("non-finite values (NaN/Inf) in a calibration activation")
+        self.lo = min(self.lo, float(x.min()))
+        self.hi = max(self.hi, float(x.max()))
+        a = np.abs(x)
+        amax = float(a.max())
+        if amax > self.amax:
+            self._rebin(amax)
+        if self.amax == 0.0:
+            self.counts[0] += a.size
+            return
+        idx = np.minimum((a * (BINS / self.amax)).astype(np.int64), BINS - 1)
+        self.counts += np.bincount(idx, minlength=BINS)
+
+    def _rebin(self, new_amax: float) -> None:
+        """Widen the range; old bins move to the new bin holding their centre."""
+        if self.amax > 0 and self.counts.any():
+            centres = (np.arange(BINS) + 0.5) * (self.amax / BINS)
+            idx = np.minimum((centres * (BINS / new_amax)).astype(np.int64), BINS - 1)
+            self.counts = np.bincount(idx, weights=self.counts, minlength=BINS).astype(np.float64)
+        self.amax = new_amax
+
+    def centres(self) -> np.ndarray:
+        return (np.arange(BINS) + 0.5) * (self.amax / BINS)
+
+
+def minmax_threshold(h: Histogram, qmax: int) -> float:
+    """Clip at the largest magnitude seen."""
+    return h.amax
+
+
+def percentile_threshold(h: Histogram, qmax: int, percentile: float = 99.999) -> float:
+    """Smallest threshold covering ``percentile`` % of the observed magnitudes."""
+    total = h.counts.sum()
+    if total == 0 or h.amax == 0:
+        return h.amax
+    cdf = np.cumsum(h.counts) / total
+    k = int(np.searchsorted(cdf, percentile / 100.0))
+    return min(h.amax, (k + 1) * h.amax / BINS)
+
+
+def mse_threshold(h: Histogram, qmax: int) -> float:
+    """Threshold minimising the expected squared error of clip + round on the histogram.
+
+    Candidates are bin edges from amax/16 to amax; the error of each bin is evaluated at its
+    centre: rounding error inside the range, clipping error outside.
+    """
+    if h.amax == 0 or h.counts.sum() == 0:
+        return h.amax
+    v = h.centres()
+    w = h.counts
+    best_t, best_err = h.amax, np.inf
+    for k in range(BINS // 16, BINS + 1, 8):
+        t = k * h.amax / BINS
+        step = t / qmax
+        q = np.minimum(np.floor(v / step + 0.5), qmax) * step
+        err = float(np.dot(w, (v - q) ** 2))
+        if err < best_err:
+            best_t, best_err = t, err
+    return best_t
+
+
+OBSERVERS = {"minmax": minmax_threshold, "percentile": percentile_threshold, "mse": mse_threshold}
+
+
+def calibrated_range(h: Histogram, method: str) -> tuple[float, float]:
+    """``(lo, hi)`` after clipping with ``method``; ``lo >= 0`` iff nothing negative was seen."""
+    try:
+        fn = OBSERVERS[method]
+    except KeyError:
+        raise ValueError(f"unknown observer {method!r}; choose one of {sorted(OBSERVERS)}") from None
+    nonneg = h.lo >= 0
+    t = fn(h, 255 if nonneg else 127)
+    return (0.0 if nonneg else -t), t

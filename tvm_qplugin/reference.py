@@ -1,0 +1,102 @@
+"""Independent NumPy interpreter of integer Relax modules: the golden model of every target.
+
+It reads the integer module (not the compiled code): each ``call_tir`` names its op and params
+in PrimFunc attributes (ops/registry.py) and runs that op's NumPy twin; the few Relax layout ops
+the integer graph keeps (reshape, transpose, concat, ...) run as their NumPy equivalents. A
+mismatch between this and any compiled build therefore points at codegen, a schedule or an op's
+TE definition, never at the reference reusing the thing it checks.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from .ops import OPS, op_of
+
+
+def _ints(v) -> list[int]:
+    return [int(x) for x in v]
+
+
+def _shape(expr) -> tuple[int, ...]:
+    return tuple(int(d) for d in expr.ty.shape)
+
+
+def _pad(call, x):
+    widths = _ints(call.attrs.pad_width)
+    pairs = list(zip(widths[0::2], widths[1::2]))
+    return np.pad(x, pairs, constant_values=x.dtype.type(0))
+
+
+# Relax ops kept in integer graphs: name -> f(call, *args) -> array
+_LAYOUT_OPS: dict[str, Callable] = {
+    "relax.reshape": lambda call, x, *_: x.reshape(_shape(call)),
+    "relax.flatten": lambda call, x: x.reshape(_shape(call)),
+    "relax.squeeze": lambda call, x: x.reshape(_shape(call)),
+    "relax.expand_dims": lambda call, x: x.reshape(_shape(call)),
+    "relax.permute_dims": lambda call, x: np.transpose(x, None if call.attrs.axes is None else _ints(call.attrs.axes)),
+    "relax.concat": lambda call, xs: np.concatenate(xs, axis=int(call.attrs.axis)),
+    "relax.nn.pad": _pad,
+    "relax.astype": lambda call, x: x.astype(str(call.attrs.dtype)),
+}
+
+
+class ReferenceInterpreter:
+    """Runs a function of an integer Relax module on NumPy arrays.
+
+    Parameters
+    ----------
+    mod : tvm.IRModule
+        An integer module produced by :mod:`tvm_qplugin.passes.integerize`.
+    """
+
+    def __init__(self, mod: tvm.IRModule):
+        self.mod = mod
+
+    def run(self, func_name: str, *args: np.ndarray) -> list[np.ndarray]:
+        func = self.mod[func_name]
+        env: dict[relax.Var, object] = dict(zip(func.params, args))
+        body = func.body
+        for block in body.blocks:
+            for binding in block.bindings:
+                env[binding.var] = self._eval(binding.value, env)
+        out = self._eval(body.body, env)
+        return list(out) if isinstance(out, tuple) else [out]
+
+    def _eval(self, expr, env):
+        if isinstance(expr, relax.Var):
+            return env[expr]
+        if isinstance(expr, tvm.ir.GenericConst):
+            return expr.value.numpy()
+        if isinstance(expr, relax.Tuple):
+            return tuple(self._eval(f, env) for f in expr.fields)
+        if isinstance(expr, relax.TupleGetItem):
+            return self._eval(expr.tuple_value, env)[int(expr.index)]
+        if isinstance(expr, relax.Call):
+            return self._call(expr, env)
+        if isinstance(expr, relax.ShapeExpr):
+            return tuple(int(v) for v in expr.values)
+        raise NotImplementedError(f"reference interpreter: unsupported expression {type(expr).__name__}")
+
+    def _call(self, call: relax.Call, env):
+        op = call.op
+        if isinstance(op, tvm.ir.Op) and op.name == "relax.call_tir":
+            gvar, tir_args = call.args[0], call.args[1]
+            described = op_of(self.mod[gvar])
+            if described is None:
+                raise NotImplementedError(f"reference interpreter: PrimFunc {gvar.name_hint} carries no qplugin.op")
+            name, params = described
+            arrays = [self._eval(a, env) for a in tir_args.fields]
+            return OPS[name].reference(*arrays, **params)
+        if isinstance(op, tvm.ir.Op):
+            fn = _LAYOUT_OPS.get(op.name)
+            if fn is None:
+                raise NotImplementedError(f"reference interpreter: no NumPy twin for Relax op {op.name}")
+            return fn(call, *[self._eval(a, env) for a in call.args])
+        if isinstance(op, relax.GlobalVar):
+            outs = self.run(op.name_hint, *[self._eval(a, env) for a in call.args])
+            return tuple(outs) if isinstance(self.mod[op].ret_struct_info, relax.TupleStructInfo) else outs[0]
+        raise NotImplementedError(f"reference interpreter: unsupported callee {op}")
