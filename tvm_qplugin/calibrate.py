@@ -8,7 +8,7 @@ accuracy report compares against.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import tvm
@@ -29,6 +29,7 @@ class Ranges:
 
     by_var: dict[relax.Var, tuple[float, float]]
     histograms: dict[relax.Var, Histogram]
+    channel_means: dict[relax.Var, np.ndarray] = field(default_factory=dict)  # axis 1, for bias correction
 
     def __getitem__(self, var: relax.Var) -> tuple[float, float]:
         return self.by_var[var]
@@ -69,16 +70,22 @@ def calibrate(runner: FloatRunner, data: Dataset, method: str = "mse", limit: in
               show_progress: bool = False) -> Ranges:
     """Observe every float tensor over the calibration batches and clip with ``method``."""
     hists = {v: Histogram.empty() for v in runner.observed}
+    sums: dict[relax.Var, np.ndarray] = {}
+    batches = 0
     for batch in progress(data.batches(limit), total=data.num_batches(limit), desc="calibrate",
                           enabled=show_progress):
         taps, _ = runner.run(batch)
+        batches += 1
         for v, a in zip(runner.observed, taps):
             hists[v].update(a)
+            if a.ndim >= 2:
+                red = tuple(i for i in range(a.ndim) if i != (1 if a.ndim == 4 else a.ndim - 1))
+                sums[v] = sums.get(v, 0) + a.astype(np.float64).mean(axis=red)
     ranges = {}
     for v, h in hists.items():
         # inputs keep their full observed range: clipping data at the entry loses information
         ranges[v] = (h.lo, h.hi) if v in runner.graph.params else calibrated_range(h, method)
-    return Ranges(ranges, hists)
+    return Ranges(ranges, hists, {v: m / max(batches, 1) for v, m in sums.items()})
 
 
 def _is_float_tensor(var: relax.Var) -> bool:

@@ -40,7 +40,7 @@ class CompileOptions:
 
     target: str = "x86-host"
     precision: str = "int8"
-    observer: str = "mse"
+    observer: str = "percentile"
     nonlinear: str = "ivit"
     attention: str = "int8"
     int_io: bool = False

@@ -150,6 +150,9 @@ def canonicalize(mod: tvm.IRModule) -> tvm.IRModule:
         relax.transform.FoldConstant(),
         relax.transform.DeadCodeElimination(["main"]),
         relax.transform.CanonicalizeBindings(),
+        # CanonicalizeBindings forwards `t = (y, mean, var); out = t[0]` to `y`, leaving the
+        # batch_norm tuple dead: without a last DCE the integerizer meets a `Tuple` binding.
+        relax.transform.DeadCodeElimination(["main"]),
     ])
     return seq(mod)
 

@@ -21,10 +21,30 @@ class QMaxPool2D(IntegerRule):
     def rewrite(self, ctx, b):
         x = ctx.q(b.args[0])
         a = b.attrs
-        y = ctx.emit("max_pool2d", [x.expr], pool_size=[int(v) for v in a.pool_size],
-                     strides=[int(v) for v in a.strides], dilation=[int(v) for v in a.dilation],
-                     padding=[int(v) for v in a.padding], ceil_mode=bool(a.ceil_mode), pad_value=x.qtype.qmin)
+        pool, strides, dilation = ([int(v) for v in vs] for vs in (a.pool_size, a.strides, a.dilation))
+        padding = _explicit_padding(shape_of(b.args[0])[2:], shape_of(b.var)[2:], pool, strides, dilation,
+                                    [int(v) for v in a.padding])
+        y = ctx.emit("max_pool2d", [x.expr], pool_size=pool, strides=strides, dilation=dilation, padding=padding,
+                     ceil_mode=False, pad_value=x.qtype.qmin)
         return QValue(y, x.qtype, x.nonneg)
+
+
+def _explicit_padding(in_hw, out_hw, pool, strides, dilation, padding) -> list[int]:
+    """Floor-mode ``(top, left, bottom, right)`` padding giving exactly Relax's output size ``out_hw``.
+
+    ``ceil_mode`` is resolved here, against the float graph's own output shape: Relax (like
+    PyTorch) drops a last window that would start in the bottom/right padding, which a plain
+    ``ceil((H + pads - K) / S) + 1`` does not, so the kernel must not recompute the size. The extra
+    bottom/right rows hold ``qmin`` and never win the max.
+    """
+    pads = list(padding)
+    for d, (size, out, k, s, dil) in enumerate(zip(in_hw, out_hw, pool, strides, dilation)):
+        need = (out - 1) * s + dil * (k - 1) + 1 - size - pads[d]   # bottom/right padding for `out` windows
+        pads[d + 2] = max(0, need)
+        got = (size + pads[d] + pads[d + 2] - dil * (k - 1) - 1) // s + 1
+        if got != out:
+            raise AssertionError(f"max_pool2d: cannot reproduce output size {out} (got {got}) with floor padding")
+    return pads
 
 
 @register_rule
