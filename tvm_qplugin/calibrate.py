@@ -38,11 +38,11 @@ class Ranges:
 class FloatRunner:
     """The float model compiled with TVM, returning its outputs and (optionally) all intermediates."""
 
-    def __init__(self, mod: tvm.IRModule, target: tvm.target.Target):
+    def __init__(self, mod: tvm.IRModule, target: tvm.target.Target, observe: bool = True):
         graph = Graph(mod["main"])
         self.graph = graph
         self.observed = [graph.params[i] for i in range(len(graph.params))] + [
-            b.var for b in graph.bindings if _is_float_tensor(b.var)]
+            b.var for b in graph.bindings if _is_float_tensor(b.var)] if observe else []
         bb = relax.BlockBuilder()
         params = list(graph.params)
         remap: dict = {}

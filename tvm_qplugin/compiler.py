@@ -120,7 +120,7 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
                    executable=executable)
 
     bit_exact, n_exact = check_bit_exact(art, eval_ds, opts.bit_exact_inputs, opts.show_progress)
-    accuracy = evaluate(art, runner, eval_ds, opts.show_progress)
+    accuracy = evaluate(art, FloatRunner(float_mod, tvm_target, observe=False), eval_ds, opts.show_progress)
     latency = measure_latency(art, opts.timing_runs)
     art.report = build_report(imported, board, opts, imod, iv, bit_exact, n_exact, accuracy, latency, executable,
                               compile_s=time.perf_counter() - t0, build_s=build_s)
