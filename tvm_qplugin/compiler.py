@@ -24,6 +24,7 @@ from .passes.verify import verify_integer_only, verify_lowered_tir
 from .progress import progress
 from .quant.observers import OBSERVERS
 from .reference import ReferenceInterpreter
+from .schedules import apply_default_schedules
 from .targets import get_board
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,8 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
         raise FloatOpError(f"float dtypes in lowered TIR kernels: {'; '.join(lowered_float)}")
 
     t1 = time.perf_counter()
-    executable = tvm.compile(imod.mod, target=tvm_target)
+    build_mod, n_scheduled = apply_default_schedules(imod.mod, tvm_target)
+    executable = tvm.compile(build_mod, target=tvm_target)
     build_s = time.perf_counter() - t1
     art = Artifact(imod.mod, [IOSpec(*i) for i in imod.inputs], [IOSpec(*o) for o in imod.outputs], opts.int_io,
                    executable=executable)

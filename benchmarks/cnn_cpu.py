@@ -1,0 +1,86 @@
+"""MobileNetV2 on this CPU, peers side by side in one process: TVM fp32, tvm-qplugin int8
+integer-only, ONNX Runtime fp32 (and ONNX Runtime static int8 QDQ for reference).
+
+Prints one JSON object: median latency per engine (batch 1, 224x224) and ratios to TVM fp32.
+Run: `.venv/bin/python benchmarks/cnn_cpu.py [--runs N] [--size 224]`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+import onnxruntime as ort
+import tvm
+from tvm import relax
+
+import tvm_qplugin as tq
+from tvm_qplugin.frontend import import_onnx
+from tvm_qplugin.zoo import imagenet_calib_eval, mobilenet_v2_onnx
+
+
+def median_ms(fn, runs: int) -> float:
+    fn()
+    ts = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t) * 1e3)
+    return float(np.median(ts))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    args = ap.parse_args()
+    path = str(mobilenet_v2_onnx())
+    calib, evaluation = imagenet_calib_eval()
+    x = evaluation[:1]
+    target = tvm.target.Target.from_device(tvm.cpu())
+
+    res: dict = {"model": "mobilenet_v2 (torchvision ImageNet weights)", "batch": 1, "input": list(x.shape),
+                 "cpu_threads": args.threads, "target": str(target.attrs.get("mcpu", "")), "median_ms": {}}
+    fp32 = relax.VirtualMachine(tvm.compile(import_onnx(path).mod, target=target), tvm.cpu())
+    xt = tvm.runtime.tensor(x)
+    res["median_ms"]["tvm_fp32"] = median_ms(lambda: fp32["main"](xt), args.runs)
+
+    art = tq.compile(path, target="x86-host", calib={"input": calib}, eval={"input": evaluation[:16]})
+    q = tvm.runtime.tensor(art.inputs[0].qtype.quantize(x))
+    res["median_ms"]["tvm_qplugin_int8_core"] = median_ms(lambda: art.vm["core"](q), args.runs)
+    res["median_ms"]["tvm_qplugin_int8_float_io"] = median_ms(lambda: art.vm["main"](xt), args.runs)
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = args.threads
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    res["median_ms"]["onnxruntime_fp32"] = median_ms(lambda: sess.run(None, {"input": x}), args.runs)
+    try:
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self.it = iter([{"input": calib[i : i + 1]} for i in range(16)])
+
+            def get_next(self):
+                return next(self.it, None)
+
+        with tempfile.TemporaryDirectory() as d:
+            qpath = os.path.join(d, "int8.onnx")
+            quantize_static(path, qpath, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            qsess = ort.InferenceSession(qpath, so, providers=["CPUExecutionProvider"])
+            res["median_ms"]["onnxruntime_int8_qdq"] = median_ms(lambda: qsess.run(None, {"input": x}), args.runs)
+    except Exception as e:  # noqa: BLE001 - the peer is optional; say why it is missing
+        res["onnxruntime_int8_error"] = f"{type(e).__name__}: {e}"
+    base = res["median_ms"]["tvm_fp32"]
+    res["ratio_vs_tvm_fp32"] = {k: round(base / v, 3) for k, v in res["median_ms"].items()}
+    res["note"] = ("ratio > 1 means faster than TVM fp32. The int8 kernels run the default (untuned) "
+                   "schedules unless a tuning database is given.")
+    print(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Default schedules for the integer kernels, one rule class per kernel shape family.
+
+A rule follows TVM dlight's contract: ``apply(func, target) -> PrimFunc | None`` where ``None``
+means "not mine"; :func:`apply_default_schedules` gives each integer kernel of a module to the first
+rule that takes it. Rules must give a working schedule without any tuning database; every scheduled
+kernel is still checked bit-exactly against the NumPy reference by the compile pipeline.
+"""
+from __future__ import annotations
+
+import logging
+
+import tvm
+
+from ..ops import op_of
+from .x86 import Conv2D1x1Reorder
+
+log = logging.getLogger(__name__)
+
+RULES = [Conv2D1x1Reorder()]
+
+
+def apply_default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.IRModule, int]:
+    """Schedule every integer kernel some rule takes; returns the module and how many were scheduled."""
+    scheduled = 0
+    updates = {}
+    for gv, func in mod.functions.items():
+        if not isinstance(func, tvm.tirx.PrimFunc) or op_of(func) is None:
+            continue
+        for rule in RULES:
+            new = rule.apply(func, target)
+            if new is not None:
+                updates[gv] = new
+                scheduled += 1
+                break
+    if updates:
+        mod = mod.clone() if hasattr(mod, "clone") else mod
+        for gv, func in updates.items():
+            mod.update_func(gv, func)
+    return mod, scheduled
