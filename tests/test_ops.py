@@ -127,3 +127,24 @@ def test_conv2d_property_random_shapes(c, o_mult, k, stride, h, depthwise, seed)
     got, ref = run_both("conv2d_requant", [x, w, bias, mult, shift], strides=[stride, stride], padding=[p, p, p, p],
                         dilation=[1, 1], groups=groups, qmin=-128, qmax=127, out_dtype="int8")
     assert_bit_exact(got, ref, "conv2d_requant (hypothesis)")
+
+
+def test_pointwise_conv_schedule_rule_is_bit_exact(rng):
+    """The x86 rule reorders the reduction; the scheduled kernel must equal the reference."""
+    from tvm_qplugin.ops.registry import OPS as REG
+    from tvm_qplugin.schedules.x86 import Conv2D1x1Reorder
+
+    args = [rng.integers(0, 256, (1, 48, 7, 9)).astype(np.uint8), rng.integers(-127, 128, (16, 48, 1, 1)).astype(np.int8),
+            rng.integers(-5000, 5000, 16).astype(np.int32), rng.integers(2**30, 2**31, 16).astype(np.int64),
+            np.full(16, 38, np.int64)]
+    params = dict(strides=[1, 1], padding=[0, 0, 0, 0], dilation=[1, 1], groups=1, qmin=-32767, qmax=32767,
+                  out_dtype="int16")
+    func, out_ty = REG["conv2d_requant"].prim_func([(a.shape, str(a.dtype)) for a in args], **params)
+    scheduled = Conv2D1x1Reorder().apply(func, TARGET)
+    assert scheduled is not None and "T.parallel" in scheduled.script()
+    assert Conv2D1x1Reorder().apply(REG["conv2d_requant"].prim_func(
+        [(a.shape, str(a.dtype)) for a in args], **{**params, "padding": [1, 1, 1, 1]})[0], TARGET) is None
+    lib = tvm.tirx.build(tvm.IRModule({"main": scheduled.with_attr("global_symbol", "main")}), target=TARGET)
+    out = tvm.runtime.tensor(np.zeros([int(d) for d in out_ty.shape], "int16"))
+    lib["main"](*[tvm.runtime.tensor(a) for a in args], out)
+    assert_bit_exact(out.numpy(), REG["conv2d_requant"].reference(*args, **params), "scheduled 1x1 conv")
