@@ -114,3 +114,22 @@ class Dequantize(IntegerOp):
 
 
 _ = tvm  # the TE expressions above build on tvm.tirx
+
+
+@register_op
+class MaskFill(IntegerOp):
+    """``y = where(keep, x, fill)`` with NumPy broadcasting of ``keep`` (bool) against ``x``.
+
+    The integer form of adding an attention mask of 0 / -inf: masked scores become ``fill``
+    (the dtype minimum), which the integer softmax maps to exactly 0.
+    """
+
+    name = "mask_fill"
+
+    def compute(self, x, keep, *, fill):
+        shape = tuple(int(d) for d in x.shape)
+        return te.compute(shape, lambda *i: tirx.if_then_else(keep(*broadcast_index(keep.shape, shape, i)), x(*i),
+                                                              tirx.const(fill, x.dtype)), name="y")
+
+    def reference(self, x, keep, *, fill):
+        return np.where(keep, x, x.dtype.type(fill)).astype(x.dtype)

@@ -5,7 +5,9 @@
 2. :data:`NormalizeClip`: the ONNX importer lowers Clip to TOPI ``maximum``/``minimum``
    PrimFuncs; turn those back into one ``R.clip`` so activations can be fused by op name.
 3. :data:`FoldBatchNorm`: per-output-channel multiply/divide/add/subtract by constants that follow
-   a conv2d or a matmul with constant weights fold into the weights and one bias add.
+   a conv2d or a matmul with constant weights fold into the weights and one bias add;
+   scalar multiplies/divides feeding one (Gemm ``alpha``, an in-model ``x / 255``) fold into the
+   weights too.
    Quantizing the folded weights (not the unfolded conv) is what HAWQ-V3 prescribes: the scale
    of BN changes each channel's weight range.
 """
@@ -48,7 +50,11 @@ def _normalize_clip(rw: FunctionRewriter):
             return None
         x = b.args[1].fields[0]
         src, lo, hi = bounds.get(x, (x, -math.inf, math.inf))
-        lo, hi = (max(lo, side[1]), hi) if side[0] == "lo" else (lo, min(hi, side[1]))
+        # max(clip(x, lo, hi), v) == clip(x, max(lo, v), max(hi, v)) and min(clip(x, lo, hi), v) ==
+        # clip(x, min(lo, v), min(hi, v)): both keep lo <= hi, so Clip(min > max) and disjoint
+        # successive Clips give the constant ONNX gives (R.clip with lo > hi would return lo).
+        v = side[1]
+        lo, hi = (max(lo, v), max(hi, v)) if side[0] == "lo" else (min(lo, v), min(hi, v))
         bounds[b.var] = (src, lo, hi)
         return relax.op.clip(rw.arg(src), _finite(lo), _finite(hi))
 
@@ -76,6 +82,7 @@ class _Linear:
     def __init__(self, kind: str, call: Binding, weight: np.ndarray, axis: int):
         self.kind, self.call, self.weight, self.axis = kind, call, weight.astype(np.float64), axis
         self.bias = np.zeros(weight.shape[0] if kind == "conv2d" else weight.shape[-1])
+        self.input: relax.Expr = call.args[0]  # an original-graph expression (renamed on emission)
 
     def scale(self, s: np.ndarray):
         if self.kind == "conv2d":
@@ -84,19 +91,24 @@ class _Linear:
             self.weight = self.weight * s[None, :]
         self.bias = self.bias * s
 
-    def emit(self, rw: FunctionRewriter, dtype: str, out_shape) -> relax.Expr:
+    def linear_call(self, rw: FunctionRewriter, dtype: str) -> relax.Call:
         v = self.call.value
-        w = const(self.weight.astype(dtype))
-        lin = relax.Call(v.op, [rw.arg(v.args[0]), w], v.attrs, v.ty_args)
-        lin = rw.bb.emit(lin, name_hint=self.call.name)
+        return relax.Call(v.op, [rw.arg(self.input), const(self.weight.astype(dtype))], v.attrs, v.ty_args)
+
+    def emit(self, rw: FunctionRewriter, dtype: str, out_shape) -> relax.Expr:
+        lin = rw.bb.emit(self.linear_call(rw, dtype), name_hint=self.call.name)
         bshape = [1] * len(out_shape)
         bshape[self.axis] = self.bias.size
         return relax.op.add(lin, const(self.bias.reshape(bshape).astype(dtype)))
 
 
+_AFFINE_OPS = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide")
+
+
 def _fold_batch_norm(rw: FunctionRewriter):
     g = rw.graph
     linear: dict[relax.Var, _Linear] = {}
+    prescaled: dict[relax.Var, tuple[relax.Expr, float]] = {}
 
     def start(b: Binding) -> _Linear | None:
         if b.op_name == "relax.nn.conv2d" and const_value(b.args[1]) is not None:
@@ -107,17 +119,61 @@ def _fold_batch_norm(rw: FunctionRewriter):
             return _Linear("matmul", b, const_value(b.args[1]), -1)
         return None
 
+    def scalar_step(b: Binding) -> tuple[relax.Expr, float] | None:
+        """``(x, s)`` when ``b`` is ``x * s``, ``s * x`` or ``x / s`` with a finite non-zero scalar constant."""
+        if b.op_name not in ("relax.multiply", "relax.divide") or len(b.args) != 2:
+            return None
+        x, c = b.args
+        if b.op_name == "relax.multiply" and const_value(x) is not None:
+            x, c = c, x
+        cv = const_value(c)
+        if cv is None or cv.size != 1 or const_value(x) is not None or shape_of(x) != shape_of(b.var):
+            return None
+        scale = float(cv.reshape(()))
+        if scale == 0 or not math.isfinite(scale):
+            return None
+        return x, (1.0 / scale if b.op_name == "relax.divide" else scale)
+
+    def feeds_linear(var: relax.Var) -> bool:
+        """``var`` reaches the data operand of a linear op through sole-user scalar steps only."""
+        user = g.sole_user(var)
+        while user is not None and start(user) is None and scalar_step(user) is not None:
+            var, user = user.var, g.sole_user(user.var)
+        return (user is not None and start(user) is not None and user.args[0].same_as(var)
+                and not user.args[1].same_as(var))
+
+    def scalar_prescale(b: Binding) -> tuple[relax.Expr, float] | None:
+        """Scalar multiplies/divides read only as the data operand of a conv2d/matmul with constant
+        weight (Gemm's ``alpha``, an in-model ``x / 255``): ``lin(s * x, W) == lin(x, s * W)``, zero
+        padding included. Returns the unscaled source and the accumulated scale."""
+        step = scalar_step(b)
+        if step is None or not feeds_linear(b.var):
+            return None
+        x, scale = step
+        if isinstance(x, relax.Var) and x in prescaled:
+            x, before = prescaled[x]
+            scale *= before
+        return x, scale
+
     def rewrite(b: Binding):
+        pre = scalar_prescale(b)
+        if pre is not None:
+            prescaled[b.var] = pre  # folded into its linear user's weight; this binding becomes dead
+            return None
         src = b.args[0] if b.args else None
         lin = linear.get(src) if isinstance(src, relax.Var) else None
         if lin is None:
             new = start(b)
             if new is not None and g.sole_user(b.var) is not None:
                 linear[b.var] = new
+            if new is not None and isinstance(src, relax.Var) and src in prescaled:
+                new.input, scale = prescaled[src]
+                new.weight = new.weight * scale
+                return new.linear_call(rw, _dtype(b.var))
             return None
         c = const_value(b.args[1]) if len(b.args) == 2 else None
         vec = None if c is None else _channel_vector(c, shape_of(b.var), lin.axis)
-        if vec is None or b.op_name not in ("relax.add", "relax.subtract", "relax.multiply", "relax.divide"):
+        if vec is None or b.op_name not in _AFFINE_OPS:
             return None
         if b.op_name == "relax.add":
             lin.bias = lin.bias + vec
@@ -127,20 +183,25 @@ def _fold_batch_norm(rw: FunctionRewriter):
             lin.scale(vec)
         else:
             lin.scale(1.0 / vec)
-        if g.sole_user(b.var) is not None and g.sole_user(b.var).op_name in (
-                "relax.add", "relax.subtract", "relax.multiply", "relax.divide"):
+        if g.sole_user(b.var) is not None and g.sole_user(b.var).op_name in _AFFINE_OPS:
             linear[b.var] = lin  # keep folding; this binding becomes dead
             return rw.arg(b.value)
-        return lin.emit(rw, str(b.var.ty.dtype.dtype if hasattr(b.var.ty.dtype, "dtype") else b.var.ty.dtype),
-                        shape_of(b.var))
+        return lin.emit(rw, _dtype(b.var), shape_of(b.var))
 
     return rewrite
+
+
+def _dtype(var: relax.Var) -> str:
+    dt = var.ty.dtype
+    return str(dt.dtype if hasattr(dt, "dtype") else dt)
 
 
 FoldBatchNorm = function_pass(_fold_batch_norm, "FoldBatchNorm")
 
 
 def canonicalize(mod: tvm.IRModule) -> tvm.IRModule:
+    from .patterns import FuseGELU, FuseLayerNorm
+
     """The canonicalization pipeline (module doc)."""
     seq = tvm.ir.transform.Sequential([
         relax.transform.DecomposeOpsForInference(),
@@ -148,6 +209,8 @@ def canonicalize(mod: tvm.IRModule) -> tvm.IRModule:
         NormalizeClip,
         FoldBatchNorm,
         relax.transform.FoldConstant(),
+        FuseGELU,
+        FuseLayerNorm,
         relax.transform.DeadCodeElimination(["main"]),
         relax.transform.CanonicalizeBindings(),
         # CanonicalizeBindings forwards `t = (y, mean, var); out = t[0]` to `y`, leaving the

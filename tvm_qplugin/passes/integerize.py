@@ -26,7 +26,7 @@ from tvm import relax
 from ..errors import UnsupportedOpError
 from ..ops import emit
 from ..quant import QType
-from .graph import Binding, Graph, const_value, shape_of
+from .graph import Binding, Graph, const_value, dtype_of, shape_of
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,17 @@ class IntegerizeConfig:
 
 @dataclass
 class QValue:
-    """A float tensor's integer replacement: expression in the new graph and its quantized type."""
+    """A tensor's integer replacement: expression in the new graph and its quantized type.
+
+    ``kind`` is ``"quant"`` for quantized reals, ``"raw"`` for tensors that were integer or bool in
+    the float model already (token ids, attention masks: no scale), and ``"mask"`` for the float
+    0 / -inf attention bias built from a raw bool tensor (``expr`` is the bool "keep" tensor).
+    """
 
     expr: relax.Expr
-    qtype: QType
+    qtype: QType | None
     nonneg: bool = False
+    kind: str = "quant"
 
 
 @dataclass
@@ -255,6 +261,12 @@ def integerize(float_mod: tvm.IRModule, ranges, config: IntegerizeConfig = Integ
     inputs = []
     core_params = []
     for p in graph.params:
+        if not dtype_of(p).startswith("float"):  # token ids, masks: already integer, no scale
+            qp = relax.Var(p.name, relax.TensorType(list(shape_of(p)), dtype_of(p)))
+            core_params.append(qp)
+            ctx.values[p] = QValue(qp, None, kind="raw")
+            inputs.append((p.name, shape_of(p), None))
+            continue
         lo, hi = ranges[p]
         qt = QType.for_range(lo, hi, nonneg=lo >= 0)
         qp = relax.Var(p.name, relax.TensorType(list(shape_of(p)), qt.dtype))
@@ -282,10 +294,11 @@ def integerize(float_mod: tvm.IRModule, ranges, config: IntegerizeConfig = Integ
 
 
 def _emit_float_main(bb, core_gv, graph: Graph, inputs, outputs) -> None:
-    params = [relax.Var(p.name, relax.TensorType(list(shape_of(p)), "float32")) for p in graph.params]
+    params = [relax.Var(p.name, relax.TensorType(list(shape_of(p)), dtype_of(p))) for p in graph.params]
     with bb.function("main", params):
         with bb.dataflow():
-            qs = [emit(bb, "quantize", [p], inv_scale=1.0 / qt.scale, qmin=qt.qmin, qmax=qt.qmax, out_dtype=qt.dtype)
+            qs = [p if qt is None else
+                  emit(bb, "quantize", [p], inv_scale=1.0 / qt.scale, qmin=qt.qmin, qmax=qt.qmax, out_dtype=qt.dtype)
                   for p, (_, _, qt) in zip(params, inputs)]
             res = bb.emit(relax.Call(core_gv, qs))
             outs = []

@@ -5,7 +5,7 @@ import numpy as np
 
 from ...ops import const
 from ...quant import QType, dyadic_pair
-from ..graph import Binding
+from ..graph import Binding, dtype_of
 from ..integerize import IntegerizeContext, IntegerRule, QValue, activation_bounds, clamp_bounds, register_rule
 
 
@@ -19,6 +19,10 @@ class QAdd(IntegerRule):
     def check(self, ctx, b):
         if ctx.const(b.args[0]) is not None and ctx.const(b.args[1]) is not None:
             return "both operands constant (FoldConstant should have removed it)"
+        if not dtype_of(b.var).startswith("float"):
+            return "integer add (raw integer rule)"
+        if any(ctx.graph.producer(a) is not None and ctx.graph.producer(a).op_name == "relax.where" for a in b.args):
+            return "attention-mask add (masked-add rule)"
         return None
 
     def rewrite(self, ctx, b):
