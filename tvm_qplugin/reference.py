@@ -41,7 +41,33 @@ _LAYOUT_OPS: dict[str, Callable] = {
     "relax.concat": lambda call, xs: np.concatenate(xs, axis=int(call.attrs.axis)),
     "relax.nn.pad": _pad,
     "relax.astype": lambda call, x: x.astype(str(call.attrs.dtype)),
+    # raw integer / bool ops (token ids, attention masks) and embedding lookups
+    "relax.take": lambda call, x, idx: np.take(x, np.clip(idx, 0, x.shape[int(call.attrs.axis)] - 1),
+                                               axis=int(call.attrs.axis)),
+    "relax.less": lambda call, a, b: np.less(a, b),
+    "relax.greater": lambda call, a, b: np.greater(a, b),
+    "relax.equal": lambda call, a, b: np.equal(a, b),
+    "relax.not_equal": lambda call, a, b: np.not_equal(a, b),
+    "relax.add": lambda call, a, b: _same_dtype(call, np.add(a, b)),
+    "relax.subtract": lambda call, a, b: _same_dtype(call, np.subtract(a, b)),
+    "relax.where": lambda call, c, a, b: _same_dtype(call, np.where(c, a, b)),
+    "relax.logical_and": lambda call, a, b: np.logical_and(a, b),
+    "relax.logical_or": lambda call, a, b: np.logical_or(a, b),
+    "relax.logical_not": lambda call, a: np.logical_not(a),
+    "relax.gather_nd": lambda call, x, idx: _gather_nd(x, idx, int(call.attrs.batch_dims)),
+    "relax.broadcast_to": lambda call, x, *_: np.broadcast_to(x, _shape(call)).copy(),
 }
+
+
+def _same_dtype(call, v):
+    return v.astype(str(call.ty.dtype.dtype) if hasattr(call.ty.dtype, "dtype") else str(call.ty.dtype))
+
+
+def _gather_nd(x, idx, batch_dims):
+    if batch_dims:
+        raise NotImplementedError("reference gather_nd: batch_dims > 0")
+    idx = np.asarray(idx)
+    return x[tuple(np.moveaxis(idx, -1, 0))]
 
 
 class ReferenceInterpreter:

@@ -281,7 +281,11 @@ def integerize(float_mod: tvm.IRModule, ranges, config: IntegerizeConfig = Integ
                 if b.var in ctx.consumed:
                     continue
                 rule = next(r for r in RULES[b.op_name] if r.check(ctx, b) is None)
-                ctx.values[b.var] = rule.rewrite(ctx, b)
+                qv = rule.rewrite(ctx, b)
+                if qv.kind != "mask":  # a rule must preserve the float binding's shape
+                    got = tuple(int(d) for d in qv.expr.ty.shape)
+                    assert got == shape_of(b.var), f"{type(rule).__name__} on {b.name}: shape {got} != {shape_of(b.var)}"
+                ctx.values[b.var] = qv
             out_vals = [ctx.values[v] for v in graph.outputs]
             out_exprs = [bb.emit_output(v.expr) for v in out_vals]
         bb.emit_func_output(out_exprs[0] if len(out_exprs) == 1 else relax.Tuple(out_exprs))
