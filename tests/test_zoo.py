@@ -96,7 +96,9 @@ def test_calib_eval_cached(tmp_path, monkeypatch):
     calib, evaluation = zoo.imagenet_calib_eval(size=32)
     assert calib.shape == (64, 3, 32, 32) and evaluation.shape == (256, 3, 32, 32)
     assert calib.dtype == evaluation.dtype == np.float32
-    assert [p.name for p in tmp_path.iterdir()] == ["imagenet_calib_eval_32_v1.npz"]
+    from tvm_qplugin.zoo.images import _CACHE_VERSION
+
+    assert [p.name for p in tmp_path.iterdir()] == [f"imagenet_calib_eval_32_v{_CACHE_VERSION}.npz"]
     calib2, eval2 = zoo.imagenet_calib_eval(size=32)  # from the cache
     np.testing.assert_array_equal(calib, calib2)
     np.testing.assert_array_equal(evaluation, eval2)
