@@ -6,6 +6,9 @@
     integer_module.json   the integer Relax module (tvm.ir.save_json): what the reference runs
     io.json               inputs/outputs with dtype, shape and scale; int_io flag
     report.json           DESIGN.md fields
+
+TVM is imported where it is used, so checking an output directory (the CLI does that before a
+compile) costs no TVM start-up.
 """
 from __future__ import annotations
 
@@ -17,8 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import tvm
-from tvm import relax
 
 from .errors import ModelLoadError, OutputDirError
 from .native_log import quiet_native_stderr
@@ -54,7 +55,10 @@ class Artifact:
 
     # --- running ---
     @property
-    def vm(self) -> relax.VirtualMachine:
+    def vm(self) -> "relax.VirtualMachine":  # noqa: F821
+        import tvm
+        from tvm import relax
+
         if self._vm is None:
             mod = self.library if self.library is not None else self.executable
             self._vm = relax.VirtualMachine(mod, tvm.cpu())
@@ -65,6 +69,8 @@ class Artifact:
 
     def run_integer(self, qinputs: list[np.ndarray]) -> list[np.ndarray]:
         """Run the integer core (integer in, integer out) of the compiled build."""
+        import tvm
+
         fname = "main" if self.int_io else "core"
         res = self.vm[fname](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in qinputs])
         return _as_list(res)
@@ -77,24 +83,38 @@ class Artifact:
         if self.int_io:
             outs = self.run_integer(self.quantize_inputs(inputs))
             return [s.qtype.dequantize(o) for s, o in zip(self.outputs, outs)]
+        import tvm
+
         args = [tvm.runtime.tensor(np.ascontiguousarray(np.asarray(inputs[s.name], np.float32).reshape(s.shape)))
                 for s in self.inputs]
         return _as_list(self.vm["main"](*args))
 
     # --- persistence ---
     def save(self, outdir: str | Path) -> Path:
-        """Write OUTDIR atomically; a failure leaves no half-written directory behind."""
+        """Write OUTDIR atomically; a failure leaves no half-written directory behind.
+
+        Everything is written into a sibling ``.NAME.tmp-*`` directory which then takes OUTDIR's
+        place in one rename (an existing artifact in OUTDIR is swapped out atomically where the OS
+        allows, and removed). A directory that is not an artifact is never replaced.
+        """
+        import tvm
+
         outdir = Path(outdir).resolve()
         parent = outdir.parent
+        check_output_dir(outdir)
+        if self.executable is None:
+            raise OutputDirError(f"cannot save to {str(outdir)!r}: the artifact has no executable (it was loaded, "
+                                 "not compiled); copy its directory instead")
+        created = _missing_parents(parent)
         try:
             parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=parent))
         except OSError as e:
+            _remove_empty(created)
             raise OutputDirError(f"cannot write output directory {str(outdir)!r}: {e.strerror or e}; "
                                  "choose a writable location with -o") from None
         try:
-            if self.executable is None:
-                raise OutputDirError("artifact has no executable to save (it was loaded, not compiled)")
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; OUTDIR gets the usual mode
             with quiet_native_stderr():
                 self.executable.export_library(str(tmp / "model.so"))
             (tmp / "integer_module.json").write_text(tvm.ir.save_json(self.integer_mod))
@@ -102,35 +122,157 @@ class Artifact:
                   "outputs": [s.to_json() for s in self.outputs]}
             (tmp / "io.json").write_text(json.dumps(io, indent=2))
             (tmp / "report.json").write_text(json.dumps(self.report, indent=2, default=_json_default))
-            if outdir.exists():
-                old = parent / f".{outdir.name}.old-{os.getpid()}"
-                os.replace(outdir, old)
-                os.replace(tmp, outdir)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, outdir)
-        except BaseException:
+            _install(tmp, outdir)
+        except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
+            _remove_empty(created)
+            if isinstance(e, OSError) and not isinstance(e, OutputDirError):
+                raise OutputDirError(f"cannot write output directory {str(outdir)!r}: {e.strerror or e}; "
+                                     "choose a location with free space and write permission with -o") from None
             raise
         return outdir
+
+
+ARTIFACT_FILES = ("model.so", "integer_module.json", "io.json")
+
+
+def check_output_dir(outdir: str | Path) -> None:
+    """Fail early (before any work) when ``outdir`` cannot become an artifact directory.
+
+    Refuses a path whose parent chain runs into a regular file, a location where a temporary
+    directory cannot be created (read-only, /proc, ...), an existing file, and an existing non-empty
+    directory that is not a tvm-qplugin artifact (which :meth:`Artifact.save` would replace).
+    """
+    out = Path(outdir)
+    fix = "choose another path with -o"
+    if out.exists() and not out.is_dir():
+        raise OutputDirError(f"output directory {str(out)!r} exists and is not a directory; {fix}")
+    if out.is_dir():
+        try:
+            entries = [p.name for p in out.iterdir()]
+        except OSError as e:
+            raise OutputDirError(f"output directory {str(out)!r} cannot be read: {e.strerror or e}; {fix}") from None
+        if entries and not all((out / n).is_file() for n in ARTIFACT_FILES):
+            raise OutputDirError(f"output directory {str(out)!r} exists and is not a tvm-qplugin output directory "
+                                 f"(it holds {len(entries)} other entr{'y' if len(entries) == 1 else 'ies'}); "
+                                 f"refusing to replace it: {fix}")
+    probe = out.resolve().parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputDirError(f"cannot create output directory {str(out)!r}: {str(probe)!r} is a file, not a "
+                             f"directory; {fix}")
+    try:
+        tempfile.TemporaryDirectory(prefix=f".{out.resolve().name}.tmp-probe-", dir=probe).cleanup()
+    except OSError as e:
+        raise OutputDirError(f"output directory {str(out)!r} is not writable ({str(probe)!r}: "
+                             f"{e.strerror or e}); {fix}") from None
+
+
+def _install(tmp: Path, outdir: Path) -> None:
+    """Move the finished ``tmp`` directory to ``outdir``, replacing an existing artifact there."""
+    if not outdir.exists():
+        os.replace(tmp, outdir)
+        return
+    if _exchange(tmp, outdir):  # atomic swap: OUTDIR is never missing; tmp now holds the old one
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    old = outdir.parent / f".{outdir.name}.old-{os.getpid()}"
+    os.replace(outdir, old)
+    try:
+        os.replace(tmp, outdir)
+    except BaseException:
+        os.replace(old, outdir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux ``renameat2(RENAME_EXCHANGE)``); False where unavailable."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _umask() -> int:
+    try:  # read it without the (process-wide, racy) set-and-restore dance where Linux allows
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _missing_parents(path: Path) -> list[Path]:
+    """The ancestors of ``path`` (itself included) that do not exist yet, deepest first."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def _remove_empty(dirs: list[Path]) -> None:
+    for d in dirs:  # deepest first
+        try:
+            d.rmdir()
+        except OSError:
+            break
 
 
 def load(outdir: str | Path) -> Artifact:
     """Reload an artifact written by :meth:`Artifact.save` (its target must run here)."""
     outdir = Path(outdir)
-    needed = ["model.so", "integer_module.json", "io.json"]
-    missing = [n for n in needed if not (outdir / n).is_file()]
+    how = "create it with `tvm-qplugin compile MODEL -o DIR`"
+    if not outdir.exists():
+        raise ModelLoadError(f"output directory {str(outdir)!r} does not exist; {how}")
+    if not outdir.is_dir():
+        raise ModelLoadError(f"{str(outdir)!r} is not a directory but a tvm-qplugin output directory is expected; "
+                             f"{how}")
+    missing = [n for n in ARTIFACT_FILES if not (outdir / n).is_file()]
     if missing:
         raise ModelLoadError(f"{str(outdir)!r} is not a tvm-qplugin output directory (missing {', '.join(missing)}); "
-                             "create it with `tvm-qplugin compile MODEL -o DIR`")
-    io = json.loads((outdir / "io.json").read_text())
-    report = json.loads((outdir / "report.json").read_text()) if (outdir / "report.json").is_file() else {}
-    art = Artifact(tvm.ir.load_json((outdir / "integer_module.json").read_text()),
-                   [IOSpec.from_json(d) for d in io["inputs"]], [IOSpec.from_json(d) for d in io["outputs"]],
-                   bool(io["int_io"]), report)
-    with quiet_native_stderr():
-        art.library = tvm.runtime.load_module(str(outdir / "model.so"))
+                             f"{how}")
+    recompile = "re-create it with `tvm-qplugin compile MODEL -o DIR`"
+    try:
+        io = json.loads((outdir / "io.json").read_text())
+        report = json.loads((outdir / "report.json").read_text()) if (outdir / "report.json").is_file() else {}
+        inputs = [IOSpec.from_json(d) for d in io["inputs"]]
+        outputs = [IOSpec.from_json(d) for d in io["outputs"]]
+        int_io = bool(io["int_io"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelLoadError(f"{str(outdir / 'io.json')!r} (or report.json) is corrupt "
+                             f"({type(e).__name__}: {' '.join(str(e).split())}); {recompile}") from None
+    import tvm  # after the cheap checks: a wrong directory is reported without TVM's start-up
+
+    try:
+        integer_mod = tvm.ir.load_json((outdir / "integer_module.json").read_text())
+    except Exception as e:  # noqa: BLE001 - TVM raises assorted errors for a bad graph
+        raise ModelLoadError(f"{str(outdir / 'integer_module.json')!r} is corrupt ({type(e).__name__}: "
+                             f"{_last_line(e)}); {recompile}") from None
+    art = Artifact(integer_mod, inputs, outputs, int_io, report)
+    try:
+        with quiet_native_stderr():
+            art.library = tvm.runtime.load_module(str(outdir / "model.so"))
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(f"cannot load {str(outdir / 'model.so')!r} ({type(e).__name__}: {_last_line(e)}); "
+                             f"it must be built for this machine: {recompile}") from None
     return art
+
+
+def _last_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
 
 
 def _as_list(res) -> list[np.ndarray]:

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from .errors import QPluginError
@@ -13,12 +14,42 @@ from .errors import QPluginError
 EXIT_USER_ERROR = 2
 
 
+EXIT_INTERNAL_ERROR = 70  # sysexits EX_SOFTWARE: a bug in tvm-qplugin, not a user mistake
+PROG = "tvm-qplugin"
+
+
+def _error_line(message: str) -> None:
+    """The one stderr line of a failed command."""
+    print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line error contract (still exit status 2)."""
+
+    def error(self, message: str):  # noqa: D102
+        self.exit(EXIT_USER_ERROR, f"{PROG}: error: {' '.join(message.split())} (see `{self.prog} --help`)\n")
+
+
 def _floats(s: str) -> tuple[float, ...]:
-    return tuple(float(v) for v in s.split(","))
+    try:
+        return tuple(float(v) for v in s.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a comma-separated list of numbers, e.g. 0.485,0.456,0.406") \
+            from None
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a positive integer")
+    return v
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tvm-qplugin", description="Float ONNX -> verified integer-only TVM build")
+    p = _Parser(prog=PROG, description="Float ONNX -> verified integer-only TVM build")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -28,16 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--calib", help="calibration data: FILE.npz or a directory of images")
     c.add_argument("--eval", help="FILE.npz of inputs (and optional 'labels') for the accuracy figure")
     c.add_argument("--precision", default="int8")
-    c.add_argument("--observer", default="mse", help="minmax | percentile | mse (default)")
+    c.add_argument("--observer", default="percentile", help="minmax | percentile (default, 99.999) | mse")
     c.add_argument("--nonlinear", default="ivit")
     c.add_argument("--attention", default="int8")
     c.add_argument("--input-shape", action="append", default=[], metavar="NAME=D1,D2,...")
     c.add_argument("--int-io", action="store_true", help="integer inputs/outputs (no entry/exit float ops)")
     c.add_argument("--allow-float", default="", metavar="OP,...", help="accept these float ops (reported)")
-    c.add_argument("--calib-limit", type=int, help="use at most N calibration samples")
+    c.add_argument("--calib-limit", type=_positive_int, help="use at most N calibration samples")
     img = c.add_argument_group("image directory preprocessing (with --calib DIR)")
-    img.add_argument("--resize", type=int, help="resize the short side to N pixels")
-    img.add_argument("--crop", type=int, help="center crop N x N")
+    img.add_argument("--resize", type=_positive_int, help="resize the short side to N pixels")
+    img.add_argument("--crop", type=_positive_int, help="center crop N x N")
     img.add_argument("--scale", type=float, default=1 / 255, help="multiply pixels by this (default 1/255)")
     img.add_argument("--mean", type=_floats, default=(0.0, 0.0, 0.0))
     img.add_argument("--std", type=_floats, default=(1.0, 1.0, 1.0))
@@ -49,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="re-run a compiled OUTDIR against the NumPy reference, bit for bit")
     v.add_argument("outdir")
     v.add_argument("--inputs", help="FILE.npz of inputs (default: random inputs in the quantized range)")
-    v.add_argument("--count", type=int, default=16)
+    v.add_argument("--count", type=_positive_int, default=16)
 
     i = sub.add_parser("inspect", help="ops, shapes, params; what is supported and why not")
     i.add_argument("model")
@@ -60,12 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_compile(a) -> int:
+    out = Path(a.output)
+    # Fail fast, before TVM loads and the (long) compile runs: model file, data files, OUTDIR.
+    _precheck(a)
+    _check_writable(out)
+
     from .compiler import compile as compile_model
     from .data import Preprocess
     from .report import summary
 
-    out = Path(a.output)
-    _check_writable(out)
     pre = Preprocess(resize=a.resize, crop=a.crop, scale=a.scale, mean=a.mean, std=a.std, layout=a.layout,
                      grayscale=a.grayscale)
     art = compile_model(a.model, target=a.target, calib=a.calib, eval=a.eval, input_shapes=a.input_shape,
@@ -102,16 +136,27 @@ def cmd_targets(a) -> int:
     return 0
 
 
-def _check_writable(out: Path) -> None:
-    from .errors import OutputDirError
+def _precheck(a) -> None:
+    """The checks that need no TVM: a bad model, data file or input shape errors in well under a second."""
+    from .data import check_data_file
+    from .errors import CalibrationError
+    from .frontend import check_supported, load_onnx, parse_input_shapes, resolve_input_specs
 
-    parent = out.resolve().parent
-    probe = parent
-    while not probe.exists():
-        probe = probe.parent
-    if not os.access(probe, os.W_OK) or (out.exists() and not out.is_dir()):
-        raise OutputDirError(f"output directory {str(out)!r} is not writable (checked {str(probe)!r}); "
-                             "choose another path with -o")
+    onnx_model = load_onnx(a.model)
+    specs = resolve_input_specs(onnx_model, a.model, parse_input_shapes(a.input_shape))
+    check_supported(onnx_model, a.model)
+    if a.calib is None:
+        raise CalibrationError(f"no calibration data for {a.model!r}: pass --calib FILE.npz (one array per input: "
+                               f"{', '.join(s.name for s in specs)}) or --calib DIR (images)")
+    check_data_file(a.calib, specs, "calibration")
+    if a.eval is not None:
+        check_data_file(a.eval, specs, "evaluation")
+
+
+def _check_writable(out: Path) -> None:
+    from .artifact import check_output_dir
+
+    check_output_dir(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,11 +166,31 @@ def main(argv: list[str] | None = None) -> int:
         return {"compile": cmd_compile, "verify": cmd_verify, "inspect": cmd_inspect,
                 "targets": cmd_targets}[args.cmd](args)
     except QPluginError as e:
-        print(f"tvm-qplugin: error: {e}", file=sys.stderr)
+        _error_line(e)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("tvm-qplugin: interrupted", file=sys.stderr)
+        print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `tvm-qplugin targets | head -1`
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - no flush error at exit
+        except OSError:
+            pass
+        return 0
+    except ImportError as e:  # a broken install (TVM's shared library, onnx, ...): say how to repair it
+        if args.verbose:
+            traceback.print_exc()
+        _error_line(f"cannot import {e.name or 'a dependency'} ({type(e).__name__}: {e}); reinstall with "
+                    "`make setup` (or pip install -e .)")
+        return EXIT_USER_ERROR
+    except Exception as e:  # noqa: BLE001 - a bug: one line by default, the traceback with -v
+        if args.verbose:
+            traceback.print_exc()
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+        detail = lines[-1] if lines else ""
+        print(f"{PROG}: internal error: {type(e).__name__}: {' '.join(detail.split())} (this is a bug in "
+              f"{PROG}; rerun with -v for the traceback and please report it)", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
 
 
 if __name__ == "__main__":

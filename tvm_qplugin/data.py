@@ -26,7 +26,12 @@ class InputSpec:
 
     @property
     def batch(self) -> int:
-        return self.shape[0] if self.shape else 1
+        """Samples per model call: the first axis of an N-D input, 1 for a 1-D or scalar input."""
+        return self.shape[0] if len(self.shape) > 1 else 1
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return self.shape[1:] if len(self.shape) > 1 else self.shape
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,9 @@ class Dataset:
         """Model-shaped batches; a trailing partial batch is dropped (static shapes)."""
         b = self.specs[0].batch
         n = len(self) if limit is None else min(limit, len(self))
+        if n < b:
+            raise CalibrationError(f"a limit of {limit} sample(s) (--calib-limit / --count) leaves no full model "
+                                   f"batch of {b} from {self.source!r}; use a limit of at least {b}")
         for i in range(0, n - b + 1, b):
             yield {s.name: self.arrays[s.name][i : i + b].reshape(s.shape) for s in self.specs}
 
@@ -83,63 +91,175 @@ def load_dataset(path: str | Path, specs: list[InputSpec], preprocess: Preproces
 
 def from_arrays(arrays: dict[str, np.ndarray], specs: list[InputSpec], what: str = "calibration",
                 labels: np.ndarray | None = None) -> Dataset:
-    ds = Dataset({k: np.asarray(v) for k, v in arrays.items()}, labels, "<arrays>")
+    if not isinstance(arrays, dict) or not arrays:
+        raise CalibrationError(f"{what} data must be a non-empty dict {{input_name: array}}, got "
+                               f"{type(arrays).__name__}")
+    try:
+        ds = Dataset({str(k): np.asarray(v) for k, v in arrays.items()},
+                     None if labels is None else np.asarray(labels), "<arrays>")
+    except (ValueError, TypeError) as e:
+        raise CalibrationError(f"{what} data: cannot convert to arrays ({' '.join(str(e).split())})") from None
     _validate(ds, specs, what)
     ds.specs = specs
     return ds
 
 
+_NPZ_HOWTO = "write it with numpy.savez(path, **{input_name: array})"
+
+
+def _check_npz_magic(path: Path, what: str) -> None:
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as e:
+        raise CalibrationError(f"cannot read {what} data {str(path)!r}: {e.strerror or e}") from None
+    if magic == b"\x93NUMPY":
+        raise CalibrationError(f"{what} data {str(path)!r} is a .npy file (one unnamed array); save an .npz "
+                               f"instead: {_NPZ_HOWTO}")
+    if not magic.startswith(b"PK"):
+        raise CalibrationError(f"{what} data {str(path)!r} is not an .npz file (nor a directory of images); "
+                               f"{_NPZ_HOWTO}")
+
+
+def _not_readable(path: Path, what: str, e: Exception) -> CalibrationError:
+    reason = "it holds object arrays (pickles)" if "allow_pickle" in str(e) else f"{type(e).__name__}: {e}"
+    return CalibrationError(f"{what} data {str(path)!r} is not a readable .npz file ({' '.join(reason.split())}); "
+                            f"{_NPZ_HOWTO}")
+
+
 def _load_npz(path: Path, specs: list[InputSpec], what: str) -> Dataset:
+    _check_npz_magic(path, what)
     try:
         with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-        raise CalibrationError(f"{what} data {str(path)!r} is not a readable .npz file ({e}); "
-                               "write it with numpy.savez(path, **{{input_name: array}})") from None
+            arrays = {k: np.asarray(z[k]) for k in z.files}
+    except Exception as e:  # BadZipFile, pickled object arrays, truncated members, ...
+        raise _not_readable(path, what, e) from None
+    if not arrays:
+        raise CalibrationError(f"{what} data {str(path)!r} holds no arrays; {_NPZ_HOWTO}")
     labels = arrays.pop(LABELS_KEY, None) if LABELS_KEY not in {s.name for s in specs} else None
     return Dataset(arrays, labels, str(path))
 
 
-def _validate(ds: Dataset, specs: list[InputSpec], what: str) -> None:
-    src = ds.source
-    names = {s.name for s in specs}
-    if len(specs) == 1 and specs[0].name not in ds.arrays and len(ds.arrays) == 1:
+def check_data_file(path: str | Path, specs: list[InputSpec], what: str = "calibration") -> None:
+    """Cheap early check of an ``.npz`` against the model inputs: names, shapes, dtypes and sample
+    counts from the array headers alone (no array data is read, whatever the file's size).
+
+    Directories of images are left to :func:`load_dataset`, as are the checks that need the values
+    (NaN / Inf, integral labels); an ``.npz`` this cannot parse is also left to it.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return
+    if not path.is_file():
+        raise CalibrationError(f"{what} data {str(path)!r} does not exist; pass an .npz file or a directory of "
+                               "images")
+    _check_npz_magic(path, what)
+    meta: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    return  # np.load exposes such members as raw bytes: leave it to the full load
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                    elif version == (2, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                    else:
+                        return
+                meta[info.filename[: -len(".npy")]] = (tuple(shape), np.dtype(dtype))
+    except (zipfile.BadZipFile, EOFError) as e:
+        raise _not_readable(path, what, e) from None
+    except Exception:  # noqa: BLE001 - an unusual but maybe valid file: the full load decides
+        return
+    if any(d.hasobject for _, d in meta.values()):
+        raise _not_readable(path, what, ValueError("allow_pickle"))
+    labels = meta.pop(LABELS_KEY, None) if LABELS_KEY not in {s.name for s in specs} else None
+    if not meta:
+        raise CalibrationError(f"{what} data {str(path)!r} holds no arrays; {_NPZ_HOWTO}")
+    _check_layout(meta, labels, specs, what, str(path))
+
+
+def _check_layout(meta: dict[str, tuple[tuple[int, ...], np.dtype]],
+                  labels: tuple[tuple[int, ...], np.dtype] | None, specs: list[InputSpec], what: str,
+                  src: str) -> dict[str, tuple[str, bool, np.dtype | None]]:
+    """The checks that need only each array's shape and dtype.
+
+    Returns, per model input: (key of its array in ``meta``, add a leading sample axis?, dtype to
+    cast to or None).
+    """
+    names = [s.name for s in specs]
+    keys = {n: n for n in names}
+    if len(specs) == 1 and specs[0].name not in meta and len(meta) == 1:
         # one input, one array: accept any key (e.g. numpy.savez default 'arr_0')
-        ds.arrays = {specs[0].name: next(iter(ds.arrays.values()))}
-    missing = sorted(names - set(ds.arrays))
+        keys = {specs[0].name: next(iter(meta))}
+    missing = sorted(n for n in names if keys[n] not in meta)
     if missing:
         raise CalibrationError(f"{what} data {src!r} has no array for model input(s) {missing}; "
-                               f"it holds {sorted(ds.arrays)}. Save one array per input name")
+                               f"it holds {sorted(meta)}. Save one array per input name")
+    plan: dict[str, tuple[str, bool, np.dtype | None]] = {}
     counts = set()
     for s in specs:
-        a = ds.arrays[s.name]
-        sample = s.shape[1:] if len(s.shape) > 1 else s.shape
-        if a.ndim == len(s.shape) - 1 and tuple(a.shape) == tuple(sample):
-            a = a[None]
-        if tuple(a.shape[1:]) != tuple(sample):
-            raise CalibrationError(f"{what} data {src!r}: input {s.name!r} has shape {tuple(a.shape)}, expected "
+        shape, dtype = meta[keys[s.name]]
+        sample = tuple(s.sample_shape)
+        add_axis = len(shape) == len(sample) and tuple(shape) == sample  # one sample, no sample axis
+        if add_axis:
+            shape = (1, *shape)
+        if len(shape) == 0 or tuple(shape[1:]) != sample:
+            raise CalibrationError(f"{what} data {src!r}: input {s.name!r} has shape {tuple(shape)}, expected "
                                    f"(N, {', '.join(map(str, sample))}) for model input shape {s.shape}")
-        if a.shape[0] == 0:
+        if shape[0] == 0:
             raise CalibrationError(f"{what} data {src!r}: input {s.name!r} is empty (0 samples); give at least "
                                    f"{s.batch} sample(s)")
         expected = np.dtype(s.dtype)
-        if a.dtype != expected:
-            if np.issubdtype(expected, np.floating) and np.issubdtype(a.dtype, np.floating):
-                a = a.astype(expected)
+        cast = None
+        if dtype != expected:
+            if np.issubdtype(expected, np.floating) and np.issubdtype(dtype, np.floating):
+                cast = expected
             else:
-                raise CalibrationError(f"{what} data {src!r}: input {s.name!r} has dtype {a.dtype}, the model expects "
+                raise CalibrationError(f"{what} data {src!r}: input {s.name!r} has dtype {dtype}, the model expects "
                                        f"{expected}; convert with .astype({str(expected)!r})")
-        if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
-            raise CalibrationError(f"{what} data {src!r}: input {s.name!r} contains NaN or Inf")
-        ds.arrays[s.name] = a
-        counts.add(a.shape[0])
+        plan[s.name] = (keys[s.name], add_axis, cast)
+        counts.add(shape[0])
     if len(counts) > 1:
         raise CalibrationError(f"{what} data {src!r}: inputs have different sample counts {sorted(counts)}")
     n = counts.pop()
     if n < specs[0].batch:
         raise CalibrationError(f"{what} data {src!r} has {n} sample(s), fewer than the model batch {specs[0].batch}")
-    if ds.labels is not None and len(ds.labels) != n:
-        raise CalibrationError(f"{what} data {src!r}: {len(ds.labels)} labels for {n} samples")
+    if labels is not None:
+        lshape, ldtype = labels
+        if len(lshape) != 1 or not (np.issubdtype(ldtype, np.integer) or np.issubdtype(ldtype, np.floating)):
+            raise CalibrationError(f"{what} data {src!r}: {LABELS_KEY!r} has shape {tuple(lshape)} and dtype "
+                                   f"{ldtype}; give one integer class index per sample, shape ({n},)")
+        if lshape[0] != n:
+            raise CalibrationError(f"{what} data {src!r}: {lshape[0]} labels for {n} samples; give one label per "
+                                   "sample")
+    return plan
+
+
+def _validate(ds: Dataset, specs: list[InputSpec], what: str) -> None:
+    src = ds.source
+    meta = {k: (tuple(np.shape(v)), np.asarray(v).dtype) for k, v in ds.arrays.items()}
+    lab = None if ds.labels is None else np.asarray(ds.labels)
+    plan = _check_layout(meta, None if lab is None else (tuple(lab.shape), lab.dtype), specs, what, src)
+    arrays = {}
+    for s in specs:
+        key, add_axis, cast = plan[s.name]
+        a = np.asarray(ds.arrays[key])
+        if add_axis:
+            a = a[None]
+        if cast is not None:
+            a = a.astype(cast)
+        if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
+            raise CalibrationError(f"{what} data {src!r}: input {s.name!r} contains NaN or Inf; clean the data")
+        arrays[s.name] = a
+    ds.arrays = arrays
+    if lab is not None:
+        if np.issubdtype(lab.dtype, np.floating) and not np.all(lab == np.round(lab)):
+            raise CalibrationError(f"{what} data {src!r}: {LABELS_KEY!r} holds non-integer values; give one integer "
+                                   "class index per sample")
+        ds.labels = lab.astype(np.int64)
 
 
 def _load_image_dir(path: Path, specs: list[InputSpec], pre: Preprocess, what: str) -> Dataset:
@@ -153,7 +273,19 @@ def _load_image_dir(path: Path, specs: list[InputSpec], pre: Preprocess, what: s
         raise CalibrationError(f"{what} directory {str(path)!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     spec = specs[0]
     nchw = pre.layout.upper() == "NCHW"
+    if len(spec.shape) != 4:
+        raise CalibrationError(f"{what} directory {str(path)!r}: model input {spec.name!r} has shape {spec.shape}, "
+                               "not an image batch (N, C, H, W) / (N, H, W, C); use an .npz file")
     h, w = (spec.shape[2], spec.shape[3]) if nchw else (spec.shape[1], spec.shape[2])
+    channels = spec.shape[1] if nchw else spec.shape[3]
+    if channels not in (1, 3):
+        raise CalibrationError(f"{what} directory {str(path)!r}: model input {spec.name!r} has shape {spec.shape}: "
+                               f"{channels} channels in {pre.layout} layout; pass --layout "
+                               f"{'NHWC' if nchw else 'NCHW'} if that is wrong, or use an .npz file")
+    if (channels == 1) != pre.grayscale:
+        raise CalibrationError(f"{what} directory {str(path)!r}: model input {spec.name!r} has shape {spec.shape} "
+                               f"({channels} channel{'s' if channels > 1 else ''}, {pre.layout}); "
+                               + ("add --grayscale" if channels == 1 else "drop --grayscale"))
     out = []
     for f in files:
         try:

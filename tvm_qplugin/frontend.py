@@ -1,23 +1,27 @@
 """ONNX -> float Relax with static shapes, plus the clear errors users need when it can't.
 
-Checks happen on the ONNX graph before TVM sees it, so messages can name ONNX nodes and files:
+Checks happen on the ONNX graph before TVM sees it (TVM is imported only by :func:`import_onnx`, so
+``load_onnx`` and the checks fail fast), so messages can name ONNX nodes and files:
 not-ONNX / truncated files, dynamic dimensions without ``--input-shape``, and ops outside
 :data:`SUPPORTED_ONNX_OPS` (all of them at once, with node names).
 """
 from __future__ import annotations
 
+import contextlib
+import gc
+import io
 import logging
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
-import tvm
-from google.protobuf.message import DecodeError
 
 from .data import InputSpec
 from .errors import ModelLoadError, ShapeError, UnsupportedOpError
+from .native_log import quiet_native_stderr
 
 log = logging.getLogger(__name__)
 
@@ -39,26 +43,39 @@ class ImportedModel:
     output_names: list[str]
 
 
+def _one_line(text: str) -> str:
+    """Collapse a (possibly multi-line) library message into one line."""
+    return " ".join(str(text).split())
+
+
 def load_onnx(path: str | Path) -> onnx.ModelProto:
     """Read and check an ONNX file; every failure is a :class:`ModelLoadError` naming the file."""
     p = Path(path)
+    if p.is_dir():
+        raise ModelLoadError(f"model {str(p)!r} is a directory, not an ONNX file; pass the path of a .onnx file")
     if not p.is_file():
-        raise ModelLoadError(f"model file {str(p)!r} does not exist")
-    data = p.read_bytes()
+        raise ModelLoadError(f"model file {str(p)!r} does not exist; check the path")
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise ModelLoadError(f"cannot read model file {str(p)!r}: {e.strerror or e}; check its permissions") from None
     if not data:
-        raise ModelLoadError(f"model file {str(p)!r} is empty")
+        raise ModelLoadError(f"model file {str(p)!r} is empty (0 bytes); re-export the model "
+                             "(torch.onnx.export / tf2onnx)")
     try:
         model = onnx.load_from_string(data)
-    except (DecodeError, ValueError, RuntimeError) as e:
-        raise ModelLoadError(f"{str(p)!r} is not an ONNX model or is truncated ({type(e).__name__}: {e}); "
-                             "re-export it with torch.onnx.export / tf2onnx") from None
+    except Exception as e:  # DecodeError, ValueError, RuntimeError, ...: the bytes are not a ModelProto
+        raise ModelLoadError(f"{str(p)!r} ({len(data)} bytes) is not an ONNX model or is truncated "
+                             f"({type(e).__name__}: {_one_line(e)}); re-export it with torch.onnx.export / "
+                             "tf2onnx") from None
     if not model.graph.node:
-        raise ModelLoadError(f"{str(p)!r} parsed as protobuf but holds no ONNX graph nodes: not an ONNX model")
+        raise ModelLoadError(f"{str(p)!r} parsed as protobuf but holds no ONNX graph nodes: not an ONNX model "
+                             "(or truncated); re-export it with torch.onnx.export / tf2onnx")
     try:
         onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as e:
-        first = str(e).strip().splitlines()[0]
-        raise ModelLoadError(f"{str(p)!r} is not a valid ONNX model: {first}") from None
+    except Exception as e:  # onnx.checker.ValidationError and the C++ checker's other failures
+        raise ModelLoadError(f"{str(p)!r} is not a valid ONNX model: {_one_line(e).rstrip('.')}; fix or re-export the "
+                             "model") from None
     return model
 
 
@@ -95,10 +112,23 @@ def resolve_input_specs(model: onnx.ModelProto, path: str, shapes: dict[str, tup
         raise ShapeError(f"--input-shape names {unknown}, but {path!r} has inputs {names}")
     for vi in graph_inputs(model):
         dims = _dims(vi)
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type).name
+        if not vi.type.HasField("tensor_type"):
+            raise ShapeError(f"input {vi.name!r} of {path!r} is not a tensor ({vi.type.WhichOneof('value')}); "
+                             "only tensor inputs are supported")
+        try:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type).name
+        except (KeyError, ValueError, TypeError):
+            raise ShapeError(f"input {vi.name!r} of {path!r} has no usable element type "
+                             f"(elem_type={vi.type.tensor_type.elem_type}); re-export the model with typed "
+                             "inputs") from None
+        if not vi.type.tensor_type.HasField("shape") and vi.name not in shapes:
+            raise ShapeError(f"input {vi.name!r} of {path!r} has unknown rank; fix it with --input-shape "
+                             f"{vi.name}=D1,D2,...")
         if vi.name in shapes:
             shape = shapes[vi.name]
-            if len(shape) != len(dims) or any(isinstance(d, int) and d > 0 and d != s for d, s in zip(dims, shape)):
+            if not vi.type.tensor_type.HasField("shape"):
+                pass  # unknown rank: the user's shape is all there is
+            elif len(shape) != len(dims) or any(isinstance(d, int) and d > 0 and d != s for d, s in zip(dims, shape)):
                 raise ShapeError(f"--input-shape {vi.name}={','.join(map(str, shape))} does not match the model's "
                                  f"input shape {dims} in {path!r}")
         else:
@@ -112,14 +142,30 @@ def resolve_input_specs(model: onnx.ModelProto, path: str, shapes: dict[str, tup
 
 
 def check_supported(model: onnx.ModelProto, path: str) -> None:
+    """Raise one :class:`UnsupportedOpError` listing every unsupported op once, with its node names."""
     bad: "OrderedDict[str, list[str]]" = OrderedDict()
-    for node in model.graph.node:
-        if node.op_type not in SUPPORTED_ONNX_OPS:
-            bad.setdefault(node.op_type, []).append(node.name or "<unnamed>")
+    for i, node in enumerate(model.graph.node):
+        if node.op_type not in SUPPORTED_ONNX_OPS or node.domain not in ("", "ai.onnx"):
+            op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+            bad.setdefault(op, []).append(repr(node.name) if node.name else f"<unnamed #{i}>")
     if bad:
-        listing = "; ".join(f"{op} (nodes: {', '.join(ns[:5])}{' ...' if len(ns) > 5 else ''})" for op, ns in bad.items())
-        raise UnsupportedOpError(f"{path!r} uses op(s) with no integer-only lowering: {listing}. "
-                                 f"Supported: {', '.join(sorted(SUPPORTED_ONNX_OPS))}")
+        listing = "; ".join(f"{op} (node{'s' if len(ns) > 1 else ''} {', '.join(ns[:5])}"
+                            f"{f' and {len(ns) - 5} more' if len(ns) > 5 else ''})" for op, ns in bad.items())
+        raise UnsupportedOpError(f"{path!r} uses {len(bad)} op type(s) with no integer-only lowering: {listing}. "
+                                 f"Supported ops: {', '.join(sorted(SUPPORTED_ONNX_OPS))}; replace or remove these "
+                                 "nodes before export")
+
+
+def _failed_node(model: onnx.ModelProto, printed: str) -> str:
+    """Name the node TVM's importer choked on, from its "Error converting operator OP" line."""
+    m = re.search(r"Error converting operator (\w+)", printed)
+    if not m:
+        return ""
+    op = m.group(1)
+    names = [n.name or f"<unnamed #{i}>" for i, n in enumerate(model.graph.node) if n.op_type == op]
+    if len(names) == 1:
+        return f" at node {names[0]!r} ({op})"
+    return f" at a {op} node (one of {', '.join(map(repr, names[:5]))}{' ...' if len(names) > 5 else ''})"
 
 
 def import_onnx(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | None = None) -> ImportedModel:
@@ -130,11 +176,22 @@ def import_onnx(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | Non
     model = load_onnx(path)
     specs = resolve_input_specs(model, path, input_shapes or {})
     check_supported(model, path)
-    try:
-        mod = from_onnx(model, shape_dict={s.name: list(s.shape) for s in specs},
-                        dtype_dict={s.name: s.dtype for s in specs}, keep_params_in_input=False)
-    except Exception as e:  # the importer raises bare TVM errors: wrap with the file name
-        raise ModelLoadError(f"TVM's ONNX importer failed on {path!r}: {str(e).strip().splitlines()[-1]}") from e
+    printed = io.StringIO()
+    error = None
+    # The importer prints to stdout and TVM's C++ side logs to fd 2 on failure: keep both off the
+    # user's terminal so the CLI's error stays one line.
+    with quiet_native_stderr(), contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        try:
+            mod = from_onnx(model, shape_dict={s.name: list(s.shape) for s in specs},
+                            dtype_dict={s.name: s.dtype for s in specs}, keep_params_in_input=False)
+        except Exception as e:  # the importer raises bare TVM errors: wrap with the file and node
+            lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+            error = f"{type(e).__name__}: {lines[-1] if lines else ''}"
+        gc.collect()  # a failed import leaves a BlockBuilder whose destructor logs a warning
+    if error is not None:
+        raise ModelLoadError(f"TVM's ONNX importer failed on {path!r}{_failed_node(model, printed.getvalue())}: "
+                             f"{_one_line(error).rstrip('.')}; simplify the model (e.g. onnxsim) or check that op's "
+                             "attributes") from None
     return ImportedModel(path, model, mod, specs, [o.name for o in model.graph.output])
 
 

@@ -5,10 +5,12 @@ import numpy as np
 
 from .artifact import load
 from .data import InputSpec, load_dataset
-from .reference import ReferenceInterpreter
+from .errors import CalibrationError
 
 
 def verify_outdir(outdir: str, inputs: str | None = None, count: int = 16) -> dict:
+    if count < 1:
+        raise CalibrationError(f"--count {count}: verify needs at least 1 input; pass --count N with N >= 1")
     art = load(outdir)
     specs = [InputSpec(s.name, s.shape, "float32") for s in art.inputs]
     if inputs:
@@ -18,6 +20,8 @@ def verify_outdir(outdir: str, inputs: str | None = None, count: int = 16) -> di
         rng = np.random.default_rng(0)
         batches = [[rng.integers(s.qtype.qmin, s.qtype.qmax + 1, size=s.shape).astype(s.qtype.dtype)
                     for s in art.inputs] for _ in range(count)]
+    from .reference import ReferenceInterpreter  # imports TVM: only once the directory loaded
+
     ref = ReferenceInterpreter(art.integer_mod)
     fname = "main" if art.int_io else "core"
     mismatches = []

@@ -75,19 +75,29 @@ def percentile_threshold(h: Histogram, qmax: int, percentile: float = 99.999) ->
 def mse_threshold(h: Histogram, qmax: int) -> float:
     """Threshold minimising the expected squared error of clip + round on the histogram.
 
-    Candidates are bin edges from amax/16 to amax; the error of each bin is evaluated at its
-    centre: rounding error inside the range, clipping error outside.
+    Inside the range the rounding error is modelled as uniform (``step**2 / 12`` per value);
+    outside it is the clipping error ``(|x| - t)**2`` at bin centres. (Rounding bin centres
+    themselves would alias once the step nears the bin width.) Candidates: bin edges from
+    amax/64 to amax.
     """
     if h.amax == 0 or h.counts.sum() == 0:
         return h.amax
     v = h.centres()
     w = h.counts
+    total = w.sum()
+    tail_w = np.cumsum(w[::-1])[::-1]                 # count of bins >= k
+    tail_wv = np.cumsum((w * v)[::-1])[::-1]
+    tail_wv2 = np.cumsum((w * v * v)[::-1])[::-1]
     best_t, best_err = h.amax, np.inf
-    for k in range(BINS // 16, BINS + 1, 8):
+    for k in range(BINS // 64, BINS + 1):
         t = k * h.amax / BINS
         step = t / qmax
-        q = np.minimum(np.floor(v / step + 0.5), qmax) * step
-        err = float(np.dot(w, (v - q) ** 2))
+        if k < BINS:  # clipped bins: sum w (v - t)^2
+            clip = tail_wv2[k] - 2 * t * tail_wv[k] + t * t * tail_w[k]
+            inside = total - tail_w[k]
+        else:
+            clip, inside = 0.0, total
+        err = inside * step * step / 12.0 + clip
         if err < best_err:
             best_t, best_err = t, err
     return best_t

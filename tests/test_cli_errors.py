@@ -1,0 +1,441 @@
+"""Bad input through the real CLI: one line on stderr naming the file/node/shape and the fix, exit 2,
+no traceback, and no half-written OUTDIR (``python -m tvm_qplugin`` in a subprocess)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import tvm_qplugin as tq
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = ROOT / "examples" / "digits_cnn.onnx"
+OPSET = 18
+
+
+# --- helpers -------------------------------------------------------------------------------------
+def run_cli(*args, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "TVM_QPLUGIN_NATIVE_LOG"}
+    return subprocess.run([sys.executable, "-m", "tvm_qplugin", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd or ROOT, env=env, timeout=600)
+
+
+def assert_user_error(r: subprocess.CompletedProcess, *names) -> str:
+    """Exit 2, exactly one stderr line ``tvm-qplugin: error: ...`` containing every name; no traceback."""
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == 2, f"exit {r.returncode}; stderr: {r.stderr}"
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and r.stderr == lines[0] + "\n", f"expected one stderr line, got: {r.stderr!r}"
+    line = lines[0]
+    assert line.startswith("tvm-qplugin: error:"), line
+    for n in names:
+        assert str(n) in line, f"{n!r} not named in: {line}"
+    return line
+
+
+def tmp_siblings(outdir: Path) -> list[str]:
+    """Leftovers of an interrupted atomic write next to ``outdir``."""
+    if not outdir.parent.is_dir():
+        return []
+    return sorted(p.name for p in outdir.parent.iterdir()
+                  if p.name.startswith(f".{outdir.name}.tmp-") or p.name.startswith(f".{outdir.name}.old-"))
+
+
+def save_model(nodes, inputs, outputs, path: Path, initializers=()) -> Path:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+# --- shared fixtures (module scope: built once) --------------------------------------------------
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cli_errors")
+
+
+@pytest.fixture(scope="module")
+def digits_calib(work) -> Path:
+    rng = np.random.default_rng(0)
+    path = work / "digits_calib.npz"
+    np.savez(path, input=rng.random((8, 1, 8, 8), dtype=np.float32) * 16)
+    return path
+
+
+@pytest.fixture(scope="module")
+def dynamic_model(work) -> Path:
+    """Relu on x: [N, 4] (symbolic batch dimension 'N')."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    return save_model([helper.make_node("Relu", ["x"], ["y"], name="relu0")], [x], [y], work / "dynamic.onnx")
+
+
+@pytest.fixture(scope="module")
+def tiny_calib(work) -> Path:
+    path = work / "tiny_calib.npz"
+    np.savez(path, x=np.random.default_rng(1).standard_normal((16, 4)).astype(np.float32))
+    return path
+
+
+@pytest.fixture(scope="module")
+def unsupported_model(work) -> Path:
+    """One supported node (Relu) and three unsupported ones: two Sin, one Cos."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="relu_ok"),
+             helper.make_node("Sin", ["a"], ["b"], name="sin_first"),
+             helper.make_node("Cos", ["b"], ["c"], name="cos_only"),
+             helper.make_node("Sin", ["c"], ["y"], name="sin_second")]
+    return save_model(nodes, [x], [y], work / "unsupported.onnx")
+
+
+# --- model file errors ---------------------------------------------------------------------------
+def test_text_file_is_not_onnx(tmp_path, digits_calib):
+    bad = tmp_path / "notes.onnx"
+    bad.write_text("this is a text file, not a model\n")
+    line = assert_user_error(run_cli("compile", bad, "--calib", digits_calib, "-o", tmp_path / "out"), bad)
+    assert "not an ONNX model" in line and "re-export" in line
+
+
+def test_png_renamed_onnx_is_not_onnx(tmp_path, digits_calib):
+    from PIL import Image
+
+    bad = tmp_path / "picture.onnx"
+    Image.fromarray(np.arange(64 * 64 * 3, dtype=np.uint8).reshape(64, 64, 3)).save(bad, format="PNG")
+    assert bad.read_bytes()[:4] == b"\x89PNG"
+    line = assert_user_error(run_cli("compile", bad, "--calib", digits_calib, "-o", tmp_path / "out"), bad)
+    assert "not an ONNX model" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_truncated_onnx(tmp_path, digits_calib):
+    data = DIGITS.read_bytes()
+    bad = tmp_path / "half.onnx"
+    bad.write_bytes(data[: len(data) // 2])
+    line = assert_user_error(run_cli("compile", bad, "--calib", digits_calib, "-o", tmp_path / "out"), bad)
+    assert "truncated" in line
+
+
+def test_empty_file(tmp_path, digits_calib):
+    bad = tmp_path / "empty.onnx"
+    bad.write_bytes(b"")
+    line = assert_user_error(run_cli("compile", bad, "--calib", digits_calib, "-o", tmp_path / "out"), bad)
+    assert "empty" in line
+
+
+def test_missing_file(tmp_path, digits_calib):
+    missing = tmp_path / "nowhere" / "model.onnx"
+    line = assert_user_error(run_cli("compile", missing, "--calib", digits_calib, "-o", tmp_path / "out"), missing)
+    assert "does not exist" in line
+
+
+def test_directory_as_model(tmp_path, digits_calib):
+    line = assert_user_error(run_cli("compile", tmp_path, "--calib", digits_calib, "-o", tmp_path / "out"), tmp_path)
+    assert "directory" in line
+
+
+def test_inspect_not_onnx(tmp_path):
+    bad = tmp_path / "notes.onnx"
+    bad.write_text("hello\n")
+    assert_user_error(run_cli("inspect", bad), bad)
+
+
+# --- shapes --------------------------------------------------------------------------------------
+def test_dynamic_shape_needs_input_shape(tmp_path, dynamic_model, tiny_calib):
+    line = assert_user_error(run_cli("compile", dynamic_model, "--calib", tiny_calib, "-o", tmp_path / "out"),
+                             dynamic_model, "'x'", "'N'", "--input-shape x=1,4")
+    assert "dynamic" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_dynamic_shape_compiles_with_input_shape(tmp_path, dynamic_model, tiny_calib):
+    out = tmp_path / "out"
+    r = run_cli("compile", dynamic_model, "--input-shape", "x=1,4", "--calib", tiny_calib, "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["bit_exact"] and report["integer_only"]
+    assert report["inputs"][0]["name"] == "x" and report["inputs"][0]["shape"] == [1, 4]
+
+
+@pytest.mark.parametrize("spec", ["x=1,a", "x1,4", "x=", "=1,4", "x=1,-4", "x=1,0"])
+def test_malformed_input_shape(tmp_path, dynamic_model, tiny_calib, spec):
+    line = assert_user_error(run_cli("compile", dynamic_model, "--input-shape", spec, "--calib", tiny_calib,
+                                     "-o", tmp_path / "out"), f"--input-shape {spec!r}")
+    assert "NAME=D1,D2" in line
+
+
+def test_input_shape_unknown_name_and_wrong_rank(tmp_path, dynamic_model, tiny_calib):
+    assert_user_error(run_cli("compile", dynamic_model, "--input-shape", "y=1,4", "--calib", tiny_calib,
+                              "-o", tmp_path / "out"), "'y'", "['x']")
+    assert_user_error(run_cli("compile", dynamic_model, "--input-shape", "x=1,4,4", "--calib", tiny_calib,
+                              "-o", tmp_path / "out"), "x=1,4,4", "['N', 4]")
+
+
+# --- unsupported ops -----------------------------------------------------------------------------
+def test_unsupported_ops_listed_once_with_node_names(tmp_path, unsupported_model, tiny_calib):
+    out = tmp_path / "out"
+    line = assert_user_error(run_cli("compile", unsupported_model, "--calib", tiny_calib, "-o", out),
+                             unsupported_model, "Sin", "'sin_first'", "'sin_second'", "Cos", "'cos_only'",
+                             "Supported ops:")
+    listing, supported = line.split("Supported ops:")
+    assert listing.count("Sin (") == 1 and listing.count("Cos (") == 1, line
+    assert "Relu" not in listing and "relu_ok" not in line
+    assert "Conv" in supported and "Relu" in supported
+    # a failed compile leaves no OUTDIR and no temp sibling
+    assert not out.exists() and tmp_siblings(out) == []
+
+
+def test_unsupported_ops_python_api(unsupported_model):
+    with pytest.raises(tq.UnsupportedOpError, match="sin_first"):
+        tq.compile(unsupported_model, calib={"x": np.zeros((4, 4), np.float32)})
+
+
+# --- calibration data ----------------------------------------------------------------------------
+def _calib_error(tmp_path, calib: Path, *names) -> str:
+    out = tmp_path / "out"
+    line = assert_user_error(run_cli("compile", DIGITS, "--calib", calib, "-o", out), calib, *names)
+    assert not out.exists() and tmp_siblings(out) == []
+    return line
+
+
+def test_calib_wrong_shape(tmp_path):
+    p = tmp_path / "shape.npz"
+    np.savez(p, input=np.zeros((8, 1, 7, 7), np.float32))
+    _calib_error(tmp_path, p, "'input'", "(8, 1, 7, 7)", "(N, 1, 8, 8)")
+
+
+def test_calib_wrong_dtype(tmp_path):
+    p = tmp_path / "dtype.npz"
+    np.savez(p, input=np.zeros((8, 1, 8, 8), np.int64))
+    line = _calib_error(tmp_path, p, "'input'", "int64", "float32")
+    assert "astype" in line
+
+
+def test_calib_empty(tmp_path):
+    p = tmp_path / "empty.npz"
+    np.savez(p, input=np.zeros((0, 1, 8, 8), np.float32))
+    line = _calib_error(tmp_path, p, "'input'")
+    assert "0 samples" in line
+
+
+def test_calib_missing_input_name(tmp_path):
+    p = tmp_path / "names.npz"
+    np.savez(p, images=np.zeros((8, 1, 8, 8), np.float32), more=np.zeros((8, 1, 8, 8), np.float32))
+    _calib_error(tmp_path, p, "['input']", "images")
+
+
+@pytest.mark.parametrize("kind", ["text", "npy"])
+def test_calib_not_an_npz(tmp_path, kind):
+    p = tmp_path / f"calib_{kind}.npz"
+    if kind == "text":
+        p.write_text("1,2,3\n")
+    else:
+        with open(p, "wb") as f:
+            np.save(f, np.zeros((8, 1, 8, 8), np.float32))
+    line = _calib_error(tmp_path, p)
+    assert "numpy.savez" in line
+
+
+def test_calib_missing_file(tmp_path):
+    _calib_error(tmp_path, tmp_path / "nope.npz")
+
+
+def test_calib_image_dir_channel_mismatch(tmp_path):
+    from PIL import Image
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(d / "a.png")
+    line = _calib_error(tmp_path, d, "'input'")
+    assert "--grayscale" in line
+
+
+def test_calib_limit_must_be_positive(tmp_path, digits_calib):
+    assert_user_error(run_cli("compile", DIGITS, "--calib", digits_calib, "--calib-limit", "0", "-o", tmp_path / "o"),
+                      "--calib-limit")
+
+
+# --- output directory ----------------------------------------------------------------------------
+def test_output_under_proc(digits_calib):
+    assert_user_error(run_cli("compile", DIGITS, "--calib", digits_calib, "-o", "/proc/tvm-qplugin-out"),
+                      "/proc/tvm-qplugin-out")
+
+
+def test_output_parent_is_a_file(tmp_path, digits_calib):
+    f = tmp_path / "plain_file"
+    f.write_text("x")
+    line = assert_user_error(run_cli("compile", DIGITS, "--calib", digits_calib, "-o", f / "out"), f / "out")
+    assert "is a file" in line
+    assert f.read_text() == "x"
+
+
+def test_output_is_a_file(tmp_path, digits_calib):
+    f = tmp_path / "plain_file"
+    f.write_text("x")
+    assert_user_error(run_cli("compile", DIGITS, "--calib", digits_calib, "-o", f), f)
+    assert f.read_text() == "x"
+
+
+def test_output_is_a_foreign_directory_is_not_replaced(tmp_path, digits_calib):
+    d = tmp_path / "my_documents"
+    d.mkdir()
+    (d / "thesis.txt").write_text("precious")
+    line = assert_user_error(run_cli("compile", DIGITS, "--calib", digits_calib, "-o", d), d)
+    assert "refusing" in line
+    assert (d / "thesis.txt").read_text() == "precious"
+
+
+# --- options -------------------------------------------------------------------------------------
+def test_unknown_target(tmp_path, digits_calib):
+    line = assert_user_error(run_cli("compile", DIGITS, "--calib", digits_calib, "--target", "no-such-board",
+                                     "-o", tmp_path / "out"), "'no-such-board'", "x86-host")
+    assert "tvm-qplugin targets" in line
+
+
+@pytest.mark.parametrize("flag,value,choice", [("--observer", "median", "minmax"), ("--precision", "int3", "int8")])
+def test_unknown_option_value(tmp_path, digits_calib, flag, value, choice):
+    assert_user_error(run_cli("compile", DIGITS, "--calib", digits_calib, flag, value, "-o", tmp_path / "out"),
+                      flag, repr(value), choice)
+
+
+def test_argparse_errors_are_one_line(tmp_path):
+    assert_user_error(run_cli("compile", DIGITS), "-o/--output")
+    assert_user_error(run_cli("frobnicate"), "frobnicate")
+
+
+# --- verify --------------------------------------------------------------------------------------
+def test_verify_on_a_directory_that_is_not_an_artifact(tmp_path):
+    (tmp_path / "readme.txt").write_text("hi")
+    line = assert_user_error(run_cli("verify", tmp_path), tmp_path)
+    assert "not a tvm-qplugin output directory" in line
+
+
+def test_verify_on_missing_directory(tmp_path):
+    assert_user_error(run_cli("verify", tmp_path / "absent"), tmp_path / "absent")
+
+
+# --- atomic OUTDIR -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_artifact(dynamic_model):
+    rng = np.random.default_rng(2)
+    return tq.compile(dynamic_model, calib={"x": rng.standard_normal((16, 4)).astype(np.float32)},
+                      input_shapes=["x=1,4"])
+
+
+def _snapshot(d: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
+
+
+def test_save_failing_midway_leaves_nothing(tmp_path, tiny_artifact, monkeypatch):
+    import tvm
+
+    def broken(*_a, **_k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tvm.ir, "save_json", broken)  # after model.so was written into the temp dir
+    out = tmp_path / "deep" / "out"
+    with pytest.raises(tq.OutputDirError, match="No space left"):
+        tiny_artifact.save(out)
+    assert not out.exists() and tmp_siblings(out) == []
+    assert not (tmp_path / "deep").exists()  # parents created for the save are removed too
+
+
+def test_save_failing_at_last_file_keeps_previous_artifact(tmp_path, tiny_artifact):
+    out = tiny_artifact.save(tmp_path / "out")
+    before = _snapshot(out)
+    tiny_artifact.report["unserializable"] = object()  # report.json, the last file, fails to encode
+    try:
+        with pytest.raises(TypeError):
+            tiny_artifact.save(out)
+    finally:
+        del tiny_artifact.report["unserializable"]
+    assert _snapshot(out) == before
+    assert tmp_siblings(out) == []
+
+
+def test_failing_compile_keeps_previous_artifact(tmp_path, dynamic_model, unsupported_model, tiny_calib):
+    out = tmp_path / "out"
+    r = run_cli("compile", dynamic_model, "--input-shape", "x=1,4", "--calib", tiny_calib, "-o", out)
+    assert r.returncode == 0, r.stderr
+    before = _snapshot(out)
+    assert_user_error(run_cli("compile", unsupported_model, "--calib", tiny_calib, "-o", out), "sin_first")
+    assert _snapshot(out) == before and tmp_siblings(out) == []
+
+
+def test_recompile_replaces_outdir_atomically(tmp_path, dynamic_model, tiny_calib):
+    out = tmp_path / "out"
+    r1 = run_cli("compile", dynamic_model, "--input-shape", "x=1,4", "--calib", tiny_calib, "--observer", "minmax",
+                 "-o", out)
+    assert r1.returncode == 0, r1.stderr
+    assert json.loads((out / "report.json").read_text())["observer"] == "minmax"
+    inode = out.stat().st_ino
+    r2 = run_cli("compile", dynamic_model, "--input-shape", "x=1,4", "--calib", tiny_calib, "--observer", "mse",
+                 "--int-io", "-o", out)
+    assert r2.returncode == 0, r2.stderr
+    assert out.stat().st_ino != inode  # a new directory took the old one's place (rename, not rewrite)
+    assert json.loads((out / "report.json").read_text())["observer"] == "mse"
+    assert json.loads((out / "io.json").read_text())["int_io"] is True
+    assert sorted(p.name for p in out.iterdir()) == ["integer_module.json", "io.json", "model.so", "report.json"]
+    assert tmp_siblings(out) == []
+    assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~_umask())  # not mkdtemp's 0700
+
+
+def test_python_save_into_existing_artifact_replaces_it(tmp_path, tiny_artifact):
+    out = tiny_artifact.save(tmp_path / "out")
+    (out / "report.json").write_text("{}")
+    tiny_artifact.save(out)
+    assert json.loads((out / "report.json").read_text())["bit_exact"] is True
+    assert tmp_siblings(out) == []
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# --- TVM importer failures and internal errors ---------------------------------------------------
+def test_tvm_importer_failure_names_node_in_one_line(tmp_path, tiny_calib):
+    """An op on the supported list that TVM's ONNX importer rejects (a Conv on a 2-D tensor): one line
+    naming the file and the node; TVM's own printout and C++ warnings stay off the terminal."""
+    from onnx import numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    model = save_model([helper.make_node("Conv", ["x", "w"], ["y"], name="conv_2d_input")], [x], [y],
+                       tmp_path / "conv2d.onnx", [w])
+    r = run_cli("compile", model, "--calib", tiny_calib, "-o", tmp_path / "out")
+    line = assert_user_error(r, model, "'conv_2d_input'", "Conv")
+    assert "importer" in line
+    assert r.stdout == ""
+    assert not (tmp_path / "out").exists()
+
+
+def test_inspect_malformed_input_shape(dynamic_model):
+    assert_user_error(run_cli("inspect", dynamic_model, "--input-shape", "x=1;4"), "'x=1;4'")
+
+
+def test_internal_error_is_one_line_and_traceback_with_verbose(monkeypatch, capsys):
+    from tvm_qplugin import cli
+
+    def boom(_args):
+        raise RuntimeError("kaboom\nsecond line of a native message")
+
+    monkeypatch.setattr(cli, "cmd_targets", boom)
+    assert cli.main(["targets"]) == cli.EXIT_INTERNAL_ERROR
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("tvm-qplugin: internal error: RuntimeError:")
+    assert "Traceback" not in err and "-v" in err
+    assert cli.main(["-v", "targets"]) == cli.EXIT_INTERNAL_ERROR
+    assert "Traceback" in capsys.readouterr().err
