@@ -15,6 +15,7 @@ import tvm
 from tvm import relax
 
 from .data import Dataset
+from .errors import CalibrationError
 from .passes.graph import Graph, dtype_of
 from .passes.rewriter import substitute
 from .quant.observers import Histogram, calibrated_range
@@ -77,10 +78,17 @@ def calibrate(runner: FloatRunner, data: Dataset, method: str = "mse", limit: in
         taps, _ = runner.run(batch)
         batches += 1
         for v, a in zip(runner.observed, taps):
-            hists[v].update(a)
+            try:
+                hists[v].update(a)
+            except ValueError as e:
+                raise CalibrationError(f"calibration batch {batches}: float tensor {v.name} ({e}); check the "
+                                       "calibration data and the model's float behaviour on it") from None
             if a.ndim >= 2:
                 red = tuple(i for i in range(a.ndim) if i != (1 if a.ndim == 4 else a.ndim - 1))
                 sums[v] = sums.get(v, 0) + a.astype(np.float64).mean(axis=red)
+    if batches == 0:
+        raise CalibrationError(f"no calibration batch: {len(data)} sample(s) for a model batch of "
+                               f"{data.specs[0].batch}")
     ranges = {}
     for v, h in hists.items():
         # inputs keep their full observed range: clipping data at the entry loses information

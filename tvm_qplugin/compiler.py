@@ -118,6 +118,8 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
     build_mod, n_scheduled = apply_default_schedules(imod.mod, tvm_target)
     executable = tvm.compile(build_mod, target=tvm_target)
     build_s = time.perf_counter() - t1
+    if len(imported.output_names) == len(imod.outputs):  # name outputs as the ONNX model does
+        imod.outputs = [(n, shape, qt) for n, (_, shape, qt) in zip(imported.output_names, imod.outputs)]
     art = Artifact(imod.mod, [IOSpec(*i) for i in imod.inputs], [IOSpec(*o) for o in imod.outputs], opts.int_io,
                    executable=executable)
 
