@@ -24,7 +24,7 @@ from .passes.verify import verify_integer_only, verify_lowered_tir
 from .progress import progress
 from .quant.observers import OBSERVERS
 from .reference import ReferenceInterpreter
-from .schedules import apply_default_schedules
+from .build import build
 from .targets import get_board
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
     float_mod = canonicalize(imported.mod)
     runner = FloatRunner(float_mod, tvm_target)
     ranges = calibrate(runner, calib_ds, opts.observer, opts.calib_limit, opts.show_progress)
-    imod = integerize(float_mod, ranges, IntegerizeConfig(int_io=opts.int_io))
+    imod = integerize(float_mod, ranges, IntegerizeConfig(int_io=opts.int_io, nonlinear=opts.nonlinear))
     core = "main" if opts.int_io else "core"
     iv = verify_integer_only(imod.mod, opts.allow_float, func_name=core)
     lowered_float = verify_lowered_tir(imod.mod, core)
@@ -115,8 +115,7 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
         raise FloatOpError(f"float dtypes in lowered TIR kernels: {'; '.join(lowered_float)}")
 
     t1 = time.perf_counter()
-    build_mod, n_scheduled = apply_default_schedules(imod.mod, tvm_target)
-    executable = tvm.compile(build_mod, target=tvm_target)
+    executable, n_scheduled = build(imod.mod, tvm_target)
     build_s = time.perf_counter() - t1
     if len(imported.output_names) == len(imod.outputs):  # name outputs as the ONNX model does
         imod.outputs = [(n, shape, qt) for n, (_, shape, qt) in zip(imported.output_names, imod.outputs)]

@@ -31,6 +31,9 @@ SUPPORTED_ONNX_OPS = frozenset({
     "Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Relu", "Clip", "MaxPool", "AveragePool",
     "GlobalAveragePool", "ReduceMean", "Concat", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
     "BatchNormalization", "Identity", "Constant", "Shape", "Gather", "Cast", "Dropout",
+    # transformer encoders: LayerNorm (native or decomposed), GELU (Erf form), attention + masks
+    "LayerNormalization", "Softmax", "Erf", "Pow", "Sqrt", "Where", "Equal", "Less", "Greater", "And", "Or",
+    "Not", "GatherND", "GatherElements", "Expand",
 })
 
 

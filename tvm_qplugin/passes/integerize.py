@@ -40,6 +40,7 @@ class IntegerizeConfig:
     output_bits: int = 24        # graph outputs of accumulating ops keep 24 bits (int32 dtype)
     residual_bits: int = 16      # signed (un-activated) conv/dense/add outputs: the residual stream
     bias_correction: bool = True  # subtract the expected weight-rounding error from the bias
+    nonlinear: str = "ivit"       # softmax / GELU / LayerNorm algorithm: ivit | ibert | division-free
     int_io: bool = False
 
     def __post_init__(self):
@@ -159,9 +160,14 @@ class IntegerizeContext:
         overflow the int32 accumulator (only wide inputs can)."""
         if reduction * max(abs(x.qtype.qmin), x.qtype.qmax) * 128 < 2**31:
             return x
-        amax = x.qtype.scale * x.qtype.qmax
-        narrow = QType.for_range(0.0 if x.nonneg else -amax, amax, nonneg=x.nonneg, bits=8)
-        return QValue(self.requantize(x, narrow), narrow, x.nonneg)
+        return self.narrow(x)
+
+    def narrow(self, x: QValue, signed: bool | None = None, bits: int = 8) -> QValue:
+        """``x`` requantized to ``bits`` over its full current range (signedness kept or forced)."""
+        amax = x.qtype.scale * max(abs(x.qtype.qmin), x.qtype.qmax)
+        nonneg = x.nonneg if signed is None else (not signed and x.nonneg)
+        narrow = QType.for_range(0.0 if nonneg else -amax, amax, nonneg=nonneg, bits=bits)
+        return QValue(self.requantize(x, narrow), narrow, nonneg)
 
     # --- fusion ---
     def epilogue(self, var: relax.Var, channel_axis: int | None, allow_bias: bool = True) -> Epilogue:

@@ -64,7 +64,9 @@ def verify_integer_only(mod: tvm.IRModule, allow: tuple[str, ...] = (), func_nam
             if gvar not in seen:
                 seen.add(gvar)
                 rep.kernels += 1
-                rep.division_ops += getattr(OPS.get(op_name), "division_ops", 0)
+                op = OPS.get(op_name)
+                if op is not None and hasattr(op, "divisions"):
+                    rep.division_ops += op.divisions(described[1])
                 text = mod[gvar].script()
                 hits = sorted(set(_FLOAT_TIR.findall(text)))
                 if hits:

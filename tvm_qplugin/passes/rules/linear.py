@@ -104,7 +104,7 @@ class QDense(IntegerRule):
     def check(self, ctx, b):
         w = ctx.const(b.args[1])
         if w is None:
-            return "activation x activation matmul is not supported yet (second operand is not a constant)"
+            return "second operand is not a constant (activation x activation rule)"
         if w.ndim != 2:
             return f"constant operand has rank {w.ndim} (2-D weights supported)"
         return None

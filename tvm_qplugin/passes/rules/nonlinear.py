@@ -1,0 +1,117 @@
+"""Integer-only transformer non-linears and activation x activation matmul (I-ViT / I-BERT /
+division-free, chosen by ``IntegerizeConfig.nonlinear``). Shift constants and output scales
+come from each layer's own calibrated range (issue: not fixed per model)."""
+from __future__ import annotations
+
+from ...ops import const
+from ...ops.nonlinear import layernorm_int_args
+from ...quant import QType, dyadic
+from ...quant import nonlinear_consts as nc
+from ..graph import shape_of
+from ..integerize import IntegerizeContext, IntegerRule, QValue, register_rule
+
+SOFTMAX_OUT = QType("uint8", 2.0**-8)
+
+
+def _max_abs(qt: QType) -> int:
+    return max(abs(qt.qmin), qt.qmax)
+
+
+def narrow_pair(ctx: IntegerizeContext, a: QValue, b: QValue, k: int) -> tuple[QValue, QValue]:
+    """Requantize the wider operand(s) to 8 bits until ``k |a| |b|`` fits the int32 accumulator."""
+    for _ in range(2):
+        if k * (_max_abs(a.qtype) + 1) * (_max_abs(b.qtype) + 1) < 2**31:
+            break
+        if _max_abs(a.qtype) >= _max_abs(b.qtype):
+            a = ctx.narrow(a)
+        else:
+            b = ctx.narrow(b)
+    return a, b
+
+
+@register_rule
+class QMatMulAct(IntegerRule):
+    """matmul(a, b) of two activations (QK^T, attention x V) -> matmul_requant (int32 accumulation,
+    one per-tensor dyadic requantization)."""
+
+    ops = ("relax.matmul",)
+
+    def check(self, ctx, b):
+        if ctx.const(b.args[0]) is not None or ctx.const(b.args[1]) is not None:
+            return "a constant operand (dense rule)"
+        return None
+
+    def rewrite(self, ctx, b):
+        k = shape_of(b.args[0])[-1]
+        x, y = narrow_pair(ctx, ctx.q(b.args[0]), ctx.q(b.args[1]), k)
+        out_qt = ctx.out_qtype(b.var, x.nonneg and y.nonneg)
+        d = dyadic(x.qtype.scale * y.qtype.scale / out_qt.scale)
+        out = ctx.emit("matmul_requant", [x.expr, y.expr], multiplier=d.multiplier, shift=d.shift, qmin=out_qt.qmin,
+                       qmax=out_qt.qmax, out_dtype=out_qt.dtype)
+        return QValue(out, out_qt, x.nonneg and y.nonneg)
+
+
+@register_rule
+class QSoftmax(IntegerRule):
+    """softmax over the last axis -> softmax_int (Shiftmax / i-exp / division-free); output uint8
+    at 2**-8. N is chosen from this layer's calibrated input range."""
+
+    ops = ("relax.nn.softmax",)
+
+    def check(self, ctx, b):
+        axis = int(b.attrs.axis)
+        return None if axis in (-1, len(shape_of(b.var)) - 1) else f"softmax over axis {axis} (last axis supported)"
+
+    def rewrite(self, ctx, b):
+        x = ctx.q(b.args[0])
+        if x.qtype.dtype not in ("int8", "int16", "int32"):
+            x = ctx.narrow(x, signed=True)
+        lo, hi = ctx.ranges[b.args[0]]
+        row = shape_of(b.var)[-1]
+        n = nc.choose_softmax_n(x.qtype.scale, max(hi - lo, 1e-6), row, ctx.config.nonlinear)
+        y = ctx.emit("softmax_int", [x.expr], in_scale=x.qtype.scale, n=n, variant=ctx.config.nonlinear)
+        return QValue(y, SOFTMAX_OUT, nonneg=True)
+
+
+@register_rule
+class QGelu(IntegerRule):
+    """gelu (Erf form, fused by passes/patterns.py) -> gelu_int (ShiftGELU / i-GELU / division-free)."""
+
+    ops = ("relax.nn.gelu",)
+
+    def rewrite(self, ctx, b):
+        x = ctx.q(b.args[0])
+        if x.qtype.dtype not in ("int8", "int16"):
+            x = ctx.narrow(x, signed=True, bits=16)
+        out_qt = ctx.out_qtype(b.var, nonneg=False, wide_ok=False)
+        y = ctx.emit("gelu_int", [x.expr], in_scale=x.qtype.scale, out_scale=out_qt.scale, qmin=out_qt.qmin,
+                     qmax=out_qt.qmax, out_dtype=out_qt.dtype, variant=ctx.config.nonlinear,
+                     n=nc.choose_gelu_n(x.qtype.scale, ctx.config.nonlinear) if ctx.config.nonlinear != "ibert" else None)
+        return QValue(y, out_qt)
+
+
+@register_rule
+class QLayerNorm(IntegerRule):
+    """layer_norm over the last axis -> layernorm_int (I-LayerNorm; integer sqrt; affine folded per
+    channel). The output feeds residual adds, so it is kept at the residual width."""
+
+    ops = ("relax.nn.layer_norm",)
+
+    def check(self, ctx, b):
+        axes = [int(a) for a in b.attrs.axes]
+        if axes not in ([-1], [len(shape_of(b.var)) - 1]):
+            return f"layer_norm over axes {axes} (last axis supported)"
+        if ctx.const(b.args[1]) is None or ctx.const(b.args[2]) is None:
+            return "gamma/beta are not constants"
+        return None
+
+    def rewrite(self, ctx, b):
+        x = ctx.q(b.args[0])
+        c = shape_of(b.var)[-1]
+        out_qt = ctx.out_qtype(b.var, nonneg=False)
+        mult, bias, params = layernorm_int_args(
+            ctx.const(b.args[1]).reshape(-1), ctx.const(b.args[2]).reshape(-1), in_scale=x.qtype.scale,
+            out_scale=out_qt.scale, eps=float(b.attrs.epsilon), in_dtype=x.qtype.dtype, c=c, qmin=out_qt.qmin,
+            qmax=out_qt.qmax, out_dtype=out_qt.dtype, variant=ctx.config.nonlinear, max_abs=_max_abs(x.qtype))
+        y = ctx.emit("layernorm_int", [x.expr, const(mult), const(bias)], **params)
+        return QValue(y, out_qt)
