@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_STAMP := $(VENV)/.apt
-APT_PACKAGES := gcc g++ make cmake fortunes-min
+APT_PACKAGES := gcc g++ make cmake fortunes-min clang libclang-rt-14-dev gcc-arm-none-eabi libnewlib-arm-none-eabi binutils-arm-none-eabi qemu-system-arm qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross
 JOBS ?= 2
 
 .PHONY: setup demo test test-fast bench clean

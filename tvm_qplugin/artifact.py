@@ -28,15 +28,34 @@ from .quant import QType
 
 @dataclass
 class IOSpec:
+    """One model input/output. ``qtype`` is None for raw integer tensors (token ids, masks), which
+    pass through unquantized with their own ``dtype``."""
+
     name: str
     shape: tuple[int, ...]
-    qtype: QType
+    qtype: QType | None
+    dtype: str | None = None
+
+    @property
+    def host_dtype(self) -> str:
+        """dtype of this tensor on the float API (``run``): float32 unless raw."""
+        return "float32" if self.qtype is not None else (self.dtype or "int64")
+
+    def to_host(self, x) -> np.ndarray:
+        return np.ascontiguousarray(np.asarray(x, self.host_dtype).reshape(self.shape))
+
+    def quantize(self, x) -> np.ndarray:
+        return self.to_host(x) if self.qtype is None else self.qtype.quantize(self.to_host(x))
 
     def to_json(self) -> dict:
+        if self.qtype is None:
+            return {"name": self.name, "shape": list(self.shape), "dtype": self.host_dtype, "raw": True}
         return {"name": self.name, "shape": list(self.shape), **self.qtype.to_json()}
 
     @classmethod
     def from_json(cls, d: dict) -> "IOSpec":
+        if d.get("raw"):
+            return cls(d["name"], tuple(d["shape"]), None, d["dtype"])
         return cls(d["name"], tuple(d["shape"]), QType.from_json(d))
 
 
@@ -51,6 +70,7 @@ class Artifact:
     report: dict = field(default_factory=dict)
     executable: object = None
     library: object = None
+    c_package: Path | None = None   # MCU targets: the C package, saved as OUT/c
     _vm: object = None
 
     # --- running ---
@@ -65,7 +85,7 @@ class Artifact:
         return self._vm
 
     def quantize_inputs(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return [s.qtype.quantize(np.asarray(inputs[s.name], np.float32).reshape(s.shape)) for s in self.inputs]
+        return [s.quantize(inputs[s.name]) for s in self.inputs]
 
     def run_integer(self, qinputs: list[np.ndarray]) -> list[np.ndarray]:
         """Run the integer core (integer in, integer out) of the compiled build."""
@@ -85,8 +105,7 @@ class Artifact:
             return [s.qtype.dequantize(o) for s, o in zip(self.outputs, outs)]
         import tvm
 
-        args = [tvm.runtime.tensor(np.ascontiguousarray(np.asarray(inputs[s.name], np.float32).reshape(s.shape)))
-                for s in self.inputs]
+        args = [tvm.runtime.tensor(s.to_host(inputs[s.name])) for s in self.inputs]
         return _as_list(self.vm["main"](*args))
 
     # --- persistence ---
@@ -122,6 +141,8 @@ class Artifact:
                   "outputs": [s.to_json() for s in self.outputs]}
             (tmp / "io.json").write_text(json.dumps(io, indent=2))
             (tmp / "report.json").write_text(json.dumps(self.report, indent=2, default=_json_default))
+            if self.c_package is not None:  # MCU targets: the standalone C package
+                shutil.copytree(self.c_package, tmp / "c", ignore=shutil.ignore_patterns("build*", "*.o", "*.elf"))
             _install(tmp, outdir)
         except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--int-io", action="store_true", help="integer inputs/outputs (no entry/exit float ops)")
     c.add_argument("--allow-float", default="", metavar="OP,...", help="accept these float ops (reported)")
     c.add_argument("--calib-limit", type=_positive_int, help="use at most N calibration samples")
+    c.add_argument("--budget", metavar="size=..,ram=..", help="fail unless the model fits, e.g. size=512KB,ram=256KB")
     img = c.add_argument_group("image directory preprocessing (with --calib DIR)")
     img.add_argument("--resize", type=_positive_int, help="resize the short side to N pixels")
     img.add_argument("--crop", type=_positive_int, help="center crop N x N")
@@ -97,6 +98,7 @@ def cmd_compile(a) -> int:
     _check_writable(out)
 
     from .compiler import compile as compile_model
+    from .compiler import parse_budget
     from .data import Preprocess
     from .report import summary
 
@@ -106,7 +108,7 @@ def cmd_compile(a) -> int:
                         preprocess=pre, precision=a.precision, observer=a.observer, nonlinear=a.nonlinear,
                         attention=a.attention, int_io=a.int_io,
                         allow_float=tuple(x for x in a.allow_float.split(",") if x), calib_limit=a.calib_limit,
-                        show_progress=not a.no_progress and sys.stderr.isatty())
+                        budget=parse_budget(a.budget), show_progress=not a.no_progress and sys.stderr.isatty())
     art.save(out)
     print(summary(art.report, out))
     return 0 if art.report["bit_exact"] else 1
@@ -132,7 +134,9 @@ def cmd_targets(a) -> int:
 
     for b in boards().values():
         extra = f" [{', '.join(b.isa_features())}]" if b.detect_host else ""
-        print(f"{b.name:18s} {b.family:8s} {b.runner:10s} {b.description}{extra}")
+        mem = b.memory_summary() if hasattr(b, "memory_summary") else ""
+        via = f" (verified on {b.verified_by})" if getattr(b, "verified_by", "") else ""
+        print(f"{b.name:18s} {b.family:9s} {b.runner:16s} {b.description}{extra} {mem}{via}".rstrip())
     return 0
 
 

@@ -50,6 +50,8 @@ class CompileOptions:
     bit_exact_inputs: int = BIT_EXACT_MIN_INPUTS
     timing_runs: int = 20
     show_progress: bool = False
+    budget: tuple[tuple[str, float], ...] = ()   # ("size"|"ram", bytes) -- see parse_budget
+    mcu_verify_inputs: int = 4                    # samples run under qemu for MCU targets
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -86,9 +88,12 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
     """
     opts = CompileOptions(target=target, **options)
     board = get_board(opts.target)
-    if not board.runs_here:
-        raise QPluginError(f"target {board.name!r} does not run on this machine; this version builds and verifies "
-                           "host (x86-host) targets")
+    if not board.runs_here and not board.is_mcu:
+        raise QPluginError(f"target {board.name!r} ({board.runner}) is not supported by `compile` yet: this version "
+                           "builds x86-host and Cortex-M (C package) targets")
+    if board.is_mcu:  # the integer graph is built and checked on the host, then exported as C
+        opts = CompileOptions(**{**opts.__dict__, "int_io": True})
+    host = get_board("x86-host") if board.is_mcu else board
     if isinstance(input_shapes, (list, tuple)):
         input_shapes = parse_input_shapes(list(input_shapes))
     t0 = time.perf_counter()
@@ -101,7 +106,7 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
     if eval_ds.labels is None and eval is None:
         eval_ds = calib_ds
 
-    tvm_target = board.target()
+    tvm_target = host.target()
     float_mod = canonicalize(imported.mod)
     runner = FloatRunner(float_mod, tvm_target)
     ranges = calibrate(runner, calib_ds, opts.observer, opts.calib_limit, opts.show_progress)
@@ -119,17 +124,70 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
     build_s = time.perf_counter() - t1
     if len(imported.output_names) == len(imod.outputs):  # name outputs as the ONNX model does
         imod.outputs = [(n, shape, qt) for n, (_, shape, qt) in zip(imported.output_names, imod.outputs)]
-    art = Artifact(imod.mod, [IOSpec(*i) for i in imod.inputs], [IOSpec(*o) for o in imod.outputs], opts.int_io,
-                   executable=executable)
+    dtypes = {spec.name: spec.dtype for spec in imported.inputs}
+    art = Artifact(imod.mod, [IOSpec(n, shape, qt, dtypes.get(n)) for n, shape, qt in imod.inputs],
+                   [IOSpec(*o) for o in imod.outputs], opts.int_io, executable=executable)
 
     bit_exact, n_exact = check_bit_exact(art, eval_ds, opts.bit_exact_inputs, opts.show_progress)
     accuracy = evaluate(art, FloatRunner(float_mod, tvm_target, observe=False), eval_ds, opts.show_progress)
     latency = measure_latency(art, opts.timing_runs)
     art.report = build_report(imported, board, opts, imod, iv, bit_exact, n_exact, accuracy, latency, executable,
                               compile_s=time.perf_counter() - t0, build_s=build_s)
+    if board.is_mcu:
+        export_for_mcu(art, board, eval_ds, opts)
     if not bit_exact:
         log.error("compiled build differs from the NumPy reference: this is a bug, please report it")
     return art
+
+
+def parse_budget(text: str | None) -> tuple[tuple[str, float], ...]:
+    """``"size=2MB,ram=512KB,latency=5ms"`` -> (("size", bytes), ("ram", bytes), ("latency", ms))."""
+    if not text:
+        return ()
+    units = {"": 1, "b": 1, "kb": 1024, "k": 1024, "mb": 1024**2, "m": 1024**2, "gb": 1024**3, "ms": 1, "s": 1000,
+             "us": 1e-3}
+    out = []
+    for item in text.split(","):
+        key, sep, val = item.strip().partition("=")
+        num = val.strip().lower().rstrip("bsmkgu")
+        unit = val.strip().lower()[len(num):]
+        try:
+            value = float(num) * units[unit]
+        except (ValueError, KeyError):
+            value = None
+        if not sep or key not in ("size", "ram", "latency", "bops") or value is None or value <= 0:
+            raise QPluginError(f"--budget {item!r}: expected size=|ram=|latency=|bops= with a positive number and "
+                               "an optional unit (KB, MB, ms), e.g. --budget size=512KB,ram=256KB")
+        out.append((key, value))
+    return tuple(out)
+
+
+def export_for_mcu(art: Artifact, board, ds: Dataset, opts: CompileOptions) -> None:
+    """Write the C package, check budgets, run it under qemu bit-exactly; fill report memory/cost."""
+    import tempfile
+
+    from .export import export_mcu
+
+    budget = dict(opts.budget)
+    pkg = Path(tempfile.mkdtemp(prefix="tvm_qplugin_c_"))
+    samples = [art.quantize_inputs(b) for b in ds.batches(opts.mcu_verify_inputs)]
+    res = export_mcu(art.integer_mod, pkg, board, samples=samples,
+                     ram_budget=int(budget["ram"]) if "ram" in budget else None,
+                     size_budget=int(budget["size"]) if "size" in budget else None)
+    art.c_package = pkg
+    r = art.report
+    r["memory"] = res["memory"]
+    r["mcu"] = {"board": board.name, "verified_on": res.get("board", board.verified_by), "bit_exact": res["bit_exact"],
+                "bit_exact_inputs": res["bit_exact_inputs"],
+                "instructions_per_inference": res.get("instructions_per_inference"),
+                "instructions_per_mac": res.get("instructions_per_mac")}
+    r["bit_exact"] = bool(r["bit_exact"] and res["bit_exact"])
+    per_layer = res.get("layers") or []
+    convs = [layer for layer in r["layers"] if layer["op"] in ("conv2d", "dense")]
+    for layer, cost in zip(convs, per_layer):
+        layer["instructions"] = cost.get("instructions")
+        layer["instructions_per_mac"] = cost.get("instructions_per_mac")
+    r["latency_ms"] = None  # the board is emulated here: qemu counts instructions, not time
 
 
 def check_bit_exact(art: Artifact, ds: Dataset, n: int, show_progress: bool = False) -> tuple[bool, int]:
@@ -163,10 +221,10 @@ def evaluate(art: Artifact, runner: FloatRunner, ds: Dataset, show_progress: boo
 
 
 def measure_latency(art: Artifact, runs: int) -> dict:
-    args = [tvm.runtime.tensor(np.zeros(s.shape, np.float32)) for s in art.inputs]
+    args = [tvm.runtime.tensor(np.zeros(s.shape, s.host_dtype)) for s in art.inputs]
     fname = "main"
     if art.int_io:
-        args = [tvm.runtime.tensor(np.zeros(s.shape, s.qtype.dtype)) for s in art.inputs]
+        args = [tvm.runtime.tensor(s.quantize(np.zeros(s.shape, s.host_dtype))) for s in art.inputs]
     vm = art.vm
     vm[fname](*args)  # warm up
     times = []
@@ -210,7 +268,8 @@ def build_report(imported, board, opts, imod, iv, bit_exact, n_exact, accuracy, 
                     "sensitivity": None, "latency_us": None, "macs": layer.macs} for layer in imod.layers],
         "latency_ms": latency,
         "tuning": {"trials": 0, "tasks_tuned": 0, "tasks_untuned": iv.kernels, "db": None},
-        "inputs": [{"name": n, "shape": list(s), **q.to_json()} for n, s, q in imod.inputs],
+        "inputs": [{"name": n, "shape": list(s), **(q.to_json() if q is not None else {"raw": True})}
+                   for n, s, q in imod.inputs],
         "outputs": [{"name": n, "shape": list(s), **q.to_json()} for n, s, q in imod.outputs],
         "timing_s": {"total": round(compile_s, 2), "tvm_build": round(build_s, 2)},
         "toolchain": {"tvm": tvm.__version__, "tvm_ffi": getattr(tvm_ffi, "__version__", "unknown"),

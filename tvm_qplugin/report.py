@@ -24,6 +24,15 @@ def summary(r: dict, outdir: Path | str) -> str:
     elif acc:
         lines.append(f"accuracy     mean cosine vs fp32 {acc['value']:.5f} (min {acc['min']:.5f}) on {acc['inputs']} inputs")
     lines.append(f"size         weights {r['size_bytes']['weights'] / 1024:.1f} KiB")
+    mem, mcu = r.get("memory"), r.get("mcu")
+    if mem:
+        lines.append(f"memory       arena {mem['peak_arena_bytes']} B (liveness bound {mem['liveness_lower_bound_bytes']} B), "
+                     f"flash {mem.get('flash_bytes')} B, RAM {mem.get('ram_bytes')} B, stack {mem.get('stack_bytes')} B")
+    if mcu:
+        ipm = mcu.get("instructions_per_mac")
+        lines.append(f"C package    bit-exact {'yes' if mcu['bit_exact'] else 'NO'} under qemu ({mcu['verified_on']}) on "
+                     f"{mcu['bit_exact_inputs']} inputs; {mcu.get('instructions_per_inference')} instructions/inference"
+                     + (f", {ipm:.2f} per MAC" if ipm else ""))
     if r.get("latency_ms"):
         lines.append(f"latency      {r['latency_ms']['median']:.3f} ms median of {r['latency_ms']['runs']} runs")
     return "\n".join(lines)

@@ -100,18 +100,21 @@ class Conv2DRequant(IntegerOp):
 class DenseRequant(IntegerOp):
     """Dense layer ``y[..., j] = requant(sum_k x[..., k] * w[j, k] + bias[j])``.
 
-    x : int8/uint8 (..., K). w : int8 (N, K). bias : int32 (N,). multiplier, shift : int64 (N,).
+    x : int8/uint8/int16 (..., K). w : int8 (N, K). bias : int32 (N,). multiplier, shift : int64 (N,).
+    acc_bits : 32, or 64 for int16 inputs whose K * 32768 * 128 could overflow int32 (the caller
+    then limits the multiplier's mantissa so ``acc * multiplier`` stays inside int64).
     """
 
     name = "dense_requant"
 
-    def compute(self, x, w, bias, multiplier, shift, *, qmin, qmax, out_dtype):
+    def compute(self, x, w, bias, multiplier, shift, *, qmin, qmax, out_dtype, acc_bits=32):
         k = te.reduce_axis((0, int(x.shape[-1])), "k")
         lead = [int(d) for d in x.shape[:-1]]
         out_shape = (*lead, int(w.shape[0]))
+        acc_t = f"int{acc_bits}"
         acc = te.compute(
             out_shape,
-            lambda *i: te.sum(x(*i[:-1], k).astype("int32") * w[i[-1], k].astype("int32"), axis=k),
+            lambda *i: te.sum(x(*i[:-1], k).astype(acc_t) * w[i[-1], k].astype(acc_t), axis=k),
             name="acc",
         )
         return te.compute(
@@ -120,7 +123,7 @@ class DenseRequant(IntegerOp):
             name="y",
         )
 
-    def reference(self, x, w, bias, multiplier, shift, *, qmin, qmax, out_dtype):
+    def reference(self, x, w, bias, multiplier, shift, *, qmin, qmax, out_dtype, acc_bits=32):
         acc = _exact_matmul(x.reshape(-1, x.shape[-1]), w.T).reshape(*x.shape[:-1], w.shape[0])
         acc += bias.astype(np.int64)
         return requantize_ref(acc, multiplier.astype(np.int64), shift.astype(np.int64), qmin, qmax, out_dtype)

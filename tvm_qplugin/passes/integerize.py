@@ -41,6 +41,9 @@ class IntegerizeConfig:
     residual_bits: int = 16      # signed (un-activated) conv/dense/add outputs: the residual stream
     bias_correction: bool = True  # subtract the expected weight-rounding error from the bias
     nonlinear: str = "ivit"       # softmax / GELU / LayerNorm algorithm: ivit | ibert | division-free
+    # ShiftExp's 2**p ~ 1 + p/2 (I-ViT) costs up to 0.018 in softmax probabilities; a quadratic
+    # term (one more multiply per element) brings it to 0.006. 1 = the paper's formula.
+    exp_poly: int = 2
     int_io: bool = False
 
     def __post_init__(self):

@@ -25,6 +25,12 @@ from .graph import Graph, dtype_of
 _FLOAT_TIR = re.compile(r"\b(float16|float32|float64|bfloat16|T\.float\d*|fp8\w*)\b")
 LAYOUT_OPS = {"relax.reshape", "relax.flatten", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
               "relax.concat", "relax.nn.pad"}
+# Relax ops kept on integer/bool tensors (token ids, attention masks, embedding gathers); their
+# results must still have an integer or bool type, which is checked below like every binding.
+RAW_INTEGER_OPS = {"relax.less", "relax.greater", "relax.equal", "relax.not_equal", "relax.add", "relax.subtract",
+                   "relax.where", "relax.astype", "relax.gather_nd", "relax.logical_and", "relax.logical_or",
+                   "relax.logical_not", "relax.take", "relax.broadcast_to"}
+_INT_DTYPES = ("int", "uint", "bool")
 
 
 @dataclass
@@ -44,7 +50,7 @@ def verify_integer_only(mod: tvm.IRModule, allow: tuple[str, ...] = (), func_nam
     rep = IntegerOnlyReport()
     graph = Graph(mod[func_name])
     for p in graph.params:
-        if not dtype_of(p).startswith(("int", "uint")):
+        if not dtype_of(p).startswith(_INT_DTYPES):
             rep.float_ops.append(f"input {p.name}: dtype {dtype_of(p)}")
     seen: set = set()
     for b in graph.bindings:
@@ -71,9 +77,10 @@ def verify_integer_only(mod: tvm.IRModule, allow: tuple[str, ...] = (), func_nam
                 hits = sorted(set(_FLOAT_TIR.findall(text)))
                 if hits:
                     problem = f"{where} ({op_name}): kernel {gvar.name_hint} uses {', '.join(hits)} in TIR"
-        elif b.op_name not in LAYOUT_OPS and not isinstance(b.value, (relax.Var, relax.Tuple, relax.TupleGetItem)):
+        elif b.op_name not in LAYOUT_OPS | RAW_INTEGER_OPS and not isinstance(b.value, (relax.Var, relax.Tuple,
+                                                                                         relax.TupleGetItem)):
             problem = f"{where}: Relax op outside the integer op set"
-        if problem is None and not dt.startswith(("int", "uint")):
+        if problem is None and not dt.startswith(_INT_DTYPES):
             problem = f"{where}: result dtype {dt}"
         if problem:
             (rep.allowed if op_name in allow or b.op_name in allow else rep.float_ops).append(problem)

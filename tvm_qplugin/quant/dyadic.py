@@ -41,8 +41,11 @@ class Dyadic:
         return self.multiplier / 2.0**self.shift
 
 
-def dyadic(m: float, max_shift: int = MAX_SHIFT) -> Dyadic:
-    """Closest ``b / 2**c`` to ``m`` with ``2**30 <= |b| < 2**31`` where the shift range allows.
+def dyadic(m: float, max_shift: int = MAX_SHIFT, mantissa_bits: int = MANTISSA_BITS) -> Dyadic:
+    """Closest ``b / 2**c`` to ``m`` with ``2**(bits-1) <= |b| < 2**bits`` where the shift range allows.
+
+    ``mantissa_bits`` below 31 leaves headroom for accumulators wider than int32 (``acc * b``
+    must stay inside int64).
 
     Relative error is below ``2**-31`` whenever ``c`` is not clamped; multipliers so small that
     ``c`` would exceed ``max_shift`` lose mantissa bits (and round to 0 below ``2**-max_shift``).
@@ -52,11 +55,11 @@ def dyadic(m: float, max_shift: int = MAX_SHIFT) -> Dyadic:
     if m == 0.0:
         return Dyadic(0, 0)
     mant, exp = math.frexp(m)  # m = mant * 2**exp, 0.5 <= |mant| < 1
-    b = round(mant * 2**MANTISSA_BITS)
-    if abs(b) == 2**MANTISSA_BITS:  # mantissa rounded up to 1.0
+    b = round(mant * 2**mantissa_bits)
+    if abs(b) == 2**mantissa_bits:  # mantissa rounded up to 1.0
         b //= 2
         exp += 1
-    c = MANTISSA_BITS - exp
+    c = mantissa_bits - exp
     if c > max_shift:
         b = _round_half_up(b, c - max_shift)
         c = max_shift

@@ -24,9 +24,10 @@ def quantize_weight_per_channel(w: np.ndarray, axis: int = 0) -> tuple[np.ndarra
     return wq, scale
 
 
-def requant_params(in_scale: float, w_scale: np.ndarray, out_scale: float) -> tuple[np.ndarray, np.ndarray]:
+def requant_params(in_scale: float, w_scale: np.ndarray, out_scale: float,
+                   mantissa_bits: int = 31) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel dyadic (b, c) for ``in_scale * w_scale / out_scale``."""
-    ds = [dyadic(float(in_scale * s / out_scale)) for s in w_scale]
+    ds = [dyadic(float(in_scale * s / out_scale), mantissa_bits=mantissa_bits) for s in w_scale]
     return (np.array([d.multiplier for d in ds], dtype=np.int64), np.array([d.shift for d in ds], dtype=np.int64))
 
 
@@ -53,12 +54,13 @@ def bias_correction(ctx: IntegerizeContext, x_var, w: np.ndarray, wq: np.ndarray
     return err @ means  # dense: (N, K) . (K,)
 
 
-def _fused(ctx: IntegerizeContext, b: Binding, x: QValue, wq, w_scale, channel_axis, correction=None):
+def _fused(ctx: IntegerizeContext, b: Binding, x: QValue, wq, w_scale, channel_axis, correction=None,
+           mantissa_bits: int = 31):
     ep = ctx.epilogue(b.var, channel_axis)
     if correction is not None:
         ep.bias = (ep.bias if ep.bias is not None else 0.0) - correction
     out_qt = ctx.out_qtype(ep.var, ep.nonneg)
-    mult, shift = requant_params(x.qtype.scale, w_scale, out_qt.scale)
+    mult, shift = requant_params(x.qtype.scale, w_scale, out_qt.scale, mantissa_bits)
     bias = quantize_bias(ep.bias, wq.shape[0], x.qtype.scale * w_scale)
     qmin, qmax = clamp_bounds(out_qt, ep.lo, ep.hi)
     return ep, out_qt, mult, shift, bias, qmin, qmax
@@ -111,12 +113,17 @@ class QDense(IntegerRule):
 
     def rewrite(self, ctx, b):
         w = ctx.const(b.args[1]).T  # (N, K)
-        x = ctx.narrow_for_accumulation(ctx.q(b.args[0]), w.shape[1])
+        x = ctx.q(b.args[0])
+        # a wide (int16) input keeps its precision: accumulate in int64 when int32 could overflow,
+        # with the multiplier's mantissa cut so that acc * b stays inside int64
+        bound = w.shape[1] * max(abs(x.qtype.qmin), x.qtype.qmax) * 128
+        acc_bits, mantissa = (32, 31) if bound < 2**31 else (64, 62 - (bound + 2**31).bit_length())
         wq, w_scale = quantize_weight_per_channel(w, 0)
         corr = bias_correction(ctx, b.args[0], w, wq, w_scale) if ctx.config.bias_correction else None
-        ep, out_qt, mult, shift, bias, qmin, qmax = _fused(ctx, b, x, wq, w_scale, -1, corr)
+        ep, out_qt, mult, shift, bias, qmin, qmax = _fused(ctx, b, x, wq, w_scale, -1, corr, mantissa)
+        extra = {"acc_bits": 64} if acc_bits == 64 else {}
         y = ctx.emit("dense_requant", [x.expr, const(wq), const(bias), const(mult), const(shift)],
-                     qmin=qmin, qmax=qmax, out_dtype=out_qt.dtype)
+                     qmin=qmin, qmax=qmax, out_dtype=out_qt.dtype, **extra)
         rows = int(np.prod(shape_of(b.var)[:-1]))
         ctx.layers.append(LayerInfo(b.name, "dense", 8, 8, rows * w.shape[0] * w.shape[1]))
         return _finish(ctx, b, ep, y, out_qt)

@@ -69,7 +69,8 @@ class QSoftmax(IntegerRule):
         lo, hi = ctx.ranges[b.args[0]]
         row = shape_of(b.var)[-1]
         n = nc.choose_softmax_n(x.qtype.scale, max(hi - lo, 1e-6), row, ctx.config.nonlinear)
-        y = ctx.emit("softmax_int", [x.expr], in_scale=x.qtype.scale, n=n, variant=ctx.config.nonlinear)
+        poly = ctx.config.exp_poly if ctx.config.nonlinear != "ibert" else 1
+        y = ctx.emit("softmax_int", [x.expr], in_scale=x.qtype.scale, n=n, variant=ctx.config.nonlinear, exp_poly=poly)
         return QValue(y, SOFTMAX_OUT, nonneg=True)
 
 

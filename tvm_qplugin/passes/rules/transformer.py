@@ -56,7 +56,9 @@ class QRawInteger(IntegerRule):
 
 @register_rule
 class QEmbedding(IntegerRule):
-    """take(float table, ids): the table quantized to int8 (symmetric, per tensor), gathered as integers."""
+    """take(float table, ids): the table quantized symmetric per tensor, gathered as integers. It is
+    int16: a vocabulary's rows differ in norm by orders of magnitude, and at int8 the embedding
+    alone costs MiniLM 27 dB SQNR before the first layer."""
 
     ops = ("relax.take",)
 
@@ -67,7 +69,7 @@ class QEmbedding(IntegerRule):
 
     def rewrite(self, ctx, b):
         table = ctx.const(b.args[0])
-        qt = QType.for_range(-float(np.abs(table).max()), float(np.abs(table).max()), nonneg=False)
+        qt = QType.for_range(-float(np.abs(table).max()), float(np.abs(table).max()), nonneg=False, bits=16)
         ids = ctx.values[b.args[1]].expr if b.args[1] in ctx.values else b.args[1]
         y = ctx.emit_relax(relax.op.take(const(qt.quantize(table)), ids, axis=int(b.attrs.axis), mode="clip"))
         return QValue(y, qt)

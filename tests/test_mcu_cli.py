@@ -1,0 +1,65 @@
+"""`compile --target <Cortex-M board>` end to end: C package in OUT/c, bit-exact under qemu,
+memory in report.json, `verify OUT` re-runs it; budgets fail with a one-line error."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tvm_qplugin.zoo import digits_split
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mcu")
+    x_train, _, x_test, y_test = digits_split()
+    np.savez(d / "calib.npz", input=x_train[:128])
+    np.savez(d / "eval.npz", input=x_test[:48], labels=y_test[:48])
+    return d
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "tvm_qplugin", *map(str, args)], capture_output=True, text=True,
+                          cwd=REPO, timeout=900)
+
+
+@pytest.mark.parametrize("board", ["nrf52840", "qemu-mps3-an547"])
+def test_compile_for_mcu_board_and_verify(data, board):
+    out = data / f"out-{board}"
+    r = cli("compile", "examples/digits_cnn.onnx", "--target", board, "--calib", data / "calib.npz", "--eval",
+            data / "eval.npz", "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert "C package    bit-exact yes" in r.stdout
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["integer_only"] and rep["bit_exact"] and rep["mcu"]["bit_exact"]
+    mem = rep["memory"]
+    assert mem["peak_arena_bytes"] <= 1.1 * mem["liveness_lower_bound_bytes"]
+    assert mem["flash_bytes"] > mem["weights_bytes"] > 0 and mem["stack_bytes"] > 0
+    assert all(layer.get("instructions_per_mac") for layer in rep["layers"])
+    assert (out / "c" / "model.h").is_file() and (out / "c" / "CMakeLists.txt").is_file()
+    v = cli("verify", out, "--count", "3")
+    assert v.returncode == 0, v.stderr
+    res = json.loads(v.stdout)
+    assert res["bit_exact"] and res["c_package_host"]["bit_exact"] and res["c_package_board"]["bit_exact"]
+
+
+def test_budget_overflow_is_a_one_line_error(data):
+    out = data / "out-budget"
+    r = cli("compile", "examples/digits_cnn.onnx", "--target", "nrf52840", "--calib", data / "calib.npz",
+            "--budget", "ram=1KB", "-o", out)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tvm-qplugin: error:") and "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+def test_bad_budget_syntax(data):
+    r = cli("compile", "examples/digits_cnn.onnx", "--target", "nrf52840", "--calib", data / "calib.npz",
+            "--budget", "ram=lots", "-o", data / "x")
+    assert r.returncode == 2 and "--budget" in r.stderr
