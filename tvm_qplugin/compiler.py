@@ -88,12 +88,13 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
     """
     opts = CompileOptions(target=target, **options)
     board = get_board(opts.target)
-    if not board.runs_here and not board.is_mcu:
+    c_route = board.is_mcu or (board.family == "aarch64" and board.os == "linux")
+    if not board.runs_here and not c_route:
         raise QPluginError(f"target {board.name!r} ({board.runner}) is not supported by `compile` yet: this version "
-                           "builds x86-host and Cortex-M (C package) targets")
-    if board.is_mcu:  # the integer graph is built and checked on the host, then exported as C
+                           "builds x86-host, aarch64 Linux and Cortex-M targets")
+    if c_route:  # the integer graph is built and checked on the host, then exported as C and run emulated
         opts = CompileOptions(**{**opts.__dict__, "int_io": True})
-    host = get_board("x86-host") if board.is_mcu else board
+    host = get_board("x86-host") if c_route else board
     if isinstance(input_shapes, (list, tuple)):
         input_shapes = parse_input_shapes(list(input_shapes))
     t0 = time.perf_counter()
@@ -133,7 +134,7 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
     latency = measure_latency(art, opts.timing_runs)
     art.report = build_report(imported, board, opts, imod, iv, bit_exact, n_exact, accuracy, latency, executable,
                               compile_s=time.perf_counter() - t0, build_s=build_s)
-    if board.is_mcu:
+    if c_route:
         export_for_mcu(art, board, eval_ds, opts)
     if not bit_exact:
         log.error("compiled build differs from the NumPy reference: this is a bug, please report it")

@@ -26,13 +26,14 @@ def summary(r: dict, outdir: Path | str) -> str:
     lines.append(f"size         weights {r['size_bytes']['weights'] / 1024:.1f} KiB")
     mem, mcu = r.get("memory"), r.get("mcu")
     if mem:
-        lines.append(f"memory       arena {mem['peak_arena_bytes']} B (liveness bound {mem['liveness_lower_bound_bytes']} B), "
-                     f"flash {mem.get('flash_bytes')} B, RAM {mem.get('ram_bytes')} B, stack {mem.get('stack_bytes')} B")
+        extra = ", ".join(f"{k} {mem[f'{k}_bytes']} B" for k in ("flash", "ram", "stack") if mem.get(f"{k}_bytes"))
+        lines.append(f"memory       arena {mem['peak_arena_bytes']} B (liveness bound {mem['liveness_lower_bound_bytes']} B)"
+                     + (f", {extra}" if extra else ""))
     if mcu:
-        ipm = mcu.get("instructions_per_mac")
-        lines.append(f"C package    bit-exact {'yes' if mcu['bit_exact'] else 'NO'} under qemu ({mcu['verified_on']}) on "
-                     f"{mcu['bit_exact_inputs']} inputs; {mcu.get('instructions_per_inference')} instructions/inference"
-                     + (f", {ipm:.2f} per MAC" if ipm else ""))
+        ipm, ipi = mcu.get("instructions_per_mac"), mcu.get("instructions_per_inference")
+        lines.append(f"C package    bit-exact {'yes' if mcu['bit_exact'] else 'NO'} under emulation ({mcu['verified_on']}) "
+                     f"on {mcu['bit_exact_inputs']} inputs"
+                     + (f"; {ipi} instructions/inference" if ipi else "") + (f", {ipm:.2f} per MAC" if ipm else ""))
     if r.get("latency_ms"):
         lines.append(f"latency      {r['latency_ms']['median']:.3f} ms median of {r['latency_ms']['runs']} runs")
     return "\n".join(lines)

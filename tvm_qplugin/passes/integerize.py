@@ -148,14 +148,19 @@ class IntegerizeContext:
         ``residual_bits`` (HAWQ-V3 keeps the residual path wide): on MobileNetV2 the int8
         projection outputs alone cost 15-25 dB of SQNR each. Unsigned (post-ReLU) tensors stay 8-bit.
         """
-        lo, hi = self.ranges[var]
-        if nonneg:
-            lo = 0.0
         bits = self.config.activation_bits
         if wide_ok and self.is_output(var):
             bits = self.config.output_bits
         elif wide_ok and not nonneg:
             bits = self.config.residual_bits
+        lo, hi = self.ranges[var]
+        hist = getattr(self.ranges, "histograms", {}).get(var)
+        if bits > 8 and hist is not None:
+            # clipping trades range for resolution, which only pays at 8 bits: wide tensors keep
+            # every observed value (transformer FFN outliers are signal, not noise)
+            lo, hi = hist.lo, hist.hi
+        if nonneg:
+            lo = 0.0
         return QType.for_range(lo, hi, nonneg=nonneg, bits=bits)
 
     def narrow_for_accumulation(self, x: QValue, reduction: int) -> QValue:

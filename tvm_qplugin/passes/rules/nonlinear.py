@@ -84,7 +84,9 @@ class QGelu(IntegerRule):
         x = ctx.q(b.args[0])
         if x.qtype.dtype not in ("int8", "int16"):
             x = ctx.narrow(x, signed=True, bits=16)
-        out_qt = ctx.out_qtype(b.var, nonneg=False, wide_ok=False)
+        # int16 out: the FFN's largest activations are few but carry the signal; the next dense
+        # accumulates int16 x int8 in int64 when int32 could overflow (rules/linear.py)
+        out_qt = ctx.out_qtype(b.var, nonneg=False, wide_ok=True)
         y = ctx.emit("gelu_int", [x.expr], in_scale=x.qtype.scale, out_scale=out_qt.scale, qmin=out_qt.qmin,
                      qmax=out_qt.qmax, out_dtype=out_qt.dtype, variant=ctx.config.nonlinear,
                      n=nc.choose_gelu_n(x.qtype.scale, ctx.config.nonlinear) if ctx.config.nonlinear != "ibert" else None)
