@@ -10,27 +10,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
-import time
 
 import numpy as np
 import onnxruntime as ort
 import tvm
 from tvm import relax
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import median_ms  # noqa: E402
+
 import tvm_qplugin as tq
 from tvm_qplugin.frontend import import_onnx
 from tvm_qplugin.zoo.minilm import fortune_sentences, minilm_onnx, sentence_embeddings, tokenize
-
-
-def median_ms(fn, runs: int) -> float:
-    fn()
-    ts = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t) * 1e3)
-    return float(np.median(ts))
 
 
 def agreement(ref: np.ndarray, got: np.ndarray, mask: np.ndarray) -> dict:
