@@ -73,3 +73,6 @@ def test_compile_for_aarch64_linux_board(data):
     rep = json.loads((out / "report.json").read_text())
     assert rep["mcu"]["bit_exact"] and rep["mcu"]["verified_on"] == "rpi5" and rep["bit_exact"]
     assert (out / "c" / "model.h").is_file() and (out / "io.json").is_file()
+    runner = out / "c" / "runner" / "qmodel_runner"
+    assert runner.is_file() and runner.read_bytes()[:4] == b"\x7fELF" and (out / "c" / "runner" / "runner.c").is_file()
+    assert runner.read_bytes()[18] == 0xB7  # e_machine EM_AARCH64

@@ -166,6 +166,7 @@ def parse_budget(text: str | None) -> tuple[tuple[str, float], ...]:
 
 def export_for_mcu(art: Artifact, board, ds: Dataset, opts: CompileOptions) -> None:
     """Write the C package, check budgets, run it under qemu bit-exactly; fill report memory/cost."""
+    import shutil
     import tempfile
 
     from .export import export_mcu
@@ -176,6 +177,13 @@ def export_for_mcu(art: Artifact, board, ds: Dataset, opts: CompileOptions) -> N
     res = export_mcu(art.integer_mod, pkg, board, samples=samples,
                      ram_budget=int(budget["ram"]) if "ram" in budget else None,
                      size_budget=int(budget["size"]) if "size" in budget else None)
+    if not board.is_mcu:  # Linux board: the deploy bundle also carries a minimal runner, source + static binary
+        from .export.harness import _load_info, build_linux, runner_source
+
+        (pkg / "runner").mkdir(exist_ok=True)
+        (pkg / "runner" / "runner.c").write_text(runner_source(_load_info(pkg)))
+        exe = build_linux(pkg, board, build_dir=Path(tempfile.mkdtemp(prefix="tvm_qplugin_runner_")))
+        shutil.copy2(exe, pkg / "runner" / "qmodel_runner")
     art.c_package = pkg
     r = art.report
     r["memory"] = res["memory"]
