@@ -10,15 +10,13 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 
-import numpy as np
 import onnxruntime as ort
 import tvm
 from tvm import relax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import median_ms  # noqa: E402
+from common import median_ms, onnxruntime_static_int8  # noqa: E402
 
 import tvm_qplugin as tq
 from tvm_qplugin.frontend import import_onnx
@@ -51,21 +49,8 @@ def main() -> None:
     sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
     res["median_ms"]["onnxruntime_fp32"] = median_ms(lambda: sess.run(None, {"input": x}), args.runs)
     try:
-        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-        class Reader(CalibrationDataReader):
-            def __init__(self):
-                self.it = iter([{"input": calib[i : i + 1]} for i in range(16)])
-
-            def get_next(self):
-                return next(self.it, None)
-
-        with tempfile.TemporaryDirectory() as d:
-            qpath = os.path.join(d, "int8.onnx")
-            quantize_static(path, qpath, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-            qsess = ort.InferenceSession(qpath, so, providers=["CPUExecutionProvider"])
-            res["median_ms"]["onnxruntime_int8_qdq"] = median_ms(lambda: qsess.run(None, {"input": x}), args.runs)
+        qsess = onnxruntime_static_int8(path, [{"input": calib[i : i + 1]} for i in range(16)], "QUInt8", so)
+        res["median_ms"]["onnxruntime_int8_qdq"] = median_ms(lambda: qsess.run(None, {"input": x}), args.runs)
     except Exception as e:  # noqa: BLE001 - the peer is optional; say why it is missing
         res["onnxruntime_int8_error"] = f"{type(e).__name__}: {e}"
     base = res["median_ms"]["tvm_fp32"]

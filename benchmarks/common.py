@@ -1,6 +1,8 @@
 """Shared timing helper for the side-by-side benchmarks."""
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 
 import numpy as np
@@ -15,3 +17,22 @@ def median_ms(fn, runs: int) -> float:
         fn()
         ts.append((time.perf_counter() - t) * 1e3)
     return float(np.median(ts))
+
+
+def onnxruntime_static_int8(path: str, feeds: list[dict], activation_type: str = "QUInt8", sess_options=None):
+    """ONNX Runtime's static QDQ int8 (per-channel weights) calibrated on ``feeds``: the peer session."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(feeds)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    with tempfile.TemporaryDirectory() as d:
+        qpath = os.path.join(d, "int8.onnx")
+        quantize_static(path, qpath, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=getattr(QuantType, activation_type), weight_type=QuantType.QInt8)
+        return ort.InferenceSession(qpath, sess_options, providers=["CPUExecutionProvider"])

@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 
 import numpy as np
 import onnxruntime as ort
@@ -19,7 +18,7 @@ import tvm
 from tvm import relax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import median_ms  # noqa: E402
+from common import median_ms, onnxruntime_static_int8  # noqa: E402
 
 import tvm_qplugin as tq
 from tvm_qplugin.frontend import import_onnx
@@ -55,27 +54,15 @@ def main() -> None:
 
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     res["median_ms"]["onnxruntime_fp32"] = median_ms(lambda: sess.run(None, batch), args.runs)
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter([{k: v[i : i + 8] for k, v in calib.items()} for i in range(0, 64, 8)])
-
-        def get_next(self):
-            return next(self.it, None)
-
-    with tempfile.TemporaryDirectory() as d:
-        qpath = os.path.join(d, "int8.onnx")
-        quantize_static(path, qpath, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
-        qsess = ort.InferenceSession(qpath, providers=["CPUExecutionProvider"])
-        res["median_ms"]["onnxruntime_int8_qdq"] = median_ms(lambda: qsess.run(None, batch), args.runs)
-        ref, ours, ortq = [], [], []
-        for i in range(0, 200, 8):
-            b = {k: v[i : i + 8] for k, v in ev.items()}
-            ref.append(sess.run(None, b)[0])
-            ours.append(art.run(b)[0])
-            ortq.append(qsess.run(None, b)[0])
+    qsess = onnxruntime_static_int8(path, [{k: v[i : i + 8] for k, v in calib.items()} for i in range(0, 64, 8)],
+                                    "QInt8")
+    res["median_ms"]["onnxruntime_int8_qdq"] = median_ms(lambda: qsess.run(None, batch), args.runs)
+    ref, ours, ortq = [], [], []
+    for i in range(0, 200, 8):
+        b = {k: v[i : i + 8] for k, v in ev.items()}
+        ref.append(sess.run(None, b)[0])
+        ours.append(art.run(b)[0])
+        ortq.append(qsess.run(None, b)[0])
     mask = ev["attention_mask"][:200]
     res["accuracy_vs_fp32"] = {"tvm_qplugin": agreement(np.concatenate(ref), np.concatenate(ours), mask),
                                "onnxruntime_int8_qdq": agreement(np.concatenate(ref), np.concatenate(ortq), mask)}
