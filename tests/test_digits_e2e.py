@@ -82,3 +82,18 @@ def test_int_io_build_takes_integers(digits):
     out = art.run_integer([q])[0]
     assert out.dtype == np.int32
     assert art.report["bit_exact"]
+
+
+def test_report_lists_per_tensor_error(artifact):
+    """report.json "tensors": every quantized tensor with its SQNR against fp32, in graph order;
+    the digits CNN keeps every tensor above 30 dB and its int8 input above 40 dB."""
+    from tvm_qplugin.diagnose import sqnr_db
+
+    t = artifact.report["tensors"]
+    assert [e["op"] for e in t][0] == "input" and any(e["op"].startswith("nn.conv2d+") for e in t)
+    assert all(e["sqnr_db"] is None or e["sqnr_db"] > 30 for e in t), t
+    assert t[0]["sqnr_db"] > 40
+    # the figure itself: noise at -20 dB of the signal reads as 20 dB; masked (-inf-like) entries are skipped
+    ref = np.random.default_rng(0).normal(size=1000)
+    assert abs(sqnr_db(ref, ref + 0.1 * ref) - 20.0) < 1e-6
+    assert abs(sqnr_db(np.append(ref, -1e38), np.append(ref + 0.1 * ref, -5.0)) - 20.0) < 1e-6

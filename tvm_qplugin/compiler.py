@@ -15,16 +15,17 @@ from . import __version__
 from .artifact import Artifact, IOSpec
 from .calibrate import FloatRunner, calibrate
 from .data import Dataset, Preprocess, from_arrays, load_dataset
-from .errors import CalibrationError, QPluginError
-from .frontend import import_onnx, parse_input_shapes
+from .errors import CalibrationError, QPluginError, UnsupportedOpError
+from .frontend import import_onnx, name_onnx_nodes, parse_input_shapes
 from .metrics import classification_agreement, cosine_agreement, is_classifier
 from .passes.canonicalize import canonicalize
 from .passes.integerize import IntegerizeConfig, integerize
 from .passes.verify import verify_integer_only, verify_lowered_tir
 from .progress import progress
 from .quant.observers import OBSERVERS
-from .reference import ReferenceInterpreter
 from .build import build
+from .diagnose import tensor_errors
+from .reference import ReferenceInterpreter
 from .targets import get_board
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,10 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
     float_mod = canonicalize(imported.mod)
     runner = FloatRunner(float_mod, tvm_target)
     ranges = calibrate(runner, calib_ds, opts.observer, opts.calib_limit, opts.show_progress)
-    imod = integerize(float_mod, ranges, IntegerizeConfig(int_io=opts.int_io, nonlinear=opts.nonlinear))
+    try:
+        imod = integerize(float_mod, ranges, IntegerizeConfig(int_io=opts.int_io, nonlinear=opts.nonlinear))
+    except UnsupportedOpError as e:
+        raise name_onnx_nodes(e, imported.onnx_model) from None
     core = "main" if opts.int_io else "core"
     iv = verify_integer_only(imod.mod, opts.allow_float, func_name=core)
     lowered_float = verify_lowered_tir(imod.mod, core)
@@ -131,10 +135,13 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
                    [IOSpec(*o) for o in imod.outputs], opts.int_io, executable=executable)
 
     bit_exact, n_exact = check_bit_exact(art, eval_ds, opts.bit_exact_inputs, opts.show_progress)
+    first = next(iter(eval_ds.batches()))
+    errors = tensor_errors(runner, imod, core, first, art.quantize_inputs(first))
     accuracy = evaluate(art, FloatRunner(float_mod, tvm_target, observe=False), eval_ds, opts.show_progress)
     latency = measure_latency(art, opts.timing_runs)
     art.report = build_report(imported, board, opts, imod, iv, bit_exact, n_exact, accuracy, latency, executable,
                               compile_s=time.perf_counter() - t0, build_s=build_s)
+    art.report["tensors"] = [e.to_json() for e in errors]
     if c_route:
         export_for_mcu(art, board, eval_ds, opts)
     if not bit_exact:

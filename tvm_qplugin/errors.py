@@ -20,7 +20,15 @@ class ShapeError(QPluginError, ValueError):
 
 
 class UnsupportedOpError(QPluginError, NotImplementedError):
-    """Ops no integerize rule accepts. Lists every one over the whole graph, raised once."""
+    """Ops no integerize rule accepts. Lists every one over the whole graph, raised once.
+
+    ``problems`` holds ``(relax_var, relax_op, reason)`` per refused binding when integerize
+    raised it, so the compiler can add the ONNX node names the user knows (frontend.py).
+    """
+
+    def __init__(self, message: str, problems: tuple[tuple[str, str, str], ...] = ()):
+        super().__init__(message)
+        self.problems = problems
 
 
 class CalibrationError(QPluginError, ValueError):

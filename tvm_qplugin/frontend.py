@@ -31,8 +31,8 @@ SUPPORTED_ONNX_OPS = frozenset({
     "Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Relu", "Clip", "MaxPool", "AveragePool",
     "GlobalAveragePool", "ReduceMean", "Concat", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
     "BatchNormalization", "Identity", "Constant", "Shape", "Gather", "Cast", "Dropout",
-    # transformer encoders: LayerNorm (native or decomposed), GELU (Erf form), attention + masks
-    "LayerNormalization", "Softmax", "Erf", "Pow", "Sqrt", "Where", "Equal", "Less", "Greater", "And", "Or",
+    # transformer encoders: LayerNorm (native or decomposed), GELU (native, Erf or tanh form), attention + masks
+    "LayerNormalization", "Softmax", "Gelu", "Erf", "Tanh", "Pow", "Sqrt", "Where", "Equal", "Less", "Greater", "And", "Or",
     "Not", "GatherND", "GatherElements", "Expand",
 })
 
@@ -157,6 +157,38 @@ def check_supported(model: onnx.ModelProto, path: str) -> None:
         raise UnsupportedOpError(f"{path!r} uses {len(bad)} op type(s) with no integer-only lowering: {listing}. "
                                  f"Supported ops: {', '.join(sorted(SUPPORTED_ONNX_OPS))}; replace or remove these "
                                  "nodes before export")
+
+
+# Relax ops whose ONNX source has another name (the rest match case- and underscore-blind)
+_ONNX_SOURCES = {"matmul": ("MatMul", "Gemm"), "layer_norm": ("LayerNormalization", "ReduceMean"),
+                 "gelu": ("Gelu", "Erf"), "gelu_tanh": ("Gelu", "Tanh"), "conv2d": ("Conv",),
+                 "mean": ("ReduceMean", "GlobalAveragePool"), "take": ("Gather",), "power": ("Pow",)}
+
+
+def onnx_nodes_for(model: onnx.ModelProto, relax_op: str) -> list[str]:
+    """Names of the ONNX nodes a Relax op can come from (TVM's importer keeps no node names)."""
+    short = relax_op.removeprefix("relax.").removeprefix("nn.")
+    types = _ONNX_SOURCES.get(short, ())
+    names = [n.name or f"<unnamed #{i}>" for i, n in enumerate(model.graph.node)
+             if n.op_type in types or n.op_type.lower() == short.replace("_", "")]
+    return names
+
+
+def name_onnx_nodes(err: UnsupportedOpError, model: onnx.ModelProto) -> UnsupportedOpError:
+    """``err`` (from integerize) restated with the ONNX node names behind each refused Relax op."""
+    if not err.problems:
+        return err
+    parts = []
+    for var, op, why in err.problems:
+        nodes = onnx_nodes_for(model, op)
+        where = ""
+        if nodes:
+            shown = ", ".join(repr(n) for n in nodes[:3]) + (f" and {len(nodes) - 3} more" if len(nodes) > 3 else "")
+            where = f", from ONNX node{'s' if len(nodes) > 1 else ''} {shown}"
+        parts.append(f"{op.removeprefix('relax.')} ({why}{where}; Relax var {var})")
+    return UnsupportedOpError(f"cannot integerize {len(parts)} op(s): {'; '.join(parts)}. Rewrite these nodes into "
+                              "a supported form (`tvm-qplugin inspect MODEL.onnx` lists what is supported)",
+                              err.problems)
 
 
 def _failed_node(model: onnx.ModelProto, printed: str) -> str:

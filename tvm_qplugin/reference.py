@@ -82,9 +82,11 @@ class ReferenceInterpreter:
     def __init__(self, mod: tvm.IRModule):
         self.mod = mod
 
-    def run(self, func_name: str, *args: np.ndarray) -> list[np.ndarray]:
+    def run(self, func_name: str, *args: np.ndarray, env: dict | None = None) -> list[np.ndarray]:
+        """Run ``func_name``; pass ``env={}`` to get every intermediate back, keyed by Relax var."""
         func = self.mod[func_name]
-        env: dict[relax.Var, object] = dict(zip(func.params, args))
+        env = {} if env is None else env
+        env.update(zip(func.params, args))
         body = func.body
         for block in body.blocks:
             for binding in block.bindings:

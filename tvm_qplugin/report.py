@@ -23,6 +23,11 @@ def summary(r: dict, outdir: Path | str) -> str:
             lines.append(f"             top-1 vs labels: fp32 {_pct(acc['top1_fp32'])}, int8 {_pct(acc['top1_int'])}")
     elif acc:
         lines.append(f"accuracy     mean cosine vs fp32 {acc['value']:.5f} (min {acc['min']:.5f}) on {acc['inputs']} inputs")
+    measured = [t for t in r.get("tensors", []) if t.get("sqnr_db") is not None]
+    if measured:
+        worst = sorted(measured, key=lambda t: t["sqnr_db"])[:3]
+        lines.append("least exact  " + ", ".join(f"{t['name']} ({t['op']}, {t['dtype']}) {t['sqnr_db']:.1f} dB"
+                                                 for t in worst) + "  [SQNR vs fp32; all in report.json \"tensors\"]")
     lines.append(f"size         weights {r['size_bytes']['weights'] / 1024:.1f} KiB")
     mem, mcu = r.get("memory"), r.get("mcu")
     if mem:

@@ -1,12 +1,14 @@
 """Integer activation x activation matmul (attention ``Q Kᵀ`` and ``P V``) with dyadic requant.
 
-``acc = sum_k a[..., m, k] * b[..., k, n]`` in int32, then the per-tensor rule of
-quant/dyadic.py and a clamp. Batch dims broadcast with NumPy rules.
+``acc = sum_k a[..., m, k] * b[..., k, n]`` in int32 or int64 (``acc_bits``), then the
+per-tensor rule of quant/dyadic.py and a clamp. Batch dims broadcast with NumPy rules.
 
-int32 accumulation is exact while ``K * max|a| * max|b| < 2**31`` with the dtype bounds
-(asserted at build time): int8 x int8 K <= 131071; uint8 x int8 K <= 65793;
-uint8 x uint8 K <= 33025; int16 x int8 K <= 511; int16 x uint8 K <= 256; int16 x int16 K <= 1
-(narrow int16 operands to int8 first, as ``narrow_for_accumulation`` does for conv/dense).
+int32 accumulation is exact while ``|acc| < 2**31``, asserted at build time from
+``min(K * max|a|, a_row_sum) * max|b|`` with dtype bounds: e.g. int8 x int8 K <= 131071,
+int16 x int8 K <= 511. ``a_row_sum`` is a caller-proven bound on ``sum_k |a[..., m, k]|``:
+softmax probabilities sum to one, so int16 probabilities (2**-15) times int16 values fit int32
+for any K. Otherwise ``acc_bits=64`` keeps both operands wide (attention ``Q Kᵀ`` on int16 Q, K),
+with the multiplier's mantissa cut so ``acc * multiplier`` stays inside int64.
 """
 from __future__ import annotations
 
@@ -21,13 +23,23 @@ from .requant import broadcast_index, requant
 _ABS_MAX = {"int8": 128, "uint8": 255, "int16": 32768}
 
 
-def _check_k(a_dtype: str, b_dtype: str, k: int) -> None:
+def acc_bound(a_dtype: str, b_dtype: str, k: int, a_row_sum: int | None = None) -> int:
+    """Largest ``|acc|`` the operand dtypes (and the optional row-sum bound of ``a``) allow."""
     if a_dtype not in _ABS_MAX or b_dtype not in _ABS_MAX:
         raise ValueError(f"matmul_requant: operand dtypes {a_dtype}, {b_dtype} not in {sorted(_ABS_MAX)}")
-    bound = k * _ABS_MAX[a_dtype] * _ABS_MAX[b_dtype]
-    if bound >= 2**31:
+    rows = k * _ABS_MAX[a_dtype] if a_row_sum is None else min(k * _ABS_MAX[a_dtype], a_row_sum)
+    return rows * _ABS_MAX[b_dtype]
+
+
+def _check(a_dtype: str, b_dtype: str, k: int, acc_bits: int, a_row_sum, multiplier: int) -> None:
+    bound = acc_bound(a_dtype, b_dtype, k, a_row_sum)
+    if acc_bits == 32 and bound >= 2**31:
         raise ValueError(f"matmul_requant: K={k} with {a_dtype} x {b_dtype} can overflow the int32 accumulator "
-                         f"(K * |a|max * |b|max = {bound} >= 2**31); narrow an operand to int8 first")
+                         f"(bound {bound} >= 2**31); use acc_bits=64 or narrow an operand to int8 first")
+    if acc_bits not in (32, 64):
+        raise ValueError(f"matmul_requant: acc_bits={acc_bits}, expected 32 or 64")
+    if bound * abs(int(multiplier)) >= 2**62:
+        raise ValueError(f"matmul_requant: |acc| <= {bound} times multiplier {multiplier} can overflow int64")
 
 
 @register_op
@@ -36,6 +48,7 @@ class MatmulRequant(IntegerOp):
 
     a : int8/uint8/int16 (..., M, K). b : int8/uint8/int16 (..., K, N); batch dims broadcast.
     multiplier : int32 value. shift : [0, 62]. Output ``out_dtype`` (batch..., M, N) in [qmin, qmax].
+    acc_bits : 32 or 64. a_row_sum : proven bound on ``sum_k |a|`` (module doc), or None.
     """
 
     name = "matmul_requant"
@@ -44,12 +57,13 @@ class MatmulRequant(IntegerOp):
     def divisions(self, params: dict) -> int:
         return 0
 
-    def compute(self, a, b, *, multiplier, shift, qmin, qmax, out_dtype):
+    def compute(self, a, b, *, multiplier, shift, qmin, qmax, out_dtype, acc_bits=32, a_row_sum=None):
         m, k = (int(d) for d in a.shape[-2:])
         k2, n = (int(d) for d in b.shape[-2:])
         if k != k2:
             raise ValueError(f"matmul_requant: inner dims differ, a {tuple(a.shape)} b {tuple(b.shape)}")
-        _check_k(str(a.dtype), str(b.dtype), k)
+        _check(str(a.dtype), str(b.dtype), k, acc_bits, a_row_sum, multiplier)
+        acc_t = f"int{acc_bits}"
         batch = tuple(np.broadcast_shapes(tuple(int(d) for d in a.shape[:-2]), tuple(int(d) for d in b.shape[:-2])))
         out_shape = (*batch, m, n)
         r = te.reduce_axis((0, k), "k")
@@ -58,13 +72,13 @@ class MatmulRequant(IntegerOp):
             bi = i[:-2]
             ai = broadcast_index(a.shape[:-2], batch, bi) if len(a.shape) > 2 else []
             bj = broadcast_index(b.shape[:-2], batch, bi) if len(b.shape) > 2 else []
-            return te.sum(a(*ai, i[-2], r).astype("int32") * b(*bj, r, i[-1]).astype("int32"), axis=r)
+            return te.sum(a(*ai, i[-2], r).astype(acc_t) * b(*bj, r, i[-1]).astype(acc_t), axis=r)
 
         acc = te.compute(out_shape, acc_fn, name="acc")
         return te.compute(out_shape, lambda *i: requant(acc(*i), multiplier, shift, qmin, qmax, out_dtype), name="y")
 
-    def reference(self, a, b, *, multiplier, shift, qmin, qmax, out_dtype):
-        _check_k(str(a.dtype), str(b.dtype), a.shape[-1])
+    def reference(self, a, b, *, multiplier, shift, qmin, qmax, out_dtype, acc_bits=32, a_row_sum=None):
+        _check(str(a.dtype), str(b.dtype), a.shape[-1], acc_bits, a_row_sum, multiplier)
         batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
         a3 = np.broadcast_to(a, (*batch, *a.shape[-2:])).reshape(-1, *a.shape[-2:])
         b3 = np.broadcast_to(b, (*batch, *b.shape[-2:])).reshape(-1, *b.shape[-2:])

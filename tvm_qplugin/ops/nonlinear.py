@@ -16,7 +16,7 @@ arithmetic is written twice. All data arithmetic is int32/int64: no float dtype 
   error in [-1, 1] for V < 2**56), so the division-free ops equal the I-ViT ones bit for bit
   (LayerNorm: up to I-ViT's sqrt, which may end one above isqrt).
 
-Output conventions: softmax -> uint8 at scale 2**-8 (probability 1.0 saturates to 255);
+Output conventions: softmax -> uint8 at scale 2**-8 or int16 at 2**-15 (probability 1.0 saturates);
 GELU and LayerNorm -> ``out_dtype`` at ``out_scale`` through the dyadic rule of quant/dyadic.py.
 """
 from __future__ import annotations
@@ -62,7 +62,10 @@ def _te_pre(d, k: int):
 
 def _te_shiftexp(d, se: nc.ShiftExpConsts, division_free: bool):
     """ShiftExp of ``d <= 0`` (already pre-shifted), int64 expression."""
-    ip = tirx.max(d + (d >> _c(1)) - (d >> _c(4)), _c(se.ip_min))
+    ip = d + (d >> _c(1)) - (d >> _c(4))
+    if se.poly == 2:
+        ip = ip + (d >> _c(8)) + (d >> _c(10))
+    ip = tirx.max(ip, _c(se.ip_min))
     q = ((_c(0) - ip) * _c(se.div.m)) >> _c(se.div.s) if division_free else tirx.floordiv(ip, _c(se.i0))
     r = ip - q * _c(se.i0)
     base = (r >> _c(1)) - _c(se.i0)
@@ -94,6 +97,27 @@ def _te_recip(s: te.Tensor, name: str) -> te.Tensor:
             out = out + _ind(rem >= _c(j) * s(*i)) - _ind(rem < _c(1 - j) * s(*i))
         return out
     return _stage(s, fix, name)
+
+
+def _te_recip_norm(s: te.Tensor, division_free: bool, name: str) -> tuple[te.Tensor, te.Tensor]:
+    """``(f, e)`` with ``e = bitlen(s)`` and ``f = floor(2**(30+e) / s)`` in ``(2**30, 2**31]`` for int64
+    ``1 <= s < 2**31``: a 31-bit reciprocal whatever the size of ``s`` (softmax's row sum).
+    division-free: ``2 y`` from the Q30 Newton of :func:`_te_recip` is within +-2 of it; fixed up exactly."""
+    e = _stage(s, lambda *i: _te_bitlen(s(*i), 31), f"{name}_bitlen")
+    if not division_free:
+        return _stage(s, lambda *i: tirx.floordiv(_c(1) << (_c(30) + e(*i)), s(*i)), name), e
+    d = _stage(s, lambda *i: s(*i) << (_c(31) - e(*i)), f"{name}_norm")
+    y = _stage(s, lambda *i: _c(nc.RECIP_C1) - ((_c(nc.RECIP_C2) * d(*i)) >> _c(30)), f"{name}_y0")
+    for it in range(nc.RECIP_ITERS):
+        y = _stage(s, lambda *i, y=y: (y(*i) * (_c(1 << 31) - ((d(*i) * y(*i)) >> _c(30)))) >> _c(30), f"{name}_y{it + 1}")
+
+    def fix(*i):
+        f0 = y(*i) << _c(1)
+        rem, out = (_c(1) << (_c(30) + e(*i))) - f0 * s(*i), f0
+        for j in range(1, nc.NEWTON_CORRECTION + 1):
+            out = out + _ind(rem >= _c(j) * s(*i)) - _ind(rem < _c(1 - j) * s(*i))
+        return out
+    return _stage(s, fix, name), e
 
 
 def _te_isqrt_newton(v: te.Tensor, name: str) -> te.Tensor:
@@ -164,6 +188,26 @@ def np_recip(s, correct: bool = True):
     return r + sum((rem >= j * s).astype(np.int64) - (rem < (1 - j) * s) for j in range(1, nc.NEWTON_CORRECTION + 1))
 
 
+def np_recip_norm(s, division_free: bool = True, correct: bool = True):
+    """NumPy twin of :func:`_te_recip_norm`: ``(floor(2**(30+e) / s), e)``, ``e = bitlen(s)``.
+
+    ``correct=False`` (division-free): the Newton estimate ``2 y`` before the fix-up, within +-2.
+    """
+    s = np.asarray(s, dtype=np.int64)
+    e = _np_bitlen(s)
+    if not division_free:
+        return (np.int64(1) << (30 + e)) // s, e
+    d = s << (31 - e)
+    y = nc.RECIP_C1 - ((nc.RECIP_C2 * d) >> 30)
+    for _ in range(nc.RECIP_ITERS):
+        y = (y * ((1 << 31) - ((d * y) >> 30))) >> 30
+    f0 = y << 1
+    if not correct:
+        return f0, e
+    rem = (np.int64(1) << (30 + e)) - f0 * s
+    return f0 + sum((rem >= j * s).astype(np.int64) - (rem < (1 - j) * s) for j in range(1, nc.NEWTON_CORRECTION + 1)), e
+
+
 def np_isqrt(v, correct: bool = True):
     """NumPy twin of :func:`_te_isqrt_newton`; equals ``math.isqrt`` on ``[1, 2**56)``.
 
@@ -183,7 +227,10 @@ def np_isqrt(v, correct: bool = True):
 
 
 def _np_shiftexp(d, se: nc.ShiftExpConsts, division_free: bool):
-    ip = np.maximum(d + (d >> 1) - (d >> 4), se.ip_min)
+    ip = d + (d >> 1) - (d >> 4)
+    if se.poly == 2:
+        ip = ip + (d >> 8) + (d >> 10)
+    ip = np.maximum(ip, se.ip_min)
     q = ((-ip) * se.div.m) >> se.div.s if division_free else np.floor_divide(ip, se.i0)
     r = ip - q * se.i0
     base = (r >> 1) - se.i0
@@ -207,15 +254,24 @@ def _check_int(x, what, allowed=("int8", "int16", "int32")):
 # ------------------------------------------------------------------------------------------ ops
 
 
+SOFTMAX_OUT = {"uint8": (8, 255), "int16": (15, 32767)}  # out_dtype -> (fraction bits, qmax)
+
+
 @register_op
 class SoftmaxInt(IntegerOp):
     """Integer softmax over the last axis.
 
     x : int8/int16/int32 (..., L) at real scale ``in_scale``. n : shift from
     :func:`~tvm_qplugin.quant.nonlinear_consts.choose_softmax_n` (``L * e_max < 2**31`` checked).
-    Output uint8 (..., L) at scale 2**-8, round half up, 1.0 saturates to 255.
-    ivit: ``f = (2**31-1) // sum E``, ``out = (f E + 2**22) >> 23``; ibert: ``f = 2**32 // sum E``,
-    ``out = (f E + 2**23) >> 24``; division-free: ivit with magic-multiply ``q`` and Newton ``f``.
+    Output ``out_dtype`` (..., L): uint8 at scale 2**-8 or int16 at 2**-15 (1.0 saturates to
+    255 / 32767), round half up.
+
+    Exponentials ``E`` (ShiftExp for ivit / division-free, i-exp for ibert) are summed in int32;
+    the row's reciprocal is *normalised*: ``e = bitlen(sum E)``, ``f = 2**(30+e) // sum E`` in
+    ``(2**30, 2**31]``, ``out = (f E + 2**(29+e-F)) >> (30+e-F)`` with F the fraction bits. A fixed
+    numerator (``(2**31-1) // sum E``) would leave ``f`` only ``31 - bitlen(sum E)`` bits -- 7 bits
+    for a 128-token row at e_max = 2**22 -- which is what limits 8-bit attention, not the 256 levels.
+    division-free: the same ``f`` from a Newton reciprocal (exact after the fix-up).
     """
 
     name = "softmax_int"
@@ -225,16 +281,18 @@ class SoftmaxInt(IntegerOp):
         return 0 if params["variant"] == "division-free" else 2
 
     @staticmethod
-    def _consts(x_len, in_scale, n, variant, exp_poly):
+    def _consts(x_len, in_scale, n, variant, exp_poly, out_dtype):
         ce = nc.exp_consts(variant, in_scale, n, exp_poly)
         if x_len * ce.e_max > nc.INT32_MAX:
             raise ValueError(f"softmax_int: L={x_len} x e_max={ce.e_max} overflows int32; lower n ({n})")
-        return ce, (nc.IBERT_SM_OUT_SHIFT if variant == "ibert" else nc.SOFTMAX_OUT_SHIFT)
+        if out_dtype not in SOFTMAX_OUT:
+            raise ValueError(f"softmax_int: out_dtype {out_dtype!r} not in {sorted(SOFTMAX_OUT)}")
+        return ce, SOFTMAX_OUT[out_dtype]
 
-    def compute(self, x, *, in_scale, n, variant, exp_poly=1):
+    def compute(self, x, *, in_scale, n, variant, exp_poly=1, out_dtype="uint8"):
         _check_int(x, self.name)
         lead, length = _row(x)
-        ce, out_shift = self._consts(length, in_scale, n, variant, exp_poly)
+        ce, (frac, qmax) = self._consts(length, in_scale, n, variant, exp_poly, out_dtype)
         k = te.reduce_axis((0, length), "k")
         mx = te.compute(lead, lambda *i: te.max(x(*i, k).astype("int32"), axis=k), name="row_max")
 
@@ -246,26 +304,23 @@ class SoftmaxInt(IntegerOp):
         e = te.compute(x.shape, exp_fn, name="exp")
         k2 = te.reduce_axis((0, length), "k2")
         total = te.compute(lead, lambda *i: te.sum(e(*i, k2), axis=k2), name="exp_sum")
+        f, bits = _te_recip_norm(_stage(total, total, "exp_sum64"), variant == "division-free", "recip")
 
-        if variant == "division-free":
-            f = _te_recip(_stage(total, total, "exp_sum64"), "recip")
-        else:
-            num = _c(2**32 if variant == "ibert" else nc.INT32_MAX)
-            f = _stage(total, lambda *i: tirx.floordiv(num, total(*i).astype("int64")), "recip")
-        return te.compute(x.shape, lambda *i: clamp_cast(round_shift(f(*i[:-1]) * e(*i).astype("int64"), out_shift),
-                                                         0, 255, "uint8"), name="y")
+        def out(*i):
+            sh = _c(30 - frac) + bits(*i[:-1])
+            v = (f(*i[:-1]) * e(*i).astype("int64") + (_c(1) << (sh - _c(1)))) >> sh
+            return clamp_cast(v, 0, qmax, out_dtype)
+        return te.compute(x.shape, out, name="y")
 
-    def reference(self, x, *, in_scale, n, variant, exp_poly=1):
-        ce, out_shift = self._consts(x.shape[-1], in_scale, n, variant, exp_poly)
+    def reference(self, x, *, in_scale, n, variant, exp_poly=1, out_dtype="uint8"):
+        ce, (frac, qmax) = self._consts(x.shape[-1], in_scale, n, variant, exp_poly, out_dtype)
         d = _np_pre(x.astype(np.int64) - x.astype(np.int64).max(axis=-1, keepdims=True), ce.pre_shift)
         e = _np_ibert_exp(d, ce) if variant == "ibert" else _np_shiftexp(d, ce, variant == "division-free")
         e = e.astype(np.int32)
         total = e.sum(axis=-1, dtype=np.int32, keepdims=True).astype(np.int64)
-        if variant == "division-free":
-            f = np_recip(total)
-        else:
-            f = (2**32 if variant == "ibert" else nc.INT32_MAX) // total
-        return np.clip(round_shift_ref(f * e, out_shift), 0, 255).astype(np.uint8)
+        f, bits = np_recip_norm(total, variant == "division-free")
+        sh = (30 - frac) + bits
+        return np.clip((f * e + (np.int64(1) << (sh - 1))) >> sh, 0, qmax).astype(out_dtype)
 
 
 @register_op
@@ -279,19 +334,24 @@ class GeluInt(IntegerOp):
     ``acc = x * sigma``; ibert (i-GELU): ``acc = x * ((sign(x)[(min(|x|,-b)+b)**2 + c] >> s) + one)``;
     division-free: ivit with Newton reciprocal. Then ``requant(acc)`` with a dyadic from the floats.
     n : ShiftExp shift (None: :func:`choose_gelu_n`).
+    approx : ``"paper"`` -- I-ViT's ShiftGELU ``x sigma(1.702 x)`` / I-BERT's i-GELU, 0.02 max error;
+    ``"tanh"`` -- ``x sigma(1.596 (x + 0.044715 x**3))``, the tanh-GELU, 0.0005 (one more multiply),
+    with the variant's own exponential (ShiftExp; ibert: i-exp).
     """
 
     name = "gelu_int"
     division_ops = 2
 
     def divisions(self, params: dict) -> int:
-        return 2 if params["variant"] == "ivit" else 0
+        v = params["variant"]
+        return 2 if v == "ivit" or (v == "ibert" and params.get("approx") == "tanh") else 0
 
-    def compute(self, x, *, in_scale, out_scale, qmin, qmax, out_dtype, variant, n=None, exp_poly=1):
+    def compute(self, x, *, in_scale, out_scale, qmin, qmax, out_dtype, variant, n=None, exp_poly=1,
+                approx="paper"):
         _check_int(x, self.name, ("int8", "int16"))
-        g = nc.gelu_consts(in_scale, out_scale, variant, n, exp_poly)
+        g = nc.gelu_consts(in_scale, out_scale, variant, n, exp_poly, approx)
 
-        if variant == "ibert":
+        if g.se is None:  # I-BERT's i-GELU
             def erf_fn(*i):
                 xs = _te_pre(x(*i).astype("int64"), g.erf_pre_shift)
                 a = tirx.min(tirx.abs(xs), _c(-g.erf_b)) + _c(g.erf_b)
@@ -300,8 +360,17 @@ class GeluInt(IntegerOp):
             factor = _stage(x, erf_fn, "erf_plus_one")
         else:
             se = g.se
-            es = _stage(x, lambda *i: _te_shiftexp(_te_pre(_c(0) - tirx.abs(x(*i).astype("int64")), se.pre_shift), se,
-                                                   variant == "division-free"), "exp_neg_abs")
+            if g.cubic is not None:  # tanh form: the sigmoid's argument is x + 0.044715 s**2 x**3
+                def arg(*i):
+                    v = x(*i).astype("int64")
+                    return v + round_shift(v * v * v * _c(g.cubic.multiplier), g.cubic.shift)
+                z = _stage(x, arg, "gelu_arg")
+            else:
+                z = _stage(x, lambda *i: x(*i).astype("int64"), "gelu_arg")
+            def exp_neg_abs(*i):
+                d = _te_pre(_c(0) - tirx.abs(z(*i)), se.pre_shift)
+                return _te_ibert_exp(d, se) if variant == "ibert" else _te_shiftexp(d, se, variant == "division-free")
+            es = _stage(x, exp_neg_abs, "exp_neg_abs")
             den = _stage(x, lambda *i: _c(se.e_max) + es(*i), "exp_sum")
             if variant == "division-free":
                 inv = _te_recip(den, "recip")
@@ -313,17 +382,20 @@ class GeluInt(IntegerOp):
         return te.compute(x.shape, lambda *i: requant(x(*i).astype("int64") * factor(*i), g.out.multiplier, g.out.shift,
                                                       qmin, qmax, out_dtype), name="y")
 
-    def reference(self, x, *, in_scale, out_scale, qmin, qmax, out_dtype, variant, n=None, exp_poly=1):
-        g = nc.gelu_consts(in_scale, out_scale, variant, n, exp_poly)
+    def reference(self, x, *, in_scale, out_scale, qmin, qmax, out_dtype, variant, n=None, exp_poly=1,
+                  approx="paper"):
+        g = nc.gelu_consts(in_scale, out_scale, variant, n, exp_poly, approx)
         xv = x.astype(np.int64)
-        if variant == "ibert":
+        if g.se is None:
             xs = _np_pre(xv, g.erf_pre_shift)
             a = np.minimum(np.abs(xs), -g.erf_b) + g.erf_b
             y = (np.sign(xs) * (a * a + g.erf_c)) >> g.erf_shift
             acc = xv * (y + g.erf_one)
         else:
             se = g.se
-            es = _np_shiftexp(_np_pre(-np.abs(xv), se.pre_shift), se, variant == "division-free")
+            z = xv + round_shift_ref(xv * xv * xv * g.cubic.multiplier, g.cubic.shift) if g.cubic is not None else xv
+            d = _np_pre(-np.abs(z), se.pre_shift)
+            es = _np_ibert_exp(d, se) if variant == "ibert" else _np_shiftexp(d, se, variant == "division-free")
             den = se.e_max + es
             inv = np_recip(den) if variant == "division-free" else nc.INT32_MAX // den
             sig = round_shift_ref(inv * np.where(xv >= 0, se.e_max, es), 31 - nc.SIGMOID_BITS)

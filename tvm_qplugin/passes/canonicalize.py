@@ -2,9 +2,11 @@
 
 1. ``DecomposeOpsForInference`` + ``FoldConstant``: BatchNorm becomes per-channel affine ops on
    constants.
-2. :data:`NormalizeClip`: the ONNX importer lowers Clip to TOPI ``maximum``/``minimum``
+2. ``FuseGELU`` / ``FuseLayerNorm`` (passes/patterns.py): decomposed GELU (Erf or tanh form)
+   and LayerNorm back into one op each, before step 4 can fold their scalar constants away.
+3. :data:`NormalizeClip`: the ONNX importer lowers Clip to TOPI ``maximum``/``minimum``
    PrimFuncs; turn those back into one ``R.clip`` so activations can be fused by op name.
-3. :data:`FoldBatchNorm`: per-output-channel multiply/divide/add/subtract by constants that follow
+4. :data:`FoldBatchNorm`: per-output-channel multiply/divide/add/subtract by constants that follow
    a conv2d or a matmul with constant weights fold into the weights and one bias add;
    scalar multiplies/divides feeding one (Gemm ``alpha``, an in-model ``x / 255``) fold into the
    weights too.
@@ -200,17 +202,18 @@ FoldBatchNorm = function_pass(_fold_batch_norm, "FoldBatchNorm")
 
 
 def canonicalize(mod: tvm.IRModule) -> tvm.IRModule:
+    """The canonicalization pipeline (module doc)."""
     from .patterns import FuseGELU, FuseLayerNorm
 
-    """The canonicalization pipeline (module doc)."""
     seq = tvm.ir.transform.Sequential([
         relax.transform.DecomposeOpsForInference(),
         relax.transform.FoldConstant(),
+        # before FoldBatchNorm: GELU's trailing "* 0.5" would otherwise fold into the next weights
+        FuseGELU,
+        FuseLayerNorm,
         NormalizeClip,
         FoldBatchNorm,
         relax.transform.FoldConstant(),
-        FuseGELU,
-        FuseLayerNorm,
         relax.transform.DeadCodeElimination(["main"]),
         relax.transform.CanonicalizeBindings(),
         # CanonicalizeBindings forwards `t = (y, mean, var); out = t[0]` to `y`, leaving the

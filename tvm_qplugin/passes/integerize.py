@@ -44,11 +44,23 @@ class IntegerizeConfig:
     # ShiftExp's 2**p ~ 1 + p/2 (I-ViT) costs up to 0.018 in softmax probabilities; a quadratic
     # term (one more multiply per element) brings it to 0.006. 1 = the paper's formula.
     exp_poly: int = 2
+    # softmax probabilities: 16 -> int16 at 2**-15 (attention x V then accumulates exactly in
+    # int32: the probabilities of a row sum to one), 8 -> uint8 at 2**-8 (the I-ViT / I-BERT
+    # papers' choice; on MiniLM's 128-token rows it costs ~25 dB of softmax SQNR)
+    softmax_bits: int = 16
+    # GELU: "tanh" -- x sigma(1.596 (x + 0.044715 x**3)) with the variant's integer exp, max error
+    # 0.0005; "paper" -- I-ViT's x sigma(1.702 x) / I-BERT's erf polynomial, max error ~0.02, which
+    # caps MiniLM's FFN outputs near 28-30 dB SQNR and its nearest-neighbour agreement near 93 %
+    gelu_approx: str = "tanh"
     int_io: bool = False
 
     def __post_init__(self):
         if self.weight_bits != 8 or self.activation_bits != 8:
             raise ValueError("only the int8 scheme is implemented (weight_bits=8, activation_bits=8)")
+        if self.gelu_approx not in ("tanh", "paper"):
+            raise ValueError(f"gelu_approx={self.gelu_approx!r}: choose tanh or paper")
+        if self.softmax_bits not in (8, 16):
+            raise ValueError(f"softmax_bits={self.softmax_bits}: choose 8 or 16")
 
 
 @dataclass
@@ -64,6 +76,9 @@ class QValue:
     qtype: QType | None
     nonneg: bool = False
     kind: str = "quant"
+    # proven bound on sum |x| along the last axis (softmax rows: 1.0 plus rounding), which lets a
+    # following matmul prove int32 accumulation safe for wide operands
+    row_sum: int | None = None
 
 
 @dataclass
@@ -244,18 +259,31 @@ class IntegerModule:
     inputs: list[tuple[str, tuple[int, ...], QType]]
     outputs: list[tuple[str, tuple[int, ...], QType]]
     layers: list[LayerInfo] = field(default_factory=list)
+    # each quantized tensor's integer twin, for per-tensor error reports (diagnose.py)
+    tensors: list["TensorTwin"] = field(default_factory=list)
 
 
-def find_unsupported(graph: Graph, ctx: IntegerizeContext) -> list[str]:
+@dataclass(frozen=True)
+class TensorTwin:
+    """A float tensor of the canonical ``main`` and the integer var that holds it (``real ~= scale * int``)."""
+
+    float_var: relax.Var
+    int_var: relax.Var
+    qtype: QType
+    ops: str            # the float op(s) the integer kernel computes, fused ones joined: "nn.conv2d+add+nn.relu"
+
+
+def find_unsupported(graph: Graph, ctx: IntegerizeContext) -> list[tuple[str, str, str]]:
+    """``(var, op, reason)`` for every binding no rule takes."""
     problems = []
     for b in graph.bindings:
         rules = RULES.get(b.op_name)
         if not rules:
-            problems.append(f"{b.name}: {b.op_name} (no integer rule)")
+            problems.append((b.name, b.op_name, "no integer rule"))
             continue
         reasons = [r.check(ctx, b) for r in rules]
         if all(reasons):
-            problems.append(f"{b.name}: {b.op_name} ({'; '.join(reasons)})")
+            problems.append((b.name, b.op_name, "; ".join(reasons)))
     return problems
 
 
@@ -269,8 +297,9 @@ def integerize(float_mod: tvm.IRModule, ranges, config: IntegerizeConfig = Integ
     problems = find_unsupported(graph, ctx)
     if problems:
         supported = ", ".join(sorted(RULES))
-        raise UnsupportedOpError("cannot integerize " + str(len(problems)) + " op(s): " + "; ".join(problems)
-                                 + f". Supported Relax ops: {supported}")
+        listing = "; ".join(f"{v}: {op} ({why})" for v, op, why in problems)
+        raise UnsupportedOpError(f"cannot integerize {len(problems)} op(s): {listing}. Supported Relax ops: {supported}",
+                                 tuple(problems))
 
     inputs = []
     core_params = []
@@ -308,7 +337,20 @@ def integerize(float_mod: tvm.IRModule, ranges, config: IntegerizeConfig = Integ
     if not config.int_io:
         _emit_float_main(bb, bb.get().get_global_var("core"), graph, inputs, outputs)
     mod = bb.finalize()
-    return IntegerModule(mod, inputs, outputs, ctx.layers)
+    return IntegerModule(mod, inputs, outputs, ctx.layers, _tensor_map(graph, ctx))
+
+
+def _tensor_map(graph: Graph, ctx: IntegerizeContext) -> list[TensorTwin]:
+    """Quantized float tensors and their integer twins. When fusion maps several float vars to one
+    integer value (conv + bias + ReLU), only the last -- the one the integer value equals -- is kept."""
+    producers = {b.var: b.op_name.removeprefix("relax.") for b in graph.bindings}
+    group: dict[relax.Var, list[relax.Var]] = {}
+    for v in list(graph.params) + [b.var for b in graph.bindings]:
+        qv = ctx.values.get(v)
+        if qv is not None and qv.kind == "quant" and isinstance(qv.expr, relax.Var):
+            group.setdefault(qv.expr, []).append(v)
+    return [TensorTwin(fvs[-1], iv, ctx.values[fvs[-1]].qtype, "+".join(producers.get(f, "input") for f in fvs))
+            for iv, fvs in group.items()]
 
 
 def _emit_float_main(bb, core_gv, graph: Graph, inputs, outputs) -> None:

@@ -50,8 +50,46 @@ def _chain(g: Graph, start: relax.Var, limit: int = 6) -> list[Binding]:
     return out
 
 
+def _match_gelu_tail(g: Graph, act: Binding, x: relax.Var):
+    """``0.5 * x * (1 + act)`` after ``act`` (erf or tanh), in any association, including
+    ``(x * 0.5) * (1 + act)`` as torch exports the tanh form -> (final binding, consumed) or None."""
+    seen_one = seen_half = seen_x = False
+    consumed = []
+    for b in _chain(g, act.var):
+        sp = _split_scalar(b)
+        other = None
+        if b.op_name == "relax.multiply" and sp is None:
+            prev = consumed[-1].var if consumed else act.var
+            other = b.args[1] if b.args[0].same_as(prev) else b.args[0]
+        if b.op_name == "relax.add" and sp is not None and _close(sp[1], 1.0) and not seen_one:
+            seen_one = True
+        elif b.op_name == "relax.multiply" and sp is not None and _close(sp[1], 0.5) and not seen_half:
+            seen_half = True
+        elif other is not None and other.same_as(x) and not seen_x:
+            seen_x = True
+        elif other is not None and not seen_x and not seen_half and _is_half_of(g, other, x):
+            seen_x = seen_half = True
+            consumed.append(g.producer(other))
+        else:
+            break
+        consumed.append(b)
+        if seen_one and seen_half and seen_x:
+            return b, consumed
+    return None
+
+
+def _is_half_of(g: Graph, v, x) -> bool:
+    """``v`` is ``x * 0.5`` (or ``x / 2``) used only by the GELU product."""
+    p = g.producer(v)
+    if p is None or len(g.users.get(p.var, [])) != 1:
+        return False
+    sp = _split_scalar(p)
+    return sp is not None and sp[0].same_as(x) and (
+        (p.op_name == "relax.multiply" and _close(sp[1], 0.5)) or (p.op_name == "relax.divide" and _close(sp[1], 2.0)))
+
+
 def _match_erf_gelu(g: Graph, erf: Binding):
-    """x*0.5*(1+erf(x/sqrt2)) in any association -> (x, final binding, consumed bindings)."""
+    """x*0.5*(1+erf(x/sqrt2)) in any association -> (x, final binding)."""
     pre = g.producer(erf.args[0])
     if pre is None:
         return None
@@ -62,38 +100,84 @@ def _match_erf_gelu(g: Graph, erf: Binding):
     if not ((pre.op_name == "relax.divide" and _close(c, math.sqrt(2))) or
             (pre.op_name == "relax.multiply" and _close(c, 1 / math.sqrt(2)))):
         return None
-    seen_one = seen_half = seen_x = False
-    consumed = [pre, erf]
-    for b in _chain(g, erf.var):
-        sp = _split_scalar(b)
-        if b.op_name == "relax.add" and sp is not None and _close(sp[1], 1.0) and not seen_one:
-            seen_one = True
-        elif b.op_name == "relax.multiply" and sp is not None and _close(sp[1], 0.5) and not seen_half:
-            seen_half = True
-        elif b.op_name == "relax.multiply" and sp is None and any(a.same_as(x) for a in b.args) and not seen_x:
-            seen_x = True
-        else:
-            break
-        consumed.append(b)
-        if seen_one and seen_half and seen_x:
-            return x, b, consumed
-    # 0.5 may multiply x before the product: (x*0.5) * (1+erf)
+    tail = _match_gelu_tail(g, erf, x)
+    return None if tail is None else (x, tail[0])
+
+
+def _is_cube_of(g: Graph, v) -> relax.Var | None:
+    """``x`` when ``v`` is ``x ** 3``, ``x * (x * x)`` or ``(x * x) * x``."""
+    p = g.producer(v)
+    if p is None:
+        return None
+    if p.op_name == "relax.power" and _close(_scalar(p.args[1]), 3.0):
+        return p.args[0]
+    if p.op_name != "relax.multiply" or _split_scalar(p) is not None:
+        return None
+    for sq, x in ((p.args[0], p.args[1]), (p.args[1], p.args[0])):
+        q = g.producer(sq)
+        if q is not None and q.op_name == "relax.multiply" and q.args[0].same_as(x) and q.args[1].same_as(x):
+            return x
+        if q is not None and q.op_name == "relax.power" and _close(_scalar(q.args[1]), 2.0) and q.args[0].same_as(x):
+            return x
     return None
+
+
+def _scaled(g: Graph, v, c: float):
+    """``t`` when ``v`` is ``t * c`` (either operand order), else None."""
+    p = g.producer(v)
+    sp = _split_scalar(p) if p is not None and p.op_name == "relax.multiply" else None
+    return sp[0] if sp is not None and _close(sp[1], c) else None
+
+
+def _tanh_gelu_input(g: Graph, arg) -> relax.Var | None:
+    """``x`` when ``arg`` is ``sqrt(2/pi) (x + 0.044715 x**3)`` (torch) or
+    ``sqrt(2/pi) x + 0.044715 sqrt(2/pi) x**3`` (ONNX Runtime's FastGelu expansion)."""
+    c1 = math.sqrt(2 / math.pi)
+    inner = _scaled(g, arg, c1)
+    if inner is not None:
+        p = g.producer(inner)
+        if p is None or p.op_name != "relax.add" or _split_scalar(p) is not None:
+            return None
+        for x, t in ((p.args[0], p.args[1]), (p.args[1], p.args[0])):
+            cube = _scaled(g, t, 0.044715)
+            if cube is not None and (cx := _is_cube_of(g, cube)) is not None and cx.same_as(x):
+                return x
+        return None
+    p = g.producer(arg)
+    if p is None or p.op_name != "relax.add" or _split_scalar(p) is not None:
+        return None
+    for lin, t in ((p.args[0], p.args[1]), (p.args[1], p.args[0])):
+        x, cube = _scaled(g, lin, c1), _scaled(g, t, 0.044715 * c1)
+        if x is not None and cube is not None and (cx := _is_cube_of(g, cube)) is not None and cx.same_as(x):
+            return x
+    return None
+
+
+def _match_tanh_gelu(g: Graph, tanh: Binding):
+    """0.5*x*(1+tanh(sqrt(2/pi)*(x + 0.044715 x**3))) -> (x, final binding)."""
+    x = _tanh_gelu_input(g, tanh.args[0])
+    if x is None:
+        return None
+    tail = _match_gelu_tail(g, tanh, x)
+    return None if tail is None else (x, tail[0])
 
 
 def _fuse_gelu(rw: FunctionRewriter):
     g = rw.graph
-    final: dict[relax.Var, relax.Expr] = {}
+    final: dict[relax.Var, tuple[relax.Expr, str]] = {}
     for b in g.bindings:
+        m = None
         if b.op_name == "relax.erf":
-            m = _match_erf_gelu(g, b)
-            if m is not None:
-                x, last, _ = m
-                final[last.var] = x
+            m, kind = _match_erf_gelu(g, b), "erf"
+        elif b.op_name == "relax.tanh":
+            m, kind = _match_tanh_gelu(g, b), "tanh"
+        if m is not None:
+            final[m[1].var] = (m[0], kind)
 
     def rewrite(b: Binding):
         if b.var in final:
-            return relax.op.nn.gelu(rw.arg(final[b.var]))
+            x, kind = final[b.var]
+            return (relax.op.nn.gelu if kind == "erf" else relax.op.nn.gelu_tanh)(rw.arg(x))
         return None
 
     return rewrite

@@ -11,7 +11,9 @@ Shift-exp (I-ViT ShiftExp) on ``delta <= 0`` at real scale ``S`` per integer uni
    so that ``|I0| = floor(1/S')`` has :data:`I0_BITS` bits, ``S' = S * 2**pre_shift``. This
    keeps the I-ViT formula precise for any input scale (int16 inputs would otherwise give
    ``|I0|`` in the thousands and overflow ``sum E``; coarse int8 scales a 5-bit ``I0``).
-2. ``I_p = d + (d >> 1) - (d >> 4)`` (``~ d * log2 e``), clamped at ``q_clamp * I0``.
+2. ``I_p = d + (d >> 1) - (d >> 4)`` (``~ d * log2 e``, I-ViT: 1.4375, 0.36 % low, i.e. 2.6 %
+   error in E at delta = -5), clamped at ``q_clamp * I0``. ``exp_poly=2`` adds
+   ``(d >> 8) + (d >> 10)``: 1.44238, 0.02 % low.
 3. ``q = I_p // I0``, ``r = I_p - q * I0``, ``base = (r >> 1) - I0`` (``2**p ~ 1 + p/2``).
    ``exp_poly=2`` adds ``(r (r - I0) quad_m) >> quad_s`` (``+ c p (1 + p)``, c = 0.1699): one
    multiply more per element, the 2**p error drops from 6.1 % to 0.27 %: softmax max |error|
@@ -34,17 +36,14 @@ from .dyadic import Dyadic, dyadic
 
 INT32_MAX = 2**31 - 1
 I0_BITS = 10                # |I0| in [512, 1024): exponent base accurate to < 0.2 %
-SOFTMAX_OUT_SHIFT = 23      # (f * E) >> 23 with f ~ 2**31 / sum E: probabilities at scale 2**-8
 QUAD_C, QUAD_S = 0.1699, 30  # minimax c of 2**p ~ 1 + p/2 + c p (1 + p) on (-1, 0]
 SIGMOID_BITS = 15           # ShiftGELU sigmoid at scale 2**-15
-SOFTMAX_E_MAX_BITS = 22     # e_max <= 2**22: flooring f costs <= e_max / 2**23 <= 0.5 output LSB
 GELU_E_MAX_BITS = 15        # sigmoid: flooring f costs <= e_max / 2**16 <= 0.5 LSB of 2**-15
 
 # I-BERT polynomials: exp(p) ~ A (p + B)**2 + C on (-ln2, 0]; erf(x) ~ sign(x)[A_ERF (min(|x|, -B_ERF) + B_ERF)**2 + 1]
 IBERT_EXP_A, IBERT_EXP_B, IBERT_EXP_C = 0.35815147, 0.96963238 / 0.35815147, 1.0 / 0.35815147
 IBERT_ERF_A, IBERT_ERF_B = -0.2888, -1.769
 IBERT_ERF_BITS = 10         # |b_int| in [512, 1024): the erf polynomial's argument grid
-IBERT_SM_OUT_SHIFT = 24     # (E * (2**32 // sum E)) >> 24: probabilities at scale 2**-8
 
 # Newton reciprocal (Q30): y0 = 24/17 - 8/17 u on u in [1, 2) (max rel. error 1/17), 3 steps
 RECIP_C1, RECIP_C2, RECIP_ITERS = round(24 / 17 * 2**30), round(8 / 17 * 2**30), 3
@@ -167,11 +166,11 @@ def choose_softmax_n(in_scale: float, max_abs_delta: float | None, row_len: int,
     max_abs_delta : largest ``max(row) - x`` seen in calibration (real units), or None.
     row_len : softmax length (last axis).
 
-    Returns the largest ``N`` with (1) ``row_len * e_max <= 2**31 - 1``: ``sum E`` cannot overflow
+    Returns the largest ``N`` with ``row_len * e_max <= 2**31 - 1``: ``sum E`` cannot overflow
     int32 for *any* row (an all-equal row reaches the bound, so calibration cannot relax it);
-    (2) ``e_max <= 2**22``: flooring ``f = (2**31-1) // sum E`` then costs at most half an output
-    LSB; (3) with calibration, no larger than needed to keep the smallest calibrated exponential
-    ``e_max * exp(-max_abs_delta)`` at >= 2**12 (larger ``e_max`` only coarsens ``f``).
+    with calibration, no larger than needed to keep the smallest calibrated exponential
+    ``e_max * exp(-max_abs_delta)`` at >= 2**12. The row reciprocal is normalised (31 bits
+    whatever ``sum E`` is, ops/nonlinear.py), so a large ``e_max`` costs no output precision.
     """
     if row_len < 1:
         raise ValueError(f"softmax row length {row_len} < 1")
@@ -181,7 +180,7 @@ def choose_softmax_n(in_scale: float, max_abs_delta: float | None, row_len: int,
             e_max = exp_consts(variant, in_scale, n).e_max
         except ValueError:
             break
-        if row_len * e_max > INT32_MAX or e_max > 2**SOFTMAX_E_MAX_BITS:
+        if row_len * e_max > INT32_MAX:
             break
         best = n
         if max_abs_delta is not None and e_max * math.exp(-max_abs_delta) >= 2**12:
@@ -191,7 +190,16 @@ def choose_softmax_n(in_scale: float, max_abs_delta: float | None, row_len: int,
     return best
 
 
-def choose_gelu_n(in_scale: float, variant: str = "ivit") -> int:
+# GELU algorithm. "paper": I-ViT's ShiftGELU x sigma(1.702 x) (max |error| vs erf-GELU 0.020) or
+# I-BERT's i-GELU erf polynomial (0.018). "tanh": x sigma(c1 (x + 0.044715 x**3)), c1 = 2 sqrt(2/pi),
+# the tanh form of GELU written as a sigmoid (0.0005), its exponential by the variant's own integer
+# exp (ShiftExp, or I-BERT's i-exp); the cubic is one int64 multiply and a rounding shift per element
+GELU_APPROX = {"paper": 1.702, "tanh": 2.0 * math.sqrt(2.0 / math.pi)}
+GELU_CUBIC = 0.044715
+GELU_CUBIC_BITS = 16  # the cubic's multiplier: x**3 (|x| <= 2**15, 45 bits) times it stays inside int64
+
+
+def choose_gelu_n(in_scale: float, variant: str = "ivit", approx: str = "paper") -> int:
     """``N`` of ShiftGELU: the largest with ``e_max = |I0| << N <= 2**15``.
 
     The sigmoid is ``((2**31-1) // (E1 + E2) * E1) >> 16``; flooring the reciprocal costs up to
@@ -199,7 +207,7 @@ def choose_gelu_n(in_scale: float, variant: str = "ivit") -> int:
     two. (I-ViT's N = 23 with a 4-5 bit I0 gives e_max ~ 2**27 and a 4-bit reciprocal.)
     """
     _check_variant(variant)
-    i0 = -shiftexp_consts(1.702 * in_scale, 0).i0
+    i0 = -shiftexp_consts(GELU_APPROX[approx] * in_scale, 0).i0
     n = 0
     while (i0 << (n + 1)) <= 2**GELU_E_MAX_BITS:
         n += 1
@@ -208,25 +216,34 @@ def choose_gelu_n(in_scale: float, variant: str = "ivit") -> int:
 
 @dataclass(frozen=True)
 class GeluConsts:
-    """ShiftGELU (ivit, division-free) or i-GELU (ibert) constants plus the output requant."""
+    """ShiftGELU (ivit, division-free), i-GELU (ibert) or tanh-form GELU constants plus the output requant."""
 
     variant: str
-    se: ShiftExpConsts | None
+    se: ShiftExpConsts | IBertExpConsts | None  # the sigmoid's exponential (None: i-GELU's erf polynomial)
     erf_pre_shift: int = 0
     erf_b: int = 0            # floor(B_ERF / S_e), negative
     erf_c: int = 0            # floor((1 / A_ERF) / S_e**2), negative
     erf_shift: int = 0        # y >> erf_shift keeps |y| <= 2**15
     erf_one: int = 0          # floor(1 / sigmoid scale), negative: "1 + erf" in y units
     out: Dyadic = Dyadic(0, 0)
+    cubic: Dyadic | None = None  # tanh form: z = x + ((x**3 * b + r) >> c), b / 2**c ~ 0.044715 s**2
 
 
-def gelu_consts(in_scale: float, out_scale: float, variant: str, n: int | None, poly: int = 1) -> GeluConsts:
+def gelu_consts(in_scale: float, out_scale: float, variant: str, n: int | None, poly: int = 1,
+                approx: str = "paper") -> GeluConsts:
     _check_variant(variant)
-    if variant != "ibert":
-        se = shiftexp_consts(1.702 * in_scale, choose_gelu_n(in_scale, variant) if n is None else n, poly)
+    if approx not in GELU_APPROX:
+        raise ValueError(f"GELU: approx={approx!r}, expected one of {sorted(GELU_APPROX)}")
+    if variant != "ibert" or approx == "tanh":
+        scale = GELU_APPROX[approx] * in_scale
+        if variant == "ibert":  # i-exp of the sigmoid: E at delta = 0 in [2**14, 2**15)
+            se = ibert_exp_consts(scale, GELU_E_MAX_BITS if n is None else n)
+        else:
+            se = shiftexp_consts(scale, choose_gelu_n(in_scale, variant, approx) if n is None else n, poly)
         if 2 * se.e_max > INT32_MAX:
-            raise ValueError(f"ShiftGELU: n={se.n} lets E1 + E2 overflow int32")
-        return GeluConsts(variant, se, out=dyadic(in_scale * 2.0**-SIGMOID_BITS / out_scale))
+            raise ValueError(f"GELU: n={se.n} lets E1 + E2 overflow int32")
+        cubic = dyadic(GELU_CUBIC * in_scale**2, max_shift=62, mantissa_bits=GELU_CUBIC_BITS) if approx == "tanh" else None
+        return GeluConsts(variant, se, out=dyadic(in_scale * 2.0**-SIGMOID_BITS / out_scale), cubic=cubic)
     k = _unit_shift(in_scale / math.sqrt(2.0) / -IBERT_ERF_B, IBERT_ERF_BITS)
     s_e = in_scale * 2.0**k / math.sqrt(2.0)
     b, c = math.floor(IBERT_ERF_B / s_e), math.floor(1.0 / IBERT_ERF_A / s_e**2)

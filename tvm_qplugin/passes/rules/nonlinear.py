@@ -4,35 +4,26 @@ come from each layer's own calibrated range (issue: not fixed per model)."""
 from __future__ import annotations
 
 from ...ops import const
+from ...ops.matmul import acc_bound
 from ...ops.nonlinear import layernorm_int_args
 from ...quant import QType, dyadic
 from ...quant import nonlinear_consts as nc
 from ..graph import shape_of
 from ..integerize import IntegerizeContext, IntegerRule, QValue, register_rule
 
-SOFTMAX_OUT = QType("uint8", 2.0**-8)
+SOFTMAX_OUT = {8: QType("uint8", 2.0**-8), 16: QType("int16", 2.0**-15)}
 
 
 def _max_abs(qt: QType) -> int:
     return max(abs(qt.qmin), qt.qmax)
 
 
-def narrow_pair(ctx: IntegerizeContext, a: QValue, b: QValue, k: int) -> tuple[QValue, QValue]:
-    """Requantize the wider operand(s) to 8 bits until ``k |a| |b|`` fits the int32 accumulator."""
-    for _ in range(2):
-        if k * (_max_abs(a.qtype) + 1) * (_max_abs(b.qtype) + 1) < 2**31:
-            break
-        if _max_abs(a.qtype) >= _max_abs(b.qtype):
-            a = ctx.narrow(a)
-        else:
-            b = ctx.narrow(b)
-    return a, b
-
-
 @register_rule
 class QMatMulAct(IntegerRule):
-    """matmul(a, b) of two activations (QK^T, attention x V) -> matmul_requant (int32 accumulation,
-    one per-tensor dyadic requantization)."""
+    """matmul(a, b) of two activations (QK^T, attention x V) -> matmul_requant with one per-tensor
+    dyadic requantization. Operands keep their width: the accumulator is int32 when the dtypes
+    (or a softmax row-sum bound) prove it safe, int64 otherwise -- narrowing int16 Q/K to int8
+    instead would cost the attention scores most of their precision."""
 
     ops = ("relax.matmul",)
 
@@ -43,18 +34,24 @@ class QMatMulAct(IntegerRule):
 
     def rewrite(self, ctx, b):
         k = shape_of(b.args[0])[-1]
-        x, y = narrow_pair(ctx, ctx.q(b.args[0]), ctx.q(b.args[1]), k)
-        out_qt = ctx.out_qtype(b.var, x.nonneg and y.nonneg)
-        d = dyadic(x.qtype.scale * y.qtype.scale / out_qt.scale)
+        x, y = ctx.q(b.args[0]), ctx.q(b.args[1])
+        bound = acc_bound(x.qtype.dtype, y.qtype.dtype, k, x.row_sum)
+        acc_bits, mantissa = (32, 31) if bound < 2**31 else (64, 62 - (bound + 2**31).bit_length())
+        nonneg = x.nonneg and y.nonneg
+        out_qt = ctx.out_qtype(b.var, nonneg)
+        d = dyadic(x.qtype.scale * y.qtype.scale / out_qt.scale, mantissa_bits=mantissa)
+        extra = {"acc_bits": 64} if acc_bits == 64 else {}
+        if x.row_sum is not None:
+            extra["a_row_sum"] = x.row_sum
         out = ctx.emit("matmul_requant", [x.expr, y.expr], multiplier=d.multiplier, shift=d.shift, qmin=out_qt.qmin,
-                       qmax=out_qt.qmax, out_dtype=out_qt.dtype)
-        return QValue(out, out_qt, x.nonneg and y.nonneg)
+                       qmax=out_qt.qmax, out_dtype=out_qt.dtype, **extra)
+        return QValue(out, out_qt, nonneg)
 
 
 @register_rule
 class QSoftmax(IntegerRule):
-    """softmax over the last axis -> softmax_int (Shiftmax / i-exp / division-free); output uint8
-    at 2**-8. N is chosen from this layer's calibrated input range."""
+    """softmax over the last axis -> softmax_int (Shiftmax / i-exp / division-free); output int16
+    at 2**-15 (``softmax_bits=8``: uint8 at 2**-8). N is chosen from this layer's calibrated input range."""
 
     ops = ("relax.nn.softmax",)
 
@@ -70,15 +67,20 @@ class QSoftmax(IntegerRule):
         row = shape_of(b.var)[-1]
         n = nc.choose_softmax_n(x.qtype.scale, max(hi - lo, 1e-6), row, ctx.config.nonlinear)
         poly = ctx.config.exp_poly if ctx.config.nonlinear != "ibert" else 1
-        y = ctx.emit("softmax_int", [x.expr], in_scale=x.qtype.scale, n=n, variant=ctx.config.nonlinear, exp_poly=poly)
-        return QValue(y, SOFTMAX_OUT, nonneg=True)
+        out_qt = SOFTMAX_OUT[ctx.config.softmax_bits]
+        y = ctx.emit("softmax_int", [x.expr], in_scale=x.qtype.scale, n=n, variant=ctx.config.nonlinear, exp_poly=poly,
+                     out_dtype=out_qt.dtype)
+        # each output rounds half up from a row summing to 1.0: sum <= 1.0 + row / 2 LSB
+        return QValue(y, out_qt, nonneg=True, row_sum=round(1.0 / out_qt.scale) + (row + 1) // 2)
 
 
 @register_rule
 class QGelu(IntegerRule):
-    """gelu (Erf form, fused by passes/patterns.py) -> gelu_int (ShiftGELU / i-GELU / division-free)."""
+    """gelu / gelu_tanh (fused by passes/patterns.py) -> gelu_int (ShiftGELU / i-GELU / division-free).
+    ShiftGELU's sigmoid argument follows ``IntegerizeConfig.gelu_approx``; both GELU forms map to
+    the same integer op (erf- and tanh-GELU differ by < 5e-4, below int16 output noise)."""
 
-    ops = ("relax.nn.gelu",)
+    ops = ("relax.nn.gelu", "relax.nn.gelu_tanh")
 
     def rewrite(self, ctx, b):
         x = ctx.q(b.args[0])
@@ -87,9 +89,12 @@ class QGelu(IntegerRule):
         # int16 out: the FFN's largest activations are few but carry the signal; the next dense
         # accumulates int16 x int8 in int64 when int32 could overflow (rules/linear.py)
         out_qt = ctx.out_qtype(b.var, nonneg=False, wide_ok=True)
+        variant, approx = ctx.config.nonlinear, ctx.config.gelu_approx
+        extra = {"approx": approx}
+        if variant != "ibert":
+            extra.update(n=nc.choose_gelu_n(x.qtype.scale, variant, approx), exp_poly=ctx.config.exp_poly)
         y = ctx.emit("gelu_int", [x.expr], in_scale=x.qtype.scale, out_scale=out_qt.scale, qmin=out_qt.qmin,
-                     qmax=out_qt.qmax, out_dtype=out_qt.dtype, variant=ctx.config.nonlinear,
-                     n=nc.choose_gelu_n(x.qtype.scale, ctx.config.nonlinear) if ctx.config.nonlinear != "ibert" else None)
+                     qmax=out_qt.qmax, out_dtype=out_qt.dtype, variant=variant, **extra)
         return QValue(y, out_qt)
 
 
