@@ -20,6 +20,7 @@ from .passes.graph import Graph, dtype_of
 from .passes.rewriter import substitute
 from .quant.observers import Histogram, calibrated_range
 from .progress import progress
+from .schedules.float_cpu import legalize_and_schedule
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class FloatRunner:
                 out = bb.emit_output(relax.Tuple(taps + outs))
             bb.emit_func_output(out)
         self.num_taps = len(taps)
-        self.vm = relax.VirtualMachine(tvm.compile(bb.get(), target=target), tvm.cpu())
+        self.vm = relax.VirtualMachine(tvm.compile(legalize_and_schedule(bb.get(), target), target=target), tvm.cpu())
         self.input_names = [p.name for p in params]
 
     def run(self, batch: dict[str, np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
