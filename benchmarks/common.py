@@ -36,3 +36,15 @@ def onnxruntime_static_int8(path: str, feeds: list[dict], activation_type: str =
         quantize_static(path, qpath, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=getattr(QuantType, activation_type), weight_type=QuantType.QInt8)
         return ort.InferenceSession(qpath, sess_options, providers=["CPUExecutionProvider"])
+
+
+def onnxruntime_dynamic_int8(path: str, sess_options=None):
+    """ONNX Runtime's dynamic int8 (int8 weights, activations quantized at run time): the peer
+    ONNX Runtime documents for transformer encoders."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as d:
+        qpath = os.path.join(d, "dynamic_int8.onnx")
+        quantize_dynamic(path, qpath, weight_type=QuantType.QInt8)
+        return ort.InferenceSession(qpath, sess_options, providers=["CPUExecutionProvider"])

@@ -148,3 +148,42 @@ def test_pointwise_conv_schedule_rule_is_bit_exact(rng):
     out = tvm.runtime.tensor(np.zeros([int(d) for d in out_ty.shape], "int16"))
     lib["main"](*[tvm.runtime.tensor(a) for a in args], out)
     assert_bit_exact(out.numpy(), REG["conv2d_requant"].reference(*args, **params), "scheduled 1x1 conv")
+
+
+@pytest.mark.parametrize("case", ["dense32", "dense64", "dense64_ragged", "matmul64", "matmul_rowsum"])
+def test_transformer_schedule_rules_are_bit_exact(rng, case):
+    """DenseRowBlocks / MatmulRequantIKJ restructure loops (and dense int64 accumulation is int32
+    chunks); the scheduled kernels must equal the NumPy reference at the dtype extremes."""
+    from tvm_qplugin.ops.registry import OPS as REG
+    from tvm_qplugin.schedules.x86 import DenseRowBlocks, MatmulRequantIKJ
+
+    def ext(shape, dtype):  # extremes included: the int32 chunk bound is tight at -32768 * -128
+        info = np.iinfo(dtype)
+        v = rng.integers(int(info.min), int(info.max) + 1, shape).astype(dtype)
+        v.reshape(-1)[: v.size // 4] = info.min
+        return v
+
+    if case.startswith("dense"):
+        k = {"dense32": 64, "dense64": 1536, "dense64_ragged": 1031}[case]
+        x = ext((2, 8, k), "int16")
+        w = np.full((12, k), -128, np.int8)
+        w[:, ::3] = rng.integers(-127, 128, (12, len(range(0, k, 3))))
+        args = [x, w, rng.integers(-5000, 5000, 12).astype(np.int32),
+                rng.integers(2**20, 2**26, 12).astype(np.int64), np.full(12, 44, np.int64)]
+        params = dict(qmin=-32768, qmax=32767, out_dtype="int16", acc_bits=32 if case == "dense32" else 64)
+        op, rule = "dense_requant", DenseRowBlocks()
+    else:
+        a = ext((2, 3, 8, 32), "int16") if case == "matmul64" else rng.integers(0, 600, (2, 3, 8, 96)).astype(np.int16)
+        b = ext((2, 3, 32 if case == "matmul64" else 96, 16), "int16")
+        params = dict(multiplier=1 << 24, shift=40, qmin=-32768, qmax=32767, out_dtype="int16",
+                      acc_bits=64 if case == "matmul64" else 32)
+        if case == "matmul_rowsum":
+            params["a_row_sum"] = 96 * 600
+        args, op, rule = [a, b], "matmul_requant", MatmulRequantIKJ()
+    func, out_ty = REG[op].prim_func([(a.shape, str(a.dtype)) for a in args], **params)
+    scheduled = rule.apply(func, TARGET)
+    assert scheduled is not None and "T.parallel" in scheduled.script()
+    lib = tvm.tirx.build(tvm.IRModule({"main": scheduled.with_attr("global_symbol", "main")}), target=TARGET)
+    out = tvm.runtime.tensor(np.zeros([int(d) for d in out_ty.shape], str(out_ty.dtype)))
+    lib["main"](*[tvm.runtime.tensor(a) for a in args], out)
+    assert_bit_exact(out.numpy(), REG[op].reference(*args, **params), f"scheduled {case}")

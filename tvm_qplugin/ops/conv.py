@@ -96,6 +96,47 @@ class Conv2DRequant(IntegerOp):
         return requantize_ref(acc, m, s, qmin, qmax, out_dtype)
 
 
+_ABS = {"int8": 128, "uint8": 255, "int16": 32768}
+
+
+def int32_chunk(a_dtype: str, b_dtype: str) -> int:
+    """Longest reduction whose int32 partial sum cannot overflow for these operand dtypes."""
+    return (2**31 - 1) // (_ABS[a_dtype] * _ABS[b_dtype])
+
+
+def chunked_dot(x, b_at, k_len: int, out_shape, a_dtype: str, b_dtype: str, acc_bits: int, name: str = "acc"):
+    """``acc[i] = sum_k x[i[:-1], k] * b_at(i, k)`` (x's last axis is k) in ``int{acc_bits}``.
+
+    An int64 accumulator is exact but its multiply-adds do not vectorize the way int32 ones do
+    (x86 ``vpdpwssd``, Arm ``sdot``): MiniLM's 1536-deep FFN ran at 23 GMAC/s. So a 64-bit
+    accumulation is computed as int32 partial sums over chunks short enough that int32 cannot
+    overflow (:func:`int32_chunk`), added up in int64: the same integers, exactly."""
+    if acc_bits == 32:
+        k = te.reduce_axis((0, k_len), "k")
+        return te.compute(out_shape, lambda *i: te.sum(x(*i[:-1], k).astype("int32") * b_at(i, k).astype("int32"),
+                                                       axis=k), name=name)
+    limit = int32_chunk(a_dtype, b_dtype)
+    n_chunks = -(-k_len // limit)
+    # equal chunks that tile K exactly when some n <= 2 * ceil(K / limit) divides it; otherwise
+    # the last chunk is padded, reading a clamped (in-bounds) index multiplied by 0
+    n_chunks = next((n for n in range(n_chunks, 2 * n_chunks + 1) if k_len % n == 0), n_chunks)
+    chunk = -(-k_len // n_chunks)
+    ragged = n_chunks * chunk != k_len
+    kc = te.reduce_axis((0, chunk), "kc")
+
+    def part(c, *i):
+        kk = c * chunk + kc
+        if not ragged:
+            return te.sum(x(*i[:-1], kk).astype("int32") * b_at(i, kk).astype("int32"), axis=kc)
+        kin = tirx.min(kk, k_len - 1)
+        keep = tirx.if_then_else(kk < k_len, tirx.const(1, "int32"), tirx.const(0, "int32"))
+        return te.sum(x(*i[:-1], kin).astype("int32") * b_at(i, kin).astype("int32") * keep, axis=kc)
+
+    partial = te.compute((n_chunks, *out_shape), part, name=f"{name}_part")
+    c = te.reduce_axis((0, n_chunks), "c")
+    return te.compute(out_shape, lambda *i: te.sum(partial(c, *i).astype("int64"), axis=c), name=name)
+
+
 @register_op
 class DenseRequant(IntegerOp):
     """Dense layer ``y[..., j] = requant(sum_k x[..., k] * w[j, k] + bias[j])``.
@@ -108,15 +149,9 @@ class DenseRequant(IntegerOp):
     name = "dense_requant"
 
     def compute(self, x, w, bias, multiplier, shift, *, qmin, qmax, out_dtype, acc_bits=32):
-        k = te.reduce_axis((0, int(x.shape[-1])), "k")
         lead = [int(d) for d in x.shape[:-1]]
         out_shape = (*lead, int(w.shape[0]))
-        acc_t = f"int{acc_bits}"
-        acc = te.compute(
-            out_shape,
-            lambda *i: te.sum(x(*i[:-1], k).astype(acc_t) * w[i[-1], k].astype(acc_t), axis=k),
-            name="acc",
-        )
+        acc = chunked_dot(x, lambda i, k: w[i[-1], k], int(x.shape[-1]), out_shape, str(x.dtype), "int8", acc_bits)
         return te.compute(
             out_shape,
             lambda *i: requant(i64(acc(*i)) + i64(bias[i[-1]]), multiplier[i[-1]], shift[i[-1]], qmin, qmax, out_dtype),

@@ -12,11 +12,11 @@ import logging
 import tvm
 
 from ..ops import op_of
-from .x86 import Conv2D1x1Reorder
+from .x86 import Conv2D1x1Reorder, DenseRowBlocks, MatmulRequantIKJ
 
 log = logging.getLogger(__name__)
 
-RULES = [Conv2D1x1Reorder()]
+RULES = [Conv2D1x1Reorder(), DenseRowBlocks(), MatmulRequantIKJ()]
 
 
 def apply_default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.IRModule, int]:

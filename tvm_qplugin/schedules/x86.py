@@ -39,3 +39,74 @@ class Conv2D1x1Reorder:
         sch.parallel(sch.fuse(n, oc))
         sch.decompose_reduction(acc, rc)
         return sch.mod["main"]
+
+
+class DenseRowBlocks:
+    """``dense_requant`` on CPU: rows in parallel blocks, requantization fused under them.
+
+    * int32 accumulation: rows fused and split into blocks of 4, output channels into blocks of
+      4; within a block the k-dot-products vectorize (``vpdpwssd`` / ``vpdpbusd`` on AVX-512),
+      the requantization of each 4x4 tile runs right after it while it is in registers/L1.
+      MiniLM's 1024x384x1536: 53 -> 75 GMAC/s.
+    * int64 accumulation (ops/conv.py ``chunked_dot``: int32 partial sums over chunks): the
+      partial sums in parallel over rows, the int64 chunk sum in parallel. 1024x1536x384:
+      11.5 -> 9.2 ms (23 GMAC/s with a plain int64 loop).
+    """
+
+    ROWS, COLS = 4, 4
+
+    def apply(self, func: tvm.tirx.PrimFunc, target: tvm.target.Target):
+        if target.kind.name != "llvm":
+            return None
+        described = op_of(func)
+        if described is None or described[0] != "dense_requant":
+            return None
+        sch = s_tir_schedule.Schedule(func)
+        if described[1].get("acc_bits", 32) == 64:
+            part = sch.get_sblock("acc_part")
+            c, *lead, j, k = sch.get_loops(part)
+            rows = sch.fuse(*lead) if len(lead) > 1 else lead[0]
+            sch.reorder(rows, c, j, k)
+            sch.parallel(rows)
+            sch.decompose_reduction(part, k)
+            acc = sch.get_sblock("acc")
+            *alead, _aj, _ac = sch.get_loops(acc)
+            sch.parallel(sch.fuse(*alead) if len(alead) > 1 else alead[0])
+            return sch.mod["main"]
+        acc, y = sch.get_sblock("acc"), sch.get_sblock("y")
+        *lead, j, k = sch.get_loops(acc)
+        rows = sch.fuse(*lead) if len(lead) > 1 else lead[0]
+        n_rows, n_cols = sch.get(rows).extent.value, sch.get(j).extent.value
+        if n_rows % self.ROWS or n_cols % self.COLS:
+            return None
+        ro, ri = sch.split(rows, [None, self.ROWS])
+        jo, ji = sch.split(j, [None, self.COLS])
+        sch.reorder(ro, jo, ri, ji, k)
+        sch.parallel(ro)
+        sch.reverse_compute_at(y, jo)
+        sch.decompose_reduction(acc, k)
+        return sch.mod["main"]
+
+
+class MatmulRequantIKJ:
+    """Activation x activation ``matmul_requant`` (attention ``Q Kᵀ``, ``P V``) on CPU.
+
+    The TE kernel reduces over k innermost, reading ``b[..., k, j]`` with a stride of a whole
+    row per step. Reordered to ``i, k, j``, the output row and b's row stream with unit stride
+    and LLVM vectorizes j; batch x rows run in parallel.
+    """
+
+    def apply(self, func: tvm.tirx.PrimFunc, target: tvm.target.Target):
+        if target.kind.name != "llvm":
+            return None
+        described = op_of(func)
+        if described is None or described[0] != "matmul_requant":
+            return None
+        sch = s_tir_schedule.Schedule(func)
+        acc = sch.get_sblock("acc")
+        *lead, j, k = sch.get_loops(acc)
+        sch.reorder(*lead, k, j)
+        sch.parallel(sch.fuse(*lead) if len(lead) > 1 else lead[0])
+        sch.decompose_reduction(acc, k)
+        return sch.mod["main"]
+
