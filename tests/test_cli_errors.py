@@ -302,7 +302,8 @@ def test_unknown_target(tmp_path, digits_calib):
     assert "tvm-qplugin targets" in line
 
 
-@pytest.mark.parametrize("flag,value,choice", [("--observer", "median", "minmax"), ("--precision", "int3", "int8")])
+@pytest.mark.parametrize("flag,value,choice", [("--observer", "median", "minmax"), ("--precision", "int3", "int8"),
+                                                ("--gelu", "erf", "paper"), ("--softmax-bits", "12", "16")])
 def test_unknown_option_value(tmp_path, digits_calib, flag, value, choice):
     assert_user_error(run_cli("compile", DIGITS, "--calib", digits_calib, flag, value, "-o", tmp_path / "out"),
                       flag, repr(value), choice)

@@ -48,3 +48,20 @@ def test_unsupported_attention_form_is_named(tmp_path):
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), p)
     with pytest.raises(tq.UnsupportedOpError, match="softmax over axis 1.*odd_softmax"):
         tq.compile(p, calib={"x": np.random.default_rng(0).normal(size=(4, 4, 8)).astype(np.float32)})
+
+
+def test_papers_forms_selectable_and_recorded(digits):
+    """--gelu paper --softmax-bits 8 reproduce the papers' ShiftGELU and uint8 Shiftmax: still
+    integer-only and bit-exact; the report records the choice; the default forms are more exact."""
+    x_train, _, x_test, _ = digits
+    kw = dict(calib={"input": x_train[:128]}, eval={"input": x_test[:64]}, timing_runs=1)
+    paper = tq.compile(VIT, gelu="paper", softmax_bits=8, **kw)
+    default = tq.compile(VIT, **kw)
+    assert paper.report["gelu"] == "paper" and paper.report["softmax_bits"] == 8 and default.report["gelu"] == "tanh"
+    assert paper.report["integer_only"] and paper.report["bit_exact"]
+
+    def sqnr(r, op):
+        return min(t["sqnr_db"] for t in r["tensors"] if t["op"].startswith(op))
+
+    assert sqnr(default.report, "nn.softmax") > sqnr(paper.report, "nn.softmax") + 6
+    assert sqnr(default.report, "nn.gelu") > sqnr(paper.report, "nn.gelu") + 3

@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--precision", default="int8")
     c.add_argument("--observer", default="percentile", help="minmax | percentile (default, 99.999) | mse")
     c.add_argument("--nonlinear", default="ivit")
+    c.add_argument("--gelu", default="tanh", help="tanh (default: tanh-GELU as an integer sigmoid, max error "
+                   "5e-4) | paper (I-ViT's x*sigmoid(1.702x) / I-BERT's erf polynomial, ~0.02)")
+    c.add_argument("--softmax-bits", type=int, default=16, help="16 (default: int16 probabilities) | 8 (the "
+                   "papers' uint8)")
     c.add_argument("--attention", default="int8")
     c.add_argument("--input-shape", action="append", default=[], metavar="NAME=D1,D2,...")
     c.add_argument("--int-io", action="store_true", help="integer inputs/outputs (no entry/exit float ops)")
@@ -106,7 +110,7 @@ def cmd_compile(a) -> int:
                      grayscale=a.grayscale)
     art = compile_model(a.model, target=a.target, calib=a.calib, eval=a.eval, input_shapes=a.input_shape,
                         preprocess=pre, precision=a.precision, observer=a.observer, nonlinear=a.nonlinear,
-                        attention=a.attention, int_io=a.int_io,
+                        attention=a.attention, int_io=a.int_io, gelu=a.gelu, softmax_bits=a.softmax_bits,
                         allow_float=tuple(x for x in a.allow_float.split(",") if x), calib_limit=a.calib_limit,
                         budget=parse_budget(a.budget), show_progress=not a.no_progress and sys.stderr.isatty())
     art.save(out)

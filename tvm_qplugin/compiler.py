@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("int8",)
 NONLINEARS = ("ivit", "ibert", "division-free")
+GELU_FORMS = ("tanh", "paper")
 ATTENTIONS = ("int8",)  # shiftadd (ShiftAddViT) is not implemented yet: refused, not ignored
 BIT_EXACT_MIN_INPUTS = 16
 
@@ -44,6 +45,8 @@ class CompileOptions:
     precision: str = "int8"
     observer: str = "percentile"
     nonlinear: str = "ivit"
+    gelu: str = "tanh"             # IntegerizeConfig.gelu_approx: tanh | paper
+    softmax_bits: int = 16         # IntegerizeConfig.softmax_bits: 16 | 8
     attention: str = "int8"
     int_io: bool = False
     allow_float: tuple[str, ...] = ()
@@ -62,6 +65,10 @@ class CompileOptions:
             raise QPluginError(f"--observer {self.observer!r}: choose one of {', '.join(sorted(OBSERVERS))}")
         if self.nonlinear not in NONLINEARS:
             raise QPluginError(f"--nonlinear {self.nonlinear!r}: choose one of {', '.join(NONLINEARS)}")
+        if self.gelu not in GELU_FORMS:
+            raise QPluginError(f"--gelu {self.gelu!r}: choose one of {', '.join(GELU_FORMS)}")
+        if self.softmax_bits not in (8, 16):
+            raise QPluginError(f"--softmax-bits {str(self.softmax_bits)!r}: choose 16 (int16 probabilities) or 8 (uint8)")
         if self.attention not in ATTENTIONS:
             raise QPluginError(f"--attention {self.attention!r} is not available in this version; choose one of "
                                f"{', '.join(ATTENTIONS)}")
@@ -114,7 +121,8 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
     runner = FloatRunner(float_mod, tvm_target)
     ranges = calibrate(runner, calib_ds, opts.observer, opts.calib_limit, opts.show_progress)
     try:
-        imod = integerize(float_mod, ranges, IntegerizeConfig(int_io=opts.int_io, nonlinear=opts.nonlinear))
+        imod = integerize(float_mod, ranges, IntegerizeConfig(int_io=opts.int_io, nonlinear=opts.nonlinear,
+                                                              gelu_approx=opts.gelu, softmax_bits=opts.softmax_bits))
     except UnsupportedOpError as e:
         raise name_onnx_nodes(e, imported.onnx_model) from None
     core = "main" if opts.int_io else "core"
@@ -271,6 +279,8 @@ def build_report(imported, board, opts, imod, iv, bit_exact, n_exact, accuracy, 
         "isa_features": board.isa_features(),
         "precision": opts.precision,
         "nonlinear": opts.nonlinear,
+        "gelu": opts.gelu,
+        "softmax_bits": opts.softmax_bits,
         "attention": opts.attention,
         "observer": opts.observer,
         "integer_only": iv.integer_only,
