@@ -97,3 +97,15 @@ def test_report_lists_per_tensor_error(artifact):
     ref = np.random.default_rng(0).normal(size=1000)
     assert abs(sqnr_db(ref, ref + 0.1 * ref) - 20.0) < 1e-6
     assert abs(sqnr_db(np.append(ref, -1e38), np.append(ref + 0.1 * ref, -5.0)) - 20.0) < 1e-6
+
+
+def test_report_times_every_layer_and_op_kind(artifact):
+    """layers[].latency_us from the VM's per-call instrument, and time per integer op kind."""
+    r = artifact.report
+    assert all(layer["latency_us"] is not None and layer["latency_us"] > 0 for layer in r["layers"])
+    kinds = {k["op"]: k for k in r["kernels"]}
+    assert {"conv2d_requant", "dense_requant"} <= set(kinds)
+    assert abs(sum(k["share"] for k in r["kernels"]) - 1.0) < 0.01
+    # each conv layer's call is part of the conv op kind's total
+    conv_us = sum(layer["latency_us"] for layer in r["layers"] if layer["op"] == "conv2d")
+    assert conv_us <= kinds["conv2d_requant"]["us"] * 1.5

@@ -150,6 +150,8 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
     art.report = build_report(imported, board, opts, imod, iv, bit_exact, n_exact, accuracy, latency, executable,
                               compile_s=time.perf_counter() - t0, build_s=build_s)
     art.report["tensors"] = [e.to_json() for e in errors]
+    if not c_route:
+        add_kernel_times(art, imod, runs=3)
     if c_route:
         export_for_mcu(art, board, eval_ds, opts)
     if not bit_exact:
@@ -213,6 +215,17 @@ def export_for_mcu(art: Artifact, board, ds: Dataset, opts: CompileOptions) -> N
         layer["instructions"] = cost.get("instructions")
         layer["instructions_per_mac"] = cost.get("instructions_per_mac")
     r["latency_ms"] = None  # the board is emulated here: qemu counts instructions, not time
+
+
+def add_kernel_times(art: Artifact, imod, runs: int) -> None:
+    """``layers[].latency_us`` (each conv/dense call) and ``kernels`` (time per integer op kind)."""
+    from .profile import binding_times, by_op, kernel_times
+
+    per_call = binding_times(art, runs)
+    for layer, info in zip(art.report["layers"], imod.layers):
+        t = per_call.get(info.var)
+        layer["latency_us"] = None if t is None else round(t, 1)
+    art.report["kernels"] = by_op(art, kernel_times(art, runs))
 
 
 def check_bit_exact(art: Artifact, ds: Dataset, n: int, show_progress: bool = False) -> tuple[bool, int]:

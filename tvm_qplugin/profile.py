@@ -17,17 +17,17 @@ from tvm import relax
 from .ops import op_of
 
 
-def kernel_times(art, runs: int = 3) -> dict[str, float]:
-    """Median microseconds per kernel symbol over ``runs`` runs (of the float ``main`` or the integer one)."""
+def _instrumented_runs(art, runs: int) -> list[list[tuple[str, float]]]:
+    """Per run, every VM call in order as ``(symbol, microseconds)``."""
     vm = relax.VirtualMachine(art.library if art.library is not None else art.executable, tvm.cpu())
-    samples: dict[str, list[float]] = defaultdict(list)
-    started: dict[str, float] = {}
+    calls: list[tuple[str, float]] = []
+    started: dict[str, list[float]] = defaultdict(list)
 
     def instrument(func, symbol, before_run, ret_value, *args):
         if before_run:
-            started[symbol] = time.perf_counter()
+            started[symbol].append(time.perf_counter())
         else:
-            samples[symbol].append((time.perf_counter() - started.pop(symbol)) * 1e6)
+            calls.append((symbol, (time.perf_counter() - started[symbol].pop()) * 1e6))
         return 0  # VMInstrumentReturnKind.NO_OP
 
     if art.int_io:
@@ -36,13 +36,45 @@ def kernel_times(art, runs: int = 3) -> dict[str, float]:
         args = [tvm.runtime.tensor(np.zeros(s.shape, s.host_dtype)) for s in art.inputs]
     vm["main"](*args)  # warm up without the instrument
     vm.set_instrument(instrument)
-    per_run: dict[str, list[float]] = defaultdict(list)
+    out = []
     for _ in range(runs):
-        samples.clear()
+        calls.clear()
         vm["main"](*args)
-        for sym, ts in samples.items():
-            per_run[sym].append(sum(ts))
+        out.append(list(calls))
+    return out
+
+
+def kernel_times(art, runs: int = 3) -> dict[str, float]:
+    """Median microseconds per kernel symbol (all its calls in one run summed) over ``runs`` runs."""
+    per_run: dict[str, list[float]] = defaultdict(list)
+    for calls in _instrumented_runs(art, runs):
+        sums: dict[str, float] = defaultdict(float)
+        for sym, us in calls:
+            sums[sym] += us
+        for sym, us in sums.items():
+            per_run[sym].append(us)
     return {sym: float(np.median(ts)) for sym, ts in per_run.items()}
+
+
+def binding_times(art, runs: int = 3) -> dict[relax.Var, float]:
+    """Median microseconds of each integer kernel *call* of the integer function, keyed by the
+    Relax var it binds (shared kernels are told apart by call order, which the VM keeps)."""
+    func = art.integer_mod["main" if art.int_io else "core"]
+    order = [(b.var, b.value.args[0].name_hint) for blk in func.body.blocks for b in blk.bindings
+             if isinstance(b.value, relax.Call) and getattr(b.value.op, "name", "") == "relax.call_tir"]
+    kernels = {name for _, name in order}
+    names = [name for _, name in order]
+    samples: dict[relax.Var, list[float]] = defaultdict(list)
+    for calls in _instrumented_runs(art, runs):
+        seq = [(sym, us) for sym, us in calls if sym in kernels]
+        # main may add its own quantize / dequantize calls around the integer function's
+        start = next((o for o in range(len(seq) - len(names) + 1)
+                      if [sym for sym, _ in seq[o : o + len(names)]] == names), None)
+        if start is None:
+            return {}
+        for (var, _), (_, us) in zip(order, seq[start:]):
+            samples[var].append(us)
+    return {var: float(np.median(ts)) for var, ts in samples.items()}
 
 
 def by_op(art, times: dict[str, float]) -> list[dict]:

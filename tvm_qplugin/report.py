@@ -41,4 +41,6 @@ def summary(r: dict, outdir: Path | str) -> str:
                      + (f"; {ipi} instructions/inference" if ipi else "") + (f", {ipm:.2f} per MAC" if ipm else ""))
     if r.get("latency_ms"):
         lines.append(f"latency      {r['latency_ms']['median']:.3f} ms median of {r['latency_ms']['runs']} runs")
+    if r.get("kernels"):
+        lines.append("time by op   " + ", ".join(f"{k['op']} {100 * k['share']:.0f} %" for k in r["kernels"][:4]))
     return "\n".join(lines)

@@ -89,6 +89,7 @@ class LayerInfo:
     a_bits: int
     macs: int
     kernel: str = ""
+    var: relax.Var | None = None   # the integer var the layer's kernel binds (for per-layer timing)
 
 
 @dataclass

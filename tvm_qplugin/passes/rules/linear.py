@@ -93,7 +93,7 @@ class QConv2D(IntegerRule):
                      groups=int(a.groups), qmin=qmin, qmax=qmax, out_dtype=out_qt.dtype)
         o, cg, kh, kw = w.shape
         n, _, oh, ow = shape_of(b.var)
-        ctx.layers.append(LayerInfo(b.name, "conv2d", 8, 8, n * o * oh * ow * cg * kh * kw))
+        ctx.layers.append(LayerInfo(b.name, "conv2d", 8, 8, n * o * oh * ow * cg * kh * kw, var=y))
         return _finish(ctx, b, ep, y, out_qt)
 
 
@@ -125,7 +125,7 @@ class QDense(IntegerRule):
         y = ctx.emit("dense_requant", [x.expr, const(wq), const(bias), const(mult), const(shift)],
                      qmin=qmin, qmax=qmax, out_dtype=out_qt.dtype, **extra)
         rows = int(np.prod(shape_of(b.var)[:-1]))
-        ctx.layers.append(LayerInfo(b.name, "dense", 8, 8, rows * w.shape[0] * w.shape[1]))
+        ctx.layers.append(LayerInfo(b.name, "dense", 8, 8, rows * w.shape[0] * w.shape[1], var=y))
         return _finish(ctx, b, ep, y, out_qt)
 
 
