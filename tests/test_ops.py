@@ -187,3 +187,22 @@ def test_transformer_schedule_rules_are_bit_exact(rng, case):
     out = tvm.runtime.tensor(np.zeros([int(d) for d in out_ty.shape], str(out_ty.dtype)))
     lib["main"](*[tvm.runtime.tensor(a) for a in args], out)
     assert_bit_exact(out.numpy(), REG[op].reference(*args, **params), f"scheduled {case}")
+
+
+@pytest.mark.parametrize("variant,approx", [("ivit", "tanh"), ("ibert", "tanh"), ("ibert", "paper"),
+                                            ("division-free", "tanh"), ("ivit", "paper")])
+def test_gelu_inline_rule_is_bit_exact(variant, approx):
+    """GeluInlineStages folds single-use stages into the output: every int16 input, same integers."""
+    from tvm_qplugin.ops.registry import OPS as REG
+    from tvm_qplugin.schedules.x86 import GeluInlineStages
+
+    x = np.arange(-32768, 32768).astype(np.int16).reshape(128, 512)
+    params = dict(in_scale=4e-4, out_scale=3e-4, qmin=-32768, qmax=32767, out_dtype="int16", variant=variant,
+                  approx=approx)
+    func, out_ty = REG["gelu_int"].prim_func([(x.shape, "int16")], **params)
+    scheduled = GeluInlineStages().apply(func, TARGET)
+    assert scheduled is not None and scheduled.script().count("T.sblock(") < func.script().count("T.sblock(")
+    lib = tvm.tirx.build(tvm.IRModule({"main": scheduled.with_attr("global_symbol", "main")}), target=TARGET)
+    out = tvm.runtime.tensor(np.zeros(x.shape, "int16"))
+    lib["main"](tvm.runtime.tensor(x), out)
+    assert_bit_exact(out.numpy(), REG["gelu_int"].reference(x, **params), f"inlined gelu {variant} {approx}")

@@ -12,11 +12,11 @@ import logging
 import tvm
 
 from ..ops import op_of
-from .x86 import Conv2D1x1Reorder, DenseRowBlocks, MatmulRequantIKJ
+from .x86 import Conv2D1x1Reorder, DenseRowBlocks, GeluInlineStages, MatmulRequantIKJ
 
 log = logging.getLogger(__name__)
 
-RULES = [Conv2D1x1Reorder(), DenseRowBlocks(), MatmulRequantIKJ()]
+RULES = [Conv2D1x1Reorder(), DenseRowBlocks(), MatmulRequantIKJ(), GeluInlineStages()]
 
 
 def apply_default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.IRModule, int]:

@@ -110,3 +110,33 @@ class MatmulRequantIKJ:
         sch.decompose_reduction(acc, k)
         return sch.mod["main"]
 
+
+
+class GeluInlineStages:
+    """``gelu_int`` on CPU: fold its single-use stages into their consumer.
+
+    TE writes each step of the integer GELU as its own int64 stage (``ops/nonlinear._stage``),
+    i.e. one pass over memory each. The cubic argument, the exponential sum, the division
+    reciprocal, the sigmoid (and i-GELU's erf factor) are each used once, so they inline into the output expression
+    without duplicating work; the exponential (used twice) and the Newton reciprocal steps of the
+    division-free variant (each used twice: inlining them would double the work per step) stay
+    stages. MiniLM's 1024x1536 GELU: 11.7 -> 5.8 ms (ivit), 8.0 -> 5.2 ms (ibert).
+    """
+
+    SINGLE_USE = ("gelu_arg", "exp_sum", "recip", "sigmoid", "erf_plus_one")
+
+    def apply(self, func: tvm.tirx.PrimFunc, target: tvm.target.Target):
+        if target.kind.name != "llvm":
+            return None
+        described = op_of(func)
+        if described is None or described[0] != "gelu_int":
+            return None
+        sch = s_tir_schedule.Schedule(func)
+        names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
+        newton = described[1].get("variant") == "division-free"
+        inlined = 0
+        for name in self.SINGLE_USE:
+            if name in names and not (newton and name == "recip"):
+                sch.compute_inline(sch.get_sblock(name))
+                inlined += 1
+        return sch.mod["main"] if inlined else None
