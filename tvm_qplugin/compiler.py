@@ -195,10 +195,10 @@ def export_for_mcu(art: Artifact, board, ds: Dataset, opts: CompileOptions) -> N
                      ram_budget=int(budget["ram"]) if "ram" in budget else None,
                      size_budget=int(budget["size"]) if "size" in budget else None)
     if not board.is_mcu:  # Linux board: the deploy bundle also carries a minimal runner, source + static binary
-        from .export.harness import _load_info, build_linux, runner_source
+        from .export.harness import package_info, build_linux, runner_source
 
         (pkg / "runner").mkdir(exist_ok=True)
-        (pkg / "runner" / "runner.c").write_text(runner_source(_load_info(pkg)))
+        (pkg / "runner" / "runner.c").write_text(runner_source(package_info(pkg)))
         exe = build_linux(pkg, board, build_dir=Path(tempfile.mkdtemp(prefix="tvm_qplugin_runner_")))
         shutil.copy2(exe, pkg / "runner" / "qmodel_runner")
     art.c_package = pkg

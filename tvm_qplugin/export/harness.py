@@ -66,7 +66,8 @@ def _run(cmd, cwd=None, timeout=600, what="command") -> subprocess.CompletedProc
         raise ToolchainError(f"{what} timed out after {timeout} s: {' '.join(map(str, cmd))[:300]}") from e
 
 
-def _load_info(pkg) -> dict:
+def package_info(pkg) -> dict:
+    """The C package's ``qmodel.json``: inputs/outputs (name, dtype, shape, scale) that a runner needs."""
     return json.loads((Path(pkg) / "qmodel.json").read_text())
 
 
@@ -199,7 +200,7 @@ def build_host(pkg, build_dir=None, cc: str = "gcc", sanitize: bool = True, opt:
     pkg = Path(pkg)
     build_dir = Path(build_dir or tempfile.mkdtemp(prefix="qmodel-host-"))
     build_dir.mkdir(parents=True, exist_ok=True)
-    (build_dir / "runner.c").write_text(runner_source(_load_info(pkg)))
+    (build_dir / "runner.c").write_text(runner_source(package_info(pkg)))
     exe = build_dir / f"qmodel_{Path(cc).name}{'_san' if sanitize else ''}"
     cmd = [which(cc), *WARN_FLAGS, opt, "-g", *(SANITIZE_FLAGS if sanitize else []), *extra_cflags,
            f"-I{pkg}", pkg / "model.c", pkg / "qkernels.c", build_dir / "runner.c", "-o", exe]
@@ -211,7 +212,7 @@ def build_host(pkg, build_dir=None, cc: str = "gcc", sanitize: bool = True, opt:
 
 def run_host(exe, pkg, samples, workdir=None) -> list[list[np.ndarray]]:
     """Run a host build on ``samples`` (list of per-sample input lists); return the outputs."""
-    info = _load_info(pkg)
+    info = package_info(pkg)
     workdir = Path(workdir or tempfile.mkdtemp(prefix="qmodel-run-"))
     workdir.mkdir(parents=True, exist_ok=True)
     _write_inputs(workdir / "qin.bin", info, samples)
@@ -236,7 +237,7 @@ def build_linux(pkg, board, build_dir=None, opt: str = "-O2", extra_cflags=()) -
         raise QPluginError(f"board {b.name} is not an aarch64 Linux board")
     build_dir = Path(build_dir or tempfile.mkdtemp(prefix=f"qmodel-{b.name}-"))
     build_dir.mkdir(parents=True, exist_ok=True)
-    (build_dir / "runner.c").write_text(runner_source(_load_info(pkg)))
+    (build_dir / "runner.c").write_text(runner_source(package_info(pkg)))
     exe = build_dir / "qmodel_runner"
     cmd = [which(b.cc), *b.cflags, *WARN_FLAGS, opt, *extra_cflags, f"-I{pkg}", pkg / "model.c", pkg / "qkernels.c",
            build_dir / "runner.c", "-static", "-o", exe]
@@ -249,7 +250,7 @@ def build_linux(pkg, board, build_dir=None, opt: str = "-O2", extra_cflags=()) -
 def run_linux(exe, pkg, board, samples, workdir=None) -> list[list[np.ndarray]]:
     """Run an aarch64 build under ``qemu-aarch64 -cpu <the board's core>``."""
     b = get_board(board) if isinstance(board, str) else board
-    info = _load_info(pkg)
+    info = package_info(pkg)
     workdir = Path(workdir or tempfile.mkdtemp(prefix="qmodel-run-"))
     workdir.mkdir(parents=True, exist_ok=True)
     _write_inputs(workdir / "qin.bin", info, samples)
@@ -314,7 +315,7 @@ def build_mcu(pkg, board, build_dir=None, profile: bool = False, opt: str = "-O2
     """Cross-compile package + runner + startup for ``board``; the link enforces its memory."""
     pkg = Path(pkg)
     board, emu = _mcu_board(board)
-    info = _load_info(pkg)
+    info = package_info(pkg)
     build_dir = Path(build_dir or tempfile.mkdtemp(prefix=f"qmodel-{board.name}-"))
     build_dir.mkdir(parents=True, exist_ok=True)
     (build_dir / "runner.c").write_text(runner_source(info))
@@ -411,7 +412,7 @@ def _qemu_cmd(build: McuBuild, plugin_args: str | None = None) -> list[str]:
 
 
 def run_qemu(build: McuBuild, samples, workdir=None, timeout: int = QEMU_TIMEOUT) -> McuRun:
-    info = _load_info(build.pkg)
+    info = package_info(build.pkg)
     workdir = Path(workdir or tempfile.mkdtemp(prefix="qmodel-qemu-"))
     workdir.mkdir(parents=True, exist_ok=True)
     _write_inputs(workdir / "qin.bin", info, samples)
@@ -449,7 +450,7 @@ def count_instructions(build: McuBuild, sample, workdir=None, timeout: int = QEM
     """Instructions per inference, per step (layer) and per ``qk_*`` kernel function, one sample."""
     if not build.profile:
         raise ValueError("count_instructions needs a profiling build (build_mcu(..., profile=True))")
-    info = _load_info(build.pkg)
+    info = package_info(build.pkg)
     workdir = Path(workdir or tempfile.mkdtemp(prefix="qmodel-count-"))
     workdir.mkdir(parents=True, exist_ok=True)
     _write_inputs(workdir / "qin.bin", info, [sample])
@@ -512,7 +513,7 @@ def run_package(pkg, board, samples, workdir=None, count: bool = False, sanitize
         return {"outputs": run_linux(exe, pkg, b, samples, workdir / "run"), "board": b.name, "emulator": "qemu-aarch64"}
     build = build_mcu(pkg, board, workdir / "build")
     run = run_qemu(build, samples, workdir / "run")
-    info = _load_info(pkg)
+    info = package_info(pkg)
     mem = dict(build.memory, stack_bytes=run.stack_bytes, peak_arena_bytes=info["arena_bytes"],
                liveness_lower_bound_bytes=info["liveness_lower_bound_bytes"], weights_bytes=info["weights_bytes"])
     res = {"outputs": run.outputs, "board": build.board.name, "emulator": build.emulator.qemu_machine, "memory": mem}
