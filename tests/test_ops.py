@@ -129,6 +129,14 @@ def test_conv2d_property_random_shapes(c, o_mult, k, stride, h, depthwise, seed)
     assert_bit_exact(got, ref, "conv2d_requant (hypothesis)")
 
 
+def assert_scheduled_bit_exact(scheduled, out_ty, op: str, args, params, what: str) -> None:
+    """Build a schedule rule's PrimFunc, run it on ``args``, compare with the op's NumPy twin."""
+    lib = tvm.tirx.build(tvm.IRModule({"main": scheduled.with_attr("global_symbol", "main")}), target=TARGET)
+    out = tvm.runtime.tensor(np.zeros([int(d) for d in out_ty.shape], str(out_ty.dtype)))
+    lib["main"](*[tvm.runtime.tensor(a) for a in args], out)
+    assert_bit_exact(out.numpy(), OPS[op].reference(*args, **params), what)
+
+
 def test_pointwise_conv_schedule_rule_is_bit_exact(rng):
     """The x86 rule reorders the reduction; the scheduled kernel must equal the reference."""
     from tvm_qplugin.ops.registry import OPS as REG
@@ -144,10 +152,7 @@ def test_pointwise_conv_schedule_rule_is_bit_exact(rng):
     assert scheduled is not None and "T.parallel" in scheduled.script()
     assert Conv2D1x1Reorder().apply(REG["conv2d_requant"].prim_func(
         [(a.shape, str(a.dtype)) for a in args], **{**params, "padding": [1, 1, 1, 1]})[0], TARGET) is None
-    lib = tvm.tirx.build(tvm.IRModule({"main": scheduled.with_attr("global_symbol", "main")}), target=TARGET)
-    out = tvm.runtime.tensor(np.zeros([int(d) for d in out_ty.shape], "int16"))
-    lib["main"](*[tvm.runtime.tensor(a) for a in args], out)
-    assert_bit_exact(out.numpy(), REG["conv2d_requant"].reference(*args, **params), "scheduled 1x1 conv")
+    assert_scheduled_bit_exact(scheduled, out_ty, "conv2d_requant", args, params, "scheduled 1x1 conv")
 
 
 @pytest.mark.parametrize("case", ["dense32", "dense64", "dense64_ragged", "matmul64", "matmul_rowsum"])
@@ -183,10 +188,7 @@ def test_transformer_schedule_rules_are_bit_exact(rng, case):
     func, out_ty = REG[op].prim_func([(a.shape, str(a.dtype)) for a in args], **params)
     scheduled = rule.apply(func, TARGET)
     assert scheduled is not None and "T.parallel" in scheduled.script()
-    lib = tvm.tirx.build(tvm.IRModule({"main": scheduled.with_attr("global_symbol", "main")}), target=TARGET)
-    out = tvm.runtime.tensor(np.zeros([int(d) for d in out_ty.shape], str(out_ty.dtype)))
-    lib["main"](*[tvm.runtime.tensor(a) for a in args], out)
-    assert_bit_exact(out.numpy(), REG[op].reference(*args, **params), f"scheduled {case}")
+    assert_scheduled_bit_exact(scheduled, out_ty, op, args, params, f"scheduled {case}")
 
 
 @pytest.mark.parametrize("variant,approx", [("ivit", "tanh"), ("ibert", "tanh"), ("ibert", "paper"),
@@ -202,7 +204,4 @@ def test_gelu_inline_rule_is_bit_exact(variant, approx):
     func, out_ty = REG["gelu_int"].prim_func([(x.shape, "int16")], **params)
     scheduled = GeluInlineStages().apply(func, TARGET)
     assert scheduled is not None and scheduled.script().count("T.sblock(") < func.script().count("T.sblock(")
-    lib = tvm.tirx.build(tvm.IRModule({"main": scheduled.with_attr("global_symbol", "main")}), target=TARGET)
-    out = tvm.runtime.tensor(np.zeros(x.shape, "int16"))
-    lib["main"](tvm.runtime.tensor(x), out)
-    assert_bit_exact(out.numpy(), REG["gelu_int"].reference(x, **params), f"inlined gelu {variant} {approx}")
+    assert_scheduled_bit_exact(scheduled, out_ty, "gelu_int", [x], params, f"inlined gelu {variant} {approx}")

@@ -82,42 +82,43 @@ def _te_ibert_exp(d, ce: nc.IBertExpConsts):
     return ((r * (r + _c(ce.b)) + _c(ce.c)) << _c(ce.n)) >> (q + _c(ce.z_shift))
 
 
-def _te_recip(s: te.Tensor, name: str) -> te.Tensor:
-    """``floor((2**31 - 1) / s)`` for int64 ``1 <= s < 2**31``: Q30 Newton + exact fix-up."""
+def _te_newton_q30(s: te.Tensor, name: str) -> tuple[te.Tensor, te.Tensor]:
+    """``(e, y)``: ``e = bitlen(s)`` and the Q30 Newton reciprocal ``y ~ 2**(29+e) / s`` of the
+    normalised ``d = s << (31 - e)`` (``y0 = 24/17 - 8/17 u``, RECIP_ITERS steps)."""
     e = _stage(s, lambda *i: _te_bitlen(s(*i), 31), f"{name}_clz")
     d = _stage(s, lambda *i: s(*i) << (_c(31) - e(*i)), f"{name}_norm")
     y = _stage(s, lambda *i: _c(nc.RECIP_C1) - ((_c(nc.RECIP_C2) * d(*i)) >> _c(30)), f"{name}_y0")
     for it in range(nc.RECIP_ITERS):
         y = _stage(s, lambda *i, y=y: (y(*i) * (_c(1 << 31) - ((d(*i) * y(*i)) >> _c(30)))) >> _c(30), f"{name}_y{it + 1}")
-    r0 = _stage(s, lambda *i: (_c(nc.INT32_MAX) * y(*i)) >> (_c(29) + e(*i)), f"{name}_r0")
+    return e, y
 
+
+def _te_fix_up(s: te.Tensor, num, est, name: str) -> te.Tensor:
+    """``floor(num / s)`` from an estimate within +-NEWTON_CORRECTION of it: exact integer steps."""
     def fix(*i):
-        rem, out = _c(nc.INT32_MAX) - r0(*i) * s(*i), r0(*i)
+        rem, out = num(*i) - est(*i) * s(*i), est(*i)
         for j in range(1, nc.NEWTON_CORRECTION + 1):
             out = out + _ind(rem >= _c(j) * s(*i)) - _ind(rem < _c(1 - j) * s(*i))
         return out
     return _stage(s, fix, name)
 
 
+def _te_recip(s: te.Tensor, name: str) -> te.Tensor:
+    """``floor((2**31 - 1) / s)`` for int64 ``1 <= s < 2**31``: Q30 Newton + exact fix-up."""
+    e, y = _te_newton_q30(s, name)
+    r0 = _stage(s, lambda *i: (_c(nc.INT32_MAX) * y(*i)) >> (_c(29) + e(*i)), f"{name}_r0")
+    return _te_fix_up(s, lambda *i: _c(nc.INT32_MAX), r0, name)
+
+
 def _te_recip_norm(s: te.Tensor, division_free: bool, name: str) -> tuple[te.Tensor, te.Tensor]:
     """``(f, e)`` with ``e = bitlen(s)`` and ``f = floor(2**(30+e) / s)`` in ``(2**30, 2**31]`` for int64
     ``1 <= s < 2**31``: a 31-bit reciprocal whatever the size of ``s`` (softmax's row sum).
     division-free: ``2 y`` from the Q30 Newton of :func:`_te_recip` is within +-2 of it; fixed up exactly."""
-    e = _stage(s, lambda *i: _te_bitlen(s(*i), 31), f"{name}_bitlen")
     if not division_free:
+        e = _stage(s, lambda *i: _te_bitlen(s(*i), 31), f"{name}_bitlen")
         return _stage(s, lambda *i: tirx.floordiv(_c(1) << (_c(30) + e(*i)), s(*i)), name), e
-    d = _stage(s, lambda *i: s(*i) << (_c(31) - e(*i)), f"{name}_norm")
-    y = _stage(s, lambda *i: _c(nc.RECIP_C1) - ((_c(nc.RECIP_C2) * d(*i)) >> _c(30)), f"{name}_y0")
-    for it in range(nc.RECIP_ITERS):
-        y = _stage(s, lambda *i, y=y: (y(*i) * (_c(1 << 31) - ((d(*i) * y(*i)) >> _c(30)))) >> _c(30), f"{name}_y{it + 1}")
-
-    def fix(*i):
-        f0 = y(*i) << _c(1)
-        rem, out = (_c(1) << (_c(30) + e(*i))) - f0 * s(*i), f0
-        for j in range(1, nc.NEWTON_CORRECTION + 1):
-            out = out + _ind(rem >= _c(j) * s(*i)) - _ind(rem < _c(1 - j) * s(*i))
-        return out
-    return _stage(s, fix, name), e
+    e, y = _te_newton_q30(s, name)
+    return _te_fix_up(s, lambda *i: _c(1) << (_c(30) + e(*i)), lambda *i: y(*i) << _c(1), name), e
 
 
 def _te_isqrt_newton(v: te.Tensor, name: str) -> te.Tensor:
@@ -169,6 +170,22 @@ def _np_bitlen(v):
     return n
 
 
+def _np_newton_q30(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """NumPy twin of :func:`_te_newton_q30`: ``(e, y)``."""
+    e = _np_bitlen(s)
+    d = s << (31 - e)
+    y = nc.RECIP_C1 - ((nc.RECIP_C2 * d) >> 30)
+    for _ in range(nc.RECIP_ITERS):
+        y = (y * ((1 << 31) - ((d * y) >> 30))) >> 30
+    return e, y
+
+
+def _np_fix_up(s, num, est):
+    """NumPy twin of :func:`_te_fix_up`."""
+    rem = num - est * s
+    return est + sum((rem >= j * s).astype(np.int64) - (rem < (1 - j) * s) for j in range(1, nc.NEWTON_CORRECTION + 1))
+
+
 def np_recip(s, correct: bool = True):
     """NumPy twin of :func:`_te_recip`; equals ``(2**31 - 1) // s`` on ``[1, 2**31)``.
 
@@ -176,16 +193,9 @@ def np_recip(s, correct: bool = True):
     ``[floor - 2, floor]`` for every s (checked exhaustively over all 2**31 - 1 values).
     """
     s = np.asarray(s, dtype=np.int64)
-    e = _np_bitlen(s)
-    d = s << (31 - e)
-    y = nc.RECIP_C1 - ((nc.RECIP_C2 * d) >> 30)
-    for _ in range(nc.RECIP_ITERS):
-        y = (y * ((1 << 31) - ((d * y) >> 30))) >> 30
+    e, y = _np_newton_q30(s)
     r = (nc.INT32_MAX * y) >> (29 + e)
-    if not correct:
-        return r
-    rem = nc.INT32_MAX - r * s
-    return r + sum((rem >= j * s).astype(np.int64) - (rem < (1 - j) * s) for j in range(1, nc.NEWTON_CORRECTION + 1))
+    return _np_fix_up(s, nc.INT32_MAX, r) if correct else r
 
 
 def np_recip_norm(s, division_free: bool = True, correct: bool = True):
@@ -194,18 +204,12 @@ def np_recip_norm(s, division_free: bool = True, correct: bool = True):
     ``correct=False`` (division-free): the Newton estimate ``2 y`` before the fix-up, within +-2.
     """
     s = np.asarray(s, dtype=np.int64)
-    e = _np_bitlen(s)
     if not division_free:
+        e = _np_bitlen(s)
         return (np.int64(1) << (30 + e)) // s, e
-    d = s << (31 - e)
-    y = nc.RECIP_C1 - ((nc.RECIP_C2 * d) >> 30)
-    for _ in range(nc.RECIP_ITERS):
-        y = (y * ((1 << 31) - ((d * y) >> 30))) >> 30
+    e, y = _np_newton_q30(s)
     f0 = y << 1
-    if not correct:
-        return f0, e
-    rem = (np.int64(1) << (30 + e)) - f0 * s
-    return f0 + sum((rem >= j * s).astype(np.int64) - (rem < (1 - j) * s) for j in range(1, nc.NEWTON_CORRECTION + 1)), e
+    return (_np_fix_up(s, np.int64(1) << (30 + e), f0) if correct else f0), e
 
 
 def np_isqrt(v, correct: bool = True):
@@ -360,13 +364,11 @@ class GeluInt(IntegerOp):
             factor = _stage(x, erf_fn, "erf_plus_one")
         else:
             se = g.se
-            if g.cubic is not None:  # tanh form: the sigmoid's argument is x + 0.044715 s**2 x**3
-                def arg(*i):
-                    v = x(*i).astype("int64")
-                    return v + round_shift(v * v * v * _c(g.cubic.multiplier), g.cubic.shift)
-                z = _stage(x, arg, "gelu_arg")
-            else:
-                z = _stage(x, lambda *i: x(*i).astype("int64"), "gelu_arg")
+
+            def z(*i):  # the sigmoid's argument; tanh form: x + 0.044715 s**2 x**3
+                v = x(*i).astype("int64")
+                return v if g.cubic is None else v + round_shift(v * v * v * _c(g.cubic.multiplier), g.cubic.shift)
+
             def exp_neg_abs(*i):
                 d = _te_pre(_c(0) - tirx.abs(z(*i)), se.pre_shift)
                 return _te_ibert_exp(d, se) if variant == "ibert" else _te_shiftexp(d, se, variant == "division-free")

@@ -13,6 +13,7 @@ from tvm import relax
 from tvm.s_tir import schedule as s_tir_schedule
 
 from ..ops import op_of
+from .x86 import fuse_loops
 
 
 def _matmul_block(func: tvm.tirx.PrimFunc):
@@ -36,7 +37,7 @@ def schedule_matmul(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc | None:
         return None
     *outer, j, k = loops
     sch.reorder(*outer, k, j)
-    lead = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    lead = fuse_loops(sch, outer)
     sch.parallel(lead)
     sch.decompose_reduction(block, k)  # LLVM vectorizes the unit-stride j loop by itself
     return sch.mod["main"]
