@@ -22,6 +22,7 @@ from .passes.canonicalize import canonicalize
 from .passes.integerize import IntegerizeConfig, integerize
 from .passes.verify import verify_integer_only, verify_lowered_tir
 from .progress import progress
+from .quant.nonlinear_consts import GELU_APPROX
 from .quant.observers import OBSERVERS
 from .build import build
 from .diagnose import tensor_errors
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("int8",)
 NONLINEARS = ("ivit", "ibert", "division-free")
-GELU_FORMS = ("tanh", "paper")
+GELU_FORMS = tuple(GELU_APPROX)  # "paper", "tanh": quant/nonlinear_consts.py
 ATTENTIONS = ("int8",)  # shiftadd (ShiftAddViT) is not implemented yet: refused, not ignored
 BIT_EXACT_MIN_INPUTS = 16
 
@@ -142,9 +143,9 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
     art = Artifact(imod.mod, [IOSpec(n, shape, qt, dtypes.get(n)) for n, shape, qt in imod.inputs],
                    [IOSpec(*o) for o in imod.outputs], opts.int_io, executable=executable)
 
-    bit_exact, n_exact = check_bit_exact(art, eval_ds, opts.bit_exact_inputs, opts.show_progress)
-    first = next(iter(eval_ds.batches()))
-    errors = tensor_errors(runner, imod, core, first, art.quantize_inputs(first))
+    first_env: dict = {}  # the reference's intermediates on the first batch, for the per-tensor errors
+    bit_exact, n_exact = check_bit_exact(art, eval_ds, opts.bit_exact_inputs, opts.show_progress, first_env)
+    errors = tensor_errors(runner, imod, next(iter(eval_ds.batches())), first_env)
     accuracy = evaluate(art, FloatRunner(float_mod, tvm_target, observe=False), eval_ds, opts.show_progress)
     latency = measure_latency(art, opts.timing_runs)
     art.report = build_report(imported, board, opts, imod, iv, bit_exact, n_exact, accuracy, latency, executable,
@@ -219,17 +220,20 @@ def export_for_mcu(art: Artifact, board, ds: Dataset, opts: CompileOptions) -> N
 
 def add_kernel_times(art: Artifact, imod, runs: int) -> None:
     """``layers[].latency_us`` (each conv/dense call) and ``kernels`` (time per integer op kind)."""
-    from .profile import binding_times, by_op, kernel_times
+    from .profile import binding_times, by_op, instrumented_runs, kernel_times
 
-    per_call = binding_times(art, runs)
+    calls = instrumented_runs(art, runs)
+    per_call = binding_times(art, calls)
     for layer, info in zip(art.report["layers"], imod.layers):
         t = per_call.get(info.var)
         layer["latency_us"] = None if t is None else round(t, 1)
-    art.report["kernels"] = by_op(art, kernel_times(art, runs))
+    art.report["kernels"] = by_op(art, kernel_times(calls))
 
 
-def check_bit_exact(art: Artifact, ds: Dataset, n: int, show_progress: bool = False) -> tuple[bool, int]:
-    """Compiled integer core == NumPy reference on the first ``n`` samples (at least)."""
+def check_bit_exact(art: Artifact, ds: Dataset, n: int, show_progress: bool = False,
+                    first_env: dict | None = None) -> tuple[bool, int]:
+    """Compiled integer core == NumPy reference on the first ``n`` samples (at least).
+    ``first_env``, when given, receives the reference's intermediates on the first batch."""
     ref = ReferenceInterpreter(art.integer_mod)
     fname = "main" if art.int_io else "core"
     checked = 0
@@ -237,7 +241,7 @@ def check_bit_exact(art: Artifact, ds: Dataset, n: int, show_progress: bool = Fa
     for batch in progress(ds.batches(), total=ds.num_batches(), desc="bit-exact", enabled=show_progress):
         q = art.quantize_inputs(batch)
         got = art.run_integer(q)
-        want = ref.run(fname, *q)
+        want = ref.run(fname, *q, env=first_env if checked == 0 else None)
         ok &= all(g.dtype == w.dtype and np.array_equal(g, w) for g, w in zip(got, want))
         checked += len(next(iter(batch.values())))
         if checked >= n:

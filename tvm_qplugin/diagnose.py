@@ -21,7 +21,6 @@ from tvm import relax
 
 from .calibrate import FloatRunner
 from .passes.integerize import IntegerModule
-from .reference import ReferenceInterpreter
 
 # ops that only move integers around: their error is their input's, listing them is noise
 _LAYOUT = {"reshape", "permute_dims", "squeeze", "expand_dims", "flatten", "broadcast_to", "concat", "take"}
@@ -53,13 +52,12 @@ def sqnr_db(ref: np.ndarray, approx: np.ndarray) -> float:
     return 10.0 * math.log10(max(signal, 1e-30) / noise)
 
 
-def tensor_errors(runner: FloatRunner, imod: IntegerModule, func_name: str, batch: dict[str, np.ndarray],
-                  qinputs: list[np.ndarray]) -> list[TensorError]:
-    """SQNR of every quantized tensor on ``batch`` (``qinputs``: the batch as the integer function takes it)."""
+def tensor_errors(runner: FloatRunner, imod: IntegerModule, batch: dict[str, np.ndarray],
+                  env: dict[relax.Var, object]) -> list[TensorError]:
+    """SQNR of every quantized tensor on ``batch``; ``env`` holds the integer function's
+    intermediates on the same batch (``ReferenceInterpreter.run(..., env=env)``)."""
     taps, _ = runner.run(batch)
     floats = dict(zip(runner.observed, taps))
-    env: dict[relax.Var, object] = {}
-    ReferenceInterpreter(imod.mod).run(func_name, *qinputs, env=env)
     out = []
     for t in imod.tensors:
         if t.float_var not in floats or t.int_var not in env or t.ops in _LAYOUT:
@@ -68,7 +66,3 @@ def tensor_errors(runner: FloatRunner, imod: IntegerModule, func_name: str, batc
         out.append(TensorError(t.float_var.name, t.ops, t.qtype.dtype, t.qtype.scale,
                                sqnr_db(floats[t.float_var], approx)))
     return out
-
-
-def worst(errors: list[TensorError], k: int = 5) -> list[TensorError]:
-    return sorted(errors, key=lambda e: e.sqnr_db)[:k]

@@ -17,7 +17,7 @@ from tvm import relax
 from .ops import op_of
 
 
-def _instrumented_runs(art, runs: int) -> list[list[tuple[str, float]]]:
+def instrumented_runs(art, runs: int) -> list[list[tuple[str, float]]]:
     """Per run, every VM call in order as ``(symbol, microseconds)``."""
     vm = relax.VirtualMachine(art.library if art.library is not None else art.executable, tvm.cpu())
     calls: list[tuple[str, float]] = []
@@ -44,10 +44,11 @@ def _instrumented_runs(art, runs: int) -> list[list[tuple[str, float]]]:
     return out
 
 
-def kernel_times(art, runs: int = 3) -> dict[str, float]:
-    """Median microseconds per kernel symbol (all its calls in one run summed) over ``runs`` runs."""
+def kernel_times(runs: list[list[tuple[str, float]]]) -> dict[str, float]:
+    """Median microseconds per kernel symbol (all its calls in one run summed) over the
+    :func:`instrumented_runs`."""
     per_run: dict[str, list[float]] = defaultdict(list)
-    for calls in _instrumented_runs(art, runs):
+    for calls in runs:
         sums: dict[str, float] = defaultdict(float)
         for sym, us in calls:
             sums[sym] += us
@@ -56,16 +57,17 @@ def kernel_times(art, runs: int = 3) -> dict[str, float]:
     return {sym: float(np.median(ts)) for sym, ts in per_run.items()}
 
 
-def binding_times(art, runs: int = 3) -> dict[relax.Var, float]:
-    """Median microseconds of each integer kernel *call* of the integer function, keyed by the
-    Relax var it binds (shared kernels are told apart by call order, which the VM keeps)."""
+def binding_times(art, runs: list[list[tuple[str, float]]]) -> dict[relax.Var, float]:
+    """Median microseconds of each integer kernel *call* of the integer function over the
+    :func:`instrumented_runs`, keyed by the Relax var it binds (shared kernels are told apart by
+    call order, which the VM keeps)."""
     func = art.integer_mod["main" if art.int_io else "core"]
     order = [(b.var, b.value.args[0].name_hint) for blk in func.body.blocks for b in blk.bindings
              if isinstance(b.value, relax.Call) and getattr(b.value.op, "name", "") == "relax.call_tir"]
     kernels = {name for _, name in order}
     names = [name for _, name in order]
     samples: dict[relax.Var, list[float]] = defaultdict(list)
-    for calls in _instrumented_runs(art, runs):
+    for calls in runs:
         seq = [(sym, us) for sym, us in calls if sym in kernels]
         # main may add its own quantize / dequantize calls around the integer function's
         start = next((o for o in range(len(seq) - len(names) + 1)

@@ -96,12 +96,12 @@ class Conv2DRequant(IntegerOp):
         return requantize_ref(acc, m, s, qmin, qmax, out_dtype)
 
 
-_ABS = {"int8": 128, "uint8": 255, "int16": 32768}
+ABS_MAX = {"int8": 128, "uint8": 255, "int16": 32768}  # largest |value| per operand dtype
 
 
 def int32_chunk(a_dtype: str, b_dtype: str) -> int:
     """Longest reduction whose int32 partial sum cannot overflow for these operand dtypes."""
-    return (2**31 - 1) // (_ABS[a_dtype] * _ABS[b_dtype])
+    return (2**31 - 1) // (ABS_MAX[a_dtype] * ABS_MAX[b_dtype])
 
 
 def chunked_dot(x, b_at, k_len: int, out_shape, a_dtype: str, b_dtype: str, acc_bits: int, name: str = "acc"):

@@ -26,6 +26,7 @@ from tvm import relax
 from ..errors import UnsupportedOpError
 from ..ops import emit
 from ..quant import QType
+from ..quant.nonlinear_consts import GELU_APPROX
 from .graph import Binding, Graph, const_value, dtype_of, shape_of
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,8 @@ class IntegerizeConfig:
     def __post_init__(self):
         if self.weight_bits != 8 or self.activation_bits != 8:
             raise ValueError("only the int8 scheme is implemented (weight_bits=8, activation_bits=8)")
-        if self.gelu_approx not in ("tanh", "paper"):
-            raise ValueError(f"gelu_approx={self.gelu_approx!r}: choose tanh or paper")
+        if self.gelu_approx not in GELU_APPROX:
+            raise ValueError(f"gelu_approx={self.gelu_approx!r}: choose one of {', '.join(GELU_APPROX)}")
         if self.softmax_bits not in (8, 16):
             raise ValueError(f"softmax_bits={self.softmax_bits}: choose 8 or 16")
 

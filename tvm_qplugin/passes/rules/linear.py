@@ -24,6 +24,13 @@ def quantize_weight_per_channel(w: np.ndarray, axis: int = 0) -> tuple[np.ndarra
     return wq, scale
 
 
+def accumulator_for(bound: int) -> tuple[int, int]:
+    """``(acc_bits, mantissa_bits)`` for an accumulator whose ``|acc|`` can reach ``bound``: int32
+    with a 31-bit multiplier when it fits, else int64 with the multiplier's mantissa cut so that
+    ``acc * multiplier`` stays inside int64."""
+    return (32, 31) if bound < 2**31 else (64, 62 - (bound + 2**31).bit_length())
+
+
 def requant_params(in_scale: float, w_scale: np.ndarray, out_scale: float,
                    mantissa_bits: int = 31) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel dyadic (b, c) for ``in_scale * w_scale / out_scale``."""
@@ -116,8 +123,7 @@ class QDense(IntegerRule):
         x = ctx.q(b.args[0])
         # a wide (int16) input keeps its precision: accumulate in int64 when int32 could overflow,
         # with the multiplier's mantissa cut so that acc * b stays inside int64
-        bound = w.shape[1] * max(abs(x.qtype.qmin), x.qtype.qmax) * 128
-        acc_bits, mantissa = (32, 31) if bound < 2**31 else (64, 62 - (bound + 2**31).bit_length())
+        acc_bits, mantissa = accumulator_for(w.shape[1] * max(abs(x.qtype.qmin), x.qtype.qmax) * 128)
         wq, w_scale = quantize_weight_per_channel(w, 0)
         corr = bias_correction(ctx, b.args[0], w, wq, w_scale) if ctx.config.bias_correction else None
         ep, out_qt, mult, shift, bias, qmin, qmax = _fused(ctx, b, x, wq, w_scale, -1, corr, mantissa)

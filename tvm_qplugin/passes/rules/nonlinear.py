@@ -9,7 +9,8 @@ from ...ops.nonlinear import layernorm_int_args
 from ...quant import QType, dyadic
 from ...quant import nonlinear_consts as nc
 from ..graph import shape_of
-from ..integerize import IntegerizeContext, IntegerRule, QValue, register_rule
+from ..integerize import IntegerRule, QValue, register_rule
+from .linear import accumulator_for
 
 SOFTMAX_OUT = {8: QType("uint8", 2.0**-8), 16: QType("int16", 2.0**-15)}
 
@@ -35,8 +36,7 @@ class QMatMulAct(IntegerRule):
     def rewrite(self, ctx, b):
         k = shape_of(b.args[0])[-1]
         x, y = ctx.q(b.args[0]), ctx.q(b.args[1])
-        bound = acc_bound(x.qtype.dtype, y.qtype.dtype, k, x.row_sum)
-        acc_bits, mantissa = (32, 31) if bound < 2**31 else (64, 62 - (bound + 2**31).bit_length())
+        acc_bits, mantissa = accumulator_for(acc_bound(x.qtype.dtype, y.qtype.dtype, k, x.row_sum))
         nonneg = x.nonneg and y.nonneg
         out_qt = ctx.out_qtype(b.var, nonneg)
         d = dyadic(x.qtype.scale * y.qtype.scale / out_qt.scale, mantissa_bits=mantissa)
