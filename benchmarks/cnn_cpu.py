@@ -15,12 +15,13 @@ import onnxruntime as ort
 import tvm
 from tvm import relax
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # common.py; qplugin_zoo (the repository's fixtures, not installed)
 from common import median_ms, onnxruntime_static_int8  # noqa: E402
 
-import tvm_qplugin as tq
-from tvm_qplugin.frontend import import_onnx
-from tvm_qplugin.zoo import imagenet_calib_eval, mobilenet_v2_onnx
+import tvm_qplugin as tq  # noqa: E402
+from qplugin_zoo import imagenet_calib_eval, mobilenet_v2_onnx  # noqa: E402
+from tvm_qplugin.frontend import import_onnx  # noqa: E402
 
 
 def main() -> None:

@@ -18,12 +18,13 @@ import onnxruntime as ort
 import tvm
 from tvm import relax
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # common.py; qplugin_zoo (the repository's fixtures, not installed)
 from common import median_ms, onnxruntime_dynamic_int8, onnxruntime_static_int8  # noqa: E402
 
-import tvm_qplugin as tq
-from tvm_qplugin.frontend import import_onnx
-from tvm_qplugin.zoo.minilm import fortune_sentences, minilm_onnx, sentence_embeddings, tokenize
+import tvm_qplugin as tq  # noqa: E402
+from qplugin_zoo.minilm import fortune_sentences, minilm_onnx, sentence_embeddings, tokenize  # noqa: E402
+from tvm_qplugin.frontend import import_onnx  # noqa: E402
 
 
 def agreement(ref: np.ndarray, got: np.ndarray, mask: np.ndarray) -> dict:

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tvm_qplugin.zoo import digits_cnn_onnx, digits_split
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # qplugin_zoo: the repository's fixtures, not installed
+
+from qplugin_zoo import digits_cnn_onnx, digits_split  # noqa: E402
 
 build = Path("build/demo")
 build.mkdir(parents=True, exist_ok=True)

@@ -25,8 +25,8 @@ from torch import nn
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tvm_qplugin.zoo.cache import atomic_path  # noqa: E402
-from tvm_qplugin.zoo.digits import digits_split  # noqa: E402
+from qplugin_zoo.cache import atomic_path  # noqa: E402
+from qplugin_zoo.digits import digits_split  # noqa: E402
 
 SEED = 0
 EPOCHS = 40

@@ -15,7 +15,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import tvm_qplugin as tq
-from tvm_qplugin.zoo import digits_split
+from qplugin_zoo import digits_split
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "examples" / "digits_cnn.onnx"

@@ -9,7 +9,7 @@ import pytest
 import tvm_qplugin as tq
 from tvm_qplugin.passes.verify import verify_integer_only, verify_lowered_tir
 from tvm_qplugin.reference import ReferenceInterpreter
-from tvm_qplugin.zoo import digits_cnn_onnx, digits_split
+from qplugin_zoo import digits_cnn_onnx, digits_split
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from tvm_qplugin.errors import MemoryBudgetError
 from tvm_qplugin.export import check_budget, export_mcu, harness, verify_c_package, write_c_package
 from tvm_qplugin.reference import ReferenceInterpreter
 from tvm_qplugin.targets import get_board
-from tvm_qplugin.zoo import digits_split
+from qplugin_zoo import digits_split
 
 from conftest import assert_bit_exact
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tvm_qplugin.export.bench import CMSIS_NN_INSNS_PER_MAC, TARGET_INSNS_PER_MAC, measure_conv1x1
+from qplugin_zoo.kernel_bench import CMSIS_NN_INSNS_PER_MAC, TARGET_INSNS_PER_MAC, measure_conv1x1
 
 
 @pytest.mark.parametrize("board,core", [("qemu-mps2-an386", "cortex-m4"), ("qemu-mps3-an547", "cortex-m55")])

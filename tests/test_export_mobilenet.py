@@ -10,7 +10,7 @@ import pytest
 import tvm_qplugin as tq
 from tvm_qplugin.export import export_mcu
 from tvm_qplugin.targets import get_board
-from tvm_qplugin.zoo import imagenet_crops, mobilenet_v2_onnx
+from qplugin_zoo import imagenet_crops, mobilenet_v2_onnx
 
 N_INPUTS = 8
 

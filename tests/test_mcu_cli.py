@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tvm_qplugin.zoo import digits_split
+from qplugin_zoo import digits_split
 
 REPO = Path(__file__).resolve().parents[1]
 

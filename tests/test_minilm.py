@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import tvm_qplugin as tq
-from tvm_qplugin.zoo.minilm import fortune_sentences, minilm_onnx, sentence_embeddings, tokenize
+from qplugin_zoo.minilm import fortune_sentences, minilm_onnx, sentence_embeddings, tokenize
 
 pytestmark = pytest.mark.slow
 

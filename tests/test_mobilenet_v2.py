@@ -7,7 +7,7 @@ import pytest
 
 import tvm_qplugin as tq
 from tvm_qplugin.metrics import classification_agreement
-from tvm_qplugin.zoo import imagenet_calib_eval, mobilenet_v2_onnx
+from qplugin_zoo import imagenet_calib_eval, mobilenet_v2_onnx
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import tvm_qplugin as tq
-from tvm_qplugin.zoo import digits_split
+from qplugin_zoo import digits_split
 
 VIT = Path(__file__).resolve().parents[1] / "examples" / "digits_vit.onnx"
 

@@ -1,4 +1,4 @@
-"""Tests for the offline model/data fixtures in tvm_qplugin.zoo.
+"""Tests for the offline model/data fixtures in qplugin_zoo.
 
 Fast once the cache is warm: torch is only needed when the MobileNetV2 ONNX
 file is not cached yet.
@@ -14,9 +14,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from tvm_qplugin import zoo
-from tvm_qplugin.zoo import cache as zoo_cache
-from tvm_qplugin.zoo import images
+import qplugin_zoo as zoo
+from qplugin_zoo import cache as zoo_cache
+from qplugin_zoo import images
 
 
 def _session(path) -> ort.InferenceSession:
@@ -96,7 +96,7 @@ def test_calib_eval_cached(tmp_path, monkeypatch):
     calib, evaluation = zoo.imagenet_calib_eval(size=32)
     assert calib.shape == (64, 3, 32, 32) and evaluation.shape == (256, 3, 32, 32)
     assert calib.dtype == evaluation.dtype == np.float32
-    from tvm_qplugin.zoo.images import _CACHE_VERSION
+    from qplugin_zoo.images import _CACHE_VERSION
 
     assert [p.name for p in tmp_path.iterdir()] == [f"imagenet_calib_eval_32_v{_CACHE_VERSION}.npz"]
     calib2, eval2 = zoo.imagenet_calib_eval(size=32)  # from the cache

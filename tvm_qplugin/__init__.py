@@ -4,9 +4,8 @@
 >>> art = tq.compile("model.onnx", target="x86-host", calib="calib.npz")
 >>> art.save("out/"); art = tq.load("out/"); y = art.run({"input": x})
 """
-__version__ = "0.1.0"
-
-from .errors import (CalibrationError, FloatOpError, MemoryBudgetError, ModelLoadError,  # noqa: E402
+from ._version import __version__
+from .errors import (CalibrationError, FloatOpError, MemoryBudgetError, ModelLoadError,
                      OutputDirError, QPluginError, ShapeError, TargetError, UnsupportedOpError)
 
 
@@ -24,5 +23,5 @@ def load(outdir):
     return _load(outdir)
 
 
-__all__ = ["compile", "load", "QPluginError", "UnsupportedOpError", "CalibrationError", "ModelLoadError",
-           "ShapeError", "FloatOpError", "MemoryBudgetError", "TargetError", "OutputDirError"]
+__all__ = ["__version__", "compile", "load", "QPluginError", "UnsupportedOpError", "CalibrationError",
+           "ModelLoadError", "ShapeError", "FloatOpError", "MemoryBudgetError", "TargetError", "OutputDirError"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import tvm
 
-from . import __version__
+from ._version import __version__
 from .artifact import Artifact, IOSpec
 from .calibrate import FloatRunner, calibrate
 from .data import Dataset, Preprocess, from_arrays, load_dataset

@@ -1,6 +1,7 @@
 """The board catalogue: one TOML file per board in ``targets/`` (DESIGN.md), parsed into a frozen
 :class:`Board`. Users add a board by dropping a file into that directory or into
-``$TVM_QPLUGIN_TARGETS``.
+``$TVM_QPLUGIN_TARGETS``; its tuned database goes into ``schedules/<board>/`` or
+``$TVM_QPLUGIN_SCHEDULES/<board>/``. Both folders ship inside the wheel (tvm_qplugin/_catalog).
 
 A board file holds (only ``name``, ``family`` and ``runner`` are required)::
 
@@ -42,18 +43,39 @@ from pathlib import Path
 
 import tvm
 
+from ._catalog import shipped_dir
 from .errors import TargetError
 
 RUNNERS = ("native", "qemu-aarch64", "qemu-system-arm", "cuda")
 FAMILIES = ("x86", "aarch64", "cortex-m", "cuda")
 
 
-def target_dirs() -> list[Path]:
-    dirs = []
-    if os.environ.get("TVM_QPLUGIN_TARGETS"):
-        dirs.append(Path(os.environ["TVM_QPLUGIN_TARGETS"]))
-    dirs.append(Path(__file__).resolve().parent.parent / "targets")
+def _search_path(env_var: str, kind: str) -> list[Path]:
+    """The user's folder named by ``$env_var`` (searched first: it adds and overrides), then the
+    folder shipped with the package; only those that exist."""
+    dirs = [Path(os.environ[env_var])] if os.environ.get(env_var) else []
+    dirs.append(shipped_dir(kind))
     return [d for d in dirs if d.is_dir()]
+
+
+def target_dirs() -> list[Path]:
+    """Where board files are looked for: ``$TVM_QPLUGIN_TARGETS``, then the shipped ``targets/``."""
+    return _search_path("TVM_QPLUGIN_TARGETS", "targets")
+
+
+def schedule_dirs() -> list[Path]:
+    """Where tuned databases are looked for: ``$TVM_QPLUGIN_SCHEDULES``, then the shipped
+    ``schedules/`` (one ``<board>/`` folder each, see schedules/README.md)."""
+    return _search_path("TVM_QPLUGIN_SCHEDULES", "schedules")
+
+
+def tuning_db_dir(board: str) -> Path | None:
+    """The MetaSchedule JSON database folder for ``board`` (the first ``<dir>/<board>/`` of
+    :func:`schedule_dirs`), or None when no database is shipped for it."""
+    for d in schedule_dirs():
+        if (d / board).is_dir():
+            return d / board
+    return None
 
 
 @dataclass(frozen=True)

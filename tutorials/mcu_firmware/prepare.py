@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # qplugin_zoo: the repository's fixtures, not installed
 
 
 def main(argv=None) -> int:
@@ -40,7 +41,7 @@ def main(argv=None) -> int:
         calib = dict(np.load(a.calib))
         calib.pop("labels", None)
     else:
-        from tvm_qplugin.zoo import digits_split
+        from qplugin_zoo import digits_split
         xtr, _, xte, _ = digits_split()
         calib = {"input": xtr[:256]}
         calib_eval = {"input": xte[:1]}

@@ -1,6 +1,6 @@
 """Kernel cost benchmarks for the C package (issue 4 "Kernel cost"): single-layer integer
 modules built with the integer op registry, exported, and counted under qemu with the
-instruction-count plugin.
+instruction-count plugin. Test and benchmark support, not shipped in the wheel.
 
 The reference point is CMSIS-NN (Arm's hand-written library, gcc -O3) on a 1x1 convolution
 12x12x64 -> 64, int8: 2.08 instructions per MAC on Cortex-M4, 0.40 on Cortex-M55 with MVE.
@@ -14,8 +14,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ..ops import const, emit
-from ..quant import dyadic
+from tvm_qplugin.ops import const, emit
+from tvm_qplugin.quant import dyadic
 
 CMSIS_NN_INSNS_PER_MAC = {"cortex-m4": 2.08, "cortex-m55": 0.40}
 TARGET_INSNS_PER_MAC = {"cortex-m4": 2.1, "cortex-m55": 0.45}
@@ -51,9 +51,9 @@ def conv_module(c: int = 64, o: int = 64, hw: int = 12, k: int = 1, stride: int 
 def measure_conv1x1(board: str, workdir=None, **conv_kw) -> dict:
     """Export the 1x1 conv benchmark, check it bit-exact against the NumPy reference under qemu on
     ``board``, and count its instructions per MAC (the conv step, between profile marks)."""
-    from ..reference import ReferenceInterpreter
-    from .c_package import write_c_package
-    from .harness import build_mcu, count_instructions, run_qemu
+    from tvm_qplugin.export.c_package import write_c_package
+    from tvm_qplugin.export.harness import build_mcu, count_instructions, run_qemu
+    from tvm_qplugin.reference import ReferenceInterpreter
 
     mod, x = conv_module(**conv_kw)
     workdir = Path(workdir or tempfile.mkdtemp(prefix="qmodel-bench-"))
