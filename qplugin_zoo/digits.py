@@ -15,7 +15,7 @@ import numpy as np
 
 __all__ = ["digits_split", "digits_cnn_onnx"]
 
-_REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+_REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 _DIGITS_ONNX = _REPO_ROOT / "examples" / "digits_cnn.onnx"
 _TRAIN_SCRIPT = _REPO_ROOT / "examples" / "train_digits_cnn.py"
 

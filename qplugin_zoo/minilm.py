@@ -35,12 +35,11 @@ def minilm_dir() -> pathlib.Path:
     return path
 
 
-def _export(dest: pathlib.Path, batch: int, seq: int) -> None:
+def encoder_module(bert):
+    """The exported module: ``(input_ids, attention_mask) -> last_hidden_state`` of ``bert``, in
+    eval mode. Note: a new ``torch.nn.Module`` starts in training mode, so the wrapper needs its own
+    ``eval()`` even around an eval-mode BERT (torch.onnx.export warns about a training-mode module)."""
     import torch
-    from transformers import BertModel
-
-    model = BertModel.from_pretrained(str(minilm_dir()), attn_implementation="eager", local_files_only=True)
-    model.eval()
 
     class Encoder(torch.nn.Module):
         def __init__(self, bert):
@@ -50,11 +49,19 @@ def _export(dest: pathlib.Path, batch: int, seq: int) -> None:
         def forward(self, input_ids, attention_mask):
             return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
+    return Encoder(bert).eval()
+
+
+def _export(dest: pathlib.Path, batch: int, seq: int) -> None:
+    import torch
+    from transformers import BertModel
+
+    model = BertModel.from_pretrained(str(minilm_dir()), attn_implementation="eager", local_files_only=True)
     ids = torch.randint(1000, 2000, (batch, seq), generator=torch.Generator().manual_seed(0))
     mask = torch.ones(batch, seq, dtype=torch.int64)
     mask[:, seq // 2 :] = 0
     with torch.no_grad():
-        torch.onnx.export(Encoder(model), (ids, mask), str(dest), input_names=["input_ids", "attention_mask"],
+        torch.onnx.export(encoder_module(model), (ids, mask), str(dest), input_names=["input_ids", "attention_mask"],
                           output_names=["token_embeddings"], opset_version=18, dynamo=True, external_data=False)
 
 

@@ -171,3 +171,32 @@ def test_mobilenet_imports_in_tvm(mobilenet_path):
 
     mod = from_onnx(onnx.load(mobilenet_path), keep_params_in_input=False)
     assert "main" in [gv.name_hint for gv in mod.functions]
+
+
+# --- MiniLM ------------------------------------------------------------------
+
+
+def test_minilm_encoder_module_exports_in_eval_mode():
+    """The ONNX export of MiniLM traces encoder_module(bert): every module in it must be in eval
+    mode (the wrapper used to be left in training mode: torch.onnx.export warned, and dropout
+    would have been traced had BERT not been eval itself). A tiny random BERT stands in."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from qplugin_zoo.minilm import encoder_module
+
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=32, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=16, max_position_embeddings=16, attn_implementation="eager"))
+    assert bert.training, "a fresh module starts in training mode: the test would not see the fix"
+    enc = encoder_module(bert)
+    training = [name or "<wrapper>" for name, m in enc.named_modules() if m.training]
+    assert not training, f"modules left in training mode: {training[:5]}"
+    ids = torch.randint(0, 32, (2, 5), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(2, 5, dtype=torch.int64)
+    with torch.no_grad():
+        out = enc(ids, mask)
+    assert tuple(out.shape) == (2, 5, 8)
+    with torch.no_grad():   # eval mode: deterministic (dropout off), same as BERT's own output
+        torch.testing.assert_close(enc(ids, mask), bert(input_ids=ids, attention_mask=mask).last_hidden_state,
+                                   rtol=0, atol=0)
