@@ -40,13 +40,50 @@ def _run(cmd: list, cwd: Path, timeout: int = 300) -> subprocess.CompletedProces
     return r
 
 
+def _copy_checkout(dest: Path) -> Path:
+    """A copy of the checkout to build from (an in-tree build would leave build/ and *.egg-info
+    here, and a stale build/lib would leak deleted modules into the wheel)."""
+    shutil.copytree(ROOT, dest, symlinks=True, ignore=shutil.ignore_patterns(*BUILD_LITTER))
+    return dest
+
+
+def _venv_with_our_dependencies(venv: Path) -> Path:
+    """A fresh venv without pip whose dependencies are this interpreter's (a ``.pth`` line);
+    returns its python."""
+    _run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=venv.parent)
+    python = venv / "bin" / "python"
+    site = _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=venv).stdout.strip()
+    ours = sysconfig.get_paths()
+    (Path(site) / "tvm_qplugin_test_deps.pth").write_text(
+        "".join(f"{p}\n" for p in dict.fromkeys([ours["purelib"], ours["platlib"]])))
+    return python
+
+
+def _pip_install(python: Path, *args) -> None:
+    _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index", "-q", *args],
+         cwd=python.parent)
+
+
+def _board_names() -> list[str]:
+    return [tomllib.loads(p.read_text())["name"] for p in sorted((ROOT / "targets").glob("*.toml"))]
+
+
+def _assert_lists_every_board(venv: Path, cwd: Path) -> None:
+    listed = _run([venv / "bin" / "tvm-qplugin", "targets"], cwd=cwd).stdout
+    absent = [n for n in _board_names() if not any(line.split()[:1] == [n] for line in listed.splitlines())]
+    assert not absent, f"boards missing from `tvm-qplugin targets` of {venv}: {absent}\n{listed}"
+
+
+def _imported_from(venv: Path, cwd: Path) -> tuple[Path, str]:
+    out = _run([venv / "bin" / "python", "-c", "import tvm_qplugin as t; print(t.__file__, t.__version__)"], cwd=cwd)
+    file, version = out.stdout.split()
+    return Path(file).resolve(), version
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    """The wheel built from a copy of the checkout (an in-tree build would leave build/ and
-    *.egg-info here, and a stale build/lib would leak deleted modules into the wheel)."""
     base = tmp_path_factory.mktemp("wheel")
-    src = base / "src"
-    shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(*BUILD_LITTER))
+    src = _copy_checkout(base / "src")
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
           "-w", base / "dist", src], cwd=base)
     (whl,) = (base / "dist").glob("tvm_qplugin-*.whl")
@@ -55,16 +92,9 @@ def wheel(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def venv(wheel, tmp_path_factory) -> Path:
-    """A fresh venv holding the wheel, its dependencies borrowed from this interpreter."""
+    """A fresh venv holding the wheel."""
     venv = tmp_path_factory.mktemp("venv") / "v"
-    _run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=venv.parent)
-    python = venv / "bin" / "python"
-    site = _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=venv).stdout.strip()
-    ours = sysconfig.get_paths()
-    (Path(site) / "tvm_qplugin_test_deps.pth").write_text(
-        "".join(f"{p}\n" for p in dict.fromkeys([ours["purelib"], ours["platlib"]])))
-    _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index", "-q", wheel],
-         cwd=venv.parent)
+    _pip_install(_venv_with_our_dependencies(venv), wheel)
     return venv
 
 
@@ -88,16 +118,11 @@ def test_wheel_holds_the_product_and_its_data(wheel):
 def test_installed_wheel_lists_boards_and_compiles_outside_the_repo(venv, tmp_path):
     work = tmp_path / "user"
     work.mkdir()
-    where = _run([venv / "bin" / "python", "-c", "import tvm_qplugin; print(tvm_qplugin.__file__, tvm_qplugin.__version__)"],
-                 cwd=work).stdout.split()
-    assert Path(where[0]).resolve().is_relative_to(venv.resolve()), f"tvm_qplugin imported from {where[0]}, not the wheel"
-    assert where[1] == __version__
-
-    listed = _run([venv / "bin" / "tvm-qplugin", "targets"], cwd=work).stdout
-    names = [tomllib.loads(p.read_text())["name"] for p in sorted((ROOT / "targets").glob("*.toml"))]
-    assert "x86-host" in names
-    absent = [n for n in names if not any(line.split()[:1] == [n] for line in listed.splitlines())]
-    assert not absent, f"boards missing from `tvm-qplugin targets` of the wheel: {absent}\n{listed}"
+    module, version = _imported_from(venv, work)
+    assert module.is_relative_to(venv.resolve()), f"tvm_qplugin imported from {module}, not from the wheel"
+    assert version == __version__
+    assert "x86-host" in _board_names()
+    _assert_lists_every_board(venv, work)
 
     model = shutil.copy(ROOT / "examples" / "digits_cnn.onnx", work / "model.onnx")   # the demo model
     np.savez(work / "calib.npz", input=digits_split()[0][:64])
@@ -107,3 +132,18 @@ def test_installed_wheel_lists_boards_and_compiles_outside_the_repo(venv, tmp_pa
     assert report["target"] == "x86-host"
     assert report["toolchain"]["tvm_qplugin"] == __version__
     assert report["bit_exact"] is True
+
+
+def test_editable_install_finds_the_catalogue_of_its_checkout(tmp_path):
+    """`make setup` installs with ``pip install -e``: the catalogue comes from the checkout itself."""
+    src = _copy_checkout(tmp_path / "src")
+    venv = tmp_path / "v"
+    _pip_install(_venv_with_our_dependencies(venv), "--no-build-isolation", "-e", src)
+    work = tmp_path / "user"
+    work.mkdir()
+    probe = ("import json, tvm_qplugin, tvm_qplugin.targets as t; print(json.dumps([tvm_qplugin.__file__, "
+             "[str(d) for d in t.target_dirs() + t.schedule_dirs()], sorted(t.boards())]))")
+    module, dirs, boards = json.loads(_run([venv / "bin" / "python", "-c", probe], cwd=work).stdout)
+    assert Path(module).resolve().is_relative_to(src.resolve()), f"tvm_qplugin imported from {module}, not {src}"
+    assert dirs == [str((src / "targets").resolve()), str((src / "schedules").resolve())]
+    assert boards == sorted(_board_names())
