@@ -207,7 +207,7 @@ def _io_macros(kind: str, specs: list[dict]) -> list[str]:
 def model_h(ins: list[dict], outs: list[dict], arena: int, weights: int, args: str, board) -> str:
     """model.h: ``package/model.h.in`` with the I/O macros (one block per input and output)."""
     io = _io_macros("INPUT", ins) + _io_macros("OUTPUT", outs)
-    return fill(read_template("package/model.h.in"), VERSION=__version__,
-                BOARD=f"/* generated for board {board.name}: {board.memory_summary()} */\n" if board is not None else "",
+    board_line = f"/* generated for board {board.name}: {board.memory_summary()} */\n" if board is not None else ""
+    return fill(read_template("package/model.h.in"), VERSION=__version__, BOARD=board_line,
                 NUM_INPUTS=len(ins), NUM_OUTPUTS=len(outs), ARENA=arena, WEIGHTS=weights,
                 IO="".join(line + "\n" for line in io), ARGS=args)
