@@ -41,19 +41,17 @@ def dt_info(dtype: str) -> tuple[str, str, int, int]:
 
 
 def prod(shape) -> int:
+    """Element count of a shape (1 for a scalar)."""
     return int(np.prod(shape, dtype=np.int64)) if len(shape) else 1
 
 
 def row_major_strides(shape) -> list[int]:
+    """Element strides of a contiguous row-major tensor."""
     s, acc = [], 1
     for d in reversed(shape):
         s.append(acc)
         acc *= int(d)
     return list(reversed(s))
-
-
-def align(n: int, a: int = ALIGN) -> int:
-    return (n + a - 1) // a * a
 
 
 # ----------------------------------------------------------------------------------------------
@@ -233,7 +231,6 @@ def build_graph(mod: tvm.IRModule) -> Graph:
         if v.kind == "arena" and v.last_step < v.def_step:
             v.last_step = v.def_step
     return Graph(inputs, outputs, steps, vals, fname)
-
 
 
 def integer_module_of(obj) -> tvm.IRModule:

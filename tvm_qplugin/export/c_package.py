@@ -62,7 +62,6 @@ def _io_specs(imod, g: Graph, inputs, outputs) -> tuple[list[dict], list[dict]]:
     return norm(ins, g.inputs), norm(outs, g.outputs)
 
 
-
 def write_c_package(imod, outdir, board=None, inputs=None, outputs=None) -> dict:
     """Write the C package of an integer module into ``outdir`` (created; replaced files only).
 

@@ -21,7 +21,6 @@ def package_info(pkg) -> dict:
     return json.loads((Path(pkg) / "qmodel.json").read_text())
 
 
-
 def runner_source(info: dict) -> str:
     """runner.c for a package described by ``info`` (its qmodel.json): static I/O buffers, fread/fwrite."""
     ins, outs = info["inputs"], info["outputs"]
