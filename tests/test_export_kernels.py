@@ -251,12 +251,25 @@ def test_buffer_size_companions_equal_the_planner(zoo, tmp_path):
 
 
 def test_buffer_size_formula_evaluated_and_translated_alike():
-    """The Python value and the C text come from one syntax tree: spot-check both on one shape."""
+    """The Python value and the C text come from one syntax tree: spot-check both on one shape,
+    and the C precedence of the translation (a right operand of ``*`` keeps its parentheses)."""
     from tvm_qplugin.export import scratch
 
     dense = dict(m=5, k=37, n=11)
     # 4 columns of 48 int16 + 11 int32, rounded up to 16
     assert scratch.buffer_size("dense", dense, x8=True) == (4 * 48 * 2 + 4 * 11 + 15) // 16 * 16 == 432
     assert scratch.c_expression("dense", x8=True) == \
-        "(((((QK_NPIX * ((p->k + 16 - 1) / 16 * 16)) * 2) + (4 * p->n)) + 16 - 1) / 16 * 16)"
+        "((QK_NPIX * ((p->k + 16 - 1) / 16 * 16) * 2 + 4 * p->n + 16 - 1) / 16 * 16)"
+    assert "4 * (p->o / p->groups)" in scratch.c_expression("conv2d", x8=False)
     assert scratch.buffer_size("requantize", {}, x8=True) == 0
+
+
+def test_template_fill_refuses_missing_and_unused_values():
+    from tvm_qplugin.export.templates import fill
+
+    assert fill("${CMAKE_DIR} $(MAKE_DIR) @X@", X="v") == "${CMAKE_DIR} $(MAKE_DIR) v"   # $ passes through
+    assert fill("@A@", A="@B@") == "@B@"                                                 # one pass
+    with pytest.raises(KeyError, match=r"without a value: \['Y'\]"):
+        fill("@X@ @Y@", X=1)
+    with pytest.raises(KeyError, match=r"without a placeholder: \['Z'\]"):
+        fill("@X@", X=1, Z=2)

@@ -63,30 +63,42 @@ def buffer_size(kind: str, fields: dict, x8: bool) -> int:
     return int(eval(compile(_tree(kind), f"<scratch {kind}>", "eval"), {"__builtins__": {}}, names))
 
 
-_C_BINOP = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.FloorDiv: "/"}   # operands are never negative
+_C_BINOP = {ast.Add: ("+", 5), ast.Sub: ("-", 5), ast.Mult: ("*", 6), ast.FloorDiv: ("/", 6)}  # operands >= 0
 _C_CMP = {ast.Eq: "==", ast.NotEq: "!=", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">="}
+_ATOM = 7
 
 
 def c_expression(kind: str, x8: bool) -> str:
-    """The formula of ``kind`` as a C expression over ``const <params> *p`` (fully parenthesised)."""
+    """The formula of ``kind`` as a C expression over ``const <params> *p``.
+
+    Parentheses follow C precedence (levels: ?: 1, || 2, && 3, comparison 4, + - 5, * / 6);
+    a right operand of the same level is always parenthesised (integer ``a * (b / c)`` is not
+    ``a * b / c``), and so is ``&&`` inside ``||`` (gcc's -Wparentheses).
+    """
     consts = {"ALIGN": str(ALIGN), "X8": str(int(x8)), "QK_NPIX": "QK_NPIX"}
 
-    def c(n: ast.AST) -> str:
+    def wrap(n: ast.AST, least: int) -> str:
+        text, level = c(n)
+        return text if level >= least else f"({text})"
+
+    def c(n: ast.AST) -> tuple[str, int]:
         if isinstance(n, ast.Constant) and isinstance(n.value, int):
-            return str(n.value)
+            return str(n.value), _ATOM
         if isinstance(n, ast.Name):
-            return consts.get(n.id, f"p->{n.id}")
+            return consts.get(n.id, f"p->{n.id}"), _ATOM
         if isinstance(n, ast.BinOp) and type(n.op) in _C_BINOP:
-            return f"({c(n.left)} {_C_BINOP[type(n.op)]} {c(n.right)})"
+            op, level = _C_BINOP[type(n.op)]
+            return f"{wrap(n.left, level)} {op} {wrap(n.right, level + 1)}", level
         if isinstance(n, ast.Compare) and len(n.ops) == 1 and type(n.ops[0]) in _C_CMP:
-            return f"({c(n.left)} {_C_CMP[type(n.ops[0])]} {c(n.comparators[0])})"
+            return f"{wrap(n.left, 5)} {_C_CMP[type(n.ops[0])]} {wrap(n.comparators[0], 5)}", 4
         if isinstance(n, ast.BoolOp):
-            return "(" + (" && " if isinstance(n.op, ast.And) else " || ").join(c(v) for v in n.values) + ")"
+            op, level, least = (" && ", 3, 3) if isinstance(n.op, ast.And) else (" || ", 2, 4)
+            return op.join(wrap(v, least) for v in n.values), level
         if isinstance(n, ast.IfExp):
-            return f"({c(n.test)} ? {c(n.body)} : {c(n.orelse)})"
+            return f"{wrap(n.test, 2)} ? {wrap(n.body, 2)} : {wrap(n.orelse, 1)}", 1
         if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "round_up" and len(n.args) == 2:
-            v, m = (c(a) for a in n.args)
-            return f"(({v} + {m} - 1) / {m} * {m})"
+            v, m = wrap(n.args[0], 5), wrap(n.args[1], _ATOM)
+            return f"(({v} + {m} - 1) / {m} * {m})", _ATOM
         raise ValueError(f"scratch formula of {kind}: {ast.dump(n)} has no C form")
 
-    return c(_tree(kind).body)
+    return c(_tree(kind).body)[0]
