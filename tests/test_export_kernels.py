@@ -9,6 +9,8 @@ Under CI (CI=true) a missing toolchain fails; elsewhere too: the Makefile instal
 """
 from __future__ import annotations
 
+import subprocess
+
 import numpy as np
 import pytest
 from tvm import relax
@@ -224,3 +226,50 @@ def test_memory_plan_lower_bound_and_no_overlap():
     g = build_graph(kernel_zoo()[0])
     mp, _ = plan_memory(g)
     assert mp.arena_bytes >= mp.lower_bound
+
+
+def test_buffer_size_companions_equal_the_planner(zoo, tmp_path):
+    """Every conv2d/dense kernel's C companion ``*_buffer_size``, called on the parameter block
+    model.c really passes, returns the scratch bytes the planner reserved for that step (the
+    zoo covers im2col, pointwise, depthwise with and without the 3x3 fast path, int16, dense)."""
+    pkg, info = zoo[0], zoo[1]
+    steps = [s for s in info["steps"] if s["op"] in ("conv2d_requant", "dense_requant")]
+    sizes = {s["scratch_bytes"] for s in steps}
+    assert 0 in sizes and len(sizes) >= 5, sizes   # zero (depthwise, no fast path) and several formulas
+    calls = "".join(f'  printf("%d %ld\\n", {s["index"]}, (long){s["c_func"]}_buffer_size(&qm_p{s["index"]}));\n'
+                    for s in steps)
+    # model.c's parameter blocks are static: include it, so the companions see exactly those
+    (tmp_path / "sizes.c").write_text(f'#include <stdio.h>\n#include "model.c"\n\nint main(void) {{\n{calls}'
+                                      "  return 0;\n}\n")
+    exe = tmp_path / "sizes"
+    r = subprocess.run(["gcc", *harness.WARN_FLAGS, f"-I{pkg}", tmp_path / "sizes.c", pkg / "qkernels.c", "-o", exe],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out = subprocess.run([exe], capture_output=True, text=True, check=True).stdout.split("\n")
+    got = {int(a): int(b) for a, b in (line.split() for line in out if line)}
+    assert got == {s["index"]: s["scratch_bytes"] for s in steps}
+
+
+def test_buffer_size_formula_evaluated_and_translated_alike():
+    """The Python value and the C text come from one syntax tree: spot-check both on one shape,
+    and the C precedence of the translation (a right operand of ``*`` keeps its parentheses)."""
+    from tvm_qplugin.export import scratch
+
+    dense = dict(m=5, k=37, n=11)
+    # 4 columns of 48 int16 + 11 int32, rounded up to 16
+    assert scratch.buffer_size("dense", dense, x8=True) == (4 * 48 * 2 + 4 * 11 + 15) // 16 * 16 == 432
+    assert scratch.c_expression("dense", x8=True) == \
+        "((QK_NPIX * ((p->k + 16 - 1) / 16 * 16) * 2 + 4 * p->n + 16 - 1) / 16 * 16)"
+    assert "4 * (p->o / p->groups)" in scratch.c_expression("conv2d", x8=False)
+    assert scratch.buffer_size("requantize", {}, x8=True) == 0
+
+
+def test_template_fill_refuses_missing_and_unused_values():
+    from tvm_qplugin.export.templates import fill
+
+    assert fill("${CMAKE_DIR} $(MAKE_DIR) @X@", X="v") == "${CMAKE_DIR} $(MAKE_DIR) v"   # $ passes through
+    assert fill("@A@", A="@B@") == "@B@"                                                 # one pass
+    with pytest.raises(KeyError, match=r"without a value: \['Y'\]"):
+        fill("@X@ @Y@", X=1)
+    with pytest.raises(KeyError, match=r"without a placeholder: \['Z'\]"):
+        fill("@X@", X=1, Z=2)

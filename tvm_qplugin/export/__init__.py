@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from .budget import check_budget
-from .c_package import integer_module_of, write_c_package
+from .c_graph import integer_module_of
+from .c_package import write_c_package
 from .memory_plan import Buffer, MemoryPlan, liveness_lower_bound, plan
 
 __all__ = ["write_c_package", "verify_c_package", "check_budget", "export_mcu", "plan", "liveness_lower_bound",
@@ -25,9 +26,9 @@ __all__ = ["write_c_package", "verify_c_package", "check_budget", "export_mcu", 
 
 def _reference_outputs(mod, samples):
     from ..reference import ReferenceInterpreter
-    from .c_package import _integer_function
+    from .c_graph import integer_function
 
-    name, _ = _integer_function(mod)
+    name, _ = integer_function(mod)
     ref = ReferenceInterpreter(mod)
     return [ref.run(name, *s) for s in samples]
 

@@ -1,0 +1,288 @@
+"""Kernel descriptions: which C kernel each integer op calls, with which parameter block.
+
+One ``op_<op>`` method per integer op (``conv2d_requant``) or Relax layout op
+(``relax.permute_dims`` -> ``op_relax_permute_dims``): it checks what the kernel can take
+(ranges, ranks, the int32 accumulator bound), writes the weights and the const parameter block,
+records the kernel instance (kind + type codes) for qkernels.c and appends the call. An op
+without a method has no C kernel (one line naming it). :func:`conv_dims` / :func:`dense_dims`
+are the shape fields of ``qk_conv_t`` / ``qk_dense_t``: the scratch formula
+(:mod:`.scratch`) reads the same fields as the C companion does.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import UnsupportedOpError
+from . import scratch
+from .c_emit import CEmitter, c_array, c_dims, c_i32, c_i64, fits
+from .c_graph import MAX_DIMS, Ref, Step, dt_info, prod, row_major_strides
+
+GEMM_INPUT_MAX_ABS = {"uint8": 256, "int8": 128, "int16": 32768}   # largest |x| of a GEMM input dtype
+_SCRATCH_KIND = {"conv2d_requant": "conv2d", "dense_requant": "dense"}
+
+
+def conv_dims(s: Step) -> dict:
+    """The shape fields of ``qk_conv_t`` for a conv2d_requant step (in the struct's order)."""
+    x, w, p = s.args[0], s.args[1], s.params
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    _, _, oh, ow = s.out.shape
+    (sh, sw), (dh, dw), (pt, pl, _pb, _pr) = p["strides"], p["dilation"], p["padding"]
+    return dict(n=n, c=c, h=h, w=wd, o=o, oh=oh, ow=ow, kh=kh, kw=kw, sh=sh, sw=sw, dh=dh, dw=dw, pt=pt, pl=pl,
+                groups=p["groups"])
+
+
+def dense_dims(s: Step) -> dict:
+    """The shape fields of ``qk_dense_t`` for a dense_requant step: x (m, k) times w (n, k)."""
+    nn_, k = s.args[1].shape
+    return dict(m=prod(s.args[0].shape[:-1]), k=k, n=nn_)
+
+
+def macs(s: Step) -> int:
+    """Multiply-accumulates of a step (conv2d / dense; 0 for the others)."""
+    if s.op == "conv2d_requant":
+        n, o, oh, ow = s.out.shape
+        _, cg, kh, kw = s.args[1].shape
+        return int(n * o * oh * ow * cg * kh * kw)
+    if s.op == "dense_requant":
+        d = dense_dims(s)
+        return int(d["m"] * d["n"] * d["k"])
+    return 0
+
+
+def scratch_bytes(s: Step) -> int:
+    """Scratch bytes the step's kernel needs: its ``*_buffer_size`` formula (:mod:`.scratch`)."""
+    kind = _SCRATCH_KIND.get(s.op)
+    if kind is None:
+        return 0
+    dims = conv_dims(s) if kind == "conv2d" else dense_dims(s)
+    return scratch.buffer_size(kind, dims, x8=dt_info(s.args[0].dtype)[2] == 1)
+
+
+class KernelCalls(CEmitter):
+    """The C call of every supported op (see the module docstring)."""
+
+    def _weights(self, s: Step, w2d: np.ndarray, bias, mult, shift, x: Ref, gemm: bool = True) -> dict:
+        o, k = w2d.shape
+        kp = (k + 3) // 4 * 4
+        wp = np.zeros((o, kp), dtype=np.int8)
+        wp[:, :k] = w2d
+        # 16 zero bytes after the last row: the MVE loop reads whole 16-byte vectors
+        wp = np.concatenate([wp.reshape(-1), np.zeros(16, np.int8)])
+        if not (fits(np.asarray(mult), -2**31, 2**31 - 1) and fits(np.asarray(shift), 0, 62)
+                and fits(np.asarray(bias), -2**31, 2**31 - 1)):
+            raise UnsupportedOpError(f"C package: {s.name}: requantization parameters out of range")
+        xmax = GEMM_INPUT_MAX_ABS.get(x.dtype)
+        if xmax is None:
+            raise UnsupportedOpError(f"C package: {s.name}: {s.op} input dtype {x.dtype} "
+                                     "(supported: uint8, int8, int16)")
+        bound = np.abs(w2d.astype(np.int64)).sum(axis=1) * xmax + np.abs(np.asarray(bias, np.int64).reshape(-1))
+        if int(bound.max(initial=0)) >= 2**31:
+            raise UnsupportedOpError(f"C package: {s.name}: the int32 accumulator could overflow "
+                                     f"(bound {int(bound.max())})")
+        wcorr = "0"
+        if gemm and x.dtype == "uint8":  # MVE GEMM path flips uint8 to int8: 128 * sum(w) per channel, MVE builds only
+            name = f"qm_c{self.nconst}"
+            self.nconst += 1
+            self.mve_consts.append(c_array("int32_t", name, (128 * w2d.astype(np.int64).sum(axis=1)).astype(np.int32)))
+            self.mve_bytes += 4 * o
+            wcorr = f"QM_WCORR({name})"
+        return {"kp": kp, "wcorr": wcorr,
+                "wt": self.const_array(wp, "int8_t", "w"),
+                "bias": self.const_array(np.asarray(bias).astype(np.int32).reshape(-1), "int32_t", "b"),
+                "mult": self.const_array(np.asarray(mult).astype(np.int32).reshape(-1), "int32_t", "m"),
+                "shift": self.const_array(np.asarray(shift).astype(np.int8).reshape(-1), "int8_t", "s")}
+
+    def op_conv2d_requant(self, s: Step, p: dict) -> None:
+        x, w, bias, mult, shift = s.args
+        o, cg, kh, kw = w.shape
+        depthwise = cg == 1 and p["groups"] > 1
+        wk = self._weights(s, w.val.const.reshape(o, cg * kh * kw), bias.val.const, mult.val.const, shift.val.const, x,
+                           gemm=not depthwise)
+        fields = dict(conv_dims(s), kp=wk["kp"], qmin=p["qmin"], qmax=p["qmax"], wt=wk["wt"], bias=wk["bias"],
+                      mult=wk["mult"], shift=wk["shift"], wcorr=wk["wcorr"])
+        pn = self.pstruct("qk_conv_t", s, fields)
+        X, O = dt_info(x.dtype)[0], dt_info(s.out.dtype)[0]
+        self.instances.add(("conv2d", X, O))
+        s.c_func = f"qk_conv2d_{X}_{O}"
+        self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, {self.ptr(s.out)}, {self.scratch(s)});")
+
+    def op_dense_requant(self, s: Step, p: dict) -> None:
+        x, w, bias, mult, shift = s.args
+        dims = dense_dims(s)
+        wk = self._weights(s, w.val.const.reshape(dims["n"], dims["k"]), bias.val.const, mult.val.const,
+                           shift.val.const, x)
+        fields = dict(dims, kp=wk["kp"], qmin=p["qmin"], qmax=p["qmax"], wt=wk["wt"], bias=wk["bias"],
+                      mult=wk["mult"], shift=wk["shift"], wcorr=wk["wcorr"])
+        pn = self.pstruct("qk_dense_t", s, fields)
+        X, O = dt_info(x.dtype)[0], dt_info(s.out.dtype)[0]
+        self.instances.add(("dense", X, O))
+        s.c_func = f"qk_dense_{X}_{O}"
+        self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, {self.ptr(s.out)}, {self.scratch(s)});")
+
+    def op_requantize(self, s: Step, p: dict) -> None:
+        (x,) = s.args
+        check_requant(s, p["multiplier"], p["shift"])
+        pn = self.pstruct("qk_requant_t", s, dict(count=prod(x.shape), mult=c_i32(p["multiplier"]), shift=p["shift"],
+                                                  qmin=c_i32(p["qmin"]), qmax=c_i32(p["qmax"])))
+        X, O = dt_info(x.dtype)[0], dt_info(s.out.dtype)[0]
+        if x.dtype not in ("uint8", "int8", "int16", "uint16", "int32"):
+            raise UnsupportedOpError(f"C package: requantize of {x.dtype} ({s.name})")
+        self.instances.add(("requantize", X, O))
+        s.c_func = f"qk_requantize_{X}_{O}"
+        self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, {self.ptr(s.out)});")
+
+    def op_add_requant(self, s: Step, p: dict) -> None:
+        a, b = s.args
+        out = tuple(s.out.shape)
+        nd = len(out)
+        if nd > MAX_DIMS:
+            raise UnsupportedOpError(f"C package: add_requant of rank {nd} ({s.name})")
+
+        def bstrides(shape):
+            shape = (1,) * (nd - len(shape)) + tuple(shape)
+            st = row_major_strides(shape)
+            return [0 if shape[i] == 1 and out[i] != 1 else st[i] for i in range(nd)]
+
+        flat = tuple(a.shape) == out and tuple(b.shape) == out
+        fields = dict(ndim=nd, count=prod(out), flat=int(flat), shape=c_dims(out), sa=c_dims(bstrides(a.shape)),
+                      sb=c_dims(bstrides(b.shape)), ma=c_i64(p["ma"]), mb=c_i64(p["mb"]), shift=p["shift"],
+                      qmin=c_i32(p["qmin"]), qmax=c_i32(p["qmax"]))
+        pn = self.pstruct("qk_add_t", s, fields)
+        A, B, O = dt_info(a.dtype)[0], dt_info(b.dtype)[0], dt_info(s.out.dtype)[0]
+        self.instances.add(("add", A, B, O))
+        s.c_func = f"qk_add_{A}_{B}_{O}"
+        self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(a, True)}, {self.ptr(b, True)}, {self.ptr(s.out)});")
+
+    def op_max_pool2d(self, s: Step, p: dict) -> None:
+        (x,) = s.args
+        n, c, h, w = x.shape
+        _, _, oh, ow = s.out.shape
+        (kh, kw), (sh, sw), (dh, dw), (pt, pl, _, _) = p["pool_size"], p["strides"], p["dilation"], p["padding"]
+        pn = self.pstruct("qk_maxpool_t", s, dict(n=n, c=c, h=h, w=w, oh=oh, ow=ow, kh=kh, kw=kw, sh=sh, sw=sw,
+                                                  dh=dh, dw=dw, pt=pt, pl=pl, pad_value=c_i32(p["pad_value"])))
+        X = dt_info(x.dtype)[0]
+        self.instances.add(("maxpool", X))
+        s.c_func = f"qk_maxpool_{X}"
+        self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, {self.ptr(s.out)});")
+
+    def op_avg_pool2d_requant(self, s: Step, p: dict) -> None:
+        x, mult = s.args
+        n, c, h, w = x.shape
+        _, _, oh, ow = s.out.shape
+        (kh, kw), (sh, sw), (pt, pl, _, _) = p["pool_size"], p["strides"], p["padding"]
+        m = np.asarray(mult.val.const)
+        if not fits(m, -2**31, 2**31 - 1):
+            raise UnsupportedOpError(f"C package: {s.name}: multipliers exceed int32")
+        mn = self.const_array(m.astype(np.int32).reshape(-1), "int32_t", "m")
+        pn = self.pstruct("qk_avgpool_t", s, dict(n=n, c=c, h=h, w=w, oh=oh, ow=ow, kh=kh, kw=kw, sh=sh, sw=sw, pt=pt,
+                                                  pl=pl, shift=p["shift"], qmin=c_i32(p["qmin"]), qmax=c_i32(p["qmax"]),
+                                                  mult=mn))
+        X, O = dt_info(x.dtype)[0], dt_info(s.out.dtype)[0]
+        self.instances.add(("avgpool", X, O))
+        s.c_func = f"qk_avgpool_{X}_{O}"
+        self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, {self.ptr(s.out)});")
+
+    def op_sum_requant(self, s: Step, p: dict) -> None:
+        (x,) = s.args
+        shape = tuple(x.shape)
+        nd = len(shape)
+        axes = sorted({a % nd for a in p["axes"]})
+        st = row_major_strides(shape)
+        kept = [i for i in range(nd) if i not in axes]
+        kshape, kstride = [shape[i] for i in kept], [st[i] for i in kept]
+        rshape, rstride = merge_dims([shape[i] for i in axes], [st[i] for i in axes])
+        if len(kshape) > MAX_DIMS or len(rshape) > MAX_DIMS:
+            raise UnsupportedOpError(f"C package: sum_requant of rank {nd} ({s.name})")
+        check_requant(s, p["multiplier"], p["shift"])
+        pn = self.pstruct("qk_sum_t", s, dict(nk=len(kshape), nr=len(rshape), count=prod(kshape), kshape=c_dims(kshape),
+                                              kstride=c_dims(kstride), rshape=c_dims(rshape), rstride=c_dims(rstride),
+                                              mult=c_i32(p["multiplier"]), shift=p["shift"], qmin=c_i32(p["qmin"]),
+                                              qmax=c_i32(p["qmax"])))
+        X, O = dt_info(x.dtype)[0], dt_info(s.out.dtype)[0]
+        self.instances.add(("sum", X, O))
+        s.c_func = f"qk_sum_{X}_{O}"
+        self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, {self.ptr(s.out)});")
+
+    def op_mask_fill(self, s: Step, p: dict) -> None:
+        x, keep = s.args
+        out = tuple(x.shape)
+        nd = len(out)
+        kshape = (1,) * (nd - len(keep.shape)) + tuple(keep.shape)
+        st = row_major_strides(kshape)
+        sk = [0 if kshape[i] == 1 and out[i] != 1 else st[i] for i in range(nd)]
+        pn = self.pstruct("qk_maskfill_t", s, dict(ndim=nd, count=prod(out), shape=c_dims(out), sk=c_dims(sk),
+                                                   fill=c_i32(p["fill"])))
+        X = dt_info(x.dtype)[0]
+        self.instances.add(("maskfill", X))
+        s.c_func = f"qk_maskfill_{X}"
+        self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, (const uint8_t *){self.ptr(keep, True)}, "
+                          f"{self.ptr(s.out)});")
+
+    def op_relax_permute_dims(self, s: Step, p: dict) -> None:
+        (x,) = s.args
+        nd = len(x.shape)
+        axes = p["axes"] if p["axes"] is not None else list(range(nd))[::-1]
+        xs = row_major_strides(x.shape)
+        s.c_func = "qk_copy_nd"
+        self._copy(s, "", s.out.shape, [xs[a] for a in axes], row_major_strides(s.out.shape), self.ptr(x, True),
+                   self.ptr(s.out), x.val.itemsize)
+
+    def op_relax_concat(self, s: Step, p: dict) -> None:
+        nd = len(s.out.shape)
+        axis = p["axis"] % nd
+        os_ = row_major_strides(s.out.shape)
+        root_y, yoff = s.out.val.root()
+        s.c_func = "qk_copy_nd"
+        pos = copies = 0
+        for i, a in enumerate(s.args):
+            rx, xoff = a.val.root()
+            dst_off = pos * os_[axis] * s.out.val.itemsize
+            pos += a.shape[axis]
+            if rx is root_y and xoff == yoff + dst_off:
+                continue  # produced in place inside the concat output
+            dst = f"(void *)((uint8_t *){self.ptr(s.out)} + {dst_off})"
+            self._copy(s, f"_{i}", a.shape, row_major_strides(a.shape), os_, self.ptr(a, True), dst, a.val.itemsize)
+            copies += 1
+        if not copies:
+            self.calls.append(f"  /* {s.name}: concat: every input was written in place */")
+
+    def op_relax_nn_pad(self, s: Step, p: dict) -> None:
+        (x,) = s.args
+        w = p["pad_width"]
+        before = w[0::2]
+        os_ = row_major_strides(s.out.shape)
+        off = sum(b * st for b, st in zip(before, os_)) * s.out.val.itemsize
+        self.calls.append(f"  qk_fill_zero({self.ptr(s.out)}, {s.out.nbytes});")
+        s.c_func = "qk_copy_nd"
+        self._copy(s, "", x.shape, row_major_strides(x.shape), os_, self.ptr(x, True),
+                   f"(void *)((uint8_t *){self.ptr(s.out)} + {off})", x.val.itemsize)
+
+    def op_relax_astype(self, s: Step, p: dict) -> None:
+        (x,) = s.args
+        s.c_func = "qk_cast"
+        self.calls.append(f"  qk_cast({prod(x.shape)}, {dt_info(x.dtype)[3]}, {self.ptr(x, True)}, "
+                          f"{dt_info(s.out.dtype)[3]}, {self.ptr(s.out)});")
+
+
+def check_requant(s: Step, mult, shift) -> None:
+    """A per-tensor requantization (b, c) the C kernels take: int32 multiplier, shift in [0, 62]."""
+    if not (-2**31 <= int(mult) < 2**31 and 0 <= int(shift) <= 62):
+        raise UnsupportedOpError(f"C package: {s.name}: requantization (b={mult}, c={shift}) out of range")
+
+
+def merge_dims(shape, strides):
+    """Merge adjacent dims that are contiguous with each other (fewer odometer steps)."""
+    if not shape:
+        return [], []
+    sh, st = [shape[0]], [strides[0]]
+    for d, s in zip(shape[1:], strides[1:]):
+        if st[-1] == s * d:
+            sh[-1] *= d
+            st[-1] = s
+        else:
+            sh.append(d)
+            st.append(s)
+    return sh, st
+
+

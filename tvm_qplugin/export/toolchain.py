@@ -1,0 +1,36 @@
+"""The compilers and emulators the harness runs: one error type, one way to find and run them."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+from ..errors import QPluginError
+
+WARN_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror"]
+SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
+QEMU_TIMEOUT = 300
+
+
+class ToolchainError(QPluginError, RuntimeError):
+    """A compiler / emulator needed to verify a board is missing or failed."""
+
+
+def which(tool: str) -> str:
+    """The path of ``tool``; one line naming the Debian package when it is missing."""
+    path = shutil.which(tool)
+    if path is None:
+        hint = {"arm-none-eabi-gcc": "gcc-arm-none-eabi libnewlib-arm-none-eabi",
+                "arm-none-eabi-nm": "binutils-arm-none-eabi", "arm-none-eabi-size": "binutils-arm-none-eabi",
+                "qemu-system-arm": "qemu-system-arm", "qemu-aarch64": "qemu-user",
+                "aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu libc6-dev-arm64-cross", "clang": "clang"}.get(tool, tool)
+        raise ToolchainError(f"{tool} not found on PATH (Debian: apt-get install {hint})")
+    return path
+
+
+def run_tool(cmd, cwd=None, timeout=600, what="command") -> subprocess.CompletedProcess:
+    """Run ``cmd`` (no stdin, output captured); a timeout is a :class:`ToolchainError` naming it."""
+    try:
+        return subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as e:
+        raise ToolchainError(f"{what} timed out after {timeout} s: {' '.join(map(str, cmd))[:300]}") from e
