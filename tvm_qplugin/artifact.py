@@ -71,6 +71,7 @@ class Artifact:
     executable: object = None
     library: object = None
     c_package: Path | None = None   # MCU targets: the C package, saved as OUT/c
+    scratch_dirs: list = field(default_factory=list)  # TemporaryDirectory objects: deleted with the artifact
     _vm: object = None
 
     # --- running ---

@@ -18,7 +18,7 @@ from .data import Dataset
 from .errors import CalibrationError
 from .passes.graph import Graph, dtype_of
 from .passes.rewriter import substitute
-from .quant.observers import Histogram, calibrated_range
+from .quant.observers import DEFAULT_OBSERVER, Histogram, calibrated_range
 from .progress import progress
 from .schedules.float_cpu import legalize_and_schedule
 
@@ -68,7 +68,7 @@ class FloatRunner:
         return arrays[: self.num_taps], arrays[self.num_taps :]
 
 
-def calibrate(runner: FloatRunner, data: Dataset, method: str = "mse", limit: int | None = None,
+def calibrate(runner: FloatRunner, data: Dataset, method: str = DEFAULT_OBSERVER, limit: int | None = None,
               show_progress: bool = False) -> Ranges:
     """Observe every float tensor over the calibration batches and clip with ``method``."""
     hists = {v: Histogram.empty() for v in runner.observed}
@@ -94,7 +94,33 @@ def calibrate(runner: FloatRunner, data: Dataset, method: str = "mse", limit: in
     for v, h in hists.items():
         # inputs keep their full observed range: clipping data at the entry loses information
         ranges[v] = (h.lo, h.hi) if v in runner.graph.params else calibrated_range(h, method)
+    _check_ranges(runner, ranges)
     return Ranges(ranges, hists, {v: m / max(batches, 1) for v, m in sums.items()})
+
+
+def _check_ranges(runner: FloatRunner, ranges: dict) -> None:
+    """Refuse degenerate calibration data. An input or output whose calibrated range is zero has no
+    quantization scale worth the name: every value it will ever carry rounds to 0, so the integer
+    model is silently constant (all-zero calibration data used to pass the bit-exact check with
+    0 % agreement). Intermediates can legitimately be zero (an additive attention mask over
+    unpadded rows), so for them it is a warning; so is an input that holds one constant value."""
+    def is_zero(v):
+        return max(abs(ranges[v][0]), abs(ranges[v][1])) == 0
+
+    ends = [v for v in list(runner.graph.params) + list(runner.graph.outputs) if v in ranges]
+    dead = [v.name for v in ends if is_zero(v)]
+    if dead:
+        raise CalibrationError(f"calibrated range is zero for model input/output {', '.join(dead)}: every "
+                               "calibration sample drives it to exactly 0, so it cannot be quantized; calibrate "
+                               "with real, varied samples")
+    inner = [v.name for v in ranges if v not in ends and is_zero(v)]
+    if inner:
+        log.warning("calibrated range is zero for %d intermediate tensor(s) (%s): they will quantize to 0",
+                    len(inner), ", ".join(inner[:5]))
+    flat = [v.name for v in runner.graph.params if v in ranges and ranges[v][0] == ranges[v][1]]
+    if flat:
+        log.warning("calibration input(s) %s hold one constant value: the ranges will not fit real data; "
+                    "calibrate with real, varied samples", ", ".join(flat))
 
 
 def _is_float_tensor(var: relax.Var) -> bool:

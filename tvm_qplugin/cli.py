@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--calib", help="calibration data: FILE.npz or a directory of images")
     c.add_argument("--eval", help="FILE.npz of inputs (and optional 'labels') for the accuracy figure")
     c.add_argument("--precision", default="int8")
-    c.add_argument("--observer", default="percentile", help="minmax | percentile (default, 99.999) | mse")
+    c.add_argument("--observer", default=None, help="minmax | percentile (default, 99.999) | mse")
     c.add_argument("--nonlinear", default="ivit")
     c.add_argument("--gelu", default="tanh", help="tanh (default: tanh-GELU as an integer sigmoid, max error "
                    "5e-4) | paper (I-ViT's x*sigmoid(1.702x) / I-BERT's erf polynomial, ~0.02)")
@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--int-io", action="store_true", help="integer inputs/outputs (no entry/exit float ops)")
     c.add_argument("--allow-float", default="", metavar="OP,...", help="accept these float ops (reported)")
     c.add_argument("--calib-limit", type=_positive_int, help="use at most N calibration samples")
-    c.add_argument("--budget", metavar="size=..,ram=..", help="fail unless the model fits, e.g. size=512KB,ram=256KB")
+    c.add_argument("--budget", metavar="size=..,ram=..", help="fail unless the model fits: size= (weights), bops=, ram= (C-package targets), latency= (targets run "
+                   "here), e.g. size=512KB,ram=256KB,latency=5ms")
     img = c.add_argument_group("image directory preprocessing (with --calib DIR)")
     img.add_argument("--resize", type=_positive_int, help="resize the short side to N pixels")
     img.add_argument("--crop", type=_positive_int, help="center crop N x N")
@@ -102,17 +103,16 @@ def cmd_compile(a) -> int:
     _check_writable(out)
 
     from .compiler import compile as compile_model
-    from .compiler import parse_budget
     from .data import Preprocess
     from .report import summary
 
     pre = Preprocess(resize=a.resize, crop=a.crop, scale=a.scale, mean=a.mean, std=a.std, layout=a.layout,
                      grayscale=a.grayscale)
     art = compile_model(a.model, target=a.target, calib=a.calib, eval=a.eval, input_shapes=a.input_shape,
-                        preprocess=pre, precision=a.precision, observer=a.observer, nonlinear=a.nonlinear,
+                        preprocess=pre, precision=a.precision, **({"observer": a.observer} if a.observer else {}), nonlinear=a.nonlinear,
                         attention=a.attention, int_io=a.int_io, gelu=a.gelu, softmax_bits=a.softmax_bits,
                         allow_float=tuple(x for x in a.allow_float.split(",") if x), calib_limit=a.calib_limit,
-                        budget=parse_budget(a.budget), show_progress=not a.no_progress and sys.stderr.isatty())
+                        budget=a.budget, show_progress=not a.no_progress and sys.stderr.isatty())
     art.save(out)
     print(summary(art.report, out))
     return 0 if art.report["bit_exact"] else 1

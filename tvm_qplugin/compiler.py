@@ -23,7 +23,8 @@ from .passes.integerize import IntegerizeConfig, integerize
 from .passes.verify import verify_integer_only, verify_lowered_tir
 from .progress import progress
 from .quant.nonlinear_consts import GELU_APPROX
-from .quant.observers import OBSERVERS
+from .quant.observers import DEFAULT_OBSERVER, OBSERVERS
+from .budget import Budget
 from .build import build
 from .diagnose import tensor_errors
 from .reference import ReferenceInterpreter
@@ -44,7 +45,7 @@ class CompileOptions:
 
     target: str = "x86-host"
     precision: str = "int8"
-    observer: str = "percentile"
+    observer: str = DEFAULT_OBSERVER
     nonlinear: str = "ivit"
     gelu: str = "tanh"             # IntegerizeConfig.gelu_approx: tanh | paper
     softmax_bits: int = 16         # IntegerizeConfig.softmax_bits: 16 | 8
@@ -55,10 +56,12 @@ class CompileOptions:
     bit_exact_inputs: int = BIT_EXACT_MIN_INPUTS
     timing_runs: int = 20
     show_progress: bool = False
-    budget: tuple[tuple[str, float], ...] = ()   # ("size"|"ram", bytes) -- see parse_budget
+    budget: Budget | str | None = None            # --budget: a Budget, its text form, or None (budget.py)
     mcu_verify_inputs: int = 4                    # samples run under qemu for MCU targets
 
     def __post_init__(self):
+        if not isinstance(self.budget, Budget):
+            object.__setattr__(self, "budget", Budget.parse(self.budget))
         if self.precision not in PRECISIONS:
             raise QPluginError(f"--precision {self.precision!r} is not available in this version; choose one of "
                                f"{', '.join(PRECISIONS)}")
@@ -102,6 +105,7 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
     if not board.runs_here and not c_route:
         raise QPluginError(f"target {board.name!r} ({board.runner}) is not supported by `compile` yet: this version "
                            "builds x86-host, aarch64 Linux and Cortex-M targets")
+    opts.budget.check_enforceable(board, c_package=c_route)
     if c_route:  # the integer graph is built and checked on the host, then exported as C and run emulated
         opts = CompileOptions(**{**opts.__dict__, "int_io": True})
     host = get_board("x86-host") if c_route else board
@@ -127,6 +131,8 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
     except UnsupportedOpError as e:
         raise name_onnx_nodes(e, imported.onnx_model) from None
     core = "main" if opts.int_io else "core"
+    weights = weight_bytes(imod.mod[core])
+    opts.budget.check_model(weights, [layer.__dict__ for layer in imod.layers])
     iv = verify_integer_only(imod.mod, opts.allow_float, func_name=core)
     lowered_float = verify_lowered_tir(imod.mod, core)
     if lowered_float and not opts.allow_float:
@@ -147,8 +153,10 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
     bit_exact, n_exact = check_bit_exact(art, eval_ds, opts.bit_exact_inputs, opts.show_progress, first_env)
     errors = tensor_errors(runner, imod, next(iter(eval_ds.batches())), first_env)
     accuracy = evaluate(art, FloatRunner(float_mod, tvm_target, observe=False), eval_ds, opts.show_progress)
+    accuracy["data"] = "eval" if eval is not None else "calibration"
     latency = measure_latency(art, opts.timing_runs)
-    art.report = build_report(imported, board, opts, imod, iv, bit_exact, n_exact, accuracy, latency, executable,
+    opts.budget.check_latency(latency["median"], board.name)
+    art.report = build_report(imported, board, opts, imod, iv, bit_exact, n_exact, accuracy, latency, weights,
                               compile_s=time.perf_counter() - t0, build_s=build_s)
     art.report["tensors"] = [e.to_json() for e in errors]
     if not c_route:
@@ -160,28 +168,6 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
     return art
 
 
-def parse_budget(text: str | None) -> tuple[tuple[str, float], ...]:
-    """``"size=2MB,ram=512KB,latency=5ms"`` -> (("size", bytes), ("ram", bytes), ("latency", ms))."""
-    if not text:
-        return ()
-    units = {"": 1, "b": 1, "kb": 1024, "k": 1024, "mb": 1024**2, "m": 1024**2, "gb": 1024**3, "ms": 1, "s": 1000,
-             "us": 1e-3}
-    out = []
-    for item in text.split(","):
-        key, sep, val = item.strip().partition("=")
-        num = val.strip().lower().rstrip("bsmkgu")
-        unit = val.strip().lower()[len(num):]
-        try:
-            value = float(num) * units[unit]
-        except (ValueError, KeyError):
-            value = None
-        if not sep or key not in ("size", "ram", "latency", "bops") or value is None or value <= 0:
-            raise QPluginError(f"--budget {item!r}: expected size=|ram=|latency=|bops= with a positive number and "
-                               "an optional unit (KB, MB, ms), e.g. --budget size=512KB,ram=256KB")
-        out.append((key, value))
-    return tuple(out)
-
-
 def export_for_mcu(art: Artifact, board, ds: Dataset, opts: CompileOptions) -> None:
     """Write the C package, check budgets, run it under qemu bit-exactly; fill report memory/cost."""
     import shutil
@@ -189,19 +175,22 @@ def export_for_mcu(art: Artifact, board, ds: Dataset, opts: CompileOptions) -> N
 
     from .export import export_mcu
 
-    budget = dict(opts.budget)
-    pkg = Path(tempfile.mkdtemp(prefix="tvm_qplugin_c_"))
+    budget = opts.budget
+    scratch = tempfile.TemporaryDirectory(prefix="tvm_qplugin_c_")  # removed with the artifact
+    art.scratch_dirs.append(scratch)
+    pkg = Path(scratch.name)
     samples = [art.quantize_inputs(b) for b in ds.batches(opts.mcu_verify_inputs)]
     res = export_mcu(art.integer_mod, pkg, board, samples=samples,
-                     ram_budget=int(budget["ram"]) if "ram" in budget else None,
-                     size_budget=int(budget["size"]) if "size" in budget else None)
+                     ram_budget=None if budget.ram is None else int(budget.ram),
+                     size_budget=None if budget.size is None else int(budget.size))
     if not board.is_mcu:  # Linux board: the deploy bundle also carries a minimal runner, source + static binary
         from .export.harness import package_info, build_linux, runner_source
 
         (pkg / "runner").mkdir(exist_ok=True)
         (pkg / "runner" / "runner.c").write_text(runner_source(package_info(pkg)))
-        exe = build_linux(pkg, board, build_dir=Path(tempfile.mkdtemp(prefix="tvm_qplugin_runner_")))
-        shutil.copy2(exe, pkg / "runner" / "qmodel_runner")
+        with tempfile.TemporaryDirectory(prefix="tvm_qplugin_runner_") as build_dir:
+            exe = build_linux(pkg, board, build_dir=Path(build_dir))
+            shutil.copy2(exe, pkg / "runner" / "qmodel_runner")
     art.c_package = pkg
     r = art.report
     r["memory"] = res["memory"]
@@ -284,12 +273,15 @@ def _cc_version() -> str:
         return "unknown"
 
 
-def build_report(imported, board, opts, imod, iv, bit_exact, n_exact, accuracy, latency, executable, compile_s,
+def weight_bytes(func) -> int:
+    """Bytes of every constant the integer function holds (weights, biases, multipliers, tables)."""
+    return sum(int(np.prod(c.value.numpy().shape)) * c.value.numpy().itemsize for c in _constants(func))
+
+
+def build_report(imported, board, opts, imod, iv, bit_exact, n_exact, accuracy, latency, weights, compile_s,
                  build_s) -> dict:
     import tvm_ffi
 
-    weights = sum(int(np.prod(c.value.numpy().shape)) * c.value.numpy().itemsize
-                  for c in _constants(imod.mod["core" if not opts.int_io else "main"]))
     return {
         "model": str(imported.path),
         "target": board.name,
@@ -300,6 +292,7 @@ def build_report(imported, board, opts, imod, iv, bit_exact, n_exact, accuracy, 
         "softmax_bits": opts.softmax_bits,
         "attention": opts.attention,
         "observer": opts.observer,
+        "budget": dict(opts.budget.items()),
         "integer_only": iv.integer_only,
         "float_ops": len(iv.float_ops) + len(iv.allowed),
         "allowed_float_ops": iv.allowed,

@@ -39,7 +39,11 @@ class FloatOpError(QPluginError, RuntimeError):
     """verify_integer_only found float arithmetic between entry quantize and exit dequantize."""
 
 
-class MemoryBudgetError(QPluginError, RuntimeError):
+class BudgetError(QPluginError, RuntimeError):
+    """The compiled model exceeds a ``--budget`` (size, BOPs, latency) or the board's memory."""
+
+
+class MemoryBudgetError(BudgetError):
     """The model does not fit the board's memory or the --budget; names the tensors and bytes over."""
 
 

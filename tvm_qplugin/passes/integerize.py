@@ -15,9 +15,7 @@ takes are collected over the whole graph and reported once.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import numpy as np
 import tvm
@@ -27,7 +25,10 @@ from ..errors import UnsupportedOpError
 from ..ops import emit
 from ..quant import QType
 from ..quant.nonlinear_consts import GELU_APPROX
-from .graph import Binding, Graph, const_value, dtype_of, shape_of
+from . import rules as _rules  # noqa: F401  (importing the rule modules registers them)
+from .graph import Graph, const_value, dtype_of, shape_of
+from .rules.base import (RULES, Epilogue, IntegerRule, LayerInfo, QValue, is_channel_vector,  # noqa: F401
+                         activation_bounds, clamp_bounds, register_rule)
 
 log = logging.getLogger(__name__)
 
@@ -62,74 +63,6 @@ class IntegerizeConfig:
             raise ValueError(f"gelu_approx={self.gelu_approx!r}: choose one of {', '.join(GELU_APPROX)}")
         if self.softmax_bits not in (8, 16):
             raise ValueError(f"softmax_bits={self.softmax_bits}: choose 8 or 16")
-
-
-@dataclass
-class QValue:
-    """A tensor's integer replacement: expression in the new graph and its quantized type.
-
-    ``kind`` is ``"quant"`` for quantized reals, ``"raw"`` for tensors that were integer or bool in
-    the float model already (token ids, attention masks: no scale), and ``"mask"`` for the float
-    0 / -inf attention bias built from a raw bool tensor (``expr`` is the bool "keep" tensor).
-    """
-
-    expr: relax.Expr
-    qtype: QType | None
-    nonneg: bool = False
-    kind: str = "quant"
-    # proven bound on sum |x| along the last axis (softmax rows: 1.0 plus rounding), which lets a
-    # following matmul prove int32 accumulation safe for wide operands
-    row_sum: int | None = None
-
-
-@dataclass
-class LayerInfo:
-    name: str
-    op: str
-    w_bits: int | None
-    a_bits: int
-    macs: int
-    kernel: str = ""
-    var: relax.Var | None = None   # the integer var the layer's kernel binds (for per-layer timing)
-
-
-@dataclass
-class Epilogue:
-    """What follows a linear op and is fused into its requantization."""
-
-    var: relax.Var               # the float variable whose value the fused op produces
-    bias: np.ndarray | None      # per-channel float bias
-    lo: float = -math.inf        # activation clamp in real units
-    hi: float = math.inf
-
-    @property
-    def nonneg(self) -> bool:
-        return self.lo >= 0
-
-
-class IntegerRule:
-    """Base class of integerize rules (register with :func:`register_rule`).
-
-    ``ops`` names the Relax ops the rule handles; ``check`` returns None when it can take the
-    binding or a reason why not; ``rewrite`` emits the integer ops and returns the QValue.
-    """
-
-    ops: ClassVar[tuple[str, ...]] = ()
-
-    def check(self, ctx: "IntegerizeContext", b: Binding) -> str | None:
-        return None
-
-    def rewrite(self, ctx: "IntegerizeContext", b: Binding) -> QValue:  # pragma: no cover - interface
-        raise NotImplementedError
-
-
-RULES: dict[str, list[IntegerRule]] = {}
-
-
-def register_rule(cls: type[IntegerRule]) -> type[IntegerRule]:
-    for op in cls.ops:
-        RULES.setdefault(op, []).append(cls())
-    return cls
 
 
 class IntegerizeContext:
@@ -203,7 +136,7 @@ class IntegerizeContext:
             other = nxt.args[1] if nxt.args[0].same_as(var) else nxt.args[0]
             c = const_value(other)
             n = shape_of(var)[channel_axis]
-            if c is not None and c.size == n and c.reshape(-1).size == n and _is_channel_vector(c, shape_of(var), channel_axis):
+            if c is not None and c.size == n and c.reshape(-1).size == n and is_channel_vector(c, shape_of(var), channel_axis):
                 ep.bias = c.reshape(-1).astype(np.float64)
                 self.consumed.add(nxt.var)
                 ep.var = nxt.var
@@ -230,27 +163,6 @@ class IntegerizeContext:
         d = dyadic(v.qtype.scale / target.scale)
         return self.emit("requantize", [v.expr], multiplier=d.multiplier, shift=d.shift, qmin=target.qmin,
                          qmax=target.qmax, out_dtype=target.dtype)
-
-
-def activation_bounds(b: Binding) -> tuple[float, float]:
-    """Real-valued clamp of a ReLU / ReLU6 / Clip binding."""
-    if b.op_name == "relax.nn.relu":
-        return 0.0, math.inf
-    if b.op_name == "relax.nn.relu6":
-        return 0.0, 6.0
-    return float(b.args[1].value), float(b.args[2].value)
-
-
-def _is_channel_vector(c: np.ndarray, shape, axis) -> bool:
-    full = (1,) * (len(shape) - c.ndim) + tuple(c.shape)
-    return len(full) == len(shape) and all(d == 1 for i, d in enumerate(full) if i != axis % len(shape))
-
-
-def clamp_bounds(qt: QType, lo: float, hi: float) -> tuple[int, int]:
-    """Integer clamp for an activation ``[lo, hi]`` in ``qt``'s units, inside the dtype range."""
-    qmin = qt.qmin if not math.isfinite(lo) else max(qt.qmin, math.ceil(lo / qt.scale - 1e-9))
-    qmax = qt.qmax if not math.isfinite(hi) else min(qt.qmax, math.floor(hi / qt.scale + 1e-9))
-    return int(qmin), int(qmax)
 
 
 @dataclass
@@ -291,8 +203,6 @@ def find_unsupported(graph: Graph, ctx: IntegerizeContext) -> list[tuple[str, st
 
 def integerize(float_mod: tvm.IRModule, ranges, config: IntegerizeConfig = IntegerizeConfig()) -> IntegerModule:
     """Rewrite the canonical float ``main`` into the integer module described above."""
-    from . import rules  # noqa: F401  (registers the rules)
-
     graph = Graph(float_mod["main"])
     bb = relax.BlockBuilder()
     ctx = IntegerizeContext(graph, ranges, config, bb)

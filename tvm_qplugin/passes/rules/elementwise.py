@@ -1,12 +1,17 @@
 """Residual add, standalone ReLU/Clip."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ...ops import const
 from ...quant import QType, dyadic_pair
 from ..graph import Binding, dtype_of
-from ..integerize import IntegerizeContext, IntegerRule, QValue, activation_bounds, clamp_bounds, register_rule
+from .base import IntegerRule, QValue, activation_bounds, clamp_bounds, register_rule
+
+if TYPE_CHECKING:
+    from ..integerize import IntegerizeContext
 
 
 @register_rule

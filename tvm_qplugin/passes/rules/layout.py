@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from tvm import relax
 
-from ..integerize import IntegerRule, QValue, register_rule
+from .base import IntegerRule, QValue, register_rule
 
 
 @register_rule

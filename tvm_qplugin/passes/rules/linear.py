@@ -2,13 +2,19 @@
 at ``s_in * s_w``, fused bias/ReLU/Clip, per-channel dyadic requantization (HAWQ-V3)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from tvm import relax
 
 from ...ops import const
 from ...quant import dyadic
+from ...quant.accumulator import accumulator_for
 from ..graph import Binding, shape_of
-from ..integerize import IntegerizeContext, IntegerRule, LayerInfo, QValue, clamp_bounds, register_rule
+from .base import IntegerRule, LayerInfo, QValue, clamp_bounds, register_rule
+
+if TYPE_CHECKING:
+    from ..integerize import IntegerizeContext
 
 INT32_MAX = 2**31 - 1
 
@@ -22,13 +28,6 @@ def quantize_weight_per_channel(w: np.ndarray, axis: int = 0) -> tuple[np.ndarra
     shape[axis] = -1
     wq = np.clip(np.floor(w / scale.reshape(shape) + 0.5), -127, 127).astype(np.int8)
     return wq, scale
-
-
-def accumulator_for(bound: int) -> tuple[int, int]:
-    """``(acc_bits, mantissa_bits)`` for an accumulator whose ``|acc|`` can reach ``bound``: int32
-    with a 31-bit multiplier when it fits, else int64 with the multiplier's mantissa cut so that
-    ``acc * multiplier`` stays inside int64."""
-    return (32, 31) if bound < 2**31 else (64, 62 - (bound + 2**31).bit_length())
 
 
 def requant_params(in_scale: float, w_scale: np.ndarray, out_scale: float,

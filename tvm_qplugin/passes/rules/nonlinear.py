@@ -8,9 +8,9 @@ from ...ops.matmul import acc_bound
 from ...ops.nonlinear import layernorm_int_args
 from ...quant import QType, dyadic
 from ...quant import nonlinear_consts as nc
+from ...quant.accumulator import accumulator_for
 from ..graph import shape_of
-from ..integerize import IntegerRule, QValue, register_rule
-from .linear import accumulator_for
+from .base import IntegerRule, QValue, register_rule
 
 SOFTMAX_OUT = {8: QType("uint8", 2.0**-8), 16: QType("int16", 2.0**-15)}
 

@@ -6,7 +6,7 @@ import numpy as np
 from ...ops import const
 from ...quant import dyadic
 from ..graph import shape_of
-from ..integerize import IntegerRule, QValue, register_rule
+from .base import IntegerRule, QValue, register_rule
 
 
 @register_rule

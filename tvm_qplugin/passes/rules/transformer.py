@@ -2,13 +2,18 @@
 mask, scalar rescales (the 1/sqrt(d) of attention)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from tvm import relax
 
 from ...ops import const
 from ...quant import QType
 from ..graph import Binding, dtype_of
-from ..integerize import IntegerizeContext, IntegerRule, QValue, register_rule
+from .base import IntegerRule, QValue, register_rule
+
+if TYPE_CHECKING:
+    from ..integerize import IntegerizeContext
 
 _MASK_NEGATIVE = -1e4  # below this, a "where(keep, 0, c)" constant is an attention mask
 
