@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--attention", default="int8")
     c.add_argument("--input-shape", action="append", default=[], metavar="NAME=D1,D2,...")
     c.add_argument("--int-io", action="store_true", help="integer inputs/outputs (no entry/exit float ops)")
-    c.add_argument("--allow-float", default="", metavar="OP,...", help="accept these float ops (reported)")
+    c.add_argument("--allow-float", default="", metavar="OP,...", help="accept float findings "
+                   "of these ops (qplugin op or relax.* names): reported, integer_only becomes false")
     c.add_argument("--calib-limit", type=_positive_int, help="use at most N calibration samples")
     c.add_argument("--budget", metavar="size=..,ram=..", help="fail unless the model fits, e.g. size=512KB,ram=256KB")
     img = c.add_argument_group("image directory preprocessing (with --calib DIR)")
@@ -100,6 +101,10 @@ def cmd_compile(a) -> int:
     # Fail fast, before TVM loads and the (long) compile runs: model file, data files, OUTDIR.
     _precheck(a)
     _check_writable(out)
+    allow_float = tuple(x.strip() for x in a.allow_float.split(",") if x.strip())
+    from .passes.verify import check_allow_names
+
+    check_allow_names(allow_float)  # an unknown name is refused now, not after calibration
 
     from .compiler import compile as compile_model
     from .compiler import parse_budget
@@ -111,7 +116,7 @@ def cmd_compile(a) -> int:
     art = compile_model(a.model, target=a.target, calib=a.calib, eval=a.eval, input_shapes=a.input_shape,
                         preprocess=pre, precision=a.precision, observer=a.observer, nonlinear=a.nonlinear,
                         attention=a.attention, int_io=a.int_io, gelu=a.gelu, softmax_bits=a.softmax_bits,
-                        allow_float=tuple(x for x in a.allow_float.split(",") if x), calib_limit=a.calib_limit,
+                        allow_float=allow_float, calib_limit=a.calib_limit,
                         budget=parse_budget(a.budget), show_progress=not a.no_progress and sys.stderr.isatty())
     art.save(out)
     print(summary(art.report, out))
