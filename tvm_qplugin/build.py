@@ -9,7 +9,7 @@ the non-linear kernels (minutes for a 4-block ViT), so the pipeline below is the
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import tvm
 from tvm import relax

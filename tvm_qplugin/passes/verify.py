@@ -25,7 +25,7 @@ from tvm import relax
 from ..errors import FloatOpError, QPluginError
 from ..ops import OPS, op_of
 from .graph import Graph, dtype_of
-from .verify_tir import kernels_called_by, scan_kernels
+from .verify_tir import scan_kernels
 
 # The one home of the Relax ops an integer graph may keep besides integer kernels (call_tir).
 # Layout ops move integers without arithmetic.
@@ -147,10 +147,11 @@ def check_lowered_kernels(lowered: tvm.IRModule, rep: IntegerOnlyReport, origins
     lowered module (:func:`tvm_qplugin.build.lower`) and add its findings to ``rep``."""
     findings = scan_kernels(lowered, func_name)
     rep.tir_kernels = len(findings)
-    for kernel, found in findings.items():
-        op_name = origins.get(kernel, kernel)
-        for f in found:
-            rep.add(f"{f} [{op_name}]", op_name)
+    for kernel, found in findings.items():  # one entry per kernel: float_ops counts float kernels
+        if found:
+            op_name = origins.get(kernel, kernel)
+            shown = ", ".join(f"{f.construct} ({f.dtype})" for f in found[:6]) + (", ..." if len(found) > 6 else "")
+            rep.add(f"kernel {kernel} [{op_name}]: {shown}", op_name)
     if raise_on_error:
         rep.raise_if_float()
     return rep
@@ -180,7 +181,3 @@ def verify_lowered_tir(mod: tvm.IRModule, func_name: str = "core",
     lowered, _ = lower(mod, target)
     return sorted(str(f) for found in scan_kernels(lowered, func_name).values() for f in found)
 
-
-__all__ = ["LAYOUT_OPS", "RAW_INTEGER_OPS", "INTEGER_RELAX_OPS", "IntegerOnlyReport", "allowable_names",
-           "check_allow_names", "verify_integer_only", "kernel_origins", "check_lowered_kernels",
-           "check_integer_only", "verify_lowered_tir", "kernels_called_by"]

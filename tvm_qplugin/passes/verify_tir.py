@@ -126,19 +126,25 @@ def _call_problem(call: tvm.ir.Call) -> str | None:
 def scan_kernel(func: tirx.PrimFunc, kernel: str) -> list[TirFinding]:
     """Every float construct of one PrimFunc, in visiting order, without duplicates."""
     found: dict[TirFinding, None] = {}
+    seen: set[int] = set()  # a shared sub-expression is walked once (inlined TE stages share nodes)
 
     def visit(e):
+        handle = e.__chandle__()
+        if handle in seen:
+            return tvm_ffi.WalkResult.SKIP
+        seen.add(handle)
         if isinstance(e, tvm.ir.Call):
             why = _call_problem(e)
             if why is not None:
                 found[TirFinding(kernel, f"{_construct(e)}: {why}", _dtype_of(e.ty) or "?")] = None
         if isinstance(e, tirx.PrimFunc):  # the function node itself: its type only repeats the params
-            return
+            return None
         dtype = _dtype_of(e.ty)
         if dtype is not None and is_float_dtype(dtype):
             found[TirFinding(kernel, _construct(e), dtype)] = None
+        return None
 
-    tvm_ffi.structural_walk(func, [(tirx.Expr, visit)])
+    tvm_ffi.structural_walk(func, [(tirx.Expr, visit)], order="pre")
     return list(found)
 
 
