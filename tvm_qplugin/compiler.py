@@ -127,8 +127,8 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
     except UnsupportedOpError as e:
         raise name_onnx_nodes(e, imported.onnx_model) from None
     core = "main" if opts.int_io else "core"
-    iv = verify_integer_only(imod.mod, opts.allow_float, func_name=core)  # Relax level; TIR level in build:
-    origins = kernel_origins(imod.mod, core)
+    iv = verify_integer_only(imod.mod, opts.allow_float, func_name=core)  # the Relax level; the TIR level runs
+    origins = kernel_origins(imod.mod, core)                              # inside build, on the scheduled kernels
 
     t1 = time.perf_counter()
     executable, n_scheduled = build(imod.mod, tvm_target,

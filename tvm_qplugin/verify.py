@@ -60,7 +60,8 @@ def recheck_integer_only(art) -> dict:
 
     target = get_board("x86-host").target()  # the integer graph is built and checked on the host
     rep = check_integer_only(art.integer_mod, target, func_name="main" if art.int_io else "core")
-    res = {"integer_only": rep.integer_only, "float_ops": len(rep.float_ops) + len(rep.allowed),
+    fields = rep.to_report()
+    res = {"integer_only": fields["integer_only"], "float_ops": fields["float_ops"],
            "float_findings": (rep.float_ops + rep.allowed)[:20],
            "integer_only_checked": f"relax + TIR of {rep.tir_kernels} kernels scheduled for {target.kind.name} "
                                    f"{target.attrs.get('mcpu', '')}".strip()}
