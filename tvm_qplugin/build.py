@@ -9,6 +9,8 @@ the non-linear kernels (minutes for a 4-block ViT), so the pipeline below is the
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import tvm
 from tvm import relax
 
@@ -40,7 +42,22 @@ def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     return _pipeline
 
 
-def build(mod: tvm.IRModule, target: tvm.target.Target):
-    """Schedule and compile; returns ``(executable, number of kernels a schedule rule took)``."""
+def lower(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.IRModule, int]:
+    """Default schedules + the Relax pipeline above: the module TVM's TIR pipeline and codegen get.
+    Returns ``(lowered module, number of kernels a schedule rule took)``."""
     scheduled, n = apply_default_schedules(mod, target)
-    return tvm.compile(scheduled, target=target, relax_pipeline=relax_pipeline(target)), n
+    return relax_pipeline(target)(scheduled), n
+
+
+def build(mod: tvm.IRModule, target: tvm.target.Target,
+          check: Callable[[tvm.IRModule], None] | None = None):
+    """Schedule and compile; returns ``(executable, number of kernels a schedule rule took)``.
+
+    ``check``, when given, sees the lowered module before it is compiled -- the very module handed
+    to ``tvm.compile`` (which then runs no Relax pass of its own): the integer-only checker
+    (passes/verify_tir.py) runs there, on the kernels as scheduled, and raises to stop the build.
+    """
+    lowered, n = lower(mod, target)
+    if check is not None:
+        check(lowered)
+    return tvm.compile(lowered, target=target, relax_pipeline=None), n

@@ -68,10 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--attention", default="int8")
     c.add_argument("--input-shape", action="append", default=[], metavar="NAME=D1,D2,...")
     c.add_argument("--int-io", action="store_true", help="integer inputs/outputs (no entry/exit float ops)")
-    c.add_argument("--allow-float", default="", metavar="OP,...", help="accept these float ops (reported)")
+    c.add_argument("--allow-float", default="", metavar="OP,...", help="accept float findings "
+                   "of these ops (qplugin op or relax.* names): reported, integer_only becomes false")
     c.add_argument("--calib-limit", type=_positive_int, help="use at most N calibration samples")
-    c.add_argument("--budget", metavar="size=..,ram=..", help="fail unless the model fits: size= (weights), bops=, ram= (C-package targets), latency= (targets run "
-                   "here), e.g. size=512KB,ram=256KB,latency=5ms")
+    c.add_argument("--budget", metavar="size=..,ram=..", help="fail unless the model fits: size= (weights), "
+                   "bops=, ram= (C-package targets), latency= (targets run here), e.g. size=512KB,latency=5ms")
     img = c.add_argument_group("image directory preprocessing (with --calib DIR)")
     img.add_argument("--resize", type=_positive_int, help="resize the short side to N pixels")
     img.add_argument("--crop", type=_positive_int, help="center crop N x N")
@@ -101,6 +102,10 @@ def cmd_compile(a) -> int:
     # Fail fast, before TVM loads and the (long) compile runs: model file, data files, OUTDIR.
     _precheck(a)
     _check_writable(out)
+    allow_float = tuple(x.strip() for x in a.allow_float.split(",") if x.strip())
+    from .passes.verify import check_allow_names
+
+    check_allow_names(allow_float)  # an unknown name is refused now, not after calibration
 
     from .compiler import compile as compile_model
     from .data import Preprocess
@@ -109,9 +114,10 @@ def cmd_compile(a) -> int:
     pre = Preprocess(resize=a.resize, crop=a.crop, scale=a.scale, mean=a.mean, std=a.std, layout=a.layout,
                      grayscale=a.grayscale)
     art = compile_model(a.model, target=a.target, calib=a.calib, eval=a.eval, input_shapes=a.input_shape,
-                        preprocess=pre, precision=a.precision, **({"observer": a.observer} if a.observer else {}), nonlinear=a.nonlinear,
+                        preprocess=pre, precision=a.precision, nonlinear=a.nonlinear,
+                        **({"observer": a.observer} if a.observer else {}),
                         attention=a.attention, int_io=a.int_io, gelu=a.gelu, softmax_bits=a.softmax_bits,
-                        allow_float=tuple(x for x in a.allow_float.split(",") if x), calib_limit=a.calib_limit,
+                        allow_float=allow_float, calib_limit=a.calib_limit,
                         budget=a.budget, show_progress=not a.no_progress and sys.stderr.isatty())
     art.save(out)
     print(summary(art.report, out))
@@ -123,7 +129,7 @@ def cmd_verify(a) -> int:
 
     res = verify_outdir(a.outdir, a.inputs, a.count)
     print(json.dumps(res, indent=2))
-    return 0 if res["bit_exact"] else 1
+    return 0 if res["bit_exact"] and res["integer_only"] else 1  # both re-checked on the artifact itself
 
 
 def cmd_inspect(a) -> int:

@@ -20,7 +20,7 @@ from .frontend import import_onnx, name_onnx_nodes, parse_input_shapes
 from .metrics import classification_agreement, cosine_agreement, is_classifier
 from .passes.canonicalize import canonicalize
 from .passes.integerize import IntegerizeConfig, integerize
-from .passes.verify import verify_integer_only, verify_lowered_tir
+from .passes.verify import check_lowered_kernels, kernel_origins, verify_integer_only
 from .progress import progress
 from .quant.nonlinear_consts import GELU_APPROX
 from .quant.observers import DEFAULT_OBSERVER, OBSERVERS
@@ -133,15 +133,12 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
     core = "main" if opts.int_io else "core"
     weights = weight_bytes(imod.mod[core])
     opts.budget.check_model(weights, [layer.__dict__ for layer in imod.layers])
-    iv = verify_integer_only(imod.mod, opts.allow_float, func_name=core)
-    lowered_float = verify_lowered_tir(imod.mod, core)
-    if lowered_float and not opts.allow_float:
-        from .errors import FloatOpError
-
-        raise FloatOpError(f"float dtypes in lowered TIR kernels: {'; '.join(lowered_float)}")
+    iv = verify_integer_only(imod.mod, opts.allow_float, func_name=core)  # the Relax level; the TIR level runs
+    origins = kernel_origins(imod.mod, core)                              # inside build, on the scheduled kernels
 
     t1 = time.perf_counter()
-    executable, n_scheduled = build(imod.mod, tvm_target)
+    executable, n_scheduled = build(imod.mod, tvm_target,
+                                    check=lambda lowered: check_lowered_kernels(lowered, iv, origins, core))
     build_s = time.perf_counter() - t1
     if len(imported.output_names) == len(imod.outputs):  # name outputs as the ONNX model does
         imod.outputs = [(n, shape, qt) for n, (_, shape, qt) in zip(imported.output_names, imod.outputs)]
@@ -293,9 +290,7 @@ def build_report(imported, board, opts, imod, iv, bit_exact, n_exact, accuracy, 
         "attention": opts.attention,
         "observer": opts.observer,
         "budget": dict(opts.budget.items()),
-        "integer_only": iv.integer_only,
-        "float_ops": len(iv.float_ops) + len(iv.allowed),
-        "allowed_float_ops": iv.allowed,
+        **iv.to_report(),  # integer_only, float_ops, allowed_float_ops
         "division_ops": iv.division_ops,
         "bit_exact": bool(bit_exact),
         "bit_exact_inputs": int(n_exact),

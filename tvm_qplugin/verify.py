@@ -34,7 +34,7 @@ def verify_outdir(outdir: str, inputs: str | None = None, count: int = 16) -> di
             if g.dtype != w.dtype or not np.array_equal(g, w):
                 mismatches.append({"input": i, "output": k, "elements_differ": int((g != w).sum())})
     res = {"outdir": str(outdir), "bit_exact": not mismatches, "inputs": len(batches), "mismatches": mismatches[:10],
-           "integer_only": art.report.get("integer_only"), "float_ops": art.report.get("float_ops")}
+           **recheck_integer_only(art)}
     pkg = Path(outdir) / "c"
     if pkg.is_dir():  # MCU artifact: the C package on the host (ASan/UBSan) and under qemu on the board
         from .export import verify_c_package
@@ -45,4 +45,29 @@ def verify_outdir(outdir: str, inputs: str | None = None, count: int = 16) -> di
             res[f"c_package_{'host' if where == 'host' else 'board'}"] = {"board": r["board"], "bit_exact": r["bit_exact"],
                                                                         "inputs": r["inputs"]}
             res["bit_exact"] = res["bit_exact"] and r["bit_exact"]
+    return res
+
+
+def recheck_integer_only(art) -> dict:
+    """``integer_only`` / ``float_ops`` computed afresh from the artifact's integer module (Relax
+    level + the TIR visitor on its kernels as scheduled for the host target), not copied from
+    report.json; ``report_disagrees`` holds report.json's claim when it differs (a tampered or
+    stale report)."""
+    import logging
+
+    from .passes.verify import check_integer_only
+    from .targets import get_board
+
+    target = get_board("x86-host").target()  # the integer graph is built and checked on the host
+    rep = check_integer_only(art.integer_mod, target, func_name="main" if art.int_io else "core")
+    fields = rep.to_report()
+    res = {"integer_only": fields["integer_only"], "float_ops": fields["float_ops"],
+           "float_findings": (rep.float_ops + rep.allowed)[:20],
+           "integer_only_checked": f"relax + TIR of {rep.tir_kernels} kernels scheduled for {target.kind.name} "
+                                   f"{target.attrs.get('mcpu', '')}".strip()}
+    claimed = {k: art.report.get(k) for k in ("integer_only", "float_ops")}
+    if claimed != {k: res[k] for k in claimed}:
+        res["report_disagrees"] = claimed
+        logging.getLogger(__name__).warning("report.json claims %s but the integer module checks as %s", claimed,
+                                            {k: res[k] for k in claimed})
     return res
