@@ -18,12 +18,17 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import ModelLoadError, OutputDirError
 from .native_log import quiet_native_stderr
+from .passes.functions import integer_function
 from .quant import QType
+
+if TYPE_CHECKING:  # annotations only: TVM loads where it is used
+    import tvm
 
 
 @dataclass
@@ -74,6 +79,11 @@ class Artifact:
     scratch_dirs: list = field(default_factory=list)  # TemporaryDirectory objects: deleted with the artifact
     _vm: object = None
 
+    @property
+    def integer_function(self) -> str:
+        """The integer in/out function of the module and the build (passes/functions.py)."""
+        return integer_function(self.int_io)
+
     # --- running ---
     @property
     def vm(self) -> "relax.VirtualMachine":  # noqa: F821
@@ -92,8 +102,7 @@ class Artifact:
         """Run the integer core (integer in, integer out) of the compiled build."""
         import tvm
 
-        fname = "main" if self.int_io else "core"
-        res = self.vm[fname](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in qinputs])
+        res = self.vm[self.integer_function](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in qinputs])
         return _as_list(res)
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:

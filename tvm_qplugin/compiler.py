@@ -19,6 +19,7 @@ from .errors import CalibrationError, QPluginError, UnsupportedOpError
 from .frontend import import_onnx, name_onnx_nodes, parse_input_shapes
 from .metrics import classification_agreement, cosine_agreement, is_classifier
 from .passes.canonicalize import canonicalize
+from .passes.functions import integer_function
 from .passes.integerize import IntegerizeConfig, integerize
 from .passes.verify import check_lowered_kernels, kernel_origins, verify_integer_only
 from .progress import progress
@@ -130,7 +131,7 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
                                                               gelu_approx=opts.gelu, softmax_bits=opts.softmax_bits))
     except UnsupportedOpError as e:
         raise name_onnx_nodes(e, imported.onnx_model) from None
-    core = "main" if opts.int_io else "core"
+    core = integer_function(opts.int_io)
     weights = weight_bytes(imod.mod[core])
     opts.budget.check_model(weights, [layer.__dict__ for layer in imod.layers])
     iv = verify_integer_only(imod.mod, opts.allow_float, func_name=core)  # the Relax level; the TIR level runs
@@ -221,7 +222,7 @@ def check_bit_exact(art: Artifact, ds: Dataset, n: int, show_progress: bool = Fa
     """Compiled integer core == NumPy reference on the first ``n`` samples (at least).
     ``first_env``, when given, receives the reference's intermediates on the first batch."""
     ref = ReferenceInterpreter(art.integer_mod)
-    fname = "main" if art.int_io else "core"
+    fname = art.integer_function
     checked = 0
     ok = True
     for batch in progress(ds.batches(), total=ds.num_batches(), desc="bit-exact", enabled=show_progress):

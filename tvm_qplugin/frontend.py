@@ -15,6 +15,7 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -35,6 +36,9 @@ SUPPORTED_ONNX_OPS = frozenset({
     "LayerNormalization", "Softmax", "Gelu", "Erf", "Tanh", "Pow", "Sqrt", "Where", "Equal", "Less", "Greater", "And", "Or",
     "Not", "GatherND", "GatherElements", "Expand",
 })
+
+if TYPE_CHECKING:  # annotations only: TVM loads where it is used
+    import tvm
 
 
 @dataclass

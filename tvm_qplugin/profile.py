@@ -61,7 +61,7 @@ def binding_times(art, runs: list[list[tuple[str, float]]]) -> dict[relax.Var, f
     """Median microseconds of each integer kernel *call* of the integer function over the
     :func:`instrumented_runs`, keyed by the Relax var it binds (shared kernels are told apart by
     call order, which the VM keeps)."""
-    func = art.integer_mod["main" if art.int_io else "core"]
+    func = art.integer_mod[art.integer_function]
     order = [(b.var, b.value.args[0].name_hint) for blk in func.body.blocks for b in blk.bindings
              if isinstance(b.value, relax.Call) and getattr(b.value.op, "name", "") == "relax.call_tir"]
     kernels = {name for _, name in order}

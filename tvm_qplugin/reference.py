@@ -15,6 +15,7 @@ import tvm
 from tvm import relax
 
 from .ops import OPS, op_of
+from .ops.registry import dtype_of_type
 
 
 def _ints(v) -> list[int]:
@@ -60,7 +61,7 @@ _LAYOUT_OPS: dict[str, Callable] = {
 
 
 def _same_dtype(call, v):
-    return v.astype(str(call.ty.dtype.dtype) if hasattr(call.ty.dtype, "dtype") else str(call.ty.dtype))
+    return v.astype(dtype_of_type(call.ty))
 
 
 def _gather_nd(x, idx, batch_dims):

@@ -26,7 +26,7 @@ def verify_outdir(outdir: str, inputs: str | None = None, count: int = 16) -> di
     from .reference import ReferenceInterpreter  # imports TVM: only once the directory loaded
 
     ref = ReferenceInterpreter(art.integer_mod)
-    fname = "main" if art.int_io else "core"
+    fname = art.integer_function
     mismatches = []
     for i, q in enumerate(batches):
         got, want = art.run_integer(q), ref.run(fname, *q)
@@ -59,7 +59,7 @@ def recheck_integer_only(art) -> dict:
     from .targets import get_board
 
     target = get_board("x86-host").target()  # the integer graph is built and checked on the host
-    rep = check_integer_only(art.integer_mod, target, func_name="main" if art.int_io else "core")
+    rep = check_integer_only(art.integer_mod, target, func_name=art.integer_function)
     fields = rep.to_report()
     res = {"integer_only": fields["integer_only"], "float_ops": fields["float_ops"],
            "float_findings": (rep.float_ops + rep.allowed)[:20],

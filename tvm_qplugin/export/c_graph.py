@@ -18,6 +18,7 @@ from tvm import relax
 from ..errors import UnsupportedOpError
 from ..ops import op_of
 from ..ops.registry import type_of
+from ..passes.functions import integer_function_in
 
 ALIGN = 16        # arena offsets and sizes are multiples of this (vector loads, any C type)
 
@@ -130,7 +131,7 @@ class Graph:
 def integer_function(mod: tvm.IRModule) -> tuple[str, relax.Function]:
     """``core`` (an ``int_io`` module's integer core) or else ``main``: the function the package runs."""
     names = {gv.name_hint for gv in mod.get_global_vars()}
-    name = "core" if "core" in names else "main"
+    name = integer_function_in(names)
     return name, mod[name]
 
 

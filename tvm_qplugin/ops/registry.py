@@ -70,7 +70,14 @@ def type_of(expr: relax.Expr) -> tuple[tuple[int, ...], str]:
 
 
 def type_of_ty(ty) -> tuple[tuple[int, ...], str]:
-    return tuple(int(d) for d in ty.shape), str(ty.dtype.dtype) if hasattr(ty.dtype, "dtype") else str(ty.dtype)
+    return tuple(int(d) for d in ty.shape), dtype_of_type(ty)
+
+
+def dtype_of_type(ty) -> str:
+    """The dtype string of a Relax tensor type (``ty.dtype`` is a DataType or wraps one). The one
+    place that knows this; ``passes.graph.dtype_of`` reads an expression's type through it."""
+    dt = ty.dtype
+    return str(dt.dtype) if hasattr(dt, "dtype") else str(dt)
 
 
 def emit(bb: relax.BlockBuilder, op_name: str, args: list[relax.Expr], **params) -> relax.Var:

@@ -22,7 +22,7 @@ import tvm
 from tvm import relax
 
 from ..ops import const
-from .graph import Binding, const_value, shape_of
+from .graph import Binding, const_value, dtype_of, shape_of
 from .rewriter import FunctionRewriter, function_pass
 
 _TOPI_CLIP_BLOCKS = {"T_maximum": "lo", "T_minimum": "hi"}
@@ -171,7 +171,7 @@ def _fold_batch_norm(rw: FunctionRewriter):
             if new is not None and isinstance(src, relax.Var) and src in prescaled:
                 new.input, scale = prescaled[src]
                 new.weight = new.weight * scale
-                return new.linear_call(rw, _dtype(b.var))
+                return new.linear_call(rw, dtype_of(b.var))
             return None
         c = const_value(b.args[1]) if len(b.args) == 2 else None
         vec = None if c is None else _channel_vector(c, shape_of(b.var), lin.axis)
@@ -188,14 +188,10 @@ def _fold_batch_norm(rw: FunctionRewriter):
         if g.sole_user(b.var) is not None and g.sole_user(b.var).op_name in _AFFINE_OPS:
             linear[b.var] = lin  # keep folding; this binding becomes dead
             return rw.arg(b.value)
-        return lin.emit(rw, _dtype(b.var), shape_of(b.var))
+        return lin.emit(rw, dtype_of(b.var), shape_of(b.var))
 
     return rewrite
 
-
-def _dtype(var: relax.Var) -> str:
-    dt = var.ty.dtype
-    return str(dt.dtype if hasattr(dt, "dtype") else dt)
 
 
 FoldBatchNorm = function_pass(_fold_batch_norm, "FoldBatchNorm")

@@ -12,6 +12,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from ..ops.registry import dtype_of_type
+
 
 @dataclass(eq=False)
 class Binding:
@@ -52,8 +54,7 @@ def shape_of(expr: relax.Expr) -> tuple[int, ...]:
 
 
 def dtype_of(expr: relax.Expr) -> str:
-    dt = expr.ty.dtype
-    return str(dt.dtype) if hasattr(dt, "dtype") else str(dt)
+    return dtype_of_type(expr.ty)
 
 
 class Graph:

@@ -26,6 +26,7 @@ from ..ops import emit
 from ..quant import QType
 from ..quant.nonlinear_consts import GELU_APPROX
 from . import rules as _rules  # noqa: F401  (importing the rule modules registers them)
+from .functions import CORE, integer_function
 from .graph import Graph, const_value, dtype_of, shape_of
 from .rules.base import (RULES, Epilogue, IntegerRule, LayerInfo, QValue, is_channel_vector,  # noqa: F401
                          activation_bounds, clamp_bounds, register_rule)
@@ -229,7 +230,7 @@ def integerize(float_mod: tvm.IRModule, ranges, config: IntegerizeConfig = Integ
         ctx.values[p] = QValue(qp, qt, nonneg=lo >= 0)
         inputs.append((p.name, shape_of(p), qt))
 
-    core_name = "main" if config.int_io else "core"
+    core_name = integer_function(config.int_io)
     with bb.function(core_name, core_params):
         with bb.dataflow():
             for b in graph.bindings:
@@ -247,7 +248,7 @@ def integerize(float_mod: tvm.IRModule, ranges, config: IntegerizeConfig = Integ
     outputs = [(v.name, shape_of(v), qv.qtype) for v, qv in zip(graph.outputs, out_vals)]
 
     if not config.int_io:
-        _emit_float_main(bb, bb.get().get_global_var("core"), graph, inputs, outputs)
+        _emit_float_main(bb, bb.get().get_global_var(CORE), graph, inputs, outputs)
     mod = bb.finalize()
     return IntegerModule(mod, inputs, outputs, ctx.layers, _tensor_map(graph, ctx))
 
