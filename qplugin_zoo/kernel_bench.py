@@ -54,14 +54,16 @@ def measure_conv1x1(board: str, workdir=None, **conv_kw) -> dict:
     from tvm_qplugin.export.c_package import write_c_package
     from tvm_qplugin.export.harness import build_mcu, count_instructions, run_qemu
     from tvm_qplugin.reference import ReferenceInterpreter
+    from tvm_qplugin.targets import get_board
 
     mod, x = conv_module(**conv_kw)
     workdir = Path(workdir or tempfile.mkdtemp(prefix="qmodel-bench-"))
     pkg = workdir / "pkg"
     info = write_c_package(mod, pkg)
     want = ReferenceInterpreter(mod).run("main", x)[0]
-    got = run_qemu(build_mcu(pkg, board, workdir / "build"), [[x]], workdir / "run").outputs[0][0]
-    cost = count_instructions(build_mcu(pkg, board, workdir / "build-prof", profile=True), [x], workdir / "count")
+    b = get_board(board)
+    got = run_qemu(build_mcu(pkg, b, workdir / "build"), [[x]], workdir / "run").outputs[0][0]
+    cost = count_instructions(build_mcu(pkg, b, workdir / "build-prof", profile=True), [x], workdir / "count")
     layer = cost["layers"][0]
     return {"board": board, "macs": layer["macs"], "instructions": layer["instructions"],
             "instructions_per_mac": layer["instructions"] / layer["macs"], "bit_exact": bool(np.array_equal(got, want)),

@@ -20,6 +20,7 @@ from tvm_qplugin.export.c_package import build_graph, plan_memory, write_c_packa
 from tvm_qplugin.ops import const, emit
 from tvm_qplugin.quant import dyadic
 from tvm_qplugin.reference import ReferenceInterpreter
+from tvm_qplugin.targets import get_board
 
 from conftest import assert_bit_exact
 
@@ -164,7 +165,7 @@ def test_zoo_host_sanitized(zoo, tmp_path, cc):
 @pytest.mark.parametrize("board", ["qemu-mps2-an386", "qemu-mps3-an547"])
 def test_zoo_cortex_m(zoo, tmp_path, board):
     pkg, info, samples, want = zoo
-    build = harness.build_mcu(pkg, board, tmp_path / "build")
+    build = harness.build_mcu(pkg, get_board(board), tmp_path / "build")
     _check(harness.run_qemu(build, samples, tmp_path / "run").outputs, want, board)
 
 
@@ -173,14 +174,15 @@ def test_zoo_aarch64_linux_under_qemu(zoo, tmp_path, board):
     """The package cross-compiled for an aarch64 Linux board (-static, its -mcpu), run under
     qemu-aarch64 -cpu <its core>."""
     pkg, info, samples, want = zoo
-    exe = harness.build_linux(pkg, board, tmp_path / "build")
-    _check(harness.run_linux(exe, pkg, board, samples, tmp_path / "run"), want, board)
+    b = get_board(board)
+    exe = harness.build_linux(pkg, b, tmp_path / "build")
+    _check(harness.run_linux(exe, pkg, b, samples, tmp_path / "run"), want, board)
 
 
 def test_zoo_portable_path_on_cortex_m(zoo, tmp_path):
     """-DQK_NO_SIMD: the portable C kernels, cross-compiled, give the same bits."""
     pkg, info, samples, want = zoo
-    build = harness.build_mcu(pkg, "qemu-mps2-an386", tmp_path / "build", extra_cflags=["-DQK_NO_SIMD"])
+    build = harness.build_mcu(pkg, get_board("qemu-mps2-an386"), tmp_path / "build", extra_cflags=["-DQK_NO_SIMD"])
     _check(harness.run_qemu(build, samples[:1], tmp_path / "run").outputs, want[:1], "an386 portable")
 
 

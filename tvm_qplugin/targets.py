@@ -34,6 +34,7 @@ A board file holds (only ``name``, ``family`` and ``runner`` are required)::
 """
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import re
@@ -224,12 +225,19 @@ def _parse(path: Path) -> Board:
 
 
 def boards() -> dict[str, Board]:
+    """The catalogue, first directory winning on a name clash. Parsed once per state of the board
+    files (their paths and modification times), not once per call."""
+    files = tuple((str(p), p.stat().st_mtime_ns) for d in target_dirs() for p in sorted(d.glob("*.toml")))
+    return dict(_catalogue(files))
+
+
+@functools.lru_cache(maxsize=4)
+def _catalogue(files: tuple[tuple[str, int], ...]) -> tuple[tuple[str, Board], ...]:
     found: dict[str, Board] = {}
-    for d in target_dirs():
-        for p in sorted(d.glob("*.toml")):
-            b = _parse(p)
-            found.setdefault(b.name, b)
-    return found
+    for path, _ in files:
+        b = _parse(Path(path))
+        found.setdefault(b.name, b)
+    return tuple(found.items())
 
 
 def get_board(name: str) -> Board:
@@ -238,3 +246,9 @@ def get_board(name: str) -> Board:
         raise TargetError(f"unknown target board {name!r}; known boards: {', '.join(sorted(catalogue)) or 'none'} "
                           "(see `tvm-qplugin targets`)")
     return catalogue[name]
+
+
+def resolve_board(board: "Board | str") -> Board:
+    """A :class:`Board` from a board or its name: for the public entry points (``compile``,
+    ``export_mcu``, ``verify_c_package`` ...), which resolve once and pass the Board down."""
+    return board if isinstance(board, Board) else get_board(board)

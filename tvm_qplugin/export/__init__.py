@@ -39,8 +39,10 @@ def verify_c_package(pkg, board, samples, expected=None, mod=None, workdir=None,
 
     Returns ``{"bit_exact", "inputs", "board", "memory" (MCU), "cost" (MCU, count=True)}``.
     """
+    from ..targets import resolve_board
     from .harness import run_package
 
+    board = board if board == "host" else resolve_board(board)
     samples = [[np.asarray(a) for a in (s if isinstance(s, (list, tuple)) else [s])] for s in samples]
     if expected is None:
         if mod is None:
@@ -71,10 +73,9 @@ def export_mcu(model, outdir, board, samples=None, expected=None, verify: bool =
     "bit_exact", "bit_exact_inputs", "instructions_per_inference", "instructions_per_mac"}`` in the
     shapes of report.json (DESIGN.md).
     """
-    from ..targets import get_board
+    from ..targets import resolve_board
 
-    if isinstance(board, str):
-        board = get_board(board)
+    board = resolve_board(board)
     info = write_c_package(model, outdir, board)
     check_budget(info, board, ram_budget=ram_budget, size_budget=size_budget)
     memory = {"peak_arena_bytes": info["arena_bytes"], "liveness_lower_bound_bytes": info["liveness_lower_bound_bytes"],

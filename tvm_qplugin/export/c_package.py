@@ -72,10 +72,9 @@ def write_c_package(imod, outdir, board=None, inputs=None, outputs=None) -> dict
     ``inputs``/``outputs``: I/O specs (``IOSpec`` or ``(name, shape, qtype)``) when ``imod`` is a bare
     module. Returns the package description (also written to ``qmodel.json``).
     """
-    from ..targets import Board, get_board
+    from ..targets import Board, resolve_board
 
-    if isinstance(board, str):
-        board = get_board(board)
+    board = resolve_board(board) if board is not None else None
     mod = integer_module_of(imod)
     g = build_graph(mod)
     for s in g.steps:

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import QPluginError
-from ..targets import get_board
 from .harness_mcu import (EXT_WEIGHT_SECTION, HEAP_RESERVE, STACK_RESERVE, McuBuild, McuRun, build_mcu,  # noqa: F401
                           count_instructions, link_layout, plugin_path, run_qemu, section_sizes, symbols)
 from .runner import package_info, read_outputs, runner_source, write_inputs  # noqa: F401
@@ -68,7 +67,7 @@ def run_host(exe, pkg, samples, workdir=None) -> list[list[np.ndarray]]:
 def build_linux(pkg, board, build_dir=None, opt: str = "-O2", extra_cflags=()) -> Path:
     """Cross-compile package + runner for an aarch64 Linux board (static, the board's -mcpu)."""
     pkg = Path(pkg)
-    b = get_board(board) if isinstance(board, str) else board
+    b = board
     if b.family not in ("aarch64", "cuda") or b.os != "linux" or not b.cc.startswith("aarch64"):
         raise QPluginError(f"board {b.name} is not an aarch64 Linux board")
     build_dir = Path(build_dir or tempfile.mkdtemp(prefix=f"qmodel-{b.name}-"))
@@ -85,7 +84,7 @@ def build_linux(pkg, board, build_dir=None, opt: str = "-O2", extra_cflags=()) -
 
 def run_linux(exe, pkg, board, samples, workdir=None) -> list[list[np.ndarray]]:
     """Run an aarch64 build under ``qemu-aarch64 -cpu <the board's core>``."""
-    b = get_board(board) if isinstance(board, str) else board
+    b = board
     info = package_info(pkg)
     workdir = Path(workdir or tempfile.mkdtemp(prefix="qmodel-run-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -107,11 +106,10 @@ def run_package(pkg, board, samples, workdir=None, count: bool = False, sanitize
     Returns ``{"outputs": [[array, ...], ...], "memory": {...}, "cost": {...} (count=True)}``.
     """
     workdir = Path(workdir or tempfile.mkdtemp(prefix="qmodel-"))
-    name = board if isinstance(board, str) else board.name
-    if name in ("host", "x86-host"):
+    if board == "host" or getattr(board, "name", None) == "x86-host":
         exe = build_host(pkg, workdir / "host", sanitize=sanitize)
         return {"outputs": run_host(exe, pkg, samples, workdir / "host-run"), "board": "host"}
-    b = get_board(board) if isinstance(board, str) else board
+    b = board
     if b.os == "linux" and b.cc.startswith("aarch64"):
         exe = build_linux(pkg, b, workdir / "build")
         return {"outputs": run_linux(exe, pkg, b, samples, workdir / "run"), "board": b.name, "emulator": "qemu-aarch64"}

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MemoryBudgetError, QPluginError
-from ..targets import Board, format_bytes, get_board
+from ..targets import Board, format_bytes
 from .runner import package_info, read_outputs, runner_source, write_inputs
 from .templates import MCU_DIR
 from .toolchain import QEMU_TIMEOUT, WARN_FLAGS, ToolchainError, run_tool, which
@@ -45,8 +45,7 @@ class McuBuild:
     memory: dict = field(default_factory=dict)
 
 
-def _mcu_board(board) -> tuple[Board, Board]:
-    b = get_board(board) if isinstance(board, str) else board
+def _mcu_board(b: Board) -> tuple[Board, Board]:
     if not b.is_mcu:
         raise QPluginError(f"board {b.name} is not a Cortex-M board (family {b.family})")
     emu = b.emulator()
