@@ -173,12 +173,14 @@ def _check_writable(out: Path) -> None:
     check_output_dir(out)
 
 
+COMMANDS = {"compile": cmd_compile, "verify": cmd_verify, "inspect": cmd_inspect, "targets": cmd_targets}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        return {"compile": cmd_compile, "verify": cmd_verify, "inspect": cmd_inspect,
-                "targets": cmd_targets}[args.cmd](args)
+        return COMMANDS[args.cmd](args)
     except QPluginError as e:
         _error_line(e)
         return EXIT_USER_ERROR

@@ -22,7 +22,8 @@ from ..errors import QPluginError
 from .harness_mcu import (EXT_WEIGHT_SECTION, HEAP_RESERVE, STACK_RESERVE, McuBuild, McuRun, build_mcu,  # noqa: F401
                           count_instructions, link_layout, plugin_path, run_qemu, section_sizes, symbols)
 from .runner import package_info, read_outputs, runner_source, write_inputs  # noqa: F401
-from .toolchain import QEMU_TIMEOUT, SANITIZE_FLAGS, WARN_FLAGS, ToolchainError, run_tool, which  # noqa: F401
+from .toolchain import (QEMU_TIMEOUT, SANITIZE_FLAGS, WARN_FLAGS, GeneratedCodeError, ToolchainError,  # noqa: F401
+                        run_tool, which)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -41,7 +42,7 @@ def build_host(pkg, build_dir=None, cc: str = "gcc", sanitize: bool = True, opt:
            f"-I{pkg}", pkg / "model.c", pkg / "qkernels.c", build_dir / "runner.c", "-o", exe]
     r = run_tool(cmd, what=f"{cc} build")
     if r.returncode != 0:
-        raise ToolchainError(f"{cc} failed to build the C package:\n{r.stderr[-4000:]}")
+        raise GeneratedCodeError(f"{cc} failed to build the C package:\n{r.stderr[-4000:]}")
     return exe
 
 
@@ -56,7 +57,7 @@ def run_host(exe, pkg, samples, workdir=None) -> list[list[np.ndarray]]:
     r = subprocess.run([str(exe), "qin.bin", "qout.bin"], cwd=workdir, capture_output=True, text=True, timeout=600,
                        env=env, stdin=subprocess.DEVNULL)
     if r.returncode != 0 or "runtime error" in r.stderr or "AddressSanitizer" in r.stderr:
-        raise ToolchainError(f"host run of the C package failed (rc {r.returncode}):\n{r.stderr[-4000:]}")
+        raise GeneratedCodeError(f"host run of the C package failed (rc {r.returncode}):\n{r.stderr[-4000:]}")
     return read_outputs(workdir / "qout.bin", info, len(samples))
 
 
@@ -78,7 +79,7 @@ def build_linux(pkg, board, build_dir=None, opt: str = "-O2", extra_cflags=()) -
            build_dir / "runner.c", "-static", "-o", exe]
     r = run_tool(cmd, what=f"{b.name} build")
     if r.returncode != 0:
-        raise ToolchainError(f"{b.cc} failed to build the C package for {b.name}:\n{r.stderr[-4000:]}")
+        raise GeneratedCodeError(f"{b.cc} failed to build the C package for {b.name}:\n{r.stderr[-4000:]}")
     return exe
 
 
@@ -92,7 +93,7 @@ def run_linux(exe, pkg, board, samples, workdir=None) -> list[list[np.ndarray]]:
     r = run_tool([which("qemu-aarch64"), "-cpu", b.qemu_cpu or "max", exe, "qin.bin", "qout.bin"], cwd=workdir,
              timeout=QEMU_TIMEOUT, what="qemu-aarch64")
     if r.returncode != 0:
-        raise ToolchainError(f"{b.name} build failed under qemu-aarch64 (exit {r.returncode}):\n{r.stderr[-3000:]}")
+        raise GeneratedCodeError(f"{b.name} build failed under qemu-aarch64 (exit {r.returncode}):\n{r.stderr[-3000:]}")
     return read_outputs(workdir / "qout.bin", info, len(samples))
 
 

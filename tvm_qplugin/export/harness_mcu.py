@@ -26,7 +26,7 @@ from ..errors import MemoryBudgetError, QPluginError
 from ..targets import Board, format_bytes
 from .runner import package_info, read_outputs, runner_source, write_inputs
 from .templates import MCU_DIR
-from .toolchain import QEMU_TIMEOUT, WARN_FLAGS, ToolchainError, run_tool, which
+from .toolchain import QEMU_TIMEOUT, WARN_FLAGS, GeneratedCodeError, run_tool, which
 
 STACK_RESERVE = 16 * 1024     # linker script defaults (cortexm_link.ld)
 HEAP_RESERVE = 16 * 1024      # newlib stdio buffers of the runner (semihosting files)
@@ -108,7 +108,7 @@ def build_mcu(pkg, board, build_dir=None, profile: bool = False, opt: str = "-O2
         over = _OVERFLOW.findall(r.stderr)
         if over:
             raise MemoryBudgetError(_budget_message(board, layout, info, over))
-        raise ToolchainError(f"{cc} failed to build the C package for {board.name}:\n{r.stderr[-4000:]}")
+        raise GeneratedCodeError(f"{cc} failed to build the C package for {board.name}:\n{r.stderr[-4000:]}")
     b = McuBuild(board, emu, elf, pkg, build_dir, profile)
     b.sections = section_sizes(elf)
     b.memory = _footprint(b.sections, layout)
@@ -185,7 +185,7 @@ def run_qemu(build: McuBuild, samples, workdir=None, timeout: int = QEMU_TIMEOUT
     write_inputs(workdir / "qin.bin", info, samples)
     r = run_tool(_qemu_cmd(build), cwd=workdir, timeout=timeout, what=f"qemu {build.emulator.qemu_machine}")
     if r.returncode != 0:
-        raise ToolchainError(f"firmware for {build.board.name} failed under qemu -M {build.emulator.qemu_machine} "
+        raise GeneratedCodeError(f"firmware for {build.board.name} failed under qemu -M {build.emulator.qemu_machine} "
                              f"(exit {r.returncode}; 250 = CPU fault):\n{(r.stdout + r.stderr)[-3000:]}")
     outs = read_outputs(workdir / "qout.bin", info, len(samples))
     stats = dict(line.split() for line in (workdir / "qstats.txt").read_text().splitlines() if line.strip())
@@ -208,7 +208,7 @@ def plugin_path() -> Path:
     tmp = cache / f".{so.name}.{os.getpid()}"
     r = run_tool([which("gcc"), "-shared", "-fPIC", "-O2", "-fvisibility=hidden", src, "-o", tmp], what="plugin build")
     if r.returncode != 0:
-        raise ToolchainError(f"cannot build the qemu plugin:\n{r.stderr[-2000:]}")
+        raise GeneratedCodeError(f"cannot build the qemu plugin:\n{r.stderr[-2000:]}")
     os.replace(tmp, so)
     return so
 
@@ -224,14 +224,14 @@ def count_instructions(build: McuBuild, sample, workdir=None, timeout: int = QEM
     syms = symbols(build.elf)
     mark = next((a for n, a, s, t in syms if n == "qmodel_profile_mark"), None)
     if mark is None:
-        raise ToolchainError("qmodel_profile_mark not found in the profiling build")
+        raise GeneratedCodeError("qmodel_profile_mark not found in the profiling build")
     funcs = sorted({(n, a & ~1, s) for n, a, s, t in syms if t in "tT" and n.startswith("qk_") and s > 0})
     (workdir / "ranges.txt").write_text("".join(f"{a:#x} {a + s:#x}\n" for _, a, s in funcs))
     out = workdir / "counts.txt"
     pargs = f"file={plugin_path()},mark={mark & ~1:#x},ranges={workdir / 'ranges.txt'},out={out}"
     r = run_tool(_qemu_cmd(build, pargs), cwd=workdir, timeout=timeout, what="qemu (instruction count)")
     if r.returncode != 0:
-        raise ToolchainError(f"profiling run failed under qemu (exit {r.returncode}):\n{(r.stdout + r.stderr)[-3000:]}")
+        raise GeneratedCodeError(f"profiling run failed under qemu (exit {r.returncode}):\n{(r.stdout + r.stderr)[-3000:]}")
     marks, ranges, total = [], {}, 0
     for line in out.read_text().splitlines():
         p = line.split()
@@ -243,7 +243,7 @@ def count_instructions(build: McuBuild, sample, workdir=None, timeout: int = QEM
             total = int(p[1])
     nsteps = len(info["steps"])
     if len(marks) != nsteps + 1:
-        raise ToolchainError(f"expected {nsteps + 1} profile marks, got {len(marks)}")
+        raise GeneratedCodeError(f"expected {nsteps + 1} profile marks, got {len(marks)}")
     steps = []
     for st, a, b in zip(info["steps"], marks[:-1], marks[1:]):
         d = {"index": st["index"], "name": st["name"], "op": st["op"], "c_func": st["c_func"], "macs": st["macs"],

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .templates import fill, read_template
-from .toolchain import ToolchainError
+from .toolchain import GeneratedCodeError
 
 
 def package_info(pkg) -> dict:
@@ -59,7 +59,7 @@ def read_outputs(path: Path, info: dict, n: int) -> list[list[np.ndarray]]:
     data = Path(path).read_bytes()
     want = n * sum(sp["bytes"] for sp in info["outputs"])
     if len(data) != want:
-        raise ToolchainError(f"runner wrote {len(data)} output bytes, expected {want}")
+        raise GeneratedCodeError(f"runner wrote {len(data)} output bytes, expected {want}")
     res, pos = [], 0
     for _ in range(n):
         outs = []

@@ -1,4 +1,11 @@
-"""The compilers and emulators the harness runs: one error type, one way to find and run them."""
+"""The compilers and emulators the harness runs: one way to find and run them, and the two ways
+they can fail.
+
+A missing or hung tool is the user's environment: :class:`ToolchainError`, a one-line error with
+the package to install (exit 2). Generated C that does not compile, trips a sanitizer, crashes or
+misbehaves under the emulator is *our* bug: :class:`GeneratedCodeError`, which the CLI reports as
+an internal error (exit 70) with the tool's output under ``-v``.
+"""
 from __future__ import annotations
 
 import shutil
@@ -12,7 +19,12 @@ QEMU_TIMEOUT = 300
 
 
 class ToolchainError(QPluginError, RuntimeError):
-    """A compiler / emulator needed to verify a board is missing or failed."""
+    """A compiler / emulator needed to verify a board is missing or timed out."""
+
+
+class GeneratedCodeError(RuntimeError):
+    """The generated C package (or our harness / plugin C) failed to build or run: a bug in
+    tvm-qplugin, not a user mistake (deliberately not a QPluginError)."""
 
 
 def which(tool: str) -> str:
