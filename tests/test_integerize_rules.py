@@ -214,3 +214,38 @@ def test_conv_with_activation_weight_is_refused_by_name():
     with pytest.raises(UnsupportedOpError, match=r"cannot integerize 1 op\(s\): gv: relax.nn.conv2d "
                                                  r"\(weight is not a constant\)"):
         integerize(ConvOfTwoInputs, ranges, CONFIG)
+
+
+# --- avg_pool2d -> avg_pool2d_requant: one dyadic 1/count per output position ----------------------
+
+def _avg_pool(count_include_pad: bool) -> tvm.IRModule:
+    @I.ir_module
+    class AvgPool:
+        @R.function
+        def main(x: R.Tensor((1, 2, 3, 3), "float32")) -> R.Tensor((1, 2, 3, 3), "float32"):
+            with R.dataflow():
+                gv = R.nn.avg_pool2d(x, pool_size=[3, 3], strides=[1, 1], padding=[1, 1, 1, 1],
+                                     count_include_pad=count_include_pad)
+                R.output(gv)
+            return gv
+
+    return AvgPool
+
+
+@pytest.mark.parametrize("count_include_pad,counts", [
+    (False, [[4, 6, 4], [6, 9, 6], [4, 6, 4]]),     # corners see 4 real pixels, edges 6, the centre 9
+    (True, [[9, 9, 9], [9, 9, 9], [9, 9, 9]]),
+])
+def test_avg_pool_divides_each_position_by_its_own_count(count_include_pad, counts):
+    mod = _avg_pool(count_include_pad)
+    im = integerize(mod, ranges_by_name(mod, {"x": (0.0, 1.0), "gv": (0.0, 1.0)}), CONFIG)
+    levels = 2**24 - 1   # unsigned 24-bit graph output, in int32's symmetric range (never negative here)
+    ((op, params),) = kernel_calls(im.mod)
+    shift = params.pop("shift")
+    assert (op, params) == ("avg_pool2d_requant", {"pool_size": [3, 3], "strides": [1, 1], "padding": [1, 1, 1, 1],
+                                                   "qmin": -levels, "qmax": levels, "out_dtype": "int32"})
+    (call,) = [b for b in Graph(im.mod["main"]).bindings if b.op_name == "relax.call_tir"]
+    mult = call.args[1].fields[1].value.numpy()
+    # s_in / s_out = (1 / 255) / (1 / levels): each position's multiplier is that ratio / its count
+    want = (levels / 255) / np.array(counts, np.float64)
+    np.testing.assert_allclose(mult / 2.0**shift, want, rtol=2.0**-30)
