@@ -170,7 +170,9 @@ def test_mobilenet_imports_in_tvm(mobilenet_path):
     from tvm.relax.frontend.onnx import from_onnx
 
     mod = from_onnx(onnx.load(mobilenet_path), keep_params_in_input=False)
-    assert "main" in [gv.name_hint for gv in mod.functions]
+    main = mod["main"]    # static shapes: one image in, 1000 logits out
+    assert [(tuple(int(d) for d in p.ty.shape), str(p.ty.dtype)) for p in main.params] == [((1, 3, 224, 224), "float32")]
+    assert tuple(int(d) for d in main.ret_ty.shape) == (1, 1000)
 
 
 # --- MiniLM ------------------------------------------------------------------
