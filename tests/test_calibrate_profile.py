@@ -49,7 +49,7 @@ def _float_twins(x: np.ndarray) -> dict[str, np.ndarray]:
 
 
 # 4 samples = 2 batches; the second batch reaches further (to tell `limit` from all batches)
-SAMPLES = (np.arange(-20, 28).reshape(4, 3, 2, 2) / 8).astype(np.float32)
+SAMPLES = (np.arange(-12, 36).reshape(4, 3, 2, 2) / 8).astype(np.float32)  # the first batch alone also reaches the ReLU
 
 
 @pytest.fixture(scope="module")

@@ -157,6 +157,15 @@ def _fold_batch_norm(rw: FunctionRewriter):
             scale *= before
         return x, scale
 
+    def channel_step(b: Binding, lin: _Linear) -> np.ndarray | None:
+        """The per-channel constant of an add/subtract/multiply/divide that folds into ``lin``, else
+        None. Asked of the *next* binding too: a chain is only left unemitted ("keep folding") when
+        its next op really folds -- a residual add of two activations must end it with the fold."""
+        if b.op_name not in _AFFINE_OPS or len(b.args) != 2:
+            return None
+        c = const_value(b.args[1])
+        return None if c is None else _channel_vector(c, shape_of(b.var), lin.axis)
+
     def rewrite(b: Binding):
         pre = scalar_prescale(b)
         if pre is not None:
@@ -173,9 +182,8 @@ def _fold_batch_norm(rw: FunctionRewriter):
                 new.weight = new.weight * scale
                 return new.linear_call(rw, dtype_of(b.var))
             return None
-        c = const_value(b.args[1]) if len(b.args) == 2 else None
-        vec = None if c is None else _channel_vector(c, shape_of(b.var), lin.axis)
-        if vec is None or b.op_name not in _AFFINE_OPS:
+        vec = channel_step(b, lin)
+        if vec is None:
             return None
         if b.op_name == "relax.add":
             lin.bias = lin.bias + vec
@@ -185,8 +193,9 @@ def _fold_batch_norm(rw: FunctionRewriter):
             lin.scale(vec)
         else:
             lin.scale(1.0 / vec)
-        if g.sole_user(b.var) is not None and g.sole_user(b.var).op_name in _AFFINE_OPS:
-            linear[b.var] = lin  # keep folding; this binding becomes dead
+        nxt = g.sole_user(b.var)
+        if nxt is not None and nxt.args and nxt.args[0].same_as(b.var) and channel_step(nxt, lin) is not None:
+            linear[b.var] = lin  # the next op folds too; this binding becomes dead
             return rw.arg(b.value)
         return lin.emit(rw, dtype_of(b.var), shape_of(b.var))
 

@@ -186,10 +186,14 @@ def _fuse_gelu(rw: FunctionRewriter):
 FuseGELU = function_pass(_fuse_gelu, "FuseGELU")
 
 
+def _over_last_axis(mean: Binding) -> bool:
+    axis = mean.attrs.axis
+    return axis is not None and [int(a) for a in axis] in ([-1], [len(mean.args[0].ty.shape) - 1])
+
+
 def _match_layer_norm(g: Graph, mean: Binding):
     """(x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps) [* gamma + beta] over the last axis."""
-    attrs = mean.attrs
-    if attrs.axis is None or [int(a) for a in attrs.axis] not in ([-1], [len(mean.args[0].ty.shape) - 1]):
+    if not _over_last_axis(mean):
         return None
     x = mean.args[0]
     subs = [u for u in g.users.get(mean.var, []) if u.op_name == "relax.subtract" and u.args[0].same_as(x)]
@@ -203,11 +207,16 @@ def _match_layer_norm(g: Graph, mean: Binding):
     if sq is None or div is None:
         return None
     var_mean = g.sole_user(sq.var)
-    add_eps = g.sole_user(var_mean.var) if var_mean is not None and var_mean.op_name == "relax.mean" else None
+    if var_mean is None or var_mean.op_name != "relax.mean" or not _over_last_axis(var_mean):
+        return None  # a variance over another axis is not a layer norm
+    add_eps = g.sole_user(var_mean.var)
     sqrt = g.sole_user(add_eps.var) if add_eps is not None and add_eps.op_name == "relax.add" else None
     if sqrt is None or sqrt.op_name != "relax.sqrt" or not div.args[1].same_as(sqrt.var):
         return None
-    eps = _scalar(add_eps.args[1])
+    eps_arg = add_eps.args[0] if add_eps.args[1].same_as(var_mean.var) else add_eps.args[1]  # eps + var too
+    eps = _scalar(eps_arg)
+    if eps is None:
+        return None
     c = int(x.ty.shape[-1])
     gamma, beta, last = np.ones(c, np.float32), np.zeros(c, np.float32), div
     nxt = g.sole_user(div.var)
