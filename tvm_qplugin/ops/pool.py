@@ -118,7 +118,7 @@ class AvgPool2DRequant(IntegerOp):
                                                                         qmax, out_dtype), name="y")
 
     def reference(self, x, multiplier, *, pool_size, strides, padding, shift, qmin, qmax, out_dtype):
-        (kh, kw), (sh, sw), (pt, pl, _, _) = pool_size, strides, padding
+        (kh, kw), (sh, sw), (pt, pl, pb, pr) = pool_size, strides, padding
         oh, ow = multiplier.shape
         xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (pt, pb + kh), (pl, pr + kw)))
         win = sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw][:, :, :oh, :ow]
