@@ -23,7 +23,7 @@ from .passes.functions import integer_function
 from .passes.integerize import IntegerizeConfig, integerize
 from .passes.verify import check_lowered_kernels, kernel_origins, verify_integer_only
 from .progress import progress
-from .quant.nonlinear_consts import GELU_APPROX
+from .quant.scheme import NonlinearScheme
 from .quant.observers import DEFAULT_OBSERVER, OBSERVERS
 from .budget import Budget
 from .build import build
@@ -34,8 +34,6 @@ from .targets import get_board
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("int8",)
-NONLINEARS = ("ivit", "ibert", "division-free")
-GELU_FORMS = tuple(GELU_APPROX)  # "paper", "tanh": quant/nonlinear_consts.py
 ATTENTIONS = ("int8",)  # shiftadd (ShiftAddViT) is not implemented yet: refused, not ignored
 BIT_EXACT_MIN_INPUTS = 16
 
@@ -47,9 +45,9 @@ class CompileOptions:
     target: str = "x86-host"
     precision: str = "int8"
     observer: str = DEFAULT_OBSERVER
-    nonlinear: str = "ivit"
-    gelu: str = "tanh"             # IntegerizeConfig.gelu_approx: tanh | paper
-    softmax_bits: int = 16         # IntegerizeConfig.softmax_bits: 16 | 8
+    nonlinear: str = NonlinearScheme.variant      # the flags of quant/scheme.py's NonlinearScheme,
+    gelu: str = NonlinearScheme.gelu               # validated there (see the scheme property)
+    softmax_bits: int = NonlinearScheme.softmax_bits
     attention: str = "int8"
     int_io: bool = False
     allow_float: tuple[str, ...] = ()
@@ -68,15 +66,15 @@ class CompileOptions:
                                f"{', '.join(PRECISIONS)}")
         if self.observer not in OBSERVERS:
             raise QPluginError(f"--observer {self.observer!r}: choose one of {', '.join(sorted(OBSERVERS))}")
-        if self.nonlinear not in NONLINEARS:
-            raise QPluginError(f"--nonlinear {self.nonlinear!r}: choose one of {', '.join(NONLINEARS)}")
-        if self.gelu not in GELU_FORMS:
-            raise QPluginError(f"--gelu {self.gelu!r}: choose one of {', '.join(GELU_FORMS)}")
-        if self.softmax_bits not in (8, 16):
-            raise QPluginError(f"--softmax-bits {str(self.softmax_bits)!r}: choose 16 (int16 probabilities) or 8 (uint8)")
+        self.scheme  # noqa: B018 - validates --nonlinear / --gelu / --softmax-bits
         if self.attention not in ATTENTIONS:
             raise QPluginError(f"--attention {self.attention!r} is not available in this version; choose one of "
                                f"{', '.join(ATTENTIONS)}")
+
+
+    @property
+    def scheme(self) -> NonlinearScheme:
+        return NonlinearScheme(self.nonlinear, self.gelu, self.softmax_bits)
 
 
 def _dataset(data, specs, preprocess, what) -> Dataset | None:
@@ -127,8 +125,7 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
     runner = FloatRunner(float_mod, tvm_target)
     ranges = calibrate(runner, calib_ds, opts.observer, opts.calib_limit, opts.show_progress)
     try:
-        imod = integerize(float_mod, ranges, IntegerizeConfig(int_io=opts.int_io, nonlinear=opts.nonlinear,
-                                                              gelu_approx=opts.gelu, softmax_bits=opts.softmax_bits))
+        imod = integerize(float_mod, ranges, IntegerizeConfig(int_io=opts.int_io, scheme=opts.scheme))
     except UnsupportedOpError as e:
         raise name_onnx_nodes(e, imported.onnx_model) from None
     core = integer_function(opts.int_io)

@@ -13,11 +13,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UnsupportedOpError
+from ..quant import abs_max
 from . import scratch
 from .c_emit import CEmitter, c_array, c_dims, c_i32, c_i64, fits
 from .c_graph import MAX_DIMS, Ref, Step, dt_info, prod, row_major_strides
 
-GEMM_INPUT_MAX_ABS = {"uint8": 256, "int8": 128, "int16": 32768}   # largest |x| of a GEMM input dtype
+# largest |x| a C GEMM input contributes per weight: the dtype's own bound, except uint8, which the
+# MVE path flips to int8 (x - 128) and corrects by 128 * sum(w): partial sums reach 256 * sum|w|
+GEMM_INPUT_MAX_ABS = {"uint8": 2 * abs_max("int8"), "int8": abs_max("int8"), "int16": abs_max("int16")}
 _SCRATCH_KIND = {"conv2d_requant": "conv2d", "dense_requant": "dense"}
 
 

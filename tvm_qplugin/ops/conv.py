@@ -12,7 +12,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from tvm import te, tirx
 
-from ..quant import requantize_ref
+from ..quant import abs_max, requantize_ref
 from .registry import IntegerOp, register_op
 from .requant import i64, requant
 
@@ -96,12 +96,11 @@ class Conv2DRequant(IntegerOp):
         return requantize_ref(acc, m, s, qmin, qmax, out_dtype)
 
 
-ABS_MAX = {"int8": 128, "uint8": 255, "int16": 32768}  # largest |value| per operand dtype
 
 
 def int32_chunk(a_dtype: str, b_dtype: str) -> int:
     """Longest reduction whose int32 partial sum cannot overflow for these operand dtypes."""
-    return (2**31 - 1) // (ABS_MAX[a_dtype] * ABS_MAX[b_dtype])
+    return (2**31 - 1) // (abs_max(a_dtype) * abs_max(b_dtype))
 
 
 def chunked_dot(x, b_at, k_len: int, out_shape, a_dtype: str, b_dtype: str, acc_bits: int, name: str = "acc"):

@@ -15,17 +15,20 @@ from __future__ import annotations
 import numpy as np
 from tvm import te
 
-from ..quant import requantize_ref
-from .conv import ABS_MAX, _exact_matmul
+from ..quant import abs_max, requantize_ref
+from .conv import _exact_matmul
 from .registry import IntegerOp, register_op
 from .requant import broadcast_index, requant
 
+OPERAND_DTYPES = ("int8", "uint8", "int16")  # activation x activation operands the kernel takes
+
+
 def acc_bound(a_dtype: str, b_dtype: str, k: int, a_row_sum: int | None = None) -> int:
     """Largest ``|acc|`` the operand dtypes (and the optional row-sum bound of ``a``) allow."""
-    if a_dtype not in ABS_MAX or b_dtype not in ABS_MAX:
-        raise ValueError(f"matmul_requant: operand dtypes {a_dtype}, {b_dtype} not in {sorted(ABS_MAX)}")
-    rows = k * ABS_MAX[a_dtype] if a_row_sum is None else min(k * ABS_MAX[a_dtype], a_row_sum)
-    return rows * ABS_MAX[b_dtype]
+    if a_dtype not in OPERAND_DTYPES or b_dtype not in OPERAND_DTYPES:
+        raise ValueError(f"matmul_requant: operand dtypes {a_dtype}, {b_dtype} not in {OPERAND_DTYPES}")
+    rows = k * abs_max(a_dtype) if a_row_sum is None else min(k * abs_max(a_dtype), a_row_sum)
+    return rows * abs_max(b_dtype)
 
 
 def _check(a_dtype: str, b_dtype: str, k: int, acc_bits: int, a_row_sum, multiplier: int) -> None:

@@ -27,6 +27,7 @@ from tvm import te, tirx
 
 from ..quant import nonlinear_consts as nc
 from ..quant import round_shift_ref
+from ..quant.scheme import softmax_format_of, variant_of
 from .int_core import (check_int_dtype, i64, indicator, np_bitlen, np_ibert_exp, np_isqrt, np_pre, np_recip,
                        np_recip_norm, np_shiftexp, row_shape, stage, te_ibert_exp, te_isqrt_div, te_isqrt_newton,
                        te_pre, te_recip, te_recip_norm, te_shiftexp)
@@ -34,9 +35,6 @@ from .registry import IntegerOp, register_op
 from .requant import clamp_cast, requant, round_shift
 
 # ------------------------------------------------------------------------------------------ ops
-
-
-SOFTMAX_OUT = {"uint8": (8, 255), "int16": (15, 32767)}  # out_dtype -> (fraction bits, qmax)
 
 
 @register_op
@@ -57,21 +55,20 @@ class SoftmaxInt(IntegerOp):
     """
 
     name = "softmax_int"
-    division_ops = 2
 
     def divisions(self, params: dict) -> int:
-        return 0 if params["variant"] == "division-free" else 2
+        return 0 if variant_of(params["variant"]).division_free else 2
 
     @staticmethod
     def _consts(x_len, in_scale, n, variant, exp_poly, out_dtype):
         ce = nc.exp_consts(variant, in_scale, n, exp_poly)
         if x_len * ce.e_max > nc.INT32_MAX:
             raise ValueError(f"softmax_int: L={x_len} x e_max={ce.e_max} overflows int32; lower n ({n})")
-        if out_dtype not in SOFTMAX_OUT:
-            raise ValueError(f"softmax_int: out_dtype {out_dtype!r} not in {sorted(SOFTMAX_OUT)}")
-        return ce, SOFTMAX_OUT[out_dtype]
+        fmt = softmax_format_of(out_dtype)
+        return ce, (fmt.frac_bits, fmt.qmax)
 
     def compute(self, x, *, in_scale, n, variant, exp_poly=1, out_dtype="uint8"):
+        kind = variant_of(variant)
         check_int_dtype(x, self.name)
         lead, length = row_shape(x)
         ce, (frac, qmax) = self._consts(length, in_scale, n, variant, exp_poly, out_dtype)
@@ -80,13 +77,13 @@ class SoftmaxInt(IntegerOp):
 
         def exp_fn(*i):
             d = te_pre(x(*i).astype("int64") - mx(*i[:-1]).astype("int64"), ce.pre_shift)
-            e = te_ibert_exp(d, ce) if variant == "ibert" else te_shiftexp(d, ce, variant == "division-free")
+            e = te_ibert_exp(d, ce) if kind.exp == "poly" else te_shiftexp(d, ce, kind.division_free)
             return e.astype("int32")
 
         e = te.compute(x.shape, exp_fn, name="exp")
         k2 = te.reduce_axis((0, length), "k2")
         total = te.compute(lead, lambda *i: te.sum(e(*i, k2), axis=k2), name="exp_sum")
-        f, bits = te_recip_norm(stage(total, total, "exp_sum64"), variant == "division-free", "recip")
+        f, bits = te_recip_norm(stage(total, total, "exp_sum64"), kind.division_free, "recip")
 
         def out(*i):
             sh = i64(30 - frac) + bits(*i[:-1])
@@ -95,12 +92,13 @@ class SoftmaxInt(IntegerOp):
         return te.compute(x.shape, out, name="y")
 
     def reference(self, x, *, in_scale, n, variant, exp_poly=1, out_dtype="uint8"):
+        kind = variant_of(variant)
         ce, (frac, qmax) = self._consts(x.shape[-1], in_scale, n, variant, exp_poly, out_dtype)
         d = np_pre(x.astype(np.int64) - x.astype(np.int64).max(axis=-1, keepdims=True), ce.pre_shift)
-        e = np_ibert_exp(d, ce) if variant == "ibert" else np_shiftexp(d, ce, variant == "division-free")
+        e = np_ibert_exp(d, ce) if kind.exp == "poly" else np_shiftexp(d, ce, kind.division_free)
         e = e.astype(np.int32)
         total = e.sum(axis=-1, dtype=np.int32, keepdims=True).astype(np.int64)
-        f, bits = np_recip_norm(total, variant == "division-free")
+        f, bits = np_recip_norm(total, kind.division_free)
         sh = (30 - frac) + bits
         return np.clip((f * e + (np.int64(1) << (sh - 1))) >> sh, 0, qmax).astype(out_dtype)
 
@@ -122,14 +120,15 @@ class GeluInt(IntegerOp):
     """
 
     name = "gelu_int"
-    division_ops = 2
 
     def divisions(self, params: dict) -> int:
-        v = params["variant"]
-        return 2 if v == "ivit" or (v == "ibert" and params.get("approx") == "tanh") else 0
+        kind = variant_of(params["variant"])
+        erf_poly = kind.erf_gelu and params.get("approx", "paper") == "paper"  # no sigmoid, no division
+        return 0 if kind.division_free or erf_poly else 2
 
     def compute(self, x, *, in_scale, out_scale, qmin, qmax, out_dtype, variant, n=None, exp_poly=1,
                 approx="paper"):
+        kind = variant_of(variant)
         check_int_dtype(x, self.name, ("int8", "int16"))
         g = nc.gelu_consts(in_scale, out_scale, variant, n, exp_poly, approx)
 
@@ -149,10 +148,10 @@ class GeluInt(IntegerOp):
 
             def exp_neg_abs(*i):
                 d = te_pre(i64(0) - tirx.abs(z(*i)), se.pre_shift)
-                return te_ibert_exp(d, se) if variant == "ibert" else te_shiftexp(d, se, variant == "division-free")
+                return te_ibert_exp(d, se) if kind.exp == "poly" else te_shiftexp(d, se, kind.division_free)
             es = stage(x, exp_neg_abs, "exp_neg_abs")
             den = stage(x, lambda *i: i64(se.e_max) + es(*i), "exp_sum")
-            if variant == "division-free":
+            if kind.division_free:
                 inv = te_recip(den, "recip")
             else:
                 inv = stage(x, lambda *i: tirx.floordiv(i64(nc.INT32_MAX), den(*i)), "recip")
@@ -164,6 +163,7 @@ class GeluInt(IntegerOp):
 
     def reference(self, x, *, in_scale, out_scale, qmin, qmax, out_dtype, variant, n=None, exp_poly=1,
                   approx="paper"):
+        kind = variant_of(variant)
         g = nc.gelu_consts(in_scale, out_scale, variant, n, exp_poly, approx)
         xv = x.astype(np.int64)
         if g.se is None:
@@ -175,9 +175,9 @@ class GeluInt(IntegerOp):
             se = g.se
             z = xv + round_shift_ref(xv * xv * xv * g.cubic.multiplier, g.cubic.shift) if g.cubic is not None else xv
             d = np_pre(-np.abs(z), se.pre_shift)
-            es = np_ibert_exp(d, se) if variant == "ibert" else np_shiftexp(d, se, variant == "division-free")
+            es = np_ibert_exp(d, se) if kind.exp == "poly" else np_shiftexp(d, se, kind.division_free)
             den = se.e_max + es
-            inv = np_recip(den) if variant == "division-free" else nc.INT32_MAX // den
+            inv = np_recip(den) if kind.division_free else nc.INT32_MAX // den
             sig = round_shift_ref(inv * np.where(xv >= 0, se.e_max, es), 31 - nc.SIGMOID_BITS)
             acc = xv * sig
         return np.clip(round_shift_ref(acc * g.out.multiplier, g.out.shift), qmin, qmax).astype(out_dtype)
@@ -199,13 +199,13 @@ class LayerNormInt(IntegerOp):
     """
 
     name = "layernorm_int"
-    division_ops = 12
 
     def divisions(self, params: dict) -> int:
-        v = params["variant"]
-        return 0 if v == "division-free" else 2 + nc.LN_SQRT_ITERS[v]
+        kind = variant_of(params["variant"])
+        return 0 if kind.division_free else 2 + kind.ln_sqrt_iters
 
     def compute(self, x, mult, bias, *, in_scale, eps, pre_shift, shift, qmin, qmax, out_dtype, variant):
+        kind = variant_of(variant)
         check_int_dtype(x, self.name)
         lead, c = row_shape(x)
         lc = nc.layernorm_consts(c, in_scale, eps, pre_shift, variant)
@@ -223,7 +223,7 @@ class LayerNormInt(IntegerOp):
 
         def mean_fn(*i):
             u = i64(2) * total(*i) + i64(c)
-            if variant == "division-free":
+            if kind.division_free:
                 return (((u + i64(2 * nc.LN_MAX_ABS * c)) * i64(lc.mean_div.m)) >> i64(lc.mean_div.s)) - i64(nc.LN_MAX_ABS)
             return tirx.floordiv(u, i64(2 * c))
 
@@ -232,11 +232,11 @@ class LayerNormInt(IntegerOp):
         var = te.compute(lead, lambda *i: te.sum((xi(*i, k2) - mu(*i)) * (xi(*i, k2) - mu(*i)), axis=k2), name="row_ssq")
 
         v = stage(var, lambda *i: tirx.max(var(*i) + i64(lc.eps), i64(1)), "row_var")
-        if variant == "division-free":
+        if kind.division_free:
             f = te_recip(te_isqrt_newton(v, "row_sqrt"), "row_inv_std")
         else:
-            kk = te_isqrt_div(v, lc.iters, variant == "ibert", "row_sqrt")
-            num = i64(2**31 if variant == "ibert" else nc.INT32_MAX)
+            kk = te_isqrt_div(v, lc.iters, kind.ln_exact_isqrt, "row_sqrt")
+            num = i64(kind.ln_numerator)
             f = stage(kk, lambda *i: tirx.floordiv(num, kk(*i)), "row_inv_std")
 
         def out(*i):
@@ -246,26 +246,27 @@ class LayerNormInt(IntegerOp):
         return te.compute(x.shape, out, name="y")
 
     def reference(self, x, mult, bias, *, in_scale, eps, pre_shift, shift, qmin, qmax, out_dtype, variant):
+        kind = variant_of(variant)
         c = x.shape[-1]
         lc = nc.layernorm_consts(c, in_scale, eps, pre_shift, variant)
         i = np_pre(x.astype(np.int64), pre_shift)
         if x.dtype == np.int32:
             i = np.clip(i, -nc.LN_MAX_ABS, nc.LN_MAX_ABS)
         u = 2 * i.sum(axis=-1, keepdims=True) + c
-        if variant == "division-free":
+        if kind.division_free:
             mu = (((u + 2 * nc.LN_MAX_ABS * c) * lc.mean_div.m) >> lc.mean_div.s) - nc.LN_MAX_ABS
         else:
             mu = u // (2 * c)
         y = i - mu
         v = np.maximum((y * y).sum(axis=-1, keepdims=True) + lc.eps, 1)
-        if variant == "division-free":
+        if kind.division_free:
             f = np_recip(np_isqrt(v))
         else:
             k = np.left_shift(1, (np_bitlen(v) + 1) >> 1)
             for _ in range(lc.iters):
                 k_new = (k + v // k) >> 1
-                k = np.minimum(k, k_new) if variant == "ibert" else k_new
-            f = (2**31 if variant == "ibert" else nc.INT32_MAX) // k
+                k = np.minimum(k, k_new) if kind.ln_exact_isqrt else k_new
+            f = kind.ln_numerator // k
         z = (f * y) >> 1
         acc = z * mult.astype(np.int64) + bias.astype(np.int64)
         return np.clip(round_shift_ref(acc, shift), qmin, qmax).astype(out_dtype)

@@ -23,8 +23,8 @@ from tvm import relax
 
 from ..errors import UnsupportedOpError
 from ..ops import emit
-from ..quant import QType
-from ..quant.nonlinear_consts import GELU_APPROX
+from ..quant import QType, abs_max
+from ..quant.scheme import NonlinearScheme
 from . import rules as _rules  # noqa: F401  (importing the rule modules registers them)
 from .functions import CORE, integer_function
 from .graph import Graph, const_value, dtype_of, shape_of
@@ -43,27 +43,13 @@ class IntegerizeConfig:
     output_bits: int = 24        # graph outputs of accumulating ops keep 24 bits (int32 dtype)
     residual_bits: int = 16      # signed (un-activated) conv/dense/add outputs: the residual stream
     bias_correction: bool = True  # subtract the expected weight-rounding error from the bias
-    nonlinear: str = "ivit"       # softmax / GELU / LayerNorm algorithm: ivit | ibert | division-free
-    # ShiftExp's 2**p ~ 1 + p/2 (I-ViT) costs up to 0.018 in softmax probabilities; a quadratic
-    # term (one more multiply per element) brings it to 0.006. 1 = the paper's formula.
-    exp_poly: int = 2
-    # softmax probabilities: 16 -> int16 at 2**-15 (attention x V then accumulates exactly in
-    # int32: the probabilities of a row sum to one), 8 -> uint8 at 2**-8 (the I-ViT / I-BERT
-    # papers' choice; on MiniLM's 128-token rows it costs ~25 dB of softmax SQNR)
-    softmax_bits: int = 16
-    # GELU: "tanh" -- x sigma(1.596 (x + 0.044715 x**3)) with the variant's integer exp, max error
-    # 0.0005; "paper" -- I-ViT's x sigma(1.702 x) / I-BERT's erf polynomial, max error ~0.02, which
-    # caps MiniLM's FFN outputs near 28-30 dB SQNR and its nearest-neighbour agreement near 93 %
-    gelu_approx: str = "tanh"
+    # softmax / GELU / LayerNorm: variant, GELU form, softmax width, ShiftExp refinement
+    scheme: NonlinearScheme = NonlinearScheme()
     int_io: bool = False
 
     def __post_init__(self):
         if self.weight_bits != 8 or self.activation_bits != 8:
             raise ValueError("only the int8 scheme is implemented (weight_bits=8, activation_bits=8)")
-        if self.gelu_approx not in GELU_APPROX:
-            raise ValueError(f"gelu_approx={self.gelu_approx!r}: choose one of {', '.join(GELU_APPROX)}")
-        if self.softmax_bits not in (8, 16):
-            raise ValueError(f"softmax_bits={self.softmax_bits}: choose 8 or 16")
 
 
 class IntegerizeContext:
@@ -117,7 +103,7 @@ class IntegerizeContext:
     def narrow_for_accumulation(self, x: QValue, reduction: int) -> QValue:
         """``x`` requantized to 8 bits if ``reduction`` products of it with int8 weights could
         overflow the int32 accumulator (only wide inputs can)."""
-        if reduction * max(abs(x.qtype.qmin), x.qtype.qmax) * 128 < 2**31:
+        if reduction * max(abs(x.qtype.qmin), x.qtype.qmax) * abs_max("int8") < 2**31:  # int8 weights
             return x
         return self.narrow(x)
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .dyadic import Dyadic, dyadic
+from .scheme import GELU_FORMS, variant_of
 
 INT32_MAX = 2**31 - 1
 I0_BITS = 10                # |I0| in [512, 1024): exponent base accurate to < 0.2 %
@@ -50,7 +51,6 @@ RECIP_C1, RECIP_C2, RECIP_ITERS = round(24 / 17 * 2**30), round(8 / 17 * 2**30),
 # Newton reciprocal square root (Q30): x0 = 1.067 - 0.1525 u on u in [1, 4) (minimax, 8.6 %), 5 steps
 RSQRT_A, RSQRT_B, RSQRT_ITERS = round(1.067 * 2**30), round(0.1525 * 2**30), 5
 NEWTON_CORRECTION = 2       # both Newton results are fixed up by up to +-2 exact integer steps
-LN_SQRT_ITERS = {"ivit": 10, "ibert": 8}  # integer Newton sqrt k <- (k + V // k) >> 1
 LN_MAX_ABS = 2**15          # LayerNorm input after pre_shift is saturated to +-2**15
 LN_MAX_C = 2**13
 
@@ -148,13 +148,8 @@ def ibert_exp_consts(scale: float, n: int) -> IBertExpConsts:
 
 
 def exp_consts(variant: str, scale: float, n: int, poly: int = 1):
-    _check_variant(variant)
-    return ibert_exp_consts(scale, n) if variant == "ibert" else shiftexp_consts(scale, n, poly)
-
-
-def _check_variant(variant: str) -> None:
-    if variant not in ("ivit", "ibert", "division-free"):
-        raise ValueError(f"non-linear variant {variant!r}: choose one of ivit, ibert, division-free")
+    """The exponential of ``variant`` (scheme.py): I-BERT's i-exp or ShiftExp."""
+    return ibert_exp_consts(scale, n) if variant_of(variant).exp == "poly" else shiftexp_consts(scale, n, poly)
 
 
 def choose_softmax_n(in_scale: float, max_abs_delta: float | None, row_len: int, variant: str = "ivit") -> int:
@@ -190,11 +185,8 @@ def choose_softmax_n(in_scale: float, max_abs_delta: float | None, row_len: int,
     return best
 
 
-# GELU algorithm. "paper": I-ViT's ShiftGELU x sigma(1.702 x) (max |error| vs erf-GELU 0.020) or
-# I-BERT's i-GELU erf polynomial (0.018). "tanh": x sigma(c1 (x + 0.044715 x**3)), c1 = 2 sqrt(2/pi),
-# the tanh form of GELU written as a sigmoid (0.0005), its exponential by the variant's own integer
-# exp (ShiftExp, or I-BERT's i-exp); the cubic is one int64 multiply and a rounding shift per element
-GELU_APPROX = {"paper": 1.702, "tanh": 2.0 * math.sqrt(2.0 / math.pi)}
+# GELU: the sigmoid argument's factor per form lives in scheme.GELU_FORMS; the tanh form's cubic
+# is one int64 multiply and a rounding shift per element
 GELU_CUBIC = 0.044715
 GELU_CUBIC_BITS = 16  # the cubic's multiplier: x**3 (|x| <= 2**15, 45 bits) times it stays inside int64
 
@@ -206,8 +198,8 @@ def choose_gelu_n(in_scale: float, variant: str = "ivit", approx: str = "paper")
     ``e_max / 2**16`` LSB of 2**-15 and the exponentials resolve ``1 / e_max``: 2**15 balances the
     two. (I-ViT's N = 23 with a 4-5 bit I0 gives e_max ~ 2**27 and a 4-bit reciprocal.)
     """
-    _check_variant(variant)
-    i0 = -shiftexp_consts(GELU_APPROX[approx] * in_scale, 0).i0
+    variant_of(variant)
+    i0 = -shiftexp_consts(GELU_FORMS[approx] * in_scale, 0).i0
     n = 0
     while (i0 << (n + 1)) <= 2**GELU_E_MAX_BITS:
         n += 1
@@ -231,12 +223,12 @@ class GeluConsts:
 
 def gelu_consts(in_scale: float, out_scale: float, variant: str, n: int | None, poly: int = 1,
                 approx: str = "paper") -> GeluConsts:
-    _check_variant(variant)
-    if approx not in GELU_APPROX:
-        raise ValueError(f"GELU: approx={approx!r}, expected one of {sorted(GELU_APPROX)}")
-    if variant != "ibert" or approx == "tanh":
-        scale = GELU_APPROX[approx] * in_scale
-        if variant == "ibert":  # i-exp of the sigmoid: E at delta = 0 in [2**14, 2**15)
+    kind = variant_of(variant)
+    if approx not in GELU_FORMS:
+        raise ValueError(f"GELU: approx={approx!r}, expected one of {sorted(GELU_FORMS)}")
+    if not kind.erf_gelu or approx == "tanh":
+        scale = GELU_FORMS[approx] * in_scale
+        if kind.exp == "poly":  # i-exp of the sigmoid: E at delta = 0 in [2**14, 2**15)
             se = ibert_exp_consts(scale, GELU_E_MAX_BITS if n is None else n)
         else:
             se = shiftexp_consts(scale, choose_gelu_n(in_scale, variant, approx) if n is None else n, poly)
@@ -264,13 +256,13 @@ class LayerNormConsts:
 
 
 def layernorm_consts(c: int, in_scale: float, eps: float, pre_shift: int, variant: str) -> LayerNormConsts:
-    _check_variant(variant)
+    kind = variant_of(variant)
     if not (1 <= c <= LN_MAX_C):
         raise ValueError(f"layernorm_int: row length C={c} outside [1, {LN_MAX_C}]")
     s = in_scale * 2.0**pre_shift
     eps_int = min(round(eps * c / (s * s)), 2**50) if eps > 0 else 0
     u_max = 2 * c * LN_MAX_ABS + c + 2 * LN_MAX_ABS * c
-    return LayerNormConsts(c, int(eps_int), div_const(2 * c, u_max), LN_SQRT_ITERS.get(variant, 0))
+    return LayerNormConsts(c, int(eps_int), div_const(2 * c, u_max), kind.ln_sqrt_iters)
 
 
 def layernorm_pre_shift(in_dtype: str, max_abs: int | None = None) -> int:

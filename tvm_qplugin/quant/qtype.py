@@ -26,6 +26,13 @@ def qrange(dtype: str) -> tuple[int, int]:
         raise ValueError(f"unsupported quantized dtype {dtype!r}; expected one of {sorted(_RANGES)}") from None
 
 
+def abs_max(dtype: str) -> int:
+    """Largest ``|value|`` of an integer dtype (int8: 128, uint8: 255, int16: 32768): the bound every
+    accumulator-overflow proof multiplies."""
+    lo, hi = qrange(dtype)
+    return max(-lo, hi)
+
+
 @dataclass(frozen=True)
 class QType:
     """A quantized tensor: ``real ~= scale * int`` with integer ``dtype``.

@@ -5,6 +5,7 @@ import tvm
 from tvm.s_tir import schedule as s_tir_schedule
 
 from ..ops import op_of
+from ..quant.scheme import variant_of
 
 
 def fuse_loops(sch: s_tir_schedule.Schedule, loops):
@@ -122,7 +123,7 @@ class MatmulRequantIKJ(CpuKernelRule):
 class GeluInlineStages(CpuKernelRule):
     """``gelu_int`` on CPU: fold its single-use stages into their consumer.
 
-    TE writes each step of the integer GELU as its own int64 stage (``ops/nonlinear._stage``),
+    TE writes each step of the integer GELU as its own int64 stage (``ops/int_core.stage``),
     i.e. one pass over memory each. The exponential sum, the division reciprocal, the sigmoid
     (and i-GELU's erf factor) are each used once, so they inline into the output expression
     without duplicating work; the exponential (used twice) and the Newton reciprocal steps of the
@@ -137,7 +138,7 @@ class GeluInlineStages(CpuKernelRule):
 
     def schedule(self, sch, p):
         names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
-        newton = p.get("variant") == "division-free"
+        newton = variant_of(p["variant"]).division_free
         inlined = 0
         for name in self.SINGLE_USE:
             if name in names and not (newton and name == "recip"):

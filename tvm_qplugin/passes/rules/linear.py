@@ -8,7 +8,7 @@ import numpy as np
 from tvm import relax
 
 from ...ops import const
-from ...quant import dyadic
+from ...quant import abs_max, dyadic
 from ...quant.accumulator import accumulator_for
 from ..graph import Binding, shape_of
 from .base import IntegerRule, LayerInfo, QValue, clamp_bounds, register_rule
@@ -122,7 +122,7 @@ class QDense(IntegerRule):
         x = ctx.q(b.args[0])
         # a wide (int16) input keeps its precision: accumulate in int64 when int32 could overflow,
         # with the multiplier's mantissa cut so that acc * b stays inside int64
-        acc_bits, mantissa = accumulator_for(w.shape[1] * max(abs(x.qtype.qmin), x.qtype.qmax) * 128)
+        acc_bits, mantissa = accumulator_for(w.shape[1] * max(abs(x.qtype.qmin), x.qtype.qmax) * abs_max("int8"))
         wq, w_scale = quantize_weight_per_channel(w, 0)
         corr = bias_correction(ctx, b.args[0], w, wq, w_scale) if ctx.config.bias_correction else None
         ep, out_qt, mult, shift, bias, qmin, qmax = _fused(ctx, b, x, wq, w_scale, -1, corr, mantissa)

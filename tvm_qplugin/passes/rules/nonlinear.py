@@ -1,5 +1,5 @@
 """Integer-only transformer non-linears and activation x activation matmul (I-ViT / I-BERT /
-division-free, chosen by ``IntegerizeConfig.nonlinear``). Shift constants and output scales
+division-free, chosen by ``IntegerizeConfig.scheme``: quant/scheme.py). Shift constants and output scales
 come from each layer's own calibrated range (issue: not fixed per model)."""
 from __future__ import annotations
 
@@ -11,9 +11,6 @@ from ...quant import nonlinear_consts as nc
 from ...quant.accumulator import accumulator_for
 from ..graph import shape_of
 from .base import IntegerRule, QValue, register_rule
-
-SOFTMAX_OUT = {8: QType("uint8", 2.0**-8), 16: QType("int16", 2.0**-15)}
-
 
 def _max_abs(qt: QType) -> int:
     return max(abs(qt.qmin), qt.qmax)
@@ -65,11 +62,11 @@ class QSoftmax(IntegerRule):
             x = ctx.narrow(x, signed=True)
         lo, hi = ctx.ranges[b.args[0]]
         row = shape_of(b.var)[-1]
-        n = nc.choose_softmax_n(x.qtype.scale, max(hi - lo, 1e-6), row, ctx.config.nonlinear)
-        poly = ctx.config.exp_poly if ctx.config.nonlinear != "ibert" else 1
-        out_qt = SOFTMAX_OUT[ctx.config.softmax_bits]
-        y = ctx.emit("softmax_int", [x.expr], in_scale=x.qtype.scale, n=n, variant=ctx.config.nonlinear, exp_poly=poly,
-                     out_dtype=out_qt.dtype)
+        scheme = ctx.config.scheme
+        n = nc.choose_softmax_n(x.qtype.scale, max(hi - lo, 1e-6), row, scheme.variant)
+        out_qt = QType(scheme.softmax.dtype, scheme.softmax.scale)
+        y = ctx.emit("softmax_int", [x.expr], in_scale=x.qtype.scale, n=n, variant=scheme.variant,
+                     exp_poly=scheme.shiftexp_poly, out_dtype=out_qt.dtype)
         # each output rounds half up from a row summing to 1.0: sum <= 1.0 + row / 2 LSB
         return QValue(y, out_qt, nonneg=True, row_sum=round(1.0 / out_qt.scale) + (row + 1) // 2)
 
@@ -77,7 +74,7 @@ class QSoftmax(IntegerRule):
 @register_rule
 class QGelu(IntegerRule):
     """gelu / gelu_tanh (fused by passes/patterns.py) -> gelu_int (ShiftGELU / i-GELU / division-free).
-    ShiftGELU's sigmoid argument follows ``IntegerizeConfig.gelu_approx``; both GELU forms map to
+    ShiftGELU's sigmoid argument follows the scheme's ``gelu`` form; both GELU forms map to
     the same integer op (erf- and tanh-GELU differ by < 5e-4, below int16 output noise)."""
 
     ops = ("relax.nn.gelu", "relax.nn.gelu_tanh")
@@ -89,10 +86,11 @@ class QGelu(IntegerRule):
         # int16 out: the FFN's largest activations are few but carry the signal; the next dense
         # accumulates int16 x int8 in int64 when int32 could overflow (rules/linear.py)
         out_qt = ctx.out_qtype(b.var, nonneg=False, wide_ok=True)
-        variant, approx = ctx.config.nonlinear, ctx.config.gelu_approx
+        scheme = ctx.config.scheme
+        variant, approx = scheme.variant, scheme.gelu
         extra = {"approx": approx}
-        if variant != "ibert":
-            extra.update(n=nc.choose_gelu_n(x.qtype.scale, variant, approx), exp_poly=ctx.config.exp_poly)
+        if scheme.kind.exp == "shift":  # ShiftExp's N and refinement; I-BERT's i-exp fixes its own
+            extra.update(n=nc.choose_gelu_n(x.qtype.scale, variant, approx), exp_poly=scheme.exp_poly)
         y = ctx.emit("gelu_int", [x.expr], in_scale=x.qtype.scale, out_scale=out_qt.scale, qmin=out_qt.qmin,
                      qmax=out_qt.qmax, out_dtype=out_qt.dtype, variant=variant, **extra)
         return QValue(y, out_qt)
@@ -120,6 +118,6 @@ class QLayerNorm(IntegerRule):
         mult, bias, params = layernorm_int_args(
             ctx.const(b.args[1]).reshape(-1), ctx.const(b.args[2]).reshape(-1), in_scale=x.qtype.scale,
             out_scale=out_qt.scale, eps=float(b.attrs.epsilon), in_dtype=x.qtype.dtype, c=c, qmin=out_qt.qmin,
-            qmax=out_qt.qmax, out_dtype=out_qt.dtype, variant=ctx.config.nonlinear, max_abs=_max_abs(x.qtype))
+            qmax=out_qt.qmax, out_dtype=out_qt.dtype, variant=ctx.config.scheme.variant, max_abs=_max_abs(x.qtype))
         y = ctx.emit("layernorm_int", [x.expr, const(mult), const(bias)], **params)
         return QValue(y, out_qt)
