@@ -1,0 +1,322 @@
+"""Per-kernel bit-exact check on constructed inputs: dtype extremes and exact rounding ties.
+
+Why: the whole-model checks (``compiler.check_bit_exact`` on 16 images, ``verify`` on random
+inputs) almost never make a requant epilogue see an exact tie, so a kernel whose rounding is
+half-down instead of half-up passes them, and saturation paths are reached only by chance. Here
+every distinct kernel of the integer function -- a call_tir PrimFunc with its constant operands
+(weights, bias, multipliers) -- is called on its own, *as compiled*: the Relax VM library exports
+each PrimFunc under its name, so no extra build is needed. Its inputs are all-qmin, all-qmax,
+alternating extremes, zeros, random, and inputs solved (tie_solver.py) so that every requant
+channel sees an exact, unsaturated tie where any legal input can produce one. Each output is
+compared bit for bit with the kernel's NumPy twin (``OPS[op].reference``), as reference.py runs it.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from .ops import OPS, op_of
+from .ops.registry import type_of_ty
+from .quant import qrange
+from .tie_solver import dot_range, solve_dot, spread_sum, tie_targets
+
+MAX_TIE_CALLS = 64  # per kernel: bounds the check's time on wide layers (channels are packed per call)
+
+
+@dataclass
+class KernelSite:
+    """One kernel as the integer function calls it: constants as arrays, runtime inputs as types."""
+
+    name: str
+    op: str
+    params: dict
+    args: list            # np.ndarray (a Relax constant) or (shape, dtype) (a runtime input)
+    out: tuple            # (shape, dtype)
+
+    def runtime(self) -> list[int]:
+        return [i for i, a in enumerate(self.args) if not isinstance(a, np.ndarray)]
+
+
+@dataclass
+class TieCount:
+    """Requant channels of one kernel: tie hit, none reachable over legal inputs, or not solved."""
+
+    channels: int = 0
+    hit: int = 0
+    unreachable: int = 0
+    unsolved: int = 0
+
+
+@dataclass
+class KernelResult:
+    name: str
+    op: str
+    cases: int
+    ties: TieCount
+    mismatch: str | None = None
+
+
+def kernel_sites(mod: tvm.IRModule, func_name: str) -> list[KernelSite]:
+    """Distinct integer kernels of ``func_name``: one per (PrimFunc, constant operands)."""
+    seen, sites = set(), []
+    for block in mod[func_name].body.blocks:
+        for b in block.bindings:
+            call = b.value
+            if not (isinstance(call, relax.Call) and getattr(call.op, "name", "") == "relax.call_tir"):
+                continue
+            described = op_of(mod[call.args[0]])
+            if described is None or not OPS[described[0]].integer_only:
+                continue
+            args = [a.value.numpy() if isinstance(a, tvm.ir.GenericConst) else type_of_ty(a.ty)
+                    for a in call.args[1].fields]
+            key = (call.args[0].name_hint, *(hashlib.sha1(a.tobytes()).hexdigest() if isinstance(a, np.ndarray)
+                                              else str(a) for a in args))
+            if key not in seen:
+                seen.add(key)
+                sites.append(KernelSite(call.args[0].name_hint, *described, args, type_of_ty(b.var.ty)))
+    return sites
+
+
+def _range(site: KernelSite, i: int) -> tuple[int, int]:
+    """Legal integer range of runtime input ``i`` (its dtype's; matmul's proven row-sum bound)."""
+    shape, dtype = site.args[i]
+    if dtype == "bool":
+        return 0, 1
+    lo, hi = qrange(dtype)
+    row_sum = site.params.get("a_row_sum") if site.op == "matmul_requant" and i == 0 else None
+    if row_sum is not None:
+        cap = max(1, int(row_sum) // int(shape[-1]))
+        lo, hi = max(lo, -cap), min(hi, cap)
+    return lo, hi
+
+
+def extreme_cases(site: KernelSite, rng: np.random.Generator) -> list[list[np.ndarray]]:
+    """all-qmin, all-qmax, alternating, zeros, random -- and min/max crossed between two inputs."""
+    idx = site.runtime()
+    shapes = [site.args[i] for i in idx]
+    ranges = [_range(site, i) for i in idx]
+
+    def fill(kind, shape, dtype, lo, hi):
+        if kind == "alt":
+            v = np.where(np.arange(math.prod(shape)) % 2 == 0, lo, hi).reshape(shape)
+        elif kind == "random":
+            v = rng.integers(lo, hi + 1, size=shape)
+        else:
+            v = np.full(shape, {"min": lo, "max": hi, "zero": 0}[kind])
+        return v.astype(dtype)
+
+    cases = [[fill(k, s, d, lo, hi) for (s, d), (lo, hi) in zip(shapes, ranges)]
+             for k in ("min", "max", "alt", "zero", "random")]
+    if len(idx) == 2:
+        cases += [[fill(a, *shapes[0], *ranges[0]), fill(b, *shapes[1], *ranges[1])]
+                  for a, b in (("min", "max"), ("max", "min"))]
+    return cases
+
+
+def _per_tensor_ties(site, acc_lo, acc_hi, count: TieCount) -> list[int]:
+    p = site.params
+    targets = tie_targets(acc_lo, acc_hi, p["multiplier"], p["shift"], p["qmin"], p["qmax"])
+    count.channels += 1
+    count.hit += bool(targets)
+    count.unreachable += not targets
+    return targets
+
+
+def _ties_requantize(site, count):
+    (shape, dtype), = [site.args[i] for i in site.runtime()]
+    lo, hi = _range(site, site.runtime()[0])
+    targets = _per_tensor_ties(site, lo, hi, count)
+    return [[np.resize(np.asarray(targets, dtype), shape)]] if targets else []
+
+
+def _ties_sum(site, count):
+    (shape, dtype), = [site.args[i] for i in site.runtime()]
+    lo, hi = _range(site, site.runtime()[0])
+    axes = sorted(a % len(shape) for a in site.params["axes"])
+    n = math.prod(shape[a] for a in axes)
+    kept = [a for a in range(len(shape)) if a not in axes]
+    cases = []
+    for t in _per_tensor_ties(site, n * lo, n * hi, count)[:2]:
+        block = np.broadcast_to(spread_sum(t, n, lo, hi).reshape([shape[a] for a in axes]),
+                                [shape[a] for a in kept] + [shape[a] for a in axes])
+        cases.append([np.transpose(block, np.argsort(kept + axes)).astype(dtype)])
+    return cases
+
+
+def _ties_add(site, count):
+    """``a ma + b mb`` a tie: for each value of ``b``, the ``a`` that solves the congruence."""
+    p = site.params
+    (sa, da), (sb, db) = (site.args[i] for i in site.runtime())
+    (alo, ahi), (blo, bhi) = (_range(site, i) for i in site.runtime())
+    count.channels += 1
+    c, ma, mb = int(p["shift"]), int(p["ma"]), int(p["mb"])
+    found = []
+    if c >= 1 and ma:
+        e = (ma & -ma).bit_length() - 1
+        mod = 1 << max(c - e, 0)
+        inv = pow(ma >> e, -1, mod) if mod > 1 else 0
+        for b in range(blo, bhi + 1):
+            need = (1 << (c - 1)) - b * mb
+            if e >= c or need % (1 << e):
+                continue
+            a = (need >> e) * inv % mod if mod > 1 else 0
+            a += (alo - a + mod - 1) // mod * mod  # smallest representative >= alo
+            y = (a * ma + b * mb + (1 << (c - 1))) >> c
+            if a <= ahi and p["qmin"] < y <= p["qmax"]:
+                found.append((a, b))
+                if len(found) == 2:
+                    break
+    count.hit += bool(found)
+    count.unreachable += not found
+    return [[np.full(sa, a, da), np.full(sb, b, db)] for a, b in found]
+
+
+def _channel_ties(count, lo, hi, w, bias, m, s, qmin, qmax):
+    """Input values for one output channel's taps that make its accumulator a tie, or None."""
+    count.channels += 1
+    d_lo, d_hi = dot_range(w, lo, hi)
+    targets = tie_targets(d_lo + bias, d_hi + bias, m, s, qmin, qmax)
+    if not targets:
+        count.unreachable += 1
+        return None
+    for t in targets:
+        x = solve_dot(w, t - bias, lo, hi)
+        if x is not None:
+            count.hit += 1
+            return x
+    count.unsolved += 1
+    return None
+
+
+def _ties_dense(site, count):
+    """Channel ``j`` gets one row of ``x`` solving ``x . w[j] = tie - bias[j]``."""
+    (shape, dtype), w, bias, mult, shift = site.args
+    lo, hi = _range(site, 0)
+    rows, n_out = math.prod(shape[:-1]), w.shape[0]
+    cases = []
+    for start in range(0, n_out, rows)[:MAX_TIE_CALLS]:
+        x = np.zeros((rows, shape[-1]), np.int64)
+        for r, j in enumerate(range(start, min(start + rows, n_out))):
+            sol = _channel_ties(count, lo, hi, w[j], int(bias[j]), int(mult[j]), int(shift[j]),
+                                site.params["qmin"], site.params["qmax"])
+            if sol is not None:
+                x[r] = sol
+        cases.append([x.reshape(shape).astype(dtype)])
+    return cases
+
+
+def _ties_conv(site, count):
+    """Channel ``oc`` gets one output position (receptive fields of the positions used in one call
+    do not overlap; channels of different groups read different inputs, so they share positions)."""
+    (shape, dtype), w, bias, mult, shift = site.args
+    p = site.params
+    lo, hi = _range(site, 0)
+    n, c, h, wd = shape
+    o, cg, kh, kw = w.shape
+    (sh, sw), (dh, dw), (pt, pl, _, _), groups = p["strides"], p["dilation"], p["padding"], p["groups"]
+    oh, ow = site.out[0][2], site.out[0][3]
+    step_y, step_x = -(-((kh - 1) * dh + 1) // sh), -(-((kw - 1) * dw + 1) // sw)
+    # grid offset so the first position's window starts inside; unpadded windows first (wider acc range)
+    i0, j0 = -(-pt // sh) % step_y, -(-pl // sw) % step_x
+    slots = sorted(((b, i, j) for b in range(n) for i in range(i0, oh, step_y) for j in range(j0, ow, step_x)),
+                   key=lambda s: -_taps_inside(s, site))
+    og = o // groups
+    cases = []
+    for start in range(0, og, len(slots))[:MAX_TIE_CALLS]:
+        x = np.zeros(shape, np.int64)
+        for slot, ocg in zip(slots, range(start, min(start + len(slots), og))):
+            for g in range(groups):
+                _solve_conv_channel(count, x, slot, g * og + ocg, g * cg, w, bias, mult, shift, site, lo, hi)
+        cases.append([x.astype(dtype)])
+    return cases
+
+
+def _taps(slot, site):
+    """Input rows/cols read by output position ``slot`` and which of them are not padding."""
+    p, (_, _, h, wd), w = site.params, site.args[0][0], site.args[1]
+    _, i, j = slot
+    (sh, sw), (dh, dw), (pt, pl, _, _) = p["strides"], p["dilation"], p["padding"]
+    rc, ry, rx = np.meshgrid(*(np.arange(d) for d in w.shape[1:]), indexing="ij")
+    yy, xx = i * sh + ry * dh - pt, j * sw + rx * dw - pl
+    return rc, yy, xx, (yy >= 0) & (yy < h) & (xx >= 0) & (xx < wd)
+
+
+def _taps_inside(slot, site) -> int:
+    return int(_taps(slot, site)[3].sum())
+
+
+def _solve_conv_channel(count, x, slot, oc, c0, w, bias, mult, shift, site, lo, hi):
+    p = site.params
+    rc, yy, xx, inside = _taps(slot, site)  # padded taps read 0: only the inside ones are free
+    b = slot[0]
+    sol = _channel_ties(count, lo, hi, w[oc][inside], int(bias[oc]), int(mult[oc]), int(shift[oc]),
+                        p["qmin"], p["qmax"])
+    if sol is not None:
+        x[b, c0 + rc[inside], yy[inside], xx[inside]] = sol
+
+
+TIE_BUILDERS = {"requantize": _ties_requantize, "sum_requant": _ties_sum, "add_requant": _ties_add,
+                "dense_requant": _ties_dense, "conv2d_requant": _ties_conv}
+
+
+def kernel_library(art):
+    """The compiled module whose ``get_function(name)`` runs one kernel, or None (no host build)."""
+    if art.library is not None:
+        return art.library
+    return art.executable.mod if art.executable is not None else None
+
+
+def check_site(lib, site: KernelSite, rng: np.random.Generator) -> KernelResult:
+    """Run one kernel on its extreme and tie inputs; compare each output with the NumPy twin."""
+    fn = lib.get_function(site.name, True)
+    ties = TieCount()
+    builder = TIE_BUILDERS.get(site.op)
+    extremes = extreme_cases(site, rng)
+    cases = extremes + (builder(site, ties) if builder else [])
+    res = KernelResult(site.name, site.op, len(cases), ties)
+    if fn is None:
+        res.mismatch = f"kernel {site.name} is not exported by the compiled library"
+        return res
+    runtime = site.runtime()
+    for k, inputs in enumerate(cases):
+        args = list(site.args)
+        for i, v in zip(runtime, inputs):
+            args[i] = v
+        out = tvm.runtime.tensor(np.zeros(*site.out))
+        fn(*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in args], out)
+        got, want = out.numpy(), OPS[site.op].reference(*args, **site.params)
+        if got.dtype != want.dtype or not np.array_equal(got, want):
+            bad = np.argwhere(got != want)
+            pos = tuple(int(v) for v in bad[0]) if bad.size else ()
+            res.mismatch = (f"{'tie' if k >= len(extremes) else 'extreme'} input {k}: "
+                            f"{int(bad.shape[0])} elements differ, first {pos}: got {got[pos]} want {want[pos]}")
+            break
+    return res
+
+
+def check_kernels(art, seed: int = 0) -> dict:
+    """``report.json`` -> ``bit_exact_kernels``: every distinct kernel on extreme and tie inputs.
+
+    Returns ``{checked, cases, ties_hit, channels: {with_tie, no_tie_reachable, unsolved},
+    mismatched: [{kernel, op, detail}]}``; ``ties_hit`` counts kernels where some channel's tie
+    was constructed. ``checked`` is 0 (and ``skipped`` says why) without a host build.
+    """
+    lib = kernel_library(art)
+    if lib is None:
+        return {"checked": 0, "skipped": "no host build of the integer kernels", "mismatched": []}
+    rng = np.random.default_rng(seed)
+    results = [check_site(lib, s, rng) for s in kernel_sites(art.integer_mod, "main" if art.int_io else "core")]
+    return {
+        "checked": len(results),
+        "cases": sum(r.cases for r in results),
+        "ties_hit": sum(r.ties.hit > 0 for r in results),
+        "channels": {"with_tie": sum(r.ties.hit for r in results),
+                     "no_tie_reachable": sum(r.ties.unreachable for r in results),
+                     "unsolved": sum(r.ties.unsolved for r in results)},
+        "mismatched": [{"kernel": r.name, "op": r.op, "detail": r.mismatch} for r in results if r.mismatch],
+    }
