@@ -12,9 +12,10 @@ from tvm import tirx
 import tvm_qplugin as tq
 from tvm_qplugin.compiler import check_bit_exact
 from tvm_qplugin.data import InputSpec, from_arrays
-from tvm_qplugin.kernel_check import KernelSite, TieCount, _ties_conv, _ties_dense, kernel_sites
+from tvm_qplugin.kernel_check import KernelSite, TieCount, _ties_conv, _ties_dense, check_kernels, kernel_sites
 from tvm_qplugin.ops import OPS
 from tvm_qplugin.ops import requant as requant_ops
+from tvm_qplugin.reference import ReferenceInterpreter
 from tvm_qplugin.tie_solver import is_tie, solve_dot, tie_step, tie_targets
 from tvm_qplugin.verify import verify_outdir
 from tvm_qplugin.zoo import digits_cnn_onnx, digits_split
@@ -101,6 +102,72 @@ def test_dense_tie_inputs_make_every_channel_tie(rng):
     accs = np.concatenate([x.astype(np.int64) @ w.T.astype(np.int64) + bias for (x,) in cases])
     for j in range(5):
         assert any(is_tie(int(a), mult[j], shift[j]) for a in accs[:, j]), f"channel {j}"
+
+
+# --- hand-built integer modules: every tie builder against a mutated build of its kernel ---
+
+def _kernels_module(rng):
+    """``main(x, a, b)``: conv2d_requant, avg_pool2d_requant, dense_requant on ``x``'s path and a
+    matmul_requant of ``a @ b``, with short multiplier mantissas: ties are reachable, but only at
+    accumulators (odd multiples of 2**17, 2**11, 2**15, 2**15) that random inputs practically never hit."""
+    from tvm import relax
+
+    from tvm_qplugin.ops import const, emit
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 4, 8, 8), "uint8"))
+    a = relax.Var("a", relax.TensorType((2, 6, 16), "int8"))
+    b = relax.Var("b", relax.TensorType((2, 16, 5), "int8"))
+    clamp = {"qmin": 0, "qmax": 255, "out_dtype": "uint8"}
+    with bb.function("main", [x, a, b]):
+        with bb.dataflow():
+            y = emit(bb, "conv2d_requant", [x, const(rng.integers(-128, 128, (6, 4, 3, 3)).astype(np.int8)),
+                                            const(rng.integers(-999, 999, 6).astype(np.int32)),
+                                            const(((rng.integers(1, 60, 6) * 2 + 1) << 15).astype(np.int64)),
+                                            const(np.full(6, 33, np.int64))],
+                     strides=[1, 1], padding=[1, 1, 1, 1], dilation=[1, 1], groups=1, **clamp)
+            y = emit(bb, "avg_pool2d_requant", [y, const(np.full((4, 4), 3 << 19, np.int64))], pool_size=[3, 3],
+                     strides=[2, 2], padding=[1, 1, 1, 1], shift=31, **clamp)
+            y = emit(bb, "dense_requant", [bb.emit(relax.op.reshape(y, (1, 96))),
+                                           const(rng.integers(-128, 128, (7, 96)).astype(np.int8)),
+                                           const(np.zeros(7, np.int32)), const(np.full(7, 5 << 12, np.int64)),
+                                           const(np.full(7, 28, np.int64))], **clamp)
+            z = emit(bb, "matmul_requant", [a, b], multiplier=3 << 20, shift=36, qmin=-127, qmax=127,
+                     out_dtype="int8")
+            out = bb.emit_output(relax.Tuple([y, z]))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _built(mod):
+    import tvm
+
+    from tvm_qplugin.artifact import Artifact
+    from tvm_qplugin.build import build
+
+    executable, _ = build(mod, tvm.target.Target({"kind": "llvm"}))
+    return Artifact(mod, [], [], True, executable=executable)
+
+
+def test_every_tie_builder_catches_its_mutated_kernel(monkeypatch):
+    monkeypatch.setattr(requant_ops, "round_shift", _round_ties_down)
+    art = _built(_kernels_module(np.random.default_rng(3)))
+    k = check_kernels(art)
+    assert {m["op"] for m in k["mismatched"]} == {"conv2d_requant", "avg_pool2d_requant", "dense_requant",
+                                                  "matmul_requant"}
+    assert all(m["detail"].startswith("tie input") for m in k["mismatched"]), k["mismatched"]
+    rng = np.random.default_rng(0)  # what the whole-model checks feed: random integers, no tie
+    ref = ReferenceInterpreter(art.integer_mod)
+    for _ in range(16):
+        q = [rng.integers(0, 256, (1, 4, 8, 8)).astype(np.uint8), rng.integers(-128, 128, (2, 6, 16)).astype(np.int8),
+             rng.integers(-128, 128, (2, 16, 5)).astype(np.int8)]
+        assert all(np.array_equal(g, w) for g, w in zip(art.run_integer(q), ref.run("main", *q)))
+
+
+def test_every_tie_builder_hits_ties_on_the_correct_kernels():
+    k = check_kernels(_built(_kernels_module(np.random.default_rng(3))))
+    assert k["checked"] == 4 and k["mismatched"] == [] and k["ties_hit"] == 4
+    assert k["channels"]["unsolved"] == 0 and k["channels"]["with_tie"] >= 6 + 7 + 1
 
 
 # --- whole compiles: a model with reachable ties, mutated and not; the digits CNN ---

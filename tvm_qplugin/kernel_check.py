@@ -23,7 +23,7 @@ from tvm import relax
 from .ops import OPS, op_of
 from .ops.registry import type_of_ty
 from .quant import qrange
-from .tie_solver import dot_range, solve_dot, spread_sum, tie_targets
+from .tie_solver import dot_range, solve_dot, spread_sum, tie_step, tie_targets
 
 MAX_TIE_CALLS = 64  # per kernel: bounds the check's time on wide layers (channels are packed per call)
 
@@ -87,7 +87,7 @@ def _range(site: KernelSite, i: int) -> tuple[int, int]:
     shape, dtype = site.args[i]
     if dtype == "bool":
         return 0, 1
-    lo, hi = qrange(dtype)
+    lo, hi = qrange(dtype) if dtype != "int64" else qrange("int32")  # int64 operands carry int32 values
     row_sum = site.params.get("a_row_sum") if site.op == "matmul_requant" and i == 0 else None
     if row_sum is not None:
         cap = max(1, int(row_sum) // int(shape[-1]))
@@ -260,7 +260,46 @@ def _solve_conv_channel(count, x, slot, oc, c0, w, bias, mult, shift, site, lo, 
         x[b, c0 + rc[inside], yy[inside], xx[inside]] = sol
 
 
-TIE_BUILDERS = {"requantize": _ties_requantize, "sum_requant": _ties_sum, "add_requant": _ties_add,
+def _ties_avg_pool(site, count):
+    """Each output position has its own multiplier (1/count folded in): position ``p`` gets the
+    ``p``-th (batch, channel) plane, whose window for ``p`` sums to a tie."""
+    (shape, dtype), mult = site.args
+    p = site.params
+    lo, hi = _range(site, 0)
+    (kh, kw), (sh, sw), (pt, pl, _, _) = p["pool_size"], p["strides"], p["padding"]
+    planes = shape[0] * shape[1]
+    positions = [(i, j) for i in range(mult.shape[0]) for j in range(mult.shape[1])]
+    cases = []
+    for start in range(0, len(positions), planes)[:MAX_TIE_CALLS]:
+        x = np.zeros(shape, np.int64).reshape(planes, *shape[2:])
+        for plane, (i, j) in enumerate(positions[start:start + planes]):
+            rows = [y for y in range(i * sh - pt, i * sh - pt + kh) if 0 <= y < shape[2]]
+            cols = [v for v in range(j * sw - pl, j * sw - pl + kw) if 0 <= v < shape[3]]
+            n = len(rows) * len(cols)
+            count.channels += 1
+            targets = tie_targets(n * lo, n * hi, int(mult[i, j]), p["shift"], p["qmin"], p["qmax"]) if n else []
+            count.hit += bool(targets)
+            count.unreachable += not targets
+            if targets:
+                x[plane][np.ix_(rows, cols)] = spread_sum(targets[0], n, lo, hi).reshape(len(rows), len(cols))
+        cases.append([x.reshape(shape).astype(dtype)])
+    return cases
+
+
+def _ties_matmul(site, count):
+    """``b`` all equal to ``v``, each row of ``a`` summing to ``tie / v``: every output is the tie.
+    Ties are odd multiples of a power of two, so ``v`` is the largest power of two dividing it
+    that ``b`` holds (1 would reach only ``|acc| <= K max|a|``)."""
+    (sa, da), (sb, db) = (site.args[i] for i in site.runtime())
+    (alo, ahi), (_, bhi) = (_range(site, i) for i in site.runtime())
+    step = tie_step(site.params["multiplier"], site.params["shift"]) or 1
+    v, k = min(step, 1 << (bhi.bit_length() - 1)), sa[-1]
+    targets = _per_tensor_ties(site, k * alo * v, k * ahi * v, count)
+    return [[np.broadcast_to(spread_sum(t // v, k, alo, ahi), sa).astype(da), np.full(sb, v, db)] for t in targets[:2]]
+
+
+TIE_BUILDERS = {"avg_pool2d_requant": _ties_avg_pool, "matmul_requant": _ties_matmul,
+                "requantize": _ties_requantize, "sum_requant": _ties_sum, "add_requant": _ties_add,
                 "dense_requant": _ties_dense, "conv2d_requant": _ties_conv}
 
 
