@@ -7,20 +7,26 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from onnx_builders import OnnxGraph
 from tvm import tirx
 
 import tvm_qplugin as tq
 from tvm_qplugin.compiler import check_bit_exact
 from tvm_qplugin.data import InputSpec, from_arrays
-from tvm_qplugin.kernel_check import KernelSite, TieCount, _ties_conv, _ties_dense, check_kernels, kernel_sites
+from tvm_qplugin.kernel_check import (
+    KernelSite,
+    TieCount,
+    _ties_conv,
+    _ties_dense,
+    check_kernels,
+    kernel_sites,
+)
 from tvm_qplugin.ops import OPS
 from tvm_qplugin.ops import requant as requant_ops
 from tvm_qplugin.reference import ReferenceInterpreter
 from tvm_qplugin.tie_solver import is_tie, solve_dot, tie_step, tie_targets
 from tvm_qplugin.verify import verify_outdir
 from tvm_qplugin.zoo import digits_cnn_onnx, digits_split
-
-from onnx_builders import OnnxGraph
 
 
 def _round_ties_down(v, shift):
@@ -81,7 +87,7 @@ def test_conv_tie_inputs_make_every_channel_tie(rng, groups):
     count = TieCount()
     cases = _ties_conv(site, count)
     assert count.channels == 8 and count.hit + count.unreachable == 8 and count.hit >= 7
-    x_all, w, bias, mult, shift = site.args
+    _, w, bias, mult, shift = site.args
     ones, zeros = np.ones(8, np.int64), np.zeros(8, np.int64)
     accs = [OPS["conv2d_requant"].reference(x, w, bias, ones, zeros, **{**site.params, "qmin": -(2**40),
                                                                          "qmax": 2**40, "out_dtype": "int64"})
@@ -107,9 +113,10 @@ def test_dense_tie_inputs_make_every_channel_tie(rng):
 # --- hand-built integer modules: every tie builder against a mutated build of its kernel ---
 
 def _kernels_module(rng):
-    """``main(x, a, b)``: conv2d_requant, avg_pool2d_requant, dense_requant on ``x``'s path and a
-    matmul_requant of ``a @ b``, with short multiplier mantissas: ties are reachable, but only at
-    accumulators (odd multiples of 2**17, 2**11, 2**15, 2**15) that random inputs practically never hit."""
+    """``main(x, a, b)``: conv2d_requant, avg_pool2d_requant, dense_requant on ``x``'s path, a
+    matmul_requant of ``a @ b`` and an add_requant of ``x + x``, with short multiplier mantissas:
+    ties are reachable, but only at accumulators (odd multiples of 2**17, 2**11, 2**15, 2**15;
+    one residue mod 2**12 of ``a`` for each ``b``) that random inputs rarely hit."""
     from tvm import relax
 
     from tvm_qplugin.ops import const, emit
@@ -134,7 +141,8 @@ def _kernels_module(rng):
                                            const(np.full(7, 28, np.int64))], **clamp)
             z = emit(bb, "matmul_requant", [a, b], multiplier=3 << 20, shift=36, qmin=-127, qmax=127,
                      out_dtype="int8")
-            out = bb.emit_output(relax.Tuple([y, z]))
+            s = emit(bb, "add_requant", [x, x], ma=1001 << 14, mb=1501 << 15, shift=26, **clamp)
+            out = bb.emit_output(relax.Tuple([y, z, s]))
         bb.emit_func_output(out)
     return bb.get()
 
@@ -154,7 +162,7 @@ def test_every_tie_builder_catches_its_mutated_kernel(monkeypatch):
     art = _built(_kernels_module(np.random.default_rng(3)))
     k = check_kernels(art)
     assert {m["op"] for m in k["mismatched"]} == {"conv2d_requant", "avg_pool2d_requant", "dense_requant",
-                                                  "matmul_requant"}
+                                                  "matmul_requant", "add_requant"}
     assert all(m["detail"].startswith("tie input") for m in k["mismatched"]), k["mismatched"]
     rng = np.random.default_rng(0)  # what the whole-model checks feed: random integers, no tie
     ref = ReferenceInterpreter(art.integer_mod)
@@ -166,8 +174,8 @@ def test_every_tie_builder_catches_its_mutated_kernel(monkeypatch):
 
 def test_every_tie_builder_hits_ties_on_the_correct_kernels():
     k = check_kernels(_built(_kernels_module(np.random.default_rng(3))))
-    assert k["checked"] == 4 and k["mismatched"] == [] and k["ties_hit"] == 4
-    assert k["channels"]["unsolved"] == 0 and k["channels"]["with_tie"] >= 6 + 7 + 1
+    assert k["checked"] == 5 and k["mismatched"] == [] and k["ties_hit"] == 5
+    assert k["channels"]["unsolved"] == 0 and k["channels"]["with_tie"] >= 6 + 7 + 1 + 1
 
 
 # --- whole compiles: a model with reachable ties, mutated and not; the digits CNN ---

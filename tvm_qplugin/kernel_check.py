@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import tvm
@@ -25,7 +25,7 @@ from .ops.registry import type_of_ty
 from .quant import qrange
 from .tie_solver import dot_range, solve_dot, spread_sum, tie_step, tie_targets
 
-MAX_TIE_CALLS = 64  # per kernel: bounds the check's time on wide layers (channels are packed per call)
+MAX_TIE_CALLS = 64  # packed tie calls per kernel: bounds the time on wide layers (later channels go unchecked)
 
 
 @dataclass
@@ -149,31 +149,63 @@ def _ties_sum(site, count):
 
 
 def _ties_add(site, count):
-    """``a ma + b mb`` a tie: for each value of ``b``, the ``a`` that solves the congruence."""
+    """``a ma + b mb`` a tie: solve the linear congruence mod ``2**c`` for one runtime operand,
+    given each value of the other -- the constant's elements, or up to 2**16 values of a second
+    runtime operand (then the one whose multiplier has fewer trailing zero bits is solved for)."""
     p = site.params
-    (sa, da), (sb, db) = (site.args[i] for i in site.runtime())
-    (alo, ahi), (blo, bhi) = (_range(site, i) for i in site.runtime())
+    (sa, da), (sb, db) = ((np.shape(a), str(a.dtype)) if isinstance(a, np.ndarray) else a for a in site.args)
+    mults, out_shape = [int(p["ma"]), int(p["mb"])], site.out[0]
     count.channels += 1
-    c, ma, mb = int(p["shift"]), int(p["ma"]), int(p["mb"])
-    found = []
-    if c >= 1 and ma:
-        e = (ma & -ma).bit_length() - 1
-        mod = 1 << max(c - e, 0)
-        inv = pow(ma >> e, -1, mod) if mod > 1 else 0
-        for b in range(blo, bhi + 1):
-            need = (1 << (c - 1)) - b * mb
-            if e >= c or need % (1 << e):
-                continue
-            a = (need >> e) * inv % mod if mod > 1 else 0
-            a += (alo - a + mod - 1) // mod * mod  # smallest representative >= alo
-            y = (a * ma + b * mb + (1 << (c - 1))) >> c
-            if a <= ahi and p["qmin"] < y <= p["qmax"]:
-                found.append((a, b))
+    runtime = site.runtime()
+    if len(runtime) == 2:
+        u = int(_trailing_zeros(mults[1]) < _trailing_zeros(mults[0]))
+        vlo, vhi = _range(site, 1 - u)
+        found = []
+        for xv in range(max(vlo, -(1 << 15)), min(vhi, (1 << 15) - 1) + 1):
+            xu = _add_tie(site, mults, u, xv, _range(site, u))
+            if xu is not None:
+                found.append((xu, xv) if u == 0 else (xv, xu))
                 if len(found) == 2:
                     break
-    count.hit += bool(found)
-    count.unreachable += not found
-    return [[np.full(sa, a, da), np.full(sb, b, db)] for a, b in found]
+        cases = [[np.full(sa, a, da), np.full(sb, b, db)] for a, b in found]
+    elif tuple(site.args[runtime[0]][0]) == tuple(out_shape):  # runtime operand + constant operand
+        u = runtime[0]
+        other = np.broadcast_to(site.args[1 - u], out_shape).ravel()
+        x = np.zeros(len(other), np.int64)
+        hit = np.zeros(len(other), bool)
+        for val in np.unique(other)[:4096]:
+            xu = _add_tie(site, mults, u, int(val), _range(site, u))
+            if xu is not None:
+                x[other == val], hit[other == val] = xu, True
+        cases = [[x.reshape(out_shape).astype(site.args[u][1])]] if hit.any() else []
+    else:  # a runtime operand broadcast against a constant: not constructed
+        count.unsolved += 1
+        return []
+    count.hit += bool(cases)
+    count.unreachable += not cases
+    return cases
+
+
+def _trailing_zeros(m: int) -> int:
+    return (m & -m).bit_length() - 1 if m else 64
+
+
+def _add_tie(site, mults, u, xv, urange) -> int | None:
+    """Operand ``u``'s value making ``xu mults[u] + xv mults[1-u]`` an unsaturated tie, or None."""
+    p, c = site.params, int(site.params["shift"])
+    if c < 1:
+        return None
+    need = (1 << (c - 1)) - xv * mults[1 - u]
+    e = min(_trailing_zeros(mults[u]), c)
+    if need % (1 << e):
+        return None
+    mod = 1 << (c - e)
+    xu = (need >> e) * pow(mults[u] >> e, -1, mod) % mod if mod > 1 else 0
+    xu += (urange[0] - xu + mod - 1) // mod * mod  # smallest solution >= the operand's qmin
+    for cand in range(xu, min(urange[1], xu + 64 * mod) + 1, mod):
+        if p["qmin"] < (cand * mults[u] + xv * mults[1 - u] + (1 << (c - 1))) >> c <= p["qmax"]:
+            return cand
+    return None
 
 
 def _channel_ties(count, lo, hi, w, bias, m, s, qmin, qmax):
@@ -193,20 +225,28 @@ def _channel_ties(count, lo, hi, w, bias, m, s, qmin, qmax):
     return None
 
 
+def _keep(cases: list, inputs: list, count: TieCount, hits_before: int) -> bool:
+    """Keep a packed call only if it holds a tie; True once :data:`MAX_TIE_CALLS` are kept."""
+    if count.hit > hits_before:
+        cases.append(inputs)
+    return len(cases) >= MAX_TIE_CALLS
+
+
 def _ties_dense(site, count):
     """Channel ``j`` gets one row of ``x`` solving ``x . w[j] = tie - bias[j]``."""
     (shape, dtype), w, bias, mult, shift = site.args
     lo, hi = _range(site, 0)
     rows, n_out = math.prod(shape[:-1]), w.shape[0]
     cases = []
-    for start in range(0, n_out, rows)[:MAX_TIE_CALLS]:
-        x = np.zeros((rows, shape[-1]), np.int64)
+    for start in range(0, n_out, rows):
+        x, before = np.zeros((rows, shape[-1]), np.int64), count.hit
         for r, j in enumerate(range(start, min(start + rows, n_out))):
             sol = _channel_ties(count, lo, hi, w[j], int(bias[j]), int(mult[j]), int(shift[j]),
                                 site.params["qmin"], site.params["qmax"])
             if sol is not None:
                 x[r] = sol
-        cases.append([x.reshape(shape).astype(dtype)])
+        if _keep(cases, [x.reshape(shape).astype(dtype)], count, before):
+            break
     return cases
 
 
@@ -216,23 +256,23 @@ def _ties_conv(site, count):
     (shape, dtype), w, bias, mult, shift = site.args
     p = site.params
     lo, hi = _range(site, 0)
-    n, c, h, wd = shape
     o, cg, kh, kw = w.shape
     (sh, sw), (dh, dw), (pt, pl, _, _), groups = p["strides"], p["dilation"], p["padding"], p["groups"]
     oh, ow = site.out[0][2], site.out[0][3]
     step_y, step_x = -(-((kh - 1) * dh + 1) // sh), -(-((kw - 1) * dw + 1) // sw)
     # grid offset so the first position's window starts inside; unpadded windows first (wider acc range)
     i0, j0 = -(-pt // sh) % step_y, -(-pl // sw) % step_x
-    slots = sorted(((b, i, j) for b in range(n) for i in range(i0, oh, step_y) for j in range(j0, ow, step_x)),
+    slots = sorted(((b, i, j) for b in range(shape[0]) for i in range(i0, oh, step_y) for j in range(j0, ow, step_x)),
                    key=lambda s: -_taps_inside(s, site))
     og = o // groups
     cases = []
-    for start in range(0, og, len(slots))[:MAX_TIE_CALLS]:
-        x = np.zeros(shape, np.int64)
+    for start in range(0, og, len(slots)):
+        x, before = np.zeros(shape, np.int64), count.hit
         for slot, ocg in zip(slots, range(start, min(start + len(slots), og))):
             for g in range(groups):
                 _solve_conv_channel(count, x, slot, g * og + ocg, g * cg, w, bias, mult, shift, site, lo, hi)
-        cases.append([x.astype(dtype)])
+        if _keep(cases, [x.astype(dtype)], count, before):
+            break
     return cases
 
 
@@ -270,8 +310,8 @@ def _ties_avg_pool(site, count):
     planes = shape[0] * shape[1]
     positions = [(i, j) for i in range(mult.shape[0]) for j in range(mult.shape[1])]
     cases = []
-    for start in range(0, len(positions), planes)[:MAX_TIE_CALLS]:
-        x = np.zeros(shape, np.int64).reshape(planes, *shape[2:])
+    for start in range(0, len(positions), planes):
+        x, before = np.zeros(shape, np.int64).reshape(planes, *shape[2:]), count.hit
         for plane, (i, j) in enumerate(positions[start:start + planes]):
             rows = [y for y in range(i * sh - pt, i * sh - pt + kh) if 0 <= y < shape[2]]
             cols = [v for v in range(j * sw - pl, j * sw - pl + kw) if 0 <= v < shape[3]]
@@ -282,7 +322,8 @@ def _ties_avg_pool(site, count):
             count.unreachable += not targets
             if targets:
                 x[plane][np.ix_(rows, cols)] = spread_sum(targets[0], n, lo, hi).reshape(len(rows), len(cols))
-        cases.append([x.reshape(shape).astype(dtype)])
+        if _keep(cases, [x.reshape(shape).astype(dtype)], count, before):
+            break
     return cases
 
 

@@ -33,9 +33,9 @@ def verify_outdir(outdir: str, inputs: str | None = None, count: int = 16) -> di
         for k, (g, w) in enumerate(zip(got, want)):
             if g.dtype != w.dtype or not np.array_equal(g, w):
                 mismatches.append({"input": i, "output": k, "elements_differ": int((g != w).sum())})
-    from .kernel_check import check_kernels  # each kernel alone on dtype extremes and exact rounding ties
+    from .kernel_check import check_kernels
 
-    kernels = check_kernels(art)
+    kernels = check_kernels(art)  # each kernel alone on dtype extremes and exact rounding ties
     res = {"outdir": str(outdir), "bit_exact": not mismatches and not kernels["mismatched"], "inputs": len(batches),
            "mismatches": mismatches[:10], "bit_exact_kernels": kernels,
            "integer_only": art.report.get("integer_only"), "float_ops": art.report.get("float_ops")}
