@@ -24,7 +24,7 @@ from tvm_qplugin.kernel_check import (
 from tvm_qplugin.ops import OPS
 from tvm_qplugin.ops import requant as requant_ops
 from tvm_qplugin.reference import ReferenceInterpreter
-from tvm_qplugin.tie_solver import is_tie, solve_dot, tie_step, tie_targets
+from tvm_qplugin.tie_solver import is_tie, solve_dot, solve_pair, tie_step, tie_targets
 from tvm_qplugin.verify import verify_outdir
 from tvm_qplugin.zoo import digits_cnn_onnx, digits_split
 
@@ -61,6 +61,17 @@ def test_solve_dot_hits_a_visible_tie(rng, n):
     assert (acc * multiplier) % (1 << shift) == 1 << (shift - 1)
     y = (acc * multiplier + (1 << (shift - 1))) >> shift
     assert 0 < y <= 255, "tie hidden by the clamp"
+
+
+@pytest.mark.parametrize("m1,m2,r1,r2", [(6, 10, (0, 20), (-5, 5)), (7, -3, (-8, 7), (0, 15)), (0, 4, (0, 3), (0, 9)),
+                                         (1001 << 4, 1501 << 5, (0, 255), (0, 255))])
+def test_solve_pair_finds_a_solution_whenever_one_exists(m1, m2, r1, r2):
+    sums = {x1 * m1 + x2 * m2 for x1 in range(r1[0], r1[1] + 1) for x2 in range(r2[0], r2[1] + 1)}
+    for target in list(sums)[:400] + [min(sums) - 1, max(sums) + 1, 1, 3]:
+        sol = solve_pair(m1, m2, target, r1, r2)
+        assert (sol is not None) == (target in sums), target
+        if sol is not None:
+            assert sol[0] * m1 + sol[1] * m2 == target and r1[0] <= sol[0] <= r1[1] and r2[0] <= sol[1] <= r2[1]
 
 
 def test_solve_dot_refuses_impossible_targets():
@@ -114,7 +125,7 @@ def test_dense_tie_inputs_make_every_channel_tie(rng):
 
 def _kernels_module(rng):
     """``main(x, a, b)``: conv2d_requant, avg_pool2d_requant, dense_requant on ``x``'s path, a
-    matmul_requant of ``a @ b`` and an add_requant of ``x + x``, with short multiplier mantissas:
+    matmul_requant of ``a @ b``, add_requant of ``x + x`` and ``x + const``, short multiplier mantissas:
     ties are reachable, but only at accumulators (odd multiples of 2**17, 2**11, 2**15, 2**15;
     one residue mod 2**12 of ``a`` for each ``b``) that random inputs rarely hit."""
     from tvm import relax
@@ -142,7 +153,9 @@ def _kernels_module(rng):
             z = emit(bb, "matmul_requant", [a, b], multiplier=3 << 20, shift=36, qmin=-127, qmax=127,
                      out_dtype="int8")
             s = emit(bb, "add_requant", [x, x], ma=1001 << 14, mb=1501 << 15, shift=26, **clamp)
-            out = bb.emit_output(relax.Tuple([y, z, s]))
+            s2 = emit(bb, "add_requant", [x, const(rng.integers(0, 256, (1, 4, 8, 8)).astype(np.uint8))],
+                      ma=1001 << 14, mb=1501 << 15, shift=26, **clamp)
+            out = bb.emit_output(relax.Tuple([y, z, s, s2]))
         bb.emit_func_output(out)
     return bb.get()
 
@@ -174,8 +187,8 @@ def test_every_tie_builder_catches_its_mutated_kernel(monkeypatch):
 
 def test_every_tie_builder_hits_ties_on_the_correct_kernels():
     k = check_kernels(_built(_kernels_module(np.random.default_rng(3))))
-    assert k["checked"] == 5 and k["mismatched"] == [] and k["ties_hit"] == 5
-    assert k["channels"]["unsolved"] == 0 and k["channels"]["with_tie"] >= 6 + 7 + 1 + 1
+    assert k["checked"] == 6 and k["mismatched"] == [] and k["ties_hit"] == 6
+    assert k["channels"]["unsolved"] == 0 and k["channels"]["with_tie"] >= 6 + 7 + 1 + 1 + 1
 
 
 # --- whole compiles: a model with reachable ties, mutated and not; the digits CNN ---

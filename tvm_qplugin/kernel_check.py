@@ -23,8 +23,16 @@ from tvm import relax
 from .ops import OPS, op_of
 from .ops.registry import type_of_ty
 from .quant import qrange
-from .tie_solver import dot_range, solve_dot, spread_sum, tie_step, tie_targets
+from .tie_solver import (
+    dot_range,
+    solve_dot,
+    solve_pair,
+    spread_sum,
+    tie_step,
+    tie_targets,
+)
 
+MAX_ADD_OUTPUTS = 4096  # add_requant: output values (two runtime operands) or constant values tried
 MAX_TIE_CALLS = 64  # packed tie calls per kernel: bounds the time on wide layers (later channels go unchecked)
 
 
@@ -149,40 +157,38 @@ def _ties_sum(site, count):
 
 
 def _ties_add(site, count):
-    """``a ma + b mb`` a tie: solve the linear congruence mod ``2**c`` for one runtime operand,
-    given each value of the other -- the constant's elements, or up to 2**16 values of a second
-    runtime operand (then the one whose multiplier has fewer trailing zero bits is solved for)."""
-    p = site.params
-    (sa, da), (sb, db) = ((np.shape(a), str(a.dtype)) if isinstance(a, np.ndarray) else a for a in site.args)
-    mults, out_shape = [int(p["ma"]), int(p["mb"])], site.out[0]
+    """``a ma + b mb`` a visible tie: with two runtime operands, solve ``a ma + b mb = (2y - 1)
+    2**(c-1)`` for each output ``y`` (middle first, at most :data:`MAX_ADD_OUTPUTS`) by extended
+    Euclid; with a constant operand, solve the congruence mod ``2**c`` for each of its values."""
+    p, c = site.params, int(site.params["shift"])
+    mults, out_shape, runtime = [int(p["ma"]), int(p["mb"])], site.out[0], site.runtime()
     count.channels += 1
-    runtime = site.runtime()
     if len(runtime) == 2:
-        u = int(_trailing_zeros(mults[1]) < _trailing_zeros(mults[0]))
-        vlo, vhi = _range(site, 1 - u)
+        ys = sorted(range(p["qmin"] + 1, p["qmax"] + 1), key=lambda y: abs(2 * y - p["qmin"] - p["qmax"]))
         found = []
-        for xv in range(max(vlo, -(1 << 15)), min(vhi, (1 << 15) - 1) + 1):
-            xu = _add_tie(site, mults, u, xv, _range(site, u))
-            if xu is not None:
-                found.append((xu, xv) if u == 0 else (xv, xu))
-                if len(found) == 2:
-                    break
-        cases = [[np.full(sa, a, da), np.full(sb, b, db)] for a, b in found]
+        for y in ys[:MAX_ADD_OUTPUTS] if c >= 1 else []:
+            sol = solve_pair(*mults, (2 * y - 1) << (c - 1), _range(site, 0), _range(site, 1))
+            if sol is not None and len(found) < 2:
+                found.append(sol)
+        cases = [[np.full(site.args[0][0], a, site.args[0][1]), np.full(site.args[1][0], b, site.args[1][1])]
+                 for a, b in found]
+        truncated = len(ys) > MAX_ADD_OUTPUTS
     elif tuple(site.args[runtime[0]][0]) == tuple(out_shape):  # runtime operand + constant operand
         u = runtime[0]
         other = np.broadcast_to(site.args[1 - u], out_shape).ravel()
         x = np.zeros(len(other), np.int64)
         hit = np.zeros(len(other), bool)
-        for val in np.unique(other)[:4096]:
+        for val in np.unique(other)[:MAX_ADD_OUTPUTS]:
             xu = _add_tie(site, mults, u, int(val), _range(site, u))
             if xu is not None:
                 x[other == val], hit[other == val] = xu, True
         cases = [[x.reshape(out_shape).astype(site.args[u][1])]] if hit.any() else []
+        truncated = len(np.unique(other)) > MAX_ADD_OUTPUTS
     else:  # a runtime operand broadcast against a constant: not constructed
-        count.unsolved += 1
-        return []
+        cases, truncated = [], True
     count.hit += bool(cases)
-    count.unreachable += not cases
+    count.unsolved += not cases and truncated
+    count.unreachable += not cases and not truncated
     return cases
 
 
