@@ -24,7 +24,7 @@ from tvm_qplugin.kernel_check import (
 from tvm_qplugin.ops import OPS
 from tvm_qplugin.ops import requant as requant_ops
 from tvm_qplugin.reference import ReferenceInterpreter
-from tvm_qplugin.tie_solver import is_tie, solve_dot, solve_pair, tie_step, tie_targets
+from tvm_qplugin.tie_solver import is_tie, solve_dot, tie_step, tie_targets
 from tvm_qplugin.verify import verify_outdir
 from tvm_qplugin.zoo import digits_cnn_onnx, digits_split
 
@@ -63,15 +63,20 @@ def test_solve_dot_hits_a_visible_tie(rng, n):
     assert 0 < y <= 255, "tie hidden by the clamp"
 
 
-@pytest.mark.parametrize("m1,m2,r1,r2", [(6, 10, (0, 20), (-5, 5)), (7, -3, (-8, 7), (0, 15)), (0, 4, (0, 3), (0, 9)),
-                                         (1001 << 4, 1501 << 5, (0, 255), (0, 255))])
-def test_solve_pair_finds_a_solution_whenever_one_exists(m1, m2, r1, r2):
-    sums = {x1 * m1 + x2 * m2 for x1 in range(r1[0], r1[1] + 1) for x2 in range(r2[0], r2[1] + 1)}
-    for target in list(sums)[:400] + [min(sums) - 1, max(sums) + 1, 1, 3]:
-        sol = solve_pair(m1, m2, target, r1, r2)
-        assert (sol is not None) == (target in sums), target
-        if sol is not None:
-            assert sol[0] * m1 + sol[1] * m2 == target and r1[0] <= sol[0] <= r1[1] and r2[0] <= sol[1] <= r2[1]
+@pytest.mark.parametrize("ma,mb,shift", [(1001 << 4, 1501 << 5, 12), (3, 5, 4), (-7 << 2, 6, 5), (0, 12, 4),
+                                         (1714205747, 25327103, 32)])
+def test_add_ties_match_brute_force(ma, mb, shift):
+    from tvm_qplugin.kernel_check import _add_ties
+
+    wide = {"shift": shift, "qmin": -(2**40), "qmax": 2**40}  # no saturation: ok <=> a tie exists
+    site = KernelSite("add", "add_requant", {"ma": ma, "mb": mb, **wide}, [], ((1,), "int32"))
+    xv = np.arange(-128, 128)
+    for u in (0, 1):
+        mults = [ma, mb]
+        xu, ok = _add_ties(site, mults, u, xv, (0, 255))
+        for i, v in enumerate(xv):
+            ties = [a for a in range(256) if is_tie(a * mults[u] + int(v) * mults[1 - u], 1, shift)]
+            assert bool(ok[i]) == bool(ties) and (not ties or xu[i] == ties[0]), (u, int(v), ties[:3], xu[i])
 
 
 def test_solve_dot_refuses_impossible_targets():

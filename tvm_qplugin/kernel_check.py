@@ -26,13 +26,11 @@ from .quant import qrange
 from .tie_solver import (
     dot_range,
     solve_dot,
-    solve_pair,
     spread_sum,
     tie_step,
     tie_targets,
 )
 
-MAX_ADD_OUTPUTS = 4096  # add_requant: output values (two runtime operands) or constant values tried
 MAX_TIE_CALLS = 64  # packed tie calls per kernel: bounds the time on wide layers (later channels go unchecked)
 
 
@@ -157,33 +155,27 @@ def _ties_sum(site, count):
 
 
 def _ties_add(site, count):
-    """``a ma + b mb`` a visible tie: with two runtime operands, solve ``a ma + b mb = (2y - 1)
-    2**(c-1)`` for each output ``y`` (middle first, at most :data:`MAX_ADD_OUTPUTS`) by extended
-    Euclid; with a constant operand, solve the congruence mod ``2**c`` for each of its values."""
-    p, c = site.params, int(site.params["shift"])
+    """``a ma + b mb`` an unsaturated tie: for each value of one operand (the constant's values, or
+    up to 2**16 values of a second runtime operand), the other solves a linear congruence mod
+    ``2**c`` (:func:`_add_ties`); it is the operand whose multiplier has fewer trailing zero bits."""
+    p = site.params
     mults, out_shape, runtime = [int(p["ma"]), int(p["mb"])], site.out[0], site.runtime()
     count.channels += 1
     if len(runtime) == 2:
-        ys = sorted(range(p["qmin"] + 1, p["qmax"] + 1), key=lambda y: abs(2 * y - p["qmin"] - p["qmax"]))
-        found = []
-        for y in ys[:MAX_ADD_OUTPUTS] if c >= 1 else []:
-            sol = solve_pair(*mults, (2 * y - 1) << (c - 1), _range(site, 0), _range(site, 1))
-            if sol is not None and len(found) < 2:
-                found.append(sol)
+        u = int(_trailing_zeros(mults[1]) < _trailing_zeros(mults[0]))
+        vlo, vhi = _range(site, 1 - u)
+        xv = np.arange(max(vlo, -(1 << 15)), min(vhi, (1 << 15) - 1) + 1)
+        xu, ok = _add_ties(site, mults, u, xv, _range(site, u))
+        found = [(xu[i], xv[i]) if u == 0 else (xv[i], xu[i]) for i in np.flatnonzero(ok)[:2]]
         cases = [[np.full(site.args[0][0], a, site.args[0][1]), np.full(site.args[1][0], b, site.args[1][1])]
                  for a, b in found]
-        truncated = len(ys) > MAX_ADD_OUTPUTS
+        truncated = len(xv) < vhi - vlo + 1
     elif tuple(site.args[runtime[0]][0]) == tuple(out_shape):  # runtime operand + constant operand
         u = runtime[0]
-        other = np.broadcast_to(site.args[1 - u], out_shape).ravel()
-        x = np.zeros(len(other), np.int64)
-        hit = np.zeros(len(other), bool)
-        for val in np.unique(other)[:MAX_ADD_OUTPUTS]:
-            xu = _add_tie(site, mults, u, int(val), _range(site, u))
-            if xu is not None:
-                x[other == val], hit[other == val] = xu, True
-        cases = [[x.reshape(out_shape).astype(site.args[u][1])]] if hit.any() else []
-        truncated = len(np.unique(other)) > MAX_ADD_OUTPUTS
+        other = np.broadcast_to(site.args[1 - u], out_shape).astype(np.int64).ravel()
+        xu, ok = _add_ties(site, mults, u, other, _range(site, u))
+        cases = [[np.where(ok, xu, 0).reshape(out_shape).astype(site.args[u][1])]] if ok.any() else []
+        truncated = False
     else:  # a runtime operand broadcast against a constant: not constructed
         cases, truncated = [], True
     count.hit += bool(cases)
@@ -196,22 +188,30 @@ def _trailing_zeros(m: int) -> int:
     return (m & -m).bit_length() - 1 if m else 64
 
 
-def _add_tie(site, mults, u, xv, urange) -> int | None:
-    """Operand ``u``'s value making ``xu mults[u] + xv mults[1-u]`` an unsaturated tie, or None."""
-    p, c = site.params, int(site.params["shift"])
+def _add_ties(site, mults, u, xv: np.ndarray, urange) -> tuple[np.ndarray, np.ndarray]:
+    """For each ``xv``, the smallest ``xu >= urange[0]`` with ``xu mults[u] + xv mults[1-u]`` a tie,
+    and whether it lies in ``urange`` with an unsaturated output. The congruence is solved in
+    wrapping uint64 arithmetic, exact mod ``2**c`` because ``2**c`` divides ``2**64``."""
+    c, (ulo, uhi) = int(site.params["shift"]), urange
     if c < 1:
-        return None
-    need = (1 << (c - 1)) - xv * mults[1 - u]
-    e = min(_trailing_zeros(mults[u]), c)
-    if need % (1 << e):
-        return None
+        return np.zeros(len(xv), np.int64), np.zeros(len(xv), bool)
+    mu, mv, e = mults[u], mults[1 - u], min(_trailing_zeros(mults[u]), c)
     mod = 1 << (c - e)
-    xu = (need >> e) * pow(mults[u] >> e, -1, mod) % mod if mod > 1 else 0
-    xu += (urange[0] - xu + mod - 1) // mod * mod  # smallest solution >= the operand's qmin
-    for cand in range(xu, min(urange[1], xu + 64 * mod) + 1, mod):
-        if p["qmin"] < (cand * mults[u] + xv * mults[1 - u] + (1 << (c - 1))) >> c <= p["qmax"]:
-            return cand
-    return None
+    w64 = (1 << 64) - 1
+    need = (np.uint64(1 << (c - 1)) - xv.astype(np.int64).astype(np.uint64) * np.uint64(mv & w64)) \
+        & np.uint64((1 << c) - 1)
+    solvable = (need & np.uint64((1 << e) - 1)) == 0
+    inv = pow(mu >> e, -1, mod) if mod > 1 else 0
+    r = ((need >> np.uint64(e)) * np.uint64(inv) & np.uint64(mod - 1)).astype(np.int64)
+    xu = ulo + (r - ulo) % mod
+    ok = solvable & (xu <= uhi)
+    qmin, qmax = site.params["qmin"], site.params["qmax"]
+    if max(abs(ulo), abs(uhi)) * abs(mu) + int(np.abs(xv).max(initial=0)) * abs(mv) < 1 << 62:
+        y = (xu * np.int64(mu) + xv.astype(np.int64) * np.int64(mv) + np.int64(1 << (c - 1))) >> np.int64(c)
+        return xu, ok & (qmin < y) & (y <= qmax)
+    for i in np.flatnonzero(ok):  # int32 operands: the output check in Python ints
+        ok[i] = qmin < (int(xu[i]) * mu + int(xv[i]) * mv + (1 << (c - 1))) >> c <= qmax
+    return xu, ok
 
 
 def _channel_ties(count, lo, hi, w, bias, m, s, qmin, qmax):

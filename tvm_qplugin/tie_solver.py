@@ -116,24 +116,6 @@ def _close_remainder(w, x, r, lo, hi, cand) -> bool:
     return False
 
 
-def solve_pair(m1: int, m2: int, target: int, range1: tuple[int, int],
-               range2: tuple[int, int]) -> tuple[int, int] | None:
-    """Integers ``x1 m1 + x2 m2 == target`` with each ``x`` in its range, or None (extended Euclid:
-    the solutions are one line ``(x1 + t m2/g, x2 - t m1/g)``; intersect ``t`` with both ranges)."""
-    if not m1 or not m2:
-        m, r, first = (m2, range2, False) if not m1 else (m1, range1, True)
-        if not m or target % m or not r[0] <= target // m <= r[1]:
-            return None if m or target else (0, 0)
-        return (target // m, 0) if first else (0, target // m)
-    g, a, b = _egcd(m1, m2)
-    if target % g:
-        return None
-    a, b = a * (target // g), b * (target // g)
-    t1, t2 = _t_range(a, m2 // g, *range1), _t_range(b, -m1 // g, *range2)
-    t = max(t1[0], t2[0])
-    return None if t > min(t1[1], t2[1]) else (a + t * (m2 // g), b - t * (m1 // g))
-
-
 def _t_range(v0: int, d: int, lo: int, hi: int) -> tuple[int, int]:
     """Integers ``t`` with ``lo <= v0 + t d <= hi`` (``d != 0``)."""
     a, b = Fraction(lo - v0, d), Fraction(hi - v0, d)
