@@ -126,6 +126,15 @@ def test_dense_tie_inputs_make_every_channel_tie(rng):
         assert any(is_tie(int(a), mult[j], shift[j]) for a in accs[:, j]), f"channel {j}"
 
 
+def test_tie_builders_count_unexpected_operand_layouts_as_unsolved():
+    """A dense whose weights arrive at run time: no tie constructed, nothing raised, counted."""
+    mult, shift = np.full(5, 5 << 24, np.int64), np.full(5, 30, np.int64)
+    site = KernelSite("dense", "dense_requant", {"qmin": -127, "qmax": 127, "out_dtype": "int8"},
+                      [((2, 48), "int8"), ((5, 48), "int8"), np.zeros(5, np.int32), mult, shift], ((2, 5), "int8"))
+    count = TieCount()
+    assert _ties_dense(site, count) == [] and (count.channels, count.unsolved) == (1, 1)
+
+
 # --- hand-built integer modules: every tie builder against a mutated build of its kernel ---
 
 def _kernels_module(rng):

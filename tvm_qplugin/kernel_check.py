@@ -23,13 +23,7 @@ from tvm import relax
 from .ops import OPS, op_of
 from .ops.registry import type_of_ty
 from .quant import qrange
-from .tie_solver import (
-    dot_range,
-    solve_dot,
-    spread_sum,
-    tie_step,
-    tie_targets,
-)
+from .tie_solver import dot_range, solve_dot, spread_sum, tie_step, tie_targets
 
 MAX_TIE_CALLS = 64  # packed tie calls per kernel: bounds the time on wide layers (later channels go unchecked)
 
@@ -231,6 +225,15 @@ def _channel_ties(count, lo, hi, w, bias, m, s, qmin, qmax):
     return None
 
 
+def _only_runtime(site, runtime: list[int], count: TieCount) -> bool:
+    """The builders below solve for these operands with the rest constant; otherwise "unsolved"."""
+    if site.runtime() == runtime:
+        return True
+    count.channels += 1
+    count.unsolved += 1
+    return False
+
+
 def _keep(cases: list, inputs: list, count: TieCount, hits_before: int) -> bool:
     """Keep a packed call only if it holds a tie; True once :data:`MAX_TIE_CALLS` are kept."""
     if count.hit > hits_before:
@@ -240,6 +243,8 @@ def _keep(cases: list, inputs: list, count: TieCount, hits_before: int) -> bool:
 
 def _ties_dense(site, count):
     """Channel ``j`` gets one row of ``x`` solving ``x . w[j] = tie - bias[j]``."""
+    if not _only_runtime(site, [0], count):
+        return []
     (shape, dtype), w, bias, mult, shift = site.args
     lo, hi = _range(site, 0)
     rows, n_out = math.prod(shape[:-1]), w.shape[0]
@@ -259,6 +264,8 @@ def _ties_dense(site, count):
 def _ties_conv(site, count):
     """Channel ``oc`` gets one output position (receptive fields of the positions used in one call
     do not overlap; channels of different groups read different inputs, so they share positions)."""
+    if not _only_runtime(site, [0], count):
+        return []
     (shape, dtype), w, bias, mult, shift = site.args
     p = site.params
     lo, hi = _range(site, 0)
@@ -309,6 +316,8 @@ def _solve_conv_channel(count, x, slot, oc, c0, w, bias, mult, shift, site, lo, 
 def _ties_avg_pool(site, count):
     """Each output position has its own multiplier (1/count folded in): position ``p`` gets the
     ``p``-th (batch, channel) plane, whose window for ``p`` sums to a tie."""
+    if not _only_runtime(site, [0], count):
+        return []
     (shape, dtype), mult = site.args
     p = site.params
     lo, hi = _range(site, 0)
@@ -337,6 +346,8 @@ def _ties_matmul(site, count):
     """``b`` all equal to ``v``, each row of ``a`` summing to ``tie / v``: every output is the tie.
     Ties are odd multiples of a power of two, so ``v`` is the largest power of two dividing it
     that ``b`` holds (1 would reach only ``|acc| <= K max|a|``)."""
+    if not _only_runtime(site, [0, 1], count):
+        return []
     (sa, da), (sb, db) = (site.args[i] for i in site.runtime())
     (alo, ahi), (_, bhi) = (_range(site, i) for i in site.runtime())
     step = tie_step(site.params["multiplier"], site.params["shift"]) or 1
