@@ -24,7 +24,7 @@ from tvm_qplugin.kernel_check import (
 from tvm_qplugin.ops import OPS
 from tvm_qplugin.ops import requant as requant_ops
 from tvm_qplugin.reference import ReferenceInterpreter
-from tvm_qplugin.tie_solver import is_tie, solve_dot, tie_step, tie_targets
+from tvm_qplugin.tie_solver import is_tie, may_tie, solve_dot, tie_step, tie_targets
 from tvm_qplugin.verify import verify_outdir
 from tvm_qplugin.zoo import digits_cnn_onnx, digits_split
 
@@ -77,6 +77,20 @@ def test_add_ties_match_brute_force(ma, mb, shift):
         for i, v in enumerate(xv):
             ties = [a for a in range(256) if is_tie(a * mults[u] + int(v) * mults[1 - u], 1, shift)]
             assert bool(ok[i]) == bool(ties) and (not ties or xu[i] == ties[0]), (u, int(v), ties[:3], xu[i])
+
+
+def test_may_tie_never_drops_a_channel_with_a_visible_tie(rng):
+    n = 4000
+    mult = rng.integers(1, 2**31, n) >> rng.integers(0, 31, n) << rng.integers(0, 20, n)
+    mult *= rng.choice([-1, 1], n)
+    shift = rng.integers(0, 63, n)
+    acc_lo = rng.integers(-(2**24), 2**20, n)
+    acc_hi = acc_lo + rng.integers(0, 2**22, n)
+    keep = may_tie(acc_lo, acc_hi, mult, shift, -128, 127)
+    exact = np.array([bool(tie_targets(int(a), int(b), int(m), int(c), -128, 127))
+                      for a, b, m, c in zip(acc_lo, acc_hi, mult, shift)])
+    assert not (exact & ~keep).any(), np.flatnonzero(exact & ~keep)[:5]
+    assert exact.sum() > 100 and keep.sum() <= exact.sum() + 0.01 * n, "prefilter too loose to save time"
 
 
 def test_solve_dot_refuses_impossible_targets():

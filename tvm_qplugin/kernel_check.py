@@ -23,7 +23,7 @@ from tvm import relax
 from .ops import OPS, op_of
 from .ops.registry import type_of_ty
 from .quant import qrange
-from .tie_solver import dot_range, solve_dot, spread_sum, tie_step, tie_targets
+from .tie_solver import dot_range, may_tie, solve_dot, spread_sum, tie_step, tie_targets
 
 MAX_TIE_CALLS = 64  # packed tie calls per kernel: bounds the time on wide layers (later channels go unchecked)
 
@@ -210,19 +210,29 @@ def _add_ties(site, mults, u, xv: np.ndarray, urange) -> tuple[np.ndarray, np.nd
 
 def _channel_ties(count, lo, hi, w, bias, m, s, qmin, qmax):
     """Input values for one output channel's taps that make its accumulator a tie, or None."""
-    count.channels += 1
     d_lo, d_hi = dot_range(w, lo, hi)
     targets = tie_targets(d_lo + bias, d_hi + bias, m, s, qmin, qmax)
-    if not targets:
-        count.unreachable += 1
-        return None
     for t in targets:
         x = solve_dot(w, t - bias, lo, hi)
         if x is not None:
             count.hit += 1
             return x
-    count.unsolved += 1
+    count.unsolved += bool(targets)
+    count.unreachable += not targets  # the prefilter's margin let it through
     return None
+
+
+def _candidates(site, count, lo, hi) -> np.ndarray:
+    """Output channels of a conv/dense that may see a visible tie over the full window (fewer
+    taps only narrow the accumulator range); the others are counted as unreachable here."""
+    _, w, bias, mult, shift = site.args
+    w = w.reshape(w.shape[0], -1).astype(np.int64)
+    acc_lo = np.minimum(w * lo, w * hi).sum(axis=1) + bias
+    acc_hi = np.maximum(w * lo, w * hi).sum(axis=1) + bias
+    cand = np.flatnonzero(may_tie(acc_lo, acc_hi, mult, shift, site.params["qmin"], site.params["qmax"]))
+    count.channels += len(w)
+    count.unreachable += len(w) - len(cand)
+    return cand
 
 
 def _only_runtime(site, runtime: list[int], count: TieCount) -> bool:
@@ -242,16 +252,16 @@ def _keep(cases: list, inputs: list, count: TieCount, hits_before: int) -> bool:
 
 
 def _ties_dense(site, count):
-    """Channel ``j`` gets one row of ``x`` solving ``x . w[j] = tie - bias[j]``."""
+    """Candidate channel ``j`` gets one row of ``x`` solving ``x . w[j] = tie - bias[j]``."""
     if not _only_runtime(site, [0], count):
         return []
     (shape, dtype), w, bias, mult, shift = site.args
     lo, hi = _range(site, 0)
-    rows, n_out = math.prod(shape[:-1]), w.shape[0]
+    rows, cand = math.prod(shape[:-1]), _candidates(site, count, lo, hi)
     cases = []
-    for start in range(0, n_out, rows):
+    for start in range(0, len(cand), rows):
         x, before = np.zeros((rows, shape[-1]), np.int64), count.hit
-        for r, j in enumerate(range(start, min(start + rows, n_out))):
+        for r, j in enumerate(cand[start:start + rows]):
             sol = _channel_ties(count, lo, hi, w[j], int(bias[j]), int(mult[j]), int(shift[j]),
                                 site.params["qmin"], site.params["qmax"])
             if sol is not None:
@@ -278,12 +288,18 @@ def _ties_conv(site, count):
     slots = sorted(((b, i, j) for b in range(shape[0]) for i in range(i0, oh, step_y) for j in range(j0, ow, step_x)),
                    key=lambda s: -_taps_inside(s, site))
     og = o // groups
+    ranks: dict[int, int] = {}
+    calls: list[list] = []
+    for oc in _candidates(site, count, lo, hi):  # the k-th candidate of each group -> slot k
+        k = ranks[oc // og] = ranks.get(oc // og, -1) + 1
+        if k // len(slots) == len(calls):
+            calls.append([])
+        calls[k // len(slots)].append((slots[k % len(slots)], int(oc)))
     cases = []
-    for start in range(0, og, len(slots)):
+    for call in calls:
         x, before = np.zeros(shape, np.int64), count.hit
-        for slot, ocg in zip(slots, range(start, min(start + len(slots), og))):
-            for g in range(groups):
-                _solve_conv_channel(count, x, slot, g * og + ocg, g * cg, w, bias, mult, shift, site, lo, hi)
+        for slot, oc in call:
+            _solve_conv_channel(count, x, slot, oc, (oc // og) * cg, w, bias, mult, shift, site, lo, hi)
         if _keep(cases, [x.astype(dtype)], count, before):
             break
     return cases

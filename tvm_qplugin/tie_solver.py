@@ -62,6 +62,24 @@ def tie_targets(acc_lo: int, acc_hi: int, multiplier: int, shift: int, qmin: int
     return [x * step for x in odd[:limit]]
 
 
+def may_tie(acc_lo, acc_hi, multiplier, shift, qmin: int, qmax: int) -> np.ndarray:
+    """Vectorized over channels, conservative form of :func:`tie_targets`: False only where no
+    visible tie exists in ``[acc_lo, acc_hi]``. Float64 with a margin, so wide layers skip the exact
+    per-channel work for the (usual) channels whose ties lie beyond every legal accumulator."""
+    b, c = np.asarray(multiplier, np.int64), np.asarray(shift, np.int64)
+    low_bit = np.abs((b & -b).astype(np.float64))  # 2**(trailing zeros of b)
+    step = np.where(b != 0, 2.0 ** (c - 1) / np.maximum(low_bit, 1.0), np.inf)  # 2**(m-1)
+    scale = 2.0 ** c.astype(np.float64) / np.maximum(np.abs(b).astype(np.float64), 1.0)
+    w_lo = np.where(b > 0, (qmin + 0.5) * scale, -(qmax - 0.5) * scale)
+    w_hi = np.where(b > 0, (qmax - 0.5) * scale, -(qmin + 0.5) * scale)
+    lo = np.maximum(np.asarray(acc_lo, np.float64), w_lo)
+    hi = np.minimum(np.asarray(acc_hi, np.float64), w_hi)
+    lo, hi = lo - 1 - 1e-9 * np.abs(lo), hi + 1 + 1e-9 * np.abs(hi)
+    with np.errstate(invalid="ignore"):
+        k_lo, k_hi = np.ceil(lo / step), np.floor(hi / step)
+    return (b != 0) & (c >= 1) & (step >= 1) & ((k_hi > k_lo) | ((k_hi == k_lo) & (k_lo % 2 != 0)))
+
+
 def solve_dot(weights: np.ndarray, target: int, lo: int, hi: int) -> np.ndarray | None:
     """Integers ``x`` in ``[lo, hi]`` (``lo <= 0 <= hi``) with ``sum(weights * x) == target``, or None.
 
