@@ -1,4 +1,4 @@
-"""Rounding ties and dtype extremes reach every kernel (issue 8): kernel_check.py + tie_solver.py.
+"""Rounding ties and dtype extremes reach every kernel (issue 8): kernel_check, tie_inputs, tie_solver.
 
 A kernel mutated to round ties down (``((1 << c) >> 1) - 1``) passes the 16-input whole-model
 check because ordinary inputs never produce an exact tie; the per-kernel check must catch it.
@@ -13,17 +13,17 @@ from tvm import tirx
 import tvm_qplugin as tq
 from tvm_qplugin.compiler import check_bit_exact
 from tvm_qplugin.data import InputSpec, from_arrays
-from tvm_qplugin.kernel_check import (
-    KernelSite,
-    TieCount,
-    _ties_conv,
-    _ties_dense,
-    check_kernels,
-    kernel_sites,
-)
+from tvm_qplugin.kernel_check import check_kernels, kernel_sites
 from tvm_qplugin.ops import OPS
 from tvm_qplugin.ops import requant as requant_ops
 from tvm_qplugin.reference import ReferenceInterpreter
+from tvm_qplugin.tie_inputs import (
+    KernelSite,
+    TieCount,
+    _add_ties,
+    _ties_conv,
+    _ties_dense,
+)
 from tvm_qplugin.tie_solver import is_tie, may_tie, solve_dot, tie_step, tie_targets
 from tvm_qplugin.verify import verify_outdir
 from tvm_qplugin.zoo import digits_cnn_onnx, digits_split
@@ -66,8 +66,6 @@ def test_solve_dot_hits_a_visible_tie(rng, n):
 @pytest.mark.parametrize("ma,mb,shift", [(1001 << 4, 1501 << 5, 12), (3, 5, 4), (-7 << 2, 6, 5), (0, 12, 4),
                                          (1714205747, 25327103, 32)])
 def test_add_ties_match_brute_force(ma, mb, shift):
-    from tvm_qplugin.kernel_check import _add_ties
-
     wide = {"shift": shift, "qmin": -(2**40), "qmax": 2**40}  # no saturation: ok <=> a tie exists
     site = KernelSite("add", "add_requant", {"ma": ma, "mb": mb, **wide}, [], ((1,), "int32"))
     xv = np.arange(-128, 128)
