@@ -28,6 +28,7 @@ from .quant.observers import DEFAULT_OBSERVER, OBSERVERS
 from .budget import Budget
 from .build import build
 from .diagnose import tensor_errors
+from .kernel_check import check_kernels
 from .reference import ReferenceInterpreter
 from .targets import get_board
 
@@ -146,6 +147,8 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
 
     first_env: dict = {}  # the reference's intermediates on the first batch, for the per-tensor errors
     bit_exact, n_exact = check_bit_exact(art, eval_ds, opts.bit_exact_inputs, opts.show_progress, first_env)
+    kernels_exact = check_kernels(art)  # each kernel alone on dtype extremes and exact rounding ties
+    bit_exact = bit_exact and not kernels_exact["mismatched"]
     errors = tensor_errors(runner, imod, next(iter(eval_ds.batches())), first_env)
     accuracy = evaluate(art, FloatRunner(float_mod, tvm_target, observe=False), eval_ds, opts.show_progress)
     accuracy["data"] = "eval" if eval is not None else "calibration"
@@ -154,6 +157,7 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
     art.report = build_report(imported, board, opts, imod, iv, bit_exact, n_exact, accuracy, latency, weights,
                               compile_s=time.perf_counter() - t0, build_s=build_s)
     art.report["tensors"] = [e.to_json() for e in errors]
+    art.report["bit_exact_kernels"] = kernels_exact
     if not c_route:
         add_kernel_times(art, imod, runs=3)
     if c_route:

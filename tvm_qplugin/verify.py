@@ -33,8 +33,11 @@ def verify_outdir(outdir: str, inputs: str | None = None, count: int = 16) -> di
         for k, (g, w) in enumerate(zip(got, want)):
             if g.dtype != w.dtype or not np.array_equal(g, w):
                 mismatches.append({"input": i, "output": k, "elements_differ": int((g != w).sum())})
-    res = {"outdir": str(outdir), "bit_exact": not mismatches, "inputs": len(batches), "mismatches": mismatches[:10],
-           **recheck_integer_only(art)}
+    from .kernel_check import check_kernels
+
+    kernels = check_kernels(art)  # each kernel alone on dtype extremes and exact rounding ties
+    res = {"outdir": str(outdir), "bit_exact": not mismatches and not kernels["mismatched"], "inputs": len(batches),
+           "mismatches": mismatches[:10], "bit_exact_kernels": kernels, **recheck_integer_only(art)}
     pkg = Path(outdir) / "c"
     if pkg.is_dir():  # MCU artifact: the C package on the host (ASan/UBSan) and under qemu on the board
         from .export import verify_c_package
