@@ -21,6 +21,7 @@ from tvm import relax
 
 from .ops import OPS, op_of
 from .ops.registry import type_of_ty
+from .reference import first_difference
 from .tie_inputs import TIE_BUILDERS, KernelSite, TieCount, extreme_cases
 
 BATCHED_TWINS = ("conv2d_requant", "dense_requant", "max_pool2d", "avg_pool2d_requant", "requantize")
@@ -81,11 +82,9 @@ def check_site(lib, site: KernelSite, rng: np.random.Generator) -> KernelResult:
         out = tvm.runtime.tensor(np.zeros(*site.out))
         fn(*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in _with_inputs(site, inputs)], out)
         got = out.numpy()
-        if got.dtype != want.dtype or not np.array_equal(got, want):
-            bad = np.argwhere(got != want)
-            pos = tuple(int(v) for v in bad[0]) if bad.size else ()
-            res.mismatch = (f"{'tie' if k >= len(extremes) else 'extreme'} input {k}: "
-                            f"{int(bad.shape[0])} elements differ, first {pos}: got {got[pos]} want {want[pos]}")
+        diff = first_difference(got, want)
+        if diff is not None:
+            res.mismatch = f"{'tie' if k >= len(extremes) else 'extreme'} input {k}: {diff}"
             break
     return res
 

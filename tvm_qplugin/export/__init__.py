@@ -18,6 +18,7 @@ import numpy as np
 from .budget import check_budget
 from .c_graph import integer_module_of
 from .c_package import write_c_package
+from ..reference import first_difference
 from .memory_plan import Buffer, MemoryPlan, liveness_lower_bound, plan
 
 __all__ = ["write_c_package", "verify_c_package", "check_budget", "export_mcu", "plan", "liveness_lower_bound",
@@ -52,10 +53,9 @@ def verify_c_package(pkg, board, samples, expected=None, mod=None, workdir=None,
     mismatches = []
     for i, (got, want) in enumerate(zip(res["outputs"], expected)):
         for j, (g, w) in enumerate(zip(got, want)):
-            w = np.asarray(w)
-            if g.dtype != w.dtype or g.shape != w.shape or not np.array_equal(g, w):
-                bad = int(np.sum(g != w)) if g.shape == w.shape else g.size
-                mismatches.append(f"sample {i} output {j}: {bad} of {w.size} elements differ")
+            diff = first_difference(g, w)
+            if diff is not None:
+                mismatches.append(f"sample {i} output {j}: {diff}")
     out = {"bit_exact": not mismatches, "inputs": len(samples), "board": res["board"], "mismatches": mismatches[:10]}
     for k in ("memory", "cost", "emulator"):
         if k in res:
