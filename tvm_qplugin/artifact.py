@@ -26,6 +26,7 @@ from .errors import ModelLoadError, OutputDirError
 from .native_log import quiet_native_stderr
 from .passes.functions import integer_function
 from .quant import QType
+from .report import record_code_size
 
 if TYPE_CHECKING:  # annotations only: TVM loads where it is used
     import tvm
@@ -146,7 +147,7 @@ class Artifact:
             os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; OUTDIR gets the usual mode
             with quiet_native_stderr():
                 self.executable.export_library(str(tmp / "model.so"))
-            self.report.setdefault("size_bytes", {})["code"] = (tmp / "model.so").stat().st_size
+            record_code_size(self.report, (tmp / "model.so").stat().st_size)
             (tmp / "integer_module.json").write_text(tvm.ir.save_json(self.integer_mod))
             io = {"int_io": self.int_io, "inputs": [s.to_json() for s in self.inputs],
                   "outputs": [s.to_json() for s in self.outputs]}

@@ -3,7 +3,6 @@ check bit-exactness and accuracy -> report. ``tq.compile`` and the CLI both call
 from __future__ import annotations
 
 import logging
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import tvm
 
-from ._version import __version__
+from . import report
 from .artifact import Artifact, IOSpec
 from .calibrate import FloatRunner, calibrate
 from .data import Dataset, Preprocess, from_arrays, load_dataset
@@ -154,10 +153,11 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
     accuracy["data"] = "eval" if eval is not None else "calibration"
     latency = measure_latency(art, opts.timing_runs)
     opts.budget.check_latency(latency["median"], board.name)
-    art.report = build_report(imported, board, opts, imod, iv, bit_exact, n_exact, accuracy, latency, weights,
-                              compile_s=time.perf_counter() - t0, build_s=build_s)
-    art.report["tensors"] = [e.to_json() for e in errors]
-    art.report["bit_exact_kernels"] = kernels_exact
+    art.report = report.build(imported, board, opts, imod, iv, weights,
+                              checks={"bit_exact": bit_exact, "bit_exact_inputs": n_exact,
+                                      "bit_exact_kernels": kernels_exact},
+                              accuracy=accuracy, latency=latency, tensors=errors,
+                              timing_s={"total": time.perf_counter() - t0, "tvm_build": build_s})
     if not c_route:
         add_kernel_times(art, imod, runs=3)
     if c_route:
@@ -191,19 +191,7 @@ def export_for_mcu(art: Artifact, board, ds: Dataset, opts: CompileOptions) -> N
             exe = build_linux(pkg, board, build_dir=Path(build_dir))
             shutil.copy2(exe, pkg / "runner" / "qmodel_runner")
     art.c_package = pkg
-    r = art.report
-    r["memory"] = res["memory"]
-    r["mcu"] = {"board": board.name, "verified_on": res.get("board", board.verified_by), "bit_exact": res["bit_exact"],
-                "bit_exact_inputs": res["bit_exact_inputs"],
-                "instructions_per_inference": res.get("instructions_per_inference"),
-                "instructions_per_mac": res.get("instructions_per_mac")}
-    r["bit_exact"] = bool(r["bit_exact"] and res["bit_exact"])
-    per_layer = res.get("layers") or []
-    convs = [layer for layer in r["layers"] if layer["op"] in ("conv2d", "dense")]
-    for layer, cost in zip(convs, per_layer):
-        layer["instructions"] = cost.get("instructions")
-        layer["instructions_per_mac"] = cost.get("instructions_per_mac")
-    r["latency_ms"] = None  # the board is emulated here: qemu counts instructions, not time
+    report.record_c_package(art.report, res, board)
 
 
 def add_kernel_times(art: Artifact, imod, runs: int) -> None:
@@ -212,10 +200,8 @@ def add_kernel_times(art: Artifact, imod, runs: int) -> None:
 
     calls = instrumented_runs(art, runs)
     per_call = binding_times(art, calls)
-    for layer, info in zip(art.report["layers"], imod.layers):
-        t = per_call.get(info.var)
-        layer["latency_us"] = None if t is None else round(t, 1)
-    art.report["kernels"] = by_op(art, kernel_times(calls))
+    report.record_kernel_times(art.report, [per_call.get(info.var) for info in imod.layers],
+                               by_op(art, kernel_times(calls)))
 
 
 def check_bit_exact(art: Artifact, ds: Dataset, n: int, show_progress: bool = False,
@@ -265,50 +251,9 @@ def measure_latency(art: Artifact, runs: int) -> dict:
     return {"median": float(np.median(times)), "runs": runs}
 
 
-def _cc_version() -> str:
-    try:
-        return subprocess.run(["cc", "--version"], capture_output=True, text=True, timeout=10).stdout.splitlines()[0]
-    except (OSError, IndexError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def weight_bytes(func) -> int:
     """Bytes of every constant the integer function holds (weights, biases, multipliers, tables)."""
     return sum(int(np.prod(c.value.numpy().shape)) * c.value.numpy().itemsize for c in _constants(func))
-
-
-def build_report(imported, board, opts, imod, iv, bit_exact, n_exact, accuracy, latency, weights, compile_s,
-                 build_s) -> dict:
-    import tvm_ffi
-
-    return {
-        "model": str(imported.path),
-        "target": board.name,
-        "isa_features": board.isa_features(),
-        "precision": opts.precision,
-        "nonlinear": opts.nonlinear,
-        "gelu": opts.gelu,
-        "softmax_bits": opts.softmax_bits,
-        "attention": opts.attention,
-        "observer": opts.observer,
-        "budget": dict(opts.budget.items()),
-        **iv.to_report(),  # integer_only, float_ops, allowed_float_ops
-        "division_ops": iv.division_ops,
-        "bit_exact": bool(bit_exact),
-        "bit_exact_inputs": int(n_exact),
-        "accuracy": accuracy,
-        "size_bytes": {"weights": weights, "code": None},
-        "layers": [{"name": layer.name, "op": layer.op, "w_bits": layer.w_bits, "a_bits": layer.a_bits,
-                    "sensitivity": None, "latency_us": None, "macs": layer.macs} for layer in imod.layers],
-        "latency_ms": latency,
-        "tuning": {"trials": 0, "tasks_tuned": 0, "tasks_untuned": iv.kernels, "db": None},
-        "inputs": [{"name": n, "shape": list(s), **(q.to_json() if q is not None else {"raw": True})}
-                   for n, s, q in imod.inputs],
-        "outputs": [{"name": n, "shape": list(s), **q.to_json()} for n, s, q in imod.outputs],
-        "timing_s": {"total": round(compile_s, 2), "tvm_build": round(build_s, 2)},
-        "toolchain": {"tvm": tvm.__version__, "tvm_ffi": getattr(tvm_ffi, "__version__", "unknown"),
-                      "cc": _cc_version(), "tvm_qplugin": __version__},
-    }
 
 
 def _constants(func):

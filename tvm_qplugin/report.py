@@ -1,7 +1,90 @@
-"""Human-readable summary of report.json (the CLI's stdout)."""
+"""``report.json``: the one module that builds it (DESIGN.md "Contracts"), and its human summary.
+
+The compiler hands over what it measured; this module decides the shape: :func:`build` at the end
+of a compile, :func:`record_c_package` for targets that export a C package, :func:`record_code_size`
+when the artifact is saved. Nothing else writes report keys.
+"""
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
+
+from ._version import __version__
+
+
+def build(imported, board, opts, imod, iv, weights: int, checks: dict, accuracy: dict, latency: dict, tensors,
+          timing_s: dict) -> dict:
+    """The report of a finished host compile. ``iv``: the integer-only findings; ``checks``:
+    ``bit_exact``, ``bit_exact_inputs``, ``bit_exact_kernels``; ``tensors``: per-tensor errors."""
+    import tvm
+    import tvm_ffi
+
+    return {
+        "model": str(imported.path),
+        "target": board.name,
+        "isa_features": board.isa_features(),
+        "precision": opts.precision,
+        "nonlinear": opts.nonlinear,
+        "gelu": opts.gelu,
+        "softmax_bits": opts.softmax_bits,
+        "attention": opts.attention,
+        "observer": opts.observer,
+        "budget": dict(opts.budget.items()),
+        **iv.to_report(),  # integer_only, float_ops, allowed_float_ops
+        "division_ops": iv.division_ops,
+        "bit_exact": bool(checks["bit_exact"]),
+        "bit_exact_inputs": int(checks["bit_exact_inputs"]),
+        "bit_exact_kernels": checks["bit_exact_kernels"],
+        "accuracy": accuracy,
+        "size_bytes": {"weights": weights, "code": None},
+        "layers": [{"name": layer.name, "op": layer.op, "w_bits": layer.w_bits, "a_bits": layer.a_bits,
+                    "sensitivity": None, "latency_us": None, "macs": layer.macs} for layer in imod.layers],
+        "latency_ms": latency,
+        "tuning": {"trials": 0, "tasks_tuned": 0, "tasks_untuned": iv.kernels, "db": None},
+        "inputs": [{"name": n, "shape": list(s), **(q.to_json() if q is not None else {"raw": True})}
+                   for n, s, q in imod.inputs],
+        "outputs": [{"name": n, "shape": list(s), **q.to_json()} for n, s, q in imod.outputs],
+        "tensors": [e.to_json() for e in tensors],
+        "timing_s": {k: round(v, 2) for k, v in timing_s.items()},
+        "toolchain": {"tvm": tvm.__version__, "tvm_ffi": getattr(tvm_ffi, "__version__", "unknown"),
+                      "cc": _cc_version(), "tvm_qplugin": __version__},
+    }
+
+
+def record_c_package(r: dict, res: dict, board) -> None:
+    """Memory, emulated bit-exactness and instruction counts of the exported C package (``res``:
+    what ``export.export_mcu`` returns). The board runs emulated, so there is no latency."""
+    r["memory"] = res["memory"]
+    r["mcu"] = {"board": board.name, "verified_on": res.get("board", board.verified_by), "bit_exact": res["bit_exact"],
+                "bit_exact_inputs": res["bit_exact_inputs"],
+                "instructions_per_inference": res.get("instructions_per_inference"),
+                "instructions_per_mac": res.get("instructions_per_mac")}
+    r["bit_exact"] = bool(r["bit_exact"] and res["bit_exact"])
+    convs = [layer for layer in r["layers"] if layer["op"] in ("conv2d", "dense")]
+    for layer, cost in zip(convs, res.get("layers") or []):
+        layer["instructions"] = cost.get("instructions")
+        layer["instructions_per_mac"] = cost.get("instructions_per_mac")
+    r["latency_ms"] = None  # qemu counts instructions, not time
+
+
+def record_kernel_times(r: dict, layer_us: list, kernels: list) -> None:
+    """``layers[].latency_us`` (per call, in layer order; None where unmeasured) and ``kernels``
+    (time per integer op kind), from the VM instrument (profile.py)."""
+    for layer, t in zip(r["layers"], layer_us):
+        layer["latency_us"] = None if t is None else round(t, 1)
+    r["kernels"] = kernels
+
+
+def record_code_size(r: dict, nbytes: int) -> None:
+    """``size_bytes.code``: the saved library's size (known once the artifact is written)."""
+    r.setdefault("size_bytes", {})["code"] = int(nbytes)
+
+
+def _cc_version() -> str:
+    try:
+        return subprocess.run(["cc", "--version"], capture_output=True, text=True, timeout=10).stdout.splitlines()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def _pct(v) -> str:
