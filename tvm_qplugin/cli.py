@@ -149,10 +149,12 @@ def _precheck(a) -> None:
     from .data import check_data_file
     from .errors import CalibrationError
     from .frontend import check_supported, load_onnx, parse_input_shapes, resolve_input_specs
+    from .onnx_checks import check_graph
 
     onnx_model = load_onnx(a.model)
     specs = resolve_input_specs(onnx_model, a.model, parse_input_shapes(a.input_shape))
     check_supported(onnx_model, a.model)
+    check_graph(onnx_model, a.model, {s.name: s.shape for s in specs})
     if a.calib is None:
         raise CalibrationError(f"no calibration data for {a.model!r}: pass --calib FILE.npz (one array per input: "
                                f"{', '.join(s.name for s in specs)}) or --calib DIR (images)")
