@@ -373,22 +373,31 @@ def test_failing_compile_keeps_previous_artifact(tmp_path, dynamic_model, unsupp
     assert _snapshot(out) == before and tmp_siblings(out) == []
 
 
-def test_recompile_replaces_outdir_atomically(tmp_path, dynamic_model, tiny_calib):
+def test_recompile_replaces_only_the_artifacts_files(tmp_path, dynamic_model, tiny_calib):
+    """Recompiling into an artifact directory replaces its own files (each by a rename) and keeps
+    what the user put there (it used to swap the whole directory and delete them)."""
     out = tmp_path / "out"
     r1 = run_cli("compile", dynamic_model, "--input-shape", "x=1,4", "--calib", tiny_calib, "--observer", "minmax",
                  "-o", out)
     assert r1.returncode == 0, r1.stderr
     assert json.loads((out / "report.json").read_text())["observer"] == "minmax"
-    inode = out.stat().st_ino
+    assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~_umask())  # not mkdtemp's 0700
+    (out / "notes.txt").write_text("mine")
+    (out / "plots").mkdir()
+    (out / "plots" / "a.png").write_bytes(b"png")
+    old_so = (out / "model.so").stat().st_ino
     r2 = run_cli("compile", dynamic_model, "--input-shape", "x=1,4", "--calib", tiny_calib, "--observer", "mse",
                  "--int-io", "-o", out)
     assert r2.returncode == 0, r2.stderr
-    assert out.stat().st_ino != inode  # a new directory took the old one's place (rename, not rewrite)
+    assert (out / "model.so").stat().st_ino != old_so  # renamed into place, not rewritten
     assert json.loads((out / "report.json").read_text())["observer"] == "mse"
     assert json.loads((out / "io.json").read_text())["int_io"] is True
-    assert sorted(p.name for p in out.iterdir()) == ["integer_module.json", "io.json", "model.so", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["integer_module.json", "io.json", "manifest.json", "model.so",
+                                                     "notes.txt", "plots", "report.json"]
+    assert (out / "notes.txt").read_text() == "mine" and (out / "plots" / "a.png").read_bytes() == b"png"
     assert tmp_siblings(out) == []
-    assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~_umask())  # not mkdtemp's 0700
+    r3 = run_cli("verify", out, "--count", "2")
+    assert r3.returncode == 0, r3.stderr
 
 
 def test_python_save_into_existing_artifact_replaces_it(tmp_path, tiny_artifact):
