@@ -293,7 +293,7 @@ def load(outdir: str | Path) -> Artifact:
     return art
 
 
-_RAW_DTYPES = ("int64", "int32", "int16", "int8", "uint8", "bool")
+_RAW_DTYPES = ("int64", "int32")  # what integerize passes through unquantized (token ids, masks)
 
 
 def _read_io(path: Path, recompile: str) -> tuple[bool, list[IOSpec], list[IOSpec]]:

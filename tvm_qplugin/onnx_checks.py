@@ -10,6 +10,7 @@ first problem (cheap checks first, then ONNX's strict shape inference, which nam
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import onnx
@@ -214,8 +215,11 @@ def _strict_shape_inference(model: onnx.ModelProto, path: str, input_shapes: dic
         onnx.shape_inference.infer_shapes(m, check_type=True, strict_mode=True, data_prop=True)
     except Exception as e:  # noqa: BLE001 - InferenceError and the C++ side's other failures
         text = " ".join(str(e).split())
-        first = text.split("(op_type:", 2)
-        detail = f"(op_type:{first[1]}" if len(first) > 1 else text
-        detail = detail.replace("[ShapeInferenceError] ", "").replace("[TypeInferenceError] ", "")
-        raise ModelLoadError(f"{path!r} is inconsistent: ONNX shape inference fails at {detail.strip().rstrip('.')}; "
-                             "fix the node or the declared shapes and re-export") from None
+        m = re.search(r"\(op_type:(\w+), node name: ([^)]*)\): (.*?)(?= \(op_type:|$)", text)
+        if m:
+            op, node, why = m.group(1), m.group(2), re.sub(r"\[\w+Error\] ", "", m.group(3)).strip().rstrip(".")
+            where = f"node {node!r} ({op})"
+        else:
+            where, why = "the graph", re.sub(r"\[\w+Error\] ", "", text).strip().rstrip(".")
+        raise ModelLoadError(f"{path!r} is inconsistent at {where}: {why} (ONNX shape inference); fix the node or "
+                             "the declared shapes and re-export") from None
