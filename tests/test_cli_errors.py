@@ -576,16 +576,16 @@ def test_huge_calibration_values_one_line(tmp_path, capfd, scale):
     assert not (tmp_path / "out").exists()
 
 
-def test_failed_command_prints_no_python_warnings(capfd, monkeypatch):
-    """A numpy RuntimeWarning raised on the way to a user error used to print before the error line."""
-    from tvm_qplugin import cli
-
-    def warn_then_fail(_args):
-        np.float32(1e38) * np.float32(10)  # RuntimeWarning: overflow encountered
-        raise tq.CalibrationError("bad data")
-
-    monkeypatch.setattr(cli, "cmd_targets", warn_then_fail)
-    assert_user_error(run_main(capfd, "targets"), "bad data")
+def test_failed_command_prints_no_python_warnings():
+    """A numpy RuntimeWarning raised on the way to a user error (NaN/inf calibration did that) used to
+    print before the error line. A subprocess: pytest's own warning capture would hide it here."""
+    code = ("import sys, numpy as np\nfrom tvm_qplugin import cli, errors\n"
+            "def warn_then_fail(_args):\n"
+            "    np.float32(1e38) * np.float32(10)  # RuntimeWarning: overflow encountered\n"
+            "    raise errors.CalibrationError('bad data')\n"
+            "cli.cmd_targets = warn_then_fail\nsys.exit(cli.main(['targets']))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert_user_error(r, "bad data")
 
 
 # --- tampered artifacts --------------------------------------------------------------------------
@@ -680,3 +680,16 @@ def test_user_files_next_to_an_artifact_do_not_break_it(tmp_path, capfd, saved_a
     (art / "notes.txt").write_text("mine")
     r = run_main(capfd, "verify", art, "--count", "2")
     assert r.returncode == 0, r.stderr
+
+
+def test_foreign_model_so_under_a_rewritten_manifest(tmp_path, capfd, saved_artifacts):
+    """Another build's model.so with the manifest rehashed over it (a deliberate mix): the library
+    refuses this io.json's inputs at run time, which was an internal error (exit 70)."""
+    import shutil
+
+    from tvm_qplugin.manifest import write_manifest
+
+    art = _tampered(tmp_path, saved_artifacts[0])
+    shutil.copy(saved_artifacts[1] / "model.so", art / "model.so")
+    write_manifest(art)
+    assert_user_error(run_main(capfd, "verify", art, "--count", "2"), art / "model.so", "does not run")

@@ -7,7 +7,7 @@ import numpy as np
 
 from .artifact import load
 from .data import InputSpec, load_dataset
-from .errors import CalibrationError
+from .errors import CalibrationError, ModelLoadError
 
 
 def verify_outdir(outdir: str, inputs: str | None = None, count: int = 16) -> dict:
@@ -29,7 +29,7 @@ def verify_outdir(outdir: str, inputs: str | None = None, count: int = 16) -> di
     fname = "main" if art.int_io else "core"
     mismatches = []
     for i, q in enumerate(batches):
-        got, want = art.run_integer(q), ref.run(fname, *q)
+        got, want = _run_library(art, q, outdir), ref.run(fname, *q)
         for k, (g, w) in enumerate(zip(got, want)):
             if g.dtype != w.dtype or not np.array_equal(g, w):
                 mismatches.append({"input": i, "output": k, "elements_differ": int((g != w).sum())})
@@ -46,3 +46,16 @@ def verify_outdir(outdir: str, inputs: str | None = None, count: int = 16) -> di
                                                                         "inputs": r["inputs"]}
             res["bit_exact"] = res["bit_exact"] and r["bit_exact"]
     return res
+
+
+def _run_library(art, q: list[np.ndarray], outdir: str) -> list[np.ndarray]:
+    """The artifact's model.so on inputs its io.json and integer module agree on (``load`` checked
+    that): a library that refuses them is not this artifact's (a manifest rewritten over another
+    build's model.so), a user error naming the file, not an internal one."""
+    try:
+        return art.run_integer(q)
+    except Exception as e:  # noqa: BLE001 - TVM's runtime raises assorted error types
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+        raise ModelLoadError(f"{str(Path(outdir) / 'model.so')!r} does not run the module of its io.json / "
+                             f"integer_module.json ({type(e).__name__}: {lines[-1] if lines else ''}); re-create the "
+                             "artifact with `tvm-qplugin compile MODEL -o DIR`") from None
