@@ -200,6 +200,15 @@ def _mutate_special(rng, m: onnx.ModelProto) -> str:
 _MODEL_MUTATORS = [_mutate_attr, _mutate_initializer, _mutate_io, _mutate_structure, _mutate_special]
 
 
+def _apply(mutator, rng: random.Random, m: onnx.ModelProto) -> str:
+    """One mutation; one a graph (already mutated) cannot take -- no nodes left, a Reshape without
+    its shape input -- is skipped rather than ending the campaign."""
+    try:
+        return mutator(rng, m)
+    except (IndexError, KeyError, ValueError, TypeError) as e:
+        return f"{mutator.__name__} skipped ({type(e).__name__})"
+
+
 def model_case(rng: random.Random, seeds: Seeds, d: Path) -> Case:
     # the digits CNN is the real model but compiles ~5x slower than the tiny ones: a fifth of the cases
     src, calib = rng.choices(seeds.models, weights=[5, 4, 1][: len(seeds.models)])[0]
@@ -220,7 +229,7 @@ def model_case(rng: random.Random, seeds: Seeds, d: Path) -> Case:
         desc = f"{src.name} bytes {how}"
     else:
         m = onnx.load(str(src))
-        descs = [rng.choice(_MODEL_MUTATORS)(rng, m) for _ in range(rng.choice([1, 1, 1, 2]))]
+        descs = [_apply(rng.choice(_MODEL_MUTATORS), rng, m) for _ in range(rng.choice([1, 1, 1, 2]))]
         path.write_bytes(m.SerializeToString())
         desc = f"{src.name}: " + "; ".join(descs)
     out = d / "out"
