@@ -373,22 +373,31 @@ def test_failing_compile_keeps_previous_artifact(tmp_path, dynamic_model, unsupp
     assert _snapshot(out) == before and tmp_siblings(out) == []
 
 
-def test_recompile_replaces_outdir_atomically(tmp_path, dynamic_model, tiny_calib):
+def test_recompile_replaces_only_the_artifacts_files(tmp_path, dynamic_model, tiny_calib):
+    """Recompiling into an artifact directory replaces its own files (each by a rename) and keeps
+    what the user put there (it used to swap the whole directory and delete them)."""
     out = tmp_path / "out"
     r1 = run_cli("compile", dynamic_model, "--input-shape", "x=1,4", "--calib", tiny_calib, "--observer", "minmax",
                  "-o", out)
     assert r1.returncode == 0, r1.stderr
     assert json.loads((out / "report.json").read_text())["observer"] == "minmax"
-    inode = out.stat().st_ino
+    assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~_umask())  # not mkdtemp's 0700
+    (out / "notes.txt").write_text("mine")
+    (out / "plots").mkdir()
+    (out / "plots" / "a.png").write_bytes(b"png")
+    old_so = (out / "model.so").stat().st_ino
     r2 = run_cli("compile", dynamic_model, "--input-shape", "x=1,4", "--calib", tiny_calib, "--observer", "mse",
                  "--int-io", "-o", out)
     assert r2.returncode == 0, r2.stderr
-    assert out.stat().st_ino != inode  # a new directory took the old one's place (rename, not rewrite)
+    assert (out / "model.so").stat().st_ino != old_so  # renamed into place, not rewritten
     assert json.loads((out / "report.json").read_text())["observer"] == "mse"
     assert json.loads((out / "io.json").read_text())["int_io"] is True
-    assert sorted(p.name for p in out.iterdir()) == ["integer_module.json", "io.json", "model.so", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["integer_module.json", "io.json", "manifest.json", "model.so",
+                                                     "notes.txt", "plots", "report.json"]
+    assert (out / "notes.txt").read_text() == "mine" and (out / "plots" / "a.png").read_bytes() == b"png"
     assert tmp_siblings(out) == []
-    assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~_umask())  # not mkdtemp's 0700
+    r3 = run_cli("verify", out, "--count", "2")
+    assert r3.returncode == 0, r3.stderr
 
 
 def test_python_save_into_existing_artifact_replaces_it(tmp_path, tiny_artifact):
@@ -406,9 +415,10 @@ def _umask() -> int:
 
 
 # --- TVM importer failures and internal errors ---------------------------------------------------
-def test_tvm_importer_failure_names_node_in_one_line(tmp_path, tiny_calib):
-    """An op on the supported list that TVM's ONNX importer rejects (a Conv on a 2-D tensor): one line
-    naming the file and the node; TVM's own printout and C++ warnings stay off the terminal."""
+def test_inconsistent_node_names_node_in_one_line(tmp_path, tiny_calib):
+    """An op on the supported list used inconsistently (a Conv on a 2-D tensor, which TVM's importer
+    used to choke on): ONNX's strict shape inference refuses it before TVM, one line naming the file
+    and the node; nothing printed on stdout."""
     from onnx import numpy_helper
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
@@ -418,7 +428,7 @@ def test_tvm_importer_failure_names_node_in_one_line(tmp_path, tiny_calib):
                        tmp_path / "conv2d.onnx", [w])
     r = run_cli("compile", model, "--calib", tiny_calib, "-o", tmp_path / "out")
     line = assert_user_error(r, model, "'conv_2d_input'", "Conv")
-    assert "importer" in line
+    assert "shape inference" in line and "at least 3 dimensions" in line
     assert r.stdout == ""
     assert not (tmp_path / "out").exists()
 
@@ -440,3 +450,246 @@ def test_internal_error_is_one_line_and_traceback_with_verbose(monkeypatch, caps
     assert "Traceback" not in err and "-v" in err
     assert cli.main(["-v", "targets"]) == cli.EXIT_INTERNAL_ERROR
     assert "Traceback" in capsys.readouterr().err
+
+
+# --- issue 16: the fuzz campaign's crash signatures, each a one-line exit 2 now ------------------
+def run_main(capfd, *args) -> subprocess.CompletedProcess:
+    """The CLI's ``main`` in this process (TVM already loaded: ~10x faster than a subprocess), with
+    fds 1 and 2 captured, so C++ log lines count against the one-line contract too."""
+    from tvm_qplugin.cli import main
+
+    capfd.readouterr()
+    rc = main([str(a) for a in args])
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(args, rc, out, err)
+
+
+def _tiny_conv_model():
+    """x[1,1,8,8] -> Conv(4, 3x3) -> Relu -> MaxPool(2) -> Flatten -> Gemm(3): the fuzz campaign's seed."""
+    from onnx_builders import OnnxGraph
+
+    g = OnnxGraph((1, 1, 8, 8), np.random.default_rng(0))
+    y = g.gemm(g.flatten(g.maxpool(g.relu(g.conv("x", 4, k=3)))), 3)
+    return g.model(y)
+
+
+def _node(m, op):
+    return next(n for n in m.graph.node if n.op_type == op)
+
+
+def _set(node, name, value):
+    for a in list(node.attribute):
+        if a.name == name:
+            node.attribute.remove(a)
+    node.attribute.append(helper.make_attribute(name, value))
+
+
+def _weight_1e38(m):
+    w = next(t for t in m.graph.initializer if t.name == _node(m, "Conv").input[1])
+    w.CopyFrom(onnx.numpy_helper.from_array(np.full(onnx.numpy_helper.to_array(w).shape, 1e38, np.float32), w.name))
+
+
+def _reshape_allowzero(m):
+    flat = _node(m, "Flatten")
+    shape = onnx.numpy_helper.from_array(np.array([1, 0], np.int64), "zero_shape")
+    m.graph.initializer.append(shape)
+    flat.op_type, flat.input[:] = "Reshape", [flat.input[0], "zero_shape"]
+    del flat.attribute[:]
+    _set(flat, "allowzero", 1)
+
+
+def _output_decl(field, value):
+    def mutate(m):
+        tt = m.graph.output[0].type.tensor_type
+        if field == "shape":
+            tt.shape.dim[1].dim_value = value
+        else:
+            tt.elem_type = value
+    return mutate
+
+
+def _clip_after_relu(lo, hi):
+    def mutate(m):
+        relu = _node(m, "Relu")
+        m.graph.initializer.extend([onnx.numpy_helper.from_array(np.array(lo, np.float32), "lo"),
+                                    onnx.numpy_helper.from_array(np.array(hi, np.float32), "hi")])
+        relu.op_type, relu.input[:] = "Clip", [relu.input[0], "lo", "hi"]
+    return mutate
+
+
+def _opset(m):
+    m.opset_import[0].version = 99
+
+
+MODEL_SIGNATURES = {
+    # issue 16 table rows 1-7, then the "exit 0 on inconsistent models" list
+    "weight_1e38": (_weight_1e38, ["'conv_", "magnitude 1e+38"]),
+    "conv_dilations_0": (lambda m: _set(_node(m, "Conv"), "dilations", [0, 0]), ["(Conv)", "dilations=[0, 0]"]),
+    "maxpool_dilations_0": (lambda m: _set(_node(m, "MaxPool"), "dilations", [0, 0]), ["(MaxPool)", "dilations"]),
+    "conv_pads_-1": (lambda m: _set(_node(m, "Conv"), "pads", [-1, -1, -1, -1]), ["(Conv)", "pads=[-1, -1, -1, -1]"]),
+    "maxpool_kernel_over_input": (lambda m: _set(_node(m, "MaxPool"), "kernel_shape", [20, 20]),
+                                  ["(MaxPool)", "larger than its padded input"]),
+    "maxpool_negative_pads": (lambda m: _set(_node(m, "MaxPool"), "pads", [-1, -1, -1, -1]), ["(MaxPool)", "pads"]),
+    "bool_input": (lambda m: setattr(m.graph.input[0].type.tensor_type, "elem_type", TensorProto.BOOL),
+                   ["'x'", "dtype bool"]),
+    "reshape_allowzero": (_reshape_allowzero, ["(Reshape)", "allowzero=1", "[1, 0]"]),
+    "no_outputs": (lambda m: m.graph.ClearField("output"), ["no graph outputs"]),
+    "kernel_shape_0": (lambda m: _set(_node(m, "Conv"), "kernel_shape", [0, 0]), ["(Conv)", "kernel_shape=[0, 0]"]),
+    "kernel_shape_5": (lambda m: _set(_node(m, "Conv"), "kernel_shape", [5, 5]), ["(Conv)", "contradicts"]),
+    "kernel_shape_1000": (lambda m: _set(_node(m, "Conv"), "kernel_shape", [1000, 1000]), ["(Conv)", "contradicts"]),
+    "opset_99": (_opset, ["opset 99"]),
+    "clip_min_over_max": (_clip_after_relu(6.0, 0.0), ["(Clip)", "min=6.0 > max=0.0"]),
+    "clip_min_nan": (_clip_after_relu(float("nan"), 6.0), ["(Clip)", "NaN"]),
+    "declared_output_shape": (_output_decl("shape", 7), ["(Gemm)", "(3) vs (7)"]),
+    "declared_output_dtype": (_output_decl("dtype", TensorProto.INT32), ["(Gemm)", "elem type"]),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_conv_calib(work) -> Path:
+    path = work / "tiny_conv_calib.npz"
+    np.savez(path, x=np.random.default_rng(3).random((8, 1, 8, 8), dtype=np.float32))
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_SIGNATURES))
+def test_inconsistent_model_is_refused_naming_the_node(tmp_path, capfd, tiny_conv_calib, name):
+    """Each crashed (exit 70) or compiled silently (exit 0) before the ONNX graph checks."""
+    mutate, names = MODEL_SIGNATURES[name]
+    m = _tiny_conv_model()
+    mutate(m)
+    path = tmp_path / f"{name}.onnx"
+    path.write_bytes(m.SerializeToString())
+    out = tmp_path / "out"
+    assert_user_error(run_main(capfd, "compile", path, "--calib", tiny_conv_calib, "-o", out), path, *names)
+    assert not out.exists() and tmp_siblings(out) == []
+
+
+@pytest.mark.parametrize("scale", [1e30, 1e37])
+def test_huge_calibration_values_one_line(tmp_path, capfd, scale):
+    """digits CNN with calibration data ~1e30: "multiplier >= 2**31" was a ValueError (exit 70), and
+    TVM's "BlockBuilder destroyed with remaining blocks!" followed the error line."""
+    calib = tmp_path / "huge.npz"
+    np.savez(calib, input=(np.random.default_rng(0).random((8, 1, 8, 8)) * 16 * scale).astype(np.float32))
+    line = assert_user_error(run_main(capfd, "compile", DIGITS, "--calib", calib, "-o", tmp_path / "out"))
+    assert "calibrat" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_failed_command_prints_no_python_warnings():
+    """A numpy RuntimeWarning raised on the way to a user error (NaN/inf calibration did that) used to
+    print before the error line. A subprocess: pytest's own warning capture would hide it here."""
+    code = ("import sys, numpy as np\nfrom tvm_qplugin import cli, errors\n"
+            "def warn_then_fail(_args):\n"
+            "    np.float32(1e38) * np.float32(10)  # RuntimeWarning: overflow encountered\n"
+            "    raise errors.CalibrationError('bad data')\n"
+            "cli.cmd_targets = warn_then_fail\nsys.exit(cli.main(['targets']))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert_user_error(r, "bad data")
+
+
+# --- tampered artifacts --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def saved_artifacts(work, tiny_artifact, dynamic_model):
+    """Two artifacts of different models (another model's files for the mixing cases)."""
+    rng = np.random.default_rng(4)
+    other = tq.compile(dynamic_model, calib={"x": 100 * rng.standard_normal((16, 4)).astype(np.float32)},
+                       input_shapes=["x=1,4"], int_io=True)
+    return tiny_artifact.save(work / "art_a"), other.save(work / "art_b")
+
+
+def _tampered(tmp_path, src: Path) -> Path:
+    import shutil
+
+    art = tmp_path / "art"
+    shutil.copytree(src, art)
+    return art
+
+
+def _edit_io(edit):
+    def apply(art):
+        io = json.loads((art / "io.json").read_text())
+        edit(io)
+        (art / "io.json").write_text(json.dumps(io))
+    return apply
+
+
+ARTIFACT_SIGNATURES = {  # issue 16 table rows 8-14 (row 15, 16 and the mixes below)
+    "io_inputs0_is_5": (_edit_io(lambda io: io["inputs"].__setitem__(0, 5)), ["io.json", "inputs[0]"]),
+    "report_is_list": (lambda art: (art / "report.json").write_text("[]"), ["report.json", "not an object"]),
+    "io_shape_edited": (_edit_io(lambda io: io["inputs"][0].__setitem__("shape", [1, 5])), ["io.json", "[1, 5]"]),
+    "io_inputs_empty": (_edit_io(lambda io: io.__setitem__("inputs", [])), ["io.json", "'inputs'"]),
+    "io_int_io_flipped": (_edit_io(lambda io: io.__setitem__("int_io", True)), ["io.json", "main takes"]),
+    "io_raw_flipped": (_edit_io(lambda io: io["inputs"][0].__setitem__("raw", True)), ["io.json", "raw"]),
+    "io_shape_abc": (_edit_io(lambda io: io["inputs"][0].__setitem__("shape", "abc")), ["io.json", "'abc'"]),
+    "io_shape_negative": (_edit_io(lambda io: io["inputs"][0].__setitem__("shape", [1, -4])), ["io.json", "-4"]),
+}
+
+
+@pytest.mark.parametrize("rehash", [False, True], ids=["as-edited", "manifest-rewritten"])
+@pytest.mark.parametrize("name", sorted(ARTIFACT_SIGNATURES))
+def test_tampered_artifact_is_refused(tmp_path, capfd, saved_artifacts, name, rehash):
+    """As edited, the manifest names the file; with the manifest rewritten to match (a deliberate
+    edit), the loader's own validation still refuses it (these were exit 70 before)."""
+    from tvm_qplugin.manifest import write_manifest
+
+    edit, names = ARTIFACT_SIGNATURES[name]
+    art = _tampered(tmp_path, saved_artifacts[0])
+    edit(art)
+    if rehash:
+        write_manifest(art)
+        assert_user_error(run_main(capfd, "verify", art, "--count", "2"), *names)
+    else:
+        file = "report.json" if name == "report_is_list" else "io.json"
+        assert_user_error(run_main(capfd, "verify", art, "--count", "2"), art / file, "SHA-256")
+
+
+@pytest.mark.parametrize("name", ["integer_module.json", "model.so", "io.json"])
+def test_files_from_two_artifacts_are_refused_naming_the_file(tmp_path, capfd, saved_artifacts, name):
+    """Another model's integer_module.json (or .so) under this io.json exited 0 or 70 before."""
+    import shutil
+
+    art = _tampered(tmp_path, saved_artifacts[0])
+    shutil.copy(saved_artifacts[1] / name, art / name)
+    assert_user_error(run_main(capfd, "verify", art), art / name, "another artifact")
+
+
+def test_empty_c_folder_added_is_refused(tmp_path, capfd, saved_artifacts):
+    art = _tampered(tmp_path, saved_artifacts[0])
+    (art / "c").mkdir()
+    assert_user_error(run_main(capfd, "verify", art), art / "c", "not part of this artifact")
+
+
+def test_artifact_without_manifest_is_refused(tmp_path, capfd, saved_artifacts):
+    art = _tampered(tmp_path, saved_artifacts[0])
+    (art / "manifest.json").unlink()
+    assert_user_error(run_main(capfd, "verify", art), "manifest.json")
+
+
+def test_truncated_model_so_is_never_loaded(tmp_path, saved_artifacts):
+    """Half a model.so crashed the process with SIGBUS (the loader mapped a broken ELF): now the
+    manifest refuses it before any dlopen. A subprocess: a crash must not take pytest down."""
+    art = _tampered(tmp_path, saved_artifacts[0])
+    data = (art / "model.so").read_bytes()
+    (art / "model.so").write_bytes(data[: len(data) // 2])
+    assert_user_error(run_cli("verify", art), art / "model.so", "truncated")
+
+
+def test_user_files_next_to_an_artifact_do_not_break_it(tmp_path, capfd, saved_artifacts):
+    art = _tampered(tmp_path, saved_artifacts[0])
+    (art / "notes.txt").write_text("mine")
+    r = run_main(capfd, "verify", art, "--count", "2")
+    assert r.returncode == 0, r.stderr
+
+
+def test_foreign_model_so_under_a_rewritten_manifest(tmp_path, capfd, saved_artifacts):
+    """Another build's model.so with the manifest rehashed over it (a deliberate mix): the library
+    refuses this io.json's inputs at run time, which was an internal error (exit 70)."""
+    import shutil
+
+    from tvm_qplugin.manifest import write_manifest
+
+    art = _tampered(tmp_path, saved_artifacts[0])
+    shutil.copy(saved_artifacts[1] / "model.so", art / "model.so")
+    write_manifest(art)
+    assert_user_error(run_main(capfd, "verify", art, "--count", "2"), art / "model.so", "does not run")

@@ -60,7 +60,8 @@ def test_all_test_images_bit_exact(digits, artifact):
 def test_save_load_roundtrip_and_verify(tmp_path, digits, artifact):
     _, _, x_test, _ = digits
     out = artifact.save(tmp_path / "out")
-    assert sorted(p.name for p in out.iterdir()) == ["integer_module.json", "io.json", "model.so", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["integer_module.json", "io.json", "manifest.json", "model.so",
+                                                     "report.json"]
     report = json.loads((out / "report.json").read_text())
     for key in ("model", "target", "precision", "nonlinear", "attention", "integer_only", "float_ops", "division_ops",
                 "bit_exact", "bit_exact_inputs", "accuracy", "size_bytes", "layers", "latency_ms", "tuning",

@@ -1,11 +1,13 @@
 """A compiled artifact: the integer module, its TVM build, the I/O contract and the report.
 
-``OUTDIR`` layout (written atomically: into a sibling temp dir, then renamed)::
+``OUTDIR`` layout (written into a sibling temp dir, then renamed into place; see ``save``)::
 
     model.so              TVM Relax VM library (functions ``main`` and, unless --int-io, ``core``)
     integer_module.json   the integer Relax module (tvm.ir.save_json): what the reference runs
     io.json               inputs/outputs with dtype, shape and scale; int_io flag
     report.json           DESIGN.md fields
+    c/                    MCU / Linux-board targets: the C package
+    manifest.json         SHA-256 of each file above, checked by ``load`` before model.so is loaded
 
 TVM is imported where it is used, so checking an output directory (the CLI does that before a
 compile) costs no TVM start-up.
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import ModelLoadError, OutputDirError
+from .manifest import MANIFEST, OWN_ENTRIES, check_manifest, write_manifest
 from .native_log import quiet_native_stderr
 from .passes.functions import integer_function
 from .quant import QType
@@ -60,9 +63,8 @@ class IOSpec:
 
     @classmethod
     def from_json(cls, d: dict) -> "IOSpec":
-        if d.get("raw"):
-            return cls(d["name"], tuple(d["shape"]), None, d["dtype"])
-        return cls(d["name"], tuple(d["shape"]), QType.from_json(d))
+        """Parse one ``io.json`` entry; a malformed one is a :class:`ModelLoadError`."""
+        return _io_spec(d, "I/O spec", lambda why: ModelLoadError(f"malformed I/O spec: {why}"))
 
 
 @dataclass
@@ -123,9 +125,10 @@ class Artifact:
     def save(self, outdir: str | Path) -> Path:
         """Write OUTDIR atomically; a failure leaves no half-written directory behind.
 
-        Everything is written into a sibling ``.NAME.tmp-*`` directory which then takes OUTDIR's
-        place in one rename (an existing artifact in OUTDIR is swapped out atomically where the OS
-        allows, and removed). A directory that is not an artifact is never replaced.
+        Everything is written into a sibling ``.NAME.tmp-*`` directory, hashed into its
+        ``manifest.json``, and then takes OUTDIR's place in one rename; into an existing artifact
+        directory only the artifact's own files are replaced (:func:`_install`): files the user put
+        there stay. A directory that is not an artifact is never written.
         """
         import tvm
 
@@ -155,6 +158,7 @@ class Artifact:
             (tmp / "report.json").write_text(json.dumps(self.report, indent=2, default=_json_default))
             if self.c_package is not None:  # MCU targets: the standalone C package
                 shutil.copytree(self.c_package, tmp / "c", ignore=shutil.ignore_patterns("build*", "*.o", "*.elf"))
+            write_manifest(tmp)
             _install(tmp, outdir)
         except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -203,35 +207,31 @@ def check_output_dir(outdir: str | Path) -> None:
 
 
 def _install(tmp: Path, outdir: Path) -> None:
-    """Move the finished ``tmp`` directory to ``outdir``, replacing an existing artifact there."""
+    """Move the finished artifact in ``tmp`` to ``outdir``.
+
+    A new ``outdir`` is one rename. Into an existing artifact directory, only the artifact's own
+    entries (:data:`OWN_ENTRIES`) are replaced, one rename each, and whatever else the user keeps
+    there stays: the old manifest goes first and the new one comes last, so a crash in between
+    leaves a directory that ``load`` refuses ("no manifest.json") rather than a mix of two builds.
+    """
     if not outdir.exists():
         os.replace(tmp, outdir)
         return
-    if _exchange(tmp, outdir):  # atomic swap: OUTDIR is never missing; tmp now holds the old one
-        shutil.rmtree(tmp, ignore_errors=True)
-        return
-    old = outdir.parent / f".{outdir.name}.old-{os.getpid()}"
-    os.replace(outdir, old)
-    try:
-        os.replace(tmp, outdir)
-    except BaseException:
-        os.replace(old, outdir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux ``renameat2(RENAME_EXCHANGE)``); False where unavailable."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+    old = tmp / ".replaced"
+    old.mkdir()
+    if (outdir / MANIFEST).exists():
+        os.replace(outdir / MANIFEST, old / MANIFEST)
+    for name in OWN_ENTRIES:
+        if name == MANIFEST:
+            continue
+        if (outdir / name).is_dir() and not (outdir / name).is_symlink():
+            os.replace(outdir / name, old / name)  # a directory cannot be renamed over a non-empty one
+        if (tmp / name).exists():
+            os.replace(tmp / name, outdir / name)
+        elif (outdir / name).exists() or (outdir / name).is_symlink():
+            os.replace(outdir / name, old / name)  # left over from the previous build (e.g. its c/)
+    os.replace(tmp / MANIFEST, outdir / MANIFEST)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _umask() -> int:
@@ -264,7 +264,13 @@ def _remove_empty(dirs: list[Path]) -> None:
 
 
 def load(outdir: str | Path) -> Artifact:
-    """Reload an artifact written by :meth:`Artifact.save` (its target must run here)."""
+    """Reload an artifact written by :meth:`Artifact.save` (its target must run here).
+
+    Loading dlopens ``model.so``, which runs the library's code like loading any shared library:
+    the files are first checked against ``manifest.json`` (SHA-256 of each, see manifest.py), then
+    ``io.json`` and ``report.json`` are validated and matched against the integer module's
+    signature, and only then is the library loaded. Every failure is a :class:`ModelLoadError`.
+    """
     outdir = Path(outdir)
     how = "create it with `tvm-qplugin compile MODEL -o DIR`"
     if not outdir.exists():
@@ -276,16 +282,10 @@ def load(outdir: str | Path) -> Artifact:
     if missing:
         raise ModelLoadError(f"{str(outdir)!r} is not a tvm-qplugin output directory (missing {', '.join(missing)}); "
                              f"{how}")
+    check_manifest(outdir)
     recompile = "re-create it with `tvm-qplugin compile MODEL -o DIR`"
-    try:
-        io = json.loads((outdir / "io.json").read_text())
-        report = json.loads((outdir / "report.json").read_text()) if (outdir / "report.json").is_file() else {}
-        inputs = [IOSpec.from_json(d) for d in io["inputs"]]
-        outputs = [IOSpec.from_json(d) for d in io["outputs"]]
-        int_io = bool(io["int_io"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ModelLoadError(f"{str(outdir / 'io.json')!r} (or report.json) is corrupt "
-                             f"({type(e).__name__}: {' '.join(str(e).split())}); {recompile}") from None
+    int_io, inputs, outputs = _read_io(outdir / "io.json", recompile)
+    report = _read_report(outdir / "report.json", recompile)
     import tvm  # after the cheap checks: a wrong directory is reported without TVM's start-up
 
     try:
@@ -293,6 +293,7 @@ def load(outdir: str | Path) -> Artifact:
     except Exception as e:  # noqa: BLE001 - TVM raises assorted errors for a bad graph
         raise ModelLoadError(f"{str(outdir / 'integer_module.json')!r} is corrupt ({type(e).__name__}: "
                              f"{_last_line(e)}); {recompile}") from None
+    _check_signature(integer_mod, int_io, inputs, outputs, outdir, recompile)
     art = Artifact(integer_mod, inputs, outputs, int_io, report)
     try:
         with quiet_native_stderr():
@@ -301,6 +302,92 @@ def load(outdir: str | Path) -> Artifact:
         raise ModelLoadError(f"cannot load {str(outdir / 'model.so')!r} ({type(e).__name__}: {_last_line(e)}); "
                              f"it must be built for this machine: {recompile}") from None
     return art
+
+
+_RAW_DTYPES = ("int64", "int32")  # what integerize passes through unquantized (token ids, masks)
+
+
+def _read_io(path: Path, recompile: str) -> tuple[bool, list[IOSpec], list[IOSpec]]:
+    """``io.json`` parsed and validated: every field the loader and ``verify`` use, typed."""
+    def bad(why: str) -> ModelLoadError:
+        return ModelLoadError(f"{str(path)!r} is corrupt ({why}); {recompile}")
+
+    try:
+        io = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise bad(f"{type(e).__name__}: {' '.join(str(e).split())}") from None
+    if not isinstance(io, dict) or not isinstance(io.get("int_io"), bool):
+        raise bad("expected an object with 'int_io' (true/false), 'inputs' and 'outputs'")
+    specs = {}
+    for key in ("inputs", "outputs"):
+        items = io.get(key)
+        if not isinstance(items, list) or not items:
+            raise bad(f"{key!r} must be a non-empty list")
+        specs[key] = [_io_spec(d, f"{key}[{i}]", bad) for i, d in enumerate(items)]
+    return io["int_io"], specs["inputs"], specs["outputs"]
+
+
+def _io_spec(d, where: str, bad) -> IOSpec:
+    if not isinstance(d, dict) or not isinstance(d.get("name"), str):
+        raise bad(f"{where} must be an object with a 'name'")
+    shape = d.get("shape")
+    if (not isinstance(shape, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                               for v in shape)):
+        raise bad(f"{where} shape {shape!r} is not a list of positive integers")
+    if d.get("raw", False) is not False:
+        if d.get("raw") is not True or d.get("dtype") not in _RAW_DTYPES:
+            raise bad(f"{where}: a raw tensor needs 'raw': true and an integer 'dtype' ({', '.join(_RAW_DTYPES)})")
+        return IOSpec(d["name"], tuple(shape), None, d["dtype"])
+    try:
+        levels = d.get("levels")
+        if levels is not None and (not isinstance(levels, int) or isinstance(levels, bool) or levels < 1):
+            raise ValueError(f"levels {levels!r} is not a positive integer")
+        return IOSpec(d["name"], tuple(shape), QType.from_json(d))
+    except (KeyError, ValueError, TypeError) as e:
+        raise bad(f"{where}: {type(e).__name__}: {' '.join(str(e).split())}") from None
+
+
+def _read_report(path: Path, recompile: str) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{str(path)!r} is corrupt ({type(e).__name__}: {' '.join(str(e).split())}); "
+                             f"{recompile}") from None
+    if not isinstance(report, dict):
+        raise ModelLoadError(f"{str(path)!r} is corrupt (a JSON {type(report).__name__}, not an object); {recompile}")
+    return report
+
+
+def _check_signature(mod, int_io: bool, inputs: list[IOSpec], outputs: list[IOSpec], outdir: Path,
+                     recompile: str) -> None:
+    """``io.json`` must describe the integer module's core function: same parameters (count, shape,
+    integer dtype) and outputs (count, shape) -- the compiled library takes exactly these."""
+    from tvm import relax
+
+    from .passes.graph import dtype_of
+
+    fname = "main" if int_io else "core"
+    funcs = {g.name_hint: f for g, f in mod.functions.items() if isinstance(f, relax.Function)}
+    where = f"{str(outdir / 'io.json')!r} does not match {str(outdir / 'integer_module.json')!r}"
+    if fname not in funcs:
+        raise ModelLoadError(f"{where}: the module has no Relax function {fname!r} (int_io={int_io}); {recompile}")
+    func = funcs[fname]
+    want = [(s.name, s.shape, s.qtype.dtype if s.qtype is not None else s.dtype) for s in inputs]
+    have = []
+    for p in func.params:
+        shape = getattr(p.ty, "shape", None)
+        have.append((p.name, tuple(int(d) for d in shape) if shape is not None else None, dtype_of(p)))
+    if len(want) != len(have) or any(w[1:] != h[1:] for w, h in zip(want, have)):
+        raise ModelLoadError(f"{where}: io.json inputs {[(n, list(s), d) for n, s, d in want]}, the module's "
+                             f"{fname} takes {[(n, list(s or ()), d) for n, s, d in have]}; {recompile}")
+    ret = func.body.body.ty
+    fields = list(ret.fields) if hasattr(ret, "fields") else [ret]
+    got = [tuple(int(d) for d in f.shape) if getattr(f, "shape", None) is not None else None for f in fields]
+    if got != [s.shape for s in outputs]:
+        raise ModelLoadError(f"{where}: io.json outputs have shapes {[list(s.shape) for s in outputs]}, the "
+                             f"module's {fname} returns {[list(g or ()) for g in got]}; {recompile}")
 
 
 def _last_line(e: BaseException) -> str:

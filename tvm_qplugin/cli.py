@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 from .errors import QPluginError
@@ -19,9 +21,9 @@ EXIT_INTERNAL_ERROR = 70  # sysexits EX_SOFTWARE: a bug in tvm-qplugin, not a us
 PROG = "tvm-qplugin"
 
 
-def _error_line(message: str) -> None:
+def _one_line(message) -> str:
     """The one stderr line of a failed command."""
-    print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return f"{PROG}: error: {' '.join(str(message).split())}"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -156,10 +158,12 @@ def _precheck(a) -> None:
     from .data import check_data_file
     from .errors import CalibrationError
     from .frontend import check_supported, load_onnx, parse_input_shapes, resolve_input_specs
+    from .onnx_checks import check_graph
 
     onnx_model = load_onnx(a.model)
     specs = resolve_input_specs(onnx_model, a.model, parse_input_shapes(a.input_shape))
     check_supported(onnx_model, a.model)
+    check_graph(onnx_model, a.model, {s.name: s.shape for s in specs})
     if a.calib is None:
         raise CalibrationError(f"no calibration data for {a.model!r}: pass --calib FILE.npz (one array per input: "
                                f"{', '.join(s.name for s in specs)}) or --calib DIR (images)")
@@ -180,34 +184,59 @@ COMMANDS = {"compile": cmd_compile, "verify": cmd_verify, "inspect": cmd_inspect
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    # Python warnings (numpy's overflow/invalid on user data, ...) are held back: a failed command
+    # prints its one error line only; a successful one shows them after the fact (and -v always).
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        rc, message, failure = _run(args)
+        if failure is not None:
+            _release_native_objects(failure)
+            del failure
+    if rc == 0 or args.verbose:
+        for w in caught:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    if message is not None:
+        print(message, file=sys.stderr)
+    return rc
+
+
+def _release_native_objects(failure: list) -> None:
+    """Drop a failed command's exception (its traceback holds the frames of the pass that raised)
+    with TVM's native log muted: objects freed then log from C++ (a BlockBuilder dropped mid-pass:
+    "destroyed with remaining blocks!"), which would break the one-line contract."""
+    from .native_log import quiet_native_stderr
+
+    with quiet_native_stderr():
+        failure.clear()
+        gc.collect(1)  # the young generations hold such cycles; a full collection costs ~0.5 s with TVM loaded
+
+
+def _run(args) -> tuple[int, str | None, list | None]:
+    """Run the command: (exit status, the stderr line to print, [the exception] to release first)."""
     try:
-        return COMMANDS[args.cmd](args)
+        return COMMANDS[args.cmd](args), None, None
     except QPluginError as e:
-        _error_line(e)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_USER_ERROR, _one_line(e), [e]
+    except KeyboardInterrupt as e:
+        return 130, f"{PROG}: interrupted", [e]
     except BrokenPipeError:  # e.g. `tvm-qplugin targets | head -1`
         try:
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - no flush error at exit
         except OSError:
             pass
-        return 0
+        return 0, None, None
     except ImportError as e:  # a broken install (TVM's shared library, onnx, ...): say how to repair it
         if args.verbose:
             traceback.print_exc()
-        _error_line(f"cannot import {e.name or 'a dependency'} ({type(e).__name__}: {e}); reinstall with "
-                    "`make setup` (or pip install -e .)")
-        return EXIT_USER_ERROR
+        return EXIT_USER_ERROR, _one_line(f"cannot import {e.name or 'a dependency'} ({type(e).__name__}: {e}); "
+                                          "reinstall with `make setup` (or pip install -e .)"), [e]
     except Exception as e:  # noqa: BLE001 - a bug: one line by default, the traceback with -v
         if args.verbose:
             traceback.print_exc()
         lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
         detail = lines[-1] if lines else ""
-        print(f"{PROG}: internal error: {type(e).__name__}: {' '.join(detail.split())} (this is a bug in "
-              f"{PROG}; rerun with -v for the traceback and please report it)", file=sys.stderr)
-        return EXIT_INTERNAL_ERROR
+        return EXIT_INTERNAL_ERROR, (f"{PROG}: internal error: {type(e).__name__}: {' '.join(detail.split())} (this "
+                                     f"is a bug in {PROG}; rerun with -v for the traceback and please report it)"), [e]
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import onnx
 from .data import InputSpec
 from .errors import ModelLoadError, ShapeError, UnsupportedOpError
 from .native_log import quiet_native_stderr
+from .onnx_checks import check_graph
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +216,7 @@ def import_onnx(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | Non
     model = load_onnx(path)
     specs = resolve_input_specs(model, path, input_shapes or {})
     check_supported(model, path)
+    check_graph(model, path, {s.name: s.shape for s in specs})
     printed = io.StringIO()
     error = None
     # The importer prints to stdout and TVM's C++ side logs to fd 2 on failure: keep both off the

@@ -7,7 +7,7 @@ import numpy as np
 
 from .artifact import load
 from .data import InputSpec, load_dataset
-from .errors import CalibrationError
+from .errors import CalibrationError, ModelLoadError
 
 
 def verify_outdir(outdir: str, inputs: str | None = None, count: int = 16) -> dict:
@@ -29,7 +29,7 @@ def verify_outdir(outdir: str, inputs: str | None = None, count: int = 16) -> di
     fname = art.integer_function
     mismatches = []
     for i, q in enumerate(batches):
-        got, want = art.run_integer(q), ref.run(fname, *q)
+        got, want = _run_library(art, q, outdir), ref.run(fname, *q)
         for k, (g, w) in enumerate(zip(got, want)):
             diff = first_difference(g, w)
             if diff is not None:
@@ -75,3 +75,16 @@ def recheck_integer_only(art) -> dict:
         logging.getLogger(__name__).warning("report.json claims %s but the integer module checks as %s", claimed,
                                             {k: res[k] for k in claimed})
     return res
+
+
+def _run_library(art, q: list[np.ndarray], outdir: str) -> list[np.ndarray]:
+    """The artifact's model.so on inputs its io.json and integer module agree on (``load`` checked
+    that): a library that refuses them is not this artifact's (a manifest rewritten over another
+    build's model.so), a user error naming the file, not an internal one."""
+    try:
+        return art.run_integer(q)
+    except Exception as e:  # noqa: BLE001 - TVM's runtime raises assorted error types
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+        raise ModelLoadError(f"{str(Path(outdir) / 'model.so')!r} does not run the module of its io.json / "
+                             f"integer_module.json ({type(e).__name__}: {lines[-1] if lines else ''}); re-create the "
+                             "artifact with `tvm-qplugin compile MODEL -o DIR`") from None

@@ -12,13 +12,19 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ModelLoadError
 from .templates import fill, read_template
 from .toolchain import GeneratedCodeError
 
 
 def package_info(pkg) -> dict:
     """The C package's ``qmodel.json``: inputs/outputs (name, dtype, shape, scale) that a runner needs."""
-    return json.loads((Path(pkg) / "qmodel.json").read_text())
+    path = Path(pkg) / "qmodel.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:  # a package folder the exporter did not write (or an edited one)
+        raise ModelLoadError(f"{str(path)!r} is missing or not JSON ({type(e).__name__}); {str(Path(pkg))!r} is not "
+                             "a C package written by tvm-qplugin: re-create it with `tvm-qplugin compile`") from None
 
 
 def runner_source(info: dict) -> str:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import CalibrationError
+
 MAX_SHIFT = 62
 MANTISSA_BITS = 31
 
@@ -51,7 +53,8 @@ def dyadic(m: float, max_shift: int = MAX_SHIFT, mantissa_bits: int = MANTISSA_B
     ``c`` would exceed ``max_shift`` lose mantissa bits (and round to 0 below ``2**-max_shift``).
     """
     if not math.isfinite(m):
-        raise ValueError(f"cannot represent non-finite multiplier {m!r} as a dyadic number")
+        raise CalibrationError(f"a requantization scale ratio is non-finite ({m!r}): the calibrated ranges overflow; "
+                               "check that the calibration data and weights are in the model's units")
     if m == 0.0:
         return Dyadic(0, 0)
     mant, exp = math.frexp(m)  # m = mant * 2**exp, 0.5 <= |mant| < 1
@@ -64,7 +67,12 @@ def dyadic(m: float, max_shift: int = MAX_SHIFT, mantissa_bits: int = MANTISSA_B
         b = _round_half_up(b, c - max_shift)
         c = max_shift
     if c < 0:
-        raise ValueError(f"multiplier {m!r} >= 2**31 cannot be represented as int32 / 2**c")
+        # Only calibrated ranges ~2**31 apart get here (input x weight scale >> output scale): data
+        # far outside the range the model works in, not a bug -- a one-line user error (CalibrationError
+        # is a ValueError, as before).
+        raise CalibrationError(f"a requantization scale ratio of {m:.3g} is >= 2**31 (int32 multiplier): the "
+                               "calibrated ranges of an op's input and output differ by more than 2**31; check that "
+                               "the calibration data is in the model's units (e.g. pixels scaled as in training)")
     return Dyadic(int(b), int(c))
 
 
