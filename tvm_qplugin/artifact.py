@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import ModelLoadError, OutputDirError
+from .errors import ModelLoadError, OutputDirError, last_line, one_line
 from .manifest import MANIFEST, OWN_ENTRIES, check_manifest, write_manifest
 from .native_log import quiet_native_stderr
 from .passes.functions import integer_function
@@ -292,14 +292,14 @@ def load(outdir: str | Path) -> Artifact:
         integer_mod = tvm.ir.load_json((outdir / "integer_module.json").read_text())
     except Exception as e:  # noqa: BLE001 - TVM raises assorted errors for a bad graph
         raise ModelLoadError(f"{str(outdir / 'integer_module.json')!r} is corrupt ({type(e).__name__}: "
-                             f"{_last_line(e)}); {recompile}") from None
+                             f"{last_line(e)}); {recompile}") from None
     _check_signature(integer_mod, int_io, inputs, outputs, outdir, recompile)
     art = Artifact(integer_mod, inputs, outputs, int_io, report)
     try:
         with quiet_native_stderr():
             art.library = tvm.runtime.load_module(str(outdir / "model.so"))
     except Exception as e:  # noqa: BLE001
-        raise ModelLoadError(f"cannot load {str(outdir / 'model.so')!r} ({type(e).__name__}: {_last_line(e)}); "
+        raise ModelLoadError(f"cannot load {str(outdir / 'model.so')!r} ({type(e).__name__}: {last_line(e)}); "
                              f"it must be built for this machine: {recompile}") from None
     return art
 
@@ -315,7 +315,7 @@ def _read_io(path: Path, recompile: str) -> tuple[bool, list[IOSpec], list[IOSpe
     try:
         io = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise bad(f"{type(e).__name__}: {' '.join(str(e).split())}") from None
+        raise bad(f"{type(e).__name__}: {one_line(e)}") from None
     if not isinstance(io, dict) or not isinstance(io.get("int_io"), bool):
         raise bad("expected an object with 'int_io' (true/false), 'inputs' and 'outputs'")
     specs = {}
@@ -344,7 +344,7 @@ def _io_spec(d, where: str, bad) -> IOSpec:
             raise ValueError(f"levels {levels!r} is not a positive integer")
         return IOSpec(d["name"], tuple(shape), QType.from_json(d))
     except (KeyError, ValueError, TypeError) as e:
-        raise bad(f"{where}: {type(e).__name__}: {' '.join(str(e).split())}") from None
+        raise bad(f"{where}: {type(e).__name__}: {one_line(e)}") from None
 
 
 def _read_report(path: Path, recompile: str) -> dict:
@@ -353,7 +353,7 @@ def _read_report(path: Path, recompile: str) -> dict:
     try:
         report = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise ModelLoadError(f"{str(path)!r} is corrupt ({type(e).__name__}: {' '.join(str(e).split())}); "
+        raise ModelLoadError(f"{str(path)!r} is corrupt ({type(e).__name__}: {one_line(e)}); "
                              f"{recompile}") from None
     if not isinstance(report, dict):
         raise ModelLoadError(f"{str(path)!r} is corrupt (a JSON {type(report).__name__}, not an object); {recompile}")
@@ -388,11 +388,6 @@ def _check_signature(mod, int_io: bool, inputs: list[IOSpec], outputs: list[IOSp
     if got != [s.shape for s in outputs]:
         raise ModelLoadError(f"{where}: io.json outputs have shapes {[list(s.shape) for s in outputs]}, the "
                              f"module's {fname} returns {[list(g or ()) for g in got]}; {recompile}")
-
-
-def _last_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else ""
 
 
 def _as_list(res) -> list[np.ndarray]:

@@ -11,7 +11,7 @@ import traceback
 import warnings
 from pathlib import Path
 
-from .errors import QPluginError
+from .errors import QPluginError, last_line, one_line
 from .quant.scheme import VARIANTS, NonlinearScheme
 
 EXIT_USER_ERROR = 2
@@ -21,16 +21,16 @@ EXIT_INTERNAL_ERROR = 70  # sysexits EX_SOFTWARE: a bug in tvm-qplugin, not a us
 PROG = "tvm-qplugin"
 
 
-def _one_line(message) -> str:
+def _error_line(message) -> str:
     """The one stderr line of a failed command."""
-    return f"{PROG}: error: {' '.join(str(message).split())}"
+    return f"{PROG}: error: {one_line(message)}"
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse with the CLI's one-line error contract (still exit status 2)."""
 
     def error(self, message: str):  # noqa: D102
-        self.exit(EXIT_USER_ERROR, f"{PROG}: error: {' '.join(message.split())} (see `{self.prog} --help`)\n")
+        self.exit(EXIT_USER_ERROR, f"{PROG}: error: {one_line(message)} (see `{self.prog} --help`)\n")
 
 
 def _floats(s: str) -> tuple[float, ...]:
@@ -216,7 +216,7 @@ def _run(args) -> tuple[int, str | None, list | None]:
     try:
         return COMMANDS[args.cmd](args), None, None
     except QPluginError as e:
-        return EXIT_USER_ERROR, _one_line(e), [e]
+        return EXIT_USER_ERROR, _error_line(e), [e]
     except KeyboardInterrupt as e:
         return 130, f"{PROG}: interrupted", [e]
     except BrokenPipeError:  # e.g. `tvm-qplugin targets | head -1`
@@ -228,14 +228,12 @@ def _run(args) -> tuple[int, str | None, list | None]:
     except ImportError as e:  # a broken install (TVM's shared library, onnx, ...): say how to repair it
         if args.verbose:
             traceback.print_exc()
-        return EXIT_USER_ERROR, _one_line(f"cannot import {e.name or 'a dependency'} ({type(e).__name__}: {e}); "
+        return EXIT_USER_ERROR, _error_line(f"cannot import {e.name or 'a dependency'} ({type(e).__name__}: {e}); "
                                           "reinstall with `make setup` (or pip install -e .)"), [e]
     except Exception as e:  # noqa: BLE001 - a bug: one line by default, the traceback with -v
         if args.verbose:
             traceback.print_exc()
-        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-        detail = lines[-1] if lines else ""
-        return EXIT_INTERNAL_ERROR, (f"{PROG}: internal error: {type(e).__name__}: {' '.join(detail.split())} (this "
+        return EXIT_INTERNAL_ERROR, (f"{PROG}: internal error: {type(e).__name__}: {last_line(e)} (this "
                                      f"is a bug in {PROG}; rerun with -v for the traceback and please report it)"), [e]
 
 

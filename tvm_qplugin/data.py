@@ -12,7 +12,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import CalibrationError
+from .errors import CalibrationError, one_line
 
 LABELS_KEY = "labels"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp"}
@@ -98,7 +98,7 @@ def from_arrays(arrays: dict[str, np.ndarray], specs: list[InputSpec], what: str
         ds = Dataset({str(k): np.asarray(v) for k, v in arrays.items()},
                      None if labels is None else np.asarray(labels), "<arrays>")
     except (ValueError, TypeError) as e:
-        raise CalibrationError(f"{what} data: cannot convert to arrays ({' '.join(str(e).split())})") from None
+        raise CalibrationError(f"{what} data: cannot convert to arrays ({one_line(e)})") from None
     _validate(ds, specs, what)
     ds.specs = specs
     return ds
@@ -123,7 +123,7 @@ def _check_npz_magic(path: Path, what: str) -> None:
 
 def _not_readable(path: Path, what: str, e: Exception) -> CalibrationError:
     reason = "it holds object arrays (pickles)" if "allow_pickle" in str(e) else f"{type(e).__name__}: {e}"
-    return CalibrationError(f"{what} data {str(path)!r} is not a readable .npz file ({' '.join(reason.split())}); "
+    return CalibrationError(f"{what} data {str(path)!r} is not a readable .npz file ({one_line(reason)}); "
                             f"{_NPZ_HOWTO}")
 
 

@@ -7,6 +7,19 @@ would fix it. ``assert`` is kept for internal invariants only.
 from __future__ import annotations
 
 
+def one_line(text) -> str:
+    """``text`` with every run of whitespace (newlines included) collapsed to one space: how any
+    message, ours or a library's, becomes part of the single stderr line of a failed command."""
+    return " ".join(str(text).split())
+
+
+def last_line(exc: BaseException) -> str:
+    """The last non-empty line of an exception's message: TVM's and the C compilers' errors end
+    with the one that says what happened, after pages of context."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
 class QPluginError(Exception):
     """Base class of every error caused by user input."""
 

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 
 from .data import InputSpec
-from .errors import ModelLoadError, ShapeError, UnsupportedOpError
+from .errors import ModelLoadError, ShapeError, UnsupportedOpError, last_line, one_line
 from .native_log import quiet_native_stderr
 from .onnx_checks import check_graph
 
@@ -51,11 +51,6 @@ class ImportedModel:
     output_names: list[str]
 
 
-def _one_line(text: str) -> str:
-    """Collapse a (possibly multi-line) library message into one line."""
-    return " ".join(str(text).split())
-
-
 def load_onnx(path: str | Path) -> onnx.ModelProto:
     """Read and check an ONNX file; every failure is a :class:`ModelLoadError` naming the file."""
     p = Path(path)
@@ -74,7 +69,7 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
         model = onnx.load_from_string(data)
     except Exception as e:  # DecodeError, ValueError, RuntimeError, ...: the bytes are not a ModelProto
         raise ModelLoadError(f"{str(p)!r} ({len(data)} bytes) is not an ONNX model or is truncated "
-                             f"({type(e).__name__}: {_one_line(e)}); re-export it with torch.onnx.export / "
+                             f"({type(e).__name__}: {one_line(e)}); re-export it with torch.onnx.export / "
                              "tf2onnx") from None
     if not model.graph.node:
         raise ModelLoadError(f"{str(p)!r} parsed as protobuf but holds no ONNX graph nodes: not an ONNX model "
@@ -82,7 +77,7 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
     try:
         onnx.checker.check_model(model)
     except Exception as e:  # onnx.checker.ValidationError and the C++ checker's other failures
-        raise ModelLoadError(f"{str(p)!r} is not a valid ONNX model: {_one_line(e).rstrip('.')}; fix or re-export the "
+        raise ModelLoadError(f"{str(p)!r} is not a valid ONNX model: {one_line(e).rstrip('.')}; fix or re-export the "
                              "model") from None
     return model
 
@@ -226,12 +221,11 @@ def import_onnx(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | Non
             mod = from_onnx(model, shape_dict={s.name: list(s.shape) for s in specs},
                             dtype_dict={s.name: s.dtype for s in specs}, keep_params_in_input=False)
         except Exception as e:  # the importer raises bare TVM errors: wrap with the file and node
-            lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-            error = f"{type(e).__name__}: {lines[-1] if lines else ''}"
+            error = f"{type(e).__name__}: {last_line(e)}"
         gc.collect()  # a failed import leaves a BlockBuilder whose destructor logs a warning
     if error is not None:
         raise ModelLoadError(f"TVM's ONNX importer failed on {path!r}{_failed_node(model, printed.getvalue())}: "
-                             f"{_one_line(error).rstrip('.')}; simplify the model (e.g. onnxsim) or check that op's "
+                             f"{one_line(error).rstrip('.')}; simplify the model (e.g. onnxsim) or check that op's "
                              "attributes") from None
     return ImportedModel(path, model, mod, specs, [o.name for o in model.graph.output])
 

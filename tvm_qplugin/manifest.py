@@ -15,7 +15,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from .errors import ModelLoadError
+from .errors import ModelLoadError, one_line
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -59,7 +59,7 @@ def check_manifest(outdir: Path) -> None:
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise ModelLoadError(f"{str(path)!r} is unreadable or not JSON ({' '.join(str(e).split())}); "
+        raise ModelLoadError(f"{str(path)!r} is unreadable or not JSON ({one_line(e)}); "
                              f"{_RECOMPILE}") from None
     files = doc.get("sha256") if isinstance(doc, dict) and doc.get("format") == MANIFEST_FORMAT else None
     if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):

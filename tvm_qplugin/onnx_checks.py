@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .errors import ModelLoadError
+from .errors import ModelLoadError, one_line
 
 # Input element types the pipeline quantizes (floats) or passes through raw (integer ids, masks).
 INPUT_DTYPES = ("float32", "float16", "float64", "int64", "int32")
@@ -214,7 +214,7 @@ def _strict_shape_inference(model: onnx.ModelProto, path: str, input_shapes: dic
     try:
         onnx.shape_inference.infer_shapes(m, check_type=True, strict_mode=True, data_prop=True)
     except Exception as e:  # noqa: BLE001 - InferenceError and the C++ side's other failures
-        text = " ".join(str(e).split())
+        text = one_line(e)
         m = re.search(r"\(op_type:(\w+), node name: ([^)]*)\): (.*?)(?= \(op_type:|$)", text)
         if m:
             op, node, why = m.group(1), m.group(2), re.sub(r"\[\w+Error\] ", "", m.group(3)).strip().rstrip(".")

@@ -7,7 +7,7 @@ import numpy as np
 
 from .artifact import load
 from .data import InputSpec, load_dataset
-from .errors import CalibrationError, ModelLoadError
+from .errors import CalibrationError, ModelLoadError, last_line
 
 
 def verify_outdir(outdir: str, inputs: str | None = None, count: int = 16) -> dict:
@@ -84,7 +84,6 @@ def _run_library(art, q: list[np.ndarray], outdir: str) -> list[np.ndarray]:
     try:
         return art.run_integer(q)
     except Exception as e:  # noqa: BLE001 - TVM's runtime raises assorted error types
-        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
         raise ModelLoadError(f"{str(Path(outdir) / 'model.so')!r} does not run the module of its io.json / "
-                             f"integer_module.json ({type(e).__name__}: {lines[-1] if lines else ''}); re-create the "
+                             f"integer_module.json ({type(e).__name__}: {last_line(e)}); re-create the "
                              "artifact with `tvm-qplugin compile MODEL -o DIR`") from None
