@@ -24,7 +24,7 @@ from tvm_qplugin.passes.verify import (INTEGER_RELAX_OPS, check_integer_only, ch
                                        kernel_origins, verify_integer_only)
 from tvm_qplugin.passes.verify_tir import INTEGER_LLVM_INTRINSICS, scan_kernel
 from tvm_qplugin.reference import _LAYOUT_OPS
-from tvm_qplugin.zoo import digits_split
+from qplugin_zoo import digits_split
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "examples" / "digits_cnn.onnx"

@@ -26,7 +26,7 @@ from tvm_qplugin.tie_inputs import (
 )
 from tvm_qplugin.tie_solver import is_tie, may_tie, solve_dot, tie_step, tie_targets
 from tvm_qplugin.verify import verify_outdir
-from tvm_qplugin.zoo import digits_cnn_onnx, digits_split
+from qplugin_zoo import digits_cnn_onnx, digits_split
 
 
 def _round_ties_down(v, shift):
