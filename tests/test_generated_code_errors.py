@@ -42,3 +42,21 @@ def test_a_missing_tool_is_a_user_error():
     with pytest.raises(ToolchainError, match="not found on PATH") as e:
         which("no-such-cross-gcc")
     assert isinstance(e.value, QPluginError)
+
+
+def test_verifying_a_package_leaves_no_temporary_build_folder(tmp_path, monkeypatch):
+    """The harness's builds for a verification go to a temporary folder that is removed (they used
+    to pile up under /tmp, one per compile)."""
+    import tempfile
+
+    from tvm_qplugin.export import verify_c_package
+    from tvm_qplugin.reference import ReferenceInterpreter
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    mod, x = conv_module(c=8, o=8, hw=4)
+    write_c_package(mod, tmp_path / "pkg")
+    want = ReferenceInterpreter(mod).run("main", x)
+    res = verify_c_package(tmp_path / "pkg", "host", [[x]], expected=[want], count=False)
+    assert res["bit_exact"], res
+    assert list((tmp_path / "tmp").iterdir()) == []

@@ -105,8 +105,12 @@ def run_package(pkg, board, samples, workdir=None, count: bool = False, sanitize
     """Run ``samples`` through the package on ``board`` ("host"/"x86-host" or a Cortex-M board).
 
     Returns ``{"outputs": [[array, ...], ...], "memory": {...}, "cost": {...} (count=True)}``.
+    Without ``workdir`` the builds go to a temporary directory that is removed afterwards.
     """
-    workdir = Path(workdir or tempfile.mkdtemp(prefix="qmodel-"))
+    if workdir is None:
+        with tempfile.TemporaryDirectory(prefix="qmodel-") as tmp:
+            return run_package(pkg, board, samples, Path(tmp), count, sanitize)
+    workdir = Path(workdir)
     if board == "host" or getattr(board, "name", None) == "x86-host":
         exe = build_host(pkg, workdir / "host", sanitize=sanitize)
         return {"outputs": run_host(exe, pkg, samples, workdir / "host-run"), "board": "host"}
