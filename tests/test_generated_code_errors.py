@@ -32,7 +32,7 @@ def test_generated_code_error_exits_70_through_the_cli(broken_package, tmp_path,
     def fail(_args):
         harness.build_host(broken_package, tmp_path / "b", sanitize=False)
 
-    monkeypatch.setitem(cli.COMMANDS, "targets", fail)
+    monkeypatch.setattr(cli, "cmd_targets", fail)
     assert cli.main(["targets"]) == cli.EXIT_INTERNAL_ERROR
     err = capsys.readouterr().err
     assert "internal error: GeneratedCodeError" in err and len(err.splitlines()) == 1

@@ -267,8 +267,11 @@ def test_verify_rechecks_the_integer_module_not_the_report(tmp_path, calib_npz):
     res = verify_outdir(str(out), count=2)
     assert res["integer_only"] is True and res["float_ops"] == 0 and "report_disagrees" not in res, res
     assert "TIR of" in res["integer_only_checked"]
-    report.update(integer_only=False, float_ops=3)  # a stale or tampered report
-    (out / "report.json").write_text(json.dumps(report))
+    report.update(integer_only=False, float_ops=3)  # a report that lies, re-sealed (a hand-edited
+    (out / "report.json").write_text(json.dumps(report))  # report alone is refused by the manifest)
+    from tvm_qplugin.manifest import write_manifest
+
+    write_manifest(out)
     res = verify_outdir(str(out), count=2)
     assert res["integer_only"] is True and res["float_ops"] == 0, res
     assert res["report_disagrees"] == {"integer_only": False, "float_ops": 3}, res

@@ -178,7 +178,7 @@ def _check_writable(out: Path) -> None:
     check_output_dir(out)
 
 
-COMMANDS = {"compile": cmd_compile, "verify": cmd_verify, "inspect": cmd_inspect, "targets": cmd_targets}
+COMMANDS = {name: f"cmd_{name}" for name in ("compile", "verify", "inspect", "targets")}  # looked up when run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,7 +214,7 @@ def _release_native_objects(failure: list) -> None:
 def _run(args) -> tuple[int, str | None, list | None]:
     """Run the command: (exit status, the stderr line to print, [the exception] to release first)."""
     try:
-        return COMMANDS[args.cmd](args), None, None
+        return globals()[COMMANDS[args.cmd]](args), None, None
     except QPluginError as e:
         return EXIT_USER_ERROR, _error_line(e), [e]
     except KeyboardInterrupt as e:
