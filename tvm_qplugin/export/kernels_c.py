@@ -104,11 +104,7 @@ class KernelCalls(CEmitter):
                            gemm=not depthwise)
         fields = dict(conv_dims(s), kp=wk["kp"], qmin=p["qmin"], qmax=p["qmax"], wt=wk["wt"], bias=wk["bias"],
                       mult=wk["mult"], shift=wk["shift"], wcorr=wk["wcorr"])
-        pn = self.pstruct("qk_conv_t", s, fields)
-        X, O = dt_info(x.dtype)[0], dt_info(s.out.dtype)[0]
-        self.instances.add(("conv2d", X, O))
-        s.c_func = f"qk_conv2d_{X}_{O}"
-        self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, {self.ptr(s.out)}, {self.scratch(s)});")
+        self._gemm_call(s, "conv2d", "qk_conv_t", fields, x)
 
     def op_dense_requant(self, s: Step, p: dict) -> None:
         x, w, bias, mult, shift = s.args
@@ -117,10 +113,15 @@ class KernelCalls(CEmitter):
                            shift.val.const, x)
         fields = dict(dims, kp=wk["kp"], qmin=p["qmin"], qmax=p["qmax"], wt=wk["wt"], bias=wk["bias"],
                       mult=wk["mult"], shift=wk["shift"], wcorr=wk["wcorr"])
-        pn = self.pstruct("qk_dense_t", s, fields)
+        self._gemm_call(s, "dense", "qk_dense_t", fields, x)
+
+    def _gemm_call(self, s: Step, kind: str, struct: str, fields: dict, x: Ref) -> None:
+        """The parameter block and the call of a GEMM-shaped kernel ``qk_<kind>_<X>_<O>``, whose
+        instance (input x output dtype) the kernel file must then contain."""
+        pn = self.pstruct(struct, s, fields)
         X, O = dt_info(x.dtype)[0], dt_info(s.out.dtype)[0]
-        self.instances.add(("dense", X, O))
-        s.c_func = f"qk_dense_{X}_{O}"
+        self.instances.add((kind, X, O))
+        s.c_func = f"qk_{kind}_{X}_{O}"
         self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, {self.ptr(s.out)}, {self.scratch(s)});")
 
     def op_requantize(self, s: Step, p: dict) -> None:
