@@ -211,6 +211,14 @@ def _strict_shape_inference(model: onnx.ModelProto, path: str, input_shapes: dic
     m = onnx.ModelProto()
     m.CopyFrom(model)
     _set_input_shapes(m, input_shapes)
+    if any(n.op_type in _WINDOWED and _ceil_mode(n) for n in m.graph.node):
+        # ONNX's shape inference lacks the ceil-mode rule that the last window must start inside the
+        # (left-padded) input -- ONNX Runtime, PyTorch and the operator spec since opset 19 apply
+        # it -- so it infers one row/column too many and would refuse valid models. For such models
+        # the declared shapes are not compared (the attribute rules still are).
+        del m.graph.value_info[:]
+        for out in m.graph.output:
+            out.type.tensor_type.ClearField("shape")
     try:
         onnx.shape_inference.infer_shapes(m, check_type=True, strict_mode=True, data_prop=True)
     except Exception as e:  # noqa: BLE001 - InferenceError and the C++ side's other failures
@@ -223,3 +231,8 @@ def _strict_shape_inference(model: onnx.ModelProto, path: str, input_shapes: dic
             where, why = "the graph", re.sub(r"\[\w+Error\] ", "", text).strip().rstrip(".")
         raise ModelLoadError(f"{path!r} is inconsistent at {where}: {why} (ONNX shape inference); fix the node or "
                              "the declared shapes and re-export") from None
+
+
+def _ceil_mode(node: onnx.NodeProto) -> bool:
+    return any(a.name == "ceil_mode" and a.i for a in node.attribute)
+
