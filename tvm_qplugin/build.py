@@ -12,7 +12,7 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
-from .schedules import apply_default_schedules
+from .schedules import apply_default_schedules, pack_weights
 
 
 def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
@@ -42,5 +42,6 @@ def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
 
 def build(mod: tvm.IRModule, target: tvm.target.Target):
     """Schedule and compile; returns ``(executable, number of kernels a schedule rule took)``."""
+    mod = pack_weights(mod, target)  # a copy with prepacked weights: the integer module keeps plain layouts
     scheduled, n = apply_default_schedules(mod, target)
     return tvm.compile(scheduled, target=target, relax_pipeline=relax_pipeline(target)), n

@@ -1,0 +1,114 @@
+"""Tensorized x86 kernels (schedules/x86_int8.py): bit-exact against the ops' NumPy twins at the
+dtype extremes, chosen per target features, the instruction present in the generated assembly.
+
+Every case goes through ``build.build`` (prepacking + schedule rules + tvm.compile) on a one-op
+integer module, exactly the route of a compile. This CPU has AVX-512 VNNI, so the AVX2 code
+(built for ``znver3``) runs here too.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from conftest import assert_bit_exact
+from tvm_qplugin.build import build
+from tvm_qplugin.ops import OPS, const, emit
+from tvm_qplugin.schedules import pack_weights
+from tvm_qplugin.schedules.intrin_x86 import select_isa
+from tvm_qplugin.schedules.packing import packed_info
+
+VNNI_TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "znver4"})        # AVX-512 VNNI
+AVX2_TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "znver3"})        # AVX2, no VNNI
+AVXVNNI_TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "znver4", "mattr": ["-avx512f"]})  # AVX-VNNI 256
+TARGETS = {"vnni": VNNI_TARGET, "avx2": AVX2_TARGET, "avxvnni": AVXVNNI_TARGET}
+INSTRUCTION = {"vnni": {"uint8": "vpdpbusd", "int8": "vpdpbusd", "int16": "vpdpwssd"},
+               "avxvnni": {"uint8": "vpdpbusd", "int8": "vpdpbusd", "int16": "vpmaddwd"},
+               "avx2": {"uint8": "vpmaddwd", "int8": "vpmaddwd", "int16": "vpmaddwd"}}
+PATTERNS = ("min", "max", "random", "alternating")
+
+
+def activations(rng, shape, dtype, pattern):
+    """All-qmin, all-qmax, random or alternating min/max activations of ``dtype``."""
+    info = np.iinfo(dtype)
+    if pattern == "min":
+        return np.full(shape, info.min, dtype)
+    if pattern == "max":
+        return np.full(shape, info.max, dtype)
+    if pattern == "alternating":
+        return np.where(np.arange(int(np.prod(shape))).reshape(shape) % 2, info.max, info.min).astype(dtype)
+    return rng.integers(info.min, info.max + 1, shape).astype(dtype)
+
+
+def weights(rng, shape):
+    """Full-range int8 weights ([-127, 127], what the quantizer emits) with both extremes planted."""
+    w = rng.integers(-127, 128, shape).astype(np.int8)
+    flat = w.reshape(-1)
+    flat[:2] = [-127, 127]
+    return w
+
+
+def requant_consts(rng, o, acc_scale_bits):
+    """bias, multiplier, shift that spread the accumulator over the output range (clamps hit)."""
+    bias = rng.integers(-(2**16), 2**16, o).astype(np.int32)
+    mult = rng.integers(2**30, 2**31 - 1, o).astype(np.int64)
+    shift = np.full(o, 31 + acc_scale_bits - 7, np.int64)
+    return bias, mult, shift
+
+
+def one_op_module(op, x, consts, **params):
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x.shape, str(x.dtype)))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            out = bb.emit_output(emit(bb, op, [xv, *[const(c) for c in consts]], **params))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def asm_of(executable) -> str:
+    return "\n".join(m.inspect_source("asm") for m in executable.mod.imports if m.kind == "llvm")
+
+
+def check_kernel(op, x, consts, target_name, **params):
+    """Build through build.build for ``target_name``; run; compare with the NumPy twin; return the
+    packed kernel's description and the assembly."""
+    target = TARGETS[target_name]
+    mod = one_op_module(op, x, consts, **params)
+    before = mod.script()
+    packed = pack_weights(mod, target)
+    assert mod.script() == before, "pack_weights mutated the integer module"
+    infos = [packed_info(f) for f in packed.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    executable, n_scheduled = build(mod, target)
+    got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    assert_bit_exact(got, OPS[op].reference(x, *consts, **params), f"{op} {x.dtype} on {target_name}")
+    return next((i for i in infos if i), None), asm_of(executable)
+
+
+@pytest.mark.parametrize("target_name", ["vnni", "avx2"])
+@pytest.mark.parametrize("xdt", ["uint8", "int8", "int16"])
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_pointwise_conv_bit_exact_at_extremes(rng, target_name, xdt, pattern):
+    c, o, h, w = (40, 24, 5, 7) if xdt == "int16" else (64, 24, 5, 7)  # P = 35: padded pixel vectors
+    x = activations(rng, (1, c, h, w), xdt, pattern)
+    wt = weights(rng, (o, c, 1, 1))
+    bias, mult, shift = requant_consts(rng, o, 8 + (8 if xdt == "int16" else 0) + 6)
+    info, asm = check_kernel("conv2d_requant", x, [wt, bias, mult, shift], target_name, strides=[1, 1],
+                             padding=[0, 0, 0, 0], dilation=[1, 1], groups=1, qmin=-128, qmax=127, out_dtype="int8")
+    assert info is not None and info["rule"] == "Conv2D1x1Tensorized"
+    assert INSTRUCTION[target_name][xdt] in asm
+
+
+@pytest.mark.parametrize("target_name", ["vnni", "avx2"])
+@pytest.mark.parametrize("xdt", ["uint8", "int8", "int16"])
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_dense_bit_exact_at_extremes(rng, target_name, xdt, pattern):
+    rows, k, n = 6, (256 if xdt == "int16" else 96), 40   # N = 40: a padded channel vector
+    x = activations(rng, (2, rows // 2, k), xdt, pattern)
+    wt = weights(rng, (n, k))
+    bias, mult, shift = requant_consts(rng, n, 8 + (8 if xdt == "int16" else 0) + 6)
+    info, asm = check_kernel("dense_requant", x, [wt, bias, mult, shift], target_name, qmin=-128, qmax=127,
+                             out_dtype="int8")
+    assert info is not None and info["rule"] == "DenseTensorized"
+    assert INSTRUCTION[target_name][xdt] in asm
