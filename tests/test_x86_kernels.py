@@ -21,7 +21,7 @@ from tvm_qplugin.schedules.packing import packed_info
 
 VNNI_TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "znver4"})        # AVX-512 VNNI
 AVX2_TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "znver3"})        # AVX2, no VNNI
-AVXVNNI_TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "znver4", "mattr": ["-avx512f"]})  # AVX-VNNI 256
+AVXVNNI_TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "alderlake"})      # AVX-VNNI 256, no AVX-512
 TARGETS = {"vnni": VNNI_TARGET, "avx2": AVX2_TARGET, "avxvnni": AVXVNNI_TARGET}
 INSTRUCTION = {"vnni": {"uint8": "vpdpbusd", "int8": "vpdpbusd", "int16": "vpdpwssd"},
                "avxvnni": {"uint8": "vpdpbusd", "int8": "vpdpbusd", "int16": "vpmaddwd"},
@@ -112,3 +112,58 @@ def test_dense_bit_exact_at_extremes(rng, target_name, xdt, pattern):
                              out_dtype="int8")
     assert info is not None and info["rule"] == "DenseTensorized"
     assert INSTRUCTION[target_name][xdt] in asm
+
+
+def test_avx_vnni_target_gets_256_bit_vpdpbusd(rng):
+    """AVX-512 off but AVX-VNNI on (mattr): the 256-bit VEX vpdpbusd on ymm registers."""
+    x = activations(rng, (1, 32, 4, 8), "int8", "random")
+    wt = weights(rng, (16, 32, 1, 1))
+    info, asm = check_kernel("conv2d_requant", x, [wt, *requant_consts(rng, 16, 18)], "avxvnni", strides=[1, 1],
+                             padding=[0, 0, 0, 0], dilation=[1, 1], groups=1, qmin=-128, qmax=127, out_dtype="int8")
+    assert info["isa"] == "avxvnni"
+    assert "vpdpbusd" in asm and "zmm" not in asm.split("vpdpbusd", 1)[1].split("\n", 1)[0]
+
+
+@pytest.mark.parametrize("target_name", ["vnni", "avx2"])
+def test_shapes_that_do_not_tile(rng, target_name):
+    """Channels not a multiple of the dot depth (padded with zero weights), 7x7 pixels (49: pad
+    lanes), odd row counts; K % 4 != 0 dense is left to the plain rule -- never wrong."""
+    conv = dict(strides=[1, 1], padding=[0, 0, 0, 0], dilation=[1, 1], groups=1, qmin=-128, qmax=127, out_dtype="int8")
+    x = activations(rng, (1, 30, 7, 7), "int8", "random")
+    info, _ = check_kernel("conv2d_requant", x, [weights(rng, (18, 30, 1, 1)), *requant_consts(rng, 18, 18)],
+                           target_name, **conv)
+    assert info is not None  # C = 30 -> 32, zero-padded
+    dense = dict(qmin=-128, qmax=127, out_dtype="int8")
+    info, _ = check_kernel("dense_requant", activations(rng, (5, 36), "uint8", "random"),
+                           [weights(rng, (7, 36)), *requant_consts(rng, 7, 18)], target_name, **dense)
+    assert info is not None
+    info, _ = check_kernel("dense_requant", activations(rng, (3, 30), "uint8", "random"),
+                           [weights(rng, (16, 30)), *requant_consts(rng, 16, 18)], target_name, **dense)
+    assert info is None or target_name == "avx2"  # K = 30: no whole 4-deep VNNI steps (AVX2 pairs: 15)
+
+
+def test_kernel_whose_bias_leaves_int32_room_is_not_packed(rng):
+    """The packed epilogue adds the bias in int32: a call whose max|x| * sum|w| + |bias| reaches
+    2**31 keeps the plain kernel (int64 bias add) -- and stays exact."""
+    x = activations(rng, (1, 64, 4, 4), "uint8", "max")
+    wt = np.full((16, 64, 1, 1), 127, np.int8)
+    bias, mult, shift = requant_consts(rng, 16, 22)
+    bias[3] = 2**31 - 1000
+    info, _ = check_kernel("conv2d_requant", x, [wt, bias, mult, shift], "vnni", strides=[1, 1], padding=[0, 0, 0, 0],
+                           dilation=[1, 1], groups=1, qmin=-128, qmax=127, out_dtype="int8")
+    assert info is None
+    bias[3] = 0
+    info, _ = check_kernel("conv2d_requant", x, [wt, bias, mult, shift], "vnni", strides=[1, 1], padding=[0, 0, 0, 0],
+                           dilation=[1, 1], groups=1, qmin=-128, qmax=127, out_dtype="int8")
+    assert info is not None
+
+
+@pytest.mark.parametrize("target, xdt, isa", [
+    (VNNI_TARGET, "int8", "vnni"), (VNNI_TARGET, "int16", "vnni16"), (AVXVNNI_TARGET, "uint8", "avxvnni"),
+    (AVXVNNI_TARGET, "int16", "avx2"), (AVX2_TARGET, "int8", "avx2"),
+    (tvm.target.Target({"kind": "llvm", "mcpu": "x86-64"}), "int8", None),            # SSE2 only: plain rules
+    (tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu"}), "int8", None),
+])
+def test_isa_follows_target_features(target, xdt, isa):
+    chosen = select_isa(target, xdt)
+    assert (chosen.name if chosen else None) == isa

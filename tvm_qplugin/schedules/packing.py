@@ -36,11 +36,14 @@ class Packing:
 
     ``pack_args(consts)`` maps the call's constant arguments (positions ``const_args`` of the
     call, as NumPy arrays, in order) to the new constant arguments for the same positions.
+    ``accepts(consts)`` says whether ``func`` is exact for a call with these constants (e.g. its
+    int32 bounds hold); a kernel is packed only when it accepts every one of its calls.
     """
 
     func: tvm.tirx.PrimFunc
     const_args: tuple[int, ...]
     pack_args: Callable[[list[np.ndarray]], list[np.ndarray]]
+    accepts: Callable[[list[np.ndarray]], bool] = lambda consts: True
 
 
 def packed_info(func: tvm.tirx.PrimFunc) -> dict | None:
@@ -84,7 +87,10 @@ def _plan(mod: tvm.IRModule, target: tvm.target.Target, packers) -> dict:
     for _, b in _call_tir_sites(mod):
         callee, args = b.value.args[0], b.value.args[1].fields
         packing = plan.get(callee)
-        if packing is not None and not all(isinstance(args[i], tvm.ir.GenericConst) for i in packing.const_args):
+        if packing is None:
+            continue
+        if (not all(isinstance(args[i], tvm.ir.GenericConst) for i in packing.const_args)
+                or not packing.accepts([args[i].value.numpy() for i in packing.const_args])):
             del plan[callee]
     return plan
 
