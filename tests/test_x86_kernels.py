@@ -96,7 +96,7 @@ def test_pointwise_conv_bit_exact_at_extremes(rng, target_name, xdt, pattern):
     bias, mult, shift = requant_consts(rng, o, 8 + (8 if xdt == "int16" else 0) + 6)
     info, asm = check_kernel("conv2d_requant", x, [wt, bias, mult, shift], target_name, strides=[1, 1],
                              padding=[0, 0, 0, 0], dilation=[1, 1], groups=1, qmin=-128, qmax=127, out_dtype="int8")
-    assert info is not None and info["rule"] == "Conv2D1x1Tensorized"
+    assert info is not None and info["rule"] == "Conv2DTensorized"
     assert INSTRUCTION[target_name][xdt] in asm
 
 
@@ -167,3 +167,30 @@ def test_kernel_whose_bias_leaves_int32_room_is_not_packed(rng):
 def test_isa_follows_target_features(target, xdt, isa):
     chosen = select_isa(target, xdt)
     assert (chosen.name if chosen else None) == isa
+
+
+@pytest.mark.parametrize("target_name", ["vnni", "avx2"])
+@pytest.mark.parametrize("xdt", ["uint8", "int8", "int16"])
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("case", [
+    dict(c=3, o=16, hw=(11, 9), k=3, stride=2, pad=(1, 1, 1, 1), dil=1),   # the stem conv: K = 27
+    dict(c=8, o=12, hw=(6, 7), k=3, stride=1, pad=(0, 1, 2, 1), dil=2),    # asymmetric padding, dilated
+])
+def test_kxk_conv_bit_exact_at_extremes(rng, target_name, xdt, pattern, case):
+    """KxK convs gather an im2col inside the kernel; zero padding must stay the value 0 (u8 128
+    under the signed offset, which the weight-sum correction counts for every tap)."""
+    x = activations(rng, (1, case["c"], *case["hw"]), xdt, pattern)
+    wt = weights(rng, (case["o"], case["c"], case["k"], case["k"]))
+    params = dict(strides=[case["stride"]] * 2, padding=list(case["pad"]), dilation=[case["dil"]] * 2, groups=1,
+                  qmin=-128, qmax=127, out_dtype="int8")
+    info, asm = check_kernel("conv2d_requant", x, [wt, *requant_consts(rng, case["o"], 20)], target_name, **params)
+    assert info is not None and info["rule"] == "Conv2DTensorized"
+    assert INSTRUCTION[target_name][xdt] in asm
+
+
+def test_depthwise_conv_is_left_to_the_plain_rules(rng):
+    x = activations(rng, (1, 8, 6, 6), "uint8", "random")
+    info, _ = check_kernel("conv2d_requant", x, [weights(rng, (8, 1, 3, 3)), *requant_consts(rng, 8, 14)], "vnni",
+                           strides=[1, 1], padding=[1, 1, 1, 1], dilation=[1, 1], groups=8, qmin=-128, qmax=127,
+                           out_dtype="int8")
+    assert info is None

@@ -1,4 +1,4 @@
-"""Tensorized x86 int8/int16 kernels: 1x1 conv and dense on VNNI / AVX2 dot instructions, weights
+"""Tensorized x86 int8/int16 kernels: conv (groups 1) and dense on VNNI / AVX2 dot instructions, weights
 prepacked at build time (schedules/packing.py), requantization on the register tile.
 
 Each rule is both a *packer* (``pack``: the kernel rewritten in TE to read packed weights, plus the
@@ -172,19 +172,22 @@ class DenseTensorized(TensorizedRule):
         sch.unroll(nr)
 
 
-class Conv2D1x1Tensorized(TensorizedRule):
-    """Pointwise ``conv2d_requant`` (1x1, stride 1, no padding, groups 1), NCHW, on the dot
-    instruction with the *pixels* as vector lanes and each output channel's weights broadcast.
+class Conv2DTensorized(TensorizedRule):
+    """``conv2d_requant`` with groups 1 (pointwise 1x1 first of all; also KxK, strided, padded,
+    dilated), NCHW, on the dot instruction with the *output pixels* as vector lanes and each
+    output channel's weights broadcast.
 
-    1. The activations are interleaved ``kp`` channels per pixel, ``[N, C/kp, P, kp]`` (P = H*W
-       padded to whole vectors; s8 shifted to u8 for VNNI, widened to int16 for AVX2) -- a stage
-       inside the kernel, C*P bytes against the O*C*P multiply-adds it feeds.
+    1. The activations are gathered ``kp`` reduction elements per pixel, ``[N, K/kp, P, kp]``
+       with K = C*KH*KW (for 1x1, C channels interleaved; for KxK an im2col; P = OH*OW padded to
+       whole vectors; s8 shifted to u8 for VNNI, widened to int16 for AVX2) -- a stage inside
+       the kernel, K*P values against the O*K*P multiply-adds it feeds.
     2. Output channels in blocks of ``mr`` (weights broadcast straight from memory), pixels in
-       blocks of ``nr`` vectors: ``mr x nr`` accumulators in registers over the channel loop.
+       blocks of ``nr`` vectors: ``mr x nr`` accumulators in registers over the K loop.
     3. The tile is requantized from registers, vectorized over pixels, and written to NCHW rows.
-    Note: the weights stay ``[O, C/kp, kp]`` -- for a 1x1 kernel that is OIHW itself (widened to
-    int16 where the instruction reads int16). Lanes over output channels instead would need a
-    scatter to write NCHW.
+    Note: the weights stay ``[O, K/kp, kp]`` -- OIHW flattened (widened to int16 where the
+    instruction reads int16). Lanes over output channels instead would need a scatter to write
+    NCHW. Zero padding is the value 0 (u8 128 after the offset, as the weight-sum correction
+    assumes for every tap).
     """
 
     op = "conv2d_requant"
@@ -192,44 +195,52 @@ class Conv2D1x1Tensorized(TensorizedRule):
     def pack_for(self, func, params, shapes, isa):
         (xs, adt), (ws, _) = shapes[0], shapes[1]
         o, c, kh, kw = ws
+        k = c * kh * kw
         off = _offset(isa, adt)
-        if (params["groups"] != 1 or (kh, kw) != (1, 1) or list(params["strides"]) != [1, 1] or any(params["padding"])
-                or not _fits_int32(adt, c, off)):
+        if params["groups"] != 1 or not _fits_int32(adt, k, off):
             return None
         nb, _, h, w = xs
+        (sh, sw), (dh, dw), (pt, pl, pb, pr) = params["strides"], params["dilation"], params["padding"]
+        oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+        ow = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
         lanes, kp = isa.lanes, isa.kp
-        p = h * w
+        p = oh * ow
         nr = 2 if _round_up(p, 2 * lanes) == _round_up(p, lanes) else 1
-        ppad, cpad = _round_up(p, nr * lanes), _round_up(c, kp)
+        ppad, kpad = _round_up(p, nr * lanes), _round_up(k, kp)
         mr = _largest_divisor(o, (8, 6, 4, 3, 2, 1) if isa.vector_bits == 512 else (4, 3, 2, 1))
         info = {"rule": type(self).__name__, "isa": isa.name, "mr": mr, "nr": nr, "offset": off,
-                "out_shape": [nb, o, h, w], "acc_shape": [nb, o, ppad]}
+                "out_shape": [nb, o, oh, ow], "acc_shape": [nb, o, ppad]}
         pdt = "uint8" if kp == 4 else "int16"
 
         def pack_args(consts):
-            wt, bias, mult, shift = consts[0].reshape(o, c), *consts[1:]
-            wk = np.zeros((o, cpad), np.int64)
-            wk[:, :c] = wt
-            return [wk.reshape(o, cpad // kp, kp).astype(isa.packed_dtype), *_channel_consts(wt, bias, mult, shift, off, o)]
+            wt, bias, mult, shift = consts[0].reshape(o, k), *consts[1:]
+            wk = np.zeros((o, kpad), np.int64)
+            wk[:, :k] = wt
+            return [wk.reshape(o, kpad // kp, kp).astype(isa.packed_dtype), *_channel_consts(wt, bias, mult, shift, off, o)]
 
         x = te.placeholder(xs, adt, name="x")
-        wk = te.placeholder((o, cpad // kp, kp), isa.packed_dtype, name="w_packed")
+        wk = te.placeholder((o, kpad // kp, kp), isa.packed_dtype, name="w_packed")
         bias, mult, shift = _channel_placeholders(o)
 
-        def interleave(b, cb, q, j):
-            ch, px = cb * kp + j, tirx.min(q, p - 1)  # pad pixels repeat the last one: lanes dropped later
-            v = (x[b, tirx.min(ch, c - 1), px // w, px % w].astype("int32") + off).astype(pdt)
-            return v if cpad == c else tirx.if_then_else(ch < c, v, tirx.const(0, pdt))
+        def gather(b, kb, q, j):
+            kf, px = tirx.min(kb * kp + j, k - 1), tirx.min(q, p - 1)  # pad pixels repeat the last: lanes dropped
+            ch, ry, rx = _unravel(kf, (c, kh, kw))
+            hi, wi = (px // ow) * sh + ry * dh - pt, (px % ow) * sw + rx * dw - pl
+            v = x[b, ch, hi, wi].astype("int32")
+            if pt or pl or pb or pr:
+                v = tirx.if_then_else(tirx.all(hi >= 0, hi < h, wi >= 0, wi < w), v, tirx.const(0, "int32"))
+            v = (v + off).astype(pdt)
+            return v if kpad == k else tirx.if_then_else(kb * kp + j < k, v, tirx.const(0, pdt))
 
-        xp = te.compute((nb, cpad // kp, ppad, kp), interleave, name="x_packed")
-        rc, rj = te.reduce_axis((0, cpad // kp), "rc"), te.reduce_axis((0, kp), "rj")
+        xp = te.compute((nb, kpad // kp, ppad, kp), gather, name="x_packed")
+        rc, rj = te.reduce_axis((0, kpad // kp), "rc"), te.reduce_axis((0, kp), "rj")
         acc = te.compute((nb, o, ppad), lambda b, oc, q: te.sum(
             dot_term(xp[b, rc, q, rj], wk[oc, rc, rj], 0), axis=[rc, rj]), name="acc")
-        y = _requant_stage(acc, (nb, o, h, w), lambda i: (i[0], i[1], i[2] * w + i[3]), lambda a: a[1],
+        y = _requant_stage(acc, (nb, o, oh, ow), lambda i: (i[0], i[1], i[2] * ow + i[3]), lambda a: a[1],
                            bias, mult, shift, params, ppad != p)
         out = te.create_prim_func([x, wk, bias, mult, shift, y]).without_attr("global_symbol")
         return Packing(tag_packed(out, func, info), (1, 2, 3, 4), pack_args,
-                       lambda consts: _int32_epilogue_exact(consts[0].reshape(o, c), *consts[1:3], adt, off))
+                       lambda consts: _int32_epilogue_exact(consts[0].reshape(o, k), *consts[1:3], adt, off))
 
     def schedule(self, sch, info):
         isa = ISA_BY_NAME[info["isa"]]
