@@ -142,19 +142,19 @@ def test_shapes_that_do_not_tile(rng, target_name):
     assert info is None or target_name == "avx2"  # K = 30: no whole 4-deep VNNI steps (AVX2 pairs: 15)
 
 
-def test_kernel_whose_bias_leaves_int32_room_is_not_packed(rng):
-    """The packed epilogue adds the bias in int32: a call whose max|x| * sum|w| + |bias| reaches
-    2**31 keeps the plain kernel (int64 bias add) -- and stays exact."""
-    x = activations(rng, (1, 64, 4, 4), "uint8", "max")
-    wt = np.full((16, 64, 1, 1), 127, np.int8)
+def test_kernel_whose_multiplier_exceeds_int32_is_not_packed(rng):
+    """The packed epilogue multiplies int32 x int32 (``vpmuldq``): a call whose multiplier does not
+    fit int32 keeps the plain kernel (int64 multiply) -- and stays exact; the same call with an
+    int32 multiplier is packed."""
+    x = activations(rng, (1, 64, 4, 4), "uint8", "random")
+    wt = weights(rng, (16, 64, 1, 1))
     bias, mult, shift = requant_consts(rng, 16, 22)
-    bias[3] = 2**31 - 1000
-    info, _ = check_kernel("conv2d_requant", x, [wt, bias, mult, shift], "vnni", strides=[1, 1], padding=[0, 0, 0, 0],
-                           dilation=[1, 1], groups=1, qmin=-128, qmax=127, out_dtype="int8")
+    conv = dict(strides=[1, 1], padding=[0, 0, 0, 0], dilation=[1, 1], groups=1, qmin=-128, qmax=127, out_dtype="int8")
+    mult[3] = 2**31 + 12345
+    info, _ = check_kernel("conv2d_requant", x, [wt, bias, mult, shift], "vnni", **conv)
     assert info is None
-    bias[3] = 0
-    info, _ = check_kernel("conv2d_requant", x, [wt, bias, mult, shift], "vnni", strides=[1, 1], padding=[0, 0, 0, 0],
-                           dilation=[1, 1], groups=1, qmin=-128, qmax=127, out_dtype="int8")
+    mult[3] = 2**31 - 12345
+    info, _ = check_kernel("conv2d_requant", x, [wt, bias, mult, shift], "vnni", **conv)
     assert info is not None
 
 

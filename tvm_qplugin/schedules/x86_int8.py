@@ -20,7 +20,7 @@ from tvm.s_tir import schedule as s_tir_schedule
 
 from ..ops import op_of
 from ..ops.conv import ABS_MAX
-from ..ops.requant import clamp_cast, i64, round_shift
+from ..ops.requant import clamp_cast, i64
 from .intrin_x86 import ISA_BY_NAME, DotIsa, dot_intrin, dot_term, select_isa
 from .packing import Packing, packed_info, tag_packed
 
@@ -44,22 +44,24 @@ def _bias_with_offset(w2d: np.ndarray, bias: np.ndarray, offset: int) -> np.ndar
     return bias.astype(np.int64) - offset * w2d.astype(np.int64).sum(axis=1)
 
 
-def _int32_epilogue_exact(w2d: np.ndarray, bias: np.ndarray, mult: np.ndarray, act_dtype: str, offset: int) -> bool:
-    """The packed kernels add the bias in int32 and multiply int32 x int32 -> int64 (``vpmuldq``,
-    one instruction; a full int64 multiply is three on AVX2). Exact when, per channel,
-    ``max|x| * sum|w| + |bias| < 2**31`` (the true sum plus bias fits int32, so the int32 wrap
-    of the offset sum cancels), the corrected bias and the multiplier fit int32."""
-    w = np.abs(w2d.astype(np.int64)).sum(axis=1)
-    corrected = _bias_with_offset(w2d, bias, offset)
-    return bool((ABS_MAX[act_dtype] * w + np.abs(bias.astype(np.int64)) < 2**31).all()
-                and (np.abs(corrected) < 2**31).all() and (np.abs(mult.astype(np.int64)) < 2**31).all())
+def _epilogue_exact(w2d: np.ndarray, bias: np.ndarray, mult: np.ndarray, offset: int) -> bool:
+    """The packed kernels requantize as ``(acc * m + (bias * m + round)) >> shift`` with an int32 x
+    int32 -> int64 product (``vpmuldq``: one instruction; a full int64 multiply is three on AVX2)
+    and the bracket a compile-time int64 constant: the same integers as ``(acc + bias) * m +
+    round`` when the multiplier fits int32 and ``bias * m`` (offset-corrected) stays far inside
+    int64."""
+    corrected = _bias_with_offset(w2d, bias, offset).astype(np.float64)
+    m = mult.astype(np.int64)
+    return bool((np.abs(m) < 2**31).all() and (np.abs(corrected) * np.abs(m.astype(np.float64)) < 2.0**61).all())
 
 
 def _channel_consts(w2d, bias, mult, shift, offset: int, pad_to: int) -> list[np.ndarray]:
-    """int32 corrected bias, int32 multiplier, int64 shift per channel, zero-padded to ``pad_to``
-    channels (pad lanes are computed, then dropped, and must read in bounds)."""
+    """Per channel, zero-padded to ``pad_to`` (pad lanes are computed, then dropped, and must
+    read in bounds): int64 ``bias * m + round`` (offset-corrected bias), int32 ``m``, int64 shift."""
+    m, sh = mult.astype(np.int64), shift.astype(np.int64)
+    folded = _bias_with_offset(w2d, bias, offset) * m + ((np.int64(1) << sh) >> 1)
     out = []
-    for value, dtype in ((_bias_with_offset(w2d, bias, offset), np.int32), (mult, np.int32), (shift, np.int64)):
+    for value, dtype in ((folded, np.int64), (m, np.int32), (sh, np.int64)):
         padded = np.zeros(pad_to, dtype)
         padded[: len(value)] = value
         out.append(padded)
@@ -150,7 +152,7 @@ class DenseTensorized(TensorizedRule):
                            bias, mult, shift, params, npad != n)
         out = te.create_prim_func([x, wp, bias, mult, shift, y]).without_attr("global_symbol")
         return Packing(tag_packed(out, func, info), (1, 2, 3, 4), pack_args,
-                       lambda consts: _int32_epilogue_exact(consts[0], *consts[1:3], adt, off))
+                       lambda consts: _epilogue_exact(consts[0], *consts[1:3], off))
 
     def schedule(self, sch, info):
         isa = ISA_BY_NAME[info["isa"]]
@@ -207,7 +209,7 @@ class Conv2DTensorized(TensorizedRule):
         p = oh * ow
         nr = 2 if _round_up(p, 2 * lanes) == _round_up(p, lanes) else 1
         ppad, kpad = _round_up(p, nr * lanes), _round_up(k, kp)
-        mr = _largest_divisor(o, (8, 6, 4, 3, 2, 1) if isa.vector_bits == 512 else (4, 3, 2, 1))
+        mr = _largest_divisor(o, ((8, 6, 4, 3, 2, 1) if nr == 2 else (16, 12, 8, 6, 4, 3, 2, 1)) if isa.vector_bits == 512 else (4, 3, 2, 1))
         info = {"rule": type(self).__name__, "isa": isa.name, "mr": mr, "nr": nr, "offset": off,
                 "out_shape": [nb, o, oh, ow], "acc_shape": [nb, o, ppad]}
         pdt = "uint8" if kp == 4 else "int16"
@@ -223,7 +225,10 @@ class Conv2DTensorized(TensorizedRule):
         bias, mult, shift = _channel_placeholders(o)
 
         def gather(b, kb, q, j):
-            kf, px = tirx.min(kb * kp + j, k - 1), tirx.min(q, p - 1)  # pad pixels repeat the last: lanes dropped
+            # clamps only where there is padding (a clamp hides the unit stride from the simplifier);
+            # pad pixels repeat the last one: their lanes are dropped
+            kf = kb * kp + j if kpad == k else tirx.min(kb * kp + j, k - 1)
+            px = q if ppad == p else tirx.min(q, p - 1)
             ch, ry, rx = _unravel(kf, (c, kh, kw))
             hi, wi = (px // ow) * sh + ry * dh - pt, (px % ow) * sw + rx * dw - pl
             v = x[b, ch, hi, wi].astype("int32")
@@ -240,7 +245,7 @@ class Conv2DTensorized(TensorizedRule):
                            bias, mult, shift, params, ppad != p)
         out = te.create_prim_func([x, wk, bias, mult, shift, y]).without_attr("global_symbol")
         return Packing(tag_packed(out, func, info), (1, 2, 3, 4), pack_args,
-                       lambda consts: _int32_epilogue_exact(consts[0].reshape(o, k), *consts[1:3], adt, off))
+                       lambda consts: _epilogue_exact(consts[0].reshape(o, k), *consts[1:3], off))
 
     def schedule(self, sch, info):
         isa = ISA_BY_NAME[info["isa"]]
@@ -258,6 +263,9 @@ class Conv2DTensorized(TensorizedRule):
         pb, pc, pq, pj = sch.get_loops(xp)
         sch.reorder(pj, pq)
         sch.parallel(sch.fuse(pb, pc))
+        real = info["out_shape"][2] * info["out_shape"][3]
+        if real < info["acc_shape"][2]:  # the real pixels apart from the pad lanes: no clamp in the main loop
+            sch.loop_partition(pq, [real, None])
         init = sch.decompose_reduction(acc, rc)
         sch.vectorize(sch.get_loops(init)[-1])
         sch.tensorize(qi, dot_intrin(isa, "uint8" if isa.kp == 4 else "int16", "b", 0))
@@ -266,20 +274,20 @@ class Conv2DTensorized(TensorizedRule):
 
 
 def _channel_placeholders(channels: int):
-    return (te.placeholder((channels,), "int32", name="bias"), te.placeholder((channels,), "int32", name="multiplier"),
-            te.placeholder((channels,), "int64", name="shift"))
+    return (te.placeholder((channels,), "int64", name="bias_times_multiplier"),
+            te.placeholder((channels,), "int32", name="multiplier"), te.placeholder((channels,), "int64", name="shift"))
 
 
-def _requant_stage(acc, shape, acc_index, channel, bias, mult, shift, params, padded: bool):
+def _requant_stage(acc, shape, acc_index, channel, folded, mult, shift, params, padded: bool):
     """The requantization of ``acc`` into the output of ``shape`` (element ``i`` from
     ``acc[acc_index(i)]``, channel ``channel(acc index)``): straight into the output when the
     accumulator has no pad lanes, else into a tile of the accumulator's shape (``y_tile``: kept
     in registers, vectorized without a predicate) copied out after."""
     qmin, qmax, dt = params["qmin"], params["qmax"], params["out_dtype"]
 
-    def rq(a):
-        ch = channel(a)  # int32 bias add, int32 x int32 -> int64 product: see _int32_epilogue_exact
-        return clamp_cast(round_shift(i64(acc(*a) + bias[ch]) * i64(mult[ch]), shift[ch]), qmin, qmax, dt)
+    def rq(a):  # (acc * m + (bias * m + round)) >> shift: see _epilogue_exact
+        ch = channel(a)
+        return clamp_cast((i64(acc(*a)) * i64(mult[ch]) + folded[ch]) >> shift[ch], qmin, qmax, dt)
 
     if not padded:
         return te.compute(shape, lambda *i: rq(acc_index(i)), name="y")
@@ -331,8 +339,11 @@ def _epilogue_at(sch, tile, lanes: int) -> None:
         sch.set_scope(stage, 0, "local")
     for name in (first, "y") if first == "y_tile" else (first,):
         sch.reverse_compute_at(sch.get_sblock(name), tile)
-    last = sch.get_loops(stage)[-1]
-    sch.vectorize(sch.split(last, [None, lanes])[1])
+    *rows, last = sch.get_loops(stage)[-2:]
+    outer, inner = sch.split(last, [None, lanes])
+    sch.vectorize(inner)
+    for loop in (*rows, outer):  # constant tile indices: LLVM keeps the accumulators in registers
+        sch.unroll(loop)
 
 
 def _param_type(param) -> tuple[tuple[int, ...], str]:
