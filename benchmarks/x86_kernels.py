@@ -104,9 +104,8 @@ def time_pair(k: dict, target, rounds: int, rng) -> dict | None:
     out_dtype = k["params"]["out_dtype"]
     plain_args = [x, *[tvm.runtime.tensor(c) for c in k["consts"]]]
     packed = packing.pack_args([k["consts"][i - 1] for i in packing.const_args])
-    packed_consts = list(k["consts"])
-    for i, v in zip(packing.const_args, packed):
-        packed_consts[i - 1] = v
+    first, last = packing.const_args[0] - 1, packing.const_args[-1] - 1
+    packed_consts = [*k["consts"][:first], *packed, *k["consts"][last + 1:]]
     packed_args = [x, *[tvm.runtime.tensor(c) for c in packed_consts]]
     outs = [tvm.runtime.tensor(np.zeros(k["out"], out_dtype)) for _ in range(2)]
     fns = [_build(_plain(k["func"], target), target), _build(after, target)]

@@ -194,3 +194,29 @@ def test_depthwise_conv_is_left_to_the_plain_rules(rng):
                            strides=[1, 1], padding=[1, 1, 1, 1], dilation=[1, 1], groups=8, qmin=-128, qmax=127,
                            out_dtype="int8")
     assert info is None
+
+
+@pytest.mark.parametrize("target_name", ["vnni", "avx2"])
+@pytest.mark.parametrize("xdt", ["uint8", "int8", "int16"])
+def test_requantization_over_the_whole_shift_range(rng, target_name, xdt):
+    """The packed epilogue splits the shift around the product's high word (accumulator
+    pre-shift below 32, int32 post-shift clamped at 31 above 63): shifts 28..62 per channel,
+    multipliers scaled so that the outputs are not all saturated, against the NumPy twin. A
+    shift so small that the pre-shifted accumulator could leave int32 keeps the plain kernel."""
+    o, c = 35, 48
+    x = activations(rng, (1, c, 4, 4), xdt, "random")
+    wt = weights(rng, (o, c, 1, 1))
+    bias = rng.integers(-(2**12), 2**12, o).astype(np.int32)
+    shift = np.arange(28, 63, dtype=np.int64)
+    acc_bits = 8 + (8 if xdt == "int16" else 0) + 6
+    mult = np.clip(np.exp2(shift + 7.0 - acc_bits) * rng.uniform(1, 2, o), 1, 2**31 - 1).astype(np.int64)
+    info, _ = check_kernel("conv2d_requant", x, [wt, bias, mult, shift], target_name, strides=[1, 1],
+                           padding=[0, 0, 0, 0], dilation=[1, 1], groups=1, qmin=-128, qmax=127, out_dtype="int8")
+    assert info is not None
+    ref = OPS["conv2d_requant"].reference(x, wt, bias, mult, shift, strides=[1, 1], padding=[0, 0, 0, 0],
+                                          dilation=[1, 1], groups=1, qmin=-128, qmax=127, out_dtype="int8")
+    assert ((ref > -128) & (ref < 127)).mean() > 0.3  # most channels land inside the range
+    shift[0], mult[0] = 3, 1
+    info, _ = check_kernel("conv2d_requant", x, [wt, bias, mult, shift], target_name, strides=[1, 1],
+                           padding=[0, 0, 0, 0], dilation=[1, 1], groups=1, qmin=-128, qmax=127, out_dtype="int8")
+    assert info is None

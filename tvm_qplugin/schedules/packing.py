@@ -34,8 +34,9 @@ PACKED_ATTR = "qplugin.packed"
 class Packing:
     """A kernel's packed replacement: ``func`` reads the layout ``pack_args`` produces.
 
-    ``pack_args(consts)`` maps the call's constant arguments (positions ``const_args`` of the
-    call, as NumPy arrays, in order) to the new constant arguments for the same positions.
+    ``pack_args(consts)`` maps the call's constant arguments (the contiguous positions
+    ``const_args`` of the call, as NumPy arrays, in order) to the new constant arguments that
+    take their place (their number may differ: ``func``'s parameters say).
     ``accepts(consts)`` says whether ``func`` is exact for a call with these constants (e.g. its
     int32 bounds hold); a kernel is packed only when it accepts every one of its calls.
     """
@@ -97,9 +98,9 @@ def _plan(mod: tvm.IRModule, target: tvm.target.Target, packers) -> dict:
 
 def _rewrite_call(call: relax.Call, packing: Packing, gvar: tvm.ir.GlobalVar) -> relax.Call:
     args = list(call.args[1].fields)
+    first, last = packing.const_args[0], packing.const_args[-1]
     new = packing.pack_args([args[i].value.numpy() for i in packing.const_args])
-    for i, value in zip(packing.const_args, new):
-        args[i] = const(value)
+    args[first : last + 1] = [const(value) for value in new]
     return relax.Call(call.op, [gvar, relax.Tuple(args)], call.attrs, call.ty_args)
 
 

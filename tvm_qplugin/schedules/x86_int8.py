@@ -20,7 +20,7 @@ from tvm.s_tir import schedule as s_tir_schedule
 
 from ..ops import op_of
 from ..ops.conv import ABS_MAX
-from ..ops.requant import clamp_cast, i64
+from ..ops.requant import i64
 from .intrin_x86 import ISA_BY_NAME, DotIsa, dot_intrin, dot_term, select_isa
 from .packing import Packing, packed_info, tag_packed
 
@@ -44,24 +44,45 @@ def _bias_with_offset(w2d: np.ndarray, bias: np.ndarray, offset: int) -> np.ndar
     return bias.astype(np.int64) - offset * w2d.astype(np.int64).sum(axis=1)
 
 
-def _epilogue_exact(w2d: np.ndarray, bias: np.ndarray, mult: np.ndarray, offset: int) -> bool:
-    """The packed kernels requantize as ``(acc * m + (bias * m + round)) >> shift`` with an int32 x
-    int32 -> int64 product (``vpmuldq``: one instruction; a full int64 multiply is three on AVX2)
-    and the bracket a compile-time int64 constant: the same integers as ``(acc + bias) * m +
-    round`` when the multiplier fits int32 and ``bias * m`` (offset-corrected) stays far inside
-    int64."""
-    corrected = _bias_with_offset(w2d, bias, offset).astype(np.float64)
-    m = mult.astype(np.int64)
-    return bool((np.abs(m) < 2**31).all() and (np.abs(corrected) * np.abs(m.astype(np.float64)) < 2.0**61).all())
+def _shift_split(shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel ``(t, s2)``: the accumulator pre-shift ``t`` that brings the total shift to at
+    least 32, and the int32 shift ``s2`` applied to the product's high word."""
+    sh = shift.astype(np.int64)
+    t = np.maximum(0, 32 - sh)
+    return t, np.minimum(sh + t - 32, 31)
+
+
+def _epilogue_exact(w2d: np.ndarray, bias: np.ndarray, mult: np.ndarray, shift: np.ndarray, act_dtype: str,
+                    offset: int) -> bool:
+    """The packed kernels requantize in 32-bit lanes but for one int32 x int32 -> int64 product
+    (``vpmuldq``; a full int64 multiply is three instructions on AVX2, an int64 shift and clamp
+    several more):
+
+        P' = (acc << t) * m + ((bias * m + round) << t)      (= P * 2**t, P the int64 product)
+        y  = clamp((P' >> 32) >> s2)                          (int32 high word, then int32 shift)
+
+    with ``t, s2`` from :func:`_shift_split` and ``bias * m + round`` a compile-time constant.
+    ``floor(floor(P' / 2**32) / 2**s2) = floor(P / 2**shift)``: the same integers as the op, when
+    ``acc << t`` fits int32, the multiplier fits int32 and ``P'`` stays inside int64 -- checked
+    here per call with the offset sum's bound ``(max|x| + offset) * sum|w|``."""
+    w = np.abs(w2d.astype(np.int64)).sum(axis=1).astype(np.float64)
+    acc = (ABS_MAX[act_dtype] + offset) * w
+    corrected = np.abs(_bias_with_offset(w2d, bias, offset)).astype(np.float64)
+    m = np.abs(mult.astype(np.int64))
+    scale = np.exp2(_shift_split(shift)[0].astype(np.float64))
+    return bool((m < 2**31).all() and (acc * scale < 2.0**31).all()
+                and ((acc + corrected) * m.astype(np.float64) * scale < 2.0**62).all())
 
 
 def _channel_consts(w2d, bias, mult, shift, offset: int, pad_to: int) -> list[np.ndarray]:
     """Per channel, zero-padded to ``pad_to`` (pad lanes are computed, then dropped, and must
-    read in bounds): int64 ``bias * m + round`` (offset-corrected bias), int32 ``m``, int64 shift."""
+    read in bounds): int64 ``(bias * m + round) << t`` (offset-corrected bias), int32 ``m``, and
+    the two int32 shifts ``t``, ``s2`` (:func:`_epilogue_exact`)."""
     m, sh = mult.astype(np.int64), shift.astype(np.int64)
-    folded = _bias_with_offset(w2d, bias, offset) * m + ((np.int64(1) << sh) >> 1)
+    t, s2 = _shift_split(sh)
+    folded = (_bias_with_offset(w2d, bias, offset) * m + ((np.int64(1) << sh) >> 1)) << t
     out = []
-    for value, dtype in ((folded, np.int64), (m, np.int32), (sh, np.int64)):
+    for value, dtype in ((folded, np.int64), (m, np.int32), (t, np.int32), (s2, np.int32)):
         padded = np.zeros(pad_to, dtype)
         padded[: len(value)] = value
         out.append(padded)
@@ -143,16 +164,16 @@ class DenseTensorized(TensorizedRule):
 
         x = te.placeholder(xs, adt, name="x")
         wp = te.placeholder((npad // lanes, k // kp, lanes, kp), isa.packed_dtype, name="w_packed")
-        bias, mult, shift = _channel_placeholders(npad)
+        consts = _channel_placeholders(npad)
         rk = te.reduce_axis((0, k), "k")
         acc = te.compute((rows, npad), lambda m, j: te.sum(
             dot_term(x[(*_unravel(m, xs[:-1]), rk)], wp[j // lanes, rk // kp, j % lanes, rk % kp], off), axis=rk),
             name="acc")
         y = _requant_stage(acc, (*xs[:-1], n), lambda i: (_ravel(i[:-1], xs[:-1]), i[-1]), lambda a: a[-1],
-                           bias, mult, shift, params, npad != n)
-        out = te.create_prim_func([x, wp, bias, mult, shift, y]).without_attr("global_symbol")
+                           consts, params, npad != n)
+        out = te.create_prim_func([x, wp, *consts, y]).without_attr("global_symbol")
         return Packing(tag_packed(out, func, info), (1, 2, 3, 4), pack_args,
-                       lambda consts: _epilogue_exact(consts[0], *consts[1:3], off))
+                       lambda consts: _epilogue_exact(consts[0], *consts[1:4], adt, off))
 
     def schedule(self, sch, info):
         isa = ISA_BY_NAME[info["isa"]]
@@ -222,7 +243,7 @@ class Conv2DTensorized(TensorizedRule):
 
         x = te.placeholder(xs, adt, name="x")
         wk = te.placeholder((o, kpad // kp, kp), isa.packed_dtype, name="w_packed")
-        bias, mult, shift = _channel_placeholders(o)
+        consts = _channel_placeholders(o)
 
         def gather(b, kb, q, j):
             # clamps only where there is padding (a clamp hides the unit stride from the simplifier);
@@ -242,10 +263,10 @@ class Conv2DTensorized(TensorizedRule):
         acc = te.compute((nb, o, ppad), lambda b, oc, q: te.sum(
             dot_term(xp[b, rc, q, rj], wk[oc, rc, rj], 0), axis=[rc, rj]), name="acc")
         y = _requant_stage(acc, (nb, o, oh, ow), lambda i: (i[0], i[1], i[2] * ow + i[3]), lambda a: a[1],
-                           bias, mult, shift, params, ppad != p)
-        out = te.create_prim_func([x, wk, bias, mult, shift, y]).without_attr("global_symbol")
+                           consts, params, ppad != p)
+        out = te.create_prim_func([x, wk, *consts, y]).without_attr("global_symbol")
         return Packing(tag_packed(out, func, info), (1, 2, 3, 4), pack_args,
-                       lambda consts: _epilogue_exact(consts[0].reshape(o, k), *consts[1:3], off))
+                       lambda consts: _epilogue_exact(consts[0].reshape(o, k), *consts[1:4], adt, off))
 
     def schedule(self, sch, info):
         isa = ISA_BY_NAME[info["isa"]]
@@ -275,19 +296,23 @@ class Conv2DTensorized(TensorizedRule):
 
 def _channel_placeholders(channels: int):
     return (te.placeholder((channels,), "int64", name="bias_times_multiplier"),
-            te.placeholder((channels,), "int32", name="multiplier"), te.placeholder((channels,), "int64", name="shift"))
+            te.placeholder((channels,), "int32", name="multiplier"), te.placeholder((channels,), "int32", name="pre_shift"),
+            te.placeholder((channels,), "int32", name="post_shift"))
 
 
-def _requant_stage(acc, shape, acc_index, channel, folded, mult, shift, params, padded: bool):
+def _requant_stage(acc, shape, acc_index, channel, consts, params, padded: bool):
     """The requantization of ``acc`` into the output of ``shape`` (element ``i`` from
     ``acc[acc_index(i)]``, channel ``channel(acc index)``): straight into the output when the
     accumulator has no pad lanes, else into a tile of the accumulator's shape (``y_tile``: kept
     in registers, vectorized without a predicate) copied out after."""
     qmin, qmax, dt = params["qmin"], params["qmax"], params["out_dtype"]
+    folded, mult, pre, post = consts
 
-    def rq(a):  # (acc * m + (bias * m + round)) >> shift: see _epilogue_exact
+    def rq(a):  # see _epilogue_exact
         ch = channel(a)
-        return clamp_cast((i64(acc(*a)) * i64(mult[ch]) + folded[ch]) >> shift[ch], qmin, qmax, dt)
+        product = i64(acc(*a) << pre[ch]) * i64(mult[ch]) + folded[ch]
+        high = (product >> tirx.const(32, "int64")).astype("int32") >> post[ch]
+        return tirx.max(tirx.min(high, tirx.const(qmax, "int32")), tirx.const(qmin, "int32")).astype(dt)
 
     if not padded:
         return te.compute(shape, lambda *i: rq(acc_index(i)), name="y")
