@@ -31,6 +31,15 @@ def build_variants(mod: tvm.IRModule, targets: dict) -> dict:
     return vms
 
 
+def assert_same_outputs(vms: dict, func: str, *args) -> None:
+    """Every build of the integer module gives the same integers (the compile checked the native
+    one against the NumPy reference)."""
+    outs = {name: vm[func](*args).numpy() for name, vm in vms.items()}
+    first = next(iter(outs.values()))
+    for name, out in outs.items():
+        assert np.array_equal(out, first), f"build variant {name or 'native'!r} differs from the others"
+
+
 def interleaved_median_ms(calls: dict, runs: int) -> dict:
     """Median milliseconds per call, the calls taken round-robin so that machine noise (this
     machine is shared) falls on all of them alike."""
