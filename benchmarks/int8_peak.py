@@ -25,7 +25,15 @@ from tvm import te
 from tvm.s_tir import schedule as s_tir_schedule
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tvm_qplugin.schedules.intrin_x86 import AVX2, VNNI, VNNI16, DotIsa, dot_intrin, dot_term, select_isa  # noqa: E402
+from tvm_qplugin.schedules.intrin_x86 import (
+    AVX2,
+    VNNI,
+    VNNI16,
+    DotIsa,
+    dot_intrin,
+    dot_term,
+    select_isa,
+)
 
 ITERS = 20000
 

@@ -23,11 +23,11 @@ from tvm import relax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from int8_peak import _cpu_name, peak_gmacs  # noqa: E402
+from int8_peak import _cpu_name, peak_gmacs
 
-from tvm_qplugin.ops import op_of  # noqa: E402
-from tvm_qplugin.schedules import RULES  # noqa: E402
-from tvm_qplugin.schedules.intrin_x86 import select_isa  # noqa: E402
+from tvm_qplugin.ops import op_of
+from tvm_qplugin.schedules import RULES
+from tvm_qplugin.schedules.intrin_x86 import select_isa
 
 OPS = ("conv2d_requant", "dense_requant")
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tvm
+from conftest import assert_bit_exact
 from tvm import relax
 
-from conftest import assert_bit_exact
 from tvm_qplugin.build import build
 from tvm_qplugin.ops import OPS, const, emit
 from tvm_qplugin.schedules import pack_weights
@@ -27,6 +27,8 @@ INSTRUCTION = {"vnni": {"uint8": "vpdpbusd", "int8": "vpdpbusd", "int16": "vpdpw
                "avxvnni": {"uint8": "vpdpbusd", "int8": "vpdpbusd", "int16": "vpmaddwd"},
                "avx2": {"uint8": "vpmaddwd", "int8": "vpmaddwd", "int16": "vpmaddwd"}}
 PATTERNS = ("min", "max", "random", "alternating")
+POINTWISE = {"strides": [1, 1], "padding": [0, 0, 0, 0], "dilation": [1, 1], "groups": 1, "qmin": -128, "qmax": 127,
+             "out_dtype": "int8"}
 
 
 def activations(rng, shape, dtype, pattern):
@@ -80,7 +82,7 @@ def check_kernel(op, x, consts, target_name, **params):
     packed = pack_weights(mod, target)
     assert mod.script() == before, "pack_weights mutated the integer module"
     infos = [packed_info(f) for f in packed.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
-    executable, n_scheduled = build(mod, target)
+    executable, _n_scheduled = build(mod, target)
     got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     assert_bit_exact(got, OPS[op].reference(x, *consts, **params), f"{op} {x.dtype} on {target_name}")
     return next((i for i in infos if i), None), asm_of(executable)
@@ -128,12 +130,12 @@ def test_avx_vnni_target_gets_256_bit_vpdpbusd(rng):
 def test_shapes_that_do_not_tile(rng, target_name):
     """Channels not a multiple of the dot depth (padded with zero weights), 7x7 pixels (49: pad
     lanes), odd row counts; K % 4 != 0 dense is left to the plain rule -- never wrong."""
-    conv = dict(strides=[1, 1], padding=[0, 0, 0, 0], dilation=[1, 1], groups=1, qmin=-128, qmax=127, out_dtype="int8")
+    conv = POINTWISE
     x = activations(rng, (1, 30, 7, 7), "int8", "random")
     info, _ = check_kernel("conv2d_requant", x, [weights(rng, (18, 30, 1, 1)), *requant_consts(rng, 18, 18)],
                            target_name, **conv)
     assert info is not None  # C = 30 -> 32, zero-padded
-    dense = dict(qmin=-128, qmax=127, out_dtype="int8")
+    dense = {"qmin": -128, "qmax": 127, "out_dtype": "int8"}
     info, _ = check_kernel("dense_requant", activations(rng, (5, 36), "uint8", "random"),
                            [weights(rng, (7, 36)), *requant_consts(rng, 7, 18)], target_name, **dense)
     assert info is not None
@@ -149,7 +151,7 @@ def test_kernel_whose_multiplier_exceeds_int32_is_not_packed(rng):
     x = activations(rng, (1, 64, 4, 4), "uint8", "random")
     wt = weights(rng, (16, 64, 1, 1))
     bias, mult, shift = requant_consts(rng, 16, 22)
-    conv = dict(strides=[1, 1], padding=[0, 0, 0, 0], dilation=[1, 1], groups=1, qmin=-128, qmax=127, out_dtype="int8")
+    conv = POINTWISE
     mult[3] = 2**31 + 12345
     info, _ = check_kernel("conv2d_requant", x, [wt, bias, mult, shift], "vnni", **conv)
     assert info is None
@@ -173,16 +175,16 @@ def test_isa_follows_target_features(target, xdt, isa):
 @pytest.mark.parametrize("xdt", ["uint8", "int8", "int16"])
 @pytest.mark.parametrize("pattern", PATTERNS)
 @pytest.mark.parametrize("case", [
-    dict(c=3, o=16, hw=(11, 9), k=3, stride=2, pad=(1, 1, 1, 1), dil=1),   # the stem conv: K = 27
-    dict(c=8, o=12, hw=(6, 7), k=3, stride=1, pad=(0, 1, 2, 1), dil=2),    # asymmetric padding, dilated
+    {"c": 3, "o": 16, "hw": (11, 9), "k": 3, "stride": 2, "pad": (1, 1, 1, 1), "dil": 1},   # the stem conv: K = 27
+    {"c": 8, "o": 12, "hw": (6, 7), "k": 3, "stride": 1, "pad": (0, 1, 2, 1), "dil": 2},    # asymmetric padding, dilated
 ])
 def test_kxk_conv_bit_exact_at_extremes(rng, target_name, xdt, pattern, case):
     """KxK convs gather an im2col inside the kernel; zero padding must stay the value 0 (u8 128
     under the signed offset, which the weight-sum correction counts for every tap)."""
     x = activations(rng, (1, case["c"], *case["hw"]), xdt, pattern)
     wt = weights(rng, (case["o"], case["c"], case["k"], case["k"]))
-    params = dict(strides=[case["stride"]] * 2, padding=list(case["pad"]), dilation=[case["dil"]] * 2, groups=1,
-                  qmin=-128, qmax=127, out_dtype="int8")
+    params = {"strides": [case["stride"]] * 2, "padding": list(case["pad"]), "dilation": [case["dil"]] * 2, "groups": 1,
+                  "qmin": -128, "qmax": 127, "out_dtype": "int8"}
     info, asm = check_kernel("conv2d_requant", x, [wt, *requant_consts(rng, case["o"], 20)], target_name, **params)
     assert info is not None and info["rule"] == "Conv2DTensorized"
     assert INSTRUCTION[target_name][xdt] in asm

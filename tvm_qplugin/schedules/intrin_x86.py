@@ -13,7 +13,7 @@ with one operand *broadcast* (the same ``kp`` values for every lane) and the oth
 
 * ``bcast="a"`` (dense): a row of activations is broadcast against a packed weight tile
   ``[lanes, kp]`` -- the lanes are output channels.
-* ``bcast="b"`` (1x1 conv, NCHW): a packed activation tile ``[lanes, kp]`` (lanes are output
+* ``bcast="b"`` (conv, NCHW): a packed activation tile ``[lanes, kp]`` (lanes are output
   pixels) against one output channel's ``kp`` weights broadcast.
 
 Instructions (all exact: no intermediate saturation):
@@ -48,11 +48,10 @@ class DotIsa:
     name: str
     lanes: int
     kp: int
-    packed_dtype: str   # dtype of the operand the instruction reads as signed ("s8"/"s16")
+    packed_dtype: str   # the weights' dtype as the instruction reads them (int8, or int16 widened)
     llvm_intrin: str
     accumulates: bool   # True: the instruction adds into C itself (vpdp*); False: C + result (vpmaddwd)
     vector_bits: int
-
 
 
 VNNI = DotIsa("vnni", 16, 4, "int8", "llvm.x86.avx512.vpdpbusd.512", True, 512)

@@ -18,8 +18,8 @@ A packer is any object with ``pack(func, target) -> Packing | None``; the schedu
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import tvm
