@@ -222,3 +222,27 @@ def test_requantization_over_the_whole_shift_range(rng, target_name, xdt):
     info, _ = check_kernel("conv2d_requant", x, [wt, bias, mult, shift], target_name, strides=[1, 1],
                            padding=[0, 0, 0, 0], dilation=[1, 1], groups=1, qmin=-128, qmax=127, out_dtype="int8")
     assert info is None
+
+
+def test_one_kernel_two_calls_each_get_their_own_packed_weights(rng):
+    """Convs of one shape share one PrimFunc; each call's constants are packed on their own."""
+    x = activations(rng, (1, 32, 4, 4), "uint8", "random")
+    w1, w2 = weights(rng, (32, 32, 1, 1)), weights(rng, (32, 32, 1, 1))
+    c1, c2 = requant_consts(rng, 32, 18), requant_consts(rng, 32, 18)
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x.shape, "uint8"))
+    params = {**POINTWISE, "qmin": 0, "qmax": 255, "out_dtype": "uint8"}
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            y1 = emit(bb, "conv2d_requant", [xv, const(w1), *[const(c) for c in c1]], **params)
+            y2 = emit(bb, "conv2d_requant", [y1, const(w2), *[const(c) for c in c2]], **params)
+            out = bb.emit_output(y2)
+        bb.emit_func_output(out)
+    mod = bb.get()
+    assert sum(isinstance(f, tvm.tirx.PrimFunc) for f in mod.functions.values()) == 1
+    packed = pack_weights(mod, VNNI_TARGET)
+    assert [packed_info(f)["rule"] for f in packed.functions.values() if isinstance(f, tvm.tirx.PrimFunc)] == \
+        ["Conv2DTensorized"]
+    got = relax.VirtualMachine(build(mod, VNNI_TARGET)[0], tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    ref = OPS["conv2d_requant"].reference(OPS["conv2d_requant"].reference(x, w1, *c1, **params), w2, *c2, **params)
+    assert_bit_exact(got, ref, "two calls of one packed kernel")
