@@ -115,11 +115,11 @@ def time_pair(k: dict, target, rounds: int, rng) -> dict | None:
     times = [[], []]
     for _ in range(rounds):
         for which, (fn, args) in enumerate(((fns[0], plain_args), (fns[1], packed_args))):
-            fn(*args, outs[which])
-            t = time.perf_counter()
-            for _ in range(10):
+            for call in range(12):  # per call; the first two after a switch warm the caches up
+                t = time.perf_counter()
                 fn(*args, outs[which])
-            times[which].append((time.perf_counter() - t) / 10)
+                if call >= 2:
+                    times[which].append(time.perf_counter() - t)
     return {"before_us": float(np.median(times[0]) * 1e6), "after_us": float(np.median(times[1]) * 1e6)}
 
 
