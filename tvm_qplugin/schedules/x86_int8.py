@@ -230,7 +230,8 @@ class Conv2DTensorized(TensorizedRule):
         p = oh * ow
         nr = 2 if _round_up(p, 2 * lanes) == _round_up(p, lanes) else 1
         ppad, kpad = _round_up(p, nr * lanes), _round_up(k, kp)
-        mr = _largest_divisor(o, ((8, 6, 4, 3, 2, 1) if nr == 2 else (16, 12, 8, 6, 4, 3, 2, 1)) if isa.vector_bits == 512 else (4, 3, 2, 1))
+        mr = _largest_divisor(o, ((12, 8, 6, 4, 3, 2, 1) if nr == 2 else (16, 12, 8, 6, 4, 3, 2, 1)) if isa.vector_bits == 512
+                              else ((6, 4, 3, 2, 1) if nr == 2 else (12, 8, 6, 4, 3, 2, 1)))
         info = {"rule": type(self).__name__, "isa": isa.name, "mr": mr, "nr": nr, "offset": off,
                 "out_shape": [nb, o, oh, ow], "acc_shape": [nb, o, ppad]}
         pdt = "uint8" if kp == 4 else "int16"
