@@ -2,6 +2,11 @@
 integer-only, ONNX Runtime fp32 (and ONNX Runtime static int8 QDQ for reference).
 
 Prints one JSON object: median latency per engine (batch 1, 224x224) and ratios to TVM fp32.
+The same integer module is also built without the tensorized kernels (``_untensorized``) and for
+the AVX2-restricted target (``_avx2``: LLVM ``znver3``, no AVX-512 / VNNI; runs here since the
+build machine has AVX-512) -- ONNX Runtime picks its kernels at run time and cannot be restricted.
+Our int8 variants are timed interleaved (round-robin), medians; ONNX Runtime is timed on its own
+(its spinning thread pool and TVM's slow each other down when interleaved on 2 cores).
 Run: `.venv/bin/python benchmarks/cnn_cpu.py [--runs N] [--size 224]`.
 """
 from __future__ import annotations
@@ -18,6 +23,7 @@ from tvm import relax
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]  # common.py; qplugin_zoo (the repository's fixtures, not installed)
 from common import median_ms, onnxruntime_static_int8  # noqa: E402
+from isa_variants import AVX2_TARGET, assert_same_outputs, build_variants, interleaved_median_ms  # noqa: E402
 
 import tvm_qplugin as tq  # noqa: E402
 from qplugin_zoo import imagenet_calib_eval, mobilenet_v2_onnx  # noqa: E402
@@ -44,6 +50,13 @@ def main() -> None:
     q = tvm.runtime.tensor(art.inputs[0].qtype.quantize(x))
     res["median_ms"]["tvm_qplugin_int8_core"] = median_ms(lambda: art.vm["core"](q), args.runs)
     res["median_ms"]["tvm_qplugin_int8_float_io"] = median_ms(lambda: art.vm["main"](xt), args.runs)
+    variants = build_variants(art.integer_mod, {"native": target, "avx2": AVX2_TARGET})
+    assert_same_outputs(variants, "core", q)
+    res["bit_exact"] = bool(art.report["bit_exact"])
+    calls = {f"tvm_qplugin_int8_core{suffix}": (lambda vm=vm: vm["core"](q)) for suffix, vm in variants.items()}
+    res["median_ms"].update(interleaved_median_ms(calls, args.runs))
+    fp32_avx2 = relax.VirtualMachine(tvm.compile(import_onnx(path).mod, target=AVX2_TARGET), tvm.cpu())
+    res["median_ms"]["tvm_fp32_avx2"] = median_ms(lambda: fp32_avx2["main"](xt), args.runs)
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = args.threads

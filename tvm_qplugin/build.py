@@ -14,7 +14,7 @@ from collections.abc import Callable
 import tvm
 from tvm import relax
 
-from .schedules import apply_default_schedules
+from .schedules import apply_default_schedules, pack_weights
 
 
 def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
@@ -45,6 +45,7 @@ def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
 def lower(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.IRModule, int]:
     """Default schedules + the Relax pipeline above: the module TVM's TIR pipeline and codegen get.
     Returns ``(lowered module, number of kernels a schedule rule took)``."""
+    mod = pack_weights(mod, target)  # a copy with prepacked weights: the integer module keeps plain layouts
     scheduled, n = apply_default_schedules(mod, target)
     return relax_pipeline(target)(scheduled), n
 

@@ -22,6 +22,7 @@ from tvm import relax
 from .ops import OPS, op_of
 from .ops.registry import type_of_ty
 from .reference import first_difference
+from .schedules.packing import pack_call_args, packing_plan
 from .tie_inputs import TIE_BUILDERS, KernelSite, TieCount, extreme_cases
 
 BATCHED_TWINS = ("conv2d_requant", "dense_requant", "max_pool2d", "avg_pool2d_requant", "requantize")
@@ -67,8 +68,10 @@ def kernel_library(art):
     return art.executable.mod if art.executable is not None else None
 
 
-def check_site(lib, site: KernelSite, rng: np.random.Generator) -> KernelResult:
-    """Run one kernel on its extreme and tie inputs; compare each output with the NumPy twin."""
+def check_site(lib, site: KernelSite, rng: np.random.Generator, packing=None) -> KernelResult:
+    """Run one kernel on its extreme and tie inputs; compare each output with the NumPy twin.
+    ``packing``: the kernel was compiled with prepacked weights (schedules/packing.py), so the
+    compiled function gets the packed constants while the twin gets the plain ones."""
     fn = lib.get_function(site.name, True)
     ties = TieCount()
     builder = TIE_BUILDERS.get(site.op)
@@ -80,7 +83,10 @@ def check_site(lib, site: KernelSite, rng: np.random.Generator) -> KernelResult:
         return res
     for k, (inputs, want) in enumerate(zip(cases, _references(site, cases))):
         out = tvm.runtime.tensor(np.zeros(*site.out))
-        fn(*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in _with_inputs(site, inputs)], out)
+        args = _with_inputs(site, inputs)
+        if packing is not None:
+            args = pack_call_args(args, packing)
+        fn(*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in args], out)
         got = out.numpy()
         diff = first_difference(got, want)
         if diff is not None:
@@ -140,7 +146,12 @@ def check_kernels(art, seed: int = 0) -> dict:
     if lib is None:
         return {"checked": 0, "skipped": "no host build of the integer kernels", "mismatched": []}
     rng = np.random.default_rng(seed)
-    results = [check_site(lib, s, rng) for s in kernel_sites(art.integer_mod, "main" if art.int_io else "core")]
+    from .targets import get_board
+
+    # the build packs weights for the host it compiled on (build.lower): the same plan, recomputed
+    packings = packing_plan(art.integer_mod, get_board("x86-host").target())
+    results = [check_site(lib, s, rng, packings.get(s.name))
+               for s in kernel_sites(art.integer_mod, art.integer_function)]
     return {
         "checked": len(results),
         "cases": sum(r.cases for r in results),

@@ -6,6 +6,7 @@ from tvm.s_tir import schedule as s_tir_schedule
 
 from ..ops import op_of
 from ..quant.scheme import variant_of
+from .packing import PACKED_ATTR
 
 
 def fuse_loops(sch: s_tir_schedule.Schedule, loops):
@@ -23,8 +24,8 @@ class CpuKernelRule:
         if target.kind.name != "llvm":
             return None
         described = op_of(func)
-        if described is None or described[0] != self.op:
-            return None
+        if described is None or described[0] != self.op or PACKED_ATTR in func.attrs:
+            return None  # packed kernels have their own block structure (schedules/x86_int8.py)
         sch = s_tir_schedule.Schedule(func)
         return sch.mod["main"] if self.schedule(sch, described[1]) else None
 

@@ -1,0 +1,248 @@
+"""Tensorized x86 kernels (schedules/x86_int8.py): bit-exact against the ops' NumPy twins at the
+dtype extremes, chosen per target features, the instruction present in the generated assembly.
+
+Every case goes through ``build.build`` (prepacking + schedule rules + tvm.compile) on a one-op
+integer module, exactly the route of a compile. This CPU has AVX-512 VNNI, so the AVX2 code
+(built for ``znver3``) runs here too.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from conftest import assert_bit_exact
+from tvm import relax
+
+from tvm_qplugin.build import build
+from tvm_qplugin.ops import OPS, const, emit
+from tvm_qplugin.schedules import pack_weights
+from tvm_qplugin.schedules.intrin_x86 import select_isa
+from tvm_qplugin.schedules.packing import packed_info
+
+VNNI_TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "znver4"})        # AVX-512 VNNI
+AVX2_TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "znver3"})        # AVX2, no VNNI
+AVXVNNI_TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "alderlake"})      # AVX-VNNI 256, no AVX-512
+TARGETS = {"vnni": VNNI_TARGET, "avx2": AVX2_TARGET, "avxvnni": AVXVNNI_TARGET}
+INSTRUCTION = {"vnni": {"uint8": "vpdpbusd", "int8": "vpdpbusd", "int16": "vpdpwssd"},
+               "avxvnni": {"uint8": "vpdpbusd", "int8": "vpdpbusd", "int16": "vpmaddwd"},
+               "avx2": {"uint8": "vpmaddwd", "int8": "vpmaddwd", "int16": "vpmaddwd"}}
+PATTERNS = ("min", "max", "random", "alternating")
+POINTWISE = {"strides": [1, 1], "padding": [0, 0, 0, 0], "dilation": [1, 1], "groups": 1, "qmin": -128, "qmax": 127,
+             "out_dtype": "int8"}
+
+
+def activations(rng, shape, dtype, pattern):
+    """All-qmin, all-qmax, random or alternating min/max activations of ``dtype``."""
+    info = np.iinfo(dtype)
+    if pattern == "min":
+        return np.full(shape, info.min, dtype)
+    if pattern == "max":
+        return np.full(shape, info.max, dtype)
+    if pattern == "alternating":
+        return np.where(np.arange(int(np.prod(shape))).reshape(shape) % 2, info.max, info.min).astype(dtype)
+    return rng.integers(info.min, info.max + 1, shape).astype(dtype)
+
+
+def weights(rng, shape):
+    """Full-range int8 weights ([-127, 127], what the quantizer emits) with both extremes planted."""
+    w = rng.integers(-127, 128, shape).astype(np.int8)
+    flat = w.reshape(-1)
+    flat[:2] = [-127, 127]
+    return w
+
+
+def requant_consts(rng, o, acc_scale_bits):
+    """bias, multiplier, shift that spread the accumulator over the output range (clamps hit)."""
+    bias = rng.integers(-(2**16), 2**16, o).astype(np.int32)
+    mult = rng.integers(2**30, 2**31 - 1, o).astype(np.int64)
+    shift = np.full(o, 31 + acc_scale_bits - 7, np.int64)
+    return bias, mult, shift
+
+
+def one_op_module(op, x, consts, **params):
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x.shape, str(x.dtype)))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            out = bb.emit_output(emit(bb, op, [xv, *[const(c) for c in consts]], **params))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def asm_of(executable) -> str:
+    return "\n".join(m.inspect_source("asm") for m in executable.mod.imports if m.kind == "llvm")
+
+
+def check_kernel(op, x, consts, target_name, **params):
+    """Build through build.build for ``target_name``; run; compare with the NumPy twin; return the
+    packed kernel's description and the assembly."""
+    target = TARGETS[target_name]
+    mod = one_op_module(op, x, consts, **params)
+    before = mod.script()
+    packed = pack_weights(mod, target)
+    assert mod.script() == before, "pack_weights mutated the integer module"
+    infos = [packed_info(f) for f in packed.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    executable, _n_scheduled = build(mod, target)
+    got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    assert_bit_exact(got, OPS[op].reference(x, *consts, **params), f"{op} {x.dtype} on {target_name}")
+    return next((i for i in infos if i), None), asm_of(executable)
+
+
+@pytest.mark.parametrize("target_name", ["vnni", "avx2"])
+@pytest.mark.parametrize("xdt", ["uint8", "int8", "int16"])
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_pointwise_conv_bit_exact_at_extremes(rng, target_name, xdt, pattern):
+    c, o, h, w = (40, 24, 5, 7) if xdt == "int16" else (64, 24, 5, 7)  # P = 35: padded pixel vectors
+    x = activations(rng, (1, c, h, w), xdt, pattern)
+    wt = weights(rng, (o, c, 1, 1))
+    bias, mult, shift = requant_consts(rng, o, 8 + (8 if xdt == "int16" else 0) + 6)
+    info, asm = check_kernel("conv2d_requant", x, [wt, bias, mult, shift], target_name, strides=[1, 1],
+                             padding=[0, 0, 0, 0], dilation=[1, 1], groups=1, qmin=-128, qmax=127, out_dtype="int8")
+    assert info is not None and info["rule"] == "Conv2DTensorized"
+    assert INSTRUCTION[target_name][xdt] in asm
+
+
+@pytest.mark.parametrize("target_name", ["vnni", "avx2"])
+@pytest.mark.parametrize("xdt", ["uint8", "int8", "int16"])
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_dense_bit_exact_at_extremes(rng, target_name, xdt, pattern):
+    rows, k, n = 6, (256 if xdt == "int16" else 96), 40   # N = 40: a padded channel vector
+    x = activations(rng, (2, rows // 2, k), xdt, pattern)
+    wt = weights(rng, (n, k))
+    bias, mult, shift = requant_consts(rng, n, 8 + (8 if xdt == "int16" else 0) + 6)
+    info, asm = check_kernel("dense_requant", x, [wt, bias, mult, shift], target_name, qmin=-128, qmax=127,
+                             out_dtype="int8")
+    assert info is not None and info["rule"] == "DenseTensorized"
+    assert INSTRUCTION[target_name][xdt] in asm
+
+
+def test_avx_vnni_target_gets_256_bit_vpdpbusd(rng):
+    """AVX-512 off but AVX-VNNI on (mattr): the 256-bit VEX vpdpbusd on ymm registers."""
+    x = activations(rng, (1, 32, 4, 8), "int8", "random")
+    wt = weights(rng, (16, 32, 1, 1))
+    info, asm = check_kernel("conv2d_requant", x, [wt, *requant_consts(rng, 16, 18)], "avxvnni", strides=[1, 1],
+                             padding=[0, 0, 0, 0], dilation=[1, 1], groups=1, qmin=-128, qmax=127, out_dtype="int8")
+    assert info["isa"] == "avxvnni"
+    assert "vpdpbusd" in asm and "zmm" not in asm.split("vpdpbusd", 1)[1].split("\n", 1)[0]
+
+
+@pytest.mark.parametrize("target_name", ["vnni", "avx2"])
+def test_shapes_that_do_not_tile(rng, target_name):
+    """Channels not a multiple of the dot depth (padded with zero weights), 7x7 pixels (49: pad
+    lanes), odd row counts; K % 4 != 0 dense is left to the plain rule -- never wrong."""
+    conv = POINTWISE
+    x = activations(rng, (1, 30, 7, 7), "int8", "random")
+    info, _ = check_kernel("conv2d_requant", x, [weights(rng, (18, 30, 1, 1)), *requant_consts(rng, 18, 18)],
+                           target_name, **conv)
+    assert info is not None  # C = 30 -> 32, zero-padded
+    dense = {"qmin": -128, "qmax": 127, "out_dtype": "int8"}
+    info, _ = check_kernel("dense_requant", activations(rng, (5, 36), "uint8", "random"),
+                           [weights(rng, (7, 36)), *requant_consts(rng, 7, 18)], target_name, **dense)
+    assert info is not None
+    info, _ = check_kernel("dense_requant", activations(rng, (3, 30), "uint8", "random"),
+                           [weights(rng, (16, 30)), *requant_consts(rng, 16, 18)], target_name, **dense)
+    assert info is None or target_name == "avx2"  # K = 30: no whole 4-deep VNNI steps (AVX2 pairs: 15)
+
+
+def test_kernel_whose_multiplier_exceeds_int32_is_not_packed(rng):
+    """The packed epilogue multiplies int32 x int32 (``vpmuldq``): a call whose multiplier does not
+    fit int32 keeps the plain kernel (int64 multiply) -- and stays exact; the same call with an
+    int32 multiplier is packed."""
+    x = activations(rng, (1, 64, 4, 4), "uint8", "random")
+    wt = weights(rng, (16, 64, 1, 1))
+    bias, mult, shift = requant_consts(rng, 16, 22)
+    conv = POINTWISE
+    mult[3] = 2**31 + 12345
+    info, _ = check_kernel("conv2d_requant", x, [wt, bias, mult, shift], "vnni", **conv)
+    assert info is None
+    mult[3] = 2**31 - 12345
+    info, _ = check_kernel("conv2d_requant", x, [wt, bias, mult, shift], "vnni", **conv)
+    assert info is not None
+
+
+@pytest.mark.parametrize("target, xdt, isa", [
+    (VNNI_TARGET, "int8", "vnni"), (VNNI_TARGET, "int16", "vnni16"), (AVXVNNI_TARGET, "uint8", "avxvnni"),
+    (AVXVNNI_TARGET, "int16", "avx2"), (AVX2_TARGET, "int8", "avx2"),
+    (tvm.target.Target({"kind": "llvm", "mcpu": "x86-64"}), "int8", None),            # SSE2 only: plain rules
+    (tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu"}), "int8", None),
+])
+def test_isa_follows_target_features(target, xdt, isa):
+    chosen = select_isa(target, xdt)
+    assert (chosen.name if chosen else None) == isa
+
+
+@pytest.mark.parametrize("target_name", ["vnni", "avx2"])
+@pytest.mark.parametrize("xdt", ["uint8", "int8", "int16"])
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("case", [
+    {"c": 3, "o": 16, "hw": (11, 9), "k": 3, "stride": 2, "pad": (1, 1, 1, 1), "dil": 1},   # the stem conv: K = 27
+    {"c": 8, "o": 12, "hw": (6, 7), "k": 3, "stride": 1, "pad": (0, 1, 2, 1), "dil": 2},    # asymmetric padding, dilated
+])
+def test_kxk_conv_bit_exact_at_extremes(rng, target_name, xdt, pattern, case):
+    """KxK convs gather an im2col inside the kernel; zero padding must stay the value 0 (u8 128
+    under the signed offset, which the weight-sum correction counts for every tap)."""
+    x = activations(rng, (1, case["c"], *case["hw"]), xdt, pattern)
+    wt = weights(rng, (case["o"], case["c"], case["k"], case["k"]))
+    params = {"strides": [case["stride"]] * 2, "padding": list(case["pad"]), "dilation": [case["dil"]] * 2, "groups": 1,
+                  "qmin": -128, "qmax": 127, "out_dtype": "int8"}
+    info, asm = check_kernel("conv2d_requant", x, [wt, *requant_consts(rng, case["o"], 20)], target_name, **params)
+    assert info is not None and info["rule"] == "Conv2DTensorized"
+    assert INSTRUCTION[target_name][xdt] in asm
+
+
+def test_depthwise_conv_is_left_to_the_plain_rules(rng):
+    x = activations(rng, (1, 8, 6, 6), "uint8", "random")
+    info, _ = check_kernel("conv2d_requant", x, [weights(rng, (8, 1, 3, 3)), *requant_consts(rng, 8, 14)], "vnni",
+                           strides=[1, 1], padding=[1, 1, 1, 1], dilation=[1, 1], groups=8, qmin=-128, qmax=127,
+                           out_dtype="int8")
+    assert info is None
+
+
+@pytest.mark.parametrize("target_name", ["vnni", "avx2"])
+@pytest.mark.parametrize("xdt", ["uint8", "int8", "int16"])
+def test_requantization_over_the_whole_shift_range(rng, target_name, xdt):
+    """The packed epilogue splits the shift around the product's high word (accumulator
+    pre-shift below 32, int32 post-shift clamped at 31 above 63): shifts 28..62 per channel,
+    multipliers scaled so that the outputs are not all saturated, against the NumPy twin. A
+    shift so small that the pre-shifted accumulator could leave int32 keeps the plain kernel."""
+    o, c = 35, 48
+    x = activations(rng, (1, c, 4, 4), xdt, "random")
+    wt = weights(rng, (o, c, 1, 1))
+    bias = rng.integers(-(2**12), 2**12, o).astype(np.int32)
+    shift = np.arange(28, 63, dtype=np.int64)
+    acc_bits = 8 + (8 if xdt == "int16" else 0) + 6
+    mult = np.clip(np.exp2(shift + 7.0 - acc_bits) * rng.uniform(1, 2, o), 1, 2**31 - 1).astype(np.int64)
+    info, _ = check_kernel("conv2d_requant", x, [wt, bias, mult, shift], target_name, strides=[1, 1],
+                           padding=[0, 0, 0, 0], dilation=[1, 1], groups=1, qmin=-128, qmax=127, out_dtype="int8")
+    assert info is not None
+    ref = OPS["conv2d_requant"].reference(x, wt, bias, mult, shift, strides=[1, 1], padding=[0, 0, 0, 0],
+                                          dilation=[1, 1], groups=1, qmin=-128, qmax=127, out_dtype="int8")
+    assert ((ref > -128) & (ref < 127)).mean() > 0.3  # most channels land inside the range
+    shift[0], mult[0] = 3, 1
+    info, _ = check_kernel("conv2d_requant", x, [wt, bias, mult, shift], target_name, strides=[1, 1],
+                           padding=[0, 0, 0, 0], dilation=[1, 1], groups=1, qmin=-128, qmax=127, out_dtype="int8")
+    assert info is None
+
+
+def test_one_kernel_two_calls_each_get_their_own_packed_weights(rng):
+    """Convs of one shape share one PrimFunc; each call's constants are packed on their own."""
+    x = activations(rng, (1, 32, 4, 4), "uint8", "random")
+    w1, w2 = weights(rng, (32, 32, 1, 1)), weights(rng, (32, 32, 1, 1))
+    c1, c2 = requant_consts(rng, 32, 18), requant_consts(rng, 32, 18)
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x.shape, "uint8"))
+    params = {**POINTWISE, "qmin": 0, "qmax": 255, "out_dtype": "uint8"}
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            y1 = emit(bb, "conv2d_requant", [xv, const(w1), *[const(c) for c in c1]], **params)
+            y2 = emit(bb, "conv2d_requant", [y1, const(w2), *[const(c) for c in c2]], **params)
+            out = bb.emit_output(y2)
+        bb.emit_func_output(out)
+    mod = bb.get()
+    assert sum(isinstance(f, tvm.tirx.PrimFunc) for f in mod.functions.values()) == 1
+    packed = pack_weights(mod, VNNI_TARGET)
+    assert [packed_info(f)["rule"] for f in packed.functions.values() if isinstance(f, tvm.tirx.PrimFunc)] == \
+        ["Conv2DTensorized"]
+    got = relax.VirtualMachine(build(mod, VNNI_TARGET)[0], tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    ref = OPS["conv2d_requant"].reference(OPS["conv2d_requant"].reference(x, w1, *c1, **params), w2, *c2, **params)
+    assert_bit_exact(got, ref, "two calls of one packed kernel")

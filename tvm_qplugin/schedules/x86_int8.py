@@ -1,0 +1,383 @@
+"""Tensorized x86 int8/int16 kernels: conv (groups 1) and dense on VNNI / AVX2 dot instructions, weights
+prepacked at build time (schedules/packing.py), requantization on the register tile.
+
+Each rule is both a *packer* (``pack``: the kernel rewritten in TE to read packed weights, plus the
+NumPy packing of its constants) and a dlight-style schedule rule (``apply(func, target)`` on the
+packed kernel). The instruction is chosen from the target's CPU features
+(:func:`intrin_x86.select_isa`), never from the build machine.
+
+Exactness: every product and partial sum is the kernel's own int32 arithmetic (the dot
+instructions neither saturate nor round); the signed-activation offset adds ``128 * sum(w)`` to
+each sum, removed again through the bias, a compile-time constant, and the int32 bound of the
+offset sum (``255 * 128 * K``) is checked before packing.
+"""
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import te, tirx
+from tvm.s_tir import schedule as s_tir_schedule
+
+from ..ops import op_of
+from ..ops.conv import ABS_MAX
+from ..ops.requant import i64
+from .intrin_x86 import ISA_BY_NAME, DotIsa, dot_intrin, dot_term, select_isa
+from .packing import Packing, packed_info, tag_packed
+
+OFFSET = 128  # s8 activation + 128 = u8 (the operand vpdpbusd reads unsigned)
+
+
+def _offset(isa: DotIsa, act_dtype: str) -> int:
+    return OFFSET if isa.kp == 4 and act_dtype == "int8" else 0
+
+
+def _round_up(v: int, m: int) -> int:
+    return -(-v // m) * m
+
+
+def _largest_divisor(n: int, choices) -> int:
+    return next(c for c in choices if n % c == 0)
+
+
+def _bias_with_offset(w2d: np.ndarray, bias: np.ndarray, offset: int) -> np.ndarray:
+    """int64 bias minus the offset's contribution ``offset * sum_k w[o, k]``."""
+    return bias.astype(np.int64) - offset * w2d.astype(np.int64).sum(axis=1)
+
+
+def _shift_split(shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel ``(t, s2)``: the accumulator pre-shift ``t`` that brings the total shift to at
+    least 32, and the int32 shift ``s2`` applied to the product's high word."""
+    sh = shift.astype(np.int64)
+    t = np.maximum(0, 32 - sh)
+    return t, np.minimum(sh + t - 32, 31)
+
+
+def _epilogue_exact(w2d: np.ndarray, bias: np.ndarray, mult: np.ndarray, shift: np.ndarray, act_dtype: str,
+                    offset: int) -> bool:
+    """The packed kernels requantize in 32-bit lanes but for one int32 x int32 -> int64 product
+    (``vpmuldq``; a full int64 multiply is three instructions on AVX2, an int64 shift and clamp
+    several more):
+
+        P' = (acc << t) * m + ((bias * m + round) << t)      (= P * 2**t, P the int64 product)
+        y  = clamp((P' >> 32) >> s2)                          (int32 high word, then int32 shift)
+
+    with ``t, s2`` from :func:`_shift_split` and ``bias * m + round`` a compile-time constant.
+    ``floor(floor(P' / 2**32) / 2**s2) = floor(P / 2**shift)``: the same integers as the op, when
+    ``acc << t`` fits int32, the multiplier fits int32 and ``P'`` stays inside int64 -- checked
+    here per call with the offset sum's bound ``(max|x| + offset) * sum|w|``."""
+    w = np.abs(w2d.astype(np.int64)).sum(axis=1).astype(np.float64)
+    acc = (ABS_MAX[act_dtype] + offset) * w
+    corrected = np.abs(_bias_with_offset(w2d, bias, offset)).astype(np.float64)
+    m = np.abs(mult.astype(np.int64))
+    scale = np.exp2(_shift_split(shift)[0].astype(np.float64))
+    return bool((m < 2**31).all() and (acc * scale < 2.0**31).all()
+                and ((acc + corrected) * m.astype(np.float64) * scale < 2.0**62).all())
+
+
+def _channel_consts(w2d, bias, mult, shift, offset: int, pad_to: int) -> list[np.ndarray]:
+    """Per channel, zero-padded to ``pad_to`` (pad lanes are computed, then dropped, and must
+    read in bounds): int64 ``(bias * m + round) << t`` (offset-corrected bias), int32 ``m``, and
+    the two int32 shifts ``t``, ``s2`` (:func:`_epilogue_exact`)."""
+    m, sh = mult.astype(np.int64), shift.astype(np.int64)
+    t, s2 = _shift_split(sh)
+    folded = (_bias_with_offset(w2d, bias, offset) * m + ((np.int64(1) << sh) >> 1)) << t
+    out = []
+    for value, dtype in ((folded, np.int64), (m, np.int32), (t, np.int32), (s2, np.int32)):
+        padded = np.zeros(pad_to, dtype)
+        padded[: len(value)] = value
+        out.append(padded)
+    return out
+
+
+def _fits_int32(act_dtype: str, k: int, offset: int) -> bool:
+    """The (offset) int32 sum cannot overflow: ``(max|x| + offset) * 128 * K < 2**31``."""
+    return (ABS_MAX[act_dtype] + offset) * 128 * k < 2**31
+
+
+class TensorizedRule:
+    """Shared parts: target/op checks, the ISA and packing description, the schedule entry."""
+
+    op = ""
+
+    def pack(self, func: tvm.tirx.PrimFunc, target: tvm.target.Target) -> Packing | None:
+        described = op_of(func)
+        if target.kind.name != "llvm" or described is None or described[0] != self.op:
+            return None
+        shapes = [_param_type(p) for p in func.params]
+        act_dtype = shapes[0][1]
+        isa = select_isa(target, act_dtype)
+        if isa is None or shapes[1][1] != "int8":
+            return None
+        return self.pack_for(func, described[1], shapes, isa)
+
+    def apply(self, func: tvm.tirx.PrimFunc, target: tvm.target.Target):
+        info = packed_info(func)
+        if target.kind.name != "llvm" or info is None or info["rule"] != type(self).__name__:
+            return None
+        sch = s_tir_schedule.Schedule(func)
+        self.schedule(sch, info)
+        return sch.mod["main"]
+
+    def pack_for(self, func, params, shapes, isa) -> Packing | None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def schedule(self, sch, info) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class DenseTensorized(TensorizedRule):
+    """``dense_requant`` (int32 accumulation) as a register-blocked GEMM on the dot instruction.
+
+    Weights packed ``[N/L, K/kp, L, kp]`` (L lanes of output channels, kp products per lane);
+    each activation row's ``kp`` values are broadcast against one packed tile.
+    1. Rows in blocks of ``mr``, channels in blocks of ``nr`` vectors: ``mr x nr`` int32
+       accumulator vectors stay in registers over the whole K loop.
+    2. The (row block, channel block) loop runs in parallel.
+    3. The tile's requantization (int64 multiply, rounding shift, clamp) runs right after its K
+       loop, vectorized over the channels, from registers.
+    Note: N is padded to L in the packed weights; the pad channels are computed and dropped.
+    """
+
+    op = "dense_requant"
+
+    def pack_for(self, func, params, shapes, isa):
+        (xs, adt), (ws, _) = shapes[0], shapes[1]
+        n, k = ws
+        off = _offset(isa, adt)
+        if params.get("acc_bits", 32) != 32 or k % isa.kp or not _fits_int32(adt, k, off):
+            return None
+        rows = int(np.prod(xs[:-1]))
+        npad = _round_up(n, isa.lanes)
+        small = isa.vector_bits == 256
+        mr = _largest_divisor(rows, (3, 2, 1) if small else (4, 3, 2, 1))
+        nr = _largest_divisor(npad // isa.lanes, (2, 1) if small else (4, 3, 2, 1))
+        info = {"rule": type(self).__name__, "isa": isa.name, "mr": mr, "nr": nr, "offset": off,
+                "out_shape": [*xs[:-1], n], "acc_shape": [rows, npad]}
+        lanes, kp = isa.lanes, isa.kp
+
+        def pack_args(consts):
+            w, bias, mult, shift = consts
+            wp = np.zeros((npad, k), np.int64)
+            wp[:n] = w
+            wp = wp.reshape(npad // lanes, lanes, k // kp, kp).transpose(0, 2, 1, 3).astype(isa.packed_dtype)
+            return [np.ascontiguousarray(wp), *_channel_consts(w, bias, mult, shift, off, npad)]
+
+        x = te.placeholder(xs, adt, name="x")
+        wp = te.placeholder((npad // lanes, k // kp, lanes, kp), isa.packed_dtype, name="w_packed")
+        consts = _channel_placeholders(npad)
+        rk = te.reduce_axis((0, k), "k")
+        acc = te.compute((rows, npad), lambda m, j: te.sum(
+            dot_term(x[(*_unravel(m, xs[:-1]), rk)], wp[j // lanes, rk // kp, j % lanes, rk % kp], off), axis=rk),
+            name="acc")
+        y = _requant_stage(acc, (*xs[:-1], n), lambda i: (_ravel(i[:-1], xs[:-1]), i[-1]), lambda a: a[-1],
+                           consts, params, npad != n)
+        out = te.create_prim_func([x, wp, *consts, y]).without_attr("global_symbol")
+        return Packing(tag_packed(out, func, info), (1, 2, 3, 4), pack_args,
+                       lambda consts: _epilogue_exact(consts[0], *consts[1:4], adt, off))
+
+    def schedule(self, sch, info):
+        isa = ISA_BY_NAME[info["isa"]]
+        acc = sch.get_sblock("acc")
+        sch.set_scope(acc, 0, "local")
+        _flatten_output(sch, info["out_shape"], info["acc_shape"])
+        rows, n, k = sch.get_loops(acc)
+        mo, mi = sch.split(rows, [None, info["mr"]])
+        no, nr, ni = sch.split(n, [None, info["nr"], isa.lanes])
+        ko, ki = sch.split(k, [None, isa.kp])
+        sch.reorder(mo, no, ko, mi, nr, ni, ki)
+        tile = sch.fuse(mo, no)
+        sch.parallel(tile)
+        _epilogue_at(sch, tile, isa.lanes)
+        init = sch.decompose_reduction(acc, ko)
+        sch.vectorize(sch.get_loops(init)[-1])
+        sch.tensorize(ni, dot_intrin(isa, _act_dtype(sch), "a", info["offset"]))
+        sch.unroll(mi)
+        sch.unroll(nr)
+
+
+class Conv2DTensorized(TensorizedRule):
+    """``conv2d_requant`` with groups 1 (pointwise 1x1 first of all; also KxK, strided, padded,
+    dilated), NCHW, on the dot instruction with the *output pixels* as vector lanes and each
+    output channel's weights broadcast.
+
+    1. The activations are gathered ``kp`` reduction elements per pixel, ``[N, K/kp, P, kp]``
+       with K = C*KH*KW (for 1x1, C channels interleaved; for KxK an im2col; P = OH*OW padded to
+       whole vectors; s8 shifted to u8 for VNNI, widened to int16 for AVX2) -- a stage inside
+       the kernel, K*P values against the O*K*P multiply-adds it feeds.
+    2. Output channels in blocks of ``mr`` (weights broadcast straight from memory), pixels in
+       blocks of ``nr`` vectors: ``mr x nr`` accumulators in registers over the K loop.
+    3. The tile is requantized from registers, vectorized over pixels, and written to NCHW rows.
+    Note: the weights stay ``[O, K/kp, kp]`` -- OIHW flattened (widened to int16 where the
+    instruction reads int16). Lanes over output channels instead would need a scatter to write
+    NCHW. Zero padding is the value 0 (u8 128 after the offset, as the weight-sum correction
+    assumes for every tap).
+    """
+
+    op = "conv2d_requant"
+
+    def pack_for(self, func, params, shapes, isa):
+        (xs, adt), (ws, _) = shapes[0], shapes[1]
+        o, c, kh, kw = ws
+        k = c * kh * kw
+        off = _offset(isa, adt)
+        if params["groups"] != 1 or not _fits_int32(adt, k, off):
+            return None
+        nb, _, h, w = xs
+        (sh, sw), (dh, dw), (pt, pl, pb, pr) = params["strides"], params["dilation"], params["padding"]
+        oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+        ow = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+        lanes, kp = isa.lanes, isa.kp
+        p = oh * ow
+        nr = 2 if _round_up(p, 2 * lanes) == _round_up(p, lanes) else 1
+        ppad, kpad = _round_up(p, nr * lanes), _round_up(k, kp)
+        mr = _largest_divisor(o, ((12, 8, 6, 4, 3, 2, 1) if nr == 2 else (16, 12, 8, 6, 4, 3, 2, 1)) if isa.vector_bits == 512
+                              else ((6, 4, 3, 2, 1) if nr == 2 else (12, 8, 6, 4, 3, 2, 1)))
+        info = {"rule": type(self).__name__, "isa": isa.name, "mr": mr, "nr": nr, "offset": off,
+                "out_shape": [nb, o, oh, ow], "acc_shape": [nb, o, ppad]}
+        pdt = "uint8" if kp == 4 else "int16"
+
+        def pack_args(consts):
+            wt, bias, mult, shift = consts[0].reshape(o, k), *consts[1:]
+            wk = np.zeros((o, kpad), np.int64)
+            wk[:, :k] = wt
+            return [wk.reshape(o, kpad // kp, kp).astype(isa.packed_dtype), *_channel_consts(wt, bias, mult, shift, off, o)]
+
+        x = te.placeholder(xs, adt, name="x")
+        wk = te.placeholder((o, kpad // kp, kp), isa.packed_dtype, name="w_packed")
+        consts = _channel_placeholders(o)
+
+        def gather(b, kb, q, j):
+            # clamps only where there is padding (a clamp hides the unit stride from the simplifier);
+            # pad pixels repeat the last one: their lanes are dropped
+            kf = kb * kp + j if kpad == k else tirx.min(kb * kp + j, k - 1)
+            px = q if ppad == p else tirx.min(q, p - 1)
+            ch, ry, rx = _unravel(kf, (c, kh, kw))
+            hi, wi = (px // ow) * sh + ry * dh - pt, (px % ow) * sw + rx * dw - pl
+            v = x[b, ch, hi, wi].astype("int32")
+            if pt or pl or pb or pr:
+                v = tirx.if_then_else(tirx.all(hi >= 0, hi < h, wi >= 0, wi < w), v, tirx.const(0, "int32"))
+            v = (v + off).astype(pdt)
+            return v if kpad == k else tirx.if_then_else(kb * kp + j < k, v, tirx.const(0, pdt))
+
+        xp = te.compute((nb, kpad // kp, ppad, kp), gather, name="x_packed")
+        rc, rj = te.reduce_axis((0, kpad // kp), "rc"), te.reduce_axis((0, kp), "rj")
+        acc = te.compute((nb, o, ppad), lambda b, oc, q: te.sum(
+            dot_term(xp[b, rc, q, rj], wk[oc, rc, rj], 0), axis=[rc, rj]), name="acc")
+        y = _requant_stage(acc, (nb, o, oh, ow), lambda i: (i[0], i[1], i[2] * ow + i[3]), lambda a: a[1],
+                           consts, params, ppad != p)
+        out = te.create_prim_func([x, wk, *consts, y]).without_attr("global_symbol")
+        return Packing(tag_packed(out, func, info), (1, 2, 3, 4), pack_args,
+                       lambda consts: _epilogue_exact(consts[0].reshape(o, k), *consts[1:4], adt, off))
+
+    def schedule(self, sch, info):
+        isa = ISA_BY_NAME[info["isa"]]
+        acc = sch.get_sblock("acc")
+        sch.set_scope(acc, 0, "local")
+        _flatten_output(sch, info["out_shape"], info["acc_shape"])
+        b, oc, q, rc, rj = sch.get_loops(acc)
+        oo, oi = sch.split(oc, [None, info["mr"]])
+        qo, qr, qi = sch.split(q, [None, info["nr"], isa.lanes])
+        sch.reorder(b, oo, qo, rc, oi, qr, qi, rj)
+        tile = sch.fuse(b, oo, qo)
+        sch.parallel(tile)
+        _epilogue_at(sch, tile, isa.lanes)
+        xp = sch.get_sblock("x_packed")
+        pb, pc, pq, pj = sch.get_loops(xp)
+        sch.reorder(pj, pq)
+        sch.parallel(sch.fuse(pb, pc))
+        real = info["out_shape"][2] * info["out_shape"][3]
+        if real < info["acc_shape"][2]:  # the real pixels apart from the pad lanes: no clamp in the main loop
+            sch.loop_partition(pq, [real, None])
+        init = sch.decompose_reduction(acc, rc)
+        sch.vectorize(sch.get_loops(init)[-1])
+        sch.tensorize(qi, dot_intrin(isa, "uint8" if isa.kp == 4 else "int16", "b", 0))
+        sch.unroll(oi)
+        sch.unroll(qr)
+
+
+def _channel_placeholders(channels: int):
+    return (te.placeholder((channels,), "int64", name="bias_times_multiplier"),
+            te.placeholder((channels,), "int32", name="multiplier"), te.placeholder((channels,), "int32", name="pre_shift"),
+            te.placeholder((channels,), "int32", name="post_shift"))
+
+
+def _requant_stage(acc, shape, acc_index, channel, consts, params, padded: bool):
+    """The requantization of ``acc`` into the output of ``shape`` (element ``i`` from
+    ``acc[acc_index(i)]``, channel ``channel(acc index)``): straight into the output when the
+    accumulator has no pad lanes, else into a tile of the accumulator's shape (``y_tile``: kept
+    in registers, vectorized without a predicate) copied out after."""
+    qmin, qmax, dt = params["qmin"], params["qmax"], params["out_dtype"]
+    folded, mult, pre, post = consts
+
+    def rq(a):  # see _epilogue_exact
+        ch = channel(a)
+        product = i64(acc(*a) << pre[ch]) * i64(mult[ch]) + folded[ch]
+        high = (product >> tirx.const(32, "int64")).astype("int32") >> post[ch]
+        return tirx.max(tirx.min(high, tirx.const(qmax, "int32")), tirx.const(qmin, "int32")).astype(dt)
+
+    if not padded:
+        return te.compute(shape, lambda *i: rq(acc_index(i)), name="y")
+    tile = te.compute(acc.shape, lambda *a: rq(a), name="y_tile")
+    return te.compute(shape, lambda *i: tile(*acc_index(i)), name="y")
+
+
+def _unravel(flat, dims):
+    """Indices into ``dims`` (row-major) of the flat index ``flat``."""
+    out = []
+    for d in reversed(dims[1:]):
+        out.append(flat % d)
+        flat = flat // d
+    return [flat, *reversed(out)]
+
+
+def _ravel(idx, dims):
+    flat = idx[0]
+    for i, d in zip(idx[1:], dims[1:]):
+        flat = flat * d + i
+    return flat
+
+
+def _flatten_output(sch, out_shape, acc_shape) -> None:
+    """Give the output block the accumulator's iteration space (rows fused / h*w fused), so that
+    it can be computed under each accumulator tile (reverse_compute_at needs a rectangle)."""
+    if list(out_shape) == list(acc_shape):
+        return
+    if len(acc_shape) == 2:  # dense: (*lead, n) -> (rows, n)
+        index_map = tirx.IndexMap.from_func(lambda *i: (_ravel(i[:-1], out_shape[:-1]), i[-1]), ndim=len(out_shape))
+        sch.transform_block_layout(sch.get_sblock("y"), index_map)
+    else:  # conv: (n, o, h, w) -> (n, o, h * w + w)
+        sch.transform_block_layout(sch.get_sblock("y"), lambda b, o, i, j: (b, o, i * out_shape[3] + j))
+
+
+def _has_block(sch, name: str) -> bool:
+    try:
+        sch.get_sblock(name)
+        return True
+    except Exception:  # noqa: BLE001 -- s_tir raises a plain error for a missing block
+        return False
+
+
+def _epilogue_at(sch, tile, lanes: int) -> None:
+    """Requantize each accumulator tile under its ``tile`` loop, vectorized by ``lanes``."""
+    first = "y_tile" if _has_block(sch, "y_tile") else "y"
+    stage = sch.get_sblock(first)
+    if first == "y_tile":
+        sch.set_scope(stage, 0, "local")
+    for name in (first, "y") if first == "y_tile" else (first,):
+        sch.reverse_compute_at(sch.get_sblock(name), tile)
+    *rows, last = sch.get_loops(stage)[-2:]
+    outer, inner = sch.split(last, [None, lanes])
+    sch.vectorize(inner)
+    for loop in (*rows, outer):  # constant tile indices: LLVM keeps the accumulators in registers
+        sch.unroll(loop)
+
+
+def _param_type(param) -> tuple[tuple[int, ...], str]:
+    """``(shape, dtype)`` of a PrimFunc buffer parameter."""
+    return tuple(int(d) for d in param.ty.shape), str(param.ty.dtype)
+
+
+def _act_dtype(sch) -> str:
+    return _param_type(sch.mod["main"].params[0])[1]
+
+
