@@ -37,7 +37,7 @@ def integer_module(path: str | None) -> tvm.IRModule:
         with open(path) as f:
             return tvm.ir.load_json(f.read())
     import tvm_qplugin as tq
-    from tvm_qplugin.zoo import imagenet_calib_eval, mobilenet_v2_onnx
+    from qplugin_zoo import imagenet_calib_eval, mobilenet_v2_onnx
 
     calib, evaluation = imagenet_calib_eval()
     art = tq.compile(str(mobilenet_v2_onnx()), target="x86-host", calib={"input": calib[:8]},
