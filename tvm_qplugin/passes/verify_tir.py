@@ -49,6 +49,7 @@ INTEGER_LLVM_INTRINSICS = frozenset({
     "llvm.x86.avx2.pmadd.ub.sw", "llvm.x86.avx2.pmadd.wd",          # vpmaddubsw / vpmaddwd (AVX2)
     "llvm.x86.avx512.pmaddubs.w.512", "llvm.x86.avx512.pmaddw.d.512",  # the same, AVX-512BW
     "llvm.x86.avx512.vpdpbusd.512", "llvm.x86.avx512.vpdpwssd.512",    # VNNI u8 x s8 / s16 x s16 -> s32
+    "llvm.x86.avx512.vpdpbusd.256", "llvm.x86.avx512.vpdpwssd.256",    # the same, AVX-VNNI (256-bit)
     "llvm.aarch64.neon.sdot", "llvm.aarch64.neon.udot",                # ARMv8.2 dot product
 })
 
