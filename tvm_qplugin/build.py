@@ -40,7 +40,10 @@ def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     return _pipeline
 
 
-def build(mod: tvm.IRModule, target: tvm.target.Target):
-    """Schedule and compile; returns ``(executable, number of kernels a schedule rule took)``."""
+def build(mod: tvm.IRModule, target: tvm.target.Target, tuning=None):
+    """Schedule and compile; returns ``(executable, number of kernels a schedule rule took)``.
+    ``tuning`` (tuning/apply.py ``AppliedTuning``): its database's schedules replace the default ones."""
     scheduled, n = apply_default_schedules(mod, target)
+    if tuning is not None:  # MetaSchedule records win over the default rules, kernel by kernel
+        scheduled = tuning.apply(mod, scheduled, target)
     return tvm.compile(scheduled, target=target, relax_pipeline=relax_pipeline(target)), n

@@ -28,6 +28,7 @@ from .build import build
 from .diagnose import tensor_errors
 from .reference import ReferenceInterpreter
 from .targets import get_board
+from .tuning.apply import resolve_tuning
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class CompileOptions:
     show_progress: bool = False
     budget: tuple[tuple[str, float], ...] = ()   # ("size"|"ram", bytes) -- see parse_budget
     mcu_verify_inputs: int = 4                    # samples run under qemu for MCU targets
+    tuning_db: str | None = None                  # --tuning-db DIR, else the shipped one (tuning/apply.py)
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -105,6 +107,7 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
     if c_route:  # the integer graph is built and checked on the host, then exported as C and run emulated
         opts = CompileOptions(**{**opts.__dict__, "int_io": True})
     host = get_board("x86-host") if c_route else board
+    tuning = resolve_tuning(opts.tuning_db, board, host.target(), builds_tvm=not c_route)  # before the long steps
     if isinstance(input_shapes, (list, tuple)):
         input_shapes = parse_input_shapes(list(input_shapes))
     t0 = time.perf_counter()
@@ -135,7 +138,7 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
         raise FloatOpError(f"float dtypes in lowered TIR kernels: {'; '.join(lowered_float)}")
 
     t1 = time.perf_counter()
-    executable, n_scheduled = build(imod.mod, tvm_target)
+    executable, n_scheduled = build(imod.mod, tvm_target, tuning)
     build_s = time.perf_counter() - t1
     if len(imported.output_names) == len(imod.outputs):  # name outputs as the ONNX model does
         imod.outputs = [(n, shape, qt) for n, (_, shape, qt) in zip(imported.output_names, imod.outputs)]
@@ -151,6 +154,7 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
     art.report = build_report(imported, board, opts, imod, iv, bit_exact, n_exact, accuracy, latency, executable,
                               compile_s=time.perf_counter() - t0, build_s=build_s)
     art.report["tensors"] = [e.to_json() for e in errors]
+    tuning.fill_report(art.report, imod.mod, imod.layers)
     if not c_route:
         add_kernel_times(art, imod, runs=3)
     if c_route:

@@ -1,0 +1,1 @@
+"""MetaSchedule as the product tuner (see docs/architecture.md "Tuning")."""
