@@ -44,7 +44,7 @@ def check_tracker(host: str, port: int, key: str, timeout: float = CONNECT_TIMEO
         raise TrackerError(f"{where} accepts connections but does not answer as a TVM RPC tracker within {timeout:g} s")
     queue = summary.get("queue_info", {}).get(key, {})
     servers = int(queue.get("free", 0)) + int(queue.get("pending", 0))
-    servers = max(servers, sum(1 for s in summary.get("server_info", []) if str(s.get("key", "")).endswith(key)))
+    servers = max(servers, sum(1 for s in summary.get("server_info", []) if s.get("key") == f"server:{key}"))
     if servers == 0:
         keys = sorted(summary.get("queue_info", {}))
         raise TrackerError(f"no RPC server is registered under key {key!r} at the tracker {where} (keys there: "
