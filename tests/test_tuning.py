@@ -2,8 +2,10 @@
 a planted wrong candidate never reaches the database; SIGKILL + rerun resumes; RPC tracker with
 two servers on loopback; every bad input is one line, exit status 2.
 
-The model is one conv + ReLU (one integer kernel): a tune of a few trials costs well under a
-minute of searching; most of each test is TVM start-up on a busy 2-core machine.
+The model is one 3x3 conv + ReLU (one integer kernel), large enough (16x16x16 -> 32) that a few
+MetaSchedule trials beat its unscheduled loops (a database record is only applied where it is
+faster than compile's default schedule); a tune of a few trials costs well under a minute of
+searching, most of each test is TVM start-up on a busy 2-core machine.
 """
 from __future__ import annotations
 
@@ -51,10 +53,10 @@ def _one_line_error(r, *needles):
 @pytest.fixture(scope="module")
 def conv_model(tmp_path_factory):
     d = tmp_path_factory.mktemp("model")
-    g = OnnxGraph((1, 8, 8, 8))
-    path = g.save(g.relu(g.conv("x", 16, k=3)), d / "conv.onnx")
+    g = OnnxGraph((1, 16, 16, 16))
+    path = g.save(g.relu(g.conv("x", 32, k=3)), d / "conv.onnx")
     calib = d / "calib.npz"
-    np.savez(calib, x=np.random.default_rng(0).normal(size=(8, 8, 8, 8)).astype(np.float32))
+    np.savez(calib, x=np.random.default_rng(0).normal(size=(8, 16, 16, 16)).astype(np.float32))
     return path, calib
 
 
@@ -314,3 +316,26 @@ def test_a_tunable_rule_defines_the_design_space(tuned_db):
     (sch,) = ctx.generate_design_space()
     assert any(inst.kind.name == "SamplePerfectTile" for inst in sch.trace.insts)
     assert design_space(func, _host(), rules=[])[0] == "metaschedule-default"
+
+
+def test_a_record_slower_than_the_default_schedule_is_not_applied(tuned_db, tmp_path):
+    """The tune timed compile's default schedule too (defaults.jsonl); a database never makes a
+    kernel slower: pretend the default ran in 1 ns and the record is left out."""
+    from tvm_qplugin.tuning.apply import AppliedTuning
+    from tvm_qplugin.tuning.database import DEFAULTS
+
+    db, _ = tuned_db
+    (_, wl), = TuningDB.open(db).workloads.values()
+    kernel = tvm.IRModule({"conv": wl.mod["main"].without_attr("global_symbol")})
+    applied = resolve_tuning(db, get_board("x86-host"), _host())
+    assert applied.db.default_us, "the tune did not time the default schedule"
+    applied.apply(kernel, kernel, _host())
+    assert applied.tuned and not applied.default_faster
+    copy = tmp_path / "db"
+    shutil.copytree(db, copy)
+    key = next(iter(applied.db.workloads))
+    with open(copy / DEFAULTS, "a") as f:
+        f.write(json.dumps({"workload": key, "us": 0.001, "schedule": "default rule"}) + "\n")
+    slow = resolve_tuning(copy, get_board("x86-host"), _host())
+    out = slow.apply(kernel, kernel, _host())
+    assert slow.default_faster == ["conv"] and not slow.tuned and out.same_as(kernel)

@@ -7,8 +7,9 @@ tuned for another board or ISA is refused with a one-line error, never applied s
 
 Application (:meth:`AppliedTuning.apply`): per integer kernel, MetaSchedule's
 ``Database.query_schedule`` on the kernel's workload (tasks.py) replays the best stored trace on
-the unscheduled kernel; the result replaces the kernel the default rules scheduled. Kernels
-without a record keep the default rule's schedule. Every kernel -- tuned or not -- then goes
+the unscheduled kernel; the result replaces the kernel the default rules scheduled -- where the
+tune measured it faster than that default schedule (database.py ``defaults.jsonl``). Kernels
+without a record, or whose default schedule is faster, keep the default rule's schedule. Every kernel -- tuned or not -- then goes
 through compile's whole-model bit-exact check against the NumPy reference.
 """
 from __future__ import annotations
@@ -34,9 +35,10 @@ class AppliedTuning:
     """The database a compile uses (or None) and, after :meth:`apply`, what it tuned."""
 
     db: TuningDB | None
-    source: str = "none"                              # "user" | "shipped" | "none"
+    source: str = "none"                              # "user" | "shipped" | "none" | "c-package"
     tuned: dict[str, str] = field(default_factory=dict)      # kernel name -> workload key
     untuned: list[str] = field(default_factory=list)         # integer kernels without a record
+    default_faster: list[str] = field(default_factory=list)  # a record exists, the default schedule is faster
 
     def apply(self, original: tvm.IRModule, scheduled: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
         """``scheduled`` with every integer kernel the database covers replaced by its tuned schedule
@@ -52,6 +54,9 @@ class AppliedTuning:
             if sch is None:
                 self.untuned.append(gv.name_hint)
                 continue
+            if not self._beats_default(workload_of(func)):
+                self.default_faster.append(gv.name_hint)
+                continue
             updates[gv] = sch.mod["main"].without_attr("global_symbol")
             self.tuned[gv.name_hint] = workload_key(workload_of(func))
         if not updates:
@@ -60,6 +65,13 @@ class AppliedTuning:
         for gv, func in updates.items():
             scheduled.update_func(gv, func)
         return scheduled
+
+    def _beats_default(self, workload: tvm.IRModule) -> bool:
+        """The best record is faster than compile's default schedule, as the tune measured both
+        (a database without that baseline is trusted)."""
+        baseline = self.db.default_us.get(workload_key(workload))
+        best = self.db.best_run_us(workload)
+        return baseline is None or best is None or best < baseline
 
     def fill_report(self, report: dict, mod: tvm.IRModule, layers) -> None:
         """``report["tuning"]`` and ``layers[].kernel`` (DESIGN.md); warns naming untuned kernels."""
@@ -74,7 +86,11 @@ class AppliedTuning:
             "db_source": self.source,
             "isa": db.info.isa if db else None,
             "untuned": list(self.untuned),
+            "default_faster": list(self.default_faster),
         }
+        if self.source == "c-package":  # the deliverable's kernels are C (export/), not TensorIR
+            report["tuning"]["tasks_untuned"] = 0
+            return
         if db is not None and self.untuned:
             log.warning("tuning database %s has no record for %d kernel(s), default schedules used: %s", db.path,
                         len(self.untuned), ", ".join(self.untuned))
@@ -83,6 +99,9 @@ class AppliedTuning:
             name = kernel_of.get(info.var)
             if name in self.tuned:
                 entry["kernel"] = {"source": "tensorir-tuned", "why": f"MetaSchedule record in {db.path}"}
+            elif name in self.default_faster:
+                entry["kernel"] = {"source": "tensorir-default", "why": "the default schedule measured faster than "
+                                   f"the best record in {db.path}"}
             elif db is None:
                 entry["kernel"] = {"source": "tensorir-default", "why": "no tuning database for this board/ISA"}
             else:
@@ -113,7 +132,9 @@ def resolve_tuning(tuning_db: str | Path | None, board, target: tvm.target.Targe
         db = TuningDB.open(tuning_db)
         db.check_matches(board.name, isa)
         return AppliedTuning(db, "user")
-    shipped = shipped_db_dir(board.name, isa) if builds_tvm else None
+    if not builds_tvm:
+        return AppliedTuning(None, "c-package")
+    shipped = shipped_db_dir(board.name, isa)
     if shipped is None:
         return AppliedTuning(None)
     return AppliedTuning(TuningDB.open(shipped), "shipped")

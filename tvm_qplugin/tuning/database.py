@@ -9,7 +9,10 @@ A database folder holds
   atomically (temporary file + rename);
 * ``rejected.jsonl`` -- one line per measured candidate that did *not* enter the database (wrong
   result, build or run failure, duplicate), so a resumed tune counts it as done and
-  ``tuning.rejected_wrong`` survives a restart.
+  ``tuning.rejected_wrong`` survives a restart;
+* ``defaults.jsonl`` -- per workload, the time of the schedule compile uses without a database
+  (our default rule, or the unscheduled kernel), measured the same way: compile applies a record
+  only where it is faster than that (apply.py), so a database never slows a kernel down.
 
 Why our own I/O rather than ``JSONDatabase``: it parses every line or fails as a whole, so one
 record cut short by a SIGKILL would make the whole database unreadable. Here every line is
@@ -38,6 +41,7 @@ WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
 META = "tuning.json"
 REJECTED = "rejected.jsonl"
+DEFAULTS = "defaults.jsonl"
 FORMAT = "tvm-qplugin-tuning/1"
 
 
@@ -113,6 +117,7 @@ class TuningDB:
         self.rejected: Counter = Counter()                        # key -> measured, not stored
         self.rejected_wrong: Counter = Counter()                  # key -> failed the reference check
         self.seen_traces: set[tuple[str, str]] = set()            # (key, trace) already stored
+        self.default_us: dict[str, float] = {}                    # key -> default schedule's time
         self.skipped_lines = 0
 
     # --- opening ---
@@ -141,7 +146,7 @@ class TuningDB:
         if (path / META).is_file():
             db = cls.open(path)
             db.check_matches(info.board, info.isa, what="--db")
-            for name in (WORKLOADS, RECORDS, REJECTED):
+            for name in (WORKLOADS, RECORDS, REJECTED, DEFAULTS):
                 _cut_truncated_tail(path / name)
             db = cls.open(path)
             db._compact_if_damaged()
@@ -192,6 +197,11 @@ class TuningDB:
                 continue
             self.rejected[obj["workload"]] += 1
             self.rejected_wrong[obj["workload"]] += obj.get("why") == "wrong"
+        for n, obj in _lines(self.path / DEFAULTS):
+            try:
+                self.default_us[str(obj["workload"])] = float(obj["us"])
+            except (TypeError, KeyError, ValueError):
+                self._skip(DEFAULTS, n, "default-time")
 
     def _skip(self, name: str, line: int, what: str) -> None:
         self.skipped_lines += 1
@@ -254,6 +264,11 @@ class TuningDB:
         self.stored[key] += 1
         self.seen_traces.add((key, trace))
         return True
+
+    def record_default(self, key: str, us: float, schedule: str) -> None:
+        """The time of the schedule compile would use for ``key`` without this database."""
+        _append(self.path / DEFAULTS, {"workload": key, "us": us, "schedule": schedule})
+        self.default_us[key] = us
 
     def reject(self, key: str, task: str, why: str, detail: str = "") -> None:
         """Log a measured candidate that is not stored (``why``: wrong | build | run | duplicate)."""

@@ -161,9 +161,15 @@ def _tune_task(task, index, count, tdb, target, trials, per_iter, seed, builder,
         say(f"{head} {task.name}: not tuned ({summary.skipped})")
         return summary
     tdb.workload(task.workload)
+    if task.key not in tdb.default_us:
+        measured = _measure_default(task, target, runner)
+        if measured is not None:
+            tdb.record_default(task.key, *measured)
+    baseline = tdb.default_us.get(task.key)
+    vs = f" (compile's default schedule: {baseline:.1f} us)" if baseline is not None else ""
 
     def on_batch():
-        say(f"{head} {_summary(task, space_name, tdb).line(trials)}")
+        say(f"{head} {_summary(task, space_name, tdb).line(trials)}{vs}")
 
     per_iter = max(1, min(per_iter, left))
     ctx = ms.TuneContext(mod=task.workload, target=target, space_generator=space,
@@ -177,6 +183,33 @@ def _tune_task(task, index, count, tdb, target, trials, per_iter, seed, builder,
                       database=tdb.memory, cost_model=ms.cost_model.XGBModel(num_tuning_cores=_threads()),
                       measure_callbacks=callbacks, task_scheduler=ms.task_scheduler.RoundRobin())
     return _summary(task, space_name, tdb)
+
+
+def _measure_default(task: KernelTask, target, runner) -> tuple[float, str] | None:
+    """Time the schedule compile uses without a database (default rule, else unscheduled) with the
+    tune's own runner, so records and baseline are measured alike (None if it fails to run)."""
+    import os
+    import shutil
+
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    from ..schedules import apply_default_schedules
+
+    mod, n_ruled = apply_default_schedules(task.workload, target)
+    folder = tempfile.mkdtemp(prefix="tvm_qplugin_default_")
+    try:
+        path = os.path.join(folder, "kernel.so")
+        tvm.compile(mod, target=target).export_library(path)
+        (future,) = runner.run([ms.runner.RunnerInput(path, {"llvm": "cpu"}.get(target.kind.name, target.kind.name),
+                                                          ArgInfo.from_entry_func(mod))])
+        res = future.result()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    if res.error_msg is not None or not res.run_secs:
+        log.warning("%s: its default schedule did not run under the tuner's runner: %s", task.name, res.error_msg)
+        return None
+    secs = [float(s) for s in res.run_secs]
+    return 1e6 * sum(secs) / len(secs), "default rule" if n_ruled else "unscheduled"
 
 
 def _search(per_iter: int, trials: int) -> ms.search_strategy.EvolutionarySearch:
