@@ -339,3 +339,13 @@ def test_a_record_slower_than_the_default_schedule_is_not_applied(tuned_db, tmp_
     slow = resolve_tuning(copy, get_board("x86-host"), _host())
     out = slow.apply(kernel, kernel, _host())
     assert slow.default_faster == ["conv"] and not slow.tuned and out.same_as(kernel)
+
+
+def test_tutorial_runs_with_a_tiny_budget(tmp_path):
+    """tutorials/tune_for_your_board/tune.py as CI can afford it: one trial per kernel."""
+    r = subprocess.run([sys.executable, str(REPO / "tutorials/tune_for_your_board/tune.py"), "--trials", "1", "--out",
+                        str(tmp_path)], capture_output=True, text=True, cwd=REPO, timeout=900,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "tuned    bit-exact True" in r.stdout and "default  bit-exact True" in r.stdout, r.stdout
+    assert "latency  tuned" in r.stdout

@@ -49,7 +49,7 @@ def main() -> int:
     model = REPO / "examples" / "digits_cnn.onnx"
     xtr, _, _, _ = digits_split()
     calib = out / "calib.npz"
-    np.savez(calib, input=xtr[:128])
+    np.savez(calib, input=xtr[:256])
 
     # 1. tune: one task per distinct integer kernel; a rerun resumes (trials already done count)
     res = tune(model, target=a.board, trials=a.trials, calib=str(calib), db=out / "db", trials_per_iter=min(a.trials, 16),
