@@ -92,8 +92,9 @@ class AppliedTuning:
             report["tuning"]["tasks_untuned"] = 0
             return
         if db is not None and self.untuned:
-            log.warning("tuning database %s has no record for %d kernel(s), default schedules used: %s", db.path,
-                        len(self.untuned), ", ".join(self.untuned))
+            names = ", ".join(self.untuned[:8]) + (f" and {len(self.untuned) - 8} more" if len(self.untuned) > 8 else "")
+            log.warning("tuning database %s has no record for %d kernel(s), default schedules used: %s (tune this "
+                        "model: `tvm-qplugin tune`)", db.path, len(self.untuned), names)
         kernel_of = _kernel_of_var(mod)
         for entry, info in zip(report.get("layers", []), layers):
             name = kernel_of.get(info.var)
