@@ -349,3 +349,17 @@ def test_tutorial_runs_with_a_tiny_budget(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "tuned    bit-exact True" in r.stdout and "default  bit-exact True" in r.stdout, r.stdout
     assert "latency  tuned" in r.stdout
+
+
+def test_an_exhausted_search_is_remembered_and_not_redone(tuned_db, tmp_path):
+    """A task whose space ran out before the budget is marked so; a rerun skips it (and the
+    mark is not counted as a trial)."""
+    db, _ = tuned_db
+    copy = tmp_path / "db"
+    shutil.copytree(db, copy)
+    tdb = TuningDB.open(copy)
+    (key,) = tdb.workloads
+    trials = tdb.trials_done(key)
+    tdb.mark_exhausted(key, "conv")
+    again = TuningDB.open(copy)
+    assert key in again.exhausted and again.trials_done(key) == trials and again.rejected_wrong[key] == 0

@@ -9,7 +9,8 @@ A database folder holds
   atomically (temporary file + rename);
 * ``rejected.jsonl`` -- one line per measured candidate that did *not* enter the database (wrong
   result, build or run failure, duplicate), so a resumed tune counts it as done and
-  ``tuning.rejected_wrong`` survives a restart;
+  ``tuning.rejected_wrong`` survives a restart; and a line ``exhausted`` for a task whose search
+  space ran out before its budget (an elementwise kernel has a handful of schedules);
 * ``defaults.jsonl`` -- per workload, the time of the schedule compile uses without a database
   (our default rule, or the unscheduled kernel), measured the same way: compile applies a record
   only where it is faster than that (apply.py), so a database never slows a kernel down.
@@ -118,6 +119,7 @@ class TuningDB:
         self.rejected_wrong: Counter = Counter()                  # key -> failed the reference check
         self.seen_traces: set[tuple[str, str]] = set()            # (key, trace) already stored
         self.default_us: dict[str, float] = {}                    # key -> default schedule's time
+        self.exhausted: set[str] = set()                          # the search had nothing new to try
         self.skipped_lines = 0
 
     # --- opening ---
@@ -195,6 +197,9 @@ class TuningDB:
             if not isinstance(obj, dict) or "workload" not in obj:
                 self._skip(REJECTED, n, "rejected-candidate")
                 continue
+            if obj.get("why") == "exhausted":  # not a candidate: the task's end, see mark_exhausted
+                self.exhausted.add(obj["workload"])
+                continue
             self.rejected[obj["workload"]] += 1
             self.rejected_wrong[obj["workload"]] += obj.get("why") == "wrong"
         for n, obj in _lines(self.path / DEFAULTS):
@@ -269,6 +274,13 @@ class TuningDB:
         """The time of the schedule compile would use for ``key`` without this database."""
         _append(self.path / DEFAULTS, {"workload": key, "us": us, "schedule": schedule})
         self.default_us[key] = us
+
+    def mark_exhausted(self, key: str, task: str) -> None:
+        """MetaSchedule stopped before the budget (no new candidate in its space): a rerun, whatever
+        its budget, would search the same space again for nothing."""
+        _append(self.path / REJECTED, {"workload": key, "task": task, "why": "exhausted",
+                                       "detail": f"search stopped after {self.trials_done(key)} trials"})
+        self.exhausted.add(key)
 
     def reject(self, key: str, task: str, why: str, detail: str = "") -> None:
         """Log a measured candidate that is not stored (``why``: wrong | build | run | duplicate)."""

@@ -41,11 +41,13 @@ class TaskSummary:
     rejected_wrong: int = 0
     best_us: float | None = None
     skipped: str = ""            # why the task was not tuned (its check has no usable case)
+    exhausted: bool = False      # the search space ran out before the budget
 
     def line(self, budget: int) -> str:
-        best = f"best {self.best_us:.1f} us" if self.best_us is not None else "no valid candidate yet"
+        best = f"best {self.best_us:.2f} us" if self.best_us is not None else "no valid candidate yet"
         wrong = f", {self.rejected_wrong} wrong rejected" if self.rejected_wrong else ""
-        return f"{self.name} ({self.op}, {self.space}): {self.trials}/{budget} trials, {best}{wrong}"
+        ran_out = " (search space exhausted)" if self.exhausted else ""
+        return f"{self.name} ({self.op}, {self.space}): {self.trials}/{budget} trials{ran_out}, {best}{wrong}"
 
 
 @dataclass
@@ -142,14 +144,14 @@ def tune(model, target: str = "x86-host", trials: int = 64, calib=None, db: str 
 def _summary(task: KernelTask, space: str, tdb: TuningDB) -> TaskSummary:
     key = task.key
     return TaskSummary(task.name, task.op, space, tdb.trials_done(key), tdb.stored[key], tdb.rejected_wrong[key],
-                       tdb.best_run_us(task.workload))
+                       tdb.best_run_us(task.workload), exhausted=key in tdb.exhausted)
 
 
 def _tune_task(task, index, count, tdb, target, trials, per_iter, seed, builder, runner, remote, say) -> TaskSummary:
     space_name, space = design_space(task.func, target)
     head = f"[{index + 1}/{count}]"
     left = trials - tdb.trials_done(task.key)
-    if left <= 0:
+    if left <= 0 or task.key in tdb.exhausted:
         summary = _summary(task, space_name, tdb)
         say(f"{head} {summary.line(trials)} (done)")
         return summary
@@ -166,10 +168,15 @@ def _tune_task(task, index, count, tdb, target, trials, per_iter, seed, builder,
         if measured is not None:
             tdb.record_default(task.key, *measured)
     baseline = tdb.default_us.get(task.key)
-    vs = f" (compile's default schedule: {baseline:.1f} us)" if baseline is not None else ""
+    vs = f" (compile's default schedule: {baseline:.2f} us)" if baseline is not None else ""
 
-    def on_batch():
-        say(f"{head} {_summary(task, space_name, tdb).line(trials)}{vs}")
+    shown = [-1]
+
+    def on_batch():  # an empty batch (the search found nothing new) says nothing
+        line = _summary(task, space_name, tdb)
+        if line.trials != shown[0]:
+            shown[0] = line.trials
+            say(f"{head} {line.line(trials)}{vs}")
 
     per_iter = max(1, min(per_iter, left))
     ctx = ms.TuneContext(mod=task.workload, target=target, space_generator=space,
@@ -182,6 +189,9 @@ def _tune_task(task, index, count, tdb, target, trials, per_iter, seed, builder,
                       max_trials_per_task=left, num_trials_per_iter=per_iter, builder=builder, runner=runner,
                       database=tdb.memory, cost_model=ms.cost_model.XGBModel(num_tuning_cores=_threads()),
                       measure_callbacks=callbacks, task_scheduler=ms.task_scheduler.RoundRobin())
+    if tdb.trials_done(task.key) < trials:
+        tdb.mark_exhausted(task.key, task.name)
+        say(f"{head} {task.name}: search space exhausted after {tdb.trials_done(task.key)} trials")
     return _summary(task, space_name, tdb)
 
 
