@@ -218,6 +218,12 @@ def test_unknown_board_lists_the_boards(conv_model):
                     "unknown target board 'nosuchboard'", "x86-host")
 
 
+def test_boards_that_cannot_be_tuned_yet_are_refused(conv_model):
+    model, calib = conv_model
+    _one_line_error(_cli("tune", model, "--calib", calib, "--trials", 2, "--target", "rpi5", timeout=120),
+                    "this version tunes x86 boards")
+
+
 def _copy_with_meta(db: Path, dest: Path, **changes) -> Path:
     shutil.copytree(db, dest)
     meta = json.loads((dest / META).read_text())

@@ -111,6 +111,11 @@ def tune(model, target: str = "x86-host", trials: int = 64, calib=None, db: str 
         raise QPluginError(f"--trials {trials!r}: give a positive number of trials per task")
     say = progress or log.info
     board = get_board(target)
+    if board.family != "x86" or board.tvm_target.get("kind", "llvm") != "llvm":
+        # Cross boards need the candidates exported with the board's cross compiler and the
+        # verifier's reference run on the board; not built yet -- refused, not half done.
+        raise QPluginError(f"tune --target {board.name!r}: this version tunes x86 boards (here, or through an RPC "
+                           f"tracker); {board.family} boards compile with their default schedules")
     if not board.runs_here and rpc_tracker is None:
         raise QPluginError(f"target {board.name!r} ({board.runner}) does not run here: measure on the board through "
                            "an RPC tracker with --rpc-tracker HOST:PORT --rpc-key KEY")
