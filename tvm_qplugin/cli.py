@@ -195,8 +195,9 @@ def cmd_tune(a) -> int:
 def _print_tuning(report: dict) -> None:
     t = report.get("tuning") or {}
     if t.get("db"):
-        print(f"tuning       {t['tasks_tuned']} kernel(s) tuned, {t['tasks_untuned']} default ({t['db_source']} "
-              f"database {t['db']}, {t['trials']} trials, {t['rejected_wrong']} wrong rejected)")
+        print(f"tuning       {t['tasks_tuned']} kernel(s) tuned, {len(t['default_faster'])} kept their faster default, "
+              f"{t['tasks_untuned']} without a record ({t['db_source']} database {t['db']}, {t['trials']} trials, "
+              f"{t['rejected_wrong']} wrong rejected)")
 
 
 def _precheck(a) -> None:
