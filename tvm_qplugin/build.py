@@ -42,23 +42,27 @@ def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     return _pipeline
 
 
-def lower(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.IRModule, int]:
+def lower(mod: tvm.IRModule, target: tvm.target.Target, tuning=None) -> tuple[tvm.IRModule, int]:
     """Default schedules + the Relax pipeline above: the module TVM's TIR pipeline and codegen get.
-    Returns ``(lowered module, number of kernels a schedule rule took)``."""
+    ``tuning`` (tuning/apply.py ``AppliedTuning``): its database's schedules replace the default
+    ones, kernel by kernel. Returns ``(lowered module, number of kernels a schedule rule took)``."""
     mod = pack_weights(mod, target)  # a copy with prepacked weights: the integer module keeps plain layouts
     scheduled, n = apply_default_schedules(mod, target)
+    if tuning is not None:  # MetaSchedule records win over the default rules where they were faster
+        scheduled = tuning.apply(mod, scheduled, target)
     return relax_pipeline(target)(scheduled), n
 
 
 def build(mod: tvm.IRModule, target: tvm.target.Target,
-          check: Callable[[tvm.IRModule], None] | None = None):
+          check: Callable[[tvm.IRModule], None] | None = None, tuning=None):
     """Schedule and compile; returns ``(executable, number of kernels a schedule rule took)``.
 
     ``check``, when given, sees the lowered module before it is compiled -- the very module handed
     to ``tvm.compile`` (which then runs no Relax pass of its own): the integer-only checker
-    (passes/verify_tir.py) runs there, on the kernels as scheduled, and raises to stop the build.
+    (passes/verify_tir.py) runs there, on the kernels as scheduled (tuned ones included), and
+    raises to stop the build.
     """
-    lowered, n = lower(mod, target)
+    lowered, n = lower(mod, target, tuning)
     if check is not None:
         check(lowered)
     return tvm.compile(lowered, target=target, relax_pipeline=None), n

@@ -84,8 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     img.add_argument("--std", type=_floats, default=(1.0, 1.0, 1.0))
     img.add_argument("--layout", default="NCHW", choices=["NCHW", "NHWC"])
     img.add_argument("--grayscale", action="store_true")
+    c.add_argument("--tuning-db", metavar="DIR", help="MetaSchedule database from `tune` (default: the one shipped for "
+                   "the board and the CPU's ISA level, if any)")
     c.add_argument("-o", "--output", required=True, metavar="OUTDIR")
     c.add_argument("--no-progress", action="store_true")
+    _add_tune_parser(sub)
 
     v = sub.add_parser("verify", help="re-run a compiled OUTDIR against the NumPy reference, bit for bit")
     v.add_argument("outdir")
@@ -120,10 +123,11 @@ def cmd_compile(a) -> int:
                         preprocess=pre, precision=a.precision, nonlinear=a.nonlinear,
                         **({"observer": a.observer} if a.observer else {}),
                         attention=a.attention, int_io=a.int_io, gelu=a.gelu, softmax_bits=a.softmax_bits,
-                        allow_float=allow_float, calib_limit=a.calib_limit,
+                        allow_float=allow_float, calib_limit=a.calib_limit, tuning_db=a.tuning_db,
                         budget=a.budget, show_progress=not a.no_progress and sys.stderr.isatty())
     art.save(out)
     print(summary(art.report, out))
+    _print_tuning(art.report)
     return 0 if art.report["bit_exact"] else 1
 
 
@@ -153,6 +157,57 @@ def cmd_targets(a) -> int:
     return 0
 
 
+def _add_tune_parser(sub) -> None:
+    t = sub.add_parser("tune", help="tune the model's integer kernels with MetaSchedule into a database")
+    t.add_argument("model")
+    t.add_argument("--target", default="x86-host")
+    t.add_argument("--trials", type=_positive_int, required=True, help="trials per kernel (a rerun resumes)")
+    t.add_argument("--calib", help="calibration data, as for compile (same data: same kernels)")
+    t.add_argument("--db", metavar="DIR", help="database folder (default ./schedules/<board>/<isa>/)")
+    t.add_argument("--isa", help="tune for a narrower ISA level than this CPU's, e.g. avx2 on an AVX-512 machine")
+    t.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on the boards of a TVM RPC tracker")
+    t.add_argument("--rpc-key", metavar="KEY", help="the tracker key the boards are registered under")
+    t.add_argument("--input-shape", action="append", default=[], metavar="NAME=D1,D2,...")
+    t.add_argument("--observer", default="percentile")
+    t.add_argument("--nonlinear", default="ivit")
+    t.add_argument("--int-io", action="store_true")
+    t.add_argument("--calib-limit", type=_positive_int)
+    t.add_argument("--eval", help=argparse.SUPPRESS)      # _precheck reads it; tune evaluates nothing
+    t.add_argument("--trials-per-iter", type=_positive_int, default=16, help="candidates measured per batch")
+
+
+def cmd_tune(a) -> int:
+    _precheck(a)
+    if a.rpc_tracker or a.rpc_key:  # seconds, before TVM loads: an unreachable tracker fails fast
+        from .tuning.tracker import check_tracker, parse_tracker
+
+        if not (a.rpc_tracker and a.rpc_key):
+            raise QPluginError("--rpc-tracker HOST:PORT and --rpc-key KEY go together")
+        check_tracker(*parse_tracker(a.rpc_tracker), a.rpc_key)
+    from .tuning.tuner import tune
+
+    res = tune(a.model, target=a.target, trials=a.trials, calib=a.calib, db=a.db, isa=a.isa,
+               rpc_tracker=a.rpc_tracker, rpc_key=a.rpc_key, input_shapes=a.input_shape,
+               trials_per_iter=a.trials_per_iter, observer=a.observer, nonlinear=a.nonlinear, int_io=a.int_io,
+               calib_limit=a.calib_limit, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    tuned = sum(1 for t in res.tasks if t.stored)
+    print(f"database     {res.db}  ({res.board} / {res.isa})")
+    print(f"tasks        {tuned} of {len(res.tasks)} with a verified record; {res.rejected_wrong} wrong candidate(s) "
+          "rejected")
+    for t in res.tasks:
+        print(f"  {t.line(res.trials)}" + (f"  [not tuned: {t.skipped}]" if t.skipped else ""))
+    print(f"use it       tvm-qplugin compile {a.model} --target {res.board} --tuning-db {res.db} ...")
+    return 0
+
+
+def _print_tuning(report: dict) -> None:
+    t = report.get("tuning") or {}
+    if t.get("db"):
+        print(f"tuning       {t['tasks_tuned']} kernel(s) tuned, {len(t['default_faster'])} kept their faster default, "
+              f"{t['tasks_untuned']} without a record ({t['db_source']} database {t['db']}, {t['trials']} trials, "
+              f"{t['rejected_wrong']} wrong rejected)")
+
+
 def _precheck(a) -> None:
     """The checks that need no TVM: a bad model, data file or input shape errors in well under a second."""
     from .data import check_data_file
@@ -178,7 +233,7 @@ def _check_writable(out: Path) -> None:
     check_output_dir(out)
 
 
-COMMANDS = {name: f"cmd_{name}" for name in ("compile", "verify", "inspect", "targets")}  # looked up when run
+COMMANDS = {name: f"cmd_{name}" for name in ("compile", "tune", "verify", "inspect", "targets")}  # looked up when run
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,6 +30,7 @@ from .diagnose import tensor_errors
 from .kernel_check import check_kernels
 from .reference import ReferenceInterpreter, first_difference
 from .targets import get_board
+from .tuning.apply import resolve_tuning
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class CompileOptions:
     show_progress: bool = False
     budget: Budget | str | None = None            # --budget: a Budget, its text form, or None (budget.py)
     mcu_verify_inputs: int = 4                    # samples run under qemu for MCU targets
+    tuning_db: str | None = None                  # --tuning-db DIR, else the shipped one (tuning/apply.py)
 
     def __post_init__(self):
         if not isinstance(self.budget, Budget):
@@ -108,6 +110,7 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
     if c_route:  # the integer graph is built and checked on the host, then exported as C and run emulated
         opts = CompileOptions(**{**opts.__dict__, "int_io": True})
     host = get_board("x86-host") if c_route else board
+    tuning = resolve_tuning(opts.tuning_db, board, host.target(), builds_tvm=not c_route)  # before the long steps
     if isinstance(input_shapes, (list, tuple)):
         input_shapes = parse_input_shapes(list(input_shapes))
     t0 = time.perf_counter()
@@ -135,7 +138,7 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
     origins = kernel_origins(imod.mod, core)                              # inside build, on the scheduled kernels
 
     t1 = time.perf_counter()
-    executable, n_scheduled = build(imod.mod, tvm_target,
+    executable, n_scheduled = build(imod.mod, tvm_target, tuning=tuning,
                                     check=lambda lowered: check_lowered_kernels(lowered, iv, origins, core))
     build_s = time.perf_counter() - t1
     if len(imported.output_names) == len(imod.outputs):  # name outputs as the ONNX model does
@@ -158,6 +161,7 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
                                       "bit_exact_kernels": kernels_exact},
                               accuracy=accuracy, latency=latency, tensors=errors,
                               timing_s={"total": time.perf_counter() - t0, "tvm_build": build_s})
+    tuning.fill_report(art.report, imod.mod, imod.layers)  # the tuning section and layers[].kernel
     if not c_route:
         add_kernel_times(art, imod, runs=3)
     if c_route:

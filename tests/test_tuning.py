@@ -1,0 +1,371 @@
+"""MetaSchedule tuning (tvm_qplugin/tuning/): tune -> database -> compile --tuning-db, bit-exact;
+a planted wrong candidate never reaches the database; SIGKILL + rerun resumes; RPC tracker with
+two servers on loopback; every bad input is one line, exit status 2.
+
+The model is one 3x3 conv + ReLU (one integer kernel), large enough (16x16x16 -> 32) that a few
+MetaSchedule trials beat its unscheduled loops (a database record is only applied where it is
+faster than compile's default schedule); a tune of a few trials costs well under a minute of
+searching, most of each test is TVM start-up on a busy 2-core machine.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tvm
+from onnx_builders import OnnxGraph
+
+import tvm_qplugin as tq
+from tvm_qplugin.errors import QPluginError
+from tvm_qplugin.targets import get_board
+from tvm_qplugin.tuning.apply import resolve_tuning
+from tvm_qplugin.tuning.database import META, RECORDS, WORKLOADS, TuningDB, TuningDBError
+from tvm_qplugin.tuning.isa import isa_key, restrict_target
+from tvm_qplugin.tuning.runners import InProcessBuilder
+from tvm_qplugin.tuning.tuner import tune
+
+REPO = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-m", "tvm_qplugin"]
+
+
+def _cli(*args, timeout=600, env=None):
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, cwd=REPO, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+
+
+def _one_line_error(r, *needles):
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("tvm-qplugin: error:"), r.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def conv_model(tmp_path_factory):
+    d = tmp_path_factory.mktemp("model")
+    g = OnnxGraph((1, 16, 16, 16))
+    path = g.save(g.relu(g.conv("x", 32, k=3)), d / "conv.onnx")
+    calib = d / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(0).normal(size=(8, 16, 16, 16)).astype(np.float32))
+    return path, calib
+
+
+@pytest.fixture(scope="module")
+def tuned_db(conv_model, tmp_path_factory):
+    """8 trials of the conv kernel, in batches of 4 (two search iterations)."""
+    model, calib = conv_model
+    db = tmp_path_factory.mktemp("tuned") / "db"
+    res = tune(model, calib=str(calib), trials=8, trials_per_iter=4, db=db)
+    return db, res
+
+
+def test_tune_then_compile_with_the_database_is_bit_exact(conv_model, tuned_db):
+    model, calib = conv_model
+    db, res = tuned_db
+    assert [t.op for t in res.tasks] == ["conv2d_requant"]
+    task = res.tasks[0]
+    assert task.trials == 8 and task.stored >= 1 and task.rejected_wrong == 0 and task.best_us > 0
+    # the files are MetaSchedule's own JSONDatabase: plain TVM reads every record we wrote
+    from tvm.s_tir import meta_schedule as ms
+
+    assert len(ms.database.JSONDatabase(work_dir=str(db))) == task.stored
+    art = tq.compile(model, calib=str(calib), tuning_db=str(db))
+    r = art.report
+    assert r["bit_exact"], "a tuned kernel broke the whole-model bit-exact check"
+    assert r["tuning"]["tasks_tuned"] == 1 and r["tuning"]["tasks_untuned"] == 0, r["tuning"]
+    assert r["tuning"]["trials"] == 8 and r["tuning"]["rejected_wrong"] == 0 and r["tuning"]["db"] == str(db)
+    assert [layer["kernel"]["source"] for layer in r["layers"]] == ["tensorir-tuned"]
+
+
+def test_planted_wrong_candidates_are_rejected_and_never_stored(conv_model, tmp_path):
+    """Every candidate is built with the requantization's rounding constant changed (half -> a
+    quarter): fast, and wrong on about a quarter of the outputs. None may enter the database."""
+    model, calib = conv_model
+
+    def wrong_rounding(mod):
+        text = mod.script()
+        planted = text.replace(">> T.int64(1))", ">> T.int64(2))")
+        assert planted != text, "the rounding term to plant into was not found"
+        return tvm.script.from_source(planted)
+
+    db = tmp_path / "db"
+    res = tune(model, calib=str(calib), trials=4, trials_per_iter=4, db=db, builder=InProcessBuilder(wrong_rounding))
+    task = res.tasks[0]
+    assert task.trials == 4 and task.stored == 0 and task.rejected_wrong == 4, task
+    assert (db / RECORDS).read_text() == ""
+    reasons = [json.loads(ln)["why"] for ln in (db / "rejected.jsonl").read_text().splitlines()]
+    assert reasons == ["wrong"] * 4
+    tdb = TuningDB.open(db)  # the count survives in the database folder
+    assert sum(tdb.rejected_wrong.values()) == 4
+    art = tq.compile(model, calib=str(calib), tuning_db=str(db))
+    assert art.report["bit_exact"] and art.report["tuning"]["tasks_tuned"] == 0
+
+
+def _complete_lines(path: Path) -> list[bytes]:
+    data = path.read_bytes() if path.is_file() else b""
+    return data[: data.rfind(b"\n") + 1].splitlines()
+
+
+def test_sigkill_then_rerun_keeps_every_record_and_redoes_none(conv_model, tmp_path):
+    model, calib = conv_model
+    db = tmp_path / "db"
+    args = ["tune", model, "--calib", calib, "--trials", 8, "--trials-per-iter", 2, "--db", db]
+    p = subprocess.Popen([*CLI, *map(str, args)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    deadline = time.time() + 400
+    while p.poll() is None and time.time() < deadline and not _complete_lines(db / RECORDS):
+        time.sleep(0.1)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    before = _complete_lines(db / RECORDS)
+    done_before = len(before) + len(_complete_lines(db / "rejected.jsonl"))
+    assert before and done_before < 8, "the tune finished before it could be killed"
+    with open(db / RECORDS, "ab") as f:  # and a record cut short, as a kill during the write leaves it
+        f.write(b'[0,[[["GetSBlock",[],["x_pa')
+    cut_line = len(before) + 1
+    r = _cli(*args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"{db / RECORDS}:{cut_line}: truncated" in r.stderr, r.stderr[-3000:]
+    after = _complete_lines(db / RECORDS)
+    assert after[: len(before)] == before, "a finished record was lost or rewritten"
+    tdb = TuningDB.open(db)
+    (key,) = tdb.workloads
+    assert tdb.trials_done(key) == 8, "trials were redone (or lost) across the restart"
+    assert "8/8 trials" in r.stdout
+    from tvm.s_tir import meta_schedule as ms
+
+    assert len(ms.database.JSONDatabase(work_dir=str(db))) == tdb.stored[key]  # readable by plain TVM
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_rpc_tracker_with_two_servers_measures_there(conv_model, tmp_path):
+    from tvm import rpc
+
+    model, calib = conv_model
+    port = _free_port()
+    py = [sys.executable, "-m"]
+    procs = [subprocess.Popen([*py, "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port),
+                               "--port-end", str(port + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    logs = [tmp_path / f"server{i}.log" for i in range(2)]
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        for i, log in enumerate(logs):
+            sport = _free_port()
+            procs.append(subprocess.Popen([*py, "tvm.exec.rpc_server", "--tracker", f"127.0.0.1:{port}", "--key",
+                                           "qtest", "--host", "127.0.0.1", "--port", str(sport), "--port-end",
+                                           str(sport + 50)], stdout=log.open("w"), stderr=subprocess.STDOUT))
+        while time.time() < deadline and rpc.connect_tracker("127.0.0.1", port).summary()["queue_info"].get(
+                "qtest", {}).get("free", 0) < 2:
+            time.sleep(0.5)
+        db = tmp_path / "db"
+        r = _cli("tune", model, "--calib", calib, "--trials", 4, "--trials-per-iter", 4, "--db", db,
+                 "--rpc-tracker", f"127.0.0.1:{port}", "--rpc-key", "qtest", timeout=400)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "measuring on 2 RPC server(s) under key 'qtest'" in r.stderr
+        stored = TuningDB.open(db).stored
+        assert sum(stored.values()) >= 1
+        loads = [log.read_text().count("load_module") for log in logs]
+        # each candidate is loaded once to be timed and once to be verified, on the servers
+        assert sum(loads) >= 2 * sum(stored.values()), loads
+        _one_line_error(_cli("tune", model, "--calib", calib, "--trials", 4, "--rpc-tracker", f"127.0.0.1:{port}",
+                             "--rpc-key", "nokey", timeout=60), "no RPC server is registered under key 'nokey'")
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
+
+
+def test_unreachable_tracker_fails_in_seconds(conv_model):
+    model, calib = conv_model
+    t = time.time()
+    r = _cli("tune", model, "--calib", calib, "--trials", 4, "--rpc-tracker", f"127.0.0.1:{_free_port()}",
+             "--rpc-key", "k", timeout=60)
+    _one_line_error(r, "cannot reach the RPC tracker")
+    assert time.time() - t < 20
+
+
+@pytest.mark.parametrize("trials", ["0", "-3"])
+def test_trials_must_be_positive(conv_model, trials):
+    model, calib = conv_model
+    _one_line_error(_cli("tune", model, "--calib", calib, "--trials", trials, timeout=60), "--trials")
+
+
+def test_unknown_board_lists_the_boards(conv_model):
+    model, calib = conv_model
+    _one_line_error(_cli("tune", model, "--calib", calib, "--trials", 2, "--target", "nosuchboard", timeout=120),
+                    "unknown target board 'nosuchboard'", "x86-host")
+
+
+def test_boards_that_cannot_be_tuned_yet_are_refused(conv_model):
+    model, calib = conv_model
+    _one_line_error(_cli("tune", model, "--calib", calib, "--trials", 2, "--target", "rpi5", timeout=120),
+                    "this version tunes x86 boards")
+
+
+def _copy_with_meta(db: Path, dest: Path, **changes) -> Path:
+    shutil.copytree(db, dest)
+    meta = json.loads((dest / META).read_text())
+    (dest / META).write_text(json.dumps({**meta, **changes}))
+    return dest
+
+
+def test_database_for_another_isa_or_board_is_refused(conv_model, tuned_db, tmp_path):
+    model, calib = conv_model
+    db, _ = tuned_db
+    other_isa = _copy_with_meta(db, tmp_path / "isa", isa="avx2" if isa_key(_host()) != "avx2" else "avx512vnni")
+    _one_line_error(_cli("compile", model, "--calib", calib, "--tuning-db", other_isa, "-o", tmp_path / "o1",
+                         timeout=300), "was tuned for board 'x86-host' ISA")
+    other_board = _copy_with_meta(db, tmp_path / "board", board="rpi4")
+    with pytest.raises(TuningDBError, match="tuned for board 'rpi4'"):
+        resolve_tuning(other_board, get_board("x86-host"), _host())
+    with pytest.raises(TuningDBError, match="tuned for board 'rpi4'"):  # nor resumed by tune
+        TuningDB.for_tuning(other_board, TuningDB.open(db).info)
+    (tmp_path / "broken").mkdir()
+    shutil.copytree(db, tmp_path / "broken" / "db")
+    (tmp_path / "broken" / "db" / META).write_text("{not json")
+    with pytest.raises(TuningDBError, match="unreadable"):
+        resolve_tuning(tmp_path / "broken" / "db", get_board("x86-host"), _host())
+
+
+def test_corrupt_record_lines_are_skipped_with_a_warning_and_the_rest_used(tuned_db, tmp_path, caplog):
+    db, res = tuned_db
+    copy = tmp_path / "db"
+    shutil.copytree(db, copy)
+    lines = (copy / RECORDS).read_text().splitlines()
+    (copy / RECORDS).write_text("\n".join([lines[0], "{garbage", *lines[1:]]) + "\n" + lines[-1][:40])
+    with caplog.at_level("WARNING"):
+        tdb = TuningDB.open(copy)
+    assert f"{copy / RECORDS}:2: corrupt tuning record line skipped" in caplog.text
+    assert f"{copy / RECORDS}:{len(lines) + 2}: corrupt" in caplog.text
+    (key,) = tdb.workloads
+    assert tdb.stored[key] == len(lines) == res.tasks[0].stored
+    applied = resolve_tuning(copy, get_board("x86-host"), _host())
+    assert applied.db.best_record(list(applied.db.workloads.values())[0][1].mod) is not None
+
+
+def test_shipped_database_is_found_by_board_and_isa(tuned_db, tmp_path, monkeypatch):
+    db, _ = tuned_db
+    isa = isa_key(_host())
+    shutil.copytree(db, tmp_path / "x86-host" / isa)
+    monkeypatch.setenv("TVM_QPLUGIN_SCHEDULES", str(tmp_path))
+    applied = resolve_tuning(None, get_board("x86-host"), _host())
+    assert applied.source == "shipped" and applied.db.path == tmp_path / "x86-host" / isa
+    monkeypatch.setenv("TVM_QPLUGIN_SCHEDULES", str(tmp_path / "nothing"))
+    assert resolve_tuning(None, get_board("x86-host"), restrict_target(_host(), "sse4.2")).db is None
+
+
+def _host() -> tvm.target.Target:
+    return get_board("x86-host").target()
+
+
+def test_isa_key_follows_the_targets_features():
+    host = _host()
+    avx2 = restrict_target(host, "avx2")
+    assert isa_key(avx2) == "avx2" and str(avx2.attrs["mcpu"]) == str(host.attrs["mcpu"])
+    with pytest.raises(QPluginError, match="cannot be reached"):
+        restrict_target(avx2, "avx512vnni")
+    with pytest.raises(QPluginError, match="choose one of"):
+        restrict_target(host, "avx9000")
+
+
+class _TiledConvRule:
+    """A tunable rule in the dlight shape: the output channels split by a sampled tile size."""
+
+    def apply(self, func, target, tunable=False):
+        from tvm.s_tir.schedule import Schedule
+
+        from tvm_qplugin.ops import op_of
+
+        if (op_of(func) or ("",))[0] != "conv2d_requant":
+            return None
+        sch = Schedule(func)
+        _, oc, *_ = sch.get_loops(sch.get_sblock("acc"))
+        factors = sch.sample_perfect_tile(oc, n=2) if tunable else [None, 4]
+        sch.split(oc, factors)
+        return sch
+
+
+def test_a_tunable_rule_defines_the_design_space(tuned_db):
+    from tvm.s_tir import meta_schedule as ms
+
+    from tvm_qplugin.tuning.space import design_space
+
+    db, _ = tuned_db
+    (_, wl), = TuningDB.open(db).workloads.values()
+    func = wl.mod["main"]
+    name, space = design_space(func, _host(), rules=[_TiledConvRule()])
+    assert name == "rule:_TiledConvRule"
+    ctx = ms.TuneContext(mod=wl.mod, target=tvm.target.Target({"kind": "llvm", "num-cores": 1}),
+                         space_generator=space, search_strategy="replay-trace", task_name="t")
+    (sch,) = ctx.generate_design_space()
+    assert any(inst.kind.name == "SamplePerfectTile" for inst in sch.trace.insts)
+    assert design_space(func, _host(), rules=[])[0] == "metaschedule-default"
+
+
+def test_a_record_slower_than_the_default_schedule_is_not_applied(tuned_db, tmp_path):
+    """The tune timed compile's default schedule too (defaults.jsonl); a database never makes a
+    kernel slower: pretend the default ran in 1 ns and the record is left out."""
+    from tvm_qplugin.tuning.apply import AppliedTuning
+    from tvm_qplugin.tuning.database import DEFAULTS
+
+    db, _ = tuned_db
+    (_, wl), = TuningDB.open(db).workloads.values()
+    kernel = tvm.IRModule({"conv": wl.mod["main"].without_attr("global_symbol")})
+    applied = resolve_tuning(db, get_board("x86-host"), _host())
+    assert applied.db.default_us, "the tune did not time the default schedule"
+    applied.apply(kernel, kernel, _host())
+    assert applied.tuned and not applied.default_faster
+    copy = tmp_path / "db"
+    shutil.copytree(db, copy)
+    key = next(iter(applied.db.workloads))
+    with open(copy / DEFAULTS, "a") as f:
+        f.write(json.dumps({"workload": key, "us": 0.001, "schedule": "default rule"}) + "\n")
+    slow = resolve_tuning(copy, get_board("x86-host"), _host())
+    out = slow.apply(kernel, kernel, _host())
+    assert slow.default_faster == ["conv"] and not slow.tuned and out.same_as(kernel)
+
+
+def test_tutorial_runs_with_a_tiny_budget(tmp_path):
+    """tutorials/tune_for_your_board/tune.py as CI can afford it: one trial per kernel."""
+    r = subprocess.run([sys.executable, str(REPO / "tutorials/tune_for_your_board/tune.py"), "--trials", "1", "--out",
+                        str(tmp_path)], capture_output=True, text=True, cwd=REPO, timeout=900,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "tuned    bit-exact True" in r.stdout and "default  bit-exact True" in r.stdout, r.stdout
+    assert "latency  tuned" in r.stdout
+
+
+def test_an_exhausted_search_is_remembered_and_not_redone(tuned_db, tmp_path):
+    """A task whose space ran out before the budget is marked so; a rerun skips it (and the
+    mark is not counted as a trial)."""
+    db, _ = tuned_db
+    copy = tmp_path / "db"
+    shutil.copytree(db, copy)
+    tdb = TuningDB.open(copy)
+    (key,) = tdb.workloads
+    trials = tdb.trials_done(key)
+    tdb.mark_exhausted(key, "conv")
+    again = TuningDB.open(copy)
+    assert key in again.exhausted and again.trials_done(key) == trials and again.rejected_wrong[key] == 0

@@ -1,0 +1,141 @@
+"""The compile side: choose the database, put its schedules in place of the default rules' ones,
+and say in ``report.json`` which kernels were tuned.
+
+Choice (:func:`resolve_tuning`): ``--tuning-db DIR`` if given, else the database shipped for the
+board at the target's ISA level (``schedules/<board>/<isa>/``, isa.py), else none. A database
+tuned for another board or ISA is refused with a one-line error, never applied silently.
+
+Application (:meth:`AppliedTuning.apply`): per integer kernel, MetaSchedule's
+``Database.query_schedule`` on the kernel's workload (tasks.py) replays the best stored trace on
+the unscheduled kernel; the result replaces the kernel the default rules scheduled -- where the
+tune measured it faster than that default schedule (database.py ``defaults.jsonl``). Kernels
+without a record, or whose default schedule is faster, keep the default rule's schedule. Every kernel -- tuned or not -- then goes
+through compile's whole-model bit-exact check against the NumPy reference.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tvm
+from tvm import relax
+
+from ..errors import QPluginError
+from ..ops import OPS, op_of
+from .database import TuningDB
+from .isa import isa_key, shipped_db_dir
+from .tasks import workload_key, workload_of
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AppliedTuning:
+    """The database a compile uses (or None) and, after :meth:`apply`, what it tuned."""
+
+    db: TuningDB | None
+    source: str = "none"                              # "user" | "shipped" | "none" | "c-package"
+    tuned: dict[str, str] = field(default_factory=dict)      # kernel name -> workload key
+    untuned: list[str] = field(default_factory=list)         # integer kernels without a record
+    default_faster: list[str] = field(default_factory=list)  # a record exists, the default schedule is faster
+
+    def apply(self, original: tvm.IRModule, scheduled: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+        """``scheduled`` with every integer kernel the database covers replaced by its tuned schedule
+        (looked up by the kernel of ``original``, before the default rules changed it)."""
+        updates = {}
+        for gv, func in original.functions.items():
+            described = op_of(func) if isinstance(func, tvm.tirx.PrimFunc) else None
+            if described is None or not OPS[described[0]].integer_only:
+                continue
+            sch = None
+            if self.db is not None:
+                sch = self.db.memory.query_schedule(workload_of(func), target, workload_name="main")
+            if sch is None:
+                self.untuned.append(gv.name_hint)
+                continue
+            if not self._beats_default(workload_of(func)):
+                self.default_faster.append(gv.name_hint)
+                continue
+            updates[gv] = sch.mod["main"].without_attr("global_symbol")
+            self.tuned[gv.name_hint] = workload_key(workload_of(func))
+        if not updates:
+            return scheduled
+        scheduled = scheduled.clone() if hasattr(scheduled, "clone") else scheduled
+        for gv, func in updates.items():
+            scheduled.update_func(gv, func)
+        return scheduled
+
+    def _beats_default(self, workload: tvm.IRModule) -> bool:
+        """The best record is faster than compile's default schedule, as the tune measured both
+        (a database without that baseline is trusted)."""
+        baseline = self.db.default_us.get(workload_key(workload))
+        best = self.db.best_run_us(workload)
+        return baseline is None or best is None or best < baseline
+
+    def fill_report(self, report: dict, mod: tvm.IRModule, layers) -> None:
+        """``report["tuning"]`` and ``layers[].kernel`` (DESIGN.md); warns naming untuned kernels."""
+        db = self.db
+        keys = set(self.tuned.values())
+        report["tuning"] = {
+            "trials": sum(db.trials_done(k) for k in keys) if db else 0,
+            "tasks_tuned": len(self.tuned),
+            "tasks_untuned": len(self.untuned),
+            "rejected_wrong": sum(db.rejected_wrong[k] for k in keys) if db else 0,
+            "db": str(db.path) if db else None,
+            "db_source": self.source,
+            "isa": db.info.isa if db else None,
+            "untuned": list(self.untuned),
+            "default_faster": list(self.default_faster),
+        }
+        if self.source == "c-package":  # the deliverable's kernels are C (export/), not TensorIR
+            report["tuning"]["tasks_untuned"] = 0
+            return
+        if db is not None and self.untuned:
+            names = ", ".join(self.untuned[:8]) + (f" and {len(self.untuned) - 8} more" if len(self.untuned) > 8 else "")
+            log.warning("tuning database %s has no record for %d kernel(s), default schedules used: %s (tune this "
+                        "model: `tvm-qplugin tune`)", db.path, len(self.untuned), names)
+        kernel_of = _kernel_of_var(mod)
+        for entry, info in zip(report.get("layers", []), layers):
+            name = kernel_of.get(info.var)
+            if name in self.tuned:
+                entry["kernel"] = {"source": "tensorir-tuned", "why": f"MetaSchedule record in {db.path}"}
+            elif name in self.default_faster:
+                entry["kernel"] = {"source": "tensorir-default", "why": "the default schedule measured faster than "
+                                   f"the best record in {db.path}"}
+            elif db is None:
+                entry["kernel"] = {"source": "tensorir-default", "why": "no tuning database for this board/ISA"}
+            else:
+                entry["kernel"] = {"source": "tensorir-default", "why": f"no record for {name} in {db.path}"}
+
+
+def _kernel_of_var(mod: tvm.IRModule) -> dict:
+    """Relax var -> name of the kernel its ``call_tir`` binds."""
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    out = {}
+    for _, func in mod.functions.items():
+        if not isinstance(func, relax.Function):
+            continue
+        for block in func.body.blocks:
+            for b in block.bindings:
+                if isinstance(b.value, relax.Call) and b.value.op.same_as(call_tir):
+                    out[b.var] = b.value.args[0].name_hint
+    return out
+
+
+def resolve_tuning(tuning_db: str | Path | None, board, target: tvm.target.Target, builds_tvm: bool = True) -> AppliedTuning:
+    """The database for this compile (module doc); raises ``TuningDBError`` for a wrong one."""
+    isa = isa_key(target)
+    if tuning_db is not None:
+        if not builds_tvm:
+            raise QPluginError(f"--tuning-db: target {board.name!r} is built as a C package, which has no TensorIR "
+                               "kernels to tune; drop --tuning-db")
+        db = TuningDB.open(tuning_db)
+        db.check_matches(board.name, isa)
+        return AppliedTuning(db, "user")
+    if not builds_tvm:
+        return AppliedTuning(None, "c-package")
+    shipped = shipped_db_dir(board.name, isa)
+    if shipped is None:
+        return AppliedTuning(None)
+    return AppliedTuning(TuningDB.open(shipped), "shipped")
