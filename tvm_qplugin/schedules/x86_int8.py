@@ -19,8 +19,8 @@ from tvm import te, tirx
 from tvm.s_tir import schedule as s_tir_schedule
 
 from ..ops import op_of
-from ..ops.conv import ABS_MAX
 from ..ops.requant import i64
+from ..quant import abs_max
 from .intrin_x86 import ISA_BY_NAME, DotIsa, dot_intrin, dot_term, select_isa
 from .packing import Packing, packed_info, tag_packed
 
@@ -66,7 +66,7 @@ def _epilogue_exact(w2d: np.ndarray, bias: np.ndarray, mult: np.ndarray, shift: 
     ``acc << t`` fits int32, the multiplier fits int32 and ``P'`` stays inside int64 -- checked
     here per call with the offset sum's bound ``(max|x| + offset) * sum|w|``."""
     w = np.abs(w2d.astype(np.int64)).sum(axis=1).astype(np.float64)
-    acc = (ABS_MAX[act_dtype] + offset) * w
+    acc = (abs_max(act_dtype) + offset) * w
     corrected = np.abs(_bias_with_offset(w2d, bias, offset)).astype(np.float64)
     m = np.abs(mult.astype(np.int64))
     scale = np.exp2(_shift_split(shift)[0].astype(np.float64))
@@ -91,7 +91,7 @@ def _channel_consts(w2d, bias, mult, shift, offset: int, pad_to: int) -> list[np
 
 def _fits_int32(act_dtype: str, k: int, offset: int) -> bool:
     """The (offset) int32 sum cannot overflow: ``(max|x| + offset) * 128 * K < 2**31``."""
-    return (ABS_MAX[act_dtype] + offset) * 128 * k < 2**31
+    return (abs_max(act_dtype) + offset) * 128 * k < 2**31
 
 
 class TensorizedRule:

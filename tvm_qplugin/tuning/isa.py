@@ -93,12 +93,10 @@ def with_num_cores(target: tvm.target.Target) -> tvm.target.Target:
 
 
 def _schedule_roots() -> list[Path]:
-    """``$TVM_QPLUGIN_SCHEDULES`` (first: it adds and overrides), then the repository's top-level
-    ``schedules/``. (The wheel branch moves the shipped folder into package data and names it
-    ``targets.schedule_dirs()``; this resolver then only has to call it.)"""
-    roots = [Path(os.environ["TVM_QPLUGIN_SCHEDULES"])] if os.environ.get("TVM_QPLUGIN_SCHEDULES") else []
-    roots.append(Path(__file__).resolve().parents[2] / "schedules")
-    return [r for r in roots if r.is_dir()]
+    """``$TVM_QPLUGIN_SCHEDULES`` first, then the shipped ``schedules/`` (targets.py: one home)."""
+    from ..targets import schedule_dirs
+
+    return schedule_dirs()
 
 
 def shipped_db_dir(board: str, isa: str) -> Path | None:
