@@ -12,7 +12,6 @@ AVX2 database can be tuned on an AVX-512 machine by turning the wider features o
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import tvm
