@@ -1,0 +1,165 @@
+"""Whole small ONNX graphs through the coverage rules (Sigmoid / SiLU / HardSwish / HardSigmoid /
+LeakyReLU / PRelu / Tanh, squeeze-excite, Slice, nearest Resize, dynamic-axes shape scaffolding):
+each compiles integer-only, its build equals the NumPy reference bit for bit, and it tracks
+ONNX Runtime's fp32 output (cosine, threshold in the message)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from onnx import numpy_helper as nh
+
+import tvm_qplugin as tq
+from onnx_builders import OnnxGraph, run_onnxruntime
+from tvm_qplugin.errors import UnsupportedOpError
+from tvm_qplugin.ops import op_of
+from tvm_qplugin.passes.graph import Graph
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.reshape(-1).astype(np.float64), b.reshape(-1).astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+
+
+def _compile_and_check(path: Path, shape, min_cosine: float, rng, **kw):
+    calib = rng.standard_normal((16, *shape[1:])).astype(np.float32)
+    evals = rng.standard_normal((4, *shape[1:])).astype(np.float32)
+    art = tq.compile(path, calib={"x": calib}, eval={"x": evals}, timing_runs=1, **kw)
+    r = art.report
+    assert r["integer_only"] is True and r["float_ops"] == 0, r.get("allowed_float_ops")
+    assert r["bit_exact"] is True and r["bit_exact_inputs"] == 4
+    got = np.concatenate([art.run({"x": evals[i:i + 1]})[0] for i in range(4)])
+    want = np.concatenate([run_onnxruntime(path, evals[i:i + 1]) for i in range(4)])
+    cos = _cosine(got, want)
+    assert cos >= min_cosine, f"cosine {cos:.4f} vs onnxruntime fp32 (want >= {min_cosine})"
+    return art
+
+
+def _kernel_ops(art) -> set[str]:
+    mod = art.integer_mod
+    return {op_of(mod[b.args[0]])[0] for b in Graph(mod["core"]).bindings if b.op_name == "relax.call_tir"}
+
+
+def test_activation_zoo_graph(tmp_path, rng):
+    """SiLU, HardSwish, HardSigmoid, LeakyReLU, Tanh, PRelu after convs: lut / mul_requant /
+    prelu_requant kernels, no float op left."""
+    g = OnnxGraph((1, 3, 12, 12), rng)
+    y = g.conv("x", 8)
+    y = g.node("Mul", [y, g.node("Sigmoid", [y], g.shapes[y])], g.shapes[y])           # SiLU
+    y = g.conv(y, 8)
+    y = g.node("HardSwish", [y], g.shapes[y])
+    y = g.conv(y, 8)
+    y = g.node("LeakyRelu", [y], g.shapes[y], alpha=0.1)
+    slope = g.init((rng.uniform(0.05, 0.3, (8, 1, 1))).astype(np.float32), "slope")
+    y = g.node("PRelu", [g.conv(y, 8), slope], g.shapes[y])
+    y = g.node("Tanh", [g.conv(y, 8)], g.shapes[y])
+    y = g.node("HardSigmoid", [g.conv(y, 4)], (1, 4, 12, 12), alpha=0.2, beta=0.5)
+    path = g.save(y, tmp_path / "acts.onnx")
+    art = _compile_and_check(path, g.input_shape, 0.99, rng)
+    assert {"lut", "mul_requant", "prelu_requant"} <= _kernel_ops(art)
+
+
+def test_squeeze_excite_gate(tmp_path, rng):
+    """GlobalAveragePool -> conv -> ReLU -> conv -> Sigmoid -> Mul(x, gate): a broadcast gate."""
+    g = OnnxGraph((1, 4, 10, 10), rng)
+    x = g.relu(g.conv("x", 16))
+    s = g.node("Sigmoid", [g.conv(g.relu(g.conv(g.gap(x), 4, k=1)), 16, k=1)], (1, 16, 1, 1))
+    y = g.conv(g.node("Mul", [x, s], g.shapes[x]), 8)
+    path = g.save(y, tmp_path / "se.onnx")
+    art = _compile_and_check(path, g.input_shape, 0.99, rng)
+    assert "mul_requant" in _kernel_ops(art)
+
+
+def test_focus_slice_and_nearest_resize(tmp_path, rng):
+    """YOLOX's Focus (four strided Slices + Concat) and a 2x nearest Resize (asymmetric / floor, as
+    ddddocr's detector) -> strided_slice and resize_nearest kernels."""
+    g = OnnxGraph((1, 3, 8, 8), rng)
+    ints = lambda v: g.init(np.array(v, np.int64), "i")  # noqa: E731
+    parts = [g.node("Slice", ["x", ints([r, c]), ints([2**63 - 1] * 2), ints([2, 3]), ints([2, 2])], (1, 3, 4, 4))
+             for r, c in ((0, 0), (1, 0), (0, 1), (1, 1))]
+    y = g.conv(g.concat(parts), 8)
+    roi, scales = g.init(np.array([], np.float32), "roi"), g.init(np.array([1, 1, 2, 2], np.float32), "scales")
+    y = g.node("Resize", [y, roi, scales], (1, 8, 8, 8), mode="nearest", coordinate_transformation_mode="asymmetric",
+               nearest_mode="floor")
+    path = g.save(g.conv(y, 4), tmp_path / "focus.onnx")
+    art = _compile_and_check(path, g.input_shape, 0.99, rng)
+    assert {"strided_slice", "resize_nearest"} <= _kernel_ops(art)
+
+
+@pytest.mark.parametrize("mode,nearest_mode,size", [
+    ("half_pixel", "round_prefer_floor", (5, 11)), ("asymmetric", "floor", (16, 7)),
+    ("align_corners", "round_prefer_ceil", (9, 3)), ("pytorch_half_pixel", "ceil", (12, 12))])
+def test_nearest_index_maps_match_onnxruntime(mode, nearest_mode, size):
+    """The compile-time index vectors reproduce ONNX Runtime's nearest Resize (read off an arange)."""
+    import onnxruntime as ort
+
+    from tvm_qplugin.passes.rules.resample import nearest_indices
+
+    h, w = 6, 5
+    sizes = nh.from_array(np.array([1, 1, *size], np.int64), "sizes")
+    node = helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="nearest",
+                            coordinate_transformation_mode=mode, nearest_mode=nearest_mode)
+    graph = helper.make_graph([node], "r", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, h, w])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [sizes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = np.arange(h * w, dtype=np.float32).reshape(1, 1, h, w)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    rows, cols = nearest_indices(h, size[0], mode, nearest_mode), nearest_indices(w, size[1], mode, nearest_mode)
+    np.testing.assert_array_equal(x[:, :, rows][:, :, :, cols], want)
+
+
+def test_bilinear_resize_is_refused_with_its_mode(tmp_path, rng):
+    g = OnnxGraph((1, 3, 6, 6), rng)
+    roi, scales = g.init(np.array([], np.float32), "roi"), g.init(np.array([1, 1, 2, 2], np.float32), "scales")
+    y = g.node("Resize", [g.conv("x", 4), roi, scales], (1, 4, 12, 12), mode="linear")
+    path = g.save(y, tmp_path / "bilinear.onnx")
+    with pytest.raises(UnsupportedOpError, match="Resize mode 'linear'.*from ONNX node 'resize_"):
+        tq.compile(path, calib={"x": rng.standard_normal((4, 3, 6, 6)).astype(np.float32)}, timing_runs=1)
+
+
+def dynamic_axes_model(path: Path, rng) -> Path:
+    """A MatMul -> Reshape -> Add graph exported with dynamic [batch, seq] axes: its reshape target
+    and an added ones-tensor are built at run time from Shape / Gather / Unsqueeze / Slice / Concat /
+    ConstantOfShape / Cast / Expand, the way torch.onnx writes ``dynamic_axes`` graphs."""
+    i64 = lambda v, n: nh.from_array(np.array(v, np.int64), n)  # noqa: E731
+    inits = [nh.from_array((rng.standard_normal((16, 8)) * 0.25).astype(np.float32), "W"), i64([0], "zero_1d"),
+             i64([2, 4], "tail"), i64(0, "zero"), i64([2], "two_1d")]
+    ones = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["h"], name="matmul"),
+        helper.make_node("Shape", ["x"], ["shape_x"], name="shape_x"),
+        helper.make_node("Slice", ["shape_x", "zero_1d", "two_1d"], ["batch_seq"], name="slice_shape"),
+        helper.make_node("Gather", ["shape_x", "zero"], ["batch"], name="gather_batch", axis=0),
+        helper.make_node("Unsqueeze", ["batch", "zero_1d"], ["batch_1d"], name="unsqueeze_batch"),
+        helper.make_node("Concat", ["batch_seq", "tail"], ["target"], name="concat_target", axis=0),
+        helper.make_node("Reshape", ["h", "target"], ["r"], name="reshape"),
+        helper.make_node("ConstantOfShape", ["target"], ["ones"], name="ones_like", value=ones),
+        helper.make_node("Cast", ["batch_1d"], ["batch_f"], name="cast_batch", to=TensorProto.FLOAT),
+        helper.make_node("Expand", ["batch_f", "target"], ["batch_map"], name="expand_batch"),
+        helper.make_node("Mul", ["ones", "batch_map"], ["offset"], name="offset"),
+        helper.make_node("Add", ["r", "offset"], ["y"], name="add_offset"),
+    ]
+    graph = helper.make_graph(nodes, "dyn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", 2, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_dynamic_axes_scaffolding_folds_with_input_shape(tmp_path, rng):
+    path = dynamic_axes_model(tmp_path / "dyn.onnx", rng)
+    art = _compile_and_check(path, (1, 5, 16), 0.999, rng, input_shapes=["x=1,5,16"])
+    core_ops = {b.op_name for b in Graph(art.integer_mod["core"]).bindings if b.op_name.startswith("relax.")}
+    assert core_ops <= {"relax.call_tir", "relax.reshape"}, core_ops   # no shape op reached the integer graph
+
+
+def test_static_shape_nodes_are_the_scaffolding(tmp_path, rng):
+    from tvm_qplugin.passes.static_shapes import folded_node_labels
+
+    model = onnx.load(str(dynamic_axes_model(tmp_path / "dyn.onnx", rng)))
+    assert folded_node_labels(model) == {"shape_x", "slice_shape", "gather_batch", "unsqueeze_batch",
+                                         "concat_target", "ones_like", "cast_batch", "expand_batch", "offset"}

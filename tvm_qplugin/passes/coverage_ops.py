@@ -1,0 +1,12 @@
+"""ONNX ops accepted because of the coverage rules (passes/rules/activation.py, resample.py).
+
+Kept in a module without TVM imports: the frontend's supported-op check runs before TVM loads.
+Shape scaffolding (``ConstantOfShape``, ``Range``, ...) is not listed: it is accepted only where it
+folds (passes/static_shapes.py).
+"""
+from __future__ import annotations
+
+COVERAGE_ONNX_OPS = frozenset({
+    "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "PRelu",   # rules/activation.py
+    "Slice", "Resize",                                              # rules/resample.py
+})
