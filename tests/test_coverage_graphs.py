@@ -163,3 +163,16 @@ def test_static_shape_nodes_are_the_scaffolding(tmp_path, rng):
     model = onnx.load(str(dynamic_axes_model(tmp_path / "dyn.onnx", rng)))
     assert folded_node_labels(model) == {"shape_x", "slice_shape", "gather_batch", "unsqueeze_batch",
                                          "concat_target", "ones_like", "cast_batch", "expand_batch", "offset"}
+
+
+def test_reduce_sum_and_softmax_over_channels(tmp_path, rng):
+    """ReduceSum over H (keepdims) and Softmax over the channel axis (axis=1 of NCHW): sum_requant and
+    softmax_int between two permute_dims."""
+    g = OnnxGraph((1, 3, 6, 8), rng)
+    y = g.conv("x", 8)
+    s = g.node("ReduceSum", [y, g.init(np.array([2], np.int64), "axes")], (1, 8, 1, 8), keepdims=1)
+    p = g.node("Softmax", [g.conv(y, 8)], (1, 8, 6, 8), axis=1)
+    out = g.node("Mul", [p, s], (1, 8, 6, 8))
+    path = g.save(out, tmp_path / "sum_softmax.onnx")
+    art = _compile_and_check(path, g.input_shape, 0.99, rng)
+    assert {"sum_requant", "softmax_int", "mul_requant"} <= _kernel_ops(art)

@@ -9,4 +9,5 @@ from __future__ import annotations
 COVERAGE_ONNX_OPS = frozenset({
     "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "PRelu",   # rules/activation.py
     "Slice", "Resize",                                              # rules/resample.py
+    "ReduceSum",                                                    # rules/reduce.py
 })
