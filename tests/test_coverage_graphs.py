@@ -176,3 +176,22 @@ def test_reduce_sum_and_softmax_over_channels(tmp_path, rng):
     path = g.save(out, tmp_path / "sum_softmax.onnx")
     art = _compile_and_check(path, g.input_shape, 0.99, rng)
     assert {"sum_requant", "softmax_int", "mul_requant"} <= _kernel_ops(art)
+
+
+def test_split_becomes_slices(tmp_path, rng):
+    """ONNX Split (explicit sizes and equal sections) -> one strided_slice per piece; no tuple reaches
+    the integerizer (passes/split.py)."""
+    g = OnnxGraph((1, 3, 6, 6), rng)
+    y = g.conv("x", 8)
+    a, b = "split_a", "split_b"
+    g.nodes.append(helper.make_node("Split", [y, g.init(np.array([3, 5], np.int64), "sizes")], [a, b], axis=1))
+    g.shapes[a], g.shapes[b] = (1, 3, 6, 6), (1, 5, 6, 6)
+    c, d = "half_a", "half_b"
+    g.nodes.append(helper.make_node("Split", [b], [c, d], axis=2))
+    g.shapes[c] = g.shapes[d] = (1, 5, 3, 6)
+    ints = lambda v: g.init(np.array(v, np.int64), "i")  # noqa: E731
+    top = g.node("Slice", [a, ints([0]), ints([3]), ints([2])], (1, 3, 3, 6))
+    out = g.add(g.conv(g.node("Mul", [c, d], (1, 5, 3, 6)), 3), top)
+    path = g.save(out, tmp_path / "split.onnx")
+    art = _compile_and_check(path, g.input_shape, 0.99, rng)
+    assert "strided_slice" in _kernel_ops(art)

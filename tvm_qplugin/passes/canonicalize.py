@@ -209,6 +209,7 @@ FoldBatchNorm = function_pass(_fold_batch_norm, "FoldBatchNorm")
 def canonicalize(mod: tvm.IRModule) -> tvm.IRModule:
     """The canonicalization pipeline (module doc)."""
     from .patterns import FuseGELU, FuseLayerNorm
+    from .split import SplitToSlices
 
     seq = tvm.ir.transform.Sequential([
         relax.transform.DecomposeOpsForInference(),
@@ -217,6 +218,7 @@ def canonicalize(mod: tvm.IRModule) -> tvm.IRModule:
         FuseGELU,
         FuseLayerNorm,
         NormalizeClip,
+        SplitToSlices,
         FoldBatchNorm,
         relax.transform.FoldConstant(),
         relax.transform.DeadCodeElimination(["main"]),

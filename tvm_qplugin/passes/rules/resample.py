@@ -85,8 +85,8 @@ class QStridedSlice(IntegerRule):
     def rewrite(self, ctx, b):
         x = ctx.q(b.args[0])
         shape = shape_of(b.args[0])
-        axes, begins, ends, steps = (_ints(a) for a in b.args[1:5])
-        steps = steps or [1] * len(axes)
+        axes, begins, ends = (_ints(a) for a in b.args[1:4])
+        steps = (_ints(b.args[4]) if len(b.args) > 4 else []) or [1] * len(axes)   # strides are optional
         begin, stride = [0] * len(shape), [1] * len(shape)
         for ax, bg, en, st in zip(axes, begins, ends, steps):
             ax %= len(shape)
