@@ -57,6 +57,16 @@ def detector_inputs(n: int, seed: int) -> np.ndarray:
     return out
 
 
+def evaluation_inputs() -> tuple[list[str], np.ndarray]:
+    """Named evaluation inputs with characters in them (the page scan whole and in halves, the text
+    photo) and three photos the detector also fires on (rocket, motorcycle, astronaut)."""
+    photos = dict(real_photos())
+    page = photos["page"]
+    views = {"page": page, "page_left": page[:, : page.shape[1] // 2], "page_right": page[:, page.shape[1] // 2:],
+             "text": photos["text"], "rocket": photos["rocket"], "motorcycle_left": photos["motorcycle_left"]}
+    return list(views), np.stack([letterbox(v) for v in views.values()])
+
+
 def decode(output: np.ndarray, size: int = SIZE) -> np.ndarray:
     """ddddocr's ``demo_postprocess`` + class-agnostic NMS: ``(k, 5)`` boxes ``x1, y1, x2, y2, score``."""
     pred = np.array(output[0], dtype=np.float64)

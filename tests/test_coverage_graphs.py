@@ -195,3 +195,29 @@ def test_split_becomes_slices(tmp_path, rng):
     path = g.save(out, tmp_path / "split.onnx")
     art = _compile_and_check(path, g.input_shape, 0.99, rng)
     assert "strided_slice" in _kernel_ops(art)
+
+
+def test_multi_output_graph(tmp_path, rng):
+    """A detector-style graph with two outputs (box map, class map): the importer's output tuple
+    binding is no op to integerize (passes/outputs.py)."""
+    g = OnnxGraph((1, 3, 8, 8), rng)
+    feat = g.relu(g.conv("x", 8))
+    boxes, classes = g.conv(feat, 4, k=1), g.node("Sigmoid", [g.conv(feat, 3, k=1)], (1, 3, 8, 8))
+    model = g.model(boxes)
+    model.graph.output.append(helper.make_tensor_value_info(classes, TensorProto.FLOAT, [1, 3, 8, 8]))
+    path = tmp_path / "two_heads.onnx"
+    onnx.save(model, str(path))
+    calib = rng.standard_normal((16, 3, 8, 8)).astype(np.float32)
+    art = tq.compile(path, calib={"x": calib}, eval={"x": calib[:4]}, timing_runs=1)
+    assert art.report["integer_only"] is True and art.report["bit_exact"] is True
+    got = art.run({"x": calib[:1]})
+    want = run_onnxruntime_all(path, calib[:1])
+    assert len(got) == len(want) == 2
+    for gi, wi in zip(got, want):
+        assert _cosine(gi, wi) >= 0.99, f"cosine {_cosine(gi, wi):.4f}"
+
+
+def run_onnxruntime_all(path, x):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})

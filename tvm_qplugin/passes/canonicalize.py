@@ -209,6 +209,7 @@ FoldBatchNorm = function_pass(_fold_batch_norm, "FoldBatchNorm")
 def canonicalize(mod: tvm.IRModule) -> tvm.IRModule:
     """The canonicalization pipeline (module doc)."""
     from .patterns import FuseGELU, FuseLayerNorm
+    from .outputs import FlattenOutputTuple
     from .split import SplitToSlices
 
     seq = tvm.ir.transform.Sequential([
@@ -226,6 +227,7 @@ def canonicalize(mod: tvm.IRModule) -> tvm.IRModule:
         # CanonicalizeBindings forwards `t = (y, mean, var); out = t[0]` to `y`, leaving the
         # batch_norm tuple dead: without a last DCE the integerizer meets a `Tuple` binding.
         relax.transform.DeadCodeElimination(["main"]),
+        FlattenOutputTuple,   # a multi-output graph's `gv = (a, b)` binding becomes the function's return
     ])
     return seq(mod)
 
