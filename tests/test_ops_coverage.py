@@ -71,3 +71,21 @@ def test_strided_slice(rng, begin, stride, out_shape):
     assert_bit_exact(got, ref, "strided_slice")
     sl = tuple(slice(b, (b + s * n) if b + s * n >= 0 else None, s) for b, s, n in zip(begin, stride, out_shape))
     np.testing.assert_array_equal(ref, x[sl])
+
+
+def test_lookup_table_is_the_correctly_rounded_function():
+    """Entry k of the sigmoid table is round_half_up(sigmoid(s_in * (qmin + k)) / s_out), saturated."""
+    from tvm_qplugin.passes.rules.activation import LOOKUP_FUNCTIONS, lookup_table
+    from tvm_qplugin.quant import QType
+
+    sigmoid = LOOKUP_FUNCTIONS["relax.sigmoid"][0]
+    out = QType("uint8", 1 / 255)
+    table = lookup_table(sigmoid, "int8", 0.05, out)
+    assert table.dtype == np.uint8 and table.shape == (256,)
+    assert table[128] == 128                      # input 0 -> 0.5 * 255 = 127.5 rounds half up
+    assert np.all(np.diff(table.astype(int)) >= 0) and table[0] == 0 and table[-1] == 255   # 0.42, 254.56 rounded
+    q = np.arange(-128, 128)
+    want = np.floor(1 / (1 + np.exp(-0.05 * q)) * 255 + 0.5)
+    np.testing.assert_array_equal(table, want)
+    tanh = lookup_table(LOOKUP_FUNCTIONS["relax.tanh"][0], "uint8", 0.02, QType("int8", 1 / 127))
+    assert tanh[0] == 0 and tanh[255] == round(np.tanh(5.1) * 127)
