@@ -44,4 +44,4 @@ def test_ddddocr_detector_integer_only_bit_exact_and_close_to_fp32():
     assert min(cosines) >= 0.98, f"output-map cosine vs fp32 {rows} (want >= 0.98 on every image)"
     page = [row for row in rows if row[0] == "page"][0]
     assert page[3] >= 20 and page[2] >= 0.8, f"page boxes: {page} (want >= 20 fp32 boxes, mean best IoU >= 0.8)"
-    log.warning("ddddocr latency %s", r.get("latency"))
+    log.warning("ddddocr latency %s ms (integer, host)", r.get("latency_ms"))
