@@ -40,7 +40,7 @@ def _compile_and_check(path: Path, shape, min_cosine: float, rng, **kw):
 
 def _kernel_ops(art) -> set[str]:
     mod = art.integer_mod
-    return {op_of(mod[b.args[0]])[0] for b in Graph(mod["core"]).bindings if b.op_name == "relax.call_tir"}
+    return {op_of(mod[b.args[0]])[0] for b in Graph(mod[art.integer_function]).bindings if b.op_name == "relax.call_tir"}
 
 
 def test_activation_zoo_graph(tmp_path, rng):
@@ -221,3 +221,28 @@ def run_onnxruntime_all(path, x):
     import onnxruntime as ort
 
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+
+
+def test_coverage_graph_on_cortex_m(tmp_path, rng):
+    """SiLU, squeeze-excite gate, Focus slices, nearest Resize, PRelu, Tanh through the C package on
+    a Cortex-M4 board (qemu): bit-exact against the NumPy reference."""
+    g = OnnxGraph((1, 3, 8, 8), rng)
+    ints = lambda v: g.init(np.array(v, np.int64), "i")  # noqa: E731
+    parts = [g.node("Slice", ["x", ints([r, c]), ints([2**63 - 1] * 2), ints([2, 3]), ints([2, 2])], (1, 3, 4, 4))
+             for r, c in ((0, 0), (1, 0), (0, 1), (1, 1))]
+    y = g.conv(g.concat(parts), 8)
+    y = g.node("Mul", [y, g.node("Sigmoid", [y], g.shapes[y])], g.shapes[y])
+    gate = g.node("Sigmoid", [g.conv(g.gap(y), 8, k=1)], (1, 8, 1, 1))
+    y = g.node("Mul", [y, gate], g.shapes[y])
+    roi, scales = g.init(np.array([], np.float32), "roi"), g.init(np.array([1, 1, 2, 2], np.float32), "scales")
+    y = g.node("Resize", [y, roi, scales], (1, 8, 8, 8), mode="nearest", coordinate_transformation_mode="asymmetric",
+               nearest_mode="floor")
+    y = g.node("PRelu", [g.conv(y, 4), g.init(np.full((4, 1, 1), 0.2, np.float32), "slope")], (1, 4, 8, 8))
+    y = g.node("Tanh", [y], (1, 4, 8, 8))
+    path = g.save(y, tmp_path / "mcu.onnx")
+    calib = rng.standard_normal((16, 3, 8, 8)).astype(np.float32)
+    art = tq.compile(path, target="qemu-mps2-an386", calib={"x": calib}, eval={"x": calib[:4]}, timing_runs=1)
+    r = art.report
+    assert r["integer_only"] is True and r["bit_exact"] is True, r.get("bit_exact")
+    assert r["mcu"]["bit_exact"] is True and r["mcu"]["bit_exact_inputs"] >= 4, r["mcu"]   # ran under qemu
+    assert {"lut", "mul_requant", "strided_slice", "resize_nearest", "prelu_requant"} <= _kernel_ops(art)
