@@ -246,3 +246,24 @@ def test_coverage_graph_on_cortex_m(tmp_path, rng):
     assert r["integer_only"] is True and r["bit_exact"] is True, r.get("bit_exact")
     assert r["mcu"]["bit_exact"] is True and r["mcu"]["bit_exact_inputs"] >= 4, r["mcu"]   # ran under qemu
     assert {"lut", "mul_requant", "strided_slice", "resize_nearest", "prelu_requant"} <= _kernel_ops(art)
+
+
+@pytest.mark.parametrize("value", [0.0, 0.75])
+def test_constant_pad(tmp_path, rng, value):
+    """ONNX Pad (constant) -> R.nn.pad (passes/pad.py measures the importer's kernel) -> pad_constant."""
+    g = OnnxGraph((1, 3, 6, 6), rng)
+    pads = g.init(np.array([0, 0, 1, 2, 0, 0, 3, 0], np.int64), "pads")
+    y = g.node("Pad", [g.relu(g.conv("x", 4)), pads, g.init(np.array(value, np.float32), "v")], (1, 4, 10, 8),
+               mode="constant")
+    path = g.save(g.conv(y, 4, pads=(0, 0, 0, 0)), tmp_path / "pad.onnx")
+    art = _compile_and_check(path, g.input_shape, 0.99, rng)
+    assert "pad_constant" in _kernel_ops(art)
+
+
+def test_reflect_pad_is_refused_by_name(tmp_path, rng):
+    g = OnnxGraph((1, 3, 6, 6), rng)
+    pads = g.init(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads")
+    y = g.node("Pad", [g.conv("x", 4), pads], (1, 4, 8, 8), mode="reflect")
+    path = g.save(y, tmp_path / "reflect.onnx")
+    with pytest.raises(UnsupportedOpError, match="Pad mode 'reflect' .*mode='constant'"):
+        tq.compile(path, calib={"x": rng.standard_normal((4, 3, 6, 6)).astype(np.float32)}, timing_runs=1)

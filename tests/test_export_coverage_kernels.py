@@ -42,6 +42,7 @@ def coverage_zoo():
                                                                    const(np.array([6, 5, 0, 0, 1], np.int32))])],
                      multiplier=2**30, shift=31, qmin=-32768, qmax=32767, out_dtype="int16"),   # arena intermediate
                 emit(bb, "strided_slice", [xs], begin=[0, 5, 0, 6], stride=[1, -2, 2, -3], out_shape=[1, 3, 3, 3]),
+                emit(bb, "pad_constant", [xw], before=[0, 1, 2, 0], after=[0, 0, 1, 3], value=0),
             ]
             gv = [bb.emit_output(o) for o in outs]
         bb.emit_func_output(relax.Tuple(gv))
@@ -63,7 +64,7 @@ def zoo(tmp_path_factory):
 
 def _check(got, want, where):
     for i, (gs, ws) in enumerate(zip(got, want)):
-        assert len(gs) == len(ws) == 8
+        assert len(gs) == len(ws) == 9
         for j, (g, w) in enumerate(zip(gs, ws)):
             assert_bit_exact(g, w, f"{where}: sample {i} output {j}")
 
@@ -78,3 +79,16 @@ def test_coverage_kernels_cortex_m4(zoo, tmp_path):
     pkg, samples, want = zoo
     build = harness.build_mcu(pkg, get_board("qemu-mps2-an386"), tmp_path / "build")
     _check(harness.run_qemu(build, samples, tmp_path / "run").outputs, want, "qemu-mps2-an386")
+
+
+def test_nonzero_pad_value_is_refused_in_one_line(tmp_path):
+    from tvm_qplugin.errors import UnsupportedOpError
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([1, 2, 3, 3], "int8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            o = bb.emit_output(emit(bb, "pad_constant", [x], before=[0, 0, 1, 1], after=[0, 0, 1, 1], value=5))
+        bb.emit_func_output(o)
+    with pytest.raises(UnsupportedOpError, match=r"pad_constant with value 5 \(the C kernel pads with 0 only\)"):
+        write_c_package(bb.finalize(), tmp_path / "pkg")

@@ -89,3 +89,11 @@ def test_lookup_table_is_the_correctly_rounded_function():
     np.testing.assert_array_equal(table, want)
     tanh = lookup_table(LOOKUP_FUNCTIONS["relax.tanh"][0], "uint8", 0.02, QType("int8", 1 / 127))
     assert tanh[0] == 0 and tanh[255] == round(np.tanh(5.1) * 127)
+
+
+@pytest.mark.parametrize("dtype,value", [("int8", -128), ("uint8", 255), ("int16", 0)])
+def test_pad_constant(rng, dtype, value):
+    x = edge_int8(rng, (1, 2, 3, 4), dtype)
+    got, ref = run_both("pad_constant", [x], before=[0, 1, 2, 0], after=[1, 0, 1, 3], value=value)
+    assert_bit_exact(got, ref, "pad_constant")
+    assert ref.shape == (2, 3, 6, 7) and ref[0, 0, 0, 0] == value and ref[0, 1, 2, 0] == x[0, 0, 0, 0]

@@ -336,6 +336,18 @@ class KernelCalls(CEmitter):
         self._copy(s, "", p["out_shape"], [st * k for st, k in zip(xs, p["stride"])], row_major_strides(p["out_shape"]),
                    f"(const void *)((const uint8_t *){self.ptr(x, True)} + {off})", self.ptr(s.out), x.val.itemsize)
 
+    def op_pad_constant(self, s: Step, p: dict) -> None:
+        (x,) = s.args
+        if p["value"] != 0:
+            raise UnsupportedOpError(f"C package: {s.name}: pad_constant with value {p['value']} (the C kernel pads "
+                                     "with 0 only)")
+        os_ = row_major_strides(s.out.shape)
+        off = sum(b * st for b, st in zip(p["before"], os_)) * s.out.val.itemsize
+        self.calls.append(f"  qk_fill_zero({self.ptr(s.out)}, {s.out.nbytes});")
+        s.c_func = "qk_copy_nd"
+        self._copy(s, "", x.shape, row_major_strides(x.shape), os_, self.ptr(x, True),
+                   f"(void *)((uint8_t *){self.ptr(s.out)} + {off})", x.val.itemsize)
+
 
 def check_requant(s: Step, mult, shift) -> None:
     """A per-tensor requantization (b, c) the C kernels take: int32 multiplier, shift in [0, 62]."""

@@ -1,4 +1,4 @@
-"""Integer data movement with index maps: nearest-neighbour resize and strided slices.
+"""Integer data movement with index maps: nearest-neighbour resize, strided slices, constant padding.
 
 Both move integers without arithmetic on them (same scale in and out). Their index arithmetic is
 integer too: nearest resize reads two index vectors computed at compile time (the ONNX
@@ -8,7 +8,7 @@ computes coordinates in float32 at run time, which the integer-only checker refu
 from __future__ import annotations
 
 import numpy as np
-from tvm import te
+from tvm import te, tirx
 
 from .registry import IntegerOp, register_op
 
@@ -47,3 +47,26 @@ class StridedSlice(IntegerOp):
     def reference(self, x, *, begin, stride, out_shape):
         index = tuple(np.asarray(b) + np.arange(n) * s for b, s, n in zip(begin, stride, out_shape))
         return x[np.ix_(*index)]
+
+
+@register_op
+class PadConstant(IntegerOp):
+    """``y = x`` shifted by ``before`` inside a frame of ``value`` (ONNX Pad, constant mode).
+
+    x : any integer dtype. before, after : one int >= 0 per axis. value : int in x's dtype range.
+    """
+
+    name = "pad_constant"
+
+    def compute(self, x, *, before, after, value):
+        shape = [int(d) + b + a for d, b, a in zip(x.shape, before, after)]
+
+        def f(*i):
+            inside = tirx.all(*[tirx.all(k >= b, k < b + int(d)) for k, b, d in zip(i, before, x.shape)])
+            src = [tirx.min(tirx.max(k - b, 0), int(d) - 1) for k, b, d in zip(i, before, x.shape)]
+            return tirx.if_then_else(inside, x(*src), tirx.const(value, x.dtype))
+
+        return te.compute(shape, f, name="y")
+
+    def reference(self, x, *, before, after, value):
+        return np.pad(x, list(zip(before, after)), constant_values=x.dtype.type(value))

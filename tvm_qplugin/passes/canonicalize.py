@@ -210,8 +210,10 @@ def canonicalize(mod: tvm.IRModule) -> tvm.IRModule:
     """The canonicalization pipeline (module doc)."""
     from .patterns import FuseGELU, FuseLayerNorm
     from .outputs import FlattenOutputTuple
+    from .pad import NormalizePad, refuse_other_pad_modes
     from .split import SplitToSlices
 
+    refuse_other_pad_modes(mod)
     seq = tvm.ir.transform.Sequential([
         relax.transform.DecomposeOpsForInference(),
         relax.transform.FoldConstant(),
@@ -220,6 +222,7 @@ def canonicalize(mod: tvm.IRModule) -> tvm.IRModule:
         FuseLayerNorm,
         NormalizeClip,
         SplitToSlices,
+        NormalizePad,
         FoldBatchNorm,
         relax.transform.FoldConstant(),
         relax.transform.DeadCodeElimination(["main"]),

@@ -8,6 +8,6 @@ from __future__ import annotations
 
 COVERAGE_ONNX_OPS = frozenset({
     "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "PRelu",   # rules/activation.py
-    "Slice", "Resize", "Split",                                     # rules/resample.py (Split: passes/split.py)
+    "Slice", "Resize", "Split", "Pad",                              # rules/resample.py (passes/split.py, pad.py)
     "ReduceSum",                                                    # rules/reduce.py
 })

@@ -1,4 +1,4 @@
-"""Resize (nearest) and Slice on integers: data movement with compile-time index maps, same scale."""
+"""Resize (nearest), Slice and constant Pad on integers: data movement, same scale."""
 from __future__ import annotations
 
 import numpy as np
@@ -93,3 +93,23 @@ class QStridedSlice(IntegerRule):
             begin[ax], _, stride[ax] = slice(bg, en, st).indices(shape[ax])  # NumPy's clamping == ONNX Slice's
         y = ctx.emit("strided_slice", [x.expr], begin=begin, stride=stride, out_shape=list(shape_of(b.var)))
         return QValue(y, x.qtype, x.nonneg)
+
+
+@register_rule
+class QPadConstant(IntegerRule):
+    """nn.pad (constant mode; passes/pad.py turns the importer's TOPI pad kernel into it) ->
+    pad_constant with the value quantized on the input's scale (0 stays exactly 0)."""
+
+    ops = ("relax.nn.pad",)
+
+    def check(self, ctx, b):
+        mode = str(b.attrs.pad_mode)
+        return None if mode == "constant" else f"Pad mode {mode!r} (constant supported)"
+
+    def rewrite(self, ctx, b):
+        x = ctx.q(b.args[0])
+        widths = [int(v) for v in b.attrs.pad_width]
+        value = float(b.attrs.pad_value)
+        q = int(np.clip(np.floor(value / x.qtype.scale + 0.5), x.qtype.qmin, x.qtype.qmax))
+        y = ctx.emit("pad_constant", [x.expr], before=widths[0::2], after=widths[1::2], value=q)
+        return QValue(y, x.qtype, x.nonneg and q >= 0)
