@@ -111,12 +111,26 @@ def test_nearest_index_maps_match_onnxruntime(mode, nearest_mode, size):
     np.testing.assert_array_equal(x[:, :, rows][:, :, :, cols], want)
 
 
-def test_bilinear_resize_is_refused_with_its_mode(tmp_path, rng):
+@pytest.mark.parametrize("mode,scale", [("half_pixel", 2.0), ("align_corners", 2.0), ("asymmetric", 1.5),
+                                        ("pytorch_half_pixel", 0.5)])
+def test_bilinear_resize(tmp_path, rng, mode, scale):
+    """Resize linear (up and down, four coordinate modes) -> resize_bilinear with 2**-10 weights."""
+    g = OnnxGraph((1, 3, 8, 8), rng)
+    roi, scales = g.init(np.array([], np.float32), "roi"), g.init(np.array([1, 1, scale, scale], np.float32), "scales")
+    size = int(8 * scale)
+    y = g.node("Resize", [g.conv("x", 4), roi, scales], (1, 4, size, size), mode="linear",
+               coordinate_transformation_mode=mode)
+    path = g.save(g.conv(y, 4), tmp_path / "bilinear.onnx")
+    art = _compile_and_check(path, g.input_shape, 0.995, rng)
+    assert "resize_bilinear" in _kernel_ops(art)
+
+
+def test_cubic_resize_is_refused_with_its_mode(tmp_path, rng):
     g = OnnxGraph((1, 3, 6, 6), rng)
     roi, scales = g.init(np.array([], np.float32), "roi"), g.init(np.array([1, 1, 2, 2], np.float32), "scales")
-    y = g.node("Resize", [g.conv("x", 4), roi, scales], (1, 4, 12, 12), mode="linear")
-    path = g.save(y, tmp_path / "bilinear.onnx")
-    with pytest.raises(UnsupportedOpError, match="Resize mode 'linear'.*from ONNX node 'resize_"):
+    y = g.node("Resize", [g.conv("x", 4), roi, scales], (1, 4, 12, 12), mode="cubic")
+    path = g.save(y, tmp_path / "cubic.onnx")
+    with pytest.raises(UnsupportedOpError, match="Resize mode 'cubic'.*from ONNX node 'resize_"):
         tq.compile(path, calib={"x": rng.standard_normal((4, 3, 6, 6)).astype(np.float32)}, timing_runs=1)
 
 

@@ -43,6 +43,11 @@ def coverage_zoo():
                      multiplier=2**30, shift=31, qmin=-32768, qmax=32767, out_dtype="int16"),   # arena intermediate
                 emit(bb, "strided_slice", [xs], begin=[0, 5, 0, 6], stride=[1, -2, 2, -3], out_shape=[1, 3, 3, 3]),
                 emit(bb, "pad_constant", [xw], before=[0, 1, 2, 0], after=[0, 0, 1, 3], value=0),
+                emit(bb, "resize_bilinear", [xw, const(np.array([[0, 1], [2, 3], [4, 4]], np.int32)),
+                                             const(np.array([[1024, 0], [256, 768], [1000, 24]], np.int32)),
+                                             const(np.array([[0, 1], [5, 6]], np.int32)),
+                                             const(np.array([[1, 1023], [512, 512]], np.int32))],
+                     multiplier=2**25, shift=45, qmin=-32768, qmax=32767, out_dtype="int16"),
             ]
             gv = [bb.emit_output(o) for o in outs]
         bb.emit_func_output(relax.Tuple(gv))
@@ -64,7 +69,7 @@ def zoo(tmp_path_factory):
 
 def _check(got, want, where):
     for i, (gs, ws) in enumerate(zip(got, want)):
-        assert len(gs) == len(ws) == 9
+        assert len(gs) == len(ws) == 10
         for j, (g, w) in enumerate(zip(gs, ws)):
             assert_bit_exact(g, w, f"{where}: sample {i} output {j}")
 

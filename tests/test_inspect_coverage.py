@@ -27,8 +27,8 @@ def test_inspect_names_folded_scaffolding_and_rules(tmp_path, rng):
 def test_inspect_coverage_gives_the_refusal_reason(tmp_path, rng):
     g = OnnxGraph((1, 3, 6, 6), rng)
     roi, scales = g.init(np.array([], np.float32), "roi"), g.init(np.array([1, 1, 2, 2], np.float32), "scales")
-    y = g.node("Resize", [g.node("Sigmoid", [g.conv("x", 4)], (1, 4, 6, 6)), roi, scales], (1, 4, 12, 12), mode="linear")
+    y = g.node("Resize", [g.node("Sigmoid", [g.conv("x", 4)], (1, 4, 6, 6)), roi, scales], (1, 4, 12, 12), mode="cubic")
     out = inspect_model(str(g.save(y, tmp_path / "m.onnx")))
-    assert re.search(r"^\s+image\.resize2d\s+1\s+REFUSED: Resize mode 'linear'", out, re.M), out
+    assert re.search(r"^\s+image\.resize2d\s+1\s+REFUSED: Resize mode 'cubic'", out, re.M), out
     assert re.search(r"^\s+sigmoid\s+1\s+rule QLookup$", out, re.M), out
     assert re.search(r"^\s+nn\.conv2d\s+1\s+rule QConv2D", out, re.M), out

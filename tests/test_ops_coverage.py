@@ -97,3 +97,17 @@ def test_pad_constant(rng, dtype, value):
     got, ref = run_both("pad_constant", [x], before=[0, 1, 2, 0], after=[1, 0, 1, 3], value=value)
     assert_bit_exact(got, ref, "pad_constant")
     assert ref.shape == (2, 3, 6, 7) and ref[0, 0, 0, 0] == value and ref[0, 1, 2, 0] == x[0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("dtype", ["int16", "uint8"])
+def test_resize_bilinear_extremes(rng, dtype):
+    x = edge_int8(rng, (1, 2, 4, 5), dtype)
+    x.reshape(-1)[:4] = np.iinfo(dtype).max if dtype == "uint8" else [-32768, 32767, -32768, 32767]
+    rows = np.array([[0, 0], [0, 1], [1, 2], [3, 3]], np.int32)
+    rw = np.array([[1024, 0], [256, 768], [512, 512], [0, 1024]], np.int32)
+    cols = np.array([[0, 1], [4, 4], [2, 3]], np.int32)
+    cw = np.array([[1023, 1], [1024, 0], [1, 1023]], np.int32)
+    got, ref = run_both("resize_bilinear", [x, rows, rw, cols, cw], multiplier=2**25, shift=45,   # acc < 2**36
+                        qmin=int(np.iinfo(dtype).min), qmax=int(np.iinfo(dtype).max), out_dtype=dtype)
+    assert_bit_exact(got, ref, "resize_bilinear")
+    assert ref[0, 0, 0, 0] == round((1023 * int(x[0, 0, 0, 0]) + int(x[0, 0, 0, 1])) / 1024 + 1e-9)

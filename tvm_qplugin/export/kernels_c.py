@@ -348,6 +348,20 @@ class KernelCalls(CEmitter):
         self._copy(s, "", x.shape, row_major_strides(x.shape), os_, self.ptr(x, True),
                    f"(void *)((uint8_t *){self.ptr(s.out)} + {off})", x.val.itemsize)
 
+    def op_resize_bilinear(self, s: Step, p: dict) -> None:
+        x, rows, rw, cols, cw = s.args
+        n, c, h, w = x.shape
+        _, _, oh, ow = s.out.shape
+        check_requant(s, p["multiplier"], p["shift"])
+        pn = self.pstruct("qk_bilinear_t", s, dict(nc=n * c, h=h, w=w, oh=oh, ow=ow, mult=c_i32(p["multiplier"]),
+                                                   shift=p["shift"], qmin=c_i32(p["qmin"]), qmax=c_i32(p["qmax"]),
+                                                   rows=self.ptr(rows, True), rw=self.ptr(rw, True),
+                                                   cols=self.ptr(cols, True), cw=self.ptr(cw, True)))
+        X, O = dt_info(x.dtype)[0], dt_info(s.out.dtype)[0]
+        self.instances.add(("bilinear", X, O))
+        s.c_func = f"qk_bilinear_{X}_{O}"
+        self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, {self.ptr(s.out)});")
+
 
 def check_requant(s: Step, mult, shift) -> None:
     """A per-tensor requantization (b, c) the C kernels take: int32 multiplier, shift in [0, 62]."""

@@ -1,4 +1,4 @@
-"""Integer data movement with index maps: nearest-neighbour resize, strided slices, constant padding.
+"""Integer data movement with index maps: nearest / bilinear resize, strided slices, constant padding.
 
 Both move integers without arithmetic on them (same scale in and out). Their index arithmetic is
 integer too: nearest resize reads two index vectors computed at compile time (the ONNX
@@ -10,7 +10,9 @@ from __future__ import annotations
 import numpy as np
 from tvm import te, tirx
 
+from ..quant import requantize_ref
 from .registry import IntegerOp, register_op
+from .requant import i64, requant
 
 
 @register_op
@@ -70,3 +72,40 @@ class PadConstant(IntegerOp):
 
     def reference(self, x, *, before, after, value):
         return np.pad(x, list(zip(before, after)), constant_values=x.dtype.type(value))
+
+
+@register_op
+class ResizeBilinear(IntegerOp):
+    """``y[n, c, i, j] = requant(sum_{a, b} rw[i, a] * cw[j, b] * x[n, c, rows[i, a], cols[j, b]])``
+    (NCHW): the two taps per axis and their integer weights come from compile time.
+
+    x : int8 / uint8 / int16. rows, cols : (OH, 2) / (OW, 2) int32 source indices. rw, cw : the same
+    shapes, int32 weights summing to ``2**q`` per output row / column (q <= 12: the int64
+    accumulator times the multiplier stays below 2**62 with the rule's mantissa).
+    """
+
+    name = "resize_bilinear"
+
+    def compute(self, x, rows, rw, cols, cw, *, multiplier, shift, qmin, qmax, out_dtype):
+        n, c = (int(d) for d in x.shape[:2])
+        oh, ow = int(rows.shape[0]), int(cols.shape[0])
+
+        def f(b, ch, i, j):
+            acc = tirx.const(0, "int64")
+            for a in range(2):
+                row = tirx.const(0, "int64")
+                for k in range(2):
+                    row = row + i64(cw[j, k]) * i64(x[b, ch, rows[i, a], cols[j, k]])
+                acc = acc + i64(rw[i, a]) * row
+            return requant(acc, multiplier, shift, qmin, qmax, out_dtype)
+
+        return te.compute((n, c, oh, ow), f, name="y")
+
+    def reference(self, x, rows, rw, cols, cw, *, multiplier, shift, qmin, qmax, out_dtype):
+        xv = x.astype(np.int64)
+        acc = np.zeros((*x.shape[:2], rows.shape[0], cols.shape[0]), np.int64)
+        for a in range(2):
+            for k in range(2):
+                taps = xv[:, :, rows[:, a].astype(np.int64)][:, :, :, cols[:, k].astype(np.int64)]
+                acc += rw[:, a].astype(np.int64)[:, None] * cw[:, k].astype(np.int64)[None, :] * taps
+        return requantize_ref(acc, multiplier, shift, qmin, qmax, out_dtype)
