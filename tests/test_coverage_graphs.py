@@ -281,3 +281,23 @@ def test_reflect_pad_is_refused_by_name(tmp_path, rng):
     path = g.save(y, tmp_path / "reflect.onnx")
     with pytest.raises(UnsupportedOpError, match="Pad mode 'reflect' .*mode='constant'"):
         tq.compile(path, calib={"x": rng.standard_normal((4, 3, 6, 6)).astype(np.float32)}, timing_runs=1)
+
+
+@pytest.mark.parametrize("k,stride,pads,out_pad,groups", [(2, 2, (0, 0, 0, 0), (0, 0), 1), (3, 2, (1, 1, 1, 1), (1, 1), 1),
+                                                          (4, 2, (1, 1, 1, 1), (0, 0), 2), (3, 1, (1, 0, 1, 0), (0, 0), 1)])
+def test_conv_transpose(tmp_path, rng, k, stride, pads, out_pad, groups):
+    """ConvTranspose (stride, padding, output_padding, groups) -> zero_insert + conv2d_requant, with a
+    bias and a ReLU fused into the conv (passes/conv_transpose.py)."""
+    g = OnnxGraph((1, 3, 5, 6), rng)
+    y = g.conv("x", 4)
+    n, c, h, w = g.shapes[y]
+    wt = g.init((rng.standard_normal((c, 6 // groups, k, k)) * 0.3).astype(np.float32), "wt")
+    bias = g.init((rng.standard_normal(6) * 0.1).astype(np.float32), "bt")
+    oh = (h - 1) * stride + k - pads[0] - pads[2] + out_pad[0]
+    ow = (w - 1) * stride + k - pads[1] - pads[3] + out_pad[1]
+    y = g.relu(g.node("ConvTranspose", [y, wt, bias], (1, 6, oh, ow), strides=[stride, stride], pads=list(pads),
+                      output_padding=list(out_pad), group=groups))
+    path = g.save(g.conv(y, 3), tmp_path / "convt.onnx")
+    art = _compile_and_check(path, g.input_shape, 0.99, rng)
+    ops = _kernel_ops(art)
+    assert "conv2d_requant" in ops and ("zero_insert" in ops) == (stride > 1), ops

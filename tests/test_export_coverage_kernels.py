@@ -48,6 +48,7 @@ def coverage_zoo():
                                              const(np.array([[0, 1], [5, 6]], np.int32)),
                                              const(np.array([[1, 1023], [512, 512]], np.int32))],
                      multiplier=2**25, shift=45, qmin=-32768, qmax=32767, out_dtype="int16"),
+                emit(bb, "zero_insert", [xs], strides=[2, 3]),
             ]
             gv = [bb.emit_output(o) for o in outs]
         bb.emit_func_output(relax.Tuple(gv))
@@ -69,7 +70,7 @@ def zoo(tmp_path_factory):
 
 def _check(got, want, where):
     for i, (gs, ws) in enumerate(zip(got, want)):
-        assert len(gs) == len(ws) == 10
+        assert len(gs) == len(ws) == 11
         for j, (g, w) in enumerate(zip(gs, ws)):
             assert_bit_exact(g, w, f"{where}: sample {i} output {j}")
 

@@ -111,3 +111,12 @@ def test_resize_bilinear_extremes(rng, dtype):
                         qmin=int(np.iinfo(dtype).min), qmax=int(np.iinfo(dtype).max), out_dtype=dtype)
     assert_bit_exact(got, ref, "resize_bilinear")
     assert ref[0, 0, 0, 0] == round((1023 * int(x[0, 0, 0, 0]) + int(x[0, 0, 0, 1])) / 1024 + 1e-9)
+
+
+@pytest.mark.parametrize("strides", [(2, 2), (3, 1)])
+def test_zero_insert(rng, strides):
+    x = edge_int8(rng, (1, 2, 3, 4), "int16")
+    got, ref = run_both("zero_insert", [x], strides=list(strides))
+    assert_bit_exact(got, ref, "zero_insert")
+    assert ref[0, 1, strides[0], strides[1]] == x[0, 1, 1, 1]
+    assert (ref[:, :, 1::strides[0]] == 0).all()       # the inserted rows are zeros

@@ -362,6 +362,15 @@ class KernelCalls(CEmitter):
         s.c_func = f"qk_bilinear_{X}_{O}"
         self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, {self.ptr(s.out)});")
 
+    def op_zero_insert(self, s: Step, p: dict) -> None:
+        (x,) = s.args
+        sh, sw = p["strides"]
+        os_ = row_major_strides(s.out.shape)
+        self.calls.append(f"  qk_fill_zero({self.ptr(s.out)}, {s.out.nbytes});")
+        s.c_func = "qk_copy_nd"
+        self._copy(s, "", x.shape, row_major_strides(x.shape), [os_[0], os_[1], os_[2] * sh, os_[3] * sw],
+                   self.ptr(x, True), self.ptr(s.out), x.val.itemsize)
+
 
 def check_requant(s: Step, mult, shift) -> None:
     """A per-tensor requantization (b, c) the C kernels take: int32 multiplier, shift in [0, 62]."""

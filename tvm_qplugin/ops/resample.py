@@ -109,3 +109,26 @@ class ResizeBilinear(IntegerOp):
                 taps = xv[:, :, rows[:, a].astype(np.int64)][:, :, :, cols[:, k].astype(np.int64)]
                 acc += rw[:, a].astype(np.int64)[:, None] * cw[:, k].astype(np.int64)[None, :] * taps
         return requantize_ref(acc, multiplier, shift, qmin, qmax, out_dtype)
+
+
+@register_op
+class ZeroInsert(IntegerOp):
+    """``y[n, c, i * sh, j * sw] = x[n, c, i, j]``, zeros elsewhere: the transposed convolution's
+    input dilation (NCHW). Output (N, C, (H - 1) * sh + 1, (W - 1) * sw + 1).
+    """
+
+    name = "zero_insert"
+
+    def compute(self, x, *, strides):
+        n, c, h, w = (int(d) for d in x.shape)
+        sh, sw = strides
+        shape = (n, c, (h - 1) * sh + 1, (w - 1) * sw + 1)
+        return te.compute(shape, lambda b, ch, i, j: tirx.if_then_else(
+            tirx.all(i % sh == 0, j % sw == 0), x[b, ch, i // sh, j // sw], tirx.const(0, x.dtype)), name="y")
+
+    def reference(self, x, *, strides):
+        n, c, h, w = x.shape
+        sh, sw = strides
+        y = np.zeros((n, c, (h - 1) * sh + 1, (w - 1) * sw + 1), x.dtype)
+        y[:, :, ::sh, ::sw] = x
+        return y

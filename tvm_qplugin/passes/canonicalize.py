@@ -209,6 +209,7 @@ FoldBatchNorm = function_pass(_fold_batch_norm, "FoldBatchNorm")
 def canonicalize(mod: tvm.IRModule) -> tvm.IRModule:
     """The canonicalization pipeline (module doc)."""
     from .patterns import FuseGELU, FuseLayerNorm
+    from .conv_transpose import ConvTransposeToConv
     from .outputs import FlattenOutputTuple
     from .pad import NormalizePad, refuse_other_pad_modes
     from .split import SplitToSlices
@@ -223,6 +224,7 @@ def canonicalize(mod: tvm.IRModule) -> tvm.IRModule:
         NormalizeClip,
         SplitToSlices,
         NormalizePad,
+        ConvTransposeToConv,   # before FoldBatchNorm: the conv2d it writes folds BN like any other
         FoldBatchNorm,
         relax.transform.FoldConstant(),
         relax.transform.DeadCodeElimination(["main"]),

@@ -10,4 +10,5 @@ COVERAGE_ONNX_OPS = frozenset({
     "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "PRelu",   # rules/activation.py
     "Slice", "Resize", "Split", "Pad",                              # rules/resample.py (passes/split.py, pad.py)
     "ReduceSum",                                                    # rules/reduce.py
+    "ConvTranspose",                                                # passes/conv_transpose.py + QZeroInsert
 })

@@ -1,4 +1,4 @@
-"""Resize (nearest), Slice and constant Pad on integers: data movement, same scale."""
+"""Resize (nearest / bilinear), Slice, constant Pad and the zero insertion of ConvTranspose on integers."""
 from __future__ import annotations
 
 import numpy as np
@@ -171,3 +171,22 @@ class QPadConstant(IntegerRule):
         q = int(np.clip(np.floor(value / x.qtype.scale + 0.5), x.qtype.qmin, x.qtype.qmax))
         y = ctx.emit("pad_constant", [x.expr], before=widths[0::2], after=widths[1::2], value=q)
         return QValue(y, x.qtype, x.nonneg and q >= 0)
+
+
+@register_rule
+class QZeroInsert(IntegerRule):
+    """conv2d_transpose that only inserts zeros (what passes/conv_transpose.py leaves of a
+    ConvTranspose before its conv2d) -> zero_insert: same integers, same scale, 0 is exact."""
+
+    ops = ("relax.nn.conv2d_transpose",)
+
+    def check(self, ctx, b):
+        from ..conv_transpose import is_zero_insert
+
+        return None if is_zero_insert(b) else ("ConvTranspose with a padding larger than dilation * (kernel - 1) "
+                                               "or non-NCHW/IOHW layout")
+
+    def rewrite(self, ctx, b):
+        x = ctx.q(b.args[0])
+        y = ctx.emit("zero_insert", [x.expr], strides=[int(v) for v in b.attrs.strides])
+        return QValue(y, x.qtype, x.nonneg)
