@@ -11,9 +11,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 from onnx import numpy_helper as nh
+from onnx_builders import OnnxGraph, run_onnxruntime
 
 import tvm_qplugin as tq
-from onnx_builders import OnnxGraph, run_onnxruntime
 from tvm_qplugin.errors import UnsupportedOpError
 from tvm_qplugin.ops import op_of
 from tvm_qplugin.passes.graph import Graph
@@ -77,7 +77,7 @@ def test_focus_slice_and_nearest_resize(tmp_path, rng):
     """YOLOX's Focus (four strided Slices + Concat) and a 2x nearest Resize (asymmetric / floor, as
     ddddocr's detector) -> strided_slice and resize_nearest kernels."""
     g = OnnxGraph((1, 3, 8, 8), rng)
-    ints = lambda v: g.init(np.array(v, np.int64), "i")  # noqa: E731
+    ints = lambda v: g.init(np.array(v, np.int64), "i")
     parts = [g.node("Slice", ["x", ints([r, c]), ints([2**63 - 1] * 2), ints([2, 3]), ints([2, 2])], (1, 3, 4, 4))
              for r, c in ((0, 0), (1, 0), (0, 1), (1, 1))]
     y = g.conv(g.concat(parts), 8)
@@ -138,7 +138,7 @@ def dynamic_axes_model(path: Path, rng) -> Path:
     """A MatMul -> Reshape -> Add graph exported with dynamic [batch, seq] axes: its reshape target
     and an added ones-tensor are built at run time from Shape / Gather / Unsqueeze / Slice / Concat /
     ConstantOfShape / Cast / Expand, the way torch.onnx writes ``dynamic_axes`` graphs."""
-    i64 = lambda v, n: nh.from_array(np.array(v, np.int64), n)  # noqa: E731
+    i64 = lambda v, n: nh.from_array(np.array(v, np.int64), n)
     inits = [nh.from_array((rng.standard_normal((16, 8)) * 0.25).astype(np.float32), "W"), i64([0], "zero_1d"),
              i64([2, 4], "tail"), i64(0, "zero"), i64([2], "two_1d")]
     ones = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
@@ -203,7 +203,7 @@ def test_split_becomes_slices(tmp_path, rng):
     c, d = "half_a", "half_b"
     g.nodes.append(helper.make_node("Split", [b], [c, d], axis=2))
     g.shapes[c] = g.shapes[d] = (1, 5, 3, 6)
-    ints = lambda v: g.init(np.array(v, np.int64), "i")  # noqa: E731
+    ints = lambda v: g.init(np.array(v, np.int64), "i")
     top = g.node("Slice", [a, ints([0]), ints([3]), ints([2])], (1, 3, 3, 6))
     out = g.add(g.conv(g.node("Mul", [c, d], (1, 5, 3, 6)), 3), top)
     path = g.save(out, tmp_path / "split.onnx")
@@ -241,7 +241,7 @@ def test_coverage_graph_on_cortex_m(tmp_path, rng):
     """SiLU, squeeze-excite gate, Focus slices, nearest Resize, PRelu, Tanh through the C package on
     a Cortex-M4 board (qemu): bit-exact against the NumPy reference."""
     g = OnnxGraph((1, 3, 8, 8), rng)
-    ints = lambda v: g.init(np.array(v, np.int64), "i")  # noqa: E731
+    ints = lambda v: g.init(np.array(v, np.int64), "i")
     parts = [g.node("Slice", ["x", ints([r, c]), ints([2**63 - 1] * 2), ints([2, 3]), ints([2, 2])], (1, 3, 4, 4))
              for r, c in ((0, 0), (1, 0), (0, 1), (1, 1))]
     y = g.conv(g.concat(parts), 8)
@@ -290,7 +290,7 @@ def test_conv_transpose(tmp_path, rng, k, stride, pads, out_pad, groups):
     bias and a ReLU fused into the conv (passes/conv_transpose.py)."""
     g = OnnxGraph((1, 3, 5, 6), rng)
     y = g.conv("x", 4)
-    n, c, h, w = g.shapes[y]
+    _, c, h, w = g.shapes[y]
     wt = g.init((rng.standard_normal((c, 6 // groups, k, k)) * 0.3).astype(np.float32), "wt")
     bias = g.init((rng.standard_normal(6) * 0.1).astype(np.float32), "bt")
     oh = (h - 1) * stride + k - pads[0] - pads[2] + out_pad[0]

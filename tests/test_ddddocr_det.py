@@ -42,6 +42,6 @@ def test_ddddocr_detector_integer_only_bit_exact_and_close_to_fp32():
         log.warning("ddddocr %-16s cosine %.4f  box IoU %.3f  boxes fp32 %d int8 %d", name, cos, iou, n_ref, n_got)
     cosines = [c for _, c, _, _, _ in rows]
     assert min(cosines) >= 0.98, f"output-map cosine vs fp32 {rows} (want >= 0.98 on every image)"
-    page = [row for row in rows if row[0] == "page"][0]
+    page = next(row for row in rows if row[0] == "page")
     assert page[3] >= 20 and page[2] >= 0.8, f"page boxes: {page} (want >= 20 fp32 boxes, mean best IoU >= 0.8)"
     log.warning("ddddocr latency %s ms (integer, host)", r.get("latency_ms"))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import assert_bit_exact
 from tvm import relax
 
-from conftest import assert_bit_exact
 from tvm_qplugin.export import harness
 from tvm_qplugin.export.c_package import write_c_package
 from tvm_qplugin.ops import const, emit

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import assert_bit_exact
 from test_ops import edge_int8, run_both
+
 from tvm_qplugin.quant import qrange
 
 

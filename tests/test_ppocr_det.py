@@ -43,5 +43,5 @@ def test_ppocr_v5_det_integer_only_bit_exact_and_close_to_fp32():
         log.warning("ppocr-v5 det %-8s cosine %.4f  text-mask IoU %.3f  (fp32 text pixels %d)", name, cos, iou, rows[-1][3])
     scored = [row for row in rows if row[3] > 0]          # an all-background map has no cosine
     assert min(c for _, c, _, _ in scored) >= 0.85, f"probability-map cosine vs fp32 {rows} (floor 0.85)"
-    page = [row for row in rows if row[0] == "page"][0]
+    page = next(row for row in rows if row[0] == "page")
     assert page[3] > 1000 and page[2] >= 0.7, f"page text mask {page} (want > 1000 text pixels, IoU >= 0.7)"

@@ -208,10 +208,10 @@ FoldBatchNorm = function_pass(_fold_batch_norm, "FoldBatchNorm")
 
 def canonicalize(mod: tvm.IRModule) -> tvm.IRModule:
     """The canonicalization pipeline (module doc)."""
-    from .patterns import FuseGELU, FuseLayerNorm
     from .conv_transpose import ConvTransposeToConv
     from .outputs import FlattenOutputTuple
     from .pad import NormalizePad, refuse_other_pad_modes
+    from .patterns import FuseGELU, FuseLayerNorm
     from .split import SplitToSlices
 
     refuse_other_pad_modes(mod)

@@ -7,6 +7,8 @@ the split dies (dead-code elimination in :func:`..rewriter.function_pass`).
 """
 from __future__ import annotations
 
+import itertools
+
 from tvm import relax
 
 from .graph import Binding, shape_of
@@ -21,7 +23,7 @@ def split_bounds(size: int, indices_or_sections) -> list[tuple[int, int]]:
     else:
         cuts = [int(i) for i in indices_or_sections]
     edges = [0, *cuts, size]
-    return list(zip(edges[:-1], edges[1:]))
+    return list(itertools.pairwise(edges))
 
 
 def _split_to_slices(rw: FunctionRewriter):
