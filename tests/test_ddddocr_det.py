@@ -45,3 +45,18 @@ def test_ddddocr_detector_integer_only_bit_exact_and_close_to_fp32():
     page = next(row for row in rows if row[0] == "page")
     assert page[3] >= 20 and page[2] >= 0.8, f"page boxes: {page} (want >= 20 fp32 boxes, mean best IoU >= 0.8)"
     log.warning("ddddocr latency %s ms (integer, host)", r.get("latency_ms"))
+
+
+@pytest.mark.parametrize("name,missing", [("common.onnx", ["LSTM (node 'LSTM_79')"]),
+                                          ("common_old.onnx", ["ConvInteger (nodes 'Conv_0_quant'", "MatMulInteger",
+                                                               "com.microsoft.DynamicQuantizeLSTM"])])
+def test_ddddocr_recognisers_are_refused_once_with_every_missing_op(name, missing):
+    """The wheel's other two models (CRNN with an LSTM; its ONNX Runtime-quantized twin): one error
+    naming every op type without an integer lowering and its nodes."""
+    from tvm_qplugin.errors import UnsupportedOpError
+
+    path = ddddocr_det_onnx().with_name(name)
+    with pytest.raises(UnsupportedOpError) as e:
+        tq.compile(path, calib={"input1": np.zeros((1, 1, 64, 128), np.float32)}, input_shapes=["input1=1,1,64,128"])
+    msg = str(e.value)
+    assert len(msg.splitlines()) == 1 and all(m in msg for m in missing), msg
