@@ -301,3 +301,30 @@ def test_conv_transpose(tmp_path, rng, k, stride, pads, out_pad, groups):
     art = _compile_and_check(path, g.input_shape, 0.99, rng)
     ops = _kernel_ops(art)
     assert "conv2d_requant" in ops and ("zero_insert" in ops) == (stride > 1), ops
+
+
+def test_torch_dynamic_axes_export_compiles_at_a_new_shape(tmp_path, rng):
+    """torch.onnx.export with ``dynamic_axes`` (batch, seq): the exporter's own Shape / Gather /
+    Unsqueeze / Concat / ConstantOfShape scaffolding folds at --input-shape x=1,7,16, a shape the
+    model was not traced at; the rest (Linear, reshape, softmax, a mask product) integerizes."""
+    import torch
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp, self.out = torch.nn.Linear(16, 32), torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            b, t, _ = x.shape
+            h = torch.softmax(self.inp(x).reshape(b, t, 4, 8), dim=-1)
+            return self.out(h * torch.ones(b, t, 1, 1, dtype=x.dtype)).reshape(b, t * 4, 4)
+
+    torch.manual_seed(0)
+    path = tmp_path / "dyn_torch.onnx"
+    torch.onnx.export(Block().eval(), (torch.randn(2, 5, 16),), str(path), input_names=["x"], output_names=["y"],
+                      dynamo=False, opset_version=17,
+                      dynamic_axes={"x": {0: "batch", 1: "seq"}, "y": {0: "batch", 1: "seq4"}})
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"Shape", "Gather", "ConstantOfShape", "Concat"} <= ops, ops      # the scaffolding is really there
+    art = _compile_and_check(path, (1, 7, 16), 0.99, rng, input_shapes=["x=1,7,16"])
+    assert art.report["bit_exact"] is True
