@@ -12,6 +12,9 @@
    weights too.
    Quantizing the folded weights (not the unfolded conv) is what HAWQ-V3 prescribes: the scale
    of BN changes each channel's weight range.
+   Between 3 and 4, the coverage passes: ``SplitToSlices`` (passes/split.py), ``NormalizePad``
+   (passes/pad.py), ``ConvTransposeToConv`` (passes/conv_transpose.py); last,
+   ``FlattenOutputTuple`` (passes/outputs.py) for multi-output graphs.
 """
 from __future__ import annotations
 
