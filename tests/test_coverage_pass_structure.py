@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import tvm
+from pass_structure import apply
 from tvm.script import ir as I
 from tvm.script import relax as R
 
-from pass_structure import apply
 from tvm_qplugin.passes.conv_transpose import ConvTransposeToConv, flipped_conv_weight
 from tvm_qplugin.passes.outputs import FlattenOutputTuple
 from tvm_qplugin.passes.split import SplitToSlices
@@ -22,7 +22,7 @@ class SplitBefore:
     def main(x: R.Tensor((1, 8, 3), "float32")) -> R.Tensor((1, 6, 3), "float32"):
         with R.dataflow():
             t = R.split(x, indices_or_sections=[2], axis=1)
-            a = t[0]
+            a = t[0]  # noqa: F841  (the piece nobody reads: dropped)
             b = t[1]
             gv = R.add(b, R.const(1.0, "float32"))
             R.output(gv)
