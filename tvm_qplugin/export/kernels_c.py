@@ -268,6 +268,110 @@ class KernelCalls(CEmitter):
         self.calls.append(f"  qk_cast({prod(x.shape)}, {dt_info(x.dtype)[3]}, {self.ptr(x, True)}, "
                           f"{dt_info(s.out.dtype)[3]}, {self.ptr(s.out)});")
 
+    # --- coverage ops (ops/activation.py, ops/resample.py) ---
+    def op_lut(self, s: Step, p: dict) -> None:
+        x, table = s.args
+        if x.dtype not in ("uint8", "int8"):
+            raise UnsupportedOpError(f"C package: lut of {x.dtype} ({s.name}): 8-bit inputs only")
+        pn = self.pstruct("qk_lut_t", s, dict(count=prod(x.shape), table=f"(const void *){self.ptr(table, True)}"))
+        X, O = dt_info(x.dtype)[0], dt_info(s.out.dtype)[0]
+        self.instances.add(("lut", X, O))
+        s.c_func = f"qk_lut_{X}_{O}"
+        self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, {self.ptr(s.out)});")
+
+    def op_mul_requant(self, s: Step, p: dict) -> None:
+        a, b = s.args
+        out = tuple(s.out.shape)
+        nd = len(out)
+        if nd > MAX_DIMS:
+            raise UnsupportedOpError(f"C package: mul_requant of rank {nd} ({s.name})")
+        check_requant(s, p["multiplier"], p["shift"])
+
+        def bstrides(shape):
+            shape = (1,) * (nd - len(shape)) + tuple(shape)
+            st = row_major_strides(shape)
+            return [0 if shape[i] == 1 and out[i] != 1 else st[i] for i in range(nd)]
+
+        flat = tuple(a.shape) == out and tuple(b.shape) == out
+        pn = self.pstruct("qk_mul_t", s, dict(ndim=nd, count=prod(out), flat=int(flat), shape=c_dims(out),
+                                              sa=c_dims(bstrides(a.shape)), sb=c_dims(bstrides(b.shape)),
+                                              mult=c_i32(p["multiplier"]), shift=p["shift"], qmin=c_i32(p["qmin"]),
+                                              qmax=c_i32(p["qmax"])))
+        A, B, O = dt_info(a.dtype)[0], dt_info(b.dtype)[0], dt_info(s.out.dtype)[0]
+        self.instances.add(("mul", A, B, O))
+        s.c_func = f"qk_mul_{A}_{B}_{O}"
+        self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(a, True)}, {self.ptr(b, True)}, {self.ptr(s.out)});")
+
+    def op_prelu_requant(self, s: Step, p: dict) -> None:
+        x, neg = s.args
+        m = np.asarray(neg.val.const).reshape(-1)
+        check_requant(s, p["pos"], p["shift"])
+        if not fits(m, -2**31, 2**31 - 1):
+            raise UnsupportedOpError(f"C package: {s.name}: prelu slopes exceed int32")
+        shape = tuple(x.shape)
+        inner = prod(shape[p["axis"] + 1:]) if m.size > 1 else 1
+        pn = self.pstruct("qk_prelu_t", s, dict(count=prod(shape), inner=inner, channels=m.size, pos=c_i32(p["pos"]),
+                                                shift=p["shift"], qmin=c_i32(p["qmin"]), qmax=c_i32(p["qmax"]),
+                                                neg=self.const_array(m.astype(np.int32), "int32_t", "m")))
+        X, O = dt_info(x.dtype)[0], dt_info(s.out.dtype)[0]
+        self.instances.add(("prelu", X, O))
+        s.c_func = f"qk_prelu_{X}_{O}"
+        self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, {self.ptr(s.out)});")
+
+    def op_resize_nearest(self, s: Step, p: dict) -> None:
+        x, rows, cols = s.args
+        n, c, h, w = x.shape
+        _, _, oh, ow = s.out.shape
+        pn = self.pstruct("qk_resize_t", s, dict(nc=n * c, h=h, w=w, oh=oh, ow=ow, rows=self.ptr(rows, True),
+                                                 cols=self.ptr(cols, True)))
+        X = dt_info(x.dtype)[0]
+        self.instances.add(("resize", X))
+        s.c_func = f"qk_resize_{X}"
+        self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, {self.ptr(s.out)});")
+
+    def op_strided_slice(self, s: Step, p: dict) -> None:
+        (x,) = s.args
+        xs = row_major_strides(x.shape)
+        off = sum(b * st for b, st in zip(p["begin"], xs)) * x.val.itemsize
+        s.c_func = "qk_copy_nd"
+        self._copy(s, "", p["out_shape"], [st * k for st, k in zip(xs, p["stride"])], row_major_strides(p["out_shape"]),
+                   f"(const void *)((const uint8_t *){self.ptr(x, True)} + {off})", self.ptr(s.out), x.val.itemsize)
+
+    def op_pad_constant(self, s: Step, p: dict) -> None:
+        (x,) = s.args
+        if p["value"] != 0:
+            raise UnsupportedOpError(f"C package: {s.name}: pad_constant with value {p['value']} (the C kernel pads "
+                                     "with 0 only)")
+        os_ = row_major_strides(s.out.shape)
+        off = sum(b * st for b, st in zip(p["before"], os_)) * s.out.val.itemsize
+        self.calls.append(f"  qk_fill_zero({self.ptr(s.out)}, {s.out.nbytes});")
+        s.c_func = "qk_copy_nd"
+        self._copy(s, "", x.shape, row_major_strides(x.shape), os_, self.ptr(x, True),
+                   f"(void *)((uint8_t *){self.ptr(s.out)} + {off})", x.val.itemsize)
+
+    def op_resize_bilinear(self, s: Step, p: dict) -> None:
+        x, rows, rw, cols, cw = s.args
+        n, c, h, w = x.shape
+        _, _, oh, ow = s.out.shape
+        check_requant(s, p["multiplier"], p["shift"])
+        pn = self.pstruct("qk_bilinear_t", s, dict(nc=n * c, h=h, w=w, oh=oh, ow=ow, mult=c_i32(p["multiplier"]),
+                                                   shift=p["shift"], qmin=c_i32(p["qmin"]), qmax=c_i32(p["qmax"]),
+                                                   rows=self.ptr(rows, True), rw=self.ptr(rw, True),
+                                                   cols=self.ptr(cols, True), cw=self.ptr(cw, True)))
+        X, O = dt_info(x.dtype)[0], dt_info(s.out.dtype)[0]
+        self.instances.add(("bilinear", X, O))
+        s.c_func = f"qk_bilinear_{X}_{O}"
+        self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, {self.ptr(s.out)});")
+
+    def op_zero_insert(self, s: Step, p: dict) -> None:
+        (x,) = s.args
+        sh, sw = p["strides"]
+        os_ = row_major_strides(s.out.shape)
+        self.calls.append(f"  qk_fill_zero({self.ptr(s.out)}, {s.out.nbytes});")
+        s.c_func = "qk_copy_nd"
+        self._copy(s, "", x.shape, row_major_strides(x.shape), [os_[0], os_[1], os_[2] * sh, os_[3] * sw],
+                   self.ptr(x, True), self.ptr(s.out), x.val.itemsize)
+
 
 def check_requant(s: Step, mult, shift) -> None:
     """A per-tensor requantization (b, c) the C kernels take: int32 multiplier, shift in [0, 62]."""

@@ -1,6 +1,7 @@
 """Integer ops: one module per op family, each op's TE kernel beside its NumPy twin."""
 from . import conv, pool, requant  # noqa: F401  (registration side effects)
 from . import matmul, nonlinear  # noqa: F401  (integer matmul, softmax, GELU, LayerNorm)
+from . import activation, resample  # noqa: F401  (LUT / PRelu / gates, nearest resize / strided slice)
 from .registry import OPS, IntegerOp, const, emit, op_of, register_op, type_of
 
 __all__ = ["OPS", "IntegerOp", "const", "emit", "op_of", "register_op", "type_of"]

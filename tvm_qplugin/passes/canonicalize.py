@@ -12,6 +12,9 @@
    weights too.
    Quantizing the folded weights (not the unfolded conv) is what HAWQ-V3 prescribes: the scale
    of BN changes each channel's weight range.
+   Between 3 and 4, the coverage passes: ``SplitToSlices`` (passes/split.py), ``NormalizePad``
+   (passes/pad.py), ``ConvTransposeToConv`` (passes/conv_transpose.py); last,
+   ``FlattenOutputTuple`` (passes/outputs.py) for multi-output graphs.
 """
 from __future__ import annotations
 
@@ -208,8 +211,13 @@ FoldBatchNorm = function_pass(_fold_batch_norm, "FoldBatchNorm")
 
 def canonicalize(mod: tvm.IRModule) -> tvm.IRModule:
     """The canonicalization pipeline (module doc)."""
+    from .conv_transpose import ConvTransposeToConv
+    from .outputs import FlattenOutputTuple
+    from .pad import NormalizePad, refuse_other_pad_modes
     from .patterns import FuseGELU, FuseLayerNorm
+    from .split import SplitToSlices
 
+    refuse_other_pad_modes(mod)
     seq = tvm.ir.transform.Sequential([
         relax.transform.DecomposeOpsForInference(),
         relax.transform.FoldConstant(),
@@ -217,6 +225,9 @@ def canonicalize(mod: tvm.IRModule) -> tvm.IRModule:
         FuseGELU,
         FuseLayerNorm,
         NormalizeClip,
+        SplitToSlices,
+        NormalizePad,
+        ConvTransposeToConv,   # before FoldBatchNorm: the conv2d it writes folds BN like any other
         FoldBatchNorm,
         relax.transform.FoldConstant(),
         relax.transform.DeadCodeElimination(["main"]),
@@ -224,6 +235,7 @@ def canonicalize(mod: tvm.IRModule) -> tvm.IRModule:
         # CanonicalizeBindings forwards `t = (y, mean, var); out = t[0]` to `y`, leaving the
         # batch_norm tuple dead: without a last DCE the integerizer meets a `Tuple` binding.
         relax.transform.DeadCodeElimination(["main"]),
+        FlattenOutputTuple,   # a multi-output graph's `gv = (a, b)` binding becomes the function's return
     ])
     return seq(mod)
 

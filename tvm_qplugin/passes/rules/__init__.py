@@ -1,2 +1,3 @@
 """Integerize rules, one module per float op family (importing registers them)."""
 from . import elementwise, layout, linear, nonlinear, pooling, transformer  # noqa: F401
+from . import activation, reduce, resample  # noqa: F401  (coverage: sigmoid/tanh/prelu/mul, sum/softmax, resize/slice)

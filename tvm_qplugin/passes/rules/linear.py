@@ -50,8 +50,8 @@ def bias_correction(ctx: IntegerizeContext, x_var, w: np.ndarray, wq: np.ndarray
     Subtracting it from the bias removes the systematic part of the weight error; it matters most
     for depthwise layers, whose 9 taps per channel average nothing out."""
     means = ctx.ranges.channel_means.get(x_var) if hasattr(ctx.ranges, "channel_means") else None
-    if means is None:
-        return None
+    if means is None or (w.ndim == 2 and means.shape[0] != w.shape[1]):
+        return None  # (dense on a 4-D input: calibrate.py's means are along axis 1, not the K axis)
     err = wq.astype(np.float64) * w_scale.reshape((-1,) + (1,) * (w.ndim - 1)) - w
     if w.ndim == 4:  # (O, C/g, KH, KW): input channel of (o, c) is (o // (O/g)) * C/g + c
         o, cg = w.shape[:2]

