@@ -25,6 +25,7 @@ from ..errors import QPluginError
 from ..ops import OPS, op_of
 from .database import TuningDB
 from .isa import isa_key, shipped_db_dir
+from ..schedules.packing import packed_info
 from .tasks import workload_key, workload_of
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class AppliedTuning:
     tuned: dict[str, str] = field(default_factory=dict)      # kernel name -> workload key
     untuned: list[str] = field(default_factory=list)         # integer kernels without a record
     default_faster: list[str] = field(default_factory=list)  # a record exists, the default schedule is faster
+    tensorized: list[str] = field(default_factory=list)      # prepacked + hand-tensorized (schedules/x86_int8.py)
 
     def apply(self, original: tvm.IRModule, scheduled: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
         """``scheduled`` with every integer kernel the database covers replaced by its tuned schedule
@@ -47,6 +49,9 @@ class AppliedTuning:
         for gv, func in original.functions.items():
             described = op_of(func) if isinstance(func, tvm.tirx.PrimFunc) else None
             if described is None or not OPS[described[0]].integer_only:
+                continue
+            if packed_info(func) is not None:  # a tensorized rule owns it (and `tune` does not tune it)
+                self.tensorized.append(gv.name_hint)
                 continue
             sch = None
             if self.db is not None:
@@ -87,6 +92,7 @@ class AppliedTuning:
             "isa": db.info.isa if db else None,
             "untuned": list(self.untuned),
             "default_faster": list(self.default_faster),
+            "tensorized": list(self.tensorized),
         }
         if self.source == "c-package":  # the deliverable's kernels are C (export/), not TensorIR
             report["tuning"]["tasks_untuned"] = 0
@@ -98,7 +104,10 @@ class AppliedTuning:
         kernel_of = _kernel_of_var(mod)
         for entry, info in zip(report.get("layers", []), layers):
             name = kernel_of.get(info.var)
-            if name in self.tuned:
+            if name in self.tensorized:
+                entry["kernel"] = {"source": "tensorir-default", "why": "weights prepacked, tensorized by the "
+                                   "target's int8 dot-product rule (schedules/x86_int8.py)"}
+            elif name in self.tuned:
                 entry["kernel"] = {"source": "tensorir-tuned", "why": f"MetaSchedule record in {db.path}"}
             elif name in self.default_faster:
                 entry["kernel"] = {"source": "tensorir-default", "why": "the default schedule measured faster than "

@@ -78,17 +78,23 @@ def _call_sites(mod: tvm.IRModule):
         yield from found
 
 
-def extract_tasks(mod: tvm.IRModule) -> list[KernelTask]:
+def extract_tasks(mod: tvm.IRModule, target: tvm.target.Target | None = None) -> list[KernelTask]:
     """The integer kernels of ``mod`` worth tuning, one task per distinct workload, in call order.
 
     Boundary kernels (entry quantize, exit dequantize: float arithmetic) are left to the default
-    rules: they are not integer kernels and cost one pass over the input/output.
+    rules: they are not integer kernels and cost one pass over the input/output. With ``target``,
+    kernels the build prepacks and tensorizes for it (schedules/packing.py) are left out too: the
+    compiled kernel is not the plain one a record would describe, and MetaSchedule's default space
+    has no int8 dot-product tensorization to beat it with (the seam for that is ``tunable=True``).
     """
+    from ..schedules.packing import packing_plan
+
+    packed = set(packing_plan(mod, target)) if target is not None else set()
     tasks: dict[str, KernelTask] = {}
     for gvar, args in _call_sites(mod):
         func = mod[gvar]
         described = op_of(func) if isinstance(func, tvm.tirx.PrimFunc) else None
-        if described is None or not OPS[described[0]].integer_only:
+        if described is None or not OPS[described[0]].integer_only or gvar.name_hint in packed:
             continue
         key = workload_key(workload_of(func))
         if key in tasks:

@@ -84,8 +84,7 @@ def integer_module(model, board, calib, input_shapes=None, preprocess=None, opti
     float_mod = canonicalize(imported.mod)
     ranges = calibrate(FloatRunner(float_mod, board.target()), calib_ds, opts.observer, opts.calib_limit)
     try:
-        return integerize(float_mod, ranges, IntegerizeConfig(int_io=opts.int_io, nonlinear=opts.nonlinear,
-                                                              gelu_approx=opts.gelu, softmax_bits=opts.softmax_bits))
+        return integerize(float_mod, ranges, IntegerizeConfig(int_io=opts.int_io, scheme=opts.scheme))
     except UnsupportedOpError as e:
         raise name_onnx_nodes(e, imported.onnx_model) from None
 
@@ -133,7 +132,7 @@ def tune(model, target: str = "x86-host", trials: int = 64, calib=None, db: str 
     folder = Path(db) if db is not None else default_db_dir(board.name, key)
     tdb = TuningDB.for_tuning(folder, DBInfo(board.name, key, str(tvm_target)))
     imod = integer_module(model, board, calib, input_shapes, preprocess, options)
-    tasks = extract_tasks(imod.mod)
+    tasks = extract_tasks(imod.mod, tvm_target)
     if remote is None:
         runner = local_runner()
     builder = builder or InProcessBuilder()
