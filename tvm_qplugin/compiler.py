@@ -161,7 +161,7 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
                                       "bit_exact_kernels": kernels_exact},
                               accuracy=accuracy, latency=latency, tensors=errors,
                               timing_s={"total": time.perf_counter() - t0, "tvm_build": build_s})
-    tuning.fill_report(art.report, imod.mod, imod.layers)  # the tuning section and layers[].kernel
+    report.record_tuning(art.report, *tuning.report(imod.mod, imod.layers))
     if not c_route:
         add_kernel_times(art, imod, runs=3)
     if c_route:

@@ -75,6 +75,14 @@ def record_kernel_times(r: dict, layer_us: list, kernels: list) -> None:
     r["kernels"] = kernels
 
 
+def record_tuning(r: dict, section: dict, kernels: list[dict]) -> None:
+    """``tuning`` and ``layers[].kernel`` (which schedule each layer's kernel got, and why), from
+    tuning/apply.py; ``kernels`` is empty for C-package targets (their kernels are C)."""
+    r["tuning"] = section
+    for layer, kernel in zip(r["layers"], kernels):
+        layer["kernel"] = kernel
+
+
 def record_code_size(r: dict, nbytes: int) -> None:
     """``size_bytes.code``: the saved library's size (known once the artifact is written)."""
     r.setdefault("size_bytes", {})["code"] = int(nbytes)

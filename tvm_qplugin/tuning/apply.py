@@ -78,11 +78,12 @@ class AppliedTuning:
         best = self.db.best_run_us(workload)
         return baseline is None or best is None or best < baseline
 
-    def fill_report(self, report: dict, mod: tvm.IRModule, layers) -> None:
-        """``report["tuning"]`` and ``layers[].kernel`` (DESIGN.md); warns naming untuned kernels."""
+    def report(self, mod: tvm.IRModule, layers) -> tuple[dict, list[dict]]:
+        """``(report.json "tuning", layers[].kernel in layer order)`` (DESIGN.md); report.py writes
+        them. Warns naming untuned kernels."""
         db = self.db
         keys = set(self.tuned.values())
-        report["tuning"] = {
+        section = {
             "trials": sum(db.trials_done(k) for k in keys) if db else 0,
             "tasks_tuned": len(self.tuned),
             "tasks_untuned": len(self.untuned),
@@ -95,28 +96,28 @@ class AppliedTuning:
             "tensorized": list(self.tensorized),
         }
         if self.source == "c-package":  # the deliverable's kernels are C (export/), not TensorIR
-            report["tuning"]["tasks_untuned"] = 0
-            return
+            section["tasks_untuned"] = 0
+            return section, []
         if db is not None and self.untuned:
             names = ", ".join(self.untuned[:8]) + (f" and {len(self.untuned) - 8} more" if len(self.untuned) > 8 else "")
             log.warning("tuning database %s has no record for %d kernel(s), default schedules used: %s (tune this "
                         "model: `tvm-qplugin tune`)", db.path, len(self.untuned), names)
         kernel_of = _kernel_of_var(mod)
-        for entry, info in zip(report.get("layers", []), layers):
-            name = kernel_of.get(info.var)
-            if name in self.tensorized:
-                entry["kernel"] = {"source": "tensorir-default", "why": "weights prepacked, tensorized by the "
-                                   "target's int8 dot-product rule (schedules/x86_int8.py)"}
-            elif name in self.tuned:
-                entry["kernel"] = {"source": "tensorir-tuned", "why": f"MetaSchedule record in {db.path}"}
-            elif name in self.default_faster:
-                entry["kernel"] = {"source": "tensorir-default", "why": "the default schedule measured faster than "
-                                   f"the best record in {db.path}"}
-            elif db is None:
-                entry["kernel"] = {"source": "tensorir-default", "why": "no tuning database for this board/ISA"}
-            else:
-                entry["kernel"] = {"source": "tensorir-default", "why": f"no record for {name} in {db.path}"}
+        return section, [self._kernel_source(kernel_of.get(info.var)) for info in layers]
 
+    def _kernel_source(self, name: str | None) -> dict:
+        db = self.db
+        if name in self.tensorized:
+            return {"source": "tensorir-default", "why": "weights prepacked, tensorized by the target's int8 "
+                    "dot-product rule (schedules/x86_int8.py)"}
+        if name in self.tuned:
+            return {"source": "tensorir-tuned", "why": f"MetaSchedule record in {db.path}"}
+        if name in self.default_faster:
+            return {"source": "tensorir-default", "why": f"the default schedule measured faster than the best "
+                    f"record in {db.path}"}
+        if db is None:
+            return {"source": "tensorir-default", "why": "no tuning database for this board/ISA"}
+        return {"source": "tensorir-default", "why": f"no record for {name} in {db.path}"}
 
 def _kernel_of_var(mod: tvm.IRModule) -> dict:
     """Relax var -> name of the kernel its ``call_tir`` binds."""
