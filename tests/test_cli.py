@@ -68,11 +68,11 @@ def _cpu_flags() -> set[str]:
 
 
 def test_help_lists_every_command_with_its_purpose():
-    """The four commands of the CLI contract, each with a one-line description (a dropped, renamed
+    """The five commands of the CLI contract, each with a one-line description (a dropped, renamed
     or undocumented subcommand fails)."""
     out = ok(run_cli("--help"))
     listed = dict(re.findall(r"^    (\w+)\s{2,}(\S.*)$", out, re.M))
-    assert sorted(listed) == ["compile", "inspect", "targets", "verify"], out
+    assert sorted(listed) == ["compile", "inspect", "targets", "tune", "verify"], out
 
 
 def test_targets_lists_host_with_detected_isa_features():
