@@ -192,8 +192,9 @@ def _built(mod):
     from tvm_qplugin.artifact import Artifact
     from tvm_qplugin.build import build
 
-    executable, _ = build(mod, tvm.target.Target({"kind": "llvm"}))
-    return Artifact(mod, [], [], True, executable=executable)
+    target = tvm.target.Target({"kind": "llvm"})  # no CPU features: plain kernels, the TE requant mutated
+    executable, _ = build(mod, target)
+    return Artifact(mod, [], [], True, executable=executable, build_target=target)
 
 
 def test_every_tie_builder_catches_its_mutated_kernel(monkeypatch):

@@ -80,6 +80,7 @@ class Artifact:
     library: object = None
     c_package: Path | None = None   # MCU targets: the C package, saved as OUT/c
     scratch_dirs: list = field(default_factory=list)  # TemporaryDirectory objects: deleted with the artifact
+    build_target: object = None     # the tvm Target the library was built for (None: loaded -- the host's)
     _vm: object = None
 
     @property

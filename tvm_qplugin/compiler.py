@@ -145,7 +145,7 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
         imod.outputs = [(n, shape, qt) for n, (_, shape, qt) in zip(imported.output_names, imod.outputs)]
     dtypes = {spec.name: spec.dtype for spec in imported.inputs}
     art = Artifact(imod.mod, [IOSpec(n, shape, qt, dtypes.get(n)) for n, shape, qt in imod.inputs],
-                   [IOSpec(*o) for o in imod.outputs], opts.int_io, executable=executable)
+                   [IOSpec(*o) for o in imod.outputs], opts.int_io, executable=executable, build_target=tvm_target)
 
     first_env: dict = {}  # the reference's intermediates on the first batch, for the per-tensor errors
     bit_exact, n_exact = check_bit_exact(art, eval_ds, opts.bit_exact_inputs, opts.show_progress, first_env)

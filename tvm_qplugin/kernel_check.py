@@ -148,8 +148,9 @@ def check_kernels(art, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     from .targets import get_board
 
-    # the build packs weights for the host it compiled on (build.lower): the same plan, recomputed
-    packings = packing_plan(art.integer_mod, get_board("x86-host").target())
+    # the build packed weights for its target (build.lower): the same plan, recomputed; a loaded
+    # artifact was built for this host (x86-host, or the host side of a C-package target)
+    packings = packing_plan(art.integer_mod, art.build_target or get_board("x86-host").target())
     results = [check_site(lib, s, rng, packings.get(s.name))
                for s in kernel_sites(art.integer_mod, art.integer_function)]
     return {
