@@ -332,25 +332,27 @@ def test_a_tunable_rule_defines_the_design_space(tuned_db):
 
 def test_a_record_slower_than_the_default_schedule_is_not_applied(tuned_db, tmp_path):
     """The tune timed compile's default schedule too (defaults.jsonl); a database never makes a
-    kernel slower: pretend the default ran in 1 ns and the record is left out."""
-    from tvm_qplugin.tuning.apply import AppliedTuning
+    kernel slower. The same record, against a default said to take 1 s (applied) and 1 ns (not)."""
     from tvm_qplugin.tuning.database import DEFAULTS
 
     db, _ = tuned_db
     (_, wl), = TuningDB.open(db).workloads.values()
     kernel = tvm.IRModule({"conv": wl.mod["main"].without_attr("global_symbol")})
-    applied = resolve_tuning(db, get_board("x86-host"), _host())
-    assert applied.db.default_us, "the tune did not time the default schedule"
-    applied.apply(kernel, kernel, _host())
-    assert applied.tuned and not applied.default_faster
-    copy = tmp_path / "db"
-    shutil.copytree(db, copy)
-    key = next(iter(applied.db.workloads))
-    with open(copy / DEFAULTS, "a") as f:
-        f.write(json.dumps({"workload": key, "us": 0.001, "schedule": "default rule"}) + "\n")
-    slow = resolve_tuning(copy, get_board("x86-host"), _host())
-    out = slow.apply(kernel, kernel, _host())
-    assert slow.default_faster == ["conv"] and not slow.tuned and out.same_as(kernel)
+    assert resolve_tuning(db, get_board("x86-host"), _host()).db.default_us, "the tune did not time the default"
+    key = next(iter(TuningDB.open(db).workloads))
+
+    def with_default(us: float, name: str):
+        copy = tmp_path / name
+        shutil.copytree(db, copy)
+        with open(copy / DEFAULTS, "a") as f:
+            f.write(json.dumps({"workload": key, "us": us, "schedule": "default rule"}) + "\n")
+        applied = resolve_tuning(copy, get_board("x86-host"), _host())
+        return applied, applied.apply(kernel, kernel, _host())
+
+    fast_record, out = with_default(1e6, "slow-default")
+    assert fast_record.tuned and not fast_record.default_faster and not out.same_as(kernel)
+    slow_record, out = with_default(0.001, "fast-default")
+    assert slow_record.default_faster == ["conv"] and not slow_record.tuned and out.same_as(kernel)
 
 
 def test_tutorial_runs_with_a_tiny_budget(tmp_path):
