@@ -7,10 +7,12 @@ import math
 
 import numpy as np
 import pytest
+import tvm
 from onnx import TensorProto, helper, numpy_helper
 
 import tvm_qplugin as tq
 from tvm_qplugin.frontend import import_onnx
+from tvm_qplugin.ops import op_of
 from tvm_qplugin.passes.canonicalize import canonicalize
 
 RNG = np.random.default_rng(7)
@@ -89,6 +91,12 @@ def test_tanh_gelu_integer_only_and_close_to_float(tmp_path, form):
     assert rel < 0.03, f"{form}: relative L2 error {rel:.4f} against ONNX Runtime fp32"
 
 
-def test_tanh_outside_gelu_is_refused_by_name(tmp_path):
-    with pytest.raises(tq.UnsupportedOpError, match="tanh.*lonely_tanh"):
-        tq.compile(_mlp(tmp_path, "bare_tanh"), calib={"x": RNG.normal(size=(8, 16)).astype(np.float32)})
+def test_tanh_outside_gelu_is_an_exact_lookup_table(tmp_path):
+    """A Tanh that is not part of a GELU is no longer refused: it becomes the 256-entry table of the
+    coverage rules (ops/activation.py), integer-only and bit-exact; inside a GELU the pattern wins."""
+    art = tq.compile(_mlp(tmp_path, "bare_tanh"), calib={"x": RNG.normal(size=(8, 16)).astype(np.float32)})
+    r = art.report
+    assert r["integer_only"] and r["bit_exact"], r
+    ops = {op for op, _ in (op_of(f) or (None, None) for f in art.integer_mod.functions.values()
+                            if isinstance(f, tvm.tirx.PrimFunc))}
+    assert "lut" in ops and "gelu_int" not in ops, ops
