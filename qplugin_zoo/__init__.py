@@ -11,7 +11,12 @@ Models and data come from files that ship inside PyPI wheels (see
 
 from .cache import cache_dir
 from .digits import digits_cnn_onnx, digits_split
-from .images import imagenet_calib_eval, imagenet_crops, preprocess_imagenet, real_photos
+from .images import (
+    imagenet_calib_eval,
+    imagenet_crops,
+    preprocess_imagenet,
+    real_photos,
+)
 from .mobilenet_v2 import mobilenet_v2_onnx
 
 __all__ = [

