@@ -62,6 +62,26 @@ def scratch_bytes(s: Step) -> int:
     return scratch.buffer_size(kind, dims, x8=dt_info(s.args[0].dtype)[2] == 1)
 
 
+
+def broadcast_fields(s: Step, op: str) -> dict:
+    """The shape fields of a two-operand broadcasting kernel (qk_add_t, qk_mul_t): rank, count,
+    output shape, and each operand's strides with 0 on its broadcast axes; ``flat`` when neither
+    operand broadcasts (the kernel then walks one flat loop)."""
+    a, b = s.args
+    out = tuple(s.out.shape)
+    nd = len(out)
+    if nd > MAX_DIMS:
+        raise UnsupportedOpError(f"C package: {op} of rank {nd} ({s.name})")
+
+    def strides(shape):
+        shape = (1,) * (nd - len(shape)) + tuple(shape)
+        st = row_major_strides(shape)
+        return [0 if shape[i] == 1 and out[i] != 1 else st[i] for i in range(nd)]
+
+    flat = tuple(a.shape) == out and tuple(b.shape) == out
+    return dict(ndim=nd, count=prod(out), flat=int(flat), shape=c_dims(out), sa=c_dims(strides(a.shape)),
+                sb=c_dims(strides(b.shape)))
+
 class KernelCalls(CEmitter):
     """The C call of every supported op (see the module docstring)."""
 
@@ -138,19 +158,7 @@ class KernelCalls(CEmitter):
 
     def op_add_requant(self, s: Step, p: dict) -> None:
         a, b = s.args
-        out = tuple(s.out.shape)
-        nd = len(out)
-        if nd > MAX_DIMS:
-            raise UnsupportedOpError(f"C package: add_requant of rank {nd} ({s.name})")
-
-        def bstrides(shape):
-            shape = (1,) * (nd - len(shape)) + tuple(shape)
-            st = row_major_strides(shape)
-            return [0 if shape[i] == 1 and out[i] != 1 else st[i] for i in range(nd)]
-
-        flat = tuple(a.shape) == out and tuple(b.shape) == out
-        fields = dict(ndim=nd, count=prod(out), flat=int(flat), shape=c_dims(out), sa=c_dims(bstrides(a.shape)),
-                      sb=c_dims(bstrides(b.shape)), ma=c_i64(p["ma"]), mb=c_i64(p["mb"]), shift=p["shift"],
+        fields = dict(broadcast_fields(s, "add_requant"), ma=c_i64(p["ma"]), mb=c_i64(p["mb"]), shift=p["shift"],
                       qmin=c_i32(p["qmin"]), qmax=c_i32(p["qmax"]))
         pn = self.pstruct("qk_add_t", s, fields)
         A, B, O = dt_info(a.dtype)[0], dt_info(b.dtype)[0], dt_info(s.out.dtype)[0]
@@ -281,22 +289,10 @@ class KernelCalls(CEmitter):
 
     def op_mul_requant(self, s: Step, p: dict) -> None:
         a, b = s.args
-        out = tuple(s.out.shape)
-        nd = len(out)
-        if nd > MAX_DIMS:
-            raise UnsupportedOpError(f"C package: mul_requant of rank {nd} ({s.name})")
+        fields = broadcast_fields(s, "mul_requant")
         check_requant(s, p["multiplier"], p["shift"])
-
-        def bstrides(shape):
-            shape = (1,) * (nd - len(shape)) + tuple(shape)
-            st = row_major_strides(shape)
-            return [0 if shape[i] == 1 and out[i] != 1 else st[i] for i in range(nd)]
-
-        flat = tuple(a.shape) == out and tuple(b.shape) == out
-        pn = self.pstruct("qk_mul_t", s, dict(ndim=nd, count=prod(out), flat=int(flat), shape=c_dims(out),
-                                              sa=c_dims(bstrides(a.shape)), sb=c_dims(bstrides(b.shape)),
-                                              mult=c_i32(p["multiplier"]), shift=p["shift"], qmin=c_i32(p["qmin"]),
-                                              qmax=c_i32(p["qmax"])))
+        pn = self.pstruct("qk_mul_t", s, dict(fields, mult=c_i32(p["multiplier"]), shift=p["shift"],
+                                              qmin=c_i32(p["qmin"]), qmax=c_i32(p["qmax"])))
         A, B, O = dt_info(a.dtype)[0], dt_info(b.dtype)[0], dt_info(s.out.dtype)[0]
         self.instances.add(("mul", A, B, O))
         s.c_func = f"qk_mul_{A}_{B}_{O}"
