@@ -59,6 +59,15 @@ def bilinear_taps(in_size: int, out_size: int, mode: str) -> tuple[np.ndarray, n
     return idx, np.stack([one - w1, w1], axis=1).astype(np.int32)
 
 
+def _layout_or_mode_refused(a) -> str | None:
+    """Why a resize2d's layout or coordinate mode has no integer lowering (both resize rules)."""
+    if str(a.layout) != "NCHW":
+        return f"Resize layout {a.layout} (NCHW supported)"
+    if str(a.coordinate_transformation_mode) not in COORDINATE_MODES:
+        return f"Resize coordinate_transformation_mode {str(a.coordinate_transformation_mode)!r}"
+    return None
+
+
 @register_rule
 class QResizeNearest(IntegerRule):
     """resize2d (nearest, NCHW) -> resize_nearest with per-axis index vectors: the integers move
@@ -70,10 +79,9 @@ class QResizeNearest(IntegerRule):
         a = b.attrs
         if str(a.method) != "nearest_neighbor":
             return f"Resize mode {str(a.method)!r} (not nearest)"
-        if str(a.layout) != "NCHW":
-            return f"Resize layout {a.layout} (NCHW supported)"
-        if str(a.coordinate_transformation_mode) not in COORDINATE_MODES:
-            return f"Resize coordinate_transformation_mode {str(a.coordinate_transformation_mode)!r}"
+        refused = _layout_or_mode_refused(a)
+        if refused:
+            return refused
         if str(a.rounding_method) not in ROUNDING_METHODS:
             return f"Resize nearest_mode {str(a.rounding_method)!r} (supported: {', '.join(ROUNDING_METHODS)})"
         return None
@@ -100,11 +108,7 @@ class QResizeBilinear(IntegerRule):
         a = b.attrs
         if str(a.method) != "linear":
             return f"Resize mode {str(a.method)!r} (only nearest and linear have an integer lowering)"
-        if str(a.layout) != "NCHW":
-            return f"Resize layout {a.layout} (NCHW supported)"
-        if str(a.coordinate_transformation_mode) not in COORDINATE_MODES:
-            return f"Resize coordinate_transformation_mode {str(a.coordinate_transformation_mode)!r}"
-        return None
+        return _layout_or_mode_refused(a)
 
     def rewrite(self, ctx, b):
         x = ctx.q(b.args[0])
