@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     img.add_argument("--grayscale", action="store_true")
     c.add_argument("--tuning-db", metavar="DIR", help="MetaSchedule database from `tune` (default: the one shipped for "
                    "the board and the CPU's ISA level, if any)")
+    c.add_argument("--isa", help="build the kernels for a narrower x86 ISA level than this CPU's (e.g. avx2 on an "
+                   "AVX-512 machine, for a fleet of AVX2 boxes); its shipped tuning database applies")
     c.add_argument("-o", "--output", required=True, metavar="OUTDIR")
     c.add_argument("--no-progress", action="store_true")
     _add_tune_parser(sub)
@@ -123,7 +125,7 @@ def cmd_compile(a) -> int:
                         preprocess=pre, precision=a.precision, nonlinear=a.nonlinear,
                         **({"observer": a.observer} if a.observer else {}),
                         attention=a.attention, int_io=a.int_io, gelu=a.gelu, softmax_bits=a.softmax_bits,
-                        allow_float=allow_float, calib_limit=a.calib_limit, tuning_db=a.tuning_db,
+                        allow_float=allow_float, calib_limit=a.calib_limit, tuning_db=a.tuning_db, isa=a.isa,
                         budget=a.budget, show_progress=not a.no_progress and sys.stderr.isatty())
     art.save(out)
     print(summary(art.report, out))

@@ -31,6 +31,7 @@ from .kernel_check import check_kernels
 from .reference import ReferenceInterpreter, first_difference
 from .targets import get_board
 from .tuning.apply import resolve_tuning
+from .tuning.isa import isa_key, restrict_target
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class CompileOptions:
     budget: Budget | str | None = None            # --budget: a Budget, its text form, or None (budget.py)
     mcu_verify_inputs: int = 4                    # samples run under qemu for MCU targets
     tuning_db: str | None = None                  # --tuning-db DIR, else the shipped one (tuning/apply.py)
+    isa: str | None = None                        # --isa: build for a narrower x86 level (tuning/isa.py)
 
     def __post_init__(self):
         if not isinstance(self.budget, Budget):
@@ -110,7 +112,11 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
     if c_route:  # the integer graph is built and checked on the host, then exported as C and run emulated
         opts = CompileOptions(**{**opts.__dict__, "int_io": True})
     host = get_board("x86-host") if c_route else board
-    tuning = resolve_tuning(opts.tuning_db, board, host.target(), builds_tvm=not c_route)  # before the long steps
+    if opts.isa is not None and c_route:
+        raise QPluginError(f"--isa applies to targets built by TVM and run here (x86-host); {board.name} gets a C "
+                           "package built by its own cross compiler: drop --isa")
+    tvm_target = restrict_target(host.target(), opts.isa)
+    tuning = resolve_tuning(opts.tuning_db, board, tvm_target, builds_tvm=not c_route)  # before the long steps
     if isinstance(input_shapes, (list, tuple)):
         input_shapes = parse_input_shapes(list(input_shapes))
     t0 = time.perf_counter()
@@ -123,7 +129,6 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
     if eval_ds.labels is None and eval is None:
         eval_ds = calib_ds
 
-    tvm_target = host.target()
     float_mod = canonicalize(imported.mod)
     runner = FloatRunner(float_mod, tvm_target)
     ranges = calibrate(runner, calib_ds, opts.observer, opts.calib_limit, opts.show_progress)
@@ -160,7 +165,8 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
                               checks={"bit_exact": bit_exact, "bit_exact_inputs": n_exact,
                                       "bit_exact_kernels": kernels_exact},
                               accuracy=accuracy, latency=latency, tensors=errors,
-                              timing_s={"total": time.perf_counter() - t0, "tvm_build": build_s})
+                              timing_s={"total": time.perf_counter() - t0, "tvm_build": build_s},
+                              isa=None if c_route else isa_key(tvm_target))
     report.record_tuning(art.report, *tuning.report(imod.mod, imod.layers))
     if not c_route:
         add_kernel_times(art, imod, runs=3)
@@ -200,12 +206,14 @@ def export_for_mcu(art: Artifact, board, ds: Dataset, opts: CompileOptions) -> N
 
 def add_kernel_times(art: Artifact, imod, runs: int) -> None:
     """``layers[].latency_us`` (each conv/dense call) and ``kernels`` (time per integer op kind)."""
+    from .peak import layer_peak_gmacs
     from .profile import binding_times, by_op, instrumented_runs, kernel_times
 
     calls = instrumented_runs(art, runs)
     per_call = binding_times(art, calls)
+    peaks = [layer_peak_gmacs(art.build_target, info.a_bits) for info in imod.layers]
     report.record_kernel_times(art.report, [per_call.get(info.var) for info in imod.layers],
-                               by_op(art, kernel_times(calls)))
+                               by_op(art, kernel_times(calls)), peaks)
 
 
 def check_bit_exact(art: Artifact, ds: Dataset, n: int, show_progress: bool = False,

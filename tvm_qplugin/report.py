@@ -13,9 +13,10 @@ from ._version import __version__
 
 
 def build(imported, board, opts, imod, iv, weights: int, checks: dict, accuracy: dict, latency: dict, tensors,
-          timing_s: dict) -> dict:
+          timing_s: dict, isa: str | None = None) -> dict:
     """The report of a finished host compile. ``iv``: the integer-only findings; ``checks``:
-    ``bit_exact``, ``bit_exact_inputs``, ``bit_exact_kernels``; ``tensors``: per-tensor errors."""
+    ``bit_exact``, ``bit_exact_inputs``, ``bit_exact_kernels``; ``tensors``: per-tensor errors;
+    ``isa``: the int8 ISA level the kernels were built for (``--isa``, else the target's own)."""
     import tvm
     import tvm_ffi
 
@@ -23,6 +24,7 @@ def build(imported, board, opts, imod, iv, weights: int, checks: dict, accuracy:
         "model": str(imported.path),
         "target": board.name,
         "isa_features": board.isa_features(),
+        "isa": isa,
         "precision": opts.precision,
         "nonlinear": opts.nonlinear,
         "gelu": opts.gelu,
@@ -38,7 +40,8 @@ def build(imported, board, opts, imod, iv, weights: int, checks: dict, accuracy:
         "accuracy": accuracy,
         "size_bytes": {"weights": weights, "code": None},
         "layers": [{"name": layer.name, "op": layer.op, "w_bits": layer.w_bits, "a_bits": layer.a_bits,
-                    "sensitivity": None, "latency_us": None, "macs": layer.macs} for layer in imod.layers],
+                    "sensitivity": None, "latency_us": None, "macs": layer.macs, "gmacs": None,
+                    "fraction_of_peak": None, "primitive": "int8"} for layer in imod.layers],
         "latency_ms": latency,
         "tuning": {"trials": 0, "tasks_tuned": 0, "tasks_untuned": iv.kernels, "db": None},
         "inputs": [{"name": n, "shape": list(s), **(q.to_json() if q is not None else {"raw": True})}
@@ -60,6 +63,8 @@ def record_c_package(r: dict, res: dict, board) -> None:
                 "instructions_per_inference": res.get("instructions_per_inference"),
                 "instructions_per_mac": res.get("instructions_per_mac")}
     r["bit_exact"] = bool(r["bit_exact"] and res["bit_exact"])
+    for layer in r["layers"]:  # the package's kernels are the hand-written C of export/kernels_c.py
+        layer["kernel"] = {"source": "handwritten-c", "why": f"C package for {board.name}: export/kernels_c.py"}
     convs = [layer for layer in r["layers"] if layer["op"] in ("conv2d", "dense")]
     for layer, cost in zip(convs, res.get("layers") or []):
         layer["instructions"] = cost.get("instructions")
@@ -67,11 +72,17 @@ def record_c_package(r: dict, res: dict, board) -> None:
     r["latency_ms"] = None  # qemu counts instructions, not time
 
 
-def record_kernel_times(r: dict, layer_us: list, kernels: list) -> None:
-    """``layers[].latency_us`` (per call, in layer order; None where unmeasured) and ``kernels``
-    (time per integer op kind), from the VM instrument (profile.py)."""
-    for layer, t in zip(r["layers"], layer_us):
-        layer["latency_us"] = None if t is None else round(t, 1)
+def record_kernel_times(r: dict, layer_us: list, kernels: list, layer_peaks: list | None = None) -> None:
+    """``layers[].latency_us`` (per call, in layer order; None where unmeasured), ``gmacs`` (its
+    MACs over that time) and ``fraction_of_peak`` (against ``layer_peaks``: the measured GMAC/s
+    of the dot instruction the layer's activation width runs on, peak.py; None where unknown),
+    and ``kernels`` (time per integer op kind), from the VM instrument (profile.py)."""
+    peaks = layer_peaks or [None] * len(r["layers"])
+    for layer, t, peak in zip(r["layers"], layer_us, peaks):
+        layer["latency_us"] = t = None if t is None else round(t, 1)  # the figures below use what is printed
+        gmacs = layer["macs"] / t / 1e3 if t and layer.get("macs") else None
+        layer["gmacs"] = None if gmacs is None else round(gmacs, 2)
+        layer["fraction_of_peak"] = None if gmacs is None or not peak else round(gmacs / peak, 4)
     r["kernels"] = kernels
 
 

@@ -53,6 +53,12 @@ class DotIsa:
     accumulates: bool   # True: the instruction adds into C itself (vpdp*); False: C + result (vpmaddwd)
     vector_bits: int
 
+    @property
+    def mnemonic(self) -> str:
+        """The x86 instruction (``vpdpbusd``, ``vpdpwssd``, ``vpmaddwd``), for reports."""
+        op = self.llvm_intrin.split(".")[3]
+        return "vpmaddwd" if op == "pmadd" else op
+
 
 VNNI = DotIsa("vnni", 16, 4, "int8", "llvm.x86.avx512.vpdpbusd.512", True, 512)
 VNNI16 = DotIsa("vnni16", 16, 2, "int16", "llvm.x86.avx512.vpdpwssd.512", True, 512)

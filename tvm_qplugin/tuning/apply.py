@@ -23,9 +23,10 @@ from tvm import relax
 
 from ..errors import QPluginError
 from ..ops import OPS, op_of
+from ..schedules.intrin_x86 import ISA_BY_NAME
+from ..schedules.packing import packed_info
 from .database import TuningDB
 from .isa import isa_key, shipped_db_dir
-from ..schedules.packing import packed_info
 from .tasks import workload_key, workload_of
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class AppliedTuning:
     tuned: dict[str, str] = field(default_factory=dict)      # kernel name -> workload key
     untuned: list[str] = field(default_factory=list)         # integer kernels without a record
     default_faster: list[str] = field(default_factory=list)  # a record exists, the default schedule is faster
-    tensorized: list[str] = field(default_factory=list)      # prepacked + hand-tensorized (schedules/x86_int8.py)
+    tensorized: dict[str, dict] = field(default_factory=dict)  # prepacked + hand-scheduled: name -> packed_info
 
     def apply(self, original: tvm.IRModule, scheduled: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
         """``scheduled`` with every integer kernel the database covers replaced by its tuned schedule
@@ -51,7 +52,7 @@ class AppliedTuning:
             if described is None or not OPS[described[0]].integer_only:
                 continue
             if packed_info(func) is not None:  # a tensorized rule owns it (and `tune` does not tune it)
-                self.tensorized.append(gv.name_hint)
+                self.tensorized[gv.name_hint] = packed_info(func)
                 continue
             sch = None
             if self.db is not None:
@@ -108,8 +109,11 @@ class AppliedTuning:
     def _kernel_source(self, name: str | None) -> dict:
         db = self.db
         if name in self.tensorized:
-            return {"source": "tensorir-default", "why": "weights prepacked, tensorized by the target's int8 "
-                    "dot-product rule (schedules/x86_int8.py)"}
+            info = self.tensorized[name]
+            isa = ISA_BY_NAME.get(info.get("isa", ""))
+            on = f" on {isa.mnemonic} ({isa.name})" if isa is not None else ""
+            return {"source": "tensorir-default", "why": f"weights prepacked, scheduled by the {info['rule']} rule{on} "
+                    "(tvm_qplugin/schedules/)"}
         if name in self.tuned:
             return {"source": "tensorir-tuned", "why": f"MetaSchedule record in {db.path}"}
         if name in self.default_faster:
