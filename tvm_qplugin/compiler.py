@@ -89,6 +89,42 @@ def _dataset(data, specs, preprocess, what) -> Dataset | None:
     return load_dataset(data, specs, preprocess, what)
 
 
+@dataclass
+class IntegerFront:
+    """The compile's front half: what ``tune`` needs too, so that it sees the very kernels
+    ``compile`` will look up (same import, calibration and integerization)."""
+
+    imported: object          # frontend.Imported: the Relax module, inputs, the ONNX model
+    float_mod: tvm.IRModule   # canonicalized float graph
+    runner: FloatRunner       # the float graph built for the host, observing (calibration)
+    calib_ds: Dataset
+    eval_ds: Dataset          # ``eval`` (loaded before calibrating: a bad file fails fast), else calib_ds
+    imod: object              # passes.integerize.IntegerModule
+
+
+def integer_front(model, opts: CompileOptions, tvm_target: tvm.target.Target, calib, input_shapes=None,
+                  preprocess: Preprocess | None = None, eval=None) -> IntegerFront:  # noqa: A002 - compile's name
+    """Import -> canonicalize -> calibrate -> integerize ``model`` under ``opts``."""
+    if isinstance(input_shapes, (list, tuple)):
+        input_shapes = parse_input_shapes(list(input_shapes))
+    imported = import_onnx(model, input_shapes)
+    if calib is None:
+        raise CalibrationError("no calibration data: pass --calib FILE.npz or --calib DIR (images) "
+                               "with the model's input name(s)")
+    calib_ds = _dataset(calib, imported.inputs, preprocess, "calibration")
+    eval_ds = _dataset(eval, imported.inputs, preprocess, "evaluation") or calib_ds
+    if eval_ds.labels is None and eval is None:
+        eval_ds = calib_ds
+    float_mod = canonicalize(imported.mod)
+    runner = FloatRunner(float_mod, tvm_target)
+    ranges = calibrate(runner, calib_ds, opts.observer, opts.calib_limit, opts.show_progress)
+    try:
+        imod = integerize(float_mod, ranges, IntegerizeConfig(int_io=opts.int_io, scheme=opts.scheme))
+    except UnsupportedOpError as e:
+        raise name_onnx_nodes(e, imported.onnx_model) from None
+    return IntegerFront(imported, float_mod, runner, calib_ds, eval_ds, imod)
+
+
 def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, input_shapes=None,  # noqa: A001
             preprocess: Preprocess | None = None, **options) -> Artifact:
     """Compile a float ONNX model into a verified integer-only artifact.
@@ -117,25 +153,10 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
                            "package built by its own cross compiler: drop --isa")
     tvm_target = restrict_target(host.target(), opts.isa)
     tuning = resolve_tuning(opts.tuning_db, board, tvm_target, builds_tvm=not c_route)  # before the long steps
-    if isinstance(input_shapes, (list, tuple)):
-        input_shapes = parse_input_shapes(list(input_shapes))
     t0 = time.perf_counter()
-    imported = import_onnx(model, input_shapes)
-    if calib is None:
-        raise CalibrationError("no calibration data: pass --calib FILE.npz or --calib DIR (images) "
-                               "with the model's input name(s)")
-    calib_ds = _dataset(calib, imported.inputs, preprocess, "calibration")
-    eval_ds = _dataset(eval, imported.inputs, preprocess, "evaluation") or calib_ds
-    if eval_ds.labels is None and eval is None:
-        eval_ds = calib_ds
-
-    float_mod = canonicalize(imported.mod)
-    runner = FloatRunner(float_mod, tvm_target)
-    ranges = calibrate(runner, calib_ds, opts.observer, opts.calib_limit, opts.show_progress)
-    try:
-        imod = integerize(float_mod, ranges, IntegerizeConfig(int_io=opts.int_io, scheme=opts.scheme))
-    except UnsupportedOpError as e:
-        raise name_onnx_nodes(e, imported.onnx_model) from None
+    front = integer_front(model, opts, tvm_target, calib, input_shapes, preprocess, eval=eval)
+    imported, float_mod, runner, imod = front.imported, front.float_mod, front.runner, front.imod
+    eval_ds = front.eval_ds
     core = integer_function(opts.int_io)
     weights = weight_bytes(imod.mod[core])
     opts.budget.check_model(weights, [layer.__dict__ for layer in imod.layers])

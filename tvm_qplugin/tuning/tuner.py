@@ -64,29 +64,12 @@ class TuneResult:
 
 
 def integer_module(model, board, calib, input_shapes=None, preprocess=None, options=None):
-    """The compile's front half -- import, canonicalize, calibrate, integerize, exactly as
-    ``compiler.compile`` does -- so that tune sees the very kernels compile will look up."""
-    from ..calibrate import FloatRunner, calibrate
-    from ..compiler import CompileOptions, _dataset
-    from ..errors import CalibrationError, UnsupportedOpError
-    from ..frontend import import_onnx, name_onnx_nodes, parse_input_shapes
-    from ..passes.canonicalize import canonicalize
-    from ..passes.integerize import IntegerizeConfig, integerize
+    """The compile's front half (``compiler.integer_front``): tune sees the very kernels compile
+    will look up."""
+    from ..compiler import CompileOptions, integer_front
 
     opts = CompileOptions(target=board.name, **(options or {}))
-    if isinstance(input_shapes, (list, tuple)):
-        input_shapes = parse_input_shapes(list(input_shapes))
-    imported = import_onnx(model, input_shapes)
-    if calib is None:
-        raise CalibrationError("no calibration data: tune calibrates exactly as compile does; pass the same "
-                               "--calib FILE.npz or --calib DIR")
-    calib_ds = _dataset(calib, imported.inputs, preprocess, "calibration")
-    float_mod = canonicalize(imported.mod)
-    ranges = calibrate(FloatRunner(float_mod, board.target()), calib_ds, opts.observer, opts.calib_limit)
-    try:
-        return integerize(float_mod, ranges, IntegerizeConfig(int_io=opts.int_io, scheme=opts.scheme))
-    except UnsupportedOpError as e:
-        raise name_onnx_nodes(e, imported.onnx_model) from None
+    return integer_front(model, opts, board.target(), calib, input_shapes, preprocess).imod
 
 
 def tune(model, target: str = "x86-host", trials: int = 64, calib=None, db: str | Path | None = None,
