@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "papers' uint8)")
     c.add_argument("--attention", default="int8")
     c.add_argument("--input-shape", action="append", default=[], metavar="NAME=D1,D2,...")
+    c.add_argument("--input-value", action="append", default=[], metavar="NAME=V[,V...]",
+                   help="fix an input at compile time (a mode or sample-rate input the model branches on)")
     c.add_argument("--int-io", action="store_true", help="integer inputs/outputs (no entry/exit float ops)")
     c.add_argument("--allow-float", default="", metavar="OP,...", help="accept float findings "
                    "of these ops (qplugin op or relax.* names): reported, integer_only becomes false")
@@ -100,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="ops, shapes, params; what is supported and why not")
     i.add_argument("model")
     i.add_argument("--input-shape", action="append", default=[], metavar="NAME=D1,D2,...")
+    i.add_argument("--input-value", action="append", default=[], metavar="NAME=V[,V...]")
 
     sub.add_parser("targets", help="list the board catalogue")
     return p
@@ -126,6 +129,7 @@ def cmd_compile(a) -> int:
                         **({"observer": a.observer} if a.observer else {}),
                         attention=a.attention, int_io=a.int_io, gelu=a.gelu, softmax_bits=a.softmax_bits,
                         allow_float=allow_float, calib_limit=a.calib_limit, tuning_db=a.tuning_db, isa=a.isa,
+                        input_values=tuple(a.input_value) or None,
                         budget=a.budget, show_progress=not a.no_progress and sys.stderr.isatty())
     art.save(out)
     print(summary(art.report, out))
@@ -144,7 +148,7 @@ def cmd_verify(a) -> int:
 def cmd_inspect(a) -> int:
     from .inspect_model import inspect_model
 
-    print(inspect_model(a.model, a.input_shape))
+    print(inspect_model(a.model, a.input_shape, a.input_value))
     return 0
 
 
@@ -170,6 +174,7 @@ def _add_tune_parser(sub) -> None:
     t.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on the boards of a TVM RPC tracker")
     t.add_argument("--rpc-key", metavar="KEY", help="the tracker key the boards are registered under")
     t.add_argument("--input-shape", action="append", default=[], metavar="NAME=D1,D2,...")
+    t.add_argument("--input-value", action="append", default=[], metavar="NAME=V[,V...]")
     t.add_argument("--observer", default="percentile")
     t.add_argument("--nonlinear", default="ivit")
     t.add_argument("--int-io", action="store_true")
@@ -191,7 +196,8 @@ def cmd_tune(a) -> int:
     res = tune(a.model, target=a.target, trials=a.trials, calib=a.calib, db=a.db, isa=a.isa,
                rpc_tracker=a.rpc_tracker, rpc_key=a.rpc_key, input_shapes=a.input_shape,
                trials_per_iter=a.trials_per_iter, observer=a.observer, nonlinear=a.nonlinear, int_io=a.int_io,
-               calib_limit=a.calib_limit, progress=lambda line: print(line, file=sys.stderr, flush=True))
+               calib_limit=a.calib_limit, input_values=tuple(a.input_value) or None,
+               progress=lambda line: print(line, file=sys.stderr, flush=True))
     tuned = sum(1 for t in res.tasks if t.stored)
     print(f"database     {res.db}  ({res.board} / {res.isa})")
     print(f"tasks        {tuned} of {len(res.tasks)} with a verified record; {res.rejected_wrong} wrong candidate(s) "
@@ -214,10 +220,10 @@ def _precheck(a) -> None:
     """The checks that need no TVM: a bad model, data file or input shape errors in well under a second."""
     from .data import check_data_file
     from .errors import CalibrationError
-    from .frontend import check_supported, load_onnx, parse_input_shapes, resolve_input_specs
+    from .frontend import check_supported, load_specialized, parse_input_shapes, resolve_input_specs
     from .onnx_checks import check_graph
 
-    onnx_model = load_onnx(a.model)
+    onnx_model = load_specialized(a.model, a.input_value)
     specs = resolve_input_specs(onnx_model, a.model, parse_input_shapes(a.input_shape))
     check_supported(onnx_model, a.model)
     check_graph(onnx_model, a.model, {s.name: s.shape for s in specs})

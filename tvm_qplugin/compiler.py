@@ -61,6 +61,7 @@ class CompileOptions:
     mcu_verify_inputs: int = 4                    # samples run under qemu for MCU targets
     tuning_db: str | None = None                  # --tuning-db DIR, else the shipped one (tuning/apply.py)
     isa: str | None = None                        # --isa: build for a narrower x86 level (tuning/isa.py)
+    input_values: dict | tuple | None = None      # --input-value: inputs fixed at compile time (passes/specialize.py)
 
     def __post_init__(self):
         if not isinstance(self.budget, Budget):
@@ -107,7 +108,7 @@ def integer_front(model, opts: CompileOptions, tvm_target: tvm.target.Target, ca
     """Import -> canonicalize -> calibrate -> integerize ``model`` under ``opts``."""
     if isinstance(input_shapes, (list, tuple)):
         input_shapes = parse_input_shapes(list(input_shapes))
-    imported = import_onnx(model, input_shapes)
+    imported = import_onnx(model, input_shapes, opts.input_values)
     if calib is None:
         raise CalibrationError("no calibration data: pass --calib FILE.npz or --calib DIR (images) "
                                "with the model's input name(s)")

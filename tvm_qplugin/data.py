@@ -206,7 +206,10 @@ def _check_layout(meta: dict[str, tuple[tuple[int, ...], np.dtype]],
         add_axis = len(shape) == len(sample) and tuple(shape) == sample  # one sample, no sample axis
         if add_axis:
             shape = (1, *shape)
-        if len(shape) == 0 or tuple(shape[1:]) != sample:
+        # a batch-1 model also takes whole model inputs per sample, (N, *shape): an input whose batch
+        # is not its first axis (an RNN state (layers, batch, hidden)) has no other way to say it
+        whole_calls = specs[0].batch == 1 and tuple(shape[1:]) == tuple(s.shape)
+        if len(shape) == 0 or (tuple(shape[1:]) != sample and not whole_calls):
             raise CalibrationError(f"{what} data {src!r}: input {s.name!r} has shape {tuple(shape)}, expected "
                                    f"(N, {', '.join(map(str, sample))}) for model input shape {s.shape}")
         if shape[0] == 0:

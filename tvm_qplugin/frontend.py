@@ -25,6 +25,7 @@ from .errors import ModelLoadError, ShapeError, UnsupportedOpError, last_line, o
 from .native_log import quiet_native_stderr
 from .onnx_checks import check_graph
 from .passes.coverage_ops import COVERAGE_ONNX_OPS
+from .passes.specialize import parse_input_values, specialize
 from .passes.static_shapes import static_nodes
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,14 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
         raise ModelLoadError(f"{str(p)!r} is not a valid ONNX model: {one_line(e).rstrip('.')}; fix or re-export the "
                              "model") from None
     return model
+
+
+def load_specialized(path: str | Path, input_values=None) -> onnx.ModelProto:
+    """:func:`load_onnx`, then the inputs fixed by ``--input-value`` (``{name: value}`` or
+    ``["name=V", ...]``) frozen in and constant ``If`` branches inlined (passes/specialize.py)."""
+    if isinstance(input_values, (list, tuple)):
+        input_values = parse_input_values(list(input_values))
+    return specialize(load_onnx(path), input_values, str(path))
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -207,12 +216,14 @@ def _failed_node(model: onnx.ModelProto, printed: str) -> str:
     return f" at a {op} node (one of {', '.join(map(repr, names[:5]))}{' ...' if len(names) > 5 else ''})"
 
 
-def import_onnx(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | None = None) -> ImportedModel:
-    """Load, check and import ``path`` into a float Relax module with static shapes."""
+def import_onnx(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | None = None,
+                input_values=None) -> ImportedModel:
+    """Load, specialize (``input_values``), check and import ``path`` into a float Relax module
+    with static shapes."""
     from tvm.relax.frontend.onnx import from_onnx
 
     path = str(path)
-    model = load_onnx(path)
+    model = load_specialized(path, input_values)
     specs = resolve_input_specs(model, path, input_shapes or {})
     check_supported(model, path)
     check_graph(model, path, {s.name: s.shape for s in specs})

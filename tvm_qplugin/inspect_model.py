@@ -16,14 +16,15 @@ from collections import Counter
 import numpy as np
 
 from .errors import QPluginError
-from .frontend import SUPPORTED_ONNX_OPS, graph_inputs, load_onnx, parse_input_shapes, resolve_input_specs
+from .frontend import SUPPORTED_ONNX_OPS, graph_inputs, load_specialized, parse_input_shapes, resolve_input_specs
 from .passes.static_shapes import node_label, static_nodes
 
 _SHOWN_FOLDED = 12
 
 
-def inspect_model(path: str, input_shape_args: list[str] | None = None) -> str:
-    model = load_onnx(path)
+def inspect_model(path: str, input_shape_args: list[str] | None = None,
+                  input_value_args: list[str] | None = None) -> str:
+    model = load_specialized(path, input_value_args)
     shapes = parse_input_shapes(input_shape_args)
     ops = Counter(n.op_type for n in model.graph.node)
     folded = set(static_nodes(model))
@@ -57,12 +58,12 @@ def inspect_model(path: str, input_shape_args: list[str] | None = None) -> str:
         more = f" and {len(names) - _SHOWN_FOLDED} more" if len(names) > _SHOWN_FOLDED else ""
         lines.append(f"folded  {len(names)} node(s): {', '.join(names[:_SHOWN_FOLDED])}{more}")
     if not unsupported and not dynamic_inputs:
-        lines += coverage_table(path, model, shapes)
+        lines += coverage_table(path, model, shapes, input_value_args)
     lines.append("verdict " + ("all ops supported" if not unsupported else f"unsupported: {', '.join(unsupported)}"))
     return "\n".join(lines)
 
 
-def coverage_table(path: str, model, shapes: dict) -> list[str]:
+def coverage_table(path: str, model, shapes: dict, input_values=None) -> list[str]:
     """``coverage`` lines: each Relax op of the canonical float graph, its count, and the integerize
     rule(s) that take it or the reasons every rule gives for refusing it."""
     from tvm import relax
@@ -74,7 +75,7 @@ def coverage_table(path: str, model, shapes: dict) -> list[str]:
 
     try:
         resolve_input_specs(model, path, shapes)
-        graph = Graph(canonicalize(import_onnx(path, shapes).mod)["main"])
+        graph = Graph(canonicalize(import_onnx(path, shapes, input_values).mod)["main"])
     except QPluginError as e:
         return [f"coverage  not available: {e}"]
     ctx = IntegerizeContext(graph, {}, IntegerizeConfig(), relax.BlockBuilder())

@@ -314,6 +314,15 @@ class KernelCalls(CEmitter):
         s.c_func = f"qk_prelu_{X}_{O}"
         self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, {self.ptr(s.out)});")
 
+    def op_sqrt_requant(self, s: Step, p: dict) -> None:
+        (x,) = s.args
+        pn = self.pstruct("qk_sqrt_t", s, dict(count=prod(x.shape), shift=p["shift"], qmax=c_i32(p["qmax"]),
+                                               mult4=f"INT64_C({4 * int(p['multiplier'])})"))
+        X, O = dt_info(x.dtype)[0], dt_info(s.out.dtype)[0]
+        self.instances.add(("sqrt", X, O))
+        s.c_func = f"qk_sqrt_{X}_{O}"
+        self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, {self.ptr(s.out)});")
+
     def op_resize_nearest(self, s: Step, p: dict) -> None:
         x, rows, cols = s.args
         n, c, h, w = x.shape

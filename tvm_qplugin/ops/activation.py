@@ -88,3 +88,44 @@ class MulRequant(IntegerOp):
 
     def reference(self, a, b, *, multiplier, shift, qmin, qmax, out_dtype):
         return requantize_ref(a.astype(np.int64) * b.astype(np.int64), multiplier, shift, qmin, qmax, out_dtype)
+
+
+def _np_isqrt_exact(v: np.ndarray) -> np.ndarray:
+    """``floor(sqrt(v))`` for int64 ``0 <= v < 2**56``: a float64 estimate (within 1 there) fixed
+    up with integer comparisons -- independent of the kernels' Newton isqrt (ops/int_core.py)."""
+    v = np.asarray(v, np.int64)
+    k = np.floor(np.sqrt(v.astype(np.float64))).astype(np.int64)
+    k = k - (k * k > v)
+    return k + ((k + 1) * (k + 1) <= v)
+
+
+@register_op
+class SqrtRequant(IntegerOp):
+    """``y = min((isqrt((max(x, 0) * multiplier << 2) >> shift) + 1) >> 1, qmax)``: the square root
+    of a wide non-negative tensor (a magnitude ``sqrt(re**2 + im**2)``, an RMS), rounded to the
+    output scale, with no table and no division.
+
+    With ``x`` at scale ``s_in`` and ``y`` at ``s_out``, ``multiplier * 2**-shift ~ s_in / s_out**2``
+    and ``X = x s_in / s_out**2``: ``u = isqrt(floor(4 X)) = floor(2 sqrt(X))`` and
+    ``(u + 1) >> 1 = floor(sqrt(X) + 1/2)``, sqrt(X) rounded half up. The 8-bit case is ``lut``
+    (exact and cheaper); this op keeps a 16/32-bit input's resolution, which a table cannot.
+
+    x : int16 / int32 / uint8 / int8 (negatives read as 0). multiplier : int, with
+    ``4 * max(x) * multiplier < 2**63`` and the shifted value below ``2**56`` (the rule checks).
+    """
+
+    name = "sqrt_requant"
+
+    def compute(self, x, *, multiplier, shift, qmax, out_dtype):
+        from .int_core import stage, te_isqrt_newton
+
+        v4 = stage(x, lambda *i: (tirx.max(i64(x(*i)), i64(0)) * i64(multiplier * 4)) >> i64(shift), "sqrt_v4")
+        safe = stage(v4, lambda *i: tirx.max(v4(*i), i64(1)), "sqrt_safe")
+        u = te_isqrt_newton(safe, "sqrt_u")
+        return te.compute(x.shape, lambda *i: tirx.min(
+            tirx.if_then_else(v4(*i) > i64(0), (u(*i) + i64(1)) >> i64(1), i64(0)), i64(qmax)).astype(out_dtype),
+            name="y")
+
+    def reference(self, x, *, multiplier, shift, qmax, out_dtype):
+        v4 = (np.maximum(x.astype(np.int64), 0) * np.int64(multiplier * 4)) >> np.int64(shift)
+        return np.minimum((_np_isqrt_exact(v4) + 1) >> 1, qmax).astype(out_dtype)

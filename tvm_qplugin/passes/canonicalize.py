@@ -13,7 +13,8 @@
    Quantizing the folded weights (not the unfolded conv) is what HAWQ-V3 prescribes: the scale
    of BN changes each channel's weight range.
    Between 3 and 4, the coverage passes: ``SplitToSlices`` (passes/split.py), ``NormalizePad``
-   (passes/pad.py), ``ConvTransposeToConv`` (passes/conv_transpose.py); last,
+   (passes/pad.py), ``ConvTransposeToConv`` (passes/conv_transpose.py), ``Conv1DToConv2D``,
+   ``PowerToMultiply``, ``TakeToSlice`` (passes/coverage_forms.py); last,
    ``FlattenOutputTuple`` (passes/outputs.py) for multi-output graphs.
 """
 from __future__ import annotations
@@ -212,6 +213,7 @@ FoldBatchNorm = function_pass(_fold_batch_norm, "FoldBatchNorm")
 def canonicalize(mod: tvm.IRModule) -> tvm.IRModule:
     """The canonicalization pipeline (module doc)."""
     from .conv_transpose import ConvTransposeToConv
+    from .coverage_forms import Conv1DToConv2D, PowerToMultiply, TakeToSlice
     from .outputs import FlattenOutputTuple
     from .pad import NormalizePad, refuse_other_pad_modes
     from .patterns import FuseGELU, FuseLayerNorm
@@ -228,6 +230,9 @@ def canonicalize(mod: tvm.IRModule) -> tvm.IRModule:
         SplitToSlices,
         NormalizePad,
         ConvTransposeToConv,   # before FoldBatchNorm: the conv2d it writes folds BN like any other
+        Conv1DToConv2D,        # likewise
+        PowerToMultiply,       # after FuseLayerNorm, whose pattern holds a Pow(x - mean, 2)
+        TakeToSlice,
         FoldBatchNorm,
         relax.transform.FoldConstant(),
         relax.transform.DeadCodeElimination(["main"]),

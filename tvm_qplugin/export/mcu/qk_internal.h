@@ -70,6 +70,17 @@ QK_INLINE int32_t qk_round_shift_clamp64(uint64_t acc, int32_t c, int32_t lo, in
 
 QK_INLINE uint64_t qk_mul64(int64_t a, int64_t b) { return (uint64_t)a * (uint64_t)b; }
 
+/* floor(sqrt(v)), exact, digit by digit: shifts, adds and compares only (no divide, no FPU) */
+QK_INLINE uint32_t qk_isqrt64(uint64_t v) {
+  uint64_t r = 0, bit = (uint64_t)1 << 62;
+  while (bit > v) bit >>= 2;
+  while (bit) {
+    if (v >= r + bit) { v -= r + bit; r = (r >> 1) + bit; } else { r >>= 1; }
+    bit >>= 2;
+  }
+  return (uint32_t)r;
+}
+
 /* high word of acc * b: floor(acc * b / 2^32) (SMULL / SMMUL) */
 QK_INLINE int32_t qk_mulhi(int32_t acc, int32_t b) { return (int32_t)(((int64_t)acc * b) >> 32); }
 

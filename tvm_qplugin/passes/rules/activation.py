@@ -1,4 +1,4 @@
-"""Sigmoid / Tanh (table lookup), LeakyReLU / PRelu (two dyadic slopes), activation x activation Mul.
+"""Sigmoid / Tanh / Sqrt (table lookup), LeakyReLU / PRelu (two dyadic slopes), activation x activation Mul.
 
 HardSigmoid and HardSwish need no rule of their own: the ONNX importer writes them as
 ``clip(alpha * x + beta, 0, 1)`` and ``x * clip(x + 3, 0, 6) / 6``, whose pieces are integerized
@@ -19,6 +19,10 @@ LOOKUP_FUNCTIONS = {
     "relax.sigmoid": (lambda v: 1.0 / (1.0 + np.exp(-v)), True),
     "relax.tanh": (np.tanh, False),
 }
+
+
+def _sqrt(v):
+    return np.sqrt(np.maximum(v, 0.0))  # a magnitude sqrt(re**2 + im**2) or an RMS: never below 0
 
 
 def lookup_table(fn, in_dtype: str, in_scale: float, out_qt) -> np.ndarray:
@@ -52,6 +56,36 @@ class QLookup(IntegerRule):
         table = lookup_table(fn, x.qtype.dtype, x.qtype.scale, out_qt)
         y = ctx.emit("lut", [x.expr, const(table)])
         return QValue(y, out_qt, nonneg)
+
+
+@register_rule
+class QSqrt(IntegerRule):
+    """sqrt -> lut on an 8-bit input (exact, one load), else sqrt_requant: an integer square root on
+    the input's full 16/32-bit resolution (a table would first narrow it to 256 levels: on a power
+    spectrum, whose dynamic range the square doubles, that loses most of the quiet bins)."""
+
+    ops = ("relax.sqrt",)
+    MULTIPLIER_BITS = 22  # 4 * max|x| * m < 2**55 for any int32 input
+
+    def check(self, ctx, b):
+        return None if dtype_of(b.var).startswith("float") else "integer input"
+
+    def rewrite(self, ctx, b):
+        x = ctx.q(b.args[0])
+        out_qt = ctx.out_qtype(b.var, True, wide_ok=False)
+        if x.qtype.dtype in ("int8", "uint8"):
+            table = lookup_table(_sqrt, x.qtype.dtype, x.qtype.scale, out_qt)
+            return QValue(ctx.emit("lut", [x.expr, const(table)]), out_qt, True)
+        ratio = x.qtype.scale / out_qt.scale**2  # X = x * ratio, y = round(sqrt(X))
+        shift = self.MULTIPLIER_BITS - 1 - int(np.floor(np.log2(ratio)))
+        if shift < 0 or 4 * x.qtype.qmax * ratio >= 2.0**55:
+            x = ctx.narrow(x, signed=False)  # an output scale this coarse needs no more than 8 bits
+            table = lookup_table(_sqrt, x.qtype.dtype, x.qtype.scale, out_qt)
+            return QValue(ctx.emit("lut", [x.expr, const(table)]), out_qt, True)
+        multiplier = int(round(ratio * 2.0**shift))
+        y = ctx.emit("sqrt_requant", [x.expr], multiplier=multiplier, shift=shift, qmax=out_qt.qmax,
+                     out_dtype=out_qt.dtype)
+        return QValue(y, out_qt, True)
 
 
 @register_rule
