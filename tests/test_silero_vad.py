@@ -1,0 +1,62 @@
+"""Silero VAD (``silero-vad==6.2.3``, the "ifless" opset-18 file) on real speech: a streaming LSTM
+voice-activity detector that branches on its sample-rate input. Compiled with
+``--input-value sr=16000``: integer-only, bit-exact on the host and in the Cortex-M4 C package
+under qemu, and in a closed-loop streaming run (each call gets the integer model's own previous
+state, as deployed) its speech decisions agree with ONNX Runtime fp32 on espeak-ng speech."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+import tvm_qplugin as tq
+from qplugin_zoo import silero_vad as sv
+
+log = logging.getLogger(__name__)
+SHAPES = ["input=1,576", "state=2,1,128"]
+
+
+@pytest.fixture(scope="module")
+def streamed():
+    """Windows of the speech track, and the float model's probabilities and states along it."""
+    frames = sv.windows(sv.speech_audio())
+    probs, states = sv.stream(sv.onnxruntime_run(sv.silero_vad_onnx()), frames)
+    assert 0.2 < (probs > 0.5).mean() < 0.9, "the track must hold both speech and pauses"
+    return frames, probs, states
+
+
+def _data(frames, states, picks):
+    return {"input": frames[picks].reshape(len(picks), -1), "state": states[picks]}
+
+
+@pytest.mark.slow
+def test_silero_vad_streams_integer_only_and_agrees_with_fp32(streamed):
+    frames, probs, states = streamed
+    art = tq.compile(sv.silero_vad_onnx(), calib=_data(frames, states, np.arange(0, len(frames), 4)[:128]),
+                     eval=_data(frames, states, np.arange(2, len(frames), 16)[:32]), input_shapes=SHAPES,
+                     input_values={"sr": sv.RATE}, timing_runs=3)
+    r = art.report
+    assert r["integer_only"] and r["float_ops"] == 0 and r["bit_exact"], r["bit_exact_kernels"]
+    assert [s.name for s in art.inputs] == ["input", "state"]
+
+    p_int, _ = sv.stream(lambda x, s: art.run({"input": x, "state": s}), frames)
+    agree = float(((p_int > 0.5) == (probs > 0.5)).mean())
+    corr = float(np.corrcoef(p_int, probs)[0, 1])
+    log.warning("silero closed-loop over %d windows: decision agreement %.4f, correlation %.4f, max |dp| %.3f",
+                len(frames), agree, corr, float(np.abs(p_int - probs).max()))
+    assert agree >= 0.95 and corr >= 0.95, (agree, corr)
+
+
+@pytest.mark.slow
+def test_silero_vad_c_package_on_cortex_m4_is_bit_exact(streamed, tmp_path):
+    frames, _, states = streamed
+    art = tq.compile(sv.silero_vad_onnx(), target="qemu-mps2-an386",
+                     calib=_data(frames, states, np.arange(0, len(frames), 8)[:64]),
+                     eval=_data(frames, states, np.arange(3, len(frames), 50)[:8]), input_shapes=SHAPES,
+                     input_values={"sr": sv.RATE}, mcu_verify_inputs=2)
+    r = art.report
+    assert r["integer_only"] and r["bit_exact"] and r["mcu"]["bit_exact"], r["mcu"]
+    assert all(layer["kernel"]["source"] == "handwritten-c" for layer in r["layers"])
+    log.warning("silero on Cortex-M4: %s instructions per 32 ms window, arena %s bytes",
+                r["mcu"]["instructions_per_inference"], r["memory"]["peak_arena_bytes"])
