@@ -154,3 +154,13 @@ def test_bad_input_values_are_one_line_errors(branching_model, values, message):
 def test_if_needing_a_value_is_refused_before_tvm_loads(branching_model):
     with pytest.raises(UnsupportedOpError, match="--input-value mode=V"):
         load_specialized(branching_model[0])
+
+
+def test_a_scalar_output_is_compared_across_the_set_not_by_its_sign():
+    from tvm_qplugin.metrics import cosine_agreement
+
+    fp32, quant = np.array([[0.9], [0.1]]), np.array([[0.1], [0.9]])  # per sample: cosine 1.0 twice
+    r = cosine_agreement(fp32, quant)
+    assert r["over"] == "set" and abs(r["value"] - 0.18 / 0.82) < 1e-12 and abs(r["max_abs_error"] - 0.8) < 1e-12
+    wide = cosine_agreement(np.ones((2, 16)), np.ones((2, 16)))
+    assert "over" not in wide and wide["value"] == 1.0

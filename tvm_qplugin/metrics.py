@@ -32,9 +32,19 @@ def classification_agreement(fp32: np.ndarray, quant: np.ndarray, labels: np.nda
     return out
 
 
+SMALL_OUTPUT = 8  # per-sample outputs this small (a probability, a score) are compared across the set
+
+
 def cosine_agreement(fp32: np.ndarray, quant: np.ndarray) -> dict:
+    """Mean and minimum per-sample cosine; for a per-sample output of fewer than
+    :data:`SMALL_OUTPUT` values (whose cosine would be its sign) one cosine over the whole set,
+    with the largest absolute error beside it."""
     a = fp32.reshape(len(fp32), -1).astype(np.float64)
     b = quant.reshape(len(quant), -1).astype(np.float64)
+    if a.shape[1] < SMALL_OUTPUT:
+        cos = float((a * b).sum() / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
+        return {"metric": "cosine", "value": cos, "min": cos, "reference": "fp32", "inputs": int(len(a)),
+                "over": "set", "max_abs_error": float(np.abs(a - b).max())}
     cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
     return {"metric": "cosine", "value": float(cos.mean()), "min": float(cos.min()), "reference": "fp32",
             "inputs": int(len(cos))}
