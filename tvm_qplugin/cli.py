@@ -223,10 +223,17 @@ def _precheck(a) -> None:
     from .frontend import check_supported, load_specialized, parse_input_shapes, resolve_input_specs
     from .onnx_checks import check_graph
 
-    onnx_model = load_specialized(a.model, a.input_value)
-    specs = resolve_input_specs(onnx_model, a.model, parse_input_shapes(a.input_shape))
-    check_supported(onnx_model, a.model)
-    check_graph(onnx_model, a.model, {s.name: s.shape for s in specs})
+    from .frontend_tflite import check_supported_tflite, input_specs, is_tflite, load_tflite
+
+    if is_tflite(a.model):
+        tfl = load_tflite(a.model)
+        check_supported_tflite(tfl, a.model)
+        specs = input_specs(tfl, a.model, parse_input_shapes(a.input_shape))
+    else:
+        onnx_model = load_specialized(a.model, a.input_value)
+        specs = resolve_input_specs(onnx_model, a.model, parse_input_shapes(a.input_shape))
+        check_supported(onnx_model, a.model)
+        check_graph(onnx_model, a.model, {s.name: s.shape for s in specs})
     if a.calib is None:
         raise CalibrationError(f"no calibration data for {a.model!r}: pass --calib FILE.npz (one array per input: "
                                f"{', '.join(s.name for s in specs)}) or --calib DIR (images)")

@@ -15,7 +15,7 @@ from .artifact import Artifact, IOSpec
 from .calibrate import FloatRunner, calibrate
 from .data import Dataset, Preprocess, from_arrays, load_dataset
 from .errors import CalibrationError, QPluginError, UnsupportedOpError
-from .frontend import import_onnx, name_onnx_nodes, parse_input_shapes
+from .frontend import import_model, name_onnx_nodes, parse_input_shapes
 from .metrics import classification_agreement, cosine_agreement, is_classifier
 from .passes.canonicalize import canonicalize
 from .passes.functions import integer_function
@@ -108,7 +108,7 @@ def integer_front(model, opts: CompileOptions, tvm_target: tvm.target.Target, ca
     """Import -> canonicalize -> calibrate -> integerize ``model`` under ``opts``."""
     if isinstance(input_shapes, (list, tuple)):
         input_shapes = parse_input_shapes(list(input_shapes))
-    imported = import_onnx(model, input_shapes, opts.input_values)
+    imported = import_model(model, input_shapes, opts.input_values)
     if calib is None:
         raise CalibrationError("no calibration data: pass --calib FILE.npz or --calib DIR (images) "
                                "with the model's input name(s)")

@@ -187,9 +187,10 @@ def onnx_nodes_for(model: onnx.ModelProto, relax_op: str) -> list[str]:
     return names
 
 
-def name_onnx_nodes(err: UnsupportedOpError, model: onnx.ModelProto) -> UnsupportedOpError:
-    """``err`` (from integerize) restated with the ONNX node names behind each refused Relax op."""
-    if not err.problems:
+def name_onnx_nodes(err: UnsupportedOpError, model: onnx.ModelProto | None) -> UnsupportedOpError:
+    """``err`` (from integerize) restated with the ONNX node names behind each refused Relax op
+    (unchanged for a model that is not ONNX)."""
+    if not err.problems or model is None:
         return err
     parts = []
     for var, op, why in err.problems:
@@ -243,6 +244,19 @@ def import_onnx(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | Non
                              f"{one_line(error).rstrip('.')}; simplify the model (e.g. onnxsim) or check that op's "
                              "attributes") from None
     return ImportedModel(path, model, mod, specs, [o.name for o in model.graph.output])
+
+
+def import_model(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | None = None,
+                 input_values=None) -> ImportedModel:
+    """:func:`import_onnx`, or the TFLite front end for a ``.tflite`` file (frontend_tflite.py)."""
+    from .frontend_tflite import import_tflite, is_tflite
+
+    if is_tflite(path):
+        if input_values:
+            raise ShapeError("--input-value applies to ONNX models (it folds their If branches); "
+                             f"{str(path)!r} is a TFLite model")
+        return import_tflite(path, input_shapes)
+    return import_onnx(path, input_shapes, input_values)
 
 
 _ = np

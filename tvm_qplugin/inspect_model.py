@@ -24,6 +24,10 @@ _SHOWN_FOLDED = 12
 
 def inspect_model(path: str, input_shape_args: list[str] | None = None,
                   input_value_args: list[str] | None = None) -> str:
+    from .frontend_tflite import is_tflite
+
+    if is_tflite(path):
+        return _inspect_tflite(path, parse_input_shapes(input_shape_args))
     model = load_specialized(path, input_value_args)
     shapes = parse_input_shapes(input_shape_args)
     ops = Counter(n.op_type for n in model.graph.node)
@@ -63,19 +67,45 @@ def inspect_model(path: str, input_shape_args: list[str] | None = None,
     return "\n".join(lines)
 
 
+def _inspect_tflite(path: str, shapes: dict) -> str:
+    from .frontend_tflite import SUPPORTED_TFLITE_OPS, input_specs, load_tflite, op_counts, output_names
+
+    model = load_tflite(path)
+    sg = model.Subgraphs(0)
+    lines = [f"model   {path} (TFLite)", "inputs"]
+    for j in range(sg.InputsLength()):
+        t = sg.Tensors(sg.Inputs(j))
+        lines.append(f"  {t.Name().decode()}: {[int(d) for d in t.ShapeAsNumpy()]}")
+    lines += ["outputs", *[f"  {n}" for n in output_names(model)], "ops"]
+    unsupported = []
+    for op, n in op_counts(model).most_common():
+        ok = op in SUPPORTED_TFLITE_OPS
+        unsupported += [] if ok else [op]
+        lines.append(f"  {op:24s} {n:5d}  {'supported' if ok else 'NOT SUPPORTED (no integer-only lowering)'}")
+    if not unsupported:
+        try:
+            input_specs(model, path, shapes)
+            lines += coverage_table(path, None, shapes)
+        except QPluginError as e:
+            lines.append(f"coverage  not available: {e}")
+    lines.append("verdict " + ("all ops supported" if not unsupported else f"unsupported: {', '.join(unsupported)}"))
+    return "\n".join(lines)
+
+
 def coverage_table(path: str, model, shapes: dict, input_values=None) -> list[str]:
     """``coverage`` lines: each Relax op of the canonical float graph, its count, and the integerize
     rule(s) that take it or the reasons every rule gives for refusing it."""
     from tvm import relax
 
-    from .frontend import import_onnx
+    from .frontend import import_model
     from .passes.canonicalize import canonicalize
     from .passes.graph import Graph
     from .passes.integerize import RULES, IntegerizeConfig, IntegerizeContext
 
     try:
-        resolve_input_specs(model, path, shapes)
-        graph = Graph(canonicalize(import_onnx(path, shapes, input_values).mod)["main"])
+        if model is not None:  # ONNX: the shapes checked first (TFLite's were by the caller)
+            resolve_input_specs(model, path, shapes)
+        graph = Graph(canonicalize(import_model(path, shapes, input_values).mod)["main"])
     except QPluginError as e:
         return [f"coverage  not available: {e}"]
     ctx = IntegerizeContext(graph, {}, IntegerizeConfig(), relax.BlockBuilder())

@@ -14,7 +14,8 @@
    of BN changes each channel's weight range.
    Between 3 and 4, the coverage passes: ``SplitToSlices`` (passes/split.py), ``NormalizePad``
    (passes/pad.py), ``ConvTransposeToConv`` (passes/conv_transpose.py), ``Conv1DToConv2D``,
-   ``PowerToMultiply``, ``TakeToSlice`` (passes/coverage_forms.py); last,
+   ``PowerToMultiply``, ``TakeToSlice``, ``PoolToNCHW``, ``CancelTransposes``
+   (passes/coverage_forms.py); last,
    ``FlattenOutputTuple`` (passes/outputs.py) for multi-output graphs.
 """
 from __future__ import annotations
@@ -213,7 +214,7 @@ FoldBatchNorm = function_pass(_fold_batch_norm, "FoldBatchNorm")
 def canonicalize(mod: tvm.IRModule) -> tvm.IRModule:
     """The canonicalization pipeline (module doc)."""
     from .conv_transpose import ConvTransposeToConv
-    from .coverage_forms import Conv1DToConv2D, PowerToMultiply, TakeToSlice
+    from .coverage_forms import CancelTransposes, Conv1DToConv2D, PoolToNCHW, PowerToMultiply, TakeToSlice
     from .outputs import FlattenOutputTuple
     from .pad import NormalizePad, refuse_other_pad_modes
     from .patterns import FuseGELU, FuseLayerNorm
@@ -233,6 +234,8 @@ def canonicalize(mod: tvm.IRModule) -> tvm.IRModule:
         Conv1DToConv2D,        # likewise
         PowerToMultiply,       # after FuseLayerNorm, whose pattern holds a Pow(x - mean, 2)
         TakeToSlice,
+        PoolToNCHW,
+        CancelTransposes,
         FoldBatchNorm,
         relax.transform.FoldConstant(),
         relax.transform.DeadCodeElimination(["main"]),

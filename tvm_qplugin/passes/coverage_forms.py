@@ -6,6 +6,9 @@
 * ``PowerToMultiply``: ``x ** 2`` and ``x ** 3`` -> products of ``x`` (ONNX ``Pow`` with a constant
   small integer exponent: a magnitude ``sqrt(re**2 + im**2)``), integerized by the activation
   ``Mul`` rule, exactly.
+* ``PoolToNCHW`` / ``CancelTransposes``: an NHWC pool (a TFLite model's, left NHWC by TVM's
+  ``ConvertLayout``) runs NCHW between two transposes, and a transpose undone by the next one
+  goes away: NHWC models keep few layout copies.
 * ``TakeToSlice``: ``take(x, k, axis)`` with a constant scalar index ``k`` on an activation (a
   ``state[0]`` of a recurrent cell, ``h[:, -1]``) -> ``squeeze(strided_slice(x, k, k+1), axis)``:
   the same integers at the same scale (embedding lookups, a constant table with integer
@@ -77,6 +80,41 @@ def _take_to_slice(rw: FunctionRewriter):
     return rewrite
 
 
+_POOLS = {"relax.nn.max_pool2d": relax.op.nn.max_pool2d, "relax.nn.avg_pool2d": relax.op.nn.avg_pool2d}
+
+
+def _pool_to_nchw(rw: FunctionRewriter):
+    def rewrite(b: Binding):
+        if b.op_name not in _POOLS or str(b.attrs.layout) != "NHWC":
+            return None
+        a = b.attrs
+        x = rw.bb.emit(relax.op.permute_dims(rw.arg(b.args[0]), [0, 3, 1, 2]))
+        kwargs = {"count_include_pad": bool(a.count_include_pad)} if b.op_name == "relax.nn.avg_pool2d" else {}
+        y = rw.bb.emit(_POOLS[b.op_name](x, [int(v) for v in a.pool_size], [int(v) for v in a.strides],
+                                         [int(v) for v in a.padding], [int(v) for v in a.dilation],
+                                         ceil_mode=bool(a.ceil_mode), layout="NCHW", **kwargs))
+        return relax.op.permute_dims(y, [0, 2, 3, 1])
+
+    return rewrite
+
+
+def _cancel_transposes(rw: FunctionRewriter):
+    def rewrite(b: Binding):
+        if b.op_name != "relax.permute_dims":
+            return None
+        src = rw.graph.producer(b.args[0])
+        if src is None or src.op_name != "relax.permute_dims" or b.attrs.axes is None or src.attrs.axes is None:
+            return None
+        inner, outer = [int(v) for v in src.attrs.axes], [int(v) for v in b.attrs.axes]
+        if [inner[i] for i in outer] != list(range(len(outer))):
+            return None
+        return rw.arg(src.args[0])  # the inner transpose dies if nothing else reads it
+
+    return rewrite
+
+
+PoolToNCHW = function_pass(_pool_to_nchw, "PoolToNCHW")
+CancelTransposes = function_pass(_cancel_transposes, "CancelTransposes")
 Conv1DToConv2D = function_pass(_conv1d_to_conv2d, "Conv1DToConv2D")
 PowerToMultiply = function_pass(_power_to_multiply, "PowerToMultiply")
 TakeToSlice = function_pass(_take_to_slice, "TakeToSlice")

@@ -20,7 +20,10 @@ class QLayout(IntegerRule):
 
 @register_rule
 class QConcat(IntegerRule):
-    """concat: every input requantized onto the calibrated output type, then concatenated."""
+    """concat: every input requantized onto the calibrated output type, then concatenated. The
+    output is as wide as the integerizer makes an accumulating op's (16 bits signed, 24 as a graph
+    output) when any input is wider than 8 bits: a detector's heads concatenated into its logits
+    would otherwise lose the heads' resolution at the last step."""
 
     ops = ("relax.concat",)
 
@@ -28,7 +31,8 @@ class QConcat(IntegerRule):
         fields = b.args[0].fields
         xs = [ctx.q(f) for f in fields]
         nonneg = all(x.nonneg for x in xs)
-        out_qt = ctx.out_qtype(b.var, nonneg, wide_ok=False)
+        wide = any(x.qtype.dtype not in ("int8", "uint8") for x in xs)
+        out_qt = ctx.out_qtype(b.var, nonneg, wide_ok=wide)
         aligned = [ctx.requantize(x, out_qt) for x in xs]
         y = ctx.emit_relax(relax.op.concat(aligned, axis=int(b.attrs.axis)))
         return QValue(y, out_qt, nonneg)
