@@ -126,12 +126,15 @@ def np_ibert_softmax(x, in_scale: float):
 # --------------------------------------------------------------------------------------- GELU
 
 
-def paper_gelu_out(paper: str, in_scale: float, out_scale: float, in_dtype: str):
-    """The output requantization (dyadic of paper scale / layer scale) and the paper's constants."""
+def paper_gelu_out(paper: str, in_scale: float, out_scale: float):
+    """The output requantization (dyadic of paper scale / layer scale) and the paper's constants.
+    i-GELU's ``x (y + one)`` reaches ~2**33 on int16 inputs: the multiplier's mantissa is cut so
+    the product stays inside int64."""
     if paper == "ivit":
         return dyadic(in_scale * 2.0**-pc.IVIT_OUT_FRAC / out_scale), pc.ivit_shiftgelu_consts(in_scale)
-    g = pc.ibert_gelu_consts(in_scale, int(np.iinfo(in_dtype).min) * -1)
-    return dyadic(in_scale * g.sig_scale / 2.0 / out_scale), g
+    g = pc.ibert_gelu_consts(in_scale)
+    acc_max = 2**15 * ((max(g.b * g.b, -g.c) >> g.n) + 1 + abs(g.one))
+    return dyadic(in_scale * g.sig_scale / 2.0 / out_scale, mantissa_bits=min(31, 62 - acc_max.bit_length())), g
 
 
 def te_ivit_gelu_acc(x, se: pc.ShiftExpPaper):
@@ -180,13 +183,13 @@ def np_ibert_gelu_acc(xv, g: pc.IBertGeluPaper):
 
 
 def te_paper_gelu(x, paper, in_scale, out_scale, qmin, qmax, out_dtype):
-    out, consts = paper_gelu_out(paper, in_scale, out_scale, str(x.dtype))
+    out, consts = paper_gelu_out(paper, in_scale, out_scale)
     acc = te_ivit_gelu_acc(x, consts) if paper == "ivit" else te_ibert_gelu_acc(x, consts)
     return te.compute(x.shape, lambda *i: requant(acc(*i), out.multiplier, out.shift, qmin, qmax, out_dtype), name="y")
 
 
 def np_paper_gelu(x, paper, in_scale, out_scale, qmin, qmax, out_dtype):
-    out, consts = paper_gelu_out(paper, in_scale, out_scale, str(x.dtype))
+    out, consts = paper_gelu_out(paper, in_scale, out_scale)
     xv = x.astype(np.int64)
     acc = np_ivit_gelu_acc(xv, consts) if paper == "ivit" else np_ibert_gelu_acc(xv, consts)
     return np.clip(round_shift_ref(acc * out.multiplier, out.shift), qmin, qmax).astype(out_dtype)

@@ -156,19 +156,19 @@ class IBertGeluPaper:
     n: int = IBERT_GELU_N
 
 
-def ibert_gelu_consts(in_scale: float, x_max: int) -> IBertGeluPaper:
-    """Refuses when the polynomial or ``x (y + one)`` leaves int32 for inputs up to ``x_max``."""
+def ibert_gelu_consts(in_scale: float) -> IBertGeluPaper:
+    """Refuses when the erf polynomial leaves int32. The product ``x (y + one)`` is the input of the
+    requantization that follows at once (I-BERT's QuantAct; here the int64 dyadic), as in I-BERT,
+    where it is not an int32 value either."""
     a, b, c = IBERT_ERF_COEF
     s = in_scale / IBERT_GELU_K
     b_int, c_int = math.floor(b / s), math.floor(c / a / s**2)
     sig = s**2 * a * 2.0**IBERT_GELU_N
-    one = math.floor(1.0 / sig)
     poly = max(b_int * b_int, -c_int)
-    acc = x_max * ((poly >> IBERT_GELU_N) + 1 - one)
-    if poly > INT32_MAX or acc > INT32_MAX:
-        raise PaperOverflow(f"I-BERT i-GELU overflows int32 at input scale {in_scale:.4g}: polynomial up to {poly}, "
-                            f"x (erf + 1) up to {acc}")
-    return IBertGeluPaper(b_int, c_int, one, sig)
+    if poly > INT32_MAX:
+        raise PaperOverflow(f"I-BERT i-GELU overflows int32 at input scale {in_scale:.4g}: the erf polynomial "
+                            f"reaches {poly} (needs input scale > {IBERT_GELU_K * math.sqrt(-c / a / INT32_MAX):.3g})")
+    return IBertGeluPaper(b_int, c_int, math.floor(1.0 / sig), sig)
 
 
 def ibert_layernorm_shift(c: int, span: int) -> int:
