@@ -294,3 +294,24 @@ def test_paper_variants_fix_their_forms_and_defaults_are_unchanged():
     assert NonlinearScheme("ibert-paper").softmax.dtype == "uint8"
     d = NonlinearScheme()
     assert (d.variant, d.gelu, d.softmax_bits, d.exp_poly, d.softmax.dtype) == ("ivit", "tanh", 16, 2, "int16")
+
+
+@pytest.mark.parametrize("target_name", ["vnni", "avx2"])
+@pytest.mark.parametrize("variant", ["ivit-paper", "ibert-paper"])
+def test_paper_kernels_through_the_x86_schedules(rng, target_name, variant):
+    """The route of a compile (build.build with the CPU schedule rules, e.g. GELU's stage
+    inlining) on AVX-512 VNNI and on the AVX2-only target: each kernel equals its twin, which
+    the tests above hold to the published arithmetic."""
+    from test_x86_kernels import check_kernel
+
+    ivit = variant == "ivit-paper"
+    x8 = edge_rows(rng, 128, "int8")
+    check_kernel("softmax_int", x8, [], target_name, in_scale=0.05, n=16 if ivit else 30, variant=variant,
+                 exp_poly=1, out_dtype="int8" if ivit else "uint8")
+    xg = x8 if ivit else edge_rows(rng, 96, "int16")
+    check_kernel("gelu_int", xg, [], target_name, in_scale=0.05 if ivit else 1e-3, out_scale=0.02, qmin=-32768,
+                 qmax=32767, out_dtype="int16", variant=variant)
+    mult, bias, params = layernorm_int_args(rng.normal(1, 0.2, 96), rng.normal(0, 0.2, 96), in_scale=0.1,
+                                            out_scale=0.02, eps=1e-5, in_dtype="int8", c=96, qmin=-32768,
+                                            qmax=32767, out_dtype="int16", variant=variant)
+    check_kernel("layernorm_int", edge_rows(rng, 96, "int8"), [mult, bias], target_name, **params)
