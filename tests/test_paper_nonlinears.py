@@ -266,9 +266,8 @@ def test_overflow_limits_are_refused_with_the_reason():
         assert "\n" not in str(err)
 
 
-def test_a_model_the_paper_overflows_is_refused_naming_the_node(tmp_path):
-    """A softmax whose logits span a fraction of a unit: I-ViT's int8 input grid is then finer
-    than 1/256 and 128 tokens overflow the int32 sum; QPluginError, one line, node named."""
+def tiny_logits_softmax(tmp_path):
+    """A Softmax over 128 tokens whose calibrated logits span +-0.2 (node ``tiny_logits``)."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -278,12 +277,25 @@ def test_a_model_the_paper_overflows_is_refused_naming_the_node(tmp_path):
     p = tmp_path / "m.onnx"
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), p)
     calib = {"x": (np.random.default_rng(0).uniform(-0.2, 0.2, size=(4, 4, 128))).astype(np.float32)}
+    return p, calib
+
+
+def test_a_model_the_paper_overflows_is_refused_naming_the_node(tmp_path):
+    """A softmax whose logits span a fraction of a unit: I-ViT's int8 input grid is then finer
+    than 1/256 and 128 tokens overflow the int32 sum; QPluginError, one line, node named.
+    I-BERT's compiles, records what ran, and the C package refuses it by name."""
+    p, calib = tiny_logits_softmax(tmp_path)
     with pytest.raises(tq.QPluginError) as info:
         tq.compile(p, calib=calib, nonlinear="ivit-paper")
     msg = str(info.value)
     assert "\n" not in msg and "Shiftmax (n=16) overflows int32: 128 tokens" in msg and "tiny_logits" in msg
     art = tq.compile(p, calib=calib, nonlinear="ibert-paper")  # I-BERT's i-exp has no such limit here
     assert art.report["bit_exact"] and art.report["nonlinear"] == "ibert-paper"
+    assert (art.report["gelu"], art.report["softmax_bits"]) == ("paper", 8)  # what ran, not the flags' defaults
+    from tvm_qplugin.export import write_c_package
+
+    with pytest.raises(tq.UnsupportedOpError, match=r"C package: integer op softmax_int \(.*\) has no C kernel"):
+        write_c_package(art, tmp_path / "c", board="stm32f746-disco")   # no C non-linears: refused by name
 
 
 def test_paper_variants_fix_their_forms_and_defaults_are_unchanged():
@@ -315,3 +327,12 @@ def test_paper_kernels_through_the_x86_schedules(rng, target_name, variant):
                                             out_scale=0.02, eps=1e-5, in_dtype="int8", c=96, qmin=-32768,
                                             qmax=32767, out_dtype="int16", variant=variant)
     check_kernel("layernorm_int", edge_rows(rng, 96, "int8"), [mult, bias], target_name, **params)
+
+
+def test_cli_refuses_the_overflow_with_one_line_and_exit_2(tmp_path):
+    from test_cli_errors import assert_user_error, run_cli
+
+    p, calib = tiny_logits_softmax(tmp_path)
+    np.savez(tmp_path / "calib.npz", **calib)
+    assert_user_error(run_cli("compile", p, "--calib", tmp_path / "calib.npz", "--nonlinear", "ivit-paper", "-o",
+                              tmp_path / "out"), "tiny_logits", "Shiftmax (n=16) overflows int32")
