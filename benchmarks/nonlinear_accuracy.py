@@ -76,7 +76,7 @@ def gelu_case(x, variant, gelu, in_dtype):
     x = xq * s
     ref = 0.5 * x * (1 + erf(x / math.sqrt(2)))
     out_s = float(np.abs(ref).max()) / 32767
-    params = dict(in_scale=s, out_scale=out_s, qmin=-32768, qmax=32767, out_dtype="int16", variant=variant)
+    params = {"in_scale": s, "out_scale": out_s, "qmin": -32768, "qmax": 32767, "out_dtype": "int16", "variant": variant}
     if not kind.paper:
         params["approx"] = gelu
         if kind.exp == "shift":
@@ -149,7 +149,12 @@ def minilm_figures(modes, n_eval: int = 200) -> list[tuple]:
     import onnxruntime as ort
 
     import tvm_qplugin as tq
-    from qplugin_zoo.minilm import fortune_sentences, minilm_onnx, sentence_embeddings, tokenize
+    from qplugin_zoo.minilm import (
+        fortune_sentences,
+        minilm_onnx,
+        sentence_embeddings,
+        tokenize,
+    )
 
     sents = fortune_sentences(64 + n_eval)
     calib, ev = tokenize(sents[:64]), tokenize(sents[64:])

@@ -16,10 +16,10 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-
-import tvm_qplugin as tq
 from conftest import assert_bit_exact
 from test_ops import run_both
+
+import tvm_qplugin as tq
 from tvm_qplugin.ops.nonlinear import layernorm_int_args
 from tvm_qplugin.quant import paper_consts as pc
 from tvm_qplugin.quant.scheme import NonlinearScheme
@@ -92,7 +92,7 @@ def ibert_softmax_row(row, s: float) -> list[int]:
     x0 = math.floor(-0.6931 / s)
     b_int, c_int = math.floor(b / s), math.floor(c / s**2)
     mant, ex = math.frexp(32767 / (c_int * 2.0**30))    # QuantAct(16) at the calibrated exp(0)
-    m = int(Decimal(mant * 2**31).quantize(Decimal("1"), rounding=ROUND_HALF_UP))
+    m = int(Decimal(mant * 2**31).quantize(Decimal(1), rounding=ROUND_HALF_UP))
     e = 31 - ex
     top = max(row)
     exp16 = []

@@ -33,8 +33,8 @@ from tvm import te, tirx
 from ..quant import nonlinear_consts as nc
 from ..quant import paper_consts as pc
 from ..quant import round_shift_ref
-from . import paper_core
 from ..quant.scheme import softmax_format_of, variant_of
+from . import paper_core
 from .int_core import (check_int_dtype, i64, indicator, np_bitlen, np_ibert_exp, np_isqrt, np_pre, np_recip,
                        np_recip_norm, np_shiftexp, row_shape, stage, te_ibert_exp, te_isqrt_div, te_isqrt_newton,
                        te_pre, te_recip, te_recip_norm, te_shiftexp)

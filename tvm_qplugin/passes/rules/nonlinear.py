@@ -16,6 +16,7 @@ from ...quant.accumulator import accumulator_for
 from ..graph import shape_of
 from .base import IntegerRule, QValue, register_rule
 
+
 def _max_abs(qt: QType) -> int:
     return max(abs(qt.qmin), qt.qmax)
 
