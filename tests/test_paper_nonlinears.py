@@ -102,7 +102,7 @@ def ibert_softmax_row(row, s: float) -> list[int]:
         r = x - x0 * q
         z = r * (r + b_int) + c_int
         exp_int = z * 2 ** (30 - q)
-        exp16.append(min(round_half_even(exp_int * m, 2**e), 32767))
+        exp16.append(min(round_half_even(exp_int * m, 2**e), 32767))   # QuantAct(16): torch.round
     factor = 2**32 // sum(exp16)
     return [(v * factor) // 2**24 for v in exp16]
 
@@ -336,3 +336,29 @@ def test_cli_refuses_the_overflow_with_one_line_and_exit_2(tmp_path):
     np.savez(tmp_path / "calib.npz", **calib)
     assert_user_error(run_cli("compile", p, "--calib", tmp_path / "calib.npz", "--nonlinear", "ivit-paper", "-o",
                               tmp_path / "out"), "tiny_logits", "Shiftmax (n=16) overflows int32")
+
+
+def test_ibert_exp16_rounds_exact_ties_half_to_even():
+    """At S = 0.096 eight deltas put I-BERT's 16-bit requantization of the exponential exactly
+    half way (``exp_int * m / 2**e`` ends in .5): torch.round's half to even, not half up. The
+    8-bit softmax output hid these one-unit differences on every row searched (a maximum plus up
+    to 255 tie elements, scales k/8000), so the twin's exp16 step is compared directly; the
+    kernel equals the twin on every row above."""
+    from tvm_qplugin.ops.paper_core import np_ibert_exp16
+
+    scale = 0.096
+    b, c = 0.96963238 / 0.35815147, 1.0 / 0.35815147
+    x0, b_int, c_int = math.floor(-0.6931 / scale), math.floor(b / scale), math.floor(c / scale**2)
+    mant, ex = math.frexp(32767 / (c_int * 2.0**30))
+    m, e = int(Decimal(mant * 2**31).quantize(Decimal(1), rounding=ROUND_HALF_UP)), 31 - ex
+    want, ties = {}, 0
+    for d in range(30 * x0, 1):
+        q = d // x0
+        r = d - q * x0
+        exact = Fraction((r * (r + b_int) + c_int) * 2 ** (30 - q) * m, 2**e)
+        ties += exact.denominator == 2
+        want[d] = min(round_half_even(exact.numerator, exact.denominator), 32767)
+    assert ties >= 1, "no exact tie at this scale: pick another"
+    d = np.array(sorted(want), dtype=np.int64)
+    got = np_ibert_exp16(d, pc.ibert_softmax_consts(scale, 2))
+    assert_bit_exact(got, np.array([want[int(v)] for v in d], dtype=np.int64), "ibert-paper exp16 at ties")

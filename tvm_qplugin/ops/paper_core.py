@@ -111,16 +111,21 @@ def te_ibert_softmax(x, in_scale: float):
 def np_ibert_softmax(x, in_scale: float):
     ce = pc.ibert_softmax_consts(in_scale, x.shape[-1])
     xv = x.astype(np.int64)
-    xc = np.maximum(xv - xv.max(axis=-1, keepdims=True), ce.n * ce.x0)
+    e = np_ibert_exp16(xv - xv.max(axis=-1, keepdims=True), ce)
+    f = (1 << 32) // e.sum(axis=-1, keepdims=True)
+    return ((e * f) >> (32 - pc.IBERT_OUT_BITS)).astype(np.uint8)
+
+
+def np_ibert_exp16(d, ce: pc.IBertExpPaper):
+    """i-exp of ``d = x - rowmax <= 0`` requantized to 16 bits (rounded half to even)."""
+    xc = np.maximum(d, ce.n * ce.x0)
     q = xc // ce.x0
     r = xc - q * ce.x0
     v = (r * (r + ce.b) + ce.c) * ce.m
     t = ce.e - ce.n + q
     fl = v >> t
     rem, half = v - (fl << t), np.int64(1) << (t - 1)
-    e = np.minimum(fl + ((rem > half) | ((rem == half) & (fl % 2 == 1))), 2**(pc.IBERT_EXP_BITS - 1) - 1)
-    f = (1 << 32) // e.sum(axis=-1, keepdims=True)
-    return ((e * f) >> (32 - pc.IBERT_OUT_BITS)).astype(np.uint8)
+    return np.minimum(fl + ((rem > half) | ((rem == half) & (fl % 2 == 1))), 2**(pc.IBERT_EXP_BITS - 1) - 1)
 
 
 # --------------------------------------------------------------------------------------- GELU
