@@ -52,8 +52,10 @@ def test_unsupported_attention_form_is_named(tmp_path):
 
 
 def test_papers_forms_selectable_and_recorded(digits):
-    """--gelu paper --softmax-bits 8 reproduce the papers' ShiftGELU and uint8 Shiftmax: still
-    integer-only and bit-exact; the report records the choice; the default forms are more exact."""
+    """--gelu paper --softmax-bits 8 take the papers' forms (x sigma(1.702 x), uint8 probabilities)
+    in our arithmetic -- not the papers' integers, that is --nonlinear ivit-paper / ibert-paper
+    (tests/test_paper_nonlinears.py): still integer-only and bit-exact; the report records the
+    choice; the default forms are more exact."""
     x_train, _, x_test, _ = digits
     kw = dict(calib={"input": x_train[:128]}, eval={"input": x_test[:64]}, timing_runs=1)
     paper = tq.compile(VIT, gelu="paper", softmax_bits=8, **kw)

@@ -63,11 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--eval", help="FILE.npz of inputs (and optional 'labels') for the accuracy figure")
     c.add_argument("--precision", default="int8")
     c.add_argument("--observer", default=None, help="minmax | percentile (default, 99.999) | mse")
-    c.add_argument("--nonlinear", default=NonlinearScheme.variant, help=" | ".join(VARIANTS))
+    c.add_argument("--nonlinear", default=NonlinearScheme.variant, help=" | ".join(VARIANTS) + " (the *-paper variants: "
+                   "the published integer kernels bit for bit; they fix --gelu and --softmax-bits)")
     c.add_argument("--gelu", default=NonlinearScheme.gelu, help="tanh (default: tanh-GELU as an integer sigmoid, max error "
-                   "5e-4) | paper (I-ViT's x*sigmoid(1.702x) / I-BERT's erf polynomial, ~0.02)")
-    c.add_argument("--softmax-bits", type=int, default=NonlinearScheme.softmax_bits, help="16 (default: int16 probabilities) | 8 (the "
-                   "papers' uint8)")
+                   "5e-4) | paper (the form of I-ViT's x*sigmoid(1.702x) / I-BERT's erf polynomial, ~0.02, in our arithmetic)")
+    c.add_argument("--softmax-bits", type=int, default=NonlinearScheme.softmax_bits, help="16 (default: int16 probabilities) | 8 ("
+                   "uint8 at 2^-8, in our arithmetic)")
     c.add_argument("--attention", default="int8")
     c.add_argument("--input-shape", action="append", default=[], metavar="NAME=D1,D2,...")
     c.add_argument("--input-value", action="append", default=[], metavar="NAME=V[,V...]",

@@ -9,6 +9,10 @@ arithmetic is written twice. All data arithmetic is int32/int64: no float dtype 
 
 * ``"ivit"``  -- I-ViT: Shiftmax, ShiftGELU, I-LayerNorm (Newton sqrt, 10 steps).
 * ``"ibert"`` -- I-BERT: i-exp softmax, i-GELU (erf polynomial), I-LayerNorm with an exact isqrt.
+* ``"ivit-paper"`` / ``"ibert-paper"`` -- the papers' published integer arithmetic bit for bit
+  (:mod:`.paper_core`; constants, versions and int32 limits in quant/paper_consts.py). The three
+  variants above take the papers' forms but not their integers (finer input grids, normalised
+  reciprocals, rounding), which is why they are more accurate.
 * ``"division-free"`` -- the I-ViT ops with every data division replaced: divisions by a
   constant become a magic multiply + shift (exact, :func:`div_const`); the per-row reciprocal
   ``floor((2**31-1)/s)`` and the isqrt are Newton iterations on multiplies and shifts, normalised
@@ -17,7 +21,8 @@ arithmetic is written twice. All data arithmetic is int32/int64: no float dtype 
   error in [-1, 1] for V < 2**56), so the division-free ops equal the I-ViT ones bit for bit
   (LayerNorm: up to I-ViT's sqrt, which may end one above isqrt).
 
-Output conventions: softmax -> uint8 at scale 2**-8 or int16 at 2**-15 (probability 1.0 saturates);
+Output conventions: softmax -> uint8 at scale 2**-8 or int16 at 2**-15 (probability 1.0 saturates;
+ivit-paper: int8 [0, 127] at 2**-7, floored);
 GELU and LayerNorm -> ``out_dtype`` at ``out_scale`` through the dyadic rule of quant/dyadic.py.
 """
 from __future__ import annotations
@@ -26,13 +31,33 @@ import numpy as np
 from tvm import te, tirx
 
 from ..quant import nonlinear_consts as nc
+from ..quant import paper_consts as pc
 from ..quant import round_shift_ref
 from ..quant.scheme import softmax_format_of, variant_of
+from . import paper_core
 from .int_core import (check_int_dtype, i64, indicator, np_bitlen, np_ibert_exp, np_isqrt, np_pre, np_recip,
                        np_recip_norm, np_shiftexp, row_shape, stage, te_ibert_exp, te_isqrt_div, te_isqrt_newton,
                        te_pre, te_recip, te_recip_norm, te_shiftexp)
 from .registry import IntegerOp, register_op
 from .requant import clamp_cast, requant, round_shift
+
+
+def _paper_kind(variant: str, op: str, dtype: str, slot: int):
+    """The variant row if it is a paper variant (checking the input width it takes), else None."""
+    kind = variant_of(variant)
+    if not kind.paper:
+        return None
+    bits = np.iinfo(str(dtype)).bits
+    if bits > kind.in_bits[slot]:
+        raise ValueError(f"{op} {variant}: input dtype {dtype} wider than the paper's int{kind.in_bits[slot]}")
+    return kind
+
+
+def _check_paper_softmax(kind, n: int, out_dtype: str) -> None:
+    want = pc.IVIT_SHIFTMAX_N if kind.paper == "ivit" else pc.IBERT_EXP_N
+    if n != want or out_dtype != kind.softmax_out.dtype:
+        raise ValueError(f"softmax_int {kind.name}: n={n}, out_dtype={out_dtype}; the paper fixes n={want}, "
+                         f"{kind.softmax_out.dtype}")
 
 # ------------------------------------------------------------------------------------------ ops
 
@@ -68,8 +93,12 @@ class SoftmaxInt(IntegerOp):
         return ce, (fmt.frac_bits, fmt.qmax)
 
     def compute(self, x, *, in_scale, n, variant, exp_poly=1, out_dtype="uint8"):
-        kind = variant_of(variant)
         check_int_dtype(x, self.name)
+        paper = _paper_kind(variant, self.name, x.dtype, 0)
+        if paper:
+            _check_paper_softmax(paper, n, out_dtype)
+            return (paper_core.te_ivit_shiftmax if paper.paper == "ivit" else paper_core.te_ibert_softmax)(x, in_scale)
+        kind = variant_of(variant)
         lead, length = row_shape(x)
         ce, (frac, qmax) = self._consts(length, in_scale, n, variant, exp_poly, out_dtype)
         k = te.reduce_axis((0, length), "k")
@@ -92,6 +121,10 @@ class SoftmaxInt(IntegerOp):
         return te.compute(x.shape, out, name="y")
 
     def reference(self, x, *, in_scale, n, variant, exp_poly=1, out_dtype="uint8"):
+        paper = _paper_kind(variant, self.name, x.dtype, 0)
+        if paper:
+            _check_paper_softmax(paper, n, out_dtype)
+            return (paper_core.np_ivit_shiftmax if paper.paper == "ivit" else paper_core.np_ibert_softmax)(x, in_scale)
         kind = variant_of(variant)
         ce, (frac, qmax) = self._consts(x.shape[-1], in_scale, n, variant, exp_poly, out_dtype)
         d = np_pre(x.astype(np.int64) - x.astype(np.int64).max(axis=-1, keepdims=True), ce.pre_shift)
@@ -114,7 +147,8 @@ class GeluInt(IntegerOp):
     ``acc = x * sigma``; ibert (i-GELU): ``acc = x * ((sign(x)[(min(|x|,-b)+b)**2 + c] >> s) + one)``;
     division-free: ivit with Newton reciprocal. Then ``requant(acc)`` with a dyadic from the floats.
     n : ShiftExp shift (None: :func:`choose_gelu_n`).
-    approx : ``"paper"`` -- I-ViT's ShiftGELU ``x sigma(1.702 x)`` / I-BERT's i-GELU, 0.02 max error;
+    approx : ``"paper"`` -- the form of I-ViT's ShiftGELU ``x sigma(1.702 x)`` / I-BERT's i-GELU, 0.02 max
+    error, in this module's arithmetic (the papers' integers are the ``*-paper`` variants);
     ``"tanh"`` -- ``x sigma(1.596 (x + 0.044715 x**3))``, the tanh-GELU, 0.0005 (one more multiply),
     with the variant's own exponential (ShiftExp; ibert: i-exp).
     """
@@ -128,8 +162,11 @@ class GeluInt(IntegerOp):
 
     def compute(self, x, *, in_scale, out_scale, qmin, qmax, out_dtype, variant, n=None, exp_poly=1,
                 approx="paper"):
-        kind = variant_of(variant)
         check_int_dtype(x, self.name, ("int8", "int16"))
+        paper = _paper_kind(variant, self.name, x.dtype, 1)
+        if paper:
+            return paper_core.te_paper_gelu(x, paper.paper, in_scale, out_scale, qmin, qmax, out_dtype)
+        kind = variant_of(variant)
         g = nc.gelu_consts(in_scale, out_scale, variant, n, exp_poly, approx)
 
         if g.se is None:  # I-BERT's i-GELU
@@ -163,6 +200,9 @@ class GeluInt(IntegerOp):
 
     def reference(self, x, *, in_scale, out_scale, qmin, qmax, out_dtype, variant, n=None, exp_poly=1,
                   approx="paper"):
+        paper = _paper_kind(variant, self.name, x.dtype, 1)
+        if paper:
+            return paper_core.np_paper_gelu(x, paper.paper, in_scale, out_scale, qmin, qmax, out_dtype)
         kind = variant_of(variant)
         g = nc.gelu_consts(in_scale, out_scale, variant, n, exp_poly, approx)
         xv = x.astype(np.int64)
@@ -211,6 +251,8 @@ class LayerNormInt(IntegerOp):
         lc = nc.layernorm_consts(c, in_scale, eps, pre_shift, variant)
         if tuple(int(d) for d in mult.shape) != (c,) or tuple(int(d) for d in bias.shape) != (c,):
             raise ValueError(f"layernorm_int: mult/bias must have shape ({c},), got {tuple(mult.shape)}, {tuple(bias.shape)}")
+        if _paper_kind(variant, self.name, x.dtype, 2):
+            return paper_core.te_paper_layernorm(x, mult, bias, kind.paper, shift, qmin, qmax, out_dtype)
 
         def xi(*i):
             v = te_pre(x(*i).astype("int64"), pre_shift)
@@ -249,6 +291,8 @@ class LayerNormInt(IntegerOp):
         kind = variant_of(variant)
         c = x.shape[-1]
         lc = nc.layernorm_consts(c, in_scale, eps, pre_shift, variant)
+        if _paper_kind(variant, self.name, x.dtype, 2):
+            return paper_core.np_paper_layernorm(x, mult, bias, kind.paper, shift, qmin, qmax, out_dtype)
         i = np_pre(x.astype(np.int64), pre_shift)
         if x.dtype == np.int32:
             i = np.clip(i, -nc.LN_MAX_ABS, nc.LN_MAX_ABS)
@@ -276,7 +320,7 @@ def layernorm_int_args(gamma, beta, *, in_scale: float, out_scale: float, eps: f
                        qmin: int, qmax: int, out_dtype: str, variant: str, max_abs: int | None = None):
     """``(mult, bias, params)`` for ``emit(bb, "layernorm_int", [x, const(mult), const(bias)], **params)``."""
     mult, bias, shift = nc.layernorm_affine(gamma, beta, c, out_scale)
-    pre = nc.layernorm_pre_shift(in_dtype, max_abs)
+    pre = 0 if variant_of(variant).paper else nc.layernorm_pre_shift(in_dtype, max_abs)  # the papers take I as is
     nc.layernorm_consts(c, in_scale, eps, pre, variant)  # validates C, variant
     return mult, bias, dict(in_scale=float(in_scale), eps=float(eps), pre_shift=pre, shift=shift, qmin=int(qmin),
                             qmax=int(qmax), out_dtype=out_dtype, variant=variant)

@@ -16,47 +16,6 @@ from .qtype import qrange
 
 
 @dataclass(frozen=True)
-class NonlinearVariant:
-    """One family of integer softmax / GELU / LayerNorm.
-
-    exp : ``"shift"`` -- I-ViT's ShiftExp (shifts and adds); ``"poly"`` -- I-BERT's i-exp
-        second-order polynomial.
-    division_free : every per-row division is a Newton reciprocal on multiplies and shifts, fixed
-        up exactly (bit-identical to the dividing form).
-    ln_sqrt_iters : I-LayerNorm's integer Newton square-root steps ``k <- (k + V // k) >> 1``
-        (0 for the division-free reciprocal square root).
-    ln_exact_isqrt : I-BERT keeps the running minimum of the Newton steps (an exact isqrt) and
-        divides ``2**31`` by it; I-ViT takes the last step and divides ``2**31 - 1``.
-    erf_gelu : the papers' GELU (``--gelu paper``) is I-BERT's erf polynomial, not ShiftGELU's
-        ``x sigmoid(1.702 x)``.
-    """
-
-    name: str
-    exp: str
-    division_free: bool = False
-    ln_sqrt_iters: int = 0
-    ln_exact_isqrt: bool = False
-    erf_gelu: bool = False
-
-    @property
-    def ln_numerator(self) -> int:
-        """The LayerNorm reciprocal's numerator, ``(numerator // k)``."""
-        return 2**31 if self.ln_exact_isqrt else 2**31 - 1
-
-
-VARIANTS = {v.name: v for v in (
-    NonlinearVariant("ivit", exp="shift", ln_sqrt_iters=10),
-    NonlinearVariant("ibert", exp="poly", ln_sqrt_iters=8, ln_exact_isqrt=True, erf_gelu=True),
-    NonlinearVariant("division-free", exp="shift", division_free=True),
-)}
-
-# GELU forms: the sigmoid argument's factor. "paper": I-ViT's ShiftGELU x sigma(1.702 x) (max
-# |error| vs erf-GELU 0.020), or I-BERT's erf polynomial (0.018). "tanh": x sigma(c1 (x + 0.044715
-# x**3)), c1 = 2 sqrt(2/pi), the tanh form of GELU written as a sigmoid (0.0005).
-GELU_FORMS = {"paper": 1.702, "tanh": 2.0 * math.sqrt(2.0 / math.pi)}
-
-
-@dataclass(frozen=True)
 class SoftmaxFormat:
     """Softmax probabilities: ``dtype`` at real scale ``2**-frac_bits`` (1.0 saturates to qmax)."""
 
@@ -72,9 +31,68 @@ class SoftmaxFormat:
         return 2.0**-self.frac_bits
 
 
+@dataclass(frozen=True)
+class NonlinearVariant:
+    """One family of integer softmax / GELU / LayerNorm.
+
+    exp : ``"shift"`` -- I-ViT's ShiftExp (shifts and adds); ``"poly"`` -- I-BERT's i-exp
+        second-order polynomial.
+    division_free : every per-row division is a Newton reciprocal on multiplies and shifts, fixed
+        up exactly (bit-identical to the dividing form).
+    ln_sqrt_iters : I-LayerNorm's integer Newton square-root steps ``k <- (k + V // k) >> 1``
+        (0 for the division-free reciprocal square root).
+    ln_exact_isqrt : I-BERT keeps the running minimum of the Newton steps (an exact isqrt) and
+        divides ``2**31`` by it; I-ViT takes the last step and divides ``2**31 - 1``.
+    erf_gelu : the family's GELU (``--gelu paper``) is I-BERT's erf polynomial, not ShiftGELU's
+        ``x sigmoid(1.702 x)``.
+    paper : ``"ivit"`` / ``"ibert"``: the published integer arithmetic itself, bit for bit
+        (ops/paper_core.py, quant/paper_consts.py), with its output formats, fixed shifts and
+        int32 limits. The other rows take the papers' *forms* into the project's own arithmetic
+        (normalised reciprocals, rounding, chosen shifts), which is more accurate and equals
+        neither paper's integers -- ``--gelu paper`` / ``--softmax-bits 8`` included.
+    softmax_out : the paper's softmax output format (None: ``--softmax-bits`` decides).
+    in_bits : widest softmax, GELU and LayerNorm input the paper's kernels take; wider inputs are
+        requantized down first (0: as they come). I-ViT's benchmark feeds all three int8; I-BERT's
+        i-GELU and LayerNorm are meant for wide inputs (int16 here), its softmax for int8 here.
+    """
+
+    name: str
+    exp: str
+    division_free: bool = False
+    ln_sqrt_iters: int = 0
+    ln_exact_isqrt: bool = False
+    erf_gelu: bool = False
+    paper: str = ""
+    softmax_out: SoftmaxFormat | None = None
+    in_bits: tuple[int, int, int] = (0, 0, 0)
+
+    @property
+    def ln_numerator(self) -> int:
+        """The LayerNorm reciprocal's numerator, ``(numerator // k)``."""
+        return 2**31 if self.ln_exact_isqrt else 2**31 - 1
+
+
+VARIANTS = {v.name: v for v in (
+    NonlinearVariant("ivit", exp="shift", ln_sqrt_iters=10),
+    NonlinearVariant("ibert", exp="poly", ln_sqrt_iters=8, ln_exact_isqrt=True, erf_gelu=True),
+    NonlinearVariant("division-free", exp="shift", division_free=True),
+    NonlinearVariant("ivit-paper", exp="shift", ln_sqrt_iters=10, paper="ivit", softmax_out=SoftmaxFormat("int8", 7),
+                     in_bits=(8, 8, 8)),
+    NonlinearVariant("ibert-paper", exp="poly", ln_exact_isqrt=True, erf_gelu=True, paper="ibert",
+                     softmax_out=SoftmaxFormat("uint8", 8), in_bits=(8, 16, 16)),
+)}
+
+# GELU forms: the sigmoid argument's factor. "paper": the papers' approximations -- ShiftGELU's
+# x sigma(1.702 x) (max |error| vs erf-GELU 0.020) or I-BERT's erf polynomial (0.018) -- computed in
+# the project's arithmetic (not the papers' integers: that is --nonlinear ivit-paper / ibert-paper). "tanh": x sigma(c1 (x + 0.044715
+# x**3)), c1 = 2 sqrt(2/pi), the tanh form of GELU written as a sigmoid (0.0005).
+GELU_FORMS = {"paper": 1.702, "tanh": 2.0 * math.sqrt(2.0 / math.pi)}
+
+
 # --softmax-bits: 16 -> int16 at 2**-15 (attention x V accumulates exactly in int32: a row sums
-# to one); 8 -> uint8 at 2**-8, the I-ViT / I-BERT papers' choice (~25 dB less softmax SQNR on
-# MiniLM's 128-token rows)
+# to one); 8 -> uint8 at 2**-8, I-BERT's output format (I-ViT's is [0, 127] at 2**-7), with the
+# project's normalised reciprocal and rounding (~25 dB less softmax SQNR on MiniLM's 128-token
+# rows than 16). Neither equals a paper's integers: --nonlinear ivit-paper / ibert-paper do.
 SOFTMAX_FORMATS = {16: SoftmaxFormat("int16", 15), 8: SoftmaxFormat("uint8", 8)}
 
 
@@ -98,7 +116,11 @@ def softmax_format_of(dtype: str) -> SoftmaxFormat:
 class NonlinearScheme:
     """How a compile integerizes softmax, GELU and LayerNorm (``--nonlinear``, ``--gelu``,
     ``--softmax-bits``), validated once. ``exp_poly`` 2 refines ShiftExp's ``log2 e`` and ``2**p``
-    (docs/architecture.md); 1 is the paper's formula. I-BERT's i-exp has no such refinement."""
+    (docs/architecture.md); 1 is the paper's formula. I-BERT's i-exp has no such refinement.
+
+    A paper variant (``ivit-paper``, ``ibert-paper``) fixes all three: its GELU is the paper's, its
+    softmax 8-bit, its exponential unrefined, so ``gelu`` / ``softmax_bits`` / ``exp_poly`` are set
+    to ``"paper"`` / 8 / 1 whatever was passed (there is no other choice to make)."""
 
     variant: str = "ivit"
     gelu: str = "tanh"
@@ -115,6 +137,9 @@ class NonlinearScheme:
                                "(uint8)")
         if self.exp_poly not in (1, 2):
             raise QPluginError(f"exp_poly={self.exp_poly!r}: choose 1 (the paper's ShiftExp) or 2")
+        if self.kind.paper:
+            for name, value in (("gelu", "paper"), ("softmax_bits", 8), ("exp_poly", 1)):
+                object.__setattr__(self, name, value)
 
     @property
     def kind(self) -> NonlinearVariant:
@@ -122,7 +147,7 @@ class NonlinearScheme:
 
     @property
     def softmax(self) -> SoftmaxFormat:
-        return SOFTMAX_FORMATS[self.softmax_bits]
+        return self.kind.softmax_out or SOFTMAX_FORMATS[self.softmax_bits]
 
     @property
     def shiftexp_poly(self) -> int:

@@ -3,17 +3,51 @@ division-free, chosen by ``IntegerizeConfig.scheme``: quant/scheme.py). Shift co
 come from each layer's own calibrated range (issue: not fixed per model)."""
 from __future__ import annotations
 
+import numpy as np
+
+from ...errors import UnsupportedOpError
 from ...ops import const
 from ...ops.matmul import acc_bound
 from ...ops.nonlinear import layernorm_int_args
 from ...quant import QType, dyadic
 from ...quant import nonlinear_consts as nc
+from ...quant import paper_consts as pc
 from ...quant.accumulator import accumulator_for
 from ..graph import shape_of
 from .base import IntegerRule, QValue, register_rule
 
+
 def _max_abs(qt: QType) -> int:
     return max(abs(qt.qmin), qt.qmax)
+
+
+def paper_input(ctx, x: QValue, slot: int) -> QValue:
+    """A paper variant's kernel input: ``x`` requantized down to the paper's width (the variant
+    row's ``in_bits[slot]``: 0 softmax, 1 GELU, 2 LayerNorm) when it is wider."""
+    bits = ctx.config.scheme.kind.in_bits[slot]
+    if bits and np.iinfo(x.qtype.dtype).bits > bits:
+        return ctx.narrow(x, signed=True, bits=bits)
+    return x
+
+
+def emit_paper_checked(ctx, b, op: str, args, **params):
+    """``ctx.emit`` where building the kernel may find the paper's int32 overflowing for this
+    layer (quant/paper_consts.py): that is refused, naming the node, not a crash."""
+    try:
+        return ctx.emit(op, args, **params)
+    except pc.PaperOverflow as err:
+        why = f"{err}; --nonlinear {ctx.config.scheme.variant} cannot run this layer, the default --nonlinear can"
+        raise UnsupportedOpError(f"{b.name}: {b.op_name.removeprefix('relax.')}: {why}",
+                                 ((b.name, b.op_name, why),)) from None
+
+
+def softmax_n(ctx, x: QValue, b, row: int) -> int:
+    """The softmax shift: the paper's fixed one, or chosen from the calibrated input range."""
+    scheme = ctx.config.scheme
+    if scheme.kind.paper:
+        return pc.IVIT_SHIFTMAX_N if scheme.kind.paper == "ivit" else pc.IBERT_EXP_N
+    lo, hi = ctx.ranges[b.args[0]]
+    return nc.choose_softmax_n(x.qtype.scale, max(hi - lo, 1e-6), row, scheme.variant)
 
 
 @register_rule
@@ -48,7 +82,8 @@ class QMatMulAct(IntegerRule):
 @register_rule
 class QSoftmax(IntegerRule):
     """softmax over the last axis -> softmax_int (Shiftmax / i-exp / division-free); output int16
-    at 2**-15 (``softmax_bits=8``: uint8 at 2**-8). N is chosen from this layer's calibrated input range."""
+    at 2**-15 (``softmax_bits=8``: uint8 at 2**-8). N is chosen from this layer's calibrated input
+    range; the paper variants fix N and their output format and take an int8 input."""
 
     ops = ("relax.nn.softmax",)
 
@@ -60,13 +95,13 @@ class QSoftmax(IntegerRule):
         x = ctx.q(b.args[0])
         if x.qtype.dtype not in ("int8", "int16", "int32"):
             x = ctx.narrow(x, signed=True)
-        lo, hi = ctx.ranges[b.args[0]]
+        x = paper_input(ctx, x, 0)
         row = shape_of(b.var)[-1]
         scheme = ctx.config.scheme
-        n = nc.choose_softmax_n(x.qtype.scale, max(hi - lo, 1e-6), row, scheme.variant)
+        n = softmax_n(ctx, x, b, row)
         out_qt = QType(scheme.softmax.dtype, scheme.softmax.scale)
-        y = ctx.emit("softmax_int", [x.expr], in_scale=x.qtype.scale, n=n, variant=scheme.variant,
-                     exp_poly=scheme.shiftexp_poly, out_dtype=out_qt.dtype)
+        y = emit_paper_checked(ctx, b, "softmax_int", [x.expr], in_scale=x.qtype.scale, n=n, variant=scheme.variant,
+                               exp_poly=scheme.shiftexp_poly, out_dtype=out_qt.dtype)
         # each output rounds half up from a row summing to 1.0: sum <= 1.0 + row / 2 LSB
         return QValue(y, out_qt, nonneg=True, row_sum=round(1.0 / out_qt.scale) + (row + 1) // 2)
 
@@ -83,16 +118,17 @@ class QGelu(IntegerRule):
         x = ctx.q(b.args[0])
         if x.qtype.dtype not in ("int8", "int16"):
             x = ctx.narrow(x, signed=True, bits=16)
+        x = paper_input(ctx, x, 1)
         # int16 out: the FFN's largest activations are few but carry the signal; the next dense
         # accumulates int16 x int8 in int64 when int32 could overflow (rules/linear.py)
         out_qt = ctx.out_qtype(b.var, nonneg=False, wide_ok=True)
         scheme = ctx.config.scheme
         variant, approx = scheme.variant, scheme.gelu
         extra = {"approx": approx}
-        if scheme.kind.exp == "shift":  # ShiftExp's N and refinement; I-BERT's i-exp fixes its own
+        if scheme.kind.exp == "shift" and not scheme.kind.paper:  # ShiftExp's N and refinement (the papers fix N)
             extra.update(n=nc.choose_gelu_n(x.qtype.scale, variant, approx), exp_poly=scheme.exp_poly)
-        y = ctx.emit("gelu_int", [x.expr], in_scale=x.qtype.scale, out_scale=out_qt.scale, qmin=out_qt.qmin,
-                     qmax=out_qt.qmax, out_dtype=out_qt.dtype, variant=variant, **extra)
+        y = emit_paper_checked(ctx, b, "gelu_int", [x.expr], in_scale=x.qtype.scale, out_scale=out_qt.scale,
+                               qmin=out_qt.qmin, qmax=out_qt.qmax, out_dtype=out_qt.dtype, variant=variant, **extra)
         return QValue(y, out_qt)
 
 
@@ -112,12 +148,12 @@ class QLayerNorm(IntegerRule):
         return None
 
     def rewrite(self, ctx, b):
-        x = ctx.q(b.args[0])
+        x = paper_input(ctx, ctx.q(b.args[0]), 2)
         c = shape_of(b.var)[-1]
         out_qt = ctx.out_qtype(b.var, nonneg=False)
         mult, bias, params = layernorm_int_args(
             ctx.const(b.args[1]).reshape(-1), ctx.const(b.args[2]).reshape(-1), in_scale=x.qtype.scale,
             out_scale=out_qt.scale, eps=float(b.attrs.epsilon), in_dtype=x.qtype.dtype, c=c, qmin=out_qt.qmin,
             qmax=out_qt.qmax, out_dtype=out_qt.dtype, variant=ctx.config.scheme.variant, max_abs=_max_abs(x.qtype))
-        y = ctx.emit("layernorm_int", [x.expr, const(mult), const(bias)], **params)
+        y = emit_paper_checked(ctx, b, "layernorm_int", [x.expr, const(mult), const(bias)], **params)
         return QValue(y, out_qt)

@@ -4,9 +4,9 @@ from __future__ import annotations
 from tvm import relax
 
 from ...quant import QType, dyadic
-from ...quant import nonlinear_consts as nc
 from ..graph import dtype_of, shape_of
 from .base import IntegerRule, QValue, register_rule
+from .nonlinear import emit_paper_checked, paper_input, softmax_n
 
 
 @register_rule
@@ -45,15 +45,15 @@ class QSoftmaxAnyAxis(IntegerRule):
         x = ctx.q(b.args[0])
         if x.qtype.dtype not in ("int8", "int16", "int32"):
             x = ctx.narrow(x, signed=True)
+        x = paper_input(ctx, x, 0)
         shape = shape_of(b.var)
         axis = int(b.attrs.axis) % len(shape)
         perm = [a for a in range(len(shape)) if a != axis] + [axis]
         inverse = [perm.index(a) for a in range(len(shape))]
-        lo, hi = ctx.ranges[b.args[0]]
         scheme = ctx.config.scheme
-        n = nc.choose_softmax_n(x.qtype.scale, max(hi - lo, 1e-6), shape[axis], scheme.variant)
+        n = softmax_n(ctx, x, b, shape[axis])
         out_qt = QType(scheme.softmax.dtype, scheme.softmax.scale)
         moved = ctx.emit_relax(relax.op.permute_dims(x.expr, perm))
-        y = ctx.emit("softmax_int", [moved], in_scale=x.qtype.scale, n=n, variant=scheme.variant,
-                     exp_poly=scheme.shiftexp_poly, out_dtype=out_qt.dtype)
+        y = emit_paper_checked(ctx, b, "softmax_int", [moved], in_scale=x.qtype.scale, n=n, variant=scheme.variant,
+                               exp_poly=scheme.shiftexp_poly, out_dtype=out_qt.dtype)
         return QValue(ctx.emit_relax(relax.op.permute_dims(y, inverse)), out_qt, nonneg=True)
