@@ -368,6 +368,31 @@ class KernelCalls(CEmitter):
         self._copy(s, "", x.shape, row_major_strides(x.shape), [os_[0], os_[1], os_[2] * sh, os_[3] * sw],
                    self.ptr(x, True), self.ptr(s.out), x.val.itemsize)
 
+    # --- sentence-embedding heads (ops/pooling_norm.py) ---
+    def op_masked_mean_requant(self, s: Step, p: dict) -> None:
+        x, mask, table = s.args
+        b, t, d = x.shape
+        tab = np.asarray(table.val.const).reshape(-1)
+        check_requant(s, 0, p["shift"])
+        if not fits(tab, -2**31, 2**31 - 1):
+            raise UnsupportedOpError(f"C package: {s.name}: masked-mean reciprocals exceed int32")
+        pn = self.pstruct("qk_mmean_t", s, dict(b=b, t=t, d=d, shift=p["shift"], qmin=c_i32(p["qmin"]),
+                                                qmax=c_i32(p["qmax"]),
+                                                table=self.const_array(tab.astype(np.int32), "int32_t", "m")))
+        X, M, O = dt_info(x.dtype)[0], dt_info(mask.dtype)[0], dt_info(s.out.dtype)[0]
+        self.instances.add(("mmean", X, M, O))
+        s.c_func = f"qk_mmean_{X}_{M}_{O}"
+        self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, {self.ptr(mask, True)}, {self.ptr(s.out)});")
+
+    def op_l2_normalize_int(self, s: Step, p: dict) -> None:
+        (x,) = s.args
+        c = x.shape[-1]
+        pn = self.pstruct("qk_l2norm_t", s, dict(rows=prod(x.shape) // c, c=c, pre_shift=p["pre_shift"]))
+        X = dt_info(x.dtype)[0]
+        self.instances.add(("l2norm", X))
+        s.c_func = f"qk_l2norm_{X}"
+        self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, {self.ptr(s.out)});")
+
 
 def check_requant(s: Step, mult, shift) -> None:
     """A per-tensor requantization (b, c) the C kernels take: int32 multiplier, shift in [0, 62]."""
