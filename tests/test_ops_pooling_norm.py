@@ -84,3 +84,17 @@ def test_l2_normalize_twin_close_to_float(rng):
     y = OPS["l2_normalize_int"].reference(x, pre_shift=0).astype(np.float64) / 2**15
     f = x / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
     assert np.abs(y - f).max() <= 2.0**-14, np.abs(y - f).max()
+
+
+@pytest.mark.parametrize("target_name", ["vnni", "avx2"])
+@pytest.mark.parametrize("pattern", ["min", "max", "random", "alternating"])
+def test_heads_through_the_build_on_both_isas(rng, target_name, pattern):
+    """The kernels as the pipeline builds them (build.build: default schedules) for the AVX-512 VNNI
+    and the AVX2-only target, at the dtype extremes."""
+    from test_x86_kernels import activations, check_kernel
+
+    x = activations(rng, (4, 12, 16), "int16", pattern)
+    table, shift = masked_mean_table(0.6, 12, "int16")
+    check_kernel("masked_mean_requant", x, [masks(rng, 4, 12), table], target_name, shift=shift, qmin=-32768,
+                 qmax=32767, out_dtype="int16")
+    check_kernel("l2_normalize_int", activations(rng, (3, 5, 40), "int8", pattern), [], target_name, pre_shift=-8)
