@@ -1,5 +1,6 @@
-"""C kernels of the sentence-embedding heads (masked_mean_requant, l2_normalize_int) against their
-NumPy twins, bit for bit: host build under ASan + UBSan, and Cortex-M4 under qemu."""
+"""C kernels of the sentence-embedding heads (masked_mean_requant, l2_normalize_int) and of Pad
+reflect / edge (pad_mirror) against their NumPy twins, bit for bit: host build under ASan + UBSan,
+and Cortex-M4 under qemu."""
 from __future__ import annotations
 
 import numpy as np
@@ -15,13 +16,13 @@ from tvm_qplugin.reference import ReferenceInterpreter
 from tvm_qplugin.targets import get_board
 
 B, T, D = 5, 7, 6
-N_OUT = 6
+N_OUT = 8
 
 
 def heads_zoo():
     """(module, inputs): masked means of int8 / int16 hidden states under uint8 and int32 masks (every
     count from 0 to T), L2 normalisation of int8 / int16 / int32 rows (a zero row, one-hot rows), and
-    the two chained as in a sentence-embedding head."""
+    the two chained as in a sentence-embedding head; reflect and edge pads."""
     rng = np.random.default_rng(5)
     bb = relax.BlockBuilder()
     h8 = relax.Var("h8", relax.TensorType([B, T, D], "int8"))
@@ -42,6 +43,8 @@ def heads_zoo():
                 emit(bb, "l2_normalize_int", [r32], pre_shift=16),
                 emit(bb, "l2_normalize_int", [emit(bb, "masked_mean_requant", [h16, mu, const(t16)], shift=s16,  # the
                                                    qmin=-32768, qmax=32767, out_dtype="int16")], pre_shift=0),  # head: arena
+                emit(bb, "pad_mirror", [h8], before=[0, 2, 1], after=[4, 6, 5], mode="reflect"),   # widest reflect
+                emit(bb, "pad_mirror", [h16], before=[3, 0, 9], after=[1, 8, 0], mode="edge"),
             ]
             gv = [bb.emit_output(o) for o in outs]
         bb.emit_func_output(relax.Tuple(gv))

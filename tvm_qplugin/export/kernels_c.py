@@ -393,6 +393,19 @@ class KernelCalls(CEmitter):
         s.c_func = f"qk_l2norm_{X}"
         self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, {self.ptr(s.out)});")
 
+    def op_pad_mirror(self, s: Step, p: dict) -> None:
+        (x,) = s.args
+        nd = len(x.shape)
+        if nd > MAX_DIMS:
+            raise UnsupportedOpError(f"C package: pad_mirror of rank {nd} ({s.name})")
+        pn = self.pstruct("qk_padm_t", s, dict(ndim=nd, count=prod(s.out.shape), reflect=int(p["mode"] == "reflect"),
+                                               shape=c_dims(s.out.shape), in_shape=c_dims(x.shape),
+                                               in_stride=c_dims(row_major_strides(x.shape)), before=c_dims(p["before"])))
+        X = dt_info(x.dtype)[0]
+        self.instances.add(("padm", X))
+        s.c_func = f"qk_padm_{X}"
+        self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, {self.ptr(s.out)});")
+
 
 def check_requant(s: Step, mult, shift) -> None:
     """A per-tensor requantization (b, c) the C kernels take: int32 multiplier, shift in [0, 62]."""
