@@ -340,3 +340,13 @@ def test_torch_dynamic_axes_export_compiles_at_a_new_shape(tmp_path, rng):
     assert {"Shape", "Gather", "ConstantOfShape", "Concat"} <= ops, ops      # the scaffolding is really there
     art = _compile_and_check(path, (1, 7, 16), 0.99, rng, input_shapes=["x=1,7,16"])
     assert art.report["bit_exact"] is True
+
+
+@pytest.mark.parametrize("axis", [1, -1])
+def test_log_softmax_on_any_axis(tmp_path, rng, axis):
+    """LogSoftmax over the channels (permuted last and back) and over the last axis -> log_softmax_int."""
+    g = OnnxGraph((1, 3, 6, 6), rng)
+    y = g.node("LogSoftmax", [g.conv("x", 8)], (1, 8, 6, 6), axis=axis)
+    path = g.save(y, tmp_path / "log_softmax.onnx")
+    art = _compile_and_check(path, g.input_shape, 0.999, rng)
+    assert "log_softmax_int" in _kernel_ops(art)

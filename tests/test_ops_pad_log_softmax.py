@@ -35,3 +35,52 @@ def test_pad_mirror_twin_is_onnx_reflect():
 def test_pad_mirror_through_the_build_on_both_isas(rng, target_name, pattern, mode):
     x = activations(rng, (1, 8, 6, 5), "int16", pattern)
     check_kernel("pad_mirror", x, [], target_name, before=[0, 0, 5, 1], after=[0, 0, 2, 4], mode=mode)
+
+
+def log_softmax_params(in_scale: float, length: int, variant: str, out_scale: float, out_dtype: str = "int16"):
+    import math
+
+    from tvm_qplugin.ops.log_softmax import LOG2_FRAC_BITS
+    from tvm_qplugin.quant import dyadic_pair, qrange
+    from tvm_qplugin.quant import nonlinear_consts as nc
+
+    ma, mb, shift = dyadic_pair(in_scale / out_scale, math.log(2.0) / 2**LOG2_FRAC_BITS / out_scale)
+    qmin, qmax = qrange(out_dtype)
+    return dict(in_scale=in_scale, n=nc.choose_softmax_n(in_scale, None, length, variant), variant=variant, exp_poly=2,
+                ma=ma, mb=mb, shift=shift, qmin=qmin, qmax=qmax, out_dtype=out_dtype)
+
+
+@pytest.mark.parametrize("variant", ["ivit", "ibert", "division-free"])
+@pytest.mark.parametrize("xdt,in_scale", [("int8", 0.1), ("int16", 0.0005)])
+def test_log_softmax_int_extremes(rng, variant, xdt, in_scale):
+    from tvm_qplugin.ops.log_softmax import log2_table
+
+    x = edge_int8(rng, (3, 4, 33), xdt)
+    x[0, 0] = np.iinfo(xdt).max          # an all-equal row: log(1/L) exactly
+    x[0, 1, ::2] = np.iinfo(xdt).min     # the widest spread
+    got, ref = run_both("log_softmax_int", [x, log2_table()], **log_softmax_params(in_scale, 33, variant, 32 / 32768))
+    assert_bit_exact(got, ref, f"log_softmax_int {variant} {xdt}")
+
+
+@pytest.mark.parametrize("variant", ["ivit", "ibert", "division-free"])
+def test_log_softmax_twin_close_to_float(rng, variant):
+    from tvm_qplugin.ops import OPS
+    from tvm_qplugin.ops.log_softmax import log2_table
+
+    in_scale, out_scale = 8 / 32767, 20 / 32767
+    x = rng.integers(-32767, 32768, (64, 50)).astype(np.int16)
+    y = OPS["log_softmax_int"].reference(x, log2_table(), **log_softmax_params(in_scale, 50, variant, out_scale))
+    f = x * in_scale
+    f = f - f.max(1, keepdims=True)
+    f = f - np.log(np.exp(f).sum(1, keepdims=True))
+    err = np.abs(y * out_scale - np.maximum(f, -20))
+    assert err.max() < 0.01, f"{variant}: max |error| {err.max():.4f} vs float log-softmax"
+
+
+@pytest.mark.parametrize("target_name", ["vnni", "avx2"])
+@pytest.mark.parametrize("pattern", ["min", "max", "random", "alternating"])
+def test_log_softmax_through_the_build_on_both_isas(rng, target_name, pattern):
+    from tvm_qplugin.ops.log_softmax import log2_table
+
+    x = activations(rng, (2, 6, 40), "int8", pattern)
+    check_kernel("log_softmax_int", x, [log2_table()], target_name, **log_softmax_params(0.05, 40, "ivit", 1 / 1024))

@@ -12,4 +12,5 @@ COVERAGE_ONNX_OPS = frozenset({
     "ReduceSum",                                                    # rules/reduce.py
     "ConvTranspose",                                                # passes/conv_transpose.py + QZeroInsert
     "ReduceL2",                                                     # rules/pooling_norm.py (L2 normalisation)
+    "LogSoftmax",                                                   # rules/log_softmax.py
 })
