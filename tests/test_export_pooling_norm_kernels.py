@@ -1,28 +1,31 @@
-"""C kernels of the sentence-embedding heads (masked_mean_requant, l2_normalize_int) and of Pad
-reflect / edge (pad_mirror) against their NumPy twins, bit for bit: host build under ASan + UBSan,
-and Cortex-M4 under qemu."""
+"""C kernels of the sentence-embedding heads (masked_mean_requant, l2_normalize_int), of Pad
+reflect / edge (pad_mirror) and of LogSoftmax (log_softmax_int, each exponential variant) against
+their NumPy twins, bit for bit: host build under ASan + UBSan, and Cortex-M4 under qemu."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from conftest import assert_bit_exact
+from test_ops_pad_log_softmax import log_softmax_params
 from tvm import relax
 
 from tvm_qplugin.export import harness
 from tvm_qplugin.export.c_package import write_c_package
 from tvm_qplugin.ops import const, emit
+from tvm_qplugin.ops.log_softmax import log2_table
 from tvm_qplugin.ops.pooling_norm import masked_mean_table
 from tvm_qplugin.reference import ReferenceInterpreter
 from tvm_qplugin.targets import get_board
 
 B, T, D = 5, 7, 6
-N_OUT = 8
+N_OUT = 11
 
 
 def heads_zoo():
     """(module, inputs): masked means of int8 / int16 hidden states under uint8 and int32 masks (every
     count from 0 to T), L2 normalisation of int8 / int16 / int32 rows (a zero row, one-hot rows), and
-    the two chained as in a sentence-embedding head; reflect and edge pads."""
+    the two chained as in a sentence-embedding head; reflect and edge pads; log-softmax rows (an
+    all-zero row: log(1/D) exactly) in the three exponential variants."""
     rng = np.random.default_rng(5)
     bb = relax.BlockBuilder()
     h8 = relax.Var("h8", relax.TensorType([B, T, D], "int8"))
@@ -45,6 +48,8 @@ def heads_zoo():
                                                    qmin=-32768, qmax=32767, out_dtype="int16")], pre_shift=0),  # head: arena
                 emit(bb, "pad_mirror", [h8], before=[0, 2, 1], after=[4, 6, 5], mode="reflect"),   # widest reflect
                 emit(bb, "pad_mirror", [h16], before=[3, 0, 9], after=[1, 8, 0], mode="edge"),
+                *[emit(bb, "log_softmax_int", [h, const(log2_table())], **log_softmax_params(scale, D, variant, 1 / 256))
+                  for h, scale, variant in ((h8, 0.08, "ivit"), (h16, 0.0004, "ibert"), (h8, 0.03, "division-free"))],
             ]
             gv = [bb.emit_output(o) for o in outs]
         bb.emit_func_output(relax.Tuple(gv))

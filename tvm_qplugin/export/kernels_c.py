@@ -17,6 +17,7 @@ from ..quant import abs_max
 from . import scratch
 from .c_emit import CEmitter, c_array, c_dims, c_i32, c_i64, fits
 from .c_graph import MAX_DIMS, Ref, Step, dt_info, prod, row_major_strides
+from .kernels_c_coverage import CoverageKernelCalls, check_requant
 
 # largest |x| a C GEMM input contributes per weight: the dtype's own bound, except uint8, which the
 # MVE path flips to int8 (x - 128) and corrects by 128 * sum(w): partial sums reach 256 * sum|w|
@@ -82,7 +83,7 @@ def broadcast_fields(s: Step, op: str) -> dict:
     return dict(ndim=nd, count=prod(out), flat=int(flat), shape=c_dims(out), sa=c_dims(strides(a.shape)),
                 sb=c_dims(strides(b.shape)))
 
-class KernelCalls(CEmitter):
+class KernelCalls(CEmitter, CoverageKernelCalls):
     """The C call of every supported op (see the module docstring)."""
 
     def _weights(self, s: Step, w2d: np.ndarray, bias, mult, shift, x: Ref, gemm: bool = True) -> dict:
@@ -367,50 +368,6 @@ class KernelCalls(CEmitter):
         s.c_func = "qk_copy_nd"
         self._copy(s, "", x.shape, row_major_strides(x.shape), [os_[0], os_[1], os_[2] * sh, os_[3] * sw],
                    self.ptr(x, True), self.ptr(s.out), x.val.itemsize)
-
-    # --- sentence-embedding heads (ops/pooling_norm.py) ---
-    def op_masked_mean_requant(self, s: Step, p: dict) -> None:
-        x, mask, table = s.args
-        b, t, d = x.shape
-        tab = np.asarray(table.val.const).reshape(-1)
-        check_requant(s, 0, p["shift"])
-        if not fits(tab, -2**31, 2**31 - 1):
-            raise UnsupportedOpError(f"C package: {s.name}: masked-mean reciprocals exceed int32")
-        pn = self.pstruct("qk_mmean_t", s, dict(b=b, t=t, d=d, shift=p["shift"], qmin=c_i32(p["qmin"]),
-                                                qmax=c_i32(p["qmax"]),
-                                                table=self.const_array(tab.astype(np.int32), "int32_t", "m")))
-        X, M, O = dt_info(x.dtype)[0], dt_info(mask.dtype)[0], dt_info(s.out.dtype)[0]
-        self.instances.add(("mmean", X, M, O))
-        s.c_func = f"qk_mmean_{X}_{M}_{O}"
-        self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, {self.ptr(mask, True)}, {self.ptr(s.out)});")
-
-    def op_l2_normalize_int(self, s: Step, p: dict) -> None:
-        (x,) = s.args
-        c = x.shape[-1]
-        pn = self.pstruct("qk_l2norm_t", s, dict(rows=prod(x.shape) // c, c=c, pre_shift=p["pre_shift"]))
-        X = dt_info(x.dtype)[0]
-        self.instances.add(("l2norm", X))
-        s.c_func = f"qk_l2norm_{X}"
-        self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, {self.ptr(s.out)});")
-
-    def op_pad_mirror(self, s: Step, p: dict) -> None:
-        (x,) = s.args
-        nd = len(x.shape)
-        if nd > MAX_DIMS:
-            raise UnsupportedOpError(f"C package: pad_mirror of rank {nd} ({s.name})")
-        pn = self.pstruct("qk_padm_t", s, dict(ndim=nd, count=prod(s.out.shape), reflect=int(p["mode"] == "reflect"),
-                                               shape=c_dims(s.out.shape), in_shape=c_dims(x.shape),
-                                               in_stride=c_dims(row_major_strides(x.shape)), before=c_dims(p["before"])))
-        X = dt_info(x.dtype)[0]
-        self.instances.add(("padm", X))
-        s.c_func = f"qk_padm_{X}"
-        self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, {self.ptr(s.out)});")
-
-
-def check_requant(s: Step, mult, shift) -> None:
-    """A per-tensor requantization (b, c) the C kernels take: int32 multiplier, shift in [0, 62]."""
-    if not (-2**31 <= int(mult) < 2**31 and 0 <= int(shift) <= 62):
-        raise UnsupportedOpError(f"C package: {s.name}: requantization (b={mult}, c={shift}) out of range")
 
 
 def merge_dims(shape, strides):

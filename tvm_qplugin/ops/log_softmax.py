@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from tvm import te, tirx
+from tvm import te
 
 from ..quant import nonlinear_consts as nc
 from ..quant import round_shift_ref

@@ -85,6 +85,12 @@ QK_INLINE int64_t qk_l2_pre(int64_t v, int32_t k) {
   return v > 32768 ? 32768 : (v < -32768 ? -32768 : v);
 }
 
+/* (v + 2^(k-1)) >> k for k > 0, v << -k for k < 0 (softmax / log-softmax pre-shift of x - max) */
+QK_INLINE int64_t qk_pre_shift(int64_t v, int32_t k) {
+  if (k < 0) return v * ((int64_t)1 << -k);
+  return k > 0 ? (v + ((int64_t)1 << (k - 1))) >> k : v;
+}
+
 /* floor(sqrt(v)), exact (digit by digit): the value the TE kernels reach by Newton + fix-up */
 QK_INLINE uint64_t qk_isqrt64(uint64_t v) {
   uint64_t r = 0, bit = (uint64_t)1 << 62;
