@@ -229,14 +229,14 @@ def import_onnx(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | Non
             error = f"{type(e).__name__}: {last_line(e)}"
             # where TVM's own folding of shape scaffolding failed, ours (passes/static_fold.py) may not
             from .passes.static_fold import fold_static_subgraph
-            folded = fold_static_subgraph(model, {k: tuple(v) for k, v in shapes.items()})
-            if folded is not None:
-                try:
+            try:
+                folded = fold_static_subgraph(model, {k: tuple(v) for k, v in shapes.items()})
+                if folded is not None:
                     mod = from_onnx(folded, shape_dict=shapes, dtype_dict={s.name: s.dtype for s in specs},
                                     keep_params_in_input=False)
                     error = None
-                except Exception:  # noqa: BLE001 - the first error names the failing node
-                    pass
+            except Exception:  # noqa: BLE001 - the first error (the importer's, on the user's graph) names the node
+                pass
         gc.collect()  # a failed import leaves a BlockBuilder whose destructor logs a warning
     if error is not None:
         raise ModelLoadError(f"TVM's ONNX importer failed on {path!r}{_failed_node(model, printed.getvalue())}: "
