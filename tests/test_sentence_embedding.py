@@ -28,14 +28,16 @@ B, T, K, D = 4, 6, 8, 12
 HEAD_OPS = {"masked_mean_requant", "l2_normalize_int"}
 
 
-def head_model(path: Path, rng, count_as_output: bool = False) -> Path:
+def head_model(path: Path, rng, count_as_output: bool = False, l2_form: str = "ReduceL2") -> Path:
     """``x (B, T, K) -> MatMul -> sentence-transformers pooling -> F.normalize``, opset 18, the mask an
     int64 input. ``count_as_output``: the token count is a second graph output (an inner value of the
-    pooling fragment read outside it)."""
+    pooling fragment read outside it). ``l2_form``: the norm as ``ReduceL2`` (torch's export) or as
+    ``Sqrt(ReduceSum(Pow(x, 2)))`` (a hand-written ``x / sqrt(sum x**2)``)."""
     i64 = lambda v, n: nh.from_array(np.array(v, np.int64), n)
     inits = [nh.from_array((rng.standard_normal((K, D)) * 0.5).astype(np.float32), "W"), i64([-1], "last"),
              i64([B, T, D], "btd"), i64([1], "tok"), i64([B, D], "bd"),
-             nh.from_array(np.array(1e-9, np.float32), "eps_count"), nh.from_array(np.array(1e-12, np.float32), "eps")]
+             nh.from_array(np.array(1e-9, np.float32), "eps_count"), nh.from_array(np.array(1e-12, np.float32), "eps"),
+             nh.from_array(np.array(2.0, np.float32), "two")]
     nodes = [
         helper.make_node("MatMul", ["x", "W"], ["h"]),
         helper.make_node("Unsqueeze", ["attention_mask", "last"], ["m1"]),
@@ -46,7 +48,10 @@ def head_model(path: Path, rng, count_as_output: bool = False) -> Path:
         helper.make_node("ReduceSum", ["mf", "tok"], ["count"], keepdims=0),
         helper.make_node("Clip", ["count", "eps_count"], ["count_c"]),
         helper.make_node("Div", ["total", "count_c"], ["pooled"]),
-        helper.make_node("ReduceL2", ["pooled", "last"], ["norm"], keepdims=1),
+        *([helper.make_node("ReduceL2", ["pooled", "last"], ["norm"], keepdims=1)] if l2_form == "ReduceL2" else
+          [helper.make_node("Pow", ["pooled", "two"], ["sq"]),
+           helper.make_node("ReduceSum", ["sq", "last"], ["ssq"], keepdims=1),
+           helper.make_node("Sqrt", ["ssq"], ["norm"])]),
         helper.make_node("Clip", ["norm", "eps"], ["norm_c"]),
         helper.make_node("Expand", ["norm_c", "bd"], ["norm_b"]),
         helper.make_node("Div", ["pooled", "norm_b"], ["sentence_embedding"]),
@@ -81,8 +86,9 @@ def onnxruntime_outputs(path: Path, data: dict[str, np.ndarray]) -> np.ndarray:
     return np.concatenate([sess.run(None, {k: v[i:i + B] for k, v in data.items()})[0] for i in range(0, n, B)])
 
 
-def test_hand_built_head_is_integer_only_bit_exact_and_close(tmp_path, rng):
-    path = head_model(tmp_path / "head.onnx", rng)
+@pytest.mark.parametrize("l2_form", ["ReduceL2", "Pow-ReduceSum-Sqrt"])
+def test_hand_built_head_is_integer_only_bit_exact_and_close(tmp_path, rng, l2_form):
+    path = head_model(tmp_path / "head.onnx", rng, l2_form=l2_form)
     calib, evals = head_data(rng, 8), head_data(rng, 4)
     art = tq.compile(path, calib=calib, eval=evals, timing_runs=1)
     r = art.report

@@ -25,7 +25,7 @@ from ...ops import const
 from ...ops.pooling_norm import L2_OUT_DTYPE, L2_OUT_FRAC_BITS, masked_mean_table
 from ...quant import QType
 from ...quant import nonlinear_consts as nc
-from ..graph import Binding, Graph, dtype_of, shape_of
+from ..graph import Binding, Graph, const_value, dtype_of, shape_of
 from .base import RULES, IntegerRule, QValue, register_rule
 
 _EPS_MAX = 1e-6   # the clip under a norm / count is an epsilon (F.normalize 1e-12, the count's 1e-9)
@@ -126,10 +126,9 @@ def match_l2_normalize(graph: Graph, b: Binding) -> Fragment | None:
     if ssq is None or _axes(ssq, rank) != [rank - 1] or not ssq.attrs.keepdims:
         return None
     sq = graph.producer(ssq.args[0])
-    squares = sq is not None and ((sq.op_name == "relax.multiply" and sq.args[0].same_as(x) and sq.args[1].same_as(x))
-                                  or (sq.op_name == "relax.power" and sq.args[0].same_as(x)
-                                      and np.array_equal(getattr(sq.args[1], "data", None) is not None
-                                                         and sq.args[1].data.numpy(), 2)))
+    exponent = const_value(sq.args[1]) if sq is not None and sq.op_name == "relax.power" else None
+    squares = sq is not None and sq.args[0].same_as(x) and (
+        (sq.op_name == "relax.multiply" and sq.args[1].same_as(x)) or (exponent is not None and np.all(exponent == 2)))
     if not squares:
         return None
     members += [sqrt.var, ssq.var, sq.var]
@@ -137,7 +136,8 @@ def match_l2_normalize(graph: Graph, b: Binding) -> Fragment | None:
 
 
 def fragments(ctx) -> dict:
-    """Every matched head of the graph, by anchor and by member var (computed once per context)."""
+    """Every matched head of the graph, by anchor and by member var. Computed once per integerize
+    context and kept on it (``ctx._heads``): every rule of a head asks, for each binding."""
     found = getattr(ctx, "_heads", None)
     if found is None:
         found = {}
