@@ -151,11 +151,15 @@ def _minilm_embeddings(art_or_path, data, batch: int) -> np.ndarray:
     return np.concatenate([run({k: v[i:i + batch] for k, v in data.items()}) for i in range(0, n, batch)])
 
 
-def _check_minilm(path: Path, calib, evals, batch: int, seq: int, dynamic: bool, min_cosine: float):
+def _check_minilm(path: Path, calib, evals, batch: int, seq: int, dynamic: bool, min_cosine: float,
+                  nonlinear: str = "ivit"):
     shapes = {"input_ids": (batch, seq), "attention_mask": (batch, seq)} if dynamic else None
-    art = tq.compile(path, calib=calib, eval={k: v[:2 * batch] for k, v in evals.items()}, input_shapes=shapes)
+    art = tq.compile(path, calib=calib, eval={k: v[:2 * batch] for k, v in evals.items()}, input_shapes=shapes,
+                     nonlinear=nonlinear)
     r = art.report
     assert r["integer_only"] is True and r["float_ops"] == 0
+    if nonlinear == "division-free":
+        assert r["division_ops"] == 0      # the heads divide by nothing at run time either
     assert r["bit_exact"] is True and r["bit_exact_inputs"] >= 2 * batch
     assert HEAD_OPS <= _kernel_ops(art)
     ref = _minilm_embeddings(path, evals, batch)
@@ -166,8 +170,9 @@ def _check_minilm(path: Path, calib, evals, batch: int, seq: int, dynamic: bool,
     return cos
 
 
-@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
-def test_minilm_one_layer_whole_graph(dynamic):
+@pytest.mark.parametrize("dynamic,nonlinear", [(False, "ivit"), (True, "ivit"), (False, "division-free")],
+                         ids=["static", "dynamic", "division-free"])
+def test_minilm_one_layer_whole_graph(dynamic, nonlinear):
     """One encoder layer + pooling + normalisation, batch 2 x seq 16: the head's rules and our
     folding on a real export, in seconds instead of minutes."""
     from qplugin_zoo.minilm import fortune_sentences, tokenize
@@ -175,7 +180,7 @@ def test_minilm_one_layer_whole_graph(dynamic):
 
     sents = fortune_sentences(48)
     path = sentence_embedding_onnx(batch=2, seq=16, layers=1, dynamic=dynamic)
-    _check_minilm(path, tokenize(sents[:32], 16), tokenize(sents[32:48], 16), 2, 16, dynamic, 0.995)
+    _check_minilm(path, tokenize(sents[:32], 16), tokenize(sents[32:48], 16), 2, 16, dynamic, 0.995, nonlinear)
 
 
 @pytest.mark.slow
