@@ -274,12 +274,24 @@ def test_constant_pad(tmp_path, rng, value):
     assert "pad_constant" in _kernel_ops(art)
 
 
-def test_reflect_pad_is_refused_by_name(tmp_path, rng):
+@pytest.mark.parametrize("mode", ["reflect", "edge"])
+def test_reflect_and_edge_pad(tmp_path, rng, mode):
+    """Pad reflect / edge (TOPI mirror / replicate kernels, measured by passes/pad.py) -> pad_mirror."""
     g = OnnxGraph((1, 3, 6, 6), rng)
-    pads = g.init(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads")
-    y = g.node("Pad", [g.conv("x", 4), pads], (1, 4, 8, 8), mode="reflect")
+    pads = g.init(np.array([0, 0, 2, 1, 0, 0, 1, 3], np.int64), "pads")
+    y = g.node("Pad", [g.conv("x", 4), pads], (1, 4, 9, 10), mode=mode)
+    path = g.save(g.conv(y, 4), tmp_path / f"{mode}.onnx")
+    art = _compile_and_check(path, g.input_shape, 0.99, rng)
+    assert "pad_mirror" in _kernel_ops(art)
+
+
+def test_reflect_pad_wider_than_the_axis_is_refused_by_name(tmp_path, rng):
+    g = OnnxGraph((1, 3, 6, 6), rng)
+    y = g.node("AveragePool", [g.conv("x", 4)], (1, 4, 2, 2), kernel_shape=[3, 3], strides=[3, 3])
+    pads = g.init(np.array([0, 0, 2, 0, 0, 0, 1, 0], np.int64), "pads")      # 2 + 1 > 2 * (2 - 1)
+    y = g.node("Pad", [y, pads], (1, 4, 5, 2), mode="reflect")
     path = g.save(y, tmp_path / "reflect.onnx")
-    with pytest.raises(UnsupportedOpError, match="Pad mode 'reflect' .*mode='constant'"):
+    with pytest.raises(UnsupportedOpError, match=r"Pad mode 'reflect' \(kernel mirror_pad.*at most the axis size - 1"):
         tq.compile(path, calib={"x": rng.standard_normal((4, 3, 6, 6)).astype(np.float32)}, timing_runs=1)
 
 
@@ -328,3 +340,13 @@ def test_torch_dynamic_axes_export_compiles_at_a_new_shape(tmp_path, rng):
     assert {"Shape", "Gather", "ConstantOfShape", "Concat"} <= ops, ops      # the scaffolding is really there
     art = _compile_and_check(path, (1, 7, 16), 0.99, rng, input_shapes=["x=1,7,16"])
     assert art.report["bit_exact"] is True
+
+
+@pytest.mark.parametrize("axis", [1, -1])
+def test_log_softmax_on_any_axis(tmp_path, rng, axis):
+    """LogSoftmax over the channels (permuted last and back) and over the last axis -> log_softmax_int."""
+    g = OnnxGraph((1, 3, 6, 6), rng)
+    y = g.node("LogSoftmax", [g.conv("x", 8)], (1, 8, 6, 6), axis=axis)
+    path = g.save(y, tmp_path / "log_softmax.onnx")
+    art = _compile_and_check(path, g.input_shape, 0.999, rng)
+    assert "log_softmax_int" in _kernel_ops(art)

@@ -37,17 +37,17 @@ def test_digits_vit_integer_only_and_accurate(digits, variant):
 
 
 def test_unsupported_attention_form_is_named(tmp_path):
-    """An attention-like form without an integer rule (LogSoftmax) is refused with the node named.
-    (Softmax over a non-last axis is supported now: tests/test_coverage_graphs.py.)"""
+    """An attention-like form without an integer rule (Hardmax) is refused with the node named.
+    (Softmax over a non-last axis and LogSoftmax are supported now: tests/test_coverage_graphs.py.)"""
     import onnx
     from onnx import TensorProto, helper
 
-    node = helper.make_node("LogSoftmax", ["x"], ["y"], name="odd_softmax", axis=1)
+    node = helper.make_node("Hardmax", ["x"], ["y"], name="odd_softmax", axis=1)
     g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8])])
     p = tmp_path / "m.onnx"
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), p)
-    with pytest.raises(tq.UnsupportedOpError, match="LogSoftmax.*odd_softmax"):
+    with pytest.raises(tq.UnsupportedOpError, match="Hardmax.*odd_softmax"):
         tq.compile(p, calib={"x": np.random.default_rng(0).normal(size=(4, 4, 8)).astype(np.float32)})
 
 

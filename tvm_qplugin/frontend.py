@@ -233,11 +233,22 @@ def import_onnx(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | Non
     # The importer prints to stdout and TVM's C++ side logs to fd 2 on failure: keep both off the
     # user's terminal so the CLI's error stays one line.
     with quiet_native_stderr(), contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        shapes = {s.name: list(s.shape) for s in specs}
         try:
-            mod = from_onnx(model, shape_dict={s.name: list(s.shape) for s in specs},
-                            dtype_dict={s.name: s.dtype for s in specs}, keep_params_in_input=False)
+            mod = from_onnx(model, shape_dict=shapes, dtype_dict={s.name: s.dtype for s in specs},
+                            keep_params_in_input=False)
         except Exception as e:  # the importer raises bare TVM errors: wrap with the file and node
             error = f"{type(e).__name__}: {last_line(e)}"
+            # where TVM's own folding of shape scaffolding failed, ours (passes/static_fold.py) may not
+            from .passes.static_fold import fold_static_subgraph
+            try:
+                folded = fold_static_subgraph(model, {k: tuple(v) for k, v in shapes.items()})
+                if folded is not None:
+                    mod = from_onnx(folded, shape_dict=shapes, dtype_dict={s.name: s.dtype for s in specs},
+                                    keep_params_in_input=False)
+                    error = None
+            except Exception:  # noqa: BLE001 - the first error (the importer's, on the user's graph) names the node
+                pass
         gc.collect()  # a failed import leaves a BlockBuilder whose destructor logs a warning
     if error is not None:
         raise ModelLoadError(f"TVM's ONNX importer failed on {path!r}{_failed_node(model, printed.getvalue())}: "

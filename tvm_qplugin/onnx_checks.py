@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .errors import ModelLoadError, one_line
+from .errors import ModelLoadError, UnsupportedOpError, one_line
 
 # Input element types the pipeline quantizes (floats) or passes through raw (integer ids, masks).
 INPUT_DTYPES = ("float32", "float16", "float64", "int64", "int32")
@@ -202,7 +202,29 @@ def check_graph(model: onnx.ModelProto, path: str, input_shapes: dict[str, tuple
             _check_clip(node, i, path, consts)
         elif node.op_type == "Reshape":
             _check_reshape(node, i, path, consts)
+        elif node.op_type == "Pad":
+            _check_pad(node, i, path, consts, model)
     _strict_shape_inference(model, path, input_shapes)
+
+
+_PAD_INPUTS = ("pads", "constant_value", "axes")   # Pad's inputs after the data, by their ONNX names
+
+
+def _check_pad(node, i, path, consts, model) -> None:
+    """Pad's pads / value / axes must be known at compile time: constants, or shape scaffolding
+    that folds (passes/static_shapes.py); a pad width computed from the data cannot be integerized."""
+    from .passes.static_shapes import static_nodes
+
+    names = [n for n in node.input[1:] if n and n not in consts]
+    if not names:
+        return
+    nodes = model.graph.node
+    static = {o for k in static_nodes(model) for o in nodes[k].output}
+    for idx, name in enumerate(node.input[1:]):
+        if name and name not in consts and name not in static:
+            raise UnsupportedOpError(f"{_where(path, node, i)}: input {_PAD_INPUTS[idx]!r} ({name!r}) is computed at "
+                                     "run time (a dynamic pad); only constant pads have an integer-only lowering: "
+                                     "re-export the model with fixed padding")
 
 
 def _strict_shape_inference(model: onnx.ModelProto, path: str, input_shapes: dict[str, tuple[int, ...]]) -> None:

@@ -17,6 +17,7 @@ from ..quant import abs_max
 from . import scratch
 from .c_emit import CEmitter, c_array, c_dims, c_i32, c_i64, fits
 from .c_graph import MAX_DIMS, Ref, Step, dt_info, prod, row_major_strides
+from .kernels_c_coverage import CoverageKernelCalls, check_requant
 
 # largest |x| a C GEMM input contributes per weight: the dtype's own bound, except uint8, which the
 # MVE path flips to int8 (x - 128) and corrects by 128 * sum(w): partial sums reach 256 * sum|w|
@@ -82,7 +83,7 @@ def broadcast_fields(s: Step, op: str) -> dict:
     return dict(ndim=nd, count=prod(out), flat=int(flat), shape=c_dims(out), sa=c_dims(strides(a.shape)),
                 sb=c_dims(strides(b.shape)))
 
-class KernelCalls(CEmitter):
+class KernelCalls(CEmitter, CoverageKernelCalls):
     """The C call of every supported op (see the module docstring)."""
 
     def _weights(self, s: Step, w2d: np.ndarray, bias, mult, shift, x: Ref, gemm: bool = True) -> dict:
@@ -376,12 +377,6 @@ class KernelCalls(CEmitter):
         s.c_func = "qk_copy_nd"
         self._copy(s, "", x.shape, row_major_strides(x.shape), [os_[0], os_[1], os_[2] * sh, os_[3] * sw],
                    self.ptr(x, True), self.ptr(s.out), x.val.itemsize)
-
-
-def check_requant(s: Step, mult, shift) -> None:
-    """A per-tensor requantization (b, c) the C kernels take: int32 multiplier, shift in [0, 62]."""
-    if not (-2**31 <= int(mult) < 2**31 and 0 <= int(shift) <= 62):
-        raise UnsupportedOpError(f"C package: {s.name}: requantization (b={mult}, c={shift}) out of range")
 
 
 def merge_dims(shape, strides):

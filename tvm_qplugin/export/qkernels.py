@@ -19,7 +19,8 @@ from .templates import fill, read_template
 _CTYPE = {code: ctype for code, ctype, _, _ in DTYPES.values()}
 #: order of the kinds in qkernels.c (a GEMM block precedes the conv2d / dense kernels that call it)
 KIND_ORDER = ["gemm", "conv2d", "dense", "requantize", "add", "maxpool", "avgpool", "sum", "maskfill",
-              "lut", "mul", "prelu", "sqrt", "resize", "bilinear"]
+              "lut", "mul", "prelu", "sqrt", "resize", "bilinear",
+              "mmean", "l2norm", "padm", "logsm"]
 _BLOCK = re.compile(r"^//@@ (static|template ([a-z0-9]+)((?: [A-Z])*))\n(.*?)^//@@ end\n", re.M | re.S)
 _DEFINITION = re.compile(r"^((?:void|int32_t) qk_\w+\(.*\)) \{$", re.M)
 

@@ -11,4 +11,6 @@ COVERAGE_ONNX_OPS = frozenset({
     "Slice", "Resize", "Split", "Pad",                              # rules/resample.py (passes/split.py, pad.py)
     "ReduceSum",                                                    # rules/reduce.py
     "ConvTranspose",                                                # passes/conv_transpose.py + QZeroInsert
+    "ReduceL2",                                                     # rules/pooling_norm.py (L2 normalisation)
+    "LogSoftmax",                                                   # rules/log_softmax.py
 })

@@ -24,6 +24,7 @@ FOLDABLE_OPS = frozenset({
     "Gather", "Unsqueeze", "Squeeze", "Concat", "ConstantOfShape", "Slice", "Expand", "Cast", "Range", "Reshape",
     "Add", "Sub", "Mul", "Div", "Equal", "Less", "Greater", "Where", "Not", "And", "Or", "Identity", "Min", "Max",
     "Neg", "Abs", "Floor", "Ceil", "Sqrt", "Tile", "Transpose", "ReduceProd",
+    "GreaterOrEqual", "LessOrEqual",  # the causal / padding masks of dynamic-axes transformers exports
 })
 # ops whose output is static whatever their input's values are (only its shape matters)
 SHAPE_OPS = frozenset({"Shape", "Size"})

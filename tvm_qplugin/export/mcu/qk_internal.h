@@ -70,15 +70,36 @@ QK_INLINE int32_t qk_round_shift_clamp64(uint64_t acc, int32_t c, int32_t lo, in
 
 QK_INLINE uint64_t qk_mul64(int64_t a, int64_t b) { return (uint64_t)a * (uint64_t)b; }
 
-/* floor(sqrt(v)), exact, digit by digit: shifts, adds and compares only (no divide, no FPU) */
-QK_INLINE uint32_t qk_isqrt64(uint64_t v) {
+/* bit length of v (0 for 0) */
+QK_INLINE int32_t qk_bitlen64(uint64_t v) {
+  int32_t n = 0;
+  while (v) { n++; v >>= 1; }
+  return n;
+}
+
+/* x brought to +-2^15 by l2_normalize_int's pre_shift (LayerNorm's): k < 0 shifts left, k > 0 rounds
+ * half up to the right and saturates */
+QK_INLINE int64_t qk_l2_pre(int64_t v, int32_t k) {
+  if (k < 0) return v * ((int64_t)1 << -k);
+  if (k > 0) v = (v + ((int64_t)1 << (k - 1))) >> k;
+  return v > 32768 ? 32768 : (v < -32768 ? -32768 : v);
+}
+
+/* (v + 2^(k-1)) >> k for k > 0, v << -k for k < 0 (softmax / log-softmax pre-shift of x - max) */
+QK_INLINE int64_t qk_pre_shift(int64_t v, int32_t k) {
+  if (k < 0) return v * ((int64_t)1 << -k);
+  return k > 0 ? (v + ((int64_t)1 << (k - 1))) >> k : v;
+}
+
+/* floor(sqrt(v)), exact (digit by digit): the value the TE kernels reach by Newton + fix-up */
+QK_INLINE uint64_t qk_isqrt64(uint64_t v) {
   uint64_t r = 0, bit = (uint64_t)1 << 62;
   while (bit > v) bit >>= 2;
   while (bit) {
-    if (v >= r + bit) { v -= r + bit; r = (r >> 1) + bit; } else { r >>= 1; }
+    if (v >= r + bit) { v -= r + bit; r = (r >> 1) + bit; } else r >>= 1;
     bit >>= 2;
   }
-  return (uint32_t)r;
+  return r;
 }
 
 /* high word of acc * b: floor(acc * b / 2^32) (SMULL / SMMUL) */

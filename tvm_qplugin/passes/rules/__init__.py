@@ -1,3 +1,6 @@
 """Integerize rules, one module per float op family (importing registers them)."""
 from . import elementwise, layout, linear, nonlinear, pooling, transformer  # noqa: F401
 from . import activation, reduce, resample  # noqa: F401  (coverage: sigmoid/tanh/prelu/mul, sum/softmax, resize/slice)
+from . import pooling_norm  # noqa: F401  (masked mean pooling, L2 normalisation: sentence-embedding heads)
+from . import pad_mirror  # noqa: F401  (Pad reflect / edge)
+from . import log_softmax  # noqa: F401  (LogSoftmax on any axis)
