@@ -41,7 +41,7 @@ def main() -> None:
     probs, states = sv.stream(fp32, frames)
     picks = np.arange(0, len(frames), 4)[:128]
     art = tq.compile(path, calib={"input": frames[picks].reshape(len(picks), -1), "state": states[picks]},
-                     input_shapes=["input=1,576", "state=2,1,128"], input_values={"sr": sv.RATE})
+                     input_shapes=["input=1,576", "state=2,1,128"], input_values={"sr": sv.RATE}, input_bits=16)
     ours = lambda x, s: art.run({"input": x, "state": s})  # noqa: E731
 
     with tempfile.TemporaryDirectory() as d:

@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--input-shape", action="append", default=[], metavar="NAME=D1,D2,...")
     c.add_argument("--input-value", action="append", default=[], metavar="NAME=V[,V...]",
                    help="fix an input at compile time (a mode or sample-rate input the model branches on)")
+    c.add_argument("--input-bits", type=int, default=8, choices=(8, 16),
+                   help="width of the quantized model inputs: 16 for audio / sensor streams and recurrent states")
     c.add_argument("--int-io", action="store_true", help="integer inputs/outputs (no entry/exit float ops)")
     c.add_argument("--allow-float", default="", metavar="OP,...", help="accept float findings "
                    "of these ops (qplugin op or relax.* names): reported, integer_only becomes false")
@@ -130,7 +132,7 @@ def cmd_compile(a) -> int:
                         **({"observer": a.observer} if a.observer else {}),
                         attention=a.attention, int_io=a.int_io, gelu=a.gelu, softmax_bits=a.softmax_bits,
                         allow_float=allow_float, calib_limit=a.calib_limit, tuning_db=a.tuning_db, isa=a.isa,
-                        input_values=tuple(a.input_value) or None,
+                        input_values=tuple(a.input_value) or None, input_bits=a.input_bits,
                         budget=a.budget, show_progress=not a.no_progress and sys.stderr.isatty())
     art.save(out)
     print(summary(art.report, out))

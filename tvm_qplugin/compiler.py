@@ -19,7 +19,7 @@ from .frontend import import_model, name_onnx_nodes, parse_input_shapes
 from .metrics import classification_agreement, cosine_agreement, is_classifier
 from .passes.canonicalize import canonicalize
 from .passes.functions import integer_function
-from .passes.integerize import IntegerizeConfig, integerize
+from .passes.integerize import INPUT_BITS, IntegerizeConfig, integerize
 from .passes.verify import check_lowered_kernels, kernel_origins, verify_integer_only
 from .progress import progress
 from .quant.scheme import NonlinearScheme
@@ -62,6 +62,7 @@ class CompileOptions:
     tuning_db: str | None = None                  # --tuning-db DIR, else the shipped one (tuning/apply.py)
     isa: str | None = None                        # --isa: build for a narrower x86 level (tuning/isa.py)
     input_values: dict | tuple | None = None      # --input-value: inputs fixed at compile time (passes/specialize.py)
+    input_bits: int = 8                           # --input-bits 16: audio, sensor streams, recurrent states
 
     def __post_init__(self):
         if not isinstance(self.budget, Budget):
@@ -71,6 +72,8 @@ class CompileOptions:
                                f"{', '.join(PRECISIONS)}")
         if self.observer not in OBSERVERS:
             raise QPluginError(f"--observer {self.observer!r}: choose one of {', '.join(sorted(OBSERVERS))}")
+        if self.input_bits not in INPUT_BITS:
+            raise QPluginError(f"--input-bits {self.input_bits}: choose one of {', '.join(map(str, INPUT_BITS))}")
         self.scheme  # noqa: B018 - validates --nonlinear / --gelu / --softmax-bits
         if self.attention not in ATTENTIONS:
             raise QPluginError(f"--attention {self.attention!r} is not available in this version; choose one of "
@@ -120,7 +123,8 @@ def integer_front(model, opts: CompileOptions, tvm_target: tvm.target.Target, ca
     runner = FloatRunner(float_mod, tvm_target)
     ranges = calibrate(runner, calib_ds, opts.observer, opts.calib_limit, opts.show_progress)
     try:
-        imod = integerize(float_mod, ranges, IntegerizeConfig(int_io=opts.int_io, scheme=opts.scheme))
+        imod = integerize(float_mod, ranges, IntegerizeConfig(int_io=opts.int_io, scheme=opts.scheme,
+                                                              input_bits=opts.input_bits))
     except UnsupportedOpError as e:
         raise name_onnx_nodes(e, imported.onnx_model) from None
     return IntegerFront(imported, float_mod, runner, calib_ds, eval_ds, imod)

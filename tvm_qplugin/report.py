@@ -25,6 +25,7 @@ def build(imported, board, opts, imod, iv, weights: int, checks: dict, accuracy:
         "target": board.name,
         "isa_features": board.isa_features(),
         "isa": isa,
+        "input_bits": opts.input_bits,
         "precision": opts.precision,
         "nonlinear": opts.nonlinear,
         "gelu": opts.scheme.gelu,

@@ -34,6 +34,9 @@ from .rules.base import (RULES, Epilogue, IntegerRule, LayerInfo, QValue, is_cha
 log = logging.getLogger(__name__)
 
 
+INPUT_BITS = (8, 16)
+
+
 @dataclass(frozen=True)
 class IntegerizeConfig:
     """How the graph is integerized (the int8 scheme of DESIGN.md "Numerics")."""
@@ -46,10 +49,13 @@ class IntegerizeConfig:
     # softmax / GELU / LayerNorm: variant, GELU form, softmax width, ShiftExp refinement
     scheme: NonlinearScheme = NonlinearScheme()
     int_io: bool = False
+    input_bits: int = 8          # float model inputs: 16 for audio / sensor streams and recurrent states
 
     def __post_init__(self):
         if self.weight_bits != 8 or self.activation_bits != 8:
             raise ValueError("only the int8 scheme is implemented (weight_bits=8, activation_bits=8)")
+        if self.input_bits not in INPUT_BITS:
+            raise ValueError(f"input_bits {self.input_bits}: choose one of {INPUT_BITS}")
 
 
 class IntegerizeContext:
@@ -210,7 +216,7 @@ def integerize(float_mod: tvm.IRModule, ranges, config: IntegerizeConfig = Integ
             inputs.append((p.name, shape_of(p), None))
             continue
         lo, hi = ranges[p]
-        qt = QType.for_range(lo, hi, nonneg=lo >= 0)
+        qt = QType.for_range(lo, hi, nonneg=lo >= 0 and config.input_bits == 8, bits=config.input_bits)
         qp = relax.Var(p.name, relax.TensorType(list(shape_of(p)), qt.dtype))
         core_params.append(qp)
         ctx.values[p] = QValue(qp, qt, nonneg=lo >= 0)

@@ -4,3 +4,4 @@ from . import activation, reduce, resample  # noqa: F401  (coverage: sigmoid/tan
 from . import pooling_norm  # noqa: F401  (masked mean pooling, L2 normalisation: sentence-embedding heads)
 from . import pad_mirror  # noqa: F401  (Pad reflect / edge)
 from . import log_softmax  # noqa: F401  (LogSoftmax on any axis)
+from . import magnitude  # noqa: F401  (sqrt(a*a + b*b): spectrogram magnitudes)
