@@ -14,6 +14,7 @@ import pytest
 from conftest import assert_bit_exact
 from onnx import TensorProto, helper, numpy_helper
 from test_ops import run_both
+import tvm
 from tvm import relax
 
 import tvm_qplugin as tq
@@ -164,3 +165,16 @@ def test_a_scalar_output_is_compared_across_the_set_not_by_its_sign():
     assert r["over"] == "set" and abs(r["value"] - 0.18 / 0.82) < 1e-12 and abs(r["max_abs_error"] - 0.8) < 1e-12
     wide = cosine_agreement(np.ones((2, 16)), np.ones((2, 16)))
     assert "over" not in wide and wide["value"] == 1.0
+
+
+def test_magnitude_is_one_exact_chain_and_inputs_can_be_16_bit(branching_model):
+    path, x = branching_model
+    art = tq.compile(path, calib={"x": x[:32]}, eval={"x": x[32:]}, input_values={"mode": 1}, input_bits=16)
+    assert art.report["bit_exact"] and art.report["input_bits"] == 16 and art.inputs[0].qtype.dtype == "int16"
+    kernels = {str(f.attrs["qplugin.op"]) + ":" + ",".join(str(p.ty.dtype) for p in f.params)
+               for f in art.integer_mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc) and f.attrs
+               and "qplugin.op" in f.attrs}
+    # the squares and their sum exact in int32, one rounding: sqrt_requant on the int32 power
+    assert "sqrt_requant:int32,int16" in kernels and not any(k.startswith("lut") for k in kernels), kernels
+    with pytest.raises(Exception, match="--input-bits 12"):
+        tq.compile(path, calib={"x": x[:32]}, input_values={"mode": 1}, input_bits=12)
