@@ -60,3 +60,17 @@ def test_silero_vad_c_package_on_cortex_m4_is_bit_exact(streamed, tmp_path):
     assert all(layer["kernel"]["source"] == "handwritten-c" for layer in r["layers"])
     log.warning("silero on Cortex-M4: %s instructions per 32 ms window, arena %s bytes",
                 r["mcu"]["instructions_per_inference"], r["memory"]["peak_arena_bytes"])
+
+
+@pytest.mark.slow
+def test_streaming_audio_tutorial_runs_as_written(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, str(repo / "tutorials/streaming_audio/vad.py"), "--out", str(tmp_path),
+                        "--windows", "300"], capture_output=True, text=True, cwd=repo, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    agree = float(r.stdout.strip().rsplit(" ", 1)[-1])
+    assert agree >= 0.9, r.stdout
