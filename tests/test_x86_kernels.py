@@ -15,7 +15,7 @@ from tvm import relax
 
 from tvm_qplugin.build import build
 from tvm_qplugin.ops import OPS, const, emit
-from tvm_qplugin.schedules import pack_weights
+from tvm_qplugin.schedules import apply_default_schedules, pack_weights
 from tvm_qplugin.schedules.intrin_x86 import select_isa
 from tvm_qplugin.schedules.packing import packed_info
 
@@ -246,3 +246,27 @@ def test_one_kernel_two_calls_each_get_their_own_packed_weights(rng):
     got = relax.VirtualMachine(build(mod, VNNI_TARGET)[0], tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     ref = OPS["conv2d_requant"].reference(OPS["conv2d_requant"].reference(x, w1, *c1, **params), w2, *c2, **params)
     assert_bit_exact(got, ref, "two calls of one packed kernel")
+
+
+def tile_loop_kind(mod, target) -> tvm.tirx.ForKind:
+    """The kind of the outermost loop over the accumulator of ``mod``'s one packed conv kernel."""
+    scheduled, _ = apply_default_schedules(pack_weights(mod, target), target)
+    func = next(f for f in scheduled.functions.values() if isinstance(f, tvm.tirx.PrimFunc) and packed_info(f))
+    sch = tvm.s_tir.schedule.Schedule(func)
+    return sch.get(sch.get_loops(sch.get_sblock("acc_init"))[0]).kind
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("target_name", ["vnni", "avx2"])
+def test_single_output_channel_conv_keeps_its_tile_loop_parallel(rng, target_name):
+    """One output channel (mr = 1: PP-OCRv5 det's last conv, a 2x2 ConvTranspose as a conv over
+    128x256 pixels). The epilogue used to unroll the loop above its pixel loop -- with one row
+    per tile that is the parallel tile loop itself: 1024 tiles unrolled, the kernel serial and
+    LLVM busy for many minutes (PP-OCRv5 det: over 15). Builds in seconds now, bit-exact."""
+    x = activations(rng, (1, 8, 127, 255), "uint8", "random")
+    consts = [weights(rng, (1, 8, 2, 2)), *requant_consts(rng, 1, 16)]
+    params = {**POINTWISE, "padding": [1, 1, 1, 1], "qmin": -32767, "qmax": 32767, "out_dtype": "int16"}
+    kind = tile_loop_kind(one_op_module("conv2d_requant", x, consts, **params), TARGETS[target_name])
+    assert kind == tvm.tirx.ForKind.PARALLEL, kind
+    info, _ = check_kernel("conv2d_requant", x, consts, target_name, **params)
+    assert info["mr"] == 1

@@ -365,11 +365,22 @@ def _epilogue_at(sch, tile, lanes: int) -> None:
         sch.set_scope(stage, 0, "local")
     for name in (first, "y") if first == "y_tile" else (first,):
         sch.reverse_compute_at(sch.get_sblock(name), tile)
-    *rows, last = sch.get_loops(stage)[-2:]
+    # only the loops *inside* the tile: with one row per tile (mr == 1) the loop above the pixel /
+    # channel loop is the parallel tile loop itself, and unrolling it (PP-OCRv5 det's last conv:
+    # 4096 tiles) serialized the kernel and kept LLVM busy for over 15 minutes
+    *rows, last = _loops_under(sch, stage, tile)[-2:]
     outer, inner = sch.split(last, [None, lanes])
     sch.vectorize(inner)
     for loop in (*rows, outer):  # constant tile indices: LLVM keeps the accumulators in registers
         sch.unroll(loop)
+
+
+def _loops_under(sch, block, loop) -> list:
+    """The loops of ``block`` nested inside ``loop`` (innermost last)."""
+    loops = sch.get_loops(block)
+    target = sch.get(loop)
+    at = next(i for i, lp in enumerate(loops) if sch.get(lp).same_as(target))
+    return loops[at + 1:]
 
 
 def _param_type(param) -> tuple[tuple[int, ...], str]:
