@@ -8,7 +8,7 @@ APT_STAMP := $(VENV)/.apt
 APT_PACKAGES := gcc g++ make cmake fortunes-min espeak-ng clang libclang-rt-14-dev gcc-arm-none-eabi libnewlib-arm-none-eabi binutils-arm-none-eabi qemu-system-arm qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross
 JOBS ?= 2
 
-.PHONY: setup demo test test-fast test-known-hangs bench clean
+.PHONY: setup demo test test-fast bench clean
 
 setup: $(STAMP) $(APT_STAMP)
 
@@ -36,11 +36,7 @@ demo: setup
 	$(BIN)/python examples/demo.py
 
 test: setup
-	$(BIN)/python -m pytest -q -n $(JOBS) --timeout 1800 -m "not known_hang" tests
-
-# models whose compile does not finish today (see docs/architecture.md, "Known issues")
-test-known-hangs: setup
-	$(BIN)/python -m pytest -q --timeout 3600 -m known_hang tests
+	$(BIN)/python -m pytest -q -n $(JOBS) --timeout 1800 tests
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" tests

@@ -1,17 +1,23 @@
-"""MobileNetV2's hot pointwise convs (and its dense layer), kernel by kernel: the plain schedule
-rules (before) against the prepacked, tensorized kernels of schedules/x86_int8.py (after), for
-the native target and the AVX2-restricted one, with each kernel's GMAC/s against this CPU's
-measured int8 peak (benchmarks/int8_peak.py).
+"""MobileNetV2's hot groups-1 convs (pointwise and the KxK stem) and its dense layer, kernel by
+kernel: the plain schedule rules (before) against the prepacked, tensorized kernels of
+schedules/x86_int8.py (after), for the native target and the AVX2-restricted one, with each
+kernel's GMAC/s against this CPU's measured int8 peak (benchmarks/int8_peak.py).
+
+``--baseline OLD_x86_int8.py`` (a saved copy of an earlier schedules/x86_int8.py, e.g. from
+``git show REV:tvm_qplugin/schedules/x86_int8.py``) makes "before" that version's tensorized
+kernels instead of the plain rules: a before/after of a change to the tensorized rules.
 
 One process, before/after interleaved, medians; every "after" output is checked bit-exactly
-against "before" first. Prints one JSON object.
+against "before" first. Prints one JSON object (``total_us``: the listed convs' time per
+inference, calls counted).
 
-Run: `.venv/bin/python benchmarks/x86_kernels.py [--module integer_module.json] [--top 8]`
-(without --module, MobileNetV2 is compiled first, ~2 minutes).
+Run: `.venv/bin/python benchmarks/x86_kernels.py [--module integer_module.json] [--top 8]
+[--baseline FILE]` (without --module, MobileNetV2 is compiled first, ~2 minutes; --top 0: all).
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -80,8 +86,17 @@ def _plain(func, target):
     return func
 
 
-def _tensorized(func, target):
-    for rule in RULES:
+def _baseline_rules(path: str) -> list:
+    """The packer rules of a saved copy of schedules/x86_int8.py (imported inside the package, so
+    that its relative imports resolve)."""
+    spec = importlib.util.spec_from_file_location("tvm_qplugin.schedules._baseline_x86_int8", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return [module.Conv2DTensorized(), module.DenseTensorized()]
+
+
+def _tensorized(func, target, rules=RULES):
+    for rule in rules:
         if hasattr(rule, "pack"):
             packing = rule.pack(func, target)
             if packing is not None:
@@ -93,8 +108,18 @@ def _build(func, target):
     return tvm.tirx.build(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)["main"]
 
 
-def time_pair(k: dict, target, rounds: int, rng) -> dict | None:
-    """Median microseconds of the plain and the tensorized kernel, interleaved."""
+def _call_args(k: dict, x, packing) -> list:
+    """The kernel's arguments: ``x``, then its constants (packed as ``packing`` packs them)."""
+    consts = k["consts"]
+    if packing is not None:
+        packed = packing.pack_args([consts[i - 1] for i in packing.const_args])
+        first, last = packing.const_args[0] - 1, packing.const_args[-1] - 1
+        consts = [*consts[:first], *packed, *consts[last + 1:]]
+    return [x, *[tvm.runtime.tensor(c) for c in consts]]
+
+
+def time_pair(k: dict, target, rounds: int, rng, baseline=None) -> dict | None:
+    """Median microseconds of the plain (or ``baseline`` rules') and the tensorized kernel, interleaved."""
     after, packing = _tensorized(k["func"], target)
     if after is None:
         return None
@@ -102,13 +127,13 @@ def time_pair(k: dict, target, rounds: int, rng) -> dict | None:
     info = np.iinfo(dtype)
     x = tvm.runtime.tensor(rng.integers(info.min, info.max + 1, shape).astype(dtype))
     out_dtype = k["params"]["out_dtype"]
-    plain_args = [x, *[tvm.runtime.tensor(c) for c in k["consts"]]]
-    packed = packing.pack_args([k["consts"][i - 1] for i in packing.const_args])
-    first, last = packing.const_args[0] - 1, packing.const_args[-1] - 1
-    packed_consts = [*k["consts"][:first], *packed, *k["consts"][last + 1:]]
-    packed_args = [x, *[tvm.runtime.tensor(c) for c in packed_consts]]
+    before, before_packing = (_plain(k["func"], target), None) if baseline is None else \
+        _tensorized(k["func"], target, baseline)
+    if before is None:
+        return None
+    plain_args, packed_args = _call_args(k, x, before_packing), _call_args(k, x, packing)
     outs = [tvm.runtime.tensor(np.zeros(k["out"], out_dtype)) for _ in range(2)]
-    fns = [_build(_plain(k["func"], target), target), _build(after, target)]
+    fns = [_build(before, target), _build(after, target)]
     fns[0](*plain_args, outs[0])
     fns[1](*packed_args, outs[1])
     assert np.array_equal(outs[0].numpy(), outs[1].numpy()), f"{k['name']}: tensorized kernel differs"
@@ -128,10 +153,12 @@ def main() -> None:
     ap.add_argument("--module", help="integer_module.json of MobileNetV2 (else compiled here)")
     ap.add_argument("--top", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--baseline", help="a saved copy of an earlier schedules/x86_int8.py: its tensorized kernels are 'before'")
     args = ap.parse_args()
+    baseline = _baseline_rules(args.baseline) if args.baseline else None
     mod = integer_module(args.module)
     ks = sorted(kernels(mod), key=lambda k: -k["macs"] * k["calls"])
-    pointwise = [k for k in ks if k["op"] == "conv2d_requant" and k["consts"][0].shape[2:] == (1, 1)][: args.top]
+    convs = [k for k in ks if k["op"] == "conv2d_requant" and k["params"]["groups"] == 1][: args.top or None]
     dense = [k for k in ks if k["op"] == "dense_requant"][:1]
     threads = os.cpu_count()
     targets = {"native": tvm.target.Target.from_device(tvm.cpu()),
@@ -142,8 +169,8 @@ def main() -> None:
         isa8 = select_isa(target, "uint8")
         peaks = {dt: peak_gmacs(target, select_isa(target, dt), threads) for dt in ("uint8", "int16")}
         rows = []
-        for k in pointwise + dense:
-            t = time_pair(k, target, args.rounds, rng)
+        for k in convs + dense:
+            t = time_pair(k, target, args.rounds, rng, baseline)
             if t is None:
                 continue
             isa = select_isa(target, k["x"][1])
@@ -155,9 +182,12 @@ def main() -> None:
                          "after_gmacs": round(k["macs"] / t["after_us"] / 1e3, 1),
                          "after_fraction_of_peak": round(k["macs"] / t["after_us"] / 1e3 / peak, 3)})
         res["targets"][tname] = {"mcpu": str(target.attrs.get("mcpu", "")), "isa_8bit": isa8.name,
-                                 "peak_gmacs": {dt: round(v, 1) for dt, v in peaks.items()}, "kernels": rows}
+                                 "peak_gmacs": {dt: round(v, 1) for dt, v in peaks.items()}, "kernels": rows,
+                                 "total_us": {w: round(sum(r[f"{w}_us"] * r["calls"] for r in rows), 1)
+                                              for w in ("before", "after")}}
     res["note"] = ("medians of interleaved runs, all threads; the machine is shared and noisy (other jobs), so "
-                   "absolute figures move between runs; before = plain schedule rules, after = prepacked + tensorized")
+                   "absolute figures move between runs; before = " + ("the baseline file's tensorized kernels" if baseline else
+                   "plain schedule rules") + ", after = prepacked + tensorized")
     print(json.dumps(res, indent=2))
 
 

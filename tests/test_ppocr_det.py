@@ -23,7 +23,6 @@ EVAL = ["page", "text", "coins", "rocket"]
 
 
 @pytest.mark.slow
-@pytest.mark.known_hang  # LLVM codegen of this model with the tensorized x86 rules ran over 15 min: see docs
 def test_ppocr_v5_det_integer_only_bit_exact_and_close_to_fp32():
     path = ppocr_det_onnx()
     calib = text_inputs(["page", "text", "camera", "coffee", "motorcycle_left", "china"], crops_per_photo=2, seed=0)

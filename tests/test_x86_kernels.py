@@ -15,9 +15,10 @@ from tvm import relax
 
 from tvm_qplugin.build import build
 from tvm_qplugin.ops import OPS, const, emit
-from tvm_qplugin.schedules import pack_weights
+from tvm_qplugin.schedules import apply_default_schedules, pack_weights
 from tvm_qplugin.schedules.intrin_x86 import select_isa
 from tvm_qplugin.schedules.packing import packed_info
+from tvm_qplugin.schedules.x86_int8 import _border_parts
 
 VNNI_TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "znver4"})        # AVX-512 VNNI
 AVX2_TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "znver3"})        # AVX2, no VNNI
@@ -59,6 +60,11 @@ def requant_consts(rng, o, acc_scale_bits):
     return bias, mult, shift
 
 
+def fused_int16(target_name, xdt) -> set[str]:
+    """AVX-VNNI has a 256-bit vpdpwssd too: LLVM may fuse the int16 route's vpmaddwd + vpaddd into it."""
+    return {"vpdpwssd"} if (target_name, xdt) == ("avxvnni", "int16") else set()
+
+
 def one_op_module(op, x, consts, **params):
     bb = relax.BlockBuilder()
     xv = relax.Var("x", relax.TensorType(x.shape, str(x.dtype)))
@@ -88,18 +94,19 @@ def check_kernel(op, x, consts, target_name, **params):
     return next((i for i in infos if i), None), asm_of(executable)
 
 
-@pytest.mark.parametrize("target_name", ["vnni", "avx2"])
+@pytest.mark.parametrize("target_name", ["vnni", "avx2", "avxvnni"])
 @pytest.mark.parametrize("xdt", ["uint8", "int8", "int16"])
 @pytest.mark.parametrize("pattern", PATTERNS)
 def test_pointwise_conv_bit_exact_at_extremes(rng, target_name, xdt, pattern):
+    """1x1 stride 1 unpadded: the flat gather (one interleaving pass over the pixels)."""
     c, o, h, w = (40, 24, 5, 7) if xdt == "int16" else (64, 24, 5, 7)  # P = 35: padded pixel vectors
     x = activations(rng, (1, c, h, w), xdt, pattern)
     wt = weights(rng, (o, c, 1, 1))
     bias, mult, shift = requant_consts(rng, o, 8 + (8 if xdt == "int16" else 0) + 6)
     info, asm = check_kernel("conv2d_requant", x, [wt, bias, mult, shift], target_name, strides=[1, 1],
                              padding=[0, 0, 0, 0], dilation=[1, 1], groups=1, qmin=-128, qmax=127, out_dtype="int8")
-    assert info is not None and info["rule"] == "Conv2DTensorized"
-    assert INSTRUCTION[target_name][xdt] in asm
+    assert info is not None and info["rule"] == "Conv2DTensorized" and info["gather"] == "flat"
+    assert any(i in asm for i in {INSTRUCTION[target_name][xdt], *fused_int16(target_name, xdt)})
 
 
 @pytest.mark.parametrize("target_name", ["vnni", "avx2"])
@@ -246,3 +253,61 @@ def test_one_kernel_two_calls_each_get_their_own_packed_weights(rng):
     got = relax.VirtualMachine(build(mod, VNNI_TARGET)[0], tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     ref = OPS["conv2d_requant"].reference(OPS["conv2d_requant"].reference(x, w1, *c1, **params), w2, *c2, **params)
     assert_bit_exact(got, ref, "two calls of one packed kernel")
+
+
+def tile_loop_kind(mod, target) -> tvm.tirx.ForKind:
+    """The kind of the outermost loop over the accumulator of ``mod``'s one packed conv kernel."""
+    scheduled, _ = apply_default_schedules(pack_weights(mod, target), target)
+    func = next(f for f in scheduled.functions.values() if isinstance(f, tvm.tirx.PrimFunc) and packed_info(f))
+    sch = tvm.s_tir.schedule.Schedule(func)
+    return sch.get(sch.get_loops(sch.get_sblock("acc_init"))[0]).kind
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("target_name", ["vnni", "avx2"])
+def test_single_output_channel_conv_keeps_its_tile_loop_parallel(rng, target_name):
+    """One output channel (mr = 1: PP-OCRv5 det's last conv, a 2x2 ConvTranspose as a conv over
+    128x256 pixels). The epilogue used to unroll the loop above its pixel loop -- with one row
+    per tile that is the parallel tile loop itself: 1024 tiles unrolled, the kernel serial and
+    LLVM busy for many minutes (PP-OCRv5 det: over 15). Builds in seconds now, bit-exact."""
+    x = activations(rng, (1, 8, 127, 255), "uint8", "random")
+    consts = [weights(rng, (1, 8, 2, 2)), *requant_consts(rng, 1, 16)]
+    params = {**POINTWISE, "padding": [1, 1, 1, 1], "qmin": -32767, "qmax": 32767, "out_dtype": "int16"}
+    kind = tile_loop_kind(one_op_module("conv2d_requant", x, consts, **params), TARGETS[target_name])
+    assert kind == tvm.tirx.ForKind.PARALLEL, kind
+    info, _ = check_kernel("conv2d_requant", x, consts, target_name, **params)
+    assert info["mr"] == 1
+
+
+@pytest.mark.parametrize("target_name", ["vnni", "avx2", "avxvnni"])
+@pytest.mark.parametrize("xdt", ["uint8", "int8", "int16"])
+@pytest.mark.parametrize("case", [
+    {"c": 5, "o": 20, "hw": (6, 20), "k": 5, "stride": 1, "pad": (2, 2, 2, 2)},     # both borders, narrow interior
+    {"c": 4, "o": 8, "hw": (9, 13), "k": 3, "stride": 2, "pad": (0, 0, 1, 1)},      # "same" padding at the end only
+    {"c": 6, "o": 16, "hw": (4, 4), "k": 7, "stride": 1, "pad": (3, 3, 3, 3)},      # window wider than the image
+    {"c": 12, "o": 8, "hw": (7, 9), "k": 1, "stride": 2, "pad": (0, 0, 0, 0)},      # strided 1x1: the row gather
+    {"c": 8, "o": 24, "hw": (5, 6), "k": 1, "stride": 1, "pad": (1, 0, 0, 1)},      # padded 1x1: the row gather
+])
+def test_row_gather_borders_bit_exact(rng, target_name, xdt, case):
+    """The row-wise gather (every conv but the plain 1x1) splits output rows and columns at the
+    borders and clamps the pad rows of its last pixel vector; windows that cross one border, both,
+    or no interior at all, against the NumPy twin at the dtype extremes and on random data."""
+    params = {"strides": [case["stride"]] * 2, "padding": list(case["pad"]), "dilation": [1, 1], "groups": 1,
+              "qmin": -128, "qmax": 127, "out_dtype": "int8"}
+    wt = weights(rng, (case["o"], case["c"], case["k"], case["k"]))
+    consts = [wt, *requant_consts(rng, case["o"], 20)]
+    for pattern in ("alternating", "random"):
+        x = activations(rng, (1, case["c"], *case["hw"]), xdt, pattern)
+        info, asm = check_kernel("conv2d_requant", x, consts, target_name, **params)
+        assert info is not None and info["gather"] == "rows", info
+    assert any(i in asm for i in {INSTRUCTION[target_name][xdt], *fused_int16(target_name, xdt)})
+
+
+def test_border_parts_split_where_the_window_leaves_the_image():
+    """Output positions by whether their input window may cross the low border, stays inside,
+    may cross the high border, or is a clamped pad position (stem: 224 wide, 3 taps, stride 2,
+    pad 1 -> 112 outputs; a 7-tap window on 4 pixels has no interior at all)."""
+    assert _border_parts(112, 112, 224, 3, 2, 1, 1) == [1, 111, 0, 0]
+    assert _border_parts(6, 7, 11, 3, 2, 1, 1) == [1, 4, 1, 1]
+    assert _border_parts(4, 4, 4, 7, 1, 1, 3) == [3, 0, 1, 0]
+    assert _border_parts(5, 5, 9, 3, 2, 1, 0) == [0, 4, 1, 0]

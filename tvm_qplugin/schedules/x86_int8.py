@@ -203,7 +203,10 @@ class Conv2DTensorized(TensorizedRule):
     1. The activations are gathered ``kp`` reduction elements per pixel, ``[N, K/kp, P, kp]``
        with K = C*KH*KW (for 1x1, C channels interleaved; for KxK an im2col; P = OH*OW padded to
        whole vectors; s8 shifted to u8 for VNNI, widened to int16 for AVX2) -- a stage inside
-       the kernel, K*P values against the O*K*P multiply-adds it feeds.
+       the kernel, K*P values against the O*K*P multiply-adds it feeds. The ``kp`` elements are
+       its innermost loop, unrolled: LLVM vectorizes the pixel loop into interleaving stores
+       (:func:`_schedule_gather`; with the pixels innermost instead, each store was a lone byte
+       at stride ``kp`` and the gather took 3/4 of a 1x1 conv's time on MobileNetV2).
     2. Output channels in blocks of ``mr`` (weights broadcast straight from memory), pixels in
        blocks of ``nr`` vectors: ``mr x nr`` accumulators in registers over the K loop.
     3. The tile is requantized from registers, vectorized over pixels, and written to NCHW rows.
@@ -232,8 +235,15 @@ class Conv2DTensorized(TensorizedRule):
         ppad, kpad = _round_up(p, nr * lanes), _round_up(k, kp)
         mr = _largest_divisor(o, ((12, 8, 6, 4, 3, 2, 1) if nr == 2 else (16, 12, 8, 6, 4, 3, 2, 1)) if isa.vector_bits == 512
                               else ((6, 4, 3, 2, 1) if nr == 2 else (12, 8, 6, 4, 3, 2, 1)))
+        flat = kh == kw == 1 and (sh, sw) == (1, 1) and not any(params["padding"])
+        # the row-wise gather walks whole output rows: its pixel extent rounded up to them
+        pbuf = ppad if flat else _round_up(ppad, ow)
         info = {"rule": type(self).__name__, "isa": isa.name, "mr": mr, "nr": nr, "offset": off,
-                "out_shape": [nb, o, oh, ow], "acc_shape": [nb, o, ppad]}
+                "out_shape": [nb, o, oh, ow], "acc_shape": [nb, o, ppad],
+                "gather": "flat" if flat else "rows"}
+        if not flat:
+            info["row_parts"] = _border_parts(oh, pbuf // ow, h, kh, sh, dh, pt)
+            info["col_parts"] = _border_parts(ow, ow, w, kw, sw, dw, pl)
         pdt = "uint8" if kp == 4 else "int16"
 
         def pack_args(consts):
@@ -247,19 +257,23 @@ class Conv2DTensorized(TensorizedRule):
         consts = _channel_placeholders(o)
 
         def gather(b, kb, q, j):
-            # clamps only where there is padding (a clamp hides the unit stride from the simplifier);
-            # pad pixels repeat the last one: their lanes are dropped
+            # clamps only where they are needed (a clamp hides the unit stride from the simplifier):
+            # pad pixels repeat the last pixel (flat) or the last row (rows); their lanes are dropped
             kf = kb * kp + j if kpad == k else tirx.min(kb * kp + j, k - 1)
-            px = q if ppad == p else tirx.min(q, p - 1)
             ch, ry, rx = _unravel(kf, (c, kh, kw))
-            hi, wi = (px // ow) * sh + ry * dh - pt, (px % ow) * sw + rx * dw - pl
+            if flat:
+                px = q if ppad == p else tirx.min(q, p - 1)
+                oy, ox = px // ow, px % ow
+            else:
+                oy, ox = (q // ow if pbuf == p else tirx.min(q // ow, oh - 1)), q % ow
+            hi, wi = oy * sh + ry * dh - pt, ox * sw + rx * dw - pl
             v = x[b, ch, hi, wi].astype("int32")
             if pt or pl or pb or pr:
                 v = tirx.if_then_else(tirx.all(hi >= 0, hi < h, wi >= 0, wi < w), v, tirx.const(0, "int32"))
             v = (v + off).astype(pdt)
             return v if kpad == k else tirx.if_then_else(kb * kp + j < k, v, tirx.const(0, pdt))
 
-        xp = te.compute((nb, kpad // kp, ppad, kp), gather, name="x_packed")
+        xp = te.compute((nb, kpad // kp, pbuf, kp), gather, name="x_packed")
         rc, rj = te.reduce_axis((0, kpad // kp), "rc"), te.reduce_axis((0, kp), "rj")
         acc = te.compute((nb, o, ppad), lambda b, oc, q: te.sum(
             dot_term(xp[b, rc, q, rj], wk[oc, rc, rj], 0), axis=[rc, rj]), name="acc")
@@ -281,18 +295,50 @@ class Conv2DTensorized(TensorizedRule):
         tile = sch.fuse(b, oo, qo)
         sch.parallel(tile)
         _epilogue_at(sch, tile, isa.lanes)
-        xp = sch.get_sblock("x_packed")
-        pb, pc, pq, pj = sch.get_loops(xp)
-        sch.reorder(pj, pq)
-        sch.parallel(sch.fuse(pb, pc))
-        real = info["out_shape"][2] * info["out_shape"][3]
-        if real < info["acc_shape"][2]:  # the real pixels apart from the pad lanes: no clamp in the main loop
-            sch.loop_partition(pq, [real, None])
+        _schedule_gather(sch, info)
         init = sch.decompose_reduction(acc, rc)
         sch.vectorize(sch.get_loops(init)[-1])
         sch.tensorize(qi, dot_intrin(isa, "uint8" if isa.kp == 4 else "int16", "b", 0))
         sch.unroll(oi)
         sch.unroll(qr)
+
+
+def _border_parts(out: int, extent: int, size: int, taps: int, stride: int, dilation: int, pad_lo: int) -> list[int]:
+    """Lengths of the consecutive ranges of one output axis (``extent`` >= ``out`` positions, the
+    ones past ``out`` clamped to the last) whose input windows may cross the low border, stay
+    inside, may cross the high border, and the clamped pad positions: inside the middle range the
+    gather's bounds tests and clamps are provably true and fold away."""
+    lo = min(out, -(-pad_lo // stride))                                            # first i with i*s - pad >= 0
+    hi = max(lo, min(out, -(-(size + pad_lo - (taps - 1) * dilation) // stride)))  # first past the end
+    return [lo, hi - lo, out - hi, extent - out]
+
+
+def _schedule_gather(sch, info) -> None:
+    """The gather stage, ``kp`` reduction elements per pixel innermost and unrolled, so that LLVM
+    vectorizes the pixel loop into an interleaving store (and contiguous or strided loads).
+
+    * flat (1x1, stride 1, no padding): one loop over the pixels, read with unit stride.
+    * rows: the pixels as (output row, output column), each loop split at the borders
+      (:func:`_border_parts`) so that the bounds tests and row clamps fold out of the interior:
+      each (channel, ky, kx) becomes a plain strided row copy there instead of per-element index
+      arithmetic.
+    The (image, reduction group) loop runs in parallel."""
+    xp = sch.get_sblock("x_packed")
+    if info["gather"] == "flat":
+        pb, pc, pq, pj = sch.get_loops(xp)
+        real = info["out_shape"][2] * info["out_shape"][3]
+        parts = [(pq, [real, info["acc_shape"][2] - real])]
+    else:
+        ow = info["out_shape"][3]
+        sch.transform_block_layout(xp, lambda b, kb, q, j: (b, kb, q // ow, q % ow, j))
+        pb, pc, py, px, pj = sch.get_loops(xp)
+        parts = [(px, info["col_parts"]), (py, info["row_parts"])]
+    sch.parallel(sch.fuse(pb, pc))
+    sch.unroll(pj)
+    for loop, lengths in parts:  # a loop over pad lanes / border pixels apart: no clamp or test inside
+        lengths = [n for n in lengths if n]
+        if len(lengths) > 1:
+            sch.loop_partition(loop, [*lengths[:-1], None])
 
 
 def _channel_placeholders(channels: int):
@@ -365,11 +411,22 @@ def _epilogue_at(sch, tile, lanes: int) -> None:
         sch.set_scope(stage, 0, "local")
     for name in (first, "y") if first == "y_tile" else (first,):
         sch.reverse_compute_at(sch.get_sblock(name), tile)
-    *rows, last = sch.get_loops(stage)[-2:]
+    # only the loops *inside* the tile: with one row per tile (mr == 1) the loop above the pixel /
+    # channel loop is the parallel tile loop itself, and unrolling it (PP-OCRv5 det's last conv:
+    # 4096 tiles) serialized the kernel and kept LLVM busy for over 15 minutes
+    *rows, last = _loops_under(sch, stage, tile)[-2:]
     outer, inner = sch.split(last, [None, lanes])
     sch.vectorize(inner)
     for loop in (*rows, outer):  # constant tile indices: LLVM keeps the accumulators in registers
         sch.unroll(loop)
+
+
+def _loops_under(sch, block, loop) -> list:
+    """The loops of ``block`` nested inside ``loop`` (innermost last)."""
+    loops = sch.get_loops(block)
+    target = sch.get(loop)
+    at = next(i for i, lp in enumerate(loops) if sch.get(lp).same_as(target))
+    return loops[at + 1:]
 
 
 def _param_type(param) -> tuple[tuple[int, ...], str]:
