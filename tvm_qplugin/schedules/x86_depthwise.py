@@ -1,0 +1,199 @@
+"""Depthwise int8 ``conv2d_requant`` (groups == channels, NCHW) on the x86 dot instructions, with
+the requantization on the register tile: the per-channel counterpart of ``x86_int8.Conv2DTensorized``.
+
+Same contract as the rules there: a *packer* (``pack``: the kernel rewritten in TE to read
+prepacked weights, and the NumPy packing of its constants) and a dlight-style rule (``apply``)
+for the packed kernel; the instruction comes from the target's features (``select_isa``).
+
+Exactness: the sums are the kernel's own int32 sums (the dot instructions neither saturate nor
+round; the zero-weight pad taps add 0), the s8 -> u8 offset (VNNI) is removed through the bias
+and the epilogue is x86_int8's, checked per call by its ``_epilogue_exact``.
+"""
+from __future__ import annotations
+
+import numpy as np
+from tvm import te, tirx
+from tvm.s_tir import TensorIntrin
+from tvm.script import tirx as T
+
+from .intrin_x86 import ACC_SCOPE, ISA_BY_NAME, DotIsa, _dot, _operand, dot_term
+from .packing import Packing, tag_packed
+from .x86_int8 import (TensorizedRule, _channel_consts, _channel_placeholders, _epilogue_exact, _fits_int32,
+                       _has_block, _offset, _requant_stage, _round_up)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _load_elems(isa: DotIsa, dtype: str) -> int:
+    """Elements of ``dtype`` in one vector register of ``isa`` (what one window load reads)."""
+    return isa.vector_bits // (8 if dtype == "uint8" else 16)
+
+
+class DepthwiseConv2DTensorized(TensorizedRule):
+    """Depthwise ``conv2d_requant`` (groups == C == O, dilation 1; any KHxKW, strides whose
+    window fits one register, zero padding) on the dot instruction, *output pixels of a row* as
+    lanes and each channel's weights broadcast.
+
+    1. Per channel, the zero-padded plane (u8 -- s8 + 128 on VNNI -- or widened to int16 for the
+       int16 instructions), its border rows / columns split off so that the interior is a plain
+       copy.
+    2. Per output row and kernel row ``ry``, the ``kp`` consecutive taps ``rb*kp .. rb*kp+kp-1``
+       of every lane are one *window*: a vector load of the padded row and one shuffle
+       (``vpermb`` / ``vpermw``) give lane ``l`` the inputs ``x[(j0+l)*sw + rb*kp + k]``; the
+       dot instruction adds them times the channel's ``kp`` weights (zero past KW). Stride 2
+       is the same shuffle with even indices: no deinterleaving pass.
+    3. A row's pixels in tiles of ``nr`` vectors, accumulated in registers over ``KH*RB`` dot
+       steps, requantized from registers (x86_int8's epilogue) and written to the NCHW row;
+       channels run in parallel.
+    Note: lanes over channels would need the NCHW activations transposed in and out, and an
+    im2col of the taps (x86_int8's route) writes ``KH*KW`` bytes per output for 9 MACs.
+    A row of 7 pixels fills 7 of 16 lanes (MobileNetV2's last block).
+    """
+
+    op = "conv2d_requant"
+
+    def pack_for(self, func, params, shapes, isa):
+        (xs, adt), (ws, _) = shapes[0], shapes[1]
+        nb, c, h, w = xs
+        o, cg, kh, kw = ws
+        if params["groups"] != c or o != c or cg != 1 or list(params["dilation"]) != [1, 1]:
+            return None
+        off = _offset(isa, adt)
+        (sh, sw), (pt, pl, pb, pr) = params["strides"], params["padding"]
+        lanes, kp = isa.lanes, isa.kp
+        pdt = "uint8" if kp == 4 else "int16"
+        load = _load_elems(isa, pdt)
+        if (lanes - 1) * sw + kp > load or not _fits_int32(adt, kh * kw, off):
+            return None
+        oh = (h + pt + pb - kh) // sh + 1
+        ow = (w + pl + pr - kw) // sw + 1
+        nvec = _ceil_div(ow, lanes)
+        nr = min((4, 3, 2, 1), key=lambda n: (_round_up(nvec, n), -n))
+        owpad = _round_up(nvec, nr) * lanes
+        rbs = _ceil_div(kw, kp)
+        hx = sh * (oh - 1) + kh
+        wx = sw * (owpad - lanes) + (rbs - 1) * kp + load      # the last window's whole vector load
+        info = {"rule": type(self).__name__, "isa": isa.name, "nr": nr, "offset": off, "stride_w": sw,
+                "pad": [pt, pl, h, w], "out_shape": [nb, c, oh, ow]}
+
+        def pack_args(consts):
+            wt, bias, mult, shift = consts[0].reshape(c, kh, kw), *consts[1:]
+            wp = np.zeros((c, kh, rbs * kp), np.int64)
+            wp[:, :, :kw] = wt
+            return [wp.reshape(c, kh, rbs, kp).astype(isa.packed_dtype),
+                    *_channel_consts(wt.reshape(c, kh * kw), bias, mult, shift, off, c)]
+
+        x = te.placeholder(xs, adt, name="x")
+        wp = te.placeholder((c, kh, rbs, kp), isa.packed_dtype, name="w_packed")
+        consts = _channel_placeholders(c)
+
+        def padded(b, ch, r, col):
+            v = tirx.if_then_else(tirx.all(r >= pt, r < h + pt, col >= pl, col < w + pl),
+                                  x[b, ch, r - pt, col - pl].astype("int32"), tirx.const(0, "int32"))
+            return (v + off).astype(pdt)
+
+        xpad = te.compute((nb, c, hx, wx), padded, name="x_pad")
+        ry, rb, rk = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, rbs), "rb"), te.reduce_axis((0, kp), "rk")
+        acc = te.compute((nb, c, oh, owpad), lambda b, ch, i, j: te.sum(
+            dot_term(xpad[b, ch, i * sh + ry, j * sw + rb * kp + rk], wp[ch, ry, rb, rk], 0), axis=[ry, rb, rk]),
+            name="acc")
+        y = _requant_stage(acc, (nb, c, oh, ow), lambda i: i, lambda a: a[1], consts, params, owpad != ow)
+        out = te.create_prim_func([x, wp, *consts, y]).without_attr("global_symbol")
+        return Packing(tag_packed(out, func, info), (1, 2, 3, 4), pack_args,
+                       lambda consts: _epilogue_exact(consts[0].reshape(c, kh * kw), *consts[1:4], adt, off))
+
+    def schedule(self, sch, info):
+        isa = ISA_BY_NAME[info["isa"]]
+        acc = sch.get_sblock("acc")
+        sch.set_scope(acc, 0, "local")
+        b, ch, i, j, ry, rb, rk = sch.get_loops(acc)
+        plane = sch.fuse(b, ch)
+        jo, jr, ji = sch.split(j, [None, info["nr"], isa.lanes])
+        sch.reorder(jo, ry, rb, jr, ji, rk)
+        sch.parallel(plane)
+        _schedule_padding(sch, plane, info)
+        first = "y_tile" if _has_block(sch, "y_tile") else "y"
+        stage = sch.get_sblock(first)
+        sch.reverse_compute_at(stage, jo)
+        if first == "y_tile":
+            sch.reverse_compute_at(sch.get_sblock("y"), i)
+        outer, inner = sch.split(sch.get_loops(stage)[-1], [None, isa.lanes])
+        sch.vectorize(inner)
+        sch.unroll(outer)
+        init = sch.decompose_reduction(acc, ry)
+        sch.vectorize(sch.get_loops(init)[-1])
+        sch.tensorize(ji, window_intrin(isa, info["stride_w"]))
+        for loop in (ry, rb, jr):
+            sch.unroll(loop)
+
+
+def _schedule_padding(sch, plane, info) -> None:
+    """The padded plane computed per channel, its border rows and columns split off so that the
+    bounds test vanishes from the interior (a contiguous copy LLVM vectorizes)."""
+    pt, pl, h, w = info["pad"]
+    xpad = sch.get_sblock("x_pad")
+    sch.compute_at(xpad, plane, preserve_unit_loops=True)
+    *_, r, col = sch.get_loops(xpad)
+    rows, cols = sch.get(r).extent.value, sch.get(col).extent.value
+    middle = _split_borders(sch, r, min(pt, rows), min(pt + h, rows), rows)
+    inner = sch.get_loops(sch.get_child_blocks(middle)[0])[-1]
+    _split_borders(sch, inner, min(pl, cols), min(pl + w, cols), cols)
+
+
+def _split_borders(sch, loop, lo: int, hi: int, extent: int):
+    """``loop`` partitioned into ``[0, lo)``, ``[lo, hi)``, ``[hi, extent)`` (empty parts left
+    out); returns the middle loop."""
+    factors = [f for f in (lo, hi - lo, extent - hi) if f > 0]
+    if len(factors) == 1:
+        return loop
+    parts = sch.loop_partition(loop, [*factors[:-1], None])
+    return parts[1] if lo > 0 else parts[0]
+
+
+_REGISTERED: dict[tuple, str] = {}
+
+
+def window_intrin(isa: DotIsa, stride: int) -> str:
+    """``C[l] += sum_k A[l*stride + k] * B[k]`` for ``l < lanes``, ``k < kp`` (A the padded row
+    from the window's first input, B one channel's ``kp`` weights broadcast): one vector load
+    of A, one shuffle, one dot instruction. Registered on first use."""
+    key = (isa, stride)
+    if key in _REGISTERED:
+        return _REGISTERED[key]
+    lanes, kp, w_dtype = isa.lanes, isa.kp, isa.packed_dtype
+    a_dtype = "uint8" if kp == 4 else "int16"
+    span, load = (lanes - 1) * stride + kp, _load_elems(isa, a_dtype)
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (span,), a_dtype, offset_factor=1)
+        B = T.match_buffer(b, (kp,), w_dtype, offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope=ACC_SCOPE)
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:span], B[0:kp])
+            T.writes(C[0:lanes])
+            for i, k in T.grid(lanes, kp):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + dot_term(A[vi * stride + vk], B[vk], 0)
+
+    indices = [l * stride + k for l in range(lanes) for k in range(kp)]
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (span,), a_dtype, offset_factor=1)
+        B = T.match_buffer(b, (kp,), w_dtype, offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope=ACC_SCOPE)
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:span], B[0:kp])
+            T.writes(C[0:lanes])
+            C[T.ramp(T.int32(0), 1, lanes)] = _dot(isa, C.vload([0], f"int32x{lanes}"),
+                                                   tirx.Shuffle([A.vload([0], f"{a_dtype}x{load}")], indices),
+                                                   _operand(B, w_dtype, kp, isa, 0, True))
+
+    name = f"qplugin_dw_window_{isa.name}_s{stride}"
+    TensorIntrin.register(name, desc, impl, override=True)
+    _REGISTERED[key] = name
+    return name
