@@ -16,7 +16,7 @@ from tvm import te, tirx
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
-from .intrin_x86 import ACC_SCOPE, ISA_BY_NAME, DotIsa, _dot, _operand, dot_term
+from .intrin_x86 import ISA_BY_NAME, DotIsa, _dot, _operand, dot_term
 from .packing import Packing, tag_packed
 from .x86_int8 import (TensorizedRule, _channel_consts, _channel_placeholders, _epilogue_exact, _fits_int32,
                        _has_block, _offset, _requant_stage, _round_up)
@@ -107,7 +107,6 @@ class DepthwiseConv2DTensorized(TensorizedRule):
     def schedule(self, sch, info):
         isa = ISA_BY_NAME[info["isa"]]
         acc = sch.get_sblock("acc")
-        sch.set_scope(acc, 0, "local")
         b, ch, i, j, ry, rb, rk = sch.get_loops(acc)
         plane = sch.fuse(b, ch)
         jo, jr, ji = sch.split(j, [None, info["nr"], isa.lanes])
@@ -153,6 +152,9 @@ def _split_borders(sch, loop, lo: int, hi: int, extent: int):
 
 
 _REGISTERED: dict[tuple, str] = {}
+# The accumulator tile is a plain buffer: a few hundred bytes, so the compiler puts it on the stack
+# and keeps it in registers (a "local" buffer here became a workspace allocation per channel).
+_ACC_SCOPE = "global"
 
 
 def window_intrin(isa: DotIsa, stride: int) -> str:
@@ -170,7 +172,7 @@ def window_intrin(isa: DotIsa, stride: int) -> str:
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (span,), a_dtype, offset_factor=1)
         B = T.match_buffer(b, (kp,), w_dtype, offset_factor=1)
-        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope=ACC_SCOPE)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope=_ACC_SCOPE)
         with T.sblock("root"):
             T.reads(C[0:lanes], A[0:span], B[0:kp])
             T.writes(C[0:lanes])
@@ -185,7 +187,7 @@ def window_intrin(isa: DotIsa, stride: int) -> str:
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (span,), a_dtype, offset_factor=1)
         B = T.match_buffer(b, (kp,), w_dtype, offset_factor=1)
-        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope=ACC_SCOPE)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope=_ACC_SCOPE)
         with T.sblock("root"):
             T.reads(C[0:lanes], A[0:span], B[0:kp])
             T.writes(C[0:lanes])

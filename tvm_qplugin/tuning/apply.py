@@ -40,7 +40,8 @@ class AppliedTuning:
     tuned: dict[str, str] = field(default_factory=dict)      # kernel name -> workload key
     untuned: list[str] = field(default_factory=list)         # integer kernels without a record
     default_faster: list[str] = field(default_factory=list)  # a record exists, the default schedule is faster
-    tensorized: list[str] = field(default_factory=list)      # prepacked + hand-tensorized (schedules/x86_int8.py)
+    tensorized: list[str] = field(default_factory=list)      # prepacked + hand-tensorized (schedules/x86_*.py)
+    tensorized_rule: dict[str, str] = field(default_factory=dict)  # kernel name -> the rule that packed it
 
     def apply(self, original: tvm.IRModule, scheduled: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
         """``scheduled`` with every integer kernel the database covers replaced by its tuned schedule
@@ -52,6 +53,7 @@ class AppliedTuning:
                 continue
             if packed_info(func) is not None:  # a tensorized rule owns it (and `tune` does not tune it)
                 self.tensorized.append(gv.name_hint)
+                self.tensorized_rule[gv.name_hint] = packed_info(func)["rule"]
                 continue
             sch = None
             if self.db is not None:
@@ -108,8 +110,9 @@ class AppliedTuning:
     def _kernel_source(self, name: str | None) -> dict:
         db = self.db
         if name in self.tensorized:
-            return {"source": "tensorir-default", "why": "weights prepacked, tensorized by the target's int8 "
-                    "dot-product rule (schedules/x86_int8.py)"}
+            rule = self.tensorized_rule.get(name, "")
+            return {"source": "tensorir-default", "why": f"weights prepacked, tensorized by the target's int8 "
+                    f"dot-product rule {rule} ({_rule_file(rule)})"}
         if name in self.tuned:
             return {"source": "tensorir-tuned", "why": f"MetaSchedule record in {db.path}"}
         if name in self.default_faster:
@@ -118,6 +121,15 @@ class AppliedTuning:
         if db is None:
             return {"source": "tensorir-default", "why": "no tuning database for this board/ISA"}
         return {"source": "tensorir-default", "why": f"no record for {name} in {db.path}"}
+
+
+def _rule_file(rule: str) -> str:
+    """``schedules/<module>.py`` of the schedule rule class named ``rule`` (layers[].kernel.why)."""
+    from ..schedules import RULES
+
+    module = next((type(r).__module__ for r in RULES if type(r).__name__ == rule), "")
+    return f"schedules/{module.rsplit('.', 1)[-1]}.py"
+
 
 def _kernel_of_var(mod: tvm.IRModule) -> dict:
     """Relax var -> name of the kernel its ``call_tir`` binds."""
