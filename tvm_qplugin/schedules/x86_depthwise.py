@@ -12,8 +12,9 @@ and the epilogue is x86_int8's, checked per call by its ``_epilogue_exact``.
 from __future__ import annotations
 
 import numpy as np
+import tvm
 from tvm import te, tirx
-from tvm.s_tir import TensorIntrin
+from tvm.s_tir import SBlock, SBlockRealize, TensorIntrin
 from tvm.script import tirx as T
 
 from .intrin_x86 import ISA_BY_NAME, DotIsa, _dot, _operand, dot_term
@@ -76,7 +77,8 @@ class DepthwiseConv2DTensorized(TensorizedRule):
         hx = sh * (oh - 1) + kh
         wx = sw * (owpad - lanes) + (rbs - 1) * kp + load      # the last window's whole vector load
         info = {"rule": type(self).__name__, "isa": isa.name, "nr": nr, "offset": off, "stride_w": sw,
-                "pad": [pt, pl, h, w], "out_shape": [nb, c, oh, ow]}
+                "pad": [pt, pl, h, w], "out_shape": [nb, c, oh, ow],
+                "requant": {key: params[key] for key in ("qmin", "qmax", "out_dtype")}}
 
         def pack_args(consts):
             wt, bias, mult, shift = consts[0].reshape(c, kh, kw), *consts[1:]
@@ -119,11 +121,11 @@ class DepthwiseConv2DTensorized(TensorizedRule):
         if first == "y_tile":
             sch.reverse_compute_at(sch.get_sblock("y"), i)
         outer, inner = sch.split(sch.get_loops(stage)[-1], [None, isa.lanes])
-        sch.vectorize(inner)
         sch.unroll(outer)
         init = sch.decompose_reduction(acc, ry)
         sch.vectorize(sch.get_loops(init)[-1])
         sch.tensorize(ji, window_intrin(isa, info["stride_w"]))
+        sch.tensorize(inner, epilogue_intrin(isa.lanes, info["requant"]))
         for loop in (ry, rb, jr):
             sch.unroll(loop)
 
@@ -199,3 +201,66 @@ def window_intrin(isa: DotIsa, stride: int) -> str:
     TensorIntrin.register(name, desc, impl, override=True)
     _REGISTERED[key] = name
     return name
+
+
+def epilogue_intrin(lanes: int, params: dict) -> str:
+    """x86_int8's requantization of ``lanes`` accumulators of one channel (its TE expression is the
+    description) computed as even / odd 64-bit lanes: ``vpmuldq`` reads the low dword of each
+    qword, so the even accumulators multiply in place and the odd ones after a 32-bit shift; the
+    high words of the two sums are merged by one blend. Same integers (see ``_epilogue_exact``)."""
+    key = ("epilogue", lanes, params["qmin"], params["qmax"], params["out_dtype"])
+    if key in _REGISTERED:
+        return _REGISTERED[key]
+    acc = te.placeholder((lanes,), "int32", name="acc")
+    consts = _channel_placeholders(1)
+    y = _requant_stage(acc, (lanes,), lambda i: i, lambda a: 0, consts, params, False)
+    desc = _with_root_regions(te.create_prim_func([acc, *consts, y]))
+    qmin, qmax, dt = params["qmin"], params["qmax"], params["out_dtype"]
+    half = lanes // 2
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, f: T.handle, m: T.handle, p: T.handle, q: T.handle, o: T.handle) -> None:
+        A = T.match_buffer(a, (lanes,), "int32", offset_factor=1)
+        F = T.match_buffer(f, (1,), "int64", offset_factor=1)
+        M = T.match_buffer(m, (1,), "int32", offset_factor=1)
+        P = T.match_buffer(p, (1,), "int32", offset_factor=1)
+        Q = T.match_buffer(q, (1,), "int32", offset_factor=1)
+        O = T.match_buffer(o, (lanes,), dt, offset_factor=1)
+        with T.sblock("root"):
+            T.reads(A[0:lanes], F[0:1], M[0:1], P[0:1], Q[0:1])
+            T.writes(O[0:lanes])
+            O[T.ramp(T.int32(0), 1, lanes)] = _epilogue_vector(A.vload([0], f"int32x{lanes}"), F[0], M[0], P[0], Q[0],
+                                                               lanes, qmin, qmax, dt)
+
+    name = f"qplugin_dw_epilogue_{lanes}_{qmin}_{qmax}_{dt}"
+    TensorIntrin.register(name, desc, impl, override=True)
+    _REGISTERED[key] = name
+    return name
+
+
+def _with_root_regions(func):
+    """``func`` whose root block reads every input buffer whole and writes the output (what a
+    tensor intrinsic's description declares; TE leaves the root block's regions empty)."""
+    root = func.body.block
+    inner = root.body.body.block                      # the one loop's block, its regions in TE's order
+
+    def whole(regions):
+        return [tirx.BufferRegion(r.source, [tvm.ir.Range(0, d) for d in r.source.ty.shape]) for r in regions]
+
+    block = SBlock([], whole(inner.reads), whole(inner.writes), root.name_hint, root.body)
+    return func.with_body(SBlockRealize([], True, block))
+
+
+def _epilogue_vector(acc, folded, mult, pre, post, lanes: int, qmin: int, qmax: int, dt: str):
+    """The vector expression of :func:`epilogue_intrin`."""
+    half = lanes // 2
+    shifted = T.reinterpret(acc << T.broadcast(pre, lanes), dtype=f"int64x{half}")
+    m = T.broadcast(T.Cast("int64", mult), half)
+    b = T.broadcast(folded, half)
+    thirty_two = T.broadcast(T.int64(32), half)
+    even = T.reinterpret(((shifted << thirty_two) >> thirty_two) * m + b >> thirty_two, dtype=f"int32x{lanes}")
+    odd = T.reinterpret((shifted >> thirty_two) * m + b, dtype=f"int32x{lanes}")
+    high = tirx.Shuffle([even, odd], [l + (lanes if l % 2 else 0) for l in range(lanes)])
+    clamped = T.max(T.min(high >> T.broadcast(post, lanes), T.broadcast(T.int32(qmax), lanes)),
+                    T.broadcast(T.int32(qmin), lanes))
+    return T.Cast(f"{dt}x{lanes}", clamped)
