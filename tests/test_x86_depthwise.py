@@ -128,6 +128,20 @@ def test_dtype_extremes_bit_exact(rng, target_name, xdt):
     assert info["isa"] == {"vnni": "vnni16" if xdt == "int16" else "vnni", "avx2": "avx2"}[target_name]
 
 
+@pytest.mark.parametrize("target_name", ["vnni", "avx2"])
+def test_one_row_planes_read_only_inside_the_padded_plane(rng, target_name):
+    """A 1x2 plane, 1x1 kernel, int16 output (a random graph of tests/test_graphs.py): the padded
+    plane is a few bytes on the stack, and a window load wider than it was undefined behaviour
+    that LLVM turned into garbage for every lane."""
+    for c, w in ((2, 2), (3, 3), (4, 2)):
+        x = activations(rng, (1, c, 1, w), "uint8", "random")
+        bias, mult, shift = requant_consts(rng, c, 8 + 7 + 4)
+        params = {**depthwise_params(c, 1, 1, (0, 0, 0, 0)), "qmin": -32768, "qmax": 32767, "out_dtype": "int16"}
+        info, _ = check_kernel("conv2d_requant", x, [weights(rng, (c, 1, 1, 1)), bias, mult, shift - 8], target_name,
+                               **params)
+        assert info is not None and info["rule"] == "DepthwiseConv2DTensorized"
+
+
 def test_kernels_the_rule_cannot_take_stay_exact_on_the_plain_rules(rng):
     """A multiplier beyond int32 (the packed epilogue's int32 x int32 product), a depth multiplier
     of 2 (O = 2C) and a dilated kernel keep the plain kernel -- and stay exact."""

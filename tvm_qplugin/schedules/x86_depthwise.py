@@ -75,7 +75,7 @@ class DepthwiseConv2DTensorized(TensorizedRule):
         owpad = _round_up(nvec, nr) * lanes
         rbs = _ceil_div(kw, kp)
         hx = sh * (oh - 1) + kh
-        wx = sw * (owpad - lanes) + (rbs - 1) * kp + load      # the last window's whole vector load
+        wx = sw * (owpad - lanes) + (rbs - 1) * kp + (lanes - 1) * sw + kp      # the last window's end
         info = {"rule": type(self).__name__, "isa": isa.name, "nr": nr, "offset": off, "stride_w": sw,
                 "pad": [pt, pl, h, w], "out_shape": [nb, c, oh, ow],
                 "requant": {key: params[key] for key in ("qmin", "qmax", "out_dtype")}}
@@ -162,7 +162,8 @@ _ACC_SCOPE = "global"
 def window_intrin(isa: DotIsa, stride: int) -> str:
     """``C[l] += sum_k A[l*stride + k] * B[k]`` for ``l < lanes``, ``k < kp`` (A the padded row
     from the window's first input, B one channel's ``kp`` weights broadcast): one vector load
-    of A, one shuffle, one dot instruction. Registered on first use."""
+    of A (two when the window is not a whole register), one shuffle, one dot instruction.
+    Registered on first use."""
     key = (isa, stride)
     if key in _REGISTERED:
         return _REGISTERED[key]
@@ -183,7 +184,14 @@ def window_intrin(isa: DotIsa, stride: int) -> str:
                     vi, vk = T.axis.remap("SR", [i, k])
                     C[vi] = C[vi] + dot_term(A[vi * stride + vk], B[vk], 0)
 
-    indices = [l * stride + k for l in range(lanes) for k in range(kp)]
+    # the window's ``span`` elements as one load, or as two overlapping loads (the first and the last
+    # ``part`` elements): a wider load would read past the padded plane (past its stack allocation:
+    # undefined behaviour LLVM exploits)
+    part = span if span == load else 1 << (span.bit_length() - 1)
+    elems = [l * stride + k for l in range(lanes) for k in range(kp)]
+    indices = elems if part == span else [e if e < part else e - (span - part) + part for e in elems]
+    starts = [0] if part == span else [0, span - part]
+    starts *= -(-lanes * kp // (part * len(starts)))   # TIR's shuffle output is no longer than its inputs
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
@@ -194,7 +202,8 @@ def window_intrin(isa: DotIsa, stride: int) -> str:
             T.reads(C[0:lanes], A[0:span], B[0:kp])
             T.writes(C[0:lanes])
             C[T.ramp(T.int32(0), 1, lanes)] = _dot(isa, C.vload([0], f"int32x{lanes}"),
-                                                   tirx.Shuffle([A.vload([0], f"{a_dtype}x{load}")], indices),
+                                                   tirx.Shuffle([A.vload([i], f"{a_dtype}x{part}") for i in starts],
+                                                                indices),
                                                    _operand(B, w_dtype, kp, isa, 0, True))
 
     name = f"qplugin_dw_window_{isa.name}_s{stride}"
