@@ -131,8 +131,9 @@ def test_dtype_extremes_bit_exact(rng, target_name, xdt):
 @pytest.mark.parametrize("target_name", ["vnni", "avx2"])
 def test_one_row_planes_read_only_inside_the_padded_plane(rng, target_name):
     """A 1x2 plane, 1x1 kernel, int16 output (a random graph of tests/test_graphs.py): the padded
-    plane is a few bytes on the stack, and a window load wider than it was undefined behaviour
-    that LLVM turned into garbage for every lane."""
+    plane is a few bytes on the stack, and a whole-register window load past its end was
+    undefined behaviour that LLVM turned into garbage for every lane (the row pitch now leaves
+    room for it)."""
     for c, w in ((2, 2), (3, 3), (4, 2)):
         x = activations(rng, (1, c, 1, w), "uint8", "random")
         bias, mult, shift = requant_consts(rng, c, 8 + 7 + 4)

@@ -76,8 +76,9 @@ class DepthwiseConv2DTensorized(TensorizedRule):
         rbs = _ceil_div(kw, kp)
         hx = sh * (oh - 1) + kh
         wx = sw * (owpad - lanes) + (rbs - 1) * kp + (lanes - 1) * sw + kp      # the last window's end
+        pitch = wx + load - ((lanes - 1) * sw + kp)       # ... and its whole-register load
         info = {"rule": type(self).__name__, "isa": isa.name, "nr": nr, "offset": off, "stride_w": sw,
-                "pad": [pt, pl, h, w], "out_shape": [nb, c, oh, ow],
+                "pad": [pt, pl, h, w], "pitch": pitch, "out_shape": [nb, c, oh, ow],
                 "requant": {key: params[key] for key in ("qmin", "qmax", "out_dtype")}}
 
         def pack_args(consts):
@@ -136,6 +137,10 @@ def _schedule_padding(sch, plane, info) -> None:
     pt, pl, h, w = info["pad"]
     xpad = sch.get_sblock("x_pad")
     sch.compute_at(xpad, plane, preserve_unit_loops=True)
+    # rows ``pitch`` elements apart: the last row's last window load stays inside the allocation (a
+    # load past a small stack plane was undefined behaviour that LLVM turned into garbage lanes);
+    # the columns past the windows are never written and only reach lanes that are dropped
+    sch.storage_align(xpad, 0, axis=2, factor=2 * info["pitch"], offset=info["pitch"])
     *_, r, col = sch.get_loops(xpad)
     rows, cols = sch.get(r).extent.value, sch.get(col).extent.value
     middle = _split_borders(sch, r, min(pt, rows), min(pt + h, rows), rows)
@@ -162,7 +167,8 @@ _ACC_SCOPE = "global"
 def window_intrin(isa: DotIsa, stride: int) -> str:
     """``C[l] += sum_k A[l*stride + k] * B[k]`` for ``l < lanes``, ``k < kp`` (A the padded row
     from the window's first input, B one channel's ``kp`` weights broadcast): one vector load
-    of A (two when the window is not a whole register), one shuffle, one dot instruction.
+    of A (a whole register: up to ``load - span`` elements past the window, which the padded plane's
+    row pitch leaves room for -- ``_schedule_padding``), one shuffle, one dot instruction.
     Registered on first use."""
     key = (isa, stride)
     if key in _REGISTERED:
@@ -184,14 +190,7 @@ def window_intrin(isa: DotIsa, stride: int) -> str:
                     vi, vk = T.axis.remap("SR", [i, k])
                     C[vi] = C[vi] + dot_term(A[vi * stride + vk], B[vk], 0)
 
-    # the window's ``span`` elements as one load, or as two overlapping loads (the first and the last
-    # ``part`` elements): a wider load would read past the padded plane (past its stack allocation:
-    # undefined behaviour LLVM exploits)
-    part = span if span == load else 1 << (span.bit_length() - 1)
-    elems = [l * stride + k for l in range(lanes) for k in range(kp)]
-    indices = elems if part == span else [e if e < part else e - (span - part) + part for e in elems]
-    starts = [0] if part == span else [0, span - part]
-    starts *= -(-lanes * kp // (part * len(starts)))   # TIR's shuffle output is no longer than its inputs
+    indices = [l * stride + k for l in range(lanes) for k in range(kp)]
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
@@ -202,8 +201,7 @@ def window_intrin(isa: DotIsa, stride: int) -> str:
             T.reads(C[0:lanes], A[0:span], B[0:kp])
             T.writes(C[0:lanes])
             C[T.ramp(T.int32(0), 1, lanes)] = _dot(isa, C.vload([0], f"int32x{lanes}"),
-                                                   tirx.Shuffle([A.vload([i], f"{a_dtype}x{part}") for i in starts],
-                                                                indices),
+                                                   tirx.Shuffle([A.vload([0], f"{a_dtype}x{load}")], indices),
                                                    _operand(B, w_dtype, kp, isa, 0, True))
 
     name = f"qplugin_dw_window_{isa.name}_s{stride}"
