@@ -76,9 +76,9 @@ class DepthwiseConv2DTensorized(TensorizedRule):
         rbs = _ceil_div(kw, kp)
         hx = sh * (oh - 1) + kh
         wx = sw * (owpad - lanes) + (rbs - 1) * kp + (lanes - 1) * sw + kp      # the last window's end
-        pitch = wx + load - ((lanes - 1) * sw + kp)       # ... and its whole-register load
+        plane = hx * wx + load - ((lanes - 1) * sw + kp)  # ... and the last row's whole-register load
         info = {"rule": type(self).__name__, "isa": isa.name, "nr": nr, "offset": off, "stride_w": sw,
-                "pad": [pt, pl, h, w], "pitch": pitch, "out_shape": [nb, c, oh, ow],
+                "pad": [pt, pl, h, w], "plane": plane, "out_shape": [nb, c, oh, ow],
                 "requant": {key: params[key] for key in ("qmin", "qmax", "out_dtype")}}
 
         def pack_args(consts):
@@ -137,10 +137,10 @@ def _schedule_padding(sch, plane, info) -> None:
     pt, pl, h, w = info["pad"]
     xpad = sch.get_sblock("x_pad")
     sch.compute_at(xpad, plane, preserve_unit_loops=True)
-    # rows ``pitch`` elements apart: the last row's last window load stays inside the allocation (a
-    # load past a small stack plane was undefined behaviour that LLVM turned into garbage lanes);
-    # the columns past the windows are never written and only reach lanes that are dropped
-    sch.storage_align(xpad, 0, axis=2, factor=2 * info["pitch"], offset=info["pitch"])
+    # the channel's plane padded to ``plane`` elements: the last row's last window load stays inside
+    # the allocation (a load past a small stack plane was undefined behaviour that LLVM turned into
+    # garbage lanes); the elements past the windows are never written and reach only dropped lanes
+    sch.storage_align(xpad, 0, axis=1, factor=2 * info["plane"], offset=info["plane"])
     *_, r, col = sch.get_loops(xpad)
     rows, cols = sch.get(r).extent.value, sch.get(col).extent.value
     middle = _split_borders(sch, r, min(pt, rows), min(pt + h, rows), rows)
@@ -168,7 +168,7 @@ def window_intrin(isa: DotIsa, stride: int) -> str:
     """``C[l] += sum_k A[l*stride + k] * B[k]`` for ``l < lanes``, ``k < kp`` (A the padded row
     from the window's first input, B one channel's ``kp`` weights broadcast): one vector load
     of A (a whole register: up to ``load - span`` elements past the window, which the padded plane's
-    row pitch leaves room for -- ``_schedule_padding``), one shuffle, one dot instruction.
+    allocation leaves room for -- ``_schedule_padding``), one shuffle, one dot instruction.
     Registered on first use."""
     key = (isa, stride)
     if key in _REGISTERED:
