@@ -122,7 +122,7 @@ def test_dtype_extremes_bit_exact(rng, target_name, xdt):
     wt[1] = 127
     wt[2] = -127
     params = depthwise_params(c, 3, 1, (1, 1, 1, 1), "int8")
-    info, asm = check_kernel("conv2d_requant", x, [wt, *requant_consts(rng, c, 8 + (8 if xdt == "int16" else 0) + 4)],
+    info, _ = check_kernel("conv2d_requant", x, [wt, *requant_consts(rng, c, 8 + (8 if xdt == "int16" else 0) + 4)],
                              target_name, **params)
     assert info is not None and info["rule"] == "DepthwiseConv2DTensorized"
     assert info["isa"] == {"vnni": "vnni16" if xdt == "int16" else "vnni", "avx2": "avx2"}[target_name]

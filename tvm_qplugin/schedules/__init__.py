@@ -13,8 +13,8 @@ import tvm
 
 from ..ops import op_of
 from .packing import pack_weights
-from .x86_depthwise import DepthwiseConv2DTensorized
 from .x86 import Conv2D1x1Reorder, DenseRowBlocks, GeluInlineStages, MatmulRequantIKJ
+from .x86_depthwise import DepthwiseConv2DTensorized
 from .x86_int8 import Conv2DTensorized, DenseTensorized
 
 log = logging.getLogger(__name__)

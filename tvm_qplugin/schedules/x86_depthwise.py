@@ -19,8 +19,17 @@ from tvm.script import tirx as T
 
 from .intrin_x86 import ISA_BY_NAME, DotIsa, _dot, _operand, dot_term
 from .packing import Packing, tag_packed
-from .x86_int8 import (TensorizedRule, _channel_consts, _channel_placeholders, _epilogue_exact, _fits_int32,
-                       _has_block, _offset, _requant_stage, _round_up)
+from .x86_int8 import (
+    TensorizedRule,
+    _channel_consts,
+    _channel_placeholders,
+    _epilogue_exact,
+    _fits_int32,
+    _has_block,
+    _offset,
+    _requant_stage,
+    _round_up,
+)
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -42,12 +51,13 @@ class DepthwiseConv2DTensorized(TensorizedRule):
        copy.
     2. Per output row and kernel row ``ry``, the ``kp`` consecutive taps ``rb*kp .. rb*kp+kp-1``
        of every lane are one *window*: a vector load of the padded row and one shuffle
-       (``vpermb`` / ``vpermw``) give lane ``l`` the inputs ``x[(j0+l)*sw + rb*kp + k]``; the
-       dot instruction adds them times the channel's ``kp`` weights (zero past KW). Stride 2
-       is the same shuffle with even indices: no deinterleaving pass.
+       (``vpermb``; AVX2: ``vpermq`` + ``vpshufb``, none for stride 2) give lane ``l`` the inputs
+       ``x[(j0+l)*sw + rb*kp + k]``; the dot instruction adds them times the channel's ``kp``
+       weights (zero past KW). Stride 2 is the same shuffle with even indices: no
+       deinterleaving pass.
     3. A row's pixels in tiles of ``nr`` vectors, accumulated in registers over ``KH*RB`` dot
-       steps, requantized from registers (x86_int8's epilogue) and written to the NCHW row;
-       channels run in parallel.
+       steps, requantized from registers (x86_int8's epilogue, on even / odd qwords:
+       :func:`epilogue_intrin`) and written to the NCHW row; channels run in parallel.
     Note: lanes over channels would need the NCHW activations transposed in and out, and an
     im2col of the taps (x86_int8's route) writes ``KH*KW`` bytes per output for 9 MACs.
     A row of 7 pixels fills 7 of 16 lanes (MobileNetV2's last block).
@@ -211,10 +221,18 @@ def window_intrin(isa: DotIsa, stride: int) -> str:
 
 
 def epilogue_intrin(lanes: int, params: dict) -> str:
-    """x86_int8's requantization of ``lanes`` accumulators of one channel (its TE expression is the
-    description) computed as even / odd 64-bit lanes: ``vpmuldq`` reads the low dword of each
-    qword, so the even accumulators multiply in place and the odd ones after a 32-bit shift; the
-    high words of the two sums are merged by one blend. Same integers (see ``_epilogue_exact``)."""
+    """x86_int8's requantization of ``lanes`` accumulators of one channel, computed on even / odd
+    qwords: ``vpmuldq`` reads the (sign-extended) low dword of each qword, so the even
+    accumulators multiply in place and the odd ones after an arithmetic 32-bit shift; one shuffle
+    takes the high word of each sum ``P' = (acc << t) * m + folded``. Same integers: ``P'`` is
+    the exact int64 sum (``_epilogue_exact``'s bounds) and its high word is
+    ``floor(P' / 2**32)`` either way -- 9 instructions per 16 outputs where LLVM makes 15 of the
+    per-lane int64 expression (sign extension, two halves, truncation).
+
+    The description *is* x86_int8's TE expression (``_requant_stage`` on one channel), so
+    tensorize only matches the kernels whose epilogue is that expression; the implementation
+    restates it. Should x86_int8's epilogue change, this must change with it: the bit-exact
+    tests and every compile's check against the NumPy twin catch a divergence."""
     key = ("epilogue", lanes, params["qmin"], params["qmax"], params["out_dtype"])
     if key in _REGISTERED:
         return _REGISTERED[key]
@@ -223,7 +241,6 @@ def epilogue_intrin(lanes: int, params: dict) -> str:
     y = _requant_stage(acc, (lanes,), lambda i: i, lambda a: 0, consts, params, False)
     desc = _with_root_regions(te.create_prim_func([acc, *consts, y]))
     qmin, qmax, dt = params["qmin"], params["qmax"], params["out_dtype"]
-    half = lanes // 2
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, f: T.handle, m: T.handle, p: T.handle, q: T.handle, o: T.handle) -> None:
