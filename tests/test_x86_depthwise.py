@@ -1,7 +1,7 @@
 """Depthwise x86 kernels (schedules/x86_depthwise.py): bit-exact against the NumPy twin on
 MobileNetV2's plane sizes and strides, on odd shapes (widths that are not whole vectors, 5x5,
 stride 2 on odd sizes, asymmetric or no padding), for u8/s8/s16 activations at the dtype extremes,
-on AVX-512 VNNI and on the AVX2-restricted target (this CPU runs both).
+on AVX-512 VNNI, on the AVX2-restricted target and on AVX-VNNI without AVX-512 (this CPU runs all).
 
 Every case goes through ``build.build`` (prepacking + schedule rules + tvm.compile) like a compile.
 Several convs share one module (one build) where the shapes allow, to keep the file fast.
@@ -126,6 +126,19 @@ def test_dtype_extremes_bit_exact(rng, target_name, xdt):
                              target_name, **params)
     assert info is not None and info["rule"] == "DepthwiseConv2DTensorized"
     assert info["isa"] == {"vnni": "vnni16" if xdt == "int16" else "vnni", "avx2": "avx2"}[target_name]
+
+
+@pytest.mark.parametrize("xdt, k, stride", [("int8", 3, 1), ("uint8", 3, 2), ("int16", 5, 1), ("int8", 5, 2)])
+def test_avx_vnni_target_bit_exact(rng, xdt, k, stride):
+    """AVX-VNNI without AVX-512 (``alderlake``): 8 lanes of 256-bit ``vpdpbusd`` (int16 on
+    ``vpmaddwd``), the byte shuffle without ``vpermb``; batch 2; no zmm register anywhere."""
+    c = 4
+    x = activations(rng, (2, c, 9, 19), xdt, "random")
+    params = depthwise_params(c, k, stride, (k // 2,) * 4, "int8")
+    info, asm = check_kernel("conv2d_requant", x, [weights(rng, (c, 1, k, k)), *requant_consts(rng, c, 19)], "avxvnni",
+                             **params)
+    assert info is not None and info["rule"] == "DepthwiseConv2DTensorized"
+    assert info["isa"] == ("avx2" if xdt == "int16" else "avxvnni") and "zmm" not in asm
 
 
 @pytest.mark.parametrize("target_name", ["vnni", "avx2"])
