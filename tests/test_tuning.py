@@ -2,8 +2,9 @@
 a planted wrong candidate never reaches the database; SIGKILL + rerun resumes; RPC tracker with
 two servers on loopback; every bad input is one line, exit status 2.
 
-The model is one depthwise 3x3 conv + ReLU (one integer kernel, 16x16x16: not prepacked, so tuned;
-groups-1 convs are tensorized by hand and left out of tuning), large enough that a few
+The model is one grouped 3x3 conv (2 channels per group) + ReLU (one integer kernel, 16x16x16:
+not prepacked, so tuned; groups-1 and depthwise convs are tensorized by hand and left out of
+tuning), large enough that a few
 MetaSchedule trials beat its unscheduled loops (a database record is only applied where it is
 faster than compile's default schedule); a tune of a few trials costs well under a minute of
 searching, most of each test is TVM start-up on a busy 2-core machine.
@@ -55,7 +56,7 @@ def _one_line_error(r, *needles):
 def conv_model(tmp_path_factory):
     d = tmp_path_factory.mktemp("model")
     g = OnnxGraph((1, 16, 16, 16))
-    path = g.save(g.relu(g.conv("x", 16, k=3, groups=16)), d / "conv.onnx")  # depthwise: not prepacked
+    path = g.save(g.relu(g.conv("x", 16, k=3, groups=8)), d / "conv.onnx")  # grouped: not prepacked
     calib = d / "calib.npz"
     np.savez(calib, x=np.random.default_rng(0).normal(size=(8, 16, 16, 16)).astype(np.float32))
     return path, calib

@@ -197,12 +197,14 @@ def test_kxk_conv_bit_exact_at_extremes(rng, target_name, xdt, pattern, case):
     assert INSTRUCTION[target_name][xdt] in asm
 
 
-def test_depthwise_conv_is_left_to_the_plain_rules(rng):
+def test_depthwise_conv_is_left_to_the_depthwise_rule(rng):
+    """Conv2DTensorized takes groups 1 only; depthwise goes to schedules/x86_depthwise.py
+    (tests/test_x86_depthwise.py)."""
     x = activations(rng, (1, 8, 6, 6), "uint8", "random")
     info, _ = check_kernel("conv2d_requant", x, [weights(rng, (8, 1, 3, 3)), *requant_consts(rng, 8, 14)], "vnni",
                            strides=[1, 1], padding=[1, 1, 1, 1], dilation=[1, 1], groups=8, qmin=-128, qmax=127,
                            out_dtype="int8")
-    assert info is None
+    assert info is not None and info["rule"] == "DepthwiseConv2DTensorized"
 
 
 @pytest.mark.parametrize("target_name", ["vnni", "avx2"])

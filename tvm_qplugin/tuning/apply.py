@@ -113,7 +113,7 @@ class AppliedTuning:
             isa = ISA_BY_NAME.get(info.get("isa", ""))
             on = f" on {isa.mnemonic} ({isa.name})" if isa is not None else ""
             return {"source": "tensorir-default", "why": f"weights prepacked, scheduled by the {info['rule']} rule{on} "
-                    "(tvm_qplugin/schedules/)"}
+                    f"({_rule_file(info['rule'])})"}
         if name in self.tuned:
             return {"source": "tensorir-tuned", "why": f"MetaSchedule record in {db.path}"}
         if name in self.default_faster:
@@ -122,6 +122,15 @@ class AppliedTuning:
         if db is None:
             return {"source": "tensorir-default", "why": "no tuning database for this board/ISA"}
         return {"source": "tensorir-default", "why": f"no record for {name} in {db.path}"}
+
+
+def _rule_file(rule: str) -> str:
+    """``schedules/<module>.py`` of the schedule rule class named ``rule`` (layers[].kernel.why)."""
+    from ..schedules import RULES
+
+    module = next((type(r).__module__ for r in RULES if type(r).__name__ == rule), "")
+    return f"schedules/{module.rsplit('.', 1)[-1]}.py"
+
 
 def _kernel_of_var(mod: tvm.IRModule) -> dict:
     """Relax var -> name of the kernel its ``call_tir`` binds."""

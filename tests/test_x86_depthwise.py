@@ -1,0 +1,181 @@
+"""Depthwise x86 kernels (schedules/x86_depthwise.py): bit-exact against the NumPy twin on
+MobileNetV2's plane sizes and strides, on odd shapes (widths that are not whole vectors, 5x5,
+stride 2 on odd sizes, asymmetric or no padding), for u8/s8/s16 activations at the dtype extremes,
+on AVX-512 VNNI, on the AVX2-restricted target and on AVX-VNNI without AVX-512 (this CPU runs all).
+
+Every case goes through ``build.build`` (prepacking + schedule rules + tvm.compile) like a compile.
+Several convs share one module (one build) where the shapes allow, to keep the file fast.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from conftest import assert_bit_exact
+from test_x86_kernels import activations, asm_of, check_kernel, requant_consts, weights
+from tvm import relax
+
+from tvm_qplugin.build import build
+from tvm_qplugin.ops import OPS, const, emit
+from tvm_qplugin.schedules import pack_weights
+from tvm_qplugin.schedules.packing import packed_info
+from tvm_qplugin.tuning.apply import AppliedTuning
+
+TARGETS = {"vnni": tvm.target.Target({"kind": "llvm", "mcpu": "znver4"}),
+           "avx2": tvm.target.Target({"kind": "llvm", "mcpu": "znver3"})}
+# the window shuffle and the dot instruction of each target (AVX2: int16 pairs on vpmaddwd)
+INSTRUCTIONS = {"vnni": ("vpermb", "vpdpbusd"), "avx2": ("vpmaddwd",)}
+# MobileNetV2-224's depthwise 3x3 convs as (input plane, stride): 112 s1, 112 s2, ... 7 s1
+MOBILENET_V2_PLANES = [(112, 1), (112, 2), (56, 1), (56, 2), (28, 1), (28, 2), (14, 1), (14, 2), (7, 1)]
+
+
+def depthwise_params(c: int, k: int, stride: int, pad, out_dtype="uint8") -> dict:
+    qmin, qmax = (0, 255) if out_dtype == "uint8" else (-128, 127)
+    return {"strides": [stride, stride], "padding": list(pad), "dilation": [1, 1], "groups": c, "qmin": qmin,
+            "qmax": qmax, "out_dtype": out_dtype}
+
+
+def chain(x: np.ndarray, layers: list[tuple[list, dict]], target_name: str):
+    """A module applying the depthwise ``layers`` one after the other; built, run, and compared with
+    the NumPy twins layer by layer (the first differing layer is named). Returns the packed
+    kernels' descriptions and the assembly."""
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x.shape, str(x.dtype)))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            outs, cur = [], xv
+            for consts, params in layers:
+                cur = emit(bb, "conv2d_requant", [cur, *[const(c) for c in consts]], **params)
+                outs.append(cur)
+            out = bb.emit_output(relax.Tuple(outs))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    target = TARGETS[target_name]
+    infos = [packed_info(f) for f in pack_weights(mod, target).functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    executable, _ = build(mod, target)
+    got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x))
+    ref = x
+    for n, (consts, params) in enumerate(layers):
+        ref = OPS["conv2d_requant"].reference(ref, *consts, **params)
+        assert_bit_exact(got[n].numpy(), ref, f"layer {n} ({params['strides']}, {consts[0].shape}) on {target_name}")
+    return infos, asm_of(executable)
+
+
+@pytest.mark.parametrize("target_name", ["vnni", "avx2"])
+def test_mobilenet_v2_planes_bit_exact(rng, target_name):
+    """MobileNetV2's depthwise plane sizes and strides (fewer channels), chained as in the model:
+    u8 in, u8 out (the ReLU6 range), requantization spread so that both clamps are hit."""
+    c = 6
+    x = activations(rng, (1, c, 112, 112), "uint8", "random")
+    layers = [([weights(rng, (c, 1, 3, 3)), *requant_consts(rng, c, 8 + 7 + 4)], depthwise_params(c, 3, stride, (1, 1, 1, 1)))
+              for _plane, stride in MOBILENET_V2_PLANES]
+    infos, asm = chain(x, layers, target_name)
+    assert infos and all(i is not None and i["rule"] == "DepthwiseConv2DTensorized" for i in infos)
+    assert all(instr in asm for instr in INSTRUCTIONS[target_name])
+
+
+ODD_CASES = [  # (c, h, w, k, stride, padding (top, left, bottom, right))
+    (5, 9, 11, 3, 1, (1, 1, 1, 1)),      # 11 wide: a partial vector of lanes
+    (3, 13, 37, 3, 2, (1, 1, 1, 1)),     # stride 2 on odd sizes, 3 vectors' worth of columns
+    (4, 10, 13, 5, 1, (2, 2, 2, 2)),     # 5x5: two 4-deep tap windows per kernel row (pad taps 0)
+    (4, 11, 17, 5, 2, (2, 1, 2, 2)),     # 5x5 stride 2, asymmetric padding
+    (3, 8, 8, 3, 2, (0, 0, 1, 1)),       # TF-style "same" stride 2: padding only bottom / right
+    (3, 6, 40, 3, 1, (0, 0, 0, 0)),      # no padding
+    (2, 5, 7, 3, 1, (2, 0, 1, 2)),       # padding wider than the kernel reaches on one side
+]
+
+
+@pytest.mark.parametrize("target_name", ["vnni", "avx2"])
+def test_odd_shapes_bit_exact(rng, target_name):
+    """Each odd case in its own kernel of one module (the inputs are independent graph inputs)."""
+    bb = relax.BlockBuilder()
+    xs = [activations(rng, (1, c, h, w), "int8", "random") for c, h, w, *_ in ODD_CASES]
+    xvs = [relax.Var(f"x{n}", relax.TensorType(x.shape, "int8")) for n, x in enumerate(xs)]
+    cases = []
+    with bb.function("main", xvs):
+        with bb.dataflow():
+            outs = []
+            for xv, (c, _h, _w, k, stride, pad) in zip(xvs, ODD_CASES):
+                consts = [weights(rng, (c, 1, k, k)), *requant_consts(rng, c, 8 + 7 + (5 if k == 5 else 4))]
+                params = depthwise_params(c, k, stride, pad, "int8")
+                cases.append((consts, params))
+                outs.append(emit(bb, "conv2d_requant", [xv, *[const(v) for v in consts]], **params))
+            out = bb.emit_output(relax.Tuple(outs))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    target = TARGETS[target_name]
+    infos = [packed_info(f) for f in pack_weights(mod, target).functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert len(infos) == len(ODD_CASES) and all(i["rule"] == "DepthwiseConv2DTensorized" for i in infos)
+    got = relax.VirtualMachine(build(mod, target)[0], tvm.cpu())["main"](*[tvm.runtime.tensor(x) for x in xs])
+    for n, (x, (consts, params), case) in enumerate(zip(xs, cases, ODD_CASES)):
+        assert_bit_exact(got[n].numpy(), OPS["conv2d_requant"].reference(x, *consts, **params), f"{case} on {target_name}")
+
+
+@pytest.mark.parametrize("target_name", ["vnni", "avx2"])
+@pytest.mark.parametrize("xdt", ["uint8", "int8", "int16"])
+def test_dtype_extremes_bit_exact(rng, target_name, xdt):
+    """All-min, all-max, random and alternating min/max activations (one batch item each) against
+    full-range weights with both extremes: the largest sums the offset / int16 routes can see."""
+    c, h, w = 7, 9, 19
+    x = np.concatenate([activations(rng, (1, c, h, w), xdt, p) for p in ("min", "max", "random", "alternating")])
+    wt = weights(rng, (c, 1, 3, 3))
+    wt[1] = 127
+    wt[2] = -127
+    params = depthwise_params(c, 3, 1, (1, 1, 1, 1), "int8")
+    info, _ = check_kernel("conv2d_requant", x, [wt, *requant_consts(rng, c, 8 + (8 if xdt == "int16" else 0) + 4)],
+                             target_name, **params)
+    assert info is not None and info["rule"] == "DepthwiseConv2DTensorized"
+    assert info["isa"] == {"vnni": "vnni16" if xdt == "int16" else "vnni", "avx2": "avx2"}[target_name]
+
+
+@pytest.mark.parametrize("xdt, k, stride", [("int8", 3, 1), ("uint8", 3, 2), ("int16", 5, 1), ("int8", 5, 2)])
+def test_avx_vnni_target_bit_exact(rng, xdt, k, stride):
+    """AVX-VNNI without AVX-512 (``alderlake``): 8 lanes of 256-bit ``vpdpbusd`` (int16 on
+    ``vpmaddwd``), the byte shuffle without ``vpermb``; batch 2; no zmm register anywhere."""
+    c = 4
+    x = activations(rng, (2, c, 9, 19), xdt, "random")
+    params = depthwise_params(c, k, stride, (k // 2,) * 4, "int8")
+    info, asm = check_kernel("conv2d_requant", x, [weights(rng, (c, 1, k, k)), *requant_consts(rng, c, 19)], "avxvnni",
+                             **params)
+    assert info is not None and info["rule"] == "DepthwiseConv2DTensorized"
+    assert info["isa"] == ("avx2" if xdt == "int16" else "avxvnni") and "zmm" not in asm
+
+
+@pytest.mark.parametrize("target_name", ["vnni", "avx2"])
+def test_one_row_planes_read_only_inside_the_padded_plane(rng, target_name):
+    """A 1x2 plane, 1x1 kernel, int16 output (a random graph of tests/test_graphs.py): the padded
+    plane is a few bytes on the stack, and a whole-register window load past its end was
+    undefined behaviour that LLVM turned into garbage for every lane (the row pitch now leaves
+    room for it)."""
+    for c, w in ((2, 2), (3, 3), (4, 2)):
+        x = activations(rng, (1, c, 1, w), "uint8", "random")
+        bias, mult, shift = requant_consts(rng, c, 8 + 7 + 4)
+        params = {**depthwise_params(c, 1, 1, (0, 0, 0, 0)), "qmin": -32768, "qmax": 32767, "out_dtype": "int16"}
+        info, _ = check_kernel("conv2d_requant", x, [weights(rng, (c, 1, 1, 1)), bias, mult, shift - 8], target_name,
+                               **params)
+        assert info is not None and info["rule"] == "DepthwiseConv2DTensorized"
+
+
+def test_kernels_the_rule_cannot_take_stay_exact_on_the_plain_rules(rng):
+    """A multiplier beyond int32 (the packed epilogue's int32 x int32 product), a depth multiplier
+    of 2 (O = 2C) and a dilated kernel keep the plain kernel -- and stay exact."""
+    x = activations(rng, (1, 4, 8, 8), "uint8", "random")
+    bias, mult, shift = requant_consts(rng, 4, 19)
+    mult[1] = 2**31 + 5
+    info, _ = check_kernel("conv2d_requant", x, [weights(rng, (4, 1, 3, 3)), bias, mult, shift], "vnni",
+                           **depthwise_params(4, 3, 1, (1, 1, 1, 1)))
+    assert info is None
+    info, _ = check_kernel("conv2d_requant", x, [weights(rng, (8, 1, 3, 3)), *requant_consts(rng, 8, 19)], "vnni",
+                           **depthwise_params(4, 3, 1, (1, 1, 1, 1)))
+    assert info is None
+    dilated = {**depthwise_params(4, 3, 1, (2, 2, 2, 2)), "dilation": [2, 2]}
+    info, _ = check_kernel("conv2d_requant", x, [weights(rng, (4, 1, 3, 3)), *requant_consts(rng, 4, 19)], "vnni",
+                           **dilated)
+    assert info is None
+
+
+def test_report_names_the_depthwise_rule():
+    """layers[].kernel.why names the rule that tensorized the kernel and its file."""
+    applied = AppliedTuning(db=None, tensorized={"k": {"rule": "DepthwiseConv2DTensorized", "isa": "vnni"}})
+    why = applied._kernel_source("k")["why"]
+    assert "DepthwiseConv2DTensorized" in why and "schedules/x86_depthwise.py" in why and "vpdpbusd" in why

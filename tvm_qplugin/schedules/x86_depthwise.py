@@ -1,0 +1,290 @@
+"""Depthwise int8 ``conv2d_requant`` (groups == channels, NCHW) on the x86 dot instructions, with
+the requantization on the register tile: the per-channel counterpart of ``x86_int8.Conv2DTensorized``.
+
+Same contract as the rules there: a *packer* (``pack``: the kernel rewritten in TE to read
+prepacked weights, and the NumPy packing of its constants) and a dlight-style rule (``apply``)
+for the packed kernel; the instruction comes from the target's features (``select_isa``).
+
+Exactness: the sums are the kernel's own int32 sums (the dot instructions neither saturate nor
+round; the zero-weight pad taps add 0), the s8 -> u8 offset (VNNI) is removed through the bias
+and the epilogue is x86_int8's, checked per call by its ``_epilogue_exact``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import te, tirx
+from tvm.s_tir import SBlock, SBlockRealize, TensorIntrin
+from tvm.script import tirx as T
+
+from .intrin_x86 import ISA_BY_NAME, DotIsa, _dot, _operand, dot_term
+from .packing import Packing, tag_packed
+from .x86_int8 import (
+    TensorizedRule,
+    _channel_consts,
+    _channel_placeholders,
+    _epilogue_exact,
+    _fits_int32,
+    _has_block,
+    _offset,
+    _requant_stage,
+    _round_up,
+)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _load_elems(isa: DotIsa, dtype: str) -> int:
+    """Elements of ``dtype`` in one vector register of ``isa`` (what one window load reads)."""
+    return isa.vector_bits // (8 if dtype == "uint8" else 16)
+
+
+class DepthwiseConv2DTensorized(TensorizedRule):
+    """Depthwise ``conv2d_requant`` (groups == C == O, dilation 1; any KHxKW, strides whose
+    window fits one register, zero padding) on the dot instruction, *output pixels of a row* as
+    lanes and each channel's weights broadcast.
+
+    1. Per channel, the zero-padded plane (u8 -- s8 + 128 on VNNI -- or widened to int16 for the
+       int16 instructions), its border rows / columns split off so that the interior is a plain
+       copy.
+    2. Per output row and kernel row ``ry``, the ``kp`` consecutive taps ``rb*kp .. rb*kp+kp-1``
+       of every lane are one *window*: a vector load of the padded row and one shuffle
+       (``vpermb``; AVX2: ``vpermq`` + ``vpshufb``, none for stride 2) give lane ``l`` the inputs
+       ``x[(j0+l)*sw + rb*kp + k]``; the dot instruction adds them times the channel's ``kp``
+       weights (zero past KW). Stride 2 is the same shuffle with even indices: no
+       deinterleaving pass.
+    3. A row's pixels in tiles of ``nr`` vectors, accumulated in registers over ``KH*RB`` dot
+       steps, requantized from registers (x86_int8's epilogue, on even / odd qwords:
+       :func:`epilogue_intrin`) and written to the NCHW row; channels run in parallel.
+    Note: lanes over channels would need the NCHW activations transposed in and out, and an
+    im2col of the taps (x86_int8's route) writes ``KH*KW`` bytes per output for 9 MACs.
+    A row of 7 pixels fills 7 of 16 lanes (MobileNetV2's last block).
+    """
+
+    op = "conv2d_requant"
+
+    def pack_for(self, func, params, shapes, isa):
+        (xs, adt), (ws, _) = shapes[0], shapes[1]
+        nb, c, h, w = xs
+        o, cg, kh, kw = ws
+        if params["groups"] != c or o != c or cg != 1 or list(params["dilation"]) != [1, 1]:
+            return None
+        off = _offset(isa, adt)
+        (sh, sw), (pt, pl, pb, pr) = params["strides"], params["padding"]
+        lanes, kp = isa.lanes, isa.kp
+        pdt = "uint8" if kp == 4 else "int16"
+        load = _load_elems(isa, pdt)
+        if (lanes - 1) * sw + kp > load or not _fits_int32(adt, kh * kw, off):
+            return None
+        oh = (h + pt + pb - kh) // sh + 1
+        ow = (w + pl + pr - kw) // sw + 1
+        nvec = _ceil_div(ow, lanes)
+        nr = min((4, 3, 2, 1), key=lambda n: (_round_up(nvec, n), -n))
+        owpad = _round_up(nvec, nr) * lanes
+        rbs = _ceil_div(kw, kp)
+        hx = sh * (oh - 1) + kh
+        wx = sw * (owpad - lanes) + (rbs - 1) * kp + (lanes - 1) * sw + kp      # the last window's end
+        plane = hx * wx + load - ((lanes - 1) * sw + kp)  # ... and the last row's whole-register load
+        info = {"rule": type(self).__name__, "isa": isa.name, "nr": nr, "offset": off, "stride_w": sw,
+                "pad": [pt, pl, h, w], "plane": plane, "out_shape": [nb, c, oh, ow],
+                "requant": {key: params[key] for key in ("qmin", "qmax", "out_dtype")}}
+
+        def pack_args(consts):
+            wt, bias, mult, shift = consts[0].reshape(c, kh, kw), *consts[1:]
+            wp = np.zeros((c, kh, rbs * kp), np.int64)
+            wp[:, :, :kw] = wt
+            return [wp.reshape(c, kh, rbs, kp).astype(isa.packed_dtype),
+                    *_channel_consts(wt.reshape(c, kh * kw), bias, mult, shift, off, c)]
+
+        x = te.placeholder(xs, adt, name="x")
+        wp = te.placeholder((c, kh, rbs, kp), isa.packed_dtype, name="w_packed")
+        consts = _channel_placeholders(c)
+
+        def padded(b, ch, r, col):
+            v = tirx.if_then_else(tirx.all(r >= pt, r < h + pt, col >= pl, col < w + pl),
+                                  x[b, ch, r - pt, col - pl].astype("int32"), tirx.const(0, "int32"))
+            return (v + off).astype(pdt)
+
+        xpad = te.compute((nb, c, hx, wx), padded, name="x_pad")
+        ry, rb, rk = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, rbs), "rb"), te.reduce_axis((0, kp), "rk")
+        acc = te.compute((nb, c, oh, owpad), lambda b, ch, i, j: te.sum(
+            dot_term(xpad[b, ch, i * sh + ry, j * sw + rb * kp + rk], wp[ch, ry, rb, rk], 0), axis=[ry, rb, rk]),
+            name="acc")
+        y = _requant_stage(acc, (nb, c, oh, ow), lambda i: i, lambda a: a[1], consts, params, owpad != ow)
+        out = te.create_prim_func([x, wp, *consts, y]).without_attr("global_symbol")
+        return Packing(tag_packed(out, func, info), (1, 2, 3, 4), pack_args,
+                       lambda consts: _epilogue_exact(consts[0].reshape(c, kh * kw), *consts[1:4], adt, off))
+
+    def schedule(self, sch, info):
+        isa = ISA_BY_NAME[info["isa"]]
+        acc = sch.get_sblock("acc")
+        b, ch, i, j, ry, rb, rk = sch.get_loops(acc)
+        plane = sch.fuse(b, ch)
+        jo, jr, ji = sch.split(j, [None, info["nr"], isa.lanes])
+        sch.reorder(jo, ry, rb, jr, ji, rk)
+        sch.parallel(plane)
+        _schedule_padding(sch, plane, info)
+        first = "y_tile" if _has_block(sch, "y_tile") else "y"
+        stage = sch.get_sblock(first)
+        sch.reverse_compute_at(stage, jo)
+        if first == "y_tile":
+            sch.reverse_compute_at(sch.get_sblock("y"), i)
+        outer, inner = sch.split(sch.get_loops(stage)[-1], [None, isa.lanes])
+        sch.unroll(outer)
+        init = sch.decompose_reduction(acc, ry)
+        sch.vectorize(sch.get_loops(init)[-1])
+        sch.tensorize(ji, window_intrin(isa, info["stride_w"]))
+        sch.tensorize(inner, epilogue_intrin(isa.lanes, info["requant"]))
+        for loop in (ry, rb, jr):
+            sch.unroll(loop)
+
+
+def _schedule_padding(sch, plane, info) -> None:
+    """The padded plane computed per channel, its border rows and columns split off so that the
+    bounds test vanishes from the interior (a contiguous copy LLVM vectorizes)."""
+    pt, pl, h, w = info["pad"]
+    xpad = sch.get_sblock("x_pad")
+    sch.compute_at(xpad, plane, preserve_unit_loops=True)
+    # the channel's plane padded to ``plane`` elements: the last row's last window load stays inside
+    # the allocation (a load past a small stack plane was undefined behaviour that LLVM turned into
+    # garbage lanes); the elements past the windows are never written and reach only dropped lanes
+    sch.storage_align(xpad, 0, axis=1, factor=2 * info["plane"], offset=info["plane"])
+    *_, r, col = sch.get_loops(xpad)
+    rows, cols = sch.get(r).extent.value, sch.get(col).extent.value
+    middle = _split_borders(sch, r, min(pt, rows), min(pt + h, rows), rows)
+    inner = sch.get_loops(sch.get_child_blocks(middle)[0])[-1]
+    _split_borders(sch, inner, min(pl, cols), min(pl + w, cols), cols)
+
+
+def _split_borders(sch, loop, lo: int, hi: int, extent: int):
+    """``loop`` partitioned into ``[0, lo)``, ``[lo, hi)``, ``[hi, extent)`` (empty parts left
+    out); returns the middle loop."""
+    factors = [f for f in (lo, hi - lo, extent - hi) if f > 0]
+    if len(factors) == 1:
+        return loop
+    parts = sch.loop_partition(loop, [*factors[:-1], None])
+    return parts[1] if lo > 0 else parts[0]
+
+
+_REGISTERED: dict[tuple, str] = {}
+# The accumulator tile is a plain buffer: a few hundred bytes, so the compiler puts it on the stack
+# and keeps it in registers (a "local" buffer here became a workspace allocation per channel).
+_ACC_SCOPE = "global"
+
+
+def window_intrin(isa: DotIsa, stride: int) -> str:
+    """``C[l] += sum_k A[l*stride + k] * B[k]`` for ``l < lanes``, ``k < kp`` (A the padded row
+    from the window's first input, B one channel's ``kp`` weights broadcast): one vector load
+    of A (a whole register: up to ``load - span`` elements past the window, which the padded plane's
+    allocation leaves room for -- ``_schedule_padding``), one shuffle, one dot instruction.
+    Registered on first use."""
+    key = (isa, stride)
+    if key in _REGISTERED:
+        return _REGISTERED[key]
+    lanes, kp, w_dtype = isa.lanes, isa.kp, isa.packed_dtype
+    a_dtype = "uint8" if kp == 4 else "int16"
+    span, load = (lanes - 1) * stride + kp, _load_elems(isa, a_dtype)
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (span,), a_dtype, offset_factor=1)
+        B = T.match_buffer(b, (kp,), w_dtype, offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope=_ACC_SCOPE)
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:span], B[0:kp])
+            T.writes(C[0:lanes])
+            for i, k in T.grid(lanes, kp):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + dot_term(A[vi * stride + vk], B[vk], 0)
+
+    indices = [l * stride + k for l in range(lanes) for k in range(kp)]
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (span,), a_dtype, offset_factor=1)
+        B = T.match_buffer(b, (kp,), w_dtype, offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope=_ACC_SCOPE)
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:span], B[0:kp])
+            T.writes(C[0:lanes])
+            C[T.ramp(T.int32(0), 1, lanes)] = _dot(isa, C.vload([0], f"int32x{lanes}"),
+                                                   tirx.Shuffle([A.vload([0], f"{a_dtype}x{load}")], indices),
+                                                   _operand(B, w_dtype, kp, isa, 0, True))
+
+    name = f"qplugin_dw_window_{isa.name}_s{stride}"
+    TensorIntrin.register(name, desc, impl, override=True)
+    _REGISTERED[key] = name
+    return name
+
+
+def epilogue_intrin(lanes: int, params: dict) -> str:
+    """x86_int8's requantization of ``lanes`` accumulators of one channel, computed on even / odd
+    qwords: ``vpmuldq`` reads the (sign-extended) low dword of each qword, so the even
+    accumulators multiply in place and the odd ones after an arithmetic 32-bit shift; one shuffle
+    takes the high word of each sum ``P' = (acc << t) * m + folded``. Same integers: ``P'`` is
+    the exact int64 sum (``_epilogue_exact``'s bounds) and its high word is
+    ``floor(P' / 2**32)`` either way -- 9 instructions per 16 outputs where LLVM makes 15 of the
+    per-lane int64 expression (sign extension, two halves, truncation).
+
+    The description *is* x86_int8's TE expression (``_requant_stage`` on one channel), so
+    tensorize only matches the kernels whose epilogue is that expression; the implementation
+    restates it. Should x86_int8's epilogue change, this must change with it: the bit-exact
+    tests and every compile's check against the NumPy twin catch a divergence."""
+    key = ("epilogue", lanes, params["qmin"], params["qmax"], params["out_dtype"])
+    if key in _REGISTERED:
+        return _REGISTERED[key]
+    acc = te.placeholder((lanes,), "int32", name="acc")
+    consts = _channel_placeholders(1)
+    y = _requant_stage(acc, (lanes,), lambda i: i, lambda a: 0, consts, params, False)
+    desc = _with_root_regions(te.create_prim_func([acc, *consts, y]))
+    qmin, qmax, dt = params["qmin"], params["qmax"], params["out_dtype"]
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, f: T.handle, m: T.handle, p: T.handle, q: T.handle, o: T.handle) -> None:
+        A = T.match_buffer(a, (lanes,), "int32", offset_factor=1)
+        F = T.match_buffer(f, (1,), "int64", offset_factor=1)
+        M = T.match_buffer(m, (1,), "int32", offset_factor=1)
+        P = T.match_buffer(p, (1,), "int32", offset_factor=1)
+        Q = T.match_buffer(q, (1,), "int32", offset_factor=1)
+        O = T.match_buffer(o, (lanes,), dt, offset_factor=1)
+        with T.sblock("root"):
+            T.reads(A[0:lanes], F[0:1], M[0:1], P[0:1], Q[0:1])
+            T.writes(O[0:lanes])
+            O[T.ramp(T.int32(0), 1, lanes)] = _epilogue_vector(A.vload([0], f"int32x{lanes}"), F[0], M[0], P[0], Q[0],
+                                                               lanes, qmin, qmax, dt)
+
+    name = f"qplugin_dw_epilogue_{lanes}_{qmin}_{qmax}_{dt}"
+    TensorIntrin.register(name, desc, impl, override=True)
+    _REGISTERED[key] = name
+    return name
+
+
+def _with_root_regions(func):
+    """``func`` whose root block reads every input buffer whole and writes the output (what a
+    tensor intrinsic's description declares; TE leaves the root block's regions empty)."""
+    root = func.body.block
+    inner = root.body.body.block                      # the one loop's block, its regions in TE's order
+
+    def whole(regions):
+        return [tirx.BufferRegion(r.source, [tvm.ir.Range(0, d) for d in r.source.ty.shape]) for r in regions]
+
+    block = SBlock([], whole(inner.reads), whole(inner.writes), root.name_hint, root.body)
+    return func.with_body(SBlockRealize([], True, block))
+
+
+def _epilogue_vector(acc, folded, mult, pre, post, lanes: int, qmin: int, qmax: int, dt: str):
+    """The vector expression of :func:`epilogue_intrin`."""
+    half = lanes // 2
+    shifted = T.reinterpret(acc << T.broadcast(pre, lanes), dtype=f"int64x{half}")
+    m = T.broadcast(T.Cast("int64", mult), half)
+    b = T.broadcast(folded, half)
+    thirty_two = T.broadcast(T.int64(32), half)
+    even = T.reinterpret(((shifted << thirty_two) >> thirty_two) * m + b >> thirty_two, dtype=f"int32x{lanes}")
+    odd = T.reinterpret((shifted >> thirty_two) * m + b, dtype=f"int32x{lanes}")
+    high = tirx.Shuffle([even, odd], [l + (lanes if l % 2 else 0) for l in range(lanes)])
+    clamped = T.max(T.min(high >> T.broadcast(post, lanes), T.broadcast(T.int32(qmax), lanes)),
+                    T.broadcast(T.int32(qmin), lanes))
+    return T.Cast(f"{dt}x{lanes}", clamped)
