@@ -77,7 +77,7 @@ class GeluTable(GeluInlineStages):
     """
 
     MIN_ELEMENTS_PER_ENTRY = 2  # below this the table costs more than it saves
-    CHUNK = 512
+    CHUNK = 512  # table entries per parallel task (a power of two: divides every table)
 
     def apply(self, func: tvm.tirx.PrimFunc, target: tvm.target.Target):
         described = op_of(func)
@@ -100,7 +100,7 @@ class GeluTable(GeluInlineStages):
         super().schedule(sch, described[1])
         sch.compute_inline(sch.get_sblock("domain"))
         entries = sch.get_sblock("y")
-        chunks, _ = sch.split(sch.get_loops(entries)[0], [None, self.CHUNK])
+        chunks, _ = sch.split(sch.get_loops(entries)[0], [None, min(self.CHUNK, count)])  # whole chunks: no predicate
         sch.parallel(chunks)
         stages = [b for b in sch.get_child_blocks(sch.get_sblock("root"))
                   if sch.get(b).name_hint not in ("y", "y_gather")]
