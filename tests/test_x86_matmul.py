@@ -16,7 +16,7 @@ from tvm import relax
 
 from tvm_qplugin.build import build
 from tvm_qplugin.ops import OPS, emit
-from tvm_qplugin.schedules import RULES
+from tvm_qplugin.schedules.x86_matmul import MatmulTensorized
 from tvm_qplugin.schedules.x86_nonlinear import GeluTable, SoftmaxRowsParallel
 
 MINILM_GELU = {"approx": "tanh", "exp_poly": 2, "in_scale": 0.00075, "n": 5, "out_dtype": "int16", "out_scale": 0.00075,
@@ -47,10 +47,92 @@ def weights_with_row_sums(rng, n, k, row_sum_max):
     return w
 
 
+PATTERNS = ("min", "max", "random", "alternating")
+DOT = {"vnni": "vpdpwssd", "avx2": "vpmaddwd", "avxvnni": "vpmaddwd"}  # int16 operands: AVX-VNNI has no vpdpwssd here
+
+
+def check_matmul(a, b, target_name, tensorized=True, **params):
+    """Build, run, compare with the twin; the rule took the kernel (or, ``tensorized=False``, left it)."""
+    func, _ = OPS["matmul_requant"].prim_func([(a.shape, str(a.dtype)), (b.shape, str(b.dtype))], **params)
+    assert (MatmulTensorized().apply(func, TARGETS[target_name]) is not None) == tensorized
+    got, ref, executable = run_module("matmul_requant", [a, b], target_name, **params)
+    assert_bit_exact(got, ref, f"matmul_requant {a.dtype} x {b.dtype} {a.shape} x {b.shape} on {target_name}")
+    if tensorized:
+        assert DOT[target_name] in asm_of(executable)
+    return got
+
+
+def probabilities(rng, shape, pattern):
+    """Non-negative int16 rows summing to at most 2**15 (softmax output at 2**-15): one-hot at the
+    maximum, uniform, random splits, alternating one-hot / uniform."""
+    rows, k = int(np.prod(shape[:-1])), shape[-1]
+    one_hot = np.zeros((rows, k), np.int64)
+    one_hot[np.arange(rows), rng.integers(0, k, rows)] = 32767
+    uniform = np.full((rows, k), 32768 // k)
+    cuts = np.sort(rng.integers(0, 32769, (rows, k - 1)), axis=1)
+    split = np.diff(np.concatenate([np.zeros((rows, 1), np.int64), cuts, np.full((rows, 1), 32768)], axis=1), axis=1)
+    split = np.minimum(split, 32767)
+    p = {"min": uniform, "max": one_hot, "random": split,
+         "alternating": np.where((np.arange(rows) % 2)[:, None] == 0, one_hot, uniform)}[pattern]
+    return p.astype(np.int16).reshape(shape)
+
+
+# --------------------------------------------------------------------------------- attention matmuls
+
+@pytest.mark.parametrize("target_name", ["vnni", "avx2", "avxvnni"])
+@pytest.mark.parametrize("pa, pb", [("min", "max"), ("max", "alternating"), ("random", "random"), ("alternating", "min")])
+def test_qk_int16_int64_accumulation_split_exact(rng, target_name, pa, pb):
+    """``Q Kᵀ`` on int16 Q, K (MiniLM: K = 32, acc_bits=64): the a_hi / a_lo split must equal the
+    int64 op at the extremes (-32768: hi -128, lo 0; 32767: hi 127, lo 255); M = 40, N = 48 are
+    not multiples of MiniLM's tile."""
+    a = activations(rng, (2, 3, 40, 32), "int16", pa)
+    b = activations(rng, (2, 3, 32, 48), "int16", pb)
+    got = check_matmul(a, b, target_name, multiplier=(1 << 26) + 12345, shift=44, qmin=-32767, qmax=32767,
+                       out_dtype="int16", acc_bits=64)
+    if pa == "random":
+        assert ((got > -32767) & (got < 32767)).mean() > 0.3  # the requantization is not all clamps
+
+
+@pytest.mark.parametrize("target_name", ["vnni", "avx2", "avxvnni"])
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_pv_int16_probabilities_int32_exact(rng, target_name, pattern):
+    """``P V``: int16 probabilities (rows summing to 2**15, ``a_row_sum``) x int16 V over K = 128,
+    int32 accumulation proven by the row sum; V at its extremes too."""
+    p = probabilities(rng, (2, 3, 24, 128), pattern)
+    v = activations(rng, (2, 3, 128, 32), "int16", "alternating" if pattern == "max" else pattern)
+    check_matmul(p, v, target_name, multiplier=(1 << 30) + 777, shift=46, qmin=-32767, qmax=32767, out_dtype="int16",
+                 a_row_sum=32832)
+
+
+@pytest.mark.parametrize("target_name", ["vnni", "avx2"])
+@pytest.mark.parametrize("dtypes", [("uint8", "int8"), ("int8", "int8"), ("int8", "int16"), ("uint8", "uint8")])
+def test_8bit_operands_widened_exact(rng, target_name, dtypes):
+    a = activations(rng, (1, 2, 8, 64), dtypes[0], "alternating")
+    b = activations(rng, (1, 2, 64, 32), dtypes[1], "random")
+    check_matmul(a, b, target_name, multiplier=(1 << 30) + 99, shift=44 if "int16" in dtypes else 36, qmin=-128,
+                 qmax=127, out_dtype="int8")
+
+
+@pytest.mark.parametrize("case", [
+    ((1, 2, 8, 32), (1, 2, 32, 20), {}),                  # N = 20: no whole vector of columns
+    ((1, 2, 8, 31), (1, 2, 31, 32), {}),                  # K odd: no whole int16 pair
+    ((2, 3, 8, 32), (1, 3, 32, 32), {}),                  # broadcast batch
+    ((8, 32), (32, 32), {}),                              # plain 2-D
+    ((1, 2, 8, 512), (1, 2, 512, 32), {"acc_bits": 64}),  # K = 512: the split halves could leave int32
+])
+def test_shapes_the_rule_leaves_to_the_plain_kernel(rng, case):
+    a_shape, b_shape, extra = case
+    a = activations(rng, a_shape, "int16", "random")
+    b = activations(rng, b_shape, "int16", "random")
+    params = {"multiplier": (1 << 20) + 5, "shift": 40, "qmin": -32767, "qmax": 32767, "out_dtype": "int16",
+              "acc_bits": 64, **extra}
+    check_matmul(a, b, "vnni", tensorized=False, **params)
+
+
 # ------------------------------------------------------------------------- dense, int64 accumulation
 
 @pytest.mark.parametrize("target_name", ["vnni", "avx2", "avxvnni"])
-@pytest.mark.parametrize("pattern", ["min", "max", "random", "alternating"])
+@pytest.mark.parametrize("pattern", ["min", "random", "alternating"])
 def test_int64_dense_with_small_weight_sums_is_tensorized_and_exact(rng, target_name, pattern):
     """MiniLM's FFN output: int16 x int8 over K = 1536 needs ``acc_bits=64`` by dtypes alone, yet
     its weights bound every sum below 2**31; the packed kernel sums in int32 and must equal the
@@ -129,7 +211,7 @@ def test_gelu_table_int8_and_the_small_tensor_left_to_the_row_rule(rng):
 
 @pytest.mark.parametrize("target_name", ["vnni", "avx2"])
 @pytest.mark.parametrize("variant", ["ivit", "ibert", "division-free"])
-@pytest.mark.parametrize("pattern", ["min", "max", "random", "alternating"])
+@pytest.mark.parametrize("pattern", ["random", "alternating"])
 def test_softmax_rows_parallel_bit_exact(rng, target_name, variant, pattern):
     x = activations(rng, (2, 3, 16, 40), "int16", pattern)
     params = {"in_scale": 0.0034, "n": 14, "variant": variant, "exp_poly": 2, "out_dtype": "int16"}
@@ -139,4 +221,3 @@ def test_softmax_rows_parallel_bit_exact(rng, target_name, variant, pattern):
     assert_bit_exact(got, ref, f"softmax_int {variant} {pattern} on {target_name}")
 
 
-_ = (RULES, asm_of)
