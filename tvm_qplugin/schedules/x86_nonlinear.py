@@ -61,6 +61,12 @@ class SoftmaxRowsParallel(CpuKernelRule):
         return _rows_in_parallel(sch)
 
 
+def gelu_is_elementwise(params: dict) -> bool:
+    """Whether a ``gelu_int``'s output depends on each element alone: not the I-ViT paper's
+    ShiftGELU, which subtracts the row maximum (``--nonlinear ivit-paper``; ops/paper_core.py)."""
+    return params.get("variant") != "ivit-paper"
+
+
 class GeluTable(GeluInlineStages):
     """``gelu_int`` on int8 / int16 input with more elements than the dtype has values: the op's
     own TE definition evaluated once per input value, then each element gathered.
@@ -84,7 +90,7 @@ class GeluTable(GeluInlineStages):
         if target.kind.name != "llvm" or described is None or described[0] != self.op or PACKED_ATTR in func.attrs:
             return None
         shape, dtype = tuple(int(d) for d in func.params[0].ty.shape), str(func.params[0].ty.dtype)
-        if dtype not in ("int8", "int16"):
+        if dtype not in ("int8", "int16") or not gelu_is_elementwise(described[1]):
             return None
         lo, count = int(np.iinfo(dtype).min), 1 << np.iinfo(dtype).bits
         if int(np.prod(shape)) < self.MIN_ELEMENTS_PER_ENTRY * count:
