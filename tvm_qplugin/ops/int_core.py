@@ -47,6 +47,15 @@ def te_pre(d, k: int):
     return round_shift(d, k) if k > 0 else d
 
 
+def te_pre_bounded(v, k: int, dtype: str):
+    """``te_pre`` of an element of a ``dtype`` row entering LayerNorm / L2 normalisation, an int32
+    one clamped to ``+-LN_MAX_ABS`` (the bound their sums of squares are sized for)."""
+    v = te_pre(v.astype("int64"), k)
+    if dtype == "int32":
+        v = tirx.max(tirx.min(v, i64(nc.LN_MAX_ABS)), i64(-nc.LN_MAX_ABS))
+    return v
+
+
 def te_shiftexp(d, se: nc.ShiftExpConsts, division_free: bool):
     """ShiftExp of ``d <= 0`` (already pre-shifted), int64 expression."""
     ip = d + (d >> i64(1)) - (d >> i64(4))

@@ -37,7 +37,7 @@ from ..quant.scheme import softmax_format_of, variant_of
 from . import paper_core
 from .int_core import (check_int_dtype, i64, indicator, np_bitlen, np_ibert_exp, np_isqrt, np_pre, np_recip,
                        np_recip_norm, np_shiftexp, row_shape, stage, te_ibert_exp, te_isqrt_div, te_isqrt_newton,
-                       te_pre, te_recip, te_recip_norm, te_shiftexp)
+                       te_pre, te_pre_bounded, te_recip, te_recip_norm, te_shiftexp)
 from .registry import IntegerOp, register_op
 from .requant import clamp_cast, requant, round_shift
 
@@ -255,10 +255,7 @@ class LayerNormInt(IntegerOp):
             return paper_core.te_paper_layernorm(x, mult, bias, kind.paper, shift, qmin, qmax, out_dtype)
 
         def xi(*i):
-            v = te_pre(x(*i).astype("int64"), pre_shift)
-            if str(x.dtype) == "int32":
-                v = tirx.max(tirx.min(v, i64(nc.LN_MAX_ABS)), i64(-nc.LN_MAX_ABS))
-            return v
+            return te_pre_bounded(x(*i), pre_shift, str(x.dtype))
 
         k = te.reduce_axis((0, c), "k")
         total = te.compute(lead, lambda *i: te.sum(xi(*i, k), axis=k), name="row_sum")

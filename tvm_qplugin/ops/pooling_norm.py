@@ -23,7 +23,7 @@ from tvm import te, tirx
 from ..quant import abs_max, dyadic, round_shift_ref
 from ..quant import nonlinear_consts as nc
 from .int_core import (check_int_dtype, i64, indicator, np_bitlen, np_isqrt, np_pre, np_recip_norm, stage, te_bitlen,
-                       te_isqrt_newton, te_pre, te_recip_norm)
+                       te_isqrt_newton, te_pre, te_pre_bounded, te_recip_norm)
 from .registry import IntegerOp, register_op
 from .requant import clamp_cast, round_shift
 
@@ -115,10 +115,7 @@ class L2NormalizeInt(IntegerOp):
         qmin, qmax = -abs_max(L2_OUT_DTYPE), abs_max(L2_OUT_DTYPE) - 1
 
         def xi(*i):
-            v = te_pre(x(*i).astype("int64"), pre_shift)
-            if str(x.dtype) == "int32":
-                v = tirx.max(tirx.min(v, i64(nc.LN_MAX_ABS)), i64(-nc.LN_MAX_ABS))
-            return v
+            return te_pre_bounded(x(*i), pre_shift, str(x.dtype))
 
         kc = te.reduce_axis((0, c), "kc")
         ssq = te.compute(lead, lambda *i: te.sum(xi(*i, kc) * xi(*i, kc), axis=kc), name="row_ssq")
