@@ -14,7 +14,6 @@ import re
 import shutil
 import subprocess
 
-import numpy as np
 import pytest
 
 import tvm_qplugin as tq

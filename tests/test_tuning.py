@@ -30,7 +30,7 @@ import tvm_qplugin as tq
 from tvm_qplugin.errors import QPluginError
 from tvm_qplugin.targets import get_board
 from tvm_qplugin.tuning.apply import resolve_tuning
-from tvm_qplugin.tuning.database import META, RECORDS, WORKLOADS, TuningDB, TuningDBError
+from tvm_qplugin.tuning.database import META, RECORDS, TuningDB, TuningDBError
 from tvm_qplugin.tuning.isa import isa_key, restrict_target
 from tvm_qplugin.tuning.runners import InProcessBuilder
 from tvm_qplugin.tuning.tuner import tune

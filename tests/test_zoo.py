@@ -6,7 +6,6 @@ file is not cached yet.
 
 from __future__ import annotations
 
-import importlib.util
 from collections import Counter
 
 import numpy as np

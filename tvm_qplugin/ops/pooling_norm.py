@@ -23,7 +23,7 @@ from tvm import te, tirx
 from ..quant import abs_max, dyadic, round_shift_ref
 from ..quant import nonlinear_consts as nc
 from .int_core import (check_int_dtype, i64, indicator, np_bitlen, np_isqrt, np_pre, np_recip_norm, stage, te_bitlen,
-                       te_isqrt_newton, te_pre, te_pre_bounded, te_recip_norm)
+                       te_isqrt_newton, te_pre_bounded, te_recip_norm)
 from .registry import IntegerOp, register_op
 from .requant import clamp_cast, round_shift
 
