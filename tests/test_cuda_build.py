@@ -10,22 +10,26 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tvm
+from onnx_builders import OnnxGraph
 from tvm.script import tirx as T
 
 from qplugin_zoo import digits_split
 from qplugin_zoo.digits import digits_cnn_onnx
-from tvm_qplugin.build_cuda import build_cuda, cuda_target, find_nvcc, verify_gpu_kernels
+from tvm_qplugin.build_cuda import (
+    build_cuda,
+    cuda_target,
+    find_nvcc,
+    verify_gpu_kernels,
+)
 from tvm_qplugin.compiler import CompileOptions, integer_front
 from tvm_qplugin.errors import TargetError
 from tvm_qplugin.ops import OPS
 from tvm_qplugin.passes.verify_tir import scan_kernel
 from tvm_qplugin.schedules.cuda_int8 import RULES
 
-from onnx_builders import OnnxGraph
-
 ARCHS = ("sm_75", "sm_80", "sm_90")  # nvidia-t4, nvidia-a100, nvidia-h100
-REQUANT = dict(qmin=-128, qmax=127, out_dtype="int8")
-PER_CHANNEL = lambda n: [((n,), "int32"), ((n,), "int64"), ((n,), "int64")]  # noqa: E731 - bias, multiplier, shift
+REQUANT = {"qmin": -128, "qmax": 127, "out_dtype": "int8"}
+PER_CHANNEL = lambda n: [((n,), "int32"), ((n,), "int64"), ((n,), "int64")]
 # (op, argument types, params): one kernel of each shape family the dp4a rules take
 DP4A_KERNELS = {
     "dense_u8s8": ("dense_requant", [((16, 64), "uint8"), ((32, 64), "int8"), *PER_CHANNEL(32)], REQUANT),

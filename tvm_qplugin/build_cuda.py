@@ -25,7 +25,12 @@ from tvm import relax
 
 from .build import relax_pipeline
 from .errors import TargetError
-from .passes.verify import IntegerOnlyReport, check_lowered_kernels, kernel_origins, verify_integer_only
+from .passes.verify import (
+    IntegerOnlyReport,
+    check_lowered_kernels,
+    kernel_origins,
+    verify_integer_only,
+)
 from .schedules.cuda_int8 import FALLBACK, apply_cuda_schedules
 
 # Per-block limits every sm_75+ part has (CUDA programming guide, compute capability table);

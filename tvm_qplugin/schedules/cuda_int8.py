@@ -32,7 +32,7 @@ Note: tensor-core ``mma.sync`` s8 is not done here; ``__dp4a`` is what every sm_
 from __future__ import annotations
 
 import tvm
-import tvm.s_tir.tensor_intrin.dot_product_common  # noqa: F401 - registers the dp4a intrinsics
+import tvm.s_tir.tensor_intrin.dot_product_common
 from tvm.s_tir import dlight
 from tvm.s_tir import schedule as s_tir_schedule
 
@@ -76,17 +76,17 @@ def _dp4a_gemm(sch, batch, row, col, red, operands, intrin: str, other_red=()) -
     loop gives bindings ``tensorize`` cannot blockize); ``red``: the reduction
     loop to tensorize (its extent divisible by 4), already innermost; ``other_red``: the kernel's
     other reduction loops (a conv's ry, rx), kept serial outside the chunks; ``operands``: for each read
-    buffer of ``acc`` (index), the layout map putting the reduced axis last, or None.
+    buffer of ``acc`` (index), the layout map putting the reduced axis last (or None), and the name
+    of the kernel's own stage producing it (or None: a ``cache_read`` copies it).
     """
     acc, y = sch.get_sblock("acc"), sch.get_sblock("y")
     sch.reorder(*batch, row, col)
     if batch:
         sch.bind(sch.fuse(*batch) if len(batch) > 1 else batch[0], "blockIdx.z")
-    r, c = row, col
-    ty, tx = _divisor(sch.get(r).extent.value, THREADS_Y), _divisor(sch.get(c).extent.value, THREADS_X)
+    ty, tx = _divisor(sch.get(row).extent.value, THREADS_Y), _divisor(sch.get(col).extent.value, THREADS_X)
     kchunk = _divisor(sch.get(red).extent.value // 4, KCHUNKS)
-    ro, ri = sch.split(r, [None, ty])
-    co, ci = sch.split(c, [None, tx])
+    ro, ri = sch.split(row, [None, ty])
+    co, ci = sch.split(col, [None, tx])
     ko, kk, k4 = sch.split(red, [None, kchunk, 4])
     sch.reorder(ro, co, ri, ci, *other_red, ko, kk, k4)
     sch.bind(ro, "blockIdx.y")
@@ -165,7 +165,7 @@ class MatmulDp4a(CudaKernelRule):
         if a_dtype not in DP4A_OPERANDS or b_dtype not in DP4A_OPERANDS or sch.get(k).extent.value % 4:
             return False
         b_rank = len(sch.get(acc).reads[1].region)
-        swap_last = lambda *ix: (*ix[:-2], ix[-1], ix[-2])  # noqa: E731 - [..., k, n] -> [..., n, k]
+        swap_last = lambda *ix: (*ix[:-2], ix[-1], ix[-2])
         _dp4a_gemm(sch, lead, i, j, k, [(0, None, None), (1, swap_last if b_rank >= 2 else None, None)],
                    dp4a_intrin(a_dtype, b_dtype))
         return True
@@ -189,7 +189,7 @@ class Conv2DDp4a(CudaKernelRule):
         names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
         pad = "x_pad" if "x_pad" in names else None  # zero padding computed straight into the shared tile
         sch.reorder(ry, rx, rc)
-        to_nhwc = lambda b, c, h, w: (b, h, w, c)  # noqa: E731
+        to_nhwc = lambda b, c, h, w: (b, h, w, c)
         _dp4a_gemm(sch, [n, i], oc, j, rc, [(0, to_nhwc, pad), (1, to_nhwc, None)], dp4a_intrin(a_dtype, b_dtype),
                    other_red=(ry, rx))
         return True
