@@ -38,9 +38,10 @@ FLOAT_MATH_OPS = frozenset(f"tirx.{n}" for n in (
     "nextafter", "isnan", "isinf", "isfinite", "isnullptr_float"))
 EXTERN_CALLS = frozenset({"tirx.call_extern", "tirx.call_pure_extern"})
 LLVM_CALLS = frozenset({"tirx.call_llvm_intrin", "tirx.call_llvm_pure_intrin"})
-# External C functions accepted in an integer kernel. Empty on purpose: none of our kernels or
-# schedules calls one, and a C callee's arithmetic cannot be inspected here.
-INTEGER_EXTERNS: frozenset[str] = frozenset()
+# External functions accepted in an integer kernel: only CUDA integer intrinsics whose arithmetic
+# is fixed by the ISA (``__dp4a``: four 8-bit products summed into an int32, schedules/cuda_int8.py).
+# No C library function: a C callee's arithmetic cannot be inspected here.
+INTEGER_EXTERNS: frozenset[str] = frozenset({"__dp4a"})
 # LLVM intrinsics accepted in an integer kernel: integer multiply-add instructions that integer
 # GEMM tensorization routes emit (s_tir.tensor_intrin x86 VNNI / aarch64 dot product, and the
 # AVX2 u8 x s8 -> s16 -> s32 route of TVM_NOTES.md). Integer operands, integer results, no
