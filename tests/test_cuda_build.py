@@ -149,7 +149,7 @@ def integer_modules(tmp_path_factory):
     }
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", [pytest.param(a, marks=[] if a == "sm_80" else [pytest.mark.extended]) for a in ARCHS])
 @pytest.mark.parametrize("model", ["digits_cnn", "small_dense"])
 def test_model_builds_for_cuda_with_dp4a_hot_kernels_and_passes_the_checks(integer_modules, model, arch):
     built = build_cuda(integer_modules[model], arch)

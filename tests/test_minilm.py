@@ -38,6 +38,7 @@ def nearest_neighbour_agreement(ref: np.ndarray, got: np.ndarray) -> float:
     return float((sf.argmax(1) == sq.argmax(1)).mean())
 
 
+@pytest.mark.extended  # make test checks the whole graph (test_sentence_embedding.py); here each variant
 @pytest.mark.parametrize("variant", ["ivit", "ibert", "division-free"])
 def test_minilm_integer_only_bit_exact_and_close_to_fp32(sentences, fp32_embeddings, variant):
     calib, ev = sentences

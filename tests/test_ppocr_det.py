@@ -23,6 +23,7 @@ EVAL = ["page", "text", "coins", "rocket"]
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # 3 min; its former compile hang has a fast regression test in test_x86_kernels.py
 def test_ppocr_v5_det_integer_only_bit_exact_and_close_to_fp32():
     path = ppocr_det_onnx()
     calib = text_inputs(["page", "text", "camera", "coffee", "motorcycle_left", "china"], crops_per_photo=2, seed=0)

@@ -31,21 +31,29 @@ def _data(frames, states, picks):
 
 
 @pytest.mark.slow
-def test_silero_vad_streams_integer_only_and_agrees_with_fp32(streamed):
-    frames, probs, states = streamed
-    art = tq.compile(sv.silero_vad_onnx(), calib=_data(frames, states, np.arange(0, len(frames), 4)[:128]),
-                     eval=_data(frames, states, np.arange(2, len(frames), 16)[:32]), input_shapes=SHAPES,
-                     input_values={"sr": sv.RATE}, input_bits=16, timing_runs=3)
-    r = art.report
-    assert r["integer_only"] and r["float_ops"] == 0 and r["bit_exact"], r["bit_exact_kernels"]
-    assert [s.name for s in art.inputs] == ["input", "state"]
+def test_silero_vad_tutorial_streams_integer_only_and_agrees_with_fp32(tmp_path):
+    """tutorials/streaming_audio/vad.py as written (CLI compile, then the artifact streamed over the
+    whole track, each call fed its own previous state)."""
+    import json
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    p_int, _ = sv.stream(lambda x, s: art.run({"input": x, "state": s}), frames)
-    agree = float(((p_int > 0.5) == (probs > 0.5)).mean())
-    corr = float(np.corrcoef(p_int, probs)[0, 1])
-    log.warning("silero closed-loop over %d windows: decision agreement %.4f, correlation %.4f, max |dp| %.3f",
-                len(frames), agree, corr, float(np.abs(p_int - probs).max()))
-    assert agree >= 0.95 and corr >= 0.93, (agree, corr)  # ONNX Runtime static int8: 0.922, 0.860 (benchmarks/silero_vad.py)
+    repo = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, str(repo / "tutorials/streaming_audio/vad.py"), "--out", str(tmp_path)],
+                       capture_output=True, text=True, cwd=repo, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((tmp_path / "artifact" / "report.json").read_text())
+    assert report["integer_only"] and report["float_ops"] == 0 and report["bit_exact"], report["bit_exact_kernels"]
+    assert report["input_bits"] == 16 and [i["name"] for i in report["inputs"]] == ["input", "state"]
+    m = re.search(r"streamed (\d+) windows: speech-decision agreement with fp32 ([0-9.]+), correlation ([0-9.]+)",
+                  r.stdout)
+    assert m, r.stdout
+    windows, agree, corr = int(m.group(1)), float(m.group(2)), float(m.group(3))
+    log.warning("silero closed-loop over %d windows: decision agreement %.4f, correlation %.4f", windows, agree, corr)
+    # ONNX Runtime static int8 on the same track: 0.922, 0.860 (benchmarks/silero_vad.py)
+    assert windows > 1500 and agree >= 0.95 and corr >= 0.93, (agree, corr)
 
 
 @pytest.mark.slow
@@ -61,16 +69,3 @@ def test_silero_vad_c_package_on_cortex_m4_is_bit_exact(streamed, tmp_path):
     log.warning("silero on Cortex-M4: %s instructions per 32 ms window, arena %s bytes",
                 r["mcu"]["instructions_per_inference"], r["memory"]["peak_arena_bytes"])
 
-
-@pytest.mark.slow
-def test_streaming_audio_tutorial_runs_as_written(tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    repo = Path(__file__).resolve().parent.parent
-    r = subprocess.run([sys.executable, str(repo / "tutorials/streaming_audio/vad.py"), "--out", str(tmp_path),
-                        "--windows", "300"], capture_output=True, text=True, cwd=repo, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
-    agree = float(r.stdout.strip().rsplit(" ", 1)[-1])
-    assert agree >= 0.9, r.stdout
