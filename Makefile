@@ -40,7 +40,7 @@ demo: setup
 	$(BIN)/python examples/demo.py
 
 test: setup
-	$(BIN)/python -m pytest -q -n $(JOBS) --timeout 1800 -m "not extended" tests
+	$(BIN)/python -m pytest -q -n $(JOBS) --timeout 1800 --durations=20 -m "not extended" tests
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" tests
