@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # 3.3 min in CI: make test-extended
 def test_ddddocr_detector_integer_only_bit_exact_and_close_to_fp32():
     path = ddddocr_det_onnx()
     names, evals = evaluation_inputs()

@@ -6,7 +6,7 @@ TVM imported once; a signal kills only the worker, which is restarted and the ca
 failure). Every case must keep the contract checked by tests/fuzz_driver.py: exit 0 or 2, one
 stderr line on 2, no traceback, no signal, nothing half-written, no temp files left.
 
-Default size: ``QPLUGIN_FUZZ_CASES`` (250) cases, ~2 minutes on 2 idle cores. A long run::
+Default size: ``QPLUGIN_FUZZ_CASES`` (120) cases, ~2 minutes in `make test` on 2 cores. A long run::
 
     QPLUGIN_FUZZ_CASES=2000 python -m pytest -q -s tests/test_fuzz.py
 
@@ -27,7 +27,7 @@ from fuzz_mutations import Seeds, cases
 from onnx_builders import OnnxGraph
 
 ROOT = Path(__file__).resolve().parents[1]
-CASES = int(os.environ.get("QPLUGIN_FUZZ_CASES", "250"))
+CASES = int(os.environ.get("QPLUGIN_FUZZ_CASES", "120"))
 SEED = int(os.environ.get("QPLUGIN_FUZZ_SEED", "16"))
 
 

@@ -19,6 +19,7 @@ EVAL = ["page", "text", "motorcycle_left"]
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # 3.5 min in CI: make test-extended
 def test_picodet_layout_integer_only_bit_exact_and_close_to_fp32():
     path = picodet_layout_onnx()
     evals = layout_inputs(EVAL)
