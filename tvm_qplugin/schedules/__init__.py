@@ -28,21 +28,27 @@ RULES = [Conv2DTensorized(), DepthwiseConv2DTensorized(), DenseTensorized(), Mat
 __all__ = ["RULES", "apply_default_schedules", "pack_weights"]
 
 
-def apply_default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.IRModule, int]:
-    """Schedule every integer kernel some rule takes; returns the module and how many were scheduled."""
-    scheduled = 0
-    updates = {}
+def apply_rules(mod: tvm.IRModule, target: tvm.target.Target, rules) -> tuple[tvm.IRModule, list[str]]:
+    """Give each integer kernel of ``mod`` to the first of ``rules`` that takes it; returns the
+    module and the names of the kernels scheduled (any target family's rule list)."""
+    taken, updates = [], {}
     for gv, func in mod.functions.items():
         if not isinstance(func, tvm.tirx.PrimFunc) or op_of(func) is None:
             continue
-        for rule in RULES:
+        for rule in rules:
             new = rule.apply(func, target)
             if new is not None:
                 updates[gv] = new
-                scheduled += 1
+                taken.append(gv.name_hint)
                 break
     if updates:
         mod = mod.clone() if hasattr(mod, "clone") else mod
         for gv, func in updates.items():
             mod.update_func(gv, func)
-    return mod, scheduled
+    return mod, taken
+
+
+def apply_default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.IRModule, int]:
+    """Schedule every integer kernel some CPU rule takes; returns the module and how many were scheduled."""
+    mod, taken = apply_rules(mod, target, RULES)
+    return mod, len(taken)

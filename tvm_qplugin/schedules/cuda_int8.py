@@ -202,18 +202,6 @@ FALLBACK = dlight.ApplyDefaultSchedule(dlight.gpu.Fallback())
 def apply_cuda_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.IRModule, list[str]]:
     """Schedule the integer kernels :data:`RULES` take; returns the module and their names.
     The rest (and the layout kernels LegalizeOps adds later) is for :data:`FALLBACK`."""
-    taken, updates = [], {}
-    for gv, func in mod.functions.items():
-        if not isinstance(func, tvm.tirx.PrimFunc) or op_of(func) is None:
-            continue
-        for rule in RULES:
-            new = rule.apply(func, target)
-            if new is not None:
-                updates[gv] = new
-                taken.append(gv.name_hint)
-                break
-    if updates:
-        mod = mod.clone() if hasattr(mod, "clone") else mod
-        for gv, func in updates.items():
-            mod.update_func(gv, func)
-    return mod, taken
+    from . import apply_rules
+
+    return apply_rules(mod, target, RULES)
