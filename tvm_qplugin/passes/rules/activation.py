@@ -58,6 +58,16 @@ class QLookup(IntegerRule):
         return QValue(y, out_qt, nonneg)
 
 
+SQRT_MULTIPLIER_BITS = 22  # 4 * max|x| * m < 2**55 for any int32 input
+
+
+def sqrt_dyadic(ratio: float) -> tuple[int, int] | None:
+    """``(multiplier, shift)`` of ``sqrt_requant`` for ``X = x * ratio`` (``multiplier * 2**-shift``
+    ~ ratio with :data:`SQRT_MULTIPLIER_BITS` bits); None when that would need a negative shift."""
+    shift = SQRT_MULTIPLIER_BITS - 1 - int(np.floor(np.log2(ratio)))
+    return None if shift < 0 else (int(round(ratio * 2.0**shift)), shift)
+
+
 @register_rule
 class QSqrt(IntegerRule):
     """sqrt -> lut on an 8-bit input (exact, one load), else sqrt_requant: an integer square root on
@@ -65,7 +75,6 @@ class QSqrt(IntegerRule):
     spectrum, whose dynamic range the square doubles, that loses most of the quiet bins)."""
 
     ops = ("relax.sqrt",)
-    MULTIPLIER_BITS = 22  # 4 * max|x| * m < 2**55 for any int32 input
 
     def check(self, ctx, b):
         return None if dtype_of(b.var).startswith("float") else "integer input"
@@ -73,18 +82,17 @@ class QSqrt(IntegerRule):
     def rewrite(self, ctx, b):
         x = ctx.q(b.args[0])
         out_qt = ctx.out_qtype(b.var, True, wide_ok=False)
-        if x.qtype.dtype in ("int8", "uint8"):
-            table = lookup_table(_sqrt, x.qtype.dtype, x.qtype.scale, out_qt)
-            return QValue(ctx.emit("lut", [x.expr, const(table)]), out_qt, True)
-        ratio = x.qtype.scale / out_qt.scale**2  # X = x * ratio, y = round(sqrt(X))
-        shift = self.MULTIPLIER_BITS - 1 - int(np.floor(np.log2(ratio)))
-        if shift < 0 or 4 * x.qtype.qmax * ratio >= 2.0**55:
+        if x.qtype.dtype not in ("int8", "uint8"):
+            ratio = x.qtype.scale / out_qt.scale**2  # X = x * ratio, y = round(sqrt(X))
+            dyadic_sqrt = sqrt_dyadic(ratio)
+            if dyadic_sqrt is not None and 4 * x.qtype.qmax * ratio < 2.0**55:
+                multiplier, shift = dyadic_sqrt
+                y = ctx.emit("sqrt_requant", [x.expr], multiplier=multiplier, shift=shift, qmax=out_qt.qmax,
+                             out_dtype=out_qt.dtype)
+                return QValue(y, out_qt, True)
             x = ctx.narrow(x, signed=False)  # an output scale this coarse needs no more than 8 bits
-            table = lookup_table(_sqrt, x.qtype.dtype, x.qtype.scale, out_qt)
-            return QValue(ctx.emit("lut", [x.expr, const(table)]), out_qt, True)
-        multiplier = int(round(ratio * 2.0**shift))
-        y = ctx.emit("sqrt_requant", [x.expr], multiplier=multiplier, shift=shift, qmax=out_qt.qmax,
-                     out_dtype=out_qt.dtype)
+        table = lookup_table(_sqrt, x.qtype.dtype, x.qtype.scale, out_qt)
+        y = ctx.emit("lut", [x.expr, const(table)])
         return QValue(y, out_qt, True)
 
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 from tvm import relax
 
 from ...errors import UnsupportedOpError
 from ...quant import QType
 from ..graph import Binding, Graph, dtype_of
+from .activation import sqrt_dyadic
 from .base import RULES, IntegerRule, QValue
 
 INT32 = (-(2**31), 2**31 - 1)
@@ -103,13 +103,13 @@ class QMagnitude(IntegerRule):
         # int16 out: a spectrum is mostly quiet bins beside a few loud ones; 8 bits would zero the quiet
         lo, hi = ctx.ranges[b.var]
         out_qt = QType.for_range(0.0, hi, nonneg=False, bits=16)
-        ratio = a.qtype.scale**2 / out_qt.scale**2  # y = round(sqrt(power * ratio))
-        shift = 21 - int(np.floor(np.log2(ratio)))
-        if shift < 0:
+        dyadic_sqrt = sqrt_dyadic(a.qtype.scale**2 / out_qt.scale**2)  # y = round(sqrt(power * ratio))
+        if dyadic_sqrt is None:
             raise UnsupportedOpError(f"magnitude {b.var.name_hint}: output scale {out_qt.scale:g} finer than its inputs' "
                                      f"{a.qtype.scale:g} allow; recalibrate")
-        y = ctx.emit("sqrt_requant", [power], multiplier=int(round(ratio * 2.0**shift)), shift=shift,
-                     qmax=out_qt.qmax, out_dtype=out_qt.dtype)
+        multiplier, shift = dyadic_sqrt
+        y = ctx.emit("sqrt_requant", [power], multiplier=multiplier, shift=shift, qmax=out_qt.qmax,
+                     out_dtype=out_qt.dtype)
         return QValue(y, out_qt, True)
 
 
