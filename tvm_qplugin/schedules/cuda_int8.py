@@ -134,6 +134,15 @@ def _operand_dtypes(sch, block) -> list[str]:
     return [_dtype_of(region.source.ty) for region in sch.get(block).reads]
 
 
+def _dp4a_of(sch, acc, reduction) -> str | None:
+    """The dp4a intrinsic for the ``acc`` block's two operands, or None unless both are 8-bit and
+    the 4-wide ``reduction`` loop divides evenly."""
+    a_dtype, b_dtype = _operand_dtypes(sch, acc)
+    if a_dtype not in DP4A_OPERANDS or b_dtype not in DP4A_OPERANDS or sch.get(reduction).extent.value % 4:
+        return None
+    return dp4a_intrin(a_dtype, b_dtype)
+
+
 class DenseDp4a(CudaKernelRule):
     """``dense_requant`` (x[..., k] . w[n, k]): both operands already contiguous along k."""
 
@@ -143,11 +152,11 @@ class DenseDp4a(CudaKernelRule):
         if p.get("acc_bits", 32) != 32:
             return False
         acc = sch.get_sblock("acc")
-        a_dtype, b_dtype = _operand_dtypes(sch, acc)
         *lead, j, k = sch.get_loops(acc)
-        if a_dtype not in DP4A_OPERANDS or b_dtype not in DP4A_OPERANDS or sch.get(k).extent.value % 4:
+        intrin = _dp4a_of(sch, acc, k)
+        if intrin is None:
             return False
-        _dp4a_gemm(sch, lead[:-1], lead[-1], j, k, [(0, None, None), (1, None, None)], dp4a_intrin(a_dtype, b_dtype))
+        _dp4a_gemm(sch, lead[:-1], lead[-1], j, k, [(0, None, None), (1, None, None)], intrin)
         return True
 
 
@@ -160,14 +169,13 @@ class MatmulDp4a(CudaKernelRule):
         if p.get("acc_bits", 32) != 32:
             return False
         acc = sch.get_sblock("acc")
-        a_dtype, b_dtype = _operand_dtypes(sch, acc)
         *lead, i, j, k = sch.get_loops(acc)
-        if a_dtype not in DP4A_OPERANDS or b_dtype not in DP4A_OPERANDS or sch.get(k).extent.value % 4:
+        intrin = _dp4a_of(sch, acc, k)
+        if intrin is None:
             return False
         b_rank = len(sch.get(acc).reads[1].region)
         swap_last = lambda *ix: (*ix[:-2], ix[-1], ix[-2])
-        _dp4a_gemm(sch, lead, i, j, k, [(0, None, None), (1, swap_last if b_rank >= 2 else None, None)],
-                   dp4a_intrin(a_dtype, b_dtype))
+        _dp4a_gemm(sch, lead, i, j, k, [(0, None, None), (1, swap_last if b_rank >= 2 else None, None)], intrin)
         return True
 
 
@@ -182,16 +190,15 @@ class Conv2DDp4a(CudaKernelRule):
         if p["groups"] != 1:
             return False
         acc = sch.get_sblock("acc")
-        a_dtype, b_dtype = _operand_dtypes(sch, acc)
         n, oc, i, j, rc, ry, rx = sch.get_loops(acc)
-        if a_dtype not in DP4A_OPERANDS or b_dtype not in DP4A_OPERANDS or sch.get(rc).extent.value % 4:
+        intrin = _dp4a_of(sch, acc, rc)
+        if intrin is None:
             return False
         names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
         pad = "x_pad" if "x_pad" in names else None  # zero padding computed straight into the shared tile
         sch.reorder(ry, rx, rc)
         to_nhwc = lambda b, c, h, w: (b, h, w, c)
-        _dp4a_gemm(sch, [n, i], oc, j, rc, [(0, to_nhwc, pad), (1, to_nhwc, None)], dp4a_intrin(a_dtype, b_dtype),
-                   other_red=(ry, rx))
+        _dp4a_gemm(sch, [n, i], oc, j, rc, [(0, to_nhwc, pad), (1, to_nhwc, None)], intrin, other_red=(ry, rx))
         return True
 
 
