@@ -61,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--target", default="x86-host")
     c.add_argument("--calib", help="calibration data: FILE.npz or a directory of images")
     c.add_argument("--eval", help="FILE.npz of inputs (and optional 'labels') for the accuracy figure")
-    c.add_argument("--precision", default="int8")
+    c.add_argument("--precision", default="int8", help="int8 (default) | int4 (4-bit weights for every conv / dense but "
+                   "the first and last; 8-bit activations) | mixed (needs --layer-bits for now)")
+    c.add_argument("--layer-bits", metavar="FILE.json", help="per-layer widths {onnx_node: [w_bits, a_bits]} over "
+                   "--precision's plan (w_bits 4 | 8, a_bits 4 | 8)")
     c.add_argument("--observer", default=None, help="minmax | percentile (default, 99.999) | mse")
     c.add_argument("--nonlinear", default=NonlinearScheme.variant, help=" | ".join(VARIANTS) + " (the *-paper variants: "
                    "the published integer kernels bit for bit; they fix --gelu and --softmax-bits)")
@@ -128,7 +131,7 @@ def cmd_compile(a) -> int:
     pre = Preprocess(resize=a.resize, crop=a.crop, scale=a.scale, mean=a.mean, std=a.std, layout=a.layout,
                      grayscale=a.grayscale)
     art = compile_model(a.model, target=a.target, calib=a.calib, eval=a.eval, input_shapes=a.input_shape,
-                        preprocess=pre, precision=a.precision, nonlinear=a.nonlinear,
+                        preprocess=pre, precision=a.precision, layer_bits=a.layer_bits, nonlinear=a.nonlinear,
                         **({"observer": a.observer} if a.observer else {}),
                         attention=a.attention, int_io=a.int_io, gelu=a.gelu, softmax_bits=a.softmax_bits,
                         allow_float=allow_float, calib_limit=a.calib_limit, tuning_db=a.tuning_db, isa=a.isa,
@@ -237,6 +240,10 @@ def _precheck(a) -> None:
         specs = resolve_input_specs(onnx_model, a.model, parse_input_shapes(a.input_shape))
         check_supported(onnx_model, a.model)
         check_graph(onnx_model, a.model, {s.name: s.shape for s in specs})
+    if a.layer_bits is not None:
+        from .quant.precision import load_layer_bits
+
+        load_layer_bits(a.layer_bits)
     if a.calib is None:
         raise CalibrationError(f"no calibration data for {a.model!r}: pass --calib FILE.npz (one array per input: "
                                f"{', '.join(s.name for s in specs)}) or --calib DIR (images)")

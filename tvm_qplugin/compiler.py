@@ -24,6 +24,7 @@ from .passes.verify import check_lowered_kernels, kernel_origins, verify_integer
 from .progress import progress
 from .quant.scheme import NonlinearScheme
 from .quant.observers import DEFAULT_OBSERVER, OBSERVERS
+from .quant.precision import WeightedLayer, check_plan, load_layer_bits, uniform_plan, weighted_layers
 from .budget import Budget
 from .build import build
 from .diagnose import tensor_errors
@@ -35,7 +36,7 @@ from .tuning.isa import isa_key, restrict_target
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("int8",)
+PRECISIONS = ("int8", "int4", "mixed")
 ATTENTIONS = ("int8",)  # shiftadd (ShiftAddViT) is not implemented yet: refused, not ignored
 BIT_EXACT_MIN_INPUTS = 16
 
@@ -63,6 +64,7 @@ class CompileOptions:
     isa: str | None = None                        # --isa: build for a narrower x86 level (tuning/isa.py)
     input_values: dict | tuple | None = None      # --input-value: inputs fixed at compile time (passes/specialize.py)
     input_bits: int = 8                           # --input-bits 16: audio, sensor streams, recurrent states
+    layer_bits: dict | str | None = None          # --layer-bits FILE.json / {onnx_node: (w_bits, a_bits)}
 
     def __post_init__(self):
         if not isinstance(self.budget, Budget):
@@ -70,6 +72,8 @@ class CompileOptions:
         if self.precision not in PRECISIONS:
             raise QPluginError(f"--precision {self.precision!r} is not available in this version; choose one of "
                                f"{', '.join(PRECISIONS)}")
+        if self.layer_bits is not None:
+            object.__setattr__(self, "layer_bits", load_layer_bits(self.layer_bits))
         if self.observer not in OBSERVERS:
             raise QPluginError(f"--observer {self.observer!r}: choose one of {', '.join(sorted(OBSERVERS))}")
         if self.input_bits not in INPUT_BITS:
@@ -104,6 +108,8 @@ class IntegerFront:
     calib_ds: Dataset
     eval_ds: Dataset          # ``eval`` (loaded before calibrating: a bad file fails fast), else calib_ds
     imod: object              # passes.integerize.IntegerModule
+    layers: list[WeightedLayer]   # conv / dense layers with their ONNX node names (quant/precision.py)
+    layer_bits: dict          # {onnx node: (w_bits, a_bits)}: resolve_layer_bits's plan
 
 
 def integer_front(model, opts: CompileOptions, tvm_target: tvm.target.Target, calib, input_shapes=None,
@@ -120,14 +126,38 @@ def integer_front(model, opts: CompileOptions, tvm_target: tvm.target.Target, ca
     if eval_ds.labels is None and eval is None:
         eval_ds = calib_ds
     float_mod = canonicalize(imported.mod)
+    layers, names_matched = weighted_layers(float_mod["main"], imported.onnx_model)
+    plan = resolve_layer_bits(opts.precision, layers, names_matched, opts.layer_bits)  # before calibrating
     runner = FloatRunner(float_mod, tvm_target)
     ranges = calibrate(runner, calib_ds, opts.observer, opts.calib_limit, opts.show_progress)
     try:
-        imod = integerize(float_mod, ranges, IntegerizeConfig(int_io=opts.int_io, scheme=opts.scheme,
-                                                              input_bits=opts.input_bits))
+        imod = integerize(float_mod, ranges, IntegerizeConfig(
+            int_io=opts.int_io, scheme=opts.scheme, input_bits=opts.input_bits,
+            layer_bits=tuple((layer.var_name, *plan[layer.onnx_node]) for layer in layers)))
     except UnsupportedOpError as e:
         raise name_onnx_nodes(e, imported.onnx_model) from None
-    return IntegerFront(imported, float_mod, runner, calib_ds, eval_ds, imod)
+    return IntegerFront(imported, float_mod, runner, calib_ds, eval_ds, imod, layers, plan)
+
+
+def resolve_layer_bits(precision: str, layers: list[WeightedLayer], names_matched: bool = True,
+                       layer_bits: dict | None = None) -> dict[str, tuple[int, int]]:
+    """``{onnx node: (w_bits, a_bits)}`` for every conv / dense layer: the precision's uniform plan
+    with ``layer_bits`` (the user's, or the mixed-precision ILP's) on top, each entry checked.
+
+    int8: all (8, 8). int4: all (4, 8) but the first and last layer, which stay (8, 8) unless
+    ``layer_bits`` names them (HAWQ's convention, docs/architecture.md "Precision: int4").
+    mixed: the plan itself; without one it needs the ILP (tvm_qplugin/mixed/), refused for now.
+    """
+    check_plan(layer_bits or {}, layers, names_matched)
+    if precision == "mixed":
+        if not layer_bits:
+            raise QPluginError("--precision mixed needs a per-layer plan from the mixed-precision ILP, which this "
+                               "version does not have yet: pass --layer-bits FILE.json ({onnx_node: [w_bits, "
+                               "a_bits]}) or use --precision int8 | int4")
+        base = uniform_plan(layers, 8, keep_ends_8=False)
+    else:
+        base = uniform_plan(layers, 4 if precision == "int4" else 8, keep_ends_8=True)
+    return {**base, **(layer_bits or {})}
 
 
 def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, input_shapes=None,  # noqa: A001
@@ -194,6 +224,7 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
                               timing_s={"total": time.perf_counter() - t0, "tvm_build": build_s},
                               isa=None if c_route else isa_key(tvm_target))
     report.record_tuning(art.report, *tuning.report(imod.mod, imod.layers))
+    record_onnx_nodes(art.report, front.layers)
     if not c_route:
         add_kernel_times(art, imod, runs=3)
     if c_route:
@@ -201,6 +232,13 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
     if not bit_exact:
         log.error("compiled build differs from the NumPy reference: this is a bug, please report it")
     return art
+
+
+def record_onnx_nodes(r: dict, layers: list[WeightedLayer]) -> None:
+    """``layers[].onnx_node``: the ONNX node (the ``layer_bits`` key) behind each conv / dense layer."""
+    names = {layer.var_name: layer.onnx_node for layer in layers}
+    for layer in r["layers"]:
+        layer["onnx_node"] = names.get(layer["name"])
 
 
 def export_for_mcu(art: Artifact, board, ds: Dataset, opts: CompileOptions) -> None:

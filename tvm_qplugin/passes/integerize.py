@@ -50,12 +50,20 @@ class IntegerizeConfig:
     scheme: NonlinearScheme = NonlinearScheme()
     int_io: bool = False
     input_bits: int = 8          # float model inputs: 16 for audio / sensor streams and recurrent states
+    # per-layer (float binding name, w_bits, a_bits) of conv / dense layers (quant/precision.py);
+    # layers not listed get (weight_bits, activation_bits)
+    layer_bits: tuple[tuple[str, int, int], ...] = ()
 
     def __post_init__(self):
         if self.weight_bits != 8 or self.activation_bits != 8:
             raise ValueError("only the int8 scheme is implemented (weight_bits=8, activation_bits=8)")
         if self.input_bits not in INPUT_BITS:
             raise ValueError(f"input_bits {self.input_bits}: choose one of {INPUT_BITS}")
+
+    def bits_of(self, layer: str) -> tuple[int, int]:
+        """``(w_bits, a_bits)`` of the conv / dense binding named ``layer``."""
+        return next(((w, a) for name, w, a in self.layer_bits if name == layer),
+                    (self.weight_bits, self.activation_bits))
 
 
 class IntegerizeContext:

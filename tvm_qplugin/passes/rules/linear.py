@@ -8,8 +8,10 @@ import numpy as np
 from tvm import relax
 
 from ...ops import const
+from ...ops.int4_linear import weight_operand
 from ...quant import abs_max, dyadic
 from ...quant.accumulator import accumulator_for
+from ...quant.int4 import narrow_input, quantize_weight_int4
 from ..graph import Binding, shape_of
 from .base import IntegerRule, LayerInfo, QValue, clamp_bounds, register_rule
 
@@ -28,6 +30,11 @@ def quantize_weight_per_channel(w: np.ndarray, axis: int = 0) -> tuple[np.ndarra
     shape[axis] = -1
     wq = np.clip(np.floor(w / scale.reshape(shape) + 0.5), -127, 127).astype(np.int8)
     return wq, scale
+
+
+def quantize_weight(w: np.ndarray, axis: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel symmetric weights at ``bits`` (8: max scaling; 4: min-MSE clip, quant/int4.py)."""
+    return quantize_weight_int4(w, axis) if bits == 4 else quantize_weight_per_channel(w, axis)
 
 
 def requant_params(in_scale: float, w_scale: np.ndarray, out_scale: float,
@@ -88,18 +95,21 @@ class QConv2D(IntegerRule):
 
     def rewrite(self, ctx, b):
         w = ctx.const(b.args[1])
+        w_bits, a_bits = ctx.config.bits_of(b.name)
         x = ctx.narrow_for_accumulation(ctx.q(b.args[0]), int(np.prod(w.shape[1:])))
-        wq, w_scale = quantize_weight_per_channel(w, 0)
+        x = narrow_input(ctx, x, a_bits)
+        wq, w_scale = quantize_weight(w, 0, w_bits)
         corr = bias_correction(ctx, b.args[0], w, wq, w_scale, int(b.attrs.groups)) if ctx.config.bias_correction else None
         ep, out_qt, mult, shift, bias, qmin, qmax = _fused(ctx, b, x, wq, w_scale, 1, corr)
         a = b.attrs
         pad = [int(p) for p in a.padding]
-        y = ctx.emit("conv2d_requant", [x.expr, const(wq), const(bias), const(mult), const(shift)],
+        op, w_stored, w_params = weight_operand("conv2d_requant", wq, w_bits)
+        y = ctx.emit(op, [x.expr, const(w_stored), const(bias), const(mult), const(shift)],
                      strides=[int(s) for s in a.strides], padding=pad, dilation=[int(d) for d in a.dilation],
-                     groups=int(a.groups), qmin=qmin, qmax=qmax, out_dtype=out_qt.dtype)
+                     groups=int(a.groups), qmin=qmin, qmax=qmax, out_dtype=out_qt.dtype, **w_params)
         o, cg, kh, kw = w.shape
         n, _, oh, ow = shape_of(b.var)
-        ctx.layers.append(LayerInfo(b.name, "conv2d", 8, 8, n * o * oh * ow * cg * kh * kw, var=y))
+        ctx.layers.append(LayerInfo(b.name, "conv2d", w_bits, a_bits, n * o * oh * ow * cg * kh * kw, var=y))
         return _finish(ctx, b, ep, y, out_qt)
 
 
@@ -119,18 +129,20 @@ class QDense(IntegerRule):
 
     def rewrite(self, ctx, b):
         w = ctx.const(b.args[1]).T  # (N, K)
-        x = ctx.q(b.args[0])
+        w_bits, a_bits = ctx.config.bits_of(b.name)
+        x = narrow_input(ctx, ctx.q(b.args[0]), a_bits)
         # a wide (int16) input keeps its precision: accumulate in int64 when int32 could overflow,
         # with the multiplier's mantissa cut so that acc * b stays inside int64
         acc_bits, mantissa = accumulator_for(w.shape[1] * max(abs(x.qtype.qmin), x.qtype.qmax) * abs_max("int8"))
-        wq, w_scale = quantize_weight_per_channel(w, 0)
+        wq, w_scale = quantize_weight(w, 0, w_bits)
         corr = bias_correction(ctx, b.args[0], w, wq, w_scale) if ctx.config.bias_correction else None
         ep, out_qt, mult, shift, bias, qmin, qmax = _fused(ctx, b, x, wq, w_scale, -1, corr, mantissa)
         extra = {"acc_bits": 64} if acc_bits == 64 else {}
-        y = ctx.emit("dense_requant", [x.expr, const(wq), const(bias), const(mult), const(shift)],
-                     qmin=qmin, qmax=qmax, out_dtype=out_qt.dtype, **extra)
+        op, w_stored, w_params = weight_operand("dense_requant", wq, w_bits)
+        y = ctx.emit(op, [x.expr, const(w_stored), const(bias), const(mult), const(shift)],
+                     qmin=qmin, qmax=qmax, out_dtype=out_qt.dtype, **extra, **w_params)
         rows = int(np.prod(shape_of(b.var)[:-1]))
-        ctx.layers.append(LayerInfo(b.name, "dense", 8, 8, rows * w.shape[0] * w.shape[1], var=y))
+        ctx.layers.append(LayerInfo(b.name, "dense", w_bits, a_bits, rows * w.shape[0] * w.shape[1], var=y))
         return _finish(ctx, b, ep, y, out_qt)
 
 
