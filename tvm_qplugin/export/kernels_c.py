@@ -18,6 +18,7 @@ from . import scratch
 from .c_emit import CEmitter, c_array, c_dims, c_i32, c_i64, fits
 from .c_graph import MAX_DIMS, Ref, Step, dt_info, prod, row_major_strides
 from .kernels_c_coverage import CoverageKernelCalls, check_requant
+from .kernels_c_int4 import W4_OPS, Int4KernelCalls, w4_scratch_bytes, weight_shape
 
 # largest |x| a C GEMM input contributes per weight: the dtype's own bound, except uint8, which the
 # MVE path flips to int8 (x - 128) and corrects by 128 * sum(w): partial sums reach 256 * sum|w|
@@ -29,7 +30,7 @@ def conv_dims(s: Step) -> dict:
     """The shape fields of ``qk_conv_t`` for a conv2d_requant step (in the struct's order)."""
     x, w, p = s.args[0], s.args[1], s.params
     n, c, h, wd = x.shape
-    o, _, kh, kw = w.shape
+    o, _, kh, kw = weight_shape(s)
     _, _, oh, ow = s.out.shape
     (sh, sw), (dh, dw), (pt, pl, _pb, _pr) = p["strides"], p["dilation"], p["padding"]
     return dict(n=n, c=c, h=h, w=wd, o=o, oh=oh, ow=ow, kh=kh, kw=kw, sh=sh, sw=sw, dh=dh, dw=dw, pt=pt, pl=pl,
@@ -38,17 +39,17 @@ def conv_dims(s: Step) -> dict:
 
 def dense_dims(s: Step) -> dict:
     """The shape fields of ``qk_dense_t`` for a dense_requant step: x (m, k) times w (n, k)."""
-    nn_, k = s.args[1].shape
+    nn_, k = weight_shape(s)
     return dict(m=prod(s.args[0].shape[:-1]), k=k, n=nn_)
 
 
 def macs(s: Step) -> int:
     """Multiply-accumulates of a step (conv2d / dense; 0 for the others)."""
-    if s.op == "conv2d_requant":
+    if s.op in ("conv2d_requant", "conv2d_requant_w4"):
         n, o, oh, ow = s.out.shape
-        _, cg, kh, kw = s.args[1].shape
+        _, cg, kh, kw = weight_shape(s)
         return int(n * o * oh * ow * cg * kh * kw)
-    if s.op == "dense_requant":
+    if s.op in ("dense_requant", "dense_requant_w4"):
         d = dense_dims(s)
         return int(d["m"] * d["n"] * d["k"])
     return 0
@@ -56,6 +57,8 @@ def macs(s: Step) -> int:
 
 def scratch_bytes(s: Step) -> int:
     """Scratch bytes the step's kernel needs: its ``*_buffer_size`` formula (:mod:`.scratch`)."""
+    if s.op in W4_OPS:
+        return w4_scratch_bytes(s)
     kind = _SCRATCH_KIND.get(s.op)
     if kind is None:
         return 0
@@ -83,10 +86,13 @@ def broadcast_fields(s: Step, op: str) -> dict:
     return dict(ndim=nd, count=prod(out), flat=int(flat), shape=c_dims(out), sa=c_dims(strides(a.shape)),
                 sb=c_dims(strides(b.shape)))
 
-class KernelCalls(CEmitter, CoverageKernelCalls):
+class KernelCalls(CEmitter, CoverageKernelCalls, Int4KernelCalls):
     """The C call of every supported op (see the module docstring)."""
 
-    def _weights(self, s: Step, w2d: np.ndarray, bias, mult, shift, x: Ref, gemm: bool = True) -> dict:
+    def _weights(self, s: Step, w2d: np.ndarray, bias, mult, shift, x: Ref, gemm: bool = True,
+                 packed: np.ndarray | None = None) -> dict:
+        """Checks and constant arrays of a GEMM-shaped layer; ``packed``: int4 rows stored instead
+        of the int8 ones (the kernel widens them, and its weight sums, at run time)."""
         o, k = w2d.shape
         kp = (k + 3) // 4 * 4
         wp = np.zeros((o, kp), dtype=np.int8)
@@ -105,6 +111,8 @@ class KernelCalls(CEmitter, CoverageKernelCalls):
             raise UnsupportedOpError(f"C package: {s.name}: the int32 accumulator could overflow "
                                      f"(bound {int(bound.max())})")
         wcorr = "0"
+        if packed is not None:
+            wp, gemm = packed, False
         if gemm and x.dtype == "uint8":  # MVE GEMM path flips uint8 to int8: 128 * sum(w) per channel, MVE builds only
             name = f"qm_c{self.nconst}"
             self.nconst += 1

@@ -18,7 +18,7 @@ from .templates import fill, read_template
 
 _CTYPE = {code: ctype for code, ctype, _, _ in DTYPES.values()}
 #: order of the kinds in qkernels.c (a GEMM block precedes the conv2d / dense kernels that call it)
-KIND_ORDER = ["gemm", "conv2d", "dense", "requantize", "add", "maxpool", "avgpool", "sum", "maskfill",
+KIND_ORDER = ["gemm", "conv2d", "dense", "unpack4", "conv2dw4", "densew4", "requantize", "add", "maxpool", "avgpool", "sum", "maskfill",
               "lut", "mul", "prelu", "sqrt", "resize", "bilinear",
               "mmean", "l2norm", "padm", "logsm"]
 _BLOCK = re.compile(r"^//@@ (static|template ([a-z0-9]+)((?: [A-Z])*))\n(.*?)^//@@ end\n", re.M | re.S)
@@ -28,7 +28,8 @@ _DEFINITION = re.compile(r"^((?:void|int32_t) qk_\w+\(.*\)) \{$", re.M)
 def _templates() -> tuple[str, dict[str, tuple[list[str], str]]]:
     """(static block, {kind: (type parameter names, body)}) of qkernels.c.in."""
     static, blocks = "", {}
-    for m in _BLOCK.finditer(read_template("qkernels.c.in")):
+    text = read_template("qkernels.c.in") + read_template("qkernels_w4.c.in")  # int4 weights: their own file
+    for m in _BLOCK.finditer(text):
         if m.group(1) == "static":
             static = m.group(4)
         else:
