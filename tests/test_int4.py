@@ -7,8 +7,12 @@ import json
 
 import numpy as np
 import pytest
-from test_x86_kernels import activations, check_kernel, requant_consts
+import tvm
+from conftest import assert_bit_exact
+from test_x86_kernels import INSTRUCTION, TARGETS, activations, asm_of, one_op_module, requant_consts
+from tvm import relax
 
+from tvm_qplugin.build import build
 from tvm_qplugin.compiler import CompileOptions, resolve_layer_bits
 from tvm_qplugin.errors import QPluginError
 from tvm_qplugin.ops import OPS
@@ -16,8 +20,27 @@ from tvm_qplugin.ops.int4_linear import weight_operand
 from tvm_qplugin.passes.rules.linear import quantize_weight_per_channel
 from tvm_qplugin.quant.int4 import pack_int4, quantize_weight_int4, unpack_int4
 from tvm_qplugin.quant.precision import WeightedLayer, load_layer_bits
+from tvm_qplugin.schedules import pack_weights
+from tvm_qplugin.schedules.packing import packed_info
 
 PATTERNS = ("min", "max", "random", "alternating")
+
+
+def check_patterns(rng, op, x_shape, xdt, consts, target_name, **params):
+    """Build ``op`` once through build.build (the route of a compile) for ``target_name``; run it on
+    all-qmin, all-qmax, random and alternating inputs, each == the NumPy twin bit for bit. Returns
+    the packed kernel's description (None: plain TE kernel) and the assembly."""
+    x0 = activations(rng, x_shape, xdt, "random")
+    mod = one_op_module(op, x0, consts, **params)
+    infos = [packed_info(f) for f in pack_weights(mod, TARGETS[target_name]).functions.values()
+             if isinstance(f, tvm.tirx.PrimFunc)]
+    executable, _ = build(mod, TARGETS[target_name])
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    for pattern in PATTERNS:
+        x = activations(rng, x_shape, xdt, pattern)
+        got = vm["main"](tvm.runtime.tensor(x)).numpy()
+        assert_bit_exact(got, OPS[op].reference(x, *consts, **params), f"{op} {xdt} {pattern} on {target_name}")
+    return next((i for i in infos if i), None), asm_of(executable)
 
 
 def nibbles(rng, shape) -> np.ndarray:
@@ -78,21 +101,27 @@ def test_weight_operand_packs_only_at_four_bits(rng):
 
 @pytest.mark.parametrize("target_name", ["vnni", "avx2"])
 @pytest.mark.parametrize("xdt", ["uint8", "int8"])
-@pytest.mark.parametrize("pattern", PATTERNS)
 @pytest.mark.parametrize("case", [
     {"c": 3, "o": 16, "hw": (9, 9), "k": 3, "stride": 2, "pad": (1, 1, 1, 1), "groups": 1},   # stem: K = 27 (odd)
     {"c": 16, "o": 8, "hw": (5, 7), "k": 1, "stride": 1, "pad": (0, 0, 0, 0), "groups": 1},   # pointwise
     {"c": 12, "o": 12, "hw": (6, 6), "k": 3, "stride": 1, "pad": (0, 1, 2, 1), "groups": 12},  # depthwise: K = 9
 ])
-def test_w4_conv_bit_exact_at_extremes(rng, target_name, xdt, pattern, case):
-    """The packed kernel through build.build, the route of a compile, == the twin bit for bit."""
-    x = activations(rng, (1, case["c"], *case["hw"]), xdt, pattern)
+def test_w4_conv_bit_exact_at_extremes(rng, target_name, xdt, case):
+    """The packed kernel through build.build, the route of a compile, == the twin bit for bit; it
+    runs on the int8 tensorized rule (widened at build: schedules/x86_int4.py) and its dot
+    instruction."""
+    x_shape = (1, case["c"], *case["hw"])
     w = nibbles(rng, (case["o"], case["c"] // case["groups"], case["k"], case["k"]))
     params = {"strides": [case["stride"]] * 2, "padding": list(case["pad"]), "dilation": [1, 1],
               "groups": case["groups"], "qmin": -128, "qmax": 127, "out_dtype": "int8", "w_shape": list(w.shape)}
     consts = [pack_int4(w.reshape(w.shape[0], -1)), *requant_consts(rng, case["o"], 16)]
-    check_kernel("conv2d_requant_w4", x, consts, target_name, **params)
+    info, asm = check_patterns(rng, "conv2d_requant_w4", x_shape, xdt, consts, target_name, **params)
+    rule = "DepthwiseConv2DTensorized" if case["groups"] > 1 else "Conv2DTensorized"
+    assert info is not None and info["rule"] == rule and info["int4"] == "widened at build", info
+    if case["groups"] == 1:
+        assert INSTRUCTION[target_name][xdt] in asm
     # the twin widens the packed rows to exactly the int8 op's weights: same output
+    x = activations(rng, x_shape, xdt, "alternating")
     np.testing.assert_equal(OPS["conv2d_requant_w4"].reference(x, *consts, **params),
                             OPS["conv2d_requant"].reference(x, w, *consts[1:], **{k: v for k, v in params.items()
                                                                                    if k != "w_shape"}))
@@ -100,14 +129,20 @@ def test_w4_conv_bit_exact_at_extremes(rng, target_name, xdt, pattern, case):
 
 @pytest.mark.parametrize("target_name", ["vnni", "avx2"])
 @pytest.mark.parametrize("xdt", ["uint8", "int8", "int16"])
-@pytest.mark.parametrize("pattern", PATTERNS)
-def test_w4_dense_bit_exact_at_extremes(rng, target_name, xdt, pattern):
-    k, n = (37, 24)  # odd K: the padding nibble
-    x = activations(rng, (2, 3, k), xdt, pattern)
+@pytest.mark.parametrize("k", [37, 96])
+def test_w4_dense_bit_exact_at_extremes(rng, target_name, xdt, k):
+    """K = 96: the int8 tensorized GEMM on the widened rows; K = 37 (odd: the padding nibble, no
+    whole dot steps) stays the plain TE kernel that widens per call."""
+    n = 24
     w = nibbles(rng, (n, k))
     params = {"qmin": -128, "qmax": 127, "out_dtype": "int8", "w_shape": [n, k]}
-    check_kernel("dense_requant_w4", x, [pack_int4(w), *requant_consts(rng, n, 8 + (8 if xdt == "int16" else 0))],
-                 target_name, **params)
+    info, _ = check_patterns(rng, "dense_requant_w4", (2, 3, k), xdt,
+                             [pack_int4(w), *requant_consts(rng, n, 8 + (8 if xdt == "int16" else 0))], target_name,
+                             **params)
+    if k == 96 and xdt != "int16":
+        assert info is not None and info["rule"] == "DenseTensorized" and info["int4"] == "widened at build", info
+    if k == 37:
+        assert info is None
 
 
 LAYERS = [WeightedLayer(f"lv{i}", name, op, 100) for i, (name, op) in

@@ -15,6 +15,7 @@ from ..ops import op_of
 from .packing import pack_weights
 from .x86 import Conv2D1x1Reorder, DenseRowBlocks, GeluInlineStages, MatmulRequantIKJ
 from .x86_depthwise import DepthwiseConv2DTensorized
+from .x86_int4 import Int4WidenedAtBuild
 from .x86_int8 import Conv2DTensorized, DenseTensorized
 from .x86_matmul import MatmulTensorized
 from .x86_nonlinear import GeluRowsParallel, GeluTable, SoftmaxRowsParallel
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 RULES = [Conv2DTensorized(), DepthwiseConv2DTensorized(), DenseTensorized(), MatmulTensorized(),
          GeluTable(), GeluRowsParallel(), SoftmaxRowsParallel(),
          Conv2D1x1Reorder(), DenseRowBlocks(), MatmulRequantIKJ(), GeluInlineStages()]
+RULES.insert(0, Int4WidenedAtBuild([rule for rule in RULES if hasattr(rule, "pack")]))  # int4 -> the int8 packers
 __all__ = ["RULES", "apply_default_schedules", "pack_weights"]
 
 
