@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .ops.int4_linear import widened_site
 from .quant import qrange
 from .tie_solver import dot_range, may_tie, solve_dot, spread_sum, tie_step, tie_targets
 
@@ -339,3 +340,6 @@ def _ties_matmul(site, count):
 TIE_BUILDERS = {"avg_pool2d_requant": _ties_avg_pool, "matmul_requant": _ties_matmul,
                 "requantize": _ties_requantize, "sum_requant": _ties_sum, "add_requant": _ties_add,
                 "dense_requant": _ties_dense, "conv2d_requant": _ties_conv}
+# int4-weight kernels: the int8 builders on the widened weights (ops/int4_linear.py)
+TIE_BUILDERS["dense_requant_w4"] = lambda site, count: _ties_dense(widened_site(site), count)
+TIE_BUILDERS["conv2d_requant_w4"] = lambda site, count: _ties_conv(widened_site(site), count)

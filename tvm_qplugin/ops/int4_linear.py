@@ -82,3 +82,16 @@ def weight_operand(op: str, wq: np.ndarray, w_bits: int) -> tuple[str, np.ndarra
     if w_bits == 8:
         return op, wq, {}
     return f"{op}_w4", pack_int4(wq.reshape(wq.shape[0], -1)), {"w_shape": [int(d) for d in wq.shape]}
+
+
+def widened_site(site):
+    """A ``*_w4`` kernel site (tie_inputs.KernelSite) as its int8 twin sees it: the packed weight
+    constant widened to ``w_shape``, ``w_shape`` dropped -- so the int8 ops' exact-tie input
+    builders serve the int4 kernels unchanged."""
+    import dataclasses
+
+    w_shape = site.params["w_shape"]
+    args = list(site.args)
+    args[1] = unpack_int4(args[1], _row_len(w_shape)).reshape(w_shape)
+    params = {k: v for k, v in site.params.items() if k != "w_shape"}
+    return dataclasses.replace(site, op=site.op.removesuffix("_w4"), args=args, params=params)
