@@ -1,6 +1,6 @@
 """The C package's int4-weight kernels (export/kernels_c_int4.py, mcu/qkernels_w4.c.in) against
 the NumPy twins, bit for bit: on the host (sanitized), under qemu on Cortex-M4 (SMLAD path) and
-Cortex-M55 (MVE path), and with the widening tile shrunk so that every layer is split into tiles
+Cortex-M55 (MVE path), on aarch64 Linux (rpi4) under qemu-aarch64, and with the widening tile shrunk so that every layer is split into tiles
 (whole groups, channels of one group, dense output features)."""
 from __future__ import annotations
 
@@ -160,3 +160,11 @@ def test_w4_buffer_size_companions_equal_the_planner(which, request, tmp_path):
     out = subprocess.run([exe], capture_output=True, text=True, check=True).stdout.split("\n")
     assert {int(a): int(b) for a, b in (line.split() for line in out if line)} == \
         {s["index"]: s["scratch_bytes"] for s in steps}
+
+
+def test_w4_aarch64_linux_under_qemu(zoo, tmp_path):
+    """The same package cross-compiled for a Linux board (rpi4: Cortex-A72), run under qemu-aarch64."""
+    pkg, _, samples, want = zoo
+    b = get_board("rpi4")
+    exe = harness.build_linux(pkg, b, tmp_path / "build")
+    _check(harness.run_linux(exe, pkg, b, samples, tmp_path / "run"), want, "rpi4")
