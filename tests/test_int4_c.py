@@ -1,7 +1,7 @@
 """The C package's int4-weight kernels (export/kernels_c_int4.py, mcu/qkernels_w4.c.in) against
-the NumPy twins, bit for bit: on the host (sanitized), under qemu on Cortex-M4 (SMLAD path) and
-Cortex-M55 (MVE path), on aarch64 Linux (rpi4) under qemu-aarch64, and with the widening tile shrunk so that every layer is split into tiles
-(whole groups, channels of one group, dense output features)."""
+the NumPy twins, bit for bit: on the host (sanitized), under qemu on Cortex-M4 (SMLAD path),
+Cortex-M55 (MVE path) and aarch64 Linux (rpi4), and with the widening tile shrunk so that every
+layer is split into tiles (whole groups, channels of one group, dense output features)."""
 from __future__ import annotations
 
 import subprocess
