@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-from test_cli import DIGITS, data, run_cli  # noqa: F401  (data: the module-scoped .npz fixture)
+from test_cli import DIGITS, data, ok, run_cli  # noqa: F401  (data: the module-scoped .npz fixture)
 
 import tvm_qplugin as tq
 from qplugin_zoo import digits_split
-from tvm_qplugin.reference import ReferenceInterpreter
 
 
 def _compile(**options):
@@ -69,17 +67,20 @@ def test_int4_accuracy_on_the_labelled_digits(int4, int8):
     assert a4 >= a8 - 0.03, (a4, a8)
 
 
-def test_layer_bits_plan_with_4_bit_activations_is_bit_exact():
-    """A per-layer plan over int8: one conv with 4-bit weights and 4-bit input (requantized to 15
-    levels in uint8), the classifier at 4-bit weights; every kernel equals the NumPy reference."""
-    art = _compile(layer_bits={"node_Conv_87": (4, 4), "node_linear": (4, 8)})
-    r = art.report
-    assert r["bit_exact"] is True
+def test_cli_layer_bits_plan_with_4_bit_activations_saved_and_verified(tmp_path, data):  # noqa: F811
+    """``--layer-bits`` over int8: one conv with 4-bit weights and a 4-bit input (requantized to 15
+    levels in uint8), the classifier at 4-bit weights; bit-exact, and the saved OUTDIR reloads and
+    verifies bit for bit (``verify``: the reference on random inputs)."""
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"node_Conv_87": [4, 4], "node_linear": [4, 8]}))
+    out = tmp_path / "out"
+    ok(run_cli("compile", DIGITS, "--calib", data["calib"], "--eval", data["eval"], "--layer-bits", plan, "-o", out))
+    r = json.loads((out / "report.json").read_text())
+    assert r["bit_exact"] is True and r["precision"] == "int8"
     by_node = {layer["onnx_node"]: (layer["w_bits"], layer["a_bits"]) for layer in r["layers"]}
     assert by_node["node_Conv_87"] == (4, 4) and by_node["node_linear"] == (4, 8) and by_node["node_Conv_85"] == (8, 8)
-    q = art.quantize_inputs({"input": digits_split()[2][:1]})
-    ref = ReferenceInterpreter(art.integer_mod).run(art.integer_function, *q)
-    np.testing.assert_equal(art.run_integer(q)[0], ref[0])
+    res = json.loads(ok(run_cli("verify", out, "--count", "8")))
+    assert res["bit_exact"] is True and res["integer_only"] is True and res["mismatches"] == []
 
 
 def test_int4_c_package_bit_exact_under_qemu_cortex_m4():
