@@ -224,7 +224,7 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
                               timing_s={"total": time.perf_counter() - t0, "tvm_build": build_s},
                               isa=None if c_route else isa_key(tvm_target))
     report.record_tuning(art.report, *tuning.report(imod.mod, imod.layers))
-    record_onnx_nodes(art.report, front.layers)
+    report.record_onnx_nodes(art.report, {layer.var_name: layer.onnx_node for layer in front.layers})
     if not c_route:
         add_kernel_times(art, imod, runs=3)
     if c_route:
@@ -232,13 +232,6 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
     if not bit_exact:
         log.error("compiled build differs from the NumPy reference: this is a bug, please report it")
     return art
-
-
-def record_onnx_nodes(r: dict, layers: list[WeightedLayer]) -> None:
-    """``layers[].onnx_node``: the ONNX node (the ``layer_bits`` key) behind each conv / dense layer."""
-    names = {layer.var_name: layer.onnx_node for layer in layers}
-    for layer in r["layers"]:
-        layer["onnx_node"] = names.get(layer["name"])
 
 
 def export_for_mcu(art: Artifact, board, ds: Dataset, opts: CompileOptions) -> None:

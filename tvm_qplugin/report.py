@@ -55,6 +55,12 @@ def build(imported, board, opts, imod, iv, weights: int, checks: dict, accuracy:
     }
 
 
+def record_onnx_nodes(r: dict, names: dict[str, str]) -> None:
+    """``layers[].onnx_node``: the ONNX node (the ``layer_bits`` key) behind each conv / dense layer."""
+    for layer in r["layers"]:
+        layer["onnx_node"] = names.get(layer["name"])
+
+
 def record_c_package(r: dict, res: dict, board) -> None:
     """Memory, emulated bit-exactness and instruction counts of the exported C package (``res``:
     what ``export.export_mcu`` returns). The board runs emulated, so there is no latency."""
