@@ -53,6 +53,7 @@ def test_int4_is_bit_exact_and_keeps_the_ends_at_8(int4):
     assert len(_int4_calls(int4)) == len(bits) - 2
 
 
+@pytest.mark.extended  # a second whole compile (int8), only for this comparison
 def test_int4_weights_are_measured_smaller(int8, int4):
     """The report's weight bytes count the packed bytes: each int4 layer saves o*K - o*ceil(K/2)."""
     saved = sum(w.shape[0] * (2 * w.shape[1]) - w.size for _, w in _int4_calls(int4))
@@ -60,11 +61,11 @@ def test_int4_weights_are_measured_smaller(int8, int4):
     assert w4 < w8 and w8 - w4 >= saved - 8 * len(_int4_calls(int4)), (w8, w4, saved)
 
 
-def test_int4_accuracy_on_the_labelled_digits(int4, int8):
-    """Top-1 agreement with fp32 on held-out digits (int8 ~1.0): int4 weights in the middle layers
-    stay within 3 points (measured 0.99; benchmarks/precision_accuracy.py has the full figures)."""
-    a4, a8 = int4.report["accuracy"]["value"], int8.report["accuracy"]["value"]
-    assert a4 >= a8 - 0.03, (a4, a8)
+def test_int4_accuracy_on_held_out_digits(int4):
+    """Top-1 agreement with fp32 on 64 held-out digits (int8: 1.0): int4 weights in the middle
+    layers stay within 3 points (measured 0.994 on all 540; benchmarks/precision_accuracy.py)."""
+    acc = int4.report["accuracy"]
+    assert acc["data"] == "eval" and acc["value"] >= 0.97, acc
 
 
 def test_cli_layer_bits_plan_with_4_bit_activations_saved_and_verified(tmp_path, data):  # noqa: F811
