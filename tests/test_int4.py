@@ -24,6 +24,7 @@ from tvm_qplugin.schedules import pack_weights
 from tvm_qplugin.schedules.packing import packed_info
 
 PATTERNS = ("min", "max", "random", "alternating")
+PLAIN_TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64"})  # SSE2 only: no tensorized rule
 
 
 def check_patterns(rng, op, x_shape, xdt, consts, target_name, **params):
@@ -32,9 +33,9 @@ def check_patterns(rng, op, x_shape, xdt, consts, target_name, **params):
     the packed kernel's description (None: plain TE kernel) and the assembly."""
     x0 = activations(rng, x_shape, xdt, "random")
     mod = one_op_module(op, x0, consts, **params)
-    infos = [packed_info(f) for f in pack_weights(mod, TARGETS[target_name]).functions.values()
+    infos = [packed_info(f) for f in pack_weights(mod, TARGETS.get(target_name) or PLAIN_TARGET).functions.values()
              if isinstance(f, tvm.tirx.PrimFunc)]
-    executable, _ = build(mod, TARGETS[target_name])
+    executable, _ = build(mod, TARGETS.get(target_name) or PLAIN_TARGET)
     vm = relax.VirtualMachine(executable, tvm.cpu())
     for pattern in PATTERNS:
         x = activations(rng, x_shape, xdt, pattern)
@@ -125,6 +126,17 @@ def test_w4_conv_bit_exact_at_extremes(rng, target_name, xdt, case):
     np.testing.assert_equal(OPS["conv2d_requant_w4"].reference(x, *consts, **params),
                             OPS["conv2d_requant"].reference(x, w, *consts[1:], **{k: v for k, v in params.items()
                                                                                    if k != "w_shape"}))
+
+
+@pytest.mark.parametrize("xdt", ["uint8", "int8"])
+def test_w4_conv_plain_kernel_widens_per_call(rng, xdt):
+    """Where no tensorized rule applies (SSE2 only), the TE kernel's own ``w_unpacked`` stage runs."""
+    w = nibbles(rng, (6, 4, 3, 3))
+    params = {"strides": [1, 1], "padding": [1, 1, 1, 1], "dilation": [1, 1], "groups": 1, "qmin": -128,
+              "qmax": 127, "out_dtype": "int8", "w_shape": [6, 4, 3, 3]}
+    info, _ = check_patterns(rng, "conv2d_requant_w4", (1, 4, 5, 6), xdt,
+                             [pack_int4(w.reshape(6, -1)), *requant_consts(rng, 6, 16)], "plain", **params)
+    assert info is None
 
 
 @pytest.mark.parametrize("target_name", ["vnni", "avx2"])
