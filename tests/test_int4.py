@@ -205,3 +205,15 @@ def test_layer_bits_file_is_read_and_checked(tmp_path):
     for name, match in cases.items():
         with pytest.raises(QPluginError, match=match):
             load_layer_bits(str(tmp_path / name))
+
+
+def test_report_says_how_int4_weights_are_widened():
+    """layers[].kernel.why of an int4 layer: at build (tensorized) or per call (the fallback)."""
+    from tvm_qplugin.schedules.x86_int4 import int4_kernel_note
+
+    base = {"source": "tensorir-default", "why": "x"}
+    assert int4_kernel_note(base, "conv2d_requant_u8s8_u8", {}) is base
+    at_build = int4_kernel_note(base, "conv2d_requant_w4_u8s8_u8", {"conv2d_requant_w4_u8s8_u8": {"int4": "w"}})
+    assert at_build["why"].startswith("int4 weights widened at build into the int8 kernel; ")
+    per_call = int4_kernel_note(base, "dense_requant_w4_s8s8_s8", {})
+    assert per_call["why"].startswith("int4 weights widened per call by the plain TE kernel")

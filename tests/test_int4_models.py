@@ -51,6 +51,8 @@ def test_int4_is_bit_exact_and_keeps_the_ends_at_8(int4):
     assert bits[0] == bits[-1] == (8, 8) and bits[1:-1] == [(4, 8)] * (len(bits) - 2), bits
     assert [layer["onnx_node"] for layer in r["layers"]][0] == "node_Conv_83"
     assert len(_int4_calls(int4)) == len(bits) - 2
+    whys = [layer["kernel"]["why"] for layer in r["layers"][1:-1]]
+    assert all(w.startswith("int4 weights widened at build into the int8 kernel") for w in whys), whys
 
 
 @pytest.mark.extended  # a second whole compile (int8), only for this comparison

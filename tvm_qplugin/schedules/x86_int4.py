@@ -76,3 +76,14 @@ def _info(func) -> dict:
     import json
 
     return json.loads(str(func.attrs[PACKED_ATTR]))
+
+
+def int4_kernel_note(kernel: dict, name: str | None, packed: dict) -> dict:
+    """``layers[].kernel`` of an int4 layer says how its weights are widened: at build into the
+    int8 tensorized kernel (``packed[name]`` carries ``int4``), or per call by the plain TE kernel
+    (the fallback, e.g. on an ISA without the dot instructions)."""
+    if not name or "_w4_" not in name:
+        return kernel
+    how = "widened at build into the int8 kernel" if "int4" in packed.get(name, {}) else \
+        "widened per call by the plain TE kernel (no tensorized int8 rule takes it)"
+    return {**kernel, "why": f"int4 weights {how}; {kernel['why']}"}

@@ -104,7 +104,10 @@ class AppliedTuning:
             log.warning("tuning database %s has no record for %d kernel(s), default schedules used: %s (tune this "
                         "model: `tvm-qplugin tune`)", db.path, len(self.untuned), names)
         kernel_of = _kernel_of_var(mod)
-        return section, [self._kernel_source(kernel_of.get(info.var)) for info in layers]
+        from ..schedules.x86_int4 import int4_kernel_note
+
+        return section, [int4_kernel_note(self._kernel_source(k), k, self.tensorized)
+                         for k in (kernel_of.get(info.var) for info in layers)]
 
     def _kernel_source(self, name: str | None) -> dict:
         db = self.db
