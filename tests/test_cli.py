@@ -3,10 +3,8 @@ compile (summary + report.json), verify, and --int-io."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import tvm_qplugin as tq
+from cli_run import ok, run_cli
 from qplugin_zoo import digits_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,16 +22,6 @@ REPORT_KEYS = ("model", "target", "precision", "nonlinear", "attention", "intege
                "bit_exact", "bit_exact_inputs", "accuracy", "size_bytes", "layers", "latency_ms", "tuning", "toolchain")
 
 
-def run_cli(*args, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "TVM_QPLUGIN_NATIVE_LOG"}
-    return subprocess.run([sys.executable, "-m", "tvm_qplugin", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd or ROOT, env=env, timeout=600)
-
-
-def ok(r: subprocess.CompletedProcess) -> str:
-    assert r.returncode == 0, f"exit {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
-    assert "Traceback" not in r.stderr and "error" not in r.stderr.lower(), r.stderr
-    return r.stdout
 
 
 @pytest.fixture(scope="module")

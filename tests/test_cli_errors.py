@@ -14,6 +14,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import tvm_qplugin as tq
+from cli_run import assert_user_error, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "examples" / "digits_cnn.onnx"
@@ -21,23 +22,6 @@ OPSET = 18
 
 
 # --- helpers -------------------------------------------------------------------------------------
-def run_cli(*args, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "TVM_QPLUGIN_NATIVE_LOG"}
-    return subprocess.run([sys.executable, "-m", "tvm_qplugin", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd or ROOT, env=env, timeout=600)
-
-
-def assert_user_error(r: subprocess.CompletedProcess, *names) -> str:
-    """Exit 2, exactly one stderr line ``tvm-qplugin: error: ...`` containing every name; no traceback."""
-    assert "Traceback" not in r.stderr, r.stderr
-    assert r.returncode == 2, f"exit {r.returncode}; stderr: {r.stderr}"
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1 and r.stderr == lines[0] + "\n", f"expected one stderr line, got: {r.stderr!r}"
-    line = lines[0]
-    assert line.startswith("tvm-qplugin: error:"), line
-    for n in names:
-        assert str(n) in line, f"{n!r} not named in: {line}"
-    return line
 
 
 def tmp_siblings(outdir: Path) -> list[str]:

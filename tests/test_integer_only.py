@@ -5,9 +5,6 @@ allowed finding makes ``integer_only`` false; ``tvm-qplugin verify`` re-checks t
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +21,7 @@ from tvm_qplugin.passes.verify import (INTEGER_RELAX_OPS, check_integer_only, ch
                                        kernel_origins, verify_integer_only)
 from tvm_qplugin.passes.verify_tir import INTEGER_LLVM_INTRINSICS, scan_kernel
 from tvm_qplugin.reference import _LAYOUT_OPS
+from cli_run import run_cli
 from qplugin_zoo import digits_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -242,10 +240,6 @@ def calib_npz(tmp_path_factory) -> Path:
     return path
 
 
-def run_cli(*args) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "TVM_QPLUGIN_NATIVE_LOG"}
-    return subprocess.run([sys.executable, "-m", "tvm_qplugin", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=600)
 
 
 def test_cli_unknown_allow_float_exits_2_with_one_line(tmp_path, calib_npz):

@@ -3,16 +3,12 @@ memory in report.json, `verify OUT` re-runs it; budgets fail with a one-line err
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from cli_run import run_cli
 from qplugin_zoo import digits_split
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -24,15 +20,12 @@ def data(tmp_path_factory):
     return d
 
 
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "tvm_qplugin", *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO, timeout=900)
 
 
 @pytest.mark.parametrize("board", ["nrf52840", "qemu-mps3-an547"])
 def test_compile_for_board_and_verify(data, board):
     out = data / f"out-{board}"
-    r = cli("compile", "examples/digits_cnn.onnx", "--target", board, "--calib", data / "calib.npz", "--eval",
+    r = run_cli("compile", "examples/digits_cnn.onnx", "--target", board, "--calib", data / "calib.npz", "--eval",
             data / "eval.npz", "-o", out)
     assert r.returncode == 0, r.stderr
     assert "C package    bit-exact yes under emulation" in r.stdout
@@ -43,7 +36,7 @@ def test_compile_for_board_and_verify(data, board):
     assert mem["flash_bytes"] > mem["weights_bytes"] > 0 and mem["stack_bytes"] > 0
     assert all(layer.get("instructions_per_mac") for layer in rep["layers"])
     assert (out / "c" / "model.h").is_file() and (out / "c" / "CMakeLists.txt").is_file()
-    v = cli("verify", out, "--count", "3")
+    v = run_cli("verify", out, "--count", "3")
     assert v.returncode == 0, v.stderr
     res = json.loads(v.stdout)
     assert res["bit_exact"] and res["c_package_host"]["bit_exact"] and res["c_package_board"]["bit_exact"]
@@ -51,7 +44,7 @@ def test_compile_for_board_and_verify(data, board):
 
 def test_budget_overflow_is_a_one_line_error(data):
     out = data / "out-budget"
-    r = cli("compile", "examples/digits_cnn.onnx", "--target", "nrf52840", "--calib", data / "calib.npz",
+    r = run_cli("compile", "examples/digits_cnn.onnx", "--target", "nrf52840", "--calib", data / "calib.npz",
             "--budget", "ram=1KB", "-o", out)
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
@@ -60,7 +53,7 @@ def test_budget_overflow_is_a_one_line_error(data):
 
 
 def test_bad_budget_syntax(data):
-    r = cli("compile", "examples/digits_cnn.onnx", "--target", "nrf52840", "--calib", data / "calib.npz",
+    r = run_cli("compile", "examples/digits_cnn.onnx", "--target", "nrf52840", "--calib", data / "calib.npz",
             "--budget", "ram=lots", "-o", data / "x")
     assert r.returncode == 2 and "--budget" in r.stderr
 
@@ -68,7 +61,7 @@ def test_bad_budget_syntax(data):
 def test_compile_for_aarch64_linux_board(data):
     """Linux boards get the same C package as a deploy bundle, run under qemu-aarch64 on the board's core."""
     out = data / "out-rpi5"
-    r = cli("compile", "examples/digits_cnn.onnx", "--target", "rpi5", "--calib", data / "calib.npz", "-o", out)
+    r = run_cli("compile", "examples/digits_cnn.onnx", "--target", "rpi5", "--calib", data / "calib.npz", "-o", out)
     assert r.returncode == 0, r.stderr
     rep = json.loads((out / "report.json").read_text())
     assert rep["mcu"]["bit_exact"] and rep["mcu"]["verified_on"] == "rpi5" and rep["bit_exact"]

@@ -79,6 +79,7 @@ class Artifact:
     executable: object = None
     library: object = None
     c_package: Path | None = None   # MCU targets: the C package, saved as OUT/c
+    cuda_build: object = None       # NVIDIA targets: build_cuda.CudaBuild, saved as OUT/cuda
     scratch_dirs: list = field(default_factory=list)  # TemporaryDirectory objects: deleted with the artifact
     build_target: object = None     # the tvm Target the library was built for (None: loaded -- the host's)
     _vm: object = None
@@ -159,6 +160,10 @@ class Artifact:
             (tmp / "report.json").write_text(json.dumps(self.report, indent=2, default=_json_default))
             if self.c_package is not None:  # MCU targets: the standalone C package
                 shutil.copytree(self.c_package, tmp / "c", ignore=shutil.ignore_patterns("build*", "*.o", "*.elf"))
+            if self.cuda_build is not None:  # NVIDIA targets: the GPU library, its CUDA C and PTX
+                from .compile_cuda import save_cuda_build
+
+                save_cuda_build(self.cuda_build, tmp / "cuda")
             write_manifest(tmp)
             _install(tmp, outdir)
         except BaseException as e:

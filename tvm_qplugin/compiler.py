@@ -176,18 +176,26 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
     opts = CompileOptions(target=target, **options)
     board = get_board(opts.target)
     c_route = board.is_mcu or (board.family == "aarch64" and board.os == "linux")
-    if not board.runs_here and not c_route:
+    cuda_route = board.family == "cuda"  # host-verified integer graph, then its CUDA build (compile_cuda.py)
+    if not board.runs_here and not c_route and not cuda_route:
         raise QPluginError(f"target {board.name!r} ({board.runner}) is not supported by `compile` yet: this version "
-                           "builds x86-host, aarch64 Linux and Cortex-M targets")
+                           "builds x86-host, aarch64 Linux, Cortex-M and NVIDIA (CUDA) targets")
+    if cuda_route:
+        from .compile_cuda import check_cuda_board
+
+        check_cuda_board(board)
+        if opts.isa is not None or opts.tuning_db is not None:
+            raise QPluginError(f"--isa and --tuning-db apply to x86 builds; {board.name} gets a CUDA build whose "
+                               "kernels are not tuned in this version: drop them")
     opts.budget.check_enforceable(board, c_package=c_route)
     if c_route:  # the integer graph is built and checked on the host, then exported as C and run emulated
         opts = CompileOptions(**{**opts.__dict__, "int_io": True})
-    host = get_board("x86-host") if c_route else board
+    host = get_board("x86-host") if c_route or cuda_route else board
     if opts.isa is not None and c_route:
         raise QPluginError(f"--isa applies to targets built by TVM and run here (x86-host); {board.name} gets a C "
                            "package built by its own cross compiler: drop --isa")
     tvm_target = restrict_target(host.target(), opts.isa)
-    tuning = resolve_tuning(opts.tuning_db, board, tvm_target, builds_tvm=not c_route)  # before the long steps
+    tuning = resolve_tuning(opts.tuning_db, host, tvm_target, builds_tvm=not c_route)  # before the long steps
     t0 = time.perf_counter()
     front = integer_front(model, opts, tvm_target, calib, input_shapes, preprocess, eval=eval)
     imported, float_mod, runner, imod = front.imported, front.float_mod, front.runner, front.imod
@@ -225,10 +233,14 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
                               isa=None if c_route else isa_key(tvm_target))
     report.record_tuning(art.report, *tuning.report(imod.mod, imod.layers))
     report.record_onnx_nodes(art.report, {layer.var_name: layer.onnx_node for layer in front.layers})
-    if not c_route:
+    if not c_route and not cuda_route:
         add_kernel_times(art, imod, runs=3)
     if c_route:
         export_for_mcu(art, board, eval_ds, opts)
+    if cuda_route:
+        from .compile_cuda import attach_cuda_build
+
+        attach_cuda_build(art, board, imod.layers, eval_ds, opts.bit_exact_inputs, opts.timing_runs)
     if not bit_exact:
         log.error("compiled build differs from the NumPy reference: this is a bug, please report it")
     return art

@@ -79,6 +79,31 @@ def record_c_package(r: dict, res: dict, board) -> None:
     r["latency_ms"] = None  # qemu counts instructions, not time
 
 
+def record_cuda(r: dict, built, board, layer_kernels: list, device: dict | None) -> None:
+    """``cuda``: the CUDA build of the integer graph (compile_cuda.py) -- arch, kernels, which got
+    dp4a, the checks that ran without a GPU, and, where a GPU ran it, device bit-exactness and
+    latency (``latency_ms`` becomes the GPU's; without a GPU it is None and ``cuda.why`` says so).
+    ``layer_kernels``: the kernel each layer calls, in layer order."""
+    kernels = sorted({name.split("_kernel")[0] for name in built.kernel_ptx})
+    r["cuda"] = {"board": board.name, "arch": built.arch, "kernels": len(kernels),
+                 "dp4a_kernels": sorted(built.dp4a_kernels), "ptx_bytes": len(built.ptx),
+                 "checks": ["integer-only (TIR, CUDA kernels)", "TVM GPU verifier", f"nvcc -ptx {built.arch}"],
+                 "device": None, "bit_exact": None, "bit_exact_inputs": 0,
+                 "why": "no CUDA GPU on the build machine: the CUDA build was checked, not run"}
+    for layer, kernel in zip(r["layers"], layer_kernels):
+        dp4a = kernel in built.dp4a_kernels
+        layer["kernel"] = {"source": "cuda-dp4a" if dp4a else "cuda-default",
+                           "why": f"{built.arch}: schedules/cuda_int8.py" + (" (__dp4a)" if dp4a else
+                                                                               " declined; dlight fallback")}
+    if device is None:
+        r["latency_ms"] = None
+        return
+    r["cuda"].update(device=device["device"], bit_exact=device["bit_exact"],
+                     bit_exact_inputs=device["bit_exact_inputs"], why=device["first_difference"])
+    r["latency_ms"] = device["latency_ms"]
+    r["bit_exact"] = bool(r["bit_exact"] and device["bit_exact"])
+
+
 def record_kernel_times(r: dict, layer_us: list, kernels: list, layer_peaks: list | None = None) -> None:
     """``layers[].latency_us`` (per call, in layer order; None where unmeasured), ``gmacs`` (its
     MACs over that time) and ``fraction_of_peak`` (against ``layer_peaks``: the measured GMAC/s
@@ -148,6 +173,12 @@ def summary(r: dict, outdir: Path | str) -> str:
         lines.append(f"C package    bit-exact {'yes' if mcu['bit_exact'] else 'NO'} under emulation ({mcu['verified_on']}) "
                      f"on {mcu['bit_exact_inputs']} inputs"
                      + (f"; {ipi} instructions/inference" if ipi else "") + (f", {ipm:.2f} per MAC" if ipm else ""))
+    cuda = r.get("cuda")
+    if cuda:
+        ran = ("bit-exact " + ("yes" if cuda["bit_exact"] else "NO") + f" on {cuda['device']}"
+               if cuda["device"] else "not run (" + cuda["why"] + ")")
+        lines.append(f"CUDA         {cuda['arch']}: {cuda['kernels']} kernels, {len(cuda['dp4a_kernels'])} on dp4a, "
+                     f"GPU verifier passed; {ran}")
     if r.get("latency_ms"):
         lines.append(f"latency      {r['latency_ms']['median']:.3f} ms median of {r['latency_ms']['runs']} runs")
     if r.get("kernels"):

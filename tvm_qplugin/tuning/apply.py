@@ -103,7 +103,7 @@ class AppliedTuning:
             names = ", ".join(self.untuned[:8]) + (f" and {len(self.untuned) - 8} more" if len(self.untuned) > 8 else "")
             log.warning("tuning database %s has no record for %d kernel(s), default schedules used: %s (tune this "
                         "model: `tvm-qplugin tune`)", db.path, len(self.untuned), names)
-        kernel_of = _kernel_of_var(mod)
+        kernel_of = kernel_of_var(mod)
         from ..schedules.x86_int4 import int4_kernel_note
 
         return section, [int4_kernel_note(self._kernel_source(k), k, self.tensorized)
@@ -135,7 +135,7 @@ def _rule_file(rule: str) -> str:
     return f"schedules/{module.rsplit('.', 1)[-1]}.py"
 
 
-def _kernel_of_var(mod: tvm.IRModule) -> dict:
+def kernel_of_var(mod: tvm.IRModule) -> dict:
     """Relax var -> name of the kernel its ``call_tir`` binds."""
     call_tir = tvm.ir.Op.get("relax.call_tir")
     out = {}

@@ -1,0 +1,85 @@
+"""``compile --target nvidia-*`` end to end through the CLI: the integer graph verified on the host,
+its CUDA build (dp4a kernels, integer-only and GPU-verifier checks, nvcc PTX) saved in OUT/cuda,
+and a report that says what ran where. Without a GPU the device run is reported as not run (never
+as passed); with one, the CUDA build must be bit-exact with the NumPy reference."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tvm
+
+from cli_run import ROOT, assert_user_error, ok, run_cli
+from qplugin_zoo import digits_split
+from tvm_qplugin.build_cuda import split_ptx
+
+DIGITS = ROOT / "examples" / "digits_cnn.onnx"
+GPU = tvm.cuda().exist
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    x_train, _, x_test, y_test = digits_split()
+    d = tmp_path_factory.mktemp("cuda_cli")
+    np.savez(d / "calib.npz", input=x_train[:64])
+    np.savez(d / "eval.npz", input=x_test[:32], labels=y_test[:32])
+    return d
+
+
+@pytest.fixture(scope="module")
+def compiled(data):
+    out = data / "out"
+    r = run_cli("compile", DIGITS, "--target", "nvidia-t4", "--calib", data / "calib.npz", "--eval",
+                data / "eval.npz", "-o", out)
+    return ok(r), out, json.loads((out / "report.json").read_text())
+
+
+def test_cuda_compile_saves_the_gpu_library_and_its_dp4a_ptx(compiled):
+    _, out, rep = compiled
+    assert {p.name for p in (out / "cuda").iterdir()} == {"model.so", "kernels.cu", "kernels.ptx"}
+    cuda = rep["cuda"]
+    assert cuda["board"] == "nvidia-t4" and cuda["arch"] == "sm_75"
+    entries = split_ptx((out / "cuda" / "kernels.ptx").read_text())
+    assert cuda["kernels"] == len({name.split("_kernel")[0] for name in entries}) > 0
+    assert cuda["dp4a_kernels"], "no digits kernel got the dp4a schedule"
+    for kernel in cuda["dp4a_kernels"]:
+        body = "\n".join(b for name, b in entries.items() if name.startswith(f"{kernel}_kernel"))
+        assert "dp4a" in body, f"{kernel}: the saved PTX has no dp4a"
+    assert "__dp4a" in (out / "cuda" / "kernels.cu").read_text()
+
+
+def test_cuda_report_names_each_layers_kernel_and_says_what_ran(compiled):
+    stdout, _, rep = compiled
+    assert rep["integer_only"] and rep["bit_exact"], "the host build of the integer graph is not bit-exact"
+    kernels = [layer["kernel"]["source"] for layer in rep["layers"]]
+    assert set(kernels) <= {"cuda-dp4a", "cuda-default"} and "cuda-dp4a" in kernels, kernels
+    assert "CUDA         sm_75" in stdout
+    if GPU:
+        assert rep["cuda"]["bit_exact"] is True and rep["cuda"]["bit_exact_inputs"] >= 1
+        assert rep["latency_ms"]["median"] > 0
+    else:  # nothing ran on a GPU: the report must not claim it did
+        assert rep["cuda"]["bit_exact"] is None and rep["cuda"]["device"] is None
+        assert "no CUDA GPU" in rep["cuda"]["why"] and rep["latency_ms"] is None
+        assert "not run (no CUDA GPU" in stdout
+
+
+def test_cuda_target_refuses_x86_only_options_before_any_work(data, tmp_path):
+    for option in (["--isa", "avx2"], ["--tuning-db", tmp_path]):
+        r = run_cli("compile", DIGITS, "--target", "nvidia-a100", "--calib", data / "calib.npz", *option,
+                    "-o", tmp_path / "out")
+        assert_user_error(r, "nvidia-a100", option[0])
+        assert not (tmp_path / "out").exists()
+
+
+def test_cuda_target_without_nvcc_is_a_one_line_error(data, tmp_path):
+    nvcc = shutil.which("nvcc")
+    assert nvcc, "nvcc is part of the build image (CUDA toolkit): CUDA targets need it"
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                           if not (p and os.path.exists(os.path.join(p, "nvcc"))))
+    r = run_cli("compile", DIGITS, "--target", "nvidia-h100", "--calib", data / "calib.npz", "-o", tmp_path / "out",
+                env={"PATH": path})
+    assert_user_error(r, "nvcc", "CUDA toolkit")
+    assert not (tmp_path / "out").exists()
