@@ -32,18 +32,18 @@ def _c_variant(s: Step, variant: str):
     return kind
 
 
-def exp_fields(ce, division_free: bool) -> str:
+def exp_fields(ce) -> str:
     """The ``qk_exp_t`` initializer of one exponential (ShiftExp or I-BERT i-exp constants)."""
     if isinstance(ce, nc.IBertExpConsts):
-        f = dict(kind=2, pre_shift=ce.pre_shift, x0=c_i64(ce.x0), b=c_i64(ce.b), c=c_i64(ce.c), n=c_i64(ce.n),
-                 z_shift=c_i64(ce.z_shift), x_min=c_i64(ce.q_clamp * ce.x0))
-        lo = ce.q_clamp * ce.x0
+        f = dict(kind=2, pre_shift=ce.pre_shift, n=ce.n, x0=ce.x0, b=ce.b, c=ce.c, z_shift=ce.z_shift,
+                 x_min=ce.q_clamp * ce.x0)
+        lo = f["x_min"]
     else:
-        f = dict(kind=int(division_free), pre_shift=ce.pre_shift, i0=c_i64(ce.i0), n=c_i64(ce.n),
-                 ip_min=c_i64(ce.ip_min), poly=c_i64(ce.poly), quad_m=c_i64(ce.quad_m), quad_s=c_i64(ce.quad_s),
-                 div_m=c_i64(ce.div.m), div_s=c_i64(ce.div.s))
+        f = dict(kind=0, pre_shift=ce.pre_shift, n=ce.n, i0=ce.i0, ip_min=ce.ip_min, poly=ce.poly, quad_s=ce.quad_s,
+                 div_s=ce.div.s, quad_m=c_i64(ce.quad_m), div_m=c_i64(ce.div.m))
         lo = ce.ip_min
-    assert -2**31 < lo <= 0, lo  # the kernel's 32-bit quotient of the clamped argument
+    # the kernel saturates the argument at -2**24 and runs in 32 bits: the clamp must lie above
+    assert -2**24 < lo <= 0 and all(isinstance(v, str) or -2**31 <= v < 2**31 for v in f.values()), f
     return "{" + ", ".join(f".{k} = {v}" for k, v in f.items()) + "}"
 
 
@@ -53,29 +53,27 @@ class TransformerKernelCalls:
 
     def op_softmax_int(self, s: Step, p: dict) -> None:
         (x,) = s.args
-        kind = _c_variant(s, p["variant"])
+        _c_variant(s, p["variant"])
         length = x.shape[-1]
         ce, (frac, qmax) = SoftmaxInt._consts(length, p["in_scale"], p["n"], p["variant"], p.get("exp_poly", 1),
                                               p.get("out_dtype", "uint8"))
         self.emit_call(s, "softmax", (x, s.out), "qk_softmax_t",
-                       dict(rows=prod(x.shape) // length, len=length, frac=frac, qmax=c_i32(qmax),
-                            division_free=int(kind.division_free), ex=exp_fields(ce, kind.division_free)))
+                       dict(rows=prod(x.shape) // length, len=length, frac=frac, qmax=c_i32(qmax), ex=exp_fields(ce)))
 
     def op_gelu_int(self, s: Step, p: dict) -> None:
         (x,) = s.args
-        kind = _c_variant(s, p["variant"])
+        _c_variant(s, p["variant"])
         g = nc.gelu_consts(p["in_scale"], p["out_scale"], p["variant"], p.get("n"), p.get("exp_poly", 1),
                            p.get("approx", "paper"))
         check_requant(s, g.out.multiplier, g.out.shift)
-        fields = dict(count=prod(x.shape), form=int(g.se is None), division_free=int(kind.division_free),
-                      has_cubic=int(g.cubic is not None), cubic_s=0 if g.cubic is None else g.cubic.shift,
-                      sig_shift=31 - nc.SIGMOID_BITS, out_s=g.out.shift, qmin=c_i32(p["qmin"]), qmax=c_i32(p["qmax"]),
-                      erf_pre_shift=g.erf_pre_shift, erf_shift=g.erf_shift,
-                      e_max=c_i64(0 if g.se is None else g.se.e_max),
-                      cubic_m=c_i64(0 if g.cubic is None else g.cubic.multiplier), out_m=c_i64(g.out.multiplier),
+        fields = dict(count=prod(x.shape), form=int(g.se is None), has_cubic=int(g.cubic is not None),
+                      cubic_s=0 if g.cubic is None else g.cubic.shift, sig_shift=31 - nc.SIGMOID_BITS,
+                      out_m=c_i32(g.out.multiplier), out_s=g.out.shift, qmin=c_i32(p["qmin"]), qmax=c_i32(p["qmax"]),
+                      e_max=c_i32(0 if g.se is None else g.se.e_max), erf_pre_shift=g.erf_pre_shift,
+                      erf_shift=g.erf_shift, cubic_m=c_i64(0 if g.cubic is None else g.cubic.multiplier),
                       erf_b=c_i64(g.erf_b), erf_c=c_i64(g.erf_c), erf_one=c_i64(g.erf_one))
         if g.se is not None:
-            fields["ex"] = exp_fields(g.se, kind.division_free)
+            fields["ex"] = exp_fields(g.se)
         self.emit_call(s, "gelu", (x, s.out), "qk_gelu_t", fields)
 
     def op_layernorm_int(self, s: Step, p: dict) -> None:
@@ -89,10 +87,10 @@ class TransformerKernelCalls:
         check_requant(s, 0, p["shift"])
         self.emit_call(s, "layernorm", (x, s.out), "qk_layernorm_t",
                        dict(rows=prod(x.shape) // c, c=c, pre_shift=p["pre_shift"], clamp_in=int(x.dtype == "int32"),
-                            division_free=int(kind.division_free), iters=lc.iters, keep_min=int(kind.ln_exact_isqrt),
+                            max_abs=nc.LN_MAX_ABS, division_free=int(kind.division_free), iters=lc.iters, keep_min=int(kind.ln_exact_isqrt),
                             shift=p["shift"], qmin=c_i32(p["qmin"]), qmax=c_i32(p["qmax"]), eps=c_i64(lc.eps),
                             numerator=c_i64(kind.ln_numerator), mean_m=c_i64(lc.mean_div.m),
-                            mean_s=c_i64(lc.mean_div.s), mult=self.const_array(m.astype(np.int32), "int32_t", "m"),
+                            mean_s=lc.mean_div.s, mult=self.const_array(m.astype(np.int32), "int32_t", "m"),
                             bias=self.const_array(b.astype(np.int64), "int64_t", "b")))
 
     def op_matmul_requant(self, s: Step, p: dict) -> None:

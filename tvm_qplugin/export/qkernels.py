@@ -67,6 +67,8 @@ def _instantiate(kind: str, types: tuple, blocks) -> str:
         subst["OVST"] = f"QK_VST_{subst['O']}"
     if kind == "nlcore":
         subst.update(_NLCORE)
+    if kind == "matmul":  # int16 x int16: the SMLAD / MVE path
+        subst["S16PAIR"] = "1" if types[:2] == ("s16", "s16") else "0"
     if kind in scratch.SCRATCH_FORMULAS:
         subst["BUFFER_SIZE"] = scratch.c_expression(kind, x8=subst["X8"] == "1")
     used = set(re.findall(r"@([A-Z0-9_]+)@", body))
