@@ -19,6 +19,7 @@ from .c_emit import CEmitter, c_array, c_dims, c_i32, c_i64, fits
 from .c_graph import MAX_DIMS, Ref, Step, dt_info, prod, row_major_strides
 from .kernels_c_coverage import CoverageKernelCalls, check_requant
 from .kernels_c_transformer import TransformerKernelCalls
+from .tir_kernels import TirKernelCalls
 
 # largest |x| a C GEMM input contributes per weight: the dtype's own bound, except uint8, which the
 # MVE path flips to int8 (x - 128) and corrects by 128 * sum(w): partial sums reach 256 * sum|w|
@@ -84,7 +85,7 @@ def broadcast_fields(s: Step, op: str) -> dict:
     return dict(ndim=nd, count=prod(out), flat=int(flat), shape=c_dims(out), sa=c_dims(strides(a.shape)),
                 sb=c_dims(strides(b.shape)))
 
-class KernelCalls(CEmitter, CoverageKernelCalls, TransformerKernelCalls):
+class KernelCalls(CEmitter, CoverageKernelCalls, TransformerKernelCalls, TirKernelCalls):
     """The C call of every supported op (see the module docstring)."""
 
     def _weights(self, s: Step, w2d: np.ndarray, bias, mult, shift, x: Ref, gemm: bool = True) -> dict:
@@ -136,6 +137,8 @@ class KernelCalls(CEmitter, CoverageKernelCalls, TransformerKernelCalls):
         fields = dict(dims, kp=wk["kp"], qmin=p["qmin"], qmax=p["qmax"], wt=wk["wt"], bias=wk["bias"],
                       mult=wk["mult"], shift=wk["shift"], wcorr=wk["wcorr"])
         self._gemm_call(s, "dense", "qk_dense_t", fields, x)
+        if s.index in self.tir_choice:  # a TensorIR kernel measured faster on this board (kernel_choice.py)
+            self.tir_dense_call(s, p, wk)
 
     def _gemm_call(self, s: Step, kind: str, struct: str, fields: dict, x: Ref) -> None:
         """The call of a GEMM-shaped kernel ``qk_<kind>_<X>_<O>`` (input x output dtype), with its scratch."""

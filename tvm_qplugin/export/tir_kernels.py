@@ -1,0 +1,236 @@
+"""TensorIR-generated kernels for the C package of aarch64 boards (issue 11, deliverable 1).
+
+A dense_requant layer with 8-bit inputs becomes a TIR PrimFunc -- the int8 dot products, the
+per-channel requantization of quant/dyadic.py and the clamp, shapes baked in -- compiled by TVM's
+LLVM backend for the board's own target (``-mcpu`` / ``-mattr``: ``+dotprod`` gives ``sdot``)
+into an ELF object that the package links beside qkernels.c. The kernel reads the package's own
+weight / bias / multiplier arrays (the hand-written kernel's layout: rows padded to ``kp``), so
+choosing it costs no flash; uint8 inputs run flipped to int8 (``x ^ 0x80``) with ``128 * sum(w)``
+added back per channel, as the MVE path does.
+
+ABI: ``tvm.tirx.build`` exports only TVM-FFI packed functions (TVM_NOTES.md, "The c target"),
+and a private pointer-ABI PrimFunc cannot hold an allocation (LowerTVMBuiltin needs the device of
+a packed function's arguments), so the kernel is the packed function itself and the package's
+``tir_kernels.c`` calls ``__tvm_ffi_<name>(self, args, n, result)`` with ``args[i] = {type_index 7
+(DLTensor*), &tensor_i}``. With ``tirx.disable_assert`` the function reads only each tensor's
+``data`` (and the unused shape / strides / device fields): the object has no undefined symbol and
+needs no TVM runtime on the board; the accumulator is a stack scalar.
+
+Schedules (the candidates :mod:`.kernel_choice` measures): ``default`` -- the plain loop nest,
+which LLVM vectorizes into one ``sdot`` chain per output; ``tiled`` -- 4 output channels per
+pass over ``x`` (unrolled), so each 16-byte load of ``x`` feeds four ``sdot``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import tvm
+from tvm.script import tirx as T
+
+from ..errors import UnsupportedOpError
+
+SCHEDULES = ("default", "tiled")
+TIR_TILE_N = 4       # output channels per pass of the tiled schedule
+
+
+@dataclass(frozen=True)
+class DenseSpec:
+    """One TIR dense kernel: ``y (m, n) = requant(x (m, k) . w (n, kp)[:, :k] + b)``; ``flip``:
+    uint8 ``x`` taken as ``x ^ 0x80`` (int8), ``b`` then carries ``+ 128 * sum(w)``."""
+
+    name: str
+    m: int
+    k: int
+    kp: int
+    n: int
+    x_dtype: str
+    out_dtype: str
+    qmin: int
+    qmax: int
+    schedule: str = "default"
+
+    @property
+    def flip(self) -> bool:
+        return self.x_dtype == "uint8"
+
+
+def _dense_module(sp: DenseSpec) -> tvm.IRModule:
+    """The IRModule of one kernel (``main``: its packed wrapper reads the DLTensors' data pointers)."""
+    m, k, kp, n, xd, od, lo, hi = sp.m, sp.k, sp.kp, sp.n, sp.x_dtype, sp.out_dtype, sp.qmin, sp.qmax
+    flip = sp.flip
+
+    def xval(v):
+        return T.Cast("int32", T.Cast("int8", T.bitwise_xor(v, T.uint8(128)))) if flip else T.Cast("int32", v)
+
+    @T.prim_func(s_tir=True)
+    def main(X: T.Buffer((m, k), xd), W: T.Buffer((n, kp), "int8"), B: T.Buffer((n,), "int32"),
+             MU: T.Buffer((n,), "int32"), SH: T.Buffer((n,), "int8"), Y: T.Buffer((m, n), od)):
+        T.func_attr({"tirx.noalias": True})
+        with T.sblock("root"):
+            ACC = T.sblock_alloc_buffer((m, n), "int32")
+            for i, j, kk in T.grid(m, n, k):
+                with T.sblock("acc"):
+                    vi, vj, vk = T.axis.remap("SSR", [i, j, kk])
+                    with T.init():
+                        ACC[vi, vj] = 0
+                    ACC[vi, vj] = ACC[vi, vj] + xval(X[vi, vk]) * T.Cast("int32", W[vj, vk])
+            for i, j in T.grid(m, n):
+                with T.sblock("y"):
+                    vi, vj = T.axis.remap("SS", [i, j])
+                    Y[vi, vj] = T.Cast(od, T.max(T.min(
+                        ((T.Cast("int64", ACC[vi, vj]) + T.Cast("int64", B[vj])) * T.Cast("int64", MU[vj])
+                         + ((T.int64(1) << T.Cast("int64", SH[vj])) >> T.int64(1))) >> T.Cast("int64", SH[vj]),
+                        T.int64(hi)), T.int64(lo)))
+
+    return tvm.IRModule({"main": main})
+
+
+def _schedule(mod: tvm.IRModule, sp: DenseSpec) -> tvm.IRModule:
+    """Apply the spec's schedule to the kernel: the accumulator becomes a register per output
+    (``default``) or per 4 outputs (``tiled``)."""
+    sch = tvm.s_tir.Schedule(mod)
+    sch.work_on("main")
+    acc, y = sch.get_sblock("acc"), sch.get_sblock("y")
+    i, j = sch.get_loops(y)
+    if sp.schedule == "tiled" and sp.n % TIR_TILE_N == 0:
+        jo, ji = sch.split(j, [None, TIR_TILE_N])
+        sch.compute_at(acc, jo)
+        ai, aj, ak = sch.get_loops(acc)[-3:]
+        sch.reorder(ak, aj)
+        sch.unroll(aj)
+        sch.unroll(ji)
+    else:
+        sch.compute_at(acc, j)
+    sch.set_scope(acc, 0, "local")
+    return sch.mod
+
+
+def build_object(specs: list[DenseSpec], board, path: Path) -> list[Path]:
+    """Compile every kernel for ``board`` (its TVM target: ``-mcpu`` / ``-mattr``) into one object
+    each; return their paths (``<path stem>_<name>.o``)."""
+    if board.family != "aarch64":
+        raise UnsupportedOpError(f"TIR kernels: board {board.name} ({board.family}) has no TIR route yet (aarch64 only)")
+    target = tvm.target.Target({k: v for k, v in dict(board.target().export()).items() if k != "num-cores"})
+    out = []
+    for sp in specs:
+        mod = _schedule(_dense_module(sp), sp)
+        mod["main"] = mod["main"].with_attr("global_symbol", sp.name)
+        with tvm.transform.PassContext(opt_level=3, config={"tirx.disable_assert": True}):
+            lib = tvm.tirx.build(mod, target=target)
+        p = path.parent / f"{path.stem}_{sp.name}.o"
+        lib.write_to_file(str(p))
+        out.append(p)
+    return out
+
+
+_SHIM_HEAD = """/* tir_kernels.c - calls of the TensorIR-generated kernels (tir_kernels_*.o, TVM's LLVM backend for this
+ * board) through their TVM-FFI packed wrappers: each argument is a DLTensor* (type index 7) whose data
+ * pointer is all the wrapper reads. Generated by tvm-qplugin; see tvm_qplugin/export/tir_kernels.py. */
+#include <stdint.h>
+#include "tir_kernels.h"
+
+#define QK_TIR_POOL_BYTES 1024
+
+typedef struct { int32_t type_index; uint32_t pad; union { int64_t i; void *p; } v; } qk_tir_any_t;
+typedef struct {
+  void *data;
+  int32_t device_type, device_id, ndim;
+  uint8_t code, bits;
+  uint16_t lanes;
+  int64_t *shape, *strides;
+  uint64_t byte_offset;
+} qk_tir_tensor_t;
+
+/* TVM lowers a kernel's local accumulators to TVMBackendAllocWorkspace calls through these two pointers
+ * (weak, null, in each object): a LIFO bump allocator over a static pool serves them */
+static uint8_t qk_tir_pool[QK_TIR_POOL_BYTES] __attribute__((aligned(64)));
+static uint32_t qk_tir_top;
+
+static void *qk_tir_alloc(int device_type, int device_id, uint64_t nbytes, int code, int bits) {
+  const uint32_t size = (uint32_t)((nbytes + 63) & ~(uint64_t)63);
+  (void)device_type, (void)device_id, (void)code, (void)bits;
+  if (size > QK_TIR_POOL_BYTES - qk_tir_top) return 0;
+  qk_tir_top += size;
+  return qk_tir_pool + qk_tir_top - size;
+}
+
+static int qk_tir_free(int device_type, int device_id, void *ptr) {
+  (void)device_type, (void)device_id;
+  qk_tir_top = (uint32_t)((uint8_t *)ptr - qk_tir_pool);
+  return 0;
+}
+
+void *(*__TVMBackendAllocWorkspace)(int, int, uint64_t, int, int) = qk_tir_alloc;
+int (*__TVMBackendFreeWorkspace)(int, int, void *) = qk_tir_free;
+
+static void qk_tir_call(int32_t (*fn)(void *, void *, int32_t, void *), int32_t n, void *const *ptrs) {
+  qk_tir_tensor_t t[8];
+  qk_tir_any_t a[8], r;
+  int32_t i;
+  for (i = 0; i < n; i++) {
+    t[i] = (qk_tir_tensor_t){0};
+    t[i].data = ptrs[i];
+    t[i].device_type = 1; /* kDLCPU */
+    a[i].type_index = 7;  /* kTVMFFIDLTensorPtr */
+    a[i].pad = 0;
+    a[i].v.p = &t[i];
+  }
+  r.type_index = 0;
+  (void)fn(0, a, n, &r);
+}
+"""
+
+_CTYPE = {"uint8": "uint8_t", "int8": "int8_t", "int16": "int16_t", "int32": "int32_t"}
+
+
+def prototype(sp: DenseSpec) -> str:
+    """The C prototype of a kernel's call (one home for tir_kernels.h and tir_kernels.c)."""
+    return (f"void {sp.name}(const {_CTYPE[sp.x_dtype]} *x, const int8_t *w, const int32_t *b, const int32_t *m, "
+            f"const int8_t *s, {_CTYPE[sp.out_dtype]} *y)")
+
+
+def shim_sources(specs: list[DenseSpec]) -> tuple[str, str]:
+    """(tir_kernels.h, tir_kernels.c): one plain-C entry point per kernel."""
+    header = ("/* tir_kernels.h - TensorIR-generated kernels of this package (tir_kernels.c). */\n"
+              "#ifndef TIR_KERNELS_H\n#define TIR_KERNELS_H\n#include <stdint.h>\n"
+              + "".join(prototype(sp) + ";\n" for sp in specs) + "#endif\n")
+    body = [_SHIM_HEAD]
+    for sp in specs:
+        body.append(f"\nint32_t __tvm_ffi_{sp.name}(void *self, void *args, int32_t n, void *result);\n"
+                    f"{prototype(sp)} {{\n"
+                    f"  void *const p[6] = {{(void *)x, (void *)w, (void *)b, (void *)m, (void *)s, (void *)y}};\n"
+                    f"  qk_tir_call(__tvm_ffi_{sp.name}, 6, p);\n}}\n")
+    return header, "".join(body)
+
+
+class TirKernelCalls:
+    """The call of a dense_requant step chosen for its TIR kernel (``tir_choice``: step index ->
+    schedule, set by :func:`.c_package.write_c_package`); a mixin of :class:`.kernels_c.KernelCalls`.
+    The TIR call replaces the hand-written one on aarch64 (``QM_TIR``, model.c) and reads the same
+    weight arrays; elsewhere (the host's sanitizer build) the hand-written call stays."""
+
+    tir_choice: dict = {}
+
+    def tir_dense_call(self, s, p: dict, wk: dict) -> None:
+        import numpy as np
+
+        from .kernels_c import dense_dims
+
+        x, w, bias = s.args[:3]
+        if x.dtype not in ("uint8", "int8") or s.out.dtype not in _CTYPE:
+            raise UnsupportedOpError(f"TIR kernel: {s.name}: dense_requant {x.dtype} -> {s.out.dtype} has no TIR kernel")
+        d = dense_dims(s)
+        bn = wk["bias"]
+        if x.dtype == "uint8":  # flipped to int8: 128 * sum(w) restores the sum
+            b = np.asarray(bias.val.const, np.int64).reshape(-1)
+            b = b + 128 * w.val.const.reshape(d["n"], d["k"]).astype(np.int64).sum(axis=1)
+            bn = self.const_array(b.astype(np.int32), "int32_t", "b")
+        sp = DenseSpec(f"qk_tir_dense_{s.index}", d["m"], d["k"], wk["kp"], d["n"], x.dtype, s.out.dtype,
+                       int(p["qmin"]), int(p["qmax"]), self.tir_choice[s.index])
+        self.tir_specs.append(sp)
+        hand = self.calls.pop()
+        self.calls += ["#if QM_TIR", f"  (void)qm_p{s.index};  /* the hand-written call's parameters */", f"  {sp.name}({self.ptr(x, True)}, {wk['wt']}, {bn}, {wk['mult']}, {wk['shift']}, "
+                       f"{self.ptr(s.out)});", "#else", *([f"  (void){bn};"] if bn != wk["bias"] else []), hand,
+                       "#endif"]
+        s.c_func = sp.name
