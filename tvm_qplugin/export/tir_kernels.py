@@ -130,7 +130,9 @@ _SHIM_HEAD = """/* tir_kernels.c - calls of the TensorIR-generated kernels (tir_
 #include <stdint.h>
 #include "tir_kernels.h"
 
+#ifndef QK_TIR_POOL_BYTES
 #define QK_TIR_POOL_BYTES 1024
+#endif
 
 typedef struct { int32_t type_index; uint32_t pad; union { int64_t i; void *p; } v; } qk_tir_any_t;
 typedef struct {
@@ -164,7 +166,16 @@ static int qk_tir_free(int device_type, int device_id, void *ptr) {
 void *(*__TVMBackendAllocWorkspace)(int, int, uint64_t, int, int) = qk_tir_alloc;
 int (*__TVMBackendFreeWorkspace)(int, int, void *) = qk_tir_free;
 
-static void qk_tir_call(int32_t (*fn)(void *, void *, int32_t, void *), int32_t n, void *const *ptrs) {
+/* a parallel loop (a tuned candidate's) runs as one task on the calling core */
+typedef struct { void *sync_handle; int32_t num_task; } qk_tir_penv_t;
+static int qk_tir_parallel(int (*task)(int, qk_tir_penv_t *, void *), void *cdata, int num_task) {
+  qk_tir_penv_t env = {0, 1};
+  (void)num_task;
+  return task(0, &env, cdata);
+}
+int (*__TVMBackendParallelLaunch)(int (*)(int, qk_tir_penv_t *, void *), void *, int) = qk_tir_parallel;
+
+void qk_tir_call(int32_t (*fn)(void *, void *, int32_t, void *), int32_t n, void *const *ptrs) {
   qk_tir_tensor_t t[8];
   qk_tir_any_t a[8], r;
   int32_t i;
@@ -194,6 +205,8 @@ def shim_sources(specs: list[DenseSpec]) -> tuple[str, str]:
     """(tir_kernels.h, tir_kernels.c): one plain-C entry point per kernel."""
     header = ("/* tir_kernels.h - TensorIR-generated kernels of this package (tir_kernels.c). */\n"
               "#ifndef TIR_KERNELS_H\n#define TIR_KERNELS_H\n#include <stdint.h>\n"
+              "/* a TIR kernel's packed entry called on plain pointers (each becomes a DLTensor's data) */\n"
+              "void qk_tir_call(int32_t (*fn)(void *, void *, int32_t, void *), int32_t n, void *const *ptrs);\n"
               + "".join(prototype(sp) + ";\n" for sp in specs) + "#endif\n")
     body = [_SHIM_HEAD]
     for sp in specs:
