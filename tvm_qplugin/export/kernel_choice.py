@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import QPluginError
-from .tir_kernels import SCHEDULES
+from .tir_kernels import SCHEDULES, symbol_address
 
 TIR_OPS = {"dense_requant"}
 TIR_INPUTS = ("uint8", "int8")
@@ -66,8 +66,7 @@ def _measure(mod, board, kernels, sample, want, workdir: Path) -> dict:
     pkg = workdir / "pkg"
     write_c_package(mod, pkg, board, kernels=kernels)
     exe = build_linux(pkg, board, workdir / "build", extra_cflags=["-DQMODEL_PROFILE"])
-    nm = run_tool([which(board.cc.replace("-gcc", "-nm")), exe], what="nm").stdout
-    mark = next(int(ln.split()[0], 16) for ln in nm.splitlines() if ln.endswith(" qmodel_profile_mark"))
+    mark = symbol_address(board, exe, "qmodel_profile_mark")
     info = package_info(pkg)
     write_inputs(workdir / "qin.bin", info, [[sample]])
     cmd = [which("qemu-aarch64"), "-cpu", board.qemu_cpu or "max", "-plugin",

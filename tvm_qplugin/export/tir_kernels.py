@@ -29,6 +29,7 @@ import tvm
 from tvm.script import tirx as T
 
 from ..errors import UnsupportedOpError
+from .c_graph import dt_info
 
 SCHEDULES = ("default", "tiled")
 TIR_TILE_N = 4       # output channels per pass of the tiled schedule
@@ -192,13 +193,24 @@ void qk_tir_call(int32_t (*fn)(void *, void *, int32_t, void *), int32_t n, void
 }
 """
 
-_CTYPE = {"uint8": "uint8_t", "int8": "int8_t", "int16": "int16_t", "int32": "int32_t"}
+OUT_DTYPES = ("uint8", "int8", "int16", "int32")
 
 
 def prototype(sp: DenseSpec) -> str:
     """The C prototype of a kernel's call (one home for tir_kernels.h and tir_kernels.c)."""
-    return (f"void {sp.name}(const {_CTYPE[sp.x_dtype]} *x, const int8_t *w, const int32_t *b, const int32_t *m, "
-            f"const int8_t *s, {_CTYPE[sp.out_dtype]} *y)")
+    return (f"void {sp.name}(const {dt_info(sp.x_dtype)[1]} *x, const int8_t *w, const int32_t *b, const int32_t *m, "
+            f"const int8_t *s, {dt_info(sp.out_dtype)[1]} *y)")
+
+
+def symbol_address(board, exe, name: str) -> int:
+    """Address of symbol ``name`` in a cross-built executable (the board's binutils ``nm``)."""
+    from .toolchain import GeneratedCodeError, run_tool, which
+
+    nm = run_tool([which(board.cc.replace("-gcc", "-nm")), exe], what="nm").stdout
+    for ln in nm.splitlines():
+        if ln.endswith(" " + name):
+            return int(ln.split()[0], 16)
+    raise GeneratedCodeError(f"{exe}: no symbol {name}")
 
 
 def shim_sources(specs: list[DenseSpec]) -> tuple[str, str]:
@@ -231,7 +243,7 @@ class TirKernelCalls:
         from .kernels_c import dense_dims
 
         x, w, bias = s.args[:3]
-        if x.dtype not in ("uint8", "int8") or s.out.dtype not in _CTYPE:
+        if x.dtype not in ("uint8", "int8") or s.out.dtype not in OUT_DTYPES:
             raise UnsupportedOpError(f"TIR kernel: {s.name}: dense_requant {x.dtype} -> {s.out.dtype} has no TIR kernel")
         d = dense_dims(s)
         bn = wk["bias"]

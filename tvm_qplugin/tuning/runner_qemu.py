@@ -31,8 +31,8 @@ from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
 from tvm.s_tir.meta_schedule.runner import PyRunner, RunnerFuture, RunnerResult
 
 from ..errors import QPluginError
+from ..export.c_graph import dt_info
 
-_CTYPE = {"uint8": "uint8_t", "int8": "int8_t", "int16": "int16_t", "int32": "int32_t"}
 POOL_BYTES = 1 << 20     # the harness's workspace pool: tuned tiles may hold larger accumulators
 
 
@@ -68,7 +68,7 @@ class QemuObjectBuilder(PyBuilder):
 
 def _c_array(name: str, a: np.ndarray) -> str:
     flat = ",".join(str(int(v)) for v in np.asarray(a).reshape(-1).tolist())
-    return f"static {_CTYPE[str(a.dtype)]} {name}[{max(a.size, 1)}] __attribute__((aligned(64))) = {{{flat}}};\n"
+    return f"static {dt_info(str(a.dtype))[1]} {name}[{max(a.size, 1)}] __attribute__((aligned(64))) = {{{flat}}};\n"
 
 
 def harness_source(inputs: list[np.ndarray], out: np.ndarray) -> str:
@@ -76,7 +76,7 @@ def harness_source(inputs: list[np.ndarray], out: np.ndarray) -> str:
     the output bytes to qout.bin."""
     n = len(inputs) + 1
     decl = "".join(_c_array(f"in{i}", a) for i, a in enumerate(inputs))
-    decl += f"static {_CTYPE[str(out.dtype)]} out0[{out.size}] __attribute__((aligned(64)));\n"
+    decl += f"static {dt_info(str(out.dtype))[1]} out0[{out.size}] __attribute__((aligned(64)));\n"
     ptrs = ", ".join([f"(void *)in{i}" for i in range(len(inputs))] + ["(void *)out0"])
     return ("#include <stdio.h>\n#include \"tir_kernels.h\"\n"
             "int32_t __tvm_ffi_main(void *self, void *args, int32_t n, void *result);\n" + decl
@@ -114,7 +114,7 @@ class QemuRunner(PyRunner):
 
     def _run_one(self, obj: Path) -> RunnerResult:
         from ..export.harness_mcu import plugin_path
-        from ..export.tir_kernels import shim_sources
+        from ..export.tir_kernels import shim_sources, symbol_address
         from ..export.toolchain import ToolchainError, run_tool, which
 
         work = obj.parent
@@ -128,8 +128,7 @@ class QemuRunner(PyRunner):
                      what="candidate harness build")
         if r.returncode != 0:
             return self._fail("link", r.stderr[-500:])
-        nm = run_tool([which(self.board.cc.replace("-gcc", "-nm")), exe], what="nm").stdout
-        mark = next(int(ln.split()[0], 16) for ln in nm.splitlines() if ln.endswith(" qmodel_profile_mark"))
+        mark = symbol_address(self.board, exe, "qmodel_profile_mark")
         count = work / "count.txt"
         try:
             r = run_tool([which("qemu-aarch64"), "-cpu", self.board.qemu_cpu or "max", "-plugin",
