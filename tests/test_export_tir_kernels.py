@@ -13,6 +13,7 @@ from tvm import relax
 from tvm_qplugin.export import harness
 from tvm_qplugin.export.c_package import write_c_package
 from tvm_qplugin.export.kernel_choice import HANDWRITTEN, choose_kernels
+from tvm_qplugin.export.tir_kernels import SCHEDULES
 from tvm_qplugin.export.toolchain import run_tool, which
 from tvm_qplugin.ops import const, emit
 from tvm_qplugin.quant import dyadic
@@ -75,8 +76,8 @@ def test_measured_choice_and_bit_exact_package(model, tmp_path, board_name):
     pkg = tmp_path / "pkg"
     info = write_c_package(mod, pkg, board, kernels=kernels)
     assert len(info["tir_objects"]) == 2
-    assert {s["kernel_source"] for s in info["steps"] if s["op"] == "dense_requant"} <= {"tensorir-default",
-                                                                                         "tensorir-tiled"}
+    assert {s["kernel_source"] for s in info["steps"] if s["op"] == "dense_requant"} <= {f"tensorir-{sc}"
+                                                                                         for sc in SCHEDULES}
     dis = "".join(_objdump(pkg / o) for o in info["tir_objects"])
     assert ("sdot" in dis) == ("dotprod" in board.features), board_name   # rpi4's core has no dot product
     exe = harness.build_linux(pkg, board, tmp_path / "build")

@@ -31,7 +31,8 @@ from tvm.script import tirx as T
 from ..errors import UnsupportedOpError
 from .c_graph import dt_info
 
-SCHEDULES = ("default", "tiled")
+SCHEDULES = ("default", "tiled", "tiled2x4", "tiled4x4")
+_ROWS = {"tiled2x4": 2, "tiled4x4": 4}   # rows of x per tile of the row-blocked schedules
 TIR_TILE_N = 4       # output channels per pass of the tiled schedule
 
 
@@ -89,7 +90,9 @@ def _dense_module(sp: DenseSpec) -> tvm.IRModule:
 
 def _schedule(mod: tvm.IRModule, sp: DenseSpec) -> tvm.IRModule:
     """Apply the spec's schedule to the kernel: the accumulator becomes a register per output
-    (``default``) or per 4 outputs (``tiled``)."""
+    (``default``), per 4 outputs of a row (``tiled``: one load of x feeds 4 dot products) or per
+    2 or 4 rows x 4 outputs (``tiled2x4``: 2 loads of x and 4 of w feed 8 ``sdot``; ``tiled4x4``:
+    4 and 4 feed 16). A shape the tile does not divide takes ``default``."""
     sch = tvm.s_tir.Schedule(mod)
     sch.work_on("main")
     acc, y = sch.get_sblock("acc"), sch.get_sblock("y")
@@ -97,13 +100,25 @@ def _schedule(mod: tvm.IRModule, sp: DenseSpec) -> tvm.IRModule:
     if sp.schedule == "tiled" and sp.n % TIR_TILE_N == 0:
         jo, ji = sch.split(j, [None, TIR_TILE_N])
         sch.compute_at(acc, jo)
-        ai, aj, ak = sch.get_loops(acc)[-3:]
-        sch.reorder(ak, aj)
-        sch.unroll(aj)
-        sch.unroll(ji)
+        a_j, a_k = sch.get_loops(acc)[-2:]
+        sch.reorder(a_k, a_j)
+        for loop in (a_j, ji):
+            sch.unroll(loop)
+    elif sp.schedule in _ROWS and sp.n % TIR_TILE_N == 0 and sp.m % _ROWS[sp.schedule] == 0:
+        io, ii = sch.split(i, [None, _ROWS[sp.schedule]])
+        jo, ji = sch.split(j, [None, TIR_TILE_N])
+        sch.reorder(io, jo, ii, ji)
+        sch.compute_at(acc, jo)
+        a_i, a_j, a_k = sch.get_loops(acc)[-3:]
+        sch.reorder(a_k, a_i, a_j)
+        for loop in (a_i, a_j, ii, ji):
+            sch.unroll(loop)
     else:
         sch.compute_at(acc, j)
+        a_k = sch.get_loops(acc)[-1]
     sch.set_scope(acc, 0, "local")
+    # the zero-init out of the k loop: otherwise LLVM peels k = 0 and every vector load is off by one
+    sch.decompose_reduction(acc, a_k)
     return sch.mod
 
 
