@@ -97,3 +97,21 @@ def test_host_build_keeps_the_handwritten_calls(model, tmp_path):
 
 def test_cortex_m_boards_have_no_tir_route(model):
     assert choose_kernels(model[0], get_board("qemu-mps2-an386")) == ({}, {})
+
+
+def test_export_mcu_reports_the_choice(model, tmp_path):
+    """export_mcu (compile's route) on rpi5: the chosen kernel and its instructions per MAC reach
+    the package's layers and report.json's layers[] (report.record_c_package)."""
+    from tvm_qplugin.export import export_mcu
+    from tvm_qplugin.report import record_c_package
+
+    mod, x, _ = model
+    board = get_board("rpi5")
+    res = export_mcu(mod, tmp_path / "pkg", board, samples=[[x]], workdir=tmp_path / "work")
+    assert res["bit_exact"]
+    assert [layer["kernel"]["source"].startswith("tensorir-") for layer in res["layers"]] == [True, True]
+    r = {"bit_exact": True, "layers": [{"op": "dense"}, {"op": "dense"}]}
+    record_c_package(r, res, board)
+    for layer, pkg_layer in zip(r["layers"], res["layers"]):
+        assert layer["kernel"] == pkg_layer["kernel"] and "fastest bit-exact" in layer["kernel"]["why"]
+        assert 0 < layer["instructions_per_mac"] < 1.0, layer
