@@ -115,3 +115,37 @@ def test_export_mcu_reports_the_choice(model, tmp_path):
     for layer, pkg_layer in zip(r["layers"], res["layers"]):
         assert layer["kernel"] == pkg_layer["kernel"] and "fastest bit-exact" in layer["kernel"]["why"]
         assert 0 < layer["instructions_per_mac"] < 1.0, layer
+
+
+def test_pointwise_conv_takes_a_tir_kernel(tmp_path):
+    """A 1x1 convolution (NCHW, one image): the TIR kernel packs each block of pixels transposed and
+    runs the dense dot products; chosen by measurement, bit-exact in the package; a 3x3 conv is not a
+    candidate."""
+    rng = np.random.default_rng(6)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([1, 40, 6, 6], "uint8"))
+
+    def conv(h, c, o, k, pad):
+        ds = [dyadic(float(m)) for m in rng.uniform(1 / 20000, 1 / 4000, o)]
+        return emit(bb, "conv2d_requant", [h, const(rng.integers(-127, 128, (o, c, k, k)).astype(np.int8)),
+                                           const(rng.integers(-4000, 4000, o).astype(np.int32)),
+                                           const(np.array([d.multiplier for d in ds], np.int64)),
+                                           const(np.array([d.shift for d in ds], np.int64))],
+                    strides=[1, 1], padding=[pad] * 4, dilation=[1, 1], groups=1, qmin=0, qmax=255, out_dtype="uint8")
+
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit_output(conv(conv(x, 40, 24, 1, 0), 24, 8, 3, 1))
+        bb.emit_func_output(y)
+    mod = bb.finalize()
+    xs = rng.integers(0, 256, (1, 40, 6, 6)).astype(np.uint8)
+    (want,) = ReferenceInterpreter(mod).run("main", xs)
+    board = get_board("rpi5")
+    kernels, choices = choose_kernels(mod, board, tmp_path / "choice")
+    assert sorted(choices) == [0] and choices[0]["dropped"] == 0, choices   # the 3x3 conv is not a candidate
+    assert choices[0]["source"] != HANDWRITTEN, choices[0]["why"]
+    pkg = tmp_path / "pkg"
+    info = write_c_package(mod, pkg, board, kernels=kernels)
+    assert info["steps"][0]["c_func"].startswith("qk_tir_conv1x1_") and "sdot" in _objdump(pkg / info["tir_objects"][0])
+    exe = harness.build_linux(pkg, board, tmp_path / "build")
+    assert_bit_exact(harness.run_linux(exe, pkg, board, [[xs]], tmp_path / "run")[0][0], want, "rpi5 pointwise conv")

@@ -1,6 +1,7 @@
 """Which kernel each layer of an aarch64 board's C package calls: measured, not assumed.
 
-For every layer a TensorIR kernel can take (:mod:`.tir_kernels`: dense_requant on 8-bit inputs),
+For every layer a TensorIR kernel can take (:mod:`.tir_kernels`: dense_requant and pointwise
+conv2d_requant on 8-bit inputs),
 the layer alone -- its own weights, requantization and shape -- is written as a one-step package
 once per candidate (the hand-written C, and each TIR schedule compiled by TVM's LLVM backend for
 the board's ``-mcpu`` / ``-mattr``), cross-built with the profiling marks, and run under
@@ -20,14 +21,22 @@ import numpy as np
 from ..errors import QPluginError
 from .tir_kernels import SCHEDULES, symbol_address
 
-TIR_OPS = {"dense_requant"}
 TIR_INPUTS = ("uint8", "int8")
 HANDWRITTEN = "handwritten-c"
 
 
+def _pointwise(s) -> bool:
+    """A 1x1 conv of one image, stride 1, no padding or dilation, groups 1: a GEMM over its pixels."""
+    p = s.params
+    return (s.op == "conv2d_requant" and tuple(s.args[1].shape[2:]) == (1, 1) and s.args[0].shape[0] == 1
+            and p["groups"] == 1 and tuple(p["strides"]) == (1, 1) and tuple(p["dilation"]) == (1, 1)
+            and not any(p["padding"]))
+
+
 def tir_candidates(g) -> list:
-    """The steps of a package graph a TIR kernel can take."""
-    return [s for s in g.steps if s.op in TIR_OPS and s.args[0].dtype in TIR_INPUTS
+    """The steps of a package graph a TIR kernel can take: dense layers and pointwise convolutions
+    on 8-bit inputs."""
+    return [s for s in g.steps if (s.op == "dense_requant" or _pointwise(s)) and s.args[0].dtype in TIR_INPUTS
             and all(a.val.kind == "const" for a in s.args[1:])]
 
 

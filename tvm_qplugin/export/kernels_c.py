@@ -128,6 +128,8 @@ class KernelCalls(CEmitter, CoverageKernelCalls, TransformerKernelCalls, TirKern
         fields = dict(conv_dims(s), kp=wk["kp"], qmin=p["qmin"], qmax=p["qmax"], wt=wk["wt"], bias=wk["bias"],
                       mult=wk["mult"], shift=wk["shift"], wcorr=wk["wcorr"])
         self._gemm_call(s, "conv2d", "qk_conv_t", fields, x)
+        if s.index in self.tir_choice:  # a TensorIR kernel measured faster on this board (kernel_choice.py)
+            self.tir_dense_call(s, p, wk)
 
     def op_dense_requant(self, s: Step, p: dict) -> None:
         x, w, bias, mult, shift = s.args

@@ -39,7 +39,9 @@ TIR_TILE_N = 4       # output channels per pass of the tiled schedule
 @dataclass(frozen=True)
 class DenseSpec:
     """One TIR dense kernel: ``y (m, n) = requant(x (m, k) . w (n, kp)[:, :k] + b)``; ``flip``:
-    uint8 ``x`` taken as ``x ^ 0x80`` (int8), ``b`` then carries ``+ 128 * sum(w)``."""
+    uint8 ``x`` taken as ``x ^ 0x80`` (int8), ``b`` then carries ``+ 128 * sum(w)``. ``nchw``: a 1x1
+    convolution over m pixels, x (k, m) and y (n, m) channel-major: the kernel packs x transposed
+    (int8, contiguous channels) per block of pixels before the dot products."""
 
     name: str
     m: int
@@ -51,6 +53,8 @@ class DenseSpec:
     qmin: int
     qmax: int
     schedule: str = "default"
+    nchw: bool = False
+    shift33: bool = False   # every shift >= 33: the requantization in 32 bits (qk_internal.h's identity)
 
     @property
     def flip(self) -> bool:
@@ -62,28 +66,45 @@ def _dense_module(sp: DenseSpec) -> tvm.IRModule:
     m, k, kp, n, xd, od, lo, hi = sp.m, sp.k, sp.kp, sp.n, sp.x_dtype, sp.out_dtype, sp.qmin, sp.qmax
     flip = sp.flip
 
-    def xval(v):
-        return T.Cast("int32", T.Cast("int8", T.bitwise_xor(v, T.uint8(128)))) if flip else T.Cast("int32", v)
+    def x8(v):
+        return T.Cast("int8", T.bitwise_xor(v, T.uint8(128))) if flip else T.Cast("int8", v)
+
+    def requant(acc, vj, B, MU, SH):
+        if sp.shift33:  # floor((a b + 2^(c-1)) / 2^c) == (hi + 2^(c-33)) >> (c-32), hi = (a b) >> 32; |a|, |b| < 2^31
+            hi32 = T.Cast("int32", (T.Cast("int64", acc + B[vj]) * T.Cast("int64", MU[vj])) >> T.int64(32))
+            c32 = T.Cast("int32", SH[vj]) - 32
+            return T.Cast(od, T.max(T.min((hi32 + (T.int32(1) << (c32 - 1))) >> c32, T.int32(hi)), T.int32(lo)))
+        return T.Cast(od, T.max(T.min(
+            ((T.Cast("int64", acc) + T.Cast("int64", B[vj])) * T.Cast("int64", MU[vj])
+             + ((T.int64(1) << T.Cast("int64", SH[vj])) >> T.int64(1))) >> T.Cast("int64", SH[vj]),
+            T.int64(hi)), T.int64(lo)))
+
+    xshape, yshape = ((k, m), (n, m)) if sp.nchw else ((m, k), (m, n))
 
     @T.prim_func(s_tir=True)
-    def main(X: T.Buffer((m, k), xd), W: T.Buffer((n, kp), "int8"), B: T.Buffer((n,), "int32"),
-             MU: T.Buffer((n,), "int32"), SH: T.Buffer((n,), "int8"), Y: T.Buffer((m, n), od)):
+    def main(X: T.Buffer(xshape, xd), W: T.Buffer((n, kp), "int8"), B: T.Buffer((n,), "int32"),
+             MU: T.Buffer((n,), "int32"), SH: T.Buffer((n,), "int8"), Y: T.Buffer(yshape, od)):
         T.func_attr({"tirx.noalias": True})
         with T.sblock("root"):
+            XT = T.sblock_alloc_buffer((m, k), "int8")
             ACC = T.sblock_alloc_buffer((m, n), "int32")
+            for i, kk in T.grid(m, k):
+                with T.sblock("pack"):
+                    vi, vk = T.axis.remap("SS", [i, kk])
+                    XT[vi, vk] = x8(X[vk, vi] if sp.nchw else X[vi, vk])
             for i, j, kk in T.grid(m, n, k):
                 with T.sblock("acc"):
                     vi, vj, vk = T.axis.remap("SSR", [i, j, kk])
                     with T.init():
                         ACC[vi, vj] = 0
-                    ACC[vi, vj] = ACC[vi, vj] + xval(X[vi, vk]) * T.Cast("int32", W[vj, vk])
+                    ACC[vi, vj] = ACC[vi, vj] + T.Cast("int32", XT[vi, vk]) * T.Cast("int32", W[vj, vk])
             for i, j in T.grid(m, n):
                 with T.sblock("y"):
                     vi, vj = T.axis.remap("SS", [i, j])
-                    Y[vi, vj] = T.Cast(od, T.max(T.min(
-                        ((T.Cast("int64", ACC[vi, vj]) + T.Cast("int64", B[vj])) * T.Cast("int64", MU[vj])
-                         + ((T.int64(1) << T.Cast("int64", SH[vj])) >> T.int64(1))) >> T.Cast("int64", SH[vj]),
-                        T.int64(hi)), T.int64(lo)))
+                    if sp.nchw:
+                        Y[vj, vi] = requant(ACC[vi, vj], vj, B, MU, SH)
+                    else:
+                        Y[vi, vj] = requant(ACC[vi, vj], vj, B, MU, SH)
 
     return tvm.IRModule({"main": main})
 
@@ -95,8 +116,11 @@ def _schedule(mod: tvm.IRModule, sp: DenseSpec) -> tvm.IRModule:
     4 and 4 feed 16). A shape the tile does not divide takes ``default``."""
     sch = tvm.s_tir.Schedule(mod)
     sch.work_on("main")
-    acc, y = sch.get_sblock("acc"), sch.get_sblock("y")
+    pack, acc, y = sch.get_sblock("pack"), sch.get_sblock("acc"), sch.get_sblock("y")
+    if not sp.nchw:
+        sch.compute_inline(pack)   # dense: x rows are contiguous already
     i, j = sch.get_loops(y)
+    outer = i
     if sp.schedule == "tiled" and sp.n % TIR_TILE_N == 0:
         jo, ji = sch.split(j, [None, TIR_TILE_N])
         sch.compute_at(acc, jo)
@@ -105,7 +129,8 @@ def _schedule(mod: tvm.IRModule, sp: DenseSpec) -> tvm.IRModule:
         for loop in (a_j, ji):
             sch.unroll(loop)
     elif sp.schedule in _ROWS and sp.n % TIR_TILE_N == 0 and sp.m % _ROWS[sp.schedule] == 0:
-        io, ii = sch.split(i, [None, _ROWS[sp.schedule]])
+        outer, ii = sch.split(i, [None, _ROWS[sp.schedule]])
+        io = outer
         jo, ji = sch.split(j, [None, TIR_TILE_N])
         sch.reorder(io, jo, ii, ji)
         sch.compute_at(acc, jo)
@@ -119,6 +144,8 @@ def _schedule(mod: tvm.IRModule, sp: DenseSpec) -> tvm.IRModule:
     sch.set_scope(acc, 0, "local")
     # the zero-init out of the k loop: otherwise LLVM peels k = 0 and every vector load is off by one
     sch.decompose_reduction(acc, a_k)
+    if sp.nchw:  # one block of pixels transposed (k contiguous) before its dot products
+        sch.compute_at(pack, outer)
     return sch.mod
 
 
@@ -147,7 +174,7 @@ _SHIM_HEAD = """/* tir_kernels.c - calls of the TensorIR-generated kernels (tir_
 #include "tir_kernels.h"
 
 #ifndef QK_TIR_POOL_BYTES
-#define QK_TIR_POOL_BYTES 1024
+#define QK_TIR_POOL_BYTES @POOL@
 #endif
 
 typedef struct { int32_t type_index; uint32_t pad; union { int64_t i; void *p; } v; } qk_tir_any_t;
@@ -235,7 +262,9 @@ def shim_sources(specs: list[DenseSpec]) -> tuple[str, str]:
               "/* a TIR kernel's packed entry called on plain pointers (each becomes a DLTensor's data) */\n"
               "void qk_tir_call(int32_t (*fn)(void *, void *, int32_t, void *), int32_t n, void *const *ptrs);\n"
               + "".join(prototype(sp) + ";\n" for sp in specs) + "#endif\n")
-    body = [_SHIM_HEAD]
+    # workspace: the local accumulators and a pointwise conv's packed block of pixels (<= 4 rows of k int8)
+    pool = 1024 + max((4 * sp.kp for sp in specs if sp.nchw), default=0)
+    body = [_SHIM_HEAD.replace("@POOL@", str((pool + 63) // 64 * 64))]
     for sp in specs:
         body.append(f"\nint32_t __tvm_ffi_{sp.name}(void *self, void *args, int32_t n, void *result);\n"
                     f"{prototype(sp)} {{\n"
@@ -245,7 +274,7 @@ def shim_sources(specs: list[DenseSpec]) -> tuple[str, str]:
 
 
 class TirKernelCalls:
-    """The call of a dense_requant step chosen for its TIR kernel (``tir_choice``: step index ->
+    """The call of a dense_requant or pointwise conv2d_requant step chosen for its TIR kernel (``tir_choice``: step index ->
     schedule, set by :func:`.c_package.write_c_package`); a mixin of :class:`.kernels_c.KernelCalls`.
     The TIR call replaces the hand-written one on aarch64 (``QM_TIR``, model.c) and reads the same
     weight arrays; elsewhere (the host's sanitizer build) the hand-written call stays."""
@@ -255,19 +284,24 @@ class TirKernelCalls:
     def tir_dense_call(self, s, p: dict, wk: dict) -> None:
         import numpy as np
 
-        from .kernels_c import dense_dims
+        from .kernels_c import conv_dims, dense_dims
 
         x, w, bias = s.args[:3]
         if x.dtype not in ("uint8", "int8") or s.out.dtype not in OUT_DTYPES:
-            raise UnsupportedOpError(f"TIR kernel: {s.name}: dense_requant {x.dtype} -> {s.out.dtype} has no TIR kernel")
-        d = dense_dims(s)
+            raise UnsupportedOpError(f"TIR kernel: {s.name}: {s.op} {x.dtype} -> {s.out.dtype} has no TIR kernel")
+        if s.op == "conv2d_requant":   # a pointwise conv of one image: a GEMM over its pixels, channel-major
+            c = conv_dims(s)
+            d, nchw = {"m": c["oh"] * c["ow"], "k": c["c"], "n": c["o"]}, True
+        else:
+            d, nchw = dense_dims(s), False
         bn = wk["bias"]
         if x.dtype == "uint8":  # flipped to int8: 128 * sum(w) restores the sum
             b = np.asarray(bias.val.const, np.int64).reshape(-1)
             b = b + 128 * w.val.const.reshape(d["n"], d["k"]).astype(np.int64).sum(axis=1)
             bn = self.const_array(b.astype(np.int32), "int32_t", "b")
-        sp = DenseSpec(f"qk_tir_dense_{s.index}", d["m"], d["k"], wk["kp"], d["n"], x.dtype, s.out.dtype,
-                       int(p["qmin"]), int(p["qmax"]), self.tir_choice[s.index])
+        sp = DenseSpec(f"qk_tir_{'conv1x1' if nchw else 'dense'}_{s.index}", d["m"], d["k"], wk["kp"], d["n"], x.dtype,
+                       s.out.dtype, int(p["qmin"]), int(p["qmax"]), self.tir_choice[s.index], nchw,
+                       bool(np.asarray(s.args[4].val.const).min() >= 33))
         self.tir_specs.append(sp)
         hand = self.calls.pop()
         self.calls += ["#if QM_TIR", f"  (void)qm_p{s.index};  /* the hand-written call's parameters */", f"  {sp.name}({self.ptr(x, True)}, {wk['wt']}, {bn}, {wk['mult']}, {wk['shift']}, "
