@@ -58,21 +58,24 @@ def _objdump(obj) -> str:
     return run_tool([which("aarch64-linux-gnu-objdump"), "-d", obj], what="objdump").stdout
 
 
-@pytest.mark.parametrize("board_name", ["rpi5", "rpi4"])
-def test_measured_choice_and_bit_exact_package(model, tmp_path, board_name):
+def _check_choices(choices):
+    assert sorted(choices) == [0, 2], choices
+    for ch in choices.values():
+        assert ch["dropped"] == 0 and all(ch["instructions"].values()), ch  # every candidate ran bit-exact
+        assert ch["instructions"][ch["source"]] == min(ch["instructions"].values()), ch
+        assert "fastest bit-exact" in ch["why"], ch
+        # the TIR kernels win on these layers: the hand-written C is the portable path on aarch64
+        assert ch["source"] != HANDWRITTEN, ch["why"]
+
+
+def test_rpi4_measured_choice_and_bit_exact_package(model, tmp_path):
+    """Cortex-A72, no dot product: objects without sdot, no SIGILL under -cpu cortex-a72."""
     mod, x, want = model
+    board_name = "rpi4"
     board = get_board(board_name)
     kernels, choices = choose_kernels(mod, board, tmp_path / "choice")
-    dense_steps = sorted(choices)
-    assert len(dense_steps) == 2, choices
-    for i in dense_steps:
-        ch = choices[i]
-        assert ch["dropped"] == 0 and all(ch["instructions"].values()), ch  # every candidate ran bit-exact
-        best = min(ch["instructions"].values())
-        assert ch["instructions"][ch["source"]] == best and "fastest bit-exact" in ch["why"], ch
-    # the TIR kernels win on these layers: the hand-written C is the portable path on aarch64
-    assert all(choices[i]["source"] != HANDWRITTEN for i in dense_steps), choices
-    assert set(kernels) == set(dense_steps)
+    _check_choices(choices)
+    assert set(kernels) == set(choices)
     pkg = tmp_path / "pkg"
     info = write_c_package(mod, pkg, board, kernels=kernels)
     assert len(info["tir_objects"]) == 2
@@ -99,21 +102,25 @@ def test_cortex_m_boards_have_no_tir_route(model):
     assert choose_kernels(model[0], get_board("qemu-mps2-an386")) == ({}, {})
 
 
-def test_export_mcu_reports_the_choice(model, tmp_path):
-    """export_mcu (compile's route) on rpi5: the chosen kernel and its instructions per MAC reach
-    the package's layers and report.json's layers[] (report.record_c_package)."""
+def test_rpi5_export_mcu_chooses_sdot_kernels_and_reports_them(model, tmp_path):
+    """export_mcu (compile's route) on rpi5 (Cortex-A76): the measured choice, sdot in the chosen
+    objects, the package bit-exact under qemu-aarch64, and the choice with its instructions per
+    MAC in the package's layers and report.json's layers[] (report.record_c_package)."""
     from tvm_qplugin.export import export_mcu
     from tvm_qplugin.report import record_c_package
 
     mod, x, _ = model
     board = get_board("rpi5")
     res = export_mcu(mod, tmp_path / "pkg", board, samples=[[x]], workdir=tmp_path / "work")
-    assert res["bit_exact"]
-    assert [layer["kernel"]["source"].startswith("tensorir-") for layer in res["layers"]] == [True, True]
+    assert res["bit_exact"] and res["bit_exact_inputs"] == 1
+    _check_choices({layer["index"]: layer["kernel"] for layer in res["layers"]})
+    info = res["package"]
+    assert len(info["tir_objects"]) == 2 and "sdot" in "".join(_objdump(tmp_path / "pkg" / o)
+                                                               for o in info["tir_objects"])
     r = {"bit_exact": True, "layers": [{"op": "dense"}, {"op": "dense"}]}
     record_c_package(r, res, board)
     for layer, pkg_layer in zip(r["layers"], res["layers"]):
-        assert layer["kernel"] == pkg_layer["kernel"] and "fastest bit-exact" in layer["kernel"]["why"]
+        assert layer["kernel"] == pkg_layer["kernel"]
         assert 0 < layer["instructions_per_mac"] < 1.0, layer
 
 
