@@ -156,3 +156,24 @@ def test_pointwise_conv_takes_a_tir_kernel(tmp_path):
     assert info["steps"][0]["c_func"].startswith("qk_tir_conv1x1_") and "sdot" in _objdump(pkg / info["tir_objects"][0])
     exe = harness.build_linux(pkg, board, tmp_path / "build")
     assert_bit_exact(harness.run_linux(exe, pkg, board, [[xs]], tmp_path / "run")[0][0], want, "rpi5 pointwise conv")
+
+
+def test_layers_of_the_same_shape_share_one_measurement(tmp_path):
+    rng = np.random.default_rng(8)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([3, 32], "int8"))
+
+    def dense(h):
+        return emit(bb, "dense_requant", [h, const(rng.integers(-127, 128, (32, 32)).astype(np.int8)),
+                                          const(rng.integers(-400, 400, 32).astype(np.int32)),
+                                          const(np.full(32, 1 << 30, np.int64)), const(np.full(32, 38, np.int64))],
+                    qmin=-128, qmax=127, out_dtype="int8")
+
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit_output(dense(dense(x)))
+        bb.emit_func_output(y)
+    kernels, choices = choose_kernels(bb.finalize(), get_board("rpi5"), tmp_path)
+    assert sorted(choices) == [0, 1] and choices[1]["instructions"] == choices[0]["instructions"]
+    assert "same shapes" in choices[1]["why"] and kernels.get(1) == kernels.get(0)
+    assert sorted({p.name.split("-")[0] for p in tmp_path.iterdir()}) == ["s0"]   # measured once

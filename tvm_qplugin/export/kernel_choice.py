@@ -7,7 +7,9 @@ once per candidate (the hand-written C, and each TIR schedule compiled by TVM's 
 the board's ``-mcpu`` / ``-mattr``), cross-built with the profiling marks, and run under
 ``qemu-aarch64 -cpu <board core>`` with the instruction-count plugin on an input holding the dtype
 extremes. A candidate whose output differs from the op's NumPy twin by one bit, or that faults or
-hangs, is dropped (and counted); the fewest instructions wins. QEMU counts instructions, exactly
+hangs, is dropped (and counted); the fewest instructions wins. Layers with the same shapes, dtypes
+and params share one measurement (the kernels have no data-dependent branches; every layer is
+still checked in the whole package's bit-exact run). QEMU counts instructions, exactly
 and repeatably, not cycles: the choice is noise-free, and a real board's timing may rank close
 candidates differently.
 """
@@ -38,6 +40,14 @@ def tir_candidates(g) -> list:
     on 8-bit inputs."""
     return [s for s in g.steps if (s.op == "dense_requant" or _pointwise(s)) and s.args[0].dtype in TIR_INPUTS
             and all(a.val.kind == "const" for a in s.args[1:])]
+
+
+def _shape_key(s) -> tuple:
+    """What a layer's kernel code depends on: op, shapes, dtypes, params, the 32-bit requantization
+    condition -- not the weight values (the kernels have no data-dependent branches)."""
+    shifts = s.args[4].val.const
+    return (s.op, tuple(s.args[0].shape), s.args[0].dtype, tuple(s.args[1].shape), s.out.dtype,
+            bool(shifts.min() >= 33), tuple(sorted((k, str(v)) for k, v in s.params.items() if not k.startswith("_"))))
 
 
 def _one_step_module(s):
@@ -107,7 +117,16 @@ def choose_kernels(imod, board, workdir=None) -> tuple[dict, dict]:
             return choose_kernels(imod, board, Path(tmp))
     g = build_graph(integer_module_of(imod))
     kernels, choices = {}, {}
+    seen: dict[tuple, int] = {}
     for s in tir_candidates(g):
+        key = _shape_key(s)
+        if key in seen:  # same code and shapes as a layer measured already: the same counts
+            first = choices[seen[key]]
+            choices[s.index] = dict(first, why=f"{first['why']} (measured on {g.steps[seen[key]].name}: same shapes)")
+            if seen[key] in kernels:
+                kernels[s.index] = kernels[seen[key]]
+            continue
+        seen[key] = s.index
         mod = _one_step_module(s)
         sample = _sample(s.args[0].shape, s.args[0].dtype, seed=s.index)
         want = ReferenceInterpreter(mod).run("main", sample)
