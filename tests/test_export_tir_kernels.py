@@ -10,7 +10,7 @@ import pytest
 from conftest import assert_bit_exact
 from tvm import relax
 
-from tvm_qplugin.export import harness
+from tvm_qplugin.export import export_mcu, harness
 from tvm_qplugin.export.c_package import write_c_package
 from tvm_qplugin.export.kernel_choice import HANDWRITTEN, choose_kernels
 from tvm_qplugin.export.tir_kernels import SCHEDULES
@@ -18,6 +18,7 @@ from tvm_qplugin.export.toolchain import run_tool, which
 from tvm_qplugin.ops import const, emit
 from tvm_qplugin.quant import dyadic
 from tvm_qplugin.reference import ReferenceInterpreter
+from tvm_qplugin.report import record_c_package
 from tvm_qplugin.targets import get_board
 
 
@@ -106,21 +107,18 @@ def test_rpi5_export_mcu_chooses_sdot_kernels_and_reports_them(model, tmp_path):
     """export_mcu (compile's route) on rpi5 (Cortex-A76): the measured choice, sdot in the chosen
     objects, the package bit-exact under qemu-aarch64, and the choice with its instructions per
     MAC in the package's layers and report.json's layers[] (report.record_c_package)."""
-    from tvm_qplugin.export import export_mcu
-    from tvm_qplugin.report import record_c_package
-
     mod, x, _ = model
     board = get_board("rpi5")
     res = export_mcu(mod, tmp_path / "pkg", board, samples=[[x]], workdir=tmp_path / "work")
     assert res["bit_exact"] and res["bit_exact_inputs"] == 1
-    _check_choices({layer["index"]: layer["kernel"] for layer in res["layers"]})
+    _check_choices({layer["index"]: layer["kernel_choice"] for layer in res["layers"]})
     info = res["package"]
     assert len(info["tir_objects"]) == 2 and "sdot" in "".join(_objdump(tmp_path / "pkg" / o)
                                                                for o in info["tir_objects"])
     r = {"bit_exact": True, "layers": [{"op": "dense"}, {"op": "dense"}]}
     record_c_package(r, res, board)
     for layer, pkg_layer in zip(r["layers"], res["layers"]):
-        assert layer["kernel"] == pkg_layer["kernel"]
+        assert layer["kernel"] == pkg_layer["kernel_choice"]
         assert 0 < layer["instructions_per_mac"] < 1.0, layer
 
 
@@ -146,16 +144,19 @@ def test_pointwise_conv_takes_a_tir_kernel(tmp_path):
         bb.emit_func_output(y)
     mod = bb.finalize()
     xs = rng.integers(0, 256, (1, 40, 6, 6)).astype(np.uint8)
-    (want,) = ReferenceInterpreter(mod).run("main", xs)
     board = get_board("rpi5")
-    kernels, choices = choose_kernels(mod, board, tmp_path / "choice")
-    assert sorted(choices) == [0] and choices[0]["dropped"] == 0, choices   # the 3x3 conv is not a candidate
-    assert choices[0]["source"] != HANDWRITTEN, choices[0]["why"]
-    pkg = tmp_path / "pkg"
-    info = write_c_package(mod, pkg, board, kernels=kernels)
-    assert info["steps"][0]["c_func"].startswith("qk_tir_conv1x1_") and "sdot" in _objdump(pkg / info["tir_objects"][0])
-    exe = harness.build_linux(pkg, board, tmp_path / "build")
-    assert_bit_exact(harness.run_linux(exe, pkg, board, [[xs]], tmp_path / "run")[0][0], want, "rpi5 pointwise conv")
+    res = export_mcu(mod, tmp_path / "pkg", board, samples=[[xs]], workdir=tmp_path / "work")
+    assert res["bit_exact"], res["mismatches"]
+    conv1x1, conv3x3 = res["layers"]
+    assert conv1x1["kernel_choice"]["dropped"] == 0 and conv1x1["kernel_choice"]["source"] != HANDWRITTEN
+    assert "kernel_choice" not in conv3x3                                   # the 3x3 conv is not a candidate
+    info = res["package"]
+    assert info["steps"][0]["c_func"].startswith("qk_tir_conv1x1_")
+    assert "sdot" in _objdump(tmp_path / "pkg" / info["tir_objects"][0])
+    r = {"bit_exact": True, "layers": [{"op": "conv2d"}, {"op": "conv2d"}]}
+    record_c_package(r, res, board)
+    assert r["layers"][0]["kernel"] == conv1x1["kernel_choice"]
+    assert r["layers"][1]["kernel"]["source"] == HANDWRITTEN                # untouched by the choice
 
 
 def test_layers_of_the_same_shape_share_one_measurement(tmp_path):

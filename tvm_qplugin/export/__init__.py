@@ -84,7 +84,7 @@ def export_mcu(model, outdir, board, samples=None, expected=None, verify: bool =
         ch = choices.get(layer["index"])
         if ch:  # the chosen candidate's own count: the layer alone under qemu-aarch64, same shapes and weights
             n = ch["instructions"][ch["source"]]
-            layer.update(kernel=ch, instructions=n, instructions_per_mac=round(n / max(layer["macs"], 1), 4))
+            layer.update(kernel_choice=ch, instructions=n, instructions_per_mac=round(n / max(layer["macs"], 1), 4))
     check_budget(info, board, ram_budget=ram_budget, size_budget=size_budget)
     memory = {"peak_arena_bytes": info["arena_bytes"], "liveness_lower_bound_bytes": info["liveness_lower_bound_bytes"],
               "weights_bytes": info["weights_bytes"]}
