@@ -1,6 +1,7 @@
 """TensorIR-generated kernels for the C package of aarch64 boards (issue 11, deliverable 1).
 
-A dense_requant layer with 8-bit inputs becomes a TIR PrimFunc -- the int8 dot products, the
+A dense_requant layer, or a pointwise conv2d_requant (one image, NCHW: packed transposed per block
+of pixels inside the kernel), with 8-bit inputs becomes a TIR PrimFunc -- the int8 dot products, the
 per-channel requantization of quant/dyadic.py and the clamp, shapes baked in -- compiled by TVM's
 LLVM backend for the board's own target (``-mcpu`` / ``-mattr``: ``+dotprod`` gives ``sdot``)
 into an ELF object that the package links beside qkernels.c. The kernel reads the package's own
@@ -13,12 +14,12 @@ and a private pointer-ABI PrimFunc cannot hold an allocation (LowerTVMBuiltin ne
 a packed function's arguments), so the kernel is the packed function itself and the package's
 ``tir_kernels.c`` calls ``__tvm_ffi_<name>(self, args, n, result)`` with ``args[i] = {type_index 7
 (DLTensor*), &tensor_i}``. With ``tirx.disable_assert`` the function reads only each tensor's
-``data`` (and the unused shape / strides / device fields): the object has no undefined symbol and
-needs no TVM runtime on the board; the accumulator is a stack scalar.
+``data`` (and the unused shape / strides / device fields). The object's only external references
+are TVM's weak runtime hooks (workspace allocation, parallel launch), which the shim serves from a
+static pool and serially: no TVM runtime on the board.
 
-Schedules (the candidates :mod:`.kernel_choice` measures): ``default`` -- the plain loop nest,
-which LLVM vectorizes into one ``sdot`` chain per output; ``tiled`` -- 4 output channels per
-pass over ``x`` (unrolled), so each 16-byte load of ``x`` feeds four ``sdot``.
+Schedules (the candidates :mod:`.kernel_choice` measures; see :func:`_schedule`): ``default``,
+``tiled``, ``tiled2x4``, ``tiled4x4``.
 """
 from __future__ import annotations
 
@@ -149,12 +150,19 @@ def _schedule(mod: tvm.IRModule, sp: DenseSpec) -> tvm.IRModule:
     return sch.mod
 
 
+def object_target(board) -> tvm.target.Target:
+    """The board's TVM target for kernel objects: its ``-mcpu`` / ``-mattr``, one core (a parallel
+    launch would need the TVM runtime's thread pool)."""
+    if board.family != "aarch64" or board.os != "linux":
+        raise UnsupportedOpError(f"TIR kernels: board {board.name} is not an aarch64 Linux board (Cortex-M "
+                                 "candidates need a C-callable TIR route first)")
+    return tvm.target.Target({**dict(board.target().export()), "num-cores": 1})
+
+
 def build_object(specs: list[DenseSpec], board, path: Path) -> list[Path]:
-    """Compile every kernel for ``board`` (its TVM target: ``-mcpu`` / ``-mattr``) into one object
-    each; return their paths (``<path stem>_<name>.o``)."""
-    if board.family != "aarch64":
-        raise UnsupportedOpError(f"TIR kernels: board {board.name} ({board.family}) has no TIR route yet (aarch64 only)")
-    target = tvm.target.Target({k: v for k, v in dict(board.target().export()).items() if k != "num-cores"})
+    """Compile every kernel for ``board`` (:func:`object_target`) into one object each; return their
+    paths (``<path stem>_<name>.o``)."""
+    target = object_target(board)
     out = []
     for sp in specs:
         mod = _schedule(_dense_module(sp), sp)

@@ -37,11 +37,13 @@ POOL_BYTES = 1 << 20     # the harness's workspace pool: tuned tiles may hold la
 
 
 def board_target(board) -> tvm.target.Target:
-    """The board's TVM target on one core (no parallel launch: no TVM runtime on the board)."""
-    if board.family != "aarch64" or board.os != "linux":
-        raise QPluginError(f"qemu tuning runner: board {board.name} is not an aarch64 Linux board "
-                           "(Cortex-M candidates need a C-callable TIR route first)")
-    return tvm.target.Target({**dict(board.target().export()), "num-cores": 1})
+    """The board's TVM target on one core (export/tir_kernels.py's); one line if not aarch64 Linux."""
+    from ..export.tir_kernels import object_target
+
+    try:
+        return object_target(board)
+    except QPluginError as e:
+        raise QPluginError(f"qemu tuning runner: {e}") from None
 
 
 @derived_object
