@@ -138,6 +138,10 @@ def choose_kernels(imod, board, workdir=None) -> tuple[dict, dict]:
                 runs[name] = _measure(mod, board, k, sample, want, Path(workdir) / f"s{s.index}-{name}")
             except QPluginError as e:
                 runs[name] = {"ok": False, "why": str(e)}
+            except Exception as e:  # noqa: BLE001 - a TIR candidate that does not build is dropped, counted
+                if k is None:
+                    raise
+                runs[name] = {"ok": False, "why": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
         ok = {n: r["instructions"] for n, r in runs.items() if r["ok"]}
         if not ok:
             raise QPluginError(f"kernel choice for {s.name}: no candidate ran bit-exact on {board.name}: "
