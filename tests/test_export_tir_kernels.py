@@ -178,3 +178,30 @@ def test_layers_of_the_same_shape_share_one_measurement(tmp_path):
     assert sorted(choices) == [0, 1] and choices[1]["instructions"] == choices[0]["instructions"]
     assert "same shapes" in choices[1]["why"] and kernels.get(1) == kernels.get(0)
     assert sorted({p.name.split("-")[0] for p in tmp_path.iterdir()}) == ["s0"]   # measured once
+
+
+def test_a_candidate_that_fails_to_build_is_dropped_and_counted(tmp_path, monkeypatch):
+    """A planted TIR schedule whose build raises (as test_tuning plants wrong candidates): the layer
+    still gets a kernel, the failure is named in ``why`` and counted in ``dropped``."""
+    from tvm_qplugin.export import kernel_choice, tir_kernels
+
+    real = tir_kernels._schedule
+
+    def planted(mod, sp):
+        if sp.schedule == "tiled":
+            raise RuntimeError("planted build failure")
+        return real(mod, sp)
+
+    monkeypatch.setattr(tir_kernels, "_schedule", planted)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([2, 16], "int8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit_output(emit(bb, "dense_requant", [x, const(np.ones((8, 16), np.int8)),
+                                                          const(np.zeros(8, np.int32)), const(np.full(8, 1 << 30)),
+                                                          const(np.full(8, 36))], qmin=-128, qmax=127, out_dtype="int8"))
+        bb.emit_func_output(y)
+    _, choices = kernel_choice.choose_kernels(bb.finalize(), get_board("rpi5"), tmp_path)
+    ch = choices[0]
+    assert ch["dropped"] == 1 and ch["instructions"]["tensorir-tiled"] is None and ch["source"] != "tensorir-tiled"
+    assert "tensorir-tiled dropped (RuntimeError: planted build failure)" in ch["why"]
