@@ -76,7 +76,15 @@ def export_mcu(model, outdir, board, samples=None, expected=None, verify: bool =
     from ..targets import resolve_board
 
     board = resolve_board(board)
-    info = write_c_package(model, outdir, board)
+    from .kernel_choice import choose_kernels
+
+    kernels, choices = choose_kernels(model, board)   # aarch64: TensorIR vs hand-written, measured per layer
+    info = write_c_package(model, outdir, board, kernels=kernels)
+    for layer in info["layers"]:
+        ch = choices.get(layer["index"])
+        if ch:  # the chosen candidate's own count: the layer alone under qemu-aarch64, same shapes and weights
+            n = ch["instructions"][ch["source"]]
+            layer.update(kernel_choice=ch, instructions=n, instructions_per_mac=round(n / max(layer["macs"], 1), 4))
     check_budget(info, board, ram_budget=ram_budget, size_budget=size_budget)
     memory = {"peak_arena_bytes": info["arena_bytes"], "liveness_lower_bound_bytes": info["liveness_lower_bound_bytes"],
               "weights_bytes": info["weights_bytes"]}

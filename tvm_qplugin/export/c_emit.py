@@ -115,6 +115,21 @@ class CEmitter:
         self.params.append(f"static const {ctype} {name} = {{{body}}};  /* {s.name}: {s.kernel or s.op} */\n")
         return name
 
+    def emit_call(self, s: Step, kind: str, types, struct: str, fields: dict, inputs=None, extra=()) -> None:
+        """One kernel call: the step's parameter block ``struct`` of ``fields``, the instance
+        ``(kind, type codes of types)`` recorded for qkernels.c, and
+        ``qk_<kind>_<codes>(&params, inputs..., out, extra...);`` appended to the calls.
+
+        ``types``: dtype strings or Refs (their dtypes), in the template's type-parameter order;
+        ``inputs``: Refs (const pointers) or C expressions, default the step's first argument.
+        """
+        pn = self.pstruct(struct, s, fields)
+        codes = tuple(dt_info(t if isinstance(t, str) else t.dtype)[0] for t in types)
+        self.instances.add((kind, *codes))
+        s.c_func = "_".join((f"qk_{kind}", *codes))
+        ins = [self.ptr(a, True) if isinstance(a, Ref) else a for a in (s.args[:1] if inputs is None else inputs)]
+        self.calls.append(f"  {s.c_func}(&{pn}, {', '.join([*ins, self.ptr(s.out), *extra])});")
+
     def _copy(self, s: Step, tag: str, shape, ss, ds, src: str, dst: str, esize: int) -> None:
         shape, ss, ds = list(shape), list(ss), list(ds)
         if len(shape) > MAX_DIMS:

@@ -33,6 +33,16 @@ from .kernels_c import KernelCalls, macs, scratch_bytes
 from .qkernels import kernel_sources
 from .templates import MCU_DIR, copy_mcu_file, read_template
 
+# the TIR kernels are objects for the board's aarch64 core: other builds (the host's) keep the hand-written calls
+_TIR_INCLUDE = """#include "qkernels.h"
+#if defined(__aarch64__) && !defined(QMODEL_NO_TIR)
+#define QM_TIR 1
+#include "tir_kernels.h"
+#else
+#define QM_TIR 0
+#endif
+"""
+
 __all__ = ["write_c_package", "build_graph", "plan_memory", "integer_module_of", "integer_function", "kernel_sources",
            "MCU_DIR", "copy_mcu_file"]
 
@@ -62,7 +72,7 @@ def _io_specs(imod, g: Graph, inputs, outputs) -> tuple[list[dict], list[dict]]:
     return norm(ins, g.inputs), norm(outs, g.outputs)
 
 
-def write_c_package(imod, outdir, board=None, inputs=None, outputs=None) -> dict:
+def write_c_package(imod, outdir, board=None, inputs=None, outputs=None, kernels: dict | None = None) -> dict:
     """Write the C package of an integer module into ``outdir`` (created; replaced files only).
 
     ``imod``: an :class:`~tvm_qplugin.passes.integerize.IntegerModule` or an
@@ -70,7 +80,10 @@ def write_c_package(imod, outdir, board=None, inputs=None, outputs=None) -> dict
     integer ``tvm.IRModule``. ``board``: a :class:`~tvm_qplugin.targets.Board`
     or board name, recorded in the package (budgets are checked by :func:`check_budget`).
     ``inputs``/``outputs``: I/O specs (``IOSpec`` or ``(name, shape, qtype)``) when ``imod`` is a bare
-    module. Returns the package description (also written to ``qmodel.json``).
+    module. ``kernels``: step index -> TIR schedule (:mod:`.tir_kernels`) for the steps that call a
+    TensorIR-generated kernel (aarch64 boards; :func:`.kernel_choice.choose_kernels` measures which);
+    their objects ``tir_kernels_*.o`` and the calling shim ``tir_kernels.c`` join the package. Returns the
+    package description (also written to ``qmodel.json``).
     """
     from ..targets import Board, resolve_board
 
@@ -91,6 +104,7 @@ def write_c_package(imod, outdir, board=None, inputs=None, outputs=None) -> dict
     in_names = ["input"] if len(ins) == 1 else [f"input{i}" for i in range(len(ins))]
     out_names = ["output"] if len(outs) == 1 else [f"output{i}" for i in range(len(outs))]
     em = KernelCalls(g, mplan, copies, in_names, out_names)
+    em.tir_choice, em.tir_specs = dict(kernels or {}), []
     for s in g.steps:
         em.emit_step(s)
     em.calls.append(f"  QM_MARK({len(g.steps)});")
@@ -109,12 +123,22 @@ def write_c_package(imod, outdir, board=None, inputs=None, outputs=None) -> dict
     files["qkernels.h"], files["qkernels.c"] = kernel_sources(em.instances)
     files["qk_internal.h"] = read_template("qk_internal.h")
     files.update(build_system_files())
+    tir_objects = []
+    if em.tir_specs:
+        from .tir_kernels import build_object, shim_sources
+
+        if board is None:
+            raise ValueError("write_c_package: TIR kernels need the board they are compiled for")
+        files["tir_kernels.h"], files["tir_kernels.c"] = shim_sources(em.tir_specs)
+        tir_objects = [p.name for p in build_object(em.tir_specs, board, outdir / "tir_kernels.o")]
+        files["model.c"] = files["model.c"].replace('#include "qkernels.h"\n', _TIR_INCLUDE, 1)
 
     peak = mplan.peak_step()
     steps_info = [{"index": s.index, "name": s.name, "op": s.op, "kernel": s.kernel, "c_func": s.c_func,
                    "macs": s.macs, "out_shape": list(s.out.shape), "out_dtype": s.out.dtype,
                    "out_bytes": s.out.nbytes, "weight_bytes": s.weight_bytes,
                    "inplace": bool(s.params.get("_inplace")),
+                   "kernel_source": f"tensorir-{em.tir_choice[s.index]}" if s.index in em.tir_choice else "handwritten-c",
                    "scratch_bytes": s.scratch.nbytes if s.scratch is not None else 0} for s in g.steps]
     info = {
         "version": __version__,
@@ -137,6 +161,7 @@ def write_c_package(imod, outdir, board=None, inputs=None, outputs=None) -> dict
         "steps": steps_info,
         "layers": [st for st in steps_info if st["macs"]],
         "macs": sum(s.macs for s in g.steps),
+        "tir_objects": tir_objects,
     }
     files["qmodel.json"] = json.dumps(info, indent=1)
     for name, text in files.items():

@@ -75,8 +75,10 @@ def build_linux(pkg, board, build_dir=None, opt: str = "-O2", extra_cflags=()) -
     build_dir.mkdir(parents=True, exist_ok=True)
     (build_dir / "runner.c").write_text(runner_source(package_info(pkg)))
     exe = build_dir / "qmodel_runner"
+    tir = package_info(pkg).get("tir_objects") or []   # TensorIR kernels (tir_kernels.py): the shim + objects
+    tir_srcs = [pkg / "tir_kernels.c", *(pkg / o for o in tir)] if tir else []
     cmd = [which(b.cc), *b.cflags, *WARN_FLAGS, opt, *extra_cflags, f"-I{pkg}", pkg / "model.c", pkg / "qkernels.c",
-           build_dir / "runner.c", "-static", "-o", exe]
+           *tir_srcs, build_dir / "runner.c", "-static", "-o", exe]
     r = run_tool(cmd, what=f"{b.name} build")
     if r.returncode != 0:
         raise GeneratedCodeError(f"{b.cc} failed to build the C package for {b.name}:\n{r.stderr[-4000:]}")

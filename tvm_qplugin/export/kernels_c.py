@@ -19,6 +19,8 @@ from .c_emit import CEmitter, c_array, c_dims, c_i32, c_i64, fits
 from .c_graph import MAX_DIMS, Ref, Step, dt_info, prod, row_major_strides
 from .kernels_c_coverage import CoverageKernelCalls, check_requant
 from .kernels_c_int4 import W4_OPS, Int4KernelCalls, w4_scratch_bytes, weight_shape
+from .kernels_c_transformer import TransformerKernelCalls
+from .tir_kernels import TirKernelCalls
 
 # largest |x| a C GEMM input contributes per weight: the dtype's own bound, except uint8, which the
 # MVE path flips to int8 (x - 128) and corrects by 128 * sum(w): partial sums reach 256 * sum|w|
@@ -86,7 +88,7 @@ def broadcast_fields(s: Step, op: str) -> dict:
     return dict(ndim=nd, count=prod(out), flat=int(flat), shape=c_dims(out), sa=c_dims(strides(a.shape)),
                 sb=c_dims(strides(b.shape)))
 
-class KernelCalls(CEmitter, CoverageKernelCalls, Int4KernelCalls):
+class KernelCalls(CEmitter, CoverageKernelCalls, Int4KernelCalls, TransformerKernelCalls, TirKernelCalls):
     """The C call of every supported op (see the module docstring)."""
 
     def _weights(self, s: Step, w2d: np.ndarray, bias, mult, shift, x: Ref, gemm: bool = True,
@@ -134,6 +136,8 @@ class KernelCalls(CEmitter, CoverageKernelCalls, Int4KernelCalls):
         fields = dict(conv_dims(s), kp=wk["kp"], qmin=p["qmin"], qmax=p["qmax"], wt=wk["wt"], bias=wk["bias"],
                       mult=wk["mult"], shift=wk["shift"], wcorr=wk["wcorr"])
         self._gemm_call(s, "conv2d", "qk_conv_t", fields, x)
+        if s.index in self.tir_choice:  # a TensorIR kernel measured faster on this board (kernel_choice.py)
+            self.tir_dense_call(s, p, wk)
 
     def op_dense_requant(self, s: Step, p: dict) -> None:
         x, w, bias, mult, shift = s.args
@@ -143,49 +147,36 @@ class KernelCalls(CEmitter, CoverageKernelCalls, Int4KernelCalls):
         fields = dict(dims, kp=wk["kp"], qmin=p["qmin"], qmax=p["qmax"], wt=wk["wt"], bias=wk["bias"],
                       mult=wk["mult"], shift=wk["shift"], wcorr=wk["wcorr"])
         self._gemm_call(s, "dense", "qk_dense_t", fields, x)
+        if s.index in self.tir_choice:  # a TensorIR kernel measured faster on this board (kernel_choice.py)
+            self.tir_dense_call(s, p, wk)
 
     def _gemm_call(self, s: Step, kind: str, struct: str, fields: dict, x: Ref) -> None:
-        """The parameter block and the call of a GEMM-shaped kernel ``qk_<kind>_<X>_<O>``, whose
-        instance (input x output dtype) the kernel file must then contain."""
-        pn = self.pstruct(struct, s, fields)
-        X, O = dt_info(x.dtype)[0], dt_info(s.out.dtype)[0]
-        self.instances.add((kind, X, O))
-        s.c_func = f"qk_{kind}_{X}_{O}"
-        self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, {self.ptr(s.out)}, {self.scratch(s)});")
+        """The call of a GEMM-shaped kernel ``qk_<kind>_<X>_<O>`` (input x output dtype), with its scratch."""
+        self.emit_call(s, kind, (x, s.out), struct, fields, [x], [self.scratch(s)])
 
     def op_requantize(self, s: Step, p: dict) -> None:
         (x,) = s.args
         check_requant(s, p["multiplier"], p["shift"])
-        pn = self.pstruct("qk_requant_t", s, dict(count=prod(x.shape), mult=c_i32(p["multiplier"]), shift=p["shift"],
-                                                  qmin=c_i32(p["qmin"]), qmax=c_i32(p["qmax"])))
-        X, O = dt_info(x.dtype)[0], dt_info(s.out.dtype)[0]
         if x.dtype not in ("uint8", "int8", "int16", "uint16", "int32"):
             raise UnsupportedOpError(f"C package: requantize of {x.dtype} ({s.name})")
-        self.instances.add(("requantize", X, O))
-        s.c_func = f"qk_requantize_{X}_{O}"
-        self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, {self.ptr(s.out)});")
+        self.emit_call(s, "requantize", (x, s.out), "qk_requant_t",
+                       dict(count=prod(x.shape), mult=c_i32(p["multiplier"]), shift=p["shift"], qmin=c_i32(p["qmin"]),
+                            qmax=c_i32(p["qmax"])))
 
     def op_add_requant(self, s: Step, p: dict) -> None:
         a, b = s.args
         fields = dict(broadcast_fields(s, "add_requant"), ma=c_i64(p["ma"]), mb=c_i64(p["mb"]), shift=p["shift"],
                       qmin=c_i32(p["qmin"]), qmax=c_i32(p["qmax"]))
-        pn = self.pstruct("qk_add_t", s, fields)
-        A, B, O = dt_info(a.dtype)[0], dt_info(b.dtype)[0], dt_info(s.out.dtype)[0]
-        self.instances.add(("add", A, B, O))
-        s.c_func = f"qk_add_{A}_{B}_{O}"
-        self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(a, True)}, {self.ptr(b, True)}, {self.ptr(s.out)});")
+        self.emit_call(s, "add", (a, b, s.out), "qk_add_t", fields, [a, b])
 
     def op_max_pool2d(self, s: Step, p: dict) -> None:
         (x,) = s.args
         n, c, h, w = x.shape
         _, _, oh, ow = s.out.shape
         (kh, kw), (sh, sw), (dh, dw), (pt, pl, _, _) = p["pool_size"], p["strides"], p["dilation"], p["padding"]
-        pn = self.pstruct("qk_maxpool_t", s, dict(n=n, c=c, h=h, w=w, oh=oh, ow=ow, kh=kh, kw=kw, sh=sh, sw=sw,
-                                                  dh=dh, dw=dw, pt=pt, pl=pl, pad_value=c_i32(p["pad_value"])))
-        X = dt_info(x.dtype)[0]
-        self.instances.add(("maxpool", X))
-        s.c_func = f"qk_maxpool_{X}"
-        self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, {self.ptr(s.out)});")
+        self.emit_call(s, "maxpool", (x,), "qk_maxpool_t", dict(n=n, c=c, h=h, w=w, oh=oh, ow=ow, kh=kh, kw=kw, sh=sh,
+                                                                sw=sw, dh=dh, dw=dw, pt=pt, pl=pl,
+                                                                pad_value=c_i32(p["pad_value"])))
 
     def op_avg_pool2d_requant(self, s: Step, p: dict) -> None:
         x, mult = s.args
@@ -196,13 +187,9 @@ class KernelCalls(CEmitter, CoverageKernelCalls, Int4KernelCalls):
         if not fits(m, -2**31, 2**31 - 1):
             raise UnsupportedOpError(f"C package: {s.name}: multipliers exceed int32")
         mn = self.const_array(m.astype(np.int32).reshape(-1), "int32_t", "m")
-        pn = self.pstruct("qk_avgpool_t", s, dict(n=n, c=c, h=h, w=w, oh=oh, ow=ow, kh=kh, kw=kw, sh=sh, sw=sw, pt=pt,
-                                                  pl=pl, shift=p["shift"], qmin=c_i32(p["qmin"]), qmax=c_i32(p["qmax"]),
-                                                  mult=mn))
-        X, O = dt_info(x.dtype)[0], dt_info(s.out.dtype)[0]
-        self.instances.add(("avgpool", X, O))
-        s.c_func = f"qk_avgpool_{X}_{O}"
-        self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, {self.ptr(s.out)});")
+        self.emit_call(s, "avgpool", (x, s.out), "qk_avgpool_t",
+                       dict(n=n, c=c, h=h, w=w, oh=oh, ow=ow, kh=kh, kw=kw, sh=sh, sw=sw, pt=pt, pl=pl, shift=p["shift"],
+                            qmin=c_i32(p["qmin"]), qmax=c_i32(p["qmax"]), mult=mn))
 
     def op_sum_requant(self, s: Step, p: dict) -> None:
         (x,) = s.args
@@ -216,14 +203,10 @@ class KernelCalls(CEmitter, CoverageKernelCalls, Int4KernelCalls):
         if len(kshape) > MAX_DIMS or len(rshape) > MAX_DIMS:
             raise UnsupportedOpError(f"C package: sum_requant of rank {nd} ({s.name})")
         check_requant(s, p["multiplier"], p["shift"])
-        pn = self.pstruct("qk_sum_t", s, dict(nk=len(kshape), nr=len(rshape), count=prod(kshape), kshape=c_dims(kshape),
-                                              kstride=c_dims(kstride), rshape=c_dims(rshape), rstride=c_dims(rstride),
-                                              mult=c_i32(p["multiplier"]), shift=p["shift"], qmin=c_i32(p["qmin"]),
-                                              qmax=c_i32(p["qmax"])))
-        X, O = dt_info(x.dtype)[0], dt_info(s.out.dtype)[0]
-        self.instances.add(("sum", X, O))
-        s.c_func = f"qk_sum_{X}_{O}"
-        self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, {self.ptr(s.out)});")
+        self.emit_call(s, "sum", (x, s.out), "qk_sum_t",
+                       dict(nk=len(kshape), nr=len(rshape), count=prod(kshape), kshape=c_dims(kshape),
+                            kstride=c_dims(kstride), rshape=c_dims(rshape), rstride=c_dims(rstride),
+                            mult=c_i32(p["multiplier"]), shift=p["shift"], qmin=c_i32(p["qmin"]), qmax=c_i32(p["qmax"])))
 
     def op_mask_fill(self, s: Step, p: dict) -> None:
         x, keep = s.args
@@ -232,13 +215,9 @@ class KernelCalls(CEmitter, CoverageKernelCalls, Int4KernelCalls):
         kshape = (1,) * (nd - len(keep.shape)) + tuple(keep.shape)
         st = row_major_strides(kshape)
         sk = [0 if kshape[i] == 1 and out[i] != 1 else st[i] for i in range(nd)]
-        pn = self.pstruct("qk_maskfill_t", s, dict(ndim=nd, count=prod(out), shape=c_dims(out), sk=c_dims(sk),
-                                                   fill=c_i32(p["fill"])))
-        X = dt_info(x.dtype)[0]
-        self.instances.add(("maskfill", X))
-        s.c_func = f"qk_maskfill_{X}"
-        self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, (const uint8_t *){self.ptr(keep, True)}, "
-                          f"{self.ptr(s.out)});")
+        self.emit_call(s, "maskfill", (x,), "qk_maskfill_t",
+                       dict(ndim=nd, count=prod(out), shape=c_dims(out), sk=c_dims(sk), fill=c_i32(p["fill"])),
+                       [x, f"(const uint8_t *){self.ptr(keep, True)}"])
 
     def op_relax_permute_dims(self, s: Step, p: dict) -> None:
         (x,) = s.args
@@ -290,22 +269,16 @@ class KernelCalls(CEmitter, CoverageKernelCalls, Int4KernelCalls):
         x, table = s.args
         if x.dtype not in ("uint8", "int8"):
             raise UnsupportedOpError(f"C package: lut of {x.dtype} ({s.name}): 8-bit inputs only")
-        pn = self.pstruct("qk_lut_t", s, dict(count=prod(x.shape), table=f"(const void *){self.ptr(table, True)}"))
-        X, O = dt_info(x.dtype)[0], dt_info(s.out.dtype)[0]
-        self.instances.add(("lut", X, O))
-        s.c_func = f"qk_lut_{X}_{O}"
-        self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, {self.ptr(s.out)});")
+        self.emit_call(s, "lut", (x, s.out), "qk_lut_t",
+                       dict(count=prod(x.shape), table=f"(const void *){self.ptr(table, True)}"))
 
     def op_mul_requant(self, s: Step, p: dict) -> None:
         a, b = s.args
         fields = broadcast_fields(s, "mul_requant")
         check_requant(s, p["multiplier"], p["shift"])
-        pn = self.pstruct("qk_mul_t", s, dict(fields, mult=c_i32(p["multiplier"]), shift=p["shift"],
-                                              qmin=c_i32(p["qmin"]), qmax=c_i32(p["qmax"])))
-        A, B, O = dt_info(a.dtype)[0], dt_info(b.dtype)[0], dt_info(s.out.dtype)[0]
-        self.instances.add(("mul", A, B, O))
-        s.c_func = f"qk_mul_{A}_{B}_{O}"
-        self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(a, True)}, {self.ptr(b, True)}, {self.ptr(s.out)});")
+        self.emit_call(s, "mul", (a, b, s.out), "qk_mul_t",
+                       dict(fields, mult=c_i32(p["multiplier"]), shift=p["shift"], qmin=c_i32(p["qmin"]),
+                            qmax=c_i32(p["qmax"])), [a, b])
 
     def op_prelu_requant(self, s: Step, p: dict) -> None:
         x, neg = s.args
@@ -315,33 +288,23 @@ class KernelCalls(CEmitter, CoverageKernelCalls, Int4KernelCalls):
             raise UnsupportedOpError(f"C package: {s.name}: prelu slopes exceed int32")
         shape = tuple(x.shape)
         inner = prod(shape[p["axis"] + 1:]) if m.size > 1 else 1
-        pn = self.pstruct("qk_prelu_t", s, dict(count=prod(shape), inner=inner, channels=m.size, pos=c_i32(p["pos"]),
-                                                shift=p["shift"], qmin=c_i32(p["qmin"]), qmax=c_i32(p["qmax"]),
-                                                neg=self.const_array(m.astype(np.int32), "int32_t", "m")))
-        X, O = dt_info(x.dtype)[0], dt_info(s.out.dtype)[0]
-        self.instances.add(("prelu", X, O))
-        s.c_func = f"qk_prelu_{X}_{O}"
-        self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, {self.ptr(s.out)});")
+        self.emit_call(s, "prelu", (x, s.out), "qk_prelu_t",
+                       dict(count=prod(shape), inner=inner, channels=m.size, pos=c_i32(p["pos"]), shift=p["shift"],
+                            qmin=c_i32(p["qmin"]), qmax=c_i32(p["qmax"]),
+                            neg=self.const_array(m.astype(np.int32), "int32_t", "m")))
 
     def op_sqrt_requant(self, s: Step, p: dict) -> None:
         (x,) = s.args
-        pn = self.pstruct("qk_sqrt_t", s, dict(count=prod(x.shape), shift=p["shift"], qmax=c_i32(p["qmax"]),
-                                               mult4=f"INT64_C({4 * int(p['multiplier'])})"))
-        X, O = dt_info(x.dtype)[0], dt_info(s.out.dtype)[0]
-        self.instances.add(("sqrt", X, O))
-        s.c_func = f"qk_sqrt_{X}_{O}"
-        self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, {self.ptr(s.out)});")
+        self.emit_call(s, "sqrt", (x, s.out), "qk_sqrt_t", dict(count=prod(x.shape), shift=p["shift"],
+                                                                qmax=c_i32(p["qmax"]),
+                                                                mult4=f"INT64_C({4 * int(p['multiplier'])})"))
 
     def op_resize_nearest(self, s: Step, p: dict) -> None:
         x, rows, cols = s.args
         n, c, h, w = x.shape
         _, _, oh, ow = s.out.shape
-        pn = self.pstruct("qk_resize_t", s, dict(nc=n * c, h=h, w=w, oh=oh, ow=ow, rows=self.ptr(rows, True),
-                                                 cols=self.ptr(cols, True)))
-        X = dt_info(x.dtype)[0]
-        self.instances.add(("resize", X))
-        s.c_func = f"qk_resize_{X}"
-        self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, {self.ptr(s.out)});")
+        self.emit_call(s, "resize", (x,), "qk_resize_t", dict(nc=n * c, h=h, w=w, oh=oh, ow=ow,
+                                                              rows=self.ptr(rows, True), cols=self.ptr(cols, True)))
 
     def op_strided_slice(self, s: Step, p: dict) -> None:
         (x,) = s.args
@@ -368,14 +331,10 @@ class KernelCalls(CEmitter, CoverageKernelCalls, Int4KernelCalls):
         n, c, h, w = x.shape
         _, _, oh, ow = s.out.shape
         check_requant(s, p["multiplier"], p["shift"])
-        pn = self.pstruct("qk_bilinear_t", s, dict(nc=n * c, h=h, w=w, oh=oh, ow=ow, mult=c_i32(p["multiplier"]),
-                                                   shift=p["shift"], qmin=c_i32(p["qmin"]), qmax=c_i32(p["qmax"]),
-                                                   rows=self.ptr(rows, True), rw=self.ptr(rw, True),
-                                                   cols=self.ptr(cols, True), cw=self.ptr(cw, True)))
-        X, O = dt_info(x.dtype)[0], dt_info(s.out.dtype)[0]
-        self.instances.add(("bilinear", X, O))
-        s.c_func = f"qk_bilinear_{X}_{O}"
-        self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, {self.ptr(s.out)});")
+        self.emit_call(s, "bilinear", (x, s.out), "qk_bilinear_t",
+                       dict(nc=n * c, h=h, w=w, oh=oh, ow=ow, mult=c_i32(p["multiplier"]), shift=p["shift"],
+                            qmin=c_i32(p["qmin"]), qmax=c_i32(p["qmax"]), rows=self.ptr(rows, True),
+                            rw=self.ptr(rw, True), cols=self.ptr(cols, True), cw=self.ptr(cw, True)))
 
     def op_zero_insert(self, s: Step, p: dict) -> None:
         (x,) = s.args

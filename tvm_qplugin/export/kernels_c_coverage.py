@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import UnsupportedOpError
 from .c_emit import c_dims, c_i32, c_i64, fits
-from .c_graph import MAX_DIMS, Step, dt_info, prod, row_major_strides
+from .c_graph import MAX_DIMS, Step, prod, row_major_strides
 
 
 def check_requant(s: Step, mult, shift) -> None:
@@ -19,8 +19,8 @@ def check_requant(s: Step, mult, shift) -> None:
 
 
 class CoverageKernelCalls:
-    """``op_<op>`` methods for :class:`.kernels_c.KernelCalls` (which provides ``pstruct``, ``ptr``,
-    ``const_array``, ``instances`` and ``calls``)."""
+    """``op_<op>`` methods for :class:`.kernels_c.KernelCalls` (which provides ``emit_call``, ``ptr`` and
+    ``const_array``)."""
 
     def op_masked_mean_requant(self, s: Step, p: dict) -> None:
         x, mask, table = s.args
@@ -29,35 +29,24 @@ class CoverageKernelCalls:
         check_requant(s, 0, p["shift"])
         if not fits(tab, -2**31, 2**31 - 1):
             raise UnsupportedOpError(f"C package: {s.name}: masked-mean reciprocals exceed int32")
-        pn = self.pstruct("qk_mmean_t", s, dict(b=b, t=t, d=d, shift=p["shift"], qmin=c_i32(p["qmin"]),
-                                                qmax=c_i32(p["qmax"]),
-                                                table=self.const_array(tab.astype(np.int32), "int32_t", "m")))
-        X, M, O = dt_info(x.dtype)[0], dt_info(mask.dtype)[0], dt_info(s.out.dtype)[0]
-        self.instances.add(("mmean", X, M, O))
-        s.c_func = f"qk_mmean_{X}_{M}_{O}"
-        self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, {self.ptr(mask, True)}, {self.ptr(s.out)});")
+        self.emit_call(s, "mmean", (x, mask, s.out), "qk_mmean_t",
+                       dict(b=b, t=t, d=d, shift=p["shift"], qmin=c_i32(p["qmin"]), qmax=c_i32(p["qmax"]),
+                            table=self.const_array(tab.astype(np.int32), "int32_t", "m")), [x, mask])
 
     def op_l2_normalize_int(self, s: Step, p: dict) -> None:
         (x,) = s.args
         c = x.shape[-1]
-        pn = self.pstruct("qk_l2norm_t", s, dict(rows=prod(x.shape) // c, c=c, pre_shift=p["pre_shift"]))
-        X = dt_info(x.dtype)[0]
-        self.instances.add(("l2norm", X))
-        s.c_func = f"qk_l2norm_{X}"
-        self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, {self.ptr(s.out)});")
+        self.emit_call(s, "l2norm", (x,), "qk_l2norm_t", dict(rows=prod(x.shape) // c, c=c, pre_shift=p["pre_shift"]))
 
     def op_pad_mirror(self, s: Step, p: dict) -> None:
         (x,) = s.args
         nd = len(x.shape)
         if nd > MAX_DIMS:
             raise UnsupportedOpError(f"C package: pad_mirror of rank {nd} ({s.name})")
-        pn = self.pstruct("qk_padm_t", s, dict(ndim=nd, count=prod(s.out.shape), reflect=int(p["mode"] == "reflect"),
-                                               shape=c_dims(s.out.shape), in_shape=c_dims(x.shape),
-                                               in_stride=c_dims(row_major_strides(x.shape)), before=c_dims(p["before"])))
-        X = dt_info(x.dtype)[0]
-        self.instances.add(("padm", X))
-        s.c_func = f"qk_padm_{X}"
-        self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, {self.ptr(s.out)});")
+        self.emit_call(s, "padm", (x,), "qk_padm_t",
+                       dict(ndim=nd, count=prod(s.out.shape), reflect=int(p["mode"] == "reflect"),
+                            shape=c_dims(s.out.shape), in_shape=c_dims(x.shape),
+                            in_stride=c_dims(row_major_strides(x.shape)), before=c_dims(p["before"])))
 
     def op_log_softmax_int(self, s: Step, p: dict) -> None:
         from ..ops.log_softmax import log_softmax_consts
@@ -79,8 +68,4 @@ class CoverageKernelCalls:
                           poly=c_i64(ce.poly), quad_m=c_i64(ce.quad_m), quad_s=c_i64(ce.quad_s),
                           div_m=c_i64(ce.div.m), div_s=c_i64(ce.div.s))
         fields["table"] = self.const_array(np.asarray(table.val.const).astype(np.int32), "int32_t", "m")
-        pn = self.pstruct("qk_logsm_t", s, fields)
-        X, O = dt_info(x.dtype)[0], dt_info(s.out.dtype)[0]
-        self.instances.add(("logsm", X, O))
-        s.c_func = f"qk_logsm_{X}_{O}"
-        self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, {self.ptr(s.out)});")
+        self.emit_call(s, "logsm", (x, s.out), "qk_logsm_t", fields)

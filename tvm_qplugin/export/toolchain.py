@@ -34,7 +34,9 @@ def which(tool: str) -> str:
         hint = {"arm-none-eabi-gcc": "gcc-arm-none-eabi libnewlib-arm-none-eabi",
                 "arm-none-eabi-nm": "binutils-arm-none-eabi", "arm-none-eabi-size": "binutils-arm-none-eabi",
                 "qemu-system-arm": "qemu-system-arm", "qemu-aarch64": "qemu-user",
-                "aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu libc6-dev-arm64-cross", "clang": "clang"}.get(tool, tool)
+                "aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu libc6-dev-arm64-cross",
+                "aarch64-linux-gnu-nm": "binutils-aarch64-linux-gnu",
+                "aarch64-linux-gnu-objdump": "binutils-aarch64-linux-gnu", "clang": "clang"}.get(tool, tool)
         raise ToolchainError(f"{tool} not found on PATH (Debian: apt-get install {hint})")
     return path
 

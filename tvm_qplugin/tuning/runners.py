@@ -9,6 +9,8 @@
   ``LocalRunner`` on this machine, ``RPCRunner`` for ``--rpc-tracker HOST:PORT --rpc-key KEY``
   (TVM's own tracker and servers: ``python -m tvm.exec.rpc_tracker`` / ``rpc_server``).
 * tracker.py asks the tracker, within seconds, whether anything serves KEY.
+* Boards emulated here (aarch64 Linux under qemu-aarch64): runner_qemu.py's ``QemuObjectBuilder`` /
+  ``QemuRunner`` (instruction counts under the qemu plugin, every candidate checked bit-exact).
 """
 from __future__ import annotations
 

@@ -1,0 +1,318 @@
+"""TensorIR-generated kernels for the C package of aarch64 boards (issue 11, deliverable 1).
+
+A dense_requant layer, or a pointwise conv2d_requant (one image, NCHW: packed transposed per block
+of pixels inside the kernel), with 8-bit inputs becomes a TIR PrimFunc -- the int8 dot products, the
+per-channel requantization of quant/dyadic.py and the clamp, shapes baked in -- compiled by TVM's
+LLVM backend for the board's own target (``-mcpu`` / ``-mattr``: ``+dotprod`` gives ``sdot``)
+into an ELF object that the package links beside qkernels.c. The kernel reads the package's own
+weight / bias / multiplier arrays (the hand-written kernel's layout: rows padded to ``kp``), so
+choosing it costs no flash; uint8 inputs run flipped to int8 (``x ^ 0x80``) with ``128 * sum(w)``
+added back per channel, as the MVE path does.
+
+ABI: ``tvm.tirx.build`` exports only TVM-FFI packed functions (TVM_NOTES.md, "The c target"),
+and a private pointer-ABI PrimFunc cannot hold an allocation (LowerTVMBuiltin needs the device of
+a packed function's arguments), so the kernel is the packed function itself and the package's
+``tir_kernels.c`` calls ``__tvm_ffi_<name>(self, args, n, result)`` with ``args[i] = {type_index 7
+(DLTensor*), &tensor_i}``. With ``tirx.disable_assert`` the function reads only each tensor's
+``data`` (and the unused shape / strides / device fields). The object's only external references
+are TVM's weak runtime hooks (workspace allocation, parallel launch), which the shim serves from a
+static pool and serially: no TVM runtime on the board.
+
+Schedules (the candidates :mod:`.kernel_choice` measures; see :func:`_schedule`): ``default``,
+``tiled``, ``tiled2x4``, ``tiled4x4``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import tvm
+from tvm.script import tirx as T
+
+from ..errors import UnsupportedOpError
+from .c_graph import dt_info
+
+SCHEDULES = ("default", "tiled", "tiled2x4", "tiled4x4")
+_ROWS = {"tiled2x4": 2, "tiled4x4": 4}   # rows of x per tile of the row-blocked schedules
+TIR_TILE_N = 4       # output channels per pass of the tiled schedule
+
+
+@dataclass(frozen=True)
+class DenseSpec:
+    """One TIR dense kernel: ``y (m, n) = requant(x (m, k) . w (n, kp)[:, :k] + b)``; ``flip``:
+    uint8 ``x`` taken as ``x ^ 0x80`` (int8), ``b`` then carries ``+ 128 * sum(w)``. ``nchw``: a 1x1
+    convolution over m pixels, x (k, m) and y (n, m) channel-major: the kernel packs x transposed
+    (int8, contiguous channels) per block of pixels before the dot products."""
+
+    name: str
+    m: int
+    k: int
+    kp: int
+    n: int
+    x_dtype: str
+    out_dtype: str
+    qmin: int
+    qmax: int
+    schedule: str = "default"
+    nchw: bool = False
+    shift33: bool = False   # every shift >= 33: the requantization in 32 bits (qk_internal.h's identity)
+
+    @property
+    def flip(self) -> bool:
+        return self.x_dtype == "uint8"
+
+
+def _dense_module(sp: DenseSpec) -> tvm.IRModule:
+    """The IRModule of one kernel (``main``: its packed wrapper reads the DLTensors' data pointers)."""
+    m, k, kp, n, xd, od, lo, hi = sp.m, sp.k, sp.kp, sp.n, sp.x_dtype, sp.out_dtype, sp.qmin, sp.qmax
+    flip = sp.flip
+
+    def x8(v):
+        return T.Cast("int8", T.bitwise_xor(v, T.uint8(128))) if flip else T.Cast("int8", v)
+
+    def requant(acc, vj, B, MU, SH):
+        if sp.shift33:  # floor((a b + 2^(c-1)) / 2^c) == (hi + 2^(c-33)) >> (c-32), hi = (a b) >> 32; |a|, |b| < 2^31
+            hi32 = T.Cast("int32", (T.Cast("int64", acc + B[vj]) * T.Cast("int64", MU[vj])) >> T.int64(32))
+            c32 = T.Cast("int32", SH[vj]) - 32
+            return T.Cast(od, T.max(T.min((hi32 + (T.int32(1) << (c32 - 1))) >> c32, T.int32(hi)), T.int32(lo)))
+        return T.Cast(od, T.max(T.min(
+            ((T.Cast("int64", acc) + T.Cast("int64", B[vj])) * T.Cast("int64", MU[vj])
+             + ((T.int64(1) << T.Cast("int64", SH[vj])) >> T.int64(1))) >> T.Cast("int64", SH[vj]),
+            T.int64(hi)), T.int64(lo)))
+
+    xshape, yshape = ((k, m), (n, m)) if sp.nchw else ((m, k), (m, n))
+
+    @T.prim_func(s_tir=True)
+    def main(X: T.Buffer(xshape, xd), W: T.Buffer((n, kp), "int8"), B: T.Buffer((n,), "int32"),
+             MU: T.Buffer((n,), "int32"), SH: T.Buffer((n,), "int8"), Y: T.Buffer(yshape, od)):
+        T.func_attr({"tirx.noalias": True})
+        with T.sblock("root"):
+            XT = T.sblock_alloc_buffer((m, k), "int8")
+            ACC = T.sblock_alloc_buffer((m, n), "int32")
+            for i, kk in T.grid(m, k):
+                with T.sblock("pack"):
+                    vi, vk = T.axis.remap("SS", [i, kk])
+                    XT[vi, vk] = x8(X[vk, vi] if sp.nchw else X[vi, vk])
+            for i, j, kk in T.grid(m, n, k):
+                with T.sblock("acc"):
+                    vi, vj, vk = T.axis.remap("SSR", [i, j, kk])
+                    with T.init():
+                        ACC[vi, vj] = 0
+                    ACC[vi, vj] = ACC[vi, vj] + T.Cast("int32", XT[vi, vk]) * T.Cast("int32", W[vj, vk])
+            for i, j in T.grid(m, n):
+                with T.sblock("y"):
+                    vi, vj = T.axis.remap("SS", [i, j])
+                    if sp.nchw:
+                        Y[vj, vi] = requant(ACC[vi, vj], vj, B, MU, SH)
+                    else:
+                        Y[vi, vj] = requant(ACC[vi, vj], vj, B, MU, SH)
+
+    return tvm.IRModule({"main": main})
+
+
+def _schedule(mod: tvm.IRModule, sp: DenseSpec) -> tvm.IRModule:
+    """Apply the spec's schedule to the kernel: the accumulator becomes a register per output
+    (``default``), per 4 outputs of a row (``tiled``: one load of x feeds 4 dot products) or per
+    2 or 4 rows x 4 outputs (``tiled2x4``: 2 loads of x and 4 of w feed 8 ``sdot``; ``tiled4x4``:
+    4 and 4 feed 16). A shape the tile does not divide takes ``default``."""
+    sch = tvm.s_tir.Schedule(mod)
+    sch.work_on("main")
+    pack, acc, y = sch.get_sblock("pack"), sch.get_sblock("acc"), sch.get_sblock("y")
+    if not sp.nchw:
+        sch.compute_inline(pack)   # dense: x rows are contiguous already
+    i, j = sch.get_loops(y)
+    outer = i
+    if sp.schedule == "tiled" and sp.n % TIR_TILE_N == 0:
+        jo, ji = sch.split(j, [None, TIR_TILE_N])
+        sch.compute_at(acc, jo)
+        a_j, a_k = sch.get_loops(acc)[-2:]
+        sch.reorder(a_k, a_j)
+        for loop in (a_j, ji):
+            sch.unroll(loop)
+    elif sp.schedule in _ROWS and sp.n % TIR_TILE_N == 0 and sp.m % _ROWS[sp.schedule] == 0:
+        outer, ii = sch.split(i, [None, _ROWS[sp.schedule]])
+        io = outer
+        jo, ji = sch.split(j, [None, TIR_TILE_N])
+        sch.reorder(io, jo, ii, ji)
+        sch.compute_at(acc, jo)
+        a_i, a_j, a_k = sch.get_loops(acc)[-3:]
+        sch.reorder(a_k, a_i, a_j)
+        for loop in (a_i, a_j, ii, ji):
+            sch.unroll(loop)
+    else:
+        sch.compute_at(acc, j)
+        a_k = sch.get_loops(acc)[-1]
+    sch.set_scope(acc, 0, "local")
+    # the zero-init out of the k loop: otherwise LLVM peels k = 0 and every vector load is off by one
+    sch.decompose_reduction(acc, a_k)
+    if sp.nchw:  # one block of pixels transposed (k contiguous) before its dot products
+        sch.compute_at(pack, outer)
+    return sch.mod
+
+
+def object_target(board) -> tvm.target.Target:
+    """The board's TVM target for kernel objects: its ``-mcpu`` / ``-mattr``, one core (a parallel
+    launch would need the TVM runtime's thread pool)."""
+    if board.family != "aarch64" or board.os != "linux":
+        raise UnsupportedOpError(f"TIR kernels: board {board.name} is not an aarch64 Linux board (Cortex-M "
+                                 "candidates need a C-callable TIR route first)")
+    return tvm.target.Target({**dict(board.target().export()), "num-cores": 1})
+
+
+def build_object(specs: list[DenseSpec], board, path: Path) -> list[Path]:
+    """Compile every kernel for ``board`` (:func:`object_target`) into one object each; return their
+    paths (``<path stem>_<name>.o``)."""
+    target = object_target(board)
+    out = []
+    for sp in specs:
+        mod = _schedule(_dense_module(sp), sp)
+        mod["main"] = mod["main"].with_attr("global_symbol", sp.name)
+        with tvm.transform.PassContext(opt_level=3, config={"tirx.disable_assert": True}):
+            lib = tvm.tirx.build(mod, target=target)
+        p = path.parent / f"{path.stem}_{sp.name}.o"
+        lib.write_to_file(str(p))
+        out.append(p)
+    return out
+
+
+_SHIM_HEAD = """/* tir_kernels.c - calls of the TensorIR-generated kernels (tir_kernels_*.o, TVM's LLVM backend for this
+ * board) through their TVM-FFI packed wrappers: each argument is a DLTensor* (type index 7) whose data
+ * pointer is all the wrapper reads. Generated by tvm-qplugin; see tvm_qplugin/export/tir_kernels.py. */
+#include <stdint.h>
+#include "tir_kernels.h"
+
+#ifndef QK_TIR_POOL_BYTES
+#define QK_TIR_POOL_BYTES @POOL@
+#endif
+
+typedef struct { int32_t type_index; uint32_t pad; union { int64_t i; void *p; } v; } qk_tir_any_t;
+typedef struct {
+  void *data;
+  int32_t device_type, device_id, ndim;
+  uint8_t code, bits;
+  uint16_t lanes;
+  int64_t *shape, *strides;
+  uint64_t byte_offset;
+} qk_tir_tensor_t;
+
+/* TVM lowers a kernel's local accumulators to TVMBackendAllocWorkspace calls through these two pointers
+ * (weak, null, in each object): a LIFO bump allocator over a static pool serves them */
+static uint8_t qk_tir_pool[QK_TIR_POOL_BYTES] __attribute__((aligned(64)));
+static uint32_t qk_tir_top;
+
+static void *qk_tir_alloc(int device_type, int device_id, uint64_t nbytes, int code, int bits) {
+  const uint32_t size = (uint32_t)((nbytes + 63) & ~(uint64_t)63);
+  (void)device_type, (void)device_id, (void)code, (void)bits;
+  if (size > QK_TIR_POOL_BYTES - qk_tir_top) return 0;
+  qk_tir_top += size;
+  return qk_tir_pool + qk_tir_top - size;
+}
+
+static int qk_tir_free(int device_type, int device_id, void *ptr) {
+  (void)device_type, (void)device_id;
+  qk_tir_top = (uint32_t)((uint8_t *)ptr - qk_tir_pool);
+  return 0;
+}
+
+void *(*__TVMBackendAllocWorkspace)(int, int, uint64_t, int, int) = qk_tir_alloc;
+int (*__TVMBackendFreeWorkspace)(int, int, void *) = qk_tir_free;
+
+/* a parallel loop (a tuned candidate's) runs as one task on the calling core */
+typedef struct { void *sync_handle; int32_t num_task; } qk_tir_penv_t;
+static int qk_tir_parallel(int (*task)(int, qk_tir_penv_t *, void *), void *cdata, int num_task) {
+  qk_tir_penv_t env = {0, 1};
+  (void)num_task;
+  return task(0, &env, cdata);
+}
+int (*__TVMBackendParallelLaunch)(int (*)(int, qk_tir_penv_t *, void *), void *, int) = qk_tir_parallel;
+
+void qk_tir_call(int32_t (*fn)(void *, void *, int32_t, void *), int32_t n, void *const *ptrs) {
+  qk_tir_tensor_t t[8];
+  qk_tir_any_t a[8], r;
+  int32_t i;
+  for (i = 0; i < n; i++) {
+    t[i] = (qk_tir_tensor_t){0};
+    t[i].data = ptrs[i];
+    t[i].device_type = 1; /* kDLCPU */
+    a[i].type_index = 7;  /* kTVMFFIDLTensorPtr */
+    a[i].pad = 0;
+    a[i].v.p = &t[i];
+  }
+  r.type_index = 0;
+  (void)fn(0, a, n, &r);
+}
+"""
+
+OUT_DTYPES = ("uint8", "int8", "int16", "int32")
+
+
+def prototype(sp: DenseSpec) -> str:
+    """The C prototype of a kernel's call (one home for tir_kernels.h and tir_kernels.c)."""
+    return (f"void {sp.name}(const {dt_info(sp.x_dtype)[1]} *x, const int8_t *w, const int32_t *b, const int32_t *m, "
+            f"const int8_t *s, {dt_info(sp.out_dtype)[1]} *y)")
+
+
+def symbol_address(board, exe, name: str) -> int:
+    """Address of symbol ``name`` in a cross-built executable (the board's binutils ``nm``)."""
+    from .toolchain import GeneratedCodeError, run_tool, which
+
+    nm = run_tool([which(board.cc.replace("-gcc", "-nm")), exe], what="nm").stdout
+    for ln in nm.splitlines():
+        if ln.endswith(" " + name):
+            return int(ln.split()[0], 16)
+    raise GeneratedCodeError(f"{exe}: no symbol {name}")
+
+
+def shim_sources(specs: list[DenseSpec]) -> tuple[str, str]:
+    """(tir_kernels.h, tir_kernels.c): one plain-C entry point per kernel."""
+    header = ("/* tir_kernels.h - TensorIR-generated kernels of this package (tir_kernels.c). */\n"
+              "#ifndef TIR_KERNELS_H\n#define TIR_KERNELS_H\n#include <stdint.h>\n"
+              "/* a TIR kernel's packed entry called on plain pointers (each becomes a DLTensor's data) */\n"
+              "void qk_tir_call(int32_t (*fn)(void *, void *, int32_t, void *), int32_t n, void *const *ptrs);\n"
+              + "".join(prototype(sp) + ";\n" for sp in specs) + "#endif\n")
+    # workspace: the local accumulators and a pointwise conv's packed block of pixels (<= 4 rows of k int8)
+    pool = 1024 + max((4 * sp.kp for sp in specs if sp.nchw), default=0)
+    body = [_SHIM_HEAD.replace("@POOL@", str((pool + 63) // 64 * 64))]
+    for sp in specs:
+        body.append(f"\nint32_t __tvm_ffi_{sp.name}(void *self, void *args, int32_t n, void *result);\n"
+                    f"{prototype(sp)} {{\n"
+                    f"  void *const p[6] = {{(void *)x, (void *)w, (void *)b, (void *)m, (void *)s, (void *)y}};\n"
+                    f"  qk_tir_call(__tvm_ffi_{sp.name}, 6, p);\n}}\n")
+    return header, "".join(body)
+
+
+class TirKernelCalls:
+    """The call of a dense_requant or pointwise conv2d_requant step chosen for its TIR kernel (``tir_choice``: step index ->
+    schedule, set by :func:`.c_package.write_c_package`); a mixin of :class:`.kernels_c.KernelCalls`.
+    The TIR call replaces the hand-written one on aarch64 (``QM_TIR``, model.c) and reads the same
+    weight arrays; elsewhere (the host's sanitizer build) the hand-written call stays."""
+
+    tir_choice: dict = {}
+
+    def tir_dense_call(self, s, p: dict, wk: dict) -> None:
+        import numpy as np
+
+        from .kernels_c import conv_dims, dense_dims
+
+        x, w, bias = s.args[:3]
+        if x.dtype not in ("uint8", "int8") or s.out.dtype not in OUT_DTYPES:
+            raise UnsupportedOpError(f"TIR kernel: {s.name}: {s.op} {x.dtype} -> {s.out.dtype} has no TIR kernel")
+        if s.op == "conv2d_requant":   # a pointwise conv of one image: a GEMM over its pixels, channel-major
+            c = conv_dims(s)
+            d, nchw = {"m": c["oh"] * c["ow"], "k": c["c"], "n": c["o"]}, True
+        else:
+            d, nchw = dense_dims(s), False
+        bn = wk["bias"]
+        if x.dtype == "uint8":  # flipped to int8: 128 * sum(w) restores the sum
+            b = np.asarray(bias.val.const, np.int64).reshape(-1)
+            b = b + 128 * w.val.const.reshape(d["n"], d["k"]).astype(np.int64).sum(axis=1)
+            bn = self.const_array(b.astype(np.int32), "int32_t", "b")
+        sp = DenseSpec(f"qk_tir_{'conv1x1' if nchw else 'dense'}_{s.index}", d["m"], d["k"], wk["kp"], d["n"], x.dtype,
+                       s.out.dtype, int(p["qmin"]), int(p["qmax"]), self.tir_choice[s.index], nchw,
+                       bool(np.asarray(s.args[4].val.const).min() >= 33))
+        self.tir_specs.append(sp)
+        hand = self.calls.pop()
+        self.calls += ["#if QM_TIR", f"  (void)qm_p{s.index};  /* the hand-written call's parameters */", f"  {sp.name}({self.ptr(x, True)}, {wk['wt']}, {bn}, {wk['mult']}, {wk['shift']}, "
+                       f"{self.ptr(s.out)});", "#else", *([f"  (void){bn};"] if bn != wk["bias"] else []), hand,
+                       "#endif"]
+        s.c_func = sp.name
