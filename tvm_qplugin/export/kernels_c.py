@@ -30,7 +30,7 @@ _SCRATCH_KIND = {"conv2d_requant": "conv2d", "dense_requant": "dense"}
 
 def conv_dims(s: Step) -> dict:
     """The shape fields of ``qk_conv_t`` for a conv2d_requant step (in the struct's order)."""
-    x, w, p = s.args[0], s.args[1], s.params
+    x, p = s.args[0], s.params
     n, c, h, wd = x.shape
     o, _, kh, kw = weight_shape(s)
     _, _, oh, ow = s.out.shape
