@@ -20,6 +20,7 @@ from .metrics import classification_agreement, cosine_agreement, is_classifier
 from .passes.canonicalize import canonicalize
 from .passes.functions import integer_function
 from .passes.integerize import INPUT_BITS, IntegerizeConfig, integerize
+from .passes.shiftadd import annotate_report, plan_for
 from .passes.verify import check_lowered_kernels, kernel_origins, verify_integer_only
 from .progress import progress
 from .quant.scheme import NonlinearScheme
@@ -36,7 +37,7 @@ from .tuning.isa import isa_key, restrict_target
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("int8",)
-ATTENTIONS = ("int8",)  # shiftadd (ShiftAddViT) is not implemented yet: refused, not ignored
+ATTENTIONS = ("int8", "shiftadd")  # shiftadd: ShiftAddViT add attention + shift linears (passes/shiftadd.py)
 BIT_EXACT_MIN_INPUTS = 16
 
 
@@ -63,6 +64,8 @@ class CompileOptions:
     isa: str | None = None                        # --isa: build for a narrower x86 level (tuning/isa.py)
     input_values: dict | tuple | None = None      # --input-value: inputs fixed at compile time (passes/specialize.py)
     input_bits: int = 8                           # --input-bits 16: audio, sensor streams, recurrent states
+    shift_linears: str | None = None              # --shift-linears off|rule|all (passes/shiftadd.py)
+    primitives: tuple | dict = ()                 # --primitive LAYER=int8|shift: per-layer overrides
 
     def __post_init__(self):
         if not isinstance(self.budget, Budget):
@@ -78,11 +81,15 @@ class CompileOptions:
         if self.attention not in ATTENTIONS:
             raise QPluginError(f"--attention {self.attention!r} is not available in this version; choose one of "
                                f"{', '.join(ATTENTIONS)}")
-
+        self.shiftadd  # noqa: B018 - validates --shift-linears / --primitive
 
     @property
     def scheme(self) -> NonlinearScheme:
         return NonlinearScheme(self.nonlinear, self.gelu, self.softmax_bits)
+
+    @property
+    def shiftadd(self):
+        return plan_for(self.attention, self.shift_linears, self.primitives)
 
 
 def _dataset(data, specs, preprocess, what) -> Dataset | None:
@@ -124,7 +131,7 @@ def integer_front(model, opts: CompileOptions, tvm_target: tvm.target.Target, ca
     ranges = calibrate(runner, calib_ds, opts.observer, opts.calib_limit, opts.show_progress)
     try:
         imod = integerize(float_mod, ranges, IntegerizeConfig(int_io=opts.int_io, scheme=opts.scheme,
-                                                              input_bits=opts.input_bits))
+                                                              input_bits=opts.input_bits, shiftadd=opts.shiftadd))
     except UnsupportedOpError as e:
         raise name_onnx_nodes(e, imported.onnx_model) from None
     return IntegerFront(imported, float_mod, runner, calib_ds, eval_ds, imod)
@@ -194,6 +201,7 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
                               timing_s={"total": time.perf_counter() - t0, "tvm_build": build_s},
                               isa=None if c_route else isa_key(tvm_target))
     report.record_tuning(art.report, *tuning.report(imod.mod, imod.layers))
+    annotate_report(art.report, imod)
     if not c_route:
         add_kernel_times(art, imod, runs=3)
     if c_route:

@@ -5,6 +5,7 @@ from . import activation, resample  # noqa: F401  (LUT / PRelu / gates, nearest 
 from . import pooling_norm  # noqa: F401  (masked mean pooling, L2 normalisation)
 from . import pad_mirror  # noqa: F401  (Pad reflect / edge)
 from . import log_softmax  # noqa: F401  (LogSoftmax)
+from . import shiftadd  # noqa: F401  (shift linear, add attention: ShiftAddViT)
 from .registry import OPS, IntegerOp, const, emit, op_of, register_op, type_of
 
 __all__ = ["OPS", "IntegerOp", "const", "emit", "op_of", "register_op", "type_of"]

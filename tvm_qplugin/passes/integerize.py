@@ -50,6 +50,7 @@ class IntegerizeConfig:
     scheme: NonlinearScheme = NonlinearScheme()
     int_io: bool = False
     input_bits: int = 8          # float model inputs: 16 for audio / sensor streams and recurrent states
+    shiftadd: object = None      # passes/shiftadd.ShiftAddPlan: shift linears / add attention, None = all int8
 
     def __post_init__(self):
         if self.weight_bits != 8 or self.activation_bits != 8:
