@@ -201,7 +201,7 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
                               timing_s={"total": time.perf_counter() - t0, "tvm_build": build_s},
                               isa=None if c_route else isa_key(tvm_target))
     report.record_tuning(art.report, *tuning.report(imod.mod, imod.layers))
-    annotate_report(art.report, imod)
+    annotate_report(art.report, imod, iv)
     if not c_route:
         add_kernel_times(art, imod, runs=3)
     if c_route:

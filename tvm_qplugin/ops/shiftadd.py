@@ -102,14 +102,16 @@ def _code_bits(x, i_axis_last: bool, d: int, name: str):
 
     r = te.reduce_axis((0, d), "i")
     total = te.compute((*lead, n), lambda *bt: te.sum(at(bt[:-1], bt[-1], r).astype("int32"), axis=r), name=f"{name}_sum")
+    # d * x_i: a shift when d is a power of two, else an elementwise stage of its own (no reduction
+    # multiplies: the multiply-free check reads every accumulation)
+    scaled = te.compute((*lead, n, d), lambda *bti: at(bti[:-2], bti[-2], bti[-1]).astype("int32") << log2d
+                        if log2d is not None else at(bti[:-2], bti[-2], bti[-1]).astype("int32") * d, name=f"{name}_scaled")
     bit = te.reduce_axis((0, WORD_BITS), "bit")
 
     def word(*bt):
         b, t, wd = bt[:-2], bt[-2], bt[-1]
-        i = tirx.min(wd * WORD_BITS + bit, d - 1)
-        xv = at(b, t, i).astype("int32")
-        scaled = xv << log2d if log2d is not None else xv * d  # per element, outside every reduction
-        on = tirx.all(wd * WORD_BITS + bit < d, scaled > total(*b, t))
+        pos = (wd << 5) + bit  # WORD_BITS = 32
+        on = tirx.all(pos < d, scaled(*b, t, tirx.min(pos, d - 1)) > total(*b, t))
         return te.sum(tirx.Select(on, tirx.const(1, "uint32") << bit.var.astype("uint32"), tirx.const(0, "uint32")),
                       axis=bit)
 

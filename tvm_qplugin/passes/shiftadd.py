@@ -87,9 +87,13 @@ def _parse_primitive(text) -> tuple[str, str]:
     return name, prim
 
 
-def annotate_report(report: dict, imod) -> None:
+def annotate_report(report: dict, imod, iv=None) -> None:
     """``layers[].primitive``, ``weight_sqnr_db`` (shift linears) and ``sqnr_db`` (each layer's
-    output against fp32 on the first evaluation batch, from report ``tensors``)."""
+    output against fp32 on the first evaluation batch, from report ``tensors``); and
+    ``multiply_free_kernels``: the shift/add kernels the TIR check proved multiply-free (``iv``:
+    the integer-only report the build filled, passes/verify.py)."""
+    if iv is not None:
+        report["multiply_free_kernels"] = iv.multiply_free_kernels
     by_int_var = {}
     for twin in imod.tensors:
         by_int_var.setdefault(twin.int_var, twin.float_var.name)
