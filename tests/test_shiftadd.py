@@ -35,9 +35,8 @@ def _module(cases):
         calls.append((op, vs, consts, p))
     with bb.function("main", params):
         with bb.dataflow():
-            ys = [emit(bb, op, [*vs, *(const(k) for k in consts)], **p) for op, vs, consts, p in calls]
-            out = bb.emit_output(relax.Tuple(ys))
-        bb.emit_func_output(out)
+            ys = [bb.emit_output(emit(bb, op, [*vs, *(const(k) for k in consts)], **p)) for op, vs, consts, p in calls]
+        bb.emit_func_output(relax.Tuple(ys))
     return bb.finalize()
 
 

@@ -18,6 +18,7 @@ from . import scratch
 from .c_emit import CEmitter, c_array, c_dims, c_i32, c_i64, fits
 from .c_graph import MAX_DIMS, Ref, Step, dt_info, prod, row_major_strides
 from .kernels_c_coverage import CoverageKernelCalls, check_requant
+from .kernels_c_shiftadd import ShiftAddKernelCalls, addatt_scratch_bytes
 
 # largest |x| a C GEMM input contributes per weight: the dtype's own bound, except uint8, which the
 # MVE path flips to int8 (x - 128) and corrects by 128 * sum(w): partial sums reach 256 * sum|w|
@@ -51,12 +52,16 @@ def macs(s: Step) -> int:
     if s.op == "dense_requant":
         d = dense_dims(s)
         return int(d["m"] * d["n"] * d["k"])
+    if s.op == "shift_dense_requant":  # a shift linear: one shift-add per weight, counted like a MAC
+        return int(prod(s.args[0].shape[:-1]) * s.out.shape[-1] * s.args[0].shape[-1])
     return 0
 
 
 def scratch_bytes(s: Step) -> int:
     """Scratch bytes the step's kernel needs: its ``*_buffer_size`` formula (:mod:`.scratch`)."""
     kind = _SCRATCH_KIND.get(s.op)
+    if s.op == "add_attention":
+        return addatt_scratch_bytes(s)
     if kind is None:
         return 0
     dims = conv_dims(s) if kind == "conv2d" else dense_dims(s)
@@ -83,7 +88,7 @@ def broadcast_fields(s: Step, op: str) -> dict:
     return dict(ndim=nd, count=prod(out), flat=int(flat), shape=c_dims(out), sa=c_dims(strides(a.shape)),
                 sb=c_dims(strides(b.shape)))
 
-class KernelCalls(CEmitter, CoverageKernelCalls):
+class KernelCalls(CEmitter, CoverageKernelCalls, ShiftAddKernelCalls):
     """The C call of every supported op (see the module docstring)."""
 
     def _weights(self, s: Step, w2d: np.ndarray, bias, mult, shift, x: Ref, gemm: bool = True) -> dict:
