@@ -14,6 +14,7 @@ from tvm_qplugin.build import build, lower
 from tvm_qplugin.compiler import CompileOptions
 from tvm_qplugin.errors import QPluginError
 from tvm_qplugin.ops import OPS, const, emit
+from tvm_qplugin.ops.shiftadd import attention_acc_dtype
 from tvm_qplugin.passes.verify import kernel_origins
 from tvm_qplugin.passes.verify_tir import MultiplyInShiftAddKernelError, check_multiply_free, multiply_sites
 from tvm_qplugin.quant.pow2 import decode, pack_nibbles, shift_quantize, unpack_nibbles
@@ -78,6 +79,18 @@ def _attention_cases(rng):
             info = np.iinfo(v_dtype)
             cases.append(("add_attention", [q, kt, v], [], dict(qmin=int(info.min), qmax=int(info.max),
                                                                    out_dtype=v_dtype)))
+    # a padding mask over keys (B, 1, 1, N) broadcast over heads; the second sequence fully masked
+    q, kt = (activations(rng, s, "int16", "random") for s in ((2, 3, 10, 16), (2, 3, 16, 10)))
+    v = activations(rng, (2, 3, 10, 8), "int8", "random")
+    keep = np.ones((2, 1, 1, 10), bool)
+    keep[0, ..., 7:] = False
+    keep[1] = False
+    cases.append(("add_attention", [q, kt, v, keep], [], dict(qmin=-128, qmax=127, out_dtype="int8")))
+    # n * d = 32768 with int16 v at the extremes: the numerators need int64 (attention_acc_dtype)
+    q, kt = (activations(rng, s, "int16", "random") for s in ((1, 256, 128), (1, 128, 256)))
+    v = np.where(rng.random((1, 256, 4)) < 0.5, -32768, 32767).astype(np.int16)
+    assert attention_acc_dtype(256, 128, "int16") == "int64"
+    cases.append(("add_attention", [q, kt, v], [], dict(qmin=-32768, qmax=32767, out_dtype="int16")))
     return cases
 
 

@@ -52,27 +52,42 @@ typedef struct {
 } qk_shiftdense_t;
 
 /* add_attention: q (batch, n, d), kt (batch, d, n), v and y (batch, n, dv); log2d = -1 when d is
- * not a power of two; wide: the numerators need int64. batch_words = n * ceil(d / 32). */
+ * not a power of two; wide: the numerators need int64. batch_words = n * ceil(d / 32).
+ * keep_off: NULL, or per batch the offset of its n-byte key mask row in the keep tensor. */
 typedef struct {
   int32_t batch, n, d, dv, words, batch_words, log2d, wide, qmin, qmax;
+  const int32_t *keep_off;
 } qk_addatt_t;
 """
 
 _STATIC = """\
 /* ---- shift/add primitives (ShiftAddViT): shifts, selects and adds in the inner loops ---- */
+"""
+
+_SHIFT_STATIC = """\
 static inline int32_t qk_shift_term(int32_t x, uint32_t code) {
   const uint32_t e = code & 7u;
   int32_t mag = (int32_t)((uint32_t)x << ((e - 1u) & 31u));
   mag = e ? mag : 0;
   return (code & 8u) ? -mag : mag;
 }
+"""
 
+_ADDATT_STATIC = """\
 /* floor((2 num + den) / (2 den)), den >= 1: round half up, as ops/shiftadd.py */
 static int32_t qk_round_div64(int64_t num, int64_t den) {
   const int64_t a = num + num + den, b = den + den;
   int64_t q = a / b;
   if ((a % b != 0) && (a < 0)) q--;
   return (int32_t)q;
+}
+
+/* the same in int32 (``wide`` = 0: |2 num + den| < 2^31): one SDIV on Cortex-M, no library call */
+static int32_t qk_round_div32(int32_t num, int32_t den) {
+  const int32_t a = num + num + den, b = den + den;
+  int32_t q = a / b;
+  if ((a % b != 0) && (a < 0)) q--;
+  return q;
 }
 """
 
@@ -127,11 +142,12 @@ static void qk_hamcodes_@X@(const @XT@ *x, int32_t n, int32_t d, int32_t st, int
 """
 
 _ADDATT_V = """\
-/* K^T V as masked sums: kv[i, :] = sum of v[m, :] over keys m with bit i; tot = sum_m v[m, :];
- * ones[i] = keys with bit i */
-static QK_NOINLINE void qk_addatt_kv_@V@(const uint32_t *kc, int32_t words, int32_t n, int32_t d, int32_t dv,
-                                        const @VT@ *v, int32_t *kv, int32_t *tot, int32_t *ones) {
-  int32_t i, j, m;
+/* K^T V as masked sums over the kept keys (keep: NULL = all): kv[i, :] = sum of v[m, :] over keys
+ * m with bit i; tot = sum_m v[m, :]; ones[i] = keys with bit i; returns the number of kept keys */
+static QK_NOINLINE int32_t qk_addatt_kv_@V@(const uint32_t *kc, int32_t words, int32_t n, int32_t d, int32_t dv,
+                                           const @VT@ *v, const uint8_t *keep, int32_t *kv, int32_t *tot,
+                                           int32_t *ones) {
+  int32_t i, j, m, kept = 0;
   int32_t *row = kv;
   for (j = 0; j < dv; j++) tot[j] = 0;
   for (i = 0; i < d; i++) {
@@ -140,6 +156,12 @@ static QK_NOINLINE void qk_addatt_kv_@V@(const uint32_t *kc, int32_t words, int3
     row += dv;
   }
   for (m = 0; m < n; m++) {
+    if (keep && !keep[m]) {
+      kc += words;
+      v += dv;
+      continue;
+    }
+    kept += 1;
     for (j = 0; j < dv; j++) tot[j] += (int32_t)v[j];
     row = kv;
     for (i = 0; i < d; i++) {
@@ -152,10 +174,11 @@ static QK_NOINLINE void qk_addatt_kv_@V@(const uint32_t *kc, int32_t words, int3
     kc += words;
     v += dv;
   }
+  return kept;
 }
 
 /* one query: num[j] = sum_i (bit i ? kv[i, j] : tot[j] - kv[i, j]); returns the row sum of its
- * Hamming scores */
+ * Hamming scores over the n kept keys */
 #define QK_ADDATT_ROW(bits, acc_t)                                                                 \\
   static QK_NOINLINE int32_t qk_addatt_row##bits##_@V@(const uint32_t *qc, int32_t n, int32_t d,     \\
                                                       int32_t dv, const int32_t *kv,             \\
@@ -182,7 +205,8 @@ QK_ADDATT_ROW(64, int64_t)
 """
 
 _ADDATT = """\
-void qk_addatt_@X@_@V@(const qk_addatt_t *p, const @XT@ *q, const @XT@ *kt, const @VT@ *v, @VT@ *y, void *scratch) {
+/* (the definition stays on one line: qkernels.py takes the header's prototypes from it) */
+void qk_addatt_@X@_@V@(const qk_addatt_t *p, const @XT@ *q, const @XT@ *kt, const @VT@ *v, const uint8_t *keep, @VT@ *y, void *scratch) {
   const int32_t n = p->n, d = p->d, dv = p->dv;
   uint32_t *qc = (uint32_t *)scratch, *kc = qc + p->batch_words;
   int32_t *kv = (int32_t *)(kc + p->batch_words), *tot = kv + d * dv, *ones = tot + dv;
@@ -191,18 +215,21 @@ void qk_addatt_@X@_@V@(const qk_addatt_t *p, const @XT@ *q, const @XT@ *kt, cons
   for (b = 0; b < p->batch; b++) {
     qk_hamcodes_@X@(q, n, d, d, 1, p->log2d, p->words, qc);
     qk_hamcodes_@X@(kt, n, d, 1, n, p->log2d, p->words, kc);
-    qk_addatt_kv_@V@(kc, p->words, n, d, dv, v, kv, tot, ones);
+    const int32_t nk = qk_addatt_kv_@V@(kc, p->words, n, d, dv, v, p->keep_off ? keep + p->keep_off[b] : 0, kv,
+                                        tot, ones);
     for (t = 0; t < n; t++) {
       int32_t den;
       if (p->wide) {
-        den = qk_addatt_row64_@V@(qc + t * p->words, n, d, dv, kv, tot, ones, num);
+        den = qk_addatt_row64_@V@(qc + t * p->words, nk, d, dv, kv, tot, ones, num);
       } else {
-        den = qk_addatt_row32_@V@(qc + t * p->words, n, d, dv, kv, tot, ones, (int32_t *)(void *)num);
+        den = qk_addatt_row32_@V@(qc + t * p->words, nk, d, dv, kv, tot, ones, (int32_t *)(void *)num);
       }
       if (den < 1) den = 1;
-      for (j = 0; j < dv; j++) {
-        const int64_t nj = p->wide ? num[j] : (int64_t)((const int32_t *)(void *)num)[j];
-        y[j] = (@VT@)qk_clamp(qk_round_div64(nj, den), p->qmin, p->qmax);
+      if (p->wide) {
+        for (j = 0; j < dv; j++) y[j] = (@VT@)qk_clamp(qk_round_div64(num[j], den), p->qmin, p->qmax);
+      } else {
+        const int32_t *num32 = (const int32_t *)(void *)num;
+        for (j = 0; j < dv; j++) y[j] = (@VT@)qk_clamp(qk_round_div32(num32[j], den), p->qmin, p->qmax);
       }
       y += dv;
     }
@@ -237,6 +264,10 @@ def sources(instances) -> tuple[str, str]:
     if not mine:
         return "", ""
     parts = [_STATIC]
+    if any(i[0] == "shiftdense" for i in mine):
+        parts.append(_SHIFT_STATIC)
+    if any(i[0] == "addatt" for i in mine):
+        parts.append(_ADDATT_STATIC)
     for x in sorted({i[1] for i in mine if i[0] == "addatt"}):
         parts.append(_subst(_HAMCODES, X=x))
     for v in sorted({i[2] for i in mine if i[0] == "addatt"}):
@@ -260,7 +291,7 @@ def addatt_fields(q_shape, v_shape, v_dtype: str) -> dict:
 
 
 def addatt_scratch_bytes(s: Step) -> int:
-    q, _, v = s.args
+    q, _, v, *_keep = s.args
     return scratch.buffer_size("addatt", addatt_fields(tuple(q.shape), tuple(v.shape), v.dtype),
                                x8=dt_info(q.dtype)[2] == 1)
 
@@ -287,17 +318,33 @@ class ShiftAddKernelCalls:
         self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(x, True)}, {self.ptr(s.out)});")
 
     def op_add_attention(self, s: Step, p: dict) -> None:
-        q, kt, v = s.args
+        q, kt, v, *keep = s.args
         if q.dtype != kt.dtype:
             raise UnsupportedOpError(f"C package: {s.name}: add_attention with q {q.dtype} and kt {kt.dtype}")
         fields = dict(addatt_fields(tuple(q.shape), tuple(v.shape), v.dtype), qmin=c_i32(p["qmin"]),
-                      qmax=c_i32(p["qmax"]))
+                      qmax=c_i32(p["qmax"]), keep_off="0")
+        if keep:
+            fields["keep_off"] = self.const_array(_keep_offsets(tuple(keep[0].shape), tuple(q.shape[:-2])), "int32_t", "o")
         pn = self.pstruct("qk_addatt_t", s, fields)
         X, V = dt_info(q.dtype)[0], dt_info(v.dtype)[0]
         self.instances.add(("addatt", X, V))
         s.c_func = f"qk_addatt_{X}_{V}"
+        keep_ptr = f"(const uint8_t *){self.ptr(keep[0], True)}" if keep else "(const uint8_t *)0"
         self.calls.append(f"  {s.c_func}(&{pn}, {self.ptr(q, True)}, {self.ptr(kt, True)}, {self.ptr(v, True)}, "
-                          f"{self.ptr(s.out)}, {self.scratch(s)});")
+                          f"{keep_ptr}, {self.ptr(s.out)}, {self.scratch(s)});")
+
+
+def _keep_offsets(keep_shape: tuple, lead: tuple) -> np.ndarray:
+    """Per flattened batch index of ``lead``, the offset of its key-mask row in a (..., 1, N)
+    ``keep`` tensor broadcast over ``lead`` (a head axis of 1 repeats the row)."""
+    n = keep_shape[-1]
+    strides, acc = [], n
+    for dim in reversed(keep_shape[:-2]):
+        strides.append(acc if dim != 1 else 0)
+        acc *= dim
+    strides = list(reversed(strides))
+    idx = np.indices(lead).reshape(len(lead), -1) if lead else np.zeros((0, 1), np.int64)
+    return (np.asarray(strides, np.int64)[:, None] * idx).sum(axis=0).astype(np.int32)
 
 
 def multiply_instructions(elf: Path | str, objdump: str = "arm-none-eabi-objdump") -> dict[str, list[str]]:

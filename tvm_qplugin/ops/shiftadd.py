@@ -18,7 +18,7 @@ from ..quant import abs_max, requantize_ref
 from ..quant.pow2 import SHIFT_W_ABS_MAX, decode, unpack_nibbles
 from .conv import _exact_matmul
 from .registry import IntegerOp, register_op
-from .requant import i64, requant
+from .requant import broadcast_index, i64, requant
 
 X_DTYPES = ("int8", "uint8", "int16")
 WORD_BITS = 32
@@ -135,7 +135,9 @@ class AddAttention(IntegerOp):
 
     q : int8/uint8/int16 (B..., N, d). kt : same dtypes (B..., d, N) (keys transposed, as the
     attention ``Q Kᵀ`` holds them). v : int8/uint8/int16 (B..., N, dv). Batch dims equal.
-    Output ``out_dtype`` (B..., N, dv) in [qmin, qmax], at v's scale (a convex combination of v).
+    keep : optional bool/uint8 key mask broadcastable to (B..., 1, N): masked keys (0) take no
+    part (an attention mask over keys: padding tokens). Output ``out_dtype`` (B..., N, dv) in
+    [qmin, qmax], at v's scale (a convex combination of v).
     """
 
     name = "add_attention"
@@ -144,26 +146,42 @@ class AddAttention(IntegerOp):
         return 1
 
     @staticmethod
-    def _dims(q_shape, kt_shape, v_shape):
+    def _dims(q_shape, kt_shape, v_shape, keep_shape=None):
         q_shape, kt_shape, v_shape = (tuple(int(s) for s in t) for t in (q_shape, kt_shape, v_shape))
         n, d = q_shape[-2:]
         if kt_shape[-2:] != (d, n) or v_shape[-2] != n or not (q_shape[:-2] == kt_shape[:-2] == v_shape[:-2]):
             raise ValueError(f"add_attention: shapes q {q_shape}, kt {kt_shape}, v {v_shape} do not form Q(KᵀV)")
+        if keep_shape is not None:
+            full = (*q_shape[:-2], 1, n)
+            ks = tuple(int(s) for s in keep_shape)
+            if len(ks) != len(full) or any(k not in (1, f) for k, f in zip(ks, full)) or ks[-1] != n:
+                raise ValueError(f"add_attention: key mask of shape {ks} does not broadcast to {full}")
         return q_shape[:-2], n, d, v_shape[-1]
 
-    def compute(self, q, kt, v, *, qmin, qmax, out_dtype):
-        lead, n, d, dv = self._dims(q.shape, kt.shape, v.shape)
+    def compute(self, q, kt, v, *keep, qmin, qmax, out_dtype):
+        lead, n, d, dv = self._dims(q.shape, kt.shape, v.shape, keep[0].shape if keep else None)
         acc_t = attention_acc_dtype(n, d, str(v.dtype))
         qc, kc = _code_bits(q, True, d, "q"), _code_bits(kt, False, d, "k")
+        zero, one = tirx.const(0, "int32"), tirx.const(1, "int32")
+
+        def kept(b, m):
+            if not keep:
+                return tirx.const(True, "bool")
+            flag = keep[0](*broadcast_index(keep[0].shape, (*lead, 1, n), (*b, 0, m)))
+            return flag if str(keep[0].dtype) == "bool" else flag != tirx.const(0, keep[0].dtype)
+
         m = te.reduce_axis((0, n), "m")
-        zero = tirx.const(0, "int32")
-        a = te.compute((*lead, d, dv), lambda *bij: te.sum(
-            tirx.Select(_bit(kc, bij[:-2], m, bij[-2]), v(*bij[:-2], m, bij[-1]).astype("int32"), zero), axis=m), name="kv")
+        a = te.compute((*lead, d, dv), lambda *bij: te.sum(tirx.Select(
+            tirx.all(kept(bij[:-2], m), _bit(kc, bij[:-2], m, bij[-2])), v(*bij[:-2], m, bij[-1]).astype("int32"), zero),
+            axis=m), name="kv")
         m2 = te.reduce_axis((0, n), "m2")
-        tot = te.compute((*lead, dv), lambda *bj: te.sum(v(*bj[:-1], m2, bj[-1]).astype("int32"), axis=m2), name="vsum")
+        tot = te.compute((*lead, dv), lambda *bj: te.sum(tirx.Select(
+            kept(bj[:-1], m2), v(*bj[:-1], m2, bj[-1]).astype("int32"), zero), axis=m2), name="vsum")
         m3 = te.reduce_axis((0, n), "m3")
         ones = te.compute((*lead, d), lambda *bi: te.sum(
-            tirx.Select(_bit(kc, bi[:-1], m3, bi[-1]), tirx.const(1, "int32"), zero), axis=m3), name="kcount")
+            tirx.Select(tirx.all(kept(bi[:-1], m3), _bit(kc, bi[:-1], m3, bi[-1])), one, zero), axis=m3), name="kcount")
+        m4 = te.reduce_axis((0, n), "m4")
+        n_kept = te.compute(tuple(lead), lambda *b: te.sum(tirx.Select(kept(b, m4), one, zero), axis=m4), name="nkeys")
         i = te.reduce_axis((0, d), "i")
 
         def num(*bnj):
@@ -174,7 +192,7 @@ class AddAttention(IntegerOp):
         i2 = te.reduce_axis((0, d), "i2")
         numer = te.compute((*lead, n, dv), num, name="num")
         denom = te.compute((*lead, n), lambda *bt: te.sum(tirx.Select(
-            _bit(qc, bt[:-1], bt[-1], i2), ones(*bt[:-1], i2), n - ones(*bt[:-1], i2)), axis=i2), name="den")
+            _bit(qc, bt[:-1], bt[-1], i2), ones(*bt[:-1], i2), n_kept(*bt[:-1]) - ones(*bt[:-1], i2)), axis=i2), name="den")
 
         def out(*bnj):
             den = tirx.max(denom(*bnj[:-1]), 1).astype(acc_t)
@@ -183,13 +201,15 @@ class AddAttention(IntegerOp):
 
         return te.compute((*lead, n, dv), out, name="y")
 
-    def reference(self, q, kt, v, *, qmin, qmax, out_dtype):
-        lead, n, d, dv = self._dims(q.shape, kt.shape, v.shape)
+    def reference(self, q, kt, v, *keep, qmin, qmax, out_dtype):
+        lead, n, d, dv = self._dims(q.shape, kt.shape, v.shape, keep[0].shape if keep else None)
         qw = _pack_codes_ref(q.astype(np.int64), d)
         kw = _pack_codes_ref(np.swapaxes(kt, -1, -2).astype(np.int64), d)
         # the quadratic form: every query's code against every key's, popcount of the XOR
         differ = np.bitwise_count(qw[..., :, None, :] ^ kw[..., None, :, :]).sum(axis=-1).astype(np.int64)
         scores = d - differ                                         # (B..., N, N) matching bits
+        if keep:
+            scores = scores * (np.broadcast_to(keep[0], (*lead, 1, n)) != 0)
         flat_s, flat_v = scores.reshape(-1, n, n), v.astype(np.int64).reshape(-1, n, dv)
         num = np.stack([_exact_matmul(s, x) for s, x in zip(flat_s, flat_v)]).reshape(*lead, n, dv)
         den = np.maximum(scores.sum(axis=-1), 1)[..., None]

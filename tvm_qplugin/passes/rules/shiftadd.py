@@ -12,9 +12,9 @@ These rules go to the front of their ops' rule lists: when the plan selects a bi
 win over the int8 rules (QDense, QMatMulAct, QScalarScale, QSoftmax); when it does not, their
 ``check`` refuses and the int8 rules take the binding as before.
 
-Note: an attention with a mask (``scores + mask``) stays softmax attention under ``int8``
-semantics: the binary codes have no masked form here yet, and the report says which primitive
-each attention got.
+An attention mask (``scores + where(keep, 0, -inf)``) becomes the kernel's key mask when it does
+not vary over queries (padding masks); a per-query mask (causal) has no linear-order form: that
+attention stays softmax attention, and the report says which primitive each attention got.
 """
 from __future__ import annotations
 
@@ -99,11 +99,13 @@ class QShiftDense(IntegerRule):
 
 @dataclass(frozen=True)
 class AttentionChain:
-    """``pv = matmul(softmax([scale](qk = matmul(Q, Kᵀ))), V)``: the bindings and the operands."""
+    """``pv = matmul(softmax([mask +] [scale *] (qk = matmul(Q, Kᵀ))), V)``: bindings and operands.
+    ``key_mask``: the float graph's bool tensor (..., 1, N) saying which keys take part, or None."""
 
     qk: Binding
-    interior: tuple[Binding, ...]  # qk, the optional scale, the softmax
+    interior: tuple[Binding, ...]  # qk, the optional scale and mask add, the softmax
     pv: Binding
+    key_mask: object = None
 
     @property
     def q(self):
@@ -118,6 +120,24 @@ class AttentionChain:
         return self.pv.args[1]
 
 
+def _key_mask(ctx, where: Binding):
+    """The (..., 1, N) key mask behind an attention-mask select ``where(keep, 0, -inf)``: ``keep``
+    itself when it does not vary over queries, or the query-independent operand of
+    ``logical_and(all-true constant, key mask)`` (the form of Hugging Face BERT exports); None
+    when the mask varies per query (a causal mask has no linear-order form)."""
+    cond = where.args[0]
+    if shape_of(cond)[-2] == 1:
+        return cond
+    p = ctx.graph.producer(cond)
+    if p is None or p.op_name != "relax.logical_and":
+        return None
+    consts = [ctx.const(a) for a in p.args]
+    for a, c, other in ((p.args[0], consts[0], consts[1]), (p.args[1], consts[1], consts[0])):
+        if c is None and other is not None and bool(np.all(other)) and shape_of(a)[-2] == 1:
+            return a
+    return None
+
+
 def _chain_from_pv(ctx, pv: Binding) -> AttentionChain | None:
     g = ctx.graph
     if pv.op_name != "relax.matmul" or ctx.const(pv.args[0]) is not None or ctx.const(pv.args[1]) is not None:
@@ -126,7 +146,18 @@ def _chain_from_pv(ctx, pv: Binding) -> AttentionChain | None:
     if sm is None or sm.op_name != "relax.nn.softmax" or int(sm.attrs.axis) not in (-1, len(shape_of(sm.var)) - 1):
         return None
     chain = [sm]
+    key_mask = None
     cur = g.producer(sm.args[0])
+    if cur is not None and cur.op_name == "relax.add":
+        makers = [g.producer(a) for a in cur.args]
+        where = next((m for m in makers if m is not None and m.op_name == "relax.where"), None)
+        if where is None:
+            return None
+        key_mask = _key_mask(ctx, where)
+        if key_mask is None:
+            return None
+        chain.append(cur)
+        cur = makers[1] if where is makers[0] else makers[0]
     if cur is not None and cur.op_name in ("relax.multiply", "relax.divide"):
         c = [ctx.const(a) for a in cur.args]
         if not any(x is not None and x.size == 1 and float(x.reshape(-1)[0]) > 0 for x in c):
@@ -142,7 +173,9 @@ def _chain_from_pv(ctx, pv: Binding) -> AttentionChain | None:
     n, d = q_shape[-2:]
     if kt_shape[-2:] != (d, n) or v_shape[-2] != n or not (q_shape[:-2] == kt_shape[:-2] == v_shape[:-2]):
         return None
-    return AttentionChain(cur, tuple(reversed(chain)), pv)
+    if key_mask is not None and len(shape_of(key_mask)) != len(q_shape):
+        return None
+    return AttentionChain(cur, tuple(reversed(chain)), pv, key_mask)
 
 
 def _chains(ctx) -> dict[str, AttentionChain]:
@@ -166,9 +199,10 @@ def _attention_on(ctx) -> bool:
 
 @register_first
 class QAddAttentionInterior(IntegerRule):
-    """``Q Kᵀ``, its scale and the softmax of an add-attention chain: deferred to the chain end."""
+    """``Q Kᵀ``, its scale, the mask add and the softmax of an add-attention chain: deferred to the
+    chain end."""
 
-    ops = ("relax.matmul", "relax.multiply", "relax.divide", "relax.nn.softmax")
+    ops = ("relax.matmul", "relax.multiply", "relax.divide", "relax.add", "relax.nn.softmax")
 
     def check(self, ctx, b):
         chain = _chains(ctx).get(b.name) if _attention_on(ctx) else None
@@ -199,7 +233,8 @@ class QAddAttention(IntegerRule):
                  for t in (q, kt))
         if v.qtype.dtype not in ("int8", "uint8", "int16"):
             v = ctx.narrow(v, signed=None, bits=16)
-        y = ctx.emit("add_attention", [q.expr, kt.expr, v.expr], qmin=v.qtype.qmin, qmax=v.qtype.qmax,
+        keep = [] if chain.key_mask is None else [ctx.values[chain.key_mask].expr]
+        y = ctx.emit("add_attention", [q.expr, kt.expr, v.expr, *keep], qmin=v.qtype.qmin, qmax=v.qtype.qmax,
                      out_dtype=v.qtype.dtype)
         # macs 0: the kernel multiplies nothing (its 2 N d dv additions are what it costs)
         ctx.layers.append(LayerInfo(b.name, "attention", None, int(np.iinfo(v.qtype.dtype).bits), 0, var=y,
