@@ -55,7 +55,7 @@ def vit() -> dict:
         out[name] = {"top1_int": r["accuracy"]["top1_int"], "top1_fp32": r["accuracy"]["top1_fp32"],
                      "top1_agreement": round(r["accuracy"]["value"], 4), "integer_only": r["integer_only"],
                      "bit_exact": r["bit_exact"], "multiply_free_kernels": r.get("multiply_free_kernels"),
-                     "layers": {p: prims.count(p) for p in sorted(set(prims))},
+                     "layers": {p: prims.count(p) for p in sorted(set(prims))}, "weight_bytes": r["size_bytes"]["weights"],
                      "layer_us": _layer_us(r)}
     x = np.zeros((1, 1, 8, 8), np.float32)
     times = {name: [] for name in arts}

@@ -1,0 +1,63 @@
+"""CPU schedules of the shift/add kernels (ops/shiftadd.py).
+
+Why: as TE writes them, every reduction runs innermost and one thread runs the whole kernel.
+For add attention that puts the key loop ``m`` inside the feature loops: ``kv[i, j]`` re-reads
+the key codes and ``v`` with a stride of ``dv`` for each (i, j), and at 512 tokens the kernel ran
+17x slower than the int8 softmax path.
+
+AddAttentionPerHead (``add_attention``):
+1. The output's batch (and head) axes are fused into one loop that runs in parallel; every
+   stage -- codes, KᵀV, Σv, key counts, numerators, row sums -- is computed under it, so one
+   head's intermediates (d x dv int32) stay in cache.
+2. ``kv`` runs keys outermost: for each key, its d code bits select whole rows of ``v`` that
+   are added into ``kv`` rows, unit stride along ``dv`` (LLVM vectorizes the adds).
+3. ``num`` runs the feature loop outside the ``dv`` loop the same way.
+
+ShiftDenseRows (``shift_dense_requant``): the rows and output channels fused into one parallel
+loop; the decoding stays in the inner loop (a code is used once per row).
+
+Note: no loop here multiplies; the multiply-free check (passes/verify_tir.py) runs on the
+scheduled kernels, after these rules.
+"""
+from __future__ import annotations
+
+from .x86 import CpuKernelRule, fuse_loops
+
+
+class AddAttentionPerHead(CpuKernelRule):
+    """``add_attention``: per-head parallel loop, keys-outer masked sums (module docstring)."""
+
+    op = "add_attention"
+
+    def schedule(self, sch, p):
+        y = sch.get_sblock("y")
+        *lead, _n, _j = sch.get_loops(y)
+        if not lead:
+            return False
+        heads = fuse_loops(sch, lead)
+        sch.parallel(heads)
+        root = sch.get_sblock("root")
+        producers = [b for b in sch.get_child_blocks(root) if sch.get(b).name_hint != "y"]
+        for block in reversed(producers):
+            sch.compute_at(block, heads, preserve_unit_loops=True)
+        kv = sch.get_sblock("kv")
+        i, j, m = sch.get_loops(kv)[-3:]
+        sch.reorder(m, i, j)
+        num = sch.get_sblock("num")
+        _t, j2, i2 = sch.get_loops(num)[-3:]
+        sch.reorder(i2, j2)
+        return True
+
+
+class ShiftDenseRows(CpuKernelRule):
+    """``shift_dense_requant``: rows x output channels in one parallel loop (module docstring)."""
+
+    op = "shift_dense_requant"
+
+    def schedule(self, sch, p):
+        y = sch.get_sblock("y")
+        loops = sch.get_loops(y)
+        outer = fuse_loops(sch, loops)
+        sch.parallel(outer)
+        sch.compute_at(sch.get_sblock("acc"), outer, preserve_unit_loops=True)
+        return True
