@@ -172,3 +172,12 @@ def test_bad_shiftadd_options_are_refused_in_one_line(options, message):
     with pytest.raises(QPluginError, match=message) as err:
         CompileOptions(**options)
     assert "\n" not in str(err.value)
+
+
+def test_cli_refuses_a_bad_shift_linears_mode_in_one_line(tmp_path):
+    from test_cli_errors import assert_user_error, run_cli
+
+    np.savez(tmp_path / "calib.npz", input=np.zeros((2, 1, 8, 8), np.float32))
+    r = run_cli("compile", "examples/digits_vit.onnx", "--calib", tmp_path / "calib.npz", "--attention", "shiftadd",
+                "--shift-linears", "most", "-o", tmp_path / "out")
+    assert_user_error(r, "--shift-linears", "most", "off, rule, all")
