@@ -43,7 +43,7 @@ def vit() -> dict:
     import tvm_qplugin as tq
     from qplugin_zoo import digits_split
 
-    x_train, y_train, x_test, y_test = digits_split()
+    x_train, _, x_test, y_test = digits_split()
     eval_npz = Path(tempfile.mkdtemp(prefix="shiftadd-bench-")) / "digits_eval.npz"
     np.savez(eval_npz, input=x_test, labels=y_test)
     arts, out = {}, {}

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tvm
 from conftest import assert_bit_exact
+from test_x86_kernels import AVX2_TARGET, VNNI_TARGET, activations
 from tvm import relax
 
 from tvm_qplugin.build import build, lower
@@ -18,8 +19,6 @@ from tvm_qplugin.ops.shiftadd import attention_acc_dtype
 from tvm_qplugin.passes.verify import kernel_origins
 from tvm_qplugin.passes.verify_tir import MultiplyInShiftAddKernelError, check_multiply_free, multiply_sites
 from tvm_qplugin.quant.pow2 import decode, pack_nibbles, shift_quantize, unpack_nibbles
-
-from test_x86_kernels import AVX2_TARGET, VNNI_TARGET, activations
 
 TARGETS = {"vnni": VNNI_TARGET, "avx2": AVX2_TARGET}
 PATTERNS = ("min", "max", "random", "alternating")

@@ -9,14 +9,13 @@ import subprocess
 import numpy as np
 import pytest
 from conftest import assert_bit_exact
+from test_shiftadd import _attention_cases, _module, _shift_cases
 
 from tvm_qplugin.export.c_package import write_c_package
 from tvm_qplugin.export.harness import build_host, build_mcu, run_host, run_qemu
 from tvm_qplugin.export.kernels_c_shiftadd import multiply_instructions
 from tvm_qplugin.reference import ReferenceInterpreter
 from tvm_qplugin.targets import get_board
-
-from test_shiftadd import _attention_cases, _module, _shift_cases
 
 BOARDS = {"cortex-m4": "qemu-mps2-an386", "cortex-m55": "qemu-mps3-an547"}
 

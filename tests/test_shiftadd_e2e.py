@@ -21,7 +21,7 @@ def digits():
 
 @pytest.fixture(scope="module")
 def shiftadd_vit(digits):
-    x_train, _, x_test, y_test = digits
+    x_train, _, x_test, _ = digits
     return tq.compile(VIT, calib={"input": x_train[:128]}, eval={"input": x_test[:64]}, attention="shiftadd",
                       shift_linears="all", timing_runs=2)
 

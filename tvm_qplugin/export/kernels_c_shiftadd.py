@@ -38,7 +38,7 @@ MULTIPLY_FREE_FUNCS = ("qk_shiftdot_", "qk_addatt_kv_", "qk_addatt_row32_", "qk_
 # Thumb-2 / MVE multiplies: MUL, MLA, MLS, SMULL/UMULL, SMLAL/UMLAL, SMLA<x><y>, SMUL<x><y>, SMMUL,
 # SMMLA, SMLAD/SMUAD/SMUSD/SMLSD, SMLALD, VMUL, VMLA(V), VMLADAV, VMLALDAV, VQDMULH, VQRDMULH...
 _MULTIPLY = re.compile(r"^(v?q?r?d?mul|v?mla|v?mls|[su]m(ul|la|ls|ua|us|ma|mu)|umaal|vmla|vmladav|vmlaldav|vrmlaldavh)",
-                       re.I)
+                       re.IGNORECASE)
 
 TYPEDEFS = """\
 /* shift_dense_requant: y[m, j] = requant(sum_k +-(x[m, k] << (e_jk - 1)) + bias[j]); w rows are
@@ -301,16 +301,14 @@ class ShiftAddKernelCalls:
 
     def op_shift_dense_requant(self, s: Step, p: dict) -> None:
         x, w, bias, mult, shift = s.args
-        n, kb = w.shape
-        k = x.shape[-1]
-        m, b, c = (np.asarray(a.val.const).reshape(-1) for a in (mult, shift, bias))
-        if not (fits(m, -2**31, 2**31 - 1) and fits(b, 0, 62) and fits(c, -2**31, 2**31 - 1)):
+        mult_v, shift_v, bias_v = (np.asarray(a.val.const).reshape(-1) for a in (mult, shift, bias))
+        if not (fits(mult_v, -2**31, 2**31 - 1) and fits(shift_v, 0, 62) and fits(bias_v, -2**31, 2**31 - 1)):
             raise UnsupportedOpError(f"C package: {s.name}: requantization parameters out of range")
-        fields = dict(m=prod(x.shape[:-1]), k=k, n=n, qmin=c_i32(p["qmin"]), qmax=c_i32(p["qmax"]),
+        fields = dict(m=prod(x.shape[:-1]), k=x.shape[-1], n=w.shape[0], qmin=c_i32(p["qmin"]), qmax=c_i32(p["qmax"]),
                       wt=self.const_array(np.asarray(w.val.const, np.uint8).reshape(-1), "uint8_t", "w"),
-                      bias=self.const_array(c.astype(np.int32), "int32_t", "b"),
-                      mult=self.const_array(m.astype(np.int32), "int32_t", "m"),
-                      shift=self.const_array(b.astype(np.int8), "int8_t", "s"))
+                      bias=self.const_array(bias_v.astype(np.int32), "int32_t", "b"),
+                      mult=self.const_array(mult_v.astype(np.int32), "int32_t", "m"),
+                      shift=self.const_array(shift_v.astype(np.int8), "int8_t", "s"))
         pn = self.pstruct("qk_shiftdense_t", s, fields)
         X, O = dt_info(x.dtype)[0], dt_info(s.out.dtype)[0]
         self.instances.add(("shiftdense", X, O))

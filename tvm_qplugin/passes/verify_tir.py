@@ -200,7 +200,7 @@ def multiply_sites(func: tirx.PrimFunc) -> list[str]:
     return sites
 
 
-def _reads_own_element(st: "tirx.BufferStore") -> bool:
+def _reads_own_element(st: tirx.BufferStore) -> bool:
     found = []
 
     def visit(e):
