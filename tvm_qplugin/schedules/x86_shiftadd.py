@@ -13,8 +13,10 @@ AddAttentionPerHead (``add_attention``):
    are added into ``kv`` rows, unit stride along ``dv`` (LLVM vectorizes the adds).
 3. ``num`` runs the feature loop outside the ``dv`` loop the same way.
 
-ShiftDenseRows (``shift_dense_requant``): the rows and output channels fused into one parallel
-loop; the decoding stays in the inner loop (a code is used once per row).
+ShiftDenseRows (``shift_dense_requant``): rows in parallel; per block of 16 output channels the
+code loop runs outside the channels, which are vectorized: each step shifts one broadcast input
+by 16 per-lane amounts (``vpsllvd``) and adds or subtracts. Unscheduled, one scalar term at a time
+took 0.5 s for MiniLM's 128 x 384 -> 384 (the int8 VNNI dense: 0.18 ms).
 
 Note: no loop here multiplies; the multiply-free check (passes/verify_tir.py) runs on the
 scheduled kernels, after these rules.
@@ -50,14 +52,25 @@ class AddAttentionPerHead(CpuKernelRule):
 
 
 class ShiftDenseRows(CpuKernelRule):
-    """``shift_dense_requant``: rows x output channels in one parallel loop (module docstring)."""
+    """``shift_dense_requant``: rows in parallel, output channels innermost and vectorized
+    (module docstring)."""
 
     op = "shift_dense_requant"
+    lanes = 16
 
     def schedule(self, sch, p):
-        y = sch.get_sblock("y")
-        loops = sch.get_loops(y)
-        outer = fuse_loops(sch, loops)
-        sch.parallel(outer)
-        sch.compute_at(sch.get_sblock("acc"), outer, preserve_unit_loops=True)
+        acc = sch.get_sblock("acc")
+        *rows, j, kb, half = sch.get_loops(acc)
+        if sch.get(j).extent.value % self.lanes:
+            return False
+        # the codes transposed once per call (kb, j), so that the channel loop reads them unit-stride
+        codes = sch.cache_read(acc, 1, "global")
+        sch.transform_layout(codes, ("write", 0), lambda jj, kk: (kk, jj))
+        if rows:
+            sch.parallel(fuse_loops(sch, rows))
+        jo, ji = sch.split(j, [None, self.lanes])
+        sch.reorder(jo, kb, half, ji)
+        # TIR refuses vectorize on a reduction update; LLVM's loop vectorizer takes the unit-stride
+        # channel loop once the init is split off
+        sch.decompose_reduction(acc, kb)
         return True
