@@ -64,7 +64,9 @@ class ShiftDenseRows(CpuKernelRule):
         if sch.get(j).extent.value % self.lanes:
             return False
         # the codes transposed once per call (kb, j), so that the channel loop reads them unit-stride
-        codes = sch.cache_read(acc, 1, "global")
+        codes_param = sch.mod["main"].params[1].name  # (x, codes, bias, multiplier, shift)
+        read = next(i for i, r in enumerate(sch.get(acc).reads) if r.source.name == codes_param)
+        codes = sch.cache_read(acc, read, "global")
         sch.transform_layout(codes, ("write", 0), lambda jj, kk: (kk, jj))
         if rows:
             sch.parallel(fuse_loops(sch, rows))
