@@ -180,3 +180,34 @@ def test_cli_refuses_a_bad_shift_linears_mode_in_one_line(tmp_path):
     r = run_cli("compile", "examples/digits_vit.onnx", "--calib", tmp_path / "calib.npz", "--attention", "shiftadd",
                 "--shift-linears", "most", "-o", tmp_path / "out")
     assert_user_error(r, "--shift-linears", "most", "off, rule, all")
+
+
+def test_plan_rule_threshold_last_layer_and_overrides():
+    from tvm_qplugin.passes.shiftadd import SHIFT_MIN_SQNR_DB, ShiftAddPlan, plan_for
+
+    rule = plan_for("shiftadd", None)
+    assert rule.attention and rule.linears == "rule"
+    assert rule.linear_choice("fc", SHIFT_MIN_SQNR_DB + 1, is_last=False) == "shift"
+    assert rule.linear_choice("fc", SHIFT_MIN_SQNR_DB - 1, is_last=False) == "int8"
+    assert rule.linear_choice("head", 40.0, is_last=True) == "int8"
+    assert ShiftAddPlan(linears="all").linear_choice("fc", 1.0, is_last=False) == "shift"
+    forced = plan_for("int8", "off", ("head=shift", "fc=int8"))
+    assert not forced.attention
+    assert forced.linear_choice("head", 1.0, is_last=True) == "shift"
+    assert plan_for("int8", None) is None and plan_for("int8", "off") is None  # nothing asked: the int8 rules
+
+
+def test_per_layer_override_reaches_the_integer_graph():
+    """``primitives`` overrides one layer of ``--shift-linears all``; the attention cores become
+    add attention -- checked on the integer module, no build."""
+    from qplugin_zoo import digits_split
+
+    from tvm_qplugin.compiler import integer_front
+    from tvm_qplugin.targets import get_board
+
+    x_train = digits_split()[0]
+    opts = CompileOptions(attention="shiftadd", shift_linears="all", primitives={"lv71": "int8"})
+    front = integer_front("examples/digits_vit.onnx", opts, get_board("x86-host").target(), {"input": x_train[:16]})
+    prims = {layer.name: layer.primitive for layer in front.imod.layers}
+    assert prims["lv71"] == "int8" and prims["lv101"] == "shift", prims
+    assert list(prims.values()).count("add-attention") == 4, prims
