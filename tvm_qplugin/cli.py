@@ -72,7 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "5e-4) | paper (the form of I-ViT's x*sigmoid(1.702x) / I-BERT's erf polynomial, ~0.02, in our arithmetic)")
     c.add_argument("--softmax-bits", type=int, default=NonlinearScheme.softmax_bits, help="16 (default: int16 probabilities) | 8 ("
                    "uint8 at 2^-8, in our arithmetic)")
-    c.add_argument("--attention", default="int8")
+    c.add_argument("--attention", default="int8", help="int8 | shiftadd (ShiftAddViT: add attention + shift linears)")
+    c.add_argument("--shift-linears", default=None, help="off | rule | all: power-of-two linears (default: rule "
+                   "with --attention shiftadd, else off; docs/architecture.md \"Shift/add\")")
+    c.add_argument("--primitive", action="append", default=[], metavar="LAYER=int8|shift",
+                   help="per-layer override of the shift/add rule (LAYER as in report.json layers[].name)")
     c.add_argument("--input-shape", action="append", default=[], metavar="NAME=D1,D2,...")
     c.add_argument("--input-value", action="append", default=[], metavar="NAME=V[,V...]",
                    help="fix an input at compile time (a mode or sample-rate input the model branches on)")
@@ -133,7 +137,8 @@ def cmd_compile(a) -> int:
     art = compile_model(a.model, target=a.target, calib=a.calib, eval=a.eval, input_shapes=a.input_shape,
                         preprocess=pre, precision=a.precision, layer_bits=a.layer_bits, nonlinear=a.nonlinear,
                         **({"observer": a.observer} if a.observer else {}),
-                        attention=a.attention, int_io=a.int_io, gelu=a.gelu, softmax_bits=a.softmax_bits,
+                        attention=a.attention, shift_linears=a.shift_linears, primitives=tuple(a.primitive),
+                        int_io=a.int_io, gelu=a.gelu, softmax_bits=a.softmax_bits,
                         allow_float=allow_float, calib_limit=a.calib_limit, tuning_db=a.tuning_db, isa=a.isa,
                         input_values=tuple(a.input_value) or None, input_bits=a.input_bits,
                         budget=a.budget, show_progress=not a.no_progress and sys.stderr.isatty())

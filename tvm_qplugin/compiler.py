@@ -20,6 +20,7 @@ from .metrics import classification_agreement, cosine_agreement, is_classifier
 from .passes.canonicalize import canonicalize
 from .passes.functions import integer_function
 from .passes.integerize import INPUT_BITS, IntegerizeConfig, integerize
+from .passes.shiftadd import annotate_report, plan_for
 from .passes.verify import check_lowered_kernels, kernel_origins, verify_integer_only
 from .progress import progress
 from .quant.scheme import NonlinearScheme
@@ -37,7 +38,7 @@ from .tuning.isa import isa_key, restrict_target
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("int8", "int4", "mixed")
-ATTENTIONS = ("int8",)  # shiftadd (ShiftAddViT) is not implemented yet: refused, not ignored
+ATTENTIONS = ("int8", "shiftadd")  # shiftadd: ShiftAddViT add attention + shift linears (passes/shiftadd.py)
 BIT_EXACT_MIN_INPUTS = 16
 
 
@@ -65,6 +66,8 @@ class CompileOptions:
     input_values: dict | tuple | None = None      # --input-value: inputs fixed at compile time (passes/specialize.py)
     input_bits: int = 8                           # --input-bits 16: audio, sensor streams, recurrent states
     layer_bits: dict | str | None = None          # --layer-bits FILE.json / {onnx_node: (w_bits, a_bits)}
+    shift_linears: str | None = None              # --shift-linears off|rule|all (passes/shiftadd.py)
+    primitives: tuple | dict = ()                 # --primitive LAYER=int8|shift: per-layer overrides
 
     def __post_init__(self):
         if not isinstance(self.budget, Budget):
@@ -82,11 +85,15 @@ class CompileOptions:
         if self.attention not in ATTENTIONS:
             raise QPluginError(f"--attention {self.attention!r} is not available in this version; choose one of "
                                f"{', '.join(ATTENTIONS)}")
-
+        self.shiftadd  # noqa: B018 - validates --shift-linears / --primitive
 
     @property
     def scheme(self) -> NonlinearScheme:
         return NonlinearScheme(self.nonlinear, self.gelu, self.softmax_bits)
+
+    @property
+    def shiftadd(self):
+        return plan_for(self.attention, self.shift_linears, self.primitives)
 
 
 def _dataset(data, specs, preprocess, what) -> Dataset | None:
@@ -132,7 +139,7 @@ def integer_front(model, opts: CompileOptions, tvm_target: tvm.target.Target, ca
     ranges = calibrate(runner, calib_ds, opts.observer, opts.calib_limit, opts.show_progress)
     try:
         imod = integerize(float_mod, ranges, IntegerizeConfig(
-            int_io=opts.int_io, scheme=opts.scheme, input_bits=opts.input_bits,
+            int_io=opts.int_io, scheme=opts.scheme, input_bits=opts.input_bits, shiftadd=opts.shiftadd,
             layer_bits=tuple((layer.var_name, *plan[layer.onnx_node]) for layer in layers)))
     except UnsupportedOpError as e:
         raise name_onnx_nodes(e, imported.onnx_model) from None
@@ -233,6 +240,7 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
                               isa=None if c_route else isa_key(tvm_target))
     report.record_tuning(art.report, *tuning.report(imod.mod, imod.layers))
     report.record_onnx_nodes(art.report, {layer.var_name: layer.onnx_node for layer in front.layers})
+    annotate_report(art.report, imod, iv)
     if not c_route and not cuda_route:
         add_kernel_times(art, imod, runs=3)
     if c_route:

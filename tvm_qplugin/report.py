@@ -42,7 +42,7 @@ def build(imported, board, opts, imod, iv, weights: int, checks: dict, accuracy:
         "size_bytes": {"weights": weights, "code": None},
         "layers": [{"name": layer.name, "op": layer.op, "w_bits": layer.w_bits, "a_bits": layer.a_bits,
                     "sensitivity": None, "latency_us": None, "macs": layer.macs, "gmacs": None,
-                    "fraction_of_peak": None, "primitive": "int8"} for layer in imod.layers],
+                    "fraction_of_peak": None, "primitive": layer.primitive} for layer in imod.layers],
         "latency_ms": latency,
         "tuning": {"trials": 0, "tasks_tuned": 0, "tasks_untuned": iv.kernels, "db": None},
         "inputs": [{"name": n, "shape": list(s), **(q.to_json() if q is not None else {"raw": True})}

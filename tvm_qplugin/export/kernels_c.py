@@ -21,6 +21,7 @@ from .kernels_c_coverage import CoverageKernelCalls, check_requant
 from .kernels_c_int4 import W4_OPS, Int4KernelCalls, w4_scratch_bytes, weight_shape
 from .kernels_c_transformer import TransformerKernelCalls
 from .tir_kernels import TirKernelCalls
+from .kernels_c_shiftadd import ShiftAddKernelCalls, addatt_scratch_bytes
 
 # largest |x| a C GEMM input contributes per weight: the dtype's own bound, except uint8, which the
 # MVE path flips to int8 (x - 128) and corrects by 128 * sum(w): partial sums reach 256 * sum|w|
@@ -54,6 +55,8 @@ def macs(s: Step) -> int:
     if s.op in ("dense_requant", "dense_requant_w4"):
         d = dense_dims(s)
         return int(d["m"] * d["n"] * d["k"])
+    if s.op == "shift_dense_requant":  # a shift linear: one shift-add per weight, counted like a MAC
+        return int(prod(s.args[0].shape[:-1]) * s.out.shape[-1] * s.args[0].shape[-1])
     return 0
 
 
@@ -62,6 +65,8 @@ def scratch_bytes(s: Step) -> int:
     if s.op in W4_OPS:
         return w4_scratch_bytes(s)
     kind = _SCRATCH_KIND.get(s.op)
+    if s.op == "add_attention":
+        return addatt_scratch_bytes(s)
     if kind is None:
         return 0
     dims = conv_dims(s) if kind == "conv2d" else dense_dims(s)
@@ -88,7 +93,8 @@ def broadcast_fields(s: Step, op: str) -> dict:
     return dict(ndim=nd, count=prod(out), flat=int(flat), shape=c_dims(out), sa=c_dims(strides(a.shape)),
                 sb=c_dims(strides(b.shape)))
 
-class KernelCalls(CEmitter, CoverageKernelCalls, Int4KernelCalls, TransformerKernelCalls, TirKernelCalls):
+class KernelCalls(CEmitter, CoverageKernelCalls, Int4KernelCalls, TransformerKernelCalls, TirKernelCalls,
+                  ShiftAddKernelCalls):
     """The C call of every supported op (see the module docstring)."""
 
     def _weights(self, s: Step, w2d: np.ndarray, bias, mult, shift, x: Ref, gemm: bool = True,

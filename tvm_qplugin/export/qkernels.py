@@ -18,6 +18,7 @@ from .. import __version__
 from ..quant import nonlinear_consts as nc
 from . import scratch
 from .c_graph import DTYPES
+from .kernels_c_shiftadd import sources as shiftadd_sources
 from .templates import MCU_DIR, fill, read_template
 
 _CTYPE = {code: ctype for code, ctype, _, _ in DTYPES.values()}
@@ -91,6 +92,10 @@ def kernel_sources(instances: set[tuple]) -> tuple[str, str]:
             code = _instantiate(kind, inst[1:], blocks)
             c_parts.append(code)
             protos += [d + ";" for d in _DEFINITION.findall(code)]
+    shiftadd_types, shiftadd_code = shiftadd_sources(insts)  # shift/add kernels: export/kernels_c_shiftadd.py
+    if shiftadd_code:
+        c_parts.append(shiftadd_code)
+        protos = [shiftadd_types] + protos + [d + ";" for d in _DEFINITION.findall(shiftadd_code)]
     header = fill(read_template("qkernels.h.in"), VERSION=__version__,
                   PROTOTYPES="\n".join([types, *protos]) if protos else types + "/* (none) */")
     return header, "\n".join(c_parts)

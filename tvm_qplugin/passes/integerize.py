@@ -53,6 +53,7 @@ class IntegerizeConfig:
     # per-layer (float binding name, w_bits, a_bits) of conv / dense layers (quant/precision.py);
     # layers not listed get (weight_bits, activation_bits)
     layer_bits: tuple[tuple[str, int, int], ...] = ()
+    shiftadd: object = None      # passes/shiftadd.ShiftAddPlan: shift linears / add attention, None = all int8
 
     def __post_init__(self):
         if self.weight_bits != 8 or self.activation_bits != 8:

@@ -25,7 +25,7 @@ from tvm import relax
 from ..errors import FloatOpError, QPluginError
 from ..ops import OPS, op_of
 from .graph import Graph, dtype_of
-from .verify_tir import scan_kernels
+from .verify_tir import check_multiply_free, scan_kernels
 
 # The one home of the Relax ops an integer graph may keep besides integer kernels (call_tir).
 # Layout ops move integers without arithmetic.
@@ -64,6 +64,7 @@ class IntegerOnlyReport:
     division_ops: int = 0
     kernels: int = 0
     tir_kernels: int = 0          # kernels the TIR visitor checked (0: the TIR level has not run)
+    multiply_free_kernels: int = 0  # shift/add kernels proven multiply-free in their accumulations
 
     @property
     def integer_only(self) -> bool:
@@ -147,6 +148,7 @@ def check_lowered_kernels(lowered: tvm.IRModule, rep: IntegerOnlyReport, origins
     lowered module (:func:`tvm_qplugin.build.lower`) and add its findings to ``rep``."""
     findings = scan_kernels(lowered, func_name)
     rep.tir_kernels = len(findings)
+    rep.multiply_free_kernels = check_multiply_free(lowered, origins, func_name)  # shift/add: raises on a multiply
     for kernel, found in findings.items():  # one entry per kernel: float_ops counts float kernels
         if found:
             op_name = origins.get(kernel, kernel)

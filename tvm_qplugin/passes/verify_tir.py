@@ -166,3 +166,87 @@ def kernels_called_by(mod: tvm.IRModule, func_name: str) -> list[tvm.ir.GlobalVa
 def scan_kernels(mod: tvm.IRModule, func_name: str) -> dict[str, list[TirFinding]]:
     """Kernel name -> its float constructs, for every kernel ``func_name`` calls (clean ones too)."""
     return {gv.name_hint: scan_kernel(mod[gv], gv.name_hint) for gv in kernels_called_by(mod, func_name)}
+
+
+# --- multiply-free kernels (shift/add primitives, ops/shiftadd.py) ---------------------------
+
+#: ops whose accumulations must not multiply: the shift linear and add attention of ShiftAddViT
+MULTIPLY_FREE_OPS = frozenset({"shift_dense_requant", "add_attention"})
+
+
+class MultiplyInShiftAddKernelError(RuntimeError):
+    """A shift/add kernel multiplies inside an accumulation: a bug of this project, not a user error."""
+
+
+def multiply_sites(func: tirx.PrimFunc) -> list[str]:
+    """Multiplies on the data path of every accumulation in ``func``.
+
+    An accumulation is a store whose value reads the element it writes (``acc[i] = acc[i] + ...``:
+    a reduction update, the inner loop of a kernel). Its value is walked with buffer indices left
+    out -- address arithmetic (``2 * kb + half``) is not a multiply of data. Elementwise stages (the
+    per-output requantization) are not accumulations and may multiply."""
+    sites: list[str] = []
+
+    def store(node):
+        if not isinstance(node, tirx.BufferStore):
+            return None
+        if not _reads_own_element(node):
+            return tvm_ffi.WalkResult.SKIP
+        for mul in _data_multiplies(node.value):
+            sites.append(f"{node.buffer.name}[...] accumulates {mul}")
+        return tvm_ffi.WalkResult.SKIP
+
+    tvm_ffi.structural_walk(func.body, [(tirx.Stmt, store)], order="pre")
+    return sites
+
+
+def _reads_own_element(st: tirx.BufferStore) -> bool:
+    found = []
+
+    def visit(e):
+        if isinstance(e, tvm.ir.TensorLoad) and e.source.same_as(st.buffer):
+            found.append(e)
+            return tvm_ffi.WalkResult.SKIP
+        return None
+
+    tvm_ffi.structural_walk(st.value, [(tirx.Expr, visit)], order="pre")
+    return bool(found)
+
+
+def _data_multiplies(value) -> list[str]:
+    found: list[str] = []
+
+    def visit(e):
+        if isinstance(e, tvm.ir.TensorLoad):  # a buffer load: its indices are addresses
+            return tvm_ffi.WalkResult.SKIP
+        if isinstance(e, tirx.Mul):
+            found.append(f"{e.a} * {e.b} ({e.dtype})")
+        elif isinstance(e, tvm.ir.Call) and isinstance(e.op, tvm.ir.Op) and _is_multiply_call(e.op.name, e):
+            found.append(f"call {_callee(e)}")
+        return None
+
+    tvm_ffi.structural_walk(value, [(tirx.Expr, visit)], order="pre")
+    return found
+
+
+def _is_multiply_call(name: str, call) -> bool:
+    """Multiply-adds hidden in calls: the integer dot intrinsics, ``tirx.mul``-like helpers."""
+    if name in LLVM_CALLS or name in EXTERN_CALLS:
+        return True  # every accepted intrinsic (INTEGER_LLVM_INTRINSICS, __dp4a) is a multiply-add
+    return name in ("tirx.q_multiply_shift", "tirx.q_multiply_shift_per_axis")
+
+
+def check_multiply_free(mod: tvm.IRModule, origins: dict[str, str], func_name: str = "core") -> int:
+    """Every kernel of a :data:`MULTIPLY_FREE_OPS` op that ``func_name`` calls in the lowered
+    ``mod`` accumulates without a multiply; returns how many kernels were proven, raises
+    :class:`MultiplyInShiftAddKernelError` naming the kernel and the multiply otherwise."""
+    proven = 0
+    for gv in kernels_called_by(mod, func_name):
+        if origins.get(gv.name_hint) not in MULTIPLY_FREE_OPS:
+            continue
+        sites = multiply_sites(mod[gv])
+        if sites:
+            raise MultiplyInShiftAddKernelError(f"kernel {gv.name_hint} [{origins[gv.name_hint]}] multiplies inside "
+                                                f"an accumulation: {'; '.join(sites[:4])}")
+        proven += 1
+    return proven

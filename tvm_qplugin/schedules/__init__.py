@@ -19,13 +19,15 @@ from .x86_int4 import Int4WidenedAtBuild
 from .x86_int8 import Conv2DTensorized, DenseTensorized
 from .x86_matmul import MatmulTensorized
 from .x86_nonlinear import GeluRowsParallel, GeluTable, SoftmaxRowsParallel
+from .x86_shiftadd import AddAttentionPerHead, ShiftDenseRows
 
 log = logging.getLogger(__name__)
 
 # tensorized rules first: they take the kernels pack_weights packed for them (and only those)
 RULES = [Conv2DTensorized(), DepthwiseConv2DTensorized(), DenseTensorized(), MatmulTensorized(),
          GeluTable(), GeluRowsParallel(), SoftmaxRowsParallel(),
-         Conv2D1x1Reorder(), DenseRowBlocks(), MatmulRequantIKJ(), GeluInlineStages()]
+         Conv2D1x1Reorder(), DenseRowBlocks(), MatmulRequantIKJ(), GeluInlineStages(),
+         AddAttentionPerHead(), ShiftDenseRows()]
 RULES.insert(0, Int4WidenedAtBuild([rule for rule in RULES if hasattr(rule, "pack")]))  # int4 -> the int8 packers
 __all__ = ["RULES", "apply_default_schedules", "pack_weights"]
 

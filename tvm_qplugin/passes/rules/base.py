@@ -48,6 +48,8 @@ class LayerInfo:
     macs: int
     kernel: str = ""
     var: relax.Var | None = None   # the integer var the layer's kernel binds (for per-layer timing)
+    primitive: str = "int8"        # "int8" | "shift" | "add-attention" (passes/shiftadd.py)
+    weight_sqnr_db: float | None = None  # shift linears: power-of-two weights vs float
 
 
 @dataclass
