@@ -98,7 +98,7 @@ def parse_budget(text: str | Budget | None, problem: Problem) -> dict:
             if key.strip() not in RESOURCES or not share > 0:
                 raise QPluginError(f"--budget {item.strip()!r}: a share is size=|bops=|latency= with a positive "
                                    "percentage of the uniform int8 model, e.g. size=60%")
-            problem.resource(key.strip())  # a latency share needs measured latencies
+            problem.resource(key.strip())
             limits[key.strip()] = share * base[key.strip()]
         elif item.strip():
             rest.append(item.strip())
@@ -107,6 +107,8 @@ def parse_budget(text: str | Budget | None, problem: Problem) -> dict:
             raise QPluginError(f"--budget: {key}= given twice")
         if key in RESOURCES:
             limits[key] = value
+    for key in limits:
+        problem.resource(key)  # a latency budget needs measured latencies
     return limits
 
 

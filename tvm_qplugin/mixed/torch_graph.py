@@ -224,6 +224,21 @@ def _batchnorm(node, x, scale, bias, mean, var):
     return F.batch_norm(x, mean, var, scale, bias, training=False, eps=_attr(node, "epsilon", 1e-5))
 
 
+def _squeeze(node, x, axes=None):
+    axes = _attr(node, "axes") if axes is None else axes.tolist()
+    for a in sorted((int(a) % x.dim() for a in axes), reverse=True):
+        x = x.squeeze(a)
+    return x
+
+
+def _unsqueeze(node, x, axes=None):
+    axes = _attr(node, "axes") if axes is None else axes.tolist()
+    rank = x.dim() + len(axes)
+    for a in sorted(int(a) % rank for a in axes):
+        x = x.unsqueeze(a)
+    return x
+
+
 def _softmax(node, x):
     return x.softmax(dim=_attr(node, "axis", -1))
 
@@ -245,7 +260,7 @@ def _ops():
         "GlobalAveragePool": lambda n, x: x.mean(dim=tuple(range(2, x.dim())), keepdim=True),
         "ReduceMean": _reduce_mean, "Reshape": _reshape, "Flatten": _flatten,
         "Concat": lambda n, *xs: torch.cat(xs, dim=_attr(n, "axis")),
-        "Identity": lambda n, x: x, "Transpose": lambda n, x: x.permute(*_attr(n, "perm")),
+        "Identity": lambda n, x: x, "Squeeze": _squeeze, "Unsqueeze": _unsqueeze, "Transpose": lambda n, x: x.permute(*_attr(n, "perm")),
         "BatchNormalization": _batchnorm, "Softmax": _softmax,
         "Constant": lambda n: None,
     }
