@@ -50,6 +50,14 @@ class Problem:
                                "(mixed.latency: compile once per width) or drop latency=")
         return getattr(self, key)
 
+    def restricted(self, w_bits=None, a_bits=None) -> "Problem":
+        """The same problem with only the options of these widths (e.g. ``a_bits=(8,)``: weights only)."""
+        keep = [o for o, (w, a) in enumerate(self.options) if (w_bits is None or w in w_bits)
+                and (a_bits is None or a in a_bits)]
+        pick = (lambda arr: None if arr is None else arr[:, keep])
+        return Problem(self.names, [self.options[o] for o in keep], self.cost[:, keep], self.size[:, keep],
+                       self.bops[:, keep], pick(self.latency), dict(self.fixed), list(self.ties))
+
     def uniform(self, w_bits: int, a_bits: int) -> dict:
         """Totals of every layer at one option: the uniform int8 / int4 points."""
         o = self.options.index((w_bits, a_bits))

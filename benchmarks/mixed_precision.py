@@ -1,0 +1,120 @@
+"""Mixed precision on real models: sensitivity ranking, ILP plans under size budgets, time per stage.
+
+For the digits CNN (labelled accuracy on the held-out split) and MobileNetV2 (top-1 agreement with
+fp32 on real photo crops): HAWQ-V2 Hessian traces (their spread and probe count), ZeroQ's direct
+measure, the rank correlation of the two, then the ILP (weights 4/8 bits, activations held at 8,
+so that every plan is compared at the same activation width) under 3 size budgets -- the midway
+one between uniform int4 and int8 against 20 random assignments of at most the same size.
+Accuracy is simulated in float (mixed/simulate.py: the int4 kernels are another branch's work).
+
+Prints one JSON object. Run: `.venv/bin/python benchmarks/mixed_precision.py [--model digits|mobilenet_v2]`
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tvm_qplugin.mixed.ilp import pareto_front, solve
+from tvm_qplugin.mixed.plan import build_problem
+from tvm_qplugin.mixed.sensitivity import sensitivity
+from tvm_qplugin.mixed.simulate import simulated_outputs, top1
+from tvm_qplugin.mixed.torch_graph import load_torch_graph
+
+
+def load(model: str):
+    """(onnx path, calibration inputs, calibration labels or None, eval inputs, eval reference, settings)."""
+    if model == "digits":
+        from qplugin_zoo.digits import digits_cnn_onnx, digits_split
+
+        xtr, ytr, xte, yte = digits_split()
+        return digits_cnn_onnx(), {"input": xtr}, ytr, {"input": xte}, yte, {"samples": 64, "probes": 1024}
+    from qplugin_zoo import imagenet_calib_eval, mobilenet_v2_onnx
+
+    calib, evaluation = imagenet_calib_eval()
+    return mobilenet_v2_onnx(), {"input": calib}, None, {"input": evaluation[:128]}, None, {"samples": 8,
+                                                                                              "probes": 128}
+
+
+def random_plans(problem, size: float, count: int, seed: int = 0) -> list[dict]:
+    """``count`` random weight widths of at most ``size`` bytes: layers in a random order go to 4 bits
+    until the size fits (activations at 8 bits)."""
+    rng = np.random.default_rng(seed)
+    plans = []
+    for _ in range(count):
+        bits = {n: (8, 8) for n in problem.names}
+        i8, i4 = problem.options.index((8, 8)), problem.options.index((4, 8))
+        total = problem.uniform(8, 8)["size"]
+        for layer in rng.permutation(len(problem.names)):
+            if total <= size:
+                break
+            bits[problem.names[layer]] = (4, 8)
+            total -= problem.size[layer, i8] - problem.size[layer, i4]
+        plans.append(bits)
+    return plans
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="digits", choices=["digits", "mobilenet_v2"])
+    ap.add_argument("--random", type=int, default=20)
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    path, calib, labels, evaluation, reference, settings = load(args.model)
+    g = load_torch_graph(path)
+    if reference is None:  # agreement with fp32
+        reference = simulated_outputs(g, {}, {}, evaluation)
+    timing = {"load": time.perf_counter() - t0}
+    t = time.perf_counter()
+    sens = sensitivity(path, calib, labels, **settings)
+    timing["sensitivity (cached after the first run)"] = time.perf_counter() - t
+    names = [layer["name"] for layer in sens.layers]
+    problem = build_problem(sens, g.model).restricted(a_bits=(8,))
+    u8, u4 = problem.uniform(8, 8)["size"], problem.uniform(4, 8)["size"]
+    mid = (u8 + u4) / 2
+    acc = lambda bits: top1(simulated_outputs(g, bits, sens.act_range, evaluation), reference)  # noqa: E731
+    out = {"model": args.model, "layers": len(names), "probes_used": sens.probes, "samples": sens.samples,
+           "sensitivity_timing_s": sens.timing_s,
+           "spread_top_layers": {n: round(sens.trace_w_spread[n], 3) for n in sens.top_layers},
+           "spread_median_all": round(float(np.median(list(sens.trace_w_spread.values()))), 3),
+           "spearman_omega4_vs_direct4": round(spearman([sens.omega_w[n]["4"] for n in names],
+                                                        [sens.direct_w[n]["4"] for n in names]), 3),
+           "ranking_omega4": sorted(names, key=lambda n: -sens.omega_w[n]["4"])[:8],
+           "ranking_direct4": sorted(names, key=lambda n: -sens.direct_w[n]["4"])[:8],
+           "uniform": {"int8": {"size": u8, "acc": acc({n: (8, 8) for n in names})},
+                       "int4": {"size": u4, "acc": acc({n: (4, 8) for n in names})}},
+           "plans": {}}
+    for label, size in (("25%", u4 + 0.25 * (u8 - u4)), ("midway", mid), ("75%", u4 + 0.75 * (u8 - u4))):
+        for method in ("hessian", "direct"):
+            p = build_problem(sens, g.model, method).restricted(a_bits=(8,))
+            t = time.perf_counter()
+            plan = solve(p, {"size": size})
+            out["plans"][f"{label}/{method}"] = {"size_budget": round(size), "size": plan.totals["size"],
+                                                 "solve_s": round(time.perf_counter() - t, 4),
+                                                 "int4_layers": sum(w == 4 for w, _ in plan.bits.values()),
+                                                 "acc": acc(plan.bits)}
+    rand = [acc(bits) for bits in random_plans(problem, mid, args.random)]
+    out["random_midway"] = {"count": len(rand), "best": max(rand), "median": float(np.median(rand)),
+                            "worst": min(rand)}
+    t = time.perf_counter()
+    front = pareto_front(build_problem(sens, g.model), list(np.linspace(u4, u8, 9)))
+    out["pareto_9_sizes_s"] = round(time.perf_counter() - t, 3)
+    out["timing_s"] = {k: round(v, 2) for k, v in timing.items()}
+    out["total_s"] = round(time.perf_counter() - t0, 1)
+    out["front_points"] = len(front)
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
