@@ -70,3 +70,47 @@ def plan_model(model, calib: dict, budget, labels=None, method: str = "hessian",
     plan = solve(problem, limits)
     log.info("mixed precision: %s", ", ".join(f"{n}=w{w}a{a}" for n, (w, a) in plan.bits.items()))
     return plan, problem, sens
+
+
+def search(model, calib: dict, budget=None, labels=None, evaluation: dict | None = None, eval_labels=None,
+           method: str = "hessian", a_bits: tuple[int, ...] = (8,), front_points: int = 9,
+           latency_reports: dict | None = None, **sensitivity_options) -> dict:
+    """Sensitivity, the Pareto front over weight size, the uniform int8 / int4 points and (with a
+    ``budget``) the chosen plan, with simulated accuracy on ``evaluation`` (labels, else agreement
+    with fp32): what ``sensitivity.json`` and report.html's mixed-precision sections hold."""
+    import time
+
+    from .ilp import pareto_front
+    from .simulate import simulated_outputs, top1
+    from .torch_graph import load_torch_graph
+
+    t0 = time.perf_counter()
+    sens = sensitivity(model, calib, labels, **sensitivity_options)
+    g = load_torch_graph(model)
+    problem = build_problem(sens, g.model, method, latency_reports).restricted(a_bits=a_bits)
+    reference = None
+    if evaluation is not None:
+        reference = eval_labels if eval_labels is not None else simulated_outputs(g, {}, {}, evaluation)
+
+    def point(bits: dict, totals: dict) -> dict:
+        p = {k: totals.get(k) for k in ("size", "bops", "latency", "cost")}
+        if reference is not None:
+            p["acc"] = top1(simulated_outputs(g, bits, sens.act_range, evaluation), reference)
+        return p
+
+    out = {"model": str(model), "method": method, "a_bits": list(a_bits),
+           "metric": "accuracy (simulated)" if eval_labels is not None else "top-1 agreement with fp32 (simulated)",
+           "sensitivity": sens.to_json()}
+    a = a_bits[0]
+    out["uniform"] = {f"int{w}": point({n: (w, a) for n in problem.names}, problem.uniform(w, a)) for w in (8, 4)}
+    lo, hi = out["uniform"]["int4"]["size"], out["uniform"]["int8"]["size"]
+    t = time.perf_counter()
+    front = pareto_front(problem, [lo + (hi - lo) * i / (front_points - 1) for i in range(front_points)])
+    out["front_solve_s"] = round(time.perf_counter() - t, 3)
+    out["front"] = [dict(point(p.bits, p.totals), bits={k: list(v) for k, v in p.bits.items()}) for p in front]
+    if budget:
+        plan = solve(problem, parse_budget(budget, problem))
+        out["plan"] = dict(point(plan.bits, plan.totals), bits={k: list(v) for k, v in plan.bits.items()},
+                           budget=str(budget), solve_s=round(plan.solve_s, 4))
+    out["timing_s"] = {**sens.timing_s, "total": round(time.perf_counter() - t0, 2)}
+    return out
