@@ -7,7 +7,12 @@ so that every plan is compared at the same activation width) under 3 size budget
 one between uniform int4 and int8 against 20 random assignments of at most the same size.
 Accuracy is simulated in float (mixed/simulate.py: the int4 kernels are another branch's work).
 
-Prints one JSON object. Run: `.venv/bin/python benchmarks/mixed_precision.py [--model digits|mobilenet_v2]`
+``--distill``: data-free calibration (ZeroQ) of MobileNetV2 from an export that keeps its
+batch-norms (the cached fixture has them folded), then a real int8 compile calibrated on the
+distilled inputs, evaluated on the real crops (compare with real-data calibration's agreement).
+
+Prints one JSON object. Run: `.venv/bin/python benchmarks/mixed_precision.py [--model digits|mobilenet_v2]
+[--distill [--samples N --iterations N]]`
 """
 from __future__ import annotations
 
@@ -65,11 +70,65 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def mobilenet_v2_with_batchnorms() -> str:
+    """MobileNetV2 exported with its BatchNormalization nodes kept (cached): the dynamo exporter
+    without its optimizer (which folds BN into the convs), then constant folding only."""
+    from qplugin_zoo.cache import atomic_path, cache_dir
+
+    path = cache_dir() / "mobilenet_v2_224_b1_bn.onnx"
+    if path.is_file():
+        return str(path)
+    import onnx
+    import onnx_ir as ir
+    import torch
+    from onnxscript import optimizer
+    from qplugin_zoo.mobilenet_v2 import _build_model, mobilenet_v2_weights_path
+
+    model = _build_model()
+    model.load_state_dict(torch.load(mobilenet_v2_weights_path(), map_location="cpu", weights_only=True))
+    model.eval()
+    with atomic_path(path) as tmp:
+        torch.onnx.export(model, (torch.randn(1, 3, 224, 224),), str(tmp), input_names=["input"],
+                          output_names=["logits"], opset_version=18, dynamo=True, external_data=False, optimize=False)
+        m = ir.serde.deserialize_model(onnx.load(str(tmp)))
+        optimizer.fold_constants(m)
+        optimizer.remove_unused_nodes(m)
+        onnx.save(ir.serde.serialize_model(m), str(tmp))
+    return str(path)
+
+
+def distill_benchmark(samples: int, iterations: int) -> dict:
+    """ZeroQ on MobileNetV2: distil, compile int8 on the distilled inputs, agreement on real crops."""
+    import tvm_qplugin as tq
+    from qplugin_zoo import imagenet_calib_eval
+    from tvm_qplugin.mixed.distill import distill
+
+    t = time.perf_counter()
+    path = mobilenet_v2_with_batchnorms()
+    export_s = time.perf_counter() - t
+    d = distill(path, samples=samples, iterations=iterations)
+    _, evaluation = imagenet_calib_eval()
+    t = time.perf_counter()
+    art = tq.compile(path, target="x86-host", calib=d.arrays, eval={"input": evaluation})
+    acc = art.report["accuracy"]
+    return {"model": "mobilenet_v2 (batch-norms kept)", "samples": samples, "iterations": iterations,
+            "distill_s": round(d.seconds, 1), "bn_loss": [round(d.bn_loss_start, 4), round(d.bn_loss_end, 4)],
+            "export_s": round(export_s, 1), "compile_s": round(time.perf_counter() - t, 1),
+            "bit_exact": art.report["bit_exact"], "top1_agreement": acc.get("value"),
+            "top1_agreement_confident": acc.get("top1_agreement_confident"), "eval_inputs": acc.get("inputs")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="digits", choices=["digits", "mobilenet_v2"])
     ap.add_argument("--random", type=int, default=20)
+    ap.add_argument("--distill", action="store_true")
+    ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument("--iterations", type=int, default=100)
     args = ap.parse_args()
+    if args.distill:
+        print(json.dumps(distill_benchmark(args.samples, args.iterations), indent=1))
+        return
     t0 = time.perf_counter()
     path, calib, labels, evaluation, reference, settings = load(args.model)
     g = load_torch_graph(path)
