@@ -61,3 +61,10 @@ def test_distill_refuses_several_inputs(tmp_path):
     onnx.save(m, str(path))
     with pytest.raises(CalibrationError, match="has 2 inputs .x, mask."):
         distill(path)
+
+
+def test_python_api_calib_distill_says_how():
+    from tvm_qplugin.data import load_dataset
+
+    with pytest.raises(CalibrationError, match=r"pass calib=tvm_qplugin.mixed.distill.distill\(MODEL\).arrays"):
+        load_dataset("distill", [])

@@ -52,6 +52,7 @@ def test_compile_calibrates_on_distilled_inputs(compiled):
     assert "distilled    32 calibration inputs from the batch-norm statistics in" in r.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["bit_exact"] and report["integer_only"]
+    assert report["calibration"]["source"] == "distill" and report["timing_s"]["distill"] > 0
     assert report["accuracy"]["value"] >= 0.9, report["accuracy"]  # agreement with fp32 on real-valued inputs
 
 

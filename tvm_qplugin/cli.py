@@ -130,11 +130,11 @@ def cmd_compile(a) -> int:
 
     pre = Preprocess(resize=a.resize, crop=a.crop, scale=a.scale, mean=a.mean, std=a.std, layout=a.layout,
                      grayscale=a.grayscale)
-    calib = a.calib
+    calib, distilled = a.calib, None
     if calib == "distill":  # ZeroQ: inputs synthesised from the model's batch-norm statistics
         from .mixed.cli import distilled_calibration
 
-        calib = distilled_calibration(a.model, a.input_shape)
+        calib, distilled = distilled_calibration(a.model, a.input_shape)
     art = compile_model(a.model, target=a.target, calib=calib, eval=a.eval, input_shapes=a.input_shape,
                         preprocess=pre, precision=a.precision, nonlinear=a.nonlinear,
                         **({"observer": a.observer} if a.observer else {}),
@@ -142,6 +142,10 @@ def cmd_compile(a) -> int:
                         allow_float=allow_float, calib_limit=a.calib_limit, tuning_db=a.tuning_db, isa=a.isa,
                         input_values=tuple(a.input_value) or None, input_bits=a.input_bits,
                         budget=a.budget, show_progress=not a.no_progress and sys.stderr.isatty())
+    if distilled is not None:
+        from .report import record_distilled_calibration
+
+        record_distilled_calibration(art.report, distilled)
     art.save(out)
     from .report_html import write_report_html
 

@@ -83,7 +83,7 @@ def format_table(res: dict) -> str:
 def load_calibration(model, calib, input_shapes, what: str = "calibration"):
     """``(arrays, labels)`` from an .npz / image directory, or synthesised (``distill``)."""
     if calib == DISTILL:
-        return distilled_calibration(model, input_shapes), None
+        return distilled_calibration(model, input_shapes)[0], None
     from ..data import load_dataset
     from ..frontend import load_specialized, parse_input_shapes, resolve_input_specs
 
@@ -92,8 +92,8 @@ def load_calibration(model, calib, input_shapes, what: str = "calibration"):
     return ds.arrays, ds.labels
 
 
-def distilled_calibration(model, input_shapes=(), samples: int = 32, iterations: int = 200) -> dict:
-    """``--calib distill``: the synthetic inputs (ZeroQ), with the time it took on stderr."""
+def distilled_calibration(model, input_shapes=(), samples: int = 32, iterations: int = 200) -> tuple[dict, dict]:
+    """``--calib distill``: ``(inputs, how they were made)`` (ZeroQ), with the time it took on stderr."""
     from ..frontend import parse_input_shapes
 
     check_distillable(model)
@@ -101,7 +101,8 @@ def distilled_calibration(model, input_shapes=(), samples: int = 32, iterations:
     d = distill(model, samples=samples, iterations=iterations, input_shape=next(iter(shapes.values()), None))
     print(f"distilled    {samples} calibration inputs from the batch-norm statistics in {d.seconds:.1f} s "
           f"(statistics loss {d.bn_loss_start:.3g} -> {d.bn_loss_end:.3g})", file=sys.stderr)
-    return d.arrays
+    return d.arrays, {"samples": samples, "iterations": iterations, "bn_loss": [d.bn_loss_start, d.bn_loss_end],
+                      "seconds": d.seconds}
 
 
 def _widths(text: str) -> tuple[int, ...]:
