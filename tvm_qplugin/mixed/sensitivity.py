@@ -208,7 +208,7 @@ def _direct(g: TorchGraph, inputs: dict, s: Sensitivity) -> None:
                 s.sqnr_w[n][str(b)] = _sqnr_db(ref, out)
             lo, hi = s.act_range[n]
             for b in A_BITS:
-                out = g.run(inputs, perturb={n: lambda x, b=b: quantize_activation(x, b, lo, hi)})[0]
+                out = g.run(inputs, perturb={n: lambda x, b=b, lo=lo, hi=hi: quantize_activation(x, b, lo, hi)})[0]
                 s.direct_a[n][str(b)] = _distance(ref, out)
 
 
