@@ -33,7 +33,7 @@ from tvm_qplugin.mixed.simulate import simulated_outputs, top1
 from tvm_qplugin.mixed.torch_graph import load_torch_graph
 
 
-def load(model: str):
+def load(model: str, eval_count: int = 128):
     """(onnx path, calibration inputs, calibration labels or None, eval inputs, eval reference, settings)."""
     if model == "digits":
         from qplugin_zoo.digits import digits_cnn_onnx, digits_split
@@ -43,7 +43,7 @@ def load(model: str):
     from qplugin_zoo import imagenet_calib_eval, mobilenet_v2_onnx
 
     calib, evaluation = imagenet_calib_eval()
-    return mobilenet_v2_onnx(), {"input": calib}, None, {"input": evaluation[:128]}, None, {"samples": 8,
+    return mobilenet_v2_onnx(), {"input": calib}, None, {"input": evaluation[:eval_count]}, None, {"samples": 8,
                                                                                               "probes": 128}
 
 
@@ -122,6 +122,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="digits", choices=["digits", "mobilenet_v2"])
     ap.add_argument("--random", type=int, default=20)
+    ap.add_argument("--eval-count", type=int, default=128, help="MobileNetV2 crops evaluated per plan")
+    ap.add_argument("--budgets", default="25%,midway,75%", help="which size budgets to plan for")
     ap.add_argument("--distill", action="store_true")
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--iterations", type=int, default=100)
@@ -130,7 +132,7 @@ def main() -> None:
         print(json.dumps(distill_benchmark(args.samples, args.iterations), indent=1))
         return
     t0 = time.perf_counter()
-    path, calib, labels, evaluation, reference, settings = load(args.model)
+    path, calib, labels, evaluation, reference, settings = load(args.model, args.eval_count)
     g = load_torch_graph(path)
     if reference is None:  # agreement with fp32
         reference = simulated_outputs(g, {}, {}, evaluation)
@@ -154,8 +156,10 @@ def main() -> None:
            "uniform": {"int8": {"size": u8, "acc": acc({n: (8, 8) for n in names})},
                        "int4": {"size": u4, "acc": acc({n: (4, 8) for n in names})}},
            "plans": {}}
-    for label, size in (("25%", u4 + 0.25 * (u8 - u4)), ("midway", mid), ("75%", u4 + 0.75 * (u8 - u4))):
-        for method in ("hessian", "direct"):
+    budgets = {"25%": u4 + 0.25 * (u8 - u4), "midway": mid, "75%": u4 + 0.75 * (u8 - u4)}
+    for label in args.budgets.split(","):
+        size = budgets[label]
+        for method in ("hessian", "direct") if label == "midway" else ("hessian",):
             p = build_problem(sens, g.model, method).restricted(a_bits=(8,))
             t = time.perf_counter()
             plan = solve(p, {"size": size})
