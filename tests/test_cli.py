@@ -61,7 +61,7 @@ def test_help_lists_every_command_with_its_purpose():
     or undocumented subcommand fails)."""
     out = ok(run_cli("--help"))
     listed = dict(re.findall(r"^    (\w+)\s{2,}(\S.*)$", out, re.M))
-    assert sorted(listed) == ["compile", "inspect", "targets", "tune", "verify"], out
+    assert sorted(listed) == ["compile", "inspect", "sensitivity", "targets", "tune", "verify"], out
 
 
 def test_targets_lists_host_with_detected_isa_features():

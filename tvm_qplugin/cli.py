@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="quantize + integerize + build + verify a model")
     c.add_argument("model")
     c.add_argument("--target", default="x86-host")
-    c.add_argument("--calib", help="calibration data: FILE.npz or a directory of images")
+    c.add_argument("--calib", help="calibration data: FILE.npz, a directory of images, or 'distill' (data-free, ZeroQ)")
     c.add_argument("--eval", help="FILE.npz of inputs (and optional 'labels') for the accuracy figure")
     c.add_argument("--precision", default="int8", help="int8 (default) | int4 (4-bit weights for every conv / dense but "
                    "the first and last; 8-bit activations) | mixed (needs --layer-bits for now)")
@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True, metavar="OUTDIR")
     c.add_argument("--no-progress", action="store_true")
     _add_tune_parser(sub)
+    from .mixed.cli import add_sensitivity_parser
+
+    add_sensitivity_parser(sub, _positive_int)
 
     v = sub.add_parser("verify", help="re-run a compiled OUTDIR against the NumPy reference, bit for bit")
     v.add_argument("outdir")
@@ -134,7 +137,12 @@ def cmd_compile(a) -> int:
 
     pre = Preprocess(resize=a.resize, crop=a.crop, scale=a.scale, mean=a.mean, std=a.std, layout=a.layout,
                      grayscale=a.grayscale)
-    art = compile_model(a.model, target=a.target, calib=a.calib, eval=a.eval, input_shapes=a.input_shape,
+    calib, distilled = a.calib, None
+    if calib == "distill":  # ZeroQ: inputs synthesised from the model's batch-norm statistics
+        from .mixed.cli import distilled_calibration
+
+        calib, distilled = distilled_calibration(a.model, a.input_shape)
+    art = compile_model(a.model, target=a.target, calib=calib, eval=a.eval, input_shapes=a.input_shape,
                         preprocess=pre, precision=a.precision, layer_bits=a.layer_bits, nonlinear=a.nonlinear,
                         **({"observer": a.observer} if a.observer else {}),
                         attention=a.attention, shift_linears=a.shift_linears, primitives=tuple(a.primitive),
@@ -142,10 +150,23 @@ def cmd_compile(a) -> int:
                         allow_float=allow_float, calib_limit=a.calib_limit, tuning_db=a.tuning_db, isa=a.isa,
                         input_values=tuple(a.input_value) or None, input_bits=a.input_bits,
                         budget=a.budget, show_progress=not a.no_progress and sys.stderr.isatty())
+    if distilled is not None:
+        from .report import record_distilled_calibration
+
+        record_distilled_calibration(art.report, distilled)
     art.save(out)
+    from .report_html import write_report_html
+
+    write_report_html(out, art.report)
     print(summary(art.report, out))
     _print_tuning(art.report)
     return 0 if art.report["bit_exact"] else 1
+
+
+def cmd_sensitivity(a) -> int:
+    from .mixed.cli import run_sensitivity
+
+    return run_sensitivity(a)
 
 
 def cmd_verify(a) -> int:
@@ -252,7 +273,12 @@ def _precheck(a) -> None:
     if a.calib is None:
         raise CalibrationError(f"no calibration data for {a.model!r}: pass --calib FILE.npz (one array per input: "
                                f"{', '.join(s.name for s in specs)}) or --calib DIR (images)")
-    check_data_file(a.calib, specs, "calibration")
+    if a.calib == "distill":
+        from .mixed.distill import check_distillable
+
+        check_distillable(a.model)  # a model with folded batch-norms is refused before any work
+    else:
+        check_data_file(a.calib, specs, "calibration")
     if a.eval is not None:
         check_data_file(a.eval, specs, "evaluation")
 
@@ -263,7 +289,7 @@ def _check_writable(out: Path) -> None:
     check_output_dir(out)
 
 
-COMMANDS = {name: f"cmd_{name}" for name in ("compile", "tune", "verify", "inspect", "targets")}  # looked up when run
+COMMANDS = {name: f"cmd_{name}" for name in ("compile", "tune", "verify", "inspect", "targets", "sensitivity")}  # looked up when run
 
 
 def main(argv: list[str] | None = None) -> int:

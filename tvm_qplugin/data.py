@@ -77,6 +77,10 @@ class Dataset:
 def load_dataset(path: str | Path, specs: list[InputSpec], preprocess: Preprocess | None = None,
                  what: str = "calibration") -> Dataset:
     """Load and validate ``path`` (``.npz`` or a directory of images) against the model inputs."""
+    if str(path) == "distill":  # synthesised from the model, which this loader does not see (mixed/distill.py)
+        raise CalibrationError("calib='distill' is synthesised from the model's batch-norm statistics by `tvm-qplugin "
+                               "compile --calib distill`; from Python pass calib=tvm_qplugin.mixed.distill.distill("
+                               "MODEL).arrays")
     path = Path(path)
     if path.is_dir():
         ds = _load_image_dir(path, specs, preprocess or Preprocess(), what)

@@ -128,6 +128,13 @@ def record_tuning(r: dict, section: dict, kernels: list[dict]) -> None:
         layer["kernel"] = kernel
 
 
+def record_distilled_calibration(r: dict, info: dict) -> None:
+    """``calibration``: the inputs were synthesised (``--calib distill``, mixed/distill.py), not read;
+    ``timing_s.distill``: how long that took."""
+    r["calibration"] = {"source": "distill", **{k: v for k, v in info.items() if k != "seconds"}}
+    r.setdefault("timing_s", {})["distill"] = round(info["seconds"], 2)
+
+
 def record_code_size(r: dict, nbytes: int) -> None:
     """``size_bytes.code``: the saved library's size (known once the artifact is written)."""
     r.setdefault("size_bytes", {})["code"] = int(nbytes)

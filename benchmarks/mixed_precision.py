@@ -1,0 +1,183 @@
+"""Mixed precision on real models: sensitivity ranking, ILP plans under size budgets, time per stage.
+
+For the digits CNN (labelled accuracy on the held-out split) and MobileNetV2 (top-1 agreement with
+fp32 on real photo crops): HAWQ-V2 Hessian traces (their spread and probe count), ZeroQ's direct
+measure, the rank correlation of the two, then the ILP (weights 4/8 bits, activations held at 8,
+so that every plan is compared at the same activation width) under 3 size budgets -- the midway
+one between uniform int4 and int8 against 20 random assignments of at most the same size.
+Accuracy is simulated in float (mixed/simulate.py: the int4 kernels are another branch's work).
+
+``--distill``: data-free calibration (ZeroQ) of MobileNetV2 from an export that keeps its
+batch-norms (the cached fixture has them folded), then a real int8 compile calibrated on the
+distilled inputs, evaluated on the real crops (compare with real-data calibration's agreement).
+
+Prints one JSON object. Run: `.venv/bin/python benchmarks/mixed_precision.py [--model digits|mobilenet_v2]
+[--distill [--samples N --iterations N]]`
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tvm_qplugin.mixed.ilp import pareto_front, solve
+from tvm_qplugin.mixed.plan import build_problem
+from tvm_qplugin.mixed.sensitivity import sensitivity
+from tvm_qplugin.mixed.simulate import simulated_outputs, top1
+from tvm_qplugin.mixed.torch_graph import load_torch_graph
+
+
+def load(model: str, eval_count: int = 128):
+    """(onnx path, calibration inputs, calibration labels or None, eval inputs, eval reference, settings)."""
+    if model == "digits":
+        from qplugin_zoo.digits import digits_cnn_onnx, digits_split
+
+        xtr, ytr, xte, yte = digits_split()
+        return digits_cnn_onnx(), {"input": xtr}, ytr, {"input": xte}, yte, {"samples": 64, "probes": 1024}
+    from qplugin_zoo import imagenet_calib_eval, mobilenet_v2_onnx
+
+    calib, evaluation = imagenet_calib_eval()
+    return mobilenet_v2_onnx(), {"input": calib}, None, {"input": evaluation[:eval_count]}, None, {"samples": 8,
+                                                                                              "probes": 128}
+
+
+def random_plans(problem, size: float, count: int, seed: int = 0) -> list[dict]:
+    """``count`` random weight widths of at most ``size`` bytes: layers in a random order go to 4 bits
+    until the size fits (activations at 8 bits)."""
+    rng = np.random.default_rng(seed)
+    plans = []
+    for _ in range(count):
+        bits = {n: (8, 8) for n in problem.names}
+        i8, i4 = problem.options.index((8, 8)), problem.options.index((4, 8))
+        total = problem.uniform(8, 8)["size"]
+        for layer in rng.permutation(len(problem.names)):
+            if total <= size:
+                break
+            bits[problem.names[layer]] = (4, 8)
+            total -= problem.size[layer, i8] - problem.size[layer, i4]
+        plans.append(bits)
+    return plans
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def mobilenet_v2_with_batchnorms() -> str:
+    """MobileNetV2 exported with its BatchNormalization nodes kept (cached): the dynamo exporter
+    without its optimizer (which folds BN into the convs), then constant folding only."""
+    from qplugin_zoo.cache import atomic_path, cache_dir
+
+    path = cache_dir() / "mobilenet_v2_224_b1_bn.onnx"
+    if path.is_file():
+        return str(path)
+    import onnx
+    import onnx_ir as ir
+    import torch
+    from onnxscript import optimizer
+    from qplugin_zoo.mobilenet_v2 import _build_model, mobilenet_v2_weights_path
+
+    model = _build_model()
+    model.load_state_dict(torch.load(mobilenet_v2_weights_path(), map_location="cpu", weights_only=True))
+    model.eval()
+    with atomic_path(path) as tmp:
+        torch.onnx.export(model, (torch.randn(1, 3, 224, 224),), str(tmp), input_names=["input"],
+                          output_names=["logits"], opset_version=18, dynamo=True, external_data=False, optimize=False)
+        m = ir.serde.deserialize_model(onnx.load(str(tmp)))
+        optimizer.fold_constants(m)
+        optimizer.remove_unused_nodes(m)
+        onnx.save(ir.serde.serialize_model(m), str(tmp))
+    return str(path)
+
+
+def distill_benchmark(samples: int, iterations: int) -> dict:
+    """ZeroQ on MobileNetV2: distil, compile int8 on the distilled inputs, agreement on real crops."""
+    import tvm_qplugin as tq
+    from qplugin_zoo import imagenet_calib_eval
+    from tvm_qplugin.mixed.distill import distill
+
+    t = time.perf_counter()
+    path = mobilenet_v2_with_batchnorms()
+    export_s = time.perf_counter() - t
+    d = distill(path, samples=samples, iterations=iterations)
+    _, evaluation = imagenet_calib_eval()
+    t = time.perf_counter()
+    art = tq.compile(path, target="x86-host", calib=d.arrays, eval={"input": evaluation})
+    acc = art.report["accuracy"]
+    return {"model": "mobilenet_v2 (batch-norms kept)", "samples": samples, "iterations": iterations,
+            "distill_s": round(d.seconds, 1), "bn_loss": [round(d.bn_loss_start, 4), round(d.bn_loss_end, 4)],
+            "export_s": round(export_s, 1), "compile_s": round(time.perf_counter() - t, 1),
+            "bit_exact": art.report["bit_exact"], "top1_agreement": acc.get("value"),
+            "top1_agreement_confident": acc.get("top1_agreement_confident"), "eval_inputs": acc.get("inputs")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="digits", choices=["digits", "mobilenet_v2"])
+    ap.add_argument("--random", type=int, default=20)
+    ap.add_argument("--eval-count", type=int, default=128, help="MobileNetV2 crops evaluated per plan")
+    ap.add_argument("--budgets", default="25%,midway,75%", help="which size budgets to plan for")
+    ap.add_argument("--distill", action="store_true")
+    ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument("--iterations", type=int, default=100)
+    args = ap.parse_args()
+    if args.distill:
+        print(json.dumps(distill_benchmark(args.samples, args.iterations), indent=1))
+        return
+    t0 = time.perf_counter()
+    path, calib, labels, evaluation, reference, settings = load(args.model, args.eval_count)
+    g = load_torch_graph(path)
+    if reference is None:  # agreement with fp32
+        reference = simulated_outputs(g, {}, {}, evaluation)
+    timing = {"load": time.perf_counter() - t0}
+    t = time.perf_counter()
+    sens = sensitivity(path, calib, labels, **settings)
+    timing["sensitivity (cached after the first run)"] = time.perf_counter() - t
+    names = [layer["name"] for layer in sens.layers]
+    problem = build_problem(sens, g.model).restricted(a_bits=(8,))
+    u8, u4 = problem.uniform(8, 8)["size"], problem.uniform(4, 8)["size"]
+    mid = (u8 + u4) / 2
+    acc = lambda bits: top1(simulated_outputs(g, bits, sens.act_range, evaluation), reference)  # noqa: E731
+    out = {"model": args.model, "layers": len(names), "probes_used": sens.probes, "samples": sens.samples,
+           "sensitivity_timing_s": sens.timing_s,
+           "spread_top_layers": {n: round(sens.trace_w_spread[n], 3) for n in sens.top_layers},
+           "spread_median_all": round(float(np.median(list(sens.trace_w_spread.values()))), 3),
+           "spearman_omega4_vs_direct4": round(spearman([sens.omega_w[n]["4"] for n in names],
+                                                        [sens.direct_w[n]["4"] for n in names]), 3),
+           "ranking_omega4": sorted(names, key=lambda n: -sens.omega_w[n]["4"])[:8],
+           "ranking_direct4": sorted(names, key=lambda n: -sens.direct_w[n]["4"])[:8],
+           "uniform": {"int8": {"size": u8, "acc": acc({n: (8, 8) for n in names})},
+                       "int4": {"size": u4, "acc": acc({n: (4, 8) for n in names})}},
+           "plans": {}}
+    budgets = {"25%": u4 + 0.25 * (u8 - u4), "midway": mid, "75%": u4 + 0.75 * (u8 - u4)}
+    for label in args.budgets.split(","):
+        size = budgets[label]
+        for method in ("hessian", "direct") if label == "midway" else ("hessian",):
+            p = build_problem(sens, g.model, method).restricted(a_bits=(8,))
+            t = time.perf_counter()
+            plan = solve(p, {"size": size})
+            out["plans"][f"{label}/{method}"] = {"size_budget": round(size), "size": plan.totals["size"],
+                                                 "solve_s": round(time.perf_counter() - t, 4),
+                                                 "int4_layers": sum(w == 4 for w, _ in plan.bits.values()),
+                                                 "acc": acc(plan.bits)}
+    rand = [acc(bits) for bits in random_plans(problem, mid, args.random)]
+    out["random_midway"] = {"count": len(rand), "best": max(rand), "median": float(np.median(rand)),
+                            "worst": min(rand)}
+    t = time.perf_counter()
+    front = pareto_front(build_problem(sens, g.model), list(np.linspace(u4, u8, 9)))
+    out["pareto_9_sizes_s"] = round(time.perf_counter() - t, 3)
+    out["timing_s"] = {k: round(v, 2) for k, v in timing.items()}
+    out["total_s"] = round(time.perf_counter() - t0, 1)
+    out["front_points"] = len(front)
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+"""Per-layer sensitivity to a narrower width: HAWQ-V2/V3 Hessian traces and ZeroQ's direct measure.
+
+1. **Hessian (HAWQ-V2)**. The loss is the float model's cross-entropy on real calibration data
+   (against the labels when the data has them, else against the float model's own softmax, so
+   the loss is KL(p_float || p) + const and its Hessian at the float weights is the Fisher). Per
+   layer ``l``, ``Tr(H_ll)`` is estimated by Hutchinson: ``E[v^T H v]`` over Rademacher ``v``;
+   one Hessian-vector product (double backward through the PyTorch twin of the ONNX graph,
+   torch_graph.py) serves every layer at once, since the block ``v_l^T (H v)_l`` has expectation
+   ``Tr(H_ll)`` when the blocks of ``v`` are independent. The same probe also perturbs each
+   layer's input activation (``x + d``, ``d = 0``), which gives the activation traces.
+   ``Omega = Tr/n * ||Q(W) - W||^2`` per candidate width (HAWQ-V3's objective), likewise for the
+   input activation with its calibrated range.
+2. **Direct (ZeroQ)**. Lower only that layer's weight (or input activation) and measure the
+   output: KL(p_float || p_q) for a classifier (MSE otherwise), and the output SQNR in dB.
+
+Note: finite differences of gradients were the alternative to double backward; they need a step
+size per layer (weights differ by orders of magnitude) and lose digits, while autograd's HVP is
+exact to float rounding, which the test against an explicitly built Hessian checks.
+
+Results are cached on disk per (model bytes, calibration samples, settings) hash.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .fake_quant import A_BITS, W_BITS, quantize_activation, quantize_weight
+from .torch_graph import TorchGraph, load_torch_graph
+
+log = logging.getLogger(__name__)
+CACHE_VERSION = 1
+
+
+@dataclass
+class Sensitivity:
+    """Per-layer figures, all keyed by ONNX node name (widths as string keys, JSON-friendly)."""
+
+    layers: list[dict]                          # name, op, params, macs, input, output
+    probes: int                                 # Hutchinson probes used
+    samples: int
+    top_layers: list = field(default_factory=list)     # where the spread target is checked
+    trace_w: dict = field(default_factory=dict)        # mean Hutchinson estimate of Tr(H_ll)
+    trace_w_spread: dict = field(default_factory=dict)  # relative standard error of that mean
+    trace_a: dict = field(default_factory=dict)
+    trace_a_spread: dict = field(default_factory=dict)
+    omega_w: dict = field(default_factory=dict)        # name -> {bits: Omega}
+    omega_a: dict = field(default_factory=dict)
+    direct_w: dict = field(default_factory=dict)       # name -> {bits: KL or MSE}
+    direct_a: dict = field(default_factory=dict)
+    sqnr_w: dict = field(default_factory=dict)         # name -> {bits: output SQNR dB}
+    act_range: dict = field(default_factory=dict)      # name -> [lo, hi] of the layer input
+    timing_s: dict = field(default_factory=dict)
+
+    def cost(self, name: str, w_bits: int, a_bits: int, method: str = "hessian") -> float:
+        """The ILP's objective term for one layer at ``(w_bits, a_bits)``."""
+        w, a = (self.omega_w, self.omega_a) if method == "hessian" else (self.direct_w, self.direct_a)
+        return float(w[name][str(w_bits)] + a[name][str(a_bits)])
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def sensitivity(model: str | Path, calib: dict, labels: np.ndarray | None = None, probes: int = 256,
+                samples: int = 32, seed: int = 0, direct: bool = True, cache: bool = True,
+                target_spread: float = 0.1) -> Sensitivity:
+    """Hessian traces, Omega and (``direct``) the direct measure of every layer of ``model``.
+
+    Parameters
+    ----------
+    model : path of the float ONNX model
+    calib : input name -> array, first axis counting samples (real calibration data)
+    labels : int per sample, optional; without them the loss is the KL to the float outputs
+    probes : the most Rademacher probes of the Hutchinson estimator; it stops (in blocks of 16)
+        once the relative standard error of the top layers' traces is below ``target_spread``
+    samples : calibration samples in the loss (the first ``samples``)
+    """
+    key = _cache_key(model, calib, labels, probes, samples, seed, direct, target_spread)
+    path = cache_dir() / f"sensitivity-{key}.json"
+    if cache and path.is_file():
+        return Sensitivity(**json.loads(path.read_text()))
+    import torch
+
+    torch.manual_seed(seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small per-op work: one thread is several times faster than two here
+    try:
+        g = load_torch_graph(model)
+        s = _measure(g, calib, labels, probes, samples, seed, direct, target_spread)
+    finally:
+        torch.set_num_threads(threads)
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(s.to_json()))
+        tmp.replace(path)
+    return s
+
+
+def _measure(g: TorchGraph, calib: dict, labels, probes, samples, seed, direct, target_spread) -> Sensitivity:
+    inputs = {n: np.array(calib[n][:samples], dtype=np.float32) for n in g.input_names}
+    lab = None if labels is None else np.asarray(labels[:samples])
+    s = Sensitivity([{"name": layer.name, "op": layer.op, "params": layer.params, "bias": layer.bias,
+                      "macs": layer.macs, "input": layer.input, "output": layer.output} for layer in g.layers], probes,
+                    len(next(iter(inputs.values()))))
+    t = time.perf_counter()
+    _hessian(g, inputs, lab, probes, s, target_spread, seed)
+    s.timing_s["hessian"] = round(time.perf_counter() - t, 2)
+    if direct:
+        t = time.perf_counter()
+        _direct(g, inputs, s)
+        s.timing_s["direct"] = round(time.perf_counter() - t, 2)
+    return s
+
+
+def hutchinson_traces(g: TorchGraph, inputs: dict, labels, probes: int, seed: int = 0,
+                      enough=lambda w_rows, a_rows: False, block: int = 16):
+    """``(w_rows, a_rows, taps)``: per probe, per layer, ``v_l^T (H v)_l`` for the weights and for
+    the input activations (``probes x layers`` arrays); ``taps``: each layer's float input.
+    Stops early, at a multiple of ``block`` probes, once ``enough(w_rows, a_rows)``."""
+    import torch
+
+    taps: dict = {}
+    with torch.no_grad():
+        ref = g.run(inputs, taps=taps)[0]
+    deltas = {n: torch.zeros_like(x, requires_grad=True) for n, x in taps.items()}
+    perturb = {n: (lambda x, d=d: x + d) for n, d in deltas.items()}
+    out = g.run(inputs, perturb=perturb)[0]
+    loss = _loss(out, ref, labels)
+    names = [layer.name for layer in g.layers]
+    leaves = [g.weights[n] for n in names] + [deltas[n] for n in names]
+    grads = torch.autograd.grad(loss, leaves, create_graph=True)
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for p in range(probes):
+        vs = [torch.randint(0, 2, t.shape, generator=gen).to(t.dtype) * 2 - 1 for t in leaves]
+        hv = torch.autograd.grad(grads, leaves, grad_outputs=vs, retain_graph=True)
+        rows.append([float((v * h).sum()) for v, h in zip(vs, hv)])
+        if (p + 1) % block == 0 and enough(np.array(rows)[:, : len(names)], np.array(rows)[:, len(names):]):
+            break
+    rows = np.array(rows)
+    return rows[:, : len(names)], rows[:, len(names):], {n: x.detach() for n, x in taps.items()}
+
+
+def relative_spread(rows: np.ndarray) -> np.ndarray:
+    """Per column: the standard error of the Hutchinson mean over its absolute value."""
+    mean = rows.mean(axis=0)
+    err = rows.std(axis=0, ddof=1) / np.sqrt(len(rows)) if len(rows) > 1 else np.full(rows.shape[1], np.inf)
+    return np.where(mean != 0, err / np.maximum(np.abs(mean), 1e-300), np.inf)
+
+
+def top_layers(w_rows: np.ndarray, params: np.ndarray, share: float = 0.25) -> np.ndarray:
+    """Indices of the layers that dominate the objective: the top ``share`` (at least 3) by
+    ``Tr/n`` -- the factor of Omega that the estimator supplies."""
+    score = w_rows.mean(axis=0) / params
+    k = min(len(score), max(3, int(np.ceil(share * len(score)))))
+    return np.argsort(-score)[:k]
+
+
+def _hessian(g: TorchGraph, inputs: dict, labels, probes: int, s: Sensitivity, target_spread: float,
+             seed: int = 0) -> None:
+    import torch
+
+    params = np.array([layer.params for layer in g.layers], dtype=np.float64)
+
+    def enough(w_rows, a_rows):
+        return bool(np.all(relative_spread(w_rows)[top_layers(w_rows, params)] < target_spread))
+
+    w_rows, a_rows, taps = hutchinson_traces(g, inputs, labels, probes, seed, enough=enough)
+    s.probes = len(w_rows)
+    s.top_layers = [g.layers[i].name for i in top_layers(w_rows, params)]
+    w_spread, a_spread = relative_spread(w_rows), relative_spread(a_rows)
+    for i, layer in enumerate(g.layers):
+        n = layer.name
+        w = g.weights[n].detach()
+        x = taps[n]
+        lo, hi = float(x.min()), float(x.max())
+        s.act_range[n] = [lo, hi]
+        s.trace_w[n], s.trace_w_spread[n] = float(w_rows[:, i].mean()), float(w_spread[i])
+        s.trace_a[n], s.trace_a_spread[n] = float(a_rows[:, i].mean()), float(a_spread[i])
+        with torch.no_grad():
+            s.omega_w[n] = {str(b): max(s.trace_w[n], 0.0) / w.numel()
+                            * float(((quantize_weight(w, b, layer.op) - w) ** 2).sum()) for b in W_BITS}
+            s.omega_a[n] = {str(b): max(s.trace_a[n], 0.0) / x.numel()
+                            * float(((quantize_activation(x, b, lo, hi) - x) ** 2).sum()) for b in A_BITS}
+
+
+def _direct(g: TorchGraph, inputs: dict, s: Sensitivity) -> None:
+    """ZeroQ's measure: the output change when only one layer's weight or input is lowered."""
+    import torch
+
+    with torch.no_grad():
+        ref = g.run(inputs)[0]
+        for layer in g.layers:
+            n = layer.name
+            s.direct_w[n], s.sqnr_w[n], s.direct_a[n] = {}, {}, {}
+            for b in W_BITS:
+                weights = dict(g.weights)
+                weights[n] = quantize_weight(g.weights[n], b, layer.op)
+                out = g.run(inputs, weights=weights)[0]
+                s.direct_w[n][str(b)] = _distance(ref, out)
+                s.sqnr_w[n][str(b)] = _sqnr_db(ref, out)
+            lo, hi = s.act_range[n]
+            for b in A_BITS:
+                out = g.run(inputs, perturb={n: lambda x, b=b, lo=lo, hi=hi: quantize_activation(x, b, lo, hi)})[0]
+                s.direct_a[n][str(b)] = _distance(ref, out)
+
+
+def _loss(out, ref, labels):
+    """Cross-entropy to the labels, else to the float model's softmax (a classifier), else MSE."""
+    import torch.nn.functional as F
+
+    if out.dim() == 2 and labels is not None:
+        import torch
+
+        return F.cross_entropy(out, torch.as_tensor(labels, dtype=torch.long))
+    if out.dim() == 2:
+        return -(ref.softmax(-1) * out.log_softmax(-1)).sum(-1).mean()
+    return ((out - ref) ** 2).mean()
+
+
+def _distance(ref, out) -> float:
+    """KL(p_ref || p_out), mean over samples, for logits; MSE for any other output."""
+    if ref.dim() == 2:
+        p = ref.log_softmax(-1)
+        return float((p.exp() * (p - out.log_softmax(-1))).sum(-1).mean())
+    return float(((out - ref) ** 2).mean())
+
+
+def _sqnr_db(ref, out) -> float:
+    noise = float(((out - ref) ** 2).sum())
+    return float("inf") if noise == 0 else 10 * np.log10(float((ref**2).sum()) / noise)
+
+
+def cache_dir() -> Path:
+    """``$TVM_QPLUGIN_CACHE`` or ``~/.cache/tvm_qplugin``: where sensitivities are kept."""
+    return Path(os.environ.get("TVM_QPLUGIN_CACHE") or Path.home() / ".cache" / "tvm_qplugin") / "mixed"
+
+
+def _cache_key(model, calib: dict, labels, *settings) -> str:
+    h = hashlib.sha256(f"v{CACHE_VERSION}:{settings}".encode())
+    h.update(Path(model).read_bytes())
+    for name in sorted(calib):
+        a = np.ascontiguousarray(calib[name])
+        h.update(f"{name}:{a.shape}:{a.dtype}".encode())
+        h.update(a.tobytes())
+    if labels is not None:
+        h.update(np.ascontiguousarray(labels).tobytes())
+    return h.hexdigest()[:24]

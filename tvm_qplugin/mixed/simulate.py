@@ -1,0 +1,35 @@
+"""Accuracy of a per-layer width plan, simulated in float (fake quantization of each layer's weight
+and input activation, fake_quant.py), for the Pareto plots and the benchmark.
+
+The integer build is what ships and is verified bit-exactly; this simulation only ranks plans
+before anything is compiled (a compile per candidate would take minutes each).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .fake_quant import quantize_activation, quantize_weight
+from .torch_graph import TorchGraph
+
+
+def simulated_outputs(g: TorchGraph, bits: dict, act_range: dict, inputs: dict, batch: int = 32) -> np.ndarray:
+    """The first output of ``g`` on ``inputs`` with every layer at ``bits[name] = (w_bits, a_bits)``
+    (a layer missing from ``bits`` stays float)."""
+    import torch
+
+    weights = {n: quantize_weight(g.weights[n].detach(), bits[n][0], layer.op) if n in bits else g.weights[n]
+               for n, layer in ((layer.name, layer) for layer in g.layers)}
+    perturb = {n: (lambda x, b=b, r=act_range[n]: quantize_activation(x, b[1], r[0], r[1])) for n, b in bits.items()}
+    n = len(next(iter(inputs.values())))
+    outs = []
+    with torch.no_grad():
+        for i in range(0, n, batch):
+            chunk = {k: np.asarray(v[i : i + batch], dtype=np.float32) for k, v in inputs.items()}
+            outs.append(g.run(chunk, weights=weights, perturb=perturb)[0].numpy())
+    return np.concatenate(outs)
+
+
+def top1(outputs: np.ndarray, reference: np.ndarray) -> float:
+    """Top-1 accuracy against labels (1-D ``reference``) or top-1 agreement with float logits (2-D)."""
+    want = reference if reference.ndim == 1 else reference.argmax(axis=1)
+    return float((outputs.argmax(axis=1) == want).mean())
