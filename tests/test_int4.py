@@ -182,9 +182,16 @@ def test_layer_bits_refusals_name_the_node(plan, match):
     assert "\n" not in str(e.value)
 
 
-def test_mixed_without_a_plan_says_it_needs_the_ilp():
-    with pytest.raises(QPluginError, match=r"--precision mixed needs a per-layer plan from the mixed-precision ILP"):
-        resolve_layer_bits("mixed", LAYERS)
+def test_mixed_plan_is_laid_over_int8_with_nothing_kept_at_the_ends():
+    plan = resolve_layer_bits("mixed", LAYERS, layer_bits={LAYERS[0].onnx_node: (4, 8)})
+    assert plan[LAYERS[0].onnx_node] == (4, 8) and all(plan[layer.onnx_node] == (8, 8) for layer in LAYERS[1:])
+
+
+def test_mixed_without_a_budget_or_plan_is_refused():
+    with pytest.raises(QPluginError, match=r"--precision mixed needs a --budget with size= and/or bops=") as e:
+        CompileOptions(precision="mixed", budget="latency=5ms")
+    assert "\n" not in str(e.value)
+    CompileOptions(precision="mixed", budget="size=8KB")  # a budget for the ILP: accepted
 
 
 def test_precision_option_is_validated():

@@ -102,7 +102,7 @@ def test_cli_layer_bits_file_and_refusals(tmp_path, data):  # noqa: F811
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "node 'node_Conv_99' is not a conv / dense" in r.stderr
     r = run_cli("compile", DIGITS, "--calib", data["calib"], "--precision", "mixed", "-o", tmp_path / "out")
-    assert r.returncode == 2 and "needs a per-layer plan from the mixed-precision ILP" in r.stderr, r.stderr
+    assert r.returncode == 2 and "--precision mixed needs a --budget" in r.stderr, r.stderr
     (tmp_path / "bad.json").write_text("{")
     r = run_cli("compile", DIGITS, "--calib", data["calib"], "--layer-bits", tmp_path / "bad.json", "-o",
                 tmp_path / "out")

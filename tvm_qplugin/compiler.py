@@ -77,6 +77,9 @@ class CompileOptions:
                                f"{', '.join(PRECISIONS)}")
         if self.layer_bits is not None:
             object.__setattr__(self, "layer_bits", load_layer_bits(self.layer_bits))
+        if self.precision == "mixed" and not self.layer_bits and not (self.budget.size or self.budget.bops):
+            raise QPluginError("--precision mixed needs a --budget with size= and/or bops= for the ILP to choose the "
+                               "per-layer widths under, or a plan of your own with --layer-bits FILE.json")
         if self.observer not in OBSERVERS:
             raise QPluginError(f"--observer {self.observer!r}: choose one of {', '.join(sorted(OBSERVERS))}")
         if self.input_bits not in INPUT_BITS:
@@ -134,16 +137,42 @@ def integer_front(model, opts: CompileOptions, tvm_target: tvm.target.Target, ca
         eval_ds = calib_ds
     float_mod = canonicalize(imported.mod)
     layers, names_matched = weighted_layers(float_mod["main"], imported.onnx_model)
+    needs_ilp = opts.precision == "mixed" and not opts.layer_bits
     plan = resolve_layer_bits(opts.precision, layers, names_matched, opts.layer_bits)  # before calibrating
     runner = FloatRunner(float_mod, tvm_target)
     ranges = calibrate(runner, calib_ds, opts.observer, opts.calib_limit, opts.show_progress)
-    try:
-        imod = integerize(float_mod, ranges, IntegerizeConfig(
-            int_io=opts.int_io, scheme=opts.scheme, input_bits=opts.input_bits, shiftadd=opts.shiftadd,
-            layer_bits=tuple((layer.var_name, *plan[layer.onnx_node]) for layer in layers)))
-    except UnsupportedOpError as e:
-        raise name_onnx_nodes(e, imported.onnx_model) from None
+
+    def integerize_with(plan):
+        try:
+            return integerize(float_mod, ranges, IntegerizeConfig(
+                int_io=opts.int_io, scheme=opts.scheme, input_bits=opts.input_bits, shiftadd=opts.shiftadd,
+                layer_bits=tuple((layer.var_name, *plan[layer.onnx_node]) for layer in layers)))
+        except UnsupportedOpError as e:
+            raise name_onnx_nodes(e, imported.onnx_model) from None
+
+    imod = integerize_with(plan)
+    if needs_ilp:  # the ILP's plan (mixed/), costed against the constants this int8 graph really holds
+        held = weight_bytes(imod.mod[integer_function(opts.int_io)]) - sum(layer.weight_size for layer in layers)
+        plan = resolve_layer_bits("mixed", layers, names_matched,
+                                  mixed_precision_plan(model, calib_ds, opts.budget, held))
+        imod = integerize_with(plan)
     return IntegerFront(imported, float_mod, runner, calib_ds, eval_ds, imod, layers, plan)
+
+
+#: activation widths the integer conv / dense kernels take in a mixed plan (quant/precision.py also
+#: has 4; the ILP's sensitivity covers 8 and 16): their intersection
+MIXED_A_BITS = (8,)
+
+
+def mixed_precision_plan(model, calib_ds: Dataset, budget: Budget, other_bytes: int) -> dict[str, tuple[int, int]]:
+    """``--precision mixed`` without ``--layer-bits``: per-layer widths from the ILP over Hessian
+    sensitivities (mixed/plan.py) under ``--budget`` (size / bops), on the calibration data.
+    ``other_bytes``: the constants besides the conv / dense weights (biases, multipliers, shifts,
+    tables) that ``--budget size=`` counts too, so the ILP's sizes are the compile's."""
+    from .mixed.plan import resolve_layer_bits as ilp_layer_bits
+
+    return ilp_layer_bits(str(model), calib_ds.arrays, budget, labels=calib_ds.labels, a_bits=MIXED_A_BITS,
+                          other_bytes=other_bytes)
 
 
 def resolve_layer_bits(precision: str, layers: list[WeightedLayer], names_matched: bool = True,
@@ -153,14 +182,10 @@ def resolve_layer_bits(precision: str, layers: list[WeightedLayer], names_matche
 
     int8: all (8, 8). int4: all (4, 8) but the first and last layer, which stay (8, 8) unless
     ``layer_bits`` names them (HAWQ's convention, docs/architecture.md "Precision: int4").
-    mixed: the plan itself; without one it needs the ILP (tvm_qplugin/mixed/), refused for now.
+    mixed: the plan itself (the user's ``--layer-bits`` or :func:`mixed_precision_plan`'s) over int8.
     """
     check_plan(layer_bits or {}, layers, names_matched)
     if precision == "mixed":
-        if not layer_bits:
-            raise QPluginError("--precision mixed needs a per-layer plan from the mixed-precision ILP, which this "
-                               "version does not have yet: pass --layer-bits FILE.json ({onnx_node: [w_bits, "
-                               "a_bits]}) or use --precision int8 | int4")
         base = uniform_plan(layers, 8, keep_ends_8=False)
     else:
         base = uniform_plan(layers, 4 if precision == "int4" else 8, keep_ends_8=True)

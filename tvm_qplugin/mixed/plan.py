@@ -43,7 +43,8 @@ def build_problem(sens: Sensitivity, model: onnx.ModelProto, method: str = "hess
 
 
 def resolve_layer_bits(model, calib: dict, budget, labels=None, method: str = "hessian",
-                       latency_reports: dict | None = None, **sensitivity_options) -> dict:
+                       latency_reports: dict | None = None, a_bits: tuple | None = None,
+                       other_bytes: float | None = None, **sensitivity_options) -> dict:
     """``{onnx_node_name: (w_bits, a_bits)}`` for ``precision="mixed"``.
 
     Parameters
@@ -54,15 +55,25 @@ def resolve_layer_bits(model, calib: dict, budget, labels=None, method: str = "h
     labels : optional labels of ``calib`` (the Hessian loss is then the task loss)
     method : ``hessian`` (HAWQ-V3's Omega) or ``direct`` (ZeroQ's output KL)
     latency_reports : ``{(w_bits, a_bits): report.json}`` of compiles at each width (measured latency)
+    a_bits : the activation widths the plan may use (None: every width of the ILP); the compiler
+        passes the ones its kernels have
+    other_bytes : bytes no choice changes (the compiler's biases, multipliers, shifts, tables);
+        None: the int32 biases alone
     """
-    return plan_model(model, calib, budget, labels, method, latency_reports, **sensitivity_options)[0].bits
+    return plan_model(model, calib, budget, labels, method, latency_reports, a_bits, other_bytes,
+                      **sensitivity_options)[0].bits
 
 
 def plan_model(model, calib: dict, budget, labels=None, method: str = "hessian", latency_reports=None,
+               a_bits: tuple | None = None, other_bytes: float | None = None,
                **sensitivity_options) -> tuple[Plan, Problem, Sensitivity]:
     """The plan with what it was made from (for the report)."""
     sens = sensitivity(model, calib, labels, **sensitivity_options)
     problem = build_problem(sens, onnx.load(str(model)), method, latency_reports)
+    if a_bits is not None:
+        problem = problem.restricted(a_bits=a_bits)
+    if other_bytes is not None:
+        problem.fixed["size"] = float(other_bytes)
     limits = parse_budget(budget, problem)
     if not limits:
         raise QPluginError("--precision mixed needs a --budget with size=, bops= or latency= (e.g. size=60%): "
