@@ -90,3 +90,15 @@ def test_constant_calibration_data_warns(tiny, caplog):
     with caplog.at_level(logging.WARNING, logger="tvm_qplugin.calibrate"):
         tq.compile(model, target="x86-host", calib={"x": np.full((4, 3, 8, 8), 0.5, np.float32)}, timing_runs=3)
     assert any("one constant value" in r.getMessage() for r in caplog.records)
+
+
+def test_labels_in_an_array_dict_are_labels_as_in_an_npz():
+    """``calib={"input": x, "labels": y}`` once dropped the labels silently (no top-1 figure)."""
+    from tvm_qplugin.data import InputSpec, from_arrays
+
+    specs = [InputSpec("input", (1, 4), "float32")]
+    ds = from_arrays({"input": np.zeros((3, 1, 4), np.float32), "labels": np.array([0, 2, 1])}, specs)
+    assert ds.labels.tolist() == [0, 2, 1] and set(ds.arrays) == {"input"}
+    named = [InputSpec("labels", (1, 4), "float32")]  # an input that is called "labels" stays an input
+    ds = from_arrays({"labels": np.zeros((3, 1, 4), np.float32)}, named)
+    assert ds.labels is None and set(ds.arrays) == {"labels"}

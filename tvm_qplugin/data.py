@@ -98,6 +98,9 @@ def from_arrays(arrays: dict[str, np.ndarray], specs: list[InputSpec], what: str
     if not isinstance(arrays, dict) or not arrays:
         raise CalibrationError(f"{what} data must be a non-empty dict {{input_name: array}}, got "
                                f"{type(arrays).__name__}")
+    if labels is None and LABELS_KEY in arrays and LABELS_KEY not in {s.name for s in specs}:
+        labels = arrays[LABELS_KEY]  # as in an .npz: the labels travel with the inputs
+        arrays = {k: v for k, v in arrays.items() if k != LABELS_KEY}
     try:
         ds = Dataset({str(k): np.asarray(v) for k, v in arrays.items()},
                      None if labels is None else np.asarray(labels), "<arrays>")
