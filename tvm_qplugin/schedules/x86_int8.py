@@ -19,10 +19,16 @@ from tvm import te, tirx
 from tvm.s_tir import schedule as s_tir_schedule
 
 from ..ops import op_of
-from ..ops.requant import i64
 from ..quant import abs_max
 from .intrin_x86 import ISA_BY_NAME, DotIsa, dot_intrin, dot_term, select_isa
 from .packing import Packing, packed_info, tag_packed
+from .x86_requant import (
+    _channel_consts,
+    _channel_placeholders,
+    _epilogue_exact,
+    _requant_stage,
+    epilogue_intrin,
+)
 
 OFFSET = 128  # s8 activation + 128 = u8 (the operand vpdpbusd reads unsigned)
 
@@ -37,56 +43,6 @@ def _round_up(v: int, m: int) -> int:
 
 def _largest_divisor(n: int, choices) -> int:
     return next(c for c in choices if n % c == 0)
-
-
-def _bias_with_offset(w2d: np.ndarray, bias: np.ndarray, offset: int) -> np.ndarray:
-    """int64 bias minus the offset's contribution ``offset * sum_k w[o, k]``."""
-    return bias.astype(np.int64) - offset * w2d.astype(np.int64).sum(axis=1)
-
-
-def _shift_split(shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per channel ``(t, s2)``: the accumulator pre-shift ``t`` that brings the total shift to at
-    least 32, and the int32 shift ``s2`` applied to the product's high word."""
-    sh = shift.astype(np.int64)
-    t = np.maximum(0, 32 - sh)
-    return t, np.minimum(sh + t - 32, 31)
-
-
-def _epilogue_exact(w2d: np.ndarray, bias: np.ndarray, mult: np.ndarray, shift: np.ndarray, act_dtype: str,
-                    offset: int) -> bool:
-    """The packed kernels requantize in 32-bit lanes but for one int32 x int32 -> int64 product
-    (``vpmuldq``; a full int64 multiply is three instructions on AVX2, an int64 shift and clamp
-    several more):
-
-        P' = (acc << t) * m + ((bias * m + round) << t)      (= P * 2**t, P the int64 product)
-        y  = clamp((P' >> 32) >> s2)                          (int32 high word, then int32 shift)
-
-    with ``t, s2`` from :func:`_shift_split` and ``bias * m + round`` a compile-time constant.
-    ``floor(floor(P' / 2**32) / 2**s2) = floor(P / 2**shift)``: the same integers as the op, when
-    ``acc << t`` fits int32, the multiplier fits int32 and ``P'`` stays inside int64 -- checked
-    here per call with the offset sum's bound ``(max|x| + offset) * sum|w|``."""
-    w = np.abs(w2d.astype(np.int64)).sum(axis=1).astype(np.float64)
-    acc = (abs_max(act_dtype) + offset) * w
-    corrected = np.abs(_bias_with_offset(w2d, bias, offset)).astype(np.float64)
-    m = np.abs(mult.astype(np.int64))
-    scale = np.exp2(_shift_split(shift)[0].astype(np.float64))
-    return bool((m < 2**31).all() and (acc * scale < 2.0**31).all()
-                and ((acc + corrected) * m.astype(np.float64) * scale < 2.0**62).all())
-
-
-def _channel_consts(w2d, bias, mult, shift, offset: int, pad_to: int) -> list[np.ndarray]:
-    """Per channel, zero-padded to ``pad_to`` (pad lanes are computed, then dropped, and must
-    read in bounds): int64 ``(bias * m + round) << t`` (offset-corrected bias), int32 ``m``, and
-    the two int32 shifts ``t``, ``s2`` (:func:`_epilogue_exact`)."""
-    m, sh = mult.astype(np.int64), shift.astype(np.int64)
-    t, s2 = _shift_split(sh)
-    folded = (_bias_with_offset(w2d, bias, offset) * m + ((np.int64(1) << sh) >> 1)) << t
-    out = []
-    for value, dtype in ((folded, np.int64), (m, np.int32), (t, np.int32), (s2, np.int32)):
-        padded = np.zeros(pad_to, dtype)
-        padded[: len(value)] = value
-        out.append(padded)
-    return out
 
 
 def _fits_int32(act_dtype: str, k: int, offset: int) -> bool:
@@ -233,7 +189,8 @@ class Conv2DTensorized(TensorizedRule):
        at stride ``kp`` and the gather took 3/4 of a 1x1 conv's time on MobileNetV2).
     2. Output channels in blocks of ``mr`` (weights broadcast straight from memory), pixels in
        blocks of ``nr`` vectors: ``mr x nr`` accumulators in registers over the K loop.
-    3. The tile is requantized from registers, vectorized over pixels, and written to NCHW rows.
+    3. The tile is requantized from registers (x86_requant.epilogue_intrin: 9 instructions per
+       vector) and its rows copied to the NCHW output.
     Note: the weights stay ``[O, K/kp, kp]`` -- OIHW flattened (widened to int16 where the
     instruction reads int16). Lanes over output channels instead would need a scatter to write
     NCHW. Zero padding is the value 0 (u8 128 after the offset, as the weight-sum correction
@@ -264,7 +221,8 @@ class Conv2DTensorized(TensorizedRule):
         pbuf = ppad if flat else _round_up(ppad, ow)
         info = {"rule": type(self).__name__, "isa": isa.name, "mr": mr, "nr": nr, "offset": off,
                 "out_shape": [nb, o, oh, ow], "acc_shape": [nb, o, ppad],
-                "gather": "flat" if flat else "rows"}
+                "gather": "flat" if flat else "rows",
+                "requant": {key: params[key] for key in ("qmin", "qmax", "out_dtype")}}
         if not flat:
             info["row_parts"] = _border_parts(oh, pbuf // ow, h, kh, sh, dh, pt)
             info["col_parts"] = _border_parts(ow, ow, w, kw, sw, dw, pl)
@@ -302,7 +260,7 @@ class Conv2DTensorized(TensorizedRule):
         acc = te.compute((nb, o, ppad), lambda b, oc, q: te.sum(
             dot_term(xp[b, rc, q, rj], wk[oc, rc, rj], 0), axis=[rc, rj]), name="acc")
         y = _requant_stage(acc, (nb, o, oh, ow), lambda i: (i[0], i[1], i[2] * ow + i[3]), lambda a: a[1],
-                           consts, params, ppad != p)
+                           consts, params, padded=True)  # always a tile: _tensorized_epilogue_at
         out = te.create_prim_func([x, wk, *consts, y]).without_attr("global_symbol")
         return Packing(tag_packed(out, func, info), (1, 2, 3, 4), pack_args,
                        lambda consts: _epilogue_exact(consts[0].reshape(o, k), *consts[1:4], adt, off))
@@ -318,7 +276,7 @@ class Conv2DTensorized(TensorizedRule):
         sch.reorder(b, oo, qo, rc, oi, qr, qi, rj)
         tile = sch.fuse(b, oo, qo)
         sch.parallel(tile)
-        _epilogue_at(sch, tile, isa.lanes)
+        _tensorized_epilogue_at(sch, tile, isa.lanes, info["requant"])
         _schedule_gather(sch, info)
         init = sch.decompose_reduction(acc, rc)
         sch.vectorize(sch.get_loops(init)[-1])
@@ -363,32 +321,6 @@ def _schedule_gather(sch, info) -> None:
         lengths = [n for n in lengths if n]
         if len(lengths) > 1:
             sch.loop_partition(loop, [*lengths[:-1], None])
-
-
-def _channel_placeholders(channels: int):
-    return (te.placeholder((channels,), "int64", name="bias_times_multiplier"),
-            te.placeholder((channels,), "int32", name="multiplier"), te.placeholder((channels,), "int32", name="pre_shift"),
-            te.placeholder((channels,), "int32", name="post_shift"))
-
-
-def _requant_stage(acc, shape, acc_index, channel, consts, params, padded: bool):
-    """The requantization of ``acc`` into the output of ``shape`` (element ``i`` from
-    ``acc[acc_index(i)]``, channel ``channel(acc index)``): straight into the output when the
-    accumulator has no pad lanes, else into a tile of the accumulator's shape (``y_tile``: kept
-    in registers, vectorized without a predicate) copied out after."""
-    qmin, qmax, dt = params["qmin"], params["qmax"], params["out_dtype"]
-    folded, mult, pre, post = consts
-
-    def rq(a):  # see _epilogue_exact
-        ch = channel(a)
-        product = i64(acc(*a) << pre[ch]) * i64(mult[ch]) + folded[ch]
-        high = (product >> tirx.const(32, "int64")).astype("int32") >> post[ch]
-        return tirx.max(tirx.min(high, tirx.const(qmax, "int32")), tirx.const(qmin, "int32")).astype(dt)
-
-    if not padded:
-        return te.compute(shape, lambda *i: rq(acc_index(i)), name="y")
-    tile = te.compute(acc.shape, lambda *a: rq(a), name="y_tile")
-    return te.compute(shape, lambda *i: tile(*acc_index(i)), name="y")
 
 
 def _unravel(flat, dims):
@@ -443,6 +375,23 @@ def _epilogue_at(sch, tile, lanes: int) -> None:
     sch.vectorize(inner)
     for loop in (*rows, outer):  # constant tile indices: LLVM keeps the accumulators in registers
         sch.unroll(loop)
+
+
+def _tensorized_epilogue_at(sch, tile, lanes: int, requant: dict) -> None:
+    """Requantize each accumulator tile under its ``tile`` loop with :func:`epilogue_intrin` (one
+    output channel per tile row, ``lanes`` pixels per step) into the tile ``y_tile``, then copy
+    its rows to the NCHW output (the intrinsic writes a whole vector: on the 4-D output a vector
+    of a flattened pixel range is no rectangle tensorize can match)."""
+    stage = sch.get_sblock("y_tile")
+    for name in ("y_tile", "y"):
+        sch.reverse_compute_at(sch.get_sblock(name), tile)
+    *rows, last = _loops_under(sch, stage, tile)[-2:]
+    outer, inner = sch.split(last, [None, lanes])
+    for loop in (*rows, outer):  # constant tile indices: LLVM keeps the accumulators in registers
+        sch.unroll(loop)
+    sch.tensorize(inner, epilogue_intrin(lanes, requant, "local"))
+    _, copy = sch.split(sch.get_loops(sch.get_sblock("y"))[-1], [None, lanes])
+    sch.vectorize(copy)
 
 
 def _loops_under(sch, block, loop) -> list:
