@@ -313,3 +313,25 @@ def test_border_parts_split_where_the_window_leaves_the_image():
     assert _border_parts(6, 7, 11, 3, 2, 1, 1) == [1, 4, 1, 1]
     assert _border_parts(4, 4, 4, 7, 1, 1, 3) == [3, 0, 1, 0]
     assert _border_parts(5, 5, 9, 3, 2, 1, 0) == [0, 4, 1, 0]
+
+
+@pytest.mark.parametrize("target_name", ["vnni", "avx2"])
+@pytest.mark.parametrize("xdt", ["uint8", "int8", "int16"])
+@pytest.mark.parametrize("case", [
+    {"c": 3, "o": 16, "hw": (10, 12), "k": 3, "pad": (1, 1, 1, 1), "dil": 1},   # the stem conv's form: K = 27
+    {"c": 4, "o": 8, "hw": (9, 14), "k": 3, "pad": (0, 0, 1, 1), "dil": 1},     # "same" padding at the end only
+    {"c": 5, "o": 12, "hw": (8, 10), "k": 3, "pad": (2, 2, 2, 2), "dil": 2},    # dilated: every tap one parity
+    {"c": 12, "o": 8, "hw": (7, 8), "k": 1, "pad": (0, 0, 0, 0), "dil": 1},     # strided 1x1
+])
+def test_stride_two_convs_read_deinterleaved_columns_bit_exact(rng, target_name, xdt, case):
+    """Stride-2 convs on even-width inputs gather from the input with its columns deinterleaved
+    (``x_cols``: even columns, then odd), so each tap's parity and offset are read with unit
+    stride: the index arithmetic of that split, against the NumPy twin with one image per input
+    pattern (all-min, all-max, alternating, random) in one batch."""
+    x = np.concatenate([activations(rng, (1, case["c"], *case["hw"]), xdt, p) for p in PATTERNS])
+    params = {"strides": [2, 2], "padding": list(case["pad"]), "dilation": [case["dil"]] * 2, "groups": 1,
+              "qmin": -128, "qmax": 127, "out_dtype": "int8"}
+    wt = weights(rng, (case["o"], case["c"], case["k"], case["k"]))
+    info, asm = check_kernel("conv2d_requant", x, [wt, *requant_consts(rng, case["o"], 20)], target_name, **params)
+    assert info is not None and info["rule"] == "Conv2DTensorized" and info.get("split_cols"), info
+    assert INSTRUCTION[target_name][xdt] in asm

@@ -238,6 +238,14 @@ class Conv2DTensorized(TensorizedRule):
         wk = te.placeholder((o, kpad // kp, kp), isa.packed_dtype, name="w_packed")
         consts = _channel_placeholders(o)
 
+        # stride 2 along the rows: the columns deinterleaved first (one pass over the input), so that
+        # each tap's row read is unit-stride (:func:`_schedule_gather`)
+        split_cols = not flat and sw == 2 and w % 2 == 0
+        if split_cols:
+            info["split_cols"] = True
+            xcols = te.compute((nb, c, h, 2, w // 2), lambda b, ch, r, par, half: x[b, ch, r, half * 2 + par],
+                               name="x_cols")
+
         def gather(b, kb, q, j):
             # clamps only where they are needed (a clamp hides the unit stride from the simplifier):
             # pad pixels repeat the last pixel (flat) or the last row (rows); their lanes are dropped
@@ -249,7 +257,7 @@ class Conv2DTensorized(TensorizedRule):
             else:
                 oy, ox = (q // ow if pbuf == p else tirx.min(q // ow, oh - 1)), q % ow
             hi, wi = oy * sh + ry * dh - pt, ox * sw + rx * dw - pl
-            v = x[b, ch, hi, wi].astype("int32")
+            v = (xcols[b, ch, hi, wi % 2, wi // 2] if split_cols else x[b, ch, hi, wi]).astype("int32")
             if pt or pl or pb or pr:
                 v = tirx.if_then_else(tirx.all(hi >= 0, hi < h, wi >= 0, wi < w), v, tirx.const(0, "int32"))
             v = (v + off).astype(pdt)
@@ -306,6 +314,12 @@ def _schedule_gather(sch, info) -> None:
       arithmetic.
     The (image, reduction group) loop runs in parallel."""
     xp = sch.get_sblock("x_packed")
+    if info.get("split_cols"):
+        cols = sch.get_sblock("x_cols")
+        cb, cc, cr, cpar, chalf = sch.get_loops(cols)
+        sch.reorder(chalf, cpar)
+        sch.parallel(sch.fuse(cb, cc, cr))
+        sch.unroll(cpar)
     if info["gather"] == "flat":
         pb, pc, pq, pj = sch.get_loops(xp)
         real = info["out_shape"][2] * info["out_shape"][3]
