@@ -18,7 +18,12 @@ from tvm_qplugin.ops import OPS, const, emit
 from tvm_qplugin.schedules import apply_default_schedules, pack_weights
 from tvm_qplugin.schedules.intrin_x86 import select_isa
 from tvm_qplugin.schedules.packing import packed_info
-from tvm_qplugin.schedules.x86_int8 import _border_parts
+from tvm_qplugin.schedules.x86_int8 import (
+    LONG_K_STEPS,
+    STACK_BYTES,
+    _border_parts,
+    _conv_tile_rows,
+)
 
 VNNI_TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "znver4"})        # AVX-512 VNNI
 AVX2_TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "znver3"})        # AVX2, no VNNI
@@ -335,3 +340,21 @@ def test_stride_two_convs_read_deinterleaved_columns_bit_exact(rng, target_name,
     info, asm = check_kernel("conv2d_requant", x, [wt, *requant_consts(rng, case["o"], 20)], target_name, **params)
     assert info is not None and info["rule"] == "Conv2DTensorized" and info.get("split_cols"), info
     assert INSTRUCTION[target_name][xdt] in asm
+
+
+@pytest.mark.parametrize("target_name", ["vnni", "avx2", "avxvnni"])
+def test_conv_accumulator_tile_on_the_stack_unless_long(target_name):
+    """A "global" accumulator tile must stay under TVM's stack bound: past it (or in any other
+    scope) TVM allocates it with a workspace call per tile -- silently, and 1.05-1.27x slower on
+    MobileNetV2's thin convs. Only the long reductions on 512-bit vectors keep the bigger
+    "local" tile (24 accumulators)."""
+    isa = select_isa(TARGETS[target_name], "uint8")
+    for o in (1, 7, 16, 24, 32, 64, 96, 144, 160, 320, 576, 960, 1000, 1280):
+        for nr in (1, 2):
+            for k_steps in (4, 48, LONG_K_STEPS - 1, LONG_K_STEPS, 480):
+                mr, scope = _conv_tile_rows(o, nr, isa, k_steps)
+                assert o % mr == 0
+                tile_bytes = mr * nr * isa.vector_bits // 8
+                long_tile = isa.vector_bits == 512 and k_steps >= LONG_K_STEPS
+                assert scope == ("local" if long_tile else "global"), (o, nr, k_steps)
+                assert long_tile or tile_bytes < STACK_BYTES, (o, nr, mr)

@@ -218,14 +218,13 @@ class Conv2DTensorized(TensorizedRule):
         p = oh * ow
         nr = 2 if _round_up(p, 2 * lanes) == _round_up(p, lanes) else 1
         ppad, kpad = _round_up(p, nr * lanes), _round_up(k, kp)
-        mr = _largest_divisor(o, ((12, 8, 6, 4, 3, 2, 1) if nr == 2 else (16, 12, 8, 6, 4, 3, 2, 1)) if isa.vector_bits == 512
-                              else ((6, 4, 3, 2, 1) if nr == 2 else (12, 8, 6, 4, 3, 2, 1)))
+        mr, acc_scope = _conv_tile_rows(o, nr, isa, kpad // kp)
         flat = kh == kw == 1 and (sh, sw) == (1, 1) and not any(params["padding"])
         # the row-wise gather walks whole output rows: its pixel extent rounded up to them
         pbuf = ppad if flat else _round_up(ppad, ow)
         info = {"rule": type(self).__name__, "isa": isa.name, "mr": mr, "nr": nr, "offset": off,
                 "out_shape": [nb, o, oh, ow], "acc_shape": [nb, o, ppad],
-                "gather": "flat" if flat else "rows",
+                "gather": "flat" if flat else "rows", "acc_scope": acc_scope,
                 "requant": {key: params[key] for key in ("qmin", "qmax", "out_dtype")}}
         if not flat:
             info["row_parts"] = _border_parts(oh, pbuf // ow, h, kh, sh, dh, pt)
@@ -280,7 +279,8 @@ class Conv2DTensorized(TensorizedRule):
     def schedule(self, sch, info):
         isa = ISA_BY_NAME[info["isa"]]
         acc = sch.get_sblock("acc")
-        sch.set_scope(acc, 0, "local")
+        if info["acc_scope"] != "global":
+            sch.set_scope(acc, 0, info["acc_scope"])
         _flatten_output(sch, info["out_shape"], info["acc_shape"])
         b, oc, q, rc, rj = sch.get_loops(acc)
         oo, oi = sch.split(oc, [None, info["mr"]])
@@ -288,13 +288,38 @@ class Conv2DTensorized(TensorizedRule):
         sch.reorder(b, oo, qo, rc, oi, qr, qi, rj)
         tile = sch.fuse(b, oo, qo)
         sch.parallel(tile)
-        _tensorized_epilogue_at(sch, tile, isa.lanes, info["requant"])
+        _tensorized_epilogue_at(sch, tile, isa.lanes, info["requant"], info["acc_scope"])
         _schedule_gather(sch, info)
         init = sch.decompose_reduction(acc, rc)
         sch.vectorize(sch.get_loops(init)[-1])
-        sch.tensorize(qi, dot_intrin(isa, "uint8" if isa.kp == 4 else "int16", "b", 0))
+        sch.tensorize(qi, dot_intrin(isa, "uint8" if isa.kp == 4 else "int16", "b", 0, info["acc_scope"]))
         sch.unroll(oi)
         sch.unroll(qr)
+
+
+# TVM puts a CPU buffer on the stack only if it is in the "global" scope and smaller than this
+# (runtime::kMaxStackAlloca); any other buffer is a TVMBackendAllocWorkspace call where it lives
+STACK_BYTES = 1024
+LONG_K_STEPS = 160  # dot steps per tile from which the bigger, workspace-allocated tile wins
+
+
+def _conv_tile_rows(o: int, nr: int, isa: DotIsa, k_steps: int) -> tuple[int, str]:
+    """Output channels per tile (``mr``, a divisor of ``o``) and the scope of the ``mr x nr``
+    accumulator tile.
+
+    The tile lives under the parallel tile loop, so its buffer is allocated once per tile: a
+    stack slot when it is a "global" buffer under :data:`STACK_BYTES` (LLVM keeps the vectors in
+    registers over the K loop either way; the slot only holds them for the epilogue), else a
+    workspace call per tile. With 512-bit vectors the stack bound allows 15 accumulators (e.g.
+    7 x 2) instead of 24 (12 x 2): fewer broadcasts reused, but no allocation per tile --
+    MobileNetV2's thin layers (K <= 384) 1.05-1.27x faster, the long ones (K >= 576: 160+ dot
+    steps amortize the allocation) 2-6 % slower, so those keep the big tile (``local``)."""
+    vector_bytes = isa.vector_bits // 8
+    fits = STACK_BYTES // vector_bytes - 1   # accumulator vectors strictly under the bound
+    if isa.vector_bits == 512 and k_steps >= LONG_K_STEPS:
+        return _largest_divisor(o, (12, 8, 6, 4, 3, 2, 1) if nr == 2 else (16, 12, 8, 6, 4, 3, 2, 1)), "local"
+    limit = min(fits, 15 if isa.vector_bits == 512 else 12) // nr  # AVX2: 16 ymm registers in all
+    return _largest_divisor(o, range(limit, 0, -1)), "global"
 
 
 def _border_parts(out: int, extent: int, size: int, taps: int, stride: int, dilation: int, pad_lo: int) -> list[int]:
@@ -395,7 +420,7 @@ def _epilogue_at(sch, tile, lanes: int) -> None:
         sch.unroll(loop)
 
 
-def _tensorized_epilogue_at(sch, tile, lanes: int, requant: dict) -> None:
+def _tensorized_epilogue_at(sch, tile, lanes: int, requant: dict, acc_scope: str) -> None:
     """Requantize each accumulator tile under its ``tile`` loop with :func:`epilogue_intrin` (one
     output channel per tile row, ``lanes`` pixels per step) into the tile ``y_tile``, then copy
     its rows to the NCHW output (the intrinsic writes a whole vector: on the 4-D output a vector
@@ -407,7 +432,7 @@ def _tensorized_epilogue_at(sch, tile, lanes: int, requant: dict) -> None:
     outer, inner = sch.split(last, [None, lanes])
     for loop in (*rows, outer):  # constant tile indices: LLVM keeps the accumulators in registers
         sch.unroll(loop)
-    sch.tensorize(inner, epilogue_intrin(lanes, requant, "local"))
+    sch.tensorize(inner, epilogue_intrin(lanes, requant, acc_scope))
     _, copy = sch.split(sch.get_loops(sch.get_sblock("y"))[-1], [None, lanes])
     sch.vectorize(copy)
 
