@@ -358,3 +358,13 @@ def test_conv_accumulator_tile_on_the_stack_unless_long(target_name):
                 long_tile = isa.vector_bits == 512 and k_steps >= LONG_K_STEPS
                 assert scope == ("local" if long_tile else "global"), (o, nr, k_steps)
                 assert long_tile or tile_bytes < STACK_BYTES, (o, nr, mr)
+
+
+@pytest.mark.parametrize("target_name", ["vnni", "avx2"])
+def test_dense_accumulator_tile_on_the_stack(rng, target_name):
+    """DenseTensorized's register tile fits TVM's stack bound (else a workspace call per tile)."""
+    x = activations(rng, (64, 96), "uint8", "random")
+    info, _ = check_kernel("dense_requant", x, [weights(rng, (192, 96)), *requant_consts(rng, 192, 20)], target_name,
+                           qmin=-128, qmax=127, out_dtype="int8")
+    isa = select_isa(TARGETS[target_name], "uint8")
+    assert info["mr"] * info["nr"] * isa.vector_bits // 8 < STACK_BYTES
