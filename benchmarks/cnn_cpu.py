@@ -45,10 +45,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--runs", type=int, default=20, help="calls per engine per round")
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--threads", type=int, default=os.cpu_count(),
+                    help="ONNX Runtime's and TVM's thread count (1: steadier on a shared machine)")
     ap.add_argument("--tvm-fp32", action="store_true", help="also time TVM fp32 (untuned: ~150 ms a call)")
     ap.add_argument("--untensorized", action="store_true", help="also time the builds without the tensorized rules")
     args = ap.parse_args()
+    # TVM reads it when its thread pool starts, at the first parallel kernel (none has run yet)
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)
     path = str(mobilenet_v2_onnx(batch=args.batch))
     calib, evaluation = imagenet_calib_eval()
     x = evaluation[: args.batch]
@@ -73,9 +76,8 @@ def main() -> None:
     sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
     calls["onnxruntime_fp32"] = lambda: sess.run(None, {"input": x})
     try:
-        qsess = onnxruntime_static_int8(path, [{"input": calib[i : i + args.batch]} for i in range(0, 16 * args.batch,
-                                                                                                   args.batch)],
-                                        "QUInt8", so)
+        feeds = [{"input": calib[i : i + args.batch]} for i in range(0, max(16, args.batch), args.batch)]  # 16 images
+        qsess = onnxruntime_static_int8(path, feeds, "QUInt8", so)
         calls["onnxruntime_int8_qdq"] = lambda: qsess.run(None, {"input": x})
     except Exception as e:  # noqa: BLE001 - the peer is optional; say why it is missing
         res["onnxruntime_int8_error"] = f"{type(e).__name__}: {e}"
