@@ -313,14 +313,14 @@ def _conv_tile_rows(o: int, nr: int, isa: DotIsa, k_steps: int) -> tuple[int, st
     registers over the K loop either way; the slot only holds them for the epilogue), else a
     workspace call per tile. With 512-bit vectors the stack bound allows 15 accumulators (e.g.
     7 x 2) instead of 24 (12 x 2): fewer broadcasts reused, but no allocation per tile --
-    MobileNetV2's thin layers (K <= 384) 1.05-1.27x faster, the long ones (K >= 576: 160+ dot
-    steps amortize the allocation) 2-6 % slower, so those keep the big tile (``local``)."""
-    vector_bytes = isa.vector_bits // 8
-    fits = STACK_BYTES // vector_bytes - 1   # accumulator vectors strictly under the bound
+    MobileNetV2's thin layers 1.05-1.27x faster, the long ones (``LONG_K_STEPS`` dot steps and
+    more amortize the allocation) 2-6 % slower, so those keep the big tile (``local``). 256-bit
+    tiles are bounded by the 16 ymm registers (12 accumulators) long before the stack bound."""
     if isa.vector_bits == 512 and k_steps >= LONG_K_STEPS:
         return _largest_divisor(o, (12, 8, 6, 4, 3, 2, 1) if nr == 2 else (16, 12, 8, 6, 4, 3, 2, 1)), "local"
-    limit = min(fits, 15 if isa.vector_bits == 512 else 12) // nr  # AVX2: 16 ymm registers in all
-    return _largest_divisor(o, range(limit, 0, -1)), "global"
+    under_stack_bound = STACK_BYTES // (isa.vector_bits // 8) - 1
+    accumulators = min(under_stack_bound, 15 if isa.vector_bits == 512 else 12)
+    return _largest_divisor(o, range(accumulators // nr, 0, -1)), "global"
 
 
 def _border_parts(out: int, extent: int, size: int, taps: int, stride: int, dilation: int, pad_lo: int) -> list[int]:
