@@ -62,3 +62,16 @@ def test_shift_variant_keeps_accuracy_and_default_rule_takes_shift(digits):
     q = np.concatenate([art.run({"input": x[None]})[0] for x in x_test])
     acc_q = float((q.argmax(1) == y_test).mean())
     assert acc_q >= 0.95, f"shift linears: labelled accuracy {acc_q:.4f} (float 0.976)"
+
+
+def test_digits_vit_shiftadd_c_package_is_bit_exact_on_cortex_m55(digits):
+    """Shift linears and add attention in the C package, beside the transformer kernels (softmax-free
+    attention, LayerNorm, GELU): the whole ViT under qemu, bit-exact, with its instruction count."""
+    x_train, _, x_test, _ = digits
+    art = tq.compile(VIT, target="qemu-mps3-an547", calib={"input": x_train[:128]}, eval={"input": x_test[:2]},
+                     attention="shiftadd", shift_linears="all", nonlinear="division-free")
+    r = art.report
+    assert r["integer_only"] and r["bit_exact"] and r["mcu"]["bit_exact"] and r["mcu"]["bit_exact_inputs"] >= 2
+    assert r["mcu"]["instructions_per_inference"] > 0
+    sources = "\n".join(p.read_text() for p in art.c_package.rglob("*.c"))
+    assert "qk_shiftdense_" in sources and "qk_addatt_" in sources, "shift/add kernels not in the package"
