@@ -8,13 +8,17 @@ against the NumPy twins.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tvm
 from test_cuda_build import extreme_inputs, kernel_ptx, needs_gpu
 
-from tvm_qplugin.build_cuda import cuda_target, verify_gpu_kernels
-from tvm_qplugin.ops import OPS
+from qplugin_zoo import digits_split
+from tvm_qplugin.build_cuda import build_cuda, cuda_target, verify_gpu_kernels
+from tvm_qplugin.compiler import CompileOptions, integer_front
+from tvm_qplugin.ops import OPS, op_of
 from tvm_qplugin.ops.nonlinear import layernorm_int_args
 from tvm_qplugin.passes.verify_tir import scan_kernel
 from tvm_qplugin.quant import nonlinear_consts as nc
@@ -105,3 +109,25 @@ def test_row_kernel_bit_exact_on_gpu(name, monkeypatch):
     out = tvm.runtime.tensor(np.zeros(expected.shape, expected.dtype), dev)
     built[name](*[tvm.runtime.tensor(a, dev) for a in inputs], out)
     np.testing.assert_array_equal(out.numpy(), expected)
+
+
+VIT = Path(__file__).resolve().parents[1] / "examples" / "digits_vit.onnx"
+
+
+@pytest.fixture(scope="module")
+def digits_vit_sm80():
+    """The digits ViT's integer module built for sm_80 (~20 s; through the fallback it never ended)."""
+    x_train, *_ = digits_split()
+    mod = integer_front(str(VIT), CompileOptions(), tvm.target.Target("llvm"), {"input": x_train[:64]}).imod.mod
+    return mod, build_cuda(mod, "sm_80")
+
+
+def test_digits_vit_builds_for_sm80_with_row_kernels_and_passes_the_checks(digits_vit_sm80):
+    mod, built = digits_vit_sm80
+    rows = [gv.name_hint for gv, f in mod.functions.items()
+            if isinstance(f, tvm.tirx.PrimFunc) and (op_of(f) or ("",))[0] in ("softmax_int", "layernorm_int")]
+    assert len(rows) == 13, rows  # 4 softmax + 9 LayerNorm (2 per block, 1 final)
+    for name in rows:
+        assert "shfl.sync" in built.ptx_of(name), f"{name}: not the row-parallel kernel"
+    assert built.integer_only.float_ops == [] and built.integer_only.tir_kernels > 0
+    assert ".target sm_80" in built.ptx
