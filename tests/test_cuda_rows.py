@@ -131,3 +131,18 @@ def test_digits_vit_builds_for_sm80_with_row_kernels_and_passes_the_checks(digit
         assert "shfl.sync" in built.ptx_of(name), f"{name}: not the row-parallel kernel"
     assert built.integer_only.float_ops == [] and built.integer_only.tir_kernels > 0
     assert ".target sm_80" in built.ptx
+
+
+@pytest.mark.extended
+def test_minilm_encoder_builds_for_sm80_with_row_kernels():
+    """MiniLM (batch 8, 128 tokens): 6 softmax + 13 LayerNorm row kernels, ~60 s to build."""
+    from qplugin_zoo.minilm import fortune_sentences, minilm_onnx, tokenize
+
+    mod = integer_front(str(minilm_onnx()), CompileOptions(), tvm.target.Target("llvm"),
+                        tokenize(fortune_sentences(64))).imod.mod
+    built = build_cuda(mod, "sm_80")
+    rows = [gv.name_hint for gv, f in mod.functions.items()
+            if isinstance(f, tvm.tirx.PrimFunc) and (op_of(f) or ("",))[0] in ("softmax_int", "layernorm_int")]
+    assert len(rows) == 19, rows
+    assert all("shfl.sync" in built.ptx_of(name) for name in rows)
+    assert built.integer_only.float_ops == []
