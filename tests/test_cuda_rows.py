@@ -50,6 +50,11 @@ ROW_KERNELS = {
     "layernorm_17x64": layernorm_case((17, 64))[:3],
     "layernorm_384_int16_divfree": layernorm_case((2, 384), "int16", "division-free")[:3],
     "layernorm_32_ibert": layernorm_case((1, 5, 32), "int8", "ibert")[:3],
+    "softmax_197_ivit_paper": ("softmax_int", [((2, 197), "int8")],
+                               dict(in_scale=0.05, n=16, variant="ivit-paper", out_dtype="int8")),
+    "shiftgelu_64_ivit_paper": ("gelu_int", [((3, 64), "int8")],  # subtracts the row max: a row kernel
+                                dict(in_scale=0.05, out_scale=0.05 / 128, qmin=-2**31, qmax=2**31 - 1,
+                                     out_dtype="int32", variant="ivit-paper")),
 }
 LAYERNORM_CONSTS = {"layernorm_17x64": layernorm_case((17, 64))[3],
                     "layernorm_384_int16_divfree": layernorm_case((2, 384), "int16", "division-free")[3],
