@@ -23,9 +23,11 @@ share one strategy, :func:`_dp4a_gemm`:
 Which kernels get ``__dp4a``: 8-bit operands (int8 / uint8: ``dp4a`` exists for s8/u8 only),
 int32 accumulation, a reduction length divisible by 4. int16 activations (and the int64
 chunked accumulation of ops/conv.py ``chunked_dot``), depthwise / grouped convs, and every other
-kernel (elementwise, pools, softmax / LayerNorm / GELU) go to :data:`FALLBACK`: dlight's
+kernel (elementwise, pools, GELU) go to :data:`FALLBACK`: dlight's
 ``gpu.Fallback`` binds the fused spatial loops to ``blockIdx.x`` / ``threadIdx.x`` and keeps
 each reduction serial in its thread -- plain int32/int64 multiply-adds, correct for any dtype.
+Softmax and LayerNorm go to cuda_rows.py (one block per row) before that: the fallback inlines
+LayerNorm's Newton square-root stages into one exponentially large expression.
 
 Note: tensor-core ``mma.sync`` s8 is not done here; ``__dp4a`` is what every sm_61+ part has.
 """
@@ -207,8 +209,12 @@ FALLBACK = dlight.ApplyDefaultSchedule(dlight.gpu.Fallback())
 
 
 def apply_cuda_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.IRModule, list[str]]:
-    """Schedule the integer kernels :data:`RULES` take; returns the module and their names.
-    The rest (and the layout kernels LegalizeOps adds later) is for :data:`FALLBACK`."""
+    """Schedule the integer kernels :data:`RULES` take; returns the module and their names (the
+    ``__dp4a`` kernels). The row kernels (softmax / LayerNorm) get cuda_rows.py's one-block-per-row
+    schedules first (not listed: no dp4a in them); the rest (and the layout kernels LegalizeOps
+    adds later) is for :data:`FALLBACK`."""
     from . import apply_rules
+    from .cuda_rows import ROW_RULES
 
+    mod, _rows = apply_rules(mod, target, ROW_RULES)
     return apply_rules(mod, target, RULES)
