@@ -31,7 +31,6 @@ from .passes.verify import (
     kernel_origins,
     verify_integer_only,
 )
-from .schedules.cuda_int8 import FALLBACK, apply_cuda_schedules
 
 # Per-block limits every sm_75+ part has (CUDA programming guide, compute capability table);
 # TVM's verifier checks the kernels against them.
@@ -87,6 +86,10 @@ def find_nvcc() -> str:
 
 def schedule_for_cuda(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.IRModule, list[str]]:
     """cuda_int8 rules, LegalizeOps, dlight fallback, then build.py's Relax pipeline."""
+    # imported here: it loads TVM's CUDA tensor intrinsics (tens of seconds of TVMScript parsing),
+    # which the checks a CUDA compile makes before any work (cuda_target, find_nvcc) do not need
+    from .schedules.cuda_int8 import FALLBACK, apply_cuda_schedules
+
     mod, taken = apply_cuda_schedules(mod, target)
     with target:
         mod = relax.transform.LegalizeOps()(mod)
