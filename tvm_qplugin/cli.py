@@ -266,7 +266,7 @@ def _precheck(a) -> None:
         specs = resolve_input_specs(onnx_model, a.model, parse_input_shapes(a.input_shape))
         check_supported(onnx_model, a.model)
         check_graph(onnx_model, a.model, {s.name: s.shape for s in specs})
-    if a.layer_bits is not None:
+    if getattr(a, "layer_bits", None) is not None:  # compile's option; the shared precheck serves tune too
         from .quant.precision import load_layer_bits
 
         load_layer_bits(a.layer_bits)
