@@ -8,15 +8,20 @@ import time
 import numpy as np
 
 
-def median_ms(fn, runs: int) -> float:
-    """Median wall time of ``fn()`` in milliseconds over ``runs`` calls, after one warm-up call."""
+def timed_ms(fn, runs: int) -> list[float]:
+    """Wall times of ``runs`` calls of ``fn()`` in milliseconds, after one warm-up call."""
     fn()
     ts = []
     for _ in range(runs):
         t = time.perf_counter()
         fn()
         ts.append((time.perf_counter() - t) * 1e3)
-    return float(np.median(ts))
+    return ts
+
+
+def median_ms(fn, runs: int) -> float:
+    """Median wall time of ``fn()`` in milliseconds over ``runs`` calls, after one warm-up call."""
+    return float(np.median(timed_ms(fn, runs)))
 
 
 def onnxruntime_static_int8(path: str, feeds: list[dict], activation_type: str = "QUInt8", sess_options=None):

@@ -8,6 +8,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from common import timed_ms
 from tvm_qplugin.build import build, relax_pipeline
 from tvm_qplugin.schedules import apply_default_schedules
 
@@ -70,12 +71,7 @@ def rounds_of_blocks(calls: dict, rounds: int, runs: int, reference: str) -> tup
     per_round = {name: [] for name in calls}
     for _ in range(rounds):
         for name, fn in calls.items():
-            fn()
-            ts = []
-            for _ in range(runs):
-                t = time.perf_counter()
-                fn()
-                ts.append((time.perf_counter() - t) * 1e3)
+            ts = timed_ms(fn, runs)
             times[name] += ts
             per_round[name].append(float(np.median(ts)))
     ref = np.array(per_round[reference])

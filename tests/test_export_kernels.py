@@ -9,7 +9,6 @@ Under CI (CI=true) a missing toolchain fails; elsewhere too: the Makefile instal
 """
 from __future__ import annotations
 
-import subprocess
 
 import numpy as np
 import pytest
@@ -23,6 +22,7 @@ from tvm_qplugin.reference import ReferenceInterpreter
 from tvm_qplugin.targets import get_board
 
 from conftest import assert_bit_exact
+from package_probe import companion_buffer_sizes
 
 RNG_SEED = 7
 
@@ -238,18 +238,7 @@ def test_buffer_size_companions_equal_the_planner(zoo, tmp_path):
     steps = [s for s in info["steps"] if s["op"] in ("conv2d_requant", "dense_requant")]
     sizes = {s["scratch_bytes"] for s in steps}
     assert 0 in sizes and len(sizes) >= 5, sizes   # zero (depthwise, no fast path) and several formulas
-    calls = "".join(f'  printf("%d %ld\\n", {s["index"]}, (long){s["c_func"]}_buffer_size(&qm_p{s["index"]}));\n'
-                    for s in steps)
-    # model.c's parameter blocks are static: include it, so the companions see exactly those
-    (tmp_path / "sizes.c").write_text(f'#include <stdio.h>\n#include "model.c"\n\nint main(void) {{\n{calls}'
-                                      "  return 0;\n}\n")
-    exe = tmp_path / "sizes"
-    r = subprocess.run(["gcc", *harness.WARN_FLAGS, f"-I{pkg}", tmp_path / "sizes.c", pkg / "qkernels.c", "-o", exe],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    out = subprocess.run([exe], capture_output=True, text=True, check=True).stdout.split("\n")
-    got = {int(a): int(b) for a, b in (line.split() for line in out if line)}
-    assert got == {s["index"]: s["scratch_bytes"] for s in steps}
+    assert companion_buffer_sizes(pkg, steps, tmp_path) == {s["index"]: s["scratch_bytes"] for s in steps}
 
 
 def test_buffer_size_formula_evaluated_and_translated_alike():

@@ -4,11 +4,11 @@ Cortex-M55 (MVE path) and aarch64 Linux (rpi4), and with the widening tile shrun
 layer is split into tiles (whole groups, channels of one group, dense output features)."""
 from __future__ import annotations
 
-import subprocess
 
 import numpy as np
 import pytest
 from conftest import assert_bit_exact
+from package_probe import companion_buffer_sizes
 from tvm import relax
 
 from tvm_qplugin.export import harness, kernels_c_int4
@@ -149,17 +149,7 @@ def test_w4_buffer_size_companions_equal_the_planner(which, request, tmp_path):
     """``qk_*_w4_*_buffer_size`` on the parameter blocks model.c passes == the planner's scratch."""
     pkg, info = request.getfixturevalue(which)[:2]
     steps = [s for s in info["steps"] if s["op"] in kernels_c_int4.W4_OPS]
-    calls = "".join(f'  printf("%d %ld\\n", {s["index"]}, (long){s["c_func"]}_buffer_size(&qm_p{s["index"]}));\n'
-                    for s in steps)
-    (tmp_path / "sizes.c").write_text(f'#include <stdio.h>\n#include "model.c"\n\nint main(void) {{\n{calls}'
-                                      "  return 0;\n}\n")
-    exe = tmp_path / "sizes"
-    r = subprocess.run(["gcc", *harness.WARN_FLAGS, f"-I{pkg}", tmp_path / "sizes.c", pkg / "qkernels.c", "-o", exe],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    out = subprocess.run([exe], capture_output=True, text=True, check=True).stdout.split("\n")
-    assert {int(a): int(b) for a, b in (line.split() for line in out if line)} == \
-        {s["index"]: s["scratch_bytes"] for s in steps}
+    assert companion_buffer_sizes(pkg, steps, tmp_path) == {s["index"]: s["scratch_bytes"] for s in steps}
 
 
 def test_w4_aarch64_linux_under_qemu(zoo, tmp_path):
