@@ -112,7 +112,7 @@ def test_compile_prints_summary_and_writes_report(compiled):
     assert re.search(r"^target\s+x86-host", stdout, re.M), stdout
     assert "top-1 vs labels" in stdout  # --eval carried labels
     assert sorted(p.name for p in out.iterdir()) == ["integer_module.json", "io.json", "manifest.json", "model.so",
-                                                     "report.json"]
+                                                     "report.html", "report.json"]
     report = json.loads((out / "report.json").read_text())
     for key in REPORT_KEYS:
         assert key in report, key

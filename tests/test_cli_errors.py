@@ -377,7 +377,7 @@ def test_recompile_replaces_only_the_artifacts_files(tmp_path, dynamic_model, ti
     assert json.loads((out / "report.json").read_text())["observer"] == "mse"
     assert json.loads((out / "io.json").read_text())["int_io"] is True
     assert sorted(p.name for p in out.iterdir()) == ["integer_module.json", "io.json", "manifest.json", "model.so",
-                                                     "notes.txt", "plots", "report.json"]
+                                                     "notes.txt", "plots", "report.html", "report.json"]
     assert (out / "notes.txt").read_text() == "mine" and (out / "plots" / "a.png").read_bytes() == b"png"
     assert tmp_siblings(out) == []
     r3 = run_cli("verify", out, "--count", "2")
