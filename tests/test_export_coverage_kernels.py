@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_bit_exact
+from package_probe import check_board, check_host, packaged
 from tvm import relax
 
-from tvm_qplugin.export import harness
 from tvm_qplugin.export.c_package import write_c_package
 from tvm_qplugin.ops import const, emit
 from tvm_qplugin.quant import dyadic
-from tvm_qplugin.reference import ReferenceInterpreter
-from tvm_qplugin.targets import get_board
 
 
 def coverage_zoo():
@@ -62,29 +59,15 @@ def coverage_zoo():
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
-    mod, x = coverage_zoo()
-    pkg = tmp_path_factory.mktemp("cov") / "pkg"
-    write_c_package(mod, pkg)
-    return pkg, [x], [ReferenceInterpreter(mod).run("main", *x)]
-
-
-def _check(got, want, where):
-    for i, (gs, ws) in enumerate(zip(got, want)):
-        assert len(gs) == len(ws) == 11
-        for j, (g, w) in enumerate(zip(gs, ws)):
-            assert_bit_exact(g, w, f"{where}: sample {i} output {j}")
+    return packaged(*coverage_zoo(), tmp_path_factory.mktemp("cov"))
 
 
 def test_coverage_kernels_host_sanitized(zoo, tmp_path):
-    pkg, samples, want = zoo
-    exe = harness.build_host(pkg, tmp_path, cc="gcc", sanitize=True)
-    _check(harness.run_host(exe, pkg, samples, tmp_path / "run"), want, "host gcc")
+    check_host(zoo, 11, tmp_path)
 
 
 def test_coverage_kernels_cortex_m4(zoo, tmp_path):
-    pkg, samples, want = zoo
-    build = harness.build_mcu(pkg, get_board("qemu-mps2-an386"), tmp_path / "build")
-    _check(harness.run_qemu(build, samples, tmp_path / "run").outputs, want, "qemu-mps2-an386")
+    check_board(zoo, 11, "qemu-mps2-an386", tmp_path)
 
 
 def test_nonzero_pad_value_is_refused_in_one_line(tmp_path):

@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_bit_exact
+from package_probe import check_board, check_host, packaged
 from test_ops_pad_log_softmax import log_softmax_params
 from tvm import relax
 
-from tvm_qplugin.export import harness
-from tvm_qplugin.export.c_package import write_c_package
 from tvm_qplugin.ops import const, emit
 from tvm_qplugin.ops.log_softmax import log2_table
 from tvm_qplugin.ops.pooling_norm import masked_mean_table
-from tvm_qplugin.reference import ReferenceInterpreter
-from tvm_qplugin.targets import get_board
 
 B, T, D = 5, 7, 6
 N_OUT = 11
@@ -73,26 +69,12 @@ def heads_zoo():
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
-    mod, x = heads_zoo()
-    pkg = tmp_path_factory.mktemp("heads") / "pkg"
-    write_c_package(mod, pkg)
-    return pkg, [x], [ReferenceInterpreter(mod).run("main", *x)]
-
-
-def _check(got, want, where):
-    for i, (gs, ws) in enumerate(zip(got, want)):
-        assert len(gs) == len(ws) == N_OUT
-        for j, (g, w) in enumerate(zip(gs, ws)):
-            assert_bit_exact(g, w, f"{where}: sample {i} output {j}")
+    return packaged(*heads_zoo(), tmp_path_factory.mktemp("heads"))
 
 
 def test_head_kernels_host_sanitized(zoo, tmp_path):
-    pkg, samples, want = zoo
-    exe = harness.build_host(pkg, tmp_path, cc="gcc", sanitize=True)
-    _check(harness.run_host(exe, pkg, samples, tmp_path / "run"), want, "host gcc")
+    check_host(zoo, N_OUT, tmp_path)
 
 
 def test_head_kernels_cortex_m4(zoo, tmp_path):
-    pkg, samples, want = zoo
-    build = harness.build_mcu(pkg, get_board("qemu-mps2-an386"), tmp_path / "build")
-    _check(harness.run_qemu(build, samples, tmp_path / "run").outputs, want, "qemu-mps2-an386")
+    check_board(zoo, N_OUT, "qemu-mps2-an386", tmp_path)

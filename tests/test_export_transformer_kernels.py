@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_bit_exact
+from package_probe import check_board, check_host, packaged
 from tvm import relax
 
 from tvm_qplugin.errors import UnsupportedOpError
-from tvm_qplugin.export import harness
 from tvm_qplugin.export.c_package import write_c_package
 from tvm_qplugin.ops import const, emit
 from tvm_qplugin.ops.nonlinear import layernorm_int_args
 from tvm_qplugin.quant import nonlinear_consts as nc
-from tvm_qplugin.reference import ReferenceInterpreter
-from tvm_qplugin.targets import get_board
 
 VARIANTS = ("ivit", "ibert", "division-free")
 L = 24        # softmax row / LayerNorm row length
@@ -118,30 +115,16 @@ def transformer_zoo():
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
-    mod, x = transformer_zoo()
-    pkg = tmp_path_factory.mktemp("transformer") / "pkg"
-    write_c_package(mod, pkg)
-    return pkg, [x], [ReferenceInterpreter(mod).run("main", *x)]
-
-
-def _check(got, want, where):
-    for i, (gs, ws) in enumerate(zip(got, want)):
-        assert len(gs) == len(ws) == 6 + 12 + 9 + 4
-        for j, (g, w) in enumerate(zip(gs, ws)):
-            assert_bit_exact(g, w, f"{where}: sample {i} output {j}")
+    return packaged(*transformer_zoo(), tmp_path_factory.mktemp("transformer"))
 
 
 def test_transformer_kernels_host_sanitized(zoo, tmp_path):
-    pkg, samples, want = zoo
-    exe = harness.build_host(pkg, tmp_path, cc="gcc", sanitize=True)
-    _check(harness.run_host(exe, pkg, samples, tmp_path / "run"), want, "host gcc")
+    check_host(zoo, 6 + 12 + 9 + 4, tmp_path)
 
 
 @pytest.mark.parametrize("board", ["qemu-mps2-an386", "qemu-mps3-an547"])
 def test_transformer_kernels_cortex_m(zoo, tmp_path, board):
-    pkg, samples, want = zoo
-    build = harness.build_mcu(pkg, get_board(board), tmp_path / "build")
-    _check(harness.run_qemu(build, samples, tmp_path / "run").outputs, want, board)
+    check_board(zoo, 6 + 12 + 9 + 4, board, tmp_path)
 
 
 def test_division_free_kernels_call_no_division(zoo):
