@@ -11,7 +11,7 @@ from onnx_builders import OnnxGraph
 from tvm import tirx
 
 import tvm_qplugin as tq
-from tvm_qplugin.compiler import check_bit_exact
+from tvm_qplugin.compiler import check_bit_exact, compare_with_reference
 from tvm_qplugin.data import InputSpec, from_arrays
 from tvm_qplugin.kernel_check import check_kernels, kernel_sites
 from tvm_qplugin.ops import OPS
@@ -253,6 +253,27 @@ def test_unmutated_tie_model_hits_ties_and_is_bit_exact(tmp_path):
     k = art.report["bit_exact_kernels"]
     assert art.report["bit_exact"] and k["mismatched"] == []
     assert k["ties_hit"] == 1 and k["channels"]["with_tie"] == 1
+
+
+def test_compare_with_reference_names_the_first_difference_of_any_backend(tmp_path):
+    """The one loop the host and GPU checks share: a backend whose output is off by one in a
+    single element of the third sample is caught there, and named."""
+    path, calib, evals = _tie_model(tmp_path)
+    art = tq.compile(path, calib=calib, eval=evals, observer="minmax")
+    ds = from_arrays(evals, [InputSpec("x", (1, 1, 4, 4), "float32")], "evaluation")
+    assert compare_with_reference(art, ds, 16, art.run_integer) == (16, None)
+    calls = []
+
+    def off_by_one_once(q):
+        out = [np.array(o) for o in art.run_integer(q)]
+        calls.append(1)
+        if len(calls) == 3:
+            out[0].flat[5] += 1
+        return out
+
+    checked, first_bad = compare_with_reference(art, ds, 16, off_by_one_once)
+    assert checked == 16 and first_bad is not None
+    assert first_bad.startswith("output 0, batch starting at sample 2:"), first_bad
 
 
 @pytest.fixture(scope="module")

@@ -65,27 +65,19 @@ def run_on_gpu(art, built: CudaBuild, ds, n_inputs: int, timing_runs: int) -> di
     least), and its median latency over ``timing_runs`` calls."""
     from tvm import relax
 
-    from .reference import ReferenceInterpreter, first_difference
+    from .compiler import compare_with_reference
 
     dev = tvm.cuda(0)
     vm = relax.VirtualMachine(built.executable, dev)
-    ref = ReferenceInterpreter(art.integer_mod)
     fname = art.integer_function
-    checked, first_bad = 0, None
-    args = None
-    for batch in ds.batches():
-        q = art.quantize_inputs(batch)
-        args = [tvm.runtime.tensor(a, dev) for a in q]
+    args: list = []
+
+    def run(q):
+        args[:] = [tvm.runtime.tensor(a, dev) for a in q]
         got = vm[fname](*args)
-        got = [got.numpy()] if hasattr(got, "numpy") else [g.numpy() for g in got]
-        want = ref.run(fname, *q)
-        for i, (g, w) in enumerate(zip(got, want)):
-            diff = first_difference(g, w)
-            if diff is not None and first_bad is None:
-                first_bad = f"output {i}, sample batch at {checked}: {diff}"
-        checked += len(next(iter(batch.values())))
-        if checked >= n_inputs:
-            break
+        return [got.numpy()] if hasattr(got, "numpy") else [g.numpy() for g in got]
+
+    checked, first_bad = compare_with_reference(art, ds, n_inputs, run)
     timer = vm.time_evaluator(fname, dev, number=1, repeat=max(timing_runs, 1))
     times = np.array(timer(*args).results) * 1e3
     return {"device": dev.device_name, "bit_exact": first_bad is None, "bit_exact_inputs": checked,

@@ -322,19 +322,31 @@ def check_bit_exact(art: Artifact, ds: Dataset, n: int, show_progress: bool = Fa
                     first_env: dict | None = None) -> tuple[bool, int]:
     """Compiled integer core == NumPy reference on the first ``n`` samples (at least).
     ``first_env``, when given, receives the reference's intermediates on the first batch."""
+    checked, first_bad = compare_with_reference(art, ds, n, art.run_integer, show_progress, first_env)
+    return first_bad is None, checked
+
+
+def compare_with_reference(art: Artifact, ds: Dataset, n: int, run, show_progress: bool = False,
+                           first_env: dict | None = None) -> tuple[int, str | None]:
+    """``run(quantized inputs) -> outputs`` (the host build, a GPU build, ...) against the NumPy
+    reference on the first ``n`` samples (at least); returns the samples checked and the first
+    difference (``None`` when bit-exact). One loop for every backend, so that what "bit-exact"
+    means cannot drift between them."""
     ref = ReferenceInterpreter(art.integer_mod)
     fname = art.integer_function
-    checked = 0
-    ok = True
+    checked, first_bad = 0, None
     for batch in progress(ds.batches(), total=ds.num_batches(), desc="bit-exact", enabled=show_progress):
         q = art.quantize_inputs(batch)
-        got = art.run_integer(q)
+        got = run(q)
         want = ref.run(fname, *q, env=first_env if checked == 0 else None)
-        ok &= all(first_difference(g, w) is None for g, w in zip(got, want))
+        for i, (g, w) in enumerate(zip(got, want)):
+            diff = first_difference(g, w)
+            if diff is not None and first_bad is None:
+                first_bad = f"output {i}, batch starting at sample {checked}: {diff}"
         checked += len(next(iter(batch.values())))
         if checked >= n:
             break
-    return ok, checked
+    return checked, first_bad
 
 
 def evaluate(art: Artifact, runner: FloatRunner, ds: Dataset, show_progress: bool = False) -> dict:
