@@ -248,7 +248,7 @@ def patch_graph(g: Graph, n: int, grid: tuple[int, int]) -> tuple[Graph, Patchin
     for i, s in enumerate(steps):
         s.index = i
     _liveness(vals, steps)
-    base = sum(s.macs for s in head)
+    base = sum(macs(s) for s in head)
     total = sum(s.macs for s in new_steps)
     halo = _halo(head, tiles, _spatial_args(head[0])[0].shape)
     info = Patching(n, grid, cut.val.name, halo, total, total - base, [s.name for s in head])
@@ -281,20 +281,20 @@ def patched_macs(g: Graph, n: int, grid: tuple[int, int]) -> int:
             need = needed_regions(head, Region(y0, y1, x0, x1))
             for s in head:
                 r = need.get(id(s.out.val))
-                if r is not None and s.macs:
+                if r is not None:
                     h, w = r.hw
-                    total += s.macs * h * w // (s.out.shape[2] * s.out.shape[3])
+                    total += macs(s) * h * w // (s.out.shape[2] * s.out.shape[3])
     return total
 
 
 def candidates(g: Graph, max_extra: float) -> list[tuple[int, tuple[int, int], int]]:
     """``(n, grid, extra MACs)`` of every prefix cut and square-ish grid within ``max_extra``
     recomputed MACs (as a fraction of the whole graph's)."""
-    total = sum(s.macs for s in g.steps) or 1
+    total = sum(macs(s) for s in g.steps) or 1
     out = []
     for n in cut_candidates(g):
         head = g.steps[:n]
-        base = sum(s.macs for s in head)
+        base = sum(macs(s) for s in head)
         cut = head[-1].out.shape
         for k in range(2, MAX_GRID + 1):
             grid = (min(k, cut[2]), min(k, cut[3]))
