@@ -9,6 +9,8 @@ a residual branch (the add reads a smaller tile than the 3x3 branch: a crop) and
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -20,6 +22,8 @@ from tvm_qplugin.export.c_graph import build_graph
 from tvm_qplugin.export.kernels_c import macs
 from tvm_qplugin.export.patch_plan import Region, cut_candidates, grid_bounds, input_region, patch_graph
 from tvm_qplugin.reference import ReferenceInterpreter
+from tvm_qplugin.report import record_c_package
+from tvm_qplugin.targets import get_board
 
 from conftest import assert_bit_exact
 from onnx_builders import OnnxGraph
@@ -68,14 +72,30 @@ def test_patching_chosen_when_the_layerwise_arena_is_over_the_budget(cnn):
     assert p["count"] == p["grid"][0] * p["grid"][1] >= 2 and p["layers"] == len(p["patched_layers"]) >= 2
     assert p["halo_px"] > 0 and mem["patch_extra_macs"] > 0
     assert mem["patch_extra_macs"] == sum(s["macs"] for s in info["steps"]) - layerwise["macs"]
-    # every patched layer is marked in layers[] with (patch index, original layer)
-    marked = [layer for layer in res["layers"] if "patch" in layer]
-    assert {m["patch"][1] for m in marked} <= set(p["patched_layers"]) and len(marked) >= p["count"]
+    # layers[] keeps one entry per model layer: a patched one sums its patches and is marked
+    assert [layer["name"] for layer in res["layers"]] == [layer["name"] for layer in layerwise["layers"]]
+    marked = [layer for layer in res["layers"] if "patched" in layer]
+    assert marked and all(m["patched"]["patches"] == p["count"] and m["name"] in p["patched_layers"] for m in marked)
+    assert sum(m["macs"] for m in res["layers"]) == layerwise["macs"] + mem["patch_extra_macs"]
+    assert all(m["instructions_per_mac"] > 0 for m in res["layers"])
     # one copy of each layer's weights in flash, however many patches call it
     assert info["weights_bytes"] == layerwise["weights_bytes"]
     print(f"\nsynthetic CNN: arena {layerwise['arena_bytes']} B layer-wise -> {mem['peak_arena_bytes']} B patched "
           f"(first {p['layers']} layers, {p['grid']} grid, halo {p['halo_px']} px, "
           f"+{mem['patch_extra_macs']} MACs = {100 * p['extra_mac_fraction']:.1f} %)")
+
+
+def test_report_json_memory_and_layer_marks(cnn):
+    """report.json as the CLI writes it for a board (report.record_c_package on export_mcu's result)."""
+    art, _, _, _, _, res = cnn
+    r = copy.deepcopy(art.report)
+    record_c_package(r, res, get_board("qemu-mps2-an500"))
+    mem = r["memory"]
+    assert {"peak_arena_bytes", "layerwise_arena_bytes", "patches", "patch_extra_macs"} <= set(mem)
+    convs = [layer for layer in r["layers"] if layer["op"] in ("conv2d", "dense")]
+    patched = [layer["name"] for layer in convs if layer.get("patched")]
+    assert len(patched) == sum(1 for layer in res["layers"] if "patched" in layer) >= 2
+    assert all(layer["instructions_per_mac"] > 0 for layer in convs)
 
 
 def test_patched_package_bit_exact_on_cortex_m7(cnn):
@@ -92,13 +112,12 @@ def test_patched_package_bit_exact_on_host_and_cortex_m4(cnn):
 
 
 def test_cuts_and_grids_equal_the_layerwise_graph(cnn, tmp_path):
-    """Beyond the chosen schedule: the first cut (the stem alone, 2x2), one after the stride-2
-    depthwise (3x3 tiles over 8x8: uneven) and the last (through the residual add and the pool,
-    2x3), on the host."""
+    """Beyond the chosen schedule: a cut after the stride-2 depthwise (3x3 tiles over 8x8: uneven)
+    and the last cut (through the residual add and the pool, 2x3 tiles), on the host."""
     art, _, samples, want, _, _ = cnn
     cuts = cut_candidates(build_graph(art.integer_mod))
     assert len(cuts) >= 4 and cuts[0] == 1 and 4 in cuts
-    for n, grid in ((cuts[0], (2, 2)), (4, (3, 3)), (cuts[-1], (2, 3))):
+    for n, grid in ((4, (3, 3)), (cuts[-1], (2, 3))):
         pkg = tmp_path / f"n{n}g{grid[0]}{grid[1]}"
         info = write_c_package(art, pkg, patch=(n, grid))
         assert info["patching"]["applied"] and info["patching"]["layers"] == n

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .budget import check_budget
-from .patch_emit import patch_memory
+from .patch_emit import fold_patch_layers, patch_memory
 from .c_graph import integer_module_of
 from .c_package import write_c_package
 from ..reference import first_difference
@@ -108,4 +108,5 @@ def export_mcu(model, outdir, board, samples=None, expected=None, verify: bool =
             res["layers"] = [dict(layer, instructions=s["instructions"], instructions_per_mac=s.get("instructions_per_mac"))
                              for layer, s in zip(info["layers"], c["layers"])]
             res["kernel_functions"] = c["functions"]
+    res["layers"] = fold_patch_layers(res["layers"])   # one entry per model layer (patched ones marked)
     return res

@@ -141,3 +141,28 @@ def patch_memory(info: dict) -> dict:
                                             "extra_mac_fraction")}
         out["patch_extra_macs"] = p["extra_macs"]
     return out
+
+
+def fold_patch_layers(layers: list[dict]) -> list[dict]:
+    """One entry per model layer: a patched layer's per-patch steps summed (MACs, instructions),
+    marked ``patched: {patches, macs_layerwise}``, so ``layers[]`` lines up with the model's."""
+    out: list[dict] = []
+    by_name: dict[str, dict] = {}
+    for layer in layers:
+        if "patch" not in layer:
+            out.append(layer)
+            continue
+        name = layer["patch"][1]
+        f = by_name.get(name)
+        if f is None:
+            f = by_name[name] = {k: v for k, v in layer.items() if k != "patch"}
+            f.update(name=name, patched={"patches": 0}, macs=0)
+            if "instructions" in layer:
+                f["instructions"] = 0
+            out.append(f)
+        f["patched"]["patches"] += 1
+        f["macs"] += layer["macs"]
+        if layer.get("instructions") is not None and f.get("instructions") is not None:
+            f["instructions"] += layer["instructions"]
+            f["instructions_per_mac"] = round(f["instructions"] / max(f["macs"], 1), 4)
+    return out
