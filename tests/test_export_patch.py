@@ -1,7 +1,7 @@
 """Patch-based execution of the C package (issue 11, deliverable 4): when the layer-wise arena is
 over the RAM limit, the first layers run patch by patch (receptive-field halo recomputed) and the
 package stays bit-exact with the NumPy reference of the layer-wise graph -- on the host and under
-qemu on Cortex-M4 (mps2-an386) and Cortex-M7 (mps2-an500).
+qemu on Cortex-M4 (mps2-an386), Cortex-M7 (mps2-an500) and Cortex-M55 (mps3-an547).
 
 The model is a small synthetic CNN (MobileNetV2-shaped: a stride-2 stem, depthwise + pointwise
 blocks, a residual add, max pooling, a classifier) so that a patch crosses image borders, strides,
@@ -78,8 +78,9 @@ def test_patching_chosen_when_the_layerwise_arena_is_over_the_budget(cnn):
     assert marked and all(m["patched"]["patches"] == p["count"] and m["name"] in p["patched_layers"] for m in marked)
     assert sum(m["macs"] for m in res["layers"]) == layerwise["macs"] + mem["patch_extra_macs"]
     assert all(m["instructions_per_mac"] > 0 for m in res["layers"])
-    # one copy of each layer's weights in flash, however many patches call it
+    # one copy of each layer's weights in flash, however many patches call it (MVE corrections too)
     assert info["weights_bytes"] == layerwise["weights_bytes"]
+    assert info["mve_extra_bytes"] == layerwise["mve_extra_bytes"]
     print(f"\nsynthetic CNN: arena {layerwise['arena_bytes']} B layer-wise -> {mem['peak_arena_bytes']} B patched "
           f"(first {p['layers']} layers, {p['grid']} grid, halo {p['halo_px']} px, "
           f"+{mem['patch_extra_macs']} MACs = {100 * p['extra_mac_fraction']:.1f} %)")
@@ -104,9 +105,10 @@ def test_patched_package_bit_exact_on_cortex_m7(cnn):
     assert res["memory"]["ram_bytes"] <= res["memory"]["ram_limit_bytes"]
 
 
-def test_patched_package_bit_exact_on_host_and_cortex_m4(cnn):
+def test_patched_package_bit_exact_on_host_cortex_m4_and_m55(cnn):
+    """M55 (MVE) also checks that the per-layer weight-sum corrections are shared by the patches."""
     art, d, samples, want, _, _ = cnn
-    for board in ("host", "qemu-mps2-an386"):
+    for board in ("host", "qemu-mps2-an386", "qemu-mps3-an547"):
         v = verify_c_package(d / "patched", board, samples, expected=want, workdir=d / f"v-{board}", count=False)
         assert v["bit_exact"] and v["inputs"] == N_INPUTS, (board, v["mismatches"])
 

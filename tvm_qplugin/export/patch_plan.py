@@ -150,7 +150,6 @@ class Patching:
     extra_macs: int                # recomputed halo MACs
     layer_names: list[str]
     arena_bytes: int = 0
-    layerwise_arena_bytes: int = 0
 
     def summary(self, base_macs: int) -> dict:
         return {"layers": self.layers, "grid": list(self.grid), "count": self.grid[0] * self.grid[1],
@@ -218,8 +217,8 @@ def _halo(steps: list[Step], tiles: list[Region], in_shape) -> int:
     cut = steps[-1].out.shape
     sy, sx = in_shape[2] / cut[2], in_shape[3] / cut[3]
     worst = 0
+    first = _spatial_args(steps[0])[0]
     for t in tiles:
-        first = [a for a in _spatial_args(steps[0])][0]
         r = needed_regions(steps, t)[id(first.val)]
         worst = max(worst, round(t.y0 * sy) - r.y0, r.y1 - round(t.y1 * sy),
                     round(t.x0 * sx) - r.x0, r.x1 - round(t.x1 * sx))
