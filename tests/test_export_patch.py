@@ -146,6 +146,8 @@ def test_tile_padding_only_at_image_borders(cnn):
     assert info3.extra_macs == sum(macs(s) for s in g3.steps if "_patch" in s.params) - macs(conv) - macs(g.steps[1])
     assert info3.extra_macs == 4 * 16 * 3 * 9 * (9 * 9 - 8 * 8)   # each 8x8 tile of lv1 needs 9x9 of lv
     assert grid_bounds(10, 3) == [(0, 3), (3, 6), (6, 10)]
+    with pytest.raises(ValueError, match="cannot run patch by patch"):   # through the global pool: no plane
+        patch_graph(g, len(g.steps), (2, 2))
 
 
 def test_budget_patching_cannot_meet_is_one_line_naming_the_smallest_arena(cnn, tmp_path):

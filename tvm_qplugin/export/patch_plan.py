@@ -227,6 +227,9 @@ def _halo(steps: list[Step], tiles: list[Region], in_shape) -> int:
 
 def patch_graph(g: Graph, n: int, grid: tuple[int, int]) -> tuple[Graph, Patching]:
     """A copy of ``g`` whose first ``n`` steps run patch by patch on a ``grid`` of stage-N tiles."""
+    if n not in cut_candidates(g):
+        raise ValueError(f"patch_graph: the first {n} steps cannot run patch by patch "
+                         f"(possible cuts: {cut_candidates(g)})")
     memo = {id(v.const): v.const for v in g.vals if v.const is not None}
     g = copy.deepcopy(g, memo)
     head, tail = g.steps[:n], g.steps[n:]
