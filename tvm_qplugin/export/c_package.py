@@ -29,10 +29,8 @@ from .arena import plan_memory, tensor_liveness_bytes
 from .buildsys import build_system_files
 from .c_emit import model_c, model_h, run_signature
 from .c_graph import Graph, Val, build_graph, dt_info, integer_function, integer_module_of, prod
-from .budget import MODEL_STACK_ALLOWANCE, ram_limit
 from .kernels_c import KernelCalls, macs, scratch_bytes
-from .patch_emit import PatchChoice, PatchKernelCalls, choose_patching
-from .patch_plan import patch_graph
+from .patch_emit import PatchKernelCalls, maybe_patch
 from .qkernels import kernel_sources
 from .templates import MCU_DIR, copy_mcu_file, read_template
 
@@ -75,30 +73,6 @@ def _io_specs(imod, g: Graph, inputs, outputs) -> tuple[list[dict], list[dict]]:
     return norm(ins, g.inputs), norm(outs, g.outputs)
 
 
-def _maybe_patch(g: Graph, mplan, copies, board, ram_budget, kernels, forced):
-    """Patch-based execution when the layer-wise arena is over the RAM limit (report.json -> memory)."""
-    limit = ram_limit(board, ram_budget)
-    patching = {"applied": False, "layerwise_arena_bytes": mplan.arena_bytes,
-                "layerwise_liveness_lower_bound_bytes": mplan.lower_bound}
-    base_macs = sum(s.macs for s in g.steps)
-    if forced is not None:
-        g2, info = patch_graph(g, forced[0], tuple(forced[1]))
-        choice = PatchChoice(g2, info, None, info)
-    elif limit is None or mplan.arena_bytes + MODEL_STACK_ALLOWANCE <= limit[0] or kernels:
-        return g, mplan, copies, patching
-    else:
-        choice = choose_patching(g, limit[0] - MODEL_STACK_ALLOWANCE)
-    patching.update(tried=True, smallest_arena_bytes=choice.smallest_arena_bytes)
-    if choice.smallest is not None:
-        patching.update(choice.smallest.summary(base_macs))
-    if choice.graph is None:
-        return g, mplan, copies, patching
-    g = choice.graph
-    mplan, copies = plan_memory(g)
-    patching.update(applied=True, arena_bytes=mplan.arena_bytes, smallest_arena_bytes=mplan.arena_bytes)
-    return g, mplan, copies, patching
-
-
 def write_c_package(imod, outdir, board=None, inputs=None, outputs=None, kernels: dict | None = None,
                     ram_budget: int | None = None, patch: tuple | None = None) -> dict:
     """Write the C package of an integer module into ``outdir`` (created; replaced files only).
@@ -129,7 +103,7 @@ def write_c_package(imod, outdir, board=None, inputs=None, outputs=None, kernels
                             def_step=s.index, last_step=s.index)
             g.vals.append(s.scratch)
     mplan, copies = plan_memory(g)
-    g, mplan, copies, patching = _maybe_patch(g, mplan, copies, board, ram_budget, kernels, patch)
+    g, mplan, copies, patching = maybe_patch(g, mplan, copies, board, ram_budget, kernels, patch)
     ins, outs = _io_specs(imod, g, inputs, outputs)
 
     single = len(ins) == 1 and len(outs) == 1

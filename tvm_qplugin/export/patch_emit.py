@@ -24,6 +24,7 @@ import logging
 from dataclasses import dataclass
 
 from .arena import plan_memory, tensor_liveness_bytes
+from .budget import MODEL_STACK_ALLOWANCE, ram_limit
 from .c_graph import Graph, Step, row_major_strides
 from .kernels_c import KernelCalls
 from .patch_plan import Patching, candidates, patch_graph
@@ -87,6 +88,32 @@ def choose_patching(g: Graph, arena_limit: int) -> PatchChoice:
     if best_any is None:
         return PatchChoice(None, None, None, None)
     return PatchChoice(None, None, best_any[0], best_any[3])
+
+
+def maybe_patch(g: Graph, mplan, copies, board, ram_budget, kernels, forced):
+    """``(graph, plan, copies, patching)``: ``g`` patched when its layer-wise ``mplan`` is over the RAM
+    limit (or ``forced`` = ``(N, grid)``), else unchanged; ``patching`` is qmodel.json's record.
+    Not with aarch64 TensorIR ``kernels``: their choice is per step of the layer-wise graph."""
+    limit = ram_limit(board, ram_budget)
+    patching = {"applied": False, "layerwise_arena_bytes": mplan.arena_bytes,
+                "layerwise_liveness_lower_bound_bytes": mplan.lower_bound}
+    base_macs = sum(s.macs for s in g.steps)
+    if forced is not None:
+        g2, info = patch_graph(g, forced[0], tuple(forced[1]))
+        choice = PatchChoice(g2, info, None, info)
+    elif limit is None or mplan.arena_bytes + MODEL_STACK_ALLOWANCE <= limit[0] or kernels:
+        return g, mplan, copies, patching
+    else:
+        choice = choose_patching(g, limit[0] - MODEL_STACK_ALLOWANCE)
+    patching.update(tried=True, smallest_arena_bytes=choice.smallest_arena_bytes)
+    if choice.smallest is not None:
+        patching.update(choice.smallest.summary(base_macs))
+    if choice.graph is None:
+        return g, mplan, copies, patching
+    g = choice.graph
+    mplan, copies = plan_memory(g)
+    patching.update(applied=True, arena_bytes=mplan.arena_bytes, smallest_arena_bytes=mplan.arena_bytes)
+    return g, mplan, copies, patching
 
 
 class PatchKernelCalls(KernelCalls):
