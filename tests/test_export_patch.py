@@ -13,6 +13,7 @@ import copy
 
 import numpy as np
 import pytest
+from onnx_builders import OnnxGraph
 
 import tvm_qplugin as tq
 from tvm_qplugin.errors import MemoryBudgetError
@@ -24,9 +25,6 @@ from tvm_qplugin.export.patch_plan import Region, cut_candidates, grid_bounds, i
 from tvm_qplugin.reference import ReferenceInterpreter
 from tvm_qplugin.report import record_c_package
 from tvm_qplugin.targets import get_board
-
-from conftest import assert_bit_exact
-from onnx_builders import OnnxGraph
 
 N_INPUTS = 4
 
@@ -107,7 +105,7 @@ def test_patched_package_bit_exact_on_cortex_m7(cnn):
 
 def test_patched_package_bit_exact_on_host_cortex_m4_and_m55(cnn):
     """M55 (MVE) also checks that the per-layer weight-sum corrections are shared by the patches."""
-    art, d, samples, want, _, _ = cnn
+    _, d, samples, want, _, _ = cnn
     for board in ("host", "qemu-mps2-an386", "qemu-mps3-an547"):
         v = verify_c_package(d / "patched", board, samples, expected=want, workdir=d / f"v-{board}", count=False)
         assert v["bit_exact"] and v["inputs"] == N_INPUTS, (board, v["mismatches"])

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 
 import tvm_qplugin as tq
-from tvm_qplugin.export import export_mcu
 from qplugin_zoo import imagenet_crops, mobilenet_v2_onnx
+from tvm_qplugin.export import export_mcu
 
 N_INPUTS = 4
 

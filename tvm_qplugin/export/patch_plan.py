@@ -51,7 +51,7 @@ class Region:
     x0: int
     x1: int
 
-    def union(self, other: "Region | None") -> "Region":
+    def union(self, other: Region | None) -> Region:
         if other is None:
             return self
         return Region(min(self.y0, other.y0), max(self.y1, other.y1), min(self.x0, other.x0), max(self.x1, other.x1))
@@ -59,12 +59,6 @@ class Region:
     @property
     def hw(self) -> tuple[int, int]:
         return self.y1 - self.y0, self.x1 - self.x0
-
-
-def _window(p: dict) -> tuple:
-    """(kernel (kh, kw), strides, dilation, padding (pt, pl, pb, pr)) of a conv or pool step."""
-    k = p["pool_size"] if "pool_size" in p else None
-    return k, tuple(p["strides"]), tuple(p["dilation"]), tuple(p["padding"])
 
 
 def _kernel_hw(s: Step) -> tuple[int, int]:
