@@ -76,6 +76,8 @@ def record_c_package(r: dict, res: dict, board) -> None:
     for layer, cost in zip(convs, res.get("layers") or []):
         layer["instructions"] = cost.get("instructions")
         layer["instructions_per_mac"] = cost.get("instructions_per_mac")
+        if cost.get("patched"):  # run patch by patch (export/patch_plan.py): summed over its patches
+            layer["patched"] = cost["patched"]
         if cost.get("kernel_choice"):  # measured choice (export/kernel_choice.py: aarch64 TensorIR vs hand-written)
             layer["kernel"] = cost["kernel_choice"]
     r["latency_ms"] = None  # qemu counts instructions, not time

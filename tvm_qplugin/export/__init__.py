@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .budget import check_budget
+from .patch_emit import fold_patch_layers, patch_memory
 from .c_graph import integer_module_of
 from .c_package import write_c_package
 from ..reference import first_difference
@@ -79,7 +80,7 @@ def export_mcu(model, outdir, board, samples=None, expected=None, verify: bool =
     from .kernel_choice import choose_kernels
 
     kernels, choices = choose_kernels(model, board)   # aarch64: TensorIR vs hand-written, measured per layer
-    info = write_c_package(model, outdir, board, kernels=kernels)
+    info = write_c_package(model, outdir, board, kernels=kernels, ram_budget=ram_budget)
     for layer in info["layers"]:
         ch = choices.get(layer["index"])
         if ch:  # the chosen candidate's own count: the layer alone under qemu-aarch64, same shapes and weights
@@ -87,7 +88,7 @@ def export_mcu(model, outdir, board, samples=None, expected=None, verify: bool =
             layer.update(kernel_choice=ch, instructions=n, instructions_per_mac=round(n / max(layer["macs"], 1), 4))
     check_budget(info, board, ram_budget=ram_budget, size_budget=size_budget)
     memory = {"peak_arena_bytes": info["arena_bytes"], "liveness_lower_bound_bytes": info["liveness_lower_bound_bytes"],
-              "weights_bytes": info["weights_bytes"]}
+              "weights_bytes": info["weights_bytes"], **patch_memory(info)}
     res = {"package": info, "memory": memory, "layers": info["layers"], "board": board.name}
     if verify and samples:
         v = verify_c_package(outdir, board, samples, expected=expected, mod=integer_module_of(model),
@@ -107,4 +108,5 @@ def export_mcu(model, outdir, board, samples=None, expected=None, verify: bool =
             res["layers"] = [dict(layer, instructions=s["instructions"], instructions_per_mac=s.get("instructions_per_mac"))
                              for layer, s in zip(info["layers"], c["layers"])]
             res["kernel_functions"] = c["functions"]
+    res["layers"] = fold_patch_layers(res["layers"])   # one entry per model layer (patched ones marked)
     return res

@@ -22,6 +22,26 @@ def _peak(info: dict) -> str:
     return f"at the peak (step {step}{', ' + layer if layer else ''}) these tensors are live: {live or 'none'}"
 
 
+def ram_limit(board=None, ram_budget: int | None = None) -> tuple[int, str] | None:
+    """``(bytes, what)`` of the tighter of the board's SRAM and the RAM budget, or None."""
+    limit = None
+    if board is not None and board.sram_bytes is not None:
+        limit = (board.sram_bytes, f"board {board.name} SRAM")
+    if ram_budget is not None and (limit is None or ram_budget < limit[0]):
+        limit = (int(ram_budget), "the RAM budget")
+    return limit
+
+
+def _patch_note(info: dict) -> str:
+    """What patch-based execution could do (write_c_package tried it when the layer-wise arena was over)."""
+    p = info.get("patching") or {}
+    if p.get("smallest_arena_bytes") is None:
+        return "; patch-based execution does not apply to its first layers" if p.get("tried") else ""
+    return (f"; even patch-based execution (first {p['layers']} layers in {p['grid'][0]}x{p['grid'][1]} patches) "
+            f"needs {p['smallest_arena_bytes']} bytes of arena + {MODEL_STACK_ALLOWANCE} stack: raise the budget to "
+            f"at least {format_bytes(p['smallest_arena_bytes'] + MODEL_STACK_ALLOWANCE)} or pick a board with more SRAM")
+
+
 def check_budget(info: dict, board=None, ram_budget: int | None = None, size_budget: int | None = None) -> dict:
     """Raise MemoryBudgetError if the package cannot fit ``board`` / the budgets; else return the
     figures. ``ram_budget``: bytes of RAM for the model; ``size_budget``: bytes of weights
@@ -30,16 +50,15 @@ def check_budget(info: dict, board=None, ram_budget: int | None = None, size_bud
     need_ram = arena + MODEL_STACK_ALLOWANCE
     problems = []
     limits = {}
-    if board is not None and board.sram_bytes is not None:
-        limits["ram"] = (board.sram_bytes, f"board {board.name} SRAM")
-    if ram_budget is not None:
-        if "ram" not in limits or ram_budget < limits["ram"][0]:
-            limits["ram"] = (int(ram_budget), "the RAM budget")
+    ram = ram_limit(board, ram_budget)
+    if ram is not None:
+        limits["ram"] = ram
     if "ram" in limits and need_ram > limits["ram"][0]:
         cap, what = limits["ram"]
         problems.append(f"activations need {arena} bytes (arena; liveness lower bound "
                         f"{info['liveness_lower_bound_bytes']}) + {MODEL_STACK_ALLOWANCE} stack = {need_ram} bytes, "
-                        f"{what} is {format_bytes(cap)}: over by {need_ram - cap} bytes; {_peak(info)}")
+                        f"{what} is {format_bytes(cap)}: over by {need_ram - cap} bytes; {_peak(info)}"
+                        + _patch_note(info))
     if board is not None:
         flash = board.ext_flash_bytes or board.flash_bytes
         where = "external flash" if board.ext_flash_bytes else "flash"

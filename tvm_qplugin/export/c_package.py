@@ -30,6 +30,7 @@ from .buildsys import build_system_files
 from .c_emit import model_c, model_h, run_signature
 from .c_graph import Graph, Val, build_graph, dt_info, integer_function, integer_module_of, prod
 from .kernels_c import KernelCalls, macs, scratch_bytes
+from .patch_emit import PatchKernelCalls, maybe_patch
 from .qkernels import kernel_sources
 from .templates import MCU_DIR, copy_mcu_file, read_template
 
@@ -72,7 +73,8 @@ def _io_specs(imod, g: Graph, inputs, outputs) -> tuple[list[dict], list[dict]]:
     return norm(ins, g.inputs), norm(outs, g.outputs)
 
 
-def write_c_package(imod, outdir, board=None, inputs=None, outputs=None, kernels: dict | None = None) -> dict:
+def write_c_package(imod, outdir, board=None, inputs=None, outputs=None, kernels: dict | None = None,
+                    ram_budget: int | None = None, patch: tuple | None = None) -> dict:
     """Write the C package of an integer module into ``outdir`` (created; replaced files only).
 
     ``imod``: an :class:`~tvm_qplugin.passes.integerize.IntegerModule` or an
@@ -82,8 +84,11 @@ def write_c_package(imod, outdir, board=None, inputs=None, outputs=None, kernels
     ``inputs``/``outputs``: I/O specs (``IOSpec`` or ``(name, shape, qtype)``) when ``imod`` is a bare
     module. ``kernels``: step index -> TIR schedule (:mod:`.tir_kernels`) for the steps that call a
     TensorIR-generated kernel (aarch64 boards; :func:`.kernel_choice.choose_kernels` measures which);
-    their objects ``tir_kernels_*.o`` and the calling shim ``tir_kernels.c`` join the package. Returns the
-    package description (also written to ``qmodel.json``).
+    their objects ``tir_kernels_*.o`` and the calling shim ``tir_kernels.c`` join the package.
+    ``ram_budget``: bytes (``--budget ram=``); when the layer-wise arena exceeds it or the board's SRAM,
+    the first layers run patch by patch (:mod:`.patch_emit`); ``patch``: ``(N, (rows, cols))`` forces that
+    schedule instead (tests, experiments). Returns the package description (also
+    written to ``qmodel.json``).
     """
     from ..targets import Board, resolve_board
 
@@ -98,12 +103,13 @@ def write_c_package(imod, outdir, board=None, inputs=None, outputs=None, kernels
                             def_step=s.index, last_step=s.index)
             g.vals.append(s.scratch)
     mplan, copies = plan_memory(g)
+    g, mplan, copies, patching = maybe_patch(g, mplan, copies, board, ram_budget, kernels, patch)
     ins, outs = _io_specs(imod, g, inputs, outputs)
 
     single = len(ins) == 1 and len(outs) == 1
     in_names = ["input"] if len(ins) == 1 else [f"input{i}" for i in range(len(ins))]
     out_names = ["output"] if len(outs) == 1 else [f"output{i}" for i in range(len(outs))]
-    em = KernelCalls(g, mplan, copies, in_names, out_names)
+    em = (PatchKernelCalls if patching.get("applied") else KernelCalls)(g, mplan, copies, in_names, out_names)
     em.tir_choice, em.tir_specs = dict(kernels or {}), []
     for s in g.steps:
         em.emit_step(s)
@@ -138,6 +144,7 @@ def write_c_package(imod, outdir, board=None, inputs=None, outputs=None, kernels
                    "macs": s.macs, "out_shape": list(s.out.shape), "out_dtype": s.out.dtype,
                    "out_bytes": s.out.nbytes, "weight_bytes": s.weight_bytes,
                    "inplace": bool(s.params.get("_inplace")),
+                   **({"patch": list(s.params["_patch"])} if "_patch" in s.params else {}),
                    "kernel_source": f"tensorir-{em.tir_choice[s.index]}" if s.index in em.tir_choice else "handwritten-c",
                    "scratch_bytes": s.scratch.nbytes if s.scratch is not None else 0} for s in g.steps]
     info = {
@@ -162,6 +169,7 @@ def write_c_package(imod, outdir, board=None, inputs=None, outputs=None, kernels
         "layers": [st for st in steps_info if st["macs"]],
         "macs": sum(s.macs for s in g.steps),
         "tir_objects": tir_objects,
+        "patching": patching,
     }
     files["qmodel.json"] = json.dumps(info, indent=1)
     for name, text in files.items():
