@@ -24,7 +24,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]
-from tests.onnx_builders import OnnxGraph  # noqa: E402
+from tests.onnx_builders import OnnxGraph
 
 BOARDS = {"cortex-m4": "qemu-mps2-an386", "cortex-m55": "qemu-mps3-an547"}
 
@@ -46,11 +46,11 @@ ACCEPT_RATIO = 0.8
 # The same layers as qplugin_zoo.kernel_bench.conv_module arguments (a single integer conv, no
 # compile: what tests/test_export_cost.py checks); the FC as a 1x1 conv on a 1x1 plane runs the same
 # single-pixel GEMM as the dense kernel.
-CONV_EQUIVALENT = {"dw_s1": dict(c=96, o=96, hw=24, k=3, groups=96),
-                   "dw_s2": dict(c=144, o=144, hw=24, k=3, stride=2, groups=144),
-                   "conv3x3_s2": dict(c=3, o=16, hw=48, k=3, stride=2),
-                   "conv1x1": dict(c=64, o=64, hw=12, k=1),
-                   "fc": dict(c=1280, o=1000, hw=1, k=1)}
+CONV_EQUIVALENT = {"dw_s1": {"c": 96, "o": 96, "hw": 24, "k": 3, "groups": 96},
+                   "dw_s2": {"c": 144, "o": 144, "hw": 24, "k": 3, "stride": 2, "groups": 144},
+                   "conv3x3_s2": {"c": 3, "o": 16, "hw": 48, "k": 3, "stride": 2},
+                   "conv1x1": {"c": 64, "o": 64, "hw": 12, "k": 1},
+                   "fc": {"c": 1280, "o": 1000, "hw": 1, "k": 1}}
 
 
 def layer_model(name: str, path: Path, seed: int = 0) -> tuple[Path, np.ndarray]:

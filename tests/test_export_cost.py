@@ -14,10 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from qplugin_zoo.kernel_bench import CMSIS_NN_INSNS_PER_MAC, TARGET_INSNS_PER_MAC, measure_conv1x1
+from qplugin_zoo.kernel_bench import (
+    CMSIS_NN_INSNS_PER_MAC,
+    TARGET_INSNS_PER_MAC,
+    measure_conv1x1,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from mcu_layers import ACCEPT_RATIO, BOARDS, CONV_EQUIVALENT, LAYERS  # noqa: E402
+from mcu_layers import ACCEPT_RATIO, BOARDS, CONV_EQUIVALENT, LAYERS
 
 
 @pytest.mark.parametrize("board,core", [("qemu-mps2-an386", "cortex-m4"), ("qemu-mps3-an547", "cortex-m55")])
