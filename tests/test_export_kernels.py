@@ -86,6 +86,10 @@ def kernel_zoo():
             grouped = conv(xs, 8, 6, 3, pad=(1, 1, 1, 1), groups=2, out="int8")               # grouped
             outs.append(grouped)
             outs.append(conv(x3, 3, 16, 3, stride=2, pad=(0, 0, 1, 1), m=(1 / 300, 1 / 100)))  # K=27
+            # tabulated im2col (K <= 32): dilated int8, strided int16, uint8 (MVE gathers, partial chunk)
+            outs.append(conv(xs, 8, 4, 3, pad=(2, 2, 2, 2), dil=2, groups=4, out="int8"))       # K=18
+            outs.append(conv(xw, 8, 4, 3, stride=2, pad=(1, 0, 1, 0), groups=4, out="int16", m=(1 / 3000, 1 / 1000)))
+            outs.append(conv(xu, 8, 4, 3, stride=2, pad=(1, 1, 1, 1), groups=4))              # K=18, flipped
             outs.append(conv(xu, 8, 7, 1, out="int16", m=(0.6, 1.9), wmax=2))                  # c < 33 shifts
             outs.append(dense(xd, 37, 11, "int8"))                                              # M=5, K=37
             flat = bb.emit(relax.op.reshape(xu, [1, 504]))

@@ -173,12 +173,41 @@ QK_INLINE void qk_zero_bytes(uint8_t *d, int32_t n) {
 
 QK_INLINE void qk_copy_bytes(uint8_t *d, const uint8_t *s, int32_t n) {
 #if defined(QK_MVE)
-  for (; n > 0; n -= 16, d += 16, s += 16) {
+  for (; n >= 16; n -= 16, d += 16, s += 16) vstrbq_u8(d, vldrbq_u8(s));
+  if (n > 0) {   /* the tail: predicated, nothing read or written past n */
     mve_pred16_t p = vctp8q((uint32_t)n);
     vstrbq_p_u8(d, vldrbq_z_u8(s, p), p);
   }
 #else
   if (n > 0) memcpy(d, s, (size_t)n);
+#endif
+}
+
+/* rows of n bytes: d[r * ds + i] = s[r * ss + i] (the interior of a padded plane); on MVE the tail
+ * predicate is set up once for all rows */
+QK_INLINE void qk_copy_rows(uint8_t *d, int32_t ds, const uint8_t *s, int32_t ss, int32_t rows, int32_t n) {
+#if defined(QK_MVE)
+  const mve_pred16_t tail = vctp8q((uint32_t)(n & 15));
+  const int32_t nfull = n >> 4;
+  int32_t r, i;
+  if (n <= 32) {   /* small planes: two predicated vectors per row, no inner loop */
+    const mve_pred16_t p0 = vctp8q((uint32_t)n), p1 = vctp8q((uint32_t)(n > 16 ? n - 16 : 0));
+    for (r = 0; r < rows; r++, d += ds, s += ss) {
+      vstrbq_p_u8(d, vldrbq_z_u8(s, p0), p0);
+      vstrbq_p_u8(d + 16, vldrbq_z_u8(s + 16, p1), p1);
+    }
+    return;
+  }
+  for (r = 0; r < rows; r++, d += ds, s += ss) {
+    const uint8_t *sr = s;
+    uint8_t *dr = d;
+    for (i = 0; i < nfull; i++, sr += 16, dr += 16) vstrbq_u8(dr, vldrbq_u8(sr));
+    vstrbq_p_u8(dr, vldrbq_z_u8(sr, tail), tail);   /* inactive lanes touch no memory */
+  }
+#else
+  int32_t r;
+  for (r = 0; r < rows; r++, d += ds, s += ss)
+    if (n > 0) memcpy(d, s, (size_t)n);
 #endif
 }
 
