@@ -18,7 +18,12 @@ from tvm_qplugin.ops import OPS, const, emit
 from tvm_qplugin.schedules import apply_default_schedules, pack_weights
 from tvm_qplugin.schedules.intrin_x86 import select_isa
 from tvm_qplugin.schedules.packing import packed_info
-from tvm_qplugin.schedules.x86_int8 import _border_parts
+from tvm_qplugin.schedules.x86_int8 import (
+    LONG_K_STEPS,
+    STACK_BYTES,
+    _border_parts,
+    _conv_tile_rows,
+)
 
 VNNI_TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "znver4"})        # AVX-512 VNNI
 AVX2_TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "znver3"})        # AVX2, no VNNI
@@ -313,3 +318,53 @@ def test_border_parts_split_where_the_window_leaves_the_image():
     assert _border_parts(6, 7, 11, 3, 2, 1, 1) == [1, 4, 1, 1]
     assert _border_parts(4, 4, 4, 7, 1, 1, 3) == [3, 0, 1, 0]
     assert _border_parts(5, 5, 9, 3, 2, 1, 0) == [0, 4, 1, 0]
+
+
+@pytest.mark.parametrize("target_name", ["vnni", "avx2"])
+@pytest.mark.parametrize("xdt", ["uint8", "int8", "int16"])
+@pytest.mark.parametrize("case", [
+    {"c": 3, "o": 16, "hw": (10, 12), "k": 3, "pad": (1, 1, 1, 1), "dil": 1},   # the stem conv's form: K = 27
+    {"c": 4, "o": 8, "hw": (9, 14), "k": 3, "pad": (0, 0, 1, 1), "dil": 1},     # "same" padding at the end only
+    {"c": 5, "o": 12, "hw": (8, 10), "k": 3, "pad": (2, 2, 2, 2), "dil": 2},    # dilated: every tap one parity
+    {"c": 12, "o": 8, "hw": (7, 8), "k": 1, "pad": (0, 0, 0, 0), "dil": 1},     # strided 1x1
+])
+def test_stride_two_convs_read_deinterleaved_columns_bit_exact(rng, target_name, xdt, case):
+    """Stride-2 convs on even-width inputs gather from the input with its columns deinterleaved
+    (``x_cols``: even columns, then odd), so each tap's parity and offset are read with unit
+    stride: the index arithmetic of that split, against the NumPy twin with one image per input
+    pattern (all-min, all-max, alternating, random) in one batch."""
+    x = np.concatenate([activations(rng, (1, case["c"], *case["hw"]), xdt, p) for p in PATTERNS])
+    params = {"strides": [2, 2], "padding": list(case["pad"]), "dilation": [case["dil"]] * 2, "groups": 1,
+              "qmin": -128, "qmax": 127, "out_dtype": "int8"}
+    wt = weights(rng, (case["o"], case["c"], case["k"], case["k"]))
+    info, asm = check_kernel("conv2d_requant", x, [wt, *requant_consts(rng, case["o"], 20)], target_name, **params)
+    assert info is not None and info["rule"] == "Conv2DTensorized" and info.get("split_cols"), info
+    assert INSTRUCTION[target_name][xdt] in asm
+
+
+@pytest.mark.parametrize("target_name", ["vnni", "avx2", "avxvnni"])
+def test_conv_accumulator_tile_on_the_stack_unless_long(target_name):
+    """A "global" accumulator tile must stay under TVM's stack bound: past it (or in any other
+    scope) TVM allocates it with a workspace call per tile -- silently, and 1.05-1.27x slower on
+    MobileNetV2's thin convs. Only the long reductions on 512-bit vectors keep the bigger
+    "local" tile (24 accumulators)."""
+    isa = select_isa(TARGETS[target_name], "uint8")
+    for o in (1, 7, 16, 24, 32, 64, 96, 144, 160, 320, 576, 960, 1000, 1280):
+        for nr in (1, 2):
+            for k_steps in (4, 48, LONG_K_STEPS - 1, LONG_K_STEPS, 480):
+                mr, scope = _conv_tile_rows(o, nr, isa, k_steps)
+                assert o % mr == 0
+                tile_bytes = mr * nr * isa.vector_bits // 8
+                long_tile = isa.vector_bits == 512 and k_steps >= LONG_K_STEPS
+                assert scope == ("local" if long_tile else "global"), (o, nr, k_steps)
+                assert long_tile or tile_bytes < STACK_BYTES, (o, nr, mr)
+
+
+@pytest.mark.parametrize("target_name", ["vnni", "avx2"])
+def test_dense_accumulator_tile_on_the_stack(rng, target_name):
+    """DenseTensorized's register tile fits TVM's stack bound (else a workspace call per tile)."""
+    x = activations(rng, (64, 96), "uint8", "random")
+    info, _ = check_kernel("dense_requant", x, [weights(rng, (192, 96)), *requant_consts(rng, 192, 20)], target_name,
+                           qmin=-128, qmax=127, out_dtype="int8")
+    isa = select_isa(TARGETS[target_name], "uint8")
+    assert info["mr"] * info["nr"] * isa.vector_bits // 8 < STACK_BYTES
