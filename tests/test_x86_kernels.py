@@ -368,3 +368,37 @@ def test_dense_accumulator_tile_on_the_stack(rng, target_name):
                            qmin=-128, qmax=127, out_dtype="int8")
     isa = select_isa(TARGETS[target_name], "uint8")
     assert info["mr"] * info["nr"] * isa.vector_bits // 8 < STACK_BYTES
+
+
+@pytest.mark.parametrize("target_name", ["vnni", "avx2"])
+@pytest.mark.parametrize("xdt", ["uint8", "int8", "int16"])
+def test_one_channel_one_pixel_conv_builds_bit_exact(rng, target_name, xdt):
+    """A tile of one output channel and one pixel (Silero VAD's last conv: 128 -> 1 on a 1x1
+    plane) has no copy loop of its own under the parallel tile loop: the epilogue vectorized the
+    tile loop instead, around the dot intrinsic's vectors, and TVM's vectorizer failed ("Cannot
+    broadcast lanes=16 to 64"). Also one channel over a few pixels, and a few channels of one pixel."""
+    params = {**POINTWISE, "qmin": -32767, "qmax": 32767, "out_dtype": "int16"}
+    for c, o, hw in ((128, 1, (1, 1)), (64, 1, (1, 3)), (32, 5, (1, 1))):
+        x = np.concatenate([activations(rng, (1, c, *hw), xdt, p) for p in PATTERNS])
+        consts = [weights(rng, (o, c, 1, 1)), *requant_consts(rng, o, 8 + (8 if xdt == "int16" else 0) + 6)]
+        info, asm = check_kernel("conv2d_requant", x, consts, target_name, **params)
+        assert info is not None and info["rule"] == "Conv2DTensorized", (c, o, hw)
+        assert INSTRUCTION[target_name][xdt] in asm
+
+
+@pytest.mark.parametrize("target_name", ["vnni", "avx2"])
+@pytest.mark.parametrize("op, groups", [("conv2d_requant", 1), ("conv2d_requant", 8), ("dense_requant", None)])
+def test_constant_output_kernels_stay_exact(rng, target_name, op, groups):
+    """``qmin == qmax`` (an ONNX Clip to [1, 1] after the layer, a fuzz case): the requantization
+    is a constant, the simplifier drops the accumulator from the epilogue, and the epilogue
+    intrinsic no longer matched it (tensorize's comparator failed). Such a kernel keeps the plain
+    rules -- there is no dot product worth tensorizing -- and stays exact."""
+    params = {"qmin": 9, "qmax": 9, "out_dtype": "int8"}
+    if op == "dense_requant":
+        x, wt = activations(rng, (4, 32), "int8", "random"), weights(rng, (16, 32))
+    else:
+        x = activations(rng, (1, 8, 6, 6), "int8", "random")
+        wt = weights(rng, (8, 8 // groups, 3, 3))
+        params.update(strides=[1, 1], padding=[1, 1, 1, 1], dilation=[1, 1], groups=groups)
+    info, _ = check_kernel(op, x, [wt, *requant_consts(rng, wt.shape[0], 14)], target_name, **params)
+    assert info is None

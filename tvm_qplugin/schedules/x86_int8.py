@@ -45,6 +45,14 @@ def _largest_divisor(n: int, choices) -> int:
     return next(c for c in choices if n % c == 0)
 
 
+def _constant_output(params: dict) -> bool:
+    """``qmin >= qmax``: the kernel's output is one value whatever its inputs (an ONNX Clip to
+    [v, v] after the layer). The simplifier then folds the accumulator out of the requantization,
+    and the epilogue intrinsic, whose description reads it, no longer matches the kernel
+    (tensorize's comparator fails); with no dot product worth tensorizing, the plain rules keep it."""
+    return "qmin" in params and params["qmin"] >= params["qmax"]
+
+
 def _fits_int32(act_dtype: str, k: int, offset: int) -> bool:
     """The (offset) int32 sum cannot overflow: ``(max|x| + offset) * 128 * K < 2**31``."""
     return (abs_max(act_dtype) + offset) * 128 * k < 2**31
@@ -58,6 +66,8 @@ class TensorizedRule:
     def pack(self, func: tvm.tirx.PrimFunc, target: tvm.target.Target) -> Packing | None:
         described = op_of(func)
         if target.kind.name != "llvm" or described is None or described[0] != self.op:
+            return None
+        if _constant_output(described[1]):
             return None
         shapes = [_param_type(p) for p in func.params]
         act_dtype = shapes[0][1]
@@ -434,8 +444,14 @@ def _tensorized_epilogue_at(sch, tile, lanes: int, requant: dict, acc_scope: str
     for loop in (*rows, outer):  # constant tile indices: LLVM keeps the accumulators in registers
         sch.unroll(loop)
     sch.tensorize(inner, epilogue_intrin(lanes, requant, acc_scope))
-    _, copy = sch.split(sch.get_loops(sch.get_sblock("y"))[-1], [None, lanes])
-    sch.vectorize(copy)
+    # the copy's own loops only: a tile of one channel and one pixel (Silero VAD's last 128 -> 1
+    # conv on a 1x1 plane) has none, and the innermost loop of the block is then the parallel tile
+    # loop, whose vectorization put the dot intrinsic's vectors inside a vectorized loop ("Cannot
+    # broadcast lanes=16 to 64" in TVM's vectorizer)
+    copy_loops = _loops_under(sch, sch.get_sblock("y"), tile)
+    if copy_loops:
+        _, copy = sch.split(copy_loops[-1], [None, lanes])
+        sch.vectorize(copy)
 
 
 def _loops_under(sch, block, loop) -> list:
