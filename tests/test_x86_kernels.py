@@ -402,3 +402,28 @@ def test_constant_output_kernels_stay_exact(rng, target_name, op, groups):
         params.update(strides=[1, 1], padding=[1, 1, 1, 1], dilation=[1, 1], groups=groups)
     info, _ = check_kernel(op, x, [wt, *requant_consts(rng, wt.shape[0], 14)], target_name, **params)
     assert info is None
+
+
+def test_fraction_of_peak_uses_the_instruction_the_kernel_reads(rng):
+    """``layers[].fraction_of_peak`` is against the peak of the dot instruction the kernel runs,
+    chosen by the operand it *reads*: with 16-bit model inputs the first conv of the digits CNN is
+    an 8-bit layer (``a_bits`` 8) reading int16 (``vpdpwssd`` on AVX-512: half ``vpdpbusd``'s
+    rate), the later layers read 8-bit values. Measured against the plan's ``a_bits`` the first
+    conv's fraction read half what it is."""
+    from pathlib import Path
+
+    import tvm_qplugin as tq
+    from tvm_qplugin.peak import layer_peak_gmacs
+
+    model = Path(__file__).resolve().parents[1] / "examples" / "digits_cnn.onnx"
+    art = tq.compile(str(model), target="x86-host", calib={"input": (rng.random((8, 1, 8, 8)) * 16).astype(np.float32)},
+                     input_bits=16)
+    peak8, peak16 = (layer_peak_gmacs(art.build_target, bits) for bits in (8, 16))
+    if select_isa(art.build_target, "int16") is not select_isa(art.build_target, "uint8"):
+        assert peak8 / peak16 > 1.5, (peak8, peak16)  # two instructions, told apart below
+    layers = art.report["layers"]
+    assert len(layers) >= 4 and all(layer["a_bits"] == 8 for layer in layers) and layers[0]["fraction_of_peak"]
+    for i, layer in enumerate(layers):
+        if layer["fraction_of_peak"]:  # a thin layer under load may round to 0
+            implied = layer["macs"] / layer["latency_us"] / 1e3 / layer["fraction_of_peak"]
+            assert abs(implied / (peak16 if i == 0 else peak8) - 1) < 0.1, (layer["name"], implied, peak8, peak16)
