@@ -1,13 +1,18 @@
-"""MobileNetV2 on this CPU, peers side by side in one process: TVM fp32, tvm-qplugin int8
-integer-only, ONNX Runtime fp32 (and ONNX Runtime static int8 QDQ for reference).
+"""MobileNetV2 on this CPU, peers side by side in one process: tvm-qplugin int8 integer-only (with
+the shipped ``x86-host`` tuning database, as ``compile`` applies it), the same integer module built
+for the AVX2-restricted target (``_avx2``: LLVM ``znver3``, no AVX-512 / VNNI; runs here since the
+build machine has AVX-512 -- ONNX Runtime picks its kernels at run time and cannot be restricted),
+ONNX Runtime static int8 (QDQ, u8 activations, per-channel weights) and ONNX Runtime fp32; TVM fp32
+(untuned, ~150 ms) and the untensorized builds on request.
 
-Prints one JSON object: median latency per engine (batch 1, 224x224) and ratios to TVM fp32.
-The same integer module is also built without the tensorized kernels (``_untensorized``) and for
-the AVX2-restricted target (``_avx2``: LLVM ``znver3``, no AVX-512 / VNNI; runs here since the
-build machine has AVX-512) -- ONNX Runtime picks its kernels at run time and cannot be restricted.
-Our int8 variants are timed interleaved (round-robin), medians; ONNX Runtime is timed on its own
-(its spinning thread pool and TVM's slow each other down when interleaved on 2 cores).
-Run: `.venv/bin/python benchmarks/cnn_cpu.py [--runs N] [--size 224]`.
+Timing: ``--rounds`` rounds; in each, every engine runs ``--runs`` calls in a block (after one
+warm-up call), the engines in turn. Blocks rather than call-by-call round-robin: ONNX Runtime's
+spinning thread pool and TVM's slow each other down when their calls alternate on 2 cores. Prints
+one JSON object: per engine the median over all calls, and per peer the median over rounds of the
+per-round ratio ``peer / ours`` (> 1: ours faster) -- machine noise on this shared box falls on
+every engine of a round alike. ``uptime``'s load average is recorded before and after.
+Run: `.venv/bin/python benchmarks/cnn_cpu.py [--batch 1] [--rounds 5] [--runs 20] [--tvm-fp32]
+[--untensorized]`.
 """
 from __future__ import annotations
 
@@ -22,55 +27,68 @@ from tvm import relax
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]  # common.py; qplugin_zoo (the repository's fixtures, not installed)
-from common import median_ms, onnxruntime_static_int8  # noqa: E402
-from isa_variants import AVX2_TARGET, assert_same_outputs, build_variants, interleaved_median_ms  # noqa: E402
+from common import onnxruntime_static_int8
+from isa_variants import (
+    AVX2_TARGET,
+    assert_same_outputs,
+    build_variants,
+    rounds_of_blocks,
+)
 
-import tvm_qplugin as tq  # noqa: E402
-from qplugin_zoo import imagenet_calib_eval, mobilenet_v2_onnx  # noqa: E402
-from tvm_qplugin.frontend import import_onnx  # noqa: E402
+import tvm_qplugin as tq
+from qplugin_zoo import imagenet_calib_eval, mobilenet_v2_onnx
+from tvm_qplugin.frontend import import_onnx
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=30)
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=20, help="calls per engine per round")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(),
+                    help="ONNX Runtime's and TVM's thread count (1: steadier on a shared machine)")
+    ap.add_argument("--tvm-fp32", action="store_true", help="also time TVM fp32 (untuned: ~150 ms a call)")
+    ap.add_argument("--untensorized", action="store_true", help="also time the builds without the tensorized rules")
     args = ap.parse_args()
-    path = str(mobilenet_v2_onnx())
+    # TVM reads it when its thread pool starts, at the first parallel kernel (none has run yet)
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)
+    path = str(mobilenet_v2_onnx(batch=args.batch))
     calib, evaluation = imagenet_calib_eval()
-    x = evaluation[:1]
+    x = evaluation[: args.batch]
     target = tvm.target.Target.from_device(tvm.cpu())
+    res: dict = {"model": "mobilenet_v2 (torchvision ImageNet weights)", "batch": args.batch, "input": list(x.shape),
+                 "cpu_threads": args.threads, "target": str(target.attrs.get("mcpu", "")),
+                 "load_before": os.getloadavg()}
 
-    res: dict = {"model": "mobilenet_v2 (torchvision ImageNet weights)", "batch": 1, "input": list(x.shape),
-                 "cpu_threads": args.threads, "target": str(target.attrs.get("mcpu", "")), "median_ms": {}}
-    fp32 = relax.VirtualMachine(tvm.compile(import_onnx(path).mod, target=target), tvm.cpu())
-    xt = tvm.runtime.tensor(x)
-    res["median_ms"]["tvm_fp32"] = median_ms(lambda: fp32["main"](xt), args.runs)
-
-    art = tq.compile(path, target="x86-host", calib={"input": calib}, eval={"input": evaluation[:16]})
-    q = tvm.runtime.tensor(art.inputs[0].qtype.quantize(x))
-    res["median_ms"]["tvm_qplugin_int8_core"] = median_ms(lambda: art.vm["core"](q), args.runs)
-    res["median_ms"]["tvm_qplugin_int8_float_io"] = median_ms(lambda: art.vm["main"](xt), args.runs)
-    variants = build_variants(art.integer_mod, {"native": target, "avx2": AVX2_TARGET})
-    assert_same_outputs(variants, "core", q)
+    art = tq.compile(path, target="x86-host", calib={"input": calib}, eval={"input": evaluation[: max(16, args.batch)]})
     res["bit_exact"] = bool(art.report["bit_exact"])
-    calls = {f"tvm_qplugin_int8_core{suffix}": (lambda vm=vm: vm["core"](q)) for suffix, vm in variants.items()}
-    res["median_ms"].update(interleaved_median_ms(calls, args.runs))
-    fp32_avx2 = relax.VirtualMachine(tvm.compile(import_onnx(path).mod, target=AVX2_TARGET), tvm.cpu())
-    res["median_ms"]["tvm_fp32_avx2"] = median_ms(lambda: fp32_avx2["main"](xt), args.runs)
+    res["tuning_db"] = {key: art.report["tuning"].get(key) for key in ("db", "db_source", "isa", "tasks_tuned")}
+    q = tvm.runtime.tensor(art.inputs[0].qtype.quantize(x))
+    variants = build_variants(art.integer_mod, {"native": target, "avx2": AVX2_TARGET}, args.untensorized)
+    assert_same_outputs({"": art.vm, **variants}, "core", q)
+    calls = {f"tvm_qplugin_int8{suffix}": (lambda vm=vm: vm["core"](q)) for suffix, vm in variants.items()}
+    calls["tvm_qplugin_int8"] = lambda: art.vm["core"](q)  # the compiled artifact itself (shipped database)
+    xt = tvm.runtime.tensor(x)
+    calls["tvm_qplugin_int8_float_io"] = lambda: art.vm["main"](xt)
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = args.threads
     sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-    res["median_ms"]["onnxruntime_fp32"] = median_ms(lambda: sess.run(None, {"input": x}), args.runs)
+    calls["onnxruntime_fp32"] = lambda: sess.run(None, {"input": x})
     try:
-        qsess = onnxruntime_static_int8(path, [{"input": calib[i : i + 1]} for i in range(16)], "QUInt8", so)
-        res["median_ms"]["onnxruntime_int8_qdq"] = median_ms(lambda: qsess.run(None, {"input": x}), args.runs)
+        feeds = [{"input": calib[i : i + args.batch]} for i in range(0, max(16, args.batch), args.batch)]  # 16 images
+        qsess = onnxruntime_static_int8(path, feeds, "QUInt8", so)
+        calls["onnxruntime_int8_qdq"] = lambda: qsess.run(None, {"input": x})
     except Exception as e:  # noqa: BLE001 - the peer is optional; say why it is missing
         res["onnxruntime_int8_error"] = f"{type(e).__name__}: {e}"
-    base = res["median_ms"]["tvm_fp32"]
-    res["ratio_vs_tvm_fp32"] = {k: round(base / v, 3) for k, v in res["median_ms"].items()}
-    res["note"] = ("ratio > 1 means faster than TVM fp32. The int8 kernels run the default (untuned) "
-                   "schedules unless a tuning database is given.")
+    if args.tvm_fp32:
+        fp32 = relax.VirtualMachine(tvm.compile(import_onnx(path).mod, target=target), tvm.cpu())
+        calls["tvm_fp32"] = lambda: fp32["main"](xt)
+    res["median_ms"], ratios = rounds_of_blocks(calls, args.rounds, args.runs, reference="tvm_qplugin_int8")
+    res["peer_over_ours"] = {k: round(v, 3) for k, v in ratios.items()}
+    res["load_after"] = os.getloadavg()
+    res["note"] = ("peer_over_ours: median over rounds of (peer median / tvm_qplugin_int8 median) in the round; "
+                   "> 1 means ours is faster. _avx2: the same integer module built for znver3 (AVX2).")
     print(json.dumps(res, indent=2))
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from common import timed_ms
 from tvm_qplugin.build import build, relax_pipeline
 from tvm_qplugin.schedules import apply_default_schedules
 
@@ -21,13 +22,19 @@ def untensorized(mod: tvm.IRModule, target: tvm.target.Target):
     return tvm.compile(scheduled, target=target, relax_pipeline=relax_pipeline(target))
 
 
-def build_variants(mod: tvm.IRModule, targets: dict) -> dict:
-    """``{"_<target>" / "_<target>_untensorized": VirtualMachine}``; the native one is ``""``."""
+def build_variants(mod: tvm.IRModule, targets: dict, with_untensorized: bool = True) -> dict:
+    """``{"_<target>" / "_<target>_untensorized": VirtualMachine}``; the native one is ``""``.
+    Built with the shipped tuning database of each target's ISA, as ``compile`` builds them."""
+    from tvm_qplugin.targets import get_board
+    from tvm_qplugin.tuning.apply import resolve_tuning
+
     vms = {}
     for name, target in targets.items():
         suffix = "" if name == "native" else f"_{name}"
-        vms[suffix] = relax.VirtualMachine(build(mod, target)[0], tvm.cpu())
-        vms[f"{suffix}_untensorized"] = relax.VirtualMachine(untensorized(mod, target), tvm.cpu())
+        tuning = resolve_tuning(None, get_board("x86-host"), target)
+        vms[suffix] = relax.VirtualMachine(build(mod, target, tuning=tuning)[0], tvm.cpu())
+        if with_untensorized:
+            vms[f"{suffix}_untensorized"] = relax.VirtualMachine(untensorized(mod, target), tvm.cpu())
     return vms
 
 
@@ -52,3 +59,21 @@ def interleaved_median_ms(calls: dict, runs: int) -> dict:
             fn()
             times[name].append((time.perf_counter() - t) * 1e3)
     return {name: float(np.median(ts)) for name, ts in times.items()}
+
+
+def rounds_of_blocks(calls: dict, rounds: int, runs: int, reference: str) -> tuple[dict, dict]:
+    """Median milliseconds per call over ``rounds`` rounds in which each call runs ``runs`` times
+    in a block (after one warm-up), the calls in turn; and, per call, the median over rounds of
+    its round median divided by ``reference``'s (> 1: ``reference`` is faster). Blocks, not
+    call-by-call alternation: ONNX Runtime's spinning thread pool and TVM's slow each other down
+    when their calls alternate on 2 cores."""
+    times = {name: [] for name in calls}
+    per_round = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            ts = timed_ms(fn, runs)
+            times[name] += ts
+            per_round[name].append(float(np.median(ts)))
+    ref = np.array(per_round[reference])
+    ratios = {name: float(np.median(np.array(r) / ref)) for name, r in per_round.items() if name != reference}
+    return {name: round(float(np.median(ts)), 3) for name, ts in times.items()}, ratios

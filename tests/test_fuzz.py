@@ -37,9 +37,9 @@ def _tiny_conv(path: Path) -> Path:
     return g.save(y, path)
 
 
-def _tiny_clip_reshape(path: Path) -> Path:
+def _tiny_clip_reshape(path: Path, clip: tuple[float, float] = (0.0, 6.0)) -> Path:
     g = OnnxGraph((1, 2, 6, 6), np.random.default_rng(1))
-    y = g.avgpool(g.clip(g.conv("x", 4, k=3), 0.0, 6.0), k=2, stride=2, pads=(0, 0, 0, 0))
+    y = g.avgpool(g.clip(g.conv("x", 4, k=3), *clip), k=2, stride=2, pads=(0, 0, 0, 0))
     y = g.add_const(g.matmul(g.reshape(y, (1, 36)), 5), np.full((5,), 0.5, np.float32))
     return g.save(y, path)
 
@@ -78,6 +78,18 @@ def test_fuzz_campaign(tmp_path):
     assert not failures, f"{len(failures)} of {len(outcomes)} fuzz cases broke the CLI contract " \
                          f"({json.dumps(figures)}):\n{detail}"
     assert figures["exit_0"] > 0 and figures["exit_2"] > figures["exit_0"], figures  # the mix is as designed
+
+
+def test_clip_to_one_value_before_a_reshape_compiles_bit_exact(tmp_path):
+    """A campaign case (the clip mutation [1, 1] on the seed above): the conv's requantization
+    clamps to one value, and the tensorized x86 conv's epilogue failed to tensorize (exit 70).
+    Such a kernel keeps the plain rules (tests/test_x86_kernels.py); the compile is bit-exact."""
+    import tvm_qplugin as tq
+
+    model = _tiny_clip_reshape(tmp_path / "clip_one_value.onnx", clip=(1.0, 1.0))
+    calib = {"x": np.random.default_rng(16).random((8, 2, 6, 6), dtype=np.float32)}
+    report = tq.compile(str(model), target="x86-host", calib=calib).report
+    assert report["bit_exact"] and report["integer_only"], report["bit_exact_kernels"]
 
 
 def test_driver_catches_a_broken_contract(tmp_path):

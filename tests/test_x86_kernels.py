@@ -18,7 +18,12 @@ from tvm_qplugin.ops import OPS, const, emit
 from tvm_qplugin.schedules import apply_default_schedules, pack_weights
 from tvm_qplugin.schedules.intrin_x86 import select_isa
 from tvm_qplugin.schedules.packing import packed_info
-from tvm_qplugin.schedules.x86_int8 import _border_parts
+from tvm_qplugin.schedules.x86_int8 import (
+    LONG_K_STEPS,
+    STACK_BYTES,
+    _border_parts,
+    _conv_tile_rows,
+)
 
 VNNI_TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "znver4"})        # AVX-512 VNNI
 AVX2_TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "znver3"})        # AVX2, no VNNI
@@ -313,3 +318,112 @@ def test_border_parts_split_where_the_window_leaves_the_image():
     assert _border_parts(6, 7, 11, 3, 2, 1, 1) == [1, 4, 1, 1]
     assert _border_parts(4, 4, 4, 7, 1, 1, 3) == [3, 0, 1, 0]
     assert _border_parts(5, 5, 9, 3, 2, 1, 0) == [0, 4, 1, 0]
+
+
+@pytest.mark.parametrize("target_name", ["vnni", "avx2"])
+@pytest.mark.parametrize("xdt", ["uint8", "int8", "int16"])
+@pytest.mark.parametrize("case", [
+    {"c": 3, "o": 16, "hw": (10, 12), "k": 3, "pad": (1, 1, 1, 1), "dil": 1},   # the stem conv's form: K = 27
+    {"c": 4, "o": 8, "hw": (9, 14), "k": 3, "pad": (0, 0, 1, 1), "dil": 1},     # "same" padding at the end only
+    {"c": 5, "o": 12, "hw": (8, 10), "k": 3, "pad": (2, 2, 2, 2), "dil": 2},    # dilated: every tap one parity
+    {"c": 12, "o": 8, "hw": (7, 8), "k": 1, "pad": (0, 0, 0, 0), "dil": 1},     # strided 1x1
+])
+def test_stride_two_convs_read_deinterleaved_columns_bit_exact(rng, target_name, xdt, case):
+    """Stride-2 convs on even-width inputs gather from the input with its columns deinterleaved
+    (``x_cols``: even columns, then odd), so each tap's parity and offset are read with unit
+    stride: the index arithmetic of that split, against the NumPy twin with one image per input
+    pattern (all-min, all-max, alternating, random) in one batch."""
+    x = np.concatenate([activations(rng, (1, case["c"], *case["hw"]), xdt, p) for p in PATTERNS])
+    params = {"strides": [2, 2], "padding": list(case["pad"]), "dilation": [case["dil"]] * 2, "groups": 1,
+              "qmin": -128, "qmax": 127, "out_dtype": "int8"}
+    wt = weights(rng, (case["o"], case["c"], case["k"], case["k"]))
+    info, asm = check_kernel("conv2d_requant", x, [wt, *requant_consts(rng, case["o"], 20)], target_name, **params)
+    assert info is not None and info["rule"] == "Conv2DTensorized" and info.get("split_cols"), info
+    assert INSTRUCTION[target_name][xdt] in asm
+
+
+@pytest.mark.parametrize("target_name", ["vnni", "avx2", "avxvnni"])
+def test_conv_accumulator_tile_on_the_stack_unless_long(target_name):
+    """A "global" accumulator tile must stay under TVM's stack bound: past it (or in any other
+    scope) TVM allocates it with a workspace call per tile -- silently, and 1.05-1.27x slower on
+    MobileNetV2's thin convs. Only the long reductions on 512-bit vectors keep the bigger
+    "local" tile (24 accumulators)."""
+    isa = select_isa(TARGETS[target_name], "uint8")
+    for o in (1, 7, 16, 24, 32, 64, 96, 144, 160, 320, 576, 960, 1000, 1280):
+        for nr in (1, 2):
+            for k_steps in (4, 48, LONG_K_STEPS - 1, LONG_K_STEPS, 480):
+                mr, scope = _conv_tile_rows(o, nr, isa, k_steps)
+                assert o % mr == 0
+                tile_bytes = mr * nr * isa.vector_bits // 8
+                long_tile = isa.vector_bits == 512 and k_steps >= LONG_K_STEPS
+                assert scope == ("local" if long_tile else "global"), (o, nr, k_steps)
+                assert long_tile or tile_bytes < STACK_BYTES, (o, nr, mr)
+
+
+@pytest.mark.parametrize("target_name", ["vnni", "avx2"])
+def test_dense_accumulator_tile_on_the_stack(rng, target_name):
+    """DenseTensorized's register tile fits TVM's stack bound (else a workspace call per tile)."""
+    x = activations(rng, (64, 96), "uint8", "random")
+    info, _ = check_kernel("dense_requant", x, [weights(rng, (192, 96)), *requant_consts(rng, 192, 20)], target_name,
+                           qmin=-128, qmax=127, out_dtype="int8")
+    isa = select_isa(TARGETS[target_name], "uint8")
+    assert info["mr"] * info["nr"] * isa.vector_bits // 8 < STACK_BYTES
+
+
+@pytest.mark.parametrize("target_name", ["vnni", "avx2"])
+@pytest.mark.parametrize("xdt", ["uint8", "int8", "int16"])
+def test_one_channel_one_pixel_conv_builds_bit_exact(rng, target_name, xdt):
+    """A tile of one output channel and one pixel (Silero VAD's last conv: 128 -> 1 on a 1x1
+    plane) has no copy loop of its own under the parallel tile loop: the epilogue vectorized the
+    tile loop instead, around the dot intrinsic's vectors, and TVM's vectorizer failed ("Cannot
+    broadcast lanes=16 to 64"). Also one channel over a few pixels, and a few channels of one pixel."""
+    params = {**POINTWISE, "qmin": -32767, "qmax": 32767, "out_dtype": "int16"}
+    for c, o, hw in ((128, 1, (1, 1)), (64, 1, (1, 3)), (32, 5, (1, 1))):
+        x = np.concatenate([activations(rng, (1, c, *hw), xdt, p) for p in PATTERNS])
+        consts = [weights(rng, (o, c, 1, 1)), *requant_consts(rng, o, 8 + (8 if xdt == "int16" else 0) + 6)]
+        info, asm = check_kernel("conv2d_requant", x, consts, target_name, **params)
+        assert info is not None and info["rule"] == "Conv2DTensorized", (c, o, hw)
+        assert INSTRUCTION[target_name][xdt] in asm
+
+
+@pytest.mark.parametrize("target_name", ["vnni", "avx2"])
+@pytest.mark.parametrize("op, groups", [("conv2d_requant", 1), ("conv2d_requant", 8), ("dense_requant", None)])
+def test_constant_output_kernels_stay_exact(rng, target_name, op, groups):
+    """``qmin == qmax`` (an ONNX Clip to [1, 1] after the layer, a fuzz case): the requantization
+    is a constant, the simplifier drops the accumulator from the epilogue, and the epilogue
+    intrinsic no longer matched it (tensorize's comparator failed). Such a kernel keeps the plain
+    rules -- there is no dot product worth tensorizing -- and stays exact."""
+    params = {"qmin": 9, "qmax": 9, "out_dtype": "int8"}
+    if op == "dense_requant":
+        x, wt = activations(rng, (4, 32), "int8", "random"), weights(rng, (16, 32))
+    else:
+        x = activations(rng, (1, 8, 6, 6), "int8", "random")
+        wt = weights(rng, (8, 8 // groups, 3, 3))
+        params.update(strides=[1, 1], padding=[1, 1, 1, 1], dilation=[1, 1], groups=groups)
+    info, _ = check_kernel(op, x, [wt, *requant_consts(rng, wt.shape[0], 14)], target_name, **params)
+    assert info is None
+
+
+def test_fraction_of_peak_uses_the_instruction_the_kernel_reads(rng):
+    """``layers[].fraction_of_peak`` is against the peak of the dot instruction the kernel runs,
+    chosen by the operand it *reads*: with 16-bit model inputs the first conv of the digits CNN is
+    an 8-bit layer (``a_bits`` 8) reading int16 (``vpdpwssd`` on AVX-512: half ``vpdpbusd``'s
+    rate), the later layers read 8-bit values. Measured against the plan's ``a_bits`` the first
+    conv's fraction read half what it is."""
+    from pathlib import Path
+
+    import tvm_qplugin as tq
+    from tvm_qplugin.peak import layer_peak_gmacs
+
+    model = Path(__file__).resolve().parents[1] / "examples" / "digits_cnn.onnx"
+    art = tq.compile(str(model), target="x86-host", calib={"input": (rng.random((8, 1, 8, 8)) * 16).astype(np.float32)},
+                     input_bits=16)
+    peak8, peak16 = (layer_peak_gmacs(art.build_target, bits) for bits in (8, 16))
+    if select_isa(art.build_target, "int16") is not select_isa(art.build_target, "uint8"):
+        assert peak8 / peak16 > 1.5, (peak8, peak16)  # two instructions, told apart below
+    layers = art.report["layers"]
+    assert len(layers) >= 4 and all(layer["a_bits"] == 8 for layer in layers) and layers[0]["fraction_of_peak"]
+    for i, layer in enumerate(layers):
+        if layer["fraction_of_peak"]:  # a thin layer under load may round to 0
+            implied = layer["macs"] / layer["latency_us"] / 1e3 / layer["fraction_of_peak"]
+            assert abs(implied / (peak16 if i == 0 else peak8) - 1) < 0.1, (layer["name"], implied, peak8, peak16)

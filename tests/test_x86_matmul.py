@@ -16,6 +16,7 @@ from tvm import relax
 
 from tvm_qplugin.build import build
 from tvm_qplugin.ops import OPS, emit
+from tvm_qplugin.schedules.packing import pack_call_args
 from tvm_qplugin.schedules.x86_matmul import MatmulTensorized
 from tvm_qplugin.schedules.x86_nonlinear import GeluTable, SoftmaxRowsParallel
 
@@ -185,26 +186,39 @@ def every_value(dtype, shape, rng):
 @pytest.mark.parametrize("target_name", ["vnni", "avx2"])
 @pytest.mark.parametrize("variant", ["ivit", "ibert", "division-free"])
 def test_gelu_table_covers_every_input_value(rng, target_name, variant):
-    """GeluTable evaluates the op once per int16 value and gathers: every value is in the input,
-    so every table entry is compared with the twin."""
+    """GeluTable evaluates the op once per int16 value at build time and the kernel gathers: every
+    value is in the input, so every table entry is compared with the twin."""
     x = every_value("int16", (1, 128, 1536), rng)
     gelu = OPS["gelu_int"]
     func, _ = gelu.prim_func([(x.shape, "int16")], variant=variant, **MINILM_GELU)
-    assert GeluTable().apply(func, TARGETS[target_name]) is not None
+    assert GeluTable().pack(func, TARGETS[target_name]) is not None
     got, ref, _ = run_module("gelu_int", [x], target_name, variant=variant, **MINILM_GELU)
     assert_bit_exact(got, ref, f"gelu_int {variant} table on {target_name}")
 
 
+def test_gelu_table_is_appended_to_the_call_and_equals_the_twin(rng):
+    """The table is a build-time constant appended to the kernel's arguments (the route the
+    per-kernel check takes: packing.pack_call_args); entry ``v - min`` is the twin's output at
+    ``v``, for every int16 value."""
+    x = every_value("int16", (1, 64, 1024), rng)
+    func, _ = OPS["gelu_int"].prim_func([(x.shape, "int16")], variant="ivit", **MINILM_GELU)
+    args = pack_call_args([x], GeluTable().pack(func, TARGETS["vnni"]))
+    assert len(args) == 2 and args[0] is x and args[1].shape == (65536,)
+    assert_bit_exact(args[1][x.astype(np.int64) + 32768], OPS["gelu_int"].reference(x, variant="ivit", **MINILM_GELU),
+                     "gelu_int table entries")
+
+
 def test_gelu_table_int8_and_the_small_tensor_left_to_the_row_rule(rng):
-    """int8 input: a 256-entry table; a tensor with fewer elements than two per table entry is
-    scheduled row-parallel instead (the table would cost more than it saves) -- both exact."""
+    """int8 input: a 256-entry table; an int16 tensor with fewer elements than 1/16 of the
+    table's entries is scheduled row-parallel instead (the table would weigh more in the artifact
+    than the tensor it maps) -- both exact."""
     params = {**MINILM_GELU, "in_scale": 0.05, "out_scale": 0.05, "qmin": -127, "qmax": 127, "out_dtype": "int8"}
     x8 = every_value("int8", (4, 384), rng)
     got, ref, _ = run_module("gelu_int", [x8], "vnni", variant="ivit", **params)
     assert_bit_exact(got, ref, "gelu_int int8 table")
-    small = every_value("int16", (2, 65536), rng)[:, :40000]
+    small = every_value("int16", (2, 65536), rng)[:, :2000]
     func, _ = OPS["gelu_int"].prim_func([(small.shape, "int16")], variant="ivit", **MINILM_GELU)
-    assert GeluTable().apply(func, TARGETS["vnni"]) is None
+    assert GeluTable().pack(func, TARGETS["vnni"]) is None
     got, ref, _ = run_module("gelu_int", [small], "vnni", variant="ivit", **MINILM_GELU)
     assert_bit_exact(got, ref, "gelu_int int16 rows")
 

@@ -308,12 +308,13 @@ def export_for_mcu(art: Artifact, board, ds: Dataset, opts: CompileOptions) -> N
 
 def add_kernel_times(art: Artifact, imod, runs: int) -> None:
     """``layers[].latency_us`` (each conv/dense call) and ``kernels`` (time per integer op kind)."""
-    from .peak import layer_peak_gmacs
+    from .peak import layer_peak_gmacs, operand_bits
     from .profile import binding_times, by_op, instrumented_runs, kernel_times
 
     calls = instrumented_runs(art, runs)
     per_call = binding_times(art, calls)
-    peaks = [layer_peak_gmacs(art.build_target, info.a_bits) for info in imod.layers]
+    bits = operand_bits(art.integer_mod, art.integer_function)  # the operand the kernel reads, not the plan's a_bits
+    peaks = [layer_peak_gmacs(art.build_target, bits.get(info.var, info.a_bits)) for info in imod.layers]
     report.record_kernel_times(art.report, [per_call.get(info.var) for info in imod.layers],
                                by_op(art, kernel_times(calls)), peaks)
 

@@ -94,6 +94,27 @@ def layer_peak_gmacs(target: tvm.target.Target, a_bits: int, threads: int | None
     return _memo_peak(str(target), act_dtype, threads or runtime_threads())
 
 
+def operand_bits(mod: tvm.IRModule, func_name: str) -> dict:
+    """``{relax var: bits}`` of the activation operand each kernel call of ``func_name`` reads
+    (its first argument's dtype: 8 or 16). This, not a layer's planned ``a_bits``, picks the dot
+    instruction: MobileNetV2's expansion convs are 8-bit layers that read the int16 residual
+    stream, so on AVX-512 they run on ``vpdpwssd`` (half ``vpdpbusd``'s rate), and their fraction
+    of peak measured against ``vpdpbusd`` read half what it is."""
+    from tvm import relax
+
+    bits = {}
+    for block in mod[func_name].body.blocks:
+        for binding in block.bindings:
+            call = binding.value
+            if isinstance(call, relax.Call) and getattr(call.op, "name", "") == "relax.call_tir":
+                first = call.args[1].fields[0].ty if len(call.args[1].fields) else None
+                dtype = getattr(getattr(first, "dtype", None), "dtype", getattr(first, "dtype", None))
+                width = {"int8": 8, "uint8": 8, "int16": 16}.get(str(dtype))
+                if width is not None:
+                    bits[binding.var] = width
+    return bits
+
+
 def cpu_name() -> str:
     """The CPU model (``/proc/cpuinfo``), which every peak and latency figure must name."""
     try:

@@ -96,14 +96,14 @@ def intrin_name(isa: DotIsa, a_dtype: str, bcast: str, offset: int) -> str:
     return f"qplugin_{isa.name}_{a_dtype}_bcast_{bcast}" + (f"_off{offset}" if offset else "")
 
 
-def _desc_bcast_a(lanes: int, kp: int, a_dtype: str, w_dtype: str, off: int):
+def _desc_bcast_a(lanes: int, kp: int, a_dtype: str, w_dtype: str, off: int, acc_scope: str):
     """``C[i] += sum_k (A[k] + off) * B[i, k]``: A broadcast, B packed."""
 
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (kp,), a_dtype, offset_factor=1)
         B = T.match_buffer(b, (lanes, kp), w_dtype, offset_factor=1)
-        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope=ACC_SCOPE)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope=acc_scope)
         with T.sblock("root"):
             T.reads(C[0:lanes], A[0:kp], B[0:lanes, 0:kp])
             T.writes(C[0:lanes])
@@ -115,14 +115,14 @@ def _desc_bcast_a(lanes: int, kp: int, a_dtype: str, w_dtype: str, off: int):
     return desc
 
 
-def _desc_bcast_b(lanes: int, kp: int, a_dtype: str, w_dtype: str, off: int):
+def _desc_bcast_b(lanes: int, kp: int, a_dtype: str, w_dtype: str, off: int, acc_scope: str):
     """``C[i] += sum_k (A[i, k] + off) * B[k]``: A packed, B broadcast."""
 
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (lanes, kp), a_dtype, offset_factor=1)
         B = T.match_buffer(b, (kp,), w_dtype, offset_factor=1)
-        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope=ACC_SCOPE)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope=acc_scope)
         with T.sblock("root"):
             T.reads(C[0:lanes], A[0:lanes, 0:kp], B[0:kp])
             T.writes(C[0:lanes])
@@ -134,21 +134,21 @@ def _desc_bcast_b(lanes: int, kp: int, a_dtype: str, w_dtype: str, off: int):
     return desc
 
 
-def _register(isa: DotIsa, a_dtype: str, bcast: str, offset: int) -> str:
-    name = intrin_name(isa, a_dtype, bcast, offset)
+def _register(isa: DotIsa, a_dtype: str, bcast: str, offset: int, acc_scope: str) -> str:
+    name = intrin_name(isa, a_dtype, bcast, offset) + ("" if acc_scope == ACC_SCOPE else f"_{acc_scope}")
     lanes, kp, w_dtype = isa.lanes, isa.kp, isa.packed_dtype
     a_shape, b_shape = ((kp,), (lanes, kp)) if bcast == "a" else ((lanes, kp), (kp,))
     a_count, b_count = (kp, lanes * kp) if bcast == "a" else (lanes * kp, kp)
     a_region, b_region = (tuple(slice(0, d) for d in shape) for shape in (a_shape, b_shape))
 
-    desc = _desc_bcast_a(lanes, kp, a_dtype, w_dtype, offset) if bcast == "a" else \
-        _desc_bcast_b(lanes, kp, a_dtype, w_dtype, offset)
+    desc = _desc_bcast_a(lanes, kp, a_dtype, w_dtype, offset, acc_scope) if bcast == "a" else \
+        _desc_bcast_b(lanes, kp, a_dtype, w_dtype, offset, acc_scope)
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, a_shape, a_dtype, offset_factor=1)
         B = T.match_buffer(b, b_shape, w_dtype, offset_factor=1)
-        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope=ACC_SCOPE)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope=acc_scope)
         with T.sblock("root"):
             T.reads(C[0:lanes], A[a_region], B[b_region])
             T.writes(C[0:lanes])
@@ -191,10 +191,12 @@ def _dot(isa: DotIsa, acc, a_vec, b_vec):
 _REGISTERED: dict[tuple, str] = {}
 
 
-def dot_intrin(isa: DotIsa, a_dtype: str, bcast: str, offset: int = 0) -> str:
+def dot_intrin(isa: DotIsa, a_dtype: str, bcast: str, offset: int = 0, acc_scope: str = ACC_SCOPE) -> str:
     """Name of the intrinsic for ``isa`` with activation dtype ``a_dtype`` broadcast (``"a"``) or
-    packed (``"b"`` broadcasts the weights), registering it on first use."""
-    key = (isa, a_dtype, bcast, offset)
+    packed (``"b"`` broadcasts the weights), accumulating into a buffer of ``acc_scope`` (a
+    "global" tile under 1 KB is a stack slot, a "local" one a workspace allocation:
+    x86_int8._conv_tile_rows), registering it on first use."""
+    key = (isa, a_dtype, bcast, offset, acc_scope)
     if key not in _REGISTERED:
-        _REGISTERED[key] = _register(isa, a_dtype, bcast, offset)
+        _REGISTERED[key] = _register(isa, a_dtype, bcast, offset, acc_scope)
     return _REGISTERED[key]

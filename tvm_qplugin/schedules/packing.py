@@ -36,7 +36,9 @@ class Packing:
 
     ``pack_args(consts)`` maps the call's constant arguments (the contiguous positions
     ``const_args`` of the call, as NumPy arrays, in order) to the new constant arguments that
-    take their place (their number may differ: ``func``'s parameters say).
+    take their place (their number may differ: ``func``'s parameters say). With no
+    ``const_args`` (a kernel whose constants are all computed at build time, e.g. a table of its
+    outputs), ``pack_args([])``'s arrays are appended to the call's arguments.
     ``accepts(consts)`` says whether ``func`` is exact for a call with these constants (e.g. its
     int32 bounds hold); a kernel is packed only when it accepts every one of its calls.
     """
@@ -106,21 +108,27 @@ def packing_plan(mod: tvm.IRModule, target: tvm.target.Target, packers=None) -> 
     return {gv.name_hint: packing for gv, packing in _plan(mod, target, packers).items()}
 
 
+def _replaced(args: list, packing: Packing, new: list) -> list:
+    """``args`` with the positions ``packing.const_args`` replaced by ``new`` (appended when none)."""
+    args = list(args)
+    if not packing.const_args:
+        return args + list(new)
+    first, last = packing.const_args[0], packing.const_args[-1]
+    args[first : last + 1] = new
+    return args
+
+
 def pack_call_args(args: list, packing: Packing) -> list:
     """A kernel call's argument list (NumPy constants, anything at the runtime positions) with the
     constant arguments replaced as :func:`pack_weights` replaces them in the graph."""
-    args = list(args)
-    first, last = packing.const_args[0], packing.const_args[-1]
-    args[first : last + 1] = packing.pack_args([np.asarray(args[i]) for i in packing.const_args])
-    return args
+    return _replaced(args, packing, packing.pack_args([np.asarray(args[i]) for i in packing.const_args]))
 
 
 def _rewrite_call(call: relax.Call, packing: Packing, gvar: tvm.ir.GlobalVar) -> relax.Call:
     args = list(call.args[1].fields)
-    first, last = packing.const_args[0], packing.const_args[-1]
     new = packing.pack_args([args[i].value.numpy() for i in packing.const_args])
-    args[first : last + 1] = [const(value) for value in new]
-    return relax.Call(call.op, [gvar, relax.Tuple(args)], call.attrs, call.ty_args)
+    return relax.Call(call.op, [gvar, relax.Tuple(_replaced(args, packing, [const(value) for value in new]))],
+                      call.attrs, call.ty_args)
 
 
 def _rewrite_function(func: relax.Function, plan: dict, gvars: dict) -> relax.Function:

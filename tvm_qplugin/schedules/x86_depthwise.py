@@ -7,28 +7,24 @@ for the packed kernel; the instruction comes from the target's features (``selec
 
 Exactness: the sums are the kernel's own int32 sums (the dot instructions neither saturate nor
 round; the zero-weight pad taps add 0), the s8 -> u8 offset (VNNI) is removed through the bias
-and the epilogue is x86_int8's, checked per call by its ``_epilogue_exact``.
+and the epilogue is x86_requant's, checked per call by its ``_epilogue_exact``.
 """
 from __future__ import annotations
 
 import numpy as np
-import tvm
 from tvm import te, tirx
-from tvm.s_tir import SBlock, SBlockRealize, TensorIntrin
+from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
 from .intrin_x86 import ISA_BY_NAME, DotIsa, _dot, _operand, dot_term
 from .packing import Packing, tag_packed
-from .x86_int8 import (
-    TensorizedRule,
+from .x86_int8 import TensorizedRule, _fits_int32, _has_block, _offset, _round_up
+from .x86_requant import (
     _channel_consts,
     _channel_placeholders,
     _epilogue_exact,
-    _fits_int32,
-    _has_block,
-    _offset,
     _requant_stage,
-    _round_up,
+    epilogue_intrin,
 )
 
 
@@ -56,7 +52,7 @@ class DepthwiseConv2DTensorized(TensorizedRule):
        weights (zero past KW). Stride 2 is the same shuffle with even indices: no
        deinterleaving pass.
     3. A row's pixels in tiles of ``nr`` vectors, accumulated in registers over ``KH*RB`` dot
-       steps, requantized from registers (x86_int8's epilogue, on even / odd qwords:
+       steps, requantized from registers (x86_requant's epilogue, on even / odd qwords:
        :func:`epilogue_intrin`) and written to the NCHW row; channels run in parallel.
     Note: lanes over channels would need the NCHW activations transposed in and out, and an
     im2col of the taps (x86_int8's route) writes ``KH*KW`` bytes per output for 9 MACs.
@@ -218,73 +214,3 @@ def window_intrin(isa: DotIsa, stride: int) -> str:
     TensorIntrin.register(name, desc, impl, override=True)
     _REGISTERED[key] = name
     return name
-
-
-def epilogue_intrin(lanes: int, params: dict) -> str:
-    """x86_int8's requantization of ``lanes`` accumulators of one channel, computed on even / odd
-    qwords: ``vpmuldq`` reads the (sign-extended) low dword of each qword, so the even
-    accumulators multiply in place and the odd ones after an arithmetic 32-bit shift; one shuffle
-    takes the high word of each sum ``P' = (acc << t) * m + folded``. Same integers: ``P'`` is
-    the exact int64 sum (``_epilogue_exact``'s bounds) and its high word is
-    ``floor(P' / 2**32)`` either way -- 9 instructions per 16 outputs where LLVM makes 15 of the
-    per-lane int64 expression (sign extension, two halves, truncation).
-
-    The description *is* x86_int8's TE expression (``_requant_stage`` on one channel), so
-    tensorize only matches the kernels whose epilogue is that expression; the implementation
-    restates it. Should x86_int8's epilogue change, this must change with it: the bit-exact
-    tests and every compile's check against the NumPy twin catch a divergence."""
-    key = ("epilogue", lanes, params["qmin"], params["qmax"], params["out_dtype"])
-    if key in _REGISTERED:
-        return _REGISTERED[key]
-    acc = te.placeholder((lanes,), "int32", name="acc")
-    consts = _channel_placeholders(1)
-    y = _requant_stage(acc, (lanes,), lambda i: i, lambda a: 0, consts, params, False)
-    desc = _with_root_regions(te.create_prim_func([acc, *consts, y]))
-    qmin, qmax, dt = params["qmin"], params["qmax"], params["out_dtype"]
-
-    @T.prim_func(s_tir=True)
-    def impl(a: T.handle, f: T.handle, m: T.handle, p: T.handle, q: T.handle, o: T.handle) -> None:
-        A = T.match_buffer(a, (lanes,), "int32", offset_factor=1)
-        F = T.match_buffer(f, (1,), "int64", offset_factor=1)
-        M = T.match_buffer(m, (1,), "int32", offset_factor=1)
-        P = T.match_buffer(p, (1,), "int32", offset_factor=1)
-        Q = T.match_buffer(q, (1,), "int32", offset_factor=1)
-        O = T.match_buffer(o, (lanes,), dt, offset_factor=1)
-        with T.sblock("root"):
-            T.reads(A[0:lanes], F[0:1], M[0:1], P[0:1], Q[0:1])
-            T.writes(O[0:lanes])
-            O[T.ramp(T.int32(0), 1, lanes)] = _epilogue_vector(A.vload([0], f"int32x{lanes}"), F[0], M[0], P[0], Q[0],
-                                                               lanes, qmin, qmax, dt)
-
-    name = f"qplugin_dw_epilogue_{lanes}_{qmin}_{qmax}_{dt}"
-    TensorIntrin.register(name, desc, impl, override=True)
-    _REGISTERED[key] = name
-    return name
-
-
-def _with_root_regions(func):
-    """``func`` whose root block reads every input buffer whole and writes the output (what a
-    tensor intrinsic's description declares; TE leaves the root block's regions empty)."""
-    root = func.body.block
-    inner = root.body.body.block                      # the one loop's block, its regions in TE's order
-
-    def whole(regions):
-        return [tirx.BufferRegion(r.source, [tvm.ir.Range(0, d) for d in r.source.ty.shape]) for r in regions]
-
-    block = SBlock([], whole(inner.reads), whole(inner.writes), root.name_hint, root.body)
-    return func.with_body(SBlockRealize([], True, block))
-
-
-def _epilogue_vector(acc, folded, mult, pre, post, lanes: int, qmin: int, qmax: int, dt: str):
-    """The vector expression of :func:`epilogue_intrin`."""
-    half = lanes // 2
-    shifted = T.reinterpret(acc << T.broadcast(pre, lanes), dtype=f"int64x{half}")
-    m = T.broadcast(T.Cast("int64", mult), half)
-    b = T.broadcast(folded, half)
-    thirty_two = T.broadcast(T.int64(32), half)
-    even = T.reinterpret(((shifted << thirty_two) >> thirty_two) * m + b >> thirty_two, dtype=f"int32x{lanes}")
-    odd = T.reinterpret((shifted >> thirty_two) * m + b, dtype=f"int32x{lanes}")
-    high = tirx.Shuffle([even, odd], [l + (lanes if l % 2 else 0) for l in range(lanes)])
-    clamped = T.max(T.min(high >> T.broadcast(post, lanes), T.broadcast(T.int32(qmax), lanes)),
-                    T.broadcast(T.int32(qmin), lanes))
-    return T.Cast(f"{dt}x{lanes}", clamped)

@@ -19,10 +19,16 @@ from tvm import te, tirx
 from tvm.s_tir import schedule as s_tir_schedule
 
 from ..ops import op_of
-from ..ops.requant import i64
 from ..quant import abs_max
 from .intrin_x86 import ISA_BY_NAME, DotIsa, dot_intrin, dot_term, select_isa
 from .packing import Packing, packed_info, tag_packed
+from .x86_requant import (
+    _channel_consts,
+    _channel_placeholders,
+    _epilogue_exact,
+    _requant_stage,
+    epilogue_intrin,
+)
 
 OFFSET = 128  # s8 activation + 128 = u8 (the operand vpdpbusd reads unsigned)
 
@@ -39,54 +45,12 @@ def _largest_divisor(n: int, choices) -> int:
     return next(c for c in choices if n % c == 0)
 
 
-def _bias_with_offset(w2d: np.ndarray, bias: np.ndarray, offset: int) -> np.ndarray:
-    """int64 bias minus the offset's contribution ``offset * sum_k w[o, k]``."""
-    return bias.astype(np.int64) - offset * w2d.astype(np.int64).sum(axis=1)
-
-
-def _shift_split(shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per channel ``(t, s2)``: the accumulator pre-shift ``t`` that brings the total shift to at
-    least 32, and the int32 shift ``s2`` applied to the product's high word."""
-    sh = shift.astype(np.int64)
-    t = np.maximum(0, 32 - sh)
-    return t, np.minimum(sh + t - 32, 31)
-
-
-def _epilogue_exact(w2d: np.ndarray, bias: np.ndarray, mult: np.ndarray, shift: np.ndarray, act_dtype: str,
-                    offset: int) -> bool:
-    """The packed kernels requantize in 32-bit lanes but for one int32 x int32 -> int64 product
-    (``vpmuldq``; a full int64 multiply is three instructions on AVX2, an int64 shift and clamp
-    several more):
-
-        P' = (acc << t) * m + ((bias * m + round) << t)      (= P * 2**t, P the int64 product)
-        y  = clamp((P' >> 32) >> s2)                          (int32 high word, then int32 shift)
-
-    with ``t, s2`` from :func:`_shift_split` and ``bias * m + round`` a compile-time constant.
-    ``floor(floor(P' / 2**32) / 2**s2) = floor(P / 2**shift)``: the same integers as the op, when
-    ``acc << t`` fits int32, the multiplier fits int32 and ``P'`` stays inside int64 -- checked
-    here per call with the offset sum's bound ``(max|x| + offset) * sum|w|``."""
-    w = np.abs(w2d.astype(np.int64)).sum(axis=1).astype(np.float64)
-    acc = (abs_max(act_dtype) + offset) * w
-    corrected = np.abs(_bias_with_offset(w2d, bias, offset)).astype(np.float64)
-    m = np.abs(mult.astype(np.int64))
-    scale = np.exp2(_shift_split(shift)[0].astype(np.float64))
-    return bool((m < 2**31).all() and (acc * scale < 2.0**31).all()
-                and ((acc + corrected) * m.astype(np.float64) * scale < 2.0**62).all())
-
-
-def _channel_consts(w2d, bias, mult, shift, offset: int, pad_to: int) -> list[np.ndarray]:
-    """Per channel, zero-padded to ``pad_to`` (pad lanes are computed, then dropped, and must
-    read in bounds): int64 ``(bias * m + round) << t`` (offset-corrected bias), int32 ``m``, and
-    the two int32 shifts ``t``, ``s2`` (:func:`_epilogue_exact`)."""
-    m, sh = mult.astype(np.int64), shift.astype(np.int64)
-    t, s2 = _shift_split(sh)
-    folded = (_bias_with_offset(w2d, bias, offset) * m + ((np.int64(1) << sh) >> 1)) << t
-    out = []
-    for value, dtype in ((folded, np.int64), (m, np.int32), (t, np.int32), (s2, np.int32)):
-        padded = np.zeros(pad_to, dtype)
-        padded[: len(value)] = value
-        out.append(padded)
-    return out
+def _constant_output(params: dict) -> bool:
+    """``qmin >= qmax``: the kernel's output is one value whatever its inputs (an ONNX Clip to
+    [v, v] after the layer). The simplifier then folds the accumulator out of the requantization,
+    and the epilogue intrinsic, whose description reads it, no longer matches the kernel
+    (tensorize's comparator fails); with no dot product worth tensorizing, the plain rules keep it."""
+    return "qmin" in params and params["qmin"] >= params["qmax"]
 
 
 def _fits_int32(act_dtype: str, k: int, offset: int) -> bool:
@@ -102,6 +66,8 @@ class TensorizedRule:
     def pack(self, func: tvm.tirx.PrimFunc, target: tvm.target.Target) -> Packing | None:
         described = op_of(func)
         if target.kind.name != "llvm" or described is None or described[0] != self.op:
+            return None
+        if _constant_output(described[1]):
             return None
         shapes = [_param_type(p) for p in func.params]
         act_dtype = shapes[0][1]
@@ -133,7 +99,9 @@ class DenseTensorized(TensorizedRule):
     Weights packed ``[N/L, K/kp, L, kp]`` (L lanes of output channels, kp products per lane);
     each activation row's ``kp`` values are broadcast against one packed tile.
     1. Rows in tiles of ``mr``, channels in tiles of ``nr`` vectors: ``mr x nr`` int32
-       accumulator vectors stay in registers over the whole K loop.
+       accumulator vectors stay in registers over the whole K loop (at most 4 x 3: the tile's
+       stack slot under :data:`STACK_BYTES` -- a 4 x 4 tile was a workspace call per tile,
+       MiniLM's dense 4-6 % slower).
     2. Rows in blocks of ``BLOCK_ROWS``; within a block every channel tile sweeps the block's
        row tiles, so the block's activations (128 x 1536 int16: 384 KB) stay in L2 while each
        weight tile is read from memory once per block. The (block, channel tile, row tile)
@@ -161,7 +129,7 @@ class DenseTensorized(TensorizedRule):
         npad = _round_up(n, isa.lanes)
         small = isa.vector_bits == 256
         mr = _largest_divisor(rows, (3, 2, 1) if small else (4, 3, 2, 1))
-        nr = _largest_divisor(npad // isa.lanes, (2, 1) if small else (4, 3, 2, 1))
+        nr = _largest_divisor(npad // isa.lanes, (2, 1) if small else (3, 2, 1))
         info = {"rule": type(self).__name__, "isa": isa.name, "mr": mr, "nr": nr, "offset": off,
                 "out_shape": [*xs[:-1], n], "acc_shape": [rows, npad]}
         lanes, kp = isa.lanes, isa.kp
@@ -190,7 +158,6 @@ class DenseTensorized(TensorizedRule):
     def schedule(self, sch, info):
         isa = ISA_BY_NAME[info["isa"]]
         acc = sch.get_sblock("acc")
-        sch.set_scope(acc, 0, "local")
         _flatten_output(sch, info["out_shape"], info["acc_shape"])
         rows, n, k = sch.get_loops(acc)
         row_tiles = sch.get(rows).extent.value // info["mr"]
@@ -204,7 +171,7 @@ class DenseTensorized(TensorizedRule):
         _epilogue_at(sch, tile, isa.lanes)
         init = sch.decompose_reduction(acc, ko)
         sch.vectorize(sch.get_loops(init)[-1])
-        sch.tensorize(ni, dot_intrin(isa, _act_dtype(sch), "a", info["offset"]))
+        sch.tensorize(ni, dot_intrin(isa, _act_dtype(sch), "a", info["offset"], "global"))
         sch.unroll(mi)
         sch.unroll(nr)
 
@@ -231,9 +198,14 @@ class Conv2DTensorized(TensorizedRule):
        its innermost loop, unrolled: LLVM vectorizes the pixel loop into interleaving stores
        (:func:`_schedule_gather`; with the pixels innermost instead, each store was a lone byte
        at stride ``kp`` and the gather took 3/4 of a 1x1 conv's time on MobileNetV2).
+       Stride-2 convs on even-width inputs read the input through ``x_cols``, its columns
+       deinterleaved (even, then odd) in one pass: a tap's column ``2*ox + e`` is then
+       ``x_cols[..., e % 2, ox + e // 2]``, unit stride in ``ox``, where LLVM turned the strided
+       row reads into byte gathers (MobileNetV2's stem conv: 168 -> 88 us with the epilogue below).
     2. Output channels in blocks of ``mr`` (weights broadcast straight from memory), pixels in
        blocks of ``nr`` vectors: ``mr x nr`` accumulators in registers over the K loop.
-    3. The tile is requantized from registers, vectorized over pixels, and written to NCHW rows.
+    3. The tile is requantized from registers (x86_requant.epilogue_intrin: 9 instructions per
+       vector) and its rows copied to the NCHW output.
     Note: the weights stay ``[O, K/kp, kp]`` -- OIHW flattened (widened to int16 where the
     instruction reads int16). Lanes over output channels instead would need a scatter to write
     NCHW. Zero padding is the value 0 (u8 128 after the offset, as the weight-sum correction
@@ -257,14 +229,14 @@ class Conv2DTensorized(TensorizedRule):
         p = oh * ow
         nr = 2 if _round_up(p, 2 * lanes) == _round_up(p, lanes) else 1
         ppad, kpad = _round_up(p, nr * lanes), _round_up(k, kp)
-        mr = _largest_divisor(o, ((12, 8, 6, 4, 3, 2, 1) if nr == 2 else (16, 12, 8, 6, 4, 3, 2, 1)) if isa.vector_bits == 512
-                              else ((6, 4, 3, 2, 1) if nr == 2 else (12, 8, 6, 4, 3, 2, 1)))
+        mr, acc_scope = _conv_tile_rows(o, nr, isa, kpad // kp)
         flat = kh == kw == 1 and (sh, sw) == (1, 1) and not any(params["padding"])
         # the row-wise gather walks whole output rows: its pixel extent rounded up to them
         pbuf = ppad if flat else _round_up(ppad, ow)
         info = {"rule": type(self).__name__, "isa": isa.name, "mr": mr, "nr": nr, "offset": off,
                 "out_shape": [nb, o, oh, ow], "acc_shape": [nb, o, ppad],
-                "gather": "flat" if flat else "rows"}
+                "gather": "flat" if flat else "rows", "acc_scope": acc_scope,
+                "requant": {key: params[key] for key in ("qmin", "qmax", "out_dtype")}}
         if not flat:
             info["row_parts"] = _border_parts(oh, pbuf // ow, h, kh, sh, dh, pt)
             info["col_parts"] = _border_parts(ow, ow, w, kw, sw, dw, pl)
@@ -280,6 +252,14 @@ class Conv2DTensorized(TensorizedRule):
         wk = te.placeholder((o, kpad // kp, kp), isa.packed_dtype, name="w_packed")
         consts = _channel_placeholders(o)
 
+        # stride 2 along the rows: the columns deinterleaved first (one pass over the input), so that
+        # each tap's row read is unit-stride (:func:`_schedule_gather`)
+        split_cols = not flat and sw == 2 and w % 2 == 0
+        if split_cols:
+            info["split_cols"] = True
+            xcols = te.compute((nb, c, h, 2, w // 2), lambda b, ch, r, par, half: x[b, ch, r, half * 2 + par],
+                               name="x_cols")
+
         def gather(b, kb, q, j):
             # clamps only where they are needed (a clamp hides the unit stride from the simplifier):
             # pad pixels repeat the last pixel (flat) or the last row (rows); their lanes are dropped
@@ -291,7 +271,7 @@ class Conv2DTensorized(TensorizedRule):
             else:
                 oy, ox = (q // ow if pbuf == p else tirx.min(q // ow, oh - 1)), q % ow
             hi, wi = oy * sh + ry * dh - pt, ox * sw + rx * dw - pl
-            v = x[b, ch, hi, wi].astype("int32")
+            v = (xcols[b, ch, hi, wi % 2, wi // 2] if split_cols else x[b, ch, hi, wi]).astype("int32")
             if pt or pl or pb or pr:
                 v = tirx.if_then_else(tirx.all(hi >= 0, hi < h, wi >= 0, wi < w), v, tirx.const(0, "int32"))
             v = (v + off).astype(pdt)
@@ -302,7 +282,7 @@ class Conv2DTensorized(TensorizedRule):
         acc = te.compute((nb, o, ppad), lambda b, oc, q: te.sum(
             dot_term(xp[b, rc, q, rj], wk[oc, rc, rj], 0), axis=[rc, rj]), name="acc")
         y = _requant_stage(acc, (nb, o, oh, ow), lambda i: (i[0], i[1], i[2] * ow + i[3]), lambda a: a[1],
-                           consts, params, ppad != p)
+                           consts, params, padded=True)  # always a tile: _tensorized_epilogue_at
         out = te.create_prim_func([x, wk, *consts, y]).without_attr("global_symbol")
         return Packing(tag_packed(out, func, info), (1, 2, 3, 4), pack_args,
                        lambda consts: _epilogue_exact(consts[0].reshape(o, k), *consts[1:4], adt, off))
@@ -310,7 +290,8 @@ class Conv2DTensorized(TensorizedRule):
     def schedule(self, sch, info):
         isa = ISA_BY_NAME[info["isa"]]
         acc = sch.get_sblock("acc")
-        sch.set_scope(acc, 0, "local")
+        if info["acc_scope"] != "global":
+            sch.set_scope(acc, 0, info["acc_scope"])
         _flatten_output(sch, info["out_shape"], info["acc_shape"])
         b, oc, q, rc, rj = sch.get_loops(acc)
         oo, oi = sch.split(oc, [None, info["mr"]])
@@ -318,13 +299,38 @@ class Conv2DTensorized(TensorizedRule):
         sch.reorder(b, oo, qo, rc, oi, qr, qi, rj)
         tile = sch.fuse(b, oo, qo)
         sch.parallel(tile)
-        _epilogue_at(sch, tile, isa.lanes)
+        _tensorized_epilogue_at(sch, tile, isa.lanes, info["requant"], info["acc_scope"])
         _schedule_gather(sch, info)
         init = sch.decompose_reduction(acc, rc)
         sch.vectorize(sch.get_loops(init)[-1])
-        sch.tensorize(qi, dot_intrin(isa, "uint8" if isa.kp == 4 else "int16", "b", 0))
+        sch.tensorize(qi, dot_intrin(isa, "uint8" if isa.kp == 4 else "int16", "b", 0, info["acc_scope"]))
         sch.unroll(oi)
         sch.unroll(qr)
+
+
+# TVM puts a CPU buffer on the stack only if it is in the "global" scope and smaller than this
+# (runtime::kMaxStackAlloca); any other buffer is a TVMBackendAllocWorkspace call where it lives
+STACK_BYTES = 1024
+LONG_K_STEPS = 160  # dot steps per tile from which the bigger, workspace-allocated tile wins
+
+
+def _conv_tile_rows(o: int, nr: int, isa: DotIsa, k_steps: int) -> tuple[int, str]:
+    """Output channels per tile (``mr``, a divisor of ``o``) and the scope of the ``mr x nr``
+    accumulator tile.
+
+    The tile lives under the parallel tile loop, so its buffer is allocated once per tile: a
+    stack slot when it is a "global" buffer under :data:`STACK_BYTES` (LLVM keeps the vectors in
+    registers over the K loop either way; the slot only holds them for the epilogue), else a
+    workspace call per tile. With 512-bit vectors the stack bound allows 15 accumulators (e.g.
+    7 x 2) instead of 24 (12 x 2): fewer broadcasts reused, but no allocation per tile --
+    MobileNetV2's thin layers 1.05-1.27x faster, the long ones (``LONG_K_STEPS`` dot steps and
+    more amortize the allocation) 2-6 % slower, so those keep the big tile (``local``). 256-bit
+    tiles are bounded by the 16 ymm registers (12 accumulators) long before the stack bound."""
+    if isa.vector_bits == 512 and k_steps >= LONG_K_STEPS:
+        return _largest_divisor(o, (12, 8, 6, 4, 3, 2, 1) if nr == 2 else (16, 12, 8, 6, 4, 3, 2, 1)), "local"
+    under_stack_bound = STACK_BYTES // (isa.vector_bits // 8) - 1
+    accumulators = min(under_stack_bound, 15 if isa.vector_bits == 512 else 12)
+    return _largest_divisor(o, range(accumulators // nr, 0, -1)), "global"
 
 
 def _border_parts(out: int, extent: int, size: int, taps: int, stride: int, dilation: int, pad_lo: int) -> list[int]:
@@ -348,6 +354,12 @@ def _schedule_gather(sch, info) -> None:
       arithmetic.
     The (image, reduction group) loop runs in parallel."""
     xp = sch.get_sblock("x_packed")
+    if info.get("split_cols"):
+        cols = sch.get_sblock("x_cols")
+        cb, cc, cr, cpar, chalf = sch.get_loops(cols)
+        sch.reorder(chalf, cpar)
+        sch.parallel(sch.fuse(cb, cc, cr))
+        sch.unroll(cpar)
     if info["gather"] == "flat":
         pb, pc, pq, pj = sch.get_loops(xp)
         real = info["out_shape"][2] * info["out_shape"][3]
@@ -363,32 +375,6 @@ def _schedule_gather(sch, info) -> None:
         lengths = [n for n in lengths if n]
         if len(lengths) > 1:
             sch.loop_partition(loop, [*lengths[:-1], None])
-
-
-def _channel_placeholders(channels: int):
-    return (te.placeholder((channels,), "int64", name="bias_times_multiplier"),
-            te.placeholder((channels,), "int32", name="multiplier"), te.placeholder((channels,), "int32", name="pre_shift"),
-            te.placeholder((channels,), "int32", name="post_shift"))
-
-
-def _requant_stage(acc, shape, acc_index, channel, consts, params, padded: bool):
-    """The requantization of ``acc`` into the output of ``shape`` (element ``i`` from
-    ``acc[acc_index(i)]``, channel ``channel(acc index)``): straight into the output when the
-    accumulator has no pad lanes, else into a tile of the accumulator's shape (``y_tile``: kept
-    in registers, vectorized without a predicate) copied out after."""
-    qmin, qmax, dt = params["qmin"], params["qmax"], params["out_dtype"]
-    folded, mult, pre, post = consts
-
-    def rq(a):  # see _epilogue_exact
-        ch = channel(a)
-        product = i64(acc(*a) << pre[ch]) * i64(mult[ch]) + folded[ch]
-        high = (product >> tirx.const(32, "int64")).astype("int32") >> post[ch]
-        return tirx.max(tirx.min(high, tirx.const(qmax, "int32")), tirx.const(qmin, "int32")).astype(dt)
-
-    if not padded:
-        return te.compute(shape, lambda *i: rq(acc_index(i)), name="y")
-    tile = te.compute(acc.shape, lambda *a: rq(a), name="y_tile")
-    return te.compute(shape, lambda *i: tile(*acc_index(i)), name="y")
 
 
 def _unravel(flat, dims):
@@ -443,6 +429,29 @@ def _epilogue_at(sch, tile, lanes: int) -> None:
     sch.vectorize(inner)
     for loop in (*rows, outer):  # constant tile indices: LLVM keeps the accumulators in registers
         sch.unroll(loop)
+
+
+def _tensorized_epilogue_at(sch, tile, lanes: int, requant: dict, acc_scope: str) -> None:
+    """Requantize each accumulator tile under its ``tile`` loop with :func:`epilogue_intrin` (one
+    output channel per tile row, ``lanes`` pixels per step) into the tile ``y_tile``, then copy
+    its rows to the NCHW output (the intrinsic writes a whole vector: on the 4-D output a vector
+    of a flattened pixel range is no rectangle tensorize can match)."""
+    stage = sch.get_sblock("y_tile")
+    for name in ("y_tile", "y"):
+        sch.reverse_compute_at(sch.get_sblock(name), tile)
+    *rows, last = _loops_under(sch, stage, tile)[-2:]
+    outer, inner = sch.split(last, [None, lanes])
+    for loop in (*rows, outer):  # constant tile indices: LLVM keeps the accumulators in registers
+        sch.unroll(loop)
+    sch.tensorize(inner, epilogue_intrin(lanes, requant, acc_scope))
+    # the copy's own loops only: a tile of one channel and one pixel (Silero VAD's last 128 -> 1
+    # conv on a 1x1 plane) has none, and the innermost loop of the block is then the parallel tile
+    # loop, whose vectorization put the dot intrinsic's vectors inside a vectorized loop ("Cannot
+    # broadcast lanes=16 to 64" in TVM's vectorizer)
+    copy_loops = _loops_under(sch, sch.get_sblock("y"), tile)
+    if copy_loops:
+        _, copy = sch.split(copy_loops[-1], [None, lanes])
+        sch.vectorize(copy)
 
 
 def _loops_under(sch, block, loop) -> list:

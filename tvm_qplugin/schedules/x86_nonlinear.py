@@ -17,14 +17,16 @@ five of MiniLM's six kernels and 9.4 -> 1.5 ms on the sixth, GELU stays at 9.4 m
 """
 from __future__ import annotations
 
+import functools
+import json
+
 import numpy as np
 import tvm
 from tvm import te
 from tvm.s_tir import schedule as s_tir_schedule
 
 from ..ops import OPS, op_of
-from ..ops.registry import OP_ATTR, PARAMS_ATTR
-from .packing import PACKED_ATTR
+from .packing import Packing, packed_info, tag_packed
 from .x86 import CpuKernelRule, GeluInlineStages, fuse_loops
 
 
@@ -67,51 +69,69 @@ def gelu_is_elementwise(params: dict) -> bool:
     return params.get("variant") != "ivit-paper"
 
 
-class GeluTable(GeluInlineStages):
-    """``gelu_int`` on int8 / int16 input with more elements than the dtype has values: the op's
-    own TE definition evaluated once per input value, then each element gathered.
+class GeluTable:
+    """``gelu_int`` on int8 / int16 input: a table of the op's output for every input value,
+    computed at build time, and a kernel that only gathers ``y[i] = table[x[i] - min]``.
 
-    1. ``domain`` lists every value of the input dtype (65536 for int16); ``GeluInt.compute``
-       on it -- the very expression the kernel had, nothing rewritten -- is the table of their
-       outputs (2**16 int16: 128 KB, L2), its stages inlined as :class:`~.x86.GeluInlineStages`
-       does and computed in parallel chunks.
-    2. ``y_gather[i] = table[x[i] - min]``, rows in parallel.
-    Exact by construction: each output is the op's expression at that element's value.
-    MiniLM batch 8 (1024 x 1536 = 24 elements per table entry), one core: 9.4 -> 0.75 ms.
-    Note: the cost is I-ViT's per-element int64 division ``(2**31-1) // (E1 + E2)`` (scalar
-    ``idiv``: no vector division exists), which only a smaller count of evaluations removes.
+    A *packer* (schedules/packing.py, like the tensorized rules): the kernel is rewritten to read
+    the table as one more constant argument (2**16 int16 entries: 128 KB, L2) and the table is
+    the op's own TE definition (``GeluInt.compute``: the very expression the kernel had, nothing
+    rewritten) built for the build host and run once on every value of the input dtype --
+    exact by construction; compile's per-kernel and whole-model checks against the NumPy twin
+    still compare the gathered outputs. Rows run in parallel.
+    Note: the cost of the op is I-ViT's per-element int64 division ``(2**31-1) // (E1 + E2)``
+    (scalar ``idiv``: no vector division exists). Evaluating the table per call (65536 entries)
+    took 9.4 -> 0.75 ms at MiniLM's batch 8 (1024 x 1536) but cost as much as the gather itself
+    at batch 1 (128 x 1536: 1.5 elements per entry); at build time the call is the gather alone.
+    int16 tensors with fewer than ``count / MIN_ENTRIES_PER_ELEMENT`` elements keep the
+    row-parallel kernel (the table would weigh more in the artifact than the tensor it maps).
     """
 
-    MIN_ELEMENTS_PER_ENTRY = 2  # below this the table costs more than it saves
-    CHUNK = 512  # table entries per parallel task (a power of two: divides every table)
+    op = "gelu_int"
+    MIN_ENTRIES_PER_ELEMENT = 16
 
-    def apply(self, func: tvm.tirx.PrimFunc, target: tvm.target.Target):
+    def pack(self, func: tvm.tirx.PrimFunc, target: tvm.target.Target) -> Packing | None:
         described = op_of(func)
-        if target.kind.name != "llvm" or described is None or described[0] != self.op or PACKED_ATTR in func.attrs:
+        if target.kind.name != "llvm" or described is None or described[0] != self.op:
             return None
         shape, dtype = tuple(int(d) for d in func.params[0].ty.shape), str(func.params[0].ty.dtype)
         if dtype not in ("int8", "int16") or not gelu_is_elementwise(described[1]):
             return None
         lo, count = int(np.iinfo(dtype).min), 1 << np.iinfo(dtype).bits
-        if int(np.prod(shape)) < self.MIN_ELEMENTS_PER_ENTRY * count:
+        if int(np.prod(shape)) * self.MIN_ENTRIES_PER_ELEMENT < count:
             return None
+        out_dtype = str(func.params[-1].ty.dtype)
         x = te.placeholder(shape, dtype, name="x")
-        domain = te.compute((count,), lambda v: (v + lo).astype(dtype), name="domain")
-        table = OPS[self.op].compute(domain, **described[1])
-        y = te.compute(shape, lambda *i: table[x(*i).astype("int32") - lo], name="y_gather")
-        new = te.create_prim_func([x, y]).without_attr("global_symbol")
-        for key in (OP_ATTR, PARAMS_ATTR):
-            new = new.with_attr(key, func.attrs[key])
-        sch = s_tir_schedule.Schedule(new)
-        super().schedule(sch, described[1])
-        sch.compute_inline(sch.get_sblock("domain"))
-        entries = sch.get_sblock("y")
-        chunks, _ = sch.split(sch.get_loops(entries)[0], [None, min(self.CHUNK, count)])  # whole chunks: no predicate
-        sch.parallel(chunks)
-        stages = [b for b in sch.get_child_blocks(sch.get_sblock("root"))
-                  if sch.get(b).name_hint not in ("y", "y_gather")]
-        for block in reversed(stages):
-            sch.compute_at(block, chunks, preserve_unit_loops=True)
-        gather = sch.get_sblock("y_gather")
-        sch.parallel(fuse_loops(sch, sch.get_loops(gather)[:-1]) if len(shape) > 1 else sch.get_loops(gather)[0])
+        table = te.placeholder((count,), out_dtype, name="table")
+        y = te.compute(shape, lambda *i: table[x(*i).astype("int32") - lo], name="y")
+        packed = te.create_prim_func([x, table, y]).without_attr("global_symbol")
+        params = json.dumps(described[1], sort_keys=True)
+        return Packing(tag_packed(packed, func, {"rule": type(self).__name__}), (),
+                       lambda _consts: [_gelu_table(dtype, params)])
+
+    def apply(self, func: tvm.tirx.PrimFunc, target: tvm.target.Target):
+        info = packed_info(func)
+        if target.kind.name != "llvm" or info is None or info["rule"] != type(self).__name__:
+            return None
+        sch = s_tir_schedule.Schedule(func)
+        loops = sch.get_loops(sch.get_sblock("y"))
+        if len(loops) > 1:
+            sch.parallel(fuse_loops(sch, loops[:-1]))
+        else:
+            sch.parallel(sch.split(loops[0], [None, 4096])[0])
         return sch.mod["main"]
+
+
+@functools.cache
+def _gelu_table(dtype: str, params_json: str) -> np.ndarray:
+    """The op's output for every value of ``dtype`` (ascending), from its TE definition built
+    for the build host (integer arithmetic: the same integers on every target)."""
+    params = json.loads(params_json)
+    lo, count = int(np.iinfo(dtype).min), 1 << np.iinfo(dtype).bits
+    domain = te.placeholder((count,), dtype, name="domain")
+    out = OPS[GeluTable.op].compute(domain, **params)
+    lib = tvm.tirx.build(tvm.IRModule({"main": te.create_prim_func([domain, out])}), target="llvm")
+    values = tvm.runtime.tensor(np.arange(lo, lo + count).astype(dtype))
+    table = tvm.runtime.tensor(np.zeros(count, str(out.dtype)))
+    lib["main"](values, table)
+    return table.numpy()
