@@ -34,17 +34,15 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 
 # the whole-model variants `make test` leaves out (see pyproject's `extended` marker)
 test-extended: setup
-	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadscope --no-loadscope-reorder --timeout 3600 -m extended tests
+	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadscope --timeout 3600 -m extended tests
 
 demo: setup
 	$(BIN)/python examples/demo.py
 
 # --dist loadscope: a test module's tests stay on one worker, so a module-scoped fixture (a whole
 # model compiled once for its module's tests) is built once, not once per worker.
-# --no-loadscope-reorder: modules go out in collection order, which tests/conftest.py sorts longest
-# first (MODULE_SECONDS) so that the two workers finish together.
 test: setup
-	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadscope --no-loadscope-reorder --timeout 1800 --durations=20 -m "not extended" tests
+	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadscope --timeout 1800 --durations=20 -m "not extended" tests
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" tests
