@@ -39,7 +39,8 @@ def test_mixed_precision_tutorial_fits_the_budget_with_int4_and_int8_layers(tmp_
     bits = {layer["w_bits"] for layer in rep["layers"]}
     assert bits == {4, 8}, f"a 7 KB budget on 7.2 KB of int8 weights should mix 4 and 8 bits, got {bits}"
     printed = _run_python_blocks(MIXED, tmp_path)
-    assert printed.startswith("mixed {'size': 7168.0}") and "'lv1', 8, 8" in printed, printed
+    plan = [(layer["name"], layer["w_bits"], layer["a_bits"]) for layer in rep["layers"]]
+    assert printed.splitlines() == [f"mixed {rep['budget']} {rep['size_bytes']}", str(plan)], printed
 
 
 def test_cuda_tutorial_builds_dp4a_ptx_without_a_gpu(tmp_path):
