@@ -22,7 +22,9 @@ def data(tmp_path_factory):
 
 
 
-@pytest.mark.parametrize("board", ["nrf52840", "qemu-mps3-an547"])
+# [nrf52840] (Cortex-M4) is `extended`: the M4 CLI compile + qemu check is test_tutorials_mcu.py's, the
+# M4 C package on that board test_export_tutorial.py's
+@pytest.mark.parametrize("board", [pytest.param("nrf52840", marks=pytest.mark.extended), "qemu-mps3-an547"])
 def test_compile_for_board_and_verify(data, board):
     out = data / f"out-{board}"
     r = run_cli("compile", "examples/digits_cnn.onnx", "--target", board, "--calib", data / "calib.npz", "--eval",

@@ -176,7 +176,10 @@ def _check_minilm(path: Path, calib, evals, batch: int, seq: int, dynamic: bool,
     return cos
 
 
-@pytest.mark.parametrize("dynamic,nonlinear", [(False, "ivit"), (True, "ivit"), (False, "division-free")],
+# make test keeps [dynamic]; [static] is the whole graph's path (test_minilm_whole_graph_on_real_sentences),
+# division-free is the digits ViT's (test_transformers.py, test_export_vit_mcu.py): both `extended`
+@pytest.mark.parametrize("dynamic,nonlinear", [pytest.param(False, "ivit", marks=pytest.mark.extended), (True, "ivit"),
+                                               pytest.param(False, "division-free", marks=pytest.mark.extended)],
                          ids=["static", "dynamic", "division-free"])
 def test_minilm_one_layer_whole_graph(dynamic, nonlinear):
     """One encoder layer + pooling + normalisation, batch 2 x seq 16: the head's rules and our
