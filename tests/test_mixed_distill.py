@@ -40,6 +40,41 @@ def test_distilled_inputs_match_the_batchnorm_statistics(tmp_path):
     assert d.seconds > 0
 
 
+def test_distilled_inputs_stay_inside_the_preprocessing_range(tmp_path):
+    """ImageNet-style preprocessing bounds each channel differently; projected steps keep every
+    synthetic value inside its channel's bounds (a real image never leaves them)."""
+    from tvm_qplugin.data import Preprocess
+
+    lo, hi = Preprocess(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)).value_range()
+    assert np.allclose(lo, [-2.1179, -2.0357, -1.8044], atol=1e-4) and np.allclose(hi, [2.2489, 2.4286, 2.64], atol=1e-4)
+    path = _unfolded_model(tmp_path)
+    d = distill(path, samples=8, iterations=40, lr=0.1, input_box=(lo, hi, "NCHW"))
+    x = d.arrays["x"]
+    for c in range(3):
+        assert lo[c] <= x[:, c].min() and x[:, c].max() <= hi[c], (c, x[:, c].min(), x[:, c].max())
+    assert (x[:, 0] < hi[1]).all() or (x[:, 2] > lo[0]).any()  # not one global clamp
+    assert d.input_range == [lo.tolist(), hi.tolist()]
+    assert d.bn_loss_end < d.bn_loss_start / 4, (d.bn_loss_start, d.bn_loss_end)
+    with pytest.raises(CalibrationError, match=r"--mean/--std give 2 channel\(s\) but input of .* has 3"):
+        distill(path, samples=2, iterations=1, input_box=([0, 1], [1, 2], "NCHW"))
+
+
+def test_class_term_makes_a_classifiers_synthetic_inputs_confident(tmp_path):
+    """BN statistics alone leave a classifier's logits flat on synthetic inputs (so the logits
+    calibrate too narrow); the class term gives each input a confident class."""
+    path = _unfolded_model(tmp_path)
+    tg = load_torch_graph(path)
+
+    def confidence(d):
+        with torch.no_grad():
+            return float(torch.softmax(tg.run({"x": d.arrays["x"]})[0], 1).max(1).values.mean())
+
+    plain = distill(path, samples=8, iterations=60, lr=0.1, class_weight=0.0)
+    pushed = distill(path, samples=8, iterations=60, lr=0.1, class_weight=1.0)
+    assert plain.class_weight == 0.0 and pushed.class_weight == 1.0
+    assert confidence(pushed) > confidence(plain) + 0.2, (confidence(plain), confidence(pushed))
+
+
 def test_distill_refuses_a_model_whose_batchnorms_were_folded():
     from qplugin_zoo.digits import digits_cnn_onnx
 

@@ -42,17 +42,24 @@ def compiled(tmp_path_factory):
     d = tmp_path_factory.mktemp("html")
     model = tiny_model(d, batchnorm=True)
     np.savez(d / "eval.npz", input=np.random.default_rng(1).standard_normal((32, 1, 8, 8)).astype(np.float32))
-    r = run_cli("compile", model, "--calib", "distill", "--eval", d / "eval.npz", "-o", d / "out")
+    # pixels 0..255 -> (p * 8/255 - 4) / 1: inputs in [-4, 4], as the Gaussian eval inputs nearly all are
+    r = run_cli("compile", model, "--calib", "distill", "--scale", str(8 / 255), "--mean", "4", "--std", "1",
+                "--eval", d / "eval.npz", "-o", d / "out")
     ok(r)
     return d / "out", r
 
 
 def test_compile_calibrates_on_distilled_inputs(compiled):
     out, r = compiled
-    assert "distilled    32 calibration inputs from the batch-norm statistics in" in r.stderr
+    from tvm_qplugin.mixed.distill import CLASS_WEIGHT, DEFAULT_SAMPLES
+
+    assert f"distilled    {DEFAULT_SAMPLES} calibration inputs from the batch-norm statistics in" in r.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["bit_exact"] and report["integer_only"]
-    assert report["calibration"]["source"] == "distill" and report["timing_s"]["distill"] > 0
+    cal = report["calibration"]
+    assert cal["source"] == "distill" and report["timing_s"]["distill"] > 0
+    assert np.allclose(cal["input_range"], [[-4.0], [4.0]], atol=1e-5), cal["input_range"]
+    assert cal["class_weight"] == CLASS_WEIGHT  # a 4-class classifier: the class term was used
     assert report["accuracy"]["value"] >= 0.9, report["accuracy"]  # agreement with fp32 on real-valued inputs
 
 

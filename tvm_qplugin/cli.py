@@ -91,9 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     img = c.add_argument_group("image directory preprocessing (with --calib DIR)")
     img.add_argument("--resize", type=_positive_int, help="resize the short side to N pixels")
     img.add_argument("--crop", type=_positive_int, help="center crop N x N")
-    img.add_argument("--scale", type=float, default=1 / 255, help="multiply pixels by this (default 1/255)")
-    img.add_argument("--mean", type=_floats, default=(0.0, 0.0, 0.0))
-    img.add_argument("--std", type=_floats, default=(1.0, 1.0, 1.0))
+    img.add_argument("--scale", type=float, help="multiply pixels by this (default 1/255)")
+    img.add_argument("--mean", type=_floats, help="subtract per channel after scaling (default 0,0,0)")
+    img.add_argument("--std", type=_floats, help="divide per channel after the mean (default 1,1,1); with --calib "
+                     "distill, --scale/--mean/--std bound the synthetic inputs to what real images can produce")
     img.add_argument("--layout", default="NCHW", choices=["NCHW", "NHWC"])
     img.add_argument("--grayscale", action="store_true")
     c.add_argument("--tuning-db", metavar="DIR", help="MetaSchedule database from `tune` (default: the one shipped for "
@@ -135,13 +136,13 @@ def cmd_compile(a) -> int:
     from .data import Preprocess
     from .report import summary
 
-    pre = Preprocess(resize=a.resize, crop=a.crop, scale=a.scale, mean=a.mean, std=a.std, layout=a.layout,
-                     grayscale=a.grayscale)
+    given = {k: getattr(a, k) for k in ("scale", "mean", "std") if getattr(a, k) is not None}
+    pre = Preprocess(resize=a.resize, crop=a.crop, layout=a.layout, grayscale=a.grayscale, **given)
     calib, distilled = a.calib, None
     if calib == "distill":  # ZeroQ: inputs synthesised from the model's batch-norm statistics
         from .mixed.cli import distilled_calibration
 
-        calib, distilled = distilled_calibration(a.model, a.input_shape)
+        calib, distilled = distilled_calibration(a.model, a.input_shape, pre if given else None)
     art = compile_model(a.model, target=a.target, calib=calib, eval=a.eval, input_shapes=a.input_shape,
                         preprocess=pre, precision=a.precision, layer_bits=a.layer_bits, nonlinear=a.nonlinear,
                         **({"observer": a.observer} if a.observer else {}),

@@ -46,6 +46,16 @@ class Preprocess:
     layout: str = "NCHW"
     grayscale: bool = False
 
+    def value_range(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per channel, the lowest and highest value this preprocessing can produce from 8-bit
+        pixels (0 and 255): the box every real input lies in (data-free calibration keeps its
+        synthetic inputs inside it)."""
+        channels = 1 if self.grayscale else len(self.mean)
+        mean = np.asarray(self.mean[:channels], np.float64)
+        std = np.asarray(self.std[:channels], np.float64)
+        lo, hi = (0.0 - mean) / std, (255.0 * self.scale - mean) / std
+        return np.minimum(lo, hi).astype(np.float32), np.maximum(lo, hi).astype(np.float32)
+
 
 @dataclass
 class Dataset:

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
-from .distill import DISTILL, check_distillable, distill
+from .distill import DEFAULT_ITERATIONS, DEFAULT_SAMPLES, DISTILL, check_distillable, distill
+
+log = logging.getLogger(__name__)
 
 
 def add_sensitivity_parser(sub, positive_int) -> None:
@@ -92,17 +95,29 @@ def load_calibration(model, calib, input_shapes, what: str = "calibration"):
     return ds.arrays, ds.labels
 
 
-def distilled_calibration(model, input_shapes=(), samples: int = 32, iterations: int = 200) -> tuple[dict, dict]:
-    """``--calib distill``: ``(inputs, how they were made)`` (ZeroQ), with the time it took on stderr."""
+def distilled_calibration(model, input_shapes=(), preprocess=None, samples: int = DEFAULT_SAMPLES,
+                          iterations: int = DEFAULT_ITERATIONS) -> tuple[dict, dict]:
+    """``--calib distill``: ``(inputs, how they were made)`` (ZeroQ), with the time it took on stderr.
+    ``preprocess`` (the user's --scale/--mean/--std), when given, bounds the synthetic inputs to the
+    values real images can take; without it they are unbounded and the input's quantization range
+    is as wide as the synthesis made it (a warning says so)."""
     from ..frontend import parse_input_shapes
 
     check_distillable(model)
     shapes = parse_input_shapes(list(input_shapes)) if input_shapes else {}
-    d = distill(model, samples=samples, iterations=iterations, input_shape=next(iter(shapes.values()), None))
+    box = None
+    if preprocess is not None:
+        lo, hi = preprocess.value_range()
+        box = (lo, hi, preprocess.layout)
+    else:
+        log.warning("--calib distill without --scale/--mean/--std: the synthetic inputs are unbounded, so the input's "
+                    "quantization range may be wider than real images need; give the model's preprocessing")
+    d = distill(model, samples=samples, iterations=iterations, input_shape=next(iter(shapes.values()), None),
+                input_box=box)
     print(f"distilled    {samples} calibration inputs from the batch-norm statistics in {d.seconds:.1f} s "
           f"(statistics loss {d.bn_loss_start:.3g} -> {d.bn_loss_end:.3g})", file=sys.stderr)
     return d.arrays, {"samples": samples, "iterations": iterations, "bn_loss": [d.bn_loss_start, d.bn_loss_end],
-                      "seconds": d.seconds}
+                      "class_weight": d.class_weight, "input_range": d.input_range, "seconds": d.seconds}
 
 
 def _widths(text: str) -> tuple[int, ...]:
