@@ -14,8 +14,8 @@ share one strategy, :func:`_dp4a_gemm`:
    innermost (contiguous) one of the shared buffer (``transform_layout``) where the kernel's own
    layout does not have it innermost (``b[k, n]`` of a matmul, ``x[c, h, w]`` / ``w[o, c, kh, kw]``
    of a conv).
-3. The innermost 4 reduction steps tensorized with ``__dp4a`` (``s_tir.tensor_intrin``'s
-   ``dp4a_s8s8s32`` / ``dp4a_u8s8s32`` / ...): four 8-bit products summed into int32, exact.
+3. The innermost 4 reduction steps tensorized with ``__dp4a`` (our ``intrin_cuda``
+   ``qplugin_dp4a_s8s8s32`` / ``qplugin_dp4a_u8s8s32`` / ...): four 8-bit products summed into int32, exact.
 4. The accumulator lives in a register (``local``) and the requant epilogue (bias, dyadic
    multiply, shift, clamp) runs right after it in the same thread: the int32 sum never goes to
    global memory.
@@ -34,11 +34,11 @@ Note: tensor-core ``mma.sync`` s8 is not done here; ``__dp4a`` is what every sm_
 from __future__ import annotations
 
 import tvm
-import tvm.s_tir.tensor_intrin.dot_product_common
 from tvm.s_tir import dlight
 from tvm.s_tir import schedule as s_tir_schedule
 
 from ..ops import op_of
+from .intrin_cuda import dp4a_intrin_name
 from ..passes.verify_tir import _dtype_of
 
 DP4A_OPERANDS = ("int8", "uint8")
@@ -50,8 +50,7 @@ SCHEDULED_ATTR = "tirx.is_scheduled"  # dlight's ApplyDefaultSchedule skips func
 
 def dp4a_intrin(a_dtype: str, b_dtype: str) -> str:
     """Name of the registered ``__dp4a`` intrinsic for these operand dtypes (int32 result)."""
-    short = {"int8": "s8", "uint8": "u8"}
-    return f"dp4a_{short[a_dtype]}{short[b_dtype]}s32"
+    return dp4a_intrin_name(a_dtype, b_dtype)
 
 
 def _divisor(extent: int, options: tuple[int, ...]) -> int:
