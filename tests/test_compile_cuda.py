@@ -13,6 +13,7 @@ import pytest
 import tvm
 
 from cli_run import ROOT, assert_user_error, ok, run_cli
+from tutorial_blocks import REPO, run_python_blocks, run_readme
 from qplugin_zoo import digits_split
 from tvm_qplugin.build_cuda import split_ptx
 
@@ -29,16 +30,29 @@ def data(tmp_path_factory):
     return d
 
 
+CUDA_TUTORIAL = REPO / "tutorials" / "cuda_compile" / "README.md"
+
+
 @pytest.fixture(scope="module")
-def compiled(data):
-    out = data / "out"
-    r = run_cli("compile", DIGITS, "--target", "nvidia-t4", "--calib", data / "calib.npz", "--eval",
-                data / "eval.npz", "-o", out)
-    return ok(r), out, json.loads((out / "report.json").read_text())
+def compiled(tmp_path_factory):
+    """The module's one CUDA compile: tutorials/cuda_compile's own commands, run as written
+    (tests/tutorial_blocks.py), so the walk-through and the checks below share it."""
+    workdir = tmp_path_factory.mktemp("cuda_tutorial")
+    stdout = ok(run_readme(CUDA_TUTORIAL, workdir))
+    out = workdir / "out-cuda"
+    return stdout, out, json.loads((out / "report.json").read_text()), workdir
+
+
+def test_cuda_tutorial_prints_what_it_promises(compiled):
+    stdout, out, rep, workdir = compiled
+    assert "dp4a" in (out / "cuda" / "kernels.ptx").read_text(), "the tutorial promises dp4a in the PTX"
+    printed = run_python_blocks(CUDA_TUTORIAL, workdir).splitlines()
+    assert printed[0] == f"sm_75 {rep['cuda']['kernels']} {rep['cuda']['dp4a_kernels']}", printed
+    assert printed[1] == str([layer["kernel"]["source"] for layer in rep["layers"]]), printed
 
 
 def test_cuda_compile_saves_the_gpu_library_and_its_dp4a_ptx(compiled):
-    _, out, rep = compiled
+    _, out, rep, _ = compiled
     assert {p.name for p in (out / "cuda").iterdir()} == {"model.so", "kernels.cu", "kernels.ptx"}
     cuda = rep["cuda"]
     assert cuda["board"] == "nvidia-t4" and cuda["arch"] == "sm_75"
@@ -52,7 +66,7 @@ def test_cuda_compile_saves_the_gpu_library_and_its_dp4a_ptx(compiled):
 
 
 def test_cuda_report_names_each_layers_kernel_and_says_what_ran(compiled):
-    stdout, _, rep = compiled
+    stdout, _, rep, _ = compiled
     assert rep["integer_only"] and rep["bit_exact"], "the host build of the integer graph is not bit-exact"
     kernels = [layer["kernel"]["source"] for layer in rep["layers"]]
     assert set(kernels) <= {"cuda-dp4a", "cuda-default"} and "cuda-dp4a" in kernels, kernels

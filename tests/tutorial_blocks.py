@@ -41,3 +41,13 @@ def run_readme(readme: Path, workdir: Path, timeout: int = 900) -> subprocess.Co
 def python_blocks(readme: Path) -> list[str]:
     """The ```python fenced blocks of ``readme``, in order."""
     return re.findall(r"^```python\n(.*?)^```", readme.read_text(), flags=re.S | re.M)
+
+
+def run_python_blocks(readme: Path, workdir: Path) -> str:
+    """The README's ```python blocks (they read what its commands wrote), in ``workdir``; their stdout."""
+    blocks = python_blocks(readme)
+    assert blocks, f"{readme}: no python block"
+    r = subprocess.run([sys.executable, "-c", "\n".join(blocks)], capture_output=True, text=True, cwd=workdir,
+                       timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, f"exit {r.returncode}\nstdout: {r.stdout[-3000:]}\nstderr: {r.stderr[-3000:]}"
+    return r.stdout
