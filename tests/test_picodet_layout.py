@@ -11,11 +11,11 @@ import onnxruntime as ort
 import pytest
 
 import tvm_qplugin as tq
+from qplugin_zoo.picodet_layout import CALIB_PHOTOS as CALIB
+from qplugin_zoo.picodet_layout import EVAL_PHOTOS as EVAL
 from qplugin_zoo.picodet_layout import layout_inputs, picodet_layout_onnx
 
 log = logging.getLogger(__name__)
-CALIB = ["page", "text", "camera", "coins", "astronaut", "coffee", "china", "rocket"]
-EVAL = ["page", "text", "motorcycle_left"]
 
 
 @pytest.mark.slow
