@@ -83,7 +83,8 @@ def text_scenes(names: list[str], per_photo: int, seed: int = 0) -> np.ndarray:
                 font = ImageFont.load_default(size=size)
                 start = int(rng.integers(0, len(words) - 8))
                 line = " ".join(words[start:start + int(rng.integers(2, 8))])
-                ink = tuple(int(v) for v in (rng.integers(0, 60, 3) if rng.random() < 0.6 else rng.integers(200, 256, 3)))
+                dark = rng.random() < 0.6
+                ink = tuple(int(v) for v in (rng.integers(0, 60, 3) if dark else rng.integers(200, 256, 3)))
                 xy = (int(rng.integers(0, WIDTH // 2)), int(rng.integers(0, HEIGHT - size)))
                 draw.text(xy, line, fill=ink, font=font)
             out.append(preprocess(np.asarray(img)))
