@@ -9,7 +9,7 @@ PicoDet layout detector, 800x608, 8 outputs; ``ppocr``: PP-OCRv5's DB text detec
 Prints one JSON object: per engine, median latency (batch 1), the three engines timed
 interleaved (round-robin, one process: the load of this shared machine falls on all alike), and
 against ONNX Runtime fp32 on the evaluation images the model's accuracy figures (output-map
-cosine; ddddocr: box IoU after its decoding + NMS; PP-OCRv5: DB text-mask IoU). ONNX Runtime's
+cosine; ddddocr, PicoDet: box IoU after the model's own decoding + NMS; PP-OCRv5: DB text-mask IoU). ONNX Runtime's
 per-channel QDQ needs opset >= 13: older models are converted first.
 Run: `.venv/bin/python benchmarks/detector_cpu.py [--model M] [--runs N] [--threads T]`.
 """
@@ -53,10 +53,13 @@ def _ddddocr():
 
 
 def _picodet():
-    from qplugin_zoo.picodet_layout import CALIB_PHOTOS, EVAL_PHOTOS, layout_inputs, picodet_layout_onnx
+    from qplugin_zoo.picodet_layout import (CALIB_PHOTOS, EVAL_PHOTOS, box_agreement, decode, layout_inputs,
+                                            picodet_layout_onnx)
 
     def score(want, got):
-        return {"worst_cosine": round(min(_cosine(g, w) for g, w in zip(got, want)), 4)}
+        iou, n_ref, n_got = box_agreement(decode(want), decode(got))
+        return {"worst_cosine": round(min(_cosine(g, w) for g, w in zip(got, want)), 4), "box_iou": round(iou, 3),
+                "boxes": [n_ref, n_got]}
 
     return (picodet_layout_onnx(), "image", layout_inputs(CALIB_PHOTOS), EVAL_PHOTOS, layout_inputs(EVAL_PHOTOS),
             {}, score)

