@@ -6,9 +6,10 @@ and ``fraction_of_peak`` (against tvm_qplugin/peak.py's register-only loop of th
 the layer's activation width runs on, all threads).
 
 The compile times its kernels over 3 runs; here over ``--runs`` (medians per call: this machine is
-shared, and 3 runs move a thin layer's figure by 2x). Prints a markdown table of the hottest
-layers (time x calls) and a JSON summary (share of conv/dense time in kernels at >= 50 % of
-peak, per ISA).
+shared, and 3 runs move a thin layer's figure by 2x). Prints a markdown table of the layers
+that lose the most time against the peak (``latency x (1 - fraction_of_peak)``, the order in which
+to attack them) and a JSON summary (share of conv/dense time in kernels at >= 50 % of peak, the
+time lost, per ISA).
 
 Run: `.venv/bin/python benchmarks/x86_peak_table.py [--runs 30] [--top 15] [--isa native avx2] [--save F | --load F]`.
 """
@@ -56,28 +57,37 @@ def operand_bits(layer: dict) -> int:
     return 16 if "vpdpwssd" in (layer.get("kernel") or {}).get("why", "") else layer["a_bits"]
 
 
+def lost_us(layer: dict) -> float:
+    """Time the layer loses against its peak, ``latency x (1 - fraction_of_peak)``: what a kernel
+    at peak would save -- the order in which to attack the kernels."""
+    return layer["latency_us"] * (1 - (layer["fraction_of_peak"] or 0))
+
+
 def table(reports: dict, top: int) -> tuple[str, dict]:
-    """Markdown rows for the ``top`` hottest conv/dense layers (by the first ISA's time) and, per
-    ISA, the share of conv/dense time spent in layers at >= 50 % of peak."""
+    """Markdown rows for the ``top`` conv/dense layers that lose the most time against the peak
+    (:func:`lost_us`, the first ISA's) and, per ISA, the share of conv/dense time spent in layers
+    at >= 50 % of peak."""
     names = list(reports)
     layers = {isa: [layer for layer in r["layers"] if layer["op"] in HOT_OPS and layer["latency_us"]]
               for isa, r in reports.items()}
-    first = sorted(layers[names[0]], key=lambda layer: -layer["latency_us"])[:top]
+    first = sorted(layers[names[0]], key=lambda layer: -lost_us(layer))[:top]
     by_name = {isa: {layer["name"]: layer for layer in ls} for isa, ls in layers.items()}
-    head = "| layer (ONNX node) | rule | operand bits | MMAC | " + " | ".join(f"{isa} µs | GMAC/s | of peak" for isa in names) + " |"
-    rows = [head, "|" + "---|" * (4 + 3 * len(names))]
+    head = "| layer (ONNX node) | rule | operand bits | MMAC | " + " | ".join(f"{isa} µs | GMAC/s | of peak | lost µs" for isa in names) + " |"
+    rows = [head, "|" + "---|" * (4 + 4 * len(names))]
     for layer in first:
         cells = [layer.get("onnx_node") or layer["name"], rule(layer), str(operand_bits(layer)), f"{layer['macs'] / 1e6:.1f}"]
         for isa in names:
             other = by_name[isa].get(layer["name"])
-            cells += ["-", "-", "-"] if other is None else \
-                [f"{other['latency_us']:.1f}", f"{other['gmacs']:.0f}", f"{100 * (other['fraction_of_peak'] or 0):.0f} %"]
+            cells += ["-"] * 4 if other is None else \
+                [f"{other['latency_us']:.1f}", f"{other['gmacs']:.0f}", f"{100 * (other['fraction_of_peak'] or 0):.0f} %",
+                 f"{lost_us(other):.1f}"]
         rows.append("| " + " | ".join(cells) + " |")
     summary = {}
     for isa, ls in layers.items():
         total = sum(layer["latency_us"] for layer in ls)
         at_half = sum(layer["latency_us"] for layer in ls if (layer["fraction_of_peak"] or 0) >= 0.5)
-        summary[isa] = {"conv_dense_us": round(total, 1), "share_at_half_peak": round(at_half / max(total, 1e-9), 3),
+        summary[isa] = {"conv_dense_us": round(total, 1), "lost_us": round(sum(map(lost_us, ls)), 1),
+                        "share_at_half_peak": round(at_half / max(total, 1e-9), 3),
                         "layers": len(ls), "layers_at_half_peak": int(sum((layer["fraction_of_peak"] or 0) >= 0.5 for layer in ls)),
                         "latency_ms": reports[isa]["latency_ms"], "bit_exact": reports[isa]["bit_exact"]}
     return "\n".join(rows), summary

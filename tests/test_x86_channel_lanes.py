@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 import tvm
 from conftest import assert_bit_exact
-from test_x86_kernels import INSTRUCTION, PATTERNS, TARGETS, activations, asm_of, one_op_module, weights
+from test_x86_kernels import (
+    INSTRUCTION,
+    PATTERNS,
+    TARGETS,
+    activations,
+    asm_of,
+    one_op_module,
+    weights,
+)
 from tvm import relax
 
 from tvm_qplugin.build import build
@@ -62,8 +70,8 @@ def built(request):
 
 
 def test_small_plane_pointwise_conv_bit_exact_at_extremes(built):
-    case, consts, main, info, asm = built
-    target_name, xdt, n, c, o, hw = CASES[case]
+    case, consts, main, _info, asm = built
+    target_name, xdt, n, c, _o, hw = CASES[case]
     rng = np.random.default_rng(2)
     for pattern in PATTERNS:
         x = activations(rng, (n, c, hw, hw), xdt, pattern)

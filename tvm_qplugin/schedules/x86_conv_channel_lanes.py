@@ -24,10 +24,16 @@ from .x86_int8 import (
     _offset,
     _round_up,
 )
-from .x86_requant import _channel_consts, _channel_placeholders, _epilogue_exact, _requant_stage
+from .x86_requant import (
+    _channel_consts,
+    _channel_placeholders,
+    _epilogue_exact,
+    _requant_stage,
+)
 
-# pixel lanes are kept unless they drop at least this share of the dot work (a 14x14 plane on
-# AVX-512 drops 12 of 208 lanes, 6 %: the pixel layout's per-channel epilogue stays cheaper)
+# pixel lanes are kept unless they drop at least this share of the dot work: a 14x14 plane on
+# AVX-512 drops 12 of 208 lanes (6 %), and with channel lanes MobileNetV2's 14x14 / 28x28 convs ran
+# 0.60-1.02x (the thin-K int16 ones slowest: their time is the epilogue, cheaper per channel row)
 MIN_PIXEL_WASTE = 0.1
 
 
