@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tvm
 from conftest import assert_bit_exact
+from test_int4 import check_patterns, nibbles
 from test_x86_kernels import (
     INSTRUCTION,
     PATTERNS,
@@ -23,6 +24,7 @@ from tvm import relax
 
 from tvm_qplugin.build import build
 from tvm_qplugin.ops import OPS
+from tvm_qplugin.quant.int4 import pack_int4
 from tvm_qplugin.schedules import pack_weights
 from tvm_qplugin.schedules.packing import packed_info
 from tvm_qplugin.schedules.x86_conv_channel_lanes import _pixel_lane_waste
@@ -92,3 +94,15 @@ def test_pixel_lane_waste():
     assert _pixel_lane_waste(49, 16) == pytest.approx(15 / 64)   # 7x7: 2 vectors of 32 pixels
     assert _pixel_lane_waste(196, 16) == pytest.approx(12 / 208)  # 14x14: 13 vectors
     assert _pixel_lane_waste(3136, 16) == 0                       # 56x56
+
+
+def test_int4_pointwise_conv_widened_into_the_channel_lane_kernel():
+    """An int4 1x1 conv on a 7x7 plane goes through Int4WidenedAtBuild into this rule (weights
+    widened at build) and stays bit-exact with the int4 op's twin."""
+    rng = np.random.default_rng(3)
+    w = nibbles(rng, (16, 32, 1, 1))
+    consts = [pack_int4(w.reshape(16, -1)), *_consts(rng, 16, 32, "int8")[1:]]
+    info, asm = check_patterns(rng, "conv2d_requant_w4", (1, 32, 7, 7), "int8", consts, "vnni",
+                               **PARAMS, w_shape=list(w.shape))
+    assert info["rule"] == "Conv2D1x1ChannelLanes" and info["int4"] == "widened at build", info
+    assert "vpdpbusd" in asm
