@@ -19,7 +19,9 @@ are TVM's weak runtime hooks (workspace allocation, parallel launch), which the 
 static pool and serially: no TVM runtime on the board.
 
 Schedules (the candidates :mod:`.kernel_choice` measures; see :func:`_schedule`): ``default``,
-``tiled``, ``tiled2x4``, ``tiled4x4``.
+``tiled``, ``tiled2x4``, ``tiled4x4``; and ``sdot4x4`` on boards with the dot-product extension, a
+kernel of its own (:mod:`.tir_kernels_sdot`: channels in the ``sdot`` lanes, weights prepacked, the
+requantization on 4 outputs at once).
 """
 from __future__ import annotations
 
@@ -31,8 +33,10 @@ from tvm.script import tirx as T
 
 from ..errors import UnsupportedOpError
 from .c_graph import dt_info
+from .tir_kernels_sdot import pack_weights_sdot, sdot_applies, sdot_module
 
-SCHEDULES = ("default", "tiled", "tiled2x4", "tiled4x4")
+SCHEDULES = ("default", "tiled", "tiled2x4", "tiled4x4", "sdot4x4")
+DOTPROD_SCHEDULES = ("sdot4x4",)   # need the board's dot-product extension (sdot): no candidate elsewhere
 _ROWS = {"tiled2x4": 2, "tiled4x4": 4}   # rows of x per tile of the row-blocked schedules
 TIR_TILE_N = 4       # output channels per pass of the tiled schedule
 
@@ -165,7 +169,14 @@ def build_object(specs: list[DenseSpec], board, path: Path) -> list[Path]:
     target = object_target(board)
     out = []
     for sp in specs:
-        mod = _schedule(_dense_module(sp), sp)
+        if sp.schedule in DOTPROD_SCHEDULES:
+            if "dotprod" not in board.features or not sdot_applies(sp):
+                raise UnsupportedOpError(f"TIR kernel {sp.name}: {sp.schedule} needs the dot-product extension "
+                                         f"(board {board.name}: {list(board.features)}) and n, k multiples of 4 "
+                                         f"(n={sp.n}, k={sp.k}); choose another schedule")
+            mod = sdot_module(sp)
+        else:
+            mod = _schedule(_dense_module(sp), sp)
         mod["main"] = mod["main"].with_attr("global_symbol", sp.name)
         with tvm.transform.PassContext(opt_level=3, config={"tirx.disable_assert": True}):
             lib = tvm.tirx.build(mod, target=target)
@@ -311,8 +322,16 @@ class TirKernelCalls:
                        s.out.dtype, int(p["qmin"]), int(p["qmax"]), self.tir_choice[s.index], nchw,
                        bool(np.asarray(s.args[4].val.const).min() >= 33))
         self.tir_specs.append(sp)
+        wt = wk["wt"]
+        if sp.schedule in DOTPROD_SCHEDULES and sdot_applies(sp):   # its own copy, prepacked for sdot
+            wrows = np.zeros((d["n"], wk["kp"]), np.int8)
+            wrows[:, :d["k"]] = w.val.const.reshape(d["n"], d["k"])
+            wt = self.const_array(pack_weights_sdot(wrows.reshape(-1), d["n"], wk["kp"]), "int8_t", "wsdot")
         hand = self.calls.pop()
-        self.calls += ["#if QM_TIR", f"  (void)qm_p{s.index};  /* the hand-written call's parameters */", f"  {sp.name}({self.ptr(x, True)}, {wk['wt']}, {bn}, {wk['mult']}, {wk['shift']}, "
-                       f"{self.ptr(s.out)});", "#else", *([f"  (void){bn};"] if bn != wk["bias"] else []), hand,
+        self.calls += ["#if QM_TIR", f"  (void)qm_p{s.index};  /* the hand-written call's parameters */",
+                       *([f"  (void){wk['wt']};"] if wt != wk["wt"] else []),
+                       f"  {sp.name}({self.ptr(x, True)}, {wt}, {bn}, {wk['mult']}, {wk['shift']}, "
+                       f"{self.ptr(s.out)});", "#else", *([f"  (void){bn};"] if bn != wk["bias"] else []),
+                       *([f"  (void){wt};"] if wt != wk["wt"] else []), hand,
                        "#endif"]
         s.c_func = sp.name
