@@ -33,7 +33,7 @@ from tvm.script import tirx as T
 
 from ..errors import UnsupportedOpError
 from .c_graph import dt_info
-from .tir_kernels_sdot import pack_weights_sdot, sdot_applies, sdot_module
+from .tir_kernels_sdot import pack_weights_sdot, sdot_applies, sdot_module, workspace_bytes
 
 SCHEDULES = ("default", "tiled", "tiled2x4", "tiled4x4", "sdot4x4")
 DOTPROD_SCHEDULES = ("sdot4x4",)   # need the board's dot-product extension (sdot): no candidate elsewhere
@@ -282,7 +282,9 @@ def shim_sources(specs: list[DenseSpec]) -> tuple[str, str]:
               "void qk_tir_call(int32_t (*fn)(void *, void *, int32_t, void *), int32_t n, void *const *ptrs);\n"
               + "".join(prototype(sp) + ";\n" for sp in specs) + "#endif\n")
     # workspace: the local accumulators and a pointwise conv's packed block of pixels (<= 4 rows of k int8)
-    pool = 1024 + max((4 * sp.kp for sp in specs if sp.nchw), default=0)
+    # (sdot4x4: all of x packed, workspace_bytes)
+    pool = 1024 + max((workspace_bytes(sp) if sp.schedule in DOTPROD_SCHEDULES else 4 * sp.kp
+                       for sp in specs if sp.nchw), default=0)
     body = [_SHIM_HEAD.replace("@POOL@", str((pool + 63) // 64 * 64))]
     for sp in specs:
         body.append(f"\nint32_t __tvm_ffi_{sp.name}(void *self, void *args, int32_t n, void *result);\n"

@@ -29,6 +29,13 @@ import tvm
 from tvm.script import tirx as T
 
 SDOT = T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8")
+SQDMULH = T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sqdmulh.v4i32")
+SRSHL = T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.srshl.v4i32")
+TBL4 = T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.tbl4.v16i8")   # low byte of each int32 lane (clamped)
+SQXTUN = T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sqxtun.v4i16")
+UQXTN = T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.uqxtn.v8i8")
+SQXTN16 = T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sqxtn.v4i16")
+SQXTN8 = T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sqxtn.v8i8")
 FLIP32 = -0x7F7F7F80   # 0x80808080 as int32: x ^ 0x80 on the 4 bytes of a word
 
 
@@ -42,84 +49,169 @@ def pack_weights_sdot(w: np.ndarray, n: int, kp: int) -> np.ndarray:
     return np.ascontiguousarray(w[: n * kp].reshape(n // 4, 4, kp // 4, 4).transpose(0, 2, 1, 3)).reshape(-1)
 
 
+def workspace_bytes(sp) -> int:
+    """Workspace of one kernel (TVMBackendAllocWorkspace): a pointwise conv's packed x."""
+    return (sp.m + 3) // 4 * 4 * sp.k if sp.nchw else 0
+
+
 def _rows(m: int) -> int:
     """Rows per tile: the largest of 4, 3, 2 that divides m, else 4 (the last tile repeats a row)."""
     return next((r for r in (4, 3, 2) if m % r == 0), 4 if m > 4 else m)
 
 
-def _requant4(sp, acc, b, mu, sh):
-    """The per-channel requantization of 4 outputs (int32x4 accumulators), quant/dyadic.py's formula."""
-    s = acc + b                      # |acc + b| < 2^31: checked by kernels_c's accumulator bound
-    if sp.shift33:                   # floor((a b + 2^(c-1)) / 2^c) == (hi + 2^(c-33)) >> (c-32), hi = (a b) >> 32
-        hi32 = T.Cast("int32x4", (T.Cast("int64x4", s) * T.Cast("int64x4", mu)) >> T.Broadcast(T.int64(32), 4))
-        c32 = T.Cast("int32x4", sh) - T.Broadcast(T.int32(32), 4)
-        v = (hi32 + (T.Broadcast(T.int32(1), 4) << (c32 - T.Broadcast(T.int32(1), 4)))) >> c32
-        return T.Cast(f"{sp.out_dtype}x4", T.max(T.min(v, T.Broadcast(T.int32(sp.qmax), 4)),
-                                                  T.Broadcast(T.int32(sp.qmin), 4)))
+def _requant4(sp, s, mu, sh, clamp: bool = True):
+    """The per-channel requantization of 4 outputs (``s``: int32x4 accumulators, bias included),
+    quant/dyadic.py's formula, clamped to [qmin, qmax] (``clamp``), still int32x4."""
+    lo, hi = T.Broadcast(T.int32(sp.qmin), 4), T.Broadcast(T.int32(sp.qmax), 4)
+    if sp.shift33:
+        # floor((s mu + 2^(c-1)) / 2^c) for c = sh >= 33 is srshl(sqdmulh(s, mu), -(c - 31)): sqdmulh is
+        # floor(s mu / 2^31) (it saturates only for s = mu = -2^31; mu > 0), and a rounding shift of
+        # floor(P / 2^31) by c - 31 equals qk_internal.h's ((s mu >> 32) + 2^(c-33)) >> (c-32)
+        v = T.call_llvm_pure_intrin("int32x4", SRSHL, T.call_llvm_pure_intrin("int32x4", SQDMULH, s, mu),
+                                    T.Broadcast(T.int32(31), 4) - T.Cast("int32x4", sh))
+        return T.max(T.min(v, hi), lo) if clamp else v
     sh64 = T.Cast("int64x4", sh)
     one = T.Broadcast(T.int64(1), 4)
     v = (T.Cast("int64x4", s) * T.Cast("int64x4", mu) + ((one << sh64) >> one)) >> sh64
-    return T.Cast(f"{sp.out_dtype}x4", T.max(T.min(v, T.Broadcast(T.int64(sp.qmax), 4)),
-                                              T.Broadcast(T.int64(sp.qmin), 4)))
+    return T.Cast("int32x4", T.max(T.min(v, T.Cast("int64x4", hi)), T.Cast("int64x4", lo)))
+
+
+def _saturating(sp) -> bool:
+    """[qmin, qmax] is the whole 8-bit range: saturating narrows (sqxtun/uqxtn, sqxtn) clamp for free."""
+    return (sp.out_dtype, sp.qmin, sp.qmax) in (("uint8", 0, 255), ("int8", -128, 127))
+
+
+def _bytes16(sp, vs):
+    """4 requantized int32x4 vectors (no clamp when :func:`_saturating`) -> their 16 bytes, in order."""
+    if _saturating(sp):
+        n1, n2, d1, d2 = ((SQXTUN, UQXTN, "int16x4", "uint8x8") if sp.out_dtype == "uint8"
+                          else (SQXTN16, SQXTN8, "int16x4", "int8x8"))
+        h = [T.Shuffle([T.call_llvm_pure_intrin(d1, n1, vs[i]), T.call_llvm_pure_intrin(d1, n1, vs[i + 1])],
+                       list(range(8))) for i in (0, 2)]
+        return T.reinterpret("int8x16", T.Shuffle([T.call_llvm_pure_intrin(d2, n2, x) for x in h], list(range(16))))
+    return T.call_llvm_pure_intrin("int8x16", TBL4, *[T.reinterpret("int8x16", v) for v in vs],
+                                   T.Shuffle([T.int8(4 * i) for i in range(16)], list(range(16))))
 
 
 def sdot_module(sp) -> tvm.IRModule:
     """The IRModule of one ``sdot4x4`` kernel (``main``: the packed wrapper reads the DLTensors' data)."""
+    return _pointwise_module(sp) if sp.nchw else _dense_module(sp)
+
+
+def _dot(W, kp, jb, g, acc_r, xb):
+    """acc_r (int32x4) + the 4 channels x 4 k of W's group g . the 4 bytes xb, broadcast (int32x4)."""
+    return T.call_llvm_pure_intrin("int32x4", SDOT, acc_r, W[T.Ramp((jb * (kp // 4) + g) * 16, 1, 16)],
+                                   T.reinterpret("int8x16", xb))
+
+
+def _params4(MU, SH, jb):
+    return MU[T.Ramp(jb * 4, 1, 4)], SH[T.Ramp(jb * 4, 1, 4)]
+
+
+def _dense_module(sp) -> tvm.IRModule:
+    """Dense: x rows contiguous; 16 bytes of a row (4 groups of 4 k) per load, each group by lane."""
     m, k, kp, n, xd, od = sp.m, sp.k, sp.kp, sp.n, sp.x_dtype, sp.out_dtype
-    rows, kb, kq, nchw, flip = _rows(m), k // 4, k // 16, sp.nchw, sp.flip
+    rows, kb, kq, flip = _rows(m), k // 4, k // 16, sp.flip
     ktail = kb - 4 * kq
-    ntile, mtile = n // 4, (m + _rows(m) - 1) // _rows(m)
+    ntile, mtile = n // 4, (m + rows - 1) // rows
+    cols = 2 if ntile % 2 == 0 else 1   # groups of 4 channels per tile: 8 channels share each load of x
 
     def row(ib, r):   # rows past m repeat the last one
         return T.min(ib * rows + r, m - 1)
 
-    def xwords(Xw, XTw, ib, r, i, lanes):
+    def xwords(Xw, ib, r, i, lanes):
         """``lanes`` words (4 k each) of row r from word i, int8 after the uint8 flip."""
-        if nchw:
-            return XTw[T.Ramp(r * kb + i, 1, lanes)] if lanes > 1 else XTw[r * kb + i]
         v = Xw[T.Ramp(row(ib, r) * kb + i, 1, lanes)] if lanes > 1 else Xw[row(ib, r) * kb + i]
         if flip:
             return T.bitwise_xor(v, T.Broadcast(T.int32(FLIP32), lanes) if lanes > 1 else T.int32(FLIP32))
         return v
 
-    def dot(acc, W, jb, g, r, xb):   # acc[r] += W's 4 channels x 4 k of group g . x bytes xb (broadcast)
-        return T.call_llvm_pure_intrin("int32x4", SDOT, acc[T.Ramp(r * 4, 1, 4)],
-                                       W[T.Ramp((jb * (kp // 4) + g) * 16, 1, 16)], T.reinterpret("int8x16", xb))
+    @T.prim_func
+    def main(X: T.Buffer((m * k,), xd), W: T.Buffer((n * kp,), "int8"), B: T.Buffer((n,), "int32"),
+             MU: T.Buffer((n,), "int32"), SH: T.Buffer((n,), "int8"), Y: T.Buffer((m * n,), od)):
+        T.func_attr({"tirx.noalias": True})
+        acc = T.alloc_buffer((rows * cols * 4,), "int32", scope="local")
+        Xw = T.decl_buffer((m * k // 4,), "int32", data=X.data)
+        for jo, ib in T.grid(ntile // cols, mtile):
+            for r in T.unroll(rows):   # the accumulators start at the bias
+                for c in T.unroll(cols):
+                    acc[T.Ramp((r * cols + c) * 4, 1, 4)] = B[T.Ramp((jo * cols + c) * 4, 1, 4)]
+            for q in T.serial(kq):
+                for r in T.unroll(rows):
+                    xv = xwords(Xw, ib, r, q * 4, 4)
+                    for c in T.unroll(cols):
+                        for g in T.unroll(4):
+                            acc[T.Ramp((r * cols + c) * 4, 1, 4)] = _dot(
+                                W, kp, jo * cols + c, q * 4 + g, acc[T.Ramp((r * cols + c) * 4, 1, 4)],
+                                T.Shuffle([xv], [g, g, g, g]))
+            for t in T.serial(ktail):
+                for r in T.unroll(rows):
+                    for c in T.unroll(cols):
+                        acc[T.Ramp((r * cols + c) * 4, 1, 4)] = _dot(
+                            W, kp, jo * cols + c, kq * 4 + t, acc[T.Ramp((r * cols + c) * 4, 1, 4)],
+                            T.Broadcast(xwords(Xw, ib, r, kq * 4 + t, 1), 4))
+            for r in T.unroll(rows):
+                for c in T.unroll(cols):
+                        Y[T.Ramp(row(ib, r) * n + (jo * cols + c) * 4, 1, 4)] = T.Cast(f"{od}x4", _requant4(
+                        sp, acc[T.Ramp((r * cols + c) * 4, 1, 4)], *_params4(MU, SH, jo * cols + c)))
 
-    def pack(X, ib, r, c):
-        v = X[c * m + row(ib, r)]
+    return tvm.IRModule({"main": main})
+
+
+def _pointwise_module(sp) -> tvm.IRModule:
+    """Pointwise conv, x (k, m) and y (n, m) channel-major. Each tile of 4 pixels is packed as
+    ``[k/4][4 pixels][4 k]`` int8 (one 16-byte load per group of 4 k: pixel r in lane r), a 4 x 4
+    byte transpose per group when 4 | m (else bytewise, rows past m repeating the last); the 4
+    pixels' results are transposed back so each channel stores its 4 pixels at once."""
+    m, k, kp, n, xd, od = sp.m, sp.k, sp.kp, sp.n, sp.x_dtype, sp.out_dtype
+    kb, flip, whole = k // 4, sp.flip, m % 4 == 0
+    tbl_out = whole and od in ("int8", "uint8")
+    ntile, mtile = n // 4, (m + 3) // 4
+
+    def pix(ib, r):
+        return T.min(ib * 4 + r, m - 1)
+
+    def x8(v):
         return T.Cast("int8", T.bitwise_xor(v, T.uint8(128))) if flip else T.Cast("int8", v)
 
-    def yidx(ib, r, jb):
-        return T.Ramp(jb * 4 * m + row(ib, r), m, 4) if nchw else T.Ramp(row(ib, r) * n + jb * 4, 1, 4)
-
-    xt_len = rows * k if nchw else 4
+    def group(Xw, ib, g):   # channels 4g..4g+3 x pixels 4ib..4ib+3 (words of 4 pixels) -> [pixel][channel]
+        v = T.reinterpret("int8x16", T.Shuffle([Xw[((4 * g + c) * m) // 4 + ib] for c in range(4)], [0, 1, 2, 3]))
+        v = T.Shuffle([v], [c * 4 + r for r in range(4) for c in range(4)])
+        return T.bitwise_xor(v, T.Broadcast(T.int8(-128), 16)) if flip else v
 
     @T.prim_func
     def main(X: T.Buffer((m * k,), xd), W: T.Buffer((n * kp,), "int8"), B: T.Buffer((n,), "int32"),
              MU: T.Buffer((n,), "int32"), SH: T.Buffer((n,), "int8"), Y: T.Buffer((m * n,), od)):
         T.func_attr({"tirx.noalias": True})
-        acc = T.alloc_buffer((rows * 4,), "int32", scope="local")
-        XT = T.alloc_buffer((xt_len,), "int8", scope="local")
+        acc = T.alloc_buffer((16,), "int32", scope="local")
+        XT = T.alloc_buffer((mtile * kb * 16,), "int8")
         Xw = T.decl_buffer((m * k // 4,), "int32", data=X.data)
-        XTw = T.decl_buffer((xt_len // 4,), "int32", data=XT.data)
-        for ib in T.serial(mtile):
-            for r, c in T.grid(rows if nchw else 0, k):   # nchw: this tile's pixels, channels contiguous
-                XT[r * k + c] = pack(X, ib, r, c)
-            for jb in T.serial(ntile):
-                for r in T.unroll(rows):
-                    acc[T.Ramp(r * 4, 1, 4)] = T.Broadcast(T.int32(0), 4)
-                for q in T.serial(kq):
-                    for r in T.unroll(rows):
-                        xv = xwords(Xw, XTw, ib, r, q * 4, 4)
-                        for g in T.unroll(4):
-                            acc[T.Ramp(r * 4, 1, 4)] = dot(acc, W, jb, q * 4 + g, r, T.Shuffle([xv], [g, g, g, g]))
-                for t in T.serial(ktail):
-                    for r in T.unroll(rows):
-                        acc[T.Ramp(r * 4, 1, 4)] = dot(acc, W, jb, kq * 4 + t, r,
-                                                       T.Broadcast(xwords(Xw, XTw, ib, r, kq * 4 + t, 1), 4))
-                for r in T.unroll(rows):
-                    Y[yidx(ib, r, jb)] = _requant4(sp, acc[T.Ramp(r * 4, 1, 4)], B[T.Ramp(jb * 4, 1, 4)],
-                                                   MU[T.Ramp(jb * 4, 1, 4)], SH[T.Ramp(jb * 4, 1, 4)])
+        XTw = T.decl_buffer((mtile * kb * 4,), "int32", data=XT.data)
+        Yw = T.decl_buffer((m * n // 4,), "int32", data=Y.data)   # 8-bit y, 4 | m: 4 pixels of a channel per word
+        for ib, g in T.grid(mtile, kb):   # all of x packed first: each tile's w stays in registers over the pixels
+            if whole:
+                XT[T.Ramp((ib * kb + g) * 16, 1, 16)] = group(Xw, ib, g)
+            else:
+                for r, c in T.grid(4, 4):
+                    XT[(ib * kb + g) * 16 + r * 4 + c] = x8(X[(4 * g + c) * m + pix(ib, r)])
+        for jb, ib in T.grid(ntile, mtile):
+            for r in T.unroll(4):
+                acc[T.Ramp(r * 4, 1, 4)] = B[T.Ramp(jb * 4, 1, 4)]   # the accumulators start at the bias
+            for g in T.serial(kb):
+                xv = XTw[T.Ramp((ib * kb + g) * 4, 1, 4)]
+                for r in T.unroll(4):
+                    acc[T.Ramp(r * 4, 1, 4)] = _dot(W, kp, jb, g, acc[T.Ramp(r * 4, 1, 4)],
+                                                    T.Shuffle([xv], [r, r, r, r]))
+            if tbl_out:
+                # 8-bit outputs: 16 bytes [pixel][channel], transposed to [channel][pixel]: a word per channel
+                yt = T.reinterpret("int32x4", T.Shuffle([_bytes16(sp, [_requant4(
+                    sp, acc[T.Ramp(r * 4, 1, 4)], *_params4(MU, SH, jb), clamp=not _saturating(sp)) for r in range(4)])],
+                    [r * 4 + c for c in range(4) for r in range(4)]))
+                for c in T.unroll(4):
+                    Yw[((jb * 4 + c) * m + ib * 4) // 4] = T.Shuffle([yt], [c])
+            else:
+                for r in T.unroll(4):
+                    Y[T.Ramp(jb * 4 * m + pix(ib, r), m, 4)] = T.Cast(f"{od}x4", _requant4(
+                        sp, acc[T.Ramp(r * 4, 1, 4)], *_params4(MU, SH, jb)))
 
     return tvm.IRModule({"main": main})
