@@ -174,6 +174,11 @@ def _pointwise_module(sp) -> tvm.IRModule:
     def x8(v):
         return T.Cast("int8", T.bitwise_xor(v, T.uint8(128))) if flip else T.Cast("int8", v)
 
+    def quad(X, i16, g):   # channels 4g..4g+3 x pixels 16 i16.. (4 loads) -> interleaved [pixel][channel] (st4)
+        vs = [X[T.Ramp((4 * g + c) * m + 16 * i16, 1, 16)] for c in range(4)]
+        vs = [T.reinterpret("int8x16", T.bitwise_xor(v, T.Broadcast(T.uint8(128), 16)) if flip else v) for v in vs]
+        return T.Shuffle(vs, [c * 16 + p for p in range(16) for c in range(4)])
+
     def group(Xw, ib, g):   # channels 4g..4g+3 x pixels 4ib..4ib+3 (words of 4 pixels) -> [pixel][channel]
         v = T.reinterpret("int8x16", T.Shuffle([Xw[((4 * g + c) * m) // 4 + ib] for c in range(4)], [0, 1, 2, 3]))
         v = T.Shuffle([v], [c * 4 + r for r in range(4) for c in range(4)])
@@ -188,17 +193,21 @@ def _pointwise_module(sp) -> tvm.IRModule:
         Xw = T.decl_buffer((m * k // 4,), "int32", data=X.data)
         XTw = T.decl_buffer((mtile * kb * 4,), "int32", data=XT.data)
         Yw = T.decl_buffer((m * n // 4,), "int32", data=Y.data)   # 8-bit y, 4 | m: 4 pixels of a channel per word
-        for ib, g in T.grid(mtile, kb):   # all of x packed first: each tile's w stays in registers over the pixels
-            if whole:
-                XT[T.Ramp((ib * kb + g) * 16, 1, 16)] = group(Xw, ib, g)
-            else:
-                for r, c in T.grid(4, 4):
-                    XT[(ib * kb + g) * 16 + r * 4 + c] = x8(X[(4 * g + c) * m + pix(ib, r)])
+        # all of x packed first, [k/4][tiles][4 pixels][4 k]: each tile's w then stays in registers over the pixels
+        if m % 16 == 0:
+            for g, i16 in T.grid(kb, m // 16):
+                XT[T.Ramp((g * mtile + 4 * i16) * 16, 1, 64)] = quad(X, i16, g)
+        elif whole:
+            for g, ib in T.grid(kb, mtile):
+                XT[T.Ramp((g * mtile + ib) * 16, 1, 16)] = group(Xw, ib, g)
+        else:
+            for g, ib, r, c in T.grid(kb, mtile, 4, 4):
+                XT[(g * mtile + ib) * 16 + r * 4 + c] = x8(X[(4 * g + c) * m + pix(ib, r)])
         for jb, ib in T.grid(ntile, mtile):
             for r in T.unroll(4):
                 acc[T.Ramp(r * 4, 1, 4)] = B[T.Ramp(jb * 4, 1, 4)]   # the accumulators start at the bias
             for g in T.serial(kb):
-                xv = XTw[T.Ramp((ib * kb + g) * 4, 1, 4)]
+                xv = XTw[T.Ramp((g * mtile + ib) * 4, 1, 4)]
                 for r in T.unroll(4):
                     acc[T.Ramp(r * 4, 1, 4)] = _dot(W, kp, jb, g, acc[T.Ramp(r * 4, 1, 4)],
                                                     T.Shuffle([xv], [r, r, r, r]))
