@@ -232,7 +232,7 @@ def _one_layer(op, xshape, xdtype, n, out, lo, hi, mrange, seed):
     w.reshape(n, -1)[0, :] = -128                                   # a channel of the weight extreme
     args = [const(w), const(rng.integers(-4000, 4000, n).astype(np.int32)),
             const(np.array([d.multiplier for d in ds], np.int64)), const(np.array([d.shift for d in ds], np.int64))]
-    conv = dict(strides=[1, 1], padding=[0] * 4, dilation=[1, 1], groups=1) if op == "conv2d_requant" else {}
+    conv = {"strides": [1, 1], "padding": [0] * 4, "dilation": [1, 1], "groups": 1} if op == "conv2d_requant" else {}
     with bb.function("main", [x]):
         with bb.dataflow():
             y = bb.emit_output(emit(bb, op, [x, *args], qmin=lo, qmax=hi, out_dtype=out, **conv))
@@ -269,8 +269,8 @@ def test_sdot4x4_is_no_candidate_without_dotprod(model, tmp_path):
     """rpi4's core has no dot product: the sdot kernel is not measured there (its object would SIGILL),
     and asking for it by hand is a one-line refusal, not a crash."""
     from tvm_qplugin.errors import UnsupportedOpError
-    from tvm_qplugin.export.kernel_choice import schedules_for, tir_candidates
     from tvm_qplugin.export.c_graph import build_graph, integer_module_of
+    from tvm_qplugin.export.kernel_choice import schedules_for, tir_candidates
 
     steps = tir_candidates(build_graph(integer_module_of(model[0])))
     assert all("sdot4x4" not in schedules_for(s, get_board("rpi4")) for s in steps)

@@ -33,7 +33,12 @@ from tvm.script import tirx as T
 
 from ..errors import UnsupportedOpError
 from .c_graph import dt_info
-from .tir_kernels_sdot import pack_weights_sdot, sdot_applies, sdot_module, workspace_bytes
+from .tir_kernels_sdot import (  # the sdot4x4 kernel
+    pack_weights_sdot,
+    sdot_applies,
+    sdot_module,
+    workspace_bytes,
+)
 
 SCHEDULES = ("default", "tiled", "tiled2x4", "tiled4x4", "sdot4x4")
 DOTPROD_SCHEDULES = ("sdot4x4",)   # need the board's dot-product extension (sdot): no candidate elsewhere
@@ -332,8 +337,8 @@ class TirKernelCalls:
         hand = self.calls.pop()
         self.calls += ["#if QM_TIR", f"  (void)qm_p{s.index};  /* the hand-written call's parameters */",
                        *([f"  (void){wk['wt']};"] if wt != wk["wt"] else []),
-                       f"  {sp.name}({self.ptr(x, True)}, {wt}, {bn}, {wk['mult']}, {wk['shift']}, "
-                       f"{self.ptr(s.out)});", "#else", *([f"  (void){bn};"] if bn != wk["bias"] else []),
+                       (f"  {sp.name}({self.ptr(x, True)}, {wt}, {bn}, {wk['mult']}, {wk['shift']}, "
+                        f"{self.ptr(s.out)});"), "#else", *([f"  (void){bn};"] if bn != wk["bias"] else []),
                        *([f"  (void){wt};"] if wt != wk["wt"] else []), hand,
                        "#endif"]
         s.c_func = sp.name

@@ -9,18 +9,18 @@ Here each 32-bit lane of an accumulator is a different output channel:
 
 1. Weights prepacked at package time as ``[n/4][kp/4][4 oc][4 k]`` (:func:`pack_weights_sdot`):
    one 16-byte load holds 4 channels x 4 k, exactly ``sdot``'s second operand.
-2. x is loaded 16 bytes (4 groups of 4 k) per row, each group broadcast by lane
-   (``sdot v.4s, w.16b, x.4b[l]``: LLVM folds the shuffle into the indexed form); a tile is
-   ``rows`` (<= 4) x 4 channels, so 4 loads of w and ``rows`` loads of x feed ``4 * rows`` sdot.
-   Rows past ``m`` (a tile that ``rows`` does not divide) recompute the last row: no branch.
-3. The epilogue (bias, dyadic multiply, rounding shift, clamp) is the same integer formula as the
-   scalar kernels, written on int32x4 / int64x4 values: LLVM emits smull / sshl / sqxtn on 4
-   outputs at once; bit-exact by construction (``acc + b`` in 32 bits: the package's accumulator
-   bound check guarantees it cannot overflow).
+2. x broadcast by lane (``sdot v.4s, w.16b, x.4b[l]``: LLVM folds the shuffle into the indexed
+   form). Dense: 16 bytes of a row (4 groups of 4 k) per load, tiles of <= 4 rows x 8 (or 4)
+   channels; rows past ``m`` recompute the last row (no branch). Pointwise conv (x, y channel-major):
+   all of x packed once as ``[k/4][tiles of 4 pixels][4 pixels][4 k]``, then per 4 channels the
+   weights stay in registers while the tiles of pixels pass.
+3. The accumulators start at the bias (``sdot`` adds modulo 2^32; the package's accumulator bound
+   check keeps the final sum inside int32). The requantization runs on 4 outputs at once:
+   ``srshl(sqdmulh(acc, mu), 31 - shift)`` when every shift is >= 33 (exact: :func:`_requant4`),
+   else quant/dyadic.py's int64 formula on int64x4 lanes. Full-range 8-bit outputs clamp in the
+   saturating narrows (``sqxtun``/``uqxtn``, ``sqxtn``).
 
 Note: ``sqrdmulh`` is not used -- its rounding differs from quant/dyadic.py's.
-A pointwise conv (``nchw``) packs each tile's pixels transposed (int8, the uint8 flip applied) into a
-stack buffer; its outputs are stored with a stride (channel-major y).
 """
 from __future__ import annotations
 
@@ -56,12 +56,12 @@ def workspace_bytes(sp) -> int:
 
 def _rows(m: int) -> int:
     """Rows per tile: the largest of 4, 3, 2 that divides m, else 4 (the last tile repeats a row)."""
-    return next((r for r in (4, 3, 2) if m % r == 0), 4 if m > 4 else m)
+    return next((r for r in (4, 3, 2) if m % r == 0), min(m, 4))
 
 
 def _requant4(sp, s, mu, sh, clamp: bool = True):
     """The per-channel requantization of 4 outputs (``s``: int32x4 accumulators, bias included),
-    quant/dyadic.py's formula, clamped to [qmin, qmax] (``clamp``), still int32x4."""
+    quant/dyadic.py's formula, clamped to [qmin, qmax] unless ``clamp`` is off, still int32x4."""
     lo, hi = T.Broadcast(T.int32(sp.qmin), 4), T.Broadcast(T.int32(sp.qmax), 4)
     if sp.shift33:
         # floor((s mu + 2^(c-1)) / 2^c) for c = sh >= 33 is srshl(sqdmulh(s, mu), -(c - 31)): sqdmulh is
@@ -159,10 +159,11 @@ def _dense_module(sp) -> tvm.IRModule:
 
 
 def _pointwise_module(sp) -> tvm.IRModule:
-    """Pointwise conv, x (k, m) and y (n, m) channel-major. Each tile of 4 pixels is packed as
-    ``[k/4][4 pixels][4 k]`` int8 (one 16-byte load per group of 4 k: pixel r in lane r), a 4 x 4
-    byte transpose per group when 4 | m (else bytewise, rows past m repeating the last); the 4
-    pixels' results are transposed back so each channel stores its 4 pixels at once."""
+    """Pointwise conv, x (k, m) and y (n, m) channel-major. x is packed as ``[k/4][tiles][4 pixels]
+    [4 k]`` int8 (one 16-byte load per group of 4 k: pixel r in lane r): 16 pixels per ``st4`` when
+    16 | m, a 4 x 4 byte transpose per group when 4 | m, else bytewise with pixels past m repeating
+    the last. 8-bit results of 4 pixels are transposed back (one ``tbl``) so each channel stores its
+    4 pixels as one word; other outputs are stored with a stride."""
     m, k, kp, n, xd, od = sp.m, sp.k, sp.kp, sp.n, sp.x_dtype, sp.out_dtype
     kb, flip, whole = k // 4, sp.flip, m % 4 == 0
     tbl_out = whole and od in ("int8", "uint8")
