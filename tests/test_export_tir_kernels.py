@@ -209,7 +209,7 @@ def test_a_candidate_that_fails_to_build_is_dropped_and_counted(tmp_path, monkey
 
 # The sdot4x4 kernel (tir_kernels_sdot.py) on single layers, one package each, forced (not chosen): every
 # code path of the kernel -- dense tiles of 8 / 4 channels, rows past m, a k tail, the pointwise packs (16
-# pixels / 4 pixels / bytewise), the saturating-narrow, tbl and strided stores, the 32-bit (shift >= 33) and
+# pixels / 4 pixels / bytewise), the saturating-narrow, tbl, int16-transposed and strided stores, the 32-bit (shift >= 33) and
 # 64-bit requantization -- bit-exact against the op's NumPy twin under qemu-aarch64 -cpu cortex-a76.
 SDOT_LAYERS = {
     # name: (op, x shape, x dtype, n, out dtype, qmin, qmax, multiplier range)
@@ -218,6 +218,9 @@ SDOT_LAYERS = {
     "conv1x1-u8-16px-relu6": ("conv2d_requant", (1, 32, 4, 8), "uint8", 16, "uint8", 0, 200, (1 / 9000, 1 / 2000)),
     "conv1x1-s8-4px-s8": ("conv2d_requant", (1, 24, 3, 4), "int8", 8, "int8", -128, 127, (1 / 9000, 1 / 2000)),
     "conv1x1-u8-bytewise-s16": ("conv2d_requant", (1, 16, 3, 3), "uint8", 12, "int16", -32768, 32767, (0.01, 0.9)),
+    "conv1x1-s8-16px-s16": ("conv2d_requant", (1, 20, 2, 8), "int8", 12, "int16", -32768, 32767, (0.01, 0.9)),
+    "conv1x1-u8-4px-s16-clamped": ("conv2d_requant", (1, 16, 2, 2), "uint8", 8, "int16", -1000, 1000,
+                                   (1 / 9000, 1 / 2000)),
 }
 
 

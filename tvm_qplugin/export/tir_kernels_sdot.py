@@ -77,8 +77,14 @@ def _requant4(sp, s, mu, sh, clamp: bool = True):
 
 
 def _saturating(sp) -> bool:
-    """[qmin, qmax] is the whole 8-bit range: saturating narrows (sqxtun/uqxtn, sqxtn) clamp for free."""
-    return (sp.out_dtype, sp.qmin, sp.qmax) in (("uint8", 0, 255), ("int8", -128, 127))
+    """[qmin, qmax] is the whole 8/16-bit range: saturating narrows (sqxtun/uqxtn, sqxtn) clamp for free."""
+    return (sp.out_dtype, sp.qmin, sp.qmax) in (("uint8", 0, 255), ("int8", -128, 127), ("int16", -32768, 32767))
+
+
+def _halves16(sp, vs):
+    """4 requantized int32x4 vectors (no clamp when :func:`_saturating`) -> their 16 int16, in order."""
+    hs = [T.call_llvm_pure_intrin("int16x4", SQXTN16, v) if _saturating(sp) else T.Cast("int16x4", v) for v in vs]
+    return T.Shuffle(hs, list(range(16)))
 
 
 def _bytes16(sp, vs):
@@ -167,6 +173,7 @@ def _pointwise_module(sp) -> tvm.IRModule:
     m, k, kp, n, xd, od = sp.m, sp.k, sp.kp, sp.n, sp.x_dtype, sp.out_dtype
     kb, flip, whole = k // 4, sp.flip, m % 4 == 0
     tbl_out = whole and od in ("int8", "uint8")
+    half_out = whole and od == "int16"
     ntile, mtile = n // 4, (m + 3) // 4
 
     def pix(ib, r):
@@ -219,6 +226,12 @@ def _pointwise_module(sp) -> tvm.IRModule:
                     [r * 4 + c for c in range(4) for r in range(4)]))
                 for c in T.unroll(4):
                     Yw[((jb * 4 + c) * m + ib * 4) // 4] = T.Shuffle([yt], [c])
+            elif half_out:   # int16 outputs: [pixel][channel] transposed, 4 pixels (8 bytes) per channel
+                yh = T.Shuffle([_halves16(sp, [_requant4(sp, acc[T.Ramp(r * 4, 1, 4)], *_params4(MU, SH, jb),
+                                                         clamp=not _saturating(sp)) for r in range(4)])],
+                               [r * 4 + c for c in range(4) for r in range(4)])
+                for c in T.unroll(4):
+                    Y[T.Ramp((jb * 4 + c) * m + ib * 4, 1, 4)] = T.Shuffle([yh], [c * 4, c * 4 + 1, c * 4 + 2, c * 4 + 3])
             else:
                 for r in T.unroll(4):
                     Y[T.Ramp(jb * 4 * m + pix(ib, r), m, 4)] = T.Cast(f"{od}x4", _requant4(
