@@ -214,13 +214,15 @@ def test_a_candidate_that_fails_to_build_is_dropped_and_counted(tmp_path, monkey
 SDOT_LAYERS = {
     # name: (op, x shape, x dtype, n, out dtype, qmin, qmax, multiplier range)
     "dense-u8-rows-clamped-8ch": ("dense_requant", (5, 48), "uint8", 24, "uint8", 0, 255, (1 / 20000, 1 / 4000)),
-    "dense-s8-ktail-s16-shift-lt-33": ("dense_requant", (3, 36), "int8", 20, "int16", -32768, 32767, (0.05, 0.9)),
+    "dense-s8-ktail-s16-shift31-mixed": ("dense_requant", (3, 36), "int8", 20, "int16", -32768, 32767, (0.05, 0.9)),
     "conv1x1-u8-16px-relu6": ("conv2d_requant", (1, 32, 4, 8), "uint8", 16, "uint8", 0, 200, (1 / 9000, 1 / 2000)),
     "conv1x1-s8-4px-s8": ("conv2d_requant", (1, 24, 3, 4), "int8", 8, "int8", -128, 127, (1 / 9000, 1 / 2000)),
     "conv1x1-u8-bytewise-s16": ("conv2d_requant", (1, 16, 3, 3), "uint8", 12, "int16", -32768, 32767, (0.01, 0.9)),
     "conv1x1-s8-16px-s16": ("conv2d_requant", (1, 20, 2, 8), "int8", 12, "int16", -32768, 32767, (0.01, 0.9)),
     "conv1x1-u8-4px-s16-clamped": ("conv2d_requant", (1, 16, 2, 2), "uint8", 8, "int16", -1000, 1000,
                                    (1 / 9000, 1 / 2000)),
+    "conv1x1-u8-16px-s16-shift31": ("conv2d_requant", (1, 16, 4, 4), "uint8", 8, "int16", -32767, 32767, (0.5, 0.99)),
+    "dense-s8-int64-requant": ("dense_requant", (2, 16), "int8", 8, "int16", -32768, 32767, (0.3, 2.5)),
 }
 
 
@@ -245,7 +247,7 @@ def _one_layer(op, xshape, xdtype, n, out, lo, hi, mrange, seed):
     flat = xs.reshape(-1)
     flat[: k] = info.min                                            # whole runs of both extremes
     flat[k: 2 * k] = info.max
-    return bb.finalize(), xs.astype(xdtype), min(d.shift for d in ds) >= 33
+    return bb.finalize(), xs.astype(xdtype), (min(d.shift for d in ds), max(d.shift for d in ds))
 
 
 @pytest.mark.parametrize("name", sorted(SDOT_LAYERS))
@@ -262,10 +264,12 @@ def test_sdot4x4_kernel_bit_exact_on_every_path(name, tmp_path):
     assert_bit_exact(got, want, f"sdot4x4 {name}")
 
 
-def test_sdot4x4_layers_cover_both_requantizations():
-    """The cases above reach the 32-bit (sqdmulh / srshl) and the 64-bit requantization."""
-    flags = {name: _one_layer(*case, seed=0)[2] for name, case in SDOT_LAYERS.items()}
-    assert any(flags.values()) and not all(flags.values()), flags
+def test_sdot4x4_layers_cover_every_requantization():
+    """The cases above reach each requantization of tir_kernels_sdot._requant4: shifts >= 32 only
+    (sqdmulh + srshl), all 31 (sqrdmulh), 31 mixed with larger (select), some < 31 (int64 lanes)."""
+    ranges = {name: _one_layer(*case, seed=sorted(SDOT_LAYERS).index(name))[2] for name, case in SDOT_LAYERS.items()}
+    kinds = {"int64" if lo < 31 else "all31" if hi == 31 else "mixed31" if lo == 31 else "ge32" for lo, hi in ranges.values()}
+    assert kinds == {"int64", "all31", "mixed31", "ge32"}, ranges
 
 
 def test_sdot4x4_is_no_candidate_without_dotprod(model, tmp_path):

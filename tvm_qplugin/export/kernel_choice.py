@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import QPluginError
-from .tir_kernels import DOTPROD_SCHEDULES, SCHEDULES, symbol_address
+from .tir_kernels import DOTPROD_SCHEDULES, SCHEDULES, shift_range, symbol_address
 
 TIR_INPUTS = ("uint8", "int8")
 HANDWRITTEN = "handwritten-c"
@@ -56,7 +56,7 @@ def _shape_key(s) -> tuple:
     condition -- not the weight values (the kernels have no data-dependent branches)."""
     shifts = s.args[4].val.const
     return (s.op, tuple(s.args[0].shape), s.args[0].dtype, tuple(s.args[1].shape), s.out.dtype,
-            bool(shifts.min() >= 33), tuple(sorted((k, str(v)) for k, v in s.params.items() if not k.startswith("_"))))
+            bool(shifts.min() >= 33), shift_range(shifts), tuple(sorted((k, str(v)) for k, v in s.params.items() if not k.startswith("_"))))
 
 
 def _one_step_module(s):

@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import tvm
 from tvm.script import tirx as T
 
@@ -65,6 +66,7 @@ class DenseSpec:
     schedule: str = "default"
     nchw: bool = False
     shift33: bool = False   # every shift >= 33: the requantization in 32 bits (qk_internal.h's identity)
+    shift_range: tuple = (0, 62)   # (min, max) of the per-channel shifts: sdot4x4's requantization variant
 
     @property
     def flip(self) -> bool:
@@ -299,6 +301,12 @@ def shim_sources(specs: list[DenseSpec]) -> tuple[str, str]:
     return header, "".join(body)
 
 
+def shift_range(shifts) -> tuple[int, int]:
+    """(min, max) of a layer's per-channel shifts (one home: the spec and kernel_choice's shape key)."""
+    a = np.asarray(shifts)
+    return int(a.min()), int(a.max())
+
+
 class TirKernelCalls:
     """The call of a dense_requant or pointwise conv2d_requant step chosen for its TIR kernel (``tir_choice``: step index ->
     schedule, set by :func:`.c_package.write_c_package`); a mixin of :class:`.kernels_c.KernelCalls`.
@@ -327,7 +335,7 @@ class TirKernelCalls:
             bn = self.const_array(b.astype(np.int32), "int32_t", "b")
         sp = DenseSpec(f"qk_tir_{'conv1x1' if nchw else 'dense'}_{s.index}", d["m"], d["k"], wk["kp"], d["n"], x.dtype,
                        s.out.dtype, int(p["qmin"]), int(p["qmax"]), self.tir_choice[s.index], nchw,
-                       bool(np.asarray(s.args[4].val.const).min() >= 33))
+                       bool(np.asarray(s.args[4].val.const).min() >= 33), shift_range(s.args[4].val.const))
         self.tir_specs.append(sp)
         wt = wk["wt"]
         if sp.schedule in DOTPROD_SCHEDULES and sdot_applies(sp):   # its own copy, prepacked for sdot

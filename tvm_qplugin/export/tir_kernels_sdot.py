@@ -16,11 +16,12 @@ Here each 32-bit lane of an accumulator is a different output channel:
    weights stay in registers while the tiles of pixels pass.
 3. The accumulators start at the bias (``sdot`` adds modulo 2^32; the package's accumulator bound
    check keeps the final sum inside int32). The requantization runs on 4 outputs at once:
-   ``srshl(sqdmulh(acc, mu), 31 - shift)`` when every shift is >= 33 (exact: :func:`_requant4`),
-   else quant/dyadic.py's int64 formula on int64x4 lanes. Full-range 8-bit outputs clamp in the
+   ``srshl(sqdmulh(acc, mu), 31 - shift)`` for shifts >= 32 and ``sqrdmulh(acc, mu)`` for shift 31
+   (both exact: :func:`_requant4`), else quant/dyadic.py's int64 formula on int64x4 lanes. Full-range 8-bit outputs clamp in the
    saturating narrows (``sqxtun``/``uqxtn``, ``sqxtn``).
 
-Note: ``sqrdmulh`` is not used -- its rounding differs from quant/dyadic.py's.
+Note: ``sqrdmulh`` is exact only where the shift is 31; followed by a rounding shift it would round
+twice (gemmlowp's scheme), so it is not used that way.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from tvm.script import tirx as T
 SDOT = T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8")
 SQDMULH = T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sqdmulh.v4i32")
 SRSHL = T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.srshl.v4i32")
+SQRDMULH = T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sqrdmulh.v4i32")
 TBL4 = T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.tbl4.v16i8")   # low byte of each int32 lane (clamped)
 SQXTUN = T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sqxtun.v4i16")
 UQXTN = T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.uqxtn.v8i8")
@@ -63,12 +65,20 @@ def _requant4(sp, s, mu, sh, clamp: bool = True):
     """The per-channel requantization of 4 outputs (``s``: int32x4 accumulators, bias included),
     quant/dyadic.py's formula, clamped to [qmin, qmax] unless ``clamp`` is off, still int32x4."""
     lo, hi = T.Broadcast(T.int32(sp.qmin), 4), T.Broadcast(T.int32(sp.qmax), 4)
-    if sp.shift33:
-        # floor((s mu + 2^(c-1)) / 2^c) for c = sh >= 33 is srshl(sqdmulh(s, mu), -(c - 31)): sqdmulh is
-        # floor(s mu / 2^31) (it saturates only for s = mu = -2^31; mu > 0), and a rounding shift of
-        # floor(P / 2^31) by c - 31 equals qk_internal.h's ((s mu >> 32) + 2^(c-33)) >> (c-32)
-        v = T.call_llvm_pure_intrin("int32x4", SRSHL, T.call_llvm_pure_intrin("int32x4", SQDMULH, s, mu),
-                                    T.Broadcast(T.int32(31), 4) - T.Cast("int32x4", sh))
+    smin, smax = sp.shift_range
+    if smin >= 31:
+        # floor((s mu + 2^(c-1)) / 2^c), P = s mu, c = shift, in 32-bit lanes (mu in [2^30, 2^31): the
+        # doubling multiplies saturate only for s = mu = -2^31, never):
+        # c >= 32: srshl(sqdmulh(s, mu), 31 - c) -- sqdmulh is a = floor(P / 2^31), P = a 2^31 + f with
+        #   0 <= f < 2^31, so (P + 2^(c-1)) / 2^c = (a + 2^(c-32) + f / 2^31) / 2^(c-31) floors as
+        #   (a + 2^(c-32)) / 2^(c-31), srshl's exact rounding shift;
+        # c = 31: sqrdmulh(s, mu) = (2P + 2^31) >> 32 = floor((P + 2^30) / 2^31) itself.
+        # (Not sqrdmulh followed by a rounding shift: that rounds twice.)
+        c = T.Cast("int32x4", sh)
+        exact = T.call_llvm_pure_intrin("int32x4", SRSHL, T.call_llvm_pure_intrin("int32x4", SQDMULH, s, mu),
+                                        T.Broadcast(T.int32(31), 4) - c)
+        at31 = T.call_llvm_pure_intrin("int32x4", SQRDMULH, s, mu)
+        v = at31 if smax == 31 else exact if smin >= 32 else T.Select(c == T.Broadcast(T.int32(31), 4), at31, exact)
         return T.max(T.min(v, hi), lo) if clamp else v
     sh64 = T.Cast("int64x4", sh)
     one = T.Broadcast(T.int64(1), 4)
