@@ -223,7 +223,7 @@ SDOT_LAYERS = {
                                    (1 / 9000, 1 / 2000)),
     "conv1x1-u8-16px-s16-shift31": ("conv2d_requant", (1, 16, 4, 4), "uint8", 8, "int16", -32767, 32767, (0.5, 0.99)),
     "dense-s8-int64-requant": ("dense_requant", (2, 16), "int8", 8, "int16", -32768, 32767, (0.3, 2.5)),
-    "conv1x1-u8-3px-tiles-u8": ("conv2d_requant", (1, 16, 3, 5), "uint8", 8, "uint8", 0, 255, (1 / 9000, 1 / 2000)),
+    "conv1x1-u8-bytewise-u8": ("conv2d_requant", (1, 16, 3, 5), "uint8", 8, "uint8", 0, 255, (1 / 9000, 1 / 2000)),
 }
 
 

@@ -52,14 +52,8 @@ def pack_weights_sdot(w: np.ndarray, n: int, kp: int) -> np.ndarray:
 
 
 def workspace_bytes(sp) -> int:
-    """Workspace of one kernel (TVMBackendAllocWorkspace): a pointwise conv's packed x, 4 slots per tile."""
-    return -(-sp.m // _pixel_rows(sp.m)) * 4 * sp.k if sp.nchw else 0
-
-
-def _pixel_rows(m: int) -> int:
-    """Pixels per tile of a pointwise conv: 4, or 3 where that divides m and 4 does not (a 3 x 3 map:
-    3 tiles of 3 pixels, not 3 of 4 with 3 repeated)."""
-    return 3 if m % 4 and m % 3 == 0 else 4
+    """Workspace of one kernel (TVMBackendAllocWorkspace): a pointwise conv's packed x."""
+    return (sp.m + 3) // 4 * 4 * sp.k if sp.nchw else 0
 
 
 def _rows(m: int) -> int:
@@ -190,11 +184,10 @@ def _pointwise_module(sp) -> tvm.IRModule:
     kb, flip, whole = k // 4, sp.flip, m % 4 == 0
     tbl_out = whole and od in ("int8", "uint8")
     half_out = whole and od == "int16"
-    rows = _pixel_rows(m)
-    ntile, mtile = n // 4, (m + rows - 1) // rows
+    ntile, mtile = n // 4, (m + 3) // 4
 
     def pix(ib, r):
-        return T.min(ib * rows + r, m - 1)
+        return T.min(ib * 4 + r, m - 1)
 
     def x8(v):
         return T.Cast("int8", T.bitwise_xor(v, T.uint8(128))) if flip else T.Cast("int8", v)
@@ -229,11 +222,11 @@ def _pointwise_module(sp) -> tvm.IRModule:
             for g, ib, r, c in T.grid(kb, mtile, 4, 4):
                 XT[(g * mtile + ib) * 16 + r * 4 + c] = x8(X[(4 * g + c) * m + pix(ib, r)])
         for jb, ib in T.grid(ntile, mtile):
-            for r in T.unroll(rows):
+            for r in T.unroll(4):
                 acc[T.Ramp(r * 4, 1, 4)] = B[T.Ramp(jb * 4, 1, 4)]   # the accumulators start at the bias
             for g in T.serial(kb):
                 xv = XTw[T.Ramp((g * mtile + ib) * 4, 1, 4)]
-                for r in T.unroll(rows):
+                for r in T.unroll(4):
                     acc[T.Ramp(r * 4, 1, 4)] = _dot(W, kp, jb, g, acc[T.Ramp(r * 4, 1, 4)],
                                                     T.Shuffle([xv], [r, r, r, r]))
             if tbl_out:
@@ -250,7 +243,7 @@ def _pointwise_module(sp) -> tvm.IRModule:
                 for c in T.unroll(4):
                     Y[T.Ramp((jb * 4 + c) * m + ib * 4, 1, 4)] = T.Shuffle([yh], [c * 4, c * 4 + 1, c * 4 + 2, c * 4 + 3])
             else:
-                for r in T.unroll(rows):
+                for r in T.unroll(4):
                     Y[T.Ramp(jb * 4 * m + pix(ib, r), m, 4)] = T.Cast(f"{od}x4", _requant4(
                         sp, acc[T.Ramp(r * 4, 1, 4)], *_params4(MU, SH, jb)))
 
