@@ -92,9 +92,13 @@ def _saturating(sp) -> bool:
 
 
 def _halves16(sp, vs):
-    """4 requantized int32x4 vectors (no clamp when :func:`_saturating`) -> their 16 int16, in order."""
-    hs = [T.call_llvm_pure_intrin("int16x4", SQXTN16, v) if _saturating(sp) else T.Cast("int16x4", v) for v in vs]
-    return T.Shuffle(hs, list(range(16)))
+    """4 requantized, unclamped int32x4 vectors -> their 16 int16, in order: narrowed saturating
+    (``sqxtn``), then clamped on 8 lanes per instruction where [qmin, qmax] is narrower than int16
+    (clamp(saturate16(v)) == clamp(v) for any range inside int16)."""
+    h = T.Shuffle([T.call_llvm_pure_intrin("int16x4", SQXTN16, v) for v in vs], list(range(16)))
+    if _saturating(sp):
+        return h
+    return T.max(T.min(h, T.Broadcast(T.int16(sp.qmax), 16)), T.Broadcast(T.int16(sp.qmin), 16))
 
 
 def _bytes16(sp, vs):
@@ -238,7 +242,7 @@ def _pointwise_module(sp) -> tvm.IRModule:
                     Yw[((jb * 4 + c) * m + ib * 4) // 4] = T.Shuffle([yt], [c])
             elif half_out:   # int16 outputs: [pixel][channel] transposed, 4 pixels (8 bytes) per channel
                 yh = T.Shuffle([_halves16(sp, [_requant4(sp, acc[T.Ramp(r * 4, 1, 4)], *_params4(MU, SH, jb),
-                                                         clamp=not _saturating(sp)) for r in range(4)])],
+                                                         clamp=False) for r in range(4)])],
                                [r * 4 + c for c in range(4) for r in range(4)])
                 for c in T.unroll(4):
                     Y[T.Ramp((jb * 4 + c) * m + ib * 4, 1, 4)] = T.Shuffle([yh], [c * 4, c * 4 + 1, c * 4 + 2, c * 4 + 3])
