@@ -205,3 +205,82 @@ def test_a_candidate_that_fails_to_build_is_dropped_and_counted(tmp_path, monkey
     ch = choices[0]
     assert ch["dropped"] == 1 and ch["instructions"]["tensorir-tiled"] is None and ch["source"] != "tensorir-tiled"
     assert "tensorir-tiled dropped (RuntimeError: planted build failure)" in ch["why"]
+
+
+# The sdot4x4 kernel (tir_kernels_sdot.py) on single layers, one package each, forced (not chosen): every
+# code path of the kernel -- dense tiles of 8 / 4 channels, rows past m, a k tail, the pointwise packs (16
+# pixels / 4 pixels / bytewise), the saturating-narrow, tbl, int16-transposed and strided stores, the 32-bit (shift >= 33) and
+# 64-bit requantization -- bit-exact against the op's NumPy twin under qemu-aarch64 -cpu cortex-a76.
+SDOT_LAYERS = {
+    # name: (op, x shape, x dtype, n, out dtype, qmin, qmax, multiplier range)
+    "dense-u8-rows-clamped-8ch": ("dense_requant", (5, 48), "uint8", 24, "uint8", 0, 255, (1 / 20000, 1 / 4000)),
+    "dense-s8-ktail-s16-shift31-mixed": ("dense_requant", (3, 36), "int8", 20, "int16", -32768, 32767, (0.05, 0.9)),
+    "conv1x1-u8-16px-relu6": ("conv2d_requant", (1, 32, 4, 8), "uint8", 16, "uint8", 0, 200, (1 / 9000, 1 / 2000)),
+    "conv1x1-s8-4px-s8": ("conv2d_requant", (1, 24, 3, 4), "int8", 8, "int8", -128, 127, (1 / 9000, 1 / 2000)),
+    "conv1x1-u8-bytewise-s16": ("conv2d_requant", (1, 16, 3, 3), "uint8", 12, "int16", -32768, 32767, (0.01, 0.9)),
+    "conv1x1-s8-16px-s16": ("conv2d_requant", (1, 20, 2, 8), "int8", 12, "int16", -32768, 32767, (0.01, 0.9)),
+    "conv1x1-u8-4px-s16-clamped": ("conv2d_requant", (1, 16, 2, 2), "uint8", 8, "int16", -1000, 1000, (0.05, 0.5)),
+    "conv1x1-u8-16px-s16-shift31": ("conv2d_requant", (1, 16, 4, 4), "uint8", 8, "int16", -32767, 32767, (0.5, 0.99)),
+    "dense-s8-int64-requant": ("dense_requant", (2, 16), "int8", 8, "int16", -32768, 32767, (0.3, 2.5)),
+    "conv1x1-u8-bytewise-u8": ("conv2d_requant", (1, 16, 3, 5), "uint8", 8, "uint8", 0, 255, (1 / 9000, 1 / 2000)),
+}
+
+
+def _one_layer(op, xshape, xdtype, n, out, lo, hi, mrange, seed):
+    """(module, input): one layer, random weights, the input holding the dtype's extremes (whole rows of them)."""
+    rng = np.random.default_rng(seed)
+    k = int(np.prod(xshape[1:2] if op == "conv2d_requant" else xshape[1:]))
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(list(xshape), xdtype))
+    ds = [dyadic(float(m)) for m in rng.uniform(*mrange, n)]
+    w = rng.integers(-128, 128, (n, k) if op == "dense_requant" else (n, k, 1, 1)).astype(np.int8)
+    w.reshape(n, -1)[0, :] = -128                                   # a channel of the weight extreme
+    args = [const(w), const(rng.integers(-4000, 4000, n).astype(np.int32)),
+            const(np.array([d.multiplier for d in ds], np.int64)), const(np.array([d.shift for d in ds], np.int64))]
+    conv = {"strides": [1, 1], "padding": [0] * 4, "dilation": [1, 1], "groups": 1} if op == "conv2d_requant" else {}
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit_output(emit(bb, op, [x, *args], qmin=lo, qmax=hi, out_dtype=out, **conv))
+        bb.emit_func_output(y)
+    info = np.iinfo(xdtype)
+    xs = rng.integers(info.min, int(info.max) + 1, xshape, dtype=np.int64)
+    flat = xs.reshape(-1)
+    flat[: k] = info.min                                            # whole runs of both extremes
+    flat[k: 2 * k] = info.max
+    return bb.finalize(), xs.astype(xdtype), (min(d.shift for d in ds), max(d.shift for d in ds))
+
+
+@pytest.mark.parametrize("name", sorted(SDOT_LAYERS))
+def test_sdot4x4_kernel_bit_exact_on_every_path(name, tmp_path):
+    mod, x, _ = _one_layer(*SDOT_LAYERS[name], seed=sorted(SDOT_LAYERS).index(name))
+    (want,) = ReferenceInterpreter(mod).run("main", x)
+    board = get_board("rpi5")
+    pkg = tmp_path / "pkg"
+    info = write_c_package(mod, pkg, board, kernels={0: "sdot4x4"})
+    assert info["steps"][0]["kernel_source"] == "tensorir-sdot4x4"
+    assert "sdot\t" in _objdump(pkg / info["tir_objects"][0])
+    exe = harness.build_linux(pkg, board, tmp_path / "build")
+    got = harness.run_linux(exe, pkg, board, [[x]], tmp_path / "run")[0][0]
+    assert_bit_exact(got, want, f"sdot4x4 {name}")
+
+
+def test_sdot4x4_layers_cover_every_requantization():
+    """The cases above reach each requantization of tir_kernels_sdot._requant4: shifts >= 32 only
+    (sqdmulh + srshl), all 31 (sqrdmulh), 31 mixed with larger (select), some < 31 (int64 lanes)."""
+    ranges = {name: _one_layer(*case, seed=sorted(SDOT_LAYERS).index(name))[2] for name, case in SDOT_LAYERS.items()}
+    kinds = {"int64" if lo < 31 else "all31" if hi == 31 else "mixed31" if lo == 31 else "ge32" for lo, hi in ranges.values()}
+    assert kinds == {"int64", "all31", "mixed31", "ge32"}, ranges
+
+
+def test_sdot4x4_is_no_candidate_without_dotprod(model, tmp_path):
+    """rpi4's core has no dot product: the sdot kernel is not measured there (its object would SIGILL),
+    and asking for it by hand is a one-line refusal, not a crash."""
+    from tvm_qplugin.errors import UnsupportedOpError
+    from tvm_qplugin.export.c_graph import build_graph, integer_module_of
+    from tvm_qplugin.export.kernel_choice import schedules_for, tir_candidates
+
+    steps = tir_candidates(build_graph(integer_module_of(model[0])))
+    assert all("sdot4x4" not in schedules_for(s, get_board("rpi4")) for s in steps)
+    assert "sdot4x4" in schedules_for(steps[0], get_board("rpi5"))
+    with pytest.raises(UnsupportedOpError, match="sdot4x4 needs the dot-product extension"):
+        write_c_package(model[0], tmp_path / "pkg", get_board("rpi4"), kernels={0: "sdot4x4"})

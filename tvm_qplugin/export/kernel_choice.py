@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import QPluginError
-from .tir_kernels import SCHEDULES, symbol_address
+from .tir_kernels import DOTPROD_SCHEDULES, SCHEDULES, shift_range, symbol_address
 
 TIR_INPUTS = ("uint8", "int8")
 HANDWRITTEN = "handwritten-c"
@@ -42,12 +42,21 @@ def tir_candidates(g) -> list:
             and all(a.val.kind == "const" for a in s.args[1:])]
 
 
+def schedules_for(s, board) -> tuple:
+    """The TIR schedules measured for step ``s`` on ``board``: the sdot kernel only where the core has
+    the dot-product extension (elsewhere its object would SIGILL) and 4 | n, 4 | k."""
+    w = s.args[1].shape
+    n, k = int(w[0]), int(np.prod(w[1:]))
+    sdot_ok = "dotprod" in board.features and n % 4 == 0 and k % 4 == 0
+    return tuple(sc for sc in SCHEDULES if sc not in DOTPROD_SCHEDULES or sdot_ok)
+
+
 def _shape_key(s) -> tuple:
     """What a layer's kernel code depends on: op, shapes, dtypes, params, the 32-bit requantization
     condition -- not the weight values (the kernels have no data-dependent branches)."""
     shifts = s.args[4].val.const
     return (s.op, tuple(s.args[0].shape), s.args[0].dtype, tuple(s.args[1].shape), s.out.dtype,
-            bool(shifts.min() >= 33), tuple(sorted((k, str(v)) for k, v in s.params.items() if not k.startswith("_"))))
+            bool(shifts.min() >= 33), shift_range(shifts), tuple(sorted((k, str(v)) for k, v in s.params.items() if not k.startswith("_"))))
 
 
 def _one_step_module(s):
@@ -131,7 +140,7 @@ def choose_kernels(imod, board, workdir=None) -> tuple[dict, dict]:
         sample = _sample(s.args[0].shape, s.args[0].dtype, seed=s.index)
         want = ReferenceInterpreter(mod).run("main", sample)
         want = want[0] if isinstance(want, (list, tuple)) else want
-        cands = {HANDWRITTEN: None, **{f"tensorir-{sc}": {0: sc} for sc in SCHEDULES}}
+        cands = {HANDWRITTEN: None, **{f"tensorir-{sc}": {0: sc} for sc in schedules_for(s, board)}}
         runs = {}
         for name, k in cands.items():
             try:

@@ -19,20 +19,30 @@ are TVM's weak runtime hooks (workspace allocation, parallel launch), which the 
 static pool and serially: no TVM runtime on the board.
 
 Schedules (the candidates :mod:`.kernel_choice` measures; see :func:`_schedule`): ``default``,
-``tiled``, ``tiled2x4``, ``tiled4x4``.
+``tiled``, ``tiled2x4``, ``tiled4x4``; and ``sdot4x4`` on boards with the dot-product extension, a
+kernel of its own (:mod:`.tir_kernels_sdot`: channels in the ``sdot`` lanes, weights prepacked, the
+requantization on 4 outputs at once).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import tvm
 from tvm.script import tirx as T
 
 from ..errors import UnsupportedOpError
 from .c_graph import dt_info
+from .tir_kernels_sdot import (  # the sdot4x4 kernel
+    pack_weights_sdot,
+    sdot_applies,
+    sdot_module,
+    workspace_bytes,
+)
 
-SCHEDULES = ("default", "tiled", "tiled2x4", "tiled4x4")
+SCHEDULES = ("default", "tiled", "tiled2x4", "tiled4x4", "sdot4x4")
+DOTPROD_SCHEDULES = ("sdot4x4",)   # need the board's dot-product extension (sdot): no candidate elsewhere
 _ROWS = {"tiled2x4": 2, "tiled4x4": 4}   # rows of x per tile of the row-blocked schedules
 TIR_TILE_N = 4       # output channels per pass of the tiled schedule
 
@@ -56,6 +66,7 @@ class DenseSpec:
     schedule: str = "default"
     nchw: bool = False
     shift33: bool = False   # every shift >= 33: the requantization in 32 bits (qk_internal.h's identity)
+    shift_range: tuple = (0, 62)   # (min, max) of the per-channel shifts: sdot4x4's requantization variant
 
     @property
     def flip(self) -> bool:
@@ -165,7 +176,14 @@ def build_object(specs: list[DenseSpec], board, path: Path) -> list[Path]:
     target = object_target(board)
     out = []
     for sp in specs:
-        mod = _schedule(_dense_module(sp), sp)
+        if sp.schedule in DOTPROD_SCHEDULES:
+            if "dotprod" not in board.features or not sdot_applies(sp):
+                raise UnsupportedOpError(f"TIR kernel {sp.name}: {sp.schedule} needs the dot-product extension "
+                                         f"(board {board.name}: {list(board.features)}) and n, k multiples of 4 "
+                                         f"(n={sp.n}, k={sp.k}); choose another schedule")
+            mod = sdot_module(sp)
+        else:
+            mod = _schedule(_dense_module(sp), sp)
         mod["main"] = mod["main"].with_attr("global_symbol", sp.name)
         with tvm.transform.PassContext(opt_level=3, config={"tirx.disable_assert": True}):
             lib = tvm.tirx.build(mod, target=target)
@@ -271,7 +289,9 @@ def shim_sources(specs: list[DenseSpec]) -> tuple[str, str]:
               "void qk_tir_call(int32_t (*fn)(void *, void *, int32_t, void *), int32_t n, void *const *ptrs);\n"
               + "".join(prototype(sp) + ";\n" for sp in specs) + "#endif\n")
     # workspace: the local accumulators and a pointwise conv's packed block of pixels (<= 4 rows of k int8)
-    pool = 1024 + max((4 * sp.kp for sp in specs if sp.nchw), default=0)
+    # (sdot4x4: all of x packed, workspace_bytes)
+    pool = 1024 + max((workspace_bytes(sp) if sp.schedule in DOTPROD_SCHEDULES else 4 * sp.kp
+                       for sp in specs if sp.nchw), default=0)
     body = [_SHIM_HEAD.replace("@POOL@", str((pool + 63) // 64 * 64))]
     for sp in specs:
         body.append(f"\nint32_t __tvm_ffi_{sp.name}(void *self, void *args, int32_t n, void *result);\n"
@@ -279,6 +299,12 @@ def shim_sources(specs: list[DenseSpec]) -> tuple[str, str]:
                     f"  void *const p[6] = {{(void *)x, (void *)w, (void *)b, (void *)m, (void *)s, (void *)y}};\n"
                     f"  qk_tir_call(__tvm_ffi_{sp.name}, 6, p);\n}}\n")
     return header, "".join(body)
+
+
+def shift_range(shifts) -> tuple[int, int]:
+    """(min, max) of a layer's per-channel shifts (one home: the spec and kernel_choice's shape key)."""
+    a = np.asarray(shifts)
+    return int(a.min()), int(a.max())
 
 
 class TirKernelCalls:
@@ -309,10 +335,18 @@ class TirKernelCalls:
             bn = self.const_array(b.astype(np.int32), "int32_t", "b")
         sp = DenseSpec(f"qk_tir_{'conv1x1' if nchw else 'dense'}_{s.index}", d["m"], d["k"], wk["kp"], d["n"], x.dtype,
                        s.out.dtype, int(p["qmin"]), int(p["qmax"]), self.tir_choice[s.index], nchw,
-                       bool(np.asarray(s.args[4].val.const).min() >= 33))
+                       bool(np.asarray(s.args[4].val.const).min() >= 33), shift_range(s.args[4].val.const))
         self.tir_specs.append(sp)
+        wt = wk["wt"]
+        if sp.schedule in DOTPROD_SCHEDULES and sdot_applies(sp):   # its own copy, prepacked for sdot
+            wrows = np.zeros((d["n"], wk["kp"]), np.int8)
+            wrows[:, :d["k"]] = w.val.const.reshape(d["n"], d["k"])
+            wt = self.const_array(pack_weights_sdot(wrows.reshape(-1), d["n"], wk["kp"]), "int8_t", "wsdot")
         hand = self.calls.pop()
-        self.calls += ["#if QM_TIR", f"  (void)qm_p{s.index};  /* the hand-written call's parameters */", f"  {sp.name}({self.ptr(x, True)}, {wk['wt']}, {bn}, {wk['mult']}, {wk['shift']}, "
-                       f"{self.ptr(s.out)});", "#else", *([f"  (void){bn};"] if bn != wk["bias"] else []), hand,
+        self.calls += ["#if QM_TIR", f"  (void)qm_p{s.index};  /* the hand-written call's parameters */",
+                       *([f"  (void){wk['wt']};"] if wt != wk["wt"] else []),
+                       (f"  {sp.name}({self.ptr(x, True)}, {wt}, {bn}, {wk['mult']}, {wk['shift']}, "
+                        f"{self.ptr(s.out)});"), "#else", *([f"  (void){bn};"] if bn != wk["bias"] else []),
+                       *([f"  (void){wt};"] if wt != wk["wt"] else []), hand,
                        "#endif"]
         s.c_func = sp.name
