@@ -186,6 +186,12 @@ def test_rpc_tracker_with_two_servers_measures_there(conv_model, tmp_path):
         while time.time() < deadline and rpc.connect_tracker("127.0.0.1", port).summary()["queue_info"].get(
                 "qtest", {}).get("free", 0) < 2:
             time.sleep(0.5)
+        # the tracker's answer is timed, not TVM's import (seconds under load): a fresh process that
+        # has not imported TVM gets the answer within half a second
+        probe = subprocess.run([sys.executable, "-c", "from tvm_qplugin.tuning.tracker import check_tracker; "
+                                f"print(check_tracker('127.0.0.1', {port}, 'qtest', timeout=0.5))"],
+                               capture_output=True, text=True, timeout=120)
+        assert probe.returncode == 0 and probe.stdout.strip() == "2", probe.stderr[-2000:]
         db = tmp_path / "db"
         r = _cli("tune", model, "--calib", calib, "--trials", 2, "--trials-per-iter", 2, "--db", db,
                  "--rpc-tracker", f"127.0.0.1:{port}", "--rpc-key", "qtest", timeout=400)

@@ -31,10 +31,9 @@ def check_tracker(host: str, port: int, key: str, timeout: float = CONNECT_TIMEO
         raise TrackerError(f"cannot reach the RPC tracker at {where} ({e.strerror or e}); start one with "
                            f"`python -m tvm.exec.rpc_tracker --host {host} --port {port}`") from None
     summary: dict = {}
+    from tvm import rpc  # before the clock starts: importing TVM takes seconds on a loaded machine
 
     def ask():
-        from tvm import rpc
-
         summary.update(rpc.connect_tracker(host, port).summary())
 
     t = threading.Thread(target=ask, daemon=True)
