@@ -31,7 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from tvm_qplugin.mixed.ilp import pareto_front, solve
-from tvm_qplugin.mixed.plan import METHODS, build_problem, plan_model
+from tvm_qplugin.mixed.plan import METHODS, build_problem, plan_model, random_plans
 from tvm_qplugin.mixed.sensitivity import sensitivity
 from tvm_qplugin.mixed.simulate import simulated_outputs, top1
 from tvm_qplugin.mixed.torch_graph import load_torch_graph
@@ -50,24 +50,6 @@ def load(model: str, eval_count: int = 128):
     calib, evaluation = imagenet_calib_eval()
     return mobilenet_v2_onnx(), {"input": calib}, None, {"input": evaluation[:eval_count]}, None, {"samples": 8,
                                                                                               "probes": 128}
-
-
-def random_plans(problem, size: float, count: int, seed: int = 0) -> list[dict]:
-    """``count`` random weight widths of at most ``size`` bytes: layers in a random order go to 4 bits
-    until the size fits (activations at 8 bits)."""
-    rng = np.random.default_rng(seed)
-    plans = []
-    for _ in range(count):
-        bits = {n: (8, 8) for n in problem.names}
-        i8, i4 = problem.options.index((8, 8)), problem.options.index((4, 8))
-        total = problem.uniform(8, 8)["size"]
-        for layer in rng.permutation(len(problem.names)):
-            if total <= size:
-                break
-            bits[problem.names[layer]] = (4, 8)
-            total -= problem.size[layer, i8] - problem.size[layer, i4]
-        plans.append(bits)
-    return plans
 
 
 def compiled_figures(model: str, path: str, calib: dict, jobs: dict) -> dict:

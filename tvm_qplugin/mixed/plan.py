@@ -124,6 +124,25 @@ def choose_by_held_out(model, calib: dict, labels, sens: Sensitivity, plans: dic
     return best
 
 
+def random_plans(problem: Problem, size: float, count: int, seed: int = 0) -> list[dict]:
+    """``count`` random weight widths of at most ``size`` bytes, activations at 8 bits: layers in a
+    random order go to 4 bits until the size fits -- the baseline issue 13's acceptance compares
+    the ILP's plan with (benchmarks/mixed_precision.py, tests/test_mixed_mobilenet_v2.py)."""
+    rng = np.random.default_rng(seed)
+    i8, i4 = problem.options.index((8, 8)), problem.options.index((4, 8))
+    plans = []
+    for _ in range(count):
+        bits = {n: (8, 8) for n in problem.names}
+        total = problem.uniform(8, 8)["size"]
+        for layer in rng.permutation(len(problem.names)):
+            if total <= size:
+                break
+            bits[problem.names[layer]] = (4, 8)
+            total -= problem.size[layer, i8] - problem.size[layer, i4]
+        plans.append(bits)
+    return plans
+
+
 def search(model, calib: dict, budget=None, labels=None, evaluation: dict | None = None, eval_labels=None,
            method: str = "hessian", a_bits: tuple[int, ...] = (8,), front_points: int = 9,
            latency_reports: dict | None = None, **sensitivity_options) -> dict:
