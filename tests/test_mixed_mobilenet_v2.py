@@ -13,11 +13,11 @@ import pytest
 import torch
 
 import tvm_qplugin as tq
+from qplugin_zoo import imagenet_calib_eval, mobilenet_v2_onnx
 from tvm_qplugin.mixed.plan import build_problem, plan_model, random_plans
 from tvm_qplugin.mixed.sensitivity import sensitivity
 from tvm_qplugin.mixed.simulate import simulated_outputs, top1
 from tvm_qplugin.mixed.torch_graph import load_torch_graph
-from qplugin_zoo import imagenet_calib_eval, mobilenet_v2_onnx
 
 pytestmark = [pytest.mark.slow, pytest.mark.extended]
 SETTINGS = {"samples": 8, "probes": 128}  # the benchmark's: cached there under the same key

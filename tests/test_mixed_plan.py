@@ -3,26 +3,25 @@ sensitivity measure, the plan kept that scores best on held-out calibration samp
 digits CNN (labelled, cheap); MobileNetV2's real-compile acceptance is the extended test."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
+from qplugin_zoo.digits import digits_cnn_onnx, digits_split
 from tvm_qplugin.errors import QPluginError
 from tvm_qplugin.mixed.ilp import Plan
 from tvm_qplugin.mixed.plan import METHODS, build_problem, choose_by_held_out, plan_model
 from tvm_qplugin.mixed.sensitivity import sensitivity
 from tvm_qplugin.mixed.simulate import simulated_outputs, top1
 from tvm_qplugin.mixed.torch_graph import load_torch_graph
-from qplugin_zoo.digits import digits_cnn_onnx, digits_split
 
 SETTINGS = {"samples": 32, "probes": 256}
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
+def digits():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny graph: one thread is faster on the loaded 2-core machine
-    x_train, y_train, x_test, y_test = digits_split()
+    x_train, y_train = digits_split()[:2]
     path = digits_cnn_onnx()
     calib, labels = {"input": x_train[:128]}, y_train[:128]
     sens = sensitivity(path, calib, labels, **SETTINGS)
