@@ -198,10 +198,13 @@ def main() -> None:
                             "worst": min(rand)}
     if args.compile:
         best = list(np.argsort(rand)[::-1][: args.compile])
-        jobs = {k: {"precision": "mixed", "layer_bits": v} for k, v in plans.items() if k.startswith("midway/")}
+        jobs = {k: {"precision": "mixed", "layer_bits": v} for k, v in plans.items()
+                if k.startswith("midway/") and k != "midway/auto"}  # auto's plan is one of these
         jobs.update({f"random{i}": {"precision": "mixed", "layer_bits": rand_plans[i]} for i in best})
         jobs["int4"], jobs["int8"] = {"precision": "int4"}, {"precision": "int8"}
         out["compiled"] = compiled_figures(args.model, path, calib, jobs)
+        if "midway/auto" in out["plans"]:
+            out["compiled"]["midway/auto"] = out["compiled"][f"midway/{out['plans']['midway/auto']['chosen']}"]
     t = time.perf_counter()
     front = pareto_front(build_problem(sens, g.model), list(np.linspace(u4, u8, 9)))
     out["pareto_9_sizes_s"] = round(time.perf_counter() - t, 3)
