@@ -1,18 +1,21 @@
 """Mixed precision on real models: sensitivity ranking, ILP plans under size budgets, time per stage.
 
-For the digits CNN (labelled accuracy on the held-out split) and MobileNetV2 (top-1 agreement with
+For the digits CNN and ViT (labelled accuracy on the held-out split) and MobileNetV2 (top-1 agreement with
 fp32 on real photo crops): HAWQ-V2 Hessian traces (their spread and probe count), ZeroQ's direct
 measure, the rank correlation of the two, then the ILP (weights 4/8 bits, activations held at 8,
 so that every plan is compared at the same activation width) under 3 size budgets -- the midway
 one between uniform int4 and int8 against 20 random assignments of at most the same size.
-Accuracy is simulated in float (mixed/simulate.py: the int4 kernels are another branch's work).
+Accuracy is simulated in float (mixed/simulate.py) to rank plans; ``--compile N`` then compiles
+for real (x86 host, integer-only, bit-exact checked) the midway plans of every method, the N best
+random ones by simulation and uniform int4, and measures them on the evaluation data (MobileNetV2:
+agreement with fp32 on all the real crops, as tests/test_mobilenet_v2.py).
 
 ``--distill``: data-free calibration (ZeroQ) of MobileNetV2 from an export that keeps its
 batch-norms (the cached fixture has them folded), then a real int8 compile calibrated on the
 distilled inputs, evaluated on the real crops (compare with real-data calibration's agreement).
 
-Prints one JSON object. Run: `.venv/bin/python benchmarks/mixed_precision.py [--model digits|mobilenet_v2]
-[--distill [--samples N --iterations N]]`
+Prints one JSON object. Run: `.venv/bin/python benchmarks/mixed_precision.py [--model digits|digits_vit|mobilenet_v2]
+[--compile N] [--distill [--samples N --iterations N]]`
 """
 from __future__ import annotations
 
@@ -24,10 +27,11 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 from tvm_qplugin.mixed.ilp import pareto_front, solve
-from tvm_qplugin.mixed.plan import build_problem
+from tvm_qplugin.mixed.plan import METHODS, build_problem, plan_model, random_plans
 from tvm_qplugin.mixed.sensitivity import sensitivity
 from tvm_qplugin.mixed.simulate import simulated_outputs, top1
 from tvm_qplugin.mixed.torch_graph import load_torch_graph
@@ -35,11 +39,12 @@ from tvm_qplugin.mixed.torch_graph import load_torch_graph
 
 def load(model: str, eval_count: int = 128):
     """(onnx path, calibration inputs, calibration labels or None, eval inputs, eval reference, settings)."""
-    if model == "digits":
+    if model.startswith("digits"):
         from qplugin_zoo.digits import digits_cnn_onnx, digits_split
 
         xtr, ytr, xte, yte = digits_split()
-        return digits_cnn_onnx(), {"input": xtr}, ytr, {"input": xte}, yte, {"samples": 64, "probes": 1024}
+        path = digits_cnn_onnx() if model == "digits" else os.path.join(ROOT, "examples", "digits_vit.onnx")
+        return path, {"input": xtr}, ytr, {"input": xte}, yte, {"samples": 64, "probes": 1024}
     from qplugin_zoo import imagenet_calib_eval, mobilenet_v2_onnx
 
     calib, evaluation = imagenet_calib_eval()
@@ -47,22 +52,33 @@ def load(model: str, eval_count: int = 128):
                                                                                               "probes": 128}
 
 
-def random_plans(problem, size: float, count: int, seed: int = 0) -> list[dict]:
-    """``count`` random weight widths of at most ``size`` bytes: layers in a random order go to 4 bits
-    until the size fits (activations at 8 bits)."""
-    rng = np.random.default_rng(seed)
-    plans = []
-    for _ in range(count):
-        bits = {n: (8, 8) for n in problem.names}
-        i8, i4 = problem.options.index((8, 8)), problem.options.index((4, 8))
-        total = problem.uniform(8, 8)["size"]
-        for layer in rng.permutation(len(problem.names)):
-            if total <= size:
-                break
-            bits[problem.names[layer]] = (4, 8)
-            total -= problem.size[layer, i8] - problem.size[layer, i4]
-        plans.append(bits)
-    return plans
+def compiled_figures(model: str, path: str, calib: dict, jobs: dict) -> dict:
+    """Real x86 compiles of ``jobs`` (name -> compile options): agreement with fp32 on every real
+    crop (MobileNetV2) or labelled accuracy on the held-out digits, weight bytes, bit-exactness."""
+    import tvm_qplugin as tq
+
+    if model.startswith("digits"):
+        import tempfile
+
+        from qplugin_zoo.digits import digits_split
+
+        _, _, xte, yte = digits_split()
+        evaluation = os.path.join(tempfile.mkdtemp(), "eval.npz")  # labels travel in the .npz
+        np.savez(evaluation, input=xte, labels=yte)
+        key = "top1_int"
+    else:
+        from qplugin_zoo import imagenet_calib_eval
+
+        evaluation, key = {"input": imagenet_calib_eval()[1]}, "value"
+    out = {}
+    for name, options in jobs.items():
+        t = time.perf_counter()
+        r = tq.compile(path, target="x86-host", calib=calib, eval=evaluation, **options).report
+        out[name] = {"acc": r["accuracy"].get(key), "inputs": r["accuracy"].get("inputs"),
+                     "weights_bytes": r["size_bytes"]["weights"], "bit_exact": r["bit_exact"],
+                     "integer_only": r["integer_only"], "compile_s": round(time.perf_counter() - t, 1)}
+        print(name, out[name], file=sys.stderr, flush=True)
+    return out
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -120,10 +136,12 @@ def distill_benchmark(samples: int, iterations: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="digits", choices=["digits", "mobilenet_v2"])
+    ap.add_argument("--model", default="digits", choices=["digits", "digits_vit", "mobilenet_v2"])
     ap.add_argument("--random", type=int, default=20)
     ap.add_argument("--eval-count", type=int, default=128, help="MobileNetV2 crops evaluated per plan")
     ap.add_argument("--budgets", default="25%,midway,75%", help="which size budgets to plan for")
+    ap.add_argument("--compile", type=int, default=0, metavar="N",
+                    help="compile the midway plans, the N best random ones (by simulation) and int4 for real")
     ap.add_argument("--distill", action="store_true")
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--iterations", type=int, default=100)
@@ -157,19 +175,36 @@ def main() -> None:
                        "int4": {"size": u4, "acc": acc({n: (4, 8) for n in names})}},
            "plans": {}}
     budgets = {"25%": u4 + 0.25 * (u8 - u4), "midway": mid, "75%": u4 + 0.75 * (u8 - u4)}
+    plans = {}
     for label in args.budgets.split(","):
         size = budgets[label]
         for method in ("hessian", "direct") if label == "midway" else ("hessian",):
             p = build_problem(sens, g.model, method).restricted(a_bits=(8,))
             t = time.perf_counter()
             plan = solve(p, {"size": size})
+            plans[f"{label}/{method}"] = plan.bits
             out["plans"][f"{label}/{method}"] = {"size_budget": round(size), "size": plan.totals["size"],
                                                  "solve_s": round(time.perf_counter() - t, 4),
                                                  "int4_layers": sum(w == 4 for w, _ in plan.bits.values()),
                                                  "acc": acc(plan.bits)}
-    rand = [acc(bits) for bits in random_plans(problem, mid, args.random)]
+    if "midway" in budgets and "midway" in args.budgets:
+        auto = plan_model(path, calib, f"size={int(mid)}B", labels, method="auto", a_bits=(8,), **settings)[0]
+        chosen = next(m for m in METHODS if plans[f"midway/{m}"] == auto.bits)
+        out["plans"]["midway/auto"] = {"chosen": chosen, **out["plans"][f"midway/{chosen}"]}
+        plans["midway/auto"] = auto.bits
+    rand_plans = random_plans(problem, mid, args.random)
+    rand = [acc(bits) for bits in rand_plans]
     out["random_midway"] = {"count": len(rand), "best": max(rand), "median": float(np.median(rand)),
                             "worst": min(rand)}
+    if args.compile:
+        best = list(np.argsort(rand)[::-1][: args.compile])
+        jobs = {k: {"precision": "mixed", "layer_bits": v} for k, v in plans.items()
+                if k.startswith("midway/") and k != "midway/auto"}  # auto's plan is one of these
+        jobs.update({f"random{i}": {"precision": "mixed", "layer_bits": rand_plans[i]} for i in best})
+        jobs["int4"], jobs["int8"] = {"precision": "int4"}, {"precision": "int8"}
+        out["compiled"] = compiled_figures(args.model, path, calib, jobs)
+        if "midway/auto" in out["plans"]:
+            out["compiled"]["midway/auto"] = out["compiled"][f"midway/{out['plans']['midway/auto']['chosen']}"]
     t = time.perf_counter()
     front = pareto_front(build_problem(sens, g.model), list(np.linspace(u4, u8, 9)))
     out["pareto_9_sizes_s"] = round(time.perf_counter() - t, 3)

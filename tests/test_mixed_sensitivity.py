@@ -46,11 +46,27 @@ def test_torch_twin_matches_onnxruntime(tmp_path):
     assert tg.batchnorms, "the BatchNormalization node is the ZeroQ statistic"
 
 
+def test_torch_twin_of_the_digits_vit_matches_onnxruntime():
+    """LayerNormalization and Erf (GELU): the transformer's ops besides MatMul / Softmax."""
+    from pathlib import Path
+
+    from qplugin_zoo.digits import digits_split
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "digits_vit.onnx"
+    x = digits_split()[2][:1]
+    tg = load_torch_graph(path)
+    with torch.no_grad():
+        got = tg.run({"input": x})[0].numpy()
+    ref = run_onnxruntime(path, x, "input")
+    assert np.abs(got - ref).max() < 1e-5 * max(1.0, np.abs(ref).max()), np.abs(got - ref).max()
+    assert sum(layer.op == "MatMul" for layer in tg.layers) >= 16
+
+
 def test_torch_twin_refuses_unknown_ops_once(tmp_path):
     g = OnnxGraph((1, 4))
-    y = g.node("Erf", [g.node("Tanh", [g.gemm("x", 4)], (1, 4))], (1, 4))
-    with pytest.raises(UnsupportedOpError, match="Erf, Tanh"):
-        load_torch_graph(g.save(y, tmp_path / "erf.onnx"))
+    y = g.node("Cos", [g.node("Tanh", [g.gemm("x", 4)], (1, 4))], (1, 4))
+    with pytest.raises(UnsupportedOpError, match="Cos, Tanh"):
+        load_torch_graph(g.save(y, tmp_path / "cos.onnx"))
 
 
 def _tiny_model(tmp_path):

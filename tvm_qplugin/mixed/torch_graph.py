@@ -243,6 +243,13 @@ def _softmax(node, x):
     return x.softmax(dim=_attr(node, "axis", -1))
 
 
+def _layer_norm(node, x, scale, bias=None):
+    import torch.nn.functional as F
+
+    axis = _attr(node, "axis", -1) % x.dim()
+    return F.layer_norm(x, tuple(x.shape[axis:]), scale, bias, eps=_attr(node, "epsilon", 1e-5))
+
+
 def _flatten(node, x):
     axis = _attr(node, "axis", 1)
     return x.reshape(int(np.prod(x.shape[:axis])), -1)
@@ -254,6 +261,7 @@ def _ops():
     return {
         "Conv": _conv, "Gemm": _gemm, "MatMul": lambda n, a, b: a @ b,
         "Relu": lambda n, x: torch.relu(x), "Clip": _clip, "Sigmoid": lambda n, x: torch.sigmoid(x),
+        "Erf": lambda n, x: torch.erf(x), "LayerNormalization": _layer_norm,
         "Add": lambda n, a, b: a + b, "Sub": lambda n, a, b: a - b, "Mul": lambda n, a, b: a * b,
         "Div": lambda n, a, b: a / b,
         "MaxPool": lambda n, x: _pool(n, x, "max"), "AveragePool": lambda n, x: _pool(n, x, "avg"),

@@ -1,0 +1,75 @@
+"""Mixed precision: the product's objective (``method="auto"``) -- the ILP solved once per
+sensitivity measure, the plan kept that scores best on held-out calibration samples -- on the
+digits CNN (labelled, cheap); MobileNetV2's real-compile acceptance is the extended test."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qplugin_zoo.digits import digits_cnn_onnx, digits_split
+from tvm_qplugin.errors import QPluginError
+from tvm_qplugin.mixed.ilp import Plan
+from tvm_qplugin.mixed.plan import METHODS, build_problem, choose_by_held_out, plan_model
+from tvm_qplugin.mixed.sensitivity import sensitivity
+from tvm_qplugin.mixed.simulate import simulated_outputs, top1
+from tvm_qplugin.mixed.torch_graph import load_torch_graph
+
+SETTINGS = {"samples": 32, "probes": 256}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny graph: one thread is faster on the loaded 2-core machine
+    x_train, y_train = digits_split()[:2]
+    path = digits_cnn_onnx()
+    calib, labels = {"input": x_train[:128]}, y_train[:128]
+    sens = sensitivity(path, calib, labels, **SETTINGS)
+    yield path, calib, labels, sens
+    torch.set_num_threads(threads)
+
+
+def _midway(path, sens) -> float:
+    p = build_problem(sens, load_torch_graph(path).model).restricted(a_bits=(8,))
+    return (p.uniform(8, 8)["size"] + p.uniform(4, 8)["size"]) / 2
+
+
+def test_held_out_check_keeps_the_better_plan_whichever_measure_made_it(digits):
+    path, calib, labels, sens = digits
+    g = load_torch_graph(path)
+    problem = build_problem(sens, g.model)
+    int8 = Plan({n: (8, 8) for n in problem.names}, {}, 0.0)
+    int4 = Plan({n: (4, 8) for n in problem.names}, {}, 0.0)
+    held = {"input": calib["input"][sens.samples:]}
+    acc8 = top1(simulated_outputs(g, int8.bits, sens.act_range, held), labels[sens.samples:])
+    acc4 = top1(simulated_outputs(g, int4.bits, sens.act_range, held), labels[sens.samples:])
+    assert acc8 > acc4, (acc8, acc4)  # the premise: int4 everywhere is measurably worse here
+    assert choose_by_held_out(path, calib, labels, sens, {"hessian": (int4, problem), "direct": (int8, problem)}) \
+        == "direct"
+    assert choose_by_held_out(path, calib, labels, sens, {"hessian": (int8, problem), "direct": (int4, problem)}) \
+        == "hessian"
+
+
+def test_auto_plan_is_the_better_of_the_two_measures_at_the_midway_size(digits):
+    path, calib, labels, sens = digits
+    budget = f"size={int(_midway(path, sens))}B"
+    g = load_torch_graph(path)
+    x_test, y_test = digits_split()[2:]
+    evaluation = {"input": x_test}
+
+    def accuracy(method):
+        plan = plan_model(path, calib, budget, labels, method=method, a_bits=(8,), **SETTINGS)[0]
+        assert 4 in {w for w, _ in plan.bits.values()} and plan.totals["size"] <= _midway(path, sens)
+        return plan.bits, top1(simulated_outputs(g, plan.bits, sens.act_range, evaluation), y_test)
+
+    auto_bits, auto_acc = accuracy("auto")
+    others = {m: accuracy(m) for m in METHODS}
+    assert auto_bits in [bits for bits, _ in others.values()]
+    int8 = top1(simulated_outputs(g, {n: (8, 8) for n in auto_bits}, sens.act_range, evaluation), y_test)
+    assert auto_acc >= int8 - 0.01, f"auto plan {auto_acc:.4f} loses more than a point to int8 {int8:.4f}"
+
+
+def test_unknown_method_is_refused_in_one_line(digits):
+    path, calib, labels, _ = digits
+    with pytest.raises(QPluginError, match=r"method 'omega'.*auto, hessian, direct"):
+        plan_model(path, calib, "size=60%", labels, method="omega", **SETTINGS)
