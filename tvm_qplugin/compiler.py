@@ -165,8 +165,9 @@ MIXED_A_BITS = (8,)
 
 
 def mixed_precision_plan(model, calib_ds: Dataset, budget: Budget, other_bytes: int) -> dict[str, tuple[int, int]]:
-    """``--precision mixed`` without ``--layer-bits``: per-layer widths from the ILP over Hessian
-    sensitivities (mixed/plan.py) under ``--budget`` (size / bops), on the calibration data.
+    """``--precision mixed`` without ``--layer-bits``: per-layer widths from the ILP (mixed/plan.py,
+    ``method="auto"``: the Hessian and the direct sensitivity plans, the better one on held-out
+    calibration samples) under ``--budget`` (size / bops), on the calibration data.
     ``other_bytes``: the constants besides the conv / dense weights (biases, multipliers, shifts,
     tables) that ``--budget size=`` counts too, so the ILP's sizes are the compile's."""
     from .mixed.plan import resolve_layer_bits as ilp_layer_bits
