@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 DISTILL = "distill"   # the --calib value that asks for this
 DEFAULT_SAMPLES = 16
-DEFAULT_ITERATIONS = 120
+DEFAULT_ITERATIONS = 60   # MobileNetV2: 60 and 120 steps calibrate alike (85.5 vs 85.2 % agreement)
 # weight of the cross-entropy towards a random class per input (classifiers only): BN statistics
 # alone leave the logits of synthetic inputs at half the range real images give (MobileNetV2: 9.9
 # vs 21.7), and a logits range calibrated that narrow saturates real images' top classes (56 %
