@@ -13,12 +13,11 @@ from __future__ import annotations
 import numpy as np
 from tvm import te
 
-from .intrin_x86 import ISA_BY_NAME, dot_intrin, dot_term
+from .intrin_x86 import ISA_BY_NAME, dot_term
 from .packing import Packing, tag_packed
 from .x86_int8 import (
     TensorizedRule,
-    _act_dtype,
-    _epilogue_at,
+    _dense_tile_body,
     _fits_int32,
     _largest_divisor,
     _offset,
@@ -111,14 +110,7 @@ class Conv2D1x1ChannelLanes(TensorizedRule):
         no, nr, ni = sch.split(n, [None, info["nr"], isa.lanes])
         ko, ki = sch.split(k, [None, isa.kp])
         sch.reorder(no, mo, ko, mi, nr, ni, ki)
-        tile = sch.fuse(no, mo)
-        sch.parallel(tile)
-        _epilogue_at(sch, tile, isa.lanes)
-        init = sch.decompose_reduction(acc, ko)
-        sch.vectorize(sch.get_loops(init)[-1])
-        sch.tensorize(ni, dot_intrin(isa, _act_dtype(sch), "a", info["offset"], "global"))
-        sch.unroll(mi)
-        sch.unroll(nr)
+        _dense_tile_body(sch, acc, (no, mo), ko, mi, nr, ni, isa, info["offset"])
         kb, _, j = sch.get_loops(sch.get_sblock("x_kp"))
         sch.parallel(kb)
         sch.unroll(j)  # kp values per pixel innermost: LLVM vectorizes the pixels into interleaving stores

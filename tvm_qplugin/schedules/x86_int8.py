@@ -166,14 +166,21 @@ class DenseTensorized(TensorizedRule):
         no, nr, ni = sch.split(n, [None, info["nr"], isa.lanes])
         ko, ki = sch.split(k, [None, isa.kp])
         sch.reorder(mb, no, mo, ko, mi, nr, ni, ki)
-        tile = sch.fuse(mb, no, mo)
-        sch.parallel(tile)
-        _epilogue_at(sch, tile, isa.lanes)
-        init = sch.decompose_reduction(acc, ko)
-        sch.vectorize(sch.get_loops(init)[-1])
-        sch.tensorize(ni, dot_intrin(isa, _act_dtype(sch), "a", info["offset"], "global"))
-        sch.unroll(mi)
-        sch.unroll(nr)
+        _dense_tile_body(sch, acc, (mb, no, mo), ko, mi, nr, ni, isa, info["offset"])
+
+
+def _dense_tile_body(sch, acc, tile_loops, ko, mi, nr, ni, isa, offset: int) -> None:
+    """The register-tile GEMM body every dense-shaped rule shares (dense, 1x1 conv with channels in
+    the lanes): the fused tile loop parallel, the requant epilogue at it, the accumulator's init
+    vectorized, the dot instruction on the lanes, the ``mi x nr`` register tile unrolled."""
+    tile = sch.fuse(*tile_loops)
+    sch.parallel(tile)
+    _epilogue_at(sch, tile, isa.lanes)
+    init = sch.decompose_reduction(acc, ko)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.tensorize(ni, dot_intrin(isa, _act_dtype(sch), "a", offset, "global"))
+    sch.unroll(mi)
+    sch.unroll(nr)
 
 
 def _weight_sums_fit_int32(w2d: np.ndarray, act_dtype: str, offset: int) -> bool:
