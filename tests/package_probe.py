@@ -4,6 +4,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import numpy as np
+
 from tvm_qplugin.export import harness
 
 
@@ -57,3 +59,12 @@ def check_board(zoo, n_outputs: int, board: str, workdir: Path) -> None:
     pkg, samples, want = zoo
     build = harness.build_mcu(pkg, get_board(board), workdir / "build")
     assert_runs_bit_exact(harness.run_qemu(build, samples, workdir / "run").outputs, want, n_outputs, board)
+
+
+def full_range(rng, dtype: str, shape) -> np.ndarray:
+    """Random integers over ``dtype``'s whole range, its minimum, maximum and 0 among them (the
+    kernel zoos' inputs: saturation and sign paths on every run)."""
+    info = np.iinfo(dtype)
+    a = rng.integers(info.min, info.max + 1, size=shape, dtype=np.int64)
+    a.reshape(-1)[:3] = [info.min, info.max, 0]
+    return a.astype(dtype)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from package_probe import check_board, check_host, packaged
+from package_probe import check_board, check_host, full_range, packaged
 from tvm import relax
 
 from tvm_qplugin.errors import UnsupportedOpError
@@ -97,10 +97,7 @@ def transformer_zoo():
         bb.emit_func_output(relax.Tuple(gv))
 
     def full(dtype, shape):
-        info = np.iinfo(dtype)
-        a = rng.integers(info.min, info.max + 1, size=shape, dtype=np.int64)
-        a.reshape(-1)[:3] = [info.min, info.max, 0]
-        return a.astype(dtype)
+        return full_range(rng, dtype, shape)
 
     inputs = [np.stack([_edge_rows(rng, "int8", 9) for _ in range(2)]),
               np.stack([_edge_rows(rng, "int16", 9) for _ in range(2)]),
