@@ -48,11 +48,6 @@ KCHUNKS = (8, 4, 2, 1)             # groups of 4 reduction steps per shared-memo
 SCHEDULED_ATTR = "tirx.is_scheduled"  # dlight's ApplyDefaultSchedule skips functions carrying it
 
 
-def dp4a_intrin(a_dtype: str, b_dtype: str) -> str:
-    """Name of the registered ``__dp4a`` intrinsic for these operand dtypes (int32 result)."""
-    return dp4a_intrin_name(a_dtype, b_dtype)
-
-
 def _divisor(extent: int, options: tuple[int, ...]) -> int:
     return next(t for t in options if extent % t == 0)
 
@@ -141,7 +136,7 @@ def _dp4a_of(sch, acc, reduction) -> str | None:
     a_dtype, b_dtype = _operand_dtypes(sch, acc)
     if a_dtype not in DP4A_OPERANDS or b_dtype not in DP4A_OPERANDS or sch.get(reduction).extent.value % 4:
         return None
-    return dp4a_intrin(a_dtype, b_dtype)
+    return dp4a_intrin_name(a_dtype, b_dtype)
 
 
 class DenseDp4a(CudaKernelRule):
