@@ -106,7 +106,7 @@ def distill(model: str | Path, samples: int = DEFAULT_SAMPLES, iterations: int =
     x.requires_grad_(True)
     opt = torch.optim.Adam([x], lr=lr)
     weights = {k: w.detach() for k, w in g.weights.items()}
-    start, targets, used_class_weight = None, None, 0.0
+    start, targets = None, None
     for _ in range(iterations):
         opt.zero_grad()
         loss, out = bn_loss(g, {name: x}, weights, with_output=True)
@@ -115,7 +115,6 @@ def distill(model: str | Path, samples: int = DEFAULT_SAMPLES, iterations: int =
         if class_weight and out.dim() == 2 and out.shape[1] > 1:
             targets = torch.randint(out.shape[1], (samples,), generator=gen) if targets is None else targets
             loss = loss + class_weight * torch.nn.functional.cross_entropy(out, targets)
-            used_class_weight = class_weight
         loss.backward()
         opt.step()
         if lo is not None:  # projected step: back into the box
@@ -128,7 +127,7 @@ def distill(model: str | Path, samples: int = DEFAULT_SAMPLES, iterations: int =
              iterations, start, end)
     box = None if lo is None else [lo.flatten().tolist(), hi.flatten().tolist()]
     return Distilled({name: x.detach().numpy().astype(np.float32)}, start, end, iterations, seconds,
-                     used_class_weight, box)
+                     class_weight if targets is not None else 0.0, box)
 
 
 def _box_tensors(input_box: tuple, shape: tuple, model) -> tuple:
