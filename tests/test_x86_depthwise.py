@@ -179,3 +179,43 @@ def test_report_names_the_depthwise_rule():
     applied = AppliedTuning(db=None, tensorized={"k": {"rule": "DepthwiseConv2DTensorized", "isa": "vnni"}})
     why = applied._kernel_source("k")["why"]
     assert "DepthwiseConv2DTensorized" in why and "schedules/x86_depthwise.py" in why and "vpdpbusd" in why
+
+
+@pytest.mark.parametrize("target_name", ["vnni", "avx2"])
+@pytest.mark.parametrize("xdt", ["uint8", "int8", "int16"])
+def test_row_tiles_bit_exact_at_extremes(rng, target_name, xdt):
+    """Several output rows per tile (``_row_tile``: each input row's window feeds every output row
+    it lies under) at the dtype extremes, with full-range weights: a 16-row plane takes 8 rows per
+    tile on AVX-512 (2 vectors a row) and 2 on AVX2 (3 vectors a row, 6 accumulators)."""
+    c, h, w = 5, 16, 21
+    x = np.concatenate([activations(rng, (1, c, h, w), xdt, p) for p in ("min", "max", "random", "alternating")])
+    wt = weights(rng, (c, 1, 3, 3))
+    wt[1], wt[2] = 127, -127
+    params = depthwise_params(c, 3, 1, (1, 1, 1, 1), "int8")
+    info, _ = check_kernel("conv2d_requant", x, [wt, *requant_consts(rng, c, 8 + (8 if xdt == "int16" else 0) + 4)],
+                           target_name, **params)
+    assert info is not None and info["rule"] == "DepthwiseConv2DTensorized"
+    assert info["rows"] == {"vnni": 8, "avx2": 2}[target_name]
+
+
+ROW_TILE_CASES = [  # (target, c, h, w, k, stride, padding, rows per tile expected)
+    ("vnni", 3, 32, 30, 3, 2, (1, 1, 1, 1), 8),      # stride 2: 5 + 2 * 7 input rows for 8 output rows
+    ("vnni", 4, 12, 13, 5, 1, (2, 2, 2, 2), 4),      # 5x5: two tap windows per kernel row
+    ("avx2", 4, 12, 13, 5, 1, (2, 2, 2, 2), 2),      # 2 vectors a row: 2 rows fill AVX2's budget
+    ("avx2", 3, 32, 30, 3, 2, (1, 1, 1, 1), 1),      # stride 2 on AVX2 keeps one row per tile
+    ("avxvnni", 3, 14, 9, 3, 1, (1, 1, 1, 1), 2),    # 256-bit vpdpbusd: 7 rows x 2 vectors are over its budget
+    ("vnni", 6, 7, 7, 3, 1, (1, 1, 1, 1), 1),        # 7 x 7: a tile of the whole plane was slower
+]
+
+
+@pytest.mark.parametrize("case", ROW_TILE_CASES, ids=lambda c: f"{c[0]}-{c[4]}x{c[4]}s{c[5]}-h{c[2]}")
+def test_row_tiles_strides_and_kernels_bit_exact(rng, case):
+    """Row tiles with stride 2 (the tile's input rows overlap by one), 5x5 kernels (ten windows
+    per kernel row pair), the 256-bit targets' smaller register budget and the planes that keep
+    one row per tile."""
+    target_name, c, h, w, k, stride, pad, rows = case
+    x = activations(rng, (2, c, h, w), "uint8", "random")
+    params = depthwise_params(c, k, stride, pad)
+    info, _ = check_kernel("conv2d_requant", x, [weights(rng, (c, 1, k, k)), *requant_consts(rng, c, 8 + 7 + 5)],
+                           target_name, **params)
+    assert info is not None and info["rule"] == "DepthwiseConv2DTensorized" and info["rows"] == rows
