@@ -12,7 +12,12 @@ one JSON object: per engine the median over all calls, and per peer the median o
 per-round ratio ``peer / ours`` (> 1: ours faster) -- machine noise on this shared box falls on
 every engine of a round alike. ``uptime``'s load average is recorded before and after.
 Run: `.venv/bin/python benchmarks/cnn_cpu.py [--batch 1] [--rounds 5] [--runs 20] [--tvm-fp32]
-[--untensorized]`.
+[--untensorized] [--depthwise-one-row] [--save-module FILE]`.
+
+``--depthwise-one-row`` adds the same integer module built with one output row per depthwise
+tile (``x86_depthwise.ROW_TILES = (1,)``: the depthwise schedule before stop 21's row tiles), for
+both targets (``_one_row``, ``_avx2_one_row``), next to the native build of this process
+(``_rows``): the before / after of that change, in one process.
 """
 from __future__ import annotations
 
@@ -40,6 +45,19 @@ from qplugin_zoo import imagenet_calib_eval, mobilenet_v2_onnx
 from tvm_qplugin.frontend import import_onnx
 
 
+def _one_row_variants(mod, targets: dict) -> dict:
+    """The builds of ``targets`` with one output row per depthwise tile, suffixed ``_one_row``."""
+    from tvm_qplugin.schedules import x86_depthwise
+
+    tiles = x86_depthwise.ROW_TILES
+    x86_depthwise.ROW_TILES = (1,)
+    try:
+        built = build_variants(mod, targets, with_untensorized=False)
+    finally:
+        x86_depthwise.ROW_TILES = tiles
+    return {f"{suffix}_one_row": vm for suffix, vm in built.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=1)
@@ -49,6 +67,8 @@ def main() -> None:
                     help="ONNX Runtime's and TVM's thread count (1: steadier on a shared machine)")
     ap.add_argument("--tvm-fp32", action="store_true", help="also time TVM fp32 (untuned: ~150 ms a call)")
     ap.add_argument("--untensorized", action="store_true", help="also time the builds without the tensorized rules")
+    ap.add_argument("--depthwise-one-row", action="store_true",
+                    help="also time the builds with one output row per depthwise tile (before stop 21)")
     args = ap.parse_args()
     # TVM reads it when its thread pool starts, at the first parallel kernel (none has run yet)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
@@ -64,9 +84,14 @@ def main() -> None:
     res["bit_exact"] = bool(art.report["bit_exact"])
     res["tuning_db"] = {key: art.report["tuning"].get(key) for key in ("db", "db_source", "isa", "tasks_tuned")}
     q = tvm.runtime.tensor(art.inputs[0].qtype.quantize(x))
-    variants = build_variants(art.integer_mod, {"native": target, "avx2": AVX2_TARGET}, args.untensorized)
+    targets = {"native": target, "avx2": AVX2_TARGET}
+    variants = build_variants(art.integer_mod, targets, args.untensorized)
+    if args.depthwise_one_row:
+        variants.update(_one_row_variants(art.integer_mod, targets))
     assert_same_outputs({"": art.vm, **variants}, "core", q)
     calls = {f"tvm_qplugin_int8{suffix}": (lambda vm=vm: vm["core"](q)) for suffix, vm in variants.items()}
+    if args.depthwise_one_row:  # the before / after pair as two builds of this process, side by side
+        calls["tvm_qplugin_int8_rows"] = calls["tvm_qplugin_int8"]
     calls["tvm_qplugin_int8"] = lambda: art.vm["core"](q)  # the compiled artifact itself (shipped database)
     xt = tvm.runtime.tensor(x)
     calls["tvm_qplugin_int8_float_io"] = lambda: art.vm["main"](xt)

@@ -6,7 +6,11 @@ One process, before/after interleaved, medians (x86_kernels.time_pair); every "a
 checked bit-exactly against "before" first. Shapes are built here (no model compile); the
 constants are random with MobileNetV2's shapes. Prints one JSON object.
 
-Run: `.venv/bin/python benchmarks/x86_depthwise.py [--dtype uint8] [--rounds 15]`
+``--before one-row``: "before" is the tensorized rule with one output row per tile (stop 21's row
+tiles off, ``x86_depthwise.ROW_TILES = (1,)``) instead of TVM's default loops.
+
+Run: `.venv/bin/python benchmarks/x86_depthwise.py [--dtype uint8] [--rounds 15] [--before plain|one-row]
+[--targets native avx2]`
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from isa_variants import AVX2_TARGET
 from x86_kernels import time_pair
 
 from tvm_qplugin.ops import OPS
+from tvm_qplugin.schedules import x86_depthwise
 from tvm_qplugin.schedules.intrin_x86 import select_isa
 
 # (channels, input plane, stride) of each depthwise conv, in model order (3x3, padding 1)
@@ -46,20 +51,43 @@ def depthwise_kernel(c: int, size: int, stride: int, dtype: str, rng) -> dict:
             "consts": consts, "out": out, "macs": int(np.prod(out)) * 9}
 
 
+class OneRowTiles:
+    """The depthwise rule packing with one output row per tile (the schedule before stop 21), as a
+    ``time_pair`` baseline rule."""
+
+    def __init__(self):
+        self.rule = x86_depthwise.DepthwiseConv2DTensorized()
+
+    def pack(self, func, target):
+        tiles, x86_depthwise.ROW_TILES = x86_depthwise.ROW_TILES, (1,)
+        try:
+            return self.rule.pack(func, target)
+        finally:
+            x86_depthwise.ROW_TILES = tiles
+
+    def apply(self, func, target):
+        return self.rule.apply(func, target)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dtype", default="uint8", choices=["uint8", "int8", "int16"])
     ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--before", choices=["plain", "one-row"], default="plain")
+    ap.add_argument("--targets", nargs="+", choices=["native", "avx2"], default=["native", "avx2"])
     args = ap.parse_args()
     rng = np.random.default_rng(0)
-    targets = {"native": tvm.target.Target.from_device(tvm.cpu()), "avx2": AVX2_TARGET}
-    res = {"threads": os.cpu_count(), "dtype": args.dtype, "load_avg": os.getloadavg()[0], "targets": {}}
+    baseline = [OneRowTiles()] if args.before == "one-row" else None
+    targets = {name: {"native": tvm.target.Target.from_device(tvm.cpu()), "avx2": AVX2_TARGET}[name]
+               for name in args.targets}
+    res = {"threads": os.cpu_count(), "dtype": args.dtype, "load_avg": os.getloadavg()[0],
+           "tvm_threads": os.environ.get("TVM_NUM_THREADS", "all"), "before": args.before, "targets": {}}
     for tname, target in targets.items():
         rows, timed = [], {}
         for c, size, stride in MOBILENET_V2:
             if (c, size, stride) not in timed:
                 k = depthwise_kernel(c, size, stride, args.dtype, rng)
-                t = time_pair(k, target, args.rounds, rng)
+                t = time_pair(k, target, args.rounds, rng, baseline)
                 assert t is not None, f"{k['name']}: the depthwise rule did not take it"
                 timed[(c, size, stride)] = t
                 rows.append({"kernel": k["name"], "before_us": round(t["before_us"], 1),
@@ -72,8 +100,9 @@ def main() -> None:
         res["targets"][tname] = {"isa": select_isa(target, args.dtype).name, "kernels": rows,
                                  "model_17_calls": {"before_us": round(before), "after_us": round(after),
                                                     "speedup": round(before / after, 2)}}
-    res["note"] = ("medians of interleaved runs, all threads; the machine is shared and noisy, so absolute figures "
-                   "move between runs; before = TVM's default loops, after = DepthwiseConv2DTensorized")
+    before = "TVM's default loops" if args.before == "plain" else "DepthwiseConv2DTensorized, one row per tile"
+    res["note"] = ("medians of interleaved runs; the machine is shared and noisy, so absolute figures move between "
+                   f"runs; before = {before}, after = DepthwiseConv2DTensorized")
     print(json.dumps(res, indent=2))
 
 

@@ -42,20 +42,22 @@ def _load_elems(isa: DotIsa, dtype: str) -> int:
 ROW_TILES = (8, 7, 4, 2, 1)
 
 
-def _row_tile(oh: int, nr: int, sh: int, kh: int, isa: DotIsa) -> int:
+def _row_tile(oh: int, nr: int, sh: int, kh: int, kw: int, isa: DotIsa) -> int:
     """Output rows per tile. A tile of ``rows`` output rows reads ``sh * (rows - 1) + kh`` padded
     input rows, and each of those rows' windows (load + shuffle) feeds every output row it lies
     under: LLVM merges the identical loads and shuffles of the unrolled tile, so ``kh`` windows per
     output row vector become ``(sh * (rows - 1) + kh) / rows`` (stride 1, 3x3, 8 rows: 1.25). The
-    ``rows * nr`` accumulators stay in registers: at most 16 of AVX-512's 32, 6 of AVX2's 16
-    (its 3x3 weights take 6 more: two int16 pairs per kernel row).
+    ``rows * nr`` accumulators share the vector registers (32 on AVX-512, 16 on AVX2 / AVX-VNNI)
+    with the ``kh * ceil(kw / kp)`` broadcast weights and two more (the shuffle's index, a window),
+    and stay under 16 (a 16 x 64-byte tile is the most TVM keeps off the workspace allocator).
     Measured per MobileNetV2 shape, one thread, against one row per tile: 1.1-1.2x on the 112 /
     56 / 28 stride-1 planes, 1.08x on 14 x 14; a tile of the whole plane (7 x 7, or the 7 rows
     of a stride-2 14 x 14) was 0.9x, and stride 2 on AVX2 (little reuse, more spills) 0.95-1.0x,
-    so those keep one row per tile."""
+    so those keep one row per tile. AVX2 with 8 accumulators instead of 6: 1.08x on 112 and 28."""
     if sh > 1 and isa.vector_bits < 512:
         return 1
-    budget = 16 if isa.vector_bits == 512 else 6
+    weights = kh * _ceil_div(kw, isa.kp)
+    budget = min(16, (32 if isa.vector_bits == 512 else 16) - weights - 2)
     return next(r for r in ROW_TILES if r == 1 or (oh % r == 0 and r < oh and r * nr <= budget))
 
 
@@ -101,7 +103,7 @@ class DepthwiseConv2DTensorized(TensorizedRule):
         ow = (w + pl + pr - kw) // sw + 1
         nvec = _ceil_div(ow, lanes)
         nr = min((4, 3, 2, 1), key=lambda n: (_round_up(nvec, n), -n))
-        rows = _row_tile(oh, nr, sh, kh, isa)
+        rows = _row_tile(oh, nr, sh, kh, kw, isa)
         owpad = _round_up(nvec, nr) * lanes
         rbs = _ceil_div(kw, kp)
         hx = sh * (oh - 1) + kh
