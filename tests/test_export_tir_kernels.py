@@ -223,6 +223,16 @@ SDOT_LAYERS = {
     "conv1x1-u8-16px-s16-shift31": ("conv2d_requant", (1, 16, 4, 4), "uint8", 8, "int16", -32767, 32767, (0.5, 0.99)),
     "dense-s8-int64-requant": ("dense_requant", (2, 16), "int8", 8, "int16", -32768, 32767, (0.3, 2.5)),
     "conv1x1-u8-bytewise-u8": ("conv2d_requant", (1, 16, 3, 5), "uint8", 8, "uint8", 0, 255, (1 / 9000, 1 / 2000)),
+    # k > SMALL_K: the 8-channel x 8- or 12-pixel register tiles (tir_kernels_sdot._pointwise_tile)
+    "conv1x1-u8-8x8-s16-shift31": ("conv2d_requant", (1, 100, 4, 4), "uint8", 16, "int16", -32767, 32767, (0.3, 0.9)),
+    "conv1x1-u8-3x3-one-tile-s16": ("conv2d_requant", (1, 104, 3, 3), "uint8", 8, "int16", -32767, 32767,
+                                    (1 / 9000, 1 / 2000)),
+    "conv1x1-s8-6x6-12px-u8": ("conv2d_requant", (1, 100, 6, 6), "int8", 12, "uint8", 0, 255, (1 / 9000, 1 / 2000)),
+    "conv1x1-u8-20px-last-tile-repeats-s8": ("conv2d_requant", (1, 112, 5, 4), "uint8", 16, "int8", -100, 127,
+                                             (1 / 9000, 1 / 2000)),
+    # one row: 5 and 4 groups of 4 channels per tile, a k tail
+    "dense-u8-1row-20ch-s32": ("dense_requant", (1, 200), "uint8", 20, "int32", -8388607, 8388607, (0.01, 0.05)),
+    "dense-s8-1row-16ch-ktail": ("dense_requant", (1, 68), "int8", 16, "int8", -128, 127, (1 / 9000, 1 / 2000)),
 }
 
 

@@ -93,6 +93,10 @@ def tune(model, target: str = "x86-host", trials: int = 64, calib=None, db: str 
         raise QPluginError(f"--trials {trials!r}: give a positive number of trials per task")
     say = progress or log.info
     board = get_board(target)
+    if board.family == "aarch64" and board.os == "linux":   # the C package's TIR kernels, under qemu (tune_qemu.py)
+        from .tune_qemu import tune_tir_qemu
+        return tune_tir_qemu(integer_module(model, board, calib, input_shapes, preprocess, options), board, trials, db,
+                             trials_per_iter, seed, say)
     if board.family != "x86" or board.tvm_target.get("kind", "llvm") != "llvm":
         # Cross boards need the candidates exported with the board's cross compiler and the
         # verifier's reference run on the board; not built yet -- refused, not half done.
