@@ -294,3 +294,31 @@ def test_sdot4x4_is_no_candidate_without_dotprod(model, tmp_path):
     assert "sdot4x4" in schedules_for(steps[0], get_board("rpi5"))
     with pytest.raises(UnsupportedOpError, match="sdot4x4 needs the dot-product extension"):
         write_c_package(model[0], tmp_path / "pkg", get_board("rpi4"), kernels={0: "sdot4x4"})
+
+
+def test_shift33_requantization_clamps_in_the_scheduled_kernels(tmp_path):
+    """Every shift >= 33 (the 32-bit requantization of tir_kernels._dense_module) with outputs past
+    qmax: the clamp must stay. TVM's bound analysis of ``x >> (SH - 32)`` over the int8 shift's
+    whole range once removed it, and the uint8 cast wrapped 273 to 17 (found by the qemu tuner's
+    default-schedule baseline on the digits CNN)."""
+    rng = np.random.default_rng(12)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([4, 64], "int8"))
+    ds = [dyadic(float(m)) for m in rng.uniform(1 / 200, 1 / 50, 16)]
+    assert min(d.shift for d in ds) >= 33
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit_output(emit(bb, "dense_requant", [
+                x, const(rng.integers(-128, 128, (16, 64)).astype(np.int8)), const(np.zeros(16, np.int32)),
+                const(np.array([d.multiplier for d in ds], np.int64)), const(np.array([d.shift for d in ds], np.int64))],
+                qmin=0, qmax=255, out_dtype="uint8"))
+        bb.emit_func_output(y)
+    mod = bb.finalize()
+    xs = rng.integers(-128, 128, (4, 64)).astype(np.int8)
+    (want,) = ReferenceInterpreter(mod).run("main", xs)
+    assert (want == 255).sum() >= 4 and (want == 0).sum() >= 4       # both ends of the clamp are reached
+    board = get_board("rpi5")
+    pkg = tmp_path / "pkg"
+    write_c_package(mod, pkg, board, kernels={0: "default"})
+    got = harness.run_linux(harness.build_linux(pkg, board, tmp_path / "build"), pkg, board, [[xs]], tmp_path / "run")
+    assert_bit_exact(got[0][0], want, "default schedule, shifts >= 33")

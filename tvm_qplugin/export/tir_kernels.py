@@ -84,7 +84,9 @@ def _dense_module(sp: DenseSpec) -> tvm.IRModule:
     def requant(acc, vj, B, MU, SH):
         if sp.shift33:  # floor((a b + 2^(c-1)) / 2^c) == (hi + 2^(c-33)) >> (c-32), hi = (a b) >> 32; |a|, |b| < 2^31
             hi32 = T.Cast("int32", (T.Cast("int64", acc + B[vj]) * T.Cast("int64", MU[vj])) >> T.int64(32))
-            c32 = T.Cast("int32", SH[vj]) - 32
+            # c - 32 in [1, 30] (shifts 33..62), said explicitly: TVM's bound analysis of ``x >> (SH - 32)``
+            # over SH's whole int8 range otherwise drops the clamp (the 8-bit cast then wraps 273 to 17)
+            c32 = T.min(T.max(T.Cast("int32", SH[vj]) - 32, 1), 30)
             return T.Cast(od, T.max(T.min((hi32 + (T.int32(1) << (c32 - 1))) >> c32, T.int32(hi)), T.int32(lo)))
         return T.Cast(od, T.max(T.min(
             ((T.Cast("int64", acc) + T.Cast("int64", B[vj])) * T.Cast("int64", MU[vj])
@@ -369,7 +371,7 @@ class TirKernelCalls:
         if sp.schedule in DOTPROD_SCHEDULES and sdot_applies(sp):   # its own copy, prepacked for sdot
             wrows = np.zeros((d["n"], wk["kp"]), np.int8)
             wrows[:, :d["k"]] = w.val.const.reshape(d["n"], d["k"])
-            wt = self.const_array(pack_weights_sdot(wrows.reshape(-1), d["n"], wk["kp"]), "int8_t", "wsdot")
+            wt = self.const_array(pack_weights_sdot(wrows.reshape(-1), sp), "int8_t", "wsdot")
         hand = self.calls.pop()
         self.calls += ["#if QM_TIR", f"  (void)qm_p{s.index};  /* the hand-written call's parameters */",
                        *([f"  (void){wk['wt']};"] if wt != wk["wt"] else []),

@@ -7,8 +7,9 @@ output's dot product along k, so every output ends with a horizontal add and a s
 requantization (~30 instructions per output; the 1x1 conv's K = 64 spends 2/3 of its time there).
 Here each 32-bit lane of an accumulator is a different output channel:
 
-1. Weights prepacked at package time as ``[n/4][kp/4][4 oc][4 k]`` (:func:`pack_weights_sdot`):
-   one 16-byte load holds 4 channels x 4 k, exactly ``sdot``'s second operand.
+1. Weights prepacked at package time as ``[n/4][kp/4][4 oc][4 k]`` (:func:`pack_weights_sdot`; a
+   dense tile's groups of 4 channels interleaved per 4 k): one 16-byte load holds 4 channels x 4 k,
+   exactly ``sdot``'s second operand.
 2. x broadcast by lane (``sdot v.4s, w.16b, x.4b[l]``: LLVM folds the shuffle into the indexed
    form). Dense: 16 bytes of a row (4 groups of 4 k) per load, tiles of <= 4 rows x 8 (or 4)
    channels; rows past ``m`` recompute the last row (no branch). Pointwise conv (x, y channel-major):
@@ -46,9 +47,19 @@ def sdot_applies(sp) -> bool:
     return sp.n % 4 == 0 and sp.k % 4 == 0
 
 
-def pack_weights_sdot(w: np.ndarray, n: int, kp: int) -> np.ndarray:
-    """``w`` (n rows of kp int8, as the package stores them) -> ``[n/4][kp/4][4 oc][4 k]`` int8."""
-    return np.ascontiguousarray(w[: n * kp].reshape(n // 4, 4, kp // 4, 4).transpose(0, 2, 1, 3)).reshape(-1)
+def pack_weights_sdot(w: np.ndarray, sp) -> np.ndarray:
+    """``w`` (n rows of kp int8, as the package stores them) -> ``[n/4/cols][kp/4][cols][4 oc][4 k]``
+    int8, ``cols`` = :func:`weight_cols`: the groups of 4 channels of one dense tile interleaved per
+    4 k, so that the tile's weights for 16 k are one contiguous run (paired loads)."""
+    n, kp, cols = sp.n, sp.kp, weight_cols(sp)
+    return np.ascontiguousarray(w[: n * kp].reshape(n // 4 // cols, cols, 4, kp // 4, 4)
+                                .transpose(0, 3, 1, 2, 4)).reshape(-1)
+
+
+def weight_cols(sp) -> int:
+    """Groups of 4 channels interleaved in the packed weights: a dense tile's (:func:`_dense_cols`);
+    1 for a pointwise conv (its tiles read each group of 4 channels on its own)."""
+    return 1 if sp.nchw else _dense_cols(sp)
 
 
 def workspace_bytes(sp) -> int:
@@ -164,22 +175,23 @@ def _dense_module(sp) -> tvm.IRModule:
             for r in T.unroll(rows):   # the accumulators start at the bias
                 for c in T.unroll(cols):
                     acc[T.Ramp((r * cols + c) * 4, 1, 4)] = B[T.Ramp((jo * cols + c) * 4, 1, 4)]
-            for q in T.serial(kq):
-                for c in T.unroll(cols):   # 64 bytes of w per group of 4 channels: paired loads (ldp)
-                    wv = W[T.Ramp(((jo * cols + c) * (kp // 4) + q * 4) * 16, 1, 64)]
-                    for r in T.unroll(rows):
-                        xv = xwords(Xw, ib, r, q * 4, 4)
-                        for g in T.unroll(4):
+            for q in T.serial(kq):   # the tile's w for 16 k: 64 x cols contiguous bytes (paired loads, ldp)
+                wv = W[T.Ramp((jo * (kp // 4) + q * 4) * cols * 16, 1, 64 * cols)]
+                for r in T.unroll(rows):
+                    xv = xwords(Xw, ib, r, q * 4, 4)
+                    for g in T.unroll(4):
+                        for c in T.unroll(cols):
                             acc[T.Ramp((r * cols + c) * 4, 1, 4)] = T.call_llvm_pure_intrin(
                                 "int32x4", SDOT, acc[T.Ramp((r * cols + c) * 4, 1, 4)],
-                                T.Shuffle([wv], [16 * g + i for i in range(16)]),
+                                T.Shuffle([wv], [(g * cols + c) * 16 + i for i in range(16)]),
                                 T.reinterpret("int8x16", T.Shuffle([xv], [g, g, g, g])))
             for t in T.serial(ktail):
                 for r in T.unroll(rows):
                     for c in T.unroll(cols):
-                        acc[T.Ramp((r * cols + c) * 4, 1, 4)] = _dot(
-                            W, kp, jo * cols + c, kq * 4 + t, acc[T.Ramp((r * cols + c) * 4, 1, 4)],
-                            T.Broadcast(xwords(Xw, ib, r, kq * 4 + t, 1), 4))
+                        acc[T.Ramp((r * cols + c) * 4, 1, 4)] = T.call_llvm_pure_intrin(
+                            "int32x4", SDOT, acc[T.Ramp((r * cols + c) * 4, 1, 4)],
+                            W[T.Ramp(((jo * (kp // 4) + kq * 4 + t) * cols + c) * 16, 1, 16)],
+                            T.reinterpret("int8x16", T.Broadcast(xwords(Xw, ib, r, kq * 4 + t, 1), 4)))
             for r in T.unroll(rows):
                 for c in T.unroll(cols):
                         Y[T.Ramp(row(ib, r) * n + (jo * cols + c) * 4, 1, 4)] = T.Cast(f"{od}x4", _requant4(

@@ -95,8 +95,8 @@ def tune(model, target: str = "x86-host", trials: int = 64, calib=None, db: str 
     board = get_board(target)
     if board.family == "aarch64" and board.os == "linux":   # the C package's TIR kernels, under qemu (tune_qemu.py)
         from .tune_qemu import tune_tir_qemu
-        return tune_tir_qemu(integer_module(model, board, calib, input_shapes, preprocess, options), board, trials, db,
-                             trials_per_iter, seed, say)
+        imod = integer_module(model, get_board("x86-host"), calib, input_shapes, preprocess, {**options, "int_io": True})
+        return tune_tir_qemu(imod, board, trials, db, trials_per_iter, seed, say)   # compile's C route: built on the host
     if board.family != "x86" or board.tvm_target.get("kind", "llvm") != "llvm":
         # Cross boards need the candidates exported with the board's cross compiler and the
         # verifier's reference run on the board; not built yet -- refused, not half done.
