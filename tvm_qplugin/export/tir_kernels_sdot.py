@@ -165,6 +165,19 @@ def _dense_module(sp) -> tvm.IRModule:
             return T.bitwise_xor(v, T.Broadcast(T.int32(FLIP32), lanes) if lanes > 1 else T.int32(FLIP32))
         return v
 
+    @T.macro(hygienic=False)
+    def k16(jo, ib, q):
+        """16 k of the tile: its w is 64 x cols contiguous bytes (paired loads, ldp), x one load per row."""
+        wv = W[T.Ramp((jo * (kp // 4) + q * 4) * cols * 16, 1, 64 * cols)]
+        for r in T.unroll(rows):
+            xv = xwords(Xw, ib, r, q * 4, 4)
+            for g in T.unroll(4):
+                for c in T.unroll(cols):
+                    acc[T.Ramp((r * cols + c) * 4, 1, 4)] = T.call_llvm_pure_intrin(
+                        "int32x4", SDOT, acc[T.Ramp((r * cols + c) * 4, 1, 4)],
+                        T.Shuffle([wv], [(g * cols + c) * 16 + i for i in range(16)]),
+                        T.reinterpret("int8x16", T.Shuffle([xv], [g, g, g, g])))
+
     @T.prim_func
     def main(X: T.Buffer((m * k,), xd), W: T.Buffer((n * kp,), "int8"), B: T.Buffer((n,), "int32"),
              MU: T.Buffer((n,), "int32"), SH: T.Buffer((n,), "int8"), Y: T.Buffer((m * n,), od)):
@@ -175,16 +188,12 @@ def _dense_module(sp) -> tvm.IRModule:
             for r in T.unroll(rows):   # the accumulators start at the bias
                 for c in T.unroll(cols):
                     acc[T.Ramp((r * cols + c) * 4, 1, 4)] = B[T.Ramp((jo * cols + c) * 4, 1, 4)]
-            for q in T.serial(kq):   # the tile's w for 16 k: 64 x cols contiguous bytes (paired loads, ldp)
-                wv = W[T.Ramp((jo * (kp // 4) + q * 4) * cols * 16, 1, 64 * cols)]
-                for r in T.unroll(rows):
-                    xv = xwords(Xw, ib, r, q * 4, 4)
-                    for g in T.unroll(4):
-                        for c in T.unroll(cols):
-                            acc[T.Ramp((r * cols + c) * 4, 1, 4)] = T.call_llvm_pure_intrin(
-                                "int32x4", SDOT, acc[T.Ramp((r * cols + c) * 4, 1, 4)],
-                                T.Shuffle([wv], [(g * cols + c) * 16 + i for i in range(16)]),
-                                T.reinterpret("int8x16", T.Shuffle([xv], [g, g, g, g])))
+            # two steps of 16 k per pass of the loop (its counter and branch spread over twice the sdot)
+            for q2 in T.serial(kq // 2):
+                for qq in T.unroll(2):
+                    k16(jo, ib, q2 * 2 + qq)
+            for q in T.serial(kq - kq % 2, kq):   # an odd last one
+                k16(jo, ib, q)
             for t in T.serial(ktail):
                 for r in T.unroll(rows):
                     for c in T.unroll(cols):
