@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 class QemuTaskSummary(TaskSummary):
     """A task's line in instructions (the qemu runner's measure), not microseconds."""
 
+    qemu = True   # its records serve the C package's kernel choice, found through the schedules search path
+
     def line(self, budget: int) -> str:
         best = (f"best {self.best_us * 1e3:.0f} instructions" if self.best_us is not None
                 else "no valid candidate yet")
