@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import QPluginError
+from ..errors import QPluginError, UnsupportedOpError
 from .tir_kernels import DOTPROD_SCHEDULES, SCHEDULES, shift_range, symbol_address
 
 TIR_INPUTS = ("uint8", "int8")
@@ -145,7 +145,10 @@ def choose_kernels(imod, board, workdir=None) -> tuple[dict, dict]:
         want = ReferenceInterpreter(mod).run("main", sample)
         want = want[0] if isinstance(want, (list, tuple)) else want
         cands = {HANDWRITTEN: None, **{f"tensorir-{sc}": {0: sc} for sc in schedules_for(s, board)}}
-        tuned = tuned_kernel(step_spec(s), board)   # a record of `tune --target <board>` (tuning/tune_qemu.py)
+        try:   # a record of `tune --target <board>` (tuning/tune_qemu.py)
+            tuned = tuned_kernel(step_spec(s), board)
+        except UnsupportedOpError:   # no TIR kernel for this step's dtypes: its TIR candidates are dropped below
+            tuned = None
         if tuned is not None:
             cands[f"tensorir-{tuned}"] = {0: tuned}
         runs = {}
