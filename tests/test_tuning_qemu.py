@@ -83,3 +83,13 @@ def test_no_database_no_tuned_candidate(monkeypatch, tmp_path):
     monkeypatch.setenv("TVM_QPLUGIN_SCHEDULES", str(tmp_path))
     (s,) = tir_candidates(build_graph(one_dense()[0]))
     assert tuned_kernel(step_spec(s), get_board("rpi5")) is None
+
+
+def test_x86_only_options_are_refused_for_rpi5():
+    """--isa and an RPC tracker mean nothing for a board tuned under qemu: one line, before any work."""
+    from tvm_qplugin.errors import QPluginError
+    from tvm_qplugin.tuning.tuner import tune
+
+    for opts in ({"isa": "avx2"}, {"rpc_tracker": "127.0.0.1:9190", "rpc_key": "rpi5"}):
+        with pytest.raises(QPluginError, match="tuned under qemu at its own features: drop them"):
+            tune("no-such-model.onnx", target="rpi5", trials=1, **opts)
