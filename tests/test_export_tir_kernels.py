@@ -223,6 +223,16 @@ SDOT_LAYERS = {
     "conv1x1-u8-16px-s16-shift31": ("conv2d_requant", (1, 16, 4, 4), "uint8", 8, "int16", -32767, 32767, (0.5, 0.99)),
     "dense-s8-int64-requant": ("dense_requant", (2, 16), "int8", 8, "int16", -32768, 32767, (0.3, 2.5)),
     "conv1x1-u8-bytewise-u8": ("conv2d_requant", (1, 16, 3, 5), "uint8", 8, "uint8", 0, 255, (1 / 9000, 1 / 2000)),
+    # k > SMALL_K: the 8-channel x 8- or 12-pixel register tiles (tir_kernels_sdot._pointwise_tile)
+    "conv1x1-u8-8x8-s16-shift31": ("conv2d_requant", (1, 100, 4, 4), "uint8", 16, "int16", -32767, 32767, (0.3, 0.9)),
+    "conv1x1-u8-3x3-one-tile-s16": ("conv2d_requant", (1, 104, 3, 3), "uint8", 8, "int16", -32767, 32767,
+                                    (1 / 9000, 1 / 2000)),
+    "conv1x1-s8-6x6-12px-u8": ("conv2d_requant", (1, 100, 6, 6), "int8", 12, "uint8", 0, 255, (1 / 9000, 1 / 2000)),
+    "conv1x1-u8-20px-last-tile-repeats-s8": ("conv2d_requant", (1, 112, 5, 4), "uint8", 16, "int8", -100, 127,
+                                             (1 / 9000, 1 / 2000)),
+    # one row: 5 and 4 groups of 4 channels per tile, a k tail
+    "dense-u8-1row-20ch-s32": ("dense_requant", (1, 200), "uint8", 20, "int32", -8388607, 8388607, (0.01, 0.05)),
+    "dense-s8-1row-16ch-ktail": ("dense_requant", (1, 68), "int8", 16, "int8", -128, 127, (1 / 9000, 1 / 2000)),
 }
 
 
@@ -284,3 +294,31 @@ def test_sdot4x4_is_no_candidate_without_dotprod(model, tmp_path):
     assert "sdot4x4" in schedules_for(steps[0], get_board("rpi5"))
     with pytest.raises(UnsupportedOpError, match="sdot4x4 needs the dot-product extension"):
         write_c_package(model[0], tmp_path / "pkg", get_board("rpi4"), kernels={0: "sdot4x4"})
+
+
+def test_shift33_requantization_clamps_in_the_scheduled_kernels(tmp_path):
+    """Every shift >= 33 (the 32-bit requantization of tir_kernels._dense_module) with outputs past
+    qmax: the clamp must stay. TVM's bound analysis of ``x >> (SH - 32)`` over the int8 shift's
+    whole range once removed it, and the uint8 cast wrapped 273 to 17 (found by the qemu tuner's
+    default-schedule baseline on the digits CNN)."""
+    rng = np.random.default_rng(12)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([4, 64], "int8"))
+    ds = [dyadic(float(m)) for m in rng.uniform(1 / 200, 1 / 50, 16)]
+    assert min(d.shift for d in ds) >= 33
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit_output(emit(bb, "dense_requant", [
+                x, const(rng.integers(-128, 128, (16, 64)).astype(np.int8)), const(np.zeros(16, np.int32)),
+                const(np.array([d.multiplier for d in ds], np.int64)), const(np.array([d.shift for d in ds], np.int64))],
+                qmin=0, qmax=255, out_dtype="uint8"))
+        bb.emit_func_output(y)
+    mod = bb.finalize()
+    xs = rng.integers(-128, 128, (4, 64)).astype(np.int8)
+    (want,) = ReferenceInterpreter(mod).run("main", xs)
+    assert (want == 255).sum() >= 4 and (want == 0).sum() >= 4       # both ends of the clamp are reached
+    board = get_board("rpi5")
+    pkg = tmp_path / "pkg"
+    write_c_package(mod, pkg, board, kernels={0: "default"})
+    got = harness.run_linux(harness.build_linux(pkg, board, tmp_path / "build"), pkg, board, [[xs]], tmp_path / "run")
+    assert_bit_exact(got[0][0], want, "default schedule, shifts >= 33")

@@ -237,7 +237,10 @@ def cmd_tune(a) -> int:
           "rejected")
     for t in res.tasks:
         print(f"  {t.line(res.trials)}" + (f"  [not tuned: {t.skipped}]" if t.skipped else ""))
-    print(f"use it       tvm-qplugin compile {a.model} --target {res.board} --tuning-db {res.db} ...")
+    use = (f"TVM_QPLUGIN_SCHEDULES={res.db.parent.parent} tvm-qplugin compile {a.model} --target {res.board} ..."
+           if getattr(res.tasks[0] if res.tasks else None, "qemu", False)   # the C package's kernels (tune_qemu.py)
+           else f"tvm-qplugin compile {a.model} --target {res.board} --tuning-db {res.db} ...")
+    print(f"use it       {use}")
     return 0
 
 

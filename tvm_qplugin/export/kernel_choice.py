@@ -7,7 +7,9 @@ once per candidate (the hand-written C, and each TIR schedule compiled by TVM's 
 the board's ``-mcpu`` / ``-mattr``), cross-built with the profiling marks, and run under
 ``qemu-aarch64 -cpu <board core>`` with the instruction-count plugin on an input holding the dtype
 extremes. A candidate whose output differs from the op's NumPy twin by one bit, or that faults or
-hangs, is dropped (and counted); the fewest instructions wins. Layers with the same shapes, dtypes
+hangs, is dropped (and counted); the fewest instructions wins. Where the board's tuning database
+(``tune --target <board>``, tuning/tune_qemu.py) has a record for the layer's kernel, its schedule
+is one more candidate, ``tensorir-tuned``. Layers with the same shapes, dtypes
 and params share one measurement (the kernels have no data-dependent branches; every layer is
 still checked in the whole package's bit-exact run). QEMU counts instructions, exactly
 and repeatably, not cycles: the choice is noise-free, and a real board's timing may rank close
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import QPluginError
+from ..errors import QPluginError, UnsupportedOpError
 from .tir_kernels import DOTPROD_SCHEDULES, SCHEDULES, shift_range, symbol_address
 
 TIR_INPUTS = ("uint8", "int8")
@@ -116,8 +118,10 @@ def choose_kernels(imod, board, workdir=None) -> tuple[dict, dict]:
     and step index -> ``{"source", "why", "instructions": {candidate: n or None}}`` for the report.
     Only aarch64 boards have TIR kernels; elsewhere both are empty."""
     from ..reference import ReferenceInterpreter
+    from ..tuning.tune_qemu import tuned_kernel
     from .c_graph import build_graph, integer_module_of
     from .kernels_c import macs
+    from .tir_kernels import step_spec
 
     if board.family != "aarch64" or board.os != "linux":
         return {}, {}
@@ -141,6 +145,12 @@ def choose_kernels(imod, board, workdir=None) -> tuple[dict, dict]:
         want = ReferenceInterpreter(mod).run("main", sample)
         want = want[0] if isinstance(want, (list, tuple)) else want
         cands = {HANDWRITTEN: None, **{f"tensorir-{sc}": {0: sc} for sc in schedules_for(s, board)}}
+        try:   # a record of `tune --target <board>` (tuning/tune_qemu.py)
+            tuned = tuned_kernel(step_spec(s), board)
+        except UnsupportedOpError:   # no TIR kernel for this step's dtypes: its TIR candidates are dropped below
+            tuned = None
+        if tuned is not None:
+            cands[f"tensorir-{tuned}"] = {0: tuned}
         runs = {}
         for name, k in cands.items():
             try:
@@ -165,5 +175,5 @@ def choose_kernels(imod, board, workdir=None) -> tuple[dict, dict]:
                             "instructions": {n: (r["instructions"] if r["ok"] else None) for n, r in runs.items()},
                             "dropped": sum(1 for r in runs.values() if not r["ok"])}
         if best != HANDWRITTEN:
-            kernels[s.index] = best.removeprefix("tensorir-")
+            kernels[s.index] = cands[best][0]
     return kernels, choices

@@ -25,7 +25,7 @@ requantization on 4 outputs at once).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +84,9 @@ def _dense_module(sp: DenseSpec) -> tvm.IRModule:
     def requant(acc, vj, B, MU, SH):
         if sp.shift33:  # floor((a b + 2^(c-1)) / 2^c) == (hi + 2^(c-33)) >> (c-32), hi = (a b) >> 32; |a|, |b| < 2^31
             hi32 = T.Cast("int32", (T.Cast("int64", acc + B[vj]) * T.Cast("int64", MU[vj])) >> T.int64(32))
-            c32 = T.Cast("int32", SH[vj]) - 32
+            # c - 32 in [1, 30] (shifts 33..62), said explicitly: TVM's bound analysis of ``x >> (SH - 32)``
+            # over SH's whole int8 range otherwise drops the clamp (the 8-bit cast then wraps 273 to 17)
+            c32 = T.min(T.max(T.Cast("int32", SH[vj]) - 32, 1), 30)
             return T.Cast(od, T.max(T.min((hi32 + (T.int32(1) << (c32 - 1))) >> c32, T.int32(hi)), T.int32(lo)))
         return T.Cast(od, T.max(T.min(
             ((T.Cast("int64", acc) + T.Cast("int64", B[vj])) * T.Cast("int64", MU[vj])
@@ -176,7 +178,9 @@ def build_object(specs: list[DenseSpec], board, path: Path) -> list[Path]:
     target = object_target(board)
     out = []
     for sp in specs:
-        if sp.schedule in DOTPROD_SCHEDULES:
+        if isinstance(sp.schedule, TunedKernel):
+            mod = sp.schedule.mod
+        elif sp.schedule in DOTPROD_SCHEDULES:
             if "dotprod" not in board.features or not sdot_applies(sp):
                 raise UnsupportedOpError(f"TIR kernel {sp.name}: {sp.schedule} needs the dot-product extension "
                                          f"(board {board.name}: {list(board.features)}) and n, k multiples of 4 "
@@ -290,8 +294,10 @@ def shim_sources(specs: list[DenseSpec]) -> tuple[str, str]:
               + "".join(prototype(sp) + ";\n" for sp in specs) + "#endif\n")
     # workspace: the local accumulators and a pointwise conv's packed block of pixels (<= 4 rows of k int8)
     # (sdot4x4: all of x packed, workspace_bytes)
-    pool = 1024 + max((workspace_bytes(sp) if sp.schedule in DOTPROD_SCHEDULES else 4 * sp.kp
-                       for sp in specs if sp.nchw), default=0)
+    # (a tuned schedule may keep all of x packed and every accumulator: the workload's two buffers)
+    pool = 1024 + max((sp.m * sp.kp + 4 * sp.m * sp.n if isinstance(sp.schedule, TunedKernel)
+                       else workspace_bytes(sp) if sp.schedule in DOTPROD_SCHEDULES else 4 * sp.kp
+                       for sp in specs if sp.nchw or isinstance(sp.schedule, TunedKernel)), default=0)
     body = [_SHIM_HEAD.replace("@POOL@", str((pool + 63) // 64 * 64))]
     for sp in specs:
         body.append(f"\nint32_t __tvm_ffi_{sp.name}(void *self, void *args, int32_t n, void *result);\n"
@@ -307,6 +313,44 @@ def shift_range(shifts) -> tuple[int, int]:
     return int(a.min()), int(a.max())
 
 
+def step_spec(s, schedule="default") -> DenseSpec:
+    """The TIR kernel of package step ``s`` (a :func:`.kernel_choice.tir_candidates` step): shapes,
+    dtypes, clamp, requantization variant -- one home for the package, the choice and the tuner.
+    ``schedule``: a name of :data:`SCHEDULES`, or a :class:`TunedKernel` (a tuning record's module)."""
+    from .kernels_c import conv_dims, dense_dims
+
+    x = s.args[0]
+    if x.dtype not in ("uint8", "int8") or s.out.dtype not in OUT_DTYPES:
+        raise UnsupportedOpError(f"TIR kernel: {s.name}: {s.op} {x.dtype} -> {s.out.dtype} has no TIR kernel")
+    if s.op == "conv2d_requant":   # a pointwise conv of one image: a GEMM over its pixels, channel-major
+        c = conv_dims(s)
+        d, nchw = {"m": c["oh"] * c["ow"], "k": c["c"], "n": c["o"]}, True
+    else:
+        d, nchw = dense_dims(s), False
+    shifts = np.asarray(s.args[4].val.const)
+    return DenseSpec(f"qk_tir_{'conv1x1' if nchw else 'dense'}_{s.index}", int(d["m"]), int(d["k"]),
+                     (int(d["k"]) + 3) // 4 * 4, int(d["n"]), x.dtype, s.out.dtype, int(s.params["qmin"]),
+                     int(s.params["qmax"]), schedule, nchw, bool(shifts.min() >= 33), shift_range(shifts))
+
+
+def flipped_bias(s) -> np.ndarray:
+    """A uint8-input step's bias for the kernel's int8 x (``x ^ 0x80``): ``b + 128 * sum(w)`` per channel."""
+    n = int(s.args[1].shape[0])
+    b = np.asarray(s.args[2].val.const, np.int64).reshape(-1)
+    return (b + 128 * np.asarray(s.args[1].val.const).reshape(n, -1).astype(np.int64).sum(axis=1)).astype(np.int32)
+
+
+class TunedKernel(str):
+    """A kernel choice that is a tuning record's schedule (``tune --target <aarch64 board>``,
+    tuning/tune_qemu.py): the string ``"tuned"`` (the package names the kernel ``tensorir-tuned``)
+    carrying the scheduled IRModule that :func:`build_object` compiles."""
+
+    def __new__(cls, mod: tvm.IRModule):
+        self = super().__new__(cls, "tuned")
+        self.mod = mod
+        return self
+
+
 class TirKernelCalls:
     """The call of a dense_requant or pointwise conv2d_requant step chosen for its TIR kernel (``tir_choice``: step index ->
     schedule, set by :func:`.c_package.write_c_package`); a mixin of :class:`.kernels_c.KernelCalls`.
@@ -316,32 +360,18 @@ class TirKernelCalls:
     tir_choice: dict = {}
 
     def tir_dense_call(self, s, p: dict, wk: dict) -> None:
-        import numpy as np
-
-        from .kernels_c import conv_dims, dense_dims
-
         x, w, bias = s.args[:3]
-        if x.dtype not in ("uint8", "int8") or s.out.dtype not in OUT_DTYPES:
-            raise UnsupportedOpError(f"TIR kernel: {s.name}: {s.op} {x.dtype} -> {s.out.dtype} has no TIR kernel")
-        if s.op == "conv2d_requant":   # a pointwise conv of one image: a GEMM over its pixels, channel-major
-            c = conv_dims(s)
-            d, nchw = {"m": c["oh"] * c["ow"], "k": c["c"], "n": c["o"]}, True
-        else:
-            d, nchw = dense_dims(s), False
+        sp = replace(step_spec(s, self.tir_choice[s.index]), kp=wk["kp"])   # the package's row padding
+        d = {"n": sp.n, "k": sp.k}
         bn = wk["bias"]
         if x.dtype == "uint8":  # flipped to int8: 128 * sum(w) restores the sum
-            b = np.asarray(bias.val.const, np.int64).reshape(-1)
-            b = b + 128 * w.val.const.reshape(d["n"], d["k"]).astype(np.int64).sum(axis=1)
-            bn = self.const_array(b.astype(np.int32), "int32_t", "b")
-        sp = DenseSpec(f"qk_tir_{'conv1x1' if nchw else 'dense'}_{s.index}", d["m"], d["k"], wk["kp"], d["n"], x.dtype,
-                       s.out.dtype, int(p["qmin"]), int(p["qmax"]), self.tir_choice[s.index], nchw,
-                       bool(np.asarray(s.args[4].val.const).min() >= 33), shift_range(s.args[4].val.const))
+            bn = self.const_array(flipped_bias(s), "int32_t", "b")
         self.tir_specs.append(sp)
         wt = wk["wt"]
         if sp.schedule in DOTPROD_SCHEDULES and sdot_applies(sp):   # its own copy, prepacked for sdot
             wrows = np.zeros((d["n"], wk["kp"]), np.int8)
             wrows[:, :d["k"]] = w.val.const.reshape(d["n"], d["k"])
-            wt = self.const_array(pack_weights_sdot(wrows.reshape(-1), d["n"], wk["kp"]), "int8_t", "wsdot")
+            wt = self.const_array(pack_weights_sdot(wrows.reshape(-1), sp), "int8_t", "wsdot")
         hand = self.calls.pop()
         self.calls += ["#if QM_TIR", f"  (void)qm_p{s.index};  /* the hand-written call's parameters */",
                        *([f"  (void){wk['wt']};"] if wt != wk["wt"] else []),

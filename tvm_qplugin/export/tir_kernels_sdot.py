@@ -7,8 +7,9 @@ output's dot product along k, so every output ends with a horizontal add and a s
 requantization (~30 instructions per output; the 1x1 conv's K = 64 spends 2/3 of its time there).
 Here each 32-bit lane of an accumulator is a different output channel:
 
-1. Weights prepacked at package time as ``[n/4][kp/4][4 oc][4 k]`` (:func:`pack_weights_sdot`):
-   one 16-byte load holds 4 channels x 4 k, exactly ``sdot``'s second operand.
+1. Weights prepacked at package time as ``[n/4][kp/4][4 oc][4 k]`` (:func:`pack_weights_sdot`; a
+   dense tile's groups of 4 channels interleaved per 4 k): one 16-byte load holds 4 channels x 4 k,
+   exactly ``sdot``'s second operand.
 2. x broadcast by lane (``sdot v.4s, w.16b, x.4b[l]``: LLVM folds the shuffle into the indexed
    form). Dense: 16 bytes of a row (4 groups of 4 k) per load, tiles of <= 4 rows x 8 (or 4)
    channels; rows past ``m`` recompute the last row (no branch). Pointwise conv (x, y channel-major):
@@ -46,9 +47,19 @@ def sdot_applies(sp) -> bool:
     return sp.n % 4 == 0 and sp.k % 4 == 0
 
 
-def pack_weights_sdot(w: np.ndarray, n: int, kp: int) -> np.ndarray:
-    """``w`` (n rows of kp int8, as the package stores them) -> ``[n/4][kp/4][4 oc][4 k]`` int8."""
-    return np.ascontiguousarray(w[: n * kp].reshape(n // 4, 4, kp // 4, 4).transpose(0, 2, 1, 3)).reshape(-1)
+def pack_weights_sdot(w: np.ndarray, sp) -> np.ndarray:
+    """``w`` (n rows of kp int8, as the package stores them) -> ``[n/4/cols][kp/4][cols][4 oc][4 k]``
+    int8, ``cols`` = :func:`weight_cols`: the groups of 4 channels of one dense tile interleaved per
+    4 k, so that the tile's weights for 16 k are one contiguous run (paired loads)."""
+    n, kp, cols = sp.n, sp.kp, weight_cols(sp)
+    return np.ascontiguousarray(w[: n * kp].reshape(n // 4 // cols, cols, 4, kp // 4, 4)
+                                .transpose(0, 3, 1, 2, 4)).reshape(-1)
+
+
+def weight_cols(sp) -> int:
+    """Groups of 4 channels interleaved in the packed weights: a dense tile's (:func:`_dense_cols`);
+    1 for a pointwise conv (its tiles read each group of 4 channels on its own)."""
+    return 1 if sp.nchw else _dense_cols(sp)
 
 
 def workspace_bytes(sp) -> int:
@@ -128,13 +139,21 @@ def _params4(MU, SH, jb):
     return MU[T.Ramp(jb * 4, 1, 4)], SH[T.Ramp(jb * 4, 1, 4)]
 
 
+def _dense_cols(sp) -> int:
+    """Groups of 4 channels per dense tile: each load of x feeds 4 ``sdot`` per group. A single row
+    (the classifier's matrix-vector product) takes up to 5 groups -- 20 weight registers, the
+    loads of x and the loop spread over 20 ``sdot`` -- more rows take 2 (8 channels)."""
+    ntile = sp.n // 4
+    return next((c for c in ((5, 4, 3, 2) if sp.m == 1 else (2,)) if ntile % c == 0), 1)
+
+
 def _dense_module(sp) -> tvm.IRModule:
     """Dense: x rows contiguous; 16 bytes of a row (4 groups of 4 k) per load, each group by lane."""
     m, k, kp, n, xd, od = sp.m, sp.k, sp.kp, sp.n, sp.x_dtype, sp.out_dtype
     rows, kb, kq, flip = _rows(m), k // 4, k // 16, sp.flip
     ktail = kb - 4 * kq
     ntile, mtile = n // 4, (m + rows - 1) // rows
-    cols = 2 if ntile % 2 == 0 else 1   # groups of 4 channels per tile: 8 channels share each load of x
+    cols = _dense_cols(sp)
 
     def row(ib, r):   # rows past m repeat the last one
         return T.min(ib * rows + r, m - 1)
@@ -146,6 +165,19 @@ def _dense_module(sp) -> tvm.IRModule:
             return T.bitwise_xor(v, T.Broadcast(T.int32(FLIP32), lanes) if lanes > 1 else T.int32(FLIP32))
         return v
 
+    @T.macro(hygienic=False)
+    def k16(jo, ib, q):
+        """16 k of the tile: its w is 64 x cols contiguous bytes (paired loads, ldp), x one load per row."""
+        wv = W[T.Ramp((jo * (kp // 4) + q * 4) * cols * 16, 1, 64 * cols)]
+        for r in T.unroll(rows):
+            xv = xwords(Xw, ib, r, q * 4, 4)
+            for g in T.unroll(4):
+                for c in T.unroll(cols):
+                    acc[T.Ramp((r * cols + c) * 4, 1, 4)] = T.call_llvm_pure_intrin(
+                        "int32x4", SDOT, acc[T.Ramp((r * cols + c) * 4, 1, 4)],
+                        T.Shuffle([wv], [(g * cols + c) * 16 + i for i in range(16)]),
+                        T.reinterpret("int8x16", T.Shuffle([xv], [g, g, g, g])))
+
     @T.prim_func
     def main(X: T.Buffer((m * k,), xd), W: T.Buffer((n * kp,), "int8"), B: T.Buffer((n,), "int32"),
              MU: T.Buffer((n,), "int32"), SH: T.Buffer((n,), "int8"), Y: T.Buffer((m * n,), od)):
@@ -156,26 +188,43 @@ def _dense_module(sp) -> tvm.IRModule:
             for r in T.unroll(rows):   # the accumulators start at the bias
                 for c in T.unroll(cols):
                     acc[T.Ramp((r * cols + c) * 4, 1, 4)] = B[T.Ramp((jo * cols + c) * 4, 1, 4)]
-            for q in T.serial(kq):
-                for r in T.unroll(rows):
-                    xv = xwords(Xw, ib, r, q * 4, 4)
-                    for c in T.unroll(cols):
-                        for g in T.unroll(4):
-                            acc[T.Ramp((r * cols + c) * 4, 1, 4)] = _dot(
-                                W, kp, jo * cols + c, q * 4 + g, acc[T.Ramp((r * cols + c) * 4, 1, 4)],
-                                T.Shuffle([xv], [g, g, g, g]))
+            # two steps of 16 k per pass of the loop (its counter and branch spread over twice the sdot)
+            for q2 in T.serial(kq // 2):
+                for qq in T.unroll(2):
+                    k16(jo, ib, q2 * 2 + qq)
+            for q in T.serial(kq - kq % 2, kq):   # an odd last one
+                k16(jo, ib, q)
             for t in T.serial(ktail):
                 for r in T.unroll(rows):
                     for c in T.unroll(cols):
-                        acc[T.Ramp((r * cols + c) * 4, 1, 4)] = _dot(
-                            W, kp, jo * cols + c, kq * 4 + t, acc[T.Ramp((r * cols + c) * 4, 1, 4)],
-                            T.Broadcast(xwords(Xw, ib, r, kq * 4 + t, 1), 4))
+                        acc[T.Ramp((r * cols + c) * 4, 1, 4)] = T.call_llvm_pure_intrin(
+                            "int32x4", SDOT, acc[T.Ramp((r * cols + c) * 4, 1, 4)],
+                            W[T.Ramp(((jo * (kp // 4) + kq * 4 + t) * cols + c) * 16, 1, 16)],
+                            T.reinterpret("int8x16", T.Broadcast(xwords(Xw, ib, r, kq * 4 + t, 1), 4)))
             for r in T.unroll(rows):
                 for c in T.unroll(cols):
                         Y[T.Ramp(row(ib, r) * n + (jo * cols + c) * 4, 1, 4)] = T.Cast(f"{od}x4", _requant4(
                         sp, acc[T.Ramp((r * cols + c) * 4, 1, 4)], *_params4(MU, SH, jo * cols + c)))
 
     return tvm.IRModule({"main": main})
+
+
+SMALL_K = 96   # pointwise layers with k <= this keep a tile's weights (k/4 vectors) in registers over the pixels
+
+
+def _pointwise_tile(sp) -> tuple:
+    """(groups of 4 channels, groups of 4 pixels) per register tile of the pointwise kernel.
+
+    k <= SMALL_K: 4 x 4 (LLVM keeps the k/4 weight vectors of the 4 channels in registers while the
+    pixels pass: one load of x per 4 ``sdot``). Otherwise 8 channels where 8 | n (each load of x
+    feeds 8 ``sdot``) by 8 pixels (each load of w feeds 8), or by 12 where the groups of 4 pixels
+    come in threes, not pairs (6x6 maps: 9 groups; 3x3 maps: one tile, 9 live lanes, no ``sdot``
+    on the 3 past the map). Measured on MobileNetV2-96's layers (docs/architecture.md)."""
+    mtile = (sp.m + 3) // 4
+    if sp.k <= SMALL_K:
+        return 1, 1
+    pt4 = 3 if mtile % 3 == 0 and mtile % 2 else 2
+    return (2 if sp.n % 8 == 0 else 1), min(pt4, mtile)
 
 
 def _pointwise_module(sp) -> tvm.IRModule:
@@ -189,6 +238,14 @@ def _pointwise_module(sp) -> tvm.IRModule:
     tbl_out = whole and od in ("int8", "uint8")
     half_out = whole and od == "int16"
     ntile, mtile = n // 4, (m + 3) // 4
+    cols, pt4 = _pointwise_tile(sp)
+    ptiles = (mtile + pt4 - 1) // pt4
+
+    def grp(it, q):   # the q-th group of 4 pixels of pixel tile it; a last tile past the map repeats its last group
+        return T.min(it * pt4 + q, mtile - 1)
+
+    def live(q, r):   # whether lane r of group q holds a pixel of the map: statically known for a single tile
+        return (q * 4 + r) < m if ptiles == 1 else True
 
     def pix(ib, r):
         return T.min(ib * 4 + r, m - 1)
@@ -210,7 +267,7 @@ def _pointwise_module(sp) -> tvm.IRModule:
     def main(X: T.Buffer((m * k,), xd), W: T.Buffer((n * kp,), "int8"), B: T.Buffer((n,), "int32"),
              MU: T.Buffer((n,), "int32"), SH: T.Buffer((n,), "int8"), Y: T.Buffer((m * n,), od)):
         T.func_attr({"tirx.noalias": True})
-        acc = T.alloc_buffer((16,), "int32", scope="local")
+        acc = T.alloc_buffer((pt4 * cols * 16,), "int32", scope="local")
         XT = T.alloc_buffer((mtile * kb * 16,), "int8")
         Xw = T.decl_buffer((m * k // 4,), "int32", data=X.data)
         XTw = T.decl_buffer((mtile * kb * 4,), "int32", data=XT.data)
@@ -225,30 +282,40 @@ def _pointwise_module(sp) -> tvm.IRModule:
         else:
             for g, ib, r, c in T.grid(kb, mtile, 4, 4):
                 XT[(g * mtile + ib) * 16 + r * 4 + c] = x8(X[(4 * g + c) * m + pix(ib, r)])
-        for jb, ib in T.grid(ntile, mtile):
-            for r in T.unroll(4):
-                acc[T.Ramp(r * 4, 1, 4)] = B[T.Ramp(jb * 4, 1, 4)]   # the accumulators start at the bias
+        for jo, it in T.grid(ntile // cols, ptiles):
+            for q in T.unroll(pt4):
+                for r in T.unroll(4):
+                    for c in T.unroll(cols):   # the accumulators start at the bias
+                        acc[T.Ramp(((q * 4 + r) * cols + c) * 4, 1, 4)] = B[T.Ramp((jo * cols + c) * 4, 1, 4)]
             for g in T.serial(kb):
-                xv = XTw[T.Ramp((g * mtile + ib) * 4, 1, 4)]
-                for r in T.unroll(4):
-                    acc[T.Ramp(r * 4, 1, 4)] = _dot(W, kp, jb, g, acc[T.Ramp(r * 4, 1, 4)],
-                                                    T.Shuffle([xv], [r, r, r, r]))
-            if tbl_out:
-                # 8-bit outputs: 16 bytes [pixel][channel], transposed to [channel][pixel]: a word per channel
-                yt = T.reinterpret("int32x4", T.Shuffle([_bytes16(sp, [_requant4(
-                    sp, acc[T.Ramp(r * 4, 1, 4)], *_params4(MU, SH, jb), clamp=not _saturating(sp)) for r in range(4)])],
-                    [r * 4 + c for c in range(4) for r in range(4)]))
-                for c in T.unroll(4):
-                    Yw[((jb * 4 + c) * m + ib * 4) // 4] = T.Shuffle([yt], [c])
-            elif half_out:   # int16 outputs: [pixel][channel] transposed, 4 pixels (8 bytes) per channel
-                yh = T.Shuffle([_halves16(sp, [_requant4(sp, acc[T.Ramp(r * 4, 1, 4)], *_params4(MU, SH, jb),
-                                                         clamp=False) for r in range(4)])],
-                               [r * 4 + c for c in range(4) for r in range(4)])
-                for c in T.unroll(4):
-                    Y[T.Ramp((jb * 4 + c) * m + ib * 4, 1, 4)] = T.Shuffle([yh], [c * 4, c * 4 + 1, c * 4 + 2, c * 4 + 3])
-            else:
-                for r in T.unroll(4):
-                    Y[T.Ramp(jb * 4 * m + pix(ib, r), m, 4)] = T.Cast(f"{od}x4", _requant4(
-                        sp, acc[T.Ramp(r * 4, 1, 4)], *_params4(MU, SH, jb)))
-
+                for q in T.unroll(pt4):
+                    xv = XTw[T.Ramp((g * mtile + grp(it, q)) * 4, 1, 4)]
+                    for r in T.unroll(4):
+                        for c in T.unroll(cols):
+                            if live(q, r):
+                                acc[T.Ramp(((q * 4 + r) * cols + c) * 4, 1, 4)] = _dot(
+                                    W, kp, jo * cols + c, g, acc[T.Ramp(((q * 4 + r) * cols + c) * 4, 1, 4)],
+                                    T.Shuffle([xv], [r, r, r, r]))
+            for q in T.unroll(pt4):
+                for c in T.unroll(cols):
+                    if tbl_out:
+                        # 8-bit outputs: 16 bytes [pixel][channel], transposed to [channel][pixel]: a word per channel
+                        yt = T.reinterpret("int32x4", T.Shuffle([_bytes16(sp, [_requant4(
+                            sp, acc[T.Ramp(((q * 4 + r) * cols + c) * 4, 1, 4)], *_params4(MU, SH, jo * cols + c),
+                            clamp=not _saturating(sp)) for r in range(4)])], [r * 4 + cc for cc in range(4) for r in range(4)]))
+                        for cc in T.unroll(4):
+                            Yw[(((jo * cols + c) * 4 + cc) * m + grp(it, q) * 4) // 4] = T.Shuffle([yt], [cc])
+                    elif half_out:   # int16 outputs: [pixel][channel] transposed, 4 pixels (8 bytes) per channel
+                        yh = T.Shuffle([_halves16(sp, [_requant4(sp, acc[T.Ramp(((q * 4 + r) * cols + c) * 4, 1, 4)],
+                                                                 *_params4(MU, SH, jo * cols + c), clamp=False)
+                                                       for r in range(4)])],
+                                       [r * 4 + cc for cc in range(4) for r in range(4)])
+                        for cc in T.unroll(4):
+                            Y[T.Ramp(((jo * cols + c) * 4 + cc) * m + grp(it, q) * 4, 1, 4)] = T.Shuffle(
+                                [yh], [cc * 4, cc * 4 + 1, cc * 4 + 2, cc * 4 + 3])
+                    else:
+                        for r in T.unroll(4):
+                            if live(q, r):
+                                Y[T.Ramp((jo * cols + c) * 4 * m + pix(grp(it, q), r), m, 4)] = T.Cast(f"{od}x4", _requant4(
+                                    sp, acc[T.Ramp(((q * 4 + r) * cols + c) * 4, 1, 4)], *_params4(MU, SH, jo * cols + c)))
     return tvm.IRModule({"main": main})

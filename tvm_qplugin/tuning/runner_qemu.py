@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import tempfile
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +150,24 @@ class QemuRunner(PyRunner):
         return RunnerResult([n * 1e-9], None)
 
 
+@contextmanager
+def unnamed_log_handlers_set_aside():
+    """``ms.tune_tir`` puts the names of its global logger's handlers into a logging config, which
+    fails on an unnamed one (seen under pytest, at its second call in a process): such handlers are
+    set aside for the call and put back after it."""
+    import logging
+
+    log = logging.getLogger("tvm.s_tir.meta_schedule")
+    aside = [h for h in log.handlers if h.get_name() is None]
+    for h in aside:
+        log.removeHandler(h)
+    try:
+        yield
+    finally:
+        for h in aside:
+            log.addHandler(h)
+
+
 def tune_dense_qemu(spec, board, work_dir, trials: int = 16, per_iter: int = 8, seed: int = 0) -> dict:
     """Tune one TIR dense kernel (export/tir_kernels.py's :class:`DenseSpec`) for ``board`` under qemu.
 
@@ -182,8 +201,9 @@ def tune_dense_qemu(spec, board, work_dir, trials: int = 16, per_iter: int = 8, 
         tvm.tirx.build(_schedule(_dense_module(spec), spec), target=target).write_to_file(str(base / "kernel.o"))
     (res,) = runner.run([ms.runner.RunnerInput(str(base / "kernel.o"), "cpu", [])])
     default = int(round(float(res.result().run_secs[0]) * 1e9)) if res.result().error_msg is None else None
-    db = ms.tune_tir(_dense_module(spec), target, str(work_dir), max_trials_global=trials, num_trials_per_iter=per_iter,
-                     builder=builder, runner=runner, seed=seed)
+    with unnamed_log_handlers_set_aside():
+        db = ms.tune_tir(_dense_module(spec), target, str(work_dir), max_trials_global=trials,
+                         num_trials_per_iter=per_iter, builder=builder, runner=runner, seed=seed)
     sch = ms.tir_integration.compile_tir(db, _dense_module(spec), target)
     best = min(runner.instructions[1:], default=None)
     return {"database": db, "best_instructions": best, "default_instructions": default,

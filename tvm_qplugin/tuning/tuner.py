@@ -93,11 +93,22 @@ def tune(model, target: str = "x86-host", trials: int = 64, calib=None, db: str 
         raise QPluginError(f"--trials {trials!r}: give a positive number of trials per task")
     say = progress or log.info
     board = get_board(target)
+    if board.family == "aarch64" and board.os == "linux":   # the C package's TIR kernels, under qemu (tune_qemu.py)
+        from .tune_qemu import tune_tir_qemu
+
+        if isa is not None or rpc_tracker is not None or rpc_key is not None:
+            raise QPluginError(f"tune --target {board.name}: --isa and --rpc-tracker/--rpc-key apply to x86 boards; "
+                               f"{board.name}'s kernels are tuned under qemu at its own features: drop them")
+        # the integer graph built on the host, as compile's C route builds it
+        host_opts = {**options, "int_io": True}
+        imod = integer_module(model, get_board("x86-host"), calib, input_shapes, preprocess, host_opts)
+        return tune_tir_qemu(imod, board, trials, db, trials_per_iter, seed, say)
     if board.family != "x86" or board.tvm_target.get("kind", "llvm") != "llvm":
         # Cross boards need the candidates exported with the board's cross compiler and the
         # verifier's reference run on the board; not built yet -- refused, not half done.
         raise QPluginError(f"tune --target {board.name!r}: this version tunes x86 boards (here, or through an RPC "
-                           f"tracker); {board.family} boards compile with their default schedules")
+                           f"tracker) and aarch64 Linux boards (under qemu); {board.family} boards compile with their "
+                           "default schedules")
     if not board.runs_here and rpc_tracker is None:
         raise QPluginError(f"target {board.name!r} ({board.runner}) does not run here: measure on the board through "
                            "an RPC tracker with --rpc-tracker HOST:PORT --rpc-key KEY")
