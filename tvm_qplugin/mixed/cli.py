@@ -115,9 +115,11 @@ def distilled_calibration(model, input_shapes=(), preprocess=None, samples: int 
     d = distill(model, samples=samples, iterations=iterations, input_shape=next(iter(shapes.values()), None),
                 input_box=box)
     print(f"distilled    {samples} calibration inputs from the batch-norm statistics in {d.seconds:.1f} s "
-          f"(statistics loss {d.bn_loss_start:.3g} -> {d.bn_loss_end:.3g})", file=sys.stderr)
-    return d.arrays, {"samples": samples, "iterations": iterations, "bn_loss": [d.bn_loss_start, d.bn_loss_end],
-                      "class_weight": d.class_weight, "input_range": d.input_range, "seconds": d.seconds}
+          f"({d.cpu_seconds:.1f} CPU-s; statistics loss {d.bn_loss_start:.3g} -> {d.bn_loss_end:.3g})", file=sys.stderr)
+    return d.arrays, {"samples": samples, "iterations": iterations, "fine_iterations": d.fine_iterations,
+                      "coarse_shape": d.coarse_shape, "bn_loss": [d.bn_loss_start, d.bn_loss_end],
+                      "class_weight": d.class_weight, "input_range": d.input_range,
+                      "cpu_seconds": round(d.cpu_seconds, 2), "seconds": d.seconds}
 
 
 def _widths(text: str) -> tuple[int, ...]:
