@@ -30,7 +30,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from tvm_qplugin.mixed.distill import COARSE, DEFAULT_ITERATIONS, FINE_ITERATIONS
+from tvm_qplugin.mixed.distill import COARSE, DEFAULT_ITERATIONS, DISTILL_OBSERVER, FINE_ITERATIONS
 from tvm_qplugin.mixed.ilp import pareto_front, solve
 from tvm_qplugin.mixed.plan import METHODS, build_problem, plan_model, random_plans
 from tvm_qplugin.mixed.sensitivity import sensitivity
@@ -114,7 +114,7 @@ def mobilenet_v2_with_batchnorms() -> str:
     return str(path)
 
 
-def distill_benchmark(samples: int, iterations: int, fine_iterations: int, coarse: int, observer: str | None) -> dict:
+def distill_benchmark(samples: int, iterations: int, fine_iterations: int, coarse: int, observer: str) -> dict:
     """ZeroQ on MobileNetV2: distil, compile int8 on the distilled inputs, agreement on real crops."""
     import tvm_qplugin as tq
     from qplugin_zoo import imagenet_calib_eval
@@ -132,7 +132,7 @@ def distill_benchmark(samples: int, iterations: int, fine_iterations: int, coars
     _, evaluation = imagenet_calib_eval()
     t = time.perf_counter()
     art = tq.compile(path, target="x86-host", calib=d.arrays, eval={"input": evaluation},
-                     **({"observer": observer} if observer else {}))
+                     observer=observer)
     acc = art.report["accuracy"]
     return {"model": "mobilenet_v2 (batch-norms kept)", "samples": samples, "iterations": iterations,
             "fine_iterations": d.fine_iterations, "coarse_shape": d.coarse_shape, "observer": observer,
@@ -156,7 +156,7 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS)
     ap.add_argument("--fine-iterations", type=int, default=FINE_ITERATIONS)
     ap.add_argument("--coarse", type=int, default=COARSE, help="1: every step at the model's size")
-    ap.add_argument("--observer", default=None, help="the calibration observer (default: the compiler's)")
+    ap.add_argument("--observer", default=DISTILL_OBSERVER, help="the calibration observer of the distilled inputs")
     args = ap.parse_args()
     if args.distill:
         print(json.dumps(distill_benchmark(args.samples, args.iterations, args.fine_iterations, args.coarse,

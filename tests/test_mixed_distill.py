@@ -140,3 +140,16 @@ def test_coarse_stage_is_skipped_for_a_model_that_only_runs_at_its_own_size(tmp_
 def test_coarse_stage_is_skipped_below_the_smallest_side(tmp_path):
     d = distill(_unfolded_model(tmp_path), samples=4, iterations=3)  # 8x8: 4x4 would lose the statistics
     assert d.coarse_shape is None and d.fine_iterations == 0
+
+
+def test_distilled_data_calibrates_with_its_own_observer_unless_the_user_chose_one():
+    """`compile --calib distill` clips with DISTILL_OBSERVER (MSE: it discounts the tails synthesis
+    exaggerates); an explicit --observer wins; real-data calibration keeps the compiler's default
+    (the CLI only asks when the calibration is distilled)."""
+    from tvm_qplugin.mixed.cli import distilled_observer
+    from tvm_qplugin.mixed.distill import DISTILL_OBSERVER
+    from tvm_qplugin.quant.observers import DEFAULT_OBSERVER, OBSERVERS
+
+    assert DISTILL_OBSERVER in OBSERVERS and DISTILL_OBSERVER != DEFAULT_OBSERVER
+    assert distilled_observer(None) == DISTILL_OBSERVER
+    assert distilled_observer("percentile") == "percentile" and distilled_observer("minmax") == "minmax"

@@ -6,7 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .distill import DEFAULT_ITERATIONS, DEFAULT_SAMPLES, DISTILL, check_distillable, distill
+from .distill import DEFAULT_ITERATIONS, DEFAULT_SAMPLES, DISTILL, DISTILL_OBSERVER, check_distillable, distill
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,12 @@ def distilled_calibration(model, input_shapes=(), preprocess=None, samples: int 
                       "coarse_shape": d.coarse_shape, "bn_loss": [d.bn_loss_start, d.bn_loss_end],
                       "class_weight": d.class_weight, "input_range": d.input_range,
                       "cpu_seconds": round(d.cpu_seconds, 2), "seconds": d.seconds}
+
+
+def distilled_observer(observer: str | None) -> str:
+    """The calibration observer of a ``--calib distill`` compile: the user's, else DISTILL_OBSERVER
+    (real-data calibration keeps the compiler's default)."""
+    return observer or DISTILL_OBSERVER
 
 
 def _widths(text: str) -> tuple[int, ...]:
