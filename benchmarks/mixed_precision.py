@@ -179,6 +179,7 @@ def main() -> None:
     out = {"model": args.model, "layers": len(names), "probes_used": sens.probes, "samples": sens.samples,
            "sensitivity_timing_s": sens.timing_s,
            "spread_top_layers": {n: round(sens.trace_w_spread[n], 3) for n in sens.top_layers},
+           "probes_per_top_layer": {n: sens.probes_per_layer[n] for n in sens.top_layers},
            "spread_median_all": round(float(np.median(list(sens.trace_w_spread.values()))), 3),
            "spearman_omega4_vs_direct4": round(spearman([sens.omega_w[n]["4"] for n in names],
                                                         [sens.direct_w[n]["4"] for n in names]), 3),

@@ -71,8 +71,10 @@ def format_table(res: dict) -> str:
                      f"{s['trace_w_spread'][n]:5.2f} {s['omega_w'][n]['4']:9.3g} {s['omega_w'][n]['8']:9.3g} "
                      f"{s['direct_w'][n]['4']:9.3g} {s['direct_a'][n]['8']:9.3g} "
                      + ("w{}a{}".format(*bits[n]) if n in bits else "-"))
-    lines.append(f"probes       {s['probes']} (relative s.e. < 10 % targeted on {', '.join(s['top_layers'])}); "
-                 f"{s['samples']} samples; time {res['timing_s']}")
+    focused = ", ".join(f"{n} {s['probes_per_layer'][n]}" for n in s.get("focused_layers", []))
+    lines.append(f"probes       {s['probes']} HVPs (relative s.e. < 10 % targeted on {', '.join(s['top_layers'])}"
+                 + (f"; probed alone: {focused}" if focused else "") + f"); {s['samples']} samples; "
+                 f"time {res['timing_s']}")
     u = res["uniform"]
     lines.append("uniform      " + "; ".join(f"{k}: {v['size']:.0f} B" + (f", {v['acc']:.4f}" if "acc" in v else "")
                                            for k, v in u.items()))
