@@ -158,7 +158,7 @@ class _HessianProbes:
         import torch
 
         n = len(self.names)
-        live = set(range(2 * n)) if only is None else set(int(i) for i in only)
+        live = set(range(2 * n)) if only is None else {int(i) for i in only}
         rows = []
         for p in range(count):
             vs = [(torch.randint(0, 2, t.shape, generator=self.gen).to(t.dtype) * 2 - 1) if i in live
