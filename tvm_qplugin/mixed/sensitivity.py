@@ -7,7 +7,9 @@
    one Hessian-vector product (double backward through the PyTorch twin of the ONNX graph,
    torch_graph.py) serves every layer at once, since the block ``v_l^T (H v)_l`` has expectation
    ``Tr(H_ll)`` when the blocks of ``v`` are independent. The same probe also perturbs each
-   layer's input activation (``x + d``, ``d = 0``), which gives the activation traces.
+   layer's input activation (``x + d``, ``d = 0``), which gives the activation traces. That
+   block estimate also carries every other block's cross terms as noise, so the top layers still
+   unresolved after a short pilot are then probed alone (``_hessian``: two phases).
    ``Omega = Tr/n * ||Q(W) - W||^2`` per candidate width (HAWQ-V3's objective), likewise for the
    input activation with its calibrated range.
 2. **Direct (ZeroQ)**. Lower only that layer's weight (or input activation) and measure the
