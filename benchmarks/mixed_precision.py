@@ -15,7 +15,7 @@ batch-norms (the cached fixture has them folded), then a real int8 compile calib
 distilled inputs, evaluated on the real crops (compare with real-data calibration's agreement).
 
 Prints one JSON object. Run: `.venv/bin/python benchmarks/mixed_precision.py [--model digits|digits_vit|mobilenet_v2]
-[--compile N] [--distill [--samples N --iterations N]]`
+[--compile N] [--distill [--samples N --iterations N --fine-iterations N --coarse K --observer NAME]]`
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from tvm_qplugin.mixed.distill import COARSE, DEFAULT_ITERATIONS, DISTILL_OBSERVER, FINE_ITERATIONS
 from tvm_qplugin.mixed.ilp import pareto_front, solve
 from tvm_qplugin.mixed.plan import METHODS, build_problem, plan_model, random_plans
 from tvm_qplugin.mixed.sensitivity import sensitivity
@@ -113,22 +114,30 @@ def mobilenet_v2_with_batchnorms() -> str:
     return str(path)
 
 
-def distill_benchmark(samples: int, iterations: int) -> dict:
+def distill_benchmark(samples: int, iterations: int, fine_iterations: int, coarse: int, observer: str) -> dict:
     """ZeroQ on MobileNetV2: distil, compile int8 on the distilled inputs, agreement on real crops."""
     import tvm_qplugin as tq
     from qplugin_zoo import imagenet_calib_eval
+    from qplugin_zoo.images import IMAGENET_MEAN, IMAGENET_STD
+    from tvm_qplugin.data import Preprocess
     from tvm_qplugin.mixed.distill import distill
 
     t = time.perf_counter()
     path = mobilenet_v2_with_batchnorms()
     export_s = time.perf_counter() - t
-    d = distill(path, samples=samples, iterations=iterations)
+    pre = Preprocess(mean=tuple(IMAGENET_MEAN.tolist()), std=tuple(IMAGENET_STD.tolist()))
+    box = (*pre.value_range(), "NCHW")  # what --mean/--std give the CLI
+    d = distill(path, samples=samples, iterations=iterations, fine_iterations=fine_iterations, coarse=coarse,
+                input_box=box)
     _, evaluation = imagenet_calib_eval()
     t = time.perf_counter()
-    art = tq.compile(path, target="x86-host", calib=d.arrays, eval={"input": evaluation})
+    art = tq.compile(path, target="x86-host", calib=d.arrays, eval={"input": evaluation},
+                     observer=observer)
     acc = art.report["accuracy"]
     return {"model": "mobilenet_v2 (batch-norms kept)", "samples": samples, "iterations": iterations,
-            "distill_s": round(d.seconds, 1), "bn_loss": [round(d.bn_loss_start, 4), round(d.bn_loss_end, 4)],
+            "fine_iterations": d.fine_iterations, "coarse_shape": d.coarse_shape, "observer": observer,
+            "distill_s": round(d.seconds, 1), "distill_cpu_s": round(d.cpu_seconds, 1),
+            "load_average_1min": os.getloadavg()[0], "bn_loss": [round(d.bn_loss_start, 4), round(d.bn_loss_end, 4)],
             "export_s": round(export_s, 1), "compile_s": round(time.perf_counter() - t, 1),
             "bit_exact": art.report["bit_exact"], "top1_agreement": acc.get("value"),
             "top1_agreement_confident": acc.get("top1_agreement_confident"), "eval_inputs": acc.get("inputs")}
@@ -144,10 +153,14 @@ def main() -> None:
                     help="compile the midway plans, the N best random ones (by simulation) and int4 for real")
     ap.add_argument("--distill", action="store_true")
     ap.add_argument("--samples", type=int, default=16)
-    ap.add_argument("--iterations", type=int, default=100)
+    ap.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS)
+    ap.add_argument("--fine-iterations", type=int, default=FINE_ITERATIONS)
+    ap.add_argument("--coarse", type=int, default=COARSE, help="1: every step at the model's size")
+    ap.add_argument("--observer", default=DISTILL_OBSERVER, help="the calibration observer of the distilled inputs")
     args = ap.parse_args()
     if args.distill:
-        print(json.dumps(distill_benchmark(args.samples, args.iterations), indent=1))
+        print(json.dumps(distill_benchmark(args.samples, args.iterations, args.fine_iterations, args.coarse,
+                                            args.observer), indent=1))
         return
     t0 = time.perf_counter()
     path, calib, labels, evaluation, reference, settings = load(args.model, args.eval_count)
@@ -166,6 +179,7 @@ def main() -> None:
     out = {"model": args.model, "layers": len(names), "probes_used": sens.probes, "samples": sens.samples,
            "sensitivity_timing_s": sens.timing_s,
            "spread_top_layers": {n: round(sens.trace_w_spread[n], 3) for n in sens.top_layers},
+           "probes_per_top_layer": {n: sens.probes_per_layer[n] for n in sens.top_layers},
            "spread_median_all": round(float(np.median(list(sens.trace_w_spread.values()))), 3),
            "spearman_omega4_vs_direct4": round(spearman([sens.omega_w[n]["4"] for n in names],
                                                         [sens.direct_w[n]["4"] for n in names]), 3),

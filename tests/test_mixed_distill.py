@@ -103,3 +103,53 @@ def test_python_api_calib_distill_says_how():
 
     with pytest.raises(CalibrationError, match=r"pass calib=tvm_qplugin.mixed.distill.distill\(MODEL\).arrays"):
         load_dataset("distill", [])
+
+
+def _image_model(tmp_path, convolutional: bool = True):
+    """64x64 inputs; with ``convolutional`` a global pool before the classifier (any size runs),
+    else a Flatten into a Gemm of fixed width (only 64x64 runs)."""
+    g = OnnxGraph((1, 3, 64, 64), rng=np.random.default_rng(7))
+    h = g.relu(g.batchnorm(g.conv("x", 8, stride=2)))
+    h = g.relu(g.batchnorm(g.conv(h, 8, stride=2)))
+    head = g.gap(h) if convolutional else h
+    return g.save(g.gemm(g.flatten(head), 4), tmp_path / f"image_{convolutional}.onnx")
+
+
+def test_coarse_stage_runs_at_half_size_then_refines_at_the_models_size(tmp_path):
+    """The coarse-to-fine schedule (what makes MobileNetV2's distillation fit in a minute): most
+    steps at half the height and width, a few at full size; the result has the model's shape and
+    matches the statistics; without a coarse stage (coarse=1) all steps run at full size."""
+    path = _image_model(tmp_path)
+    d = distill(path, samples=8, iterations=30, fine_iterations=4, lr=0.1)
+    assert d.coarse_shape == [1, 3, 32, 32] and d.fine_iterations == 4 and d.iterations == 30
+    x = d.arrays["x"]
+    assert x.shape == (8, 3, 64, 64) and x.dtype == np.float32
+    assert d.bn_loss_end < d.bn_loss_start / 4, (d.bn_loss_start, d.bn_loss_end)
+    assert d.cpu_seconds > 0
+    one = distill(path, samples=8, iterations=2, coarse=1)
+    assert one.coarse_shape is None and one.fine_iterations == 0 and one.arrays["x"].shape == (8, 3, 64, 64)
+
+
+def test_coarse_stage_is_skipped_for_a_model_that_only_runs_at_its_own_size(tmp_path):
+    path = _image_model(tmp_path, convolutional=False)
+    d = distill(path, samples=4, iterations=3, fine_iterations=2, lr=0.1)
+    assert d.coarse_shape is None and d.fine_iterations == 0
+    assert d.arrays["x"].shape == (4, 3, 64, 64)
+
+
+def test_coarse_stage_is_skipped_below_the_smallest_side(tmp_path):
+    d = distill(_unfolded_model(tmp_path), samples=4, iterations=3)  # 8x8: 4x4 would lose the statistics
+    assert d.coarse_shape is None and d.fine_iterations == 0
+
+
+def test_distilled_data_calibrates_with_its_own_observer_unless_the_user_chose_one():
+    """`compile --calib distill` clips with DISTILL_OBSERVER (MSE: it discounts the tails synthesis
+    exaggerates); an explicit --observer wins; real-data calibration keeps the compiler's default
+    (the CLI only asks when the calibration is distilled)."""
+    from tvm_qplugin.mixed.cli import distilled_observer
+    from tvm_qplugin.mixed.distill import DISTILL_OBSERVER
+    from tvm_qplugin.quant.observers import DEFAULT_OBSERVER, OBSERVERS
+
+    assert DISTILL_OBSERVER in OBSERVERS and DISTILL_OBSERVER != DEFAULT_OBSERVER
+    assert distilled_observer(None) == DISTILL_OBSERVER
+    assert distilled_observer("percentile") == "percentile" and distilled_observer("minmax") == "minmax"

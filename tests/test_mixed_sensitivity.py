@@ -83,12 +83,13 @@ def _exact_block_traces(tg, inputs, labels):
     names = [layer.name for layer in tg.layers]
     shapes = [tg.weights[n].shape for n in names] + [taps[n].shape for n in names]
     sizes = [int(np.prod(s)) for s in shapes]
-    flat0 = torch.cat([tg.weights[n].detach().reshape(-1) for n in names] + [torch.zeros(s) for s in sizes[2:]])
+    k = len(names)
+    flat0 = torch.cat([tg.weights[n].detach().reshape(-1) for n in names] + [torch.zeros(s) for s in sizes[k:]])
 
     def loss(flat):
         parts = [p.reshape(s) for p, s in zip(torch.split(flat, sizes), shapes)]
-        out = tg.run(inputs, weights=dict(zip(names, parts[:2])),
-                     perturb={n: (lambda x, d=d: x + d) for n, d in zip(names, parts[2:])})[0]
+        out = tg.run(inputs, weights=dict(zip(names, parts[:k])),
+                     perturb={n: (lambda x, d=d: x + d) for n, d in zip(names, parts[k:])})[0]
         return torch.nn.functional.cross_entropy(out, torch.as_tensor(labels))
 
     hess = torch.autograd.functional.hessian(loss, flat0).numpy()

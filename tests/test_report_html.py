@@ -51,7 +51,7 @@ def compiled(tmp_path_factory):
 
 def test_compile_calibrates_on_distilled_inputs(compiled):
     out, r = compiled
-    from tvm_qplugin.mixed.distill import CLASS_WEIGHT, DEFAULT_SAMPLES
+    from tvm_qplugin.mixed.distill import CLASS_WEIGHT, DEFAULT_SAMPLES, DISTILL_OBSERVER
 
     assert f"distilled    {DEFAULT_SAMPLES} calibration inputs from the batch-norm statistics in" in r.stderr
     report = json.loads((out / "report.json").read_text())
@@ -60,6 +60,7 @@ def test_compile_calibrates_on_distilled_inputs(compiled):
     assert cal["source"] == "distill" and report["timing_s"]["distill"] > 0
     assert np.allclose(cal["input_range"], [[-4.0], [4.0]], atol=1e-5), cal["input_range"]
     assert cal["class_weight"] == CLASS_WEIGHT  # a 4-class classifier: the class term was used
+    assert report["observer"] == cal["observer"] == DISTILL_OBSERVER  # no --observer: distilled data's default
     assert report["accuracy"]["value"] >= 0.9, report["accuracy"]  # agreement with fp32 on real-valued inputs
 
 

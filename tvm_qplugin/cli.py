@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "the first and last; 8-bit activations) | mixed (needs --layer-bits for now)")
     c.add_argument("--layer-bits", metavar="FILE.json", help="per-layer widths {onnx_node: [w_bits, a_bits]} over "
                    "--precision's plan (w_bits 4 | 8, a_bits 4 | 8)")
-    c.add_argument("--observer", default=None, help="minmax | percentile (default, 99.999) | mse")
+    c.add_argument("--observer", default=None, help="minmax | percentile (default, 99.999) | mse (the default "
+                   "with --calib distill)")
     c.add_argument("--nonlinear", default=NonlinearScheme.variant, help=" | ".join(VARIANTS) + " (the *-paper variants: "
                    "the published integer kernels bit for bit; they fix --gelu and --softmax-bits)")
     c.add_argument("--gelu", default=NonlinearScheme.gelu, help="tanh (default: tanh-GELU as an integer sigmoid, max error "
@@ -140,9 +141,10 @@ def cmd_compile(a) -> int:
     pre = Preprocess(resize=a.resize, crop=a.crop, layout=a.layout, grayscale=a.grayscale, **given)
     calib, distilled = a.calib, None
     if calib == "distill":  # ZeroQ: inputs synthesised from the model's batch-norm statistics
-        from .mixed.cli import distilled_calibration
+        from .mixed.cli import distilled_calibration, distilled_observer
 
         calib, distilled = distilled_calibration(a.model, a.input_shape, pre if given else None)
+        a.observer = distilled["observer"] = distilled_observer(a.observer)
     art = compile_model(a.model, target=a.target, calib=calib, eval=a.eval, input_shapes=a.input_shape,
                         preprocess=pre, precision=a.precision, layer_bits=a.layer_bits, nonlinear=a.nonlinear,
                         **({"observer": a.observer} if a.observer else {}),

@@ -6,7 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .distill import DEFAULT_ITERATIONS, DEFAULT_SAMPLES, DISTILL, check_distillable, distill
+from .distill import DEFAULT_ITERATIONS, DEFAULT_SAMPLES, DISTILL, DISTILL_OBSERVER, check_distillable, distill
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,10 @@ def format_table(res: dict) -> str:
                      f"{s['trace_w_spread'][n]:5.2f} {s['omega_w'][n]['4']:9.3g} {s['omega_w'][n]['8']:9.3g} "
                      f"{s['direct_w'][n]['4']:9.3g} {s['direct_a'][n]['8']:9.3g} "
                      + ("w{}a{}".format(*bits[n]) if n in bits else "-"))
-    lines.append(f"probes       {s['probes']} (relative s.e. < 10 % targeted on {', '.join(s['top_layers'])}); "
-                 f"{s['samples']} samples; time {res['timing_s']}")
+    focused = ", ".join(f"{n} {s['probes_per_layer'][n]}" for n in s.get("focused_layers", []))
+    lines.append(f"probes       {s['probes']} HVPs (relative s.e. < 10 % targeted on {', '.join(s['top_layers'])}"
+                 + (f"; probed alone: {focused}" if focused else "") + f"); {s['samples']} samples; "
+                 f"time {res['timing_s']}")
     u = res["uniform"]
     lines.append("uniform      " + "; ".join(f"{k}: {v['size']:.0f} B" + (f", {v['acc']:.4f}" if "acc" in v else "")
                                            for k, v in u.items()))
@@ -115,9 +117,17 @@ def distilled_calibration(model, input_shapes=(), preprocess=None, samples: int 
     d = distill(model, samples=samples, iterations=iterations, input_shape=next(iter(shapes.values()), None),
                 input_box=box)
     print(f"distilled    {samples} calibration inputs from the batch-norm statistics in {d.seconds:.1f} s "
-          f"(statistics loss {d.bn_loss_start:.3g} -> {d.bn_loss_end:.3g})", file=sys.stderr)
-    return d.arrays, {"samples": samples, "iterations": iterations, "bn_loss": [d.bn_loss_start, d.bn_loss_end],
-                      "class_weight": d.class_weight, "input_range": d.input_range, "seconds": d.seconds}
+          f"({d.cpu_seconds:.1f} CPU-s; statistics loss {d.bn_loss_start:.3g} -> {d.bn_loss_end:.3g})", file=sys.stderr)
+    return d.arrays, {"samples": samples, "iterations": iterations, "fine_iterations": d.fine_iterations,
+                      "coarse_shape": d.coarse_shape, "bn_loss": [d.bn_loss_start, d.bn_loss_end],
+                      "class_weight": d.class_weight, "input_range": d.input_range,
+                      "cpu_seconds": round(d.cpu_seconds, 2), "seconds": d.seconds}
+
+
+def distilled_observer(observer: str | None) -> str:
+    """The calibration observer of a ``--calib distill`` compile: the user's, else DISTILL_OBSERVER
+    (real-data calibration keeps the compiler's default)."""
+    return observer or DISTILL_OBSERVER
 
 
 def _widths(text: str) -> tuple[int, ...]:

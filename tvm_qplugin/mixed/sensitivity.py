@@ -7,7 +7,9 @@
    one Hessian-vector product (double backward through the PyTorch twin of the ONNX graph,
    torch_graph.py) serves every layer at once, since the block ``v_l^T (H v)_l`` has expectation
    ``Tr(H_ll)`` when the blocks of ``v`` are independent. The same probe also perturbs each
-   layer's input activation (``x + d``, ``d = 0``), which gives the activation traces.
+   layer's input activation (``x + d``, ``d = 0``), which gives the activation traces. That
+   block estimate also carries every other block's cross terms as noise, so the top layers still
+   unresolved after a short pilot are then probed alone (``_hessian``: two phases).
    ``Omega = Tr/n * ||Q(W) - W||^2`` per candidate width (HAWQ-V3's objective), likewise for the
    input activation with its calibrated range.
 2. **Direct (ZeroQ)**. Lower only that layer's weight (or input activation) and measure the
@@ -35,7 +37,8 @@ from .fake_quant import A_BITS, W_BITS, quantize_activation, quantize_weight
 from .torch_graph import TorchGraph, load_torch_graph
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1
+CACHE_VERSION = 2   # 2: focused probes on the top layers after a whole-model pilot
+PILOT_PROBES = 32   # whole-model probes before the focused phase (they also rank the top layers)
 
 
 @dataclass
@@ -46,6 +49,8 @@ class Sensitivity:
     probes: int                                 # Hutchinson probes used
     samples: int
     top_layers: list = field(default_factory=list)     # where the spread target is checked
+    focused_layers: list = field(default_factory=list)  # top layers probed alone after the pilot
+    probes_per_layer: dict = field(default_factory=dict)  # name -> probes its weight trace is the mean of
     trace_w: dict = field(default_factory=dict)        # mean Hutchinson estimate of Tr(H_ll)
     trace_w_spread: dict = field(default_factory=dict)  # relative standard error of that mean
     trace_a: dict = field(default_factory=dict)
@@ -124,28 +129,48 @@ def hutchinson_traces(g: TorchGraph, inputs: dict, labels, probes: int, seed: in
     """``(w_rows, a_rows, taps)``: per probe, per layer, ``v_l^T (H v)_l`` for the weights and for
     the input activations (``probes x layers`` arrays); ``taps``: each layer's float input.
     Stops early, at a multiple of ``block`` probes, once ``enough(w_rows, a_rows)``."""
-    import torch
+    hvp = _HessianProbes(g, inputs, labels, seed)
+    w_rows, a_rows = hvp.rows(probes, enough=enough, block=block)
+    return w_rows, a_rows, hvp.taps
 
-    taps: dict = {}
-    with torch.no_grad():
-        ref = g.run(inputs, taps=taps)[0]
-    deltas = {n: torch.zeros_like(x, requires_grad=True) for n, x in taps.items()}
-    perturb = {n: (lambda x, d=d: x + d) for n, d in deltas.items()}
-    out = g.run(inputs, perturb=perturb)[0]
-    loss = _loss(out, ref, labels)
-    names = [layer.name for layer in g.layers]
-    leaves = [g.weights[n] for n in names] + [deltas[n] for n in names]
-    grads = torch.autograd.grad(loss, leaves, create_graph=True)
-    gen = torch.Generator().manual_seed(seed)
-    rows = []
-    for p in range(probes):
-        vs = [torch.randint(0, 2, t.shape, generator=gen).to(t.dtype) * 2 - 1 for t in leaves]
-        hv = torch.autograd.grad(grads, leaves, grad_outputs=vs, retain_graph=True)
-        rows.append([float((v * h).sum()) for v, h in zip(vs, hv)])
-        if (p + 1) % block == 0 and enough(np.array(rows)[:, : len(names)], np.array(rows)[:, len(names):]):
-            break
-    rows = np.array(rows)
-    return rows[:, : len(names)], rows[:, len(names):], {n: x.detach() for n, x in taps.items()}
+
+class _HessianProbes:
+    """The gradient graph of the loss, kept for Hessian-vector products with Rademacher probes.
+
+    ``rows(count, only=...)`` probes only the weights of the layers ``only`` (``v`` is zero on every
+    other block and on the activations): a layer's estimate then carries the cross terms
+    ``v_l^T H_lk v_k`` of those layers alone, not of the whole model -- on MobileNetV2 the
+    small layers' estimates are swamped by the big blocks' cross terms otherwise."""
+
+    def __init__(self, g: TorchGraph, inputs: dict, labels, seed: int):
+        import torch
+
+        taps: dict = {}
+        with torch.no_grad():
+            ref = g.run(inputs, taps=taps)[0]
+        deltas = {n: torch.zeros_like(x, requires_grad=True) for n, x in taps.items()}
+        out = g.run(inputs, perturb={n: (lambda x, d=d: x + d) for n, d in deltas.items()})[0]
+        self.names = [layer.name for layer in g.layers]
+        self.leaves = [g.weights[n] for n in self.names] + [deltas[n] for n in self.names]
+        self.grads = torch.autograd.grad(_loss(out, ref, labels), self.leaves, create_graph=True)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.taps = {n: x.detach() for n, x in taps.items()}
+
+    def rows(self, count: int, only=None, enough=lambda w_rows, a_rows: False, block: int = 16):
+        import torch
+
+        n = len(self.names)
+        live = set(range(2 * n)) if only is None else {int(i) for i in only}
+        rows = []
+        for p in range(count):
+            vs = [(torch.randint(0, 2, t.shape, generator=self.gen).to(t.dtype) * 2 - 1) if i in live
+                  else torch.zeros_like(t) for i, t in enumerate(self.leaves)]
+            hv = torch.autograd.grad(self.grads, self.leaves, grad_outputs=vs, retain_graph=True)
+            rows.append([float((v * h).sum()) if i in live else np.nan for i, (v, h) in enumerate(zip(vs, hv))])
+            if (p + 1) % block == 0 and enough(np.array(rows)[:, :n], np.array(rows)[:, n:]):
+                break
+        rows = np.array(rows).reshape(-1, 2 * n)
+        return rows[:, :n], rows[:, n:]
 
 
 def relative_spread(rows: np.ndarray) -> np.ndarray:
@@ -165,24 +190,51 @@ def top_layers(w_rows: np.ndarray, params: np.ndarray, share: float = 0.25) -> n
 
 def _hessian(g: TorchGraph, inputs: dict, labels, probes: int, s: Sensitivity, target_spread: float,
              seed: int = 0) -> None:
+    """Two phases. Whole-model probes (every layer's block at once, and the activations) until the
+    top layers are resolved or PILOT_PROBES are spent; then, for each top layer still unresolved,
+    probes on that layer's weights alone (no cross terms of other blocks), ``block`` at a time,
+    round robin over the layers not yet below ``target_spread``, until all are or ``probes`` HVPs
+    are spent in all; those layers' traces come from their focused probes only (the pilot's carry
+    the whole model's cross terms). Cost: the pilot plus what the unresolved top layers need, not
+    a probe per layer for all 53 of MobileNetV2's layers."""
+    block = 16
     import torch
 
     params = np.array([layer.params for layer in g.layers], dtype=np.float64)
 
-    def enough(w_rows, a_rows):
-        return bool(np.all(relative_spread(w_rows)[top_layers(w_rows, params)] < target_spread))
+    def resolved(w_rows, idx) -> bool:
+        return bool(np.all(relative_spread(w_rows[:, idx]) < target_spread))
 
-    w_rows, a_rows, taps = hutchinson_traces(g, inputs, labels, probes, seed, enough=enough)
-    s.probes = len(w_rows)
-    s.top_layers = [g.layers[i].name for i in top_layers(w_rows, params)]
-    w_spread, a_spread = relative_spread(w_rows), relative_spread(a_rows)
+    hvp = _HessianProbes(g, inputs, labels, seed)
+    w_rows, a_rows = hvp.rows(min(probes, PILOT_PROBES), enough=lambda w, a: resolved(w, top_layers(w, params)))
+    top = top_layers(w_rows, params)
+    focus = [int(i) for i in top if relative_spread(w_rows[:, [i]])[0] >= target_spread]
+    cols = [w_rows[:, i] for i in range(len(g.layers))]   # each layer's probe values
+    total = len(w_rows)
+    focused = {i: np.empty(0) for i in focus}
+    while total + block <= probes:  # round robin over the unresolved ones, one layer per HVP
+        todo = [i for i, c in focused.items() if len(c) < 2 or relative_spread(c[:, None])[0] >= target_spread]
+        if not todo:
+            break
+        for i in todo[: max(1, (probes - total) // block)]:
+            f_rows, _ = hvp.rows(block, only=[i])
+            focused[i] = np.concatenate([focused[i], f_rows[:, i]])
+            total += block
+    for i, c in focused.items():  # a focused layer's estimate: its focused probes only
+        if len(c):
+            cols[i] = c
+    s.focused_layers = [g.layers[i].name for i, c in focused.items() if len(c)]
+    s.probes = total
+    s.top_layers = [g.layers[i].name for i in top]
+    a_spread = relative_spread(a_rows)
     for i, layer in enumerate(g.layers):
         n = layer.name
         w = g.weights[n].detach()
-        x = taps[n]
+        x = hvp.taps[n]
         lo, hi = float(x.min()), float(x.max())
         s.act_range[n] = [lo, hi]
-        s.trace_w[n], s.trace_w_spread[n] = float(w_rows[:, i].mean()), float(w_spread[i])
+        s.probes_per_layer[n] = len(cols[i])
+        s.trace_w[n], s.trace_w_spread[n] = float(cols[i].mean()), float(relative_spread(cols[i][:, None])[0])
         s.trace_a[n], s.trace_a_spread[n] = float(a_rows[:, i].mean()), float(a_spread[i])
         with torch.no_grad():
             s.omega_w[n] = {str(b): max(s.trace_w[n], 0.0) / w.numel()
