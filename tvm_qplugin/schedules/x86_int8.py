@@ -82,8 +82,9 @@ class TensorizedRule:
         info = packed_info(func)
         if target.kind.name != "llvm" or info is None or info["rule"] != type(self).__name__:
             return None
-        if tunable:
-            return self.space(func, info)
+        if tunable:  # a rule without a design space (no ``space``) has nothing to tune
+            space = getattr(self, "space", None)
+            return space(func, info) if space is not None else None
         sch = s_tir_schedule.Schedule(func)
         self.schedule(sch, info)
         return sch.mod["main"]
@@ -92,9 +93,6 @@ class TensorizedRule:
         raise NotImplementedError
 
     def schedule(self, sch, info) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def space(self, func, info) -> list:  # pragma: no cover - interface
         raise NotImplementedError
 
 

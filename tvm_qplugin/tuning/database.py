@@ -135,6 +135,7 @@ class TuningDB:
         self.seen_traces: set[tuple[str, str]] = set()            # (key, trace) already stored
         self.default_us: dict[str, float] = {}                    # key -> default schedule's time
         self.verdicts: dict[str, bool] = {}                       # key -> best record faster, interleaved
+        self.verdict_best_us: dict[str, float] = {}               # key -> the best record's time then
         self.exhausted: set[str] = set()                          # the search had nothing new to try
         self.skipped_lines = 0
 
@@ -224,6 +225,7 @@ class TuningDB:
                 self.default_us[str(obj["workload"])] = float(obj["us"])
                 if "best_faster" in obj:  # the last line of a workload decides, verdict or not
                     self.verdicts[str(obj["workload"])] = bool(obj["best_faster"])
+                    self.verdict_best_us[str(obj["workload"])] = float(obj["best_us"])
                 else:
                     self.verdicts.pop(str(obj["workload"]), None)
             except (TypeError, KeyError, ValueError):
@@ -304,6 +306,7 @@ class TuningDB:
                                        "interleaved_rounds": rounds, "best_faster": best_us < default_us})
         self.default_us[key] = default_us
         self.verdicts[key] = best_us < default_us
+        self.verdict_best_us[key] = best_us
 
     def mark_exhausted(self, key: str, task: str) -> None:
         """MetaSchedule stopped before the budget (no new candidate in its space): a rerun, whatever
