@@ -114,3 +114,8 @@ class Conv2D1x1ChannelLanes(TensorizedRule):
         kb, _, j = sch.get_loops(sch.get_sblock("x_kp"))
         sch.parallel(kb)
         sch.unroll(j)  # kp values per pixel innermost: LLVM vectorizes the pixels into interleaving stores
+
+    def space(self, func, info):
+        from .x86_int8_space import conv_channel_lanes_space
+
+        return conv_channel_lanes_space(self, func, info)

@@ -76,10 +76,15 @@ class TensorizedRule:
             return None
         return self.pack_for(func, described[1], shapes, isa)
 
-    def apply(self, func: tvm.tirx.PrimFunc, target: tvm.target.Target):
+    def apply(self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, tunable: bool = False):
+        """The scheduled packed kernel; with ``tunable`` its design space instead: traced
+        schedules with sampled knobs (x86_int8_space.py; tuning/space.py runs them)."""
         info = packed_info(func)
         if target.kind.name != "llvm" or info is None or info["rule"] != type(self).__name__:
             return None
+        if tunable:  # a rule without a design space (no ``space``) has nothing to tune
+            space = getattr(self, "space", None)
+            return space(func, info) if space is not None else None
         sch = s_tir_schedule.Schedule(func)
         self.schedule(sch, info)
         return sch.mod["main"]
@@ -167,6 +172,11 @@ class DenseTensorized(TensorizedRule):
         ko, ki = sch.split(k, [None, isa.kp])
         sch.reorder(mb, no, mo, ko, mi, nr, ni, ki)
         _dense_tile_body(sch, acc, (mb, no, mo), ko, mi, nr, ni, isa, info["offset"])
+
+    def space(self, func, info):
+        from .x86_int8_space import dense_space
+
+        return dense_space(self, func, info)
 
 
 def _dense_tile_body(sch, acc, tile_loops, ko, mi, nr, ni, isa, offset: int) -> None:
@@ -313,6 +323,11 @@ class Conv2DTensorized(TensorizedRule):
         sch.tensorize(qi, dot_intrin(isa, "uint8" if isa.kp == 4 else "int16", "b", 0, info["acc_scope"]))
         sch.unroll(oi)
         sch.unroll(qr)
+
+    def space(self, func, info):
+        from .x86_int8_space import conv_pixel_lanes_space
+
+        return conv_pixel_lanes_space(self, func, info)
 
 
 # TVM puts a CPU buffer on the stack only if it is in the "global" scope and smaller than this

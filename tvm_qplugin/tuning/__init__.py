@@ -5,8 +5,10 @@ integer kernels and stores the verified ones in a database per board and ISA lev
 ``compile --tuning-db`` applies one (:mod:`.apply`). One module per concern, so that a new target
 adds a runner or a rule, not a new mechanism:
 
-* :mod:`.tasks`    -- integer kernels -> tuning tasks (workload = the normalised PrimFunc)
+* :mod:`.tasks`    -- integer kernels -> tuning tasks (workload = the normalised PrimFunc; prepacked
+  kernels as the packed one)
 * :mod:`.space`    -- design space: our tunable schedule rules, else MetaSchedule's default space
+* :mod:`.compare`  -- the end-of-task verdict: default schedule vs best record, timed interleaved
 * :mod:`.verify`   -- a candidate vs the op's NumPy twin, bit for bit
 * :mod:`.measure`  -- the measure callback that verifies before it stores
 * :mod:`.database` -- the JSON database on disk (append-only, forgiving reads, trial accounting)

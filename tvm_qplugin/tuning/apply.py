@@ -7,8 +7,10 @@ tuned for another board or ISA is refused with a one-line error, never applied s
 
 Application (:meth:`AppliedTuning.apply`): per integer kernel, MetaSchedule's
 ``Database.query_schedule`` on the kernel's workload (tasks.py) replays the best stored trace on
-the unscheduled kernel; the result replaces the kernel the default rules scheduled -- where the
-tune measured it faster than that default schedule (database.py ``defaults.jsonl``). Kernels
+the unscheduled kernel (for a prepacked kernel: on the packed one, in its tensorized rule's space);
+the result replaces the kernel the default rules scheduled -- where the tune measured it faster
+than that default schedule (database.py ``defaults.jsonl``: the interleaved verdict taken at the
+end of the task where there is one). Kernels
 without a record, or whose default schedule is faster, keep the default rule's schedule. Every kernel -- tuned or not -- then goes
 through compile's whole-model bit-exact check against the NumPy reference.
 """
@@ -25,6 +27,7 @@ from ..errors import QPluginError
 from ..ops import OPS, op_of
 from ..schedules.intrin_x86 import ISA_BY_NAME
 from ..schedules.packing import packed_info
+from ..schedules.x86_int8_space import register_intrinsics
 from .database import TuningDB
 from .isa import isa_key, shipped_db_dir
 from .tasks import workload_key, workload_of
@@ -41,7 +44,7 @@ class AppliedTuning:
     tuned: dict[str, str] = field(default_factory=dict)      # kernel name -> workload key
     untuned: list[str] = field(default_factory=list)         # integer kernels without a record
     default_faster: list[str] = field(default_factory=list)  # a record exists, the default schedule is faster
-    tensorized: dict[str, dict] = field(default_factory=dict)  # prepacked + hand-scheduled: name -> packed_info
+    tensorized: dict[str, dict] = field(default_factory=dict)  # prepacked kernels: name -> packed_info
 
     def apply(self, original: tvm.IRModule, scheduled: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
         """``scheduled`` with every integer kernel the database covers replaced by its tuned schedule
@@ -51,14 +54,17 @@ class AppliedTuning:
             described = op_of(func) if isinstance(func, tvm.tirx.PrimFunc) else None
             if described is None or not OPS[described[0]].integer_only:
                 continue
-            if packed_info(func) is not None:  # a tensorized rule owns it (and `tune` does not tune it)
-                self.tensorized[gv.name_hint] = packed_info(func)
-                continue
+            info = packed_info(func)
+            if info is not None:  # prepacked for a tensorized rule: its default schedule, or a record in its space
+                self.tensorized[gv.name_hint] = info
             sch = None
-            if self.db is not None:
+            if self.db is not None and self.db.best_run_us(workload_of(func)) is not None:
+                if info is not None:  # the record's trace names our intrinsics: register them first
+                    register_intrinsics(info, str(func.params[0].ty.dtype))
                 sch = self.db.memory.query_schedule(workload_of(func), target, workload_name="main")
             if sch is None:
-                self.untuned.append(gv.name_hint)
+                if info is None:  # a prepacked kernel without a record keeps its rule's default quietly
+                    self.untuned.append(gv.name_hint)
                 continue
             if not self._beats_default(workload_of(func)):
                 self.default_faster.append(gv.name_hint)
@@ -73,9 +79,13 @@ class AppliedTuning:
         return scheduled
 
     def _beats_default(self, workload: tvm.IRModule) -> bool:
-        """The best record is faster than compile's default schedule, as the tune measured both
-        (a database without that baseline is trusted)."""
-        baseline = self.db.default_us.get(workload_key(workload))
+        """The best record is faster than compile's default schedule: as the tune's interleaved
+        end-of-task comparison decided (tuner.py ``compare_default``), else as it measured both
+        apart (a database without any baseline is trusted)."""
+        key = workload_key(workload)
+        if key in self.db.verdicts:
+            return self.db.verdicts[key]
+        baseline = self.db.default_us.get(key)
         best = self.db.best_run_us(workload)
         return baseline is None or best is None or best < baseline
 
@@ -111,14 +121,14 @@ class AppliedTuning:
 
     def _kernel_source(self, name: str | None) -> dict:
         db = self.db
+        if name in self.tuned:
+            return {"source": "tensorir-tuned", "why": f"MetaSchedule record in {db.path}"}
         if name in self.tensorized:
             info = self.tensorized[name]
             isa = ISA_BY_NAME.get(info.get("isa", ""))
             on = f" on {isa.mnemonic} ({isa.name})" if isa is not None else ""
             return {"source": "tensorir-default", "why": f"weights prepacked, scheduled by the {info['rule']} rule{on} "
                     f"({_rule_file(info['rule'])})"}
-        if name in self.tuned:
-            return {"source": "tensorir-tuned", "why": f"MetaSchedule record in {db.path}"}
         if name in self.default_faster:
             return {"source": "tensorir-default", "why": f"the default schedule measured faster than the best "
                     f"record in {db.path}"}

@@ -13,7 +13,10 @@ A database folder holds
   space ran out before its budget (an elementwise kernel has a handful of schedules);
 * ``defaults.jsonl`` -- per workload, the time of the schedule compile uses without a database
   (our default rule, or the unscheduled kernel), measured the same way: compile applies a record
-  only where it is faster than that (apply.py), so a database never slows a kernel down.
+  only where it is faster than that (apply.py), so a database never slows a kernel down. A line
+  with ``best_us`` / ``best_faster`` is the verdict of the interleaved comparison at the end of a
+  task (default and best record timed alternately, medians: tuner.py); it overrides the times
+  measured apart, which under load once let a record 4.1x slower than the default be applied.
 
 Why our own I/O rather than ``JSONDatabase``: it parses every line or fails as a whole, so one
 record cut short by a SIGKILL would make the whole database unreadable. Here every line is
@@ -44,6 +47,18 @@ META = "tuning.json"
 REJECTED = "rejected.jsonl"
 DEFAULTS = "defaults.jsonl"
 FORMAT = "tvm-qplugin-tuning/1"
+
+
+def _register_intrinsics_of(mod: tvm.IRModule) -> None:
+    """A record of a prepacked kernel's space names our tensor intrinsics, and reading it replays
+    its trace: register them first (schedules/x86_int8_space.py)."""
+    from ..schedules.packing import packed_info
+    from ..schedules.x86_int8_space import register_intrinsics
+
+    func = mod["main"]
+    info = packed_info(func)
+    if info is not None:
+        register_intrinsics(info, str(func.params[0].ty.dtype))
 
 
 class TuningDBError(QPluginError, ValueError):
@@ -119,6 +134,8 @@ class TuningDB:
         self.rejected_wrong: Counter = Counter()                  # key -> failed the reference check
         self.seen_traces: set[tuple[str, str]] = set()            # (key, trace) already stored
         self.default_us: dict[str, float] = {}                    # key -> default schedule's time
+        self.verdicts: dict[str, bool] = {}                       # key -> best record faster, interleaved
+        self.verdict_best_us: dict[str, float] = {}               # key -> the best record's time then
         self.exhausted: set[str] = set()                          # the search had nothing new to try
         self.skipped_lines = 0
 
@@ -181,6 +198,7 @@ class TuningDB:
                 continue
             by_line[index] = wl
             self.workloads[workload_key(wl.mod)] = (index, self.memory.commit_workload(wl.mod))
+            _register_intrinsics_of(wl.mod)
         keys = {index: workload_key(wl.mod) for index, wl in by_line.items()}
         for n, obj in _lines(self.path / RECORDS):
             try:
@@ -205,6 +223,11 @@ class TuningDB:
         for n, obj in _lines(self.path / DEFAULTS):
             try:
                 self.default_us[str(obj["workload"])] = float(obj["us"])
+                if "best_faster" in obj:  # the last line of a workload decides, verdict or not
+                    self.verdicts[str(obj["workload"])] = bool(obj["best_faster"])
+                    self.verdict_best_us[str(obj["workload"])] = float(obj["best_us"])
+                else:
+                    self.verdicts.pop(str(obj["workload"]), None)
             except (TypeError, KeyError, ValueError):
                 self._skip(DEFAULTS, n, "default-time")
 
@@ -274,6 +297,16 @@ class TuningDB:
         """The time of the schedule compile would use for ``key`` without this database."""
         _append(self.path / DEFAULTS, {"workload": key, "us": us, "schedule": schedule})
         self.default_us[key] = us
+
+    def record_verdict(self, key: str, default_us: float, best_us: float, rounds: int, schedule: str) -> None:
+        """The interleaved comparison of the default schedule and the best record (medians of
+        ``rounds``): compile applies the record only if ``best_faster``."""
+        default_us, best_us = float(default_us), float(best_us)
+        _append(self.path / DEFAULTS, {"workload": key, "us": default_us, "schedule": schedule, "best_us": best_us,
+                                       "interleaved_rounds": rounds, "best_faster": best_us < default_us})
+        self.default_us[key] = default_us
+        self.verdicts[key] = best_us < default_us
+        self.verdict_best_us[key] = best_us
 
     def mark_exhausted(self, key: str, task: str) -> None:
         """MetaSchedule stopped before the budget (no new candidate in its space): a rerun, whatever

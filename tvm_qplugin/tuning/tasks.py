@@ -5,6 +5,12 @@ IRModule with one ``main`` (structural hash -- shapes, dtypes, and the ``qplugin
 two layers with the same shapes and parameters share one task and one record). Each task keeps
 the constant arguments of its first call site (weights, bias, multipliers, shifts): the verifier
 runs candidates on the model's real constants and random activations (verify.py).
+
+Kernels the build prepacks and tensorizes (schedules/packing.py) are tasks too, as the *packed*
+kernel compile builds -- its PrimFunc, hence its workload, is the one compile's ``query_schedule``
+looks up -- in the design space of the rule that packed it (``tunable=True``). Their task keeps
+the plain constants (the NumPy twin's arguments) and the :class:`Packing` that turns them into the
+packed kernel's arguments.
 """
 from __future__ import annotations
 
@@ -48,6 +54,8 @@ class KernelTask:
     constants: list[np.ndarray | None]   # per input argument: the call site's constant, None for activations
     calls: int = 1                  # call sites sharing this workload (its weight in the model)
     layers: list[str] = field(default_factory=list)
+    plain: tvm.tirx.PrimFunc | None = None   # a packed task: the unpacked kernel the NumPy twin describes
+    packing: object | None = None            # ... and its schedules.packing.Packing (plain -> packed arguments)
 
     @property
     def workload(self) -> tvm.IRModule:
@@ -58,8 +66,8 @@ class KernelTask:
         return workload_key(self.workload)
 
     def describe(self) -> str:
-        shapes = ", ".join("x".join(str(d) for d in a.shape) for a in arg_infos(self.func)[:-1])
-        return f"{self.name} [{shapes}]"
+        shapes = ", ".join("x".join(str(d) for d in a.shape) for a in arg_infos(self.plain or self.func)[:-1])
+        return f"{self.name} [{shapes}]" + (" (packed)" if self.packing is not None else "")
 
 
 def _call_sites(mod: tvm.IRModule):
@@ -78,28 +86,42 @@ def _call_sites(mod: tvm.IRModule):
         yield from found
 
 
+def _rule_has_space(packed: tvm.tirx.PrimFunc) -> bool:
+    """The rule that packed this kernel returns a design space with ``tunable=True``."""
+    from ..schedules import RULES
+    from ..schedules.packing import packed_info
+
+    rule = packed_info(packed)["rule"]
+    return any(type(r).__name__ == rule and hasattr(r, "space") for r in RULES)
+
+
 def extract_tasks(mod: tvm.IRModule, target: tvm.target.Target | None = None) -> list[KernelTask]:
     """The integer kernels of ``mod`` worth tuning, one task per distinct workload, in call order.
 
     Boundary kernels (entry quantize, exit dequantize: float arithmetic) are left to the default
     rules: they are not integer kernels and cost one pass over the input/output. With ``target``,
-    kernels the build prepacks and tensorizes for it (schedules/packing.py) are left out too: the
-    compiled kernel is not the plain one a record would describe, and MetaSchedule's default space
-    has no int8 dot-product tensorization to beat it with (the seam for that is ``tunable=True``).
+    kernels the build prepacks for it (schedules/packing.py) are tuned as the packed kernel, in
+    their tensorized rule's space (module doc); those whose rule has no space (depthwise, the GELU
+    table) keep their default schedule and are no task.
     """
     from ..schedules.packing import packing_plan
 
-    packed = set(packing_plan(mod, target)) if target is not None else set()
+    packed = packing_plan(mod, target) if target is not None else {}
     tasks: dict[str, KernelTask] = {}
     for gvar, args in _call_sites(mod):
         func = mod[gvar]
         described = op_of(func) if isinstance(func, tvm.tirx.PrimFunc) else None
-        if described is None or not OPS[described[0]].integer_only or gvar.name_hint in packed:
+        if described is None or not OPS[described[0]].integer_only:
             continue
-        key = workload_key(workload_of(func))
+        packing = packed.get(gvar.name_hint)
+        if packing is not None and not _rule_has_space(packing.func):
+            continue  # prepacked for a rule without a design space: nothing MetaSchedule can search
+        tuned = packing.func if packing is not None else func
+        key = workload_key(workload_of(tuned))
         if key in tasks:
             tasks[key].calls += 1
             continue
         constants = [a.value.numpy() if isinstance(a, tvm.ir.GenericConst) else None for a in args]
-        tasks[key] = KernelTask(gvar.name_hint, described[0], described[1], func, constants)
+        tasks[key] = KernelTask(gvar.name_hint, described[0], described[1], tuned, constants,
+                                plain=func if packing is not None else None, packing=packing)
     return list(tasks.values())

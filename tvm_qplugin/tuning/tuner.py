@@ -3,8 +3,10 @@
 Per task (tasks.py), in call order: trials already in the database (stored or rejected) count
 against ``--trials``; the rest are searched with MetaSchedule's evolutionary search and XGBoost
 cost model in the task's design space (space.py), built here (runners.py), timed locally or on
-the RPC boards, checked against the NumPy twin and stored (measure.py, database.py). A task whose
-budget is spent is not touched again: a killed tune resumes where it stopped.
+the RPC boards, checked against the NumPy twin and stored (measure.py, database.py). At the end of
+the task the best record and compile's default schedule are timed interleaved (compare.py): that
+verdict decides whether compile applies the record. A task whose budget is spent is not touched
+again: a killed tune resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from tvm.s_tir import meta_schedule as ms
 from ..errors import QPluginError
 from ..targets import get_board
 from .database import DBInfo, TuningDB
+from .compare import compare_default
 from .isa import default_db_dir, isa_key, restrict_target, with_num_cores
 from .measure import VerifyAndCommit
 from .runners import InProcessBuilder, RemoteDevice, local_runner, rpc_runner
@@ -190,6 +193,12 @@ def _tune_task(task, index, count, tdb, target, trials, per_iter, seed, builder,
     if tdb.trials_done(task.key) < trials:
         tdb.mark_exhausted(task.key, task.name)
         say(f"{head} {task.name}: search space exhausted after {tdb.trials_done(task.key)} trials")
+    if remote is None:  # on an RPC board the tune's own measurements stand (timed there, alike)
+        decided = compare_default(task, tdb, target, check.cases[0], check.out_info)
+        if decided is not None:
+            d_us, b_us = decided
+            say(f"{head} {task.name}: interleaved, default {d_us:.2f} us vs best record {b_us:.2f} us: "
+                f"{'record applied' if b_us < d_us else 'default kept'}")
     return _summary(task, space_name, tdb)
 
 

@@ -10,6 +10,9 @@ the kernel's ``qplugin.params``:
 * activations are random over their dtype's whole range, and a second case holds only the dtype
   extremes and zero (where saturating instructions such as ``vpmaddubsw`` go wrong).
 
+A packed task (tasks.py) draws its cases on the plain kernel's arguments -- what the twin reads --
+and runs the candidate on them packed as compile packs them (``packing.pack_call_args``).
+
 A case the *unscheduled* kernel itself fails (an op whose TE definition assumes a narrower input
 range than its dtype) is dropped at task start (:meth:`KernelCheck.keep_cases_passing`): the check
 compares a candidate with what the default build computes on the inputs the model can produce.
@@ -52,15 +55,20 @@ class KernelCheck:
 
     def __init__(self, task: KernelTask, seed: int = 0):
         rng = np.random.default_rng(seed)
-        infos = arg_infos(task.func)
+        infos = arg_infos(task.plain or task.func)
         self.op = task.op
         self.out_info = infos[-1]
-        self.cases: list[list[np.ndarray]] = []
+        plain_cases = []
         for extremes in (False, True):
-            self.cases.append([c if c is not None else _activation(info, rng, extremes)
-                               for c, info in zip(task.constants, infos[:-1])])
+            plain_cases.append([c if c is not None else _activation(info, rng, extremes)
+                                for c, info in zip(task.constants, infos[:-1])])
         reference = OPS[task.op].reference
-        self.expected = [np.asarray(reference(*case, **task.params)) for case in self.cases]
+        self.expected = [np.asarray(reference(*case, **task.params)) for case in plain_cases]
+        self.cases: list[list[np.ndarray]] = plain_cases  # as the tuned kernel takes them
+        if task.packing is not None:
+            from ..schedules.packing import pack_call_args
+
+            self.cases = [pack_call_args(case, task.packing) for case in plain_cases]
 
     def mismatch(self, run: Run) -> str | None:
         """None when ``run`` reproduces every case bit for bit, else where it first differs."""
