@@ -18,10 +18,27 @@ def digits():
     return digits_split()
 
 
+@pytest.fixture(scope="module")
+def vit(digits):
+    """``vit(**options)``: the digits ViT compiled with ``options`` on one calibration / evaluation
+    split, each set of options once per module (the papers' forms test compares with the ivit
+    build the variant test made)."""
+    x_train, _, x_test, _ = digits
+    built = {}
+
+    def compiled(**options):
+        key = tuple(sorted(options.items()))
+        if key not in built:
+            built[key] = tq.compile(VIT, calib={"input": x_train[:256]}, eval={"input": x_test}, **options)
+        return built[key]
+
+    return compiled
+
+
 @pytest.mark.parametrize("variant", ["ivit", "ibert", "division-free"])
-def test_digits_vit_integer_only_and_accurate(digits, variant):
-    x_train, _, x_test, y_test = digits
-    art = tq.compile(VIT, calib={"input": x_train[:256]}, eval={"input": x_test}, nonlinear=variant)
+def test_digits_vit_integer_only_and_accurate(digits, vit, variant):
+    _, _, x_test, y_test = digits
+    art = vit(nonlinear=variant)
     r = art.report
     assert r["integer_only"] and r["float_ops"] == 0, r["allowed_float_ops"]
     assert r["bit_exact"] and r["bit_exact_inputs"] >= 16
@@ -51,15 +68,13 @@ def test_unsupported_attention_form_is_named(tmp_path):
         tq.compile(p, calib={"x": np.random.default_rng(0).normal(size=(4, 4, 8)).astype(np.float32)})
 
 
-def test_papers_forms_selectable_and_recorded(digits):
+def test_papers_forms_selectable_and_recorded(vit):
     """--gelu paper --softmax-bits 8 take the papers' forms (x sigma(1.702 x), uint8 probabilities)
     in our arithmetic -- not the papers' integers, that is --nonlinear ivit-paper / ibert-paper
     (tests/test_paper_nonlinears.py): still integer-only and bit-exact; the report records the
-    choice; the default forms are more exact."""
-    x_train, _, x_test, _ = digits
-    kw = dict(calib={"input": x_train[:128]}, eval={"input": x_test[:64]}, timing_runs=1)
-    paper = tq.compile(VIT, gelu="paper", softmax_bits=8, **kw)
-    default = tq.compile(VIT, **kw)
+    choice; the default forms (ivit, tanh GELU, 16-bit softmax) are more exact."""
+    paper = vit(nonlinear="ivit", gelu="paper", softmax_bits=8)
+    default = vit(nonlinear="ivit")
     assert paper.report["gelu"] == "paper" and paper.report["softmax_bits"] == 8 and default.report["gelu"] == "tanh"
     assert paper.report["integer_only"] and paper.report["bit_exact"]
 
