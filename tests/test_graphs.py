@@ -108,6 +108,24 @@ def build(spec: dict, path: Path) -> tuple[Path, int]:
 @given(spec=graph_specs())
 def test_random_graph_integer_only_and_bit_exact(spec):
     note(f"spec = {spec}")
+    _check_graph(spec)
+
+
+def test_graph_whose_relu_no_calibration_sample_passes_keeps_the_next_bias():
+    """Found by the property test: every value after the second ReLU is 0 on the calibration data, so
+    the last conv's output is its bias alone. The dead tensor's scale used to be floored at 1e-8, the
+    bias quantized at that scale overflowed int32 and was clipped: outputs 600x too small."""
+    _check_graph({"input": (1, 3, 7, 9), "head": None, "seed": 58832, "layers": [
+        {"op": "maxpool", "k": 2, "s": 2, "pads": (0, 0, 0, 0), "ceil": False},
+        {"op": "conv", "k": 1, "s": 2, "pads": (0, 0, 0, 0), "groups": 3, "out": 3, "bn": False, "act": "relu6",
+         "residual": False, "act_after_add": False},
+        {"op": "conv", "k": 1, "s": 2, "pads": (0, 0, 0, 0), "groups": 3, "out": 3, "bn": False, "act": "relu",
+         "residual": False, "act_after_add": False},
+        {"op": "conv", "k": 1, "s": 1, "pads": (0, 0, 0, 0), "groups": 3, "out": 3, "bn": False, "act": None,
+         "residual": False, "act_after_add": False}]})
+
+
+def _check_graph(spec):
     rng = np.random.default_rng(spec["seed"] + 1)
     shape = spec["input"]
     calib = rng.standard_normal((8, *shape[1:])).astype(np.float32)

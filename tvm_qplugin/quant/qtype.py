@@ -67,7 +67,12 @@ class QType:
     @classmethod
     def for_range(cls, lo: float, hi: float, nonneg: bool, bits: int = 8) -> "QType":
         """Symmetric type covering ``[lo, hi]``; unsigned when ``nonneg`` (known ``>= 0``)."""
-        amax = max(abs(lo), abs(hi), 1e-8)
+        amax = max(abs(lo), abs(hi))
+        # A range calibration never opened (a ReLU no sample gets through: exactly 0) carries no scale.
+        # A 1e-8 floor made the scale so small that a consumer's bias, quantized at input x weight
+        # scale, overflowed int32 and was clipped (a constant output off by 600x); a unit range keeps
+        # every consumer's bias representable and still quantizes 0 exactly.
+        amax = 1.0 if amax == 0 else max(amax, 1e-8)
         if bits == 8:
             dtype = "uint8" if nonneg else "int8"
             return cls(dtype, amax / qrange(dtype)[1])
