@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import one_torch_thread
 from tests.onnx_builders import OnnxGraph
 from tvm_qplugin.errors import CalibrationError
 from tvm_qplugin.mixed.distill import distill
@@ -20,12 +21,8 @@ def _unfolded_model(tmp_path):
 
 def test_distilled_inputs_match_the_batchnorm_statistics(tmp_path):
     path = _unfolded_model(tmp_path)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         d = distill(path, samples=16, iterations=150, lr=0.1)
-    finally:
-        torch.set_num_threads(threads)
     x = d.arrays["x"]
     assert x.shape == (16, 3, 8, 8) and x.dtype == np.float32
     assert d.bn_loss_end < d.bn_loss_start / 20, (d.bn_loss_start, d.bn_loss_end)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from tests.onnx_builders import OnnxGraph
 from tests.test_mixed_sensitivity import _exact_block_traces
@@ -16,12 +15,7 @@ from tvm_qplugin.mixed.sensitivity import PILOT_PROBES, _HessianProbes, relative
 from tvm_qplugin.mixed.torch_graph import load_torch_graph
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def _small_then_big(tmp_path):

@@ -4,8 +4,8 @@ digits CNN (labelled, cheap); MobileNetV2's real-compile acceptance is the exten
 from __future__ import annotations
 
 import pytest
-import torch
 
+from conftest import one_torch_thread
 from qplugin_zoo.digits import digits_cnn_onnx, digits_split
 from tvm_qplugin.errors import QPluginError
 from tvm_qplugin.mixed.ilp import Plan
@@ -19,14 +19,12 @@ SETTINGS = {"samples": 32, "probes": 256}
 
 @pytest.fixture(scope="module")
 def digits():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny graph: one thread is faster on the loaded 2-core machine
-    x_train, y_train = digits_split()[:2]
-    path = digits_cnn_onnx()
-    calib, labels = {"input": x_train[:128]}, y_train[:128]
-    sens = sensitivity(path, calib, labels, **SETTINGS)
-    yield path, calib, labels, sens
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        x_train, y_train = digits_split()[:2]
+        path = digits_cnn_onnx()
+        calib, labels = {"input": x_train[:128]}, y_train[:128]
+        sens = sensitivity(path, calib, labels, **SETTINGS)
+        yield path, calib, labels, sens
 
 
 def _midway(path, sens) -> float:

@@ -15,13 +15,7 @@ from tvm_qplugin.mixed.sensitivity import hutchinson_traces, relative_spread, se
 from tvm_qplugin.mixed.torch_graph import load_torch_graph
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny graphs: one thread is several times faster than two on a loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def _every_op_graph(tmp_path):
