@@ -27,7 +27,6 @@ from ..errors import QPluginError
 from ..ops import OPS, op_of
 from ..schedules.intrin_x86 import ISA_BY_NAME
 from ..schedules.packing import packed_info
-from ..schedules.x86_int8_space import register_intrinsics
 from .database import TuningDB
 from .isa import isa_key, shipped_db_dir
 from .tasks import workload_key, workload_of
@@ -59,8 +58,6 @@ class AppliedTuning:
                 self.tensorized[gv.name_hint] = info
             sch = None
             if self.db is not None and self.db.best_run_us(workload_of(func)) is not None:
-                if info is not None:  # the record's trace names our intrinsics: register them first
-                    register_intrinsics(info, str(func.params[0].ty.dtype))
                 sch = self.db.memory.query_schedule(workload_of(func), target, workload_name="main")
             if sch is None:
                 if info is None:  # a prepacked kernel without a record keeps its rule's default quietly

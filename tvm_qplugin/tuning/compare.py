@@ -14,8 +14,6 @@ import statistics
 import tvm
 
 from ..schedules import apply_default_schedules
-from ..schedules.packing import packed_info
-from ..schedules.x86_int8_space import register_intrinsics
 from .database import TuningDB
 from .tasks import KernelTask
 
@@ -31,10 +29,8 @@ def _fresh(mod: tvm.IRModule) -> tvm.IRModule:
 
 
 def built_best(task: KernelTask, tdb: TuningDB, target: tvm.target.Target):
-    """The best stored record of ``task`` replayed and built, or None."""
-    info = packed_info(task.func)
-    if info is not None:
-        register_intrinsics(info, str(task.func.params[0].ty.dtype))
+    """The best stored record of ``task`` replayed and built, or None (the database registered the
+    intrinsics a packed kernel's trace names when the workload entered it)."""
     sch = tdb.memory.query_schedule(_fresh(task.workload), target, workload_name="main")
     return None if sch is None else tvm.compile(sch.mod, target=target)
 

@@ -51,7 +51,8 @@ FORMAT = "tvm-qplugin-tuning/1"
 
 def _register_intrinsics_of(mod: tvm.IRModule) -> None:
     """A record of a prepacked kernel's space names our tensor intrinsics, and reading it replays
-    its trace: register them first (schedules/x86_int8_space.py)."""
+    its trace: register them first (schedules/x86_int8_space.py). Called wherever a workload enters
+    the database (read from disk or added by a tune), so every ``query_schedule`` on it replays."""
     from ..schedules.packing import packed_info
     from ..schedules.x86_int8_space import register_intrinsics
 
@@ -274,6 +275,7 @@ class TuningDB:
         key = workload_key(mod)
         if key not in self.workloads:
             wl = self.memory.commit_workload(mod)
+            _register_intrinsics_of(mod)
             index = sum(1 for _ in _lines(self.path / WORKLOADS))
             _append(self.path / WORKLOADS, wl.as_json())
             self.workloads[key] = (index, wl)
