@@ -240,7 +240,7 @@ def cmd_tune(a) -> int:
     for t in res.tasks:
         print(f"  {t.line(res.trials)}" + (f"  [not tuned: {t.skipped}]" if t.skipped else ""))
     use = (f"TVM_QPLUGIN_SCHEDULES={res.db.parent.parent} tvm-qplugin compile {a.model} --target {res.board} ..."
-           if getattr(res.tasks[0] if res.tasks else None, "qemu", False)   # the C package's kernels (tune_qemu.py)
+           if res.c_package   # the C package's kernels (tune_qemu.py): export's kernel choice finds them
            else f"tvm-qplugin compile {a.model} --target {res.board} --tuning-db {res.db} ...")
     print(f"use it       {use}")
     return 0

@@ -42,8 +42,6 @@ log = logging.getLogger(__name__)
 class QemuTaskSummary(TaskSummary):
     """A task's line in instructions (the qemu runner's measure), not microseconds."""
 
-    qemu = True   # its records serve the C package's kernel choice, found through the schedules search path
-
     def line(self, budget: int) -> str:
         best = (f"best {self.best_us * 1e3:.0f} instructions" if self.best_us is not None
                 else "no valid candidate yet")
@@ -99,7 +97,7 @@ def tune_tir_qemu(imod, board, trials: int, db=None, per_iter: int = 8, seed: in
         if _shape_key(s) not in seen:
             seen.add(_shape_key(s))
             steps.append(s)
-    result = TuneResult(folder, board.name, key, trials)
+    result = TuneResult(folder, board.name, key, trials, c_package=True)
     say(f"{len(steps)} TIR kernel(s), {trials} trials each, for {board.name} / {key} under qemu; database {folder}")
     for i, s in enumerate(steps):
         sp = step_spec(s)

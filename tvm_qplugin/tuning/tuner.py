@@ -60,6 +60,8 @@ class TuneResult:
     isa: str
     trials: int                                  # per-task budget
     tasks: list[TaskSummary] = field(default_factory=list)
+    c_package: bool = False   # records of the C package's kernels (tune_qemu.py): found through the schedules
+                              # search path by export's kernel choice, not applied by compile --tuning-db
 
     @property
     def rejected_wrong(self) -> int:
