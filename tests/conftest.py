@@ -1,8 +1,6 @@
 """Shared fixtures. Tests never skip for a missing tool: `make test` installs everything."""
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 import tvm
@@ -13,22 +11,11 @@ def host_target() -> tvm.target.Target:
     return tvm.target.Target.from_device(tvm.cpu())
 
 
-@contextlib.contextmanager
-def one_torch_thread():
-    """Tiny graphs: one torch thread is several times faster than two on a loaded 2-core machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def single_torch_thread():
-    """:func:`one_torch_thread` around a test (``pytest.mark.usefixtures("single_torch_thread")``)."""
+    """mixed/torch_graph.py's :func:`one_torch_thread` around a test (``pytest.mark.usefixtures("single_torch_thread")``)."""
+    from tvm_qplugin.mixed.torch_graph import one_torch_thread
+
     with one_torch_thread():
         yield
 

@@ -5,11 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import one_torch_thread
 from tests.onnx_builders import OnnxGraph
 from tvm_qplugin.errors import CalibrationError
 from tvm_qplugin.mixed.distill import distill
-from tvm_qplugin.mixed.torch_graph import load_torch_graph
+from tvm_qplugin.mixed.torch_graph import load_torch_graph, one_torch_thread
 
 
 def _unfolded_model(tmp_path):

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import one_torch_thread
 from qplugin_zoo.digits import digits_cnn_onnx, digits_split
 from tvm_qplugin.errors import QPluginError
 from tvm_qplugin.mixed.ilp import Plan
 from tvm_qplugin.mixed.plan import METHODS, build_problem, choose_by_held_out, plan_model
 from tvm_qplugin.mixed.sensitivity import sensitivity
 from tvm_qplugin.mixed.simulate import simulated_outputs, top1
-from tvm_qplugin.mixed.torch_graph import load_torch_graph
+from tvm_qplugin.mixed.torch_graph import load_torch_graph, one_torch_thread
 
 SETTINGS = {"samples": 32, "probes": 256}
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CalibrationError
-from .torch_graph import load_torch_graph
+from .torch_graph import load_torch_graph, one_torch_thread
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +122,7 @@ def distill(model: str | Path, samples: int = DEFAULT_SAMPLES, iterations: int =
         raise CalibrationError(f"--calib distill: input {name!r} of {model} has a dynamic shape {shape}; pass "
                                "--input-shape NAME=D1,D2,...")
     layout = input_box[2] if input_box is not None else "NCHW"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as sensitivity.py: small per-op work, one thread beats two on this shared box
-    try:
+    with one_torch_thread():
         gen = torch.Generator().manual_seed(seed)
         weights = {k: w.detach() for k, w in g.weights.items()}
         lo = hi = None
@@ -140,8 +138,6 @@ def distill(model: str | Path, samples: int = DEFAULT_SAMPLES, iterations: int =
             x = stage.run(_resize(x, shape, layout), fine_iterations, lr / 2)
         with torch.no_grad():
             end = float(bn_loss(g, {name: x}, weights))
-    finally:
-        torch.set_num_threads(threads)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     log.info("distilled %d inputs in %.1f s (%.1f CPU-s; %d steps at %s%s): BN-statistics loss %.4g -> %.4g",
              samples, seconds, cpu, iterations, small or shape,

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .fake_quant import A_BITS, W_BITS, quantize_activation, quantize_weight
-from .torch_graph import TorchGraph, load_torch_graph
+from .torch_graph import TorchGraph, load_torch_graph, one_torch_thread
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 2   # 2: focused probes on the top layers after a whole-model pilot
@@ -93,13 +93,9 @@ def sensitivity(model: str | Path, calib: dict, labels: np.ndarray | None = None
     import torch
 
     torch.manual_seed(seed)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small per-op work: one thread is several times faster than two here
-    try:
+    with one_torch_thread():
         g = load_torch_graph(model)
         s = _measure(g, calib, labels, probes, samples, seed, direct, target_spread)
-    finally:
-        torch.set_num_threads(threads)
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")

@@ -13,6 +13,7 @@ input activation (HAWQ activation traces, ZeroQ's direct measure) or read it.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,20 @@ LAYER_OPS = ("Conv", "Gemm", "MatMul")
 # holds for the other (ilp.activation_ties)
 PASSTHROUGH_OPS = ("Relu", "Clip", "MaxPool", "Reshape", "Flatten", "Identity", "Transpose", "Squeeze", "Unsqueeze")
 JOIN_OPS = ("Add", "Concat", "Sub", "Mul")
+
+
+@contextmanager
+def one_torch_thread():
+    """Torch on one thread for the block: the graphs' per-op work is small, and one thread is
+    several times faster than two on a shared 2-core machine (Hessian traces, input synthesis)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)
