@@ -53,7 +53,7 @@ def test_cuda_tutorial_prints_what_it_promises(compiled):
 
 def test_cuda_compile_saves_the_gpu_library_and_its_dp4a_ptx(compiled):
     _, out, rep, _ = compiled
-    assert {p.name for p in (out / "cuda").iterdir()} == {"model.so", "kernels.cu", "kernels.ptx"}
+    assert {p.name for p in (out / "cuda").iterdir()} == {"model.so", "kernels.cu", "kernels.ptx", "check.npz"}
     cuda = rep["cuda"]
     assert cuda["board"] == "nvidia-t4" and cuda["arch"] == "sm_75"
     entries = split_ptx((out / "cuda" / "kernels.ptx").read_text())
@@ -78,6 +78,40 @@ def test_cuda_report_names_each_layers_kernel_and_says_what_ran(compiled):
         assert rep["cuda"]["bit_exact"] is None and rep["cuda"]["device"] is None
         assert "no CUDA GPU" in rep["cuda"]["why"] and rep["latency_ms"] is None
         assert "not run (no CUDA GPU" in stdout
+
+
+def test_cuda_check_bundle_holds_real_samples_and_the_reference_outputs(compiled):
+    """OUT/cuda/check.npz is what the GPU machine compares against: its outputs must be the NumPy
+    reference's for its inputs, which the host build reproduces bit for bit."""
+    import tvm_qplugin as tq
+    from tvm_qplugin.bitexact import first_difference
+    from tvm_qplugin.cuda_device_check import load_check_bundle
+
+    _, out, rep, _ = compiled
+    function, samples = load_check_bundle(out / "cuda" / "check.npz")
+    art = tq.load(out)
+    assert function == art.integer_function and samples
+    assert sum(len(inputs[0]) for inputs, _ in samples) >= rep["bit_exact_inputs"] > 0
+    for inputs, want in samples:
+        assert [a.dtype for a in inputs] == [np.dtype(s.qtype.dtype) for s in art.inputs]
+        for got, expected in zip(art.run_integer(inputs), want):
+            assert first_difference(got, expected) is None
+
+
+def test_device_check_runs_the_bundle_on_the_gpu_or_says_why_not(compiled, capsys):
+    from tvm_qplugin.cuda_device_check import RESULT, main
+
+    _, out, _, _ = compiled
+    code = main([str(out / "cuda"), "--runs", "3"])
+    err = capsys.readouterr().err.strip()
+    if GPU:
+        assert code == 0, err
+        res = json.loads((out / "cuda" / RESULT).read_text())
+        assert res["bit_exact"] and res["latency_ms"]["median"] > 0
+    else:
+        assert code == 2 and err.count("\n") == 0 and "no CUDA device" in err, err
+    assert main([str(out)]) == 2  # the artifact root, not its cuda/ directory: no bundle there
+    assert "check.npz not found" in capsys.readouterr().err
 
 
 def test_cuda_target_refuses_x86_only_options_before_any_work(data, tmp_path):

@@ -160,10 +160,10 @@ class Artifact:
             (tmp / "report.json").write_text(json.dumps(self.report, indent=2, default=_json_default))
             if self.c_package is not None:  # MCU targets: the standalone C package
                 shutil.copytree(self.c_package, tmp / "c", ignore=shutil.ignore_patterns("build*", "*.o", "*.elf"))
-            if self.cuda_build is not None:  # NVIDIA targets: the GPU library, its CUDA C and PTX
+            if self.cuda_build is not None:  # NVIDIA targets: the GPU library, its CUDA C and PTX, check.npz
                 from .compile_cuda import save_cuda_build
 
-                save_cuda_build(self.cuda_build, tmp / "cuda")
+                save_cuda_build(self.cuda_build, tmp / "cuda", self.integer_function)
             write_manifest(tmp)
             _install(tmp, outdir)
         except BaseException as e:

@@ -58,6 +58,7 @@ class CudaBuild:
     integer_only: IntegerOnlyReport       # passes/verify.py's report, TIR level on these kernels
     kernel_ptx: dict[str, str] = field(default_factory=dict)  # PTX ``.entry`` name -> its body
     executable: object = None             # relax VM executable (loadable only with a GPU)
+    check_samples: list = field(default_factory=list)  # (inputs, reference outputs): OUT/cuda/check.npz
 
     def ptx_of(self, kernel: str) -> str:
         """PTX body of the entry TVM emitted for PrimFunc ``kernel`` (``<kernel>_kernel``...)."""

@@ -10,7 +10,9 @@ reference and times it. Without a GPU the report says so in ``cuda.bit_exact`` /
 
 The artifact gains ``OUT/cuda/``: ``model.so`` (the VM library for ``tvm.cuda()``, loadable by
 the TVM runtime on the GPU machine), the CUDA C TVM generated and its PTX (what the PTX checks
-read).
+read), and ``check.npz``: real samples' integer inputs with the NumPy reference's outputs, which
+``python -m tvm_qplugin.cuda_device_check OUT/cuda`` compares bit for bit on the GPU machine with
+nothing there but TVM's runtime (cuda_device_check.py).
 """
 from __future__ import annotations
 
@@ -54,10 +56,27 @@ def attach_cuda_build(art, board, layers, ds, n_inputs: int, timing_runs: int) -
     with quiet_native_stderr():
         built = build_cuda(art.integer_mod, board.arch)
     art.cuda_build = built
+    built.check_samples = reference_samples(art, ds, n_inputs)
     device = run_on_gpu(art, built, ds, n_inputs, timing_runs) if gpu_present() else None
     kernel_of = kernel_of_var(art.integer_mod)
     report.record_cuda(art.report, built, board, [kernel_of.get(info.var) for info in layers], device)
     return built
+
+
+def reference_samples(art, ds, n_inputs: int) -> list[tuple[list, list]]:
+    """(integer inputs, NumPy reference outputs) for the first batches of ``ds`` covering
+    ``n_inputs`` samples: what OUT/cuda/check.npz carries to the GPU machine."""
+    from .reference import ReferenceInterpreter
+
+    ref = ReferenceInterpreter(art.integer_mod)
+    samples, seen = [], 0
+    for batch in ds.batches():
+        q = art.quantize_inputs(batch)
+        samples.append((q, [np.asarray(o) for o in ref.run(art.integer_function, *q)]))
+        seen += len(next(iter(batch.values())))
+        if seen >= n_inputs:
+            break
+    return samples
 
 
 def run_on_gpu(art, built: CudaBuild, ds, n_inputs: int, timing_runs: int) -> dict:
@@ -85,9 +104,11 @@ def run_on_gpu(art, built: CudaBuild, ds, n_inputs: int, timing_runs: int) -> di
                                                            "runs": len(times)}}
 
 
-def save_cuda_build(built: CudaBuild, outdir: Path) -> None:
+def save_cuda_build(built: CudaBuild, outdir: Path, function: str) -> None:
     """``OUT/cuda/``: model.so (export_library links the host side here; the GPU code inside is
-    the PTX nvcc produced), kernels.cu and kernels.ptx."""
+    the PTX nvcc produced), kernels.cu, kernels.ptx and check.npz (``function``'s samples)."""
+    from .cuda_device_check import BUNDLE, save_check_bundle
+
     outdir.mkdir()
     t0 = time.perf_counter()
     with quiet_native_stderr():
@@ -95,3 +116,5 @@ def save_cuda_build(built: CudaBuild, outdir: Path) -> None:
     log.debug("cuda library exported in %.1f s", time.perf_counter() - t0)
     (outdir / "kernels.cu").write_text(built.source)
     (outdir / "kernels.ptx").write_text(built.ptx)
+    if built.check_samples:
+        save_check_bundle(outdir / BUNDLE, function, built.check_samples)

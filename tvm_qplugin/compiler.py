@@ -30,7 +30,8 @@ from .budget import Budget
 from .build import build
 from .diagnose import tensor_errors
 from .kernel_check import check_kernels
-from .reference import ReferenceInterpreter, first_difference
+from .bitexact import first_difference
+from .reference import ReferenceInterpreter
 from .targets import get_board
 from .tuning.apply import resolve_tuning
 from .tuning.isa import isa_key, restrict_target

@@ -21,7 +21,7 @@ from tvm import relax
 
 from .ops import OPS, op_of
 from .ops.registry import type_of_ty
-from .reference import first_difference
+from .bitexact import first_difference
 from .schedules.packing import pack_call_args, packing_plan
 from .tie_inputs import TIE_BUILDERS, KernelSite, TieCount, extreme_cases
 

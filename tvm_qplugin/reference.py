@@ -129,18 +129,3 @@ class ReferenceInterpreter:
             outs = self.run(op.name_hint, *[self._eval(a, env) for a in call.args])
             return tuple(outs) if isinstance(self.mod[op].ret_struct_info, relax.TupleStructInfo) else outs[0]
         raise NotImplementedError(f"reference interpreter: unsupported callee {op}")
-
-
-def first_difference(got: np.ndarray, want: np.ndarray) -> str | None:
-    """None when ``got`` equals ``want`` bit for bit (same dtype, same shape, same values); else
-    one line naming how many elements differ and the first position with both values. The one
-    comparison behind every bit-exact claim: compile, ``verify``, the per-kernel check, the C package."""
-    want = np.asarray(want)
-    if got.dtype != want.dtype or got.shape != want.shape:
-        return f"got {got.dtype}{list(got.shape)}, want {want.dtype}{list(want.shape)}"
-    bad = np.argwhere(got != want)
-    if not bad.size:
-        return None
-    pos = tuple(int(v) for v in bad[0])
-    return f"{bad.shape[0]} of {want.size} elements differ, first {pos}: got {got[pos]} want {want[pos]}"
-

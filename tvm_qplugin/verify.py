@@ -23,7 +23,8 @@ def verify_outdir(outdir: str, inputs: str | None = None, count: int = 16) -> di
         batches = [[rng.integers(s.qtype.qmin, s.qtype.qmax + 1, size=s.shape).astype(s.qtype.dtype)
                     if s.qtype is not None else rng.integers(0, 2, size=s.shape).astype(s.host_dtype)
                     for s in art.inputs] for _ in range(count)]
-    from .reference import ReferenceInterpreter, first_difference  # imports TVM: once the directory loaded
+    from .bitexact import first_difference
+    from .reference import ReferenceInterpreter  # imports TVM: once the directory loaded
 
     ref = ReferenceInterpreter(art.integer_mod)
     fname = art.integer_function

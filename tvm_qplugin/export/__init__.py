@@ -19,7 +19,7 @@ from .budget import check_budget
 from .patch_emit import fold_patch_layers, patch_memory
 from .c_graph import integer_module_of
 from .c_package import write_c_package
-from ..reference import first_difference
+from ..bitexact import first_difference
 from .memory_plan import Buffer, MemoryPlan, liveness_lower_bound, plan
 
 __all__ = ["write_c_package", "verify_c_package", "check_budget", "export_mcu", "plan", "liveness_lower_bound",
