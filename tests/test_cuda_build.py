@@ -188,18 +188,29 @@ def extreme_inputs(args, rng):
     return out
 
 
-@needs_gpu
-@pytest.mark.parametrize("name", sorted(DP4A_KERNELS))
-def test_dp4a_kernel_bit_exact_on_gpu(name, monkeypatch):
-    monkeypatch.setenv("TVM_CUDA_COMPILE_MODE", "nvcc")
+def dp4a_gpu_case(name: str, target=None):
+    """(scheduled kernel, inputs with the dtype extremes, the NumPy twin's output) for a GPU run:
+    the test below, and tests/gpu_bundle.py for a GPU machine without TVM's compiler."""
     op, args, params = DP4A_KERNELS[name]
-    func = cuda_scheduled(kernel(DP4A_KERNELS, name), cuda_target("sm_80"))
+    func = cuda_scheduled(kernel(DP4A_KERNELS, name), target or cuda_target("sm_80"))
     rng = np.random.default_rng(1)
     inputs = extreme_inputs(args, rng)
     if op != "matmul_requant":  # multiplier in [1, 2**15], shift in [8, 24]: a plausible dyadic scale
         inputs[-2] = rng.integers(1, 2**15, size=inputs[-2].shape).astype(np.int64)
         inputs[-1] = rng.integers(8, 24, size=inputs[-1].shape).astype(np.int64)
-    expected = OPS[op].reference(*inputs, **params)
+    return func, inputs, OPS[op].reference(*inputs, **params)
+
+
+def gpu_cases(arch: str) -> dict:
+    """Every dp4a kernel case, scheduled for ``arch`` (tests/gpu_bundle.py)."""
+    return {name: dp4a_gpu_case(name, cuda_target(arch)) for name in sorted(DP4A_KERNELS)}
+
+
+@needs_gpu
+@pytest.mark.parametrize("name", sorted(DP4A_KERNELS))
+def test_dp4a_kernel_bit_exact_on_gpu(name, monkeypatch):
+    monkeypatch.setenv("TVM_CUDA_COMPILE_MODE", "nvcc")
+    func, inputs, expected = dp4a_gpu_case(name)
     target = tvm.target.Target.from_device(tvm.cuda())
     built = tvm.tirx.build(func.with_attr("global_symbol", name), target=target)
     dev = tvm.cuda()

@@ -99,16 +99,27 @@ def test_apply_cuda_schedules_gives_layernorm_its_row_schedule_and_lists_only_dp
     assert scheduled["layernorm_int"].attrs["tirx.is_scheduled"]
 
 
-@needs_gpu
-@pytest.mark.parametrize("name", sorted(ROW_KERNELS))
-def test_row_kernel_bit_exact_on_gpu(name, monkeypatch):
-    monkeypatch.setenv("TVM_CUDA_COMPILE_MODE", "nvcc")
+def row_gpu_case(name: str, target=None):
+    """(scheduled kernel, inputs with the dtype extremes, the NumPy twin's output) for a GPU run:
+    the test below, and tests/gpu_bundle.py for a GPU machine without TVM's compiler."""
     op, args, params = ROW_KERNELS[name]
     inputs = extreme_inputs(args[:1], np.random.default_rng(2))
     if op == "layernorm_int":
         inputs += [np.asarray(a) for a in LAYERNORM_CONSTS[name]]
     expected = OPS[op].reference(*inputs, **params)
-    func = row_scheduled(row_kernel(name), cuda_target("sm_80"))
+    return row_scheduled(row_kernel(name), target or cuda_target("sm_80")), inputs, expected
+
+
+def gpu_cases(arch: str) -> dict:
+    """Every row kernel case, scheduled for ``arch`` (tests/gpu_bundle.py)."""
+    return {name: row_gpu_case(name, cuda_target(arch)) for name in sorted(ROW_KERNELS)}
+
+
+@needs_gpu
+@pytest.mark.parametrize("name", sorted(ROW_KERNELS))
+def test_row_kernel_bit_exact_on_gpu(name, monkeypatch):
+    monkeypatch.setenv("TVM_CUDA_COMPILE_MODE", "nvcc")
+    func, inputs, expected = row_gpu_case(name)
     built = tvm.tirx.build(func.with_attr("global_symbol", name), target=tvm.target.Target.from_device(tvm.cuda()))
     dev = tvm.cuda()
     out = tvm.runtime.tensor(np.zeros(expected.shape, expected.dtype), dev)
