@@ -107,12 +107,27 @@ def prepare_tvm_float(onnx_path, dtype: str, arch: str, out: Path) -> dict:
                                                fp16_input_names=[p.name for p in weights])(mod)
     ex = tvm.compile(mod, target=cuda_target(arch))  # TVM's default CUDA pipeline: fusion + dlight rules
     ex.export_library(str(out / "model.so"))
+    _save_ptx(ex, arch, out)
     sig = [{"shape": [int(d) for d in p.ty.shape], "dtype": str(p.ty.dtype)} for p in main.params]
     if dtype == "float16":
         for s in sig[n_inputs:]:
             s["dtype"] = "float16" if s["dtype"] == "float32" else s["dtype"]
     (out / "signature.json").write_text(json.dumps({"num_input": n_inputs, "params": sig}))
     return {"engine": f"tvm-{'fp16' if dtype == 'float16' else 'fp32'}", "build_s": time.perf_counter() - t0}
+
+
+def _save_ptx(ex, arch: str, out: Path) -> None:
+    """kernels.cu / kernels.ptx beside the library, as compile's OUT/cuda has them: what a
+    runtime-only TVM on the GPU machine loads (cuda_device_check.provide_ptx)."""
+    from tvm.support import nvcc
+
+    from tvm_qplugin.build_cuda import _cuda_source, cuda_target
+
+    source = _cuda_source(ex)
+    with cuda_target(arch):
+        ptx = nvcc.compile_cuda(source, target_format="ptx", arch=arch, compiler="nvcc").decode()
+    (out / "kernels.cu").write_text(source)
+    (out / "kernels.ptx").write_text(ptx)
 
 
 def prepare(root: Path, models: list[str], batches: list[int], arch: str, engines: list[str]) -> None:
@@ -147,11 +162,12 @@ def prepare(root: Path, models: list[str], batches: list[int], arch: str, engine
 # ----------------------------------------------------------------------------- GPU machine
 def _tvm_engine(root: Path, entry: dict):
     """A zero-argument callable running one TVM-built engine on cuda(0), and its bit-exact verdict."""
-    import tvm
     from tvm.runtime.vm import VirtualMachine
 
-    from tvm_qplugin.cuda_device_check import check_on_gpu, load_check_bundle
+    from tvm_qplugin.cuda_device_check import check_on_gpu, load_check_bundle, provide_ptx_of, runtime_with_cuda
 
+    tvm = runtime_with_cuda()
+    provide_ptx_of(root / entry["dir"])
     d = root / entry["dir"]
     dev = tvm.cuda(0)
     vm = VirtualMachine(tvm.runtime.load_module(str(d / "model.so")), dev)

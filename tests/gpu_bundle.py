@@ -31,6 +31,7 @@ def case_modules() -> list[str]:
 
 def export(root: Path, arch: str) -> int:
     import tvm
+    from tvm.support import nvcc
 
     from tvm_qplugin.build_cuda import cuda_target
 
@@ -42,6 +43,11 @@ def export(root: Path, arch: str) -> int:
             symbol = f"{module.removeprefix('test_')}__{name}"
             built = tvm.tirx.build(func.with_attr("global_symbol", symbol), target=cuda_target(arch))
             built.export_library(str(root / f"{symbol}.so"))
+            source = built.imports[0].inspect_source()
+            with cuda_target(arch):
+                ptx = nvcc.compile_cuda(source, target_format="ptx", arch=arch, compiler="nvcc").decode()
+            (root / f"{symbol}.cu").write_text(source)
+            (root / f"{symbol}.ptx").write_text(ptx)
             np.savez(root / f"{symbol}.npz", expected=expected, **{f"in{i}": a for i, a in enumerate(inputs)})
             n += 1
     print(f"{n} kernels exported to {root} for {arch}")
@@ -49,16 +55,18 @@ def export(root: Path, arch: str) -> int:
 
 
 def run(root: Path) -> int:
-    import tvm
-
     from tvm_qplugin.bitexact import first_difference
+    from tvm_qplugin.cuda_device_check import provide_ptx, runtime_with_cuda
 
+    tvm = runtime_with_cuda()
     dev, bad = tvm.cuda(0), 0
     for lib in sorted(root.glob("*.so")):
         symbol = lib.stem
         with np.load(lib.with_suffix(".npz")) as z:
             inputs = [z[f"in{i}"] for i in range(len(z.files) - 1)]
             expected = z["expected"]
+        if lib.with_suffix(".ptx").is_file():
+            provide_ptx(lib.with_suffix(".cu").read_text(), lib.with_suffix(".ptx").read_text())
         out = tvm.runtime.tensor(np.zeros(expected.shape, expected.dtype), dev)
         tvm.runtime.load_module(str(lib))[symbol](*[tvm.runtime.tensor(a, dev) for a in inputs], out)
         diff = first_difference(out.numpy(), expected)

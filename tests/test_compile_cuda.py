@@ -109,7 +109,7 @@ def test_device_check_runs_the_bundle_on_the_gpu_or_says_why_not(compiled, capsy
         res = json.loads((out / "cuda" / RESULT).read_text())
         assert res["bit_exact"] and res["latency_ms"]["median"] > 0
     else:
-        assert code == 2 and err.count("\n") == 0 and "no CUDA device" in err, err
+        assert code == 2 and err.count("\n") == 0 and "no CUDA device" in err, err  # no driver or no GPU
     assert main([str(out)]) == 2  # the artifact root, not its cuda/ directory: no bundle there
     assert "check.npz not found" in capsys.readouterr().err
 
@@ -131,3 +131,25 @@ def test_cuda_target_without_nvcc_is_a_one_line_error(data, tmp_path):
                 env={"PATH": path})
     assert_user_error(r, "nvcc", "CUDA toolkit")
     assert not (tmp_path / "out").exists()
+
+
+def test_runtime_only_load_gets_the_build_machines_ptx_for_its_kernels(compiled):
+    """A runtime-only TVM compiles a CUDA library's kernels through ``tvm_callback_cuda_compile``
+    when it loads it; provide_ptx answers with the PTX compile saved beside the library (what let
+    the H200 run load OUT/cuda with no TVM compiler there), and refuses a source it has no PTX for."""
+    import tvm_ffi
+
+    from tvm_qplugin import cuda_device_check as cdc
+
+    _, out, _, _ = compiled
+    source, ptx = (out / "cuda" / "kernels.cu").read_text(), (out / "cuda" / "kernels.ptx").read_text()
+    before = tvm.get_global_func("tvm_callback_cuda_compile", allow_missing=True)
+    try:
+        cdc.provide_ptx(source, ptx)
+        callback = tvm.get_global_func("tvm_callback_cuda_compile")
+        assert bytes(callback(source)) == ptx.encode() and cdc.KERNELS_FROM["build-machine PTX"] >= 1
+        assert ".target sm_75" in ptx
+    finally:
+        cdc._PTX_FOR_SOURCE.clear()
+        if before is not None:
+            tvm_ffi.register_global_func("tvm_callback_cuda_compile", before, override=True)

@@ -56,13 +56,98 @@ def load_check_bundle(path: Path) -> tuple[str, list[tuple[list, list]]]:
     return function, samples
 
 
+_PTX_FOR_SOURCE: dict[str, bytes] = {}
+KERNELS_FROM: dict[str, int] = {"build-machine PTX": 0, "nvcc here": 0}  # how each library's kernels loaded
+
+
+def _nvcc_here(code: str) -> bytes | None:
+    """A fatbin for this machine's GPU from the CUDA toolkit's nvcc, where one is installed."""
+    import glob
+    import shutil
+    import subprocess
+    import tempfile
+
+    import tvm
+
+    nvcc = shutil.which("nvcc") or next(iter(sorted(glob.glob("/usr/local/cuda*/bin/nvcc"))), None)
+    if nvcc is None:
+        return None
+    arch = "sm_" + tvm.cuda(0).compute_version.replace(".", "")
+    with tempfile.TemporaryDirectory() as d:
+        src, out = Path(d) / "k.cu", Path(d) / "k.fatbin"
+        src.write_text(code)
+        subprocess.run([nvcc, "--fatbin", "-O3", f"-arch={arch}", "-o", str(out), str(src)], check=True)
+        return out.read_bytes()
+
+
+def _ptx_for(code: str) -> bytes:
+    """``tvm_callback_cuda_compile`` of a runtime-only TVM: the PTX built with the library, else
+    nvcc on this machine."""
+    ptx = _PTX_FOR_SOURCE.get(str(code))
+    if ptx is not None:
+        KERNELS_FROM["build-machine PTX"] += 1
+        return ptx
+    fatbin = _nvcc_here(str(code))
+    if fatbin is None:
+        raise RuntimeError("this CUDA library's kernels have no PTX next to it (kernels.ptx built from the same "
+                           "kernels.cu) and there is no nvcc here: re-run compile, or install the CUDA toolkit")
+    KERNELS_FROM["nvcc here"] += 1
+    return fatbin
+
+
+def provide_ptx(source: str, ptx: str) -> None:
+    """Let a runtime-only TVM load a CUDA library whose kernels are ``source`` by handing the
+    driver ``ptx`` (built from that source for the board's arch on the build machine).
+
+    Why: TVM 0.27 keeps a CUDA library's kernels as CUDA C and compiles them when the library is
+    loaded (``tvm_callback_cuda_compile``: NVRTC, or nvcc), which needs TVM's compiler side and a
+    CUDA compiler on the GPU machine. The PTX was already built (and checked for dp4a / mma) on
+    the build machine; the driver JIT-compiles PTX for its GPU, so the GPU machine needs only the
+    driver and TVM's runtime."""
+    import tvm_ffi
+
+    if not _PTX_FOR_SOURCE:
+        tvm_ffi.register_global_func("tvm_callback_cuda_compile", _ptx_for, override=True)
+    _PTX_FOR_SOURCE[source] = ptx.encode() if isinstance(ptx, str) else ptx
+
+
+def provide_ptx_of(cuda_dir: Path) -> None:
+    """:func:`provide_ptx` for a directory with kernels.cu / kernels.ptx (compile's OUT/cuda)."""
+    from tvm import base
+
+    if base._RUNTIME_ONLY and (cuda_dir / "kernels.ptx").is_file():
+        provide_ptx((cuda_dir / "kernels.cu").read_text(), (cuda_dir / "kernels.ptx").read_text())
+
+
+def runtime_with_cuda():
+    """``tvm``, with its CUDA device API loaded. A runtime-only TVM (``TVM_USE_RUNTIME_LIB=1``)
+    loads ``libtvm_runtime`` alone; the CUDA device API lives in ``libtvm_runtime_cuda``, which
+    otherwise comes in as a dependency of the compiler library, so it is loaded here."""
+    import ctypes
+
+    import tvm
+    from tvm import libinfo
+
+    if tvm.get_global_func("device_api.cuda", allow_missing=True) is None:
+        for d in libinfo.package_lib_paths():
+            lib = Path(d) / "libtvm_runtime_cuda.so"
+            if lib.is_file():
+                try:
+                    ctypes.CDLL(str(lib), ctypes.RTLD_GLOBAL)
+                except OSError as e:  # no driver (libcuda.so.1) or CUDA runtime on this machine
+                    raise RuntimeError(f"no CUDA device usable here: TVM's CUDA runtime {lib.name} does not load ({e}); "
+                                       "this check needs the NVIDIA driver and a GPU") from None
+                break
+    return tvm
+
+
 def _as_list(res) -> list[np.ndarray]:
     return [res.numpy()] if hasattr(res, "numpy") else [r.numpy() for r in res]
 
 
 def check_on_gpu(cuda_dir: Path, runs: int = 50, device_id: int = 0) -> dict:
     """Run ``cuda_dir``'s model.so on every sample of its check.npz; bit-exactness and latency."""
-    import tvm
+    tvm = runtime_with_cuda()
     from tvm.runtime.vm import VirtualMachine
 
     function, samples = load_check_bundle(cuda_dir / BUNDLE)
@@ -73,6 +158,7 @@ def check_on_gpu(cuda_dir: Path, runs: int = 50, device_id: int = 0) -> dict:
     dev = tvm.cuda(device_id)
     if not present:
         raise RuntimeError(f"no CUDA device {device_id} visible to TVM's runtime on this machine")
+    provide_ptx_of(cuda_dir)
     t0 = time.perf_counter()
     vm = VirtualMachine(tvm.runtime.load_module(str(cuda_dir / "model.so")), dev)
     load_s = time.perf_counter() - t0
@@ -88,6 +174,7 @@ def check_on_gpu(cuda_dir: Path, runs: int = 50, device_id: int = 0) -> dict:
     timer = vm.time_evaluator(function, dev, number=1, repeat=max(runs, 1), min_repeat_ms=0)
     times = np.array(timer(*args).results) * 1e3
     return {"device": dev.device_name, "bit_exact": first_bad is None, "batches_checked": checked,
+            "kernels_from": {k: v for k, v in KERNELS_FROM.items() if v},
             "first_difference": first_bad, "load_s": round(load_s, 3),
             "latency_ms": {"median": float(np.median(times)), "min": float(times.min()), "runs": len(times)}}
 
