@@ -1,0 +1,159 @@
+"""CUDA GEMM for the integer kernels with an int16 operand: register tiles over shared-memory tiles.
+
+The transformers' activations are int16 (digits ViT, MiniLM), so their ``dense_requant``
+(int16 x int8 weights) and attention ``matmul_requant`` (int16 x int16: ``Q Kᵀ`` in int64,
+``P V`` in int32 under the softmax row-sum bound) have no ``__dp4a`` (s8/u8 operands only) and
+ran on dlight's fallback: one thread per output, the reduction serial, every operand read from
+global memory once per output. :func:`_register_tiled_gemm` schedules the kernel's own ``acc``
+block instead:
+
+1. Output rows x columns tiled over a block of ``TY x TX`` threads, each thread owning an
+   ``RM x RN`` register tile of outputs (4 x 4 where the extents allow; every tile size divides
+   its extent: no boundary predicates); batch dims on ``blockIdx.z``.
+2. The reduction split into ``KT``-long stages; per stage the block copies both operand tiles
+   (``TY*RM x KT`` of ``a``; ``KT x TX*RN`` of the other, a dense weight tile re-laid out
+   k-major) into shared memory, cooperatively.
+3. Per reduction step each thread loads ``RM`` values of ``a`` and ``RN`` of ``b`` from shared
+   memory into registers and issues ``RM * RN`` multiply-adds (``mad.lo.s32``; for an int64
+   accumulator the 64-bit form) into its register accumulators.
+4. The requant epilogue (bias, dyadic multiply, shift, clamp) runs right after, in the same
+   thread, from those registers: the sums never go to global memory.
+
+Exactness. Every value is the op's own TIR expression in the op's own accumulator dtype; the
+schedule only changes where and in which order the products are added. The op's reference
+(NumPy twin) is the exact integer sum, and reordering integer additions changes nothing unless
+an intermediate overflows: every partial sum is a sum over a subset of the products, so
+``|partial| <= sum_k |a_k| |b_k| <= acc_bound`` (ops/matmul.py: ``K * max|a| * max|b|``, or
+``a_row_sum * max|b|``). The rule takes an int32 accumulator only when ``acc_bound < 2**31``
+(int16 x int8: K <= 511; ``P V`` with the row-sum bound: any K) and an int64 one only when
+``acc_bound < 2**63``, and declines the rest -- and the chunked int64 dense (``acc_bits=64``:
+int32 ``acc_part`` stages summed in int64, ops/conv.py ``chunked_dot``), which stays on the
+fallback.
+
+Note: instructions per multiply-accumulate (MAC). This form costs one ``mad`` per MAC plus
+``(RM + RN) / (RM * RN)`` = 0.5 shared loads: ~1.5 instructions per MAC, against ~3 for the
+fallback (two global loads and a ``mad``, uncached across threads). Splitting int16 into a
+signed high and an unsigned low byte (``x = 256 * hi + lo``, ``lo`` in [0, 255]) would let two
+``__dp4a`` (s8 x s8, u8 x s8) do four int16 x int8 MACs: with the bytes split once into shared
+memory and the same 4 x 4 tile, 12 shared loads and 32 ``dp4a`` per 64 MACs, ~0.7 per MAC. It is
+not done here because it is a rewrite of the computation (two byte planes, two accumulators and
+their recombination), not a schedule of the op's TIR -- it needs its own exactness argument --
+and it covers int16 x int8 only: the attention matmuls are int16 x int16 (four ``dp4a`` per four
+MACs, no gain). It is the next step for the dense layers where a GPU profile shows them hot.
+"""
+from __future__ import annotations
+
+import tvm
+from tvm.s_tir import schedule as s_tir_schedule
+
+from ..ops.matmul import OPERAND_DTYPES, acc_bound
+from ..passes.verify_tir import _dtype_of
+from .cuda_int8 import SCHEDULED_ATTR, THREADS_X, THREADS_Y, CudaKernelRule, _cooperative_copy, _divisor, _operand_dtypes
+
+REGISTER_TILE = (4, 2, 1)          # outputs per thread along rows and along columns (largest first)
+K_TILE = (32, 16, 8, 4, 2, 1)      # reduction steps per shared-memory stage
+ACC_LIMITS = {"int32": 2**31, "int64": 2**63}  # |acc| must stay below these (module doc: exactness)
+RULE_ATTR = "qplugin.cuda_rule"    # set on the kernels this module scheduled (CudaBuild lists them)
+RULE_NAME = "cuda-int16-gemm"      # report.json layers[].kernel.source for them
+
+
+def takes_int16_gemm(sch: s_tir_schedule.Schedule, params: dict) -> bool:
+    """True when the kernel is ``acc`` + ``y`` (no chunked stages), has an int16 operand, and its
+    accumulator provably cannot overflow (module doc) for its reduction length."""
+    root_blocks = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
+    if root_blocks != {"acc", "y"}:
+        return False
+    acc = sch.get_sblock("acc")
+    a_dtype, b_dtype = _operand_dtypes(sch, acc)
+    if "int16" not in (a_dtype, b_dtype) or a_dtype not in OPERAND_DTYPES or b_dtype not in OPERAND_DTYPES:
+        return False
+    limit = ACC_LIMITS.get(_dtype_of(sch.get(acc).writes[0].source.ty))
+    k = sch.get(sch.get_loops(acc)[-1]).extent.value
+    return limit is not None and acc_bound(a_dtype, b_dtype, k, params.get("a_row_sum")) < limit
+
+
+def _unroll_below(sch: s_tir_schedule.Schedule, block, loop) -> None:
+    """Unroll ``block``'s loops under ``loop`` (the register tile: constant indices keep it in registers)."""
+    loops = sch.get_loops(block)
+    at = next(n for n, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(loop)))
+    for inner in loops[at + 1:]:
+        if sch.get(inner).extent.value > 1:
+            sch.unroll(inner)
+
+
+def _register_tiled_gemm(sch: s_tir_schedule.Schedule, batch, row, col, red, b_layout) -> None:
+    """Steps 1-4 of the module doc on the ``acc`` block: ``batch`` loops fused onto ``blockIdx.z``,
+    ``row`` / ``col`` tiled over blocks, threads and registers, ``red`` (innermost) staged through
+    shared memory; ``b_layout`` puts the second operand's shared tile k-major (or None: it is)."""
+    acc, y = sch.get_sblock("acc"), sch.get_sblock("y")
+    if batch:
+        sch.bind(sch.fuse(*batch) if len(batch) > 1 else batch[0], "blockIdx.z")
+    m, n, k = (sch.get(lp).extent.value for lp in (row, col, red))
+    rm, rn = _divisor(m, REGISTER_TILE), _divisor(n, REGISTER_TILE)
+    ty, tx = _divisor(m // rm, THREADS_Y), _divisor(n // rn, THREADS_X)
+    by, thread_y, reg_y = sch.split(row, [None, ty, rm])
+    bx, thread_x, reg_x = sch.split(col, [None, tx, rn])
+    ko, ki = sch.split(red, [None, _divisor(k, K_TILE)])
+    sch.reorder(by, bx, thread_y, thread_x, ko, ki, reg_y, reg_x)
+    sch.bind(by, "blockIdx.y")
+    sch.bind(bx, "blockIdx.x")
+    sch.bind(thread_y, "threadIdx.y")
+    sch.bind(thread_x, "threadIdx.x")
+    sch.reverse_compute_at(y, thread_x)
+    for index, layout in ((0, None), (1, b_layout)):
+        shared = sch.cache_read(acc, index, "shared")
+        sch.compute_at(shared, ko)
+        if layout is not None:
+            sch.transform_layout(shared, ("write", 0), layout)
+        _cooperative_copy(sch, shared, ko, ty, tx)
+        sch.compute_at(sch.cache_read(acc, index, "local"), ki)
+    sch.set_scope(acc, 0, "local")
+    init = sch.decompose_reduction(acc, ko)
+    for block, under in ((acc, ki), (init, thread_x), (y, thread_x)):
+        _unroll_below(sch, block, under)
+
+
+class Int16GemmRule(CudaKernelRule):
+    """A :class:`CudaKernelRule` whose scheduled kernels carry :data:`RULE_ATTR` (the build lists them by it)."""
+
+    def apply(self, func: tvm.tirx.PrimFunc, target: tvm.target.Target):
+        if func.attrs is not None and SCHEDULED_ATTR in func.attrs:
+            return None  # another CUDA rule scheduled it already
+        new = super().apply(func, target)
+        return None if new is None else new.with_attr(RULE_ATTR, RULE_NAME)
+
+
+class DenseInt16Gemm(Int16GemmRule):
+    """``dense_requant`` on int16 activations (x[..., k] . w[n, k]): the weight tile stored k-major."""
+
+    op = "dense_requant"
+
+    def schedule(self, sch, p):
+        if not takes_int16_gemm(sch, p):
+            return False
+        *lead, j, k = sch.get_loops(sch.get_sblock("acc"))
+        _register_tiled_gemm(sch, lead[:-1], lead[-1], j, k, lambda n, kk: (kk, n))
+        return True
+
+
+class MatmulInt16Gemm(Int16GemmRule):
+    """``matmul_requant`` with an int16 operand (a[..., m, k] @ b[..., k, n]): b is k-major already."""
+
+    op = "matmul_requant"
+
+    def schedule(self, sch, p):
+        if not takes_int16_gemm(sch, p):
+            return False
+        *lead, i, j, k = sch.get_loops(sch.get_sblock("acc"))
+        _register_tiled_gemm(sch, lead, i, j, k, None)
+        return True
+
+
+INT16_RULES = [DenseInt16Gemm(), MatmulInt16Gemm()]
+
+
+def int16_gemm_kernels(mod: tvm.IRModule) -> list[str]:
+    """Names of the kernels of ``mod`` an :data:`INT16_RULES` rule scheduled."""
+    return sorted(gv.name_hint for gv, func in mod.functions.items()
+                  if isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None
+                  and str(func.attrs.get(RULE_ATTR, "")) == RULE_NAME)
