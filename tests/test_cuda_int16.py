@@ -1,0 +1,148 @@
+"""The int16 GPU GEMM (schedules/cuda_int16.py): register-tiled dense / matmul with an int16 operand.
+
+Without a GPU: the rule takes the digits ViT's and MiniLM's int16 dense / attention matmul kernels
+(single kernels of their shapes), the scheduled kernels stay integer-only, pass TVM's GPU verifier,
+and their PTX for sm_80 / sm_90 stages the operands through shared memory and holds the
+unrolled register tile's multiply-adds; kernels whose accumulator could overflow, the chunked
+int64 dense and 8-bit pairs are declined. With a GPU: bit-exact against the NumPy twins, on
+random inputs with the dtype extremes planted and on operands filled with the extremes (the
+largest accumulators the overflow proof allows).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from test_cuda_build import extreme_inputs, kernel_ptx, needs_gpu
+
+from tvm_qplugin.build_cuda import cuda_target, verify_gpu_kernels
+from tvm_qplugin.ops import OPS
+from tvm_qplugin.passes.verify_tir import scan_kernel
+from tvm_qplugin.schedules.cuda_int8 import SCHEDULED_ATTR, apply_cuda_schedules
+from tvm_qplugin.schedules.cuda_int16 import INT16_RULES, int16_gemm_kernels
+
+ARCHS = ("sm_80", "sm_90")  # nvidia-a100, nvidia-h100 (sm_75 builds the same PTX; test_cuda_build covers it)
+PER_CHANNEL = lambda n: [((n,), "int32"), ((n,), "int64"), ((n,), "int64")]
+S16 = {"qmin": -32767, "qmax": 32767, "out_dtype": "int16"}
+ROW_SUM = 32776  # the digits ViT's softmax row-sum bound (P V), as integer_front sets it
+# name -> (op, argument types, params, PTX multiply instruction of the register tile, its least count)
+# s16 x s8 in int32 (dense, matmul): nvcc pairs two k steps into dp2a (an int16 pair times two int8 weights);
+# P V s16 x s16 in int32: mad.lo.s32; Q Kᵀ in int64: mul.wide.s32 (then add.s64)
+INT16_KERNELS = {
+    "vit_dense_16x32x64": ("dense_requant", [((1, 16, 32), "int16"), ((64, 32), "int8"), *PER_CHANNEL(64)], S16,
+                           "dp2a", 16),
+    "vit_head_1x32x10": ("dense_requant", [((1, 32), "int16"), ((10, 32), "int8"), *PER_CHANNEL(10)],
+                         dict(qmin=-8388607, qmax=8388607, out_dtype="int32"), "dp2a", 2),
+    "vit_qk_acc64": ("matmul_requant", [((1, 2, 16, 16), "int16"), ((1, 2, 16, 16), "int16")],
+                     dict(acc_bits=64, multiplier=100980030, shift=43, **S16), "mul.wide.s32", 16),
+    "vit_pv_row_sum": ("matmul_requant", [((1, 2, 16, 16), "int16"), ((1, 2, 16, 16), "int16")],
+                       dict(a_row_sum=ROW_SUM, multiplier=1307172735, shift=45, **S16), "mad.lo.s32", 16),
+    "minilm_ffn_up_384x1536": ("dense_requant", [((8, 128, 384), "int16"), ((1536, 384), "int8"),
+                                                 *PER_CHANNEL(1536)], S16, "dp2a", 16),
+    "minilm_qk_acc64": ("matmul_requant", [((8, 12, 128, 32), "int16"), ((8, 12, 32, 128), "int16")],
+                        dict(acc_bits=64, multiplier=47160347, shift=42, **S16), "mul.wide.s32", 16),
+    "minilm_pv_row_sum": ("matmul_requant", [((8, 12, 128, 128), "int16"), ((8, 12, 128, 32), "int16")],
+                          dict(a_row_sum=32832, multiplier=1121529240, shift=45, **S16), "mad.lo.s32", 16),
+    "matmul_s16s8_broadcast": ("matmul_requant", [((2, 8, 24), "int16"), ((24, 12), "int8")],
+                               dict(multiplier=3, shift=9, **S16), "dp2a", 16),
+}
+# kernels the rule must decline: int32 accumulator that K could overflow (600 * 32768 * 128 >= 2**31),
+# the chunked int64 dense (MiniLM's FFN down, K 1536), an 8-bit pair (dp4a's)
+DECLINED_KERNELS = {
+    "dense_s16s8_k600_acc32": ("dense_requant", [((4, 600), "int16"), ((8, 600), "int8"), *PER_CHANNEL(8)], S16),
+    "minilm_ffn_down_chunked": ("dense_requant", [((1, 128, 1536), "int16"), ((384, 1536), "int8"),
+                                                  *PER_CHANNEL(384)], dict(acc_bits=64, **S16)),
+    "dense_u8s8": ("dense_requant", [((16, 64), "uint8"), ((32, 64), "int8"), *PER_CHANNEL(32)],
+                   dict(qmin=-128, qmax=127, out_dtype="int8")),
+}
+
+
+def kernel(case: dict, name: str) -> tvm.tirx.PrimFunc:
+    op, args, params = case[name][:3]
+    return OPS[op].prim_func(args, **params)[0]
+
+
+def int16_scheduled(func: tvm.tirx.PrimFunc, target: tvm.target.Target) -> tvm.tirx.PrimFunc | None:
+    return next((new for rule in INT16_RULES if (new := rule.apply(func, target)) is not None), None)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("name", sorted(INT16_KERNELS))
+def test_int16_rule_takes_the_kernel_with_shared_tiles_and_a_register_tile(name, arch):
+    func = int16_scheduled(kernel(INT16_KERNELS, name), cuda_target(arch))
+    assert func is not None, f"the int16 GEMM rule declined {name}"
+    assert not scan_kernel(func, name), "the scheduled kernel must stay integer-only"
+    assert verify_gpu_kernels(tvm.IRModule({name: func})) == []
+    ptx = kernel_ptx(func, name, arch)
+    assert "ld.shared" in ptx and "st.shared" in ptx and "bar.sync" in ptx, "operands not staged in shared memory"
+    instr, least = INT16_KERNELS[name][3:]
+    assert ptx.count(instr) >= least, f"{instr} x {ptx.count(instr)} < {least}: the register tile is not unrolled"
+
+
+@pytest.mark.parametrize("name", sorted(DECLINED_KERNELS))
+def test_kernels_the_int16_gemm_cannot_prove_exact_are_declined(name):
+    assert int16_scheduled(kernel(DECLINED_KERNELS, name), cuda_target("sm_80")) is None
+
+
+def test_int16_rule_refuses_a_cpu_target():
+    assert int16_scheduled(kernel(INT16_KERNELS, "vit_dense_16x32x64"), tvm.target.Target("llvm")) is None
+
+
+def test_apply_cuda_schedules_lists_dp4a_and_int16_kernels_apart_and_leaves_declined_ones_to_the_fallback():
+    mod = tvm.IRModule({"dense_s16": kernel(INT16_KERNELS, "vit_dense_16x32x64"),
+                        "dense_u8": kernel(DECLINED_KERNELS, "dense_u8s8"),
+                        "dense_k600": kernel(DECLINED_KERNELS, "dense_s16s8_k600_acc32")})
+    scheduled, taken = apply_cuda_schedules(mod, cuda_target("sm_90"))
+    assert taken == ["dense_u8"]  # CudaBuild.dp4a_kernels: every listed kernel holds dp4a
+    assert int16_gemm_kernels(scheduled) == ["dense_s16"]
+    assert scheduled["dense_k600"].attrs is None or SCHEDULED_ATTR not in scheduled["dense_k600"].attrs
+
+
+def row_sum_bounded(shape, bound: int, rng) -> np.ndarray:
+    """Non-negative int16 rows (softmax probabilities) whose sum stays within ``bound``; row 0
+    holds the extreme 32767 (and the rest of the bound)."""
+    a = rng.integers(0, 2**15, size=shape, dtype=np.int64)
+    sums = np.maximum(a.sum(axis=-1, keepdims=True), 1)
+    a = np.minimum(a * bound // sums, 32767)
+    flat = a.reshape(-1, shape[-1])
+    flat[0] = 0
+    flat[0, :2] = (32767, min(bound - 32767, 32767))
+    return a.astype(np.int16)
+
+
+def gpu_inputs(name: str, fill: str, rng) -> list[np.ndarray]:
+    """Inputs for kernel ``name``: ``random`` (dtype extremes planted, test_cuda_build style) or
+    ``extreme`` (operands filled with their dtype's minimum / alternating-sign weights: the largest
+    |acc| the overflow proof allows)."""
+    op, args, params = INT16_KERNELS[name][:3]
+    inputs = extreme_inputs(args, rng)
+    if fill == "extreme":
+        inputs[0] = np.full(args[0][0], np.iinfo(args[0][1]).min, args[0][1])
+        b = np.full(args[1][0], np.iinfo(args[1][1]).min, args[1][1])
+        if op == "dense_requant":
+            b[1::2] = np.iinfo(args[1][1]).max  # w[n, k]: alternate output channels
+        else:
+            b[..., 1::2] = np.iinfo(args[1][1]).max  # b[..., k, n]: alternate columns
+        inputs[1] = b
+    if "a_row_sum" in params:
+        inputs[0] = row_sum_bounded(args[0][0], params["a_row_sum"], rng)
+    if op == "dense_requant":  # multiplier in [1, 2**15], shift in [8, 24]: a plausible dyadic scale
+        inputs[-2] = rng.integers(1, 2**15, size=inputs[-2].shape).astype(np.int64)
+        inputs[-1] = rng.integers(8, 24, size=inputs[-1].shape).astype(np.int64)
+    return inputs
+
+
+@needs_gpu
+@pytest.mark.parametrize("fill", ["random", "extreme"])
+@pytest.mark.parametrize("name", sorted(INT16_KERNELS))
+def test_int16_gemm_kernel_bit_exact_on_gpu(name, fill, monkeypatch):
+    monkeypatch.setenv("TVM_CUDA_COMPILE_MODE", "nvcc")
+    op, _args, params = INT16_KERNELS[name][:3]
+    inputs = gpu_inputs(name, fill, np.random.default_rng(3))
+    expected = OPS[op].reference(*inputs, **params)
+    func = int16_scheduled(kernel(INT16_KERNELS, name), cuda_target("sm_80"))
+    built = tvm.tirx.build(func.with_attr("global_symbol", name), target=tvm.target.Target.from_device(tvm.cuda()))
+    dev = tvm.cuda()
+    out = tvm.runtime.tensor(np.zeros(expected.shape, expected.dtype), dev)
+    built[name](*[tvm.runtime.tensor(a, dev) for a in inputs], out)
+    np.testing.assert_array_equal(out.numpy(), expected)
