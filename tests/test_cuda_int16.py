@@ -4,19 +4,26 @@ Without a GPU: the rule takes the digits ViT's and MiniLM's int16 dense / attent
 (single kernels of their shapes), the scheduled kernels stay integer-only, pass TVM's GPU verifier,
 and their PTX for sm_80 / sm_90 stages the operands through shared memory and holds the
 unrolled register tile's multiply-adds; kernels whose accumulator could overflow, the chunked
-int64 dense and 8-bit pairs are declined. With a GPU: bit-exact against the NumPy twins, on
+int64 dense and 8-bit pairs are declined; the digits ViT's sm_90 build gives all its 12 GEMMs to
+the rule and report.json names it. With a GPU: bit-exact against the NumPy twins, on
 random inputs with the dtype extremes planted and on operands filled with the extremes (the
 largest accumulators the overflow proof allows).
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tvm
 from test_cuda_build import extreme_inputs, kernel_ptx, needs_gpu
 
-from tvm_qplugin.build_cuda import cuda_target, verify_gpu_kernels
-from tvm_qplugin.ops import OPS
+from qplugin_zoo import digits_split
+from tvm_qplugin.build_cuda import build_cuda, cuda_target, verify_gpu_kernels
+from tvm_qplugin.compiler import CompileOptions, integer_front
+from tvm_qplugin.ops import OPS, op_of
+from tvm_qplugin.report import record_cuda
+from tvm_qplugin.targets import get_board
 from tvm_qplugin.passes.verify_tir import scan_kernel
 from tvm_qplugin.schedules.cuda_int8 import SCHEDULED_ATTR, apply_cuda_schedules
 from tvm_qplugin.schedules.cuda_int16 import INT16_RULES, int16_gemm_kernels
@@ -96,6 +103,33 @@ def test_apply_cuda_schedules_lists_dp4a_and_int16_kernels_apart_and_leaves_decl
     assert taken == ["dense_u8"]  # CudaBuild.dp4a_kernels: every listed kernel holds dp4a
     assert int16_gemm_kernels(scheduled) == ["dense_s16"]
     assert scheduled["dense_k600"].attrs is None or SCHEDULED_ATTR not in scheduled["dense_k600"].attrs
+
+
+VIT = Path(__file__).resolve().parents[1] / "examples" / "digits_vit.onnx"
+
+
+@pytest.fixture(scope="module")
+def digits_vit_sm90():
+    """The digits ViT's integer module and its sm_90 build (~10-20 s)."""
+    x_train, *_ = digits_split()
+    mod = integer_front(str(VIT), CompileOptions(), tvm.target.Target("llvm"), {"input": x_train[:64]}).imod.mod
+    return mod, build_cuda(mod, "sm_90")
+
+
+# extended: test_cuda_rows.py's digits ViT sm_80 build runs this rule on the whole model in make test
+@pytest.mark.extended
+def test_digits_vit_gemms_all_take_the_int16_rule_and_the_report_names_it(digits_vit_sm90):
+    mod, built = digits_vit_sm90
+    gemms = sorted(gv.name_hint for gv, f in mod.functions.items()
+                   if isinstance(f, tvm.tirx.PrimFunc) and (op_of(f) or ("",))[0] in ("dense_requant", "matmul_requant"))
+    assert len(gemms) == 12 and built.int16_gemm_kernels == gemms  # 4 dense, 4 Q Kᵀ, 4 P V
+    assert built.dp4a_kernels == []
+    for name in gemms:
+        assert "ld.shared" in built.ptx_of(name), f"{name}: not the shared-memory GEMM"
+    r = {"layers": [{} for _ in gemms + ["layernorm_int"]], "bit_exact": True}
+    record_cuda(r, built, get_board("nvidia-h100"), [*gemms, "layernorm_int"], None)
+    assert [layer["kernel"]["source"] for layer in r["layers"]] == ["cuda-int16-gemm"] * 12 + ["cuda-default"]
+    assert r["cuda"]["int16_gemm_kernels"] == gemms
 
 
 def row_sum_bounded(shape, bound: int, rng) -> np.ndarray:
