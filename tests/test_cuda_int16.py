@@ -86,6 +86,14 @@ def test_int16_rule_takes_the_kernel_with_shared_tiles_and_a_register_tile(name,
     assert ptx.count(instr) >= least, f"{instr} x {ptx.count(instr)} < {least}: the register tile is not unrolled"
 
 
+@pytest.mark.parametrize("name", ["vit_dense_16x32x64", "minilm_ffn_up_384x1536"])
+def test_int8_weight_pairs_reach_dp2a_without_byte_shuffles(name):
+    """The weight tile's k pairs are adjacent (cuda_int16._b_tile_layout): four columns' pairs are
+    one 64-bit shared load, no ``prmt`` byte permutes (a plain k-major tile needed four per step)."""
+    ptx = kernel_ptx(int16_scheduled(kernel(INT16_KERNELS, name), cuda_target("sm_90")), name, "sm_90")
+    assert "ld.shared.v4.u16" in ptx and "prmt" not in ptx
+
+
 @pytest.mark.parametrize("name", sorted(DECLINED_KERNELS))
 def test_kernels_the_int16_gemm_cannot_prove_exact_are_declined(name):
     assert int16_scheduled(kernel(DECLINED_KERNELS, name), cuda_target("sm_80")) is None

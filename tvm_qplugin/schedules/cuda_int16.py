@@ -11,11 +11,11 @@ block instead:
    ``RM x RN`` register tile of outputs (4 x 4 where the extents allow; every tile size divides
    its extent: no boundary predicates); batch dims on ``blockIdx.z``.
 2. The reduction split into ``KT``-long stages; per stage the block copies both operand tiles
-   (``TY*RM x KT`` of ``a``; ``KT x TX*RN`` of the other, a dense weight tile re-laid out
-   k-major) into shared memory, cooperatively.
+   (``TY*RM x KT`` of ``a``; ``KT x TX*RN`` of the other, stored k-major, an 8-bit one with its
+   k pairs adjacent) into shared memory, cooperatively.
 3. Per reduction step each thread loads ``RM`` values of ``a`` and ``RN`` of ``b`` from shared
-   memory into registers and issues ``RM * RN`` multiply-adds (``mad.lo.s32``; for an int64
-   accumulator the 64-bit form) into its register accumulators.
+   memory into registers and issues ``RM * RN`` multiply-adds into its register accumulators
+   (``mad.lo.s32``; ``dp2a`` for int16 x int8 pairs; the 64-bit forms for an int64 accumulator).
 4. The requant epilogue (bias, dyadic multiply, shift, clamp) runs right after, in the same
    thread, from those registers: the sums never go to global memory.
 
@@ -30,16 +30,18 @@ an intermediate overflows: every partial sum is a sum over a subset of the produ
 int32 ``acc_part`` stages summed in int64, ops/conv.py ``chunked_dot``), which stays on the
 fallback.
 
-Note: instructions per multiply-accumulate (MAC). This form costs one ``mad`` per MAC plus
-``(RM + RN) / (RM * RN)`` = 0.5 shared loads: ~1.5 instructions per MAC, against ~3 for the
-fallback (two global loads and a ``mad``, uncached across threads). Splitting int16 into a
-signed high and an unsigned low byte (``x = 256 * hi + lo``, ``lo`` in [0, 255]) would let two
-``__dp4a`` (s8 x s8, u8 x s8) do four int16 x int8 MACs: with the bytes split once into shared
-memory and the same 4 x 4 tile, 12 shared loads and 32 ``dp4a`` per 64 MACs, ~0.7 per MAC. It is
-not done here because it is a rewrite of the computation (two byte planes, two accumulators and
-their recombination), not a schedule of the op's TIR -- it needs its own exactness argument --
-and it covers int16 x int8 only: the attention matmuls are int16 x int16 (four ``dp4a`` per four
-MACs, no gain). It is the next step for the dense layers where a GPU profile shows them hot.
+Note: instructions per multiply-accumulate (MAC), read from the PTX (nvcc 13, sm_80 / sm_90;
+tests/test_cuda_int16.py checks them). int16 x int8 in int32 (the dense layers): with the weight
+tile's k pairs adjacent (:func:`_b_tile_layout`) nvcc itself pairs two k steps into
+``dp2a.lo.s32.s32`` (an int16 pair in one 32-bit register times an int8 pair, exact: two
+products of at most 2**22), so per two k steps of a 4 x 4 tile a thread issues 16 ``dp2a``, four
+32-bit loads of ``a`` pairs and one 64-bit load of four weight pairs: ~0.7 instructions per MAC
+plus loop overhead, against ~3 for the fallback (two uncached global loads and a ``mad`` per
+MAC). int16 x int16 in int32 (``P V``): one ``mad.lo.s32`` per MAC plus 0.5 shared loads; in
+int64 (``Q Kᵀ``): ``mul.wide.s32`` + a 64-bit add. Splitting int16 into a signed high and an
+unsigned low byte (``x = 256 * hi + lo``) for two ``__dp4a`` per four MACs would reach ~0.7 as
+well, but it rewrites the computation (byte planes, two accumulators, their recombination)
+instead of scheduling the op's TIR, and gains nothing on int16 x int16 -- so it is not done.
 """
 from __future__ import annotations
 
@@ -48,7 +50,16 @@ from tvm.s_tir import schedule as s_tir_schedule
 
 from ..ops.matmul import OPERAND_DTYPES, acc_bound
 from ..passes.verify_tir import _dtype_of
-from .cuda_int8 import SCHEDULED_ATTR, THREADS_X, THREADS_Y, CudaKernelRule, _cooperative_copy, _divisor, _operand_dtypes
+from .cuda_int8 import (
+    DP4A_OPERANDS,
+    SCHEDULED_ATTR,
+    THREADS_X,
+    THREADS_Y,
+    CudaKernelRule,
+    _cooperative_copy,
+    _divisor,
+    _operand_dtypes,
+)
 
 REGISTER_TILE = (4, 2, 1)          # outputs per thread along rows and along columns (largest first)
 K_TILE = (32, 16, 8, 4, 2, 1)      # reduction steps per shared-memory stage
@@ -81,19 +92,35 @@ def _unroll_below(sch: s_tir_schedule.Schedule, block, loop) -> None:
             sch.unroll(inner)
 
 
-def _register_tiled_gemm(sch: s_tir_schedule.Schedule, batch, row, col, red, b_layout) -> None:
+def _b_tile_layout(b_k_last: bool, pairs: bool):
+    """Index map of the second operand's shared tile (``[..., n, k]`` when ``b_k_last``, else
+    ``[..., k, n]``): k-major, so that a warp's threads read consecutive columns; with ``pairs``,
+    two consecutive k of one column adjacent (``[k // 2, n, k % 2]``): an int8 weight pair is one
+    16-bit load, four columns one 64-bit load, and nvcc pairs two k steps of int16 x int8 into
+    one ``dp2a`` without byte shuffles. None: the tile is already as wanted."""
+    if pairs:
+        if b_k_last:
+            return lambda *ix: (*ix[:-2], ix[-1] // 2, ix[-2], ix[-1] % 2)
+        return lambda *ix: (*ix[:-2], ix[-2] // 2, ix[-1], ix[-2] % 2)
+    return (lambda *ix: (*ix[:-2], ix[-1], ix[-2])) if b_k_last else None
+
+
+def _register_tiled_gemm(sch: s_tir_schedule.Schedule, batch, row, col, red, b_k_last: bool) -> None:
     """Steps 1-4 of the module doc on the ``acc`` block: ``batch`` loops fused onto ``blockIdx.z``,
     ``row`` / ``col`` tiled over blocks, threads and registers, ``red`` (innermost) staged through
-    shared memory; ``b_layout`` puts the second operand's shared tile k-major (or None: it is)."""
+    shared memory; ``b_k_last``: the second operand is ``[..., n, k]`` (dense weights), not
+    ``[..., k, n]`` (:func:`_b_tile_layout`)."""
     acc, y = sch.get_sblock("acc"), sch.get_sblock("y")
     if batch:
         sch.bind(sch.fuse(*batch) if len(batch) > 1 else batch[0], "blockIdx.z")
     m, n, k = (sch.get(lp).extent.value for lp in (row, col, red))
     rm, rn = _divisor(m, REGISTER_TILE), _divisor(n, REGISTER_TILE)
     ty, tx = _divisor(m // rm, THREADS_Y), _divisor(n // rn, THREADS_X)
+    kt = _divisor(k, K_TILE)
+    b_layout = _b_tile_layout(b_k_last, kt % 2 == 0 and _operand_dtypes(sch, acc)[1] in DP4A_OPERANDS)
     by, thread_y, reg_y = sch.split(row, [None, ty, rm])
     bx, thread_x, reg_x = sch.split(col, [None, tx, rn])
-    ko, ki = sch.split(red, [None, _divisor(k, K_TILE)])
+    ko, ki = sch.split(red, [None, kt])
     sch.reorder(by, bx, thread_y, thread_x, ko, ki, reg_y, reg_x)
     sch.bind(by, "blockIdx.y")
     sch.bind(bx, "blockIdx.x")
@@ -132,7 +159,7 @@ class DenseInt16Gemm(Int16GemmRule):
         if not takes_int16_gemm(sch, p):
             return False
         *lead, j, k = sch.get_loops(sch.get_sblock("acc"))
-        _register_tiled_gemm(sch, lead[:-1], lead[-1], j, k, lambda n, kk: (kk, n))
+        _register_tiled_gemm(sch, lead[:-1], lead[-1], j, k, b_k_last=True)
         return True
 
 
@@ -145,7 +172,7 @@ class MatmulInt16Gemm(Int16GemmRule):
         if not takes_int16_gemm(sch, p):
             return False
         *lead, i, j, k = sch.get_loops(sch.get_sblock("acc"))
-        _register_tiled_gemm(sch, lead, i, j, k, None)
+        _register_tiled_gemm(sch, lead, i, j, k, b_k_last=False)
         return True
 
 
