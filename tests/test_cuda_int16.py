@@ -5,9 +5,10 @@ Without a GPU: the rule takes the digits ViT's and MiniLM's int16 dense / attent
 and their PTX for sm_80 / sm_90 stages the operands through shared memory and holds the
 unrolled register tile's multiply-adds; kernels whose accumulator could overflow, the chunked
 int64 dense and 8-bit pairs are declined; the digits ViT's sm_90 build gives all its 12 GEMMs to
-the rule and report.json names it. With a GPU: bit-exact against the NumPy twins, on
-random inputs with the dtype extremes planted and on operands filled with the extremes (the
-largest accumulators the overflow proof allows).
+the rule and report.json names it. With a GPU: bit-exact against the NumPy twins, on random
+inputs with the dtype extremes planted, on operands filled with the extremes (the largest
+accumulators the overflow proof allows) and on small operands with an identity requant (each
+output its exact sum); the requant is fitted so that no output saturates.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from qplugin_zoo import digits_split
 from tvm_qplugin.build_cuda import build_cuda, cuda_target, verify_gpu_kernels
 from tvm_qplugin.compiler import CompileOptions, integer_front
 from tvm_qplugin.ops import OPS, op_of
+from tvm_qplugin.ops.conv import _exact_matmul
 from tvm_qplugin.report import record_cuda
 from tvm_qplugin.targets import get_board
 from tvm_qplugin.passes.verify_tir import scan_kernel
@@ -152,10 +154,22 @@ def row_sum_bounded(shape, bound: int, rng) -> np.ndarray:
     return a.astype(np.int16)
 
 
-def gpu_inputs(name: str, fill: str, rng) -> list[np.ndarray]:
-    """Inputs for kernel ``name``: ``random`` (dtype extremes planted, test_cuda_build style) or
-    ``extreme`` (operands filled with their dtype's minimum / alternating-sign weights: the largest
-    |acc| the overflow proof allows)."""
+FILLS = ("random", "extreme", "small")
+UNSATURATED = 2**14  # requant fitted so that |y| <= this: the outputs carry the sums, not the clamp
+
+
+def fitted_shift(acc_max: int, multiplier: int) -> int:
+    """The shift that brings ``acc_max * multiplier`` down to at most :data:`UNSATURATED`."""
+    return max(0, (int(acc_max) * int(multiplier)).bit_length() - UNSATURATED.bit_length() + 1)
+
+
+def gpu_case(name: str, fill: str, rng) -> tuple[list[np.ndarray], dict]:
+    """Inputs and params for kernel ``name``. Operands: ``random`` (dtype extremes planted,
+    test_cuda_build style), ``extreme`` (filled with their dtype's minimum against alternating-sign
+    weights: the largest |acc| the overflow proof allows) or ``small`` (|values| <= 8 with an
+    identity requant, so each output is its exact sum); a ``P V`` operand is row-sum bounded as
+    the op's contract says. The requant (dense: per-channel inputs, matmul: params) is fitted to
+    the exact sums so that no output saturates."""
     op, args, params = INT16_KERNELS[name][:3]
     inputs = extreme_inputs(args, rng)
     if fill == "extreme":
@@ -166,23 +180,33 @@ def gpu_inputs(name: str, fill: str, rng) -> list[np.ndarray]:
         else:
             b[..., 1::2] = np.iinfo(args[1][1]).max  # b[..., k, n]: alternate columns
         inputs[1] = b
-    if "a_row_sum" in params:
-        inputs[0] = row_sum_bounded(args[0][0], params["a_row_sum"], rng)
-    if op == "dense_requant":  # multiplier in [1, 2**15], shift in [8, 24]: a plausible dyadic scale
-        inputs[-2] = rng.integers(1, 2**15, size=inputs[-2].shape).astype(np.int64)
-        inputs[-1] = rng.integers(8, 24, size=inputs[-1].shape).astype(np.int64)
-    return inputs
+    if fill == "small":
+        inputs[:2] = [rng.integers(-8, 8, size=shape, endpoint=True).astype(dtype) for shape, dtype in args[:2]]
+    if "a_row_sum" in params:  # small: |a| <= 8 keeps every row sum far below the bound
+        inputs[0] = np.abs(inputs[0]) if fill == "small" else row_sum_bounded(args[0][0], params["a_row_sum"], rng)
+    if op == "dense_requant":
+        inputs[2] = inputs[2] // 2**12 if fill == "small" else inputs[2]
+        acc = _exact_matmul(inputs[0], inputs[1].T) + inputs[2].astype(np.int64)
+        per_channel = np.abs(acc).reshape(-1, acc.shape[-1]).max(axis=0)
+        mult = np.ones(acc.shape[-1], np.int64) if fill == "small" else rng.integers(2**14, 2**15, size=acc.shape[-1])
+        inputs[3] = mult.astype(np.int64)
+        inputs[4] = np.array([0 if fill == "small" else fitted_shift(m, c) for m, c in zip(per_channel, mult)], np.int64)
+        return inputs, params
+    acc_max = np.abs(_exact_matmul(inputs[0], inputs[1])).max()
+    mult = 1 if fill == "small" else 23456
+    return inputs, dict(params, multiplier=mult, shift=0 if fill == "small" else fitted_shift(acc_max, mult))
 
 
 @needs_gpu
-@pytest.mark.parametrize("fill", ["random", "extreme"])
+@pytest.mark.parametrize("fill", FILLS)
 @pytest.mark.parametrize("name", sorted(INT16_KERNELS))
 def test_int16_gemm_kernel_bit_exact_on_gpu(name, fill, monkeypatch):
     monkeypatch.setenv("TVM_CUDA_COMPILE_MODE", "nvcc")
-    op, _args, params = INT16_KERNELS[name][:3]
-    inputs = gpu_inputs(name, fill, np.random.default_rng(3))
+    op, args = INT16_KERNELS[name][:2]
+    inputs, params = gpu_case(name, fill, np.random.default_rng(3))
     expected = OPS[op].reference(*inputs, **params)
-    func = int16_scheduled(kernel(INT16_KERNELS, name), cuda_target("sm_80"))
+    assert np.abs(expected).max() < params["qmax"], "the case saturates: it would not test the sums"
+    func = int16_scheduled(OPS[op].prim_func(args, **params)[0], cuda_target("sm_80"))
     built = tvm.tirx.build(func.with_attr("global_symbol", name), target=tvm.target.Target.from_device(tvm.cuda()))
     dev = tvm.cuda()
     out = tvm.runtime.tensor(np.zeros(expected.shape, expected.dtype), dev)
