@@ -1,10 +1,10 @@
 """The int16 GPU GEMM (schedules/cuda_int16.py): register-tiled dense / matmul with an int16 operand.
 
 Without a GPU: the rule takes the digits ViT's and MiniLM's int16 dense / attention matmul kernels
-(single kernels of their shapes), the scheduled kernels stay integer-only, pass TVM's GPU verifier,
-and their PTX for sm_80 / sm_90 stages the operands through shared memory and holds the
-unrolled register tile's multiply-adds; kernels whose accumulator could overflow, the chunked
-int64 dense and 8-bit pairs are declined; the digits ViT's sm_90 build gives all its 12 GEMMs to
+(single kernels of their shapes, the chunked int64 FFN down included), the scheduled kernels stay
+integer-only, pass TVM's GPU verifier, and their PTX for sm_80 / sm_90 stages the operands through shared memory and holds the
+unrolled register tile's multiply-adds; kernels whose accumulator could overflow, a ragged
+chunked dense and 8-bit pairs are declined; the digits ViT's sm_90 build gives all its 12 GEMMs to
 the rule and report.json names it. With a GPU: bit-exact against the NumPy twins, on random
 inputs with the dtype extremes planted, on operands filled with the extremes (the largest
 accumulators the overflow proof allows) and on small operands with an identity requant (each
@@ -48,6 +48,8 @@ INT16_KERNELS = {
                        dict(a_row_sum=ROW_SUM, multiplier=1307172735, shift=45, **S16), "mad.lo.s32", 16),
     "minilm_ffn_up_384x1536": ("dense_requant", [((8, 128, 384), "int16"), ((1536, 384), "int8"),
                                                  *PER_CHANNEL(1536)], S16, "dp2a", 16),
+    "minilm_ffn_down_chunked": ("dense_requant", [((8, 128, 1536), "int16"), ((384, 1536), "int8"),
+                                                  *PER_CHANNEL(384)], dict(acc_bits=64, **S16), "dp2a", 16),
     "minilm_qk_acc64": ("matmul_requant", [((8, 12, 128, 32), "int16"), ((8, 12, 32, 128), "int16")],
                         dict(acc_bits=64, multiplier=47160347, shift=42, **S16), "mul.wide.s32", 16),
     "minilm_pv_row_sum": ("matmul_requant", [((8, 12, 128, 128), "int16"), ((8, 12, 128, 32), "int16")],
@@ -56,11 +58,11 @@ INT16_KERNELS = {
                                dict(multiplier=3, shift=9, **S16), "dp2a", 16),
 }
 # kernels the rule must decline: int32 accumulator that K could overflow (600 * 32768 * 128 >= 2**31),
-# the chunked int64 dense (MiniLM's FFN down, K 1536), an 8-bit pair (dp4a's)
+# a chunked int64 dense whose last chunk is ragged (K 1031 prime: chunked_dot pads it), an 8-bit pair (dp4a's)
 DECLINED_KERNELS = {
     "dense_s16s8_k600_acc32": ("dense_requant", [((4, 600), "int16"), ((8, 600), "int8"), *PER_CHANNEL(8)], S16),
-    "minilm_ffn_down_chunked": ("dense_requant", [((1, 128, 1536), "int16"), ((384, 1536), "int8"),
-                                                  *PER_CHANNEL(384)], dict(acc_bits=64, **S16)),
+    "dense_chunked_ragged_k1031": ("dense_requant", [((4, 1031), "int16"), ((8, 1031), "int8"), *PER_CHANNEL(8)],
+                                   dict(acc_bits=64, **S16)),
     "dense_u8s8": ("dense_requant", [((16, 64), "uint8"), ((32, 64), "int8"), *PER_CHANNEL(32)],
                    dict(qmin=-128, qmax=127, out_dtype="int8")),
 }
@@ -166,7 +168,7 @@ def fitted_shift(acc_max: int, multiplier: int) -> int:
 def gpu_case(name: str, fill: str, rng) -> tuple[list[np.ndarray], dict]:
     """Inputs and params for kernel ``name``. Operands: ``random`` (dtype extremes planted,
     test_cuda_build style), ``extreme`` (filled with their dtype's minimum against alternating-sign
-    weights: the largest |acc| the overflow proof allows) or ``small`` (|values| <= 8 with an
+    weights: the largest |acc| the overflow proof allows) or ``small`` (|values| <= 4 with an
     identity requant, so each output is its exact sum); a ``P V`` operand is row-sum bounded as
     the op's contract says. The requant (dense: per-channel inputs, matmul: params) is fitted to
     the exact sums so that no output saturates."""
@@ -181,8 +183,8 @@ def gpu_case(name: str, fill: str, rng) -> tuple[list[np.ndarray], dict]:
             b[..., 1::2] = np.iinfo(args[1][1]).max  # b[..., k, n]: alternate columns
         inputs[1] = b
     if fill == "small":
-        inputs[:2] = [rng.integers(-8, 8, size=shape, endpoint=True).astype(dtype) for shape, dtype in args[:2]]
-    if "a_row_sum" in params:  # small: |a| <= 8 keeps every row sum far below the bound
+        inputs[:2] = [rng.integers(-4, 4, size=shape, endpoint=True).astype(dtype) for shape, dtype in args[:2]]
+    if "a_row_sum" in params:  # small: |a| <= 4 keeps every row sum far below the bound
         inputs[0] = np.abs(inputs[0]) if fill == "small" else row_sum_bounded(args[0][0], params["a_row_sum"], rng)
     if op == "dense_requant":
         inputs[2] = inputs[2] // 2**12 if fill == "small" else inputs[2]

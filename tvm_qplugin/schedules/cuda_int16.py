@@ -68,19 +68,31 @@ RULE_ATTR = "qplugin.cuda_rule"    # set on the kernels this module scheduled (C
 RULE_NAME = "cuda-int16-gemm"      # report.json layers[].kernel.source for them
 
 
+def _fits(sch: s_tir_schedule.Schedule, block, dtypes, k: int, params: dict) -> bool:
+    """Whether ``block``'s accumulator dtype holds ``acc_bound`` of operands ``dtypes`` over ``k`` steps."""
+    limit = ACC_LIMITS.get(_dtype_of(sch.get(block).writes[0].source.ty))
+    return limit is not None and acc_bound(*dtypes, k, params.get("a_row_sum")) < limit
+
+
 def takes_int16_gemm(sch: s_tir_schedule.Schedule, params: dict) -> bool:
-    """True when the kernel is ``acc`` + ``y`` (no chunked stages), has an int16 operand, and its
-    accumulator provably cannot overflow (module doc) for its reduction length."""
+    """True when the kernel is ``acc`` + ``y`` (or the chunked ``acc_part`` + ``acc`` + ``y`` with
+    chunks tiling K exactly), has an int16 operand, and every accumulator provably cannot overflow
+    (module doc) for its reduction length."""
     root_blocks = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
-    if root_blocks != {"acc", "y"}:
+    chunked = root_blocks == {"acc_part", "acc", "y"}
+    if root_blocks != {"acc", "y"} and not chunked:
         return False
-    acc = sch.get_sblock("acc")
-    a_dtype, b_dtype = _operand_dtypes(sch, acc)
-    if "int16" not in (a_dtype, b_dtype) or a_dtype not in OPERAND_DTYPES or b_dtype not in OPERAND_DTYPES:
+    gemm, acc = sch.get_sblock("acc_part" if chunked else "acc"), sch.get_sblock("acc")
+    dtypes = _operand_dtypes(sch, gemm)
+    if "int16" not in dtypes or any(d not in OPERAND_DTYPES for d in dtypes):
         return False
-    limit = ACC_LIMITS.get(_dtype_of(sch.get(acc).writes[0].source.ty))
-    k = sch.get(sch.get_loops(acc)[-1]).extent.value
-    return limit is not None and acc_bound(a_dtype, b_dtype, k, params.get("a_row_sum")) < limit
+    steps = sch.get(sch.get_loops(gemm)[-1]).extent.value  # K, or one chunk's length
+    if not chunked:
+        return _fits(sch, acc, dtypes, steps, params)
+    k = int(sch.get(gemm).reads[0].source.ty.shape[-1])
+    chunks = sch.get(sch.get_loops(acc)[-1]).extent.value
+    # a ragged last chunk reads a clamped index times 0 (chunked_dot): left to the fallback
+    return chunks * steps == k and _fits(sch, gemm, dtypes, steps, params) and _fits(sch, acc, dtypes, k, params)
 
 
 def _unroll_below(sch: s_tir_schedule.Schedule, block, loop) -> None:
@@ -105,38 +117,72 @@ def _b_tile_layout(b_k_last: bool, pairs: bool):
     return (lambda *ix: (*ix[:-2], ix[-1], ix[-2])) if b_k_last else None
 
 
-def _register_tiled_gemm(sch: s_tir_schedule.Schedule, batch, row, col, red, b_k_last: bool) -> None:
-    """Steps 1-4 of the module doc on the ``acc`` block: ``batch`` loops fused onto ``blockIdx.z``,
-    ``row`` / ``col`` tiled over blocks, threads and registers, ``red`` (innermost) staged through
-    shared memory; ``b_k_last``: the second operand is ``[..., n, k]`` (dense weights), not
-    ``[..., k, n]`` (:func:`_b_tile_layout`)."""
-    acc, y = sch.get_sblock("acc"), sch.get_sblock("y")
+def _tile_outputs(sch: s_tir_schedule.Schedule, batch, row, col, red):
+    """Step 1 of the module doc on the block owning loops ``batch`` (fused onto ``blockIdx.z``),
+    ``row`` / ``col`` (tiled over blocks, threads and registers) and its reduction ``red`` (moved
+    right above the register tile); returns the ``threadIdx.x`` loop and the thread counts."""
     if batch:
         sch.bind(sch.fuse(*batch) if len(batch) > 1 else batch[0], "blockIdx.z")
-    m, n, k = (sch.get(lp).extent.value for lp in (row, col, red))
+    m, n = (sch.get(lp).extent.value for lp in (row, col))
     rm, rn = _divisor(m, REGISTER_TILE), _divisor(n, REGISTER_TILE)
     ty, tx = _divisor(m // rm, THREADS_Y), _divisor(n // rn, THREADS_X)
-    kt = _divisor(k, K_TILE)
-    b_layout = _b_tile_layout(b_k_last, kt % 2 == 0 and _operand_dtypes(sch, acc)[1] in DP4A_OPERANDS)
     by, thread_y, reg_y = sch.split(row, [None, ty, rm])
     bx, thread_x, reg_x = sch.split(col, [None, tx, rn])
-    ko, ki = sch.split(red, [None, kt])
-    sch.reorder(by, bx, thread_y, thread_x, ko, ki, reg_y, reg_x)
+    sch.reorder(by, bx, thread_y, thread_x, red, reg_y, reg_x)
     sch.bind(by, "blockIdx.y")
     sch.bind(bx, "blockIdx.x")
     sch.bind(thread_y, "threadIdx.y")
     sch.bind(thread_x, "threadIdx.x")
-    sch.reverse_compute_at(y, thread_x)
+    return thread_x, ty, tx
+
+
+def _stage_through_shared(sch: s_tir_schedule.Schedule, gemm, red, ty: int, tx: int, b_k_last: bool):
+    """Steps 2-3 of the module doc on block ``gemm``, whose reduction loop ``red`` sits right above
+    its register tile; returns its init block. ``b_k_last``: the second operand is ``[..., n, k]``
+    (dense weights), not ``[..., k, n]`` (:func:`_b_tile_layout`)."""
+    kt = _divisor(sch.get(red).extent.value, K_TILE)
+    b_layout = _b_tile_layout(b_k_last, kt % 2 == 0 and _operand_dtypes(sch, gemm)[1] in DP4A_OPERANDS)
+    ko, ki = sch.split(red, [None, kt])
     for index, layout in ((0, None), (1, b_layout)):
-        shared = sch.cache_read(acc, index, "shared")
+        shared = sch.cache_read(gemm, index, "shared")
         sch.compute_at(shared, ko)
         if layout is not None:
             sch.transform_layout(shared, ("write", 0), layout)
         _cooperative_copy(sch, shared, ko, ty, tx)
-        sch.compute_at(sch.cache_read(acc, index, "local"), ki)
+        sch.compute_at(sch.cache_read(gemm, index, "local"), ki)
+    sch.set_scope(gemm, 0, "local")
+    init = sch.decompose_reduction(gemm, ko)
+    _unroll_below(sch, gemm, ki)
+    return init
+
+
+def _register_tiled_gemm(sch: s_tir_schedule.Schedule, batch, row, col, red, b_k_last: bool) -> None:
+    """Steps 1-4 of the module doc on the ``acc`` block (loops as :func:`_tile_outputs` takes them)."""
+    acc, y = sch.get_sblock("acc"), sch.get_sblock("y")
+    thread_x, ty, tx = _tile_outputs(sch, batch, row, col, red)
+    sch.reverse_compute_at(y, thread_x)
+    init = _stage_through_shared(sch, acc, red, ty, tx, b_k_last)
+    for block in (init, y):
+        _unroll_below(sch, block, thread_x)
+
+
+def _register_tiled_chunked_gemm(sch: s_tir_schedule.Schedule, batch, row, col, chunk, b_k_last: bool) -> None:
+    """The same for the chunked int64 dense (ops/conv.py ``chunked_dot``): ``acc`` (int64, summing
+    the chunks over its loop ``chunk``) is tiled as above; each chunk's int32 ``acc_part`` is
+    computed under ``chunk`` into its own register tile, through the shared-memory stages."""
+    part, acc, y = sch.get_sblock("acc_part"), sch.get_sblock("acc"), sch.get_sblock("y")
+    thread_x, ty, tx = _tile_outputs(sch, batch, row, col, chunk)
+    sch.reverse_compute_at(y, thread_x)
+    sch.compute_at(part, chunk)
+    loops = sch.get_loops(part)
+    at = next(n for n, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(chunk)))
+    *register_tile, kc = loops[at + 1:]
+    sch.reorder(kc, *register_tile)
+    part_init = _stage_through_shared(sch, part, kc, ty, tx, b_k_last)
+    _unroll_below(sch, part_init, chunk)
     sch.set_scope(acc, 0, "local")
-    init = sch.decompose_reduction(acc, ko)
-    for block, under in ((acc, ki), (init, thread_x), (y, thread_x)):
+    init = sch.decompose_reduction(acc, chunk)
+    for block, under in ((acc, chunk), (init, thread_x), (y, thread_x)):
         _unroll_below(sch, block, under)
 
 
@@ -158,8 +204,9 @@ class DenseInt16Gemm(Int16GemmRule):
     def schedule(self, sch, p):
         if not takes_int16_gemm(sch, p):
             return False
-        *lead, j, k = sch.get_loops(sch.get_sblock("acc"))
-        _register_tiled_gemm(sch, lead[:-1], lead[-1], j, k, b_k_last=True)
+        *lead, j, k = sch.get_loops(sch.get_sblock("acc"))  # k: the chunks when acc_bits=64
+        tiled = _register_tiled_chunked_gemm if p.get("acc_bits", 32) == 64 else _register_tiled_gemm
+        tiled(sch, lead[:-1], lead[-1], j, k, b_k_last=True)
         return True
 
 
