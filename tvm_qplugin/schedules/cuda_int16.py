@@ -26,9 +26,10 @@ an intermediate overflows: every partial sum is a sum over a subset of the produ
 ``|partial| <= sum_k |a_k| |b_k| <= acc_bound`` (ops/matmul.py: ``K * max|a| * max|b|``, or
 ``a_row_sum * max|b|``). The rule takes an int32 accumulator only when ``acc_bound < 2**31``
 (int16 x int8: K <= 511; ``P V`` with the row-sum bound: any K) and an int64 one only when
-``acc_bound < 2**63``, and declines the rest -- and the chunked int64 dense (``acc_bits=64``:
-int32 ``acc_part`` stages summed in int64, ops/conv.py ``chunked_dot``), which stays on the
-fallback.
+``acc_bound < 2**63``, and declines the rest. The chunked int64 dense (``acc_bits=64``: int32
+``acc_part`` chunks summed in int64, ops/conv.py ``chunked_dot``) keeps its form
+(:func:`_register_tiled_chunked_gemm`); the rule re-checks that each chunk fits int32 and
+declines a ragged last chunk (its clamped index times 0).
 
 Note: instructions per multiply-accumulate (MAC), read from the PTX (nvcc 13, sm_80 / sm_90;
 tests/test_cuda_int16.py checks them). int16 x int8 in int32 (the dense layers): with the weight
@@ -42,6 +43,8 @@ int64 (``Q Kᵀ``): ``mul.wide.s32`` + a 64-bit add. Splitting int16 into a sign
 unsigned low byte (``x = 256 * hi + lo``) for two ``__dp4a`` per four MACs would reach ~0.7 as
 well, but it rewrites the computation (byte planes, two accumulators, their recombination)
 instead of scheduling the op's TIR, and gains nothing on int16 x int16 -- so it is not done.
+On an H200 (docs/architecture.md, "CUDA"): bit-exact; MiniLM's FFN up 34.5x faster than the
+fallback, its attention matmuls 1.7-2x.
 """
 from __future__ import annotations
 
