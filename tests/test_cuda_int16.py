@@ -24,11 +24,11 @@ from tvm_qplugin.build_cuda import build_cuda, cuda_target, verify_gpu_kernels
 from tvm_qplugin.compiler import CompileOptions, integer_front
 from tvm_qplugin.ops import OPS, op_of
 from tvm_qplugin.ops.conv import _exact_matmul
-from tvm_qplugin.report import record_cuda
-from tvm_qplugin.targets import get_board
 from tvm_qplugin.passes.verify_tir import scan_kernel
+from tvm_qplugin.report import record_cuda
 from tvm_qplugin.schedules.cuda_int8 import SCHEDULED_ATTR, apply_cuda_schedules
 from tvm_qplugin.schedules.cuda_int16 import INT16_RULES, int16_gemm_kernels
+from tvm_qplugin.targets import get_board
 
 ARCHS = ("sm_80", "sm_90")  # nvidia-a100, nvidia-h100 (sm_75 builds the same PTX; test_cuda_build covers it)
 PER_CHANNEL = lambda n: [((n,), "int32"), ((n,), "int64"), ((n,), "int64")]
@@ -41,7 +41,7 @@ INT16_KERNELS = {
     "vit_dense_16x32x64": ("dense_requant", [((1, 16, 32), "int16"), ((64, 32), "int8"), *PER_CHANNEL(64)], S16,
                            "dp2a", 16),
     "vit_head_1x32x10": ("dense_requant", [((1, 32), "int16"), ((10, 32), "int8"), *PER_CHANNEL(10)],
-                         dict(qmin=-8388607, qmax=8388607, out_dtype="int32"), "dp2a", 2),
+                         {"qmin": -8388607, "qmax": 8388607, "out_dtype": "int32"}, "dp2a", 2),
     "vit_qk_acc64": ("matmul_requant", [((1, 2, 16, 16), "int16"), ((1, 2, 16, 16), "int16")],
                      dict(acc_bits=64, multiplier=100980030, shift=43, **S16), "mul.wide.s32", 16),
     "vit_pv_row_sum": ("matmul_requant", [((1, 2, 16, 16), "int16"), ((1, 2, 16, 16), "int16")],
@@ -64,7 +64,7 @@ DECLINED_KERNELS = {
     "dense_chunked_ragged_k1031": ("dense_requant", [((4, 1031), "int16"), ((8, 1031), "int8"), *PER_CHANNEL(8)],
                                    dict(acc_bits=64, **S16)),
     "dense_u8s8": ("dense_requant", [((16, 64), "uint8"), ((32, 64), "int8"), *PER_CHANNEL(32)],
-                   dict(qmin=-128, qmax=127, out_dtype="int8")),
+                   {"qmin": -128, "qmax": 127, "out_dtype": "int8"}),
 }
 
 
