@@ -2,7 +2,8 @@
 
 What runs with no GPU (only TVM's CUDA codegen and the CUDA toolkit's ``nvcc``):
 
-* scheduling: schedules/cuda_int8.py's ``__dp4a`` rules on the GEMM-shaped kernels, dlight's
+* scheduling: schedules/cuda_int8.py's ``__dp4a`` rules on the 8-bit GEMM-shaped kernels,
+  schedules/cuda_int16.py's register-tiled GEMM on those with an int16 operand, dlight's
   ``gpu.Fallback`` on every other kernel (LegalizeOps' layout kernels included), so every kernel
   has thread bindings;
 * the integer-only check (passes/verify_tir.py) on the scheduled kernels, as for the CPU build;
@@ -58,6 +59,7 @@ class CudaBuild:
     integer_only: IntegerOnlyReport       # passes/verify.py's report, TIR level on these kernels
     kernel_ptx: dict[str, str] = field(default_factory=dict)  # PTX ``.entry`` name -> its body
     executable: object = None             # relax VM executable (loadable only with a GPU)
+    int16_gemm_kernels: list[str] = field(default_factory=list)  # scheduled by cuda_int16 (register tiles)
     check_samples: list = field(default_factory=list)  # (inputs, reference outputs): OUT/cuda/check.npz
 
     def ptx_of(self, kernel: str) -> str:
@@ -85,17 +87,20 @@ def find_nvcc() -> str:
     return path
 
 
-def schedule_for_cuda(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.IRModule, list[str]]:
-    """cuda_int8 rules, LegalizeOps, dlight fallback, then build.py's Relax pipeline."""
+def schedule_for_cuda(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.IRModule, list[str], list[str]]:
+    """cuda_int8 rules, LegalizeOps, dlight fallback, then build.py's Relax pipeline; returns the
+    module, the dp4a kernels and the int16 GEMM kernels."""
     # imported here: it loads TVM's CUDA tensor intrinsics (tens of seconds of TVMScript parsing),
     # which the checks a CUDA compile makes before any work (cuda_target, find_nvcc) do not need
     from .schedules.cuda_int8 import FALLBACK, apply_cuda_schedules
+    from .schedules.cuda_int16 import int16_gemm_kernels
 
     mod, taken = apply_cuda_schedules(mod, target)
+    int16 = int16_gemm_kernels(mod)
     with target:
         mod = relax.transform.LegalizeOps()(mod)
         mod = FALLBACK(mod)
-    return relax_pipeline(target)(mod), taken
+    return relax_pipeline(target)(mod), taken, int16
 
 
 def lower_for_verifier(mod: tvm.IRModule) -> tvm.IRModule:
@@ -160,10 +165,10 @@ def build_cuda(mod: tvm.IRModule, arch: str) -> CudaBuild:
 
     target = cuda_target(arch)
     find_nvcc()
-    lowered, taken = schedule_for_cuda(mod, target)
+    lowered, taken, int16 = schedule_for_cuda(mod, target)
     integer_only = check_kernels(mod, lowered)
     executable = tvm.compile(lowered, target=target, relax_pipeline=None)
     source = _cuda_source(executable)
     with target:  # nvcc.compile_cuda reads the arch from the current target as well
         ptx = nvcc.compile_cuda(source, target_format="ptx", arch=arch, compiler="nvcc").decode()
-    return CudaBuild(arch, source, ptx, taken, integer_only, split_ptx(ptx), executable)
+    return CudaBuild(arch, source, ptx, taken, integer_only, split_ptx(ptx), executable, int16)

@@ -88,9 +88,12 @@ def record_cuda(r: dict, built, board, layer_kernels: list, device: dict | None)
     dp4a, the checks that ran without a GPU, and, where a GPU ran it, device bit-exactness and
     latency (``latency_ms`` becomes the GPU's; without a GPU it is None and ``cuda.why`` says so).
     ``layer_kernels``: the kernel each layer calls, in layer order."""
+    from .schedules.cuda_int16 import RULE_NAME
+
     kernels = sorted({name.split("_kernel")[0] for name in built.kernel_ptx})
     r["cuda"] = {"board": board.name, "arch": built.arch, "kernels": len(kernels),
-                 "dp4a_kernels": sorted(built.dp4a_kernels), "ptx_bytes": len(built.ptx),
+                 "dp4a_kernels": sorted(built.dp4a_kernels), "int16_gemm_kernels": sorted(built.int16_gemm_kernels),
+                 "ptx_bytes": len(built.ptx),
                  "checks": ["integer-only (TIR, CUDA kernels)", "TVM GPU verifier", f"nvcc -ptx {built.arch}"],
                  "device": None, "bit_exact": None, "bit_exact_inputs": 0,
                  "why": "no CUDA GPU on the build machine: the CUDA build was checked, not run"}
@@ -99,6 +102,8 @@ def record_cuda(r: dict, built, board, layer_kernels: list, device: dict | None)
         layer["kernel"] = {"source": "cuda-dp4a" if dp4a else "cuda-default",
                            "why": f"{built.arch}: schedules/cuda_int8.py" + (" (__dp4a)" if dp4a else
                                                                                " declined; dlight fallback")}
+        if kernel in built.int16_gemm_kernels:
+            layer["kernel"] = {"source": RULE_NAME, "why": f"{built.arch}: schedules/cuda_int16.py (register tiles)"}
     if device is None:
         r["latency_ms"] = None
         return
@@ -189,6 +194,7 @@ def summary(r: dict, outdir: Path | str) -> str:
         ran = ("bit-exact " + ("yes" if cuda["bit_exact"] else "NO") + f" on {cuda['device']}"
                if cuda["device"] else "not run (" + cuda["why"] + ")")
         lines.append(f"CUDA         {cuda['arch']}: {cuda['kernels']} kernels, {len(cuda['dp4a_kernels'])} on dp4a, "
+                     f"{len(cuda.get('int16_gemm_kernels', []))} on the int16 GEMM, "
                      f"GPU verifier passed; {ran}")
     if r.get("latency_ms"):
         lines.append(f"latency      {r['latency_ms']['median']:.3f} ms median of {r['latency_ms']['runs']} runs")

@@ -205,10 +205,14 @@ FALLBACK = dlight.ApplyDefaultSchedule(dlight.gpu.Fallback())
 def apply_cuda_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.IRModule, list[str]]:
     """Schedule the integer kernels :data:`RULES` take; returns the module and their names (the
     ``__dp4a`` kernels). The row kernels (softmax / LayerNorm) get cuda_rows.py's one-block-per-row
-    schedules first (not listed: no dp4a in them); the rest (and the layout kernels LegalizeOps
+    schedules first and the int16 GEMMs cuda_int16.py's register tiles (neither listed: no dp4a in
+    them); the rest (and the layout kernels LegalizeOps
     adds later) is for :data:`FALLBACK`."""
     from . import apply_rules
+    from .cuda_int16 import INT16_RULES
     from .cuda_rows import ROW_RULES
 
     mod, _rows = apply_rules(mod, target, ROW_RULES)
-    return apply_rules(mod, target, RULES)
+    mod, taken = apply_rules(mod, target, RULES)
+    mod, _int16 = apply_rules(mod, target, INT16_RULES)  # not listed: no dp4a (cuda_int16.int16_gemm_kernels)
+    return mod, taken
