@@ -94,11 +94,14 @@ def record_cuda(r: dict, built, board, layer_kernels: list, device: dict | None)
                  "checks": ["integer-only (TIR, CUDA kernels)", "TVM GPU verifier", f"nvcc -ptx {built.arch}"],
                  "device": None, "bit_exact": None, "bit_exact_inputs": 0,
                  "why": "no CUDA GPU on the build machine: the CUDA build was checked, not run"}
+    r["cuda"]["mma_kernels"] = sorted(built.mma_kernels)
     for layer, kernel in zip(r["layers"], layer_kernels):
         dp4a = kernel in built.dp4a_kernels
         layer["kernel"] = {"source": "cuda-dp4a" if dp4a else "cuda-default",
                            "why": f"{built.arch}: schedules/cuda_int8.py" + (" (__dp4a)" if dp4a else
                                                                                " declined; dlight fallback")}
+        if kernel in built.mma_kernels:
+            layer["kernel"] = {"source": "cuda-mma", "why": f"{built.arch}: schedules/cuda_mma.py (mma.sync m16n8k32 s8)"}
     if device is None:
         r["latency_ms"] = None
         return
