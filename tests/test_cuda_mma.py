@@ -170,3 +170,16 @@ def test_mma_kernel_bit_exact_on_gpu(name, extremes_only, monkeypatch):
     out = tvm.runtime.tensor(np.zeros(expected.shape, expected.dtype), dev)
     built[name](*[tvm.runtime.tensor(a, dev) for a in inputs], out)
     np.testing.assert_array_equal(out.numpy(), expected)
+
+
+def test_report_names_mma_layers_cuda_mma(dense_batch16_build):
+    from tvm_qplugin import report
+    from tvm_qplugin.targets import get_board
+
+    built = dense_batch16_build
+    kernels = [*built.mma_kernels, *built.dp4a_kernels, "some_fallback_kernel"]
+    r = {"layers": [{} for _ in kernels]}
+    report.record_cuda(r, built, get_board("nvidia-h100"), kernels, None)
+    sources = [layer["kernel"]["source"] for layer in r["layers"]]
+    assert sources == ["cuda-mma"] * len(built.mma_kernels) + ["cuda-dp4a"] * len(built.dp4a_kernels) + ["cuda-default"]
+    assert r["cuda"]["mma_kernels"] == sorted(built.mma_kernels) and r["cuda"]["arch"] == "sm_90"

@@ -191,7 +191,8 @@ def summary(r: dict, outdir: Path | str) -> str:
     if cuda:
         ran = ("bit-exact " + ("yes" if cuda["bit_exact"] else "NO") + f" on {cuda['device']}"
                if cuda["device"] else "not run (" + cuda["why"] + ")")
-        lines.append(f"CUDA         {cuda['arch']}: {cuda['kernels']} kernels, {len(cuda['dp4a_kernels'])} on dp4a, "
+        mma = f"{len(cuda['mma_kernels'])} on mma, " if cuda.get("mma_kernels") else ""  # sm_80+ only
+        lines.append(f"CUDA         {cuda['arch']}: {cuda['kernels']} kernels, {mma}{len(cuda['dp4a_kernels'])} on dp4a, "
                      f"GPU verifier passed; {ran}")
     if r.get("latency_ms"):
         lines.append(f"latency      {r['latency_ms']['median']:.3f} ms median of {r['latency_ms']['runs']} runs")
