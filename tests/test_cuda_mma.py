@@ -183,3 +183,17 @@ def test_report_names_mma_layers_cuda_mma(dense_batch16_build):
     sources = [layer["kernel"]["source"] for layer in r["layers"]]
     assert sources == ["cuda-mma"] * len(built.mma_kernels) + ["cuda-dp4a"] * len(built.dp4a_kernels) + ["cuda-default"]
     assert r["cuda"]["mma_kernels"] == sorted(built.mma_kernels) and r["cuda"]["arch"] == "sm_90"
+
+
+def test_an_op_variant_with_an_unknown_param_is_declined():
+    """The GEMM reading (what the accumulator sums) was written for the ops' current params; a
+    variant carrying another one (an input offset, say) must not be read as a plain GEMM."""
+    import json
+
+    from tvm_qplugin.ops.registry import PARAMS_ATTR, op_of
+
+    func = kernel(MMA_KERNELS, "dense_u8s8_m100_n40")
+    params = dict(op_of(func)[1], input_offset=128)
+    variant = func.with_attr(PARAMS_ATTR, json.dumps(params, sort_keys=True))
+    assert all(rule.apply(variant, cuda_target("sm_90")) is None for rule in MMA_RULES)
+    assert all(rule.apply(func, cuda_target("sm_90")) is not None for rule in MMA_RULES)

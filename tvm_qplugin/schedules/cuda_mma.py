@@ -23,7 +23,7 @@ Strategy, per thread block of ``WARPS_M x WARPS_N`` warps and a ``BM x BN`` outp
    for the whole K loop.
 3. Epilogue per accumulator element in the lane that holds it: the op's own requant expression
    (its ``y`` block's value: bias, dyadic multiply, rounding shift, clamp -- reused node for node,
-   :func:`_epilogue`, not re-derived) on the register, then the store, predicated on M / N.
+   :func:`epilogue_of`, not re-derived) on the register, then the store, predicated on M / N.
 """
 from __future__ import annotations
 
@@ -218,11 +218,15 @@ def _gemm_kernel(view: GemmView, tiling: Tiling, A, B, Y, epilogue) -> tvm.tirx.
                                         nn = T.meta_var(bx * bn + (warp % wn) * 8 * fn + j * 8 + cc)
                                         if mm < m_total and nn < n_total:
                                             Y[y_at(bz, mm, nn)] = epilogue(acc[(i * fn + j) * C_REGS + e], y_at(bz, mm, nn))
-        
 
     return kernel.body
 
 
+# the op params each GEMM view was written for (ops/conv.py, ops/matmul.py): a new one may change
+# what the accumulator sums (an input offset, say), so an op carrying any other is declined
+REQUANT_PARAMS = {"qmin", "qmax", "out_dtype"}
+KNOWN_PARAMS = {"dense_requant": REQUANT_PARAMS | {"acc_bits"}, "matmul_requant": REQUANT_PARAMS | {"multiplier", "shift"},
+                "conv2d_requant": REQUANT_PARAMS | {"strides", "padding", "dilation", "groups"}}
 BINARY = (tirx.Add, tirx.Sub, tirx.Mul, tirx.Min, tirx.Max, tirx.FloorDiv, tirx.FloorMod, tirx.LShift, tirx.RShift)
 
 
@@ -231,20 +235,24 @@ class NotMine(Exception):
 
 
 def _rebuild(e, var_map: dict, acc_buffer, acc_value):
-    """``e`` with its variables replaced per ``var_map`` and every load of ``acc_buffer`` by
-    ``acc_value`` -- the node kinds of ops/requant.py's epilogues; any other kind raises NotMine."""
+    """``e`` with its variables replaced per ``var_map`` (the ``y`` block's iter vars, in order)
+    and the load of ``acc_buffer`` at those iter vars by ``acc_value`` -- the node kinds of
+    ops/requant.py's epilogues; any other kind, or ``acc`` read elsewhere, raises NotMine."""
+    again = lambda x: _rebuild(x, var_map, acc_buffer, acc_value)
     if isinstance(e, tvm.ir.TensorLoad):
         if e.source.same_as(acc_buffer):
+            if len(e.indices) != len(var_map) or not all(i.same_as(v) for i, v in zip(e.indices, var_map)):
+                raise NotMine("the epilogue reads acc at another element than its own")
             return acc_value
-        return tirx.BufferLoad(e.source, [_rebuild(i, var_map, acc_buffer, acc_value) for i in e.indices])
+        return tirx.BufferLoad(e.source, [again(i) for i in e.indices])
     if isinstance(e, tirx.Var):
         return var_map.get(e, e)
-    if isinstance(e, (tirx.IntImm,)):
+    if isinstance(e, tirx.IntImm):
         return e
     if isinstance(e, tirx.Cast):
-        return tirx.Cast(_dtype_of(e.ty), _rebuild(e.value, var_map, acc_buffer, acc_value))
+        return tirx.Cast(_dtype_of(e.ty), again(e.value))
     if isinstance(e, BINARY):
-        return type(e)(_rebuild(e.a, var_map, acc_buffer, acc_value), _rebuild(e.b, var_map, acc_buffer, acc_value))
+        return type(e)(again(e.a), again(e.b))
     raise NotMine(type(e).__name__)
 
 
@@ -258,7 +266,6 @@ def _y_block(func: tvm.tirx.PrimFunc):
 
     tvm_ffi.structural_walk(func.body, [(tvm.s_tir.SBlock, visit)], order="pre")
     return found[0] if len(found) == 1 else None
-
 
 
 def epilogue_of(func: tvm.tirx.PrimFunc):
@@ -281,13 +288,13 @@ def epilogue_of(func: tvm.tirx.PrimFunc):
 class GemmMma:
     """The CUDA rule: the kernels of the module doc on sm_80+ (dlight's contract: a PrimFunc, or None)."""
 
-    ops = ("dense_requant", "matmul_requant", "conv2d_requant")
-
     def apply(self, func: tvm.tirx.PrimFunc, target: tvm.target.Target):
         if target.kind.name != "cuda" or str(target.attrs.get("arch", "")) not in MMA_ARCHS:
             return None
         described = op_of(func)
-        if described is None or described[0] not in self.ops or described[1].get("acc_bits", 32) != 32:
+        if described is None or described[0] not in KNOWN_PARAMS or described[1].get("acc_bits", 32) != 32:
+            return None
+        if set(described[1]) - KNOWN_PARAMS[described[0]]:  # a variant this GEMM reading does not know
             return None
         if any(_dtype_of(p.ty) not in MMA_PTX_TYPE for p in func.params[:2]):
             return None
@@ -298,8 +305,8 @@ class GemmMma:
             epilogue = epilogue_of(func)
         except NotMine:
             return None
-        body = _gemm_kernel(view, tiling_for(view.batch, view.m, view.n), func.params[view.a_param], func.params[view.b_param],
-                            func.params[-1], epilogue)
+        body = _gemm_kernel(view, tiling_for(view.batch, view.m, view.n), func.params[view.a_param],
+                            func.params[view.b_param], func.params[-1], epilogue)
         return tvm.tirx.PrimFunc(func.params, body, attrs=func.attrs).with_attrs({SCHEDULED_ATTR: True, MMA_ATTR: True})
 
 

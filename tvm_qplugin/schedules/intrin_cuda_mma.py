@@ -17,10 +17,10 @@ Fragment layout of ``mma.sync.aligned.m16n8k32.row.col.s32.{s8,u8}.{s8}.s32`` pe
   ``16 * r + 4 * quad + 0..3``;
 * C / D (16 x 8 int32): element e holds row ``group + 8 * (e // 2)``, column ``2 * quad + e % 2``.
 
-The products are exact (8 x 8 -> 16 bits, 32 of them per output fit int32 with room to spare)
-and the s32 accumulation wraps like the int32 adds of ``ops``' reference (``.satfinite`` is not
-asked for), so the kernels are bit-exact with the dp4a / scalar ones wherever the int32
-accumulator of the op does not overflow -- the same contract the op already has.
+The products are exact (8 x 8 -> 16 bits) and summed into the s32 accumulator (no
+``.satfinite``): the same integers as the op's int32 sum wherever that sum does not overflow
+int32 -- for u8 x s8, K up to 65,793 -- which is the op's own int32 accumulator's limit too
+(ops/conv.py's int64 chunked sums, ``acc_bits`` 64, are for int16 inputs: cuda_mma declines them).
 """
 from __future__ import annotations
 
