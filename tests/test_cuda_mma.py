@@ -25,7 +25,8 @@ from tvm_qplugin.schedules.cuda_mma import MMA_ARCHS, MMA_RULES, is_mma_kernel
 
 ARCHS = ("sm_80", "sm_90")  # nvidia-a100, nvidia-h100 (sm_75 keeps dp4a: its s8 MMA is m8n8k16)
 POINTWISE = dict(strides=[1, 1], padding=[0, 0, 0, 0], dilation=[1, 1], groups=1)
-# (op, argument types, params): each GEMM family, sizes that tile and sizes that do not
+# (op, argument types, params): each GEMM family, sizes that tile and sizes that do not, and each
+# tile copy (int32 words along k: K % 4 == 0; words along n of a k-major B: N % 4 == 0; bytes)
 MMA_KERNELS = {
     "dense_u8s8_m100_n40": ("dense_requant", [((100, 64), "uint8"), ((40, 64), "int8"), *PER_CHANNEL(40)], REQUANT),
     "dense_s8s8_3d_k72_n30": ("dense_requant", [((2, 17, 72), "int8"), ((30, 72), "int8"), *PER_CHANNEL(30)], REQUANT),
@@ -37,6 +38,8 @@ MMA_KERNELS = {
                         dict(multiplier=5, shift=11, **REQUANT)),
     "conv1x1_u8s8_7x7": ("conv2d_requant", [((1, 32, 7, 7), "uint8"), ((64, 32, 1, 1), "int8"), *PER_CHANNEL(64)],
                          dict(POINTWISE, **REQUANT)),
+    "conv1x1_s8s8_14x14_96to24": ("conv2d_requant", [((1, 96, 14, 14), "int8"), ((24, 96, 1, 1), "int8"),
+                                                     *PER_CHANNEL(24)], dict(POINTWISE, **REQUANT)),
     "conv1x1_s8s8_b2_k24": ("conv2d_requant", [((2, 24, 5, 5), "int8"), ((16, 24, 1, 1), "int8"), *PER_CHANNEL(16)],
                             dict(POINTWISE, **REQUANT)),
 }
