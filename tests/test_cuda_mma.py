@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 import tvm
 from onnx_builders import OnnxGraph
-from test_cuda_build import PER_CHANNEL, REQUANT, cuda_scheduled, extreme_inputs, kernel, kernel_ptx
+from test_cuda_build import (
+    PER_CHANNEL,
+    REQUANT,
+    cuda_scheduled,
+    extreme_inputs,
+    kernel,
+    kernel_ptx,
+)
 from tvm.script import tirx as T
 
 from tvm_qplugin.build_cuda import build_cuda, cuda_target, verify_gpu_kernels
@@ -24,14 +31,14 @@ from tvm_qplugin.schedules.cuda_int8 import apply_cuda_schedules
 from tvm_qplugin.schedules.cuda_mma import MMA_ARCHS, MMA_RULES, is_mma_kernel
 
 ARCHS = ("sm_80", "sm_90")  # nvidia-a100, nvidia-h100 (sm_75 keeps dp4a: its s8 MMA is m8n8k16)
-POINTWISE = dict(strides=[1, 1], padding=[0, 0, 0, 0], dilation=[1, 1], groups=1)
+POINTWISE = {"strides": [1, 1], "padding": [0, 0, 0, 0], "dilation": [1, 1], "groups": 1}
 # (op, argument types, params): each GEMM family, sizes that tile and sizes that do not, and each
 # tile copy (int32 words along k: K % 4 == 0; words along n of a k-major B: N % 4 == 0; bytes)
 MMA_KERNELS = {
     "dense_u8s8_m100_n40": ("dense_requant", [((100, 64), "uint8"), ((40, 64), "int8"), *PER_CHANNEL(40)], REQUANT),
     "dense_s8s8_3d_k72_n30": ("dense_requant", [((2, 17, 72), "int8"), ((30, 72), "int8"), *PER_CHANNEL(30)], REQUANT),
     "dense_u8s8_k20_u8out": ("dense_requant", [((16, 20), "uint8"), ((8, 20), "int8"), *PER_CHANNEL(8)],
-                             dict(qmin=0, qmax=255, out_dtype="uint8")),
+                             {"qmin": 0, "qmax": 255, "out_dtype": "uint8"}),
     "matmul_s8s8_batched": ("matmul_requant", [((2, 48, 80), "int8"), ((2, 80, 24), "int8")],
                             dict(multiplier=3, shift=9, **REQUANT)),
     "matmul_u8s8_odd": ("matmul_requant", [((3, 17, 33), "uint8"), ((3, 33, 9), "int8")],

@@ -40,8 +40,16 @@ from tvm.script import tirx as T
 from ..ops import op_of
 from ..passes.verify_tir import _dtype_of
 from .cuda_int8 import SCHEDULED_ATTR
-from .intrin_cuda_mma import (A_REGS, B_REGS, C_REGS, MMA_PTX_TYPE, a_element, b_element, c_element,
-                              mma_m16n8k32)
+from .intrin_cuda_mma import (
+    A_REGS,
+    B_REGS,
+    C_REGS,
+    MMA_PTX_TYPE,
+    a_element,
+    b_element,
+    c_element,
+    mma_m16n8k32,
+)
 
 MMA_ARCHS = ("sm_80", "sm_86", "sm_87", "sm_89", "sm_90")  # m16n8k32 s8/u8 (sm_75 has m8n8k16 only)
 MIN_ROWS = 16   # below one m16 tile of rows the dp4a kernel wastes less
