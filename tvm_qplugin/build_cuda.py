@@ -2,8 +2,9 @@
 
 What runs with no GPU (only TVM's CUDA codegen and the CUDA toolkit's ``nvcc``):
 
-* scheduling: schedules/cuda_int8.py's ``__dp4a`` rules on the 8-bit GEMM-shaped kernels,
-  schedules/cuda_int16.py's register-tiled GEMM on those with an int16 operand, dlight's
+* scheduling: schedules/cuda_mma.py's tensor-core kernels (sm_80+), then schedules/cuda_int8.py's
+  ``__dp4a`` rules on the 8-bit GEMM-shaped kernels, schedules/cuda_int16.py's register-tiled GEMM
+  on those with an int16 operand, dlight's
   ``gpu.Fallback`` on every other kernel (LegalizeOps' layout kernels included), so every kernel
   has thread bindings;
 * the integer-only check (passes/verify_tir.py) on the scheduled kernels, as for the CPU build;
@@ -60,6 +61,7 @@ class CudaBuild:
     kernel_ptx: dict[str, str] = field(default_factory=dict)  # PTX ``.entry`` name -> its body
     executable: object = None             # relax VM executable (loadable only with a GPU)
     int16_gemm_kernels: list[str] = field(default_factory=list)  # scheduled by cuda_int16 (register tiles)
+    mma_kernels: list[str] = field(default_factory=list)  # integer kernels cuda_mma wrote (mma.sync s8, sm_80+)
     check_samples: list = field(default_factory=list)  # (inputs, reference outputs): OUT/cuda/check.npz
 
     def ptx_of(self, kernel: str) -> str:
@@ -88,19 +90,21 @@ def find_nvcc() -> str:
 
 
 def schedule_for_cuda(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.IRModule, list[str], list[str]]:
-    """cuda_int8 rules, LegalizeOps, dlight fallback, then build.py's Relax pipeline; returns the
-    module, the dp4a kernels and the int16 GEMM kernels."""
+    """cuda_mma / cuda_int8 / cuda_int16 rules, LegalizeOps, dlight fallback, then build.py's Relax
+    pipeline; returns the module, the dp4a kernels, the int16 GEMM kernels and the mma kernels."""
     # imported here: it loads TVM's CUDA tensor intrinsics (tens of seconds of TVMScript parsing),
     # which the checks a CUDA compile makes before any work (cuda_target, find_nvcc) do not need
     from .schedules.cuda_int8 import FALLBACK, apply_cuda_schedules
     from .schedules.cuda_int16 import int16_gemm_kernels
+    from .schedules.cuda_mma import is_mma_kernel
 
     mod, taken = apply_cuda_schedules(mod, target)
     int16 = int16_gemm_kernels(mod)
+    mma = [gv.name_hint for gv, func in mod.functions.items() if is_mma_kernel(func)]
     with target:
         mod = relax.transform.LegalizeOps()(mod)
         mod = FALLBACK(mod)
-    return relax_pipeline(target)(mod), taken, int16
+    return relax_pipeline(target)(mod), taken, int16, mma
 
 
 def lower_for_verifier(mod: tvm.IRModule) -> tvm.IRModule:
@@ -165,10 +169,10 @@ def build_cuda(mod: tvm.IRModule, arch: str) -> CudaBuild:
 
     target = cuda_target(arch)
     find_nvcc()
-    lowered, taken, int16 = schedule_for_cuda(mod, target)
+    lowered, taken, int16, mma = schedule_for_cuda(mod, target)
     integer_only = check_kernels(mod, lowered)
     executable = tvm.compile(lowered, target=target, relax_pipeline=None)
     source = _cuda_source(executable)
     with target:  # nvcc.compile_cuda reads the arch from the current target as well
         ptx = nvcc.compile_cuda(source, target_format="ptx", arch=arch, compiler="nvcc").decode()
-    return CudaBuild(arch, source, ptx, taken, integer_only, split_ptx(ptx), executable, int16)
+    return CudaBuild(arch, source, ptx, taken, integer_only, split_ptx(ptx), executable, int16, mma)

@@ -92,8 +92,8 @@ def record_cuda(r: dict, built, board, layer_kernels: list, device: dict | None)
 
     kernels = sorted({name.split("_kernel")[0] for name in built.kernel_ptx})
     r["cuda"] = {"board": board.name, "arch": built.arch, "kernels": len(kernels),
-                 "dp4a_kernels": sorted(built.dp4a_kernels), "int16_gemm_kernels": sorted(built.int16_gemm_kernels),
-                 "ptx_bytes": len(built.ptx),
+                 "mma_kernels": sorted(built.mma_kernels), "dp4a_kernels": sorted(built.dp4a_kernels),
+                 "int16_gemm_kernels": sorted(built.int16_gemm_kernels), "ptx_bytes": len(built.ptx),
                  "checks": ["integer-only (TIR, CUDA kernels)", "TVM GPU verifier", f"nvcc -ptx {built.arch}"],
                  "device": None, "bit_exact": None, "bit_exact_inputs": 0,
                  "why": "no CUDA GPU on the build machine: the CUDA build was checked, not run"}
@@ -102,7 +102,9 @@ def record_cuda(r: dict, built, board, layer_kernels: list, device: dict | None)
         layer["kernel"] = {"source": "cuda-dp4a" if dp4a else "cuda-default",
                            "why": f"{built.arch}: schedules/cuda_int8.py" + (" (__dp4a)" if dp4a else
                                                                                " declined; dlight fallback")}
-        if kernel in built.int16_gemm_kernels:
+        if kernel in built.mma_kernels:
+            layer["kernel"] = {"source": "cuda-mma", "why": f"{built.arch}: schedules/cuda_mma.py (mma.sync m16n8k32 s8)"}
+        elif kernel in built.int16_gemm_kernels:
             layer["kernel"] = {"source": RULE_NAME, "why": f"{built.arch}: schedules/cuda_int16.py (register tiles)"}
     if device is None:
         r["latency_ms"] = None
@@ -193,7 +195,8 @@ def summary(r: dict, outdir: Path | str) -> str:
     if cuda:
         ran = ("bit-exact " + ("yes" if cuda["bit_exact"] else "NO") + f" on {cuda['device']}"
                if cuda["device"] else "not run (" + cuda["why"] + ")")
-        lines.append(f"CUDA         {cuda['arch']}: {cuda['kernels']} kernels, {len(cuda['dp4a_kernels'])} on dp4a, "
+        mma = f"{len(cuda['mma_kernels'])} on mma, " if cuda.get("mma_kernels") else ""  # sm_80+ only
+        lines.append(f"CUDA         {cuda['arch']}: {cuda['kernels']} kernels, {mma}{len(cuda['dp4a_kernels'])} on dp4a, "
                      f"{len(cuda.get('int16_gemm_kernels', []))} on the int16 GEMM, "
                      f"GPU verifier passed; {ran}")
     if r.get("latency_ms"):

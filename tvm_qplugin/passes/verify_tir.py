@@ -18,6 +18,7 @@ What it looks at, on every node of every kernel the integer function calls (``tv
   float4_*, vector forms such as float32x4);
 * ``FloatImm`` constants, whatever they are cast to afterwards;
 * calls: ``call_extern`` / ``call_pure_extern`` unless the callee is in :data:`INTEGER_EXTERNS`;
+  tensor-core ``ptx_legacy.mma`` unless its element types are in :data:`INTEGER_MMA_TYPES`;
   ``call_llvm_intrin`` / ``call_llvm_pure_intrin`` unless the intrinsic is in
   :data:`INTEGER_LLVM_INTRINSICS`; float math intrinsics (:data:`FLOAT_MATH_OPS`) even when the
   argument is an integer (``T.exp(T.Cast("int32", x))`` is still a float exponential in LLVM).
@@ -42,6 +43,11 @@ LLVM_CALLS = frozenset({"tirx.call_llvm_intrin", "tirx.call_llvm_pure_intrin"})
 # is fixed by the ISA (``__dp4a``: four 8-bit products summed into an int32, schedules/cuda_int8.py).
 # No C library function: a C callee's arithmetic cannot be inspected here.
 INTEGER_EXTERNS: frozenset[str] = frozenset({"__dp4a"})
+# Tensor-core ``mma.sync`` (a TIR builtin, not an extern: schedules/cuda_mma.py) is accepted only
+# on integer operand / accumulator types -- 8-bit products summed into int32 -- and refused on
+# fp16 / bf16 / tf32 / fp8 ones, whatever dtype the buffers holding the registers have.
+PTX_MMA_OPS = frozenset({"tirx.ptx_legacy.mma"})
+INTEGER_MMA_TYPES = frozenset({"int8", "uint8", "int32"})
 # LLVM intrinsics accepted in an integer kernel: integer multiply-add instructions that integer
 # GEMM tensorization routes emit (s_tir.tensor_intrin x86 VNNI / aarch64 dot product, and the
 # AVX2 u8 x s8 -> s16 -> s32 route of TVM_NOTES.md). Integer operands, integer results, no
@@ -116,6 +122,9 @@ def _call_problem(call: tvm.ir.Call) -> str | None:
         return None
     if op.name in FLOAT_MATH_OPS:
         return "float math intrinsic"
+    if op.name in PTX_MMA_OPS:  # args 3-5: the A, B, C/D element types
+        types = [a.value if isinstance(a, tvm.ir.StringImm) else "?" for a in call.args[3:6]]
+        return None if all(t in INTEGER_MMA_TYPES for t in types) else f"tensor-core mma on {'/'.join(types)}"
     if op.name in EXTERN_CALLS:
         callee = call.args[0].value if call.args and isinstance(call.args[0], tvm.ir.StringImm) else "?"
         return None if callee in INTEGER_EXTERNS else "external call (not in INTEGER_EXTERNS)"
@@ -231,8 +240,8 @@ def _data_multiplies(value) -> list[str]:
 
 def _is_multiply_call(name: str, call) -> bool:
     """Multiply-adds hidden in calls: the integer dot intrinsics, ``tirx.mul``-like helpers."""
-    if name in LLVM_CALLS or name in EXTERN_CALLS:
-        return True  # every accepted intrinsic (INTEGER_LLVM_INTRINSICS, __dp4a) is a multiply-add
+    if name in LLVM_CALLS or name in EXTERN_CALLS or name in PTX_MMA_OPS:
+        return True  # every accepted intrinsic (INTEGER_LLVM_INTRINSICS, __dp4a, mma.sync) is a multiply-add
     return name in ("tirx.q_multiply_shift", "tirx.q_multiply_shift_per_axis")
 
 

@@ -29,7 +29,8 @@ each reduction serial in its thread -- plain int32/int64 multiply-adds, correct 
 Softmax and LayerNorm go to cuda_rows.py (one block per row) before that: the fallback inlines
 LayerNorm's Newton square-root stages into one exponentially large expression.
 
-Note: tensor-core ``mma.sync`` s8 is not done here; ``__dp4a`` is what every sm_61+ part has.
+Note: tensor-core ``mma.sync`` s8 (sm_80+) is cuda_mma.py's, tried first; ``__dp4a`` is what every
+sm_61+ part has, so it serves sm_75 and the shapes cuda_mma declines.
 """
 from __future__ import annotations
 
@@ -203,16 +204,17 @@ FALLBACK = dlight.ApplyDefaultSchedule(dlight.gpu.Fallback())
 
 
 def apply_cuda_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.IRModule, list[str]]:
-    """Schedule the integer kernels :data:`RULES` take; returns the module and their names (the
-    ``__dp4a`` kernels). The row kernels (softmax / LayerNorm) get cuda_rows.py's one-block-per-row
-    schedules first and the int16 GEMMs cuda_int16.py's register tiles (neither listed: no dp4a in
-    them); the rest (and the layout kernels LegalizeOps
-    adds later) is for :data:`FALLBACK`."""
+    """Schedule the integer kernels cuda_mma.py's tensor-core rule (sm_80+) or :data:`RULES` take;
+    returns the module and the names of the ``__dp4a`` kernels (build_cuda lists the mma ones).
+    The row kernels (softmax / LayerNorm) get cuda_rows.py's one-block-per-row schedules first and
+    the int16 GEMMs cuda_int16.py's register tiles last (neither listed: no dp4a in them); the rest
+    (and the layout kernels LegalizeOps adds later) is for :data:`FALLBACK`."""
     from . import apply_rules
     from .cuda_int16 import INT16_RULES
+    from .cuda_mma import MMA_RULES, is_mma_kernel
     from .cuda_rows import ROW_RULES
 
     mod, _rows = apply_rules(mod, target, ROW_RULES)
-    mod, taken = apply_rules(mod, target, RULES)
+    mod, taken = apply_rules(mod, target, [*MMA_RULES, *RULES])  # tensor cores first where they apply (sm_80+)
     mod, _int16 = apply_rules(mod, target, INT16_RULES)  # not listed: no dp4a (cuda_int16.int16_gemm_kernels)
-    return mod, taken
+    return mod, [name for name in taken if not is_mma_kernel(mod[name])]
