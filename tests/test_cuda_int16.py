@@ -111,7 +111,8 @@ def test_apply_cuda_schedules_lists_dp4a_and_int16_kernels_apart_and_leaves_decl
     mod = tvm.IRModule({"dense_s16": kernel(INT16_KERNELS, "vit_dense_16x32x64"),
                         "dense_u8": kernel(DECLINED_KERNELS, "dense_u8s8"),
                         "dense_k600": kernel(DECLINED_KERNELS, "dense_s16s8_k600_acc32")})
-    scheduled, taken = apply_cuda_schedules(mod, cuda_target("sm_90"))
+    # sm_75: no tensor-core rule there, so the 8-bit dense is dp4a's (on sm_80+ cuda_mma takes it)
+    scheduled, taken = apply_cuda_schedules(mod, cuda_target("sm_75"))
     assert taken == ["dense_u8"]  # CudaBuild.dp4a_kernels: every listed kernel holds dp4a
     assert int16_gemm_kernels(scheduled) == ["dense_s16"]
     assert scheduled["dense_k600"].attrs is None or SCHEDULED_ATTR not in scheduled["dense_k600"].attrs
