@@ -15,13 +15,14 @@ lent accelerator without the build toolchain), so this script splits the same ch
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-CASE_MODULES = ("test_cuda_build", "test_cuda_rows")  # plus every test_cuda_*.py that defines gpu_cases
+CASE_MODULES = ("test_cuda_build", "test_cuda_rows", "test_cuda_mma", "test_cuda_int16")  # and any test_cuda_*.py with gpu_cases
 
 
 def case_modules() -> list[str]:
@@ -30,17 +31,17 @@ def case_modules() -> list[str]:
 
 
 def export(root: Path, arch: str) -> int:
+    sys.path[:0] = [str(HERE), str(HERE.parent)]  # the test modules; this checkout's packages (qplugin_zoo)
     import tvm
     from tvm.support import nvcc
 
     from tvm_qplugin.build_cuda import cuda_target
 
-    sys.path[:0] = [str(HERE), str(HERE.parent)]  # the test modules; qplugin_zoo (the repository's fixtures)
     root.mkdir(parents=True, exist_ok=True)
     n = 0
     for module in case_modules():
         for name, (func, inputs, expected) in importlib.import_module(module).gpu_cases(arch).items():
-            symbol = f"{module.removeprefix('test_')}__{name}"
+            symbol = re.sub(r"\W", "_", f"{module.removeprefix('test_')}__{name}")  # a C identifier
             built = tvm.tirx.build(func.with_attr("global_symbol", symbol), target=cuda_target(arch))
             built.export_library(str(root / f"{symbol}.so"))
             source = built.imports[0].inspect_source()

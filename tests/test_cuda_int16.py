@@ -200,16 +200,28 @@ def gpu_case(name: str, fill: str, rng) -> tuple[list[np.ndarray], dict]:
     return inputs, dict(params, multiplier=mult, shift=0 if fill == "small" else fitted_shift(acc_max, mult))
 
 
+def int16_gpu_case(name: str, fill: str, target):
+    """(int16 GEMM kernel for ``target``, inputs, the NumPy twin's output): the GPU test below,
+    and tests/gpu_bundle.py for a GPU machine without TVM's compiler."""
+    op, args = INT16_KERNELS[name][:2]
+    inputs, params = gpu_case(name, fill, np.random.default_rng(3))
+    expected = OPS[op].reference(*inputs, **params)
+    assert np.abs(expected).max() < params["qmax"], "the case saturates: it would not test the sums"
+    return int16_scheduled(OPS[op].prim_func(args, **params)[0], target), inputs, expected
+
+
+def gpu_cases(arch: str) -> dict:
+    """Every int16 GEMM case for ``arch`` (tests/gpu_bundle.py)."""
+    return {f"{fill}-{name}": int16_gpu_case(name, fill, cuda_target(arch))
+            for name in sorted(INT16_KERNELS) for fill in FILLS}
+
+
 @needs_gpu
 @pytest.mark.parametrize("fill", FILLS)
 @pytest.mark.parametrize("name", sorted(INT16_KERNELS))
 def test_int16_gemm_kernel_bit_exact_on_gpu(name, fill, monkeypatch):
     monkeypatch.setenv("TVM_CUDA_COMPILE_MODE", "nvcc")
-    op, args = INT16_KERNELS[name][:2]
-    inputs, params = gpu_case(name, fill, np.random.default_rng(3))
-    expected = OPS[op].reference(*inputs, **params)
-    assert np.abs(expected).max() < params["qmax"], "the case saturates: it would not test the sums"
-    func = int16_scheduled(OPS[op].prim_func(args, **params)[0], cuda_target("sm_80"))
+    func, inputs, expected = int16_gpu_case(name, fill, cuda_target("sm_80"))
     built = tvm.tirx.build(func.with_attr("global_symbol", name), target=tvm.target.Target.from_device(tvm.cuda()))
     dev = tvm.cuda()
     out = tvm.runtime.tensor(np.zeros(expected.shape, expected.dtype), dev)

@@ -157,13 +157,10 @@ needs_mma_gpu = pytest.mark.skipif(
            "running them bit-exact needs one")
 
 
-@needs_mma_gpu
-@pytest.mark.parametrize("extremes_only", [False, True], ids=["random", "extremes"])
-@pytest.mark.parametrize("name", sorted(MMA_KERNELS))
-def test_mma_kernel_bit_exact_on_gpu(name, extremes_only, monkeypatch):
-    monkeypatch.setenv("TVM_CUDA_COMPILE_MODE", "nvcc")
+def mma_gpu_case(name: str, extremes_only: bool, target):
+    """(mma kernel for ``target``, inputs, the NumPy twin's output): the GPU test below, and
+    tests/gpu_bundle.py for a GPU machine without TVM's compiler."""
     op, args, params = MMA_KERNELS[name]
-    target = tvm.target.Target.from_device(tvm.cuda())
     func = next(new for rule in MMA_RULES if (new := rule.apply(kernel(MMA_KERNELS, name), target)) is not None)
     rng = np.random.default_rng(2)
     inputs = extreme_inputs(args, rng)
@@ -174,7 +171,24 @@ def test_mma_kernel_bit_exact_on_gpu(name, extremes_only, monkeypatch):
     if op != "matmul_requant":  # multiplier in [1, 2**15], shift in [8, 24]: a plausible dyadic scale
         inputs[-2] = rng.integers(1, 2**15, size=inputs[-2].shape).astype(np.int64)
         inputs[-1] = rng.integers(8, 24, size=inputs[-1].shape).astype(np.int64)
-    expected = OPS[op].reference(*inputs, **params)
+    return func, inputs, OPS[op].reference(*inputs, **params)
+
+
+def gpu_cases(arch: str) -> dict:
+    """Every mma kernel case for ``arch`` (tests/gpu_bundle.py); none below sm_80."""
+    if arch not in MMA_ARCHS:
+        return {}
+    return {f"{fill}-{name}": mma_gpu_case(name, fill == "extremes", cuda_target(arch))
+            for name in sorted(MMA_KERNELS) for fill in ("random", "extremes")}
+
+
+@needs_mma_gpu
+@pytest.mark.parametrize("extremes_only", [False, True], ids=["random", "extremes"])
+@pytest.mark.parametrize("name", sorted(MMA_KERNELS))
+def test_mma_kernel_bit_exact_on_gpu(name, extremes_only, monkeypatch):
+    monkeypatch.setenv("TVM_CUDA_COMPILE_MODE", "nvcc")
+    target = tvm.target.Target.from_device(tvm.cuda())
+    func, inputs, expected = mma_gpu_case(name, extremes_only, target)
     built = tvm.tirx.build(func.with_attr("global_symbol", name), target=target)
     dev = tvm.cuda()
     out = tvm.runtime.tensor(np.zeros(expected.shape, expected.dtype), dev)
