@@ -123,6 +123,9 @@ def choose_kernels(imod, board, workdir=None) -> tuple[dict, dict]:
     from .kernels_c import macs
     from .tir_kernels import step_spec
 
+    if board.family == "cortex-m" and board.tvm_target:   # the whole model per candidate kind (issue 11)
+        from .tir_kernels_cortexm_choice import choose_kernels_cortexm
+        return choose_kernels_cortexm(imod, board, workdir)
     if board.family != "aarch64" or board.os != "linux":
         return {}, {}
     if workdir is None:
