@@ -33,6 +33,9 @@ CORTEXM_SCHEDULES = ("smlad", "mve")
 SMLAD = T.llvm_lookup_intrinsic_id("llvm.arm.smlad")
 SXTB16 = T.llvm_lookup_intrinsic_id("llvm.arm.sxtb16")
 VMLADAVA = T.llvm_lookup_intrinsic_id("llvm.arm.mve.vmldava.v16i8")
+VQDMULH = T.llvm_lookup_intrinsic_id("llvm.arm.mve.vqdmulh.v4i32")
+VQRDMULH = T.llvm_lookup_intrinsic_id("llvm.arm.mve.vqrdmulh.v4i32")
+VRSHL = T.llvm_lookup_intrinsic_id("llvm.arm.mve.vshl.vector.v4i32.v4i32")   # (v, shifts, saturate, round, unsigned)
 MVE_K = 16   # bytes per MVE vector
 
 
@@ -45,8 +48,8 @@ def cortexm_applies(schedule: str, board) -> bool:
 def _tile(sp) -> tuple[int, int]:
     """(rows, channels) per register tile: 2 x 2 (smlad) / 2 x 4 (mve), a single row 1 x 4; the
     channels shrink to what divides n (1 at worst)."""
-    rows = 1 if sp.m == 1 else 2
-    want = 4 if (rows == 1 or sp.schedule == "mve") else 2
+    rows = 1 if sp.m == 1 or sp.schedule == "mve" else 2
+    want = 4 if rows == 1 else 2
     return rows, next(c for c in (want, 2, 1) if sp.n % c == 0)
 
 
@@ -58,6 +61,25 @@ def _kpad(sp) -> int:
 def workspace_bytes(sp) -> int:
     """Workspace of one kernel (TVMBackendAllocWorkspace): its packed rows of x, one tile's worth."""
     return _tile(sp)[0] * _kpad(sp)
+
+
+def _vector_requant(sp) -> bool:
+    """MVE: the requantization of a tile row's 4 channels on one int32x4 (every shift >= 31)."""
+    return sp.schedule == "mve" and _tile(sp)[1] == 4 and sp.shift_range[0] >= 31
+
+
+def _requant4_mve(sp, s, mu, sh):
+    """quant/dyadic.py's requantization of 4 outputs (``s``: int32x4, bias included), shifts >= 31,
+    clamped: ``vrshl(vqdmulh(s, mu), 31 - shift)``, or ``vqrdmulh(s, mu)`` at shift 31 -- exact, as
+    tir_kernels_sdot.py's ``_requant4`` derives for NEON's ``srshl`` / ``sqdmulh`` (the same arithmetic)."""
+    smin, smax = sp.shift_range
+    c = T.Cast("int32x4", sh)
+    exact = T.call_llvm_pure_intrin("int32x4", VRSHL, T.call_llvm_pure_intrin("int32x4", VQDMULH, s, mu),
+                                    T.Broadcast(T.int32(31), 4) - c, T.int32(0), T.int32(1), T.int32(0))
+    at31 = T.call_llvm_pure_intrin("int32x4", VQRDMULH, s, mu)
+    v = at31 if smax == 31 else exact if smin >= 32 else T.Select(c == T.Broadcast(T.int32(31), 4), at31, exact)
+    return T.Cast(f"{sp.out_dtype}x4", T.max(T.min(v, T.Broadcast(T.int32(sp.qmax), 4)),
+                                             T.Broadcast(T.int32(sp.qmin), 4)))
 
 
 def cortexm_module(sp) -> tvm.IRModule:
@@ -83,6 +105,11 @@ def cortexm_module(sp) -> tvm.IRModule:
 
     def yidx(i, j):
         return (j, i) if sp.nchw else (i, j)
+
+    def ystart(i, j):   # flat index of y[i, j]
+        return j * m + i if sp.nchw else i * n + j
+
+    vec = _vector_requant(sp)
 
     if sp.schedule == "smlad":
         @T.prim_func
@@ -128,8 +155,13 @@ def cortexm_module(sp) -> tvm.IRModule:
         acc = T.alloc_buffer((rows * cols,), "int32", scope="local")
         Y2 = T.decl_buffer((n, m) if sp.nchw else (m, n), od, data=Y.data)
         for ib in T.serial(mtile):
-            for r, kk in T.grid(rows, kpad):
-                XP[r * kpad + kk] = T.if_then_else(kk < k, xval(X, row(ib, r), T.min(kk, k - 1)), T.int8(0))
+            for r in T.serial(rows):   # 4 bytes per pass (a channel-major x is gathered m apart), then 0 past k
+                for q in T.serial(k // 4):
+                    for u in T.unroll(4):
+                        XP[r * kpad + q * 4 + u] = xval(X, row(ib, r), q * 4 + u)
+                for kk in T.serial(kpad - k // 4 * 4):
+                    XP[r * kpad + k // 4 * 4 + kk] = T.if_then_else(
+                        k // 4 * 4 + kk < k, xval(X, row(ib, r), T.min(k // 4 * 4 + kk, k - 1)), T.int8(0))
             for jo in T.serial(n // cols):
                 for r, c in T.grid(rows, cols):
                     acc[r * cols + c] = B[jo * cols + c]
@@ -142,8 +174,13 @@ def cortexm_module(sp) -> tvm.IRModule:
                                 "int32", VMLADAVA, T.int32(0), T.int32(0), T.int32(0), acc[r * cols + c],
                                 XP[T.Ramp(r * kpad + v * MVE_K, 1, MVE_K)],
                                 W[T.Ramp((jo * cols + c) * kp + v * MVE_K, 1, MVE_K)])
-                for r, c in T.grid(rows, cols):
+                for r in T.serial(rows):
                     if ib * rows + r < m:
-                        Y2[yidx(ib * rows + r, jo * cols + c)] = requant(sp, acc[r * cols + c], jo * cols + c,
-                                                                        B, MU, SH, biased=True)
+                        if vec:   # 4 channels of one row at once; a pointwise conv's 4 channels are m apart
+                            Y[T.Ramp(ystart(ib * rows + r, jo * 4), m if sp.nchw else 1, 4)] = _requant4_mve(
+                                sp, acc[T.Ramp(r * 4, 1, 4)], MU[T.Ramp(jo * 4, 1, 4)], SH[T.Ramp(jo * 4, 1, 4)])
+                        else:
+                            for c in T.serial(cols):
+                                Y2[yidx(ib * rows + r, jo * cols + c)] = requant(
+                                    sp, acc[r * cols + c], jo * cols + c, B, MU, SH, biased=True)
     return tvm.IRModule({"main": main})
