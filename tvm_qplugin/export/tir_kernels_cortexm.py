@@ -12,11 +12,13 @@ widening every byte). Both kernels here name the instruction through its LLVM in
    uint8 flipped to int8 -- so each weight word (4 k, read from the package's own rows of ``kp``
    bytes) costs one load, ``SXTB16`` of it and of its 8-bit rotation, and two ``SMLAD``. Tiles of
    2 rows x 2 channels (4 accumulators, 4 x words live) or, for a single row, 1 x 4 channels.
-2. ``mve``: the x row packed once per tile into int8, zero-padded to 16 | k, so every step is
-   two 16-byte loads feeding ``VMLADAVA.S8`` (16 MACs); tiles of 2 rows x 4 channels (one load of
-   x feeds 4 ``VMLADAVA``, one of w 2).
+2. ``mve``: the x row packed once per pixel into int8, zero-padded to 16 | k (LLVM keeps it in q
+   registers across the channels), so every step is one 16-byte load of w feeding ``VMLADAVA.S8``
+   (16 MACs); tiles of 1 pixel x 4 channels -- with 8 accumulators LLVM runs out of the even
+   registers ``VMLADAVA`` needs and spills -- and the 4 channels requantized on one int32x4
+   (:func:`_requant4_mve`, shifts >= 31).
 
-The requantization and clamp are :mod:`.tir_kernels`'s (one home: :func:`.tir_kernels.requant`).
+Otherwise the requantization and clamp are :mod:`.tir_kernels`'s (one home: :func:`.tir_kernels.requant`).
 The package calls these objects exactly as it calls the aarch64 ones (the packed entry, DLTensors
 whose data pointers are its own arrays: :func:`.tir_kernels.shim_sources`); the packed x lives in
 the kernel's workspace (:func:`workspace_bytes`), served from the shim's static pool.
@@ -46,8 +48,8 @@ def cortexm_applies(schedule: str, board) -> bool:
 
 
 def _tile(sp) -> tuple[int, int]:
-    """(rows, channels) per register tile: 2 x 2 (smlad) / 2 x 4 (mve), a single row 1 x 4; the
-    channels shrink to what divides n (1 at worst)."""
+    """(rows, channels) per register tile: 2 x 2 (smlad; measured: 1 x 4 and 2 x 4 spill), 1 x 4
+    (mve, and a single row); the channels shrink to what divides n (1 at worst)."""
     rows = 1 if sp.m == 1 or sp.schedule == "mve" else 2
     want = 4 if rows == 1 else 2
     return rows, next(c for c in (want, 2, 1) if sp.n % c == 0)
