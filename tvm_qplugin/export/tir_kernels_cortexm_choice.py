@@ -60,9 +60,10 @@ def _run_variant(mod, board, kernels: dict, sample, want, work: Path) -> dict:
     return {"ok": exact, "why": "" if exact else "whole-model run not bit-exact", "steps": steps}
 
 
-def choose_kernels_cortexm(imod, board, workdir=None) -> tuple[dict, dict]:
+def choose_kernels_cortexm(imod, board, workdir=None, ram_budget: int | None = None) -> tuple[dict, dict]:
     """``(kernels, choices)`` as :func:`.kernel_choice.choose_kernels` returns them, for a Cortex-M
-    board with a TVM target (module doc); both empty where no layer can take a TIR kernel."""
+    board with a TVM target (module doc); both empty where no layer can take a TIR kernel, or where
+    the model runs patch by patch (its RAM limit: the board's SRAM or ``ram_budget``)."""
     from ..tuning.tune_qemu import tuned_kernel
     from . import _reference_outputs
     from .c_graph import build_graph, integer_module_of
@@ -73,7 +74,7 @@ def choose_kernels_cortexm(imod, board, workdir=None) -> tuple[dict, dict]:
 
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="qmodel-mchoice-") as tmp:
-            return choose_kernels_cortexm(imod, board, Path(tmp))
+            return choose_kernels_cortexm(imod, board, Path(tmp), ram_budget)
     work = Path(workdir)
     mod = integer_module_of(imod)
     g = build_graph(mod)
@@ -91,17 +92,17 @@ def choose_kernels_cortexm(imod, board, workdir=None) -> tuple[dict, dict]:
     tuned = {s.index: t for s in steps if (t := tuned_kernel(step_spec(s), board)) is not None}
     if tuned:
         variants["tensorir-tuned"] = tuned
-    runs = {}
-    sample = want = None
-    for name, kernels in variants.items():
-        if sample is None:   # the hand-written package first: its inputs give the sample
-            from .c_package import write_c_package
+    from .c_package import write_c_package
 
-            write_c_package(mod, work / "probe", board)
-            sample = _model_sample(package_info(work / "probe"))
-            want = _reference_outputs(mod, [sample])[0]
-            want = list(want) if isinstance(want, (list, tuple)) else [want]
-        runs[name] = _run_variant(mod, board, kernels, sample, want, work / name)
+    # the hand-written package first: its inputs give the sample; a model that must run patch by patch
+    # (over the board's SRAM or ram_budget: patch_emit.maybe_patch) keeps its layer-wise kernels
+    probe = write_c_package(mod, work / "probe", board, ram_budget=ram_budget)
+    if probe["patching"].get("applied"):
+        return {}, {}
+    sample = _model_sample(probe)
+    want = _reference_outputs(mod, [sample])[0]
+    want = list(want) if isinstance(want, (list, tuple)) else [want]
+    runs = {name: _run_variant(mod, board, kernels, sample, want, work / name) for name, kernels in variants.items()}
     if not runs[HANDWRITTEN]["ok"]:
         raise QPluginError(f"kernel choice on {board.name}: the hand-written package is not bit-exact under qemu "
                            f"({runs[HANDWRITTEN]['why']})")
