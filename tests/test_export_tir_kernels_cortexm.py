@@ -99,3 +99,21 @@ def test_export_measures_the_cortexm_candidates_and_keeps_the_fastest(board, kin
     assert choice["dropped"] == 0 and all(counts.values()), choice["why"]
     assert counts[choice["source"]] == min(counts.values()), choice["why"]
     assert "qemu-system-arm" in choice["why"]
+
+
+def test_a_kind_that_fails_to_build_is_dropped_for_every_layer(tmp_path, monkeypatch):
+    """A planted ``smlad`` build failure (as test_export_tir_kernels.py plants one on aarch64): the
+    layer keeps the hand-written kernel, the failure named in ``why`` and counted in ``dropped``."""
+    from tvm_qplugin.export import tir_kernels
+
+    def planted(sp):
+        raise RuntimeError("planted build failure")
+
+    monkeypatch.setattr(tir_kernels, "cortexm_module", planted)
+    monkeypatch.setenv("TVM_QPLUGIN_SCHEDULES", str(tmp_path / "no-db"))
+    mod, x = one_dense()
+    res = export_mcu(mod, tmp_path / "pkg", get_board(M4), samples=[[x]], workdir=tmp_path / "work")
+    assert res["bit_exact"], res.get("mismatches")
+    choice = res["layers"][0]["kernel_choice"]
+    assert choice["source"] == "handwritten-c" and choice["dropped"] == 1, choice
+    assert choice["instructions"]["tensorir-smlad"] is None and "planted build failure" in choice["why"], choice
