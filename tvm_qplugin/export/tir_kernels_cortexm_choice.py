@@ -94,10 +94,11 @@ def choose_kernels_cortexm(imod, board, workdir=None, ram_budget: int | None = N
         variants["tensorir-tuned"] = tuned
     from .c_package import write_c_package
 
-    # the hand-written package first: its inputs give the sample; a model that must run patch by patch
-    # (over the board's SRAM or ram_budget: patch_emit.maybe_patch) keeps its layer-wise kernels
+    # the hand-written package first: its inputs give the sample; a model over its RAM limit (the board's
+    # SRAM or ram_budget), which runs patch by patch or is refused (patch_emit.maybe_patch), keeps the
+    # hand-written kernels: TIR kernels are chosen per step of the layer-wise graph
     probe = write_c_package(mod, work / "probe", board, ram_budget=ram_budget)
-    if probe["patching"].get("applied"):
+    if probe["patching"].get("tried") or probe["patching"].get("applied"):
         return {}, {}
     sample = _model_sample(probe)
     want = _reference_outputs(mod, [sample])[0]
