@@ -22,9 +22,10 @@ M4, M55 = "qemu-mps2-an386", "qemu-mps3-an547"
 QRANGE = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
 # (m, k, n, x dtype, out dtype, pointwise conv (channel-major), shift range): a tiled dense with 32-bit
 # requantization, a uint8 conv with pixels past the 2-row tile and k not a multiple of 4 or 16, a single
-# row (matrix-vector) with int16 outputs and int64 requantization
+# row (matrix-vector) with int16 outputs and int64 requantization, shifts 31..33 (mve: vqrdmulh and
+# vqdmulh + vrshl lanes selected per channel)
 CASES = [(4, 64, 16, "int8", "int8", False, (33, 41)), (9, 30, 6, "uint8", "uint8", True, (20, 41)),
-         (1, 37, 10, "int8", "int16", False, (25, 32))]
+         (1, 37, 10, "int8", "int16", False, (25, 32)), (3, 48, 8, "int8", "int8", False, (31, 34))]
 MNEMONIC = {"smlad": ("smlad", "armv7e-m"), "mve": ("vmlava.s8", "armv8.1-m.main")}   # objdump's name of VMLADAVA.S8
 
 
