@@ -7,8 +7,10 @@ instructions under qemu, keep only candidates that are bit-exact (issue 11, deli
   (export/tir_kernels.py).
 * :class:`QemuRunner` links that object into a small harness -- the workload's inputs as constant
   arrays, the package's TIR shim (export/tir_kernels.py: the candidate's packed entry called with
-  DLTensors, TVM's workspace calls served from a static pool) -- cross-built for the board, runs it
-  under ``qemu-aarch64 -cpu <board core>`` with the instruction-count plugin (instructions between
+  DLTensors, TVM's workspace calls served from a static pool) -- cross-built for the board (a
+  Cortex-M board: a firmware with export/mcu/'s startup code, linker script and semihosting, the
+  output written through a semihosting file), runs it under ``qemu-aarch64 -cpu <board core>`` or
+  ``qemu-system-arm -M <machine>`` with the instruction-count plugin (instructions between
   two marks around the call: exact and repeatable, so tuning is noise-free) and compares the output
   with the op's NumPy twin. A candidate that is not bit-exact, faults or hangs (timeout) gets an
   error result -- MetaSchedule then never stores it -- and is counted in ``failures``.
