@@ -32,7 +32,12 @@ from tvm.s_tir.meta_schedule.database import TuningRecord
 from ..errors import QPluginError
 from .database import DBInfo, TuningDB
 from .isa import default_db_dir, isa_key, shipped_db_dir
-from .runner_qemu import QemuObjectBuilder, QemuRunner, board_target, unnamed_log_handlers_set_aside
+from .runner_qemu import (
+    QemuObjectBuilder,
+    QemuRunner,
+    board_target,
+    unnamed_log_handlers_set_aside,
+)
 from .tasks import workload_key
 from .tuner import TaskSummary, TuneResult
 
