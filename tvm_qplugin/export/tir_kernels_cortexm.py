@@ -113,12 +113,18 @@ def cortexm_module(sp) -> tvm.IRModule:
 
     vec = _vector_requant(sp)
 
+    def xword(XP, XP64, r, q, h):   # packed word h of x's 4 k at q; 2-row tiles: both words from one LDRD
+        if rows == 1:   # (measured: a single row's loop runs faster on plain word loads)
+            return XP[(r * kw + q) * 2 + h]
+        return T.Cast("int32", XP64[r * kw + q] >> T.int64(32)) if h else T.Cast("int32", XP64[r * kw + q])
+
     if sp.schedule == "smlad":
         @T.prim_func
         def main(X: T.Buffer(xshape, xd), W: T.Buffer((n * kp,), "int8"), B: T.Buffer((n,), "int32"),
                  MU: T.Buffer((n,), "int32"), SH: T.Buffer((n,), "int8"), Y: T.Buffer((m * n,), od)):
             T.func_attr({"tirx.noalias": True})
             XP = T.alloc_buffer((rows * kw * 2,), "int32")
+            XP64 = T.decl_buffer((rows * kw,), "int64", data=XP.data)   # both words of 4 k in one LDRD
             acc = T.alloc_buffer((rows * cols,), "int32", scope="local")
             Ww = T.decl_buffer((n * kw,), "int32", data=W.data)
             Y2 = T.decl_buffer((n, m) if sp.nchw else (m, n), od, data=Y.data)
@@ -133,11 +139,11 @@ def cortexm_module(sp) -> tvm.IRModule:
                         for c in T.unroll(cols):
                             for r in T.unroll(rows):
                                 acc[r * cols + c] = T.call_llvm_pure_intrin(
-                                    "int32", SMLAD, XP[(r * kw + q) * 2],
+                                    "int32", SMLAD, xword(XP, XP64, r, q, 0),
                                     T.call_llvm_pure_intrin("int32", SXTB16, Ww[(jo * cols + c) * kw + q]),
                                     acc[r * cols + c])
                                 acc[r * cols + c] = T.call_llvm_pure_intrin(
-                                    "int32", SMLAD, XP[(r * kw + q) * 2 + 1],
+                                    "int32", SMLAD, xword(XP, XP64, r, q, 1),
                                     T.call_llvm_pure_intrin("int32", SXTB16, T.bitwise_or(
                                         T.shift_right(T.Cast("uint32", Ww[(jo * cols + c) * kw + q]), T.uint32(8)),
                                         T.shift_left(T.Cast("uint32", Ww[(jo * cols + c) * kw + q]), T.uint32(24)))
