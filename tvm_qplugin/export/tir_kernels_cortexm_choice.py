@@ -86,7 +86,8 @@ def choose_kernels_cortexm(imod, board, workdir=None, ram_budget: int | None = N
             continue
         steps.append(s)
     kinds = [sc for sc in CORTEXM_SCHEDULES if cortexm_applies(sc, board)]
-    if not steps or not kinds:
+    emu = board.emulator()
+    if not steps or not kinds or not emu.qemu_machine or emu.cpu != board.cpu:   # nothing to measure it on
         return {}, {}
     variants = {HANDWRITTEN: {}, **{f"tensorir-{sc}": {s.index: sc for s in steps} for sc in kinds}}
     tuned = {s.index: t for s in steps if (t := tuned_kernel(step_spec(s), board)) is not None}
