@@ -1,4 +1,5 @@
-"""TensorIR-generated kernels for the C package of aarch64 boards (issue 11, deliverable 1).
+"""TensorIR-generated kernels for the C package of aarch64 boards (issue 11, deliverable 1); Cortex-M
+boards' kernels are :mod:`.tir_kernels_cortexm`'s, built and called by the same functions here.
 
 A dense_requant layer, or a pointwise conv2d_requant (one image, NCHW: packed transposed per block
 of pixels inside the kernel), with 8-bit inputs becomes a TIR PrimFunc -- the int8 dot products, the
@@ -45,7 +46,7 @@ from .tir_kernels_sdot import (  # the sdot4x4 kernel
 
 SCHEDULES = ("default", "tiled", "tiled2x4", "tiled4x4", "sdot4x4")
 DOTPROD_SCHEDULES = ("sdot4x4",)   # need the board's dot-product extension (sdot): no candidate elsewhere
-# Cortex-M: the SMLAD / MVE kernels of tir_kernels_cortexm.py (and the plain `default`, what LLVM makes of the loop)
+# (Cortex-M boards: CORTEXM_SCHEDULES, the SMLAD / MVE kernels of tir_kernels_cortexm.py, are their candidates)
 _ROWS = {"tiled2x4": 2, "tiled4x4": 4}   # rows of x per tile of the row-blocked schedules
 TIR_TILE_N = 4       # output channels per pass of the tiled schedule
 
