@@ -159,7 +159,10 @@ class Artifact:
             (tmp / "io.json").write_text(json.dumps(io, indent=2))
             (tmp / "report.json").write_text(json.dumps(self.report, indent=2, default=_json_default))
             if self.c_package is not None:  # MCU targets: the standalone C package
-                shutil.copytree(self.c_package, tmp / "c", ignore=shutil.ignore_patterns("build*", "*.o", "*.elf"))
+                # build leftovers stay behind; the TensorIR kernel objects (tir_kernels_*.o) are part of the package
+                shutil.copytree(self.c_package, tmp / "c", ignore=lambda d, names: [
+                    n for n in names if n.startswith("build") or n.endswith(".elf")
+                    or (n.endswith(".o") and not n.startswith("tir_kernels_"))])
             if self.cuda_build is not None:  # NVIDIA targets: the GPU library, its CUDA C and PTX, check.npz
                 from .compile_cuda import save_cuda_build
 

@@ -79,7 +79,7 @@ def export_mcu(model, outdir, board, samples=None, expected=None, verify: bool =
     board = resolve_board(board)
     from .kernel_choice import choose_kernels
 
-    kernels, choices = choose_kernels(model, board)   # aarch64: TensorIR vs hand-written, measured per layer
+    kernels, choices = choose_kernels(model, board, ram_budget=ram_budget)   # TensorIR vs hand-written, measured
     info = write_c_package(model, outdir, board, kernels=kernels, ram_budget=ram_budget)
     for layer in info["layers"]:
         ch = choices.get(layer["index"])

@@ -34,9 +34,9 @@ from .patch_emit import PatchKernelCalls, maybe_patch
 from .qkernels import kernel_sources
 from .templates import MCU_DIR, copy_mcu_file, read_template
 
-# the TIR kernels are objects for the board's aarch64 core: other builds (the host's) keep the hand-written calls
+# the TIR kernels are objects for the board's aarch64 / Cortex-M core: other builds (the host's) keep the hand-written calls
 _TIR_INCLUDE = """#include "qkernels.h"
-#if defined(__aarch64__) && !defined(QMODEL_NO_TIR)
+#if (defined(__aarch64__) || defined(__arm__)) && !defined(QMODEL_NO_TIR)
 #define QM_TIR 1
 #include "tir_kernels.h"
 #else

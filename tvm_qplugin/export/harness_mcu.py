@@ -101,6 +101,7 @@ def build_mcu(pkg, board, build_dir=None, profile: bool = False, opt: str = "-O2
     elf = build_dir / ("qmodel_prof.elf" if profile else "qmodel.elf")
     cmd = [cc, *board.cflags, *WARN_FLAGS, opt, "-g", "-ffunction-sections", "-fdata-sections", *defs,
            *extra_cflags, f"-I{pkg}", pkg / "model.c", pkg / "qkernels.c", build_dir / "runner.c",
+           *([pkg / "tir_kernels.c", *(pkg / o for o in info["tir_objects"])] if info.get("tir_objects") else []),
            MCU_DIR / "cortexm_startup.c", "-T", MCU_DIR / "cortexm_link.ld", "--specs=rdimon.specs",
            "-Wl,--gc-sections", *defsyms, *board.ldflags, "-o", elf]
     r = run_tool(cmd, what=f"{board.name} build")

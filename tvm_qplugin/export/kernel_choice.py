@@ -113,7 +113,7 @@ def _measure(mod, board, kernels, sample, want, workdir: Path) -> dict:
     return {"ok": exact, "instructions": marks[1] - marks[0], "why": "" if exact else "not bit-exact"}
 
 
-def choose_kernels(imod, board, workdir=None) -> tuple[dict, dict]:
+def choose_kernels(imod, board, workdir=None, ram_budget=None) -> tuple[dict, dict]:
     """``(kernels, choices)``: step index -> TIR schedule for :func:`.c_package.write_c_package`,
     and step index -> ``{"source", "why", "instructions": {candidate: n or None}}`` for the report.
     Only aarch64 boards have TIR kernels; elsewhere both are empty."""
@@ -123,6 +123,9 @@ def choose_kernels(imod, board, workdir=None) -> tuple[dict, dict]:
     from .kernels_c import macs
     from .tir_kernels import step_spec
 
+    if board.family == "cortex-m" and board.tvm_target:   # the whole model per candidate kind (issue 11)
+        from .tir_kernels_cortexm_choice import choose_kernels_cortexm
+        return choose_kernels_cortexm(imod, board, workdir, ram_budget)
     if board.family != "aarch64" or board.os != "linux":
         return {}, {}
     if workdir is None:

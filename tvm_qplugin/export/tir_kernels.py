@@ -1,4 +1,5 @@
-"""TensorIR-generated kernels for the C package of aarch64 boards (issue 11, deliverable 1).
+"""TensorIR-generated kernels for the C package of aarch64 boards (issue 11, deliverable 1); Cortex-M
+boards' kernels are :mod:`.tir_kernels_cortexm`'s, built and called by the same functions here.
 
 A dense_requant layer, or a pointwise conv2d_requant (one image, NCHW: packed transposed per block
 of pixels inside the kernel), with 8-bit inputs becomes a TIR PrimFunc -- the int8 dot products, the
@@ -34,6 +35,8 @@ from tvm.script import tirx as T
 
 from ..errors import UnsupportedOpError
 from .c_graph import dt_info
+from .tir_kernels_cortexm import CORTEXM_SCHEDULES, cortexm_applies, cortexm_module
+from .tir_kernels_cortexm import workspace_bytes as cortexm_workspace_bytes
 from .tir_kernels_sdot import (  # the sdot4x4 kernel
     pack_weights_sdot,
     sdot_applies,
@@ -43,6 +46,7 @@ from .tir_kernels_sdot import (  # the sdot4x4 kernel
 
 SCHEDULES = ("default", "tiled", "tiled2x4", "tiled4x4", "sdot4x4")
 DOTPROD_SCHEDULES = ("sdot4x4",)   # need the board's dot-product extension (sdot): no candidate elsewhere
+# (Cortex-M boards: CORTEXM_SCHEDULES, the SMLAD / MVE kernels of tir_kernels_cortexm.py, are their candidates)
 _ROWS = {"tiled2x4": 2, "tiled4x4": 4}   # rows of x per tile of the row-blocked schedules
 TIR_TILE_N = 4       # output channels per pass of the tiled schedule
 
@@ -73,25 +77,30 @@ class DenseSpec:
         return self.x_dtype == "uint8"
 
 
+def requant(sp: DenseSpec, acc, vj, B, MU, SH, biased: bool = False):
+    """Output ``vj``'s requantization of ``acc`` (bias ``B[vj]`` added unless ``biased``: the
+    accumulator started at it), clamped to [qmin, qmax] and cast: quant/dyadic.py's formula (one
+    home for every TIR kernel of the package, :mod:`.tir_kernels_cortexm`'s too)."""
+    od, lo, hi = sp.out_dtype, sp.qmin, sp.qmax
+    s = acc if biased else acc + B[vj]
+    if sp.shift33:  # floor((a b + 2^(c-1)) / 2^c) == (hi + 2^(c-33)) >> (c-32), hi = (a b) >> 32; |a|, |b| < 2^31
+        hi32 = T.Cast("int32", (T.Cast("int64", s) * T.Cast("int64", MU[vj])) >> T.int64(32))
+        # c - 32 in [1, 30] (shifts 33..62), said explicitly: TVM's bound analysis of ``x >> (SH - 32)``
+        # over SH's whole int8 range otherwise drops the clamp (the 8-bit cast then wraps 273 to 17)
+        c32 = T.min(T.max(T.Cast("int32", SH[vj]) - 32, 1), 30)
+        return T.Cast(od, T.max(T.min((hi32 + (T.int32(1) << (c32 - 1))) >> c32, T.int32(hi)), T.int32(lo)))
+    s64 = T.Cast("int64", s) if biased else T.Cast("int64", acc) + T.Cast("int64", B[vj])
+    return T.Cast(od, T.max(T.min(
+        (s64 * T.Cast("int64", MU[vj]) + ((T.int64(1) << T.Cast("int64", SH[vj])) >> T.int64(1)))
+        >> T.Cast("int64", SH[vj]), T.int64(hi)), T.int64(lo)))
+
+
 def _dense_module(sp: DenseSpec) -> tvm.IRModule:
     """The IRModule of one kernel (``main``: its packed wrapper reads the DLTensors' data pointers)."""
-    m, k, kp, n, xd, od, lo, hi = sp.m, sp.k, sp.kp, sp.n, sp.x_dtype, sp.out_dtype, sp.qmin, sp.qmax
-    flip = sp.flip
+    m, k, kp, n, xd, od, flip = sp.m, sp.k, sp.kp, sp.n, sp.x_dtype, sp.out_dtype, sp.flip
 
     def x8(v):
         return T.Cast("int8", T.bitwise_xor(v, T.uint8(128))) if flip else T.Cast("int8", v)
-
-    def requant(acc, vj, B, MU, SH):
-        if sp.shift33:  # floor((a b + 2^(c-1)) / 2^c) == (hi + 2^(c-33)) >> (c-32), hi = (a b) >> 32; |a|, |b| < 2^31
-            hi32 = T.Cast("int32", (T.Cast("int64", acc + B[vj]) * T.Cast("int64", MU[vj])) >> T.int64(32))
-            # c - 32 in [1, 30] (shifts 33..62), said explicitly: TVM's bound analysis of ``x >> (SH - 32)``
-            # over SH's whole int8 range otherwise drops the clamp (the 8-bit cast then wraps 273 to 17)
-            c32 = T.min(T.max(T.Cast("int32", SH[vj]) - 32, 1), 30)
-            return T.Cast(od, T.max(T.min((hi32 + (T.int32(1) << (c32 - 1))) >> c32, T.int32(hi)), T.int32(lo)))
-        return T.Cast(od, T.max(T.min(
-            ((T.Cast("int64", acc) + T.Cast("int64", B[vj])) * T.Cast("int64", MU[vj])
-             + ((T.int64(1) << T.Cast("int64", SH[vj])) >> T.int64(1))) >> T.Cast("int64", SH[vj]),
-            T.int64(hi)), T.int64(lo)))
 
     xshape, yshape = ((k, m), (n, m)) if sp.nchw else ((m, k), (m, n))
 
@@ -116,9 +125,9 @@ def _dense_module(sp: DenseSpec) -> tvm.IRModule:
                 with T.sblock("y"):
                     vi, vj = T.axis.remap("SS", [i, j])
                     if sp.nchw:
-                        Y[vj, vi] = requant(ACC[vi, vj], vj, B, MU, SH)
+                        Y[vj, vi] = requant(sp, ACC[vi, vj], vj, B, MU, SH)
                     else:
-                        Y[vi, vj] = requant(ACC[vi, vj], vj, B, MU, SH)
+                        Y[vi, vj] = requant(sp, ACC[vi, vj], vj, B, MU, SH)
 
     return tvm.IRModule({"main": main})
 
@@ -164,12 +173,16 @@ def _schedule(mod: tvm.IRModule, sp: DenseSpec) -> tvm.IRModule:
 
 
 def object_target(board) -> tvm.target.Target:
-    """The board's TVM target for kernel objects: its ``-mcpu`` / ``-mattr``, one core (a parallel
+    """The board's TVM target for kernel objects: its ``-mcpu`` / ``-mattr`` (Cortex-M: its
+    ``thumbv7em`` / ``thumbv8.1m.main`` triple, hard float as the package), one core (a parallel
     launch would need the TVM runtime's thread pool)."""
-    if board.family != "aarch64" or board.os != "linux":
-        raise UnsupportedOpError(f"TIR kernels: board {board.name} is not an aarch64 Linux board (Cortex-M "
-                                 "candidates need a C-callable TIR route first)")
-    return tvm.target.Target({**dict(board.target().export()), "num-cores": 1})
+    if not ((board.family == "aarch64" and board.os == "linux") or (board.family == "cortex-m" and board.tvm_target)):
+        raise UnsupportedOpError(f"TIR kernels: board {board.name} is neither an aarch64 Linux board nor a "
+                                 "Cortex-M board with a TVM target")
+    extra = {}
+    if board.family == "cortex-m" and "-mfloat-abi=hard" in board.cflags:   # else the link refuses the mix
+        extra["mfloat-abi"] = "hard"
+    return tvm.target.Target({**dict(board.target().export()), "num-cores": 1, **extra})
 
 
 def build_object(specs: list[DenseSpec], board, path: Path) -> list[Path]:
@@ -180,6 +193,12 @@ def build_object(specs: list[DenseSpec], board, path: Path) -> list[Path]:
     for sp in specs:
         if isinstance(sp.schedule, TunedKernel):
             mod = sp.schedule.mod
+        elif sp.schedule in CORTEXM_SCHEDULES:
+            if not cortexm_applies(sp.schedule, board):
+                raise UnsupportedOpError(f"TIR kernel {sp.name}: {sp.schedule} needs a Cortex-M core with "
+                                         f"{'MVE' if sp.schedule == 'mve' else 'the DSP extension'} (board "
+                                         f"{board.name}: {list(board.features)}); choose another schedule")
+            mod = cortexm_module(sp)
         elif sp.schedule in DOTPROD_SCHEDULES:
             if "dotprod" not in board.features or not sdot_applies(sp):
                 raise UnsupportedOpError(f"TIR kernel {sp.name}: {sp.schedule} needs the dot-product extension "
@@ -248,6 +267,12 @@ static int qk_tir_parallel(int (*task)(int, qk_tir_penv_t *, void *), void *cdat
 }
 int (*__TVMBackendParallelLaunch)(int (*)(int, qk_tir_penv_t *, void *), void *, int) = qk_tir_parallel;
 
+#if defined(__arm__)
+/* Cortex-M: LLVM's unwind tables name the EHABI personality routine; the kernels never unwind, and
+ * without this (weak) definition libgcc's unwinder, which needs __exidx_start, would be linked */
+__attribute__((weak)) void __aeabi_unwind_cpp_pr0(void) {}
+#endif
+
 void qk_tir_call(int32_t (*fn)(void *, void *, int32_t, void *), int32_t n, void *const *ptrs) {
   qk_tir_tensor_t t[8];
   qk_tir_any_t a[8], r;
@@ -295,9 +320,12 @@ def shim_sources(specs: list[DenseSpec]) -> tuple[str, str]:
     # workspace: the local accumulators and a pointwise conv's packed block of pixels (<= 4 rows of k int8)
     # (sdot4x4: all of x packed, workspace_bytes)
     # (a tuned schedule may keep all of x packed and every accumulator: the workload's two buffers)
+    # (smlad / mve: one tile's rows of x packed, tir_kernels_cortexm.workspace_bytes)
     pool = 1024 + max((sp.m * sp.kp + 4 * sp.m * sp.n if isinstance(sp.schedule, TunedKernel)
+                       else cortexm_workspace_bytes(sp) if sp.schedule in CORTEXM_SCHEDULES
                        else workspace_bytes(sp) if sp.schedule in DOTPROD_SCHEDULES else 4 * sp.kp
-                       for sp in specs if sp.nchw or isinstance(sp.schedule, TunedKernel)), default=0)
+                       for sp in specs if sp.nchw or isinstance(sp.schedule, TunedKernel)
+                       or sp.schedule in CORTEXM_SCHEDULES), default=0)
     body = [_SHIM_HEAD.replace("@POOL@", str((pool + 63) // 64 * 64))]
     for sp in specs:
         body.append(f"\nint32_t __tvm_ffi_{sp.name}(void *self, void *args, int32_t n, void *result);\n"

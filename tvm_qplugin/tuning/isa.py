@@ -18,7 +18,7 @@ import tvm
 
 from ..errors import QPluginError
 
-# (key, LLVM features that must all be present), widest first. x86 first, then AArch64.
+# (key, LLVM features that must all be present), widest first. x86 first, then AArch64, then Cortex-M.
 ISA_LEVELS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("avx512vnni", ("avx512vnni", "avx512bw")),
     ("avxvnni", ("avxvnni", "avx2")),
@@ -26,6 +26,8 @@ ISA_LEVELS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("sse4.2", ("sse4.2",)),
     ("dotprod", ("dotprod", "neon")),
     ("neon", ("neon",)),
+    ("mve", ("mve",)),    # Cortex-M: Helium (M55), then the DSP extension's SMLAD (M4 / M7 / M33)
+    ("dsp", ("dsp",)),
 )
 ISA_KEYS = tuple(key for key, _ in ISA_LEVELS)
 

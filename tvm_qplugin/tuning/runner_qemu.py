@@ -7,8 +7,10 @@ instructions under qemu, keep only candidates that are bit-exact (issue 11, deli
   (export/tir_kernels.py).
 * :class:`QemuRunner` links that object into a small harness -- the workload's inputs as constant
   arrays, the package's TIR shim (export/tir_kernels.py: the candidate's packed entry called with
-  DLTensors, TVM's workspace calls served from a static pool) -- cross-built for the board, runs it
-  under ``qemu-aarch64 -cpu <board core>`` with the instruction-count plugin (instructions between
+  DLTensors, TVM's workspace calls served from a static pool) -- cross-built for the board (a
+  Cortex-M board: a firmware with export/mcu/'s startup code, linker script and semihosting, the
+  output written through a semihosting file), runs it under ``qemu-aarch64 -cpu <board core>`` or
+  ``qemu-system-arm -M <machine>`` with the instruction-count plugin (instructions between
   two marks around the call: exact and repeatable, so tuning is noise-free) and compares the output
   with the op's NumPy twin. A candidate that is not bit-exact, faults or hangs (timeout) gets an
   error result -- MetaSchedule then never stores it -- and is counted in ``failures``.
@@ -33,12 +35,14 @@ from tvm.s_tir.meta_schedule.runner import PyRunner, RunnerFuture, RunnerResult
 
 from ..errors import QPluginError
 from ..export.c_graph import dt_info
+from ..export.harness_mcu import EXT_WEIGHT_SECTION
 
 POOL_BYTES = 1 << 20     # the harness's workspace pool: tuned tiles may hold larger accumulators
 
 
 def board_target(board) -> tvm.target.Target:
-    """The board's TVM target on one core (export/tir_kernels.py's); one line if not aarch64 Linux."""
+    """The board's TVM target on one core (export/tir_kernels.py's); one line if neither an aarch64
+    Linux board nor a Cortex-M board."""
     from ..export.tir_kernels import object_target
 
     try:
@@ -69,16 +73,19 @@ class QemuObjectBuilder(PyBuilder):
         return results
 
 
-def _c_array(name: str, a: np.ndarray) -> str:
+def _c_array(name: str, a: np.ndarray, section: str = "") -> str:
     flat = ",".join(str(int(v)) for v in np.asarray(a).reshape(-1).tolist())
-    return f"static {dt_info(str(a.dtype))[1]} {name}[{max(a.size, 1)}] __attribute__((aligned(64))) = {{{flat}}};\n"
+    where = f' __attribute__((section("{section}")))' if section else ""
+    return (f"static const {dt_info(str(a.dtype))[1]} {name}[{max(a.size, 1)}] __attribute__((aligned(64))){where} "
+            f"= {{{flat}}};\n")
 
 
-def harness_source(inputs: list[np.ndarray], out: np.ndarray) -> str:
+def harness_source(inputs: list[np.ndarray], out: np.ndarray, section: str = "") -> str:
     """main(): mark, the candidate's packed ``main`` on the inputs and the output buffer, mark, write
-    the output bytes to qout.bin."""
+    the output bytes to qout.bin (a semihosting file on Cortex-M). ``section``: where the constant
+    inputs go (a Cortex-M board's external flash when its code memory is small)."""
     n = len(inputs) + 1
-    decl = "".join(_c_array(f"in{i}", a) for i, a in enumerate(inputs))
+    decl = "".join(_c_array(f"in{i}", a, section) for i, a in enumerate(inputs))
     decl += f"static {dt_info(str(out.dtype))[1]} out0[{out.size}] __attribute__((aligned(64)));\n"
     ptrs = ", ".join([f"(void *)in{i}" for i in range(len(inputs))] + ["(void *)out0"])
     return ("#include <stdio.h>\n#include \"tir_kernels.h\"\n"
@@ -121,22 +128,29 @@ class QemuRunner(PyRunner):
         from ..export.toolchain import ToolchainError, run_tool, which
 
         work = obj.parent
-        (work / "harness.c").write_text(harness_source(self.inputs, self.expected))
+        mcu = self.board.family == "cortex-m"
+        big = mcu and self.board.ext_flash_bytes and sum(a.nbytes for a in self.inputs) > (self.board.flash_bytes or 0) // 2
+        (work / "harness.c").write_text(harness_source(self.inputs, self.expected, EXT_WEIGHT_SECTION if big else ""))
         header, shim = shim_sources([])
         (work / "tir_kernels.h").write_text(header)
         (work / "tir_kernels.c").write_text(shim)
         exe = work / "harness"
-        r = run_tool([which(self.board.cc), *self.board.cflags, "-O2", "-static", f"-DQK_TIR_POOL_BYTES={POOL_BYTES}",
-                      f"-I{work}", work / "harness.c", work / "tir_kernels.c", obj, "-o", exe],
-                     what="candidate harness build")
+        srcs = [f"-I{work}", work / "harness.c", work / "tir_kernels.c", obj]
+        pool = POOL_BYTES // 16 if mcu else POOL_BYTES   # Cortex-M: the board's SRAM holds it (64 KB)
+        cmd = ([which(self.board.cc), *self.board.cflags, "-O2", f"-DQK_TIR_POOL_BYTES={pool}", *srcs,
+                *mcu_link_flags(self.board), "-o", exe] if mcu else
+               [which(self.board.cc), *self.board.cflags, "-O2", "-static", f"-DQK_TIR_POOL_BYTES={pool}", *srcs,
+                "-o", exe])
+        r = run_tool(cmd, what="candidate harness build")
         if r.returncode != 0:
             return self._fail("link", r.stderr[-500:])
-        mark = symbol_address(self.board, exe, "qmodel_profile_mark")
+        mark = symbol_address(self.board, exe, "qmodel_profile_mark") & ~1   # Thumb: the low bit is the mode
         count = work / "count.txt"
+        pargs = f"file={plugin_path()},mark={mark:#x},out={count}"
+        cmd = (mcu_qemu_cmd(self.board, exe, pargs) if mcu else
+               [which("qemu-aarch64"), "-cpu", self.board.qemu_cpu or "max", "-plugin", pargs, exe])
         try:
-            r = run_tool([which("qemu-aarch64"), "-cpu", self.board.qemu_cpu or "max", "-plugin",
-                          f"file={plugin_path()},mark={mark:#x},out={count}", exe], cwd=work, timeout=self.timeout_s,
-                         what="candidate under qemu-aarch64")
+            r = run_tool(cmd, cwd=work, timeout=self.timeout_s, what=f"candidate under {Path(cmd[0]).name}")
         except ToolchainError as e:
             return self._fail("timeout", str(e))
         if r.returncode != 0:
@@ -148,6 +162,25 @@ class QemuRunner(PyRunner):
         n = marks[1] - marks[0]
         self.instructions.append(n)
         return RunnerResult([n * 1e-9], None)
+
+
+def mcu_link_flags(board) -> list:
+    """A Cortex-M harness's startup, linker script and semihosting, linked with the emulated
+    board's memory (export/harness_mcu.py's layout)."""
+    from ..export.harness_mcu import _mcu_board, link_layout
+    from ..export.templates import MCU_DIR
+
+    defsyms, _ = link_layout(*_mcu_board(board))
+    return [MCU_DIR / "cortexm_startup.c", "-T", MCU_DIR / "cortexm_link.ld", "--specs=rdimon.specs",
+            "-ffunction-sections", "-fdata-sections", "-Wl,--gc-sections", *defsyms, *board.ldflags]
+
+
+def mcu_qemu_cmd(board, elf, plugin_args: str) -> list:
+    """qemu-system-arm on the board's emulated twin, with the instruction-count plugin."""
+    from ..export.harness_mcu import McuBuild, _mcu_board, _qemu_cmd
+
+    b, emu = _mcu_board(board)
+    return _qemu_cmd(McuBuild(b, emu, Path(elf), Path(elf).parent, Path(elf).parent, True), plugin_args)
 
 
 @contextmanager

@@ -1,5 +1,5 @@
-"""``tvm-qplugin tune --target <aarch64 board>``: the C package's TensorIR kernels tuned under qemu
-into the board's database (issue 11, deliverable 2).
+"""``tvm-qplugin tune --target <aarch64 or Cortex-M board>``: the C package's TensorIR kernels tuned
+under qemu (qemu-aarch64 / qemu-system-arm) into the board's database (issue 11, deliverable 2).
 
 On an aarch64 board the kernels that matter are not model.so's but the C package's
 (export/tir_kernels.py: dense and pointwise-conv layers on 8-bit inputs, the steps of
@@ -32,7 +32,12 @@ from tvm.s_tir.meta_schedule.database import TuningRecord
 from ..errors import QPluginError
 from .database import DBInfo, TuningDB
 from .isa import default_db_dir, isa_key, shipped_db_dir
-from .runner_qemu import QemuObjectBuilder, QemuRunner, board_target, unnamed_log_handlers_set_aside
+from .runner_qemu import (
+    QemuObjectBuilder,
+    QemuRunner,
+    board_target,
+    unnamed_log_handlers_set_aside,
+)
 from .tasks import workload_key
 from .tuner import TaskSummary, TuneResult
 
@@ -81,7 +86,7 @@ def layer_workload(s, seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
 
 
 def tune_tir_qemu(imod, board, trials: int, db=None, per_iter: int = 8, seed: int = 0, progress=None) -> TuneResult:
-    """Tune the TIR kernels of integer module ``imod`` for aarch64 ``board`` (module doc), ``trials``
+    """Tune the TIR kernels of integer module ``imod`` for an aarch64 or Cortex-M ``board`` (module doc), ``trials``
     per distinct kernel (trials already in the database count: a rerun resumes)."""
     from ..export.c_graph import build_graph, integer_module_of
     from ..export.kernel_choice import _shape_key, tir_candidates

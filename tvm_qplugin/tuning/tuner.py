@@ -98,7 +98,8 @@ def tune(model, target: str = "x86-host", trials: int = 64, calib=None, db: str 
         raise QPluginError(f"--trials {trials!r}: give a positive number of trials per task")
     say = progress or log.info
     board = get_board(target)
-    if board.family == "aarch64" and board.os == "linux":   # the C package's TIR kernels, under qemu (tune_qemu.py)
+    if (board.family == "aarch64" and board.os == "linux") or (board.family == "cortex-m" and board.tvm_target):
+        # the C package's TIR kernels, under qemu-aarch64 / qemu-system-arm (tune_qemu.py)
         from .tune_qemu import tune_tir_qemu
 
         if isa is not None or rpc_tracker is not None or rpc_key is not None:
@@ -112,7 +113,7 @@ def tune(model, target: str = "x86-host", trials: int = 64, calib=None, db: str 
         # Cross boards need the candidates exported with the board's cross compiler and the
         # verifier's reference run on the board; not built yet -- refused, not half done.
         raise QPluginError(f"tune --target {board.name!r}: this version tunes x86 boards (here, or through an RPC "
-                           f"tracker) and aarch64 Linux boards (under qemu); {board.family} boards compile with their "
+                           f"tracker), aarch64 Linux and Cortex-M boards (under qemu); {board.family} boards compile with their "
                            "default schedules")
     if not board.runs_here and rpc_tracker is None:
         raise QPluginError(f"target {board.name!r} ({board.runner}) does not run here: measure on the board through "
