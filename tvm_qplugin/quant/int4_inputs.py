@@ -1,0 +1,67 @@
+"""The calibrated input second moments ``E[p p^T]`` of the int4 layers, for the int4 weight
+rounding with error feedback (quant/int4.py ``round_with_error_feedback``).
+
+``p`` is one row of the layer's im2col matrix: a conv's input patch flattened ``(C/groups, KH,
+KW)`` row-major -- the order of the ``(O, C/groups * KH * KW)`` weight rows -- per group, or a
+dense layer's input vector. The moments come from one extra float pass over the calibration data,
+made only when a plan has int4 layers and only for those layers (int8 keeps round to nearest: at
+255 levels its rounding error is already below what the activations' quantization adds).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..passes.graph import Graph, const_value
+
+# calibration samples the moments are taken over (GPTQ's own default is 128) and im2col rows kept
+# per batch (a fixed-seed subset beyond that: MobileNetV2's first layers have 12 544 per image)
+MOMENT_SAMPLES = 256
+ROWS_PER_BATCH = 4096
+
+
+def int4_input_moments(runner, data, func, layer_vars: set[str], limit: int | None = None,
+                       known: dict | None = None) -> dict[str, np.ndarray]:
+    """``{binding name: (groups, K, K) float64}`` for the conv2d / matmul bindings of the float
+    ``func`` named in ``layer_vars``, over the first ``min(limit, MOMENT_SAMPLES)`` calibration
+    samples of ``data`` run through ``runner`` (calibrate.FloatRunner). Layers in ``known`` are
+    kept from it (a second plan of the same compile does not pay for them again)."""
+    known = dict(known or {})
+    wanted = [b for b in Graph(func).bindings
+              if b.name in layer_vars and b.name not in known and const_value(b.args[1]) is not None]
+    if not wanted:
+        return known
+    observed = {v: i for i, v in enumerate(runner.observed)}
+    sums = {b.name: 0.0 for b in wanted}
+    rng = np.random.default_rng(0)
+    batches = 0
+    limit = MOMENT_SAMPLES if limit is None else min(limit, MOMENT_SAMPLES)
+    for batch in data.batches(limit):
+        taps, _ = runner.run(batch)
+        batches += 1
+        for b in wanted:
+            rows = _patches(b, taps[observed[b.args[0]]])  # (groups, rows, K)
+            if rows.shape[1] > ROWS_PER_BATCH:
+                rows = rows[:, rng.choice(rows.shape[1], ROWS_PER_BATCH, replace=False)]
+            sums[b.name] = sums[b.name] + np.einsum("grk,grl->gkl", rows, rows) / rows.shape[1]
+    known.update({name: s / batches for name, s in sums.items()})
+    return known
+
+
+def _patches(b, x: np.ndarray) -> np.ndarray:
+    """The im2col rows ``(groups, rows, K)`` of input ``x`` for binding ``b`` (conv2d NCHW/OIHW, or
+    matmul over the last axis)."""
+    x = np.asarray(x, dtype=np.float64)
+    if b.op_name != "relax.nn.conv2d":
+        return x.reshape(1, -1, x.shape[-1])
+    a = b.attrs
+    top, left, bottom, right = (int(p) for p in a.padding)
+    sh, sw = (int(s) for s in a.strides)
+    dh, dw = (int(d) for d in a.dilation)
+    groups = int(a.groups)
+    kh, kw = const_value(b.args[1]).shape[2:]
+    xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
+    win = win[:, :, ::sh, ::sw, ::dh, ::dw]  # (N, C, OH, OW, KH, KW)
+    n, c, oh, ow = win.shape[:4]
+    win = win.reshape(n, groups, c // groups, oh, ow, kh, kw).transpose(1, 0, 3, 4, 2, 5, 6)
+    return win.reshape(groups, n * oh * ow, (c // groups) * kh * kw)
