@@ -11,10 +11,16 @@ import torch
 from tvm import relax
 
 from qplugin_zoo.digits import digits_cnn_onnx, digits_split
-from tvm_qplugin.passes.graph import Binding
-from tvm_qplugin.quant.int4 import INT4_QMAX, INT4_QMIN, quantize_weight_int4, round_with_error_feedback
-from tvm_qplugin.quant.int4_inputs import _patches
 from tvm_qplugin.mixed.torch_graph import load_torch_graph, one_torch_thread
+from tvm_qplugin.passes.graph import Binding
+from tvm_qplugin.quant import int4_inputs
+from tvm_qplugin.quant.int4 import (
+    INT4_QMAX,
+    INT4_QMIN,
+    quantize_weight_int4,
+    round_with_error_feedback,
+)
+from tvm_qplugin.quant.int4_inputs import _patches
 
 
 def output_error(w2: np.ndarray, codes: np.ndarray, scale: np.ndarray, h: np.ndarray) -> float:
@@ -45,6 +51,19 @@ def test_patches_times_weight_rows_is_the_convolution(strides, padding, dilation
         got = p[g] @ w[g * rows:(g + 1) * rows].reshape(rows, -1).T  # (N * OH * OW, rows)
         np.testing.assert_allclose(got, want[:, g * rows:(g + 1) * rows].transpose(0, 2, 3, 1).reshape(-1, rows),
                                    rtol=1e-12, atol=1e-12)
+
+
+def test_patches_subset_is_drawn_from_the_rows(monkeypatch):
+    """Above ROWS_PER_BATCH the rows kept are some of the full set's, in order, for every group."""
+    monkeypatch.setattr(int4_inputs, "ROWS_PER_BATCH", 7)
+    rng = np.random.default_rng(0)
+    x, w = rng.normal(size=(2, 4, 5, 5)), rng.normal(size=(4, 2, 3, 3))
+    b = conv_binding(x.shape, w, (1, 1), (1, 1, 1, 1), (1, 1), 2)
+    full, some = _patches(b, x), _patches(b, x, np.random.default_rng(1))
+    assert some.shape == (2, 7, 18)
+    index = [int(np.flatnonzero((full[0] == r).all(axis=1))[0]) for r in some[0]]
+    assert index == sorted(index) and len(set(index)) == 7
+    np.testing.assert_equal(some[1], full[1][index])
 
 
 def test_uncorrelated_inputs_round_to_nearest_and_correlated_ones_do_better():

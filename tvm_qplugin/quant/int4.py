@@ -96,7 +96,7 @@ def round_with_error_feedback(w: np.ndarray, scale: np.ndarray, moments: np.ndar
     Why not round to nearest: a layer's inputs are correlated (neighbouring pixels, channels after
     a ReLU), so independent rounding errors add up in the output where correlated corrections
     cancel. On the digits CNN's ``node_Conv_85`` (4 608 weights, the layer every midway plan
-    lowers) the output error falls 5x and the network's KL to fp32 4x (docs/architecture.md
+    lowers) the output error falls 3.8x and the compiled network's KL to fp32 3.8x (docs/architecture.md
     "Mixed precision"). Returns int8 codes in [-7, 7]."""
     w = np.array(w, dtype=np.float64)
     groups, k = moments.shape[0], moments.shape[1]

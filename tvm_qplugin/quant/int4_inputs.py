@@ -26,11 +26,11 @@ def int4_input_moments(runner, data, func, layer_vars: set[str], limit: int | No
     samples of ``data`` run through ``runner`` (calibrate.FloatRunner). Layers in ``known`` are
     kept from it (a second plan of the same compile does not pay for them again)."""
     known = dict(known or {})
-    wanted = [b for b in Graph(func).bindings
-              if b.name in layer_vars and b.name not in known and const_value(b.args[1]) is not None]
+    observed = {v: i for i, v in enumerate(runner.observed)}
+    wanted = [b for b in Graph(func).bindings  # (an input the runner does not observe: round to nearest)
+              if b.name in layer_vars and b.name not in known and b.args[0] in observed]
     if not wanted:
         return known
-    observed = {v: i for i, v in enumerate(runner.observed)}
     sums = {b.name: 0.0 for b in wanted}
     rng = np.random.default_rng(0)
     batches = 0
@@ -39,20 +39,20 @@ def int4_input_moments(runner, data, func, layer_vars: set[str], limit: int | No
         taps, _ = runner.run(batch)
         batches += 1
         for b in wanted:
-            rows = _patches(b, taps[observed[b.args[0]]])  # (groups, rows, K)
-            if rows.shape[1] > ROWS_PER_BATCH:
-                rows = rows[:, rng.choice(rows.shape[1], ROWS_PER_BATCH, replace=False)]
+            rows = _patches(b, taps[observed[b.args[0]]], rng)  # (groups, rows, K)
             sums[b.name] = sums[b.name] + np.einsum("grk,grl->gkl", rows, rows) / rows.shape[1]
     known.update({name: s / batches for name, s in sums.items()})
     return known
 
 
-def _patches(b, x: np.ndarray) -> np.ndarray:
+def _patches(b, x: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
     """The im2col rows ``(groups, rows, K)`` of input ``x`` for binding ``b`` (conv2d NCHW/OIHW, or
-    matmul over the last axis)."""
+    matmul over the last axis); with ``rng``, at most ROWS_PER_BATCH of them, drawn before any
+    patch is copied (a strided view until then)."""
     x = np.asarray(x, dtype=np.float64)
     if b.op_name != "relax.nn.conv2d":
-        return x.reshape(1, -1, x.shape[-1])
+        rows = x.reshape(-1, x.shape[-1])
+        return _subset(rows, rng)[None]
     a = b.attrs
     top, left, bottom, right = (int(p) for p in a.padding)
     sh, sw = (int(s) for s in a.strides)
@@ -61,7 +61,15 @@ def _patches(b, x: np.ndarray) -> np.ndarray:
     kh, kw = const_value(b.args[1]).shape[2:]
     xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
     win = np.lib.stride_tricks.sliding_window_view(xp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
-    win = win[:, :, ::sh, ::sw, ::dh, ::dw]  # (N, C, OH, OW, KH, KW)
-    n, c, oh, ow = win.shape[:4]
-    win = win.reshape(n, groups, c // groups, oh, ow, kh, kw).transpose(1, 0, 3, 4, 2, 5, 6)
-    return win.reshape(groups, n * oh * ow, (c // groups) * kh * kw)
+    win = win[:, :, ::sh, ::sw, ::dh, ::dw].transpose(0, 2, 3, 1, 4, 5)  # (N, OH, OW, C, KH, KW), a view
+    n, oh, ow, c = win.shape[:4]
+    picked = _subset(np.arange(n * oh * ow), rng)
+    rows = win[picked // (oh * ow), picked // ow % oh, picked % ow]  # (rows, C, KH, KW)
+    return rows.reshape(len(picked), groups, (c // groups) * kh * kw).transpose(1, 0, 2)
+
+
+def _subset(rows: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+    """``rows``, or ROWS_PER_BATCH of them drawn by ``rng`` (in their order)."""
+    if rng is None or len(rows) <= ROWS_PER_BATCH:
+        return rows
+    return rows[np.sort(rng.choice(len(rows), ROWS_PER_BATCH, replace=False))]
