@@ -16,7 +16,7 @@ from ..passes.graph import Graph, const_value
 # calibration samples the moments are taken over (GPTQ's own default is 128) and im2col rows kept
 # per batch (a fixed-seed subset beyond that: MobileNetV2's first layers have 12 544 per image)
 MOMENT_SAMPLES = 256
-ROWS_PER_BATCH = 4096
+ROWS_PER_BATCH = 1024
 
 
 def int4_input_moments(runner, data, func, layer_vars: set[str], limit: int | None = None,
@@ -40,6 +40,8 @@ def int4_input_moments(runner, data, func, layer_vars: set[str], limit: int | No
         batches += 1
         for b in wanted:
             rows = _patches(b, taps[observed[b.args[0]]], rng)  # (groups, rows, K)
+            # einsum, not matmul: these GEMMs are small, and OpenBLAS's threads next to TVM's
+            # spinning pool made them 20-50x slower (MobileNetV2, 2 loaded cores)
             sums[b.name] = sums[b.name] + np.einsum("grk,grl->gkl", rows, rows) / rows.shape[1]
     known.update({name: s / batches for name, s in sums.items()})
     return known
