@@ -32,6 +32,7 @@ class Ranges:
     by_var: dict[relax.Var, tuple[float, float]]
     histograms: dict[relax.Var, Histogram]
     channel_means: dict[relax.Var, np.ndarray] = field(default_factory=dict)  # axis 1, for bias correction
+    input_moments: dict[str, np.ndarray] = field(default_factory=dict)  # int4 layers' (quant/int4_inputs.py)
 
     def __getitem__(self, var: relax.Var) -> tuple[float, float]:
         return self.by_var[var]

@@ -25,6 +25,7 @@ from .passes.verify import check_lowered_kernels, kernel_origins, verify_integer
 from .progress import progress
 from .quant.scheme import NonlinearScheme
 from .quant.observers import DEFAULT_OBSERVER, OBSERVERS
+from .quant.int4_inputs import int4_input_moments
 from .quant.precision import WeightedLayer, check_plan, load_layer_bits, uniform_plan, weighted_layers
 from .budget import Budget
 from .build import build
@@ -144,6 +145,9 @@ def integer_front(model, opts: CompileOptions, tvm_target: tvm.target.Target, ca
     ranges = calibrate(runner, calib_ds, opts.observer, opts.calib_limit, opts.show_progress)
 
     def integerize_with(plan):
+        ranges.input_moments = int4_input_moments(  # the int4 layers' rounding (quant/int4.py)
+            runner, calib_ds, float_mod["main"], {layer.var_name for layer in layers if plan[layer.onnx_node][0] == 4},
+            opts.calib_limit, ranges.input_moments)
         try:
             return integerize(float_mod, ranges, IntegerizeConfig(
                 int_io=opts.int_io, scheme=opts.scheme, input_bits=opts.input_bits, shiftadd=opts.shiftadd,

@@ -32,9 +32,10 @@ def quantize_weight_per_channel(w: np.ndarray, axis: int = 0) -> tuple[np.ndarra
     return wq, scale
 
 
-def quantize_weight(w: np.ndarray, axis: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel symmetric weights at ``bits`` (8: max scaling; 4: min-MSE clip, quant/int4.py)."""
-    return quantize_weight_int4(w, axis) if bits == 4 else quantize_weight_per_channel(w, axis)
+def quantize_weight(w: np.ndarray, axis: int, bits: int, input_moments=None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel symmetric weights at ``bits`` (8: max scaling; 4: min-MSE clip, rounded with
+    error feedback against ``input_moments`` when calibrated, quant/int4.py)."""
+    return quantize_weight_int4(w, axis, input_moments) if bits == 4 else quantize_weight_per_channel(w, axis)
 
 
 def requant_params(in_scale: float, w_scale: np.ndarray, out_scale: float,
@@ -98,7 +99,7 @@ class QConv2D(IntegerRule):
         w_bits, a_bits = ctx.config.bits_of(b.name)
         x = ctx.narrow_for_accumulation(ctx.q(b.args[0]), int(np.prod(w.shape[1:])))
         x = narrow_input(ctx, x, a_bits)
-        wq, w_scale = quantize_weight(w, 0, w_bits)
+        wq, w_scale = quantize_weight(w, 0, w_bits, getattr(ctx.ranges, "input_moments", {}).get(b.name))
         corr = bias_correction(ctx, b.args[0], w, wq, w_scale, int(b.attrs.groups)) if ctx.config.bias_correction else None
         ep, out_qt, mult, shift, bias, qmin, qmax = _fused(ctx, b, x, wq, w_scale, 1, corr)
         a = b.attrs
@@ -134,7 +135,7 @@ class QDense(IntegerRule):
         # a wide (int16) input keeps its precision: accumulate in int64 when int32 could overflow,
         # with the multiplier's mantissa cut so that acc * b stays inside int64
         acc_bits, mantissa = accumulator_for(w.shape[1] * max(abs(x.qtype.qmin), x.qtype.qmax) * abs_max("int8"))
-        wq, w_scale = quantize_weight(w, 0, w_bits)
+        wq, w_scale = quantize_weight(w, 0, w_bits, getattr(ctx.ranges, "input_moments", {}).get(b.name))
         corr = bias_correction(ctx, b.args[0], w, wq, w_scale) if ctx.config.bias_correction else None
         ep, out_qt, mult, shift, bias, qmin, qmax = _fused(ctx, b, x, wq, w_scale, -1, corr, mantissa)
         extra = {"acc_bits": 64} if acc_bits == 64 else {}
