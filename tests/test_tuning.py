@@ -307,6 +307,42 @@ def _host() -> tvm.target.Target:
     return get_board("x86-host").target()
 
 
+_FAMILY_INTRIN_PROBE = """
+import sys
+import tvm
+from tvm import te
+from tvm.s_tir import meta_schedule as ms
+from tvm_qplugin.targets import get_board
+from tvm_qplugin.tuning.intrin_import import PACKAGE, family_tensor_intrin
+from tvm_qplugin.tuning.runner_qemu import board_target
+
+a, b = te.placeholder((32, 64), "uint8", name="a"), te.placeholder((64, 64), "int8", name="b")
+k = te.reduce_axis((0, 64), "k")
+c = te.compute((32, 64), lambda i, j: te.sum(a[i, k].astype("int32") * b[j, k].astype("int32"), axis=k), name="c")
+mod = tvm.IRModule({"main": te.create_prim_func([a, b, c])})
+vnni = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "cascadelake", "num-cores": 1})
+for target in (vnni, board_target(get_board("rpi5"))):
+    with family_tensor_intrin(target):
+        ctx = ms.TuneContext(mod, target=target, space_generator="post-order-apply", search_strategy="replay-trace")
+        assert ctx.generate_design_space()
+    assert PACKAGE not in sys.modules, "the stand-in package outlived the block"
+print(" ".join(sorted(m for m in sys.modules if m.startswith(PACKAGE))))
+"""
+
+
+def test_a_tune_context_parses_only_its_targets_tensor_intrinsics():
+    """MetaSchedule's TuneContext imports ``tvm.s_tir.tensor_intrin``: every target's TVMScript
+    intrinsics, 40-47 s per tuning process. Inside ``family_tensor_intrin`` a VNNI x86 target and
+    rpi5 build their default design spaces (whose rules name ``dot_16x4_vnni`` / ``dot_4x4_*``: an
+    unregistered one raises) with their family's intrinsics only; CUDA's etc. are never parsed."""
+    r = subprocess.run([sys.executable, "-c", _FAMILY_INTRIN_PROBE], capture_output=True, text=True, cwd=REPO,
+                       timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    loaded = r.stdout.split()
+    assert loaded == ["tvm.s_tir.tensor_intrin.arm_cpu", "tvm.s_tir.tensor_intrin.dot_product_common",
+                      "tvm.s_tir.tensor_intrin.x86"], loaded
+
+
 def test_isa_key_follows_the_targets_features():
     host = _host()
     avx2 = restrict_target(host, "avx2")
