@@ -35,6 +35,7 @@ from tvm_qplugin.errors import QPluginError
 from tvm_qplugin.targets import get_board
 from tvm_qplugin.tuning.apply import resolve_tuning
 from tvm_qplugin.tuning.database import META, RECORDS, TuningDB, TuningDBError
+from tvm_qplugin.tuning.intrin_import import family_tensor_intrin
 from tvm_qplugin.tuning.isa import isa_key, restrict_target
 from tvm_qplugin.tuning.runners import InProcessBuilder
 from tvm_qplugin.tuning.tuner import tune
@@ -380,8 +381,10 @@ def test_a_tunable_rule_defines_the_design_space(tuned_db):
     func = wl.mod["main"]
     name, space = design_space(func, _host(), rules=[_TiledConvRule()])
     assert name == "rule:_TiledConvRule"
-    ctx = ms.TuneContext(mod=wl.mod, target=tvm.target.Target({"kind": "llvm", "num-cores": 1}),
-                         space_generator=space, search_strategy="replay-trace", task_name="t")
+    target = tvm.target.Target({"kind": "llvm", "num-cores": 1})
+    with family_tensor_intrin(target):   # as the tuner builds its TuneContext (not every target's intrinsics)
+        ctx = ms.TuneContext(mod=wl.mod, target=target, space_generator=space, search_strategy="replay-trace",
+                             task_name="t")
     (sch,) = ctx.generate_design_space()
     assert any(inst.kind.name == "SamplePerfectTile" for inst in sch.trace.insts)
     assert design_space(func, _host(), rules=[])[0] == "metaschedule-default"
