@@ -51,18 +51,21 @@ def family_tensor_intrin(target: tvm.target.Target):
     """Within the block, ``import tvm.s_tir.tensor_intrin`` registers only ``target``'s family's
     intrinsics (module doc); wrap the construction of a ``TuneContext`` or an ``ms.tune_tir`` call."""
     module = family_module(target)
-    if module is None or PACKAGE in sys.modules:   # another family, or the real package already loaded
-        yield
+    present = sys.modules.get(PACKAGE)
+    if module is None or (present is not None and not getattr(present, "stand_in", False)):
+        yield   # another family, or the real package already loaded: every intrinsic is there
         return
-    spec = importlib.util.find_spec(PACKAGE)
-    stand_in = types.ModuleType(PACKAGE, "tvm.s_tir.tensor_intrin without its eager __init__ (tuning/intrin_import.py)")
-    stand_in.__spec__ = importlib.machinery.ModuleSpec(PACKAGE, None, is_package=True)
-    stand_in.__spec__.submodule_search_locations = stand_in.__path__ = list(spec.submodule_search_locations)
-    stand_in.__package__ = PACKAGE
-    sys.modules[PACKAGE] = stand_in
+    stand_in = present
+    if stand_in is None:
+        spec = importlib.util.find_spec(PACKAGE)
+        stand_in = types.ModuleType(PACKAGE, "tvm.s_tir.tensor_intrin without its eager __init__ (tuning/intrin_import.py)")
+        stand_in.__spec__ = importlib.machinery.ModuleSpec(PACKAGE, None, is_package=True)
+        stand_in.__spec__.submodule_search_locations = stand_in.__path__ = list(spec.submodule_search_locations)
+        stand_in.__package__, stand_in.stand_in = PACKAGE, True
+        sys.modules[PACKAGE] = stand_in
     try:
         importlib.import_module(f"{PACKAGE}.{module}")
         yield
     finally:
-        if sys.modules.get(PACKAGE) is stand_in:
+        if present is None and sys.modules.get(PACKAGE) is stand_in:   # the outermost block takes it away
             del sys.modules[PACKAGE]
