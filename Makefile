@@ -40,9 +40,11 @@ demo: setup
 	$(BIN)/python examples/demo.py
 
 # --dist loadscope: a test module's tests stay on one worker, so a module-scoped fixture (a whole
-# model compiled once for its module's tests) is built once, not once per worker.
+# model compiled once for its module's tests) is built once, not once per worker. The modules go out
+# in tests/conftest.py's order (the longest first, so that none starts at the end), not re-sorted by
+# xdist by test count (--no-loadscope-reorder).
 test: setup
-	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadscope --timeout 1800 --durations=20 -m "not extended" tests
+	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadscope --no-loadscope-reorder --timeout 1800 --durations=20 -m "not extended" tests
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" tests

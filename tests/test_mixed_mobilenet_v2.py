@@ -10,14 +10,13 @@ measures the same with every method.
 from __future__ import annotations
 
 import pytest
-import torch
 
 import tvm_qplugin as tq
 from qplugin_zoo import imagenet_calib_eval, mobilenet_v2_onnx
 from tvm_qplugin.mixed.plan import build_problem, plan_model, random_plans
 from tvm_qplugin.mixed.sensitivity import sensitivity
 from tvm_qplugin.mixed.simulate import simulated_outputs, top1
-from tvm_qplugin.mixed.torch_graph import load_torch_graph
+from tvm_qplugin.mixed.torch_graph import load_torch_graph, one_torch_thread
 
 pytestmark = [pytest.mark.slow, pytest.mark.extended]
 SETTINGS = {"samples": 8, "probes": 128}  # the benchmark's: cached there under the same key
@@ -25,19 +24,17 @@ SETTINGS = {"samples": 8, "probes": 128}  # the benchmark's: cached there under 
 
 @pytest.fixture(scope="module")
 def compiled():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     path, (calib, evaluation) = mobilenet_v2_onnx(), imagenet_calib_eval()
-    sens = sensitivity(path, {"input": calib}, **SETTINGS)
-    g = load_torch_graph(path)
-    problem = build_problem(sens, g.model).restricted(a_bits=(8,))
-    midway = (problem.uniform(8, 8)["size"] + problem.uniform(4, 8)["size"]) / 2
-    plan = plan_model(path, {"input": calib}, f"size={int(midway)}B", a_bits=(8,), **SETTINGS)[0]
-    ranked = {"input": evaluation[:32]}
-    reference = simulated_outputs(g, {}, {}, ranked)
-    rand = random_plans(problem, midway, 20)
-    best_random = max(rand, key=lambda bits: top1(simulated_outputs(g, bits, sens.act_range, ranked), reference))
-    torch.set_num_threads(threads)
+    with one_torch_thread():   # the torch-side work (sensitivities, plans, simulation); the compiles after it as usual
+        sens = sensitivity(path, {"input": calib}, **SETTINGS)
+        g = load_torch_graph(path)
+        problem = build_problem(sens, g.model).restricted(a_bits=(8,))
+        midway = (problem.uniform(8, 8)["size"] + problem.uniform(4, 8)["size"]) / 2
+        plan = plan_model(path, {"input": calib}, f"size={int(midway)}B", a_bits=(8,), **SETTINGS)[0]
+        ranked = {"input": evaluation[:32]}
+        reference = simulated_outputs(g, {}, {}, ranked)
+        rand = random_plans(problem, midway, 20)
+        best_random = max(rand, key=lambda bits: top1(simulated_outputs(g, bits, sens.act_range, ranked), reference))
     runs = {"mixed": {"precision": "mixed", "layer_bits": plan.bits}, "int4": {"precision": "int4"},
             "random": {"precision": "mixed", "layer_bits": best_random}}
     reports = {k: tq.compile(path, calib={"input": calib}, eval={"input": evaluation}, **v).report

@@ -54,11 +54,11 @@ def schedules_for(s, board) -> tuple:
 
 
 def _shape_key(s) -> tuple:
-    """What a layer's kernel code depends on: op, shapes, dtypes, params, the 32-bit requantization
-    condition -- not the weight values (the kernels have no data-dependent branches)."""
-    shifts = s.args[4].val.const
+    """What a layer's kernel code depends on: op, shapes, dtypes, params, the shift range (which
+    decides the 32-bit requantization: min >= 33) -- not the weight values (the kernels have no
+    data-dependent branches)."""
     return (s.op, tuple(s.args[0].shape), s.args[0].dtype, tuple(s.args[1].shape), s.out.dtype,
-            bool(shifts.min() >= 33), shift_range(shifts), tuple(sorted((k, str(v)) for k, v in s.params.items() if not k.startswith("_"))))
+            shift_range(s.args[4].val.const), tuple(sorted((k, str(v)) for k, v in s.params.items() if not k.startswith("_"))))
 
 
 def _one_step_module(s):

@@ -36,6 +36,7 @@ from tvm.s_tir.meta_schedule.runner import PyRunner, RunnerFuture, RunnerResult
 from ..errors import QPluginError
 from ..export.c_graph import dt_info
 from ..export.harness_mcu import EXT_WEIGHT_SECTION
+from .intrin_import import family_tensor_intrin
 
 POOL_BYTES = 1 << 20     # the harness's workspace pool: tuned tiles may hold larger accumulators
 
@@ -234,7 +235,7 @@ def tune_dense_qemu(spec, board, work_dir, trials: int = 16, per_iter: int = 8, 
         tvm.tirx.build(_schedule(_dense_module(spec), spec), target=target).write_to_file(str(base / "kernel.o"))
     (res,) = runner.run([ms.runner.RunnerInput(str(base / "kernel.o"), "cpu", [])])
     default = int(round(float(res.result().run_secs[0]) * 1e9)) if res.result().error_msg is None else None
-    with unnamed_log_handlers_set_aside():
+    with unnamed_log_handlers_set_aside(), family_tensor_intrin(target):   # ARM intrinsics only (intrin_import.py)
         db = ms.tune_tir(_dense_module(spec), target, str(work_dir), max_trials_global=trials,
                          num_trials_per_iter=per_iter, builder=builder, runner=runner, seed=seed)
     sch = ms.tir_integration.compile_tir(db, _dense_module(spec), target)

@@ -86,15 +86,6 @@ def _call_sites(mod: tvm.IRModule):
         yield from found
 
 
-def _rule_has_space(packed: tvm.tirx.PrimFunc) -> bool:
-    """The rule that packed this kernel returns a design space with ``tunable=True``."""
-    from ..schedules import RULES
-    from ..schedules.packing import packed_info
-
-    rule = packed_info(packed)["rule"]
-    return any(type(r).__name__ == rule and hasattr(r, "space") for r in RULES)
-
-
 def extract_tasks(mod: tvm.IRModule, target: tvm.target.Target | None = None) -> list[KernelTask]:
     """The integer kernels of ``mod`` worth tuning, one task per distinct workload, in call order.
 
@@ -105,6 +96,7 @@ def extract_tasks(mod: tvm.IRModule, target: tvm.target.Target | None = None) ->
     table) keep their default schedule and are no task.
     """
     from ..schedules.packing import packing_plan
+    from .space import rule_space
 
     packed = packing_plan(mod, target) if target is not None else {}
     tasks: dict[str, KernelTask] = {}
@@ -114,7 +106,7 @@ def extract_tasks(mod: tvm.IRModule, target: tvm.target.Target | None = None) ->
         if described is None or not OPS[described[0]].integer_only:
             continue
         packing = packed.get(gvar.name_hint)
-        if packing is not None and not _rule_has_space(packing.func):
+        if packing is not None and rule_space(packing.func, target) is None:
             continue  # prepacked for a rule without a design space: nothing MetaSchedule can search
         tuned = packing.func if packing is not None else func
         key = workload_key(workload_of(tuned))

@@ -31,6 +31,7 @@ from tvm.s_tir.meta_schedule.database import TuningRecord
 
 from ..errors import QPluginError
 from .database import DBInfo, TuningDB
+from .intrin_import import family_tensor_intrin
 from .isa import default_db_dir, isa_key, shipped_db_dir
 from .runner_qemu import (
     QemuObjectBuilder,
@@ -136,7 +137,8 @@ def _search(tdb, wl, wkey, name, target, builder, runner, trials, per_iter, seed
     """One MetaSchedule search of ``trials`` candidates; its verified records into ``tdb``, the
     others logged as rejected (why: the runner's failure kind, or build)."""
     before = dict(runner.failures)
-    with tempfile.TemporaryDirectory(prefix="tvm_qplugin_qtune_") as work, unnamed_log_handlers_set_aside():
+    with (tempfile.TemporaryDirectory(prefix="tvm_qplugin_qtune_") as work, unnamed_log_handlers_set_aside(),
+          family_tensor_intrin(target)):   # the ARM intrinsics only, not every target's (intrin_import.py)
         msdb = ms.tune_tir(wl, target, work, max_trials_global=trials, num_trials_per_iter=min(per_iter, trials),
                            builder=builder, runner=runner, seed=seed)
         records = list(msdb.get_all_tuning_records())

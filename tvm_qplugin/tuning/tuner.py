@@ -23,6 +23,7 @@ from ..errors import QPluginError
 from ..targets import get_board
 from .database import DBInfo, TuningDB
 from .compare import compare_default
+from .intrin_import import family_tensor_intrin
 from .isa import default_db_dir, isa_key, restrict_target, with_num_cores
 from .measure import VerifyAndCommit
 from .runners import InProcessBuilder, RemoteDevice, local_runner, rpc_runner
@@ -183,9 +184,10 @@ def _tune_task(task, index, count, tdb, target, trials, per_iter, seed, builder,
             say(f"{head} {line.line(trials)}{vs}")
 
     per_iter = max(1, min(per_iter, left))
-    ctx = ms.TuneContext(mod=task.workload, target=target, space_generator=space,
-                         search_strategy=_search(per_iter, trials), task_name=task.name, rand_state=seed,
-                         num_threads=_threads(), logger=_quiet_logger())
+    with family_tensor_intrin(target):   # not every target's intrinsics: 40-47 s per process (intrin_import.py)
+        ctx = ms.TuneContext(mod=task.workload, target=target, space_generator=space,
+                             search_strategy=_search(per_iter, trials), task_name=task.name, rand_state=seed,
+                             num_threads=_threads(), logger=_quiet_logger())
     callbacks = [VerifyAndCommit(tdb, task, check, builder, remote, on_batch),
                  ms.measure_callback.RemoveBuildArtifact(), ms.measure_callback.UpdateCostModel()]
     with tempfile.TemporaryDirectory(prefix="tvm_qplugin_ms_") as work_dir:
