@@ -98,7 +98,7 @@ def prepare_tvm_float(onnx_path, dtype: str, arch: str, out: Path) -> dict:
 
     t0 = time.perf_counter()
     mod = from_onnx(onnx.load(str(onnx_path)), keep_params_in_input=True)
-    mod, params = relax.frontend.detach_params(mod)
+    mod, _ = relax.frontend.detach_params(mod)  # the weights' values: the GPU side feeds random ones
     main = mod["main"]
     n_inputs = int(main.attrs["num_input"])
     weights = [p for p in main.params[n_inputs:]]
@@ -150,7 +150,7 @@ def prepare(root: Path, models: list[str], batches: list[int], arch: str, engine
                         info = prepare_ours(onnx_path, calib, evaluation, arch, out)
                     else:
                         info = prepare_tvm_float(onnx_path, {"fp32": "float32", "fp16": "float16"}[engine], arch, out)
-                except Exception as e:  # a peer that does not build is reported, not fatal
+                except Exception as e:  # noqa: BLE001 - a peer that does not build is reported, not fatal
                     print(f"{name} b{batch} {engine}: build failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
                     continue
                 info.update(model=name, batch=batch, key=engine, dir=out.name, arch=arch)
@@ -164,7 +164,12 @@ def _tvm_engine(root: Path, entry: dict):
     """A zero-argument callable running one TVM-built engine on cuda(0), and its bit-exact verdict."""
     from tvm.runtime.vm import VirtualMachine
 
-    from tvm_qplugin.cuda_device_check import check_on_gpu, load_check_bundle, provide_ptx_of, runtime_with_cuda
+    from tvm_qplugin.cuda_device_check import (
+        check_on_gpu,
+        load_check_bundle,
+        provide_ptx_of,
+        runtime_with_cuda,
+    )
 
     tvm = runtime_with_cuda()
     provide_ptx_of(root / entry["dir"])
@@ -260,14 +265,14 @@ def run(root: Path, json_out: Path | None) -> int:
         for entry in entries:
             try:
                 engines[entry["engine"]] = _tvm_engine(root, entry)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - an engine that does not load is reported, the others run
                 print(f"{model} b{batch} {entry['engine']}: failed to load/run: {type(e).__name__}: {str(e)[:300]}")
         if have_torch:
             for half in (False, True):
                 name = f"torch-{'fp16' if half else 'fp32'}"
                 try:
                     engines[name] = _torch_engine(model, batch, half)
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 - a missing peer (no torchvision, ...) is reported
                     print(f"{model} b{batch} {name}: {type(e).__name__}: {str(e)[:200]}")
         for name, (call, sync, verdict) in engines.items():
             call()

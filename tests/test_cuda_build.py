@@ -201,6 +201,16 @@ def dp4a_gpu_case(name: str, target=None):
     return func, inputs, OPS[op].reference(*inputs, **params)
 
 
+def assert_bit_exact_on_gpu(func: tvm.tirx.PrimFunc, name: str, inputs: list, expected: np.ndarray) -> None:
+    """Build ``func`` for this machine's GPU, run it on ``inputs``, compare with ``expected`` bit
+    for bit: the body of every ``*_bit_exact_on_gpu`` test."""
+    built = tvm.tirx.build(func.with_attr("global_symbol", name), target=tvm.target.Target.from_device(tvm.cuda()))
+    dev = tvm.cuda()
+    out = tvm.runtime.tensor(np.zeros(expected.shape, expected.dtype), dev)
+    built[name](*[tvm.runtime.tensor(a, dev) for a in inputs], out)
+    np.testing.assert_array_equal(out.numpy(), expected)
+
+
 def gpu_cases(arch: str) -> dict:
     """Every dp4a kernel case, scheduled for ``arch`` (tests/gpu_bundle.py)."""
     return {name: dp4a_gpu_case(name, cuda_target(arch)) for name in sorted(DP4A_KERNELS)}
@@ -211,10 +221,4 @@ def gpu_cases(arch: str) -> dict:
 def test_dp4a_kernel_bit_exact_on_gpu(name, monkeypatch):
     monkeypatch.setenv("TVM_CUDA_COMPILE_MODE", "nvcc")
     func, inputs, expected = dp4a_gpu_case(name)
-    target = tvm.target.Target.from_device(tvm.cuda())
-    built = tvm.tirx.build(func.with_attr("global_symbol", name), target=target)
-    dev = tvm.cuda()
-    args_dev = [tvm.runtime.tensor(a, dev) for a in inputs]
-    out = tvm.runtime.tensor(np.zeros(expected.shape, expected.dtype), dev)
-    built[name](*args_dev, out)
-    np.testing.assert_array_equal(out.numpy(), expected)
+    assert_bit_exact_on_gpu(func, name, inputs, expected)

@@ -17,7 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tvm
-from test_cuda_build import extreme_inputs, kernel_ptx, needs_gpu
+from test_cuda_build import (
+    assert_bit_exact_on_gpu,
+    extreme_inputs,
+    kernel_ptx,
+    needs_gpu,
+)
 
 from qplugin_zoo import digits_split
 from tvm_qplugin.build_cuda import build_cuda, cuda_target, verify_gpu_kernels
@@ -222,8 +227,4 @@ def gpu_cases(arch: str) -> dict:
 def test_int16_gemm_kernel_bit_exact_on_gpu(name, fill, monkeypatch):
     monkeypatch.setenv("TVM_CUDA_COMPILE_MODE", "nvcc")
     func, inputs, expected = int16_gpu_case(name, fill, cuda_target("sm_80"))
-    built = tvm.tirx.build(func.with_attr("global_symbol", name), target=tvm.target.Target.from_device(tvm.cuda()))
-    dev = tvm.cuda()
-    out = tvm.runtime.tensor(np.zeros(expected.shape, expected.dtype), dev)
-    built[name](*[tvm.runtime.tensor(a, dev) for a in inputs], out)
-    np.testing.assert_array_equal(out.numpy(), expected)
+    assert_bit_exact_on_gpu(func, name, inputs, expected)

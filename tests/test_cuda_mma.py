@@ -16,6 +16,7 @@ from onnx_builders import OnnxGraph
 from test_cuda_build import (
     PER_CHANNEL,
     REQUANT,
+    assert_bit_exact_on_gpu,
     cuda_scheduled,
     extreme_inputs,
     kernel,
@@ -187,13 +188,8 @@ def gpu_cases(arch: str) -> dict:
 @pytest.mark.parametrize("name", sorted(MMA_KERNELS))
 def test_mma_kernel_bit_exact_on_gpu(name, extremes_only, monkeypatch):
     monkeypatch.setenv("TVM_CUDA_COMPILE_MODE", "nvcc")
-    target = tvm.target.Target.from_device(tvm.cuda())
-    func, inputs, expected = mma_gpu_case(name, extremes_only, target)
-    built = tvm.tirx.build(func.with_attr("global_symbol", name), target=target)
-    dev = tvm.cuda()
-    out = tvm.runtime.tensor(np.zeros(expected.shape, expected.dtype), dev)
-    built[name](*[tvm.runtime.tensor(a, dev) for a in inputs], out)
-    np.testing.assert_array_equal(out.numpy(), expected)
+    func, inputs, expected = mma_gpu_case(name, extremes_only, tvm.target.Target.from_device(tvm.cuda()))
+    assert_bit_exact_on_gpu(func, name, inputs, expected)
 
 
 def test_report_names_mma_layers_cuda_mma(dense_batch16_build):

@@ -13,7 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tvm
-from test_cuda_build import extreme_inputs, kernel_ptx, needs_gpu
+from test_cuda_build import (
+    assert_bit_exact_on_gpu,
+    extreme_inputs,
+    kernel_ptx,
+    needs_gpu,
+)
 
 from qplugin_zoo import digits_split
 from tvm_qplugin.build_cuda import build_cuda, cuda_target, verify_gpu_kernels
@@ -120,11 +125,7 @@ def gpu_cases(arch: str) -> dict:
 def test_row_kernel_bit_exact_on_gpu(name, monkeypatch):
     monkeypatch.setenv("TVM_CUDA_COMPILE_MODE", "nvcc")
     func, inputs, expected = row_gpu_case(name)
-    built = tvm.tirx.build(func.with_attr("global_symbol", name), target=tvm.target.Target.from_device(tvm.cuda()))
-    dev = tvm.cuda()
-    out = tvm.runtime.tensor(np.zeros(expected.shape, expected.dtype), dev)
-    built[name](*[tvm.runtime.tensor(a, dev) for a in inputs], out)
-    np.testing.assert_array_equal(out.numpy(), expected)
+    assert_bit_exact_on_gpu(func, name, inputs, expected)
 
 
 VIT = Path(__file__).resolve().parents[1] / "examples" / "digits_vit.onnx"
