@@ -49,7 +49,7 @@ def export(root: Path, arch: str) -> int:
                 ptx = nvcc.compile_cuda(source, target_format="ptx", arch=arch, compiler="nvcc").decode()
             (root / f"{symbol}.cu").write_text(source)
             (root / f"{symbol}.ptx").write_text(ptx)
-            np.savez(root / f"{symbol}.npz", expected=expected, **{f"in{i}": a for i, a in enumerate(inputs)})
+            np.savez_compressed(root / f"{symbol}.npz", expected=expected, **{f"in{i}": a for i, a in enumerate(inputs)})
             n += 1
     print(f"{n} kernels exported to {root} for {arch}")
     return 0
