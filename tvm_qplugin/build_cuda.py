@@ -89,7 +89,8 @@ def find_nvcc() -> str:
     return path
 
 
-def schedule_for_cuda(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.IRModule, list[str], list[str]]:
+def schedule_for_cuda(mod: tvm.IRModule,
+                      target: tvm.target.Target) -> tuple[tvm.IRModule, list[str], list[str], list[str]]:
     """cuda_mma / cuda_int8 / cuda_int16 rules, LegalizeOps, dlight fallback, then build.py's Relax
     pipeline; returns the module, the dp4a kernels, the int16 GEMM kernels and the mma kernels."""
     # imported here: it loads TVM's CUDA tensor intrinsics (tens of seconds of TVMScript parsing),

@@ -47,36 +47,22 @@ def gpu_present() -> bool:
         return False
 
 
-def attach_cuda_build(art, board, layers, ds, n_inputs: int, timing_runs: int) -> CudaBuild:
+def attach_cuda_build(art, board, layers, ds, n_inputs: int, timing_runs: int,
+                      checked_samples: list) -> CudaBuild:
     """Build ``art``'s integer module for ``board``; on a GPU, check and time it; record it all
-    (``layers``: the integer graph's layer infos, for ``layers[].kernel``)."""
+    (``layers``: the integer graph's layer infos, for ``layers[].kernel``; ``checked_samples``: the
+    (inputs, reference outputs) the host's bit-exact check compared, saved as check.npz)."""
     from . import report
     from .tuning.apply import kernel_of_var
 
     with quiet_native_stderr():
         built = build_cuda(art.integer_mod, board.arch)
     art.cuda_build = built
-    built.check_samples = reference_samples(art, ds, n_inputs)
+    built.check_samples = checked_samples
     device = run_on_gpu(art, built, ds, n_inputs, timing_runs) if gpu_present() else None
     kernel_of = kernel_of_var(art.integer_mod)
     report.record_cuda(art.report, built, board, [kernel_of.get(info.var) for info in layers], device)
     return built
-
-
-def reference_samples(art, ds, n_inputs: int) -> list[tuple[list, list]]:
-    """(integer inputs, NumPy reference outputs) for the first batches of ``ds`` covering
-    ``n_inputs`` samples: what OUT/cuda/check.npz carries to the GPU machine."""
-    from .reference import ReferenceInterpreter
-
-    ref = ReferenceInterpreter(art.integer_mod)
-    samples, seen = [], 0
-    for batch in ds.batches():
-        q = art.quantize_inputs(batch)
-        samples.append((q, [np.asarray(o) for o in ref.run(art.integer_function, *q)]))
-        seen += len(next(iter(batch.values())))
-        if seen >= n_inputs:
-            break
-    return samples
 
 
 def run_on_gpu(art, built: CudaBuild, ds, n_inputs: int, timing_runs: int) -> dict:

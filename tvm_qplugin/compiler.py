@@ -255,7 +255,9 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
                    [IOSpec(*o) for o in imod.outputs], opts.int_io, executable=executable, build_target=tvm_target)
 
     first_env: dict = {}  # the reference's intermediates on the first batch, for the per-tensor errors
-    bit_exact, n_exact = check_bit_exact(art, eval_ds, opts.bit_exact_inputs, opts.show_progress, first_env)
+    checked_samples = [] if cuda_route else None  # what the host check compared: OUT/cuda/check.npz
+    bit_exact, n_exact = check_bit_exact(art, eval_ds, opts.bit_exact_inputs, opts.show_progress, first_env,
+                                         checked_samples)
     kernels_exact = check_kernels(art)  # each kernel alone on dtype extremes and exact rounding ties
     bit_exact = bit_exact and not kernels_exact["mismatched"]
     errors = tensor_errors(runner, imod, next(iter(eval_ds.batches())), first_env)
@@ -279,7 +281,8 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
     if cuda_route:
         from .compile_cuda import attach_cuda_build
 
-        attach_cuda_build(art, board, imod.layers, eval_ds, opts.bit_exact_inputs, opts.timing_runs)
+        attach_cuda_build(art, board, imod.layers, eval_ds, opts.bit_exact_inputs, opts.timing_runs,
+                          checked_samples)
     if not bit_exact:
         log.error("compiled build differs from the NumPy reference: this is a bug, please report it")
     return art
@@ -326,19 +329,22 @@ def add_kernel_times(art: Artifact, imod, runs: int) -> None:
 
 
 def check_bit_exact(art: Artifact, ds: Dataset, n: int, show_progress: bool = False,
-                    first_env: dict | None = None) -> tuple[bool, int]:
+                    first_env: dict | None = None, samples: list | None = None) -> tuple[bool, int]:
     """Compiled integer core == NumPy reference on the first ``n`` samples (at least).
-    ``first_env``, when given, receives the reference's intermediates on the first batch."""
-    checked, first_bad = compare_with_reference(art, ds, n, art.run_integer, show_progress, first_env)
+    ``first_env``, when given, receives the reference's intermediates on the first batch;
+    ``samples`` the (inputs, reference outputs) pairs compared (compare_with_reference)."""
+    checked, first_bad = compare_with_reference(art, ds, n, art.run_integer, show_progress, first_env, samples)
     return first_bad is None, checked
 
 
 def compare_with_reference(art: Artifact, ds: Dataset, n: int, run, show_progress: bool = False,
-                           first_env: dict | None = None) -> tuple[int, str | None]:
+                           first_env: dict | None = None, samples: list | None = None) -> tuple[int, str | None]:
     """``run(quantized inputs) -> outputs`` (the host build, a GPU build, ...) against the NumPy
     reference on the first ``n`` samples (at least); returns the samples checked and the first
     difference (``None`` when bit-exact). One loop for every backend, so that what "bit-exact"
-    means cannot drift between them."""
+    means cannot drift between them. ``samples``, when given, receives each batch's (integer
+    inputs, reference outputs): a CUDA compile saves them for the GPU machine instead of running
+    the reference a second time."""
     ref = ReferenceInterpreter(art.integer_mod)
     fname = art.integer_function
     checked, first_bad = 0, None
@@ -346,6 +352,8 @@ def compare_with_reference(art: Artifact, ds: Dataset, n: int, run, show_progres
         q = art.quantize_inputs(batch)
         got = run(q)
         want = ref.run(fname, *q, env=first_env if checked == 0 else None)
+        if samples is not None:
+            samples.append((q, [np.asarray(w) for w in want]))
         for i, (g, w) in enumerate(zip(got, want)):
             diff = first_difference(g, w)
             if diff is not None and first_bad is None:

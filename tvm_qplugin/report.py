@@ -98,14 +98,15 @@ def record_cuda(r: dict, built, board, layer_kernels: list, device: dict | None)
                  "device": None, "bit_exact": None, "bit_exact_inputs": 0,
                  "why": "no CUDA GPU on the build machine: the CUDA build was checked, not run"}
     for layer, kernel in zip(r["layers"], layer_kernels):
-        dp4a = kernel in built.dp4a_kernels
-        layer["kernel"] = {"source": "cuda-dp4a" if dp4a else "cuda-default",
-                           "why": f"{built.arch}: schedules/cuda_int8.py" + (" (__dp4a)" if dp4a else
-                                                                               " declined; dlight fallback")}
         if kernel in built.mma_kernels:
-            layer["kernel"] = {"source": "cuda-mma", "why": f"{built.arch}: schedules/cuda_mma.py (mma.sync m16n8k32 s8)"}
+            source, why = "cuda-mma", "schedules/cuda_mma.py (mma.sync m16n8k32 s8)"
         elif kernel in built.int16_gemm_kernels:
-            layer["kernel"] = {"source": RULE_NAME, "why": f"{built.arch}: schedules/cuda_int16.py (register tiles)"}
+            source, why = RULE_NAME, "schedules/cuda_int16.py (register tiles)"
+        elif kernel in built.dp4a_kernels:
+            source, why = "cuda-dp4a", "schedules/cuda_int8.py (__dp4a)"
+        else:
+            source, why = "cuda-default", "schedules/cuda_int8.py declined; dlight fallback"
+        layer["kernel"] = {"source": source, "why": f"{built.arch}: {why}"}
     if device is None:
         r["latency_ms"] = None
         return
