@@ -4,7 +4,7 @@ The ``*_bit_exact_on_gpu`` tests build each scheduled kernel with TVM's compiler
 the GPU of the machine they run on. A GPU box often has no TVM compiler (a deployment image, a
 lent accelerator without the build toolchain), so this script splits the same check in two:
 
-* ``export DIR [--arch sm_90]`` here: for every module in :data:`CASE_MODULES`, its
+* ``export DIR [--arch sm_90]`` here: for every ``test_cuda_*.py`` that defines it, its
   ``gpu_cases(arch)`` -- {name: (scheduled kernel, inputs with the dtype extremes, the NumPy twin's
   output)}, the very cases its GPU tests use -- built for ``arch`` into ``DIR/<name>.so`` with the
   inputs and expected output in ``DIR/<name>.npz``;
@@ -22,12 +22,9 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-CASE_MODULES = ("test_cuda_build", "test_cuda_rows", "test_cuda_mma", "test_cuda_int16")  # and any test_cuda_*.py with gpu_cases
-
-
 def case_modules() -> list[str]:
-    found = {p.stem for p in HERE.glob("test_cuda_*.py") if "def gpu_cases(" in p.read_text()}
-    return sorted(set(CASE_MODULES) | found)
+    """The GPU test modules with single-kernel cases (today: build, rows, mma, int16)."""
+    return sorted(p.stem for p in HERE.glob("test_cuda_*.py") if "def gpu_cases(" in p.read_text())
 
 
 def export(root: Path, arch: str) -> int:
