@@ -32,7 +32,7 @@ sys.path.insert(0, ROOT)
 
 from tvm_qplugin.mixed.distill import COARSE, DEFAULT_ITERATIONS, DISTILL_OBSERVER, FINE_ITERATIONS
 from tvm_qplugin.mixed.ilp import pareto_front, solve
-from tvm_qplugin.mixed.plan import METHODS, build_problem, plan_model, random_plans
+from tvm_qplugin.mixed.plan import METHODS, build_problem, int4_moments, plan_model, random_plans
 from tvm_qplugin.mixed.sensitivity import sensitivity
 from tvm_qplugin.mixed.simulate import simulated_outputs, top1
 from tvm_qplugin.mixed.torch_graph import load_torch_graph
@@ -195,7 +195,8 @@ def main() -> None:
     problem = build_problem(sens, g.model).restricted(a_bits=(8,))
     u8, u4 = problem.uniform(8, 8)["size"], problem.uniform(4, 8)["size"]
     mid = (u8 + u4) / 2
-    acc = lambda bits: top1(simulated_outputs(g, bits, sens.act_range, evaluation), reference)  # noqa: E731
+    moments = int4_moments(g, calib, sens, [{n: (4, 8) for n in names}])  # int4 as the compiler rounds it
+    acc = lambda bits: top1(simulated_outputs(g, bits, sens.act_range, evaluation, moments=moments), reference)  # noqa: E731
     out = {"model": args.model, "layers": len(names), "probes_used": sens.probes, "samples": sens.samples,
            "sensitivity_timing_s": sens.timing_s,
            "spread_top_layers": {n: round(sens.trace_w_spread[n], 3) for n in sens.top_layers},

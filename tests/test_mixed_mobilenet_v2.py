@@ -13,7 +13,7 @@ import pytest
 
 import tvm_qplugin as tq
 from qplugin_zoo import imagenet_calib_eval, mobilenet_v2_onnx
-from tvm_qplugin.mixed.plan import build_problem, plan_model, random_plans
+from tvm_qplugin.mixed.plan import build_problem, int4_moments, plan_model, random_plans
 from tvm_qplugin.mixed.sensitivity import sensitivity
 from tvm_qplugin.mixed.simulate import simulated_outputs, top1
 from tvm_qplugin.mixed.torch_graph import load_torch_graph, one_torch_thread
@@ -34,7 +34,9 @@ def compiled():
         ranked = {"input": evaluation[:32]}
         reference = simulated_outputs(g, {}, {}, ranked)
         rand = random_plans(problem, midway, 20)
-        best_random = max(rand, key=lambda bits: top1(simulated_outputs(g, bits, sens.act_range, ranked), reference))
+        moments = int4_moments(g, {"input": calib}, sens, rand)  # int4 rounded as the compiler will
+        best_random = max(rand, key=lambda bits: top1(simulated_outputs(g, bits, sens.act_range, ranked, moments=moments),
+                                                      reference))
     runs = {"mixed": {"precision": "mixed", "layer_bits": plan.bits}, "int4": {"precision": "int4"},
             "random": {"precision": "mixed", "layer_bits": best_random}}
     reports = {k: tq.compile(path, calib={"input": calib}, eval={"input": evaluation}, **v).report

@@ -116,12 +116,25 @@ def choose_by_held_out(model, calib: dict, labels, sens: Sensitivity, plans: dic
     stop = min(count, start + HELD_OUT_MAX)
     inputs = {n: np.asarray(calib[n][start:stop]) for n in g.input_names}
     reference = np.asarray(labels[start:stop]) if labels is not None else simulated_outputs(g, {}, {}, inputs)
-    scores = {m: top1(simulated_outputs(g, p.bits, sens.act_range, inputs), reference) for m, (p, _) in plans.items()}
+    moments = int4_moments(g, calib, sens, [p.bits for p, _ in plans.values()])
+    scores = {m: top1(simulated_outputs(g, p.bits, sens.act_range, inputs, moments=moments), reference)
+              for m, (p, _) in plans.items()}
     best = max(scores, key=lambda m: (scores[m], -list(scores).index(m)))
     log.info("mixed precision: held-out check on %d calibration samples (%s): %s -> %s", stop - start,
              "labels" if labels is not None else "agreement with fp32",
              ", ".join(f"{m} {v:.3f}" for m, v in scores.items()), best)
     return best
+
+
+def int4_moments(g, calib: dict, sens: Sensitivity, plans: list[dict]) -> dict:
+    """Input second moments, on the samples the sensitivities used, of every layer some plan in
+    ``plans`` puts at 4 bits: what the simulation needs to round int4 as the compiler does."""
+    from .fake_quant import layer_input_moments
+
+    names = {n for bits in plans for n, (w, _) in bits.items() if w == 4}
+    if not names:
+        return {}
+    return layer_input_moments(g, {n: np.asarray(calib[n][: sens.samples]) for n in g.input_names}, names)
 
 
 def random_plans(problem: Problem, size: float, count: int, seed: int = 0) -> list[dict]:
@@ -162,11 +175,12 @@ def search(model, calib: dict, budget=None, labels=None, evaluation: dict | None
     reference = None
     if evaluation is not None:
         reference = eval_labels if eval_labels is not None else simulated_outputs(g, {}, {}, evaluation)
+        moments = int4_moments(g, calib, sens, [{n: (4, 8) for n in problem.names}])
 
     def point(bits: dict, totals: dict) -> dict:
         p = {k: totals.get(k) for k in ("size", "bops", "latency", "cost")}
         if reference is not None:
-            p["acc"] = top1(simulated_outputs(g, bits, sens.act_range, evaluation), reference)
+            p["acc"] = top1(simulated_outputs(g, bits, sens.act_range, evaluation, moments=moments), reference)
         return p
 
     out = {"model": str(model), "method": method, "a_bits": list(a_bits),

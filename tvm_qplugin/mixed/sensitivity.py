@@ -11,9 +11,14 @@
    block estimate also carries every other block's cross terms as noise, so the top layers still
    unresolved after a short pilot are then probed alone (``_hessian``: two phases).
    ``Omega = Tr/n * ||Q(W) - W||^2`` per candidate width (HAWQ-V3's objective), likewise for the
-   input activation with its calibrated range.
+   input activation with its calibrated range. ``Q`` at 4 bits is the compiler's min-MSE grid
+   rounded to nearest: HAWQ's ``||Q(W) - W||^2`` treats weight errors as isotropic, while the
+   compiler's error-feedback rounding trades a larger weight error for a smaller output error,
+   which only an output measure sees.
 2. **Direct (ZeroQ)**. Lower only that layer's weight (or input activation) and measure the
-   output: KL(p_float || p_q) for a classifier (MSE otherwise), and the output SQNR in dB.
+   output: KL(p_float || p_q) for a classifier (MSE otherwise), and the output SQNR in dB. The
+   int4 weight is the compiler's, error feedback included (fake_quant.py), on the input second
+   moments of the samples the measure runs on.
 
 Note: finite differences of gradients were the alternative to double backward; they need a step
 size per layer (weights differ by orders of magnitude) and lose digits, while autograd's HVP is
@@ -33,11 +38,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .fake_quant import A_BITS, W_BITS, quantize_activation, quantize_weight
+from .fake_quant import A_BITS, W_BITS, layer_input_moments, quantize_activation, quantize_weight
 from .torch_graph import TorchGraph, load_torch_graph, one_torch_thread
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 2   # 2: focused probes on the top layers after a whole-model pilot
+CACHE_VERSION = 3   # 2: focused probes on the top layers after a whole-model pilot; 3: the compiler's int4 grid
 PILOT_PROBES = 32   # whole-model probes before the focused phase (they also rank the top layers)
 
 
@@ -243,6 +248,7 @@ def _direct(g: TorchGraph, inputs: dict, s: Sensitivity) -> None:
     """ZeroQ's measure: the output change when only one layer's weight or input is lowered."""
     import torch
 
+    moments = layer_input_moments(g, inputs)  # int4 as the compiler rounds it (error feedback)
     with torch.no_grad():
         ref = g.run(inputs)[0]
         for layer in g.layers:
@@ -250,7 +256,7 @@ def _direct(g: TorchGraph, inputs: dict, s: Sensitivity) -> None:
             s.direct_w[n], s.sqnr_w[n], s.direct_a[n] = {}, {}, {}
             for b in W_BITS:
                 weights = dict(g.weights)
-                weights[n] = quantize_weight(g.weights[n], b, layer.op)
+                weights[n] = quantize_weight(g.weights[n], b, layer.op, moments.get(n))
                 out = g.run(inputs, weights=weights)[0]
                 s.direct_w[n][str(b)] = _distance(ref, out)
                 s.sqnr_w[n][str(b)] = _sqnr_db(ref, out)

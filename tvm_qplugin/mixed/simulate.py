@@ -12,13 +12,17 @@ from .fake_quant import quantize_activation, quantize_weight
 from .torch_graph import TorchGraph
 
 
-def simulated_outputs(g: TorchGraph, bits: dict, act_range: dict, inputs: dict, batch: int = 32) -> np.ndarray:
+def simulated_outputs(g: TorchGraph, bits: dict, act_range: dict, inputs: dict, batch: int = 32,
+                      moments: dict | None = None) -> np.ndarray:
     """The first output of ``g`` on ``inputs`` with every layer at ``bits[name] = (w_bits, a_bits)``
-    (a layer missing from ``bits`` stays float)."""
+    (a layer missing from ``bits`` stays float). ``moments``: per layer, the input second moments of
+    the *calibration* data (fake_quant.layer_input_moments), so that int4 layers are rounded as the
+    compiler rounds them; without them int4 is rounded to nearest."""
     import torch
 
-    weights = {n: quantize_weight(g.weights[n].detach(), bits[n][0], layer.op) if n in bits else g.weights[n]
-               for n, layer in ((layer.name, layer) for layer in g.layers)}
+    moments = moments or {}
+    weights = {n: quantize_weight(g.weights[n].detach(), bits[n][0], layer.op, moments.get(n)) if n in bits
+               else g.weights[n] for n, layer in ((layer.name, layer) for layer in g.layers)}
     perturb = {n: (lambda x, b=b, r=act_range[n]: quantize_activation(x, b[1], r[0], r[1])) for n, b in bits.items()}
     n = len(next(iter(inputs.values())))
     outs = []
