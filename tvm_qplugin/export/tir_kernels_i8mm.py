@@ -31,7 +31,7 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-from .tir_kernels_sdot import _requant4
+from .tir_kernels_sdot import _bytes16, _halves16, _requant4, _saturating
 
 I8MM_SCHEDULES = ("smmla",)   # need the board's int8 matrix multiply (i8mm): no candidate elsewhere
 SMMLA = T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smmla.v4i32.v16i8")
@@ -127,6 +127,24 @@ def i8mm_module(sp) -> tvm.IRModule:
     def lanes2(v, i, j):
         return T.Cast(f"{od}x2", T.Shuffle([v], [i, j]))
 
+    # 8/16-bit outputs of whole tiles (m even, pt | pairs): the pt 2x2 tiles of a channel pair narrowed as one
+    # vector of 16 lanes ordered [pair][pixel][channel] (the saturating narrows of sdot4x4: one home)
+    wide = od == "int16"
+    packed_out = od in ("int8", "uint8", "int16") and m % 2 == 0 and mp % pt == 0
+
+    def narrowed(acc, MU, SH, ch, c):
+        vs = [_requant4(sp, acc[T.Ramp((q * cols + c) * 4, 1, 4)], dup2(MU, ch), dup2(SH, ch),
+                        clamp=not wide and not _saturating(sp)) for q in range(pt)]
+        vs += [vs[-1]] * (4 - pt)
+        return _halves16(sp, vs) if wide else T.reinterpret(f"{od}x16", _bytes16(sp, vs))
+
+    def column(acc, MU, SH, ch, c, cc):   # pointwise: channel ch + cc's 2 pt pixels, contiguous in y (n, m)
+        return T.Shuffle([narrowed(acc, MU, SH, ch, c)], [q * 4 + r * 2 + cc for q in range(pt) for r in range(2)])
+
+    def rows(acc, MU, SH, ch, c):   # dense: each pixel's two channels as one 16-bit (32-bit) word, rows n apart
+        v = T.reinterpret("int32x8" if wide else "int16x8", narrowed(acc, MU, SH, ch, c))
+        return T.Shuffle([v], list(range(2 * pt)))
+
     @T.macro
     def store(Y, MU, SH, a, ch, pp):
         """One 2x2 tile requantized (channels ch, ch + 1; lanes duplicated per pixel) and stored."""
@@ -148,6 +166,8 @@ def i8mm_module(sp) -> tvm.IRModule:
              MU: T.Buffer((n,), "int32"), SH: T.Buffer((n,), "int8"), Y: T.Buffer((m * n,), od)):
         T.func_attr({"tirx.noalias": True})
         acc = T.alloc_buffer((pt * cols * 4,), "int32", scope="local")
+        Yh = T.decl_buffer((m * n // 2,), "int16", data=Y.data)   # dense 8-bit y: a pixel's channel pair per halfword
+        Yw = T.decl_buffer((m * n // 2,), "int32", data=Y.data)   # dense int16 y: ... per word
         XT = T.alloc_buffer((kb * mp * 16,), "int8")
         # x packed: [k8/8][pairs][2 pixels][8 k]
         if sp.nchw:
@@ -174,8 +194,22 @@ def i8mm_module(sp) -> tvm.IRModule:
                         acc[T.Ramp((q * cols + c) * 4, 1, 4)] = T.call_llvm_pure_intrin(
                             "int32x4", SMMLA, acc[T.Ramp((q * cols + c) * 4, 1, 4)], xv,
                             T.Shuffle([wv], [c * 16 + i for i in range(16)]))
-            for q in T.unroll(pt):
+            if packed_out:   # a channel pair's 2 pt outputs narrowed together, then one store per channel / per pixel
                 for c in T.unroll(cols):
-                    store(Y, MU, SH, acc[T.Ramp((q * cols + c) * 4, 1, 4)], (jo * cols + c) * 2, pair(it, q))
+                    if sp.nchw:
+                        Y[T.Ramp((jo * cols + c) * 2 * m + it * pt * 2, 1, 2 * pt)] = column(
+                            acc, MU, SH, (jo * cols + c) * 2, c, 0)
+                        Y[T.Ramp(((jo * cols + c) * 2 + 1) * m + it * pt * 2, 1, 2 * pt)] = column(
+                            acc, MU, SH, (jo * cols + c) * 2, c, 1)
+                    elif wide:
+                        Yw[T.Ramp((it * pt * 2 * n + (jo * cols + c) * 2) // 2, n // 2, 2 * pt)] = rows(
+                            acc, MU, SH, (jo * cols + c) * 2, c)
+                    else:
+                        Yh[T.Ramp((it * pt * 2 * n + (jo * cols + c) * 2) // 2, n // 2, 2 * pt)] = rows(
+                            acc, MU, SH, (jo * cols + c) * 2, c)
+            else:
+                for q in T.unroll(pt):
+                    for c in T.unroll(cols):
+                        store(Y, MU, SH, acc[T.Ramp((q * cols + c) * 4, 1, 4)], (jo * cols + c) * 2, pair(it, q))
 
     return tvm.IRModule({"main": main})
