@@ -33,7 +33,7 @@ I8MM_LAYERS = {
     "conv1x1-s8-6x6-kodd-s8": ("conv2d_requant", (1, 100, 6, 6), "int8", 12, "int8", -128, 127, (1 / 9000, 1 / 2000)),
     "conv1x1-u8-3x3-odd-s16-shift31": ("conv2d_requant", (1, 40, 3, 3), "uint8", 8, "int16", -32767, 32767,
                                        (0.5, 0.99)),
-    "conv1x1-u8-20px-last-tile-repeats-s8": ("conv2d_requant", (1, 24, 5, 4), "uint8", 18, "int8", -100, 127,
+    "conv1x1-u8-14px-last-tile-repeats-s8": ("conv2d_requant", (1, 24, 7, 2), "uint8", 18, "int8", -100, 127,
                                              (1 / 9000, 1 / 2000)),
     "conv1x1-s8-48px-s32": ("conv2d_requant", (1, 20, 6, 8), "int8", 4, "int32", -8388607, 8388607, (0.01, 0.05)),
 }
@@ -78,3 +78,21 @@ def test_smmla_is_a_candidate_only_with_i8mm(tmp_path):
     assert "smmla" not in schedules_for(step, get_board(BOARD))
     with pytest.raises(UnsupportedOpError, match="smmla needs the int8 matrix multiply"):
         write_c_package(mod, tmp_path / "pkg", get_board("rpi5"), kernels={0: "smmla"})
+
+
+def test_smmla_layers_reach_every_register_tile():
+    """The cases above reach each tile of tir_kernels_i8mm._tile: 4, 3, 2 pairs dividing the pixel pairs,
+    one tile of all 5 (3x3 maps), a last tile repeating a pair; 4, 2, 1 channel pairs."""
+    from tvm_qplugin.export.tir_kernels import DenseSpec
+    from tvm_qplugin.export.tir_kernels_i8mm import _pairs, _tile
+
+    pairs, cols, repeats = set(), set(), False
+    for op, xshape, xd, n, od, lo, hi, _ in I8MM_LAYERS.values():
+        conv = op == "conv2d_requant"
+        m, k = (xshape[2] * xshape[3], xshape[1]) if conv else xshape
+        sp = DenseSpec("t", m, k, (k + 3) // 4 * 4, n, xd, od, lo, hi, "smmla", conv)
+        p, c = _tile(sp)
+        pairs.add(p)
+        cols.add(c)
+        repeats |= _pairs(sp) % p != 0
+    assert {5, 4, 3, 2, 1} <= pairs and cols == {4, 2, 1} and repeats, (pairs, cols, repeats)
