@@ -17,7 +17,7 @@ BOARD = "graviton3"
 
 # name: (op, x shape, x dtype, n, out dtype, qmin, qmax, multiplier range) -- every path of the kernel:
 # dense (8-byte row loads, a k tail past the groups of 8, an odd row count, one row), pointwise (16-pixel zip
-# transposes, pixels past the chunks and an odd pixel count bytewise, k not a multiple of 8), the stores (8/16-bit
+# transposes, groups of 4 pixels by one shuffle, an odd pixel count bytewise, k not a multiple of 8), the stores (8/16-bit
 # outputs of whole tiles narrowed per channel pair: contiguous per channel, or strided words per row; else
 # per tile), register tiles
 # of 4 / 3 / 2 / 1 pixel pairs and 4 / 2 / 1 channel pairs, a last tile repeating a pair, uint8 flipped, the
@@ -28,7 +28,7 @@ I8MM_LAYERS = {
     "dense-s8-int64-requant-6ch": ("dense_requant", (4, 16), "int8", 6, "int16", -32768, 32767, (0.3, 2.5)),
     "dense-u8-6rows-relu6-packed-stores": ("dense_requant", (6, 40), "uint8", 14, "uint8", 0, 200, (1 / 9000, 1 / 2000)),
     "dense-s8-8rows-s8-packed-stores": ("dense_requant", (8, 72), "int8", 16, "int8", -128, 127, (1 / 9000, 1 / 2000)),
-    "conv1x1-u8-4x4-s16-packed-stores": ("conv2d_requant", (1, 24, 4, 4), "uint8", 8, "int16", -1000, 1000, (0.05, 0.5)),
+    "conv1x1-u8-2x6-s16-packed-stores": ("conv2d_requant", (1, 24, 2, 6), "uint8", 8, "int16", -1000, 1000, (0.05, 0.5)),
     "conv1x1-u8-16px-relu6": ("conv2d_requant", (1, 32, 4, 8), "uint8", 16, "uint8", 0, 200, (1 / 9000, 1 / 2000)),
     "conv1x1-s8-6x6-kodd-s8": ("conv2d_requant", (1, 100, 6, 6), "int8", 12, "int8", -128, 127, (1 / 9000, 1 / 2000)),
     "conv1x1-u8-3x3-odd-s16-shift31": ("conv2d_requant", (1, 40, 3, 3), "uint8", 8, "int16", -32767, 32767,

@@ -13,8 +13,9 @@ of another (vm: two rows of 8 k) into a 2x2 int32 tile: 32 MACs per instruction,
 2. All of x packed once per call as ``[k8/8][pixel pairs][2 pixels][8 k]`` int8 (uint8 flipped to
    int8, zero past k, an odd last pixel repeated): dense rows with two 8-byte loads per block;
    channel-major (pointwise conv) x 16 pixels x 8 channels at a time by three rounds of ``zip1`` /
-   ``zip2`` (bytes, halfwords, words: 24 instructions per 128 bytes), the pixels past the last 16
-   and a last partial group of 8 k bytewise.
+   ``zip2`` (bytes, halfwords, words: 24 instructions per 128 bytes), then 4 pixels at a time (a
+   word per channel, one shuffle) where 4 | m; the pixels left and a last partial group of 8 k
+   bytewise.
 3. Register tile: up to 4 pixel pairs x 4 channel pairs (16 accumulators, 4 loads of x and 4 of w
    per 8 k feed 16 ``smmla`` = 512 MACs), 5 pairs where that is all of them (:func:`_tile`); a last
    tile past the pixels repeats its last pair.
@@ -106,7 +107,15 @@ def i8mm_module(sp) -> tvm.IRModule:
     kb, kfull = k8 // K_BLOCK, k // K_BLOCK   # groups of 8 k; the whole ones
     pt, cols = _tile(sp)
     ptiles, ntiles = (mp + pt - 1) // pt, n // 2 // cols
-    m16 = m // 16 if sp.nchw else 0   # pointwise: chunks of 16 pixels transposed by zips
+    m16 = m // 16 if sp.nchw else 0   # pointwise: chunks of 16 pixels transposed by zips,
+    m4 = (m - 16 * m16) // 4 if sp.nchw and m % 4 == 0 else 0   # then groups of 4 (one word per channel)
+    vec_pairs = m16 * 8 + m4 * 2   # pairs packed by vectors; the rest bytewise
+
+    def group4(Xw, g, ib):   # channels 8g..8g+7 x pixels 16 m16 + 4 ib.. (a word each) -> [pixel][channel]
+        v = T.reinterpret("int8x32", T.Shuffle([Xw[((g * 8 + c) * m) // 4 + m16 * 4 + ib] for c in range(8)],
+                                               list(range(8))))
+        v = T.Shuffle([v], [c * 4 + p for p in range(4) for c in range(8)])
+        return T.bitwise_xor(v, T.Broadcast(T.int8(-128), 32)) if flip else v
 
     def pix(pp, r):   # pixel r of pair pp; an odd last pixel repeats
         return T.min(pp * 2 + r, m - 1)
@@ -168,6 +177,7 @@ def i8mm_module(sp) -> tvm.IRModule:
              MU: T.Buffer((n,), "int32"), SH: T.Buffer((n,), "int8"), Y: T.Buffer((m * n,), od)):
         T.func_attr({"tirx.noalias": True})
         acc = T.alloc_buffer((pt * cols * 4,), "int32", scope="local")
+        Xw = T.decl_buffer((m * k // 4,), "int32", data=X.data)   # pointwise x, 4 | m: 4 pixels of a channel per word
         Yh = T.decl_buffer((m * n // 2,), "int16", data=Y.data)   # dense 8-bit y: a pixel's channel pair per halfword
         Yw = T.decl_buffer((m * n // 2,), "int32", data=Y.data)   # dense int16 y: ... per word
         XT = T.alloc_buffer((kb * mp * 16,), "int8")
@@ -176,8 +186,10 @@ def i8mm_module(sp) -> tvm.IRModule:
             for g, i16 in T.grid(kfull, m16):   # 8 pairs: 128 contiguous bytes
                 XT[T.Ramp((g * mp + i16 * 8) * 16, 1, 128)] = T.Shuffle(_transpose_16x8(
                     [x8(X[T.Ramp((g * 8 + c) * m + i16 * 16, 1, 16)], 16) for c in range(8)]), list(range(128)))
+            for g, ib in T.grid(kfull, m4):   # 2 pairs: 32 contiguous bytes
+                XT[T.Ramp((g * mp + m16 * 8 + ib * 2) * 16, 1, 32)] = group4(Xw, g, ib)
             for g, pp, r, c in T.grid(kb, mp, 2, 8):   # the rest bytewise: pixels past the chunks, k past the groups
-                if T.Or(g >= kfull, pp >= m16 * 8):
+                if T.Or(g >= kfull, pp >= vec_pairs):
                     XT[(g * mp + pp) * 16 + r * 8 + c] = xval(X, g * 8 + c, pix(pp, r))
         else:
             for g, pp, r in T.grid(kfull, mp, 2):
