@@ -4,6 +4,7 @@ qemu-aarch64 -cpu max): every code path bit-exact against the op's NumPy twin, `
 object, a candidate of the measured kernel choice only where the core has i8mm."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from conftest import assert_bit_exact
 from test_export_tir_kernels import _objdump, _one_layer
@@ -96,3 +97,47 @@ def test_smmla_layers_reach_every_register_tile():
         cols.add(c)
         repeats |= _pairs(sp) % p != 0
     assert {5, 4, 3, 2, 1} <= pairs and cols == {4, 2, 1} and repeats, (pairs, cols, repeats)
+
+
+def test_graviton3_choice_measures_smmla_and_keeps_the_fewest(tmp_path):
+    """export_mcu (compile's route) on graviton3: smmla measured beside sdot4x4 and the others, the
+    fewest bit-exact instructions chosen -- smmla on a 12x12x64 -> 64 pointwise conv (two pixels per
+    instruction) -- the package bit-exact under qemu-aarch64 -cpu max, report.json's layers[].kernel
+    naming it."""
+    from tvm_qplugin.export import export_mcu
+    from tvm_qplugin.report import record_c_package
+
+    mod, x, _ = _one_layer("conv2d_requant", (1, 64, 12, 12), "uint8", 64, "uint8", 0, 255, (0.15, 0.9), seed=5)
+    board = get_board(BOARD)
+    res = export_mcu(mod, tmp_path / "pkg", board, samples=[[x]], workdir=tmp_path / "work")
+    assert res["bit_exact"], res["mismatches"]
+    ch = res["layers"][0]["kernel_choice"]
+    assert ch["dropped"] == 0 and {"tensorir-smmla", "tensorir-sdot4x4"} <= set(ch["instructions"]), ch
+    assert ch["source"] == "tensorir-smmla" == min(ch["instructions"], key=ch["instructions"].get), ch["why"]
+    assert ch["instructions"]["tensorir-smmla"] < 0.9 * ch["instructions"]["tensorir-sdot4x4"], ch["why"]
+    assert "smmla\t" in _objdump(tmp_path / "pkg" / res["package"]["tir_objects"][0])
+    r = {"bit_exact": True, "layers": [{"op": "conv2d"}]}
+    record_c_package(r, res, board)
+    assert r["layers"][0]["kernel"]["source"] == "tensorir-smmla" and r["layers"][0]["instructions_per_mac"] < 0.11
+
+
+@pytest.mark.extended
+def test_compile_digits_cnn_for_graviton3(tmp_path):
+    """`compile --target graviton3` end to end on the digits CNN: bit-exact under qemu-aarch64 -cpu max,
+    its 4x4 pointwise conv takes smmla (measured fewest), smmla in the chosen object (~1 minute: 3 layers
+    x 7 candidates measured)."""
+    import json
+
+    from cli_run import run_cli
+    from qplugin_zoo import digits_split
+
+    np.savez(tmp_path / "calib.npz", input=digits_split()[0][:128])
+    out = tmp_path / "out"
+    r = run_cli("compile", "examples/digits_cnn.onnx", "--target", BOARD, "--calib", tmp_path / "calib.npz", "-o", out)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["bit_exact"] and rep["mcu"]["bit_exact"] and rep["mcu"]["verified_on"] == BOARD
+    chosen = {layer["name"]: layer["kernel"]["source"] for layer in rep["layers"] if "instructions" in layer["kernel"]}
+    assert chosen["lv171"] == "tensorir-smmla", chosen
+    objs = sorted((out / "c").glob("tir_kernels_*.o"))
+    assert any("smmla\t" in _objdump(o) for o in objs), objs
