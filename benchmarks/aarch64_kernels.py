@@ -73,7 +73,7 @@ def measure(board_name: str, layers, kernels, workdir: Path) -> dict:
         xshape, n = LAYERS[name]
         mod, x = layer_module(xshape, n)
         (want,) = ReferenceInterpreter(mod).run("main", x)
-        macs = int(np.prod(xshape)) * n // (1 if len(xshape) == 4 else 1)
+        macs = int(np.prod(xshape)) * n   # 1x1 conv: pixels x k x n; dense: rows x k x n
         row = {}
         for kern in kernels:
             r = _measure(mod, board, None if kern == HANDWRITTEN else {0: kern}, x, want, workdir / f"{name}-{kern}")

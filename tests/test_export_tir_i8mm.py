@@ -129,6 +129,7 @@ def test_compile_digits_cnn_for_graviton3(tmp_path):
     import json
 
     from cli_run import run_cli
+
     from qplugin_zoo import digits_split
 
     np.savez(tmp_path / "calib.npz", input=digits_split()[0][:128])
