@@ -63,6 +63,7 @@ def layer_module(xshape, n, seed=0):
 
 def measure(board_name: str, layers, kernels, workdir: Path) -> dict:
     """{layer: {kernel: instructions per MAC, or the reason it was dropped}}."""
+    from tvm_qplugin.errors import QPluginError
     from tvm_qplugin.export.kernel_choice import HANDWRITTEN, _measure
     from tvm_qplugin.reference import ReferenceInterpreter
     from tvm_qplugin.targets import get_board
@@ -76,7 +77,10 @@ def measure(board_name: str, layers, kernels, workdir: Path) -> dict:
         macs = int(np.prod(xshape)) * n   # 1x1 conv: pixels x k x n; dense: rows x k x n
         row = {}
         for kern in kernels:
-            r = _measure(mod, board, None if kern == HANDWRITTEN else {0: kern}, x, want, workdir / f"{name}-{kern}")
+            try:
+                r = _measure(mod, board, None if kern == HANDWRITTEN else {0: kern}, x, want, workdir / f"{name}-{kern}")
+            except QPluginError as e:   # not this kernel's shape, or not this board's ISA
+                r = {"ok": False, "why": str(e)}
             row[kern] = round(r["instructions"] / macs, 4) if r["ok"] else f"dropped: {r['why']}"
         out[name] = row
         print(name, row, flush=True)
