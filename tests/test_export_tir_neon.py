@@ -14,7 +14,7 @@ from tvm_qplugin.targets import get_board
 
 BOARD = "rpi4"
 
-# name: (op, x shape, x dtype, n, out dtype, qmin, qmax, multiplier range): pointwise (lanes = 4 pixels: 2 or 1
+# name: (op, x shape, x dtype, n, out dtype, qmin, qmax, multiplier range): pointwise (lanes = 4 pixels: 2, 3 or 1
 # lane vectors per tile, channels past the last tile repeated, k not a multiple of 8), dense (lanes = 4 channels,
 # rows widened, a k tail, one row), uint8 flipped, each requantization (shifts >= 32, all 31, 31 mixed, < 31)
 NEON_LAYERS = {
@@ -55,7 +55,7 @@ def test_smlal_layers_cover_every_requantization_and_tile():
         tiles.add(_tile(DenseSpec("t", m, k, (k + 3) // 4 * 4, n, xd, od, lo, hi, "smlal", conv)))
     kinds = {"int64" if lo < 31 else "all31" if hi == 31 else "mixed31" if lo == 31 else "ge32" for lo, hi in ranges}
     assert kinds == {"int64", "all31", "mixed31", "ge32"}, ranges
-    assert {lt for lt, _ in tiles} == {1, 2} and {et for _, et in tiles} >= {1, 3, 4}, tiles
+    assert {lt for lt, _ in tiles} == {1, 2, 3} and {et for _, et in tiles} >= {1, 3, 4}, tiles
 
 
 def test_rpi4_choice_takes_smlal_over_the_plain_loops(tmp_path):
