@@ -15,12 +15,17 @@ from tvm_qplugin.targets import get_board
 BOARD = "rpi4"
 
 # name: (op, x shape, x dtype, n, out dtype, qmin, qmax, multiplier range): pointwise (lanes = 4 pixels: 2, 3 or 1
-# lane vectors per tile, channels past the last tile repeated, k not a multiple of 8), dense (lanes = 4 channels,
+# lane vectors per tile, channels past the last tile repeated, k not a multiple of 8; maps of 9 or 1 pixels:
+# lanes = channels, x transposed bytewise, strided stores), dense (lanes = 4 channels,
 # rows widened, a k tail, one row), uint8 flipped, each requantization (shifts >= 32, all 31, 31 mixed, < 31)
 NEON_LAYERS = {
     "conv1x1-u8-16px-relu6": ("conv2d_requant", (1, 32, 4, 4), "uint8", 16, "uint8", 0, 200, (1 / 9000, 1 / 2000)),
     "conv1x1-s8-6x6-kodd-5ch-s8": ("conv2d_requant", (1, 100, 6, 6), "int8", 5, "int8", -128, 127, (1 / 9000, 1 / 2000)),
     "conv1x1-u8-2x2-s16-shift31": ("conv2d_requant", (1, 20, 2, 2), "uint8", 6, "int16", -32767, 32767, (0.5, 0.99)),
+    "conv1x1-u8-3x3-channel-lanes-u8": ("conv2d_requant", (1, 40, 3, 3), "uint8", 8, "uint8", 0, 255,
+                                        (1 / 9000, 1 / 2000)),
+    "conv1x1-s8-1x1-channel-lanes-s16": ("conv2d_requant", (1, 20, 1, 1), "int8", 12, "int16", -32768, 32767,
+                                         (0.05, 0.9)),
     "dense-u8-5rows-ktail-u8": ("dense_requant", (5, 44), "uint8", 24, "uint8", 0, 255, (1 / 20000, 1 / 4000)),
     "dense-s8-1row-s16-shift31-mixed": ("dense_requant", (1, 64), "int8", 12, "int16", -32768, 32767, (0.05, 0.9)),
     "dense-s8-int64-requant-s32": ("dense_requant", (3, 16), "int8", 8, "int32", -8388607, 8388607, (0.3, 2.5)),
@@ -78,3 +83,15 @@ def test_rpi4_choice_takes_smlal_over_the_plain_loops(tmp_path):
     r = {"bit_exact": True, "layers": [{"op": "conv2d"}]}
     record_c_package(r, res, board)
     assert r["layers"][0]["kernel"]["source"] == "tensorir-smlal" and r["layers"][0]["instructions_per_mac"] < 0.5
+
+
+def test_smlal_is_no_candidate_where_neither_pixels_nor_channels_come_in_fours(tmp_path):
+    from tvm_qplugin.errors import UnsupportedOpError
+    from tvm_qplugin.export.c_graph import build_graph, integer_module_of
+    from tvm_qplugin.export.kernel_choice import schedules_for, tir_candidates
+
+    mod, _, _ = _one_layer("conv2d_requant", (1, 16, 3, 3), "uint8", 6, "uint8", 0, 255, (0.01, 0.05), seed=3)
+    (step,) = tir_candidates(build_graph(integer_module_of(mod)))
+    assert "smlal" not in schedules_for(step, get_board(BOARD)) and "default" in schedules_for(step, get_board(BOARD))
+    with pytest.raises(UnsupportedOpError, match="smlal needs the pixels or the output channels in groups of 4"):
+        write_c_package(mod, tmp_path / "pkg", get_board(BOARD), kernels={0: "smlal"})

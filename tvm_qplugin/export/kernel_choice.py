@@ -55,12 +55,12 @@ def schedules_for(s, board) -> tuple:
     """The TIR schedules measured for step ``s`` on ``board``: the sdot kernel only where the core has
     the dot-product extension (elsewhere its object would SIGILL) and 4 | n, 4 | k; the smmla kernel
     only where it has the int8 matrix multiply (i8mm) and 2 | n; the smlal kernel where its lanes
-    (pixels of a pointwise conv, channels of a dense layer) come in fours."""
+    (pixels of a pointwise conv, or output channels) come in fours."""
     w = s.args[1].shape
     n, k = int(w[0]), int(np.prod(w[1:]))
     sdot_ok = "dotprod" in board.features and n % 4 == 0 and k % 4 == 0
     i8mm_ok = "i8mm" in board.features and n % 2 == 0
-    neon_ok = (int(np.prod(s.out.shape[2:])) if _pointwise(s) else n) % 4 == 0
+    neon_ok = n % 4 == 0 or (_pointwise(s) and int(np.prod(s.out.shape[2:])) % 4 == 0)
     return tuple(sc for sc in SCHEDULES if (sc not in DOTPROD_SCHEDULES or sdot_ok)
                  and (sc not in I8MM_SCHEDULES or i8mm_ok) and (sc not in NEON_SCHEDULES or neon_ok))
 

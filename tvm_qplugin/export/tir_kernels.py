@@ -224,7 +224,7 @@ def build_object(specs: list[DenseSpec], board, path: Path) -> list[Path]:
             mod = i8mm_module(sp)
         elif sp.schedule in NEON_SCHEDULES:
             if not neon_applies(sp):
-                raise UnsupportedOpError(f"TIR kernel {sp.name}: {sp.schedule} needs {'the pixels' if sp.nchw else 'n'} "
+                raise UnsupportedOpError(f"TIR kernel {sp.name}: {sp.schedule} needs the pixels or the output channels "
                                          f"in groups of 4 (m={sp.m}, n={sp.n}); choose another schedule")
             mod = neon_module(sp)
         else:

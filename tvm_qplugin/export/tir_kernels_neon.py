@@ -16,7 +16,8 @@ is no horizontal add and the requantization runs on 4 outputs at once (``sdot4x4
 2. Pointwise conv (x (k, m), y (n, m) channel-major): lanes are 4 pixels of x (A: all of x widened
    once, uint8 flipped, ``[m/4][k8][4]``), elements the output channels (B: the weights, prepacked as
    int16 ``[n][k8]`` at package time): an accumulator is 4 pixels of one channel, stored as they lie
-   in y. Needs 4 | m.
+   in y. Needs 4 | m; on maps of 9 or 1 pixels (MobileNetV2's last stages) the dense form below instead,
+   x transposed bytewise and each accumulator's 4 channels stored m apart.
 3. Dense (x (m, k), y (m, n)): lanes are 4 output channels (A: the weights, prepacked as int16
    ``[n/4][k8][4]``), elements the rows of x (B: x widened once, ``[m][k8]``): an accumulator is 4
    channels of one row. Needs 4 | n.
@@ -41,9 +42,14 @@ LANE_TILES, ELEMENT_TILE = 2, 4   # vectors of 4 lanes x elements per register t
 
 
 def neon_applies(sp) -> bool:
-    """Shapes this kernel takes: the lane dimension (pixels of a pointwise conv, channels of a dense
-    layer) in whole groups of 4."""
-    return (sp.m if sp.nchw else sp.n) % 4 == 0
+    """Shapes this kernel takes: pixels of a pointwise conv or output channels in whole groups of 4."""
+    return _pixel_lanes(sp) or sp.n % 4 == 0
+
+
+def _pixel_lanes(sp) -> bool:
+    """Whether the lanes are pixels (a pointwise conv with 4 | m: y's rows written as they lie), else
+    output channels (dense layers; pointwise convs on maps of 9 or 1 pixels, y written with a stride)."""
+    return sp.nchw and sp.m % 4 == 0
 
 
 def _k8(sp) -> int:
@@ -52,14 +58,16 @@ def _k8(sp) -> int:
 
 def _dims(sp) -> tuple[int, int]:
     """(lanes, elements): pixels x channels for a pointwise conv, channels x rows for a dense layer."""
-    return (sp.m, sp.n) if sp.nchw else (sp.n, sp.m)
+    return (sp.m, sp.n) if _pixel_lanes(sp) else (sp.n, sp.m)
 
 
 def _tile(sp) -> tuple[int, int]:
     """(lane vectors, elements) per register tile: 2 lane vectors where they pair up, else 3 (6x6 maps:
-    9 groups of 4 pixels; 0.398 -> 0.362 instructions/MAC on 384 -> 64 against 1), else 1; by 4 elements."""
+    9 groups of 4 pixels; 0.398 -> 0.362 instructions/MAC on 384 -> 64 against 1), else 1; by 4 elements,
+    or 3 where 3 divides them and 4 does not (9 pixels: no tile repeating 3 of 4; 0.49 -> 0.37)."""
     lanes, elems = _dims(sp)
-    return next(t for t in (LANE_TILES, 3, 1) if (lanes // 4) % t == 0), min(ELEMENT_TILE, elems)
+    return (next(t for t in (LANE_TILES, 3, 1) if (lanes // 4) % t == 0),
+            next((e for e in (ELEMENT_TILE, 3) if elems % e == 0), min(ELEMENT_TILE, elems)))
 
 
 def pack_weights_neon(w: np.ndarray, sp) -> np.ndarray:
@@ -68,7 +76,7 @@ def pack_weights_neon(w: np.ndarray, sp) -> np.ndarray:
     n, k, k8 = sp.n, sp.k, _k8(sp)
     rows = np.zeros((n, k8), np.int16)
     rows[:, :k] = np.asarray(w, np.int8).reshape(n, -1)[:, :k]
-    if sp.nchw:
+    if _pixel_lanes(sp):
         return rows.reshape(-1)
     return np.ascontiguousarray(rows.reshape(n // 4, 4, k8).transpose(0, 2, 1)).reshape(-1)
 
@@ -84,6 +92,7 @@ def neon_module(sp) -> tvm.IRModule:
     k8 = _k8(sp)
     lanes, elems = _dims(sp)
     lt, et = _tile(sp)
+    pix = _pixel_lanes(sp)
     ltiles, etiles = lanes // 4 // lt, (elems + et - 1) // et
 
     def x16(v, n_lanes):   # 8-bit x -> int16 (uint8 flipped to int8 first)
@@ -114,23 +123,26 @@ def neon_module(sp) -> tvm.IRModule:
         acc = T.alloc_buffer((lt * et * 4,), "int32", scope="local")
         X16 = T.alloc_buffer((m * k8,), "int16")   # x widened: A [m/4][k8][4] (pointwise) or B [m][k8] (dense)
         W16 = T.decl_buffer((n * k8,), "int16", data=W.data)   # the weights' int16 copy (pack_weights_neon)
-        A = X16 if sp.nchw else W16
-        Bv = W16 if sp.nchw else X16
-        if sp.nchw:   # x (k, m): 4 pixels of a channel -> 4 lanes at [pixel group][k]
+        A = X16 if pix else W16
+        Bv = W16 if pix else X16
+        if pix:   # x (k, m): 4 pixels of a channel -> 4 lanes at [pixel group][k]
             for kk, ig in T.grid(k, m // 4):
                 X16[T.Ramp((ig * k8 + kk) * 4, 1, 4)] = x16(X[T.Ramp(kk * m + ig * 4, 1, 4)], 4)
             for ig, kk, r in T.grid(m // 4, k8 - k, 4):
                 X16[(ig * k8 + k + kk) * 4 + r] = T.int16(0)
+        elif sp.nchw:   # x (k, m), m = 9 or 1: transposed bytewise to [pixel][k8]
+            for i, kk in T.grid(m, k8):
+                X16[i * k8 + kk] = T.if_then_else(kk < k, x16s(X[T.min(kk, k - 1) * m + i]), T.int16(0))
         else:   # x (m, k): rows widened, k contiguous
             for i, g in T.grid(m, k // 8):
                 X16[T.Ramp(i * k8 + g * 8, 1, 8)] = x16(X[T.Ramp(i * k + g * 8, 1, 8)], 8)
             for i, kk in T.grid(m, k8 - k // 8 * 8):
-                X16[i * k8 + k // 8 * 8 + kk] = T.if_then_else(k // 8 * 8 + kk < k, x16s(X[i * k + k // 8 * 8 + kk]),
+                X16[i * k8 + k // 8 * 8 + kk] = T.if_then_else(k // 8 * 8 + kk < k, x16s(X[i * k + T.min(k // 8 * 8 + kk, k - 1)]),
                                                                 T.int16(0))
         for il, ie in T.grid(ltiles, etiles):
             for t in T.unroll(lt):
                 for e in T.unroll(et):   # the accumulators start at the bias
-                    if sp.nchw:
+                    if pix:
                         acc[T.Ramp((t * et + e) * 4, 1, 4)] = T.Broadcast(B[elem(ie, e)], 4)
                     else:
                         acc[T.Ramp((t * et + e) * 4, 1, 4)] = B[T.Ramp((il * lt + t) * 4, 1, 4)]
@@ -142,10 +154,14 @@ def neon_module(sp) -> tvm.IRModule:
                             acc[T.Ramp((t * et + e) * 4, 1, 4)], A, (il * lt + t) * k8 + g * 8, bv)
             for t in T.unroll(lt):
                 for e in T.unroll(et):
-                    if sp.nchw:   # 4 pixels of channel e
+                    if pix:   # 4 pixels of channel e
                         Y[T.Ramp(elem(ie, e) * m + (il * lt + t) * 4, 1, 4)] = T.Cast(f"{od}x4", _requant4(
                             sp, acc[T.Ramp((t * et + e) * 4, 1, 4)], T.Broadcast(MU[elem(ie, e)], 4),
                             T.Broadcast(SH[elem(ie, e)], 4)))
+                    elif sp.nchw:   # 4 channels of pixel e: y (n, m), m apart
+                        Y[T.Ramp((il * lt + t) * 4 * m + elem(ie, e), m, 4)] = T.Cast(f"{od}x4", _requant4(
+                            sp, acc[T.Ramp((t * et + e) * 4, 1, 4)], MU[T.Ramp((il * lt + t) * 4, 1, 4)],
+                            SH[T.Ramp((il * lt + t) * 4, 1, 4)]))
                     else:   # 4 channels of row e
                         Y[T.Ramp(elem(ie, e) * n + (il * lt + t) * 4, 1, 4)] = T.Cast(f"{od}x4", _requant4(
                             sp, acc[T.Ramp((t * et + e) * 4, 1, 4)], MU[T.Ramp((il * lt + t) * 4, 1, 4)],
