@@ -128,8 +128,9 @@ def i8mm_module(sp) -> tvm.IRModule:
             v = T.bitwise_xor(v, T.Broadcast(T.uint8(128), lanes) if lanes > 1 else T.uint8(128))
         return T.reinterpret(f"int8x{lanes}", v) if lanes > 1 else T.Cast("int8", v)
 
-    def xval(X, c, p):   # x[channel c, pixel p] as int8, 0 past k
-        src = X[c * m + p] if sp.nchw else X[p * k + c]
+    def xval(X, c, p):   # x[channel c, pixel p] as int8, 0 past k (the read clamped inside x)
+        cc = T.min(c, k - 1)
+        src = X[cc * m + p] if sp.nchw else X[p * k + cc]
         return T.if_then_else(c < k, x8(src), T.int8(0))
 
     def dup2(buf, ch):   # the two channels' values, per lane of a 2x2 tile: [c0, c1, c0, c1]
