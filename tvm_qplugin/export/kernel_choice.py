@@ -23,7 +23,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import QPluginError, UnsupportedOpError
-from .tir_kernels import DOTPROD_SCHEDULES, SCHEDULES, shift_range, symbol_address
+from .tir_kernels import (
+    DOTPROD_SCHEDULES,
+    I8MM_SCHEDULES,
+    NEON_SCHEDULES,
+    SCHEDULES,
+    shift_range,
+    symbol_address,
+)
 
 TIR_INPUTS = ("uint8", "int8")
 HANDWRITTEN = "handwritten-c"
@@ -46,11 +53,16 @@ def tir_candidates(g) -> list:
 
 def schedules_for(s, board) -> tuple:
     """The TIR schedules measured for step ``s`` on ``board``: the sdot kernel only where the core has
-    the dot-product extension (elsewhere its object would SIGILL) and 4 | n, 4 | k."""
+    the dot-product extension (elsewhere its object would SIGILL) and 4 | n, 4 | k; the smmla kernel
+    only where it has the int8 matrix multiply (i8mm) and 2 | n; the smlal kernel where its lanes
+    (pixels of a pointwise conv, or output channels) come in fours."""
     w = s.args[1].shape
     n, k = int(w[0]), int(np.prod(w[1:]))
     sdot_ok = "dotprod" in board.features and n % 4 == 0 and k % 4 == 0
-    return tuple(sc for sc in SCHEDULES if sc not in DOTPROD_SCHEDULES or sdot_ok)
+    i8mm_ok = "i8mm" in board.features and n % 2 == 0
+    neon_ok = n % 4 == 0 or (_pointwise(s) and int(np.prod(s.out.shape[2:])) % 4 == 0)
+    return tuple(sc for sc in SCHEDULES if (sc not in DOTPROD_SCHEDULES or sdot_ok)
+                 and (sc not in I8MM_SCHEDULES or i8mm_ok) and (sc not in NEON_SCHEDULES or neon_ok))
 
 
 def _shape_key(s) -> tuple:

@@ -37,6 +37,15 @@ from ..errors import UnsupportedOpError
 from .c_graph import dt_info
 from .tir_kernels_cortexm import CORTEXM_SCHEDULES, cortexm_applies, cortexm_module
 from .tir_kernels_cortexm import workspace_bytes as cortexm_workspace_bytes
+from .tir_kernels_i8mm import (
+    I8MM_SCHEDULES,
+    i8mm_applies,
+    i8mm_module,
+    pack_weights_i8mm,
+)
+from .tir_kernels_i8mm import workspace_bytes as i8mm_workspace_bytes
+from .tir_kernels_neon import NEON_SCHEDULES, neon_applies, neon_module, pack_weights_neon
+from .tir_kernels_neon import workspace_bytes as neon_workspace_bytes
 from .tir_kernels_sdot import (  # the sdot4x4 kernel
     pack_weights_sdot,
     sdot_applies,
@@ -44,8 +53,10 @@ from .tir_kernels_sdot import (  # the sdot4x4 kernel
     workspace_bytes,
 )
 
-SCHEDULES = ("default", "tiled", "tiled2x4", "tiled4x4", "sdot4x4")
+SCHEDULES = ("default", "tiled", "tiled2x4", "tiled4x4", *NEON_SCHEDULES, "sdot4x4", *I8MM_SCHEDULES)
 DOTPROD_SCHEDULES = ("sdot4x4",)   # need the board's dot-product extension (sdot): no candidate elsewhere
+# (I8MM_SCHEDULES, smmla, need the int8 matrix multiply: tir_kernels_i8mm.py; NEON_SCHEDULES, smlal, plain
+# NEON: tir_kernels_neon.py)
 # (Cortex-M boards: CORTEXM_SCHEDULES, the SMLAD / MVE kernels of tir_kernels_cortexm.py, are their candidates)
 _ROWS = {"tiled2x4": 2, "tiled4x4": 4}   # rows of x per tile of the row-blocked schedules
 TIR_TILE_N = 4       # output channels per pass of the tiled schedule
@@ -205,6 +216,17 @@ def build_object(specs: list[DenseSpec], board, path: Path) -> list[Path]:
                                          f"(board {board.name}: {list(board.features)}) and n, k multiples of 4 "
                                          f"(n={sp.n}, k={sp.k}); choose another schedule")
             mod = sdot_module(sp)
+        elif sp.schedule in I8MM_SCHEDULES:
+            if "i8mm" not in board.features or not i8mm_applies(sp):
+                raise UnsupportedOpError(f"TIR kernel {sp.name}: {sp.schedule} needs the int8 matrix multiply (i8mm; "
+                                         f"board {board.name}: {list(board.features)}) and an even n (n={sp.n}); "
+                                         "choose another schedule")
+            mod = i8mm_module(sp)
+        elif sp.schedule in NEON_SCHEDULES:
+            if not neon_applies(sp):
+                raise UnsupportedOpError(f"TIR kernel {sp.name}: {sp.schedule} needs the pixels or the output channels "
+                                         f"in groups of 4 (m={sp.m}, n={sp.n}); choose another schedule")
+            mod = neon_module(sp)
         else:
             mod = _schedule(_dense_module(sp), sp)
         mod["main"] = mod["main"].with_attr("global_symbol", sp.name)
@@ -321,11 +343,15 @@ def shim_sources(specs: list[DenseSpec]) -> tuple[str, str]:
     # (sdot4x4: all of x packed, workspace_bytes)
     # (a tuned schedule may keep all of x packed and every accumulator: the workload's two buffers)
     # (smlad / mve: one tile's rows of x packed, tir_kernels_cortexm.workspace_bytes)
+    # (smmla: all of x packed, dense too, tir_kernels_i8mm.workspace_bytes)
     pool = 1024 + max((sp.m * sp.kp + 4 * sp.m * sp.n if isinstance(sp.schedule, TunedKernel)
                        else cortexm_workspace_bytes(sp) if sp.schedule in CORTEXM_SCHEDULES
+                       else i8mm_workspace_bytes(sp) if sp.schedule in I8MM_SCHEDULES
+                       else neon_workspace_bytes(sp) if sp.schedule in NEON_SCHEDULES
                        else workspace_bytes(sp) if sp.schedule in DOTPROD_SCHEDULES else 4 * sp.kp
                        for sp in specs if sp.nchw or isinstance(sp.schedule, TunedKernel)
-                       or sp.schedule in CORTEXM_SCHEDULES), default=0)
+                       or sp.schedule in CORTEXM_SCHEDULES or sp.schedule in I8MM_SCHEDULES + NEON_SCHEDULES),
+                      default=0)
     body = [_SHIM_HEAD.replace("@POOL@", str((pool + 63) // 64 * 64))]
     for sp in specs:
         body.append(f"\nint32_t __tvm_ffi_{sp.name}(void *self, void *args, int32_t n, void *result);\n"
@@ -400,6 +426,11 @@ class TirKernelCalls:
             wrows = np.zeros((d["n"], wk["kp"]), np.int8)
             wrows[:, :d["k"]] = w.val.const.reshape(d["n"], d["k"])
             wt = self.const_array(pack_weights_sdot(wrows.reshape(-1), sp), "int8_t", "wsdot")
+        elif sp.schedule in I8MM_SCHEDULES and i8mm_applies(sp):   # its own copy, prepacked for smmla (k padded to 8)
+            wt = self.const_array(pack_weights_i8mm(w.val.const.reshape(d["n"], d["k"]), sp), "int8_t", "wmmla")
+        elif sp.schedule in NEON_SCHEDULES and neon_applies(sp):   # its own int16 copy (tir_kernels_neon.py)
+            wt = self.const_array(pack_weights_neon(w.val.const.reshape(d["n"], d["k"]), sp).view(np.int8),
+                                  "int8_t", "wsmlal")
         hand = self.calls.pop()
         self.calls += ["#if QM_TIR", f"  (void)qm_p{s.index};  /* the hand-written call's parameters */",
                        *([f"  (void){wk['wt']};"] if wt != wk["wt"] else []),
