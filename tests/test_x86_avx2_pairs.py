@@ -14,7 +14,14 @@ import numpy as np
 import pytest
 import tvm
 from conftest import assert_bit_exact
-from test_x86_kernels import PATTERNS, TARGETS, activations, asm_of, one_op_module, requant_consts
+from test_x86_kernels import (
+    PATTERNS,
+    TARGETS,
+    activations,
+    asm_of,
+    one_op_module,
+    requant_consts,
+)
 from tvm import relax
 
 from tvm_qplugin.build import build

@@ -25,7 +25,13 @@ import tvm
 from tvm import te
 from tvm.s_tir import schedule as s_tir_schedule
 
-from .schedules.intrin_x86 import DotIsa, byte_pair_isa, dot_intrin, dot_term, select_isa
+from .schedules.intrin_x86 import (
+    DotIsa,
+    byte_pair_isa,
+    dot_intrin,
+    dot_term,
+    select_isa,
+)
 
 ITERS = 20000
 

@@ -17,6 +17,7 @@ A packer is any object with ``pack(func, target) -> Packing | None``; the schedu
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,6 +68,12 @@ def tag_packed(func: tvm.tirx.PrimFunc, original: tvm.tirx.PrimFunc, info: dict)
     for key in ("qplugin.op", "qplugin.params"):
         func = func.with_attr(key, original.attrs[key])
     return func.with_attr(PACKED_ATTR, json.dumps(info, sort_keys=True))
+
+
+def with_info(packing: Packing, **extra) -> Packing:
+    """``packing`` whose kernel's ``qplugin.packed`` description also carries ``extra``."""
+    info = {**packed_info(packing.func), **extra}
+    return dataclasses.replace(packing, func=packing.func.with_attr(PACKED_ATTR, json.dumps(info, sort_keys=True)))
 
 
 def _call_tir_sites(mod: tvm.IRModule):

@@ -49,11 +49,12 @@ def pair_can_saturate(w0: np.ndarray, w1: np.ndarray) -> np.ndarray:
 
 def saturating_pairs(w2d: np.ndarray, order: np.ndarray | None = None) -> int:
     """How many (output channel, pair) of the packed layout can saturate: the weights ``w2d``
-    ``[O, K]`` (K even) read in ``order`` (packed position -> reduction index; natural when
-    None), pairs being packed positions ``(2i, 2i + 1)``."""
+    ``[O, K]`` read in ``order`` (packed position -> reduction index; natural when None), pairs
+    being packed positions ``(2i, 2i + 1)`` (an odd K padded with a zero weight)."""
     w = np.asarray(w2d, np.int64)
     if order is not None:
         w = w[:, order]
+    w = np.pad(w, ((0, 0), (0, w.shape[1] % 2)))
     return int(pair_can_saturate(w[:, 0::2], w[:, 1::2]).sum())
 
 

@@ -16,7 +16,6 @@ before packing.
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
 import tvm
@@ -25,9 +24,17 @@ from tvm.s_tir import schedule as s_tir_schedule
 
 from ..ops import op_of
 from ..quant import abs_max
-from .intrin_x86 import ISA_BY_NAME, DotIsa, byte_pair_isa, dot_intrin, dot_term, select_isa
-from .packing import PACKED_ATTR, Packing, packed_info, tag_packed
+from .intrin_x86 import (
+    ISA_BY_NAME,
+    DotIsa,
+    byte_pair_isa,
+    dot_intrin,
+    dot_term,
+    select_isa,
+)
+from .packing import Packing, packed_info, tag_packed, with_info
 from .x86_byte_pairs import packed_order, saturating_pairs
+from .x86_conv_gather import _border_parts, _schedule_gather
 from .x86_requant import (
     _channel_consts,
     _channel_placeholders,
@@ -45,17 +52,6 @@ def _offset(isa: DotIsa, act_dtype: str) -> int:
 
 def _round_up(v: int, m: int) -> int:
     return -(-v // m) * m
-
-
-def _even(w2d: np.ndarray) -> np.ndarray:
-    """``w2d`` with a zero column appended when K is odd (its pairs as the packed layout has them)."""
-    return np.pad(w2d, ((0, 0), (0, w2d.shape[1] % 2)))
-
-
-def _noted(packing: Packing, pairs: str) -> Packing:
-    """``packing`` whose kernel's packing info records the byte-pair decision ``pairs``."""
-    info = {**json.loads(str(packing.func.attrs[PACKED_ATTR])), "pairs": pairs}
-    return dataclasses.replace(packing, func=packing.func.with_attr(PACKED_ATTR, json.dumps(info, sort_keys=True)))
 
 
 def _largest_divisor(n: int, choices) -> int:
@@ -114,9 +110,9 @@ class TensorizedRule:
                 spacers = max(int((o < 0).sum()) for o in orders)
                 how = (", K reordered" if any((o != np.arange(len(o))).any() for o in orders) else "") + \
                     (f", {spacers} zero-weight spacers" if spacers else "")
-                return _noted(fast, f"vpmaddubsw: no pair can saturate (checked at compile time{how})")
-        n = sum(saturating_pairs(_even(w)) for w in w2ds)
-        return _noted(exact, f"vpmaddwd: {n} pairs could saturate vpmaddubsw"
+                return with_info(fast, pairs=f"vpmaddubsw: no pair can saturate (checked at compile time{how})")
+        n = sum(saturating_pairs(w) for w in w2ds)
+        return with_info(exact, pairs=f"vpmaddwd: {n} pairs could saturate vpmaddubsw"
                       + ("" if self.reorders_k else " (no K reordering for this kernel)"))
 
     def apply(self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, tunable: bool = False):
@@ -414,50 +410,6 @@ def _conv_tile_rows(o: int, nr: int, isa: DotIsa, k_steps: int) -> tuple[int, st
     under_stack_bound = STACK_BYTES // (isa.vector_bits // 8) - 1
     accumulators = min(under_stack_bound, 15 if isa.vector_bits == 512 else 12)
     return _largest_divisor(o, range(accumulators // nr, 0, -1)), "global"
-
-
-def _border_parts(out: int, extent: int, size: int, taps: int, stride: int, dilation: int, pad_lo: int) -> list[int]:
-    """Lengths of the consecutive ranges of one output axis (``extent`` >= ``out`` positions, the
-    ones past ``out`` clamped to the last) whose input windows may cross the low border, stay
-    inside, may cross the high border, and the clamped pad positions: inside the middle range the
-    gather's bounds tests and clamps are provably true and fold away."""
-    lo = min(out, -(-pad_lo // stride))                                            # first i with i*s - pad >= 0
-    hi = max(lo, min(out, -(-(size + pad_lo - (taps - 1) * dilation) // stride)))  # first past the end
-    return [lo, hi - lo, out - hi, extent - out]
-
-
-def _schedule_gather(sch, info) -> None:
-    """The gather stage, ``kp`` reduction elements per pixel innermost and unrolled, so that LLVM
-    vectorizes the pixel loop into an interleaving store (and contiguous or strided loads).
-
-    * flat (1x1, stride 1, no padding): one loop over the pixels, read with unit stride.
-    * rows: the pixels as (output row, output column), each loop split at the borders
-      (:func:`_border_parts`) so that the bounds tests and row clamps fold out of the interior:
-      each (channel, ky, kx) becomes a plain strided row copy there instead of per-element index
-      arithmetic.
-    The (image, reduction group) loop runs in parallel."""
-    xp = sch.get_sblock("x_packed")
-    if info.get("split_cols"):
-        cols = sch.get_sblock("x_cols")
-        cb, cc, cr, cpar, chalf = sch.get_loops(cols)
-        sch.reorder(chalf, cpar)
-        sch.parallel(sch.fuse(cb, cc, cr))
-        sch.unroll(cpar)
-    if info["gather"] == "flat":
-        pb, pc, pq, pj = sch.get_loops(xp)
-        real = info["out_shape"][2] * info["out_shape"][3]
-        parts = [(pq, [real, info["acc_shape"][2] - real])]
-    else:
-        ow = info["out_shape"][3]
-        sch.transform_block_layout(xp, lambda b, kb, q, j: (b, kb, q // ow, q % ow, j))
-        pb, pc, py, px, pj = sch.get_loops(xp)
-        parts = [(px, info["col_parts"]), (py, info["row_parts"])]
-    sch.parallel(sch.fuse(pb, pc))
-    sch.unroll(pj)
-    for loop, lengths in parts:  # a loop over pad lanes / border pixels apart: no clamp or test inside
-        lengths = [n for n in lengths if n]
-        if len(lengths) > 1:
-            sch.loop_partition(loop, [*lengths[:-1], None])
 
 
 def _unravel(flat, dims):
