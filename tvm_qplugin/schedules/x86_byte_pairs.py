@@ -24,7 +24,7 @@ Pure NumPy: no TVM, so the proof is testable on its own (tests/test_x86_avx2_pai
 """
 from __future__ import annotations
 
-import functools
+import hashlib
 
 import numpy as np
 
@@ -115,22 +115,25 @@ def packed_order(w2d: np.ndarray, kp: int, reorder: bool) -> np.ndarray | None:
     or None when no safe one is found: with ``reorder`` :func:`k_order` over the weights
     zero-padded to whole ``kp`` groups (the pad columns are spacers already), else the natural
     order only (a kernel whose activations are not gathered cannot reorder them)."""
-    w = np.ascontiguousarray(w2d, np.int64)
-    return _packed_order(w.tobytes(), w.shape, kp, reorder)
-
-
-@functools.lru_cache(maxsize=256)  # a compile asks once to choose the kernel, once more to pack each call
-def _packed_order(data: bytes, shape: tuple, kp: int, reorder: bool) -> np.ndarray | None:
-    """:func:`packed_order` on the bytes of its weights (memoized)."""
-    w = np.frombuffer(data, np.int64).reshape(shape)
+    w = np.ascontiguousarray(w2d)
     k = w.shape[1]
     padded = np.zeros((w.shape[0], -(-k // kp) * kp), np.int64)
     padded[:, :k] = w
     if not reorder:
         return np.arange(padded.shape[1]) if saturating_pairs(padded) == 0 else None
-    order = k_order(padded, max_extra=k // 8)
-    if order is None:
-        return None
-    order = np.concatenate([order, np.full(-len(order) % kp, -1, np.int64)])
-    order.setflags(write=False)  # shared by the cache
-    return order
+    # a compile asks once to choose the kernel and once more to pack each call: the matching is
+    # remembered under a digest of the weights (not their bytes: MiniLM's would be megabytes each)
+    key = (hashlib.sha1(w.tobytes()).hexdigest(), w.shape, str(w.dtype), kp)
+    if key not in _ORDERS:
+        if len(_ORDERS) >= ORDERS_KEPT:
+            _ORDERS.pop(next(iter(_ORDERS)))
+        order = k_order(padded, max_extra=k // 8)
+        if order is not None:
+            order = np.concatenate([order, np.full(-len(order) % kp, -1, np.int64)])
+            order.setflags(write=False)  # shared by every caller
+        _ORDERS[key] = order
+    return _ORDERS[key]
+
+
+ORDERS_KEPT = 256
+_ORDERS: dict[tuple, np.ndarray | None] = {}
