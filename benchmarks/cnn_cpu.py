@@ -12,7 +12,7 @@ one JSON object: per engine the median over all calls, and per peer the median o
 per-round ratio ``peer / ours`` (> 1: ours faster) -- machine noise on this shared box falls on
 every engine of a round alike. ``uptime``'s load average is recorded before and after.
 Run: `.venv/bin/python benchmarks/cnn_cpu.py [--batch 1] [--rounds 5] [--runs 20] [--tvm-fp32]
-[--untensorized] [--depthwise-one-row] [--save-module FILE]`.
+[--untensorized] [--depthwise-one-row] [--avx2-vpmaddwd] [--save-module FILE]`.
 
 ``--depthwise-one-row`` adds the same integer module built with one output row per depthwise
 tile (``x86_depthwise.ROW_TILES = (1,)``: the depthwise schedule before stop 21's row tiles), for
@@ -38,6 +38,7 @@ from isa_variants import (
     assert_same_outputs,
     build_variants,
     rounds_of_blocks,
+    vpmaddwd_only,
 )
 
 import tvm_qplugin as tq
@@ -67,6 +68,8 @@ def main() -> None:
                     help="ONNX Runtime's and TVM's thread count (1: steadier on a shared machine)")
     ap.add_argument("--tvm-fp32", action="store_true", help="also time TVM fp32 (untuned: ~150 ms a call)")
     ap.add_argument("--untensorized", action="store_true", help="also time the builds without the tensorized rules")
+    ap.add_argument("--avx2-vpmaddwd", action="store_true",
+                    help="also time the AVX2 build with every 8-bit conv/dense on vpmaddwd (before vpmaddubsw)")
     ap.add_argument("--depthwise-one-row", action="store_true",
                     help="also time the builds with one output row per depthwise tile (before stop 21)")
     args = ap.parse_args()
@@ -88,6 +91,9 @@ def main() -> None:
     variants = build_variants(art.integer_mod, targets, args.untensorized)
     if args.depthwise_one_row:
         variants.update(_one_row_variants(art.integer_mod, targets))
+    if args.avx2_vpmaddwd:
+        with vpmaddwd_only():
+            variants["_avx2_vpmaddwd"] = build_variants(art.integer_mod, {"avx2": AVX2_TARGET}, False)["_avx2"]
     assert_same_outputs({"": art.vm, **variants}, "core", q)
     calls = {f"tvm_qplugin_int8{suffix}": (lambda vm=vm: vm["core"](q)) for suffix, vm in variants.items()}
     if args.depthwise_one_row:  # the before / after pair as two builds of this process, side by side

@@ -19,7 +19,7 @@ import tvm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tvm_qplugin.peak import cpu_name as _cpu_name  # noqa: E402,F401 - benchmarks import both from here
 from tvm_qplugin.peak import peak_gmacs  # noqa: E402
-from tvm_qplugin.schedules.intrin_x86 import AVX2, VNNI, VNNI16, select_isa  # noqa: E402
+from tvm_qplugin.schedules.intrin_x86 import AVX2, AVX2UB, VNNI, VNNI16, select_isa  # noqa: E402
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
     native = tvm.target.Target.from_device(tvm.cpu())
     avx2 = tvm.target.Target({"kind": "llvm", "mcpu": "znver3"})
     res = {"cpu": _cpu_name(), "target": str(native.attrs.get("mcpu", "")), "gmacs": {}}
-    cases = [("avx2 vpmaddwd (s16 pairs)", avx2, AVX2)]
+    cases = [("avx2 vpmaddubsw + vpmaddwd (u8 x s8)", avx2, AVX2UB), ("avx2 vpmaddwd (s16 pairs)", avx2, AVX2)]
     if select_isa(native, "uint8") is VNNI:
         cases = [("avx512 vpdpbusd (u8 x s8)", native, VNNI), ("avx512 vpdpwssd (s16)", native, VNNI16), *cases]
     for name, target, isa in cases:

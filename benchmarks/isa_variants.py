@@ -2,6 +2,7 @@
 the native target and for an ISA-restricted one (AVX2 on an AVX-512 machine), timed interleaved."""
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -36,6 +37,23 @@ def build_variants(mod: tvm.IRModule, targets: dict, with_untensorized: bool = T
         if with_untensorized:
             vms[f"{suffix}_untensorized"] = relax.VirtualMachine(untensorized(mod, target), tvm.cpu())
     return vms
+
+
+@contextlib.contextmanager
+def vpmaddwd_only():
+    """Builds inside it run every AVX2 8-bit conv / dense on ``vpmaddwd`` over widened operands --
+    the AVX2 kernels before ``vpmaddubsw`` (x86_int8's byte-pair rules switched off): the "before"
+    of that change, in the same process as the "after"."""
+    from tvm_qplugin.schedules.x86_int8 import Conv2DTensorized, DenseTensorized
+
+    saved = {rule: rule.byte_pairs for rule in (Conv2DTensorized, DenseTensorized)}
+    for rule in saved:
+        rule.byte_pairs = False
+    try:
+        yield
+    finally:
+        for rule, value in saved.items():
+            rule.byte_pairs = value
 
 
 def assert_same_outputs(vms: dict, func: str, *args) -> None:

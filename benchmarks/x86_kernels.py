@@ -33,7 +33,8 @@ from int8_peak import _cpu_name, peak_gmacs
 
 from tvm_qplugin.ops import op_of
 from tvm_qplugin.schedules import RULES
-from tvm_qplugin.schedules.intrin_x86 import select_isa
+from tvm_qplugin.schedules.intrin_x86 import ISA_BY_NAME, select_isa
+from tvm_qplugin.schedules.packing import packed_info
 
 OPS = ("conv2d_requant", "dense_requant")
 
@@ -95,10 +96,14 @@ def _baseline_rules(path: str) -> list:
     return [module.Conv2DTensorized(), module.DenseTensorized()]
 
 
-def _tensorized(func, target, rules=RULES):
+def _tensorized(func, target, consts, rules=RULES):
+    """The scheduled packed kernel and its packing for one call's constants ``consts`` (a packing
+    chosen per call, e.g. AVX2's vpmaddubsw when the weights allow it, resolved as compile does)."""
     for rule in rules:
         if hasattr(rule, "pack"):
             packing = rule.pack(func, target)
+            if packing is not None and getattr(packing, "for_calls", None) is not None:
+                packing = packing.for_calls([[consts[i - 1] for i in packing.const_args]])
             if packing is not None:
                 return rule.apply(packing.func, target), packing
     return None, None
@@ -120,7 +125,7 @@ def _call_args(k: dict, x, packing) -> list:
 
 def time_pair(k: dict, target, rounds: int, rng, baseline=None) -> dict | None:
     """Median microseconds of the plain (or ``baseline`` rules') and the tensorized kernel, interleaved."""
-    after, packing = _tensorized(k["func"], target)
+    after, packing = _tensorized(k["func"], target, k["consts"])
     if after is None:
         return None
     shape, dtype = k["x"]
@@ -128,7 +133,7 @@ def time_pair(k: dict, target, rounds: int, rng, baseline=None) -> dict | None:
     x = tvm.runtime.tensor(rng.integers(info.min, info.max + 1, shape).astype(dtype))
     out_dtype = k["params"]["out_dtype"]
     before, before_packing = (_plain(k["func"], target), None) if baseline is None else \
-        _tensorized(k["func"], target, baseline)
+        _tensorized(k["func"], target, k["consts"], baseline)
     if before is None:
         return None
     plain_args, packed_args = _call_args(k, x, before_packing), _call_args(k, x, packing)
@@ -145,7 +150,8 @@ def time_pair(k: dict, target, rounds: int, rng, baseline=None) -> dict | None:
                 fn(*args, outs[which])
                 if call >= 2:
                     times[which].append(time.perf_counter() - t)
-    return {"before_us": float(np.median(times[0]) * 1e6), "after_us": float(np.median(times[1]) * 1e6)}
+    isa = packed_info(packing.func)["isa"]
+    return {"before_us": float(np.median(times[0]) * 1e6), "after_us": float(np.median(times[1]) * 1e6), "isa": isa}
 
 
 def main() -> None:
@@ -154,6 +160,7 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--baseline", help="a saved copy of an earlier schedules/x86_int8.py: its tensorized kernels are 'before'")
+    ap.add_argument("--isa", choices=("all", "native", "avx2"), default="all", help="the targets to time")
     args = ap.parse_args()
     baseline = _baseline_rules(args.baseline) if args.baseline else None
     mod = integer_module(args.module)
@@ -163,18 +170,21 @@ def main() -> None:
     threads = os.cpu_count()
     targets = {"native": tvm.target.Target.from_device(tvm.cpu()),
                "avx2": tvm.target.Target({"kind": "llvm", "mcpu": "znver3"})}
+    targets = {name: t for name, t in targets.items() if args.isa in ("all", name)}
     rng = np.random.default_rng(0)
     res = {"cpu": _cpu_name(), "threads": threads, "targets": {}}
     for tname, target in targets.items():
         isa8 = select_isa(target, "uint8")
-        peaks = {dt: peak_gmacs(target, select_isa(target, dt), threads) for dt in ("uint8", "int16")}
+        peaks = {}  # per instruction the kernels run (AVX2: vpmaddubsw where the weights allow, else vpmaddwd)
         rows = []
         for k in convs + dense:
             t = time_pair(k, target, args.rounds, rng, baseline)
             if t is None:
                 continue
-            isa = select_isa(target, k["x"][1])
-            peak = peaks["int16" if k["x"][1] == "int16" else "uint8"]
+            isa = ISA_BY_NAME[t["isa"]]
+            if isa.name not in peaks:
+                peaks[isa.name] = peak_gmacs(target, isa, threads)
+            peak = peaks[isa.name]
             rows.append({"kernel": k["name"], "x": list(k["x"][0]), "x_dtype": k["x"][1], "w": list(k["consts"][0].shape),
                          "calls": k["calls"], "isa": isa.name, "before_us": round(t["before_us"], 1),
                          "after_us": round(t["after_us"], 1),
@@ -182,7 +192,7 @@ def main() -> None:
                          "after_gmacs": round(k["macs"] / t["after_us"] / 1e3, 1),
                          "after_fraction_of_peak": round(k["macs"] / t["after_us"] / 1e3 / peak, 3)})
         res["targets"][tname] = {"mcpu": str(target.attrs.get("mcpu", "")), "isa_8bit": isa8.name,
-                                 "peak_gmacs": {dt: round(v, 1) for dt, v in peaks.items()}, "kernels": rows,
+                                 "peak_gmacs": {name: round(v, 1) for name, v in peaks.items()}, "kernels": rows,
                                  "total_us": {w: round(sum(r[f"{w}_us"] * r["calls"] for r in rows), 1)
                                               for w in ("before", "after")}}
     res["note"] = ("medians of interleaved runs, all threads; the machine is shared and noisy (other jobs), so "

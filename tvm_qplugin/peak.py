@@ -25,7 +25,13 @@ import tvm
 from tvm import te
 from tvm.s_tir import schedule as s_tir_schedule
 
-from .schedules.intrin_x86 import DotIsa, dot_intrin, dot_term, select_isa
+from .schedules.intrin_x86 import (
+    DotIsa,
+    byte_pair_isa,
+    dot_intrin,
+    dot_term,
+    select_isa,
+)
 
 ITERS = 20000
 
@@ -81,6 +87,7 @@ def runtime_threads() -> int:
 def _memo_peak(target_json: str, act_dtype: str, threads: int) -> float | None:
     target = tvm.target.Target(target_json)
     isa = select_isa(target, act_dtype)
+    isa = byte_pair_isa(isa, act_dtype) or isa  # AVX2's 8-bit peak: vpmaddubsw, where the weights allow it
     return None if isa is None else peak_gmacs(target, isa, threads)
 
 

@@ -24,8 +24,12 @@ Instructions (all exact: no intermediate saturation):
 * ``vnni16``  AVX-512 VNNI ``vpdpwssd``: s16 x s16, kp=2, 16 lanes (int16 activations).
 * ``avxvnni`` AVX-VNNI (256-bit) ``vpdpbusd``: as ``vnni`` on 8 lanes.
 * ``avx2``    AVX2 ``vpmaddwd``: s16 x s16, kp=2, 8 lanes. 8-bit operands are widened to int16
-  first. Note: ``vpmaddubsw`` (u8 x s8 pairs into int16) is twice the rate but saturates for
-  full-range operands (255*127*2 > 32767): wrong results, so it is not used.
+  first. Exact for every operand.
+* ``avx2ub``  AVX2 ``vpmaddubsw`` + ``vpmaddwd`` against ones: u8 x s8, kp=4, 8 lanes (offset as
+  ``vnni``). ``vpmaddubsw`` adds adjacent u8 x s8 products into int16 *with saturation*
+  (255*127*2 > 32767), so it is exact only for weights whose every packed pair is proven safe at
+  compile time (x86_byte_pairs.py); a kernel whose weights are not keeps ``avx2``
+  (:func:`byte_pair_isa`). Twice ``avx2``'s products per multiply, half its activation bytes.
 
 The accumulator buffer is ``local`` (the kernels keep the accumulator tile in registers).
 """
@@ -55,16 +59,17 @@ class DotIsa:
 
     @property
     def mnemonic(self) -> str:
-        """The x86 instruction (``vpdpbusd``, ``vpdpwssd``, ``vpmaddwd``), for reports."""
-        op = self.llvm_intrin.split(".")[3]
-        return "vpmaddwd" if op == "pmadd" else op
+        """The x86 instruction (``vpdpbusd``, ``vpdpwssd``, ``vpmaddwd``, ``vpmaddubsw``), for reports."""
+        op = ".".join(self.llvm_intrin.split(".")[3:])
+        return {"pmadd.wd": "vpmaddwd", "pmadd.ub.sw": "vpmaddubsw"}.get(op, op)
 
 
 VNNI = DotIsa("vnni", 16, 4, "int8", "llvm.x86.avx512.vpdpbusd.512", True, 512)
 VNNI16 = DotIsa("vnni16", 16, 2, "int16", "llvm.x86.avx512.vpdpwssd.512", True, 512)
 AVXVNNI = DotIsa("avxvnni", 8, 4, "int8", "llvm.x86.avx512.vpdpbusd.256", True, 256)
 AVX2 = DotIsa("avx2", 8, 2, "int16", "llvm.x86.avx2.pmadd.wd", False, 256)
-ISA_BY_NAME = {isa.name: isa for isa in (VNNI, VNNI16, AVXVNNI, AVX2)}
+AVX2UB = DotIsa("avx2ub", 8, 4, "int8", "llvm.x86.avx2.pmadd.ub.sw", False, 256)
+ISA_BY_NAME = {isa.name: isa for isa in (VNNI, VNNI16, AVXVNNI, AVX2, AVX2UB)}
 
 
 def _has(target: tvm.target.Target, *features: str) -> bool:
@@ -83,6 +88,13 @@ def select_isa(target: tvm.target.Target, act_dtype: str) -> DotIsa | None:
     if _has(target, "avx2"):
         return AVX2
     return None
+
+
+def byte_pair_isa(isa: DotIsa | None, act_dtype: str) -> DotIsa | None:
+    """The faster u8 x s8 instruction a kernel chosen ``isa`` for ``act_dtype`` may run instead
+    when its weights prove it exact (x86_byte_pairs.py): ``vpmaddubsw`` for 8-bit activations on
+    AVX2; None where there is none (the VNNI instructions never saturate; int16 activations)."""
+    return AVX2UB if isa is AVX2 and act_dtype in ("uint8", "int8") else None
 
 
 def dot_term(a, b, offset: int):
@@ -185,6 +197,11 @@ def _dot(isa: DotIsa, acc, a_vec, b_vec):
     fn = T.llvm_lookup_intrinsic_id(isa.llvm_intrin)
     if isa.accumulates:
         return T.call_llvm_pure_intrin(fn, acc, a_vec, b_vec, dtype=f"int32x{lanes}")
+    if isa is AVX2UB:  # u8 x s8 pairs into int16 (vpmaddubsw), then pairs of those into int32
+        pairs = T.call_llvm_pure_intrin(fn, a_vec, b_vec, dtype=f"int16x{2 * lanes}")
+        quads = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(AVX2.llvm_intrin), pairs,
+                                        T.broadcast(T.int16(1), 2 * lanes), dtype=f"int32x{lanes}")
+        return acc + quads
     return acc + T.call_llvm_pure_intrin(fn, a_vec, b_vec, dtype=f"int32x{lanes}")
 
 

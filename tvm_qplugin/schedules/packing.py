@@ -17,6 +17,7 @@ A packer is any object with ``pack(func, target) -> Packing | None``; the schedu
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,12 +42,17 @@ class Packing:
     outputs), ``pack_args([])``'s arrays are appended to the call's arguments.
     ``accepts(consts)`` says whether ``func`` is exact for a call with these constants (e.g. its
     int32 bounds hold); a kernel is packed only when it accepts every one of its calls.
+    ``for_calls``, when set, picks the packing from the constants of *all* the kernel's calls
+    (one list per call) before that check: the kernel to use (e.g. AVX2's ``vpmaddubsw`` when
+    every call's weights prove it exact, with a reduction order long enough for each, else this
+    packing or another exact one), or None.
     """
 
     func: tvm.tirx.PrimFunc
     const_args: tuple[int, ...]
     pack_args: Callable[[list[np.ndarray]], list[np.ndarray]]
     accepts: Callable[[list[np.ndarray]], bool] = lambda consts: True
+    for_calls: Callable[[list[list[np.ndarray]]], Packing | None] | None = None
 
 
 def packed_info(func: tvm.tirx.PrimFunc) -> dict | None:
@@ -62,6 +68,12 @@ def tag_packed(func: tvm.tirx.PrimFunc, original: tvm.tirx.PrimFunc, info: dict)
     for key in ("qplugin.op", "qplugin.params"):
         func = func.with_attr(key, original.attrs[key])
     return func.with_attr(PACKED_ATTR, json.dumps(info, sort_keys=True))
+
+
+def with_info(packing: Packing, **extra) -> Packing:
+    """``packing`` whose kernel's ``qplugin.packed`` description also carries ``extra``."""
+    info = {**packed_info(packing.func), **extra}
+    return dataclasses.replace(packing, func=packing.func.with_attr(PACKED_ATTR, json.dumps(info, sort_keys=True)))
 
 
 def _call_tir_sites(mod: tvm.IRModule):
@@ -87,15 +99,28 @@ def _plan(mod: tvm.IRModule, target: tvm.target.Target, packers) -> dict:
             if packing is not None:
                 plan[gv] = packing
                 break
+    calls: dict = {}
     for _, b in _call_tir_sites(mod):
-        callee, args = b.value.args[0], b.value.args[1].fields
-        packing = plan.get(callee)
-        if packing is None:
-            continue
-        if (not all(isinstance(args[i], tvm.ir.GenericConst) for i in packing.const_args)
-                or not packing.accepts([args[i].value.numpy() for i in packing.const_args])):
+        if b.value.args[0] in plan:
+            calls.setdefault(b.value.args[0], []).append(b.value.args[1].fields)
+    for callee in list(plan):
+        packing = plan[callee]
+        if packing.for_calls is not None:
+            consts = _call_consts(calls.get(callee, []), packing)
+            packing = None if consts is None else packing.for_calls(consts)
+        if packing is None or (consts := _call_consts(calls.get(callee, []), packing)) is None \
+                or not all(packing.accepts(c) for c in consts):
             del plan[callee]
+        else:
+            plan[callee] = packing
     return plan
+
+
+def _call_consts(calls: list, packing: Packing) -> list[list[np.ndarray]] | None:
+    """Per call, its arguments at ``packing.const_args`` as NumPy arrays; None when one is not a constant."""
+    if not all(isinstance(args[i], tvm.ir.GenericConst) for args in calls for i in packing.const_args):
+        return None
+    return [[args[i].value.numpy() for i in packing.const_args] for args in calls]
 
 
 def packing_plan(mod: tvm.IRModule, target: tvm.target.Target, packers=None) -> dict[str, Packing]:

@@ -65,7 +65,7 @@ class Conv2D1x1ChannelLanes(TensorizedRule):
 
     op = "conv2d_requant"
 
-    def pack_for(self, func, params, shapes, isa):
+    def pack_for(self, func, params, shapes, isa, k_len=None):
         (xs, adt), (ws, _) = shapes[0], shapes[1]
         o, c, kh, kw = ws
         nb, _, h, w = xs

@@ -7,11 +7,15 @@ packed kernel). The instruction is chosen from the target's CPU features
 (:func:`intrin_x86.select_isa`), never from the build machine.
 
 Exactness: every product and partial sum is the kernel's own int32 arithmetic (the dot
-instructions neither saturate nor round); the signed-activation offset adds ``128 * sum(w)`` to
-each sum, removed again through the bias, a compile-time constant, and the int32 bound of the
-offset sum (``255 * 128 * K``) is checked before packing.
+instructions neither saturate nor round -- but for AVX2's ``vpmaddubsw``, taken only for the
+kernels whose every call's weights prove no packed pair can saturate, x86_byte_pairs.py); the
+signed-activation offset adds ``128 * sum(w)`` to each sum, removed again through the bias, a
+compile-time constant, and the int32 bound of the offset sum (``255 * 128 * K``) is checked
+before packing.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import tvm
@@ -20,8 +24,17 @@ from tvm.s_tir import schedule as s_tir_schedule
 
 from ..ops import op_of
 from ..quant import abs_max
-from .intrin_x86 import ISA_BY_NAME, DotIsa, dot_intrin, dot_term, select_isa
-from .packing import Packing, packed_info, tag_packed
+from .intrin_x86 import (
+    ISA_BY_NAME,
+    DotIsa,
+    byte_pair_isa,
+    dot_intrin,
+    dot_term,
+    select_isa,
+)
+from .packing import Packing, packed_info, tag_packed, with_info
+from .x86_byte_pairs import packed_order, saturating_pairs
+from .x86_conv_gather import _border_parts, _schedule_gather
 from .x86_requant import (
     _channel_consts,
     _channel_placeholders,
@@ -74,7 +87,33 @@ class TensorizedRule:
         isa = select_isa(target, act_dtype)
         if isa is None or shapes[1][1] != "int8":
             return None
-        return self.pack_for(func, described[1], shapes, isa)
+        exact = self.pack_for(func, described[1], shapes, isa)
+        pair_isa = byte_pair_isa(isa, act_dtype) if self.byte_pairs else None
+        if exact is None or pair_isa is None:
+            return exact
+        return dataclasses.replace(exact, for_calls=lambda calls: self._byte_pairs_or_exact(
+            func, described[1], shapes, pair_isa, exact, calls))
+
+    byte_pairs = False  # whether pack_for takes AVX2's vpmaddubsw (x86_byte_pairs.py) where the weights allow
+    reorders_k = False  # whether it then gathers the activations in a K order of its own (a k_order table)
+
+    def _byte_pairs_or_exact(self, func, params, shapes, pair_isa, exact, calls) -> Packing:
+        """``pair_isa``'s (``vpmaddubsw``) packing when every call's weights have a safe packed
+        order (x86_byte_pairs.packed_order), the K extent long enough for each; else ``exact``.
+        Either way the decision is recorded in the packing info's ``pairs`` (layers[].kernel.why)."""
+        w2ds = [c[0].reshape(c[0].shape[0], -1) for c in calls]
+        orders = [packed_order(w, pair_isa.kp, self.reorders_k) for w in w2ds]
+        if orders and all(o is not None for o in orders):
+            k_len = max(len(o) for o in orders)
+            fast = self.pack_for(func, params, shapes, pair_isa, k_len=k_len if self.reorders_k else None)
+            if fast is not None:
+                spacers = max(int((o < 0).sum()) for o in orders)
+                how = (", K reordered" if any((o != np.arange(len(o))).any() for o in orders) else "") + \
+                    (f", {spacers} zero-weight spacers" if spacers else "")
+                return with_info(fast, pairs=f"vpmaddubsw: no pair can saturate (checked at compile time{how})")
+        n = sum(saturating_pairs(w) for w in w2ds)
+        return with_info(exact, pairs=f"vpmaddwd: {n} pairs could saturate vpmaddubsw"
+                      + ("" if self.reorders_k else " (no K reordering for this kernel)"))
 
     def apply(self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, tunable: bool = False):
         """The scheduled packed kernel; with ``tunable`` its design space instead: traced
@@ -122,8 +161,9 @@ class DenseTensorized(TensorizedRule):
 
     op = "dense_requant"
     BLOCK_ROWS = 128
+    byte_pairs = True  # natural K order only: the activations are broadcast from the input rows
 
-    def pack_for(self, func, params, shapes, isa):
+    def pack_for(self, func, params, shapes, isa, k_len=None):
         (xs, adt), (ws, _) = shapes[0], shapes[1]
         n, k = ws
         off = _offset(isa, adt)
@@ -230,8 +270,9 @@ class Conv2DTensorized(TensorizedRule):
     """
 
     op = "conv2d_requant"
+    byte_pairs = reorders_k = True
 
-    def pack_for(self, func, params, shapes, isa):
+    def pack_for(self, func, params, shapes, isa, k_len=None):
         (xs, adt), (ws, _) = shapes[0], shapes[1]
         o, c, kh, kw = ws
         k = c * kh * kw
@@ -245,7 +286,7 @@ class Conv2DTensorized(TensorizedRule):
         lanes, kp = isa.lanes, isa.kp
         p = oh * ow
         nr = 2 if _round_up(p, 2 * lanes) == _round_up(p, lanes) else 1
-        ppad, kpad = _round_up(p, nr * lanes), _round_up(k, kp)
+        ppad, kpad = _round_up(p, nr * lanes), k_len or _round_up(k, kp)
         mr, acc_scope = _conv_tile_rows(o, nr, isa, kpad // kp)
         flat = kh == kw == 1 and (sh, sw) == (1, 1) and not any(params["padding"])
         # the row-wise gather walks whole output rows: its pixel extent rounded up to them
@@ -262,11 +303,23 @@ class Conv2DTensorized(TensorizedRule):
         def pack_args(consts):
             wt, bias, mult, shift = consts[0].reshape(o, k), *consts[1:]
             wk = np.zeros((o, kpad), np.int64)
-            wk[:, :k] = wt
-            return [wk.reshape(o, kpad // kp, kp).astype(isa.packed_dtype), *_channel_consts(wt, bias, mult, shift, off, o)]
+            if k_len is None:
+                wk[:, :k] = wt
+                return [wk.reshape(o, kpad // kp, kp).astype(isa.packed_dtype), *_channel_consts(wt, bias, mult, shift, off, o)]
+            # packed position -> reduction index (x86_byte_pairs); spacers and pad: zero weight, any index
+            order = packed_order(wt, kp, True)
+            order = np.concatenate([order, np.full(kpad - len(order), -1)])  # calls needing fewer spacers
+            real = np.flatnonzero((order >= 0) & (order < k))
+            wk[:, real] = wt[:, order[real]]
+            table = np.zeros(kpad, np.int32)
+            table[real] = order[real]
+            return [wk.reshape(o, kpad // kp, kp).astype(isa.packed_dtype), table,
+                    *_channel_consts(wt, bias, mult, shift, off, o)]
 
         x = te.placeholder(xs, adt, name="x")
         wk = te.placeholder((o, kpad // kp, kp), isa.packed_dtype, name="w_packed")
+        # the reduction index each packed position gathers (vpmaddubsw's safe pairing), a per-call constant
+        table = None if k_len is None else te.placeholder((kpad,), "int32", name="k_order")
         consts = _channel_placeholders(o)
 
         # stride 2 along the rows: the columns deinterleaved first (one pass over the input), so that
@@ -280,7 +333,10 @@ class Conv2DTensorized(TensorizedRule):
         def gather(b, kb, q, j):
             # clamps only where they are needed (a clamp hides the unit stride from the simplifier):
             # pad pixels repeat the last pixel (flat) or the last row (rows); their lanes are dropped
-            kf = kb * kp + j if kpad == k else tirx.min(kb * kp + j, k - 1)
+            if table is not None:
+                kf = table[kb * kp + j]
+            else:
+                kf = kb * kp + j if kpad == k else tirx.min(kb * kp + j, k - 1)
             ch, ry, rx = _unravel(kf, (c, kh, kw))
             if flat:
                 px = q if ppad == p else tirx.min(q, p - 1)
@@ -292,7 +348,8 @@ class Conv2DTensorized(TensorizedRule):
             if pt or pl or pb or pr:
                 v = tirx.if_then_else(tirx.all(hi >= 0, hi < h, wi >= 0, wi < w), v, tirx.const(0, "int32"))
             v = (v + off).astype(pdt)
-            return v if kpad == k else tirx.if_then_else(kb * kp + j < k, v, tirx.const(0, pdt))
+            # positions past K gather a real pixel under a zero weight where a table maps them
+            return v if kpad == k or table is not None else tirx.if_then_else(kb * kp + j < k, v, tirx.const(0, pdt))
 
         xp = te.compute((nb, kpad // kp, pbuf, kp), gather, name="x_packed")
         rc, rj = te.reduce_axis((0, kpad // kp), "rc"), te.reduce_axis((0, kp), "rj")
@@ -300,7 +357,7 @@ class Conv2DTensorized(TensorizedRule):
             dot_term(xp[b, rc, q, rj], wk[oc, rc, rj], 0), axis=[rc, rj]), name="acc")
         y = _requant_stage(acc, (nb, o, oh, ow), lambda i: (i[0], i[1], i[2] * ow + i[3]), lambda a: a[1],
                            consts, params, padded=True)  # always a tile: _tensorized_epilogue_at
-        out = te.create_prim_func([x, wk, *consts, y]).without_attr("global_symbol")
+        out = te.create_prim_func([x, wk, *([table] if table is not None else []), *consts, y]).without_attr("global_symbol")
         return Packing(tag_packed(out, func, info), (1, 2, 3, 4), pack_args,
                        lambda consts: _epilogue_exact(consts[0].reshape(o, k), *consts[1:4], adt, off))
 
@@ -353,50 +410,6 @@ def _conv_tile_rows(o: int, nr: int, isa: DotIsa, k_steps: int) -> tuple[int, st
     under_stack_bound = STACK_BYTES // (isa.vector_bits // 8) - 1
     accumulators = min(under_stack_bound, 15 if isa.vector_bits == 512 else 12)
     return _largest_divisor(o, range(accumulators // nr, 0, -1)), "global"
-
-
-def _border_parts(out: int, extent: int, size: int, taps: int, stride: int, dilation: int, pad_lo: int) -> list[int]:
-    """Lengths of the consecutive ranges of one output axis (``extent`` >= ``out`` positions, the
-    ones past ``out`` clamped to the last) whose input windows may cross the low border, stay
-    inside, may cross the high border, and the clamped pad positions: inside the middle range the
-    gather's bounds tests and clamps are provably true and fold away."""
-    lo = min(out, -(-pad_lo // stride))                                            # first i with i*s - pad >= 0
-    hi = max(lo, min(out, -(-(size + pad_lo - (taps - 1) * dilation) // stride)))  # first past the end
-    return [lo, hi - lo, out - hi, extent - out]
-
-
-def _schedule_gather(sch, info) -> None:
-    """The gather stage, ``kp`` reduction elements per pixel innermost and unrolled, so that LLVM
-    vectorizes the pixel loop into an interleaving store (and contiguous or strided loads).
-
-    * flat (1x1, stride 1, no padding): one loop over the pixels, read with unit stride.
-    * rows: the pixels as (output row, output column), each loop split at the borders
-      (:func:`_border_parts`) so that the bounds tests and row clamps fold out of the interior:
-      each (channel, ky, kx) becomes a plain strided row copy there instead of per-element index
-      arithmetic.
-    The (image, reduction group) loop runs in parallel."""
-    xp = sch.get_sblock("x_packed")
-    if info.get("split_cols"):
-        cols = sch.get_sblock("x_cols")
-        cb, cc, cr, cpar, chalf = sch.get_loops(cols)
-        sch.reorder(chalf, cpar)
-        sch.parallel(sch.fuse(cb, cc, cr))
-        sch.unroll(cpar)
-    if info["gather"] == "flat":
-        pb, pc, pq, pj = sch.get_loops(xp)
-        real = info["out_shape"][2] * info["out_shape"][3]
-        parts = [(pq, [real, info["acc_shape"][2] - real])]
-    else:
-        ow = info["out_shape"][3]
-        sch.transform_block_layout(xp, lambda b, kb, q, j: (b, kb, q // ow, q % ow, j))
-        pb, pc, py, px, pj = sch.get_loops(xp)
-        parts = [(px, info["col_parts"]), (py, info["row_parts"])]
-    sch.parallel(sch.fuse(pb, pc))
-    sch.unroll(pj)
-    for loop, lengths in parts:  # a loop over pad lanes / border pixels apart: no clamp or test inside
-        lengths = [n for n in lengths if n]
-        if len(lengths) > 1:
-            sch.loop_partition(loop, [*lengths[:-1], None])
 
 
 def _unravel(flat, dims):

@@ -55,7 +55,8 @@ def _sample_tile_rows(sch, loop, bound: int):
 def conv_pixel_lanes_space(rule, func, info) -> list:
     """Designs of :class:`x86_int8.Conv2DTensorized`: scope x ``nr`` x tile order, each with the
     channels per tile sampled (at most the accumulators the scope allows)."""
-    from .x86_int8 import _flatten_output, _schedule_gather, _tensorized_epilogue_at
+    from .x86_conv_gather import _schedule_gather
+    from .x86_int8 import _flatten_output, _tensorized_epilogue_at
 
     isa = ISA_BY_NAME[info["isa"]]
     vectors = info["acc_shape"][2] // isa.lanes

@@ -124,8 +124,9 @@ class AppliedTuning:
             info = self.tensorized[name]
             isa = ISA_BY_NAME.get(info.get("isa", ""))
             on = f" on {isa.mnemonic} ({isa.name})" if isa is not None else ""
+            pairs = f"; {info['pairs']}" if "pairs" in info else ""  # AVX2's byte-pair decision (x86_int8.py)
             return {"source": "tensorir-default", "why": f"weights prepacked, scheduled by the {info['rule']} rule{on} "
-                    f"({_rule_file(info['rule'])})"}
+                    f"({_rule_file(info['rule'])}){pairs}"}
         if name in self.default_faster:
             return {"source": "tensorir-default", "why": f"the default schedule measured faster than the best "
                     f"record in {db.path}"}

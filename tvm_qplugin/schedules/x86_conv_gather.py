@@ -1,0 +1,49 @@
+"""The activation gather of ``x86_int8.Conv2DTensorized`` (its ``x_packed`` stage: ``kp``
+reduction elements per output pixel, an im2col for KxK), scheduled so that LLVM turns it into
+interleaving stores and unit-stride or strided row copies, with the image borders split off.
+"""
+from __future__ import annotations
+
+
+def _border_parts(out: int, extent: int, size: int, taps: int, stride: int, dilation: int, pad_lo: int) -> list[int]:
+    """Lengths of the consecutive ranges of one output axis (``extent`` >= ``out`` positions, the
+    ones past ``out`` clamped to the last) whose input windows may cross the low border, stay
+    inside, may cross the high border, and the clamped pad positions: inside the middle range the
+    gather's bounds tests and clamps are provably true and fold away."""
+    lo = min(out, -(-pad_lo // stride))                                            # first i with i*s - pad >= 0
+    hi = max(lo, min(out, -(-(size + pad_lo - (taps - 1) * dilation) // stride)))  # first past the end
+    return [lo, hi - lo, out - hi, extent - out]
+
+
+def _schedule_gather(sch, info) -> None:
+    """The gather stage, ``kp`` reduction elements per pixel innermost and unrolled, so that LLVM
+    vectorizes the pixel loop into an interleaving store (and contiguous or strided loads).
+
+    * flat (1x1, stride 1, no padding): one loop over the pixels, read with unit stride.
+    * rows: the pixels as (output row, output column), each loop split at the borders
+      (:func:`_border_parts`) so that the bounds tests and row clamps fold out of the interior:
+      each (channel, ky, kx) becomes a plain strided row copy there instead of per-element index
+      arithmetic.
+    The (image, reduction group) loop runs in parallel."""
+    xp = sch.get_sblock("x_packed")
+    if info.get("split_cols"):
+        cols = sch.get_sblock("x_cols")
+        cb, cc, cr, cpar, chalf = sch.get_loops(cols)
+        sch.reorder(chalf, cpar)
+        sch.parallel(sch.fuse(cb, cc, cr))
+        sch.unroll(cpar)
+    if info["gather"] == "flat":
+        pb, pc, pq, pj = sch.get_loops(xp)
+        real = info["out_shape"][2] * info["out_shape"][3]
+        parts = [(pq, [real, info["acc_shape"][2] - real])]
+    else:
+        ow = info["out_shape"][3]
+        sch.transform_block_layout(xp, lambda b, kb, q, j: (b, kb, q // ow, q % ow, j))
+        pb, pc, py, px, pj = sch.get_loops(xp)
+        parts = [(px, info["col_parts"]), (py, info["row_parts"])]
+    sch.parallel(sch.fuse(pb, pc))
+    sch.unroll(pj)
+    for loop, lengths in parts:  # a loop over pad lanes / border pixels apart: no clamp or test inside
+        lengths = [n for n in lengths if n]
+        if len(lengths) > 1:
+            sch.loop_partition(loop, [*lengths[:-1], None])
