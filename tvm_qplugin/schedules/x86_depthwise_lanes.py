@@ -1,0 +1,245 @@
+"""Depthwise int8 ``conv2d_requant`` on small output planes with the *channels* as vector lanes:
+the depthwise counterpart of ``x86_conv_channel_lanes`` (MobileNetV2's last block: 960 x 7 x 7,
+and the stride-2 576 x 14 x 14 whose output is 7 x 7).
+
+``x86_depthwise.DepthwiseConv2DTensorized`` puts a row's output pixels in the lanes: a 7-pixel row
+fills 7 of 16 lanes (AVX-512), and the per-channel work (the padded plane's copy, 7 row epilogues,
+7 partial-row stores) outweighs the 441 multiply-adds of a 7 x 7 channel. Here 16 (8) channels
+share every vector: the NCHW rows are transposed into channel-interleaved tiles inside the kernel,
+the taps are the reduction, and the output tile is transposed back into the NCHW rows.
+
+Exactness: the sums are the kernel's own int32 sums (the dot instructions neither saturate nor
+round; the zero-weight pad taps add 0); the s8 -> u8 offset (VNNI) is removed through the bias
+and the epilogue is x86_requant's expression, checked per call by its ``_epilogue_exact``.
+"""
+from __future__ import annotations
+
+import numpy as np
+from tvm import te, tirx
+from tvm.s_tir import TensorIntrin
+from tvm.script import from_source
+from tvm.script import tirx as T
+
+from .intrin_x86 import ISA_BY_NAME, DotIsa, _dot, _operand, dot_term
+from .packing import Packing, tag_packed
+from .x86_int8 import TensorizedRule, _fits_int32, _offset
+from .x86_requant import _channel_consts, _channel_placeholders, _epilogue_exact, _requant_stage
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+# Taken where it measured faster than the pixel-lane rule (benchmarks/x86_depthwise.py, one thread,
+# interleaved, bit-exact; docs/architecture.md "Depthwise on channel lanes"): output rows of at most
+# MAX_OUT_WIDTH pixels, and on the 256-bit ISAs (8 lanes: a 7-pixel row already fills 7 of 8) stride 1
+# only. MobileNetV2, AVX-512 VNNI: 960 x 7 x 7 1.76x, 576 x 14 x 14 s2 1.18x; 14 x 14 s1 0.69x and
+# 28 x 28 s2 0.72x (rows of 14: the pixel lanes are full, the transposes are extra). AVX2: 7 x 7
+# 1.34x, 14 x 14 s2 0.90x.
+MAX_OUT_WIDTH = 7
+STRIDES = {512: (1, 2), 256: (1,)}
+
+
+class DepthwiseChannelLanes(TensorizedRule):
+    """Depthwise ``conv2d_requant`` (groups == C == O, dilation 1, C a multiple of the lanes) on a
+    small output plane (:data:`MAX_OUT_WIDTH`, :data:`STRIDES`), channels in the lanes.
+
+    Per block of ``L`` channels (the parallel loop; L = 16 on AVX-512, 8 on 256-bit ISAs):
+    1. ``x_rows``: the block's NCHW rows transposed to ``[H, W, L]`` -- per input row, ``L`` row
+       loads and one shuffle (:func:`transpose_intrin`); ``x_t``: the zero-padded plane from it
+       (s8 + 128 on VNNI, widened to int16 for the int16 instructions), whole vectors.
+    2. Taps as the reduction: for an output pixel and kernel row, the ``kp`` consecutive columns
+       of the ``L`` channels are one contiguous vector of ``x_t``; one shuffle makes them
+       lane-major and one dot instruction adds them times the lanes' own ``kp`` weights (packed
+       ``[C/L, KH, ceil(KW/kp), L, kp]``, zero past KW; 3x3 on VNNI: 3 of 4 taps). Register tile: a
+       column of the output plane (``OH`` accumulators, unrolled), so the window of each input
+       row serves every output row it lies under (7 x 7: 9 windows for 7 outputs, not 21).
+    3. The column is requantized from registers, vectorized over the channels (per-lane
+       constants), into the block's ``[OH, OW, L]`` tile; each output row is transposed back to
+       the ``L`` NCHW rows (one load, ``L`` shuffled row stores).
+    Note: odd channel counts keep the pixel-lane rule (a partial block would need masked loads
+    and stores of the NCHW rows).
+    """
+
+    op = "conv2d_requant"
+
+    def pack_for(self, func, params, shapes, isa):
+        (xs, adt), (ws, _) = shapes[0], shapes[1]
+        nb, c, h, w = xs
+        o, cg, kh, kw = ws
+        if params["groups"] != c or o != c or cg != 1 or list(params["dilation"]) != [1, 1]:
+            return None
+        off = _offset(isa, adt)
+        (sh, sw), (pt, pl, pb, pr) = params["strides"], params["padding"]
+        lanes, kp = isa.lanes, isa.kp
+        pdt = "uint8" if kp == 4 else "int16"
+        oh = (h + pt + pb - kh) // sh + 1
+        ow = (w + pl + pr - kw) // sw + 1
+        rbs = _ceil_div(kw, kp)
+        registers = 32 if isa.vector_bits == 512 else 16
+        if (c % lanes or ow > MAX_OUT_WIDTH or sh != sw or sh not in STRIDES[isa.vector_bits]
+                or oh + kh * rbs + 2 > registers or not _fits_int32(adt, kh * kw, off)):
+            return None
+        cb = c // lanes
+        hx = sh * (oh - 1) + kh
+        wx = sw * (ow - 1) + rbs * kp
+        info = {"rule": type(self).__name__, "isa": isa.name, "offset": off, "out_shape": [nb, c, oh, ow],
+                "in_shape": [nb, c, h, w], "x_dtype": adt, "out_dtype": params["out_dtype"]}
+
+        def pack_args(consts):
+            wt, bias, mult, shift = consts[0].reshape(c, kh, kw), *consts[1:]
+            wp = np.zeros((c, kh, rbs * kp), np.int64)
+            wp[:, :, :kw] = wt
+            wp = wp.reshape(cb, lanes, kh, rbs, kp).transpose(0, 2, 3, 1, 4)
+            return [np.ascontiguousarray(wp.astype(isa.packed_dtype)),
+                    *_channel_consts(wt.reshape(c, kh * kw), bias, mult, shift, off, c)]
+
+        x = te.placeholder(xs, adt, name="x")
+        wp = te.placeholder((cb, kh, rbs, lanes, kp), isa.packed_dtype, name="w_packed")
+        consts = _channel_placeholders(c)
+        xr = te.compute((nb, cb, h, w, lanes), lambda b, blk, r, col, lane: x[b, blk * lanes + lane, r, col],
+                        name="x_rows")
+
+        def padded(b, blk, r, col, lane):
+            v = tirx.if_then_else(tirx.all(r >= pt, r < h + pt, col >= pl, col < w + pl),
+                                  xr[b, blk, r - pt, col - pl, lane].astype("int32"), tirx.const(0, "int32"))
+            return (v + off).astype(pdt)
+
+        xt = te.compute((nb, cb, hx, wx, lanes), padded, name="x_t")
+        ry, rb, rk = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, rbs), "rb"), te.reduce_axis((0, kp), "rk")
+        acc = te.compute((nb, cb, oh, ow, lanes), lambda b, blk, i, j, lane: te.sum(
+            dot_term(xt[b, blk, i * sh + ry, j * sw + rb * kp + rk, lane], wp[blk, ry, rb, lane, rk], 0),
+            axis=[ry, rb, rk]), name="acc")
+        y = _requant_stage(acc, (nb, c, oh, ow), lambda i: (i[0], i[1] // lanes, i[2], i[3], i[1] % lanes),
+                           lambda a: a[1] * lanes + a[4], consts, params, True)
+        out = te.create_prim_func([x, wp, *consts, y]).without_attr("global_symbol")
+        return Packing(tag_packed(out, func, info), (1, 2, 3, 4), pack_args,
+                       lambda consts: _epilogue_exact(consts[0].reshape(c, kh * kw), *consts[1:4], adt, off))
+
+    def schedule(self, sch, info):
+        isa = ISA_BY_NAME[info["isa"]]
+        lanes = isa.lanes
+        acc = sch.get_sblock("acc")
+        b, blk, i, j, lane, ry, rb, rk = sch.get_loops(acc)
+        tile = sch.fuse(b, blk)
+        sch.parallel(tile)
+        sch.reorder(tile, j, ry, rb, i, lane, rk)   # a column of output rows per register tile
+        xt = sch.get_sblock("x_t")
+        sch.compute_at(xt, tile, preserve_unit_loops=True)
+        sch.vectorize(sch.get_loops(xt)[-1])
+        xrows = sch.get_sblock("x_rows")
+        sch.compute_at(xrows, tile, preserve_unit_loops=True)
+        sch.tensorize(sch.get_loops(xrows)[-2], transpose_intrin(info["x_dtype"], lanes, info["in_shape"][3], "in"))
+        ytile = sch.get_sblock("y_tile")
+        sch.reverse_compute_at(ytile, j)
+        *_, yr, yj, yl = sch.get_loops(ytile)
+        sch.vectorize(yl)
+        sch.unroll(yr)
+        init = sch.decompose_reduction(acc, ry)
+        sch.vectorize(sch.get_loops(init)[-1])
+        sch.tensorize(lane, lanes_intrin(isa))
+        for loop in (ry, rb, i):
+            sch.unroll(loop)
+        y = sch.get_sblock("y")
+        sch.transform_block_layout(y, lambda b, ch, i, j: (b, ch // lanes, i, ch % lanes, j))
+        sch.reverse_compute_at(y, tile)
+        sch.tensorize(sch.get_loops(y)[-2], transpose_intrin(info["out_dtype"], lanes, info["out_shape"][3], "out"))
+
+
+_REGISTERED: dict = {}
+
+
+def lanes_intrin(isa: DotIsa) -> str:
+    """``C[l] += sum_k A[k, l] * B[l, k]`` for ``l < lanes``, ``k < kp``: A the ``kp`` columns of
+    the lanes' channels (one contiguous vector of ``x_t``: one load, one shuffle to lane-major),
+    B the lanes' own packed weights (one load). Registered on first use."""
+    if isa in _REGISTERED:
+        return _REGISTERED[isa]
+    lanes, kp, w_dtype = isa.lanes, isa.kp, isa.packed_dtype
+    a_dtype = "uint8" if kp == 4 else "int16"
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (kp, lanes), a_dtype, offset_factor=1)
+        B = T.match_buffer(b, (lanes, kp), w_dtype, offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:kp, 0:lanes], B[0:lanes, 0:kp])
+            T.writes(C[0:lanes])
+            for i, k in T.grid(lanes, kp):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + dot_term(A[vk, vi], B[vi, vk], 0)
+
+    indices = [k * lanes + l for l in range(lanes) for k in range(kp)]
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (kp, lanes), a_dtype, offset_factor=1)
+        B = T.match_buffer(b, (lanes, kp), w_dtype, offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:kp, 0:lanes], B[0:lanes, 0:kp])
+            T.writes(C[0:lanes])
+            C[T.ramp(T.int32(0), 1, lanes)] = _dot(isa, C.vload([0], f"int32x{lanes}"),
+                                                   tirx.Shuffle([A.vload([0, 0], f"{a_dtype}x{kp * lanes}")], indices),
+                                                   _operand(B, w_dtype, lanes * kp, isa, 0, False))
+
+    name = f"qplugin_dw_lanes_{isa.name}"
+    TensorIntrin.register(name, desc, impl, override=True)
+    _REGISTERED[isa] = name
+    return name
+
+
+def transpose_intrin(dtype: str, lanes: int, width: int, direction: str) -> str:
+    """``direction`` "in": ``D[w, l] = A[l, w]`` (A: ``lanes`` rows of ``width`` elements at any
+    pitch -- the NCHW channels' rows; D the contiguous tile) as ``lanes`` row loads and one
+    shuffle; "out": the inverse, ``D[l, w] = A[w, l]`` (D: rows at any pitch) as one load and
+    ``lanes`` shuffled row stores. The source text is generated (the shuffles' index lists are
+    constants); registered on first use."""
+    key = ("transpose", dtype, lanes, width, direction)
+    if key in _REGISTERED:
+        return _REGISTERED[key]
+    # the NCHW side is (channels, one row, width) of a 4-D buffer: tensorize matches the region's
+    # trailing dimensions
+    rows, tile = (lanes, 1, width), (width, lanes)
+    src, dst = (rows, tile) if direction == "in" else (tile, rows)
+    src_pitch, dst_pitch = (", strides=[pitch, row_pitch, 1]", "") if direction == "in" else \
+        ("", ", strides=[pitch, row_pitch, 1]")
+
+    def region(name, shape):
+        return f"{name}[" + ", ".join(f"0:{n}" for n in shape) + "]"
+
+    head = f"""
+@T.prim_func(s_tir=True)
+def f(a: T.handle, d: T.handle):
+    pitch = T.int32()
+    row_pitch = T.int32()
+    A = T.match_buffer(a, {src}, "{dtype}", offset_factor=1{src_pitch})
+    D = T.match_buffer(d, {dst}, "{dtype}", offset_factor=1{dst_pitch})
+    with T.sblock("root"):
+        T.reads({region("A", src)})
+        T.writes({region("D", dst)})
+"""
+    if direction == "in":
+        desc = head + f"""        for i, j in T.grid({width}, {lanes}):
+            with T.sblock("update"):
+                vi, vj = T.axis.remap("SS", [i, j])
+                D[vi, vj] = A[vj, 0, vi]
+"""
+        rows_loaded = ", ".join(f"A[{l}, 0, T.Ramp(0, 1, {width})]" for l in range(lanes))
+        index = [l * width + w for w in range(width) for l in range(lanes)]
+        impl = head + f"        D[0, T.Ramp(0, 1, {width * lanes})] = T.Shuffle([{rows_loaded}], {index})\n"
+    else:
+        desc = head + f"""        for i, j in T.grid({lanes}, {width}):
+            with T.sblock("update"):
+                vi, vj = T.axis.remap("SS", [i, j])
+                D[vi, 0, vj] = A[vj, vi]
+"""
+        impl = head + "".join(
+            f"        D[{l}, 0, T.Ramp(0, 1, {width})] = T.Shuffle([A[0, T.Ramp(0, 1, {width * lanes})]], "
+            f"{[w * lanes + l for w in range(width)]})\n" for l in range(lanes))
+    name = f"qplugin_dw_transpose_{direction}_{dtype}_{lanes}x{width}"
+    TensorIntrin.register(name, from_source(desc), from_source(impl), override=True)
+    _REGISTERED[key] = name
+    return name
