@@ -12,7 +12,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from test_x86_depthwise import depthwise_params
-from test_x86_kernels import INSTRUCTION, PATTERNS, activations, check_kernel, requant_consts, weights
+from test_x86_kernels import (
+    INSTRUCTION,
+    PATTERNS,
+    activations,
+    check_kernel,
+    requant_consts,
+    weights,
+)
 
 from tvm_qplugin.schedules.x86_depthwise_lanes import MAX_OUT_WIDTH
 

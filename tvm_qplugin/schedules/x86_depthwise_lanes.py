@@ -23,7 +23,12 @@ from tvm.script import tirx as T
 from .intrin_x86 import ISA_BY_NAME, DotIsa, _dot, _operand, dot_term
 from .packing import Packing, tag_packed
 from .x86_int8 import TensorizedRule, _fits_int32, _offset
-from .x86_requant import _channel_consts, _channel_placeholders, _epilogue_exact, _requant_stage
+from .x86_requant import (
+    _channel_consts,
+    _channel_placeholders,
+    _epilogue_exact,
+    _requant_stage,
+)
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -132,7 +137,7 @@ class DepthwiseChannelLanes(TensorizedRule):
         sch.tensorize(sch.get_loops(xrows)[-2], transpose_intrin(info["x_dtype"], lanes, info["in_shape"][3], "in"))
         ytile = sch.get_sblock("y_tile")
         sch.reverse_compute_at(ytile, j)
-        *_, yr, yj, yl = sch.get_loops(ytile)
+        *_, yr, _, yl = sch.get_loops(ytile)
         sch.vectorize(yl)
         sch.unroll(yr)
         init = sch.decompose_reduction(acc, ry)
