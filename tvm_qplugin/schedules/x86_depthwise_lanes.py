@@ -28,6 +28,7 @@ from .x86_requant import (
     _channel_placeholders,
     _epilogue_exact,
     _requant_stage,
+    _with_root_regions,
 )
 
 
@@ -89,7 +90,8 @@ class DepthwiseChannelLanes(TensorizedRule):
         hx = sh * (oh - 1) + kh
         wx = sw * (ow - 1) + rbs * kp
         info = {"rule": type(self).__name__, "isa": isa.name, "offset": off, "out_shape": [nb, c, oh, ow],
-                "in_shape": [nb, c, h, w], "x_dtype": adt, "out_dtype": params["out_dtype"]}
+                "in_shape": [nb, c, h, w], "x_dtype": adt, "out_dtype": params["out_dtype"],
+                "requant": {key: params[key] for key in ("qmin", "qmax", "out_dtype")}}
 
         def pack_args(consts):
             wt, bias, mult, shift = consts[0].reshape(c, kh, kw), *consts[1:]
@@ -138,7 +140,6 @@ class DepthwiseChannelLanes(TensorizedRule):
         ytile = sch.get_sblock("y_tile")
         sch.reverse_compute_at(ytile, j)
         *_, yr, _, yl = sch.get_loops(ytile)
-        sch.vectorize(yl)
         sch.unroll(yr)
         init = sch.decompose_reduction(acc, ry)
         sch.vectorize(sch.get_loops(init)[-1])
@@ -149,6 +150,7 @@ class DepthwiseChannelLanes(TensorizedRule):
         sch.transform_block_layout(y, lambda b, ch, i, j: (b, ch // lanes, i, ch % lanes, j))
         sch.reverse_compute_at(y, tile)
         sch.tensorize(sch.get_loops(y)[-2], transpose_intrin(info["out_dtype"], lanes, info["out_shape"][3], "out"))
+        sch.tensorize(yl, lanes_epilogue_intrin(lanes, info["requant"]))
 
 
 _REGISTERED: dict = {}
@@ -194,6 +196,62 @@ def lanes_intrin(isa: DotIsa) -> str:
     TensorIntrin.register(name, desc, impl, override=True)
     _REGISTERED[isa] = name
     return name
+
+
+def lanes_epilogue_intrin(lanes: int, params: dict) -> str:
+    """The requantization of one vector of ``lanes`` channels, each with its own constants:
+    x86_requant's epilogue (its description *is* ``_requant_stage``'s TE expression, so only a
+    kernel whose epilogue is that expression matches) on even / odd qwords, as
+    ``x86_requant.epilogue_intrin`` computes it for one channel's broadcast constants. ``vpmuldq``
+    reads the sign-extended low dword of each qword: the even lanes' accumulators and multipliers in
+    place, the odd ones after an arithmetic 32-bit shift; the int64 ``folded`` constants split into
+    their even and odd lanes; one shuffle takes the high word of each sum. Same integers: ``P'`` is
+    the exact int64 sum within ``_epilogue_exact``'s bounds, and its high word is ``floor(P' /
+    2**32)`` either way."""
+    key = ("epilogue", lanes, params["qmin"], params["qmax"], params["out_dtype"])
+    if key in _REGISTERED:
+        return _REGISTERED[key]
+    acc = te.placeholder((lanes,), "int32", name="acc")
+    consts = _channel_placeholders(lanes)
+    y = _requant_stage(acc, (lanes,), lambda i: i, lambda a: a[0], consts, params, False)
+    desc = _with_root_regions(te.create_prim_func([acc, *consts, y]))
+    qmin, qmax, dt = params["qmin"], params["qmax"], params["out_dtype"]
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, f: T.handle, m: T.handle, p: T.handle, q: T.handle, o: T.handle) -> None:
+        A = T.match_buffer(a, (lanes,), "int32", offset_factor=1)
+        F = T.match_buffer(f, (lanes,), "int64", offset_factor=1)
+        M = T.match_buffer(m, (lanes,), "int32", offset_factor=1)
+        P = T.match_buffer(p, (lanes,), "int32", offset_factor=1)
+        Q = T.match_buffer(q, (lanes,), "int32", offset_factor=1)
+        O = T.match_buffer(o, (lanes,), dt, offset_factor=1)
+        with T.sblock("root"):
+            T.reads(A[0:lanes], F[0:lanes], M[0:lanes], P[0:lanes], Q[0:lanes])
+            T.writes(O[0:lanes])
+            O[T.ramp(T.int32(0), 1, lanes)] = _lanes_epilogue_vector(
+                A.vload([0], f"int32x{lanes}"), F.vload([0], f"int64x{lanes}"), M.vload([0], f"int32x{lanes}"),
+                P.vload([0], f"int32x{lanes}"), Q.vload([0], f"int32x{lanes}"), lanes, qmin, qmax, dt)
+
+    name = f"qplugin_dw_lanes_epilogue_{lanes}_{qmin}_{qmax}_{dt}"
+    TensorIntrin.register(name, desc, impl, override=True)
+    _REGISTERED[key] = name
+    return name
+
+
+def _lanes_epilogue_vector(acc, folded, mult, pre, post, lanes: int, qmin: int, qmax: int, dt: str):
+    """The vector expression of :func:`lanes_epilogue_intrin` (per-lane constants)."""
+    half = lanes // 2
+    thirty_two = T.broadcast(T.int64(32), half)
+    shifted = T.reinterpret(acc << pre, dtype=f"int64x{half}")
+    m = T.reinterpret(mult, dtype=f"int64x{half}")
+    folded_even = tirx.Shuffle([folded], list(range(0, lanes, 2)))
+    folded_odd = tirx.Shuffle([folded], list(range(1, lanes, 2)))
+    even = T.reinterpret(((shifted << thirty_two) >> thirty_two) * ((m << thirty_two) >> thirty_two) + folded_even
+                         >> thirty_two, dtype=f"int32x{lanes}")
+    odd = T.reinterpret((shifted >> thirty_two) * (m >> thirty_two) + folded_odd, dtype=f"int32x{lanes}")
+    high = tirx.Shuffle([even, odd], [l + (lanes if l % 2 else 0) for l in range(lanes)])
+    clamped = T.max(T.min(high >> post, T.broadcast(T.int32(qmax), lanes)), T.broadcast(T.int32(qmin), lanes))
+    return T.Cast(f"{dt}x{lanes}", clamped)
 
 
 def transpose_intrin(dtype: str, lanes: int, width: int, direction: str) -> str:
