@@ -78,3 +78,16 @@ def test_constant_output_is_refused_and_stays_exact(rng, target_name):
     info, _ = check_kernel("conv2d_requant", x, [weights(rng, (c, 1, 3, 3)), *requant_consts(rng, c, 19)],
                            target_name, **params)
     assert info is None
+
+
+def test_rule_is_registered_and_named_in_the_report():
+    """The rule is in schedules.RULES ahead of the pixel-lane rule (it must see the kernels first),
+    and layers[].kernel.why names it and its file."""
+    from tvm_qplugin.schedules import RULES
+    from tvm_qplugin.tuning.apply import AppliedTuning
+
+    names = [type(rule).__name__ for rule in RULES]
+    assert names.index("DepthwiseChannelLanes") < names.index("DepthwiseConv2DTensorized")
+    applied = AppliedTuning(db=None, tensorized={"k": {"rule": "DepthwiseChannelLanes", "isa": "vnni"}})
+    why = applied._kernel_source("k")["why"]
+    assert "DepthwiseChannelLanes" in why and "schedules/x86_depthwise_lanes.py" in why and "vpdpbusd" in why
