@@ -91,3 +91,19 @@ def test_rule_is_registered_and_named_in_the_report():
     applied = AppliedTuning(db=None, tensorized={"k": {"rule": "DepthwiseChannelLanes", "isa": "vnni"}})
     why = applied._kernel_source("k")["why"]
     assert "DepthwiseChannelLanes" in why and "schedules/x86_depthwise_lanes.py" in why and "vpdpbusd" in why
+
+
+@pytest.mark.parametrize("target_name", ["vnni", "avx2"])
+def test_int4_depthwise_runs_on_channel_lanes_bit_exact(rng, target_name):
+    """int4 weights (conv2d_requant_w4) are widened at build into the int8 packers
+    (schedules/x86_int4.py), this rule among them: all four input patterns, == the twin."""
+    from test_int4 import check_patterns, nibbles
+
+    from tvm_qplugin.quant.int4 import pack_int4
+
+    c = 16
+    w = nibbles(rng, (c, 1, 3, 3))
+    params = {**depthwise_params(c, 3, 1, (1, 1, 1, 1), "int8"), "w_shape": list(w.shape)}
+    consts = [pack_int4(w.reshape(c, -1)), *requant_consts(rng, c, 16)]
+    info, _ = check_patterns(rng, "conv2d_requant_w4", (1, c, 7, 7), "int8", consts, target_name, **params)
+    assert info is not None and info["rule"] == "DepthwiseChannelLanes" and info["int4"] == "widened at build", info
