@@ -22,6 +22,7 @@ from tvm.script import tirx as T
 
 from .intrin_x86 import ISA_BY_NAME, DotIsa, _dot, _operand, dot_term
 from .packing import Packing, tag_packed
+from .x86_depthwise import _ceil_div
 from .x86_int8 import TensorizedRule, _fits_int32, _offset
 from .x86_requant import (
     _channel_consts,
@@ -30,11 +31,6 @@ from .x86_requant import (
     _requant_stage,
     _with_root_regions,
 )
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
 
 # Taken where it measured faster than the pixel-lane rule (benchmarks/x86_depthwise.py, one thread,
 # interleaved, bit-exact; docs/architecture.md "Depthwise on channel lanes"): output rows of at most
@@ -51,18 +47,21 @@ class DepthwiseChannelLanes(TensorizedRule):
     small output plane (:data:`MAX_OUT_WIDTH`, :data:`STRIDES`), channels in the lanes.
 
     Per block of ``L`` channels (the parallel loop; L = 16 on AVX-512, 8 on 256-bit ISAs):
-    1. ``x_rows``: the block's NCHW rows transposed to ``[H, W, L]`` -- per input row, ``L`` row
-       loads and one shuffle (:func:`transpose_intrin`); ``x_t``: the zero-padded plane from it
-       (s8 + 128 on VNNI, widened to int16 for the int16 instructions), whole vectors.
+    1. ``x_rows``: the block's NCHW planes transposed to ``[H, W, L]`` -- on AVX-512 small planes
+       whole (:data:`WHOLE_PLANE_PIXELS`: one load, one shuffle, one store;
+       :func:`block_transpose_intrin`), else per input row ``L`` row loads and one shuffle
+       (:func:`transpose_intrin`); ``x_t``: the zero-padded plane from it (s8 + 128 on VNNI,
+       widened to int16 for the int16 instructions), whole vectors.
     2. Taps as the reduction: for an output pixel and kernel row, the ``kp`` consecutive columns
        of the ``L`` channels are one contiguous vector of ``x_t``; one shuffle makes them
        lane-major and one dot instruction adds them times the lanes' own ``kp`` weights (packed
        ``[C/L, KH, ceil(KW/kp), L, kp]``, zero past KW; 3x3 on VNNI: 3 of 4 taps). Register tile: a
        column of the output plane (``OH`` accumulators, unrolled), so the window of each input
        row serves every output row it lies under (7 x 7: 9 windows for 7 outputs, not 21).
-    3. The column is requantized from registers, vectorized over the channels (per-lane
-       constants), into the block's ``[OH, OW, L]`` tile; each output row is transposed back to
-       the ``L`` NCHW rows (one load, ``L`` shuffled row stores).
+    3. The column is requantized from registers with per-lane constants
+       (:func:`lanes_epilogue_intrin`) into the block's ``[OH, OW, L]`` tile, which is transposed
+       back to the ``L`` NCHW planes (whole, or per output row one load and ``L`` shuffled row
+       stores).
     Note: odd channel counts keep the pixel-lane rule (a partial block would need masked loads
     and stores of the NCHW rows).
     """
