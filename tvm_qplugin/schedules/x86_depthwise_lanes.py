@@ -32,12 +32,12 @@ from .x86_requant import (
     _with_root_regions,
 )
 
-# Taken where it measured faster than the pixel-lane rule (benchmarks/x86_depthwise.py, one thread,
-# interleaved, bit-exact; docs/architecture.md "Depthwise on channel lanes"): output rows of at most
-# MAX_OUT_WIDTH pixels, and on the 256-bit ISAs (8 lanes: a 7-pixel row already fills 7 of 8) stride 1
-# only. MobileNetV2, AVX-512 VNNI: 960 x 7 x 7 1.76x, 576 x 14 x 14 s2 1.18x; 14 x 14 s1 0.69x and
-# 28 x 28 s2 0.72x (rows of 14: the pixel lanes are full, the transposes are extra). AVX2: 7 x 7
-# 1.34x, 14 x 14 s2 0.90x.
+# Taken where it measured faster than the pixel-lane rule (benchmarks/x86_depthwise.py --before
+# pixel-lanes, one thread, interleaved, bit-exact; docs/architecture.md "Depthwise on channel lanes"):
+# output rows of at most MAX_OUT_WIDTH pixels, and on the 256-bit ISAs (8 lanes: a 7-pixel row already
+# fills 7 of 8) stride 1 only. MobileNetV2, AVX-512 VNNI: 960 x 7 x 7 2.6x, 576 x 14 x 14 s2 1.3x;
+# 14 x 14 s1 0.69-0.83x and 28 x 28 s2 0.69-0.72x (rows of 14: the pixel lanes are full, the transposes
+# are extra). AVX2: 7 x 7 1.4x, 14 x 14 s2 0.83-0.90x.
 MAX_OUT_WIDTH = 7
 STRIDES = {512: (1, 2), 256: (1,)}
 
