@@ -8,9 +8,20 @@ constants are random with MobileNetV2's shapes. Prints one JSON object.
 
 ``--before one-row``: "before" is the tensorized rule with one output row per tile (stop 21's row
 tiles off, ``x86_depthwise.ROW_TILES = (1,)``) instead of TVM's default loops.
+``--before pixel-lanes``: "before" is the pixel-lane rule alone (``DepthwiseConv2DTensorized``),
+"after" the rules as registered (``DepthwiseChannelLanes`` where it is chosen): the before / after
+of the channel-lane rule (shapes it does not take time the same kernel twice).
+Each kernel's ``after_fraction_of_peak`` is against this CPU's measured peak of the instruction it
+runs (``tvm_qplugin/peak.py``, as report.json's ``layers[].fraction_of_peak``), at the thread count
+of ``TVM_NUM_THREADS`` (default: all cores).
 
-Run: `.venv/bin/python benchmarks/x86_depthwise.py [--dtype uint8] [--rounds 15] [--before plain|one-row]
-[--targets native avx2]`
+``--whole-model``: MobileNetV2 batch 1 (compiled here, shipped database) built with and without the
+channel-lane rule (``x86_depthwise_lanes.MAX_OUT_WIDTH = 0``), native and AVX2-restricted, timed in
+rounds of blocks together with ONNX Runtime int8 (QDQ), as ``cnn_cpu.py`` times them; every build's
+outputs are checked identical first.
+
+Run: `.venv/bin/python benchmarks/x86_depthwise.py [--dtype uint8] [--rounds 15]
+[--before plain|one-row|pixel-lanes] [--targets native avx2] [--whole-model [--runs 20]]`
 """
 from __future__ import annotations
 
@@ -28,7 +39,8 @@ from isa_variants import AVX2_TARGET
 from x86_kernels import time_pair
 
 from tvm_qplugin.ops import OPS
-from tvm_qplugin.schedules import x86_depthwise
+from tvm_qplugin.peak import peak_gmacs
+from tvm_qplugin.schedules import x86_depthwise, x86_depthwise_lanes
 from tvm_qplugin.schedules.intrin_x86 import select_isa
 
 # (channels, input plane, stride) of each depthwise conv, in model order (3x3, padding 1)
@@ -69,40 +81,96 @@ class OneRowTiles:
         return self.rule.apply(func, target)
 
 
+def _whole_model(args) -> dict:
+    """MobileNetV2 with and without the channel-lane rule, with ONNX Runtime int8, in rounds of blocks."""
+    import onnxruntime as ort
+    from common import onnxruntime_static_int8
+    from isa_variants import assert_same_outputs, build_variants, rounds_of_blocks
+
+    import tvm_qplugin as tq
+    from qplugin_zoo import imagenet_calib_eval, mobilenet_v2_onnx
+
+    path = str(mobilenet_v2_onnx(batch=1))
+    calib, evaluation = imagenet_calib_eval()
+    x = evaluation[:1]
+    art = tq.compile(path, target="x86-host", calib={"input": calib}, eval={"input": evaluation[:16]})
+    q = tvm.runtime.tensor(art.inputs[0].qtype.quantize(x))
+    targets = {"native": tvm.target.Target.from_device(tvm.cpu()), "avx2": AVX2_TARGET}
+    variants = build_variants(art.integer_mod, targets, with_untensorized=False)
+    width, x86_depthwise_lanes.MAX_OUT_WIDTH = x86_depthwise_lanes.MAX_OUT_WIDTH, 0
+    try:
+        variants.update({f"{k}_pixel_lanes": vm for k, vm in
+                         build_variants(art.integer_mod, targets, with_untensorized=False).items()})
+    finally:
+        x86_depthwise_lanes.MAX_OUT_WIDTH = width
+    assert_same_outputs(variants, "core", q)
+    calls = {f"ours{suffix}": (lambda vm=vm: vm["core"](q)) for suffix, vm in variants.items()}
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(os.environ.get("TVM_NUM_THREADS", os.cpu_count()))
+    feeds = [{"input": calib[i : i + 1]} for i in range(16)]
+    qsess = onnxruntime_static_int8(path, feeds, "QUInt8", so)
+    calls["onnxruntime_int8_qdq"] = lambda: qsess.run(None, {"input": x})
+    medians, ratios = rounds_of_blocks(calls, args.rounds, args.runs, reference="ours")
+    return {"bit_exact": bool(art.report["bit_exact"]), "median_ms": medians,
+            "other_over_ours": {k: round(v, 3) for k, v in ratios.items()},
+            "note": "ours: native build with the channel-lane rule; _pixel_lanes: without it; _avx2: znver3; "
+                    "other_over_ours: median over rounds of the per-round ratio (> 1: ours faster)"}
+
+
+def _rule_of(func, target) -> str:
+    """The name of the registered packer rule that takes ``func`` for ``target``."""
+    from tvm_qplugin.schedules import RULES
+
+    return next((type(r).__name__ for r in RULES if hasattr(r, "pack") and r.pack(func, target) is not None), "-")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dtype", default="uint8", choices=["uint8", "int8", "int16"])
     ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--before", choices=["plain", "one-row"], default="plain")
+    ap.add_argument("--before", choices=["plain", "one-row", "pixel-lanes"], default="plain")
     ap.add_argument("--targets", nargs="+", choices=["native", "avx2"], default=["native", "avx2"])
+    ap.add_argument("--whole-model", action="store_true")
+    ap.add_argument("--runs", type=int, default=20, help="--whole-model: calls per engine per round")
     args = ap.parse_args()
+    if args.whole_model:
+        print(json.dumps({"load_before": os.getloadavg(), **_whole_model(args), "load_after": os.getloadavg()},
+                         indent=2))
+        return
     rng = np.random.default_rng(0)
-    baseline = [OneRowTiles()] if args.before == "one-row" else None
+    baseline = {"plain": None, "one-row": [OneRowTiles()],
+                "pixel-lanes": [x86_depthwise.DepthwiseConv2DTensorized()]}[args.before]
     targets = {name: {"native": tvm.target.Target.from_device(tvm.cpu()), "avx2": AVX2_TARGET}[name]
                for name in args.targets}
+    threads = int(os.environ.get("TVM_NUM_THREADS", os.cpu_count()))
     res = {"threads": os.cpu_count(), "dtype": args.dtype, "load_avg": os.getloadavg()[0],
            "tvm_threads": os.environ.get("TVM_NUM_THREADS", "all"), "before": args.before, "targets": {}}
     for tname, target in targets.items():
         rows, timed = [], {}
+        isa = select_isa(target, args.dtype)
+        peak = peak_gmacs(target, isa, threads)
         for c, size, stride in MOBILENET_V2:
             if (c, size, stride) not in timed:
                 k = depthwise_kernel(c, size, stride, args.dtype, rng)
                 t = time_pair(k, target, args.rounds, rng, baseline)
                 assert t is not None, f"{k['name']}: the depthwise rule did not take it"
                 timed[(c, size, stride)] = t
-                rows.append({"kernel": k["name"], "before_us": round(t["before_us"], 1),
-                             "after_us": round(t["after_us"], 1),
+                after_gmacs = k["macs"] / t["after_us"] / 1e3
+                rows.append({"kernel": k["name"], "rule": _rule_of(k["func"], target),
+                             "before_us": round(t["before_us"], 1), "after_us": round(t["after_us"], 1),
                              "before_gmacs": round(k["macs"] / t["before_us"] / 1e3, 1),
-                             "after_gmacs": round(k["macs"] / t["after_us"] / 1e3, 1),
+                             "after_gmacs": round(after_gmacs, 1),
+                             "after_fraction_of_peak": round(after_gmacs / peak, 3),
                              "speedup": round(t["before_us"] / t["after_us"], 2)})
         before = sum(timed[s]["before_us"] for s in MOBILENET_V2)
         after = sum(timed[s]["after_us"] for s in MOBILENET_V2)
-        res["targets"][tname] = {"isa": select_isa(target, args.dtype).name, "kernels": rows,
+        res["targets"][tname] = {"isa": isa.name, "peak_gmacs": round(peak, 1), "kernels": rows,
                                  "model_17_calls": {"before_us": round(before), "after_us": round(after),
                                                     "speedup": round(before / after, 2)}}
-    before = "TVM's default loops" if args.before == "plain" else "DepthwiseConv2DTensorized, one row per tile"
+    before = {"plain": "TVM's default loops", "one-row": "DepthwiseConv2DTensorized, one row per tile",
+              "pixel-lanes": "DepthwiseConv2DTensorized alone (no channel lanes)"}[args.before]
     res["note"] = ("medians of interleaved runs; the machine is shared and noisy, so absolute figures move between "
-                   f"runs; before = {before}, after = DepthwiseConv2DTensorized")
+                   f"runs; before = {before}, after = the registered rules (rule: the one that took it)")
     print(json.dumps(res, indent=2))
 
 
