@@ -16,6 +16,7 @@ from tvm_qplugin.export.kernel_choice import (
     _one_step_module,
     _sample,
     dw_candidates,
+    schedules_for,
     tir_candidates,
 )
 from tvm_qplugin.export.tir_kernels_dw import dw_spec
@@ -71,10 +72,11 @@ def test_dw3x3_kernel_bit_exact_beside_the_handwritten(name, tmp_path):
     want = ReferenceInterpreter(step).run("main", x)
     want = want[0] if isinstance(want, (list, tuple)) else want
     board = get_board(BOARD)
-    tir = _measure(step, board, {0: "dw3x3"}, x, want, tmp_path / "tir")
-    hand = _measure(step, board, None, x, want, tmp_path / "hand")
-    assert tir["ok"] and hand["ok"], (tir, hand)   # bit-exact, both
-    assert tir["instructions"] > 0 and hand["instructions"] > 0
+    scheds = schedules_for(s, board)
+    assert scheds == (("dw3x3", "dw3x3-split") if stride == 2 else ("dw3x3",))
+    for cand in (*scheds, None):   # every TIR candidate, and the hand-written kernel
+        r = _measure(step, board, cand and {0: cand}, x, want, tmp_path / str(cand))
+        assert r["ok"] and r["instructions"] > 0, (cand, r)   # bit-exact
 
 
 def test_export_mcu_chooses_the_depthwise_kernel_and_runs_it_bit_exact(tmp_path):

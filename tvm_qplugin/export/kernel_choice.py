@@ -65,8 +65,8 @@ def schedules_for(s, board) -> tuple:
     only where it has the int8 matrix multiply (i8mm) and 2 | n; the smlal kernel where its lanes
     (pixels of a pointwise conv, or output channels) come in fours. A depthwise 3x3 conv has its own
     kernel (tir_kernels_dw.py)."""
-    if is_depthwise3x3(s):
-        return DW_SCHEDULES
+    if is_depthwise3x3(s):   # the split layout only where there is a stride to split
+        return DW_SCHEDULES if tuple(s.params["strides"]) == (2, 2) else DW_SCHEDULES[:1]
     w = s.args[1].shape
     n, k = int(w[0]), int(np.prod(w[1:]))
     sdot_ok = "dotprod" in board.features and n % 4 == 0 and k % 4 == 0

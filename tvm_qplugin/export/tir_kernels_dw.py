@@ -3,7 +3,9 @@ candidate of :mod:`.kernel_choice` beside the hand-written ``qk_dw3x3_*`` of qke
 
 The layer: one image, NCHW, groups == channels, a 3x3 window, stride 1 or 2, zero padding, 8-bit
 input. Per channel the kernel first copies its map, zero-padded, into an int16 block (so the taps
-read no bounds check and the products widen with the NEON ``smlal`` family), then accumulates a
+read no bounds check and the products widen with the NEON ``smlal`` family; ``dw3x3-split``, a
+second candidate for stride 2, keeps the even and the odd columns apart, so that every tap reads its
+row's pixels contiguously, for a strided copy), then accumulates a
 row of outputs at a time in int32 with the 9 taps unrolled and the row's pixels innermost (LLVM
 vectorizes that loop), and requantizes the row (quant/dyadic.py's formula: :func:`.tir_kernels.requant`).
 It reads the package's own weight rows (9 taps, rows padded to ``kp``), bias, multipliers and
@@ -19,7 +21,7 @@ from tvm.script import tirx as T
 
 from ..errors import UnsupportedOpError
 
-DW_SCHEDULES = ("dw3x3",)
+DW_SCHEDULES = ("dw3x3", "dw3x3-split")   # -split: stride 2's even and odd columns apart (stride 2 only)
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,12 @@ class DwSpec:
     shift33: bool = False   # every shift >= 33: the requantization in 32 bits (tir_kernels.requant)
     shift_range: tuple = (0, 62)
     nchw: bool = False      # (not a pointwise GEMM: tir_kernels.shim_sources sizes its pool by dw_workspace_bytes)
+
+    @property
+    def phases(self) -> int:
+        """Column phases of the padded block: 2 where ``dw3x3-split`` keeps a stride-2 layer's even and
+        odd columns apart (each tap then reads its row contiguously), else 1."""
+        return self.sw if self.schedule == "dw3x3-split" else 1
 
     @property
     def padded(self) -> tuple[int, int]:
@@ -86,7 +94,7 @@ def dw_spec(s, schedule: str = "dw3x3", kp: int = 12) -> DwSpec:
 def dw_workspace_bytes(sp: DwSpec) -> int:
     """Shim pool bytes the kernel allocates: one channel's int16 padded block, one row of int32 sums."""
     hp, wp = sp.padded
-    return (2 * hp * wp + 63) // 64 * 64 + (4 * sp.ow + 63) // 64 * 64
+    return (2 * hp * -(-wp // sp.phases) * sp.phases + 63) // 64 * 64 + (4 * sp.ow + 63) // 64 * 64
 
 
 def dw_module(sp: DwSpec) -> tvm.IRModule:
@@ -95,28 +103,37 @@ def dw_module(sp: DwSpec) -> tvm.IRModule:
 
     c, h, w, oh, ow, sh, sw, pt, pl, kp = sp.c, sp.h, sp.w, sp.oh, sp.ow, sp.sh, sp.sw, sp.pt, sp.pl, sp.kp
     hp, wp = sp.padded
+    ph_n = sp.phases
+    wq = -(-wp // ph_n)   # columns of one phase
     xd, od = sp.x_dtype, sp.out_dtype
+
+    def tap(XP, vc, vi, vj, vy, vx):
+        """Tap (vy, vx) of output (vi, vj) in the padded block: column vj * sw + vx of its phase."""
+        if ph_n == 1:
+            return XP[vc, vi * sh + vy, 0, vj * sw + vx]
+        return XP[vc, vi * sh + vy, vx % sw, vj + vx // sw]   # (vj * sw + vx) split, sw == phases
 
     @T.prim_func(s_tir=True)
     def main(X: T.Buffer((c, h, w), xd), W: T.Buffer((c, kp), "int8"), B: T.Buffer((c,), "int32"),
              MU: T.Buffer((c,), "int32"), SH: T.Buffer((c,), "int8"), Y: T.Buffer((c, oh, ow), od)):
         T.func_attr({"tirx.noalias": True})
         with T.sblock("root"):
-            XP = T.sblock_alloc_buffer((c, hp, wp), "int16")
+            XP = T.sblock_alloc_buffer((c, hp, ph_n, wq), "int16")
             ACC = T.sblock_alloc_buffer((c, oh, ow), "int32")
-            for ch, i, j in T.grid(c, hp, wp):
+            for ch, i, ph, q in T.grid(c, hp, ph_n, wq):
                 with T.sblock("pad"):
-                    vc, vi, vj = T.axis.remap("SSS", [ch, i, j])
-                    XP[vc, vi, vj] = T.if_then_else(
-                        vi >= pt and vi < h + pt and vj >= pl and vj < w + pl,
-                        T.Cast("int16", X[vc, T.min(T.max(vi - pt, 0), h - 1), T.min(T.max(vj - pl, 0), w - 1)]),
+                    vc, vi, vp, vq = T.axis.remap("SSSS", [ch, i, ph, q])
+                    XP[vc, vi, vp, vq] = T.if_then_else(   # the padded column vq * ph_n + vp
+                        vi >= pt and vi < h + pt and vq * ph_n + vp >= pl and vq * ph_n + vp < w + pl,
+                        T.Cast("int16", X[vc, T.min(T.max(vi - pt, 0), h - 1),
+                                          T.min(T.max(vq * ph_n + vp - pl, 0), w - 1)]),
                         T.int16(0))
             for ch, i, j, ky, kx in T.grid(c, oh, ow, 3, 3):
                 with T.sblock("acc"):
                     vc, vi, vj, vy, vx = T.axis.remap("SSSRR", [ch, i, j, ky, kx])
                     with T.init():
                         ACC[vc, vi, vj] = 0
-                    ACC[vc, vi, vj] = ACC[vc, vi, vj] + (T.Cast("int32", XP[vc, vi * sh + vy, vj * sw + vx])
+                    ACC[vc, vi, vj] = ACC[vc, vi, vj] + (T.Cast("int32", tap(XP, vc, vi, vj, vy, vx))
                                                          * T.Cast("int32", W[vc, vy * 3 + vx]))
             for ch, i, j in T.grid(c, oh, ow):
                 with T.sblock("y"):
