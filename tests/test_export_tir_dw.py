@@ -28,19 +28,21 @@ from tvm_qplugin.targets import get_board
 BOARD = "rpi5"
 
 
-def dw_model(c, h, w, stride, x_dtype, out_dtype, lo, hi, seed, shift33=False):
-    """One depthwise 3x3 conv (pad 1) of a (1, c, h, w) map."""
+def dw_model(c, h, w, stride, x_dtype, out_dtype, lo, hi, seed, shifts="mixed"):
+    """One depthwise 3x3 conv (pad 1) of a (1, c, h, w) map. ``shifts``: "mixed" (31 to ~43: the
+    vector requantization's 32-bit lanes), "33" (all >= 33: the scalar tail's 32-bit form), "low"
+    (one below 31: the int64 lanes)."""
     rng = np.random.default_rng(seed)
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType([1, c, h, w], x_dtype))
-    if shift33:   # every shift >= 33: the kernel's 32-bit requantization
+    if shifts == "33":
         scales = rng.uniform(1 / 3000, 1 / 600, c)
-    else:         # shifts from ~31 to ~43 in one layer: the 64-bit one
+    else:
         scales = np.exp(rng.uniform(np.log(1 / 3000), np.log(1 / 2), c))
-        scales[:2] = [1 / 2, 1 / 3000]
+        scales[:2] = [4 if shifts == "low" else 1 / 2, 1 / 3000]
     ds = [dyadic(float(m)) for m in scales]
     mult, shift = np.array([d.multiplier for d in ds], np.int64), np.array([d.shift for d in ds], np.int64)
-    assert (shift.min() >= 33) == shift33
+    assert {"33": shift.min() >= 33, "mixed": shift.min() == 31, "low": shift.min() < 31}[shifts], shift
     w8 = rng.integers(-128, 128, (c, 1, 3, 3)).astype(np.int8)
     w8.reshape(-1)[:2] = [-128, 127]
     with bb.function("main", [x]):
@@ -53,20 +55,21 @@ def dw_model(c, h, w, stride, x_dtype, out_dtype, lo, hi, seed, shift33=False):
     return bb.finalize()
 
 
-CASES = {   # name: (c, h, w, stride, x dtype, out dtype, qmin, qmax, shift33)
-    "s1_u8_u8": (5, 7, 9, 1, "uint8", "uint8", 0, 255, False),
-    "s2_i8_i16": (4, 9, 8, 2, "int8", "int16", -32768, 32767, False),
-    "s2_u8_i8_shift33": (3, 10, 11, 2, "uint8", "int8", -128, 127, True),
+CASES = {   # name: (c, h, w, stride, x dtype, out dtype, qmin, qmax, shifts); output rows of 9, 4, 6, 3 pixels
+    "s1_u8_u8": (5, 7, 9, 1, "uint8", "uint8", 0, 255, "mixed"),
+    "s2_i8_i16": (4, 9, 8, 2, "int8", "int16", -32768, 32767, "low"),
+    "s2_u8_i8_shift33": (3, 10, 11, 2, "uint8", "int8", -128, 127, "33"),
+    "s1_3px_i8_u8_clamped": (6, 3, 3, 1, "int8", "uint8", 0, 6, "mixed"),
 }
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_dw3x3_kernel_bit_exact_beside_the_handwritten(name, tmp_path):
-    c, h, w, stride, xd, od, lo, hi, s33 = CASES[name]
-    mod = dw_model(c, h, w, stride, xd, od, lo, hi, seed=len(name), shift33=s33)
+    c, h, w, stride, xd, od, lo, hi, shifts = CASES[name]
+    mod = dw_model(c, h, w, stride, xd, od, lo, hi, seed=len(name), shifts=shifts)
     (s,) = dw_candidates(build_graph(integer_module_of(mod)))
     assert not tir_candidates(build_graph(integer_module_of(mod)))   # the tuner's / Cortex-M's list stays GEMMs
-    assert dw_spec(s).shift33 == s33 and dw_spec(s).sh == stride
+    assert dw_spec(s).shift33 == (shifts == "33") and dw_spec(s).sh == stride
     step = _one_step_module(s)
     x = _sample(s.args[0].shape, xd, seed=3)
     want = ReferenceInterpreter(step).run("main", x)

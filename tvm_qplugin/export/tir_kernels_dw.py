@@ -100,12 +100,17 @@ def dw_workspace_bytes(sp: DwSpec) -> int:
 def dw_module(sp: DwSpec) -> tvm.IRModule:
     """The scheduled IRModule of one kernel (``main``: the packed wrapper reads the tensors' data)."""
     from .tir_kernels import requant
+    from .tir_kernels_sdot import _requant4
 
     c, h, w, oh, ow, sh, sw, pt, pl, kp = sp.c, sp.h, sp.w, sp.oh, sp.ow, sp.sh, sp.sw, sp.pt, sp.pl, sp.kp
     hp, wp = sp.padded
     ph_n = sp.phases
     wq = -(-wp // ph_n)   # columns of one phase
     xd, od = sp.x_dtype, sp.out_dtype
+    # the requantization 4 outputs at a time (sdot4x4's, 32-bit lanes where every shift >= 31); a last
+    # group past the row recomputes the row's last 4 (written twice, the same values)
+    lanes = 4 if ow >= 4 else 1
+    yw = -(-ow // 4) if lanes == 4 else ow
 
     def tap(XP, vc, vi, vj, vy, vx):
         """Tap (vy, vx) of output (vi, vj) in the padded block: column vj * sw + vx of its phase."""
@@ -135,10 +140,16 @@ def dw_module(sp: DwSpec) -> tvm.IRModule:
                         ACC[vc, vi, vj] = 0
                     ACC[vc, vi, vj] = ACC[vc, vi, vj] + (T.Cast("int32", tap(XP, vc, vi, vj, vy, vx))
                                                          * T.Cast("int32", W[vc, vy * 3 + vx]))
-            for ch, i, j in T.grid(c, oh, ow):
+            for ch, i, j in T.grid(c, oh, yw):
                 with T.sblock("y"):
                     vc, vi, vj = T.axis.remap("SSS", [ch, i, j])
-                    Y[vc, vi, vj] = requant(sp, ACC[vc, vi, vj], vc, B, MU, SH)
+                    if lanes == 4:
+                        Y[vc, vi, T.Ramp(T.min(vj * 4, ow - 4), 1, 4)] = T.Cast(
+                            od + "x4", _requant4(sp, ACC[vc, vi, T.Ramp(T.min(vj * 4, ow - 4), 1, 4)]
+                                                 + T.Broadcast(B[vc], 4), T.Broadcast(MU[vc], 4),
+                                                 T.Broadcast(SH[vc], 4)))
+                    else:
+                        Y[vc, vi, vj] = requant(sp, ACC[vc, vi, vj], vc, B, MU, SH)
 
     sch = tvm.s_tir.Schedule(tvm.IRModule({"main": main}))
     pad, acc, y = sch.get_sblock("pad"), sch.get_sblock("acc"), sch.get_sblock("y")
