@@ -67,6 +67,9 @@ def test_compile_for_aarch64_linux_board(data):
     assert r.returncode == 0, r.stderr
     rep = json.loads((out / "report.json").read_text())
     assert rep["mcu"]["bit_exact"] and rep["mcu"]["verified_on"] == "rpi5" and rep["bit_exact"]
+    convs = [layer for layer in rep["layers"] if layer["op"] in ("conv2d", "dense")]   # all counted, hand-written too
+    assert convs and all(layer["instructions_per_mac"] > 0 for layer in convs), convs
+    assert 0 < sum(layer["instructions"] for layer in convs) <= rep["mcu"]["instructions_per_inference"]
     assert (out / "c" / "model.h").is_file() and (out / "io.json").is_file()
     runner = out / "c" / "runner" / "qmodel_runner"
     assert runner.is_file() and runner.read_bytes()[:4] == b"\x7fELF" and (out / "c" / "runner" / "runner.c").is_file()

@@ -20,7 +20,8 @@ import numpy as np
 
 from ..errors import QPluginError
 from .harness_mcu import (EXT_WEIGHT_SECTION, HEAP_RESERVE, STACK_RESERVE, McuBuild, McuRun, build_mcu,  # noqa: F401
-                          count_instructions, link_layout, plugin_path, run_qemu, section_sizes, symbols)
+                          count_instructions, link_layout, plugin_path, profile_counts, profile_plugin_args, run_qemu,
+                          section_sizes, symbols)
 from .runner import package_info, read_outputs, runner_source, write_inputs  # noqa: F401
 from .toolchain import (QEMU_TIMEOUT, SANITIZE_FLAGS, WARN_FLAGS, GeneratedCodeError, ToolchainError,  # noqa: F401
                         run_tool, which)
@@ -99,14 +100,40 @@ def run_linux(exe, pkg, board, samples, workdir=None) -> list[list[np.ndarray]]:
     return read_outputs(workdir / "qout.bin", info, len(samples))
 
 
+def count_linux(pkg, board, sample, workdir) -> dict:
+    """Instructions per inference, per step (layer) and per ``qk_*`` kernel function of one sample on
+    an aarch64 board: a profiling build (``-DQMODEL_PROFILE``) of the whole package, run once under
+    ``qemu-aarch64 -cpu <the board's core>`` with the instruction-count plugin, as
+    :func:`.kernel_choice._measure` does for one layer. The shape of :func:`count_instructions`
+    (Cortex-M), so export_mcu's "cost" path fills report.json's ``layers[]`` alike -- every layer,
+    the hand-written ones (depthwise, stem) as well as those on a TensorIR kernel."""
+    b = board
+    workdir = Path(workdir)
+    exe = build_linux(pkg, b, workdir / "build-prof", extra_cflags=["-DQMODEL_PROFILE"])
+    run = workdir / "count"
+    run.mkdir(parents=True, exist_ok=True)
+    info = package_info(pkg)
+    write_inputs(run / "qin.bin", info, [sample])
+    funcs, pargs = profile_plugin_args(symbols(exe, nm=b.cc.replace("-gcc", "-nm")), run)
+    emulator = f"qemu-aarch64 -cpu {b.qemu_cpu or 'max'}"
+    r = run_tool([which("qemu-aarch64"), "-cpu", b.qemu_cpu or "max", "-plugin", pargs, exe, "qin.bin", "qout.bin"],
+                 cwd=run, timeout=QEMU_TIMEOUT, what="qemu-aarch64 (instruction count)")
+    if r.returncode != 0:
+        raise GeneratedCodeError(f"{b.name} profiling run failed under {emulator} (exit {r.returncode}):\n"
+                                 f"{r.stderr[-3000:]}")
+    return dict(board=b.name, emulator=emulator, **profile_counts(run / "counts.txt", info, funcs))
+
+
 # ----------------------------------------------------------------------------------------------
 # one call: verify a package on a board
 # ----------------------------------------------------------------------------------------------
 
 def run_package(pkg, board, samples, workdir=None, count: bool = False, sanitize: bool = True) -> dict:
-    """Run ``samples`` through the package on ``board`` ("host"/"x86-host" or a Cortex-M board).
+    """Run ``samples`` through the package on ``board`` ("host"/"x86-host", an aarch64 Linux board or
+    a Cortex-M board).
 
-    Returns ``{"outputs": [[array, ...], ...], "memory": {...}, "cost": {...} (count=True)}``.
+    Returns ``{"outputs": [[array, ...], ...], "memory": {...} (Cortex-M), "cost": {...} (count=True,
+    Cortex-M and aarch64)}``.
     Without ``workdir`` the builds go to a temporary directory that is removed afterwards.
     """
     if workdir is None:
@@ -119,7 +146,10 @@ def run_package(pkg, board, samples, workdir=None, count: bool = False, sanitize
     b = board
     if b.os == "linux" and b.cc.startswith("aarch64"):
         exe = build_linux(pkg, b, workdir / "build")
-        return {"outputs": run_linux(exe, pkg, b, samples, workdir / "run"), "board": b.name, "emulator": "qemu-aarch64"}
+        res = {"outputs": run_linux(exe, pkg, b, samples, workdir / "run"), "board": b.name, "emulator": "qemu-aarch64"}
+        if count:
+            res["cost"] = count_linux(pkg, b, samples[0], workdir)
+        return res
     build = build_mcu(pkg, board, workdir / "build")
     run = run_qemu(build, samples, workdir / "run")
     info = package_info(pkg)

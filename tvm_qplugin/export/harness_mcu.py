@@ -153,9 +153,9 @@ def _footprint(sec: dict, layout: dict) -> dict:
             "ext_flash_limit": layout.get("ext_flash")}
 
 
-def symbols(elf) -> list[tuple[str, int, int, str]]:
-    """(name, address, size, type) of sized symbols (arm-none-eabi-nm -S)."""
-    r = run_tool([which("arm-none-eabi-nm"), "-S", "--defined-only", elf], what="arm-none-eabi-nm")
+def symbols(elf, nm: str = "arm-none-eabi-nm") -> list[tuple[str, int, int, str]]:
+    """(name, address, size, type) of sized symbols (``nm -S``; aarch64 builds pass their binutils' nm)."""
+    r = run_tool([which(nm), "-S", "--defined-only", elf], what=nm)
     out = []
     for line in r.stdout.splitlines():
         p = line.split()
@@ -222,17 +222,30 @@ def count_instructions(build: McuBuild, sample, workdir=None, timeout: int = QEM
     workdir = Path(workdir or tempfile.mkdtemp(prefix="qmodel-count-"))
     workdir.mkdir(parents=True, exist_ok=True)
     write_inputs(workdir / "qin.bin", info, [sample])
-    syms = symbols(build.elf)
+    funcs, pargs = profile_plugin_args(symbols(build.elf), workdir)
+    r = run_tool(_qemu_cmd(build, pargs), cwd=workdir, timeout=timeout, what="qemu (instruction count)")
+    if r.returncode != 0:
+        raise GeneratedCodeError(f"profiling run failed under qemu (exit {r.returncode}):\n{(r.stdout + r.stderr)[-3000:]}")
+    return dict(board=build.board.name, emulator=build.emulator.qemu_machine,
+                **profile_counts(workdir / "counts.txt", info, funcs))
+
+
+def profile_plugin_args(syms, workdir: Path) -> tuple[list, str]:
+    """``([(qk_* name, lo, size)], -plugin argument)`` for a profiling build's symbols
+    (:func:`symbols`): the plugin records the total at every ``qmodel_profile_mark`` and counts the
+    instructions inside each ``qk_*`` function; it writes ``workdir/counts.txt``."""
     mark = next((a for n, a, s, t in syms if n == "qmodel_profile_mark"), None)
     if mark is None:
         raise GeneratedCodeError("qmodel_profile_mark not found in the profiling build")
     funcs = sorted({(n, a & ~1, s) for n, a, s, t in syms if t in "tT" and n.startswith("qk_") and s > 0})
     (workdir / "ranges.txt").write_text("".join(f"{a:#x} {a + s:#x}\n" for _, a, s in funcs))
-    out = workdir / "counts.txt"
-    pargs = f"file={plugin_path()},mark={mark & ~1:#x},ranges={workdir / 'ranges.txt'},out={out}"
-    r = run_tool(_qemu_cmd(build, pargs), cwd=workdir, timeout=timeout, what="qemu (instruction count)")
-    if r.returncode != 0:
-        raise GeneratedCodeError(f"profiling run failed under qemu (exit {r.returncode}):\n{(r.stdout + r.stderr)[-3000:]}")
+    return funcs, (f"file={plugin_path()},mark={mark & ~1:#x},ranges={workdir / 'ranges.txt'},"
+                   f"out={workdir / 'counts.txt'}")
+
+
+def profile_counts(out: Path, info: dict, funcs: list) -> dict:
+    """The plugin's counts file of one profiled inference -> instructions per inference, per step
+    (between consecutive marks), per layer (steps with MACs) and per ``qk_*`` function."""
     marks, ranges, total = [], {}, 0
     for line in out.read_text().splitlines():
         p = line.split()
@@ -254,7 +267,7 @@ def count_instructions(build: McuBuild, sample, workdir=None, timeout: int = QEM
         steps.append(d)
     macs = sum(s["macs"] for s in steps)
     per_inf = marks[-1] - marks[0]
-    return {"board": build.board.name, "emulator": build.emulator.qemu_machine, "instructions_per_inference": per_inf,
+    return {"instructions_per_inference": per_inf,
             "macs": macs, "instructions_per_mac": round(per_inf / macs, 4) if macs else None,
             "program_instructions": total, "steps": steps,
             "layers": [s for s in steps if s["macs"]],

@@ -31,6 +31,7 @@ from .tir_kernels import (
     shift_range,
     symbol_address,
 )
+from .tir_kernels_dw import DW_SCHEDULES, is_depthwise3x3
 
 TIR_INPUTS = ("uint8", "int8")
 HANDWRITTEN = "handwritten-c"
@@ -46,8 +47,15 @@ def _pointwise(s) -> bool:
 
 def tir_candidates(g) -> list:
     """The steps of a package graph a TIR kernel can take: dense layers and pointwise convolutions
-    on 8-bit inputs."""
+    on 8-bit inputs (the tuner's and Cortex-M's too; aarch64 also measures :func:`dw_candidates`)."""
     return [s for s in g.steps if (s.op == "dense_requant" or _pointwise(s)) and s.args[0].dtype in TIR_INPUTS
+            and all(a.val.kind == "const" for a in s.args[1:])]
+
+
+def dw_candidates(g) -> list:
+    """The depthwise 3x3 steps on 8-bit inputs: on aarch64 boards, tir_kernels_dw.py's kernel is
+    measured beside the hand-written ``qk_dw3x3``."""
+    return [s for s in g.steps if is_depthwise3x3(s) and s.args[0].dtype in TIR_INPUTS
             and all(a.val.kind == "const" for a in s.args[1:])]
 
 
@@ -55,7 +63,10 @@ def schedules_for(s, board) -> tuple:
     """The TIR schedules measured for step ``s`` on ``board``: the sdot kernel only where the core has
     the dot-product extension (elsewhere its object would SIGILL) and 4 | n, 4 | k; the smmla kernel
     only where it has the int8 matrix multiply (i8mm) and 2 | n; the smlal kernel where its lanes
-    (pixels of a pointwise conv, or output channels) come in fours."""
+    (pixels of a pointwise conv, or output channels) come in fours. A depthwise 3x3 conv has its own
+    kernel (tir_kernels_dw.py)."""
+    if is_depthwise3x3(s):   # the split layout only where there is a stride to split
+        return DW_SCHEDULES if tuple(s.params["strides"]) == (2, 2) else DW_SCHEDULES[:1]
     w = s.args[1].shape
     n, k = int(w[0]), int(np.prod(w[1:]))
     sdot_ok = "dotprod" in board.features and n % 4 == 0 and k % 4 == 0
@@ -146,7 +157,7 @@ def choose_kernels(imod, board, workdir=None, ram_budget=None) -> tuple[dict, di
     g = build_graph(integer_module_of(imod))
     kernels, choices = {}, {}
     seen: dict[tuple, int] = {}
-    for s in tir_candidates(g):
+    for s in sorted(tir_candidates(g) + dw_candidates(g), key=lambda s: s.index):
         key = _shape_key(s)
         if key in seen:  # same code and shapes as a layer measured already: the same counts
             first = choices[seen[key]]
@@ -160,8 +171,8 @@ def choose_kernels(imod, board, workdir=None, ram_budget=None) -> tuple[dict, di
         want = ReferenceInterpreter(mod).run("main", sample)
         want = want[0] if isinstance(want, (list, tuple)) else want
         cands = {HANDWRITTEN: None, **{f"tensorir-{sc}": {0: sc} for sc in schedules_for(s, board)}}
-        try:   # a record of `tune --target <board>` (tuning/tune_qemu.py)
-            tuned = tuned_kernel(step_spec(s), board)
+        try:   # a record of `tune --target <board>` (tuning/tune_qemu.py; none for depthwise)
+            tuned = None if is_depthwise3x3(s) else tuned_kernel(step_spec(s), board)
         except UnsupportedOpError:   # no TIR kernel for this step's dtypes: its TIR candidates are dropped below
             tuned = None
         if tuned is not None:

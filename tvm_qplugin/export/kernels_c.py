@@ -143,7 +143,7 @@ class KernelCalls(CEmitter, CoverageKernelCalls, Int4KernelCalls, TransformerKer
                       mult=wk["mult"], shift=wk["shift"], wcorr=wk["wcorr"])
         self._gemm_call(s, "conv2d", "qk_conv_t", fields, x)
         if s.index in self.tir_choice:  # a TensorIR kernel measured faster on this board (kernel_choice.py)
-            self.tir_dense_call(s, p, wk)
+            (self.tir_dw_call if depthwise else self.tir_dense_call)(s, p, wk)
 
     def op_dense_requant(self, s: Step, p: dict) -> None:
         x, w, bias, mult, shift = s.args

@@ -22,7 +22,8 @@ static pool and serially: no TVM runtime on the board.
 Schedules (the candidates :mod:`.kernel_choice` measures; see :func:`_schedule`): ``default``,
 ``tiled``, ``tiled2x4``, ``tiled4x4``; and ``sdot4x4`` on boards with the dot-product extension, a
 kernel of its own (:mod:`.tir_kernels_sdot`: channels in the ``sdot`` lanes, weights prepacked, the
-requantization on 4 outputs at once).
+requantization on 4 outputs at once). A depthwise 3x3 conv has its own kernel, ``dw3x3``
+(:mod:`.tir_kernels_dw`: a :class:`~.tir_kernels_dw.DwSpec`, built and called through the same shim).
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from ..errors import UnsupportedOpError
 from .c_graph import dt_info
 from .tir_kernels_cortexm import CORTEXM_SCHEDULES, cortexm_applies, cortexm_module
 from .tir_kernels_cortexm import workspace_bytes as cortexm_workspace_bytes
+from .tir_kernels_dw import DwSpec, dw_module, dw_spec, dw_workspace_bytes
 from .tir_kernels_i8mm import (
     I8MM_SCHEDULES,
     i8mm_applies,
@@ -204,6 +206,8 @@ def build_object(specs: list[DenseSpec], board, path: Path) -> list[Path]:
     for sp in specs:
         if isinstance(sp.schedule, TunedKernel):
             mod = sp.schedule.mod
+        elif isinstance(sp, DwSpec):   # a depthwise 3x3 conv (tir_kernels_dw.py)
+            mod = dw_module(sp)
         elif sp.schedule in CORTEXM_SCHEDULES:
             if not cortexm_applies(sp.schedule, board):
                 raise UnsupportedOpError(f"TIR kernel {sp.name}: {sp.schedule} needs a Cortex-M core with "
@@ -344,14 +348,16 @@ def shim_sources(specs: list[DenseSpec]) -> tuple[str, str]:
     # (a tuned schedule may keep all of x packed and every accumulator: the workload's two buffers)
     # (smlad / mve: one tile's rows of x packed, tir_kernels_cortexm.workspace_bytes)
     # (smmla: all of x packed, dense too, tir_kernels_i8mm.workspace_bytes)
-    pool = 1024 + max((sp.m * sp.kp + 4 * sp.m * sp.n if isinstance(sp.schedule, TunedKernel)
+    # (dw3x3: one channel's padded int16 block and a row of sums, tir_kernels_dw.dw_workspace_bytes)
+    gemms = [sp for sp in specs if not isinstance(sp, DwSpec)]
+    pool = 1024 + max([sp.m * sp.kp + 4 * sp.m * sp.n if isinstance(sp.schedule, TunedKernel)
                        else cortexm_workspace_bytes(sp) if sp.schedule in CORTEXM_SCHEDULES
                        else i8mm_workspace_bytes(sp) if sp.schedule in I8MM_SCHEDULES
                        else neon_workspace_bytes(sp) if sp.schedule in NEON_SCHEDULES
                        else workspace_bytes(sp) if sp.schedule in DOTPROD_SCHEDULES else 4 * sp.kp
-                       for sp in specs if sp.nchw or isinstance(sp.schedule, TunedKernel)
-                       or sp.schedule in CORTEXM_SCHEDULES or sp.schedule in I8MM_SCHEDULES + NEON_SCHEDULES),
-                      default=0)
+                       for sp in gemms if sp.nchw or isinstance(sp.schedule, TunedKernel)
+                       or sp.schedule in CORTEXM_SCHEDULES or sp.schedule in I8MM_SCHEDULES + NEON_SCHEDULES]
+                      + [dw_workspace_bytes(sp) for sp in specs if isinstance(sp, DwSpec)], default=0)
     body = [_SHIM_HEAD.replace("@POOL@", str((pool + 63) // 64 * 64))]
     for sp in specs:
         body.append(f"\nint32_t __tvm_ffi_{sp.name}(void *self, void *args, int32_t n, void *result);\n"
@@ -412,6 +418,17 @@ class TirKernelCalls:
     weight arrays; elsewhere (the host's sanitizer build) the hand-written call stays."""
 
     tir_choice: dict = {}
+
+    def tir_dw_call(self, s, p: dict, wk: dict) -> None:
+        """A depthwise 3x3 step's call of its TIR kernel (tir_kernels_dw.py) on the hand-written
+        kernel's own arrays (9 taps per row padded to ``kp``)."""
+        sp = dw_spec(s, self.tir_choice[s.index], kp=wk["kp"])
+        self.tir_specs.append(sp)
+        hand = self.calls.pop()
+        self.calls += ["#if QM_TIR", f"  (void)qm_p{s.index};  /* the hand-written call's parameters */",
+                       (f"  {sp.name}({self.ptr(s.args[0], True)}, {wk['wt']}, {wk['bias']}, {wk['mult']}, "
+                        f"{wk['shift']}, {self.ptr(s.out)});"), "#else", hand, "#endif"]
+        s.c_func = sp.name
 
     def tir_dense_call(self, s, p: dict, wk: dict) -> None:
         x, w, bias = s.args[:3]
