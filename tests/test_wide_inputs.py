@@ -162,3 +162,14 @@ def test_bad_policy_through_cli_exits_2(model, tmp_path, calib):
     r = run_cli("compile", model, "--calib", tmp_path / "calib.npz", "--wide-inputs", "12", "-o", tmp_path / "out")
     assert_user_error(r, "--wide-inputs", "'12'", "auto")
     assert not (tmp_path / "out").exists()
+
+
+def test_narrowed_consumers_on_the_avx2_target(model, calib):
+    """The same policy built for an AVX2 fleet (``--isa avx2``): bit-exact, and the narrowed
+    consumers run the byte dot product (``vpmaddubsw``) like any 8-bit input."""
+    art = tq.compile(model, calib=calib, wide_inputs="8", isa="avx2", timing_runs=2)
+    assert art.report["bit_exact"] is True and not art.report["bit_exact_kernels"]["mismatched"]
+    stem_why = layer(art, "conv_a")["kernel"]["why"]
+    assert "vpdpbusd" not in stem_why, stem_why
+    for node in (CONSUMER_OF_OUTLIER, CONSUMER_OF_PLAIN):
+        assert layer(art, node)["input_bits"] == 8 and layer(art, node)["kernel"]["why"] == stem_why
