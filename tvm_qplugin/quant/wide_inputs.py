@@ -3,7 +3,7 @@
 The residual stream is int16 (docs/architecture.md "Residual stream at int16"): the linear
 bottlenecks and residual sums keep 16 bits for the adds and the skip path. A conv that reads such
 a tensor then multiplies words (``vpdpwssd``: half ``vpdpbusd``'s rate, twice the bytes); on
-MobileNetV2 those 11 expansion convs take about a third of the conv time. Reading the stream at
+MobileNetV2 its 17 expansion convs take about a third of the conv time. Reading the stream at
 8 bits is a per-consumer choice -- a requantize in front of that one kernel, the stream itself
 stays int16 -- and it costs precision, so ``auto`` measures it instead of guessing:
 
