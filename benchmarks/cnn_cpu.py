@@ -12,7 +12,14 @@ one JSON object: per engine the median over all calls, and per peer the median o
 per-round ratio ``peer / ours`` (> 1: ours faster) -- machine noise on this shared box falls on
 every engine of a round alike. ``uptime``'s load average is recorded before and after.
 Run: `.venv/bin/python benchmarks/cnn_cpu.py [--batch 1] [--rounds 5] [--runs 20] [--tvm-fp32]
-[--untensorized] [--depthwise-one-row] [--avx2-vpmaddwd] [--save-module FILE]`.
+[--untensorized] [--depthwise-one-row] [--avx2-vpmaddwd] [--wide-inputs 16,auto,8] [--save-module FILE]`.
+
+``--wide-inputs P1,P2,...`` (no AVX2 builds then) compiles the model once per width policy (quant/wide_inputs.py; the
+first is the artifact the other engines are compared with, the others are timed as
+``tvm_qplugin_int8_wide_P``) with all 256 evaluation crops as ``eval``, and records each build's
+top-1 agreement with fp32 (``agreement``; ONNX Runtime int8's on the same crops next to it) and its
+per-tensor kernel times and accuracy effects (``wide_inputs``); the engines are also timed call
+by call in turn (``interleaved_median_ms``), which a loaded machine disturbs less than blocks.
 
 ``--depthwise-one-row`` adds the same integer module built with one output row per depthwise
 tile (``x86_depthwise.ROW_TILES = (1,)``: the depthwise schedule before stop 21's row tiles), for
@@ -26,6 +33,7 @@ import json
 import os
 import sys
 
+import numpy as np
 import onnxruntime as ort
 import tvm
 from tvm import relax
@@ -37,6 +45,7 @@ from isa_variants import (
     AVX2_TARGET,
     assert_same_outputs,
     build_variants,
+    interleaved_median_ms,
     rounds_of_blocks,
     vpmaddwd_only,
 )
@@ -72,6 +81,8 @@ def main() -> None:
                     help="also time the AVX2 build with every 8-bit conv/dense on vpmaddwd (before vpmaddubsw)")
     ap.add_argument("--depthwise-one-row", action="store_true",
                     help="also time the builds with one output row per depthwise tile (before stop 21)")
+    ap.add_argument("--wide-inputs", default="16", help="width policies to compile, comma-separated: the first is "
+                    "the reference build, e.g. 16,auto,8")
     args = ap.parse_args()
     # TVM reads it when its thread pool starts, at the first parallel kernel (none has run yet)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
@@ -83,11 +94,19 @@ def main() -> None:
                  "cpu_threads": args.threads, "target": str(target.attrs.get("mcpu", "")),
                  "load_before": os.getloadavg()}
 
-    art = tq.compile(path, target="x86-host", calib={"input": calib}, eval={"input": evaluation[: max(16, args.batch)]})
+    policies = args.wide_inputs.split(",")
+    sweep = len(policies) > 1
+    arts = {p: tq.compile(path, target="x86-host", calib={"input": calib}, wide_inputs=p,
+                          eval={"input": evaluation if sweep else evaluation[: max(16, args.batch)]}) for p in policies}
+    art = arts[policies[0]]
+    if sweep:
+        res["agreement"] = {f"wide_{p}": a.report["accuracy"] for p, a in arts.items()}
+        res["wide_inputs"] = {p: a.report["wide_inputs"] for p, a in arts.items()}
+        res["compile_latency_ms"] = {p: a.report["latency_ms"]["median"] for p, a in arts.items()}
     res["bit_exact"] = bool(art.report["bit_exact"])
     res["tuning_db"] = {key: art.report["tuning"].get(key) for key in ("db", "db_source", "isa", "tasks_tuned")}
     q = tvm.runtime.tensor(art.inputs[0].qtype.quantize(x))
-    targets = {"native": target, "avx2": AVX2_TARGET}
+    targets = {} if sweep else {"native": target, "avx2": AVX2_TARGET}  # a sweep times the policies' own builds
     variants = build_variants(art.integer_mod, targets, args.untensorized)
     if args.depthwise_one_row:
         variants.update(_one_row_variants(art.integer_mod, targets))
@@ -101,6 +120,9 @@ def main() -> None:
     calls["tvm_qplugin_int8"] = lambda: art.vm["core"](q)  # the compiled artifact itself (shipped database)
     xt = tvm.runtime.tensor(x)
     calls["tvm_qplugin_int8_float_io"] = lambda: art.vm["main"](xt)
+    for p, other in list(arts.items())[1:]:
+        qp = tvm.runtime.tensor(other.inputs[0].qtype.quantize(x))
+        calls[f"tvm_qplugin_int8_wide_{p}"] = lambda vm=other.vm, qp=qp: vm["core"](qp)
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = args.threads
@@ -110,6 +132,13 @@ def main() -> None:
         feeds = [{"input": calib[i : i + args.batch]} for i in range(0, max(16, args.batch), args.batch)]  # 16 images
         qsess = onnxruntime_static_int8(path, feeds, "QUInt8", so)
         calls["onnxruntime_int8_qdq"] = lambda: qsess.run(None, {"input": x})
+        if sweep:  # the peer's agreement with fp32 on the same 256 crops
+            from tvm_qplugin.metrics import classification_agreement
+
+            one = [evaluation[i : i + args.batch] for i in range(0, len(evaluation) - args.batch + 1, args.batch)]
+            f32 = np.concatenate([sess.run(None, {"input": b})[0] for b in one])
+            i8 = np.concatenate([qsess.run(None, {"input": b})[0] for b in one])
+            res["agreement"]["onnxruntime_int8_qdq"] = classification_agreement(f32, i8)
     except Exception as e:  # noqa: BLE001 - the peer is optional; say why it is missing
         res["onnxruntime_int8_error"] = f"{type(e).__name__}: {e}"
     if args.tvm_fp32:
@@ -117,6 +146,11 @@ def main() -> None:
         calls["tvm_fp32"] = lambda: fp32["main"](xt)
     res["median_ms"], ratios = rounds_of_blocks(calls, args.rounds, args.runs, reference="tvm_qplugin_int8")
     res["peer_over_ours"] = {k: round(v, 3) for k, v in ratios.items()}
+    if sweep:  # call by call as well: on a loaded machine the blocks of a round see different loads
+        alternating = interleaved_median_ms(calls, args.rounds * args.runs)
+        res["interleaved_median_ms"] = {k: round(v, 3) for k, v in alternating.items()}
+        res["interleaved_peer_over_ours"] = {k: round(v / alternating["tvm_qplugin_int8"], 3)
+                                             for k, v in alternating.items() if k != "tvm_qplugin_int8"}
     res["load_after"] = os.getloadavg()
     res["note"] = ("peer_over_ours: median over rounds of (peer median / tvm_qplugin_int8 median) in the round; "
                    "> 1 means ours is faster. _avx2: the same integer module built for znver3 (AVX2).")

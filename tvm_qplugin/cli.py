@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fix an input at compile time (a mode or sample-rate input the model branches on)")
     c.add_argument("--input-bits", type=int, default=8, choices=(8, 16),
                    help="width of the quantized model inputs: 16 for audio / sensor streams and recurrent states")
+    c.add_argument("--wide-inputs", default="16", metavar="16|8|auto", help="width at which a conv / dense reads "
+                   "the int16 residual stream: 16 (default: vpdpwssd), 8 (a requantize in front of each such layer: "
+                   "vpdpbusd, less precise), auto (8 where measured harmless on the calibration data)")
     c.add_argument("--int-io", action="store_true", help="integer inputs/outputs (no entry/exit float ops)")
     c.add_argument("--allow-float", default="", metavar="OP,...", help="accept float findings "
                    "of these ops (qplugin op or relax.* names): reported, integer_only becomes false")
@@ -151,7 +154,7 @@ def cmd_compile(a) -> int:
                         attention=a.attention, shift_linears=a.shift_linears, primitives=tuple(a.primitive),
                         int_io=a.int_io, gelu=a.gelu, softmax_bits=a.softmax_bits,
                         allow_float=allow_float, calib_limit=a.calib_limit, tuning_db=a.tuning_db, isa=a.isa,
-                        input_values=tuple(a.input_value) or None, input_bits=a.input_bits,
+                        input_values=tuple(a.input_value) or None, input_bits=a.input_bits, wide_inputs=a.wide_inputs,
                         budget=a.budget, show_progress=not a.no_progress and sys.stderr.isatty())
     if distilled is not None:
         from .report import record_distilled_calibration

@@ -22,10 +22,12 @@ from .passes.functions import integer_function
 from .passes.integerize import INPUT_BITS, IntegerizeConfig, integerize
 from .passes.shiftadd import annotate_report, plan_for
 from .passes.verify import check_lowered_kernels, kernel_origins, verify_integer_only
+from .peak import operand_bits
 from .progress import progress
 from .quant.scheme import NonlinearScheme
 from .quant.observers import DEFAULT_OBSERVER, OBSERVERS
 from .quant.int4_inputs import int4_input_moments
+from .quant.wide_inputs import WidePlan, auto_plan, consumers_of, fixed_plan, parse_wide_inputs
 from .quant.precision import WeightedLayer, check_plan, load_layer_bits, uniform_plan, weighted_layers
 from .budget import Budget
 from .build import build
@@ -70,6 +72,7 @@ class CompileOptions:
     layer_bits: dict | str | None = None          # --layer-bits FILE.json / {onnx_node: (w_bits, a_bits)}
     shift_linears: str | None = None              # --shift-linears off|rule|all (passes/shiftadd.py)
     primitives: tuple | dict = ()                 # --primitive LAYER=int8|shift: per-layer overrides
+    wide_inputs: str | int = "16"                 # --wide-inputs 16|8|auto: what convs read of int16 (quant/wide_inputs.py)
 
     def __post_init__(self):
         if not isinstance(self.budget, Budget):
@@ -91,6 +94,7 @@ class CompileOptions:
             raise QPluginError(f"--attention {self.attention!r} is not available in this version; choose one of "
                                f"{', '.join(ATTENTIONS)}")
         self.shiftadd  # noqa: B018 - validates --shift-linears / --primitive
+        object.__setattr__(self, "wide_inputs", parse_wide_inputs(self.wide_inputs))
 
     @property
     def scheme(self) -> NonlinearScheme:
@@ -122,6 +126,7 @@ class IntegerFront:
     imod: object              # passes.integerize.IntegerModule
     layers: list[WeightedLayer]   # conv / dense layers with their ONNX node names (quant/precision.py)
     layer_bits: dict          # {onnx node: (w_bits, a_bits)}: resolve_layer_bits's plan
+    wide_plan: WidePlan | None = None  # what each int16 input's consumer reads (--wide-inputs)
 
 
 def integer_front(model, opts: CompileOptions, tvm_target: tvm.target.Target, calib, input_shapes=None,
@@ -144,14 +149,15 @@ def integer_front(model, opts: CompileOptions, tvm_target: tvm.target.Target, ca
     runner = FloatRunner(float_mod, tvm_target)
     ranges = calibrate(runner, calib_ds, opts.observer, opts.calib_limit, opts.show_progress)
 
-    def integerize_with(plan):
+    def integerize_with(plan, narrowed=()):
         ranges.input_moments = int4_input_moments(  # the int4 layers' rounding (quant/int4.py)
             runner, calib_ds, float_mod["main"], {layer.var_name for layer in layers if plan[layer.onnx_node][0] == 4},
             opts.calib_limit, ranges.input_moments)
         try:
             return integerize(float_mod, ranges, IntegerizeConfig(
                 int_io=opts.int_io, scheme=opts.scheme, input_bits=opts.input_bits, shiftadd=opts.shiftadd,
-                layer_bits=tuple((layer.var_name, *plan[layer.onnx_node]) for layer in layers)))
+                layer_bits=tuple((layer.var_name, *plan[layer.onnx_node]) for layer in layers),
+                wide_input_bits=8 if opts.wide_inputs == "8" else 16, narrowed_inputs=tuple(narrowed)))
         except UnsupportedOpError as e:
             raise name_onnx_nodes(e, imported.onnx_model) from None
 
@@ -161,7 +167,15 @@ def integer_front(model, opts: CompileOptions, tvm_target: tvm.target.Target, ca
         plan = resolve_layer_bits("mixed", layers, names_matched,
                                   mixed_precision_plan(model, calib_ds, opts.budget, held))
         imod = integerize_with(plan)
-    return IntegerFront(imported, float_mod, runner, calib_ds, eval_ds, imod, layers, plan)
+    consumers = consumers_of(imod, layers)
+    if opts.wide_inputs == "auto":  # measured on the calibration data, then integerized once more
+        wide_plan = auto_plan(imported.onnx_model if imported.onnx_model is not None else model, calib_ds.arrays,
+                              consumers)
+        if wide_plan.narrowed:
+            imod = integerize_with(plan, wide_plan.narrowed)
+    else:
+        wide_plan = fixed_plan(consumers, int(opts.wide_inputs))
+    return IntegerFront(imported, float_mod, runner, calib_ds, eval_ds, imod, layers, plan, wide_plan)
 
 
 #: activation widths the integer conv / dense kernels take in a mixed plan (quant/precision.py also
@@ -276,6 +290,8 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
     annotate_report(art.report, imod, iv)
     if not c_route and not cuda_route:
         add_kernel_times(art, imod, runs=3)
+    report.record_wide_inputs(art.report, imod.layers, front.wide_plan, opts.wide_inputs,
+                              operand_bits(imod.mod, core))
     if c_route:
         export_for_mcu(art, board, eval_ds, opts)
     if cuda_route:
@@ -317,7 +333,7 @@ def export_for_mcu(art: Artifact, board, ds: Dataset, opts: CompileOptions) -> N
 
 def add_kernel_times(art: Artifact, imod, runs: int) -> None:
     """``layers[].latency_us`` (each conv/dense call) and ``kernels`` (time per integer op kind)."""
-    from .peak import layer_peak_gmacs, operand_bits
+    from .peak import layer_peak_gmacs
     from .profile import binding_times, by_op, instrumented_runs, kernel_times
 
     calls = instrumented_runs(art, runs)

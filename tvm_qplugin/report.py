@@ -130,6 +130,24 @@ def record_kernel_times(r: dict, layer_us: list, kernels: list, layer_peaks: lis
     r["kernels"] = kernels
 
 
+def record_wide_inputs(r: dict, layers: list, plan, policy: str, read_bits: dict) -> None:
+    """``layers[].input_bits`` (the width the layer's kernel reads, from its operand's dtype:
+    ``read_bits``, peak.operand_bits) and ``layers[].width`` (why: the policy's reason for a layer
+    whose input is int16, else None), and ``wide_inputs``: the policy, its measurement
+    (quant/wide_inputs.py) and per int16 tensor consumer the accuracy effect of 8 bits and the
+    kernel time at the width compiled (``latency_us``; the other width's time is another compile's)."""
+    by_layer = {c.var_name: c for c in plan.consumers} if plan is not None else {}
+    tensors = []
+    for layer, info in zip(r["layers"], layers):
+        c = by_layer.get(info.name)
+        layer["input_bits"] = read_bits.get(info.var)
+        layer["width"] = None if c is None else c.reason
+        if c is not None:
+            tensors.append({**c.to_json(), "bits": layer["input_bits"], "latency_us": layer.get("latency_us")})
+    r["wide_inputs"] = {"policy": policy, **(plan.to_json() if plan is not None else {}), "tensors": tensors,
+                        "narrowed": sum(t["bits"] != 16 for t in tensors)}
+
+
 def record_tuning(r: dict, section: dict, kernels: list[dict]) -> None:
     """``tuning`` and ``layers[].kernel`` (which schedule each layer's kernel got, and why), from
     tuning/apply.py; ``kernels`` is empty for C-package targets (their kernels are C)."""

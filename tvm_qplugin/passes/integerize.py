@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 
 INPUT_BITS = (8, 16)
+WIDE_INPUT_BITS = (8, 16)  # what a conv / dense may read of an int16 (residual stream) input
 
 
 @dataclass(frozen=True)
@@ -54,12 +55,19 @@ class IntegerizeConfig:
     # layers not listed get (weight_bits, activation_bits)
     layer_bits: tuple[tuple[str, int, int], ...] = ()
     shiftadd: object = None      # passes/shiftadd.ShiftAddPlan: shift linears / add attention, None = all int8
+    # what a conv / dense reads of an int16 input (the residual stream stays int16 either way):
+    # 16 keeps it (vpdpwssd), 8 requantizes that consumer's input (vpdpbusd); ``narrowed_inputs``
+    # names the float bindings read at 8 bits whatever ``wide_input_bits`` says (quant/wide_inputs.py)
+    wide_input_bits: int = 16
+    narrowed_inputs: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.weight_bits != 8 or self.activation_bits != 8:
             raise ValueError("only the int8 scheme is implemented (weight_bits=8, activation_bits=8)")
         if self.input_bits not in INPUT_BITS:
             raise ValueError(f"input_bits {self.input_bits}: choose one of {INPUT_BITS}")
+        if self.wide_input_bits not in WIDE_INPUT_BITS:
+            raise ValueError(f"wide_input_bits {self.wide_input_bits}: choose one of {WIDE_INPUT_BITS}")
 
     def bits_of(self, layer: str) -> tuple[int, int]:
         """``(w_bits, a_bits)`` of the conv / dense binding named ``layer``."""
@@ -121,6 +129,18 @@ class IntegerizeContext:
         if reduction * max(abs(x.qtype.qmin), x.qtype.qmax) * abs_max("int8") < 2**31:  # int8 weights
             return x
         return self.narrow(x)
+
+    def read_width(self, x: QValue, layer: str) -> tuple[QValue, QValue | None]:
+        """What the conv / dense binding ``layer`` reads of its input ``x``, and the wide value it
+        was narrowed from (None when read as is). Only an int16 input (the residual stream) can be
+        narrowed: the stream itself keeps its 16 bits for the adds and the skip path; this one
+        consumer gets its own 8-bit requantization, so its kernel multiplies bytes (vpdpbusd) instead
+        of words (vpdpwssd) -- the precision / speed trade-off of docs/architecture.md."""
+        if x.qtype is None or x.qtype.dtype != "int16":
+            return x, None
+        if self.config.wide_input_bits == 8 or layer in self.config.narrowed_inputs:
+            return self.narrow(x), x
+        return x, x
 
     def narrow(self, x: QValue, signed: bool | None = None, bits: int = 8) -> QValue:
         """``x`` requantized to ``bits`` over its full current range (signedness kept or forced)."""

@@ -50,6 +50,10 @@ class LayerInfo:
     var: relax.Var | None = None   # the integer var the layer's kernel binds (for per-layer timing)
     primitive: str = "int8"        # "int8" | "shift" | "add-attention" (passes/shiftadd.py)
     weight_sqnr_db: float | None = None  # shift linears: power-of-two weights vs float
+    # an int16 (residual stream) input: its type, and whether this layer reads it at 16 or 8 bits
+    # (IntegerizeContext.read_width); None / None for an 8-bit input
+    wide_input: object = None      # quant.QType of the int16 input
+    wide_read_bits: int | None = None
 
 
 @dataclass

@@ -98,6 +98,7 @@ class QConv2D(IntegerRule):
         w = ctx.const(b.args[1])
         w_bits, a_bits = ctx.config.bits_of(b.name)
         x = ctx.narrow_for_accumulation(ctx.q(b.args[0]), int(np.prod(w.shape[1:])))
+        x, wide = ctx.read_width(x, b.name)
         x = narrow_input(ctx, x, a_bits)
         wq, w_scale = quantize_weight(w, 0, w_bits, getattr(ctx.ranges, "input_moments", {}).get(b.name))
         corr = bias_correction(ctx, b.args[0], w, wq, w_scale, int(b.attrs.groups)) if ctx.config.bias_correction else None
@@ -110,7 +111,8 @@ class QConv2D(IntegerRule):
                      groups=int(a.groups), qmin=qmin, qmax=qmax, out_dtype=out_qt.dtype, **w_params)
         o, cg, kh, kw = w.shape
         n, _, oh, ow = shape_of(b.var)
-        ctx.layers.append(LayerInfo(b.name, "conv2d", w_bits, a_bits, n * o * oh * ow * cg * kh * kw, var=y))
+        ctx.layers.append(LayerInfo(b.name, "conv2d", w_bits, a_bits, n * o * oh * ow * cg * kh * kw, var=y,
+                                    **_wide_facts(wide, x)))
         return _finish(ctx, b, ep, y, out_qt)
 
 
@@ -131,7 +133,8 @@ class QDense(IntegerRule):
     def rewrite(self, ctx, b):
         w = ctx.const(b.args[1]).T  # (N, K)
         w_bits, a_bits = ctx.config.bits_of(b.name)
-        x = narrow_input(ctx, ctx.q(b.args[0]), a_bits)
+        x, wide = ctx.read_width(ctx.q(b.args[0]), b.name)
+        x = narrow_input(ctx, x, a_bits)
         # a wide (int16) input keeps its precision: accumulate in int64 when int32 could overflow,
         # with the multiplier's mantissa cut so that acc * b stays inside int64
         acc_bits, mantissa = accumulator_for(w.shape[1] * max(abs(x.qtype.qmin), x.qtype.qmax) * abs_max("int8"))
@@ -143,8 +146,17 @@ class QDense(IntegerRule):
         y = ctx.emit(op, [x.expr, const(w_stored), const(bias), const(mult), const(shift)],
                      qmin=qmin, qmax=qmax, out_dtype=out_qt.dtype, **extra, **w_params)
         rows = int(np.prod(shape_of(b.var)[:-1]))
-        ctx.layers.append(LayerInfo(b.name, "dense", w_bits, a_bits, rows * w.shape[0] * w.shape[1], var=y))
+        ctx.layers.append(LayerInfo(b.name, "dense", w_bits, a_bits, rows * w.shape[0] * w.shape[1], var=y,
+                                    **_wide_facts(wide, x)))
         return _finish(ctx, b, ep, y, out_qt)
+
+
+def _wide_facts(wide: QValue | None, read: QValue) -> dict:
+    """LayerInfo's ``wide_input`` / ``wide_read_bits`` for a layer whose input was int16 (``wide``)
+    and that reads ``read``."""
+    if wide is None:
+        return {}
+    return {"wide_input": wide.qtype, "wide_read_bits": 16 if read.qtype.dtype == "int16" else 8}
 
 
 def _finish(ctx, b, ep, y, out_qt) -> QValue:
