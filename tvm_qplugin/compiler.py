@@ -236,7 +236,7 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
     tuning = resolve_tuning(opts.tuning_db, host, tvm_target, builds_tvm=not c_route)  # before the long steps
     t0 = time.perf_counter()
     front = integer_front(model, opts, tvm_target, calib, input_shapes, preprocess, eval=eval)
-    imported, float_mod, runner, imod = front.imported, front.float_mod, front.runner, front.imod
+    imported, runner, imod = front.imported, front.runner, front.imod
     eval_ds = front.eval_ds
     core = integer_function(opts.int_io)
     weights = weight_bytes(imod.mod[core])

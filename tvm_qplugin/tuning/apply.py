@@ -186,5 +186,5 @@ def shipped_db(folder: Path) -> TuningDB:
 
 
 @functools.lru_cache(maxsize=4)
-def _open_unchanged(folder: str, stamp: tuple) -> TuningDB:  # noqa: ARG001 - stamp: the cache key
+def _open_unchanged(folder: str, stamp: tuple) -> TuningDB:  # stamp: part of the cache key only
     return TuningDB.open(folder)
