@@ -233,9 +233,14 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
         raise QPluginError(f"--isa applies to targets built by TVM and run here (x86-host); {board.name} gets a C "
                            "package built by its own cross compiler: drop --isa")
     tvm_target = restrict_target(host.target(), opts.isa)
-    tuning = resolve_tuning(opts.tuning_db, host, tvm_target, builds_tvm=not c_route)  # before the long steps
+    # a --tuning-db is checked before the long steps (a wrong one fails fast); the shipped database
+    # is read only once the model has imported and calibrated (2-4 s a process that a bad model,
+    # bad data or a bad option never needs)
+    tuning = None if opts.tuning_db is None else resolve_tuning(opts.tuning_db, host, tvm_target, builds_tvm=not c_route)
     t0 = time.perf_counter()
     front = integer_front(model, opts, tvm_target, calib, input_shapes, preprocess, eval=eval)
+    if tuning is None:
+        tuning = resolve_tuning(None, host, tvm_target, builds_tvm=not c_route)
     imported, runner, imod = front.imported, front.runner, front.imod
     eval_ds = front.eval_ds
     core = integer_function(opts.int_io)
