@@ -61,12 +61,13 @@ class FloatRunner:
         self.vm = relax.VirtualMachine(tvm.compile(legalize_and_schedule(bb.get(), target), target=target), tvm.cpu())
         self.input_names = [p.name for p in params]
 
-    def run(self, batch: dict[str, np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """``(intermediates, outputs)`` for one batch."""
+    def run(self, batch: dict[str, np.ndarray], taps: bool = True) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """``(intermediates, outputs)`` for one batch; ``taps=False``: the outputs alone (the
+        intermediates list empty, none copied out: an evaluation reads only the outputs)."""
         args = [tvm.runtime.tensor(np.ascontiguousarray(batch[n])) for n in self.input_names]
         res = self.vm["main"](*args)
-        arrays = [res[i].numpy() for i in range(len(res))]
-        return arrays[: self.num_taps], arrays[self.num_taps :]
+        arrays = [res[i].numpy() for i in range(0 if taps else self.num_taps, len(res))]
+        return (arrays[: self.num_taps], arrays[self.num_taps :]) if taps else ([], arrays)
 
 
 def calibrate(runner: FloatRunner, data: Dataset, method: str = DEFAULT_OBSERVER, limit: int | None = None,

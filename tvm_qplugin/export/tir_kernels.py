@@ -387,10 +387,10 @@ def step_spec(s, schedule="default") -> DenseSpec:
         d, nchw = {"m": c["oh"] * c["ow"], "k": c["c"], "n": c["o"]}, True
     else:
         d, nchw = dense_dims(s), False
-    shifts = np.asarray(s.args[4].val.const)
+    shifts = shift_range(s.args[4].val.const)
     return DenseSpec(f"qk_tir_{'conv1x1' if nchw else 'dense'}_{s.index}", int(d["m"]), int(d["k"]),
                      (int(d["k"]) + 3) // 4 * 4, int(d["n"]), x.dtype, s.out.dtype, int(s.params["qmin"]),
-                     int(s.params["qmax"]), schedule, nchw, bool(shifts.min() >= 33), shift_range(shifts))
+                     int(s.params["qmax"]), schedule, nchw, shifts[0] >= 33, shifts)
 
 
 def flipped_bias(s) -> np.ndarray:

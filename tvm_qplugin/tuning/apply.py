@@ -16,6 +16,7 @@ through compile's whole-model bit-exact check against the NumPy reference.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,4 +173,19 @@ def resolve_tuning(tuning_db: str | Path | None, board, target: tvm.target.Targe
     shipped = shipped_db_dir(board.name, isa)
     if shipped is None:
         return AppliedTuning(None)
-    return AppliedTuning(TuningDB.open(shipped), "shipped")
+    return AppliedTuning(shipped_db(shipped), "shipped")
+
+
+def shipped_db(folder: Path) -> TuningDB:
+    """The shipped database in ``folder``, read once per process while its files stay unchanged.
+    Decoding its records (MetaSchedule traces, ~6 ms each, ~300 of them) takes 2-4 s: more than a
+    small model's whole compile, and paid again by every compile of a process (a test run, a
+    benchmark, a notebook). Sharing is safe: a compile only reads the database (lookups, verdicts),
+    and a tune that rewrites the folder changes the files' stamps, so the next compile reads it anew."""
+    stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(Path(folder).iterdir()) if p.is_file())
+    return _open_unchanged(str(folder), stamp)
+
+
+@functools.lru_cache(maxsize=4)
+def _open_unchanged(folder: str, stamp: tuple) -> TuningDB:  # stamp: part of the cache key only
+    return TuningDB.open(folder)
