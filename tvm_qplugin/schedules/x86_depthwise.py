@@ -11,6 +11,8 @@ and the epilogue is x86_requant's, checked per call by its ``_epilogue_exact``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from tvm import te, tirx
 from tvm.s_tir import TensorIntrin
@@ -39,6 +41,49 @@ def _load_elems(isa: DotIsa, dtype: str) -> int:
 
 # Output rows computed together (``_row_tile``), tried in this order: the first that divides the
 # plane's height into at least two tiles and whose accumulators fit the register budget is taken.
+@dataclass(frozen=True)
+class DepthwiseGeometry:
+    """What both depthwise rules (this one and x86_depthwise_lanes.py) read off a kernel before
+    choosing a layout: shapes, strides, padding, the activation offset and the dot instruction's
+    operand type, the output size and ``rbs`` groups of ``kp`` taps per kernel row."""
+
+    nb: int
+    c: int
+    h: int
+    w: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    pads: tuple[int, int, int, int]   # top, left, bottom, right
+    adt: str                          # the activations' dtype
+    off: int                          # +128 for s8 activations on vpdpbusd
+    pdt: str                          # the dot's activation operand: uint8 (kp 4) or int16
+    oh: int
+    ow: int
+    rbs: int
+
+    @staticmethod
+    def of(params, shapes, isa: DotIsa) -> DepthwiseGeometry | None:
+        """The geometry of a depthwise conv (groups = C = O, one filter per channel, no dilation),
+        None for any other conv."""
+        (xs, adt), (ws, _) = shapes[0], shapes[1]
+        nb, c, h, w = xs
+        o, cg, kh, kw = ws
+        if params["groups"] != c or o != c or cg != 1 or list(params["dilation"]) != [1, 1]:
+            return None
+        (sh, sw), (pt, pl, pb, pr) = params["strides"], params["padding"]
+        return DepthwiseGeometry(nb, c, h, w, kh, kw, sh, sw, (pt, pl, pb, pr), adt, _offset(isa, adt),
+                                 "uint8" if isa.kp == 4 else "int16", (h + pt + pb - kh) // sh + 1,
+                                 (w + pl + pr - kw) // sw + 1, _ceil_div(kw, isa.kp))
+
+    def taps_padded(self, wt: np.ndarray, kp: int) -> np.ndarray:
+        """``wt`` ``[C, KH, KW]`` with each kernel row zero-padded to ``rbs * kp`` taps (int64)."""
+        wp = np.zeros((self.c, self.kh, self.rbs * kp), np.int64)
+        wp[:, :, :self.kw] = wt
+        return wp
+
+
 ROW_TILES = (8, 7, 4, 2, 1)
 
 
@@ -89,25 +134,20 @@ class DepthwiseConv2DTensorized(TensorizedRule):
     op = "conv2d_requant"
 
     def pack_for(self, func, params, shapes, isa):
-        (xs, adt), (ws, _) = shapes[0], shapes[1]
-        nb, c, h, w = xs
-        o, cg, kh, kw = ws
-        if params["groups"] != c or o != c or cg != 1 or list(params["dilation"]) != [1, 1]:
+        geo = DepthwiseGeometry.of(params, shapes, isa)
+        if geo is None:
             return None
-        off = _offset(isa, adt)
-        (sh, sw), (pt, pl, pb, pr) = params["strides"], params["padding"]
+        xs, nb, c, h, w, kh, kw = shapes[0][0], geo.nb, geo.c, geo.h, geo.w, geo.kh, geo.kw
+        (sh, sw), (pt, pl, _, _), adt, off, pdt = (geo.sh, geo.sw), geo.pads, geo.adt, geo.off, geo.pdt
+        oh, ow, rbs = geo.oh, geo.ow, geo.rbs
         lanes, kp = isa.lanes, isa.kp
-        pdt = "uint8" if kp == 4 else "int16"
         load = _load_elems(isa, pdt)
         if (lanes - 1) * sw + kp > load or not _fits_int32(adt, kh * kw, off):
             return None
-        oh = (h + pt + pb - kh) // sh + 1
-        ow = (w + pl + pr - kw) // sw + 1
         nvec = _ceil_div(ow, lanes)
         nr = min((4, 3, 2, 1), key=lambda n: (_round_up(nvec, n), -n))
         rows = _row_tile(oh, nr, sh, kh, kw, isa)
         owpad = _round_up(nvec, nr) * lanes
-        rbs = _ceil_div(kw, kp)
         hx = sh * (oh - 1) + kh
         wx = sw * (owpad - lanes) + (rbs - 1) * kp + (lanes - 1) * sw + kp      # the last window's end
         plane = hx * wx + load - ((lanes - 1) * sw + kp)  # ... and the last row's whole-register load
@@ -117,8 +157,7 @@ class DepthwiseConv2DTensorized(TensorizedRule):
 
         def pack_args(consts):
             wt, bias, mult, shift = consts[0].reshape(c, kh, kw), *consts[1:]
-            wp = np.zeros((c, kh, rbs * kp), np.int64)
-            wp[:, :, :kw] = wt
+            wp = geo.taps_padded(wt, kp)
             return [wp.reshape(c, kh, rbs, kp).astype(isa.packed_dtype),
                     *_channel_consts(wt.reshape(c, kh * kw), bias, mult, shift, off, c)]
 

@@ -22,8 +22,8 @@ from tvm.script import tirx as T
 
 from .intrin_x86 import ISA_BY_NAME, DotIsa, _dot, _operand, dot_term
 from .packing import Packing, tag_packed
-from .x86_depthwise import _ceil_div
-from .x86_int8 import TensorizedRule, _fits_int32, _offset
+from .x86_depthwise import DepthwiseGeometry
+from .x86_int8 import TensorizedRule, _fits_int32
 from .x86_requant import (
     _channel_consts,
     _channel_placeholders,
@@ -69,18 +69,13 @@ class DepthwiseChannelLanes(TensorizedRule):
     op = "conv2d_requant"
 
     def pack_for(self, func, params, shapes, isa):
-        (xs, adt), (ws, _) = shapes[0], shapes[1]
-        nb, c, h, w = xs
-        o, cg, kh, kw = ws
-        if params["groups"] != c or o != c or cg != 1 or list(params["dilation"]) != [1, 1]:
+        geo = DepthwiseGeometry.of(params, shapes, isa)
+        if geo is None:
             return None
-        off = _offset(isa, adt)
-        (sh, sw), (pt, pl, pb, pr) = params["strides"], params["padding"]
+        xs, nb, c, h, w, kh, kw = shapes[0][0], geo.nb, geo.c, geo.h, geo.w, geo.kh, geo.kw
+        (sh, sw), (pt, pl, _, _), adt, off, pdt = (geo.sh, geo.sw), geo.pads, geo.adt, geo.off, geo.pdt
+        oh, ow, rbs = geo.oh, geo.ow, geo.rbs
         lanes, kp = isa.lanes, isa.kp
-        pdt = "uint8" if kp == 4 else "int16"
-        oh = (h + pt + pb - kh) // sh + 1
-        ow = (w + pl + pr - kw) // sw + 1
-        rbs = _ceil_div(kw, kp)
         registers = 32 if isa.vector_bits == 512 else 16
         if (c % lanes or ow > MAX_OUT_WIDTH or sh != sw or sh not in STRIDES[isa.vector_bits]
                 or oh + kh * rbs + 2 > registers or not _fits_int32(adt, kh * kw, off)):
@@ -94,9 +89,7 @@ class DepthwiseChannelLanes(TensorizedRule):
 
         def pack_args(consts):
             wt, bias, mult, shift = consts[0].reshape(c, kh, kw), *consts[1:]
-            wp = np.zeros((c, kh, rbs * kp), np.int64)
-            wp[:, :, :kw] = wt
-            wp = wp.reshape(cb, lanes, kh, rbs, kp).transpose(0, 2, 3, 1, 4)
+            wp = geo.taps_padded(wt, kp).reshape(cb, lanes, kh, rbs, kp).transpose(0, 2, 3, 1, 4)
             return [np.ascontiguousarray(wp.astype(isa.packed_dtype)),
                     *_channel_consts(wt.reshape(c, kh * kw), bias, mult, shift, off, c)]
 
