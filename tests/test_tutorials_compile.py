@@ -28,4 +28,15 @@ def test_mixed_precision_tutorial_fits_the_budget_with_int4_and_int8_layers(tmp_
     assert bits == {4, 8}, f"a 7 KB budget on 7.2 KB of int8 weights should mix 4 and 8 bits, got {bits}"
     printed = run_python_blocks(MIXED, tmp_path)
     plan = [(layer["name"], layer["w_bits"], layer["a_bits"]) for layer in rep["layers"]]
-    assert printed.splitlines() == [f"mixed {rep['budget']} {rep['size_bytes']}", str(plan)], printed
+    # section 3: the digits ViT with --wide-inputs auto, bit-exact, every consumer's width explained
+    wide_rep = json.loads((tmp_path / "out-wide" / "report.json").read_text())
+    assert wide_rep["bit_exact"] and wide_rep["integer_only"]
+    wide = wide_rep["wide_inputs"]
+    assert wide["policy"] == "auto" and wide["measured"] and len(wide["tensors"]) > 0
+    assert wide["narrowed"] == sum(t["bits"] == 8 for t in wide["tensors"]) < len(wide["tensors"])
+    assert all(t["reason"].startswith(("narrowed", "kept")) for t in wide["tensors"]), wide["tensors"]
+    read = {layer["name"]: layer.get("input_bits") for layer in wide_rep["layers"]}
+    assert all(read[t["layer"]] == t["bits"] for t in wide["tensors"])
+    same = wide["plan"]["top1_agreement"] == wide["plan"]["top1_agreement_all_16"]
+    assert printed.splitlines() == [f"mixed {rep['budget']} {rep['size_bytes']}", str(plan),
+                                    f"auto {len(wide['tensors'])} {wide['narrowed']} {same}"], printed

@@ -179,7 +179,7 @@ def _decide(g, inputs: dict, consumers: list[Consumer]) -> WidePlan:
         for c in consumers:
             cost = max(c.divergence_8 - c.divergence_16, 0.0)
             if cost > PER_TENSOR_SHARE * base:
-                c.reason = f"kept: alone at 8 bits it adds {cost:.3g} {plan.metric}, over {PER_TENSOR_SHARE:.0%} of the " \
+                c.reason = f"kept: alone at 8 bits it adds {cost:.3g} {plan.metric}, over {PER_TENSOR_SHARE:.1%} of the " \
                            f"int8 plan's {base:.3g}"
             else:
                 harmless.append((cost, c))
@@ -187,7 +187,7 @@ def _decide(g, inputs: dict, consumers: list[Consumer]) -> WidePlan:
         for cost, c in sorted(harmless, key=lambda t: t[0] / max(t[1].macs, 1)):
             if spent + cost > TOTAL_SHARE * base:
                 c.reason = f"kept: harmless alone ({cost:.3g} {plan.metric}) but over the total budget " \
-                           f"({TOTAL_SHARE:.0%} of {base:.3g})"
+                           f"({TOTAL_SHARE:.1%} of {base:.3g})"
                 continue
             chosen.append((cost, c))
             spent += cost
@@ -203,7 +203,7 @@ def _decide(g, inputs: dict, consumers: list[Consumer]) -> WidePlan:
         plan.divergence_plan, plan.top1_agreement = div, top1
         for cost, c in chosen:
             c.bits = 8
-            c.reason = f"narrowed: alone at 8 bits it adds {cost:.3g} {plan.metric} (<= {PER_TENSOR_SHARE:.0%} of the " \
+            c.reason = f"narrowed: alone at 8 bits it adds {cost:.3g} {plan.metric} (<= {PER_TENSOR_SHARE:.1%} of the " \
                        f"int8 plan's {base:.3g}); the whole plan keeps the budget"
     return plan
 
