@@ -121,6 +121,8 @@ def test_w4_conv_bit_exact_at_extremes(rng, target_name, xdt, case):
     assert info is not None and info["rule"] == rule and info["int4"] == "widened at build", info
     if case["groups"] == 1:
         assert INSTRUCTION[target_name][xdt] in asm
+        if target_name == "avx2":  # int4 weights (|w| <= 8) always pass AVX2's byte-pair proof
+            assert info["pairs"].startswith("vpmaddubsw") and "vpmaddubsw" in asm, info
     # the twin widens the packed rows to exactly the int8 op's weights: same output
     x = activations(rng, x_shape, xdt, "alternating")
     np.testing.assert_equal(OPS["conv2d_requant_w4"].reference(x, *consts, **params),

@@ -54,7 +54,9 @@ class Int4WidenedAtBuild:
 
 def _widening(inner: Packing, func: tvm.tirx.PrimFunc, w_shape: tuple[int, ...]) -> Packing | None:
     """``inner`` (an int8 kernel's packing) taking the int4 call's constants: the packed rows at
-    argument 1 are widened to ``w_shape`` first."""
+    argument 1 are widened to ``w_shape`` first. A choice ``inner`` makes from all its calls'
+    constants (``for_calls``: AVX2's ``vpmaddubsw`` where the weights prove it exact -- int4
+    weights, at most 8 in size, always do) is made on the widened weights and widened in turn."""
     if 1 not in inner.const_args:
         return None
     at = inner.const_args.index(1)
@@ -67,9 +69,14 @@ def _widening(inner: Packing, func: tvm.tirx.PrimFunc, w_shape: tuple[int, ...])
         consts[at] = unpack_int4(consts[at], k).reshape(w_shape)
         return consts
 
+    def for_calls(calls):
+        chosen = inner.for_calls([widened(c) for c in calls])
+        return None if chosen is None else _widening(chosen, func, w_shape)
+
     info = {**_info(inner.func), "int4": "widened at build"}
     return Packing(tag_packed(inner.func, func, info), inner.const_args,
-                   lambda consts: inner.pack_args(widened(consts)), lambda consts: inner.accepts(widened(consts)))
+                   lambda consts: inner.pack_args(widened(consts)), lambda consts: inner.accepts(widened(consts)),
+                   for_calls if inner.for_calls is not None else None)
 
 
 def _info(func) -> dict:
