@@ -20,11 +20,12 @@ from tvm.script import tirx as T
 
 from .intrin_x86 import ISA_BY_NAME, DotIsa, _dot, _operand, dot_term
 from .packing import Packing, tag_packed
-from .x86_int8 import TensorizedRule, _fits_int32, _has_block, _offset, _round_up
+from .x86_int8 import TensorizedRule, _fits_int32, _offset, _round_up
 from .x86_requant import (
     _channel_consts,
     _channel_placeholders,
     _epilogue_exact,
+    _has_block,
     _requant_stage,
     epilogue_intrin,
 )

@@ -56,7 +56,8 @@ def conv_pixel_lanes_space(rule, func, info) -> list:
     """Designs of :class:`x86_int8.Conv2DTensorized`: scope x ``nr`` x tile order, each with the
     channels per tile sampled (at most the accumulators the scope allows)."""
     from .x86_conv_gather import _schedule_gather
-    from .x86_int8 import _flatten_output, _tensorized_epilogue_at
+    from .x86_int8 import _flatten_output
+    from .x86_requant import _tensorized_epilogue_at
 
     isa = ISA_BY_NAME[info["isa"]]
     vectors = info["acc_shape"][2] // isa.lanes

@@ -1,7 +1,9 @@
 """The requantization of the tensorized x86 kernels' int32 accumulators in 32-bit lanes: the
 per-channel constants (computed at build time), their exactness bounds, the TE expression every
 packed kernel's epilogue is, and the tensor intrinsic that computes it on even / odd qwords
-(used by the groups-1 convs of ``x86_int8`` and the depthwise convs of ``x86_depthwise``).
+(used by the groups-1 convs of ``x86_int8`` and the depthwise convs of ``x86_depthwise``), and
+the schedule steps that place it under a kernel's tile loop (:func:`_epilogue_at`,
+:func:`_tensorized_epilogue_at`).
 
 One home for the epilogue: the TE expression (:func:`_requant_stage`) is the description of the
 intrinsic (:func:`epilogue_intrin`), so a kernel whose epilogue differs is not matched.
@@ -171,3 +173,60 @@ def _epilogue_vector(acc, folded, mult, pre, post, lanes: int, qmin: int, qmax: 
     clamped = T.max(T.min(high >> T.broadcast(post, lanes), T.broadcast(T.int32(qmax), lanes)),
                     T.broadcast(T.int32(qmin), lanes))
     return T.Cast(f"{dt}x{lanes}", clamped)
+
+
+def _has_block(sch, name: str) -> bool:
+    try:
+        sch.get_sblock(name)
+        return True
+    except Exception:  # noqa: BLE001 -- s_tir raises a plain error for a missing block
+        return False
+
+
+def _epilogue_at(sch, tile, lanes: int) -> None:
+    """Requantize each accumulator tile under its ``tile`` loop, vectorized by ``lanes``."""
+    first = "y_tile" if _has_block(sch, "y_tile") else "y"
+    stage = sch.get_sblock(first)
+    if first == "y_tile":
+        sch.set_scope(stage, 0, "local")
+    for name in (first, "y") if first == "y_tile" else (first,):
+        sch.reverse_compute_at(sch.get_sblock(name), tile)
+    # only the loops *inside* the tile: with one row per tile (mr == 1) the loop above the pixel /
+    # channel loop is the parallel tile loop itself, and unrolling it (PP-OCRv5 det's last conv:
+    # 4096 tiles) serialized the kernel and kept LLVM busy for over 15 minutes
+    *rows, last = _loops_under(sch, stage, tile)[-2:]
+    outer, inner = sch.split(last, [None, lanes])
+    sch.vectorize(inner)
+    for loop in (*rows, outer):  # constant tile indices: LLVM keeps the accumulators in registers
+        sch.unroll(loop)
+
+
+def _tensorized_epilogue_at(sch, tile, lanes: int, requant: dict, acc_scope: str) -> None:
+    """Requantize each accumulator tile under its ``tile`` loop with :func:`epilogue_intrin` (one
+    output channel per tile row, ``lanes`` pixels per step) into the tile ``y_tile``, then copy
+    its rows to the NCHW output (the intrinsic writes a whole vector: on the 4-D output a vector
+    of a flattened pixel range is no rectangle tensorize can match)."""
+    stage = sch.get_sblock("y_tile")
+    for name in ("y_tile", "y"):
+        sch.reverse_compute_at(sch.get_sblock(name), tile)
+    *rows, last = _loops_under(sch, stage, tile)[-2:]
+    outer, inner = sch.split(last, [None, lanes])
+    for loop in (*rows, outer):  # constant tile indices: LLVM keeps the accumulators in registers
+        sch.unroll(loop)
+    sch.tensorize(inner, epilogue_intrin(lanes, requant, acc_scope))
+    # the copy's own loops only: a tile of one channel and one pixel (Silero VAD's last 128 -> 1
+    # conv on a 1x1 plane) has none, and the innermost loop of the block is then the parallel tile
+    # loop, whose vectorization put the dot intrinsic's vectors inside a vectorized loop ("Cannot
+    # broadcast lanes=16 to 64" in TVM's vectorizer)
+    copy_loops = _loops_under(sch, sch.get_sblock("y"), tile)
+    if copy_loops:
+        _, copy = sch.split(copy_loops[-1], [None, lanes])
+        sch.vectorize(copy)
+
+
+def _loops_under(sch, block, loop) -> list:
+    """The loops of ``block`` nested inside ``loop`` (innermost last)."""
+    loops = sch.get_loops(block)
+    target = sch.get(loop)
+    at = next(i for i, lp in enumerate(loops) if sch.get(lp).same_as(target))
+    return loops[at + 1:]
