@@ -38,6 +38,7 @@ from ..errors import UnsupportedOpError
 from .c_graph import dt_info
 from .tir_kernels_cortexm import CORTEXM_SCHEDULES, cortexm_applies, cortexm_module
 from .tir_kernels_cortexm import workspace_bytes as cortexm_workspace_bytes
+from .tir_kernels_cortexm_dw import cortexm_dw_spec
 from .tir_kernels_dw import DwSpec, dw_module, dw_spec, dw_workspace_bytes
 from .tir_kernels_i8mm import (
     I8MM_SCHEDULES,
@@ -206,9 +207,9 @@ def build_object(specs: list[DenseSpec], board, path: Path) -> list[Path]:
     for sp in specs:
         if isinstance(sp.schedule, TunedKernel):
             mod = sp.schedule.mod
-        elif isinstance(sp, DwSpec):   # a depthwise 3x3 conv (tir_kernels_dw.py)
+        elif isinstance(sp, DwSpec) and sp.schedule not in CORTEXM_SCHEDULES:   # a depthwise 3x3 conv (tir_kernels_dw.py)
             mod = dw_module(sp)
-        elif sp.schedule in CORTEXM_SCHEDULES:
+        elif sp.schedule in CORTEXM_SCHEDULES:   # GEMM or depthwise (cortexm_module dispatches)
             if not cortexm_applies(sp.schedule, board):
                 raise UnsupportedOpError(f"TIR kernel {sp.name}: {sp.schedule} needs a Cortex-M core with "
                                          f"{'MVE' if sp.schedule == 'mve' else 'the DSP extension'} (board "
@@ -357,7 +358,8 @@ def shim_sources(specs: list[DenseSpec]) -> tuple[str, str]:
                        else workspace_bytes(sp) if sp.schedule in DOTPROD_SCHEDULES else 4 * sp.kp
                        for sp in gemms if sp.nchw or isinstance(sp.schedule, TunedKernel)
                        or sp.schedule in CORTEXM_SCHEDULES or sp.schedule in I8MM_SCHEDULES + NEON_SCHEDULES]
-                      + [dw_workspace_bytes(sp) for sp in specs if isinstance(sp, DwSpec)], default=0)
+                      + [cortexm_workspace_bytes(sp) if sp.schedule in CORTEXM_SCHEDULES else dw_workspace_bytes(sp)
+                         for sp in specs if isinstance(sp, DwSpec)], default=0)
     body = [_SHIM_HEAD.replace("@POOL@", str((pool + 63) // 64 * 64))]
     for sp in specs:
         body.append(f"\nint32_t __tvm_ffi_{sp.name}(void *self, void *args, int32_t n, void *result);\n"
@@ -422,7 +424,8 @@ class TirKernelCalls:
     def tir_dw_call(self, s, p: dict, wk: dict) -> None:
         """A depthwise 3x3 step's call of its TIR kernel (tir_kernels_dw.py) on the hand-written
         kernel's own arrays (9 taps per row padded to ``kp``)."""
-        sp = dw_spec(s, self.tir_choice[s.index], kp=wk["kp"])
+        sched = self.tir_choice[s.index]   # Cortex-M's smlad / mve: tir_kernels_cortexm_dw.py
+        sp = (cortexm_dw_spec if sched in CORTEXM_SCHEDULES else dw_spec)(s, sched, kp=wk["kp"])
         self.tir_specs.append(sp)
         hand = self.calls.pop()
         self.calls += ["#if QM_TIR", f"  (void)qm_p{s.index};  /* the hand-written call's parameters */",

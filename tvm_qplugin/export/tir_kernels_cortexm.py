@@ -61,7 +61,14 @@ def _kpad(sp) -> int:
 
 
 def workspace_bytes(sp) -> int:
-    """Workspace of one kernel (TVMBackendAllocWorkspace): its packed rows of x, one tile's worth."""
+    """Workspace of one kernel (TVMBackendAllocWorkspace): its packed rows of x, one tile's worth (a
+    depthwise 3x3 conv: its padded plane, :func:`.tir_kernels_cortexm_dw.dw_workspace_bytes`)."""
+    from .tir_kernels_dw import DwSpec
+
+    if isinstance(sp, DwSpec):
+        from .tir_kernels_cortexm_dw import dw_workspace_bytes
+
+        return dw_workspace_bytes(sp)
     return _tile(sp)[0] * _kpad(sp)
 
 
@@ -85,8 +92,14 @@ def _requant4_mve(sp, s, mu, sh):
 
 
 def cortexm_module(sp) -> tvm.IRModule:
-    """The IRModule of one Cortex-M kernel (``main``: the packed wrapper reads the DLTensors' data)."""
+    """The IRModule of one Cortex-M kernel (``main``: the packed wrapper reads the DLTensors' data); a
+    depthwise 3x3 conv's (a :class:`~.tir_kernels_dw.DwSpec`) is :mod:`.tir_kernels_cortexm_dw`'s."""
     from .tir_kernels import requant
+    from .tir_kernels_cortexm_dw import cortexm_dw_module
+    from .tir_kernels_dw import DwSpec
+
+    if isinstance(sp, DwSpec):
+        return cortexm_dw_module(sp)
 
     m, k, kp, n, xd, od, flip = sp.m, sp.k, sp.kp, sp.n, sp.x_dtype, sp.out_dtype, sp.flip
     rows, cols = _tile(sp)

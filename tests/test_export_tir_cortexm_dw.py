@@ -1,0 +1,91 @@
+"""Depthwise 3x3 TensorIR kernels of Cortex-M (export/tir_kernels_cortexm_dw.py): ``smlad`` (M4) and
+``mve`` (M55) objects from TVM's LLVM backend, bit-exact under qemu-system-arm against the
+conv2d_requant NumPy twin (stride 1 and 2, uint8 / int8 inputs with their extremes, 8/16-bit outputs,
+the 32-bit and int64 requantization, odd widths and a row narrower than the MVE group), with
+``SMLAD`` / ``VMLA`` in their disassembly (objdump: vmla.s32); and the Cortex-M kernel choice measuring them beside the
+hand-written ``qk_dw3x3`` in the whole package (report.json -> layers[].kernel)."""
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+from tvm.s_tir import meta_schedule as ms
+
+from tvm_qplugin.errors import UnsupportedOpError
+from tvm_qplugin.export.tir_kernels import build_object
+from tvm_qplugin.export.tir_kernels_dw import DwSpec
+from tvm_qplugin.ops import OPS
+from tvm_qplugin.targets import get_board
+from tvm_qplugin.tuning.runner_qemu import QemuRunner
+
+M4, M55 = "qemu-mps2-an386", "qemu-mps3-an547"
+QRANGE = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
+# (c, h, w, stride, padding (t, l, b, r), x dtype, out dtype, shift range): stride 1 with an odd width (a
+# lone last output of the smlad pair), stride 2 with int16 outputs and shifts below 31 (int64
+# requantization, MVE's scalar lanes), stride 2 on uint8 with every shift >= 33 (32-bit requantization),
+# a 3-pixel row (narrower than the MVE group) without padding on the left and top, clamped outputs
+CASES = [(5, 7, 9, 1, (1, 1, 1, 1), "uint8", "uint8", (31, 41)),
+         (4, 9, 8, 2, (1, 1, 1, 1), "int8", "int16", (25, 36)),
+         (3, 10, 11, 2, (1, 1, 1, 1), "uint8", "int8", (33, 41)),
+         (6, 5, 5, 1, (0, 0, 0, 0), "int8", "uint8", (31, 34))]
+MNEMONIC = {"smlad": ("smlad", "armv7e-m"), "mve": ("vmla.s32", "armv8.1-m.main")}
+
+
+def _workload(c, h, w, stride, pad, xd, od, shifts, seed):
+    """(spec, inputs, expected) of one kernel: x over its whole range (extremes first), weights with
+    -128 and 127, multipliers in [2^30, 2^31), the twin's output (c, oh, ow)."""
+    rng = np.random.default_rng(seed)
+    info = np.iinfo(xd)
+    x = rng.integers(info.min, int(info.max) + 1, (1, c, h, w)).astype(xd)
+    x.reshape(-1)[:3] = [info.min, info.max, info.min]
+    wt = rng.integers(-128, 128, (c, 1, 3, 3)).astype(np.int8)
+    wt[0] = -128
+    wt[1, 0, 0] = 127
+    kp = 12
+    wp = np.zeros((c, kp), np.int8)
+    wp[:, :9] = wt.reshape(c, 9)
+    b = rng.integers(-5000, 5000, c).astype(np.int32)
+    mu = rng.integers(2**30, 2**31 - 1, c).astype(np.int32)
+    sh = rng.integers(shifts[0], shifts[1] + 1, c).astype(np.int8)
+    sh[0] = shifts[0]
+    lo, hi = QRANGE[od]
+    if od == "uint8" and shifts == (31, 34):
+        lo, hi = 0, 6   # a ReLU6-style clamp
+    want = OPS["conv2d_requant"].reference(x, wt, b, mu.astype(np.int64), sh.astype(np.int64), strides=[stride] * 2,
+                                           padding=list(pad), dilation=[1, 1], groups=c, qmin=lo, qmax=hi,
+                                           out_dtype=od)
+    _, _, oh, ow = want.shape
+    sp = DwSpec("qk_tir_case", c, h, w, oh, ow, stride, stride, pad[0], pad[1], kp, xd, od, lo, hi, "smlad",
+                bool(sh.min() >= 33), (int(sh.min()), int(sh.max())))
+    return sp, [x.reshape(-1), wp.reshape(-1), b, mu, sh], want.reshape(-1)
+
+
+def _run(sp, board, inputs, want, work):
+    """Build ``sp`` for ``board``, check the instruction in its disassembly, run it: instructions."""
+    work.mkdir()
+    (obj,) = build_object([sp], board, work / "k.o")
+    mnemonic, arch = MNEMONIC[sp.schedule]
+    dis = subprocess.run(["arm-none-eabi-objdump", "-d", "-m", arch, str(obj)], capture_output=True, text=True,
+                         check=True).stdout
+    if sp.schedule == "smlad" or sp.ow >= 4:   # (a row narrower than 4 runs MVE's scalar form)
+        assert f"\t{mnemonic}" in dis, f"{sp.schedule} on {board.name}, {sp}: no {mnemonic} in the object"
+    runner = QemuRunner(board, inputs, want)
+    (fut,) = runner.run([ms.runner.RunnerInput(str(obj), "cpu", [])])   # __tvm_ffi_main: the module's entry
+    res = fut.result()
+    assert res.error_msg is None, f"{sp.schedule} on {board.name}, {sp}: {res.error_msg}"
+    return runner.instructions[-1]
+
+
+@pytest.mark.parametrize("board,schedule", [(M4, "smlad"), (M55, "mve")])
+def test_dw_kernels_are_bit_exact_under_qemu_with_their_instruction(board, schedule, tmp_path):
+    b = get_board(board)
+    for i, case in enumerate(CASES):
+        sp, inputs, want = _workload(*case, seed=i)
+        _run(DwSpec(**{**sp.__dict__, "schedule": schedule}), b, inputs, want, tmp_path / f"c{i}")
+
+
+def test_dw_mve_kernel_is_refused_on_a_core_without_helium(tmp_path):
+    sp, _, _ = _workload(*CASES[0], seed=0)
+    with pytest.raises(UnsupportedOpError, match="needs a Cortex-M core with MVE"):
+        build_object([DwSpec(**{**sp.__dict__, "schedule": "mve"})], get_board(M4), tmp_path / "k.o")
