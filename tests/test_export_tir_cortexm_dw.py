@@ -89,3 +89,28 @@ def test_dw_mve_kernel_is_refused_on_a_core_without_helium(tmp_path):
     sp, _, _ = _workload(*CASES[0], seed=0)
     with pytest.raises(UnsupportedOpError, match="needs a Cortex-M core with MVE"):
         build_object([DwSpec(**{**sp.__dict__, "schedule": "mve"})], get_board(M4), tmp_path / "k.o")
+
+
+@pytest.mark.parametrize("board,kinds", [(M4, {"smlad"}), (M55, {"smlad", "mve"})])
+def test_export_measures_the_dw_candidates_and_runs_the_fastest_bit_exact(board, kinds, tmp_path, monkeypatch):
+    """The Cortex-M choice measures the depthwise layer's TIR kinds beside the hand-written kernel in
+    the whole package (none dropped), keeps the fewest instructions, says why; the package calling
+    that kernel is bit-exact under qemu and reports its instructions."""
+    from test_export_tir_dw import dw_model
+
+    from tvm_qplugin.export import export_mcu
+    from tvm_qplugin.export.kernel_choice import HANDWRITTEN, _sample
+
+    monkeypatch.setenv("TVM_QPLUGIN_SCHEDULES", str(tmp_path / "no-db"))
+    mod = dw_model(8, 12, 12, 2, "int8", "int8", -128, 127, seed=5)
+    x = _sample((1, 8, 12, 12), "int8", seed=9)
+    res = export_mcu(mod, tmp_path / "pkg", get_board(board), samples=[[x]], workdir=tmp_path / "work")
+    assert res["bit_exact"], res.get("mismatches")
+    (layer,) = res["layers"]
+    ch = layer["kernel_choice"]
+    counts = ch["instructions"]
+    assert set(counts) == {HANDWRITTEN, *(f"tensorir-{k}" for k in kinds)} and ch["dropped"] == 0, ch["why"]
+    assert counts[ch["source"]] == min(counts.values()) and "qemu-system-arm" in ch["why"], ch["why"]
+    assert layer["instructions"] == counts[ch["source"]], (layer, ch)
+    if ch["source"] != HANDWRITTEN:
+        assert res["package"]["steps"][0]["c_func"] == "qk_tir_dw3x3_0" and len(res["package"]["tir_objects"]) == 1

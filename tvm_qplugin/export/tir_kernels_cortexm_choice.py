@@ -1,9 +1,11 @@
 """Which kernel each layer of a Cortex-M board's C package calls: measured under qemu-system-arm.
 
-The candidates of every layer a TIR kernel can take (:func:`.kernel_choice.tir_candidates`) are the
-hand-written kernel, :mod:`.tir_kernels_cortexm`'s ``smlad`` (DSP cores) and ``mve`` (Helium), and
+The candidates of every layer a TIR kernel can take (:func:`.kernel_choice.tir_candidates`: dense
+and pointwise; :func:`.kernel_choice.dw_candidates`: depthwise 3x3) are the hand-written kernel,
+``smlad`` (DSP cores) and ``mve`` (Helium) -- :mod:`.tir_kernels_cortexm`'s GEMMs,
+:mod:`.tir_kernels_cortexm_dw`'s depthwise kernels, one kind each, measured in the same runs -- and
 a tuning record's schedule where the board's database has one (``tune --target <board>``,
-tuning/tune_qemu.py). Unlike the aarch64 choice (:mod:`.kernel_choice`: each layer alone, one
+tuning/tune_qemu.py: GEMMs only). Unlike the aarch64 choice (:mod:`.kernel_choice`: each layer alone, one
 package per candidate), the whole model is built once per candidate kind -- every eligible layer
 on that kernel -- and run once, profiled, on the board's emulated twin: the profile marks give each
 layer's instructions, so a model costs 1 + (number of kinds) firmware builds and runs, not one
@@ -67,10 +69,10 @@ def choose_kernels_cortexm(imod, board, workdir=None, ram_budget: int | None = N
     from ..tuning.tune_qemu import tuned_kernel
     from . import _reference_outputs
     from .c_graph import build_graph, integer_module_of
-    from .kernel_choice import tir_candidates
+    from .kernel_choice import dw_candidates, tir_candidates
     from .kernels_c import macs
-    from .runner import package_info
     from .tir_kernels import step_spec
+    from .tir_kernels_cortexm_dw import cortexm_dw_spec
 
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="qmodel-mchoice-") as tmp:
@@ -78,10 +80,11 @@ def choose_kernels_cortexm(imod, board, workdir=None, ram_budget: int | None = N
     work = Path(workdir)
     mod = integer_module_of(imod)
     g = build_graph(mod)
+    gemms = {s.index for s in tir_candidates(g)}   # dense / pointwise; the others are depthwise 3x3 convs
     steps = []
-    for s in tir_candidates(g):
+    for s in sorted(tir_candidates(g) + dw_candidates(g), key=lambda s: s.index):
         try:
-            step_spec(s)
+            step_spec(s) if s.index in gemms else cortexm_dw_spec(s, "smlad")
         except UnsupportedOpError:   # an output dtype no TIR kernel writes
             continue
         steps.append(s)
@@ -90,7 +93,7 @@ def choose_kernels_cortexm(imod, board, workdir=None, ram_budget: int | None = N
     if not steps or not kinds or not emu.qemu_machine or emu.cpu != board.cpu:   # nothing to measure it on
         return {}, {}
     variants = {HANDWRITTEN: {}, **{f"tensorir-{sc}": {s.index: sc for s in steps} for sc in kinds}}
-    tuned = {s.index: t for s in steps if (t := tuned_kernel(step_spec(s), board)) is not None}
+    tuned = {s.index: t for s in steps if s.index in gemms and (t := tuned_kernel(step_spec(s), board)) is not None}
     if tuned:
         variants["tensorir-tuned"] = tuned
     from .c_package import write_c_package
