@@ -2,7 +2,9 @@
 networks, each compiled from a float ONNX graph through `compile` (layer -> ReLU -> a small
 consumer, so the layer writes 8-bit activations as in a real model), its C package run bit-exactly
 under qemu on Cortex-M4 (qemu-mps2-an386) and Cortex-M55 (qemu-mps3-an547), instructions counted
-between the layer's profile marks by the qemu plugin (export/mcu/qemu_insncount.c).
+between the layer's profile marks by the qemu plugin (export/mcu/qemu_insncount.c). Each cell also
+lists every kernel candidate the Cortex-M choice measured for the layer (hand-written, TensorIR
+``smlad`` / ``mve`` ...: report.json -> layers[].kernel_choice), instructions/MAC, and which it kept.
 
 The CMSIS-NN column is the issue's: commit 99f736a, gcc 12 -O3, random int8 data, per-channel
 requantization, counted between two marker calls under the same qemu, padding taps counted as MACs
@@ -79,8 +81,12 @@ def measure(name: str, workdir: Path) -> dict:
         first = next(layer for layer in res["layers"] if layer.get("macs"))
         cmsis = LAYERS[name][3][core]
         ipm = first["instructions"] / first["macs"]
+        choice = first.get("kernel_choice") or {}   # every candidate kind the Cortex-M choice measured
         out[core] = {"bit_exact": bool(res["bit_exact"]), "macs": first["macs"], "instructions": first["instructions"],
-                     "instructions_per_mac": round(ipm, 3), "cmsis_nn": cmsis, "ratio": round(ipm / cmsis, 3)}
+                     "instructions_per_mac": round(ipm, 3), "cmsis_nn": cmsis, "ratio": round(ipm / cmsis, 3),
+                     "kernel": choice.get("source", "handwritten-c"),
+                     "candidates": {k: (round(n / first["macs"], 3) if n else None)
+                                    for k, n in choice.get("instructions", {}).items()}}
     return out
 
 
@@ -95,7 +101,8 @@ def main() -> None:
             rows.append(measure(name, Path(d)))
             r = rows[-1]
             cells = "  ".join(f"{core[7:]}: {r[core]['instructions_per_mac']:.3f} vs {r[core]['cmsis_nn']} "
-                              f"({r[core]['ratio']:.2f}x{'' if r[core]['bit_exact'] else ', NOT BIT-EXACT'})"
+                              f"({r[core]['ratio']:.2f}x{'' if r[core]['bit_exact'] else ', NOT BIT-EXACT'}; "
+                              + ", ".join(f"{k} {v}" for k, v in r[core]["candidates"].items()) + ")"
                               for core in BOARDS)
             print(f"{r['title']:<42} {cells}", flush=True)
     worst = max(r[core]["ratio"] for r in rows for core in BOARDS)

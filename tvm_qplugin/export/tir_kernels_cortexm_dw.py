@@ -10,25 +10,26 @@ zero), so every tap of every output reads inside it without a bounds check.
 
 1. ``smlad``: the block holds int16 (uint8 / int8 widened exactly), its rows an even number of
    halfwords, so each aligned word is a column pair (x[2q], x[2q+1]) -- the operand ``SMLAD``
-   multiplies by a weight pair. Two outputs per pass and two words per kernel row (one ``LDRD``):
+   multiplies by a weight pair. Two outputs per pass, two or three word loads per kernel row:
    stride 1, outputs 2p and 2p+1 from words A = (x0, x1), B = (x2, x3):
    ``acc0 = SMLAD(A, (w0, w1)) + SMLABB(B, w2)``, ``acc1 = SMLATB(A, w0) + SMLAD(B, (w1, w2))``;
-   stride 2, output j from words 2j and 2j+1 (``SMLAD`` + ``SMLABB``). 6 MAC instructions per 9
-   taps at stride 2, and per 9 taps at stride 1; the weight pairs are built once per channel.
-2. ``mve``: the block holds the input's own bytes, a stride-2 layer's even and odd columns apart
-   (so every tap is a contiguous run); 4 outputs per pass in int32 lanes: 9 widening loads
-   (``VLDRB.S32`` / ``.U32``) and ``VMLA`` by the tap's scalar weight, then the 4 outputs
-   requantized at once (:func:`.tir_kernels_cortexm._requant4_mve`; shifts below 31: the scalar
-   formula per lane). A last group past the row recomputes the row's last 4 outputs.
+   stride 2, output j from words 2j and 2j+1 (``SMLAD`` + ``SMLABB``): 6 MAC instructions per
+   output (9 taps) either way; the weight pairs are built once per channel.
+2. ``mve``: the block holds the input's own bytes (copied 16 and 8 at a time); 4 outputs per pass
+   in int32 lanes: 9 widening loads (``VLDRB.S32`` / ``.U32``; stride 2: gathers with offsets
+   0, 2, 4, 6, ``llvm.arm.mve.vldr.gather.offset``) and ``VMLA`` by the tap's scalar weight (an
+   int32 held per channel: a splat of the int8 weight made LLVM widen it as a vector and spill),
+   then the 4 outputs requantized at once (:func:`.tir_kernels_cortexm._requant4_mve`; shifts
+   below 31: the scalar formula per lane). A last group past the row recomputes the row's last 4.
 
 The requantization is :func:`.tir_kernels.requant`'s (one home). The kernels read the package's own
 arrays (weight rows of ``kp`` bytes, bias, multipliers, shifts) through the same shim and ABI as
 the GEMM kernels (:func:`.tir_kernels.shim_sources`).
 
-Note: the plane is copied byte by byte (LLVM neither forms word copies into the odd-offset int16
-rows nor, for stride 2, a de-interleaving load): at stride 2, where a plane feeds 4x fewer outputs,
-the copy is a large share of the cost -- the hand-written kernel gathers straight from its padded
-plane instead.
+Note: the M4 block is filled one int16 at a time (a word store would land on the odd halfword of
+a left-padded row): at stride 2, where a plane feeds 4x fewer outputs, that copy is about a third
+of the kernel's instructions. A strided ``T.Ramp`` load is scalarized by TVM's codegen (one
+``LDRB`` + lane move per byte), hence the explicit gather on M55.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ from tvm.script import tirx as T
 
 SMLABB = T.llvm_lookup_intrinsic_id("llvm.arm.smlabb")
 SMLATB = T.llvm_lookup_intrinsic_id("llvm.arm.smlatb")
+GATHER = T.llvm_lookup_intrinsic_id("llvm.arm.mve.vldr.gather.offset")   # (base, offsets, bits, shift, unsigned)
 
 
 def cortexm_dw_spec(s, schedule: str, kp: int = 12):
@@ -49,24 +51,22 @@ def cortexm_dw_spec(s, schedule: str, kp: int = 12):
     return replace(dw_spec(s, kp=kp), schedule=schedule)
 
 
-def _geometry(sp) -> tuple[int, int, int, int]:
-    """(rows, phases, columns per phase row, outputs per pass) of the padded block: rows up to the
-    last output's taps; smlad: int16 columns, an even number, past the last pair's second word;
-    mve: bytes, stride 2's even / odd columns apart, past the last group's taps."""
+def _geometry(sp) -> tuple[int, int, int]:
+    """(rows, columns, outputs per pass) of the padded block: rows up to the last output's taps;
+    smlad: int16 columns, an even number, past the last pair's second word; mve: bytes, past the
+    last group's taps."""
     hp = (sp.oh - 1) * sp.sh + 3
     if sp.schedule == "smlad":
         pairs = -(-sp.ow // 2)
         wide = max(sp.w + sp.pl, sp.sw * 2 * pairs + 2)
-        return hp, 1, wide + wide % 2, 2
-    lanes = 4 if sp.ow >= 4 else 1
-    wq = -(-max(sp.w + sp.pl, (sp.ow - 1) * sp.sw + 3) // sp.sw)
-    return hp, sp.sw, wq, lanes
+        return hp, wide + wide % 2, 2
+    return hp, max(sp.w + sp.pl, (sp.ow - 1) * sp.sw + 3), 4 if sp.ow >= 4 else 1
 
 
 def dw_workspace_bytes(sp) -> int:
     """Shim pool bytes one kernel allocates: its padded block (smlad: int16; mve: bytes)."""
-    hp, ph, wq, _ = _geometry(sp)
-    return (hp * ph * wq * (2 if sp.schedule == "smlad" else 1) + 63) // 64 * 64
+    hp, wq, _ = _geometry(sp)
+    return (hp * wq * (2 if sp.schedule == "smlad" else 1) + 63) // 64 * 64
 
 
 def cortexm_dw_module(sp) -> tvm.IRModule:
@@ -79,7 +79,7 @@ def _smlad(sp):
     from .tir_kernels_cortexm import SMLAD
 
     c, h, w, oh, ow, sh, sw, pt, pl, kp = sp.c, sp.h, sp.w, sp.oh, sp.ow, sp.sh, sp.sw, sp.pt, sp.pl, sp.kp
-    hp, _, wpe, _ = _geometry(sp)
+    hp, wpe, _ = _geometry(sp)
     rows, cols = min(h, hp - pt), min(w, wpe - pl)
     pairs, hw = -(-ow // 2), wpe // 2   # output pairs per row; words per block row
 
@@ -137,8 +137,9 @@ def _mve(sp):
     from .tir_kernels_cortexm import _requant4_mve
 
     c, h, w, oh, ow, sh, sw, pt, pl, kp = sp.c, sp.h, sp.w, sp.oh, sp.ow, sp.sh, sp.sw, sp.pt, sp.pl, sp.kp
-    hp, ph, wq, lanes = _geometry(sp)
-    rows, cols = min(h, hp - pt), min(w, ph * wq - pl)
+    hp, wq, lanes = _geometry(sp)
+    rows, cols = min(h, hp - pt), min(w, wq - pl)
+    c16, c8 = cols // 16 * 16, cols // 8 * 8   # where the 8-byte and the single-byte copies start
     groups = -(-ow // lanes)
     vec = lanes == 4 and sp.shift_range[0] >= 31
     xd, od = sp.x_dtype, sp.out_dtype
@@ -147,9 +148,14 @@ def _mve(sp):
     def bc(v):
         return T.Broadcast(v, 4) if lanes == 4 else v
 
-    def tap(XB, i, j0, ky, kx):   # the lanes' inputs of tap (ky, kx), widened
-        base = ((i * sh + ky) * ph + kx % sw) * wq + j0 + kx // sw
-        return T.Cast(acc_t, XB[T.Ramp(base, 1, 4)] if lanes == 4 else XB[base])
+    def tap(XB, i, j0, ky, kx):   # the lanes' inputs of tap (ky, kx), widened (stride 2: one gather)
+        base = (i * sh + ky) * wq + j0 * sw + kx
+        if lanes == 1:
+            return T.Cast(acc_t, XB[base])
+        if sw == 1:
+            return T.Cast(acc_t, XB[T.Ramp(base, 1, 4)])
+        return T.call_llvm_intrin(acc_t, GATHER, T.address_of(XB[base]), T.Ramp(0, 2, 4), T.int32(8), T.int32(0),
+                                  T.int32(int(xd == "uint8")))
 
     def conv(XB, WK, B, ch, i, j0):   # bias + the 9 taps of `lanes` outputs
         s = bc(B[ch])
@@ -161,14 +167,19 @@ def _mve(sp):
     def main(X: T.Buffer((c * h * w,), xd), W: T.Buffer((c * kp,), "int8"), B: T.Buffer((c,), "int32"),
              MU: T.Buffer((c,), "int32"), SH: T.Buffer((c,), "int8"), Y: T.Buffer((c * oh * ow,), od)):
         T.func_attr({"tirx.noalias": True})
-        XB = T.alloc_buffer((hp * ph * wq,), xd)
+        XB = T.alloc_buffer((hp * wq,), xd)
         WK = T.alloc_buffer((9,), "int32", scope="local")
         acc = T.alloc_buffer((lanes,), "int32", scope="local")
-        for i in T.serial(hp * ph * wq):
+        for i in T.serial(hp * wq):
             XB[i] = T.Cast(xd, 0)
         for ch in T.serial(c):
-            for r, q in T.grid(rows, cols):   # padded column q + pl: phase (q + pl) % sw, index (q + pl) // sw
-                XB[((r + pt) * ph + (q + pl) % sw) * wq + (q + pl) // sw] = X[(ch * h + r) * w + q]
+            for r in T.serial(rows):   # 16, then 8 bytes at a time, then single bytes
+                for v in T.serial(cols // 16):
+                    XB[T.Ramp((r + pt) * wq + pl + v * 16, 1, 16)] = X[T.Ramp((ch * h + r) * w + v * 16, 1, 16)]
+                for v in T.serial(cols % 16 // 8):
+                    XB[T.Ramp((r + pt) * wq + pl + c16 + v * 8, 1, 8)] = X[T.Ramp((ch * h + r) * w + c16 + v * 8, 1, 8)]
+                for q in T.serial(cols % 8):
+                    XB[(r + pt) * wq + pl + c8 + q] = X[(ch * h + r) * w + c8 + q]
             for t in T.unroll(9):
                 WK[t] = T.Cast("int32", W[ch * kp + t])
             for i, jg in T.grid(oh, groups):
