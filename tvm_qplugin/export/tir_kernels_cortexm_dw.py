@@ -78,7 +78,7 @@ def _smlad(sp):
     from .tir_kernels import requant
     from .tir_kernels_cortexm import SMLAD
 
-    c, h, w, oh, ow, sh, sw, pt, pl, kp = sp.c, sp.h, sp.w, sp.oh, sp.ow, sp.sh, sp.sw, sp.pt, sp.pl, sp.kp
+    c, h, w, oh, ow, sw, pt, pl, kp = sp.c, sp.h, sp.w, sp.oh, sp.ow, sp.sw, sp.pt, sp.pl, sp.kp
     hp, wpe, _ = _geometry(sp)
     rows, cols = min(h, hp - pt), min(w, wpe - pl)
     pairs, hw = -(-ow // 2), wpe // 2   # output pairs per row; words per block row
