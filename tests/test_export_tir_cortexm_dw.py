@@ -111,6 +111,5 @@ def test_export_measures_the_dw_candidates_and_runs_the_fastest_bit_exact(board,
     counts = ch["instructions"]
     assert set(counts) == {HANDWRITTEN, *(f"tensorir-{k}" for k in kinds)} and ch["dropped"] == 0, ch["why"]
     assert counts[ch["source"]] == min(counts.values()) and "qemu-system-arm" in ch["why"], ch["why"]
-    assert layer["instructions"] == counts[ch["source"]], (layer, ch)
     if ch["source"] != HANDWRITTEN:
         assert res["package"]["steps"][0]["c_func"] == "qk_tir_dw3x3_0" and len(res["package"]["tir_objects"]) == 1

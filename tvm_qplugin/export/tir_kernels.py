@@ -434,8 +434,11 @@ class TirKernelCalls:
         s.c_func = sp.name
 
     def tir_dense_call(self, s, p: dict, wk: dict) -> None:
+        from .tir_kernels_cortexm_conv import im2col_spec, is_im2col_conv   # Cortex-M's small-window convs
+
         x, w, bias = s.args[:3]
-        sp = replace(step_spec(s, self.tir_choice[s.index]), kp=wk["kp"])   # the package's row padding
+        sp = replace((im2col_spec if is_im2col_conv(s) else step_spec)(s, self.tir_choice[s.index]),
+                     kp=wk["kp"])   # the package's row padding
         d = {"n": sp.n, "k": sp.k}
         bn = wk["bias"]
         if x.dtype == "uint8":  # flipped to int8: 128 * sum(w) restores the sum

@@ -100,16 +100,20 @@ def cortexm_module(sp) -> tvm.IRModule:
 
     if isinstance(sp, DwSpec):
         return cortexm_dw_module(sp)
+    from .tir_kernels_cortexm_conv import Im2colSpec, im2col_tap
+
+    im2col = isinstance(sp, Im2colSpec)   # a small-window conv: x (c, h, w), each row a pixel's window
+    pack = T.unroll if im2col else T.serial   # (unrolled: every tap's offsets constant)
 
     m, k, kp, n, xd, od, flip = sp.m, sp.k, sp.kp, sp.n, sp.x_dtype, sp.out_dtype, sp.flip
     rows, cols = _tile(sp)
     mtile, kw = (m + rows - 1) // rows, kp // 4
     kpad = _kpad(sp)
     kv = kpad // MVE_K
-    xshape = (k, m) if sp.nchw else (m, k)
+    xshape = (sp.c * sp.h * sp.w,) if im2col else (k, m) if sp.nchw else (m, k)
 
     def xval(X, i, kk):   # x[i, kk] as int8 (uint8 flipped), channel-major for a pointwise conv
-        v = X[kk, i] if sp.nchw else X[i, kk]
+        v = im2col_tap(sp, X, i, kk) if im2col else X[kk, i] if sp.nchw else X[i, kk]
         return T.Cast("int8", T.bitwise_xor(v, T.uint8(128))) if flip else T.Cast("int8", v)
 
     def row(ib, r):   # rows past m repeat the last one
@@ -142,9 +146,11 @@ def cortexm_module(sp) -> tvm.IRModule:
             Ww = T.decl_buffer((n * kw,), "int32", data=W.data)
             Y2 = T.decl_buffer((n, m) if sp.nchw else (m, n), od, data=Y.data)
             for ib in T.serial(mtile):
-                for r, q, h in T.grid(rows, kw, 2):   # words (x[4q+h], x[4q+h+2]) of the tile's rows
-                    XP[(r * kw + q) * 2 + h] = (xk16(X, row(ib, r), 4 * q + h)
-                                                | (xk16(X, row(ib, r), 4 * q + h + 2) << 16))
+                for r in T.serial(rows):   # words (x[4q+h], x[4q+h+2]) of the tile's rows
+                    for q in pack(kw):
+                        for h in pack(2):
+                            XP[(r * kw + q) * 2 + h] = (xk16(X, row(ib, r), 4 * q + h)
+                                                        | (xk16(X, row(ib, r), 4 * q + h + 2) << 16))
                 for jo in T.serial(n // cols):
                     for r, c in T.grid(rows, cols):
                         acc[r * cols + c] = B[jo * cols + c]
@@ -177,10 +183,10 @@ def cortexm_module(sp) -> tvm.IRModule:
         Y2 = T.decl_buffer((n, m) if sp.nchw else (m, n), od, data=Y.data)
         for ib in T.serial(mtile):
             for r in T.serial(rows):   # 4 bytes per pass (a channel-major x is gathered m apart), then 0 past k
-                for q in T.serial(k // 4):
+                for q in pack(k // 4):
                     for u in T.unroll(4):
                         XP[r * kpad + q * 4 + u] = xval(X, row(ib, r), q * 4 + u)
-                for kk in T.serial(kpad - k // 4 * 4):
+                for kk in pack(kpad - k // 4 * 4):
                     XP[r * kpad + k // 4 * 4 + kk] = T.if_then_else(
                         k // 4 * 4 + kk < k, xval(X, row(ib, r), T.min(k // 4 * 4 + kk, k - 1)), T.int8(0))
             for jo in T.serial(n // cols):

@@ -2,8 +2,9 @@
 
 The candidates of every layer a TIR kernel can take (:func:`.kernel_choice.tir_candidates`: dense
 and pointwise; :func:`.kernel_choice.dw_candidates`: depthwise 3x3) are the hand-written kernel,
-``smlad`` (DSP cores) and ``mve`` (Helium) -- :mod:`.tir_kernels_cortexm`'s GEMMs,
-:mod:`.tir_kernels_cortexm_dw`'s depthwise kernels, one kind each, measured in the same runs -- and
+``smlad`` (DSP cores) and ``mve`` (Helium) -- :mod:`.tir_kernels_cortexm`'s GEMMs (a small-window
+conv such as the RGB stem packed per pixel, :mod:`.tir_kernels_cortexm_conv`),
+:mod:`.tir_kernels_cortexm_dw`'s depthwise kernels: one kind each, measured in the same runs -- and
 a tuning record's schedule where the board's database has one (``tune --target <board>``,
 tuning/tune_qemu.py: GEMMs only). Unlike the aarch64 choice (:mod:`.kernel_choice`: each layer alone, one
 package per candidate), the whole model is built once per candidate kind -- every eligible layer
@@ -72,6 +73,7 @@ def choose_kernels_cortexm(imod, board, workdir=None, ram_budget: int | None = N
     from .kernel_choice import dw_candidates, tir_candidates
     from .kernels_c import macs
     from .tir_kernels import step_spec
+    from .tir_kernels_cortexm_conv import im2col_spec, is_im2col_conv
     from .tir_kernels_cortexm_dw import cortexm_dw_spec
 
     if workdir is None:
@@ -80,12 +82,13 @@ def choose_kernels_cortexm(imod, board, workdir=None, ram_budget: int | None = N
     work = Path(workdir)
     mod = integer_module_of(imod)
     g = build_graph(mod)
-    gemms = {s.index for s in tir_candidates(g)}   # dense / pointwise; the others are depthwise 3x3 convs
+    gemms = {s.index for s in tir_candidates(g)}   # dense / pointwise; then depthwise 3x3, small-window convs
     steps = []
-    for s in sorted(tir_candidates(g) + dw_candidates(g), key=lambda s: s.index):
+    for s in sorted(tir_candidates(g) + dw_candidates(g) + [s for s in g.steps if is_im2col_conv(s)],
+                    key=lambda s: s.index):
         try:
-            step_spec(s) if s.index in gemms else cortexm_dw_spec(s, "smlad")
-        except UnsupportedOpError:   # an output dtype no TIR kernel writes
+            step_spec(s) if s.index in gemms else im2col_spec(s) if is_im2col_conv(s) else cortexm_dw_spec(s, "smlad")
+        except UnsupportedOpError:   # an input or output dtype no TIR kernel takes
             continue
         steps.append(s)
     kinds = [sc for sc in CORTEXM_SCHEDULES if cortexm_applies(sc, board)]
