@@ -45,7 +45,7 @@ def is_im2col_conv(s) -> bool:
     :data:`IM2COL_MAX_TAPS` taps, constant weights and requantization."""
     if s.op != "conv2d_requant" or s.args[0].shape[0] != 1 or s.params["groups"] != 1:
         return False
-    o, c, kh, kw = (int(d) for d in s.args[1].shape)
+    _, c, kh, kw = (int(d) for d in s.args[1].shape)
     return ((kh, kw) != (1, 1) and c * kh * kw <= IM2COL_MAX_TAPS and tuple(s.params["dilation"]) == (1, 1)
             and all(a.val.kind == "const" for a in s.args[1:]))
 
