@@ -62,17 +62,26 @@ def test_im2col_kernels_are_bit_exact_under_qemu_with_their_instruction(board, s
         _run(Im2colSpec(**{**sp.__dict__, "schedule": schedule}), b, inputs, want, tmp_path / f"c{i}")
 
 
-def test_only_small_window_convs_are_im2col_candidates():
+def test_only_small_3x3_windows_are_im2col_candidates():
+    """The RGB / grey 3x3 stems are; a 3x3 conv on 4 channels (36 taps), a 2x2 patch embedding (the
+    digits ViT's: its compile stays without a choice run) and a depthwise conv are not."""
     from test_export_tir_dw import dw_model
 
     from tvm_qplugin.export.c_graph import build_graph, integer_module_of
 
-    (s,) = build_graph(integer_module_of(dw_model(4, 6, 6, 1, "int8", "int8", -128, 127, seed=1))).steps
-    assert not is_im2col_conv(s)   # depthwise: tir_kernels_cortexm_dw.py's
+    def step(mod):
+        (s,) = build_graph(integer_module_of(mod)).steps
+        return s
+
+    assert is_im2col_conv(step(conv_model(3, 8, 8, 2, "uint8", seed=1)))
+    assert is_im2col_conv(step(conv_model(1, 8, 8, 1, "int8", seed=1)))
+    assert not is_im2col_conv(step(conv_model(4, 8, 8, 1, "int8", seed=1)))
+    assert not is_im2col_conv(step(conv_model(1, 8, 8, 2, "uint8", seed=1, k=2)))
+    assert not is_im2col_conv(step(dw_model(4, 6, 6, 1, "int8", "int8", -128, 127, seed=1)))
 
 
-def conv_model(c, o, hw, stride, x_dtype, seed):
-    """One 3x3 conv (pad 1, groups 1) of a (1, c, hw, hw) map to int8, shifts around 31..40."""
+def conv_model(c, o, hw, stride, x_dtype, seed, k=3):
+    """One k x k conv (groups 1; 3x3: pad 1) of a (1, c, hw, hw) map to int8, shifts around 31..40."""
     from tvm import relax
 
     from tvm_qplugin.ops import const, emit
@@ -82,14 +91,14 @@ def conv_model(c, o, hw, stride, x_dtype, seed):
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType([1, c, hw, hw], x_dtype))
     ds = [dyadic(float(m)) for m in np.exp(rng.uniform(np.log(1 / 3000), np.log(1 / 2), o))]
-    w8 = rng.integers(-128, 128, (o, c, 3, 3)).astype(np.int8)
+    w8 = rng.integers(-128, 128, (o, c, k, k)).astype(np.int8)
     w8.reshape(-1)[:2] = [-128, 127]
     with bb.function("main", [x]):
         with bb.dataflow():
             y = bb.emit_output(emit(bb, "conv2d_requant", [
                 x, const(w8), const(rng.integers(-3000, 3000, o).astype(np.int32)),
                 const(np.array([d.multiplier for d in ds], np.int64)), const(np.array([d.shift for d in ds], np.int64))],
-                strides=[stride, stride], padding=[1, 1, 1, 1], dilation=[1, 1], groups=1, qmin=-128, qmax=127,
+                strides=[stride, stride], padding=[k // 3] * 4, dilation=[1, 1], groups=1, qmin=-128, qmax=127,
                 out_dtype="int8"))
         bb.emit_func_output(y)
     return bb.finalize()

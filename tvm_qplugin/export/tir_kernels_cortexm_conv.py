@@ -1,8 +1,8 @@
-"""Small-window convolutions (the 3-channel 3x3 stem) as Cortex-M TensorIR GEMMs: candidates of
+"""Small-window convolutions (the 3x3 stem) as Cortex-M TensorIR GEMMs: candidates of
 :mod:`.tir_kernels_cortexm_choice` beside the hand-written im2col GEMM (issue 11, deliverable 1).
 
-A conv2d_requant of one image, groups 1, no dilation, whose window holds at most
-:data:`IM2COL_MAX_TAPS` taps (``c * kh * kw``: 27 for a 3x3 conv on RGB) and is not pointwise, is
+A 3x3 conv2d_requant of one image, groups 1, no dilation, whose window holds at most
+:data:`IM2COL_MAX_TAPS` taps (``c * 9``: 27 on RGB, 9 on a grey image) is
 :mod:`.tir_kernels_cortexm`'s GEMM over its output pixels -- ``m = oh * ow``, ``k = c * kh * kw``
 (the package's own weight rows: OIHW flattened, padded to ``kp``), ``n`` output channels, NCHW
 output -- whose per-tile packing of x gathers each pixel's window instead of reading a column:
@@ -11,6 +11,10 @@ tap ``kk = (ci, ky, kx)`` of pixel ``i = (oy, ox)`` is ``x[ci, oy*sh + ky - pt, 
 cancels it, as for every other tap). The packing loops over the window are unrolled, so each tap's
 (ci, ky, kx) is a constant and costs its bounds check, a load and a store; the GEMM and the
 requantization are the ``smlad`` / ``mve`` kernels' own.
+
+Note: the packing and :class:`Im2colSpec` take any window; only 3x3 ones are candidates, so that a
+model without such a stem (the digits ViT's 2x2 patch embedding) keeps its compile as it was -- no
+choice firmware runs -- and its measured figures.
 """
 from __future__ import annotations
 
@@ -41,12 +45,12 @@ class Im2colSpec(DenseSpec):
 
 
 def is_im2col_conv(s) -> bool:
-    """A step these kernels take: one image, groups 1, no dilation, not pointwise, a window of at most
+    """A step these kernels take: one image, groups 1, no dilation, a 3x3 window of at most
     :data:`IM2COL_MAX_TAPS` taps, constant weights and requantization."""
     if s.op != "conv2d_requant" or s.args[0].shape[0] != 1 or s.params["groups"] != 1:
         return False
     _, c, kh, kw = (int(d) for d in s.args[1].shape)
-    return ((kh, kw) != (1, 1) and c * kh * kw <= IM2COL_MAX_TAPS and tuple(s.params["dilation"]) == (1, 1)
+    return ((kh, kw) == (3, 3) and c * kh * kw <= IM2COL_MAX_TAPS and tuple(s.params["dilation"]) == (1, 1)
             and all(a.val.kind == "const" for a in s.args[1:]))
 
 
