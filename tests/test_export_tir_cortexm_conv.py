@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_export_tir_cortexm_dw import M4, M55, MNEMONIC, QRANGE, _run
+from test_export_tir_cortexm_dw import M4, M55, QRANGE, _run
 
 from tvm_qplugin.export.tir_kernels_cortexm_conv import Im2colSpec, is_im2col_conv
 from tvm_qplugin.ops import OPS
@@ -54,12 +54,12 @@ def _workload(c, h, w, o, k, stride, pad, xd, od, shifts, seed):
 
 
 @pytest.mark.parametrize("board,schedule", [(M4, "smlad"), (M55, "mve")])
-def test_im2col_kernels_are_bit_exact_under_qemu_with_their_instruction(board, schedule, tmp_path, monkeypatch):
-    monkeypatch.setitem(MNEMONIC, schedule, MNEMONIC_GEMM[schedule])   # _run's disassembly check: the GEMM's
+def test_im2col_kernels_are_bit_exact_under_qemu_with_their_instruction(board, schedule, tmp_path):
     b = get_board(board)
     for i, case in enumerate(CASES):
         sp, inputs, want = _workload(*case, seed=i)
-        _run(Im2colSpec(**{**sp.__dict__, "schedule": schedule}), b, inputs, want, tmp_path / f"c{i}")
+        _run(Im2colSpec(**{**sp.__dict__, "schedule": schedule}), b, inputs, want, tmp_path / f"c{i}",
+             MNEMONIC_GEMM[schedule])
 
 
 def test_only_small_3x3_windows_are_im2col_candidates():
