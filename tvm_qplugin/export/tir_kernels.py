@@ -434,10 +434,12 @@ class TirKernelCalls:
         s.c_func = sp.name
 
     def tir_dense_call(self, s, p: dict, wk: dict) -> None:
-        from .tir_kernels_cortexm_conv import im2col_spec, is_im2col_conv   # Cortex-M's small-window convs
+        # (Cortex-M's 3x3 stems: tir_kernels_cortexm_conv.py)
+        from .tir_kernels_cortexm_conv import im2col_spec, is_im2col_conv
 
         x, w, bias = s.args[:3]
-        sp = replace((im2col_spec if is_im2col_conv(s) else step_spec)(s, self.tir_choice[s.index]),
+        sched = self.tir_choice[s.index]
+        sp = replace((im2col_spec if is_im2col_conv(s) and sched in CORTEXM_SCHEDULES else step_spec)(s, sched),
                      kp=wk["kp"])   # the package's row padding
         d = {"n": sp.n, "k": sp.k}
         bn = wk["bias"]
