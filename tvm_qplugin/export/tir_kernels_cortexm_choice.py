@@ -2,8 +2,8 @@
 
 The candidates of every layer a TIR kernel can take (:func:`.kernel_choice.tir_candidates`: dense
 and pointwise; :func:`.kernel_choice.dw_candidates`: depthwise 3x3) are the hand-written kernel,
-``smlad`` (DSP cores) and ``mve`` (Helium) -- :mod:`.tir_kernels_cortexm`'s GEMMs (a small-window
-conv such as the RGB stem packed per pixel, :mod:`.tir_kernels_cortexm_conv`),
+``smlad`` (DSP cores) and ``mve`` (Helium) -- :mod:`.tir_kernels_cortexm`'s GEMMs (a 3x3 stem conv
+on <= 3 channels too, each pixel's window packed: :mod:`.tir_kernels_cortexm_conv`),
 :mod:`.tir_kernels_cortexm_dw`'s depthwise kernels: one kind each, measured in the same runs -- and
 a tuning record's schedule where the board's database has one (``tune --target <board>``,
 tuning/tune_qemu.py: GEMMs only). Unlike the aarch64 choice (:mod:`.kernel_choice`: each layer alone, one
@@ -82,7 +82,7 @@ def choose_kernels_cortexm(imod, board, workdir=None, ram_budget: int | None = N
     work = Path(workdir)
     mod = integer_module_of(imod)
     g = build_graph(mod)
-    gemms = {s.index for s in tir_candidates(g)}   # dense / pointwise; then depthwise 3x3, small-window convs
+    gemms = {s.index for s in tir_candidates(g)}   # dense / pointwise; then depthwise 3x3, 3x3 stems
     steps = []
     for s in sorted(tir_candidates(g) + dw_candidates(g) + [s for s in g.steps if is_im2col_conv(s)],
                     key=lambda s: s.index):
