@@ -104,7 +104,8 @@ def conv_model(c, o, hw, stride, x_dtype, seed, k=3):
     return bb.finalize()
 
 
-@pytest.mark.parametrize("board,kinds", [(M4, {"smlad"}), (M55, {"smlad", "mve"})])
+# M55 measures both kinds (make test); M4's single kind is extended
+@pytest.mark.parametrize("board,kinds", [pytest.param(M4, {"smlad"}, marks=pytest.mark.extended), (M55, {"smlad", "mve"})])
 def test_export_measures_the_im2col_candidates_and_runs_the_fastest_bit_exact(board, kinds, tmp_path, monkeypatch):
     """The RGB stem's TIR kinds measured beside the hand-written im2col GEMM in the whole package (none
     dropped), the fewest instructions kept and said why; that package bit-exact under qemu."""

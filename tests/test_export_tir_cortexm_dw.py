@@ -92,7 +92,8 @@ def test_dw_mve_kernel_is_refused_on_a_core_without_helium(tmp_path):
         build_object([DwSpec(**{**sp.__dict__, "schedule": "mve"})], get_board(M4), tmp_path / "k.o")
 
 
-@pytest.mark.parametrize("board,kinds", [(M4, {"smlad"}), (M55, {"smlad", "mve"})])
+# M55 measures both kinds (make test); M4's single kind is extended
+@pytest.mark.parametrize("board,kinds", [pytest.param(M4, {"smlad"}, marks=pytest.mark.extended), (M55, {"smlad", "mve"})])
 def test_export_measures_the_dw_candidates_and_runs_the_fastest_bit_exact(board, kinds, tmp_path, monkeypatch):
     """The Cortex-M choice measures the depthwise layer's TIR kinds beside the hand-written kernel in
     the whole package (none dropped), keeps the fewest instructions, says why; the package calling
