@@ -84,6 +84,7 @@ class DenseSpec:
     nchw: bool = False
     shift33: bool = False   # every shift >= 33: the requantization in 32 bits (qk_internal.h's identity)
     shift_range: tuple = (0, 62)   # (min, max) of the per-channel shifts: sdot4x4's requantization variant
+    shifts: tuple = ()   # every channel's shift, where a kernel bakes them in (tir_kernels_sdot_px.py); () if unknown
 
     @property
     def flip(self) -> bool:
@@ -390,7 +391,8 @@ def step_spec(s, schedule="default") -> DenseSpec:
     shifts = shift_range(s.args[4].val.const)
     return DenseSpec(f"qk_tir_{'conv1x1' if nchw else 'dense'}_{s.index}", int(d["m"]), int(d["k"]),
                      (int(d["k"]) + 3) // 4 * 4, int(d["n"]), x.dtype, s.out.dtype, int(s.params["qmin"]),
-                     int(s.params["qmax"]), schedule, nchw, shifts[0] >= 33, shifts)
+                     int(s.params["qmax"]), schedule, nchw, shifts[0] >= 33, shifts,
+                     tuple(int(v) for v in np.asarray(s.args[4].val.const).reshape(-1)))
 
 
 def flipped_bias(s) -> np.ndarray:
