@@ -16,6 +16,7 @@ from tvm_qplugin.export.kernel_choice import _measure, _sample
 from tvm_qplugin.export.kernels_c import macs
 from tvm_qplugin.export.tir_kernels import step_spec
 from tvm_qplugin.export.tir_kernels_sdot_px import px_applies, px_tile
+from tvm_qplugin.export.toolchain import run_tool, which
 from tvm_qplugin.quant.dyadic import requantize_ref
 from tvm_qplugin.reference import ReferenceInterpreter
 from tvm_qplugin.targets import get_board
@@ -140,3 +141,22 @@ def test_lv2_shape_at_most_012_instructions_per_mac(tmp_path):
     r = _measure(mod, get_board("rpi5"), {0: "sdot4x4"}, x, want, tmp_path)
     assert r["ok"], r["why"]
     assert r["instructions"] / macs(s) <= 0.12, r["instructions"] / macs(s)
+
+
+def test_aarch64_binary_holds_only_the_prepacked_weights(tmp_path):
+    """model.c keeps the hand-written call's weight array for the host build (``#else`` of QM_TIR), but on
+    aarch64 nothing references it and the static const is dropped: the executable's read-only data holds
+    the prepacked sdot copy alone (issue 11: no second copy of the weights in flash)."""
+    mod, _, _ = _case("u8-32px-pack-8x8-s16-mixed31")
+    board = get_board("rpi5")
+    pkg = tmp_path / "pkg"
+    write_c_package(mod, pkg, board, kernels={0: "sdot4x4"})
+    src = (pkg / "model.c").read_text()
+    hand = [ln.split("[")[0].split()[-1] for ln in src.splitlines() if ln.startswith("static const int8_t qm_w")]
+    assert any("wsdot" in h for h in hand) and any("wsdot" not in h for h in hand), hand   # both in the source
+    exe = harness.build_linux(pkg, board, tmp_path / "build")
+    syms = {ln.split()[-1]: int(ln.split()[1], 16) for ln in run_tool(
+        [which("aarch64-linux-gnu-nm"), "-S", exe], what="nm").stdout.splitlines() if len(ln.split()) == 4}
+    kept = [h for h in hand if h in syms]
+    assert len(kept) == 1 and "wsdot" in kept[0], kept
+    assert syms[kept[0]] == 16 * 32          # n x k int8, once
