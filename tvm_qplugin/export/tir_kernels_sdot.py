@@ -44,7 +44,7 @@ FLIP32 = -0x7F7F7F80   # 0x80808080 as int32: x ^ 0x80 on the 4 bytes of a word
 
 def sdot_applies(sp) -> bool:
     """Shapes this kernel takes: whole groups of 4 channels and of 4 k (x is read 4 bytes at a time)."""
-    return sp.n % 4 == 0 and sp.k % 4 == 0
+    return sp.n % 4 == 0 and sp.k % 4 == 0 and not sp.conv   # (a 3x3 conv: tir_kernels_sdot_conv.py)
 
 
 def pack_weights_sdot(w: np.ndarray, sp) -> np.ndarray:
@@ -61,7 +61,7 @@ def weight_cols(sp) -> int:
     1 for a pointwise conv (its tiles read each group of 4 channels on its own)."""
     from .tir_kernels_sdot_px import px_applies, px_tile
 
-    if px_applies(sp):   # the pixel-lane path's tile of channels
+    if px_applies(sp) or sp.conv:   # the pixel-lane path's tile of channels (im2col-sdot's too)
         return px_tile(sp)[0]
     return 1 if sp.nchw else _dense_cols(sp)
 

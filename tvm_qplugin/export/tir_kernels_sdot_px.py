@@ -118,15 +118,16 @@ def _typed_run(sp, h, lanes: int):
     return v
 
 
-def px_module(sp) -> tvm.IRModule:
+def px_module(sp, pack=None, x_size: int | None = None) -> tvm.IRModule:
     """The IRModule of the pixel-lane pointwise kernel (``main``), x (k, m) / y (n, m) channel-major.
 
     x is packed once as blocks of 16 pixels, each ``[k/4][4 groups][4 pixels][4 k]`` -- one ``st4``
     per 4 k of a block -- so that a tile's x for all k lies within a few hundred bytes of one pointer
     (``ldp`` reaches +-1008 bytes; :mod:`.tir_kernels_sdot`'s ``[k/4][pixels]`` layout put 4 k apart
-    by the whole map: 0.120 -> 0.117 on lv2)."""
+    by the whole map: 0.120 -> 0.117 on lv2). ``pack(X, XT, xt_at, kb)``, where given, writes that
+    layout instead (:mod:`.tir_kernels_sdot_conv`: the im2col of a 3x3 conv, x of ``x_size`` elements)."""
     m, k, kp, n, xd, od = sp.m, sp.k, sp.kp, sp.n, sp.x_dtype, sp.out_dtype
-    kb, flip, unsigned = k // 4, sp.flip, sp.out_dtype == "uint8"
+    kb, flip, unsigned = kp // 4, sp.flip, sp.out_dtype == "uint8"
     cols, groups = px_tile(sp)
     lanes = 4 * groups
 
@@ -137,14 +138,16 @@ def px_module(sp) -> tvm.IRModule:
         T.func_name("main")
         # no "tirx.noalias": the stores to y then keep the weight loads, and their lane splats, inside the
         # pixel loop, where they fold into the indexed sdot (hoisted, 32 splats took 32 registers and spilled)
-        X = T.arg("X", T.Buffer((m * k,), xd))
+        X = T.arg("X", T.Buffer((x_size or m * k,), xd))
         W = T.arg("W", T.Buffer((n * kp,), "int8"))
         B = T.arg("B", T.Buffer((n,), "int32"))
         MU = T.arg("MU", T.Buffer((n,), "int32"))
         T.arg("SH", T.Buffer((n,), "int8"))   # the shifts are baked in (sp.shifts)
         Y = T.arg("Y", T.Buffer((m * n,), od))
-        XT = T.alloc_buffer((m * k,), "int8")
-        if m % 32 == 0:   # 32 pixels of 4 channels per pass (two blocks): paired loads, two st4
+        XT = T.alloc_buffer((m * kp,), "int8")
+        if pack is not None:
+            pack(X, XT, xt_at, kb)
+        elif m % 32 == 0:   # 32 pixels of 4 channels per pass (two blocks): paired loads, two st4
             with T.grid(m // 32, kb) as (i32, g):
                 rows = [X[T.Ramp((4 * g + c) * m + 32 * i32, 1, 32)] for c in range(4)]
                 rows = [T.bind(T.reinterpret("int8x32", T.bitwise_xor(v, T.Broadcast(T.uint8(128), 32))
