@@ -100,9 +100,11 @@ def im2col_module(sp) -> tvm.IRModule:
                     for t in taps:
                         ci, r = divmod(t, kh * kw)
                         ky, kx = divmod(r, kw)
-                        run = XP[T.Ramp((ci * hp + oy * sh + ky) * wp + bx * 16 * sw + kx, 1, 16 * sw)]
-                        # every sw-th byte of a contiguous run (ld2 / uzp1 at stride 2; a strided Ramp gathers by lane)
-                        vs.append(run if sw == 1 else T.Shuffle([run], list(range(0, 16 * sw, sw))))
+                        at = (ci * hp + oy * sh + ky) * wp + bx * 16 * sw + kx
+                        # every sw-th byte of sw whole 16-byte loads (uzp1 at stride 2); a strided Ramp gathers by
+                        # lane, and so does one wide load, which LLVM shortens to the bytes used
+                        run = [XP[T.Ramp(at + 16 * i, 1, 16)] for i in range(sw)]
+                        vs.append(run[0] if sw == 1 else T.Shuffle(run, list(range(0, 16 * sw, sw))))
                     T.buffer_store(XT, T.Shuffle(vs, [j * 16 + p for p in range(16) for j in range(4)]),
                                    [T.Ramp(xt_at(block, g), 1, 64)])
 

@@ -164,20 +164,21 @@ def px_module(sp, pack=None, x_size: int | None = None) -> tvm.IRModule:
             requantization, stores."""
             # per 4 k the tile's weights (cols groups of 4 channels, interleaved at packing) are one run, its
             # pixels another
-            wv = [[T.reinterpret("int32x4", v) for v in _split(T.bind(
-                W[T.Ramp((jo * (kp // 4) + g) * cols * 16, 1, 16 * cols)]), cols)] for g in range(kb)]
-            xv = [_split(T.bind(XT[T.Ramp(xt_at(block, g) + sub * 16, 1, 16 * groups)]), groups) for g in range(kb)]
             bv = T.bind(B[T.Ramp(jo * cols * 4, 1, 4 * cols)])
             muv = T.bind(MU[T.Ramp(jo * cols * 4, 1, 4 * cols)])
+            acc = [[T.Shuffle([bv], [c] * 4) for _ in range(groups)] for c in range(4 * cols)]   # start at the bias
+            for g in range(kb):   # 4 k at a time over all 16 accumulators: only this step's w and x are live
+                # the tile's weights for 4 k (cols groups of 4 channels, interleaved at packing) are one run, its
+                # pixels another
+                wv = [T.reinterpret("int32x4", v) for v in _split(T.bind(
+                    W[T.Ramp((jo * (kp // 4) + g) * cols * 16, 1, 16 * cols)]), cols)]
+                xv = _split(T.bind(XT[T.Ramp(xt_at(block, g) + sub * 16, 1, 16 * groups)]), groups)
+                acc = [[T.bind(T.call_llvm_pure_intrin("int32x4", SDOT, acc[c][q], xv[q], T.reinterpret(
+                    "int8x16", T.Shuffle([wv[c // 4]], [c % 4] * 4)))) for q in range(groups)] for c in range(4 * cols)]
             runs = []
             for c in range(4 * cols):   # channel 4 cols jo + c: group c // 4, lane c % 4 of its vectors
-                outs = []
-                for q in range(groups):
-                    acc = T.Shuffle([bv], [c] * 4)   # the accumulator starts at the bias
-                    for g in range(kb):
-                        acc = T.call_llvm_pure_intrin("int32x4", SDOT, acc, xv[g][q], T.reinterpret(
-                            "int8x16", T.Shuffle([wv[g][c // 4]], [c % 4] * 4)))
-                    outs.append(narrow16(acc, T.Shuffle([muv], [c] * 4), sp.shifts[jo * 4 * cols + c], unsigned))
+                outs = [narrow16(acc[c][q], T.Shuffle([muv], [c] * 4), sp.shifts[jo * 4 * cols + c], unsigned)
+                        for q in range(groups)]
                 runs.append(T.bind(_typed_run(sp, T.Shuffle(outs, list(range(lanes))), lanes)))
             for c in range(4 * cols):   # stores after every channel's dot products: no load waits on them
                 T.buffer_store(Y, runs[c], [T.Ramp((jo * 4 * cols + c) * m + block * 16 + sub * 4, 1, lanes)])
