@@ -1,7 +1,8 @@
 """Which kernel each layer of an aarch64 board's C package calls: measured, not assumed.
 
 For every layer a TensorIR kernel can take (:mod:`.tir_kernels`: dense_requant and pointwise
-conv2d_requant on 8-bit inputs),
+conv2d_requant on 8-bit inputs; depthwise 3x3 convs; small-channel convs such as the 3x3 stem, on boards
+with the dot product),
 the layer alone -- its own weights, requantization and shape -- is written as a one-step package
 once per candidate (the hand-written C, and each TIR schedule compiled by TVM's LLVM backend for
 the board's ``-mcpu`` / ``-mattr``), cross-built with the profiling marks, and run under

@@ -23,7 +23,9 @@ Schedules (the candidates :mod:`.kernel_choice` measures; see :func:`_schedule`)
 ``tiled``, ``tiled2x4``, ``tiled4x4``; and ``sdot4x4`` on boards with the dot-product extension, a
 kernel of its own (:mod:`.tir_kernels_sdot`: channels in the ``sdot`` lanes, weights prepacked, the
 requantization on 4 outputs at once). A depthwise 3x3 conv has its own kernel, ``dw3x3``
-(:mod:`.tir_kernels_dw`: a :class:`~.tir_kernels_dw.DwSpec`, built and called through the same shim).
+(:mod:`.tir_kernels_dw`: a :class:`~.tir_kernels_dw.DwSpec`, built and called through the same shim), and so
+does a small-channel conv such as the 3x3 stem, ``im2col-sdot`` (:mod:`.tir_kernels_sdot_conv`: a
+:class:`DenseSpec` with its ``conv`` geometry).
 """
 from __future__ import annotations
 
