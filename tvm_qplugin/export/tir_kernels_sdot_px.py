@@ -21,7 +21,7 @@ the dot products. Here an accumulator holds 4 pixels of one channel:
 Offered where 16 | m, n k <= :data:`PX_MAX_NK`, every shift >= 31 and 8/16-bit outputs
 (:func:`px_applies`); :func:`.tir_kernels_sdot.sdot_module` dispatches here, the package and the
 kernel choice still call it ``sdot4x4``. Measured on MobileNetV2-96 (docs/architecture.md): lv2
-0.167 -> 0.117 instructions/MAC, the 24x24 and 12x12 projections 0.104-0.117 -> 0.091-0.099.
+0.167 -> 0.114 instructions/MAC, the 24x24 and 12x12 projections 0.104-0.117 -> 0.090-0.097.
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def px_applies(sp) -> bool:
     """A pointwise conv this path takes: whole blocks of 16 pixels (smaller maps measured slower here:
     6x6 0.141 against 0.114 instructions/MAC), whole groups of 4 channels and k, at most
     :data:`PX_MAX_NK` unrolled ``sdot``; per-channel shifts known and >= 31; 8/16-bit outputs."""
-    return (sp.nchw and sp.m % 16 == 0 and sp.n % 4 == 0 and sp.k % 4 == 0 and sp.n * sp.k <= PX_MAX_NK
+    return (sp.nchw and not sp.conv and sp.m % 16 == 0 and sp.n % 4 == 0 and sp.k % 4 == 0 and sp.n * sp.k <= PX_MAX_NK
             and sp.out_dtype in _RANGE and len(sp.shifts) == sp.n and min(sp.shifts) >= 31)
 
 
