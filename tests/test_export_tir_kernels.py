@@ -212,20 +212,22 @@ def test_a_candidate_that_fails_to_build_is_dropped_and_counted(tmp_path, monkey
 # code path of the kernel -- dense tiles of 8 / 4 channels, rows past m, a k tail, the pointwise packs (16
 # pixels / 4 pixels / bytewise), the saturating-narrow, tbl, int16-transposed and strided stores, the 32-bit (shift >= 33) and
 # 64-bit requantization -- bit-exact against the op's NumPy twin under qemu-aarch64 -cpu cortex-a76.
+# (The 16-pixel maps have n k > tir_kernels_sdot_px.PX_MAX_NK, so that they stay on this kernel's channel-lane
+# path; its pixel-lane path, where sdot4x4 sends smaller ones: tests/test_export_tir_sdot_px.py.)
 SDOT_LAYERS = {
     # name: (op, x shape, x dtype, n, out dtype, qmin, qmax, multiplier range)
     "dense-u8-rows-clamped-8ch": ("dense_requant", (5, 48), "uint8", 24, "uint8", 0, 255, (1 / 20000, 1 / 4000)),
     "dense-s8-ktail-s16-shift31-mixed": ("dense_requant", (3, 36), "int8", 20, "int16", -32768, 32767, (0.05, 0.9)),
-    "conv1x1-u8-16px-relu6": ("conv2d_requant", (1, 32, 4, 8), "uint8", 16, "uint8", 0, 200, (1 / 9000, 1 / 2000)),
+    "conv1x1-u8-16px-relu6": ("conv2d_requant", (1, 96, 4, 8), "uint8", 88, "uint8", 0, 200, (1 / 9000, 1 / 2000)),
     "conv1x1-s8-4px-s8": ("conv2d_requant", (1, 24, 3, 4), "int8", 8, "int8", -128, 127, (1 / 9000, 1 / 2000)),
     "conv1x1-u8-bytewise-s16": ("conv2d_requant", (1, 16, 3, 3), "uint8", 12, "int16", -32768, 32767, (0.01, 0.9)),
-    "conv1x1-s8-16px-s16": ("conv2d_requant", (1, 20, 2, 8), "int8", 12, "int16", -32768, 32767, (0.01, 0.9)),
+    "conv1x1-s8-16px-s16": ("conv2d_requant", (1, 80, 2, 8), "int8", 104, "int16", -32768, 32767, (0.01, 0.9)),
     "conv1x1-u8-4px-s16-clamped": ("conv2d_requant", (1, 16, 2, 2), "uint8", 8, "int16", -1000, 1000, (0.05, 0.5)),
-    "conv1x1-u8-16px-s16-shift31": ("conv2d_requant", (1, 16, 4, 4), "uint8", 8, "int16", -32767, 32767, (0.5, 0.99)),
+    "conv1x1-u8-16px-s16-shift31": ("conv2d_requant", (1, 64, 4, 4), "uint8", 132, "int16", -32767, 32767, (0.5, 0.99)),
     "dense-s8-int64-requant": ("dense_requant", (2, 16), "int8", 8, "int16", -32768, 32767, (0.3, 2.5)),
     "conv1x1-u8-bytewise-u8": ("conv2d_requant", (1, 16, 3, 5), "uint8", 8, "uint8", 0, 255, (1 / 9000, 1 / 2000)),
     # k > SMALL_K: the 8-channel x 8- or 12-pixel register tiles (tir_kernels_sdot._pointwise_tile)
-    "conv1x1-u8-8x8-s16-shift31": ("conv2d_requant", (1, 100, 4, 4), "uint8", 16, "int16", -32767, 32767, (0.3, 0.9)),
+    "conv1x1-u8-8x8-s16-shift31": ("conv2d_requant", (1, 100, 4, 4), "uint8", 88, "int16", -32767, 32767, (0.3, 0.9)),
     "conv1x1-u8-3x3-one-tile-s16": ("conv2d_requant", (1, 104, 3, 3), "uint8", 8, "int16", -32767, 32767,
                                     (1 / 9000, 1 / 2000)),
     "conv1x1-s8-6x6-12px-u8": ("conv2d_requant", (1, 100, 6, 6), "int8", 12, "uint8", 0, 255, (1 / 9000, 1 / 2000)),

@@ -1,7 +1,8 @@
 """Which kernel each layer of an aarch64 board's C package calls: measured, not assumed.
 
 For every layer a TensorIR kernel can take (:mod:`.tir_kernels`: dense_requant and pointwise
-conv2d_requant on 8-bit inputs),
+conv2d_requant on 8-bit inputs; depthwise 3x3 convs; small-channel convs such as the 3x3 stem, on boards
+with the dot product),
 the layer alone -- its own weights, requantization and shape -- is written as a one-step package
 once per candidate (the hand-written C, and each TIR schedule compiled by TVM's LLVM backend for
 the board's ``-mcpu`` / ``-mattr``), cross-built with the profiling marks, and run under
@@ -32,6 +33,7 @@ from .tir_kernels import (
     symbol_address,
 )
 from .tir_kernels_dw import DW_SCHEDULES, is_depthwise3x3
+from .tir_kernels_sdot_conv import IM2COL_SCHEDULES, im2col_step
 
 TIR_INPUTS = ("uint8", "int8")
 HANDWRITTEN = "handwritten-c"
@@ -59,12 +61,20 @@ def dw_candidates(g) -> list:
             and all(a.val.kind == "const" for a in s.args[1:])]
 
 
+def conv_candidates(g) -> list:
+    """The small-channel convs (the 3x3 stem) on aarch64 boards with the dot product: tir_kernels_sdot_conv.py's
+    kernel is measured beside the hand-written ``qk_conv``."""
+    return [s for s in g.steps if im2col_step(s) and all(a.val.kind == "const" for a in s.args[1:])]
+
+
 def schedules_for(s, board) -> tuple:
     """The TIR schedules measured for step ``s`` on ``board``: the sdot kernel only where the core has
     the dot-product extension (elsewhere its object would SIGILL) and 4 | n, 4 | k; the smmla kernel
     only where it has the int8 matrix multiply (i8mm) and 2 | n; the smlal kernel where its lanes
     (pixels of a pointwise conv, or output channels) come in fours. A depthwise 3x3 conv has its own
     kernel (tir_kernels_dw.py)."""
+    if im2col_step(s):   # a small-channel conv: its im2col kernel, where the core has sdot
+        return IM2COL_SCHEDULES if "dotprod" in board.features else ()
     if is_depthwise3x3(s):   # the split layout only where there is a stride to split
         return DW_SCHEDULES if tuple(s.params["strides"]) == (2, 2) else DW_SCHEDULES[:1]
     w = s.args[1].shape
@@ -157,7 +167,8 @@ def choose_kernels(imod, board, workdir=None, ram_budget=None) -> tuple[dict, di
     g = build_graph(integer_module_of(imod))
     kernels, choices = {}, {}
     seen: dict[tuple, int] = {}
-    for s in sorted(tir_candidates(g) + dw_candidates(g), key=lambda s: s.index):
+    convs = conv_candidates(g) if "dotprod" in board.features else []
+    for s in sorted(tir_candidates(g) + dw_candidates(g) + convs, key=lambda s: s.index):
         key = _shape_key(s)
         if key in seen:  # same code and shapes as a layer measured already: the same counts
             first = choices[seen[key]]
@@ -172,7 +183,7 @@ def choose_kernels(imod, board, workdir=None, ram_budget=None) -> tuple[dict, di
         want = want[0] if isinstance(want, (list, tuple)) else want
         cands = {HANDWRITTEN: None, **{f"tensorir-{sc}": {0: sc} for sc in schedules_for(s, board)}}
         try:   # a record of `tune --target <board>` (tuning/tune_qemu.py; none for depthwise)
-            tuned = None if is_depthwise3x3(s) else tuned_kernel(step_spec(s), board)
+            tuned = None if is_depthwise3x3(s) or im2col_step(s) else tuned_kernel(step_spec(s), board)
         except UnsupportedOpError:   # no TIR kernel for this step's dtypes: its TIR candidates are dropped below
             tuned = None
         if tuned is not None:

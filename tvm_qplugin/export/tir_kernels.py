@@ -23,7 +23,9 @@ Schedules (the candidates :mod:`.kernel_choice` measures; see :func:`_schedule`)
 ``tiled``, ``tiled2x4``, ``tiled4x4``; and ``sdot4x4`` on boards with the dot-product extension, a
 kernel of its own (:mod:`.tir_kernels_sdot`: channels in the ``sdot`` lanes, weights prepacked, the
 requantization on 4 outputs at once). A depthwise 3x3 conv has its own kernel, ``dw3x3``
-(:mod:`.tir_kernels_dw`: a :class:`~.tir_kernels_dw.DwSpec`, built and called through the same shim).
+(:mod:`.tir_kernels_dw`: a :class:`~.tir_kernels_dw.DwSpec`, built and called through the same shim), and so
+does a small-channel conv such as the 3x3 stem, ``im2col-sdot`` (:mod:`.tir_kernels_sdot_conv`: a
+:class:`DenseSpec` with its ``conv`` geometry).
 """
 from __future__ import annotations
 
@@ -49,6 +51,13 @@ from .tir_kernels_i8mm import (
 from .tir_kernels_i8mm import workspace_bytes as i8mm_workspace_bytes
 from .tir_kernels_neon import NEON_SCHEDULES, neon_applies, neon_module, pack_weights_neon
 from .tir_kernels_neon import workspace_bytes as neon_workspace_bytes
+from .tir_kernels_sdot_conv import (  # a small-channel conv (the 3x3 stem) by im2col and sdot
+    IM2COL_SCHEDULES,
+    conv_geometry,
+    im2col_applies,
+    im2col_module,
+    im2col_workspace_bytes,
+)
 from .tir_kernels_sdot import (  # the sdot4x4 kernel
     pack_weights_sdot,
     sdot_applies,
@@ -85,6 +94,8 @@ class DenseSpec:
     nchw: bool = False
     shift33: bool = False   # every shift >= 33: the requantization in 32 bits (qk_internal.h's identity)
     shift_range: tuple = (0, 62)   # (min, max) of the per-channel shifts: sdot4x4's requantization variant
+    shifts: tuple = ()   # every channel's shift, where a kernel bakes them in (tir_kernels_sdot_px.py); () if unknown
+    conv: tuple = ()     # a conv's (c, h, w, kh, kw, sh, sw, pt, pl, pb, pr, oh, ow) (im2col-sdot); () for a GEMM
 
     @property
     def flip(self) -> bool:
@@ -215,6 +226,15 @@ def build_object(specs: list[DenseSpec], board, path: Path) -> list[Path]:
                                          f"{'MVE' if sp.schedule == 'mve' else 'the DSP extension'} (board "
                                          f"{board.name}: {list(board.features)}); choose another schedule")
             mod = cortexm_module(sp)
+        elif sp.conv and sp.schedule not in IM2COL_SCHEDULES:   # the GEMM kernels read x as a pointwise conv's
+            raise UnsupportedOpError(f"TIR kernel {sp.name}: a {sp.conv[3]}x{sp.conv[4]} conv has only the "
+                                     f"{IM2COL_SCHEDULES[0]} kernel, not {sp.schedule}; choose it or handwritten-c")
+        elif sp.schedule in IM2COL_SCHEDULES:
+            if "dotprod" not in board.features or not im2col_applies(sp):
+                raise UnsupportedOpError(f"TIR kernel {sp.name}: {sp.schedule} needs the dot-product extension "
+                                         f"(board {board.name}: {list(board.features)}), a conv of int8 x with 4 | n "
+                                         "and every shift >= 31; choose another schedule")
+            mod = im2col_module(sp)
         elif sp.schedule in DOTPROD_SCHEDULES:
             if "dotprod" not in board.features or not sdot_applies(sp):
                 raise UnsupportedOpError(f"TIR kernel {sp.name}: {sp.schedule} needs the dot-product extension "
@@ -355,6 +375,7 @@ def shim_sources(specs: list[DenseSpec]) -> tuple[str, str]:
                        else cortexm_workspace_bytes(sp) if sp.schedule in CORTEXM_SCHEDULES
                        else i8mm_workspace_bytes(sp) if sp.schedule in I8MM_SCHEDULES
                        else neon_workspace_bytes(sp) if sp.schedule in NEON_SCHEDULES
+                       else im2col_workspace_bytes(sp) if sp.schedule in IM2COL_SCHEDULES
                        else workspace_bytes(sp) if sp.schedule in DOTPROD_SCHEDULES else 4 * sp.kp
                        for sp in gemms if sp.nchw or isinstance(sp.schedule, TunedKernel)
                        or sp.schedule in CORTEXM_SCHEDULES or sp.schedule in I8MM_SCHEDULES + NEON_SCHEDULES]
@@ -384,15 +405,19 @@ def step_spec(s, schedule="default") -> DenseSpec:
     x = s.args[0]
     if x.dtype not in ("uint8", "int8") or s.out.dtype not in OUT_DTYPES:
         raise UnsupportedOpError(f"TIR kernel: {s.name}: {s.op} {x.dtype} -> {s.out.dtype} has no TIR kernel")
-    if s.op == "conv2d_requant":   # a pointwise conv of one image: a GEMM over its pixels, channel-major
+    geom = ()
+    if s.op == "conv2d_requant":   # a conv of one image: a GEMM over its pixels, channel-major
         c = conv_dims(s)
-        d, nchw = {"m": c["oh"] * c["ow"], "k": c["c"], "n": c["o"]}, True
+        d, nchw = {"m": c["oh"] * c["ow"], "k": c["c"] * c["kh"] * c["kw"], "n": c["o"]}, True
+        geom = conv_geometry(s) if (c["kh"], c["kw"]) != (1, 1) else ()   # pointwise: no im2col
     else:
         d, nchw = dense_dims(s), False
     shifts = shift_range(s.args[4].val.const)
-    return DenseSpec(f"qk_tir_{'conv1x1' if nchw else 'dense'}_{s.index}", int(d["m"]), int(d["k"]),
+    kind = "conv" if geom else "conv1x1" if nchw else "dense"
+    return DenseSpec(f"qk_tir_{kind}_{s.index}", int(d["m"]), int(d["k"]),
                      (int(d["k"]) + 3) // 4 * 4, int(d["n"]), x.dtype, s.out.dtype, int(s.params["qmin"]),
-                     int(s.params["qmax"]), schedule, nchw, shifts[0] >= 33, shifts)
+                     int(s.params["qmax"]), schedule, nchw, shifts[0] >= 33, shifts,
+                     tuple(int(v) for v in np.asarray(s.args[4].val.const).reshape(-1)), geom)
 
 
 def flipped_bias(s) -> np.ndarray:
@@ -447,7 +472,8 @@ class TirKernelCalls:
             bn = self.const_array(flipped_bias(s), "int32_t", "b")
         self.tir_specs.append(sp)
         wt = wk["wt"]
-        if sp.schedule in DOTPROD_SCHEDULES and sdot_applies(sp):   # its own copy, prepacked for sdot
+        if (sp.schedule in DOTPROD_SCHEDULES and sdot_applies(sp)) or sp.schedule in IM2COL_SCHEDULES:
+            # its own copy, prepacked for sdot (a conv's taps padded to kp like a GEMM's k)
             wrows = np.zeros((d["n"], wk["kp"]), np.int8)
             wrows[:, :d["k"]] = w.val.const.reshape(d["n"], d["k"])
             wt = self.const_array(pack_weights_sdot(wrows.reshape(-1), sp), "int8_t", "wsdot")

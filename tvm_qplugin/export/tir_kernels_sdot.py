@@ -44,7 +44,7 @@ FLIP32 = -0x7F7F7F80   # 0x80808080 as int32: x ^ 0x80 on the 4 bytes of a word
 
 def sdot_applies(sp) -> bool:
     """Shapes this kernel takes: whole groups of 4 channels and of 4 k (x is read 4 bytes at a time)."""
-    return sp.n % 4 == 0 and sp.k % 4 == 0
+    return sp.n % 4 == 0 and sp.k % 4 == 0 and not sp.conv   # (a 3x3 conv: tir_kernels_sdot_conv.py)
 
 
 def pack_weights_sdot(w: np.ndarray, sp) -> np.ndarray:
@@ -59,6 +59,10 @@ def pack_weights_sdot(w: np.ndarray, sp) -> np.ndarray:
 def weight_cols(sp) -> int:
     """Groups of 4 channels interleaved in the packed weights: a dense tile's (:func:`_dense_cols`);
     1 for a pointwise conv (its tiles read each group of 4 channels on its own)."""
+    from .tir_kernels_sdot_px import px_applies, px_tile
+
+    if px_applies(sp) or sp.conv:   # the pixel-lane path's tile of channels (im2col-sdot's too)
+        return px_tile(sp)[0]
     return 1 if sp.nchw else _dense_cols(sp)
 
 
@@ -126,6 +130,10 @@ def _bytes16(sp, vs):
 
 def sdot_module(sp) -> tvm.IRModule:
     """The IRModule of one ``sdot4x4`` kernel (``main``: the packed wrapper reads the DLTensors' data)."""
+    from .tir_kernels_sdot_px import px_applies, px_module  # noqa: I001 - it imports this module's intrinsics
+
+    if px_applies(sp):   # small k: pixels in the lanes, each channel's shift baked in
+        return px_module(sp)
     return _pointwise_module(sp) if sp.nchw else _dense_module(sp)
 
 
@@ -227,6 +235,21 @@ def _pointwise_tile(sp) -> tuple:
     return (2 if sp.n % 8 == 0 else 1), min(pt4, mtile)
 
 
+def pack_quad(X, i16, g, m: int, flip: bool):
+    """Channels 4g..4g+3 x pixels 16 i16.. of channel-major x (4 loads) -> 64 bytes [pixel][channel]
+    (one ``st4``), int8 (uint8 flipped)."""
+    vs = [X[T.Ramp((4 * g + c) * m + 16 * i16, 1, 16)] for c in range(4)]
+    vs = [T.reinterpret("int8x16", T.bitwise_xor(v, T.Broadcast(T.uint8(128), 16)) if flip else v) for v in vs]
+    return T.Shuffle(vs, [c * 16 + p for p in range(16) for c in range(4)])
+
+
+def pack_group(Xw, ib, g, m: int, flip: bool):
+    """Channels 4g..4g+3 x pixels 4ib..4ib+3 (``Xw``: x as words of 4 pixels) -> 16 bytes [pixel][channel]."""
+    v = T.reinterpret("int8x16", T.Shuffle([Xw[((4 * g + c) * m) // 4 + ib] for c in range(4)], [0, 1, 2, 3]))
+    v = T.Shuffle([v], [c * 4 + r for r in range(4) for c in range(4)])
+    return T.bitwise_xor(v, T.Broadcast(T.int8(-128), 16)) if flip else v
+
+
 def _pointwise_module(sp) -> tvm.IRModule:
     """Pointwise conv, x (k, m) and y (n, m) channel-major. x is packed as ``[k/4][tiles][4 pixels]
     [4 k]`` int8 (one 16-byte load per group of 4 k: pixel r in lane r): 16 pixels per ``st4`` when
@@ -253,15 +276,11 @@ def _pointwise_module(sp) -> tvm.IRModule:
     def x8(v):
         return T.Cast("int8", T.bitwise_xor(v, T.uint8(128))) if flip else T.Cast("int8", v)
 
-    def quad(X, i16, g):   # channels 4g..4g+3 x pixels 16 i16.. (4 loads) -> interleaved [pixel][channel] (st4)
-        vs = [X[T.Ramp((4 * g + c) * m + 16 * i16, 1, 16)] for c in range(4)]
-        vs = [T.reinterpret("int8x16", T.bitwise_xor(v, T.Broadcast(T.uint8(128), 16)) if flip else v) for v in vs]
-        return T.Shuffle(vs, [c * 16 + p for p in range(16) for c in range(4)])
+    def quad(X, i16, g):
+        return pack_quad(X, i16, g, m, flip)
 
-    def group(Xw, ib, g):   # channels 4g..4g+3 x pixels 4ib..4ib+3 (words of 4 pixels) -> [pixel][channel]
-        v = T.reinterpret("int8x16", T.Shuffle([Xw[((4 * g + c) * m) // 4 + ib] for c in range(4)], [0, 1, 2, 3]))
-        v = T.Shuffle([v], [c * 4 + r for r in range(4) for c in range(4)])
-        return T.bitwise_xor(v, T.Broadcast(T.int8(-128), 16)) if flip else v
+    def group(Xw, ib, g):
+        return pack_group(Xw, ib, g, m, flip)
 
     @T.prim_func
     def main(X: T.Buffer((m * k,), xd), W: T.Buffer((n * kp,), "int8"), B: T.Buffer((n,), "int32"),
