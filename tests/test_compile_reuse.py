@@ -1,9 +1,10 @@
 """What a compile reuses instead of redoing (test-time / compile-time savings that must not change
 results): the shipped tuning database is read once per process while its files are unchanged, a
-lookup decodes only its own workload's records, and the evaluation's float outputs come from the
-calibration's observing build."""
+lookup decodes only its own workload's records, a successful model import runs no full garbage
+collection, and the evaluation's float outputs come from the calibration's observing build."""
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -82,6 +83,27 @@ def test_a_record_that_does_not_decode_is_skipped_naming_file_and_line(tmp_path,
         assert db.best_record(_workload_at(db, 23)) is not None
     assert f"{folder / RECORDS}:2: corrupt tuning record line skipped" in caplog.text
     assert sum(db.stored.values()) == len(kept[23]) - 1 and db.skipped_lines == 1
+
+
+def test_a_successful_import_runs_no_full_garbage_collection():
+    """frontend.py collects what a *failed* import leaves (with TVM's native log muted); a full
+    collection costs 0.4-1 s with TVM loaded, and every compile imports its model. Automatic
+    collections are off here, so every collection seen is one the import asked for."""
+    generations = []
+
+    def watch(phase, info):
+        if phase == "start":
+            generations.append(info["generation"])
+
+    import_model(digits_cnn_onnx())  # warm: what a first import loads lazily is not this test's business
+    gc.disable()
+    gc.callbacks.append(watch)
+    try:
+        imported = import_model(digits_cnn_onnx())
+    finally:
+        gc.callbacks.remove(watch)
+        gc.enable()
+    assert imported.mod is not None and 2 not in generations, generations
 
 
 def test_observing_float_build_gives_the_plain_builds_outputs_bit_for_bit(host_target):
