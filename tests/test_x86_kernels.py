@@ -7,6 +7,8 @@ integer module, exactly the route of a compile. This CPU has AVX-512 VNNI, so th
 """
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 import pytest
 import tvm
@@ -84,16 +86,35 @@ def asm_of(executable) -> str:
     return "\n".join(m.inspect_source("asm") for m in executable.mod.imports if m.kind == "llvm")
 
 
+#: the latest builds of check_kernel, by everything a build depends on (op, parameters, input shape
+#: and dtype, constants' bytes, target): tests that feed several inputs to one kernel (the patterns,
+#: the row-gather cases' two inputs) run the kernel built once. Every input is still run and compared.
+#: The last :data:`_KEPT_BUILDS` only (the tests sharing a build are collected close together).
+_BUILDS: OrderedDict[tuple, tuple] = OrderedDict()
+_KEPT_BUILDS = 64
+
+
+def _build_key(op, x, consts, target_name, params) -> tuple:
+    return (op, target_name, repr(sorted(params.items())), x.shape, x.dtype.str,
+            tuple((c.dtype.str, c.shape, c.tobytes()) for c in map(np.asarray, consts)))
+
+
 def check_kernel(op, x, consts, target_name, **params):
     """Build through build.build for ``target_name``; run; compare with the NumPy twin; return the
     packed kernel's description and the assembly."""
     target = TARGETS[target_name]
-    mod = one_op_module(op, x, consts, **params)
-    before = mod.script()
-    packed = pack_weights(mod, target)
-    assert mod.script() == before, "pack_weights mutated the integer module"
-    infos = [packed_info(f) for f in packed.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
-    executable, _n_scheduled = build(mod, target)
+    key = _build_key(op, x, consts, target_name, params)
+    if key not in _BUILDS:
+        mod = one_op_module(op, x, consts, **params)
+        before = mod.script()
+        packed = pack_weights(mod, target)
+        assert mod.script() == before, "pack_weights mutated the integer module"
+        infos = [packed_info(f) for f in packed.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+        executable, _n_scheduled = build(mod, target)
+        _BUILDS[key] = infos, executable
+        if len(_BUILDS) > _KEPT_BUILDS:
+            _BUILDS.popitem(last=False)
+    infos, executable = _BUILDS[key]
     got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     assert_bit_exact(got, OPS[op].reference(x, *consts, **params), f"{op} {x.dtype} on {target_name}")
     return next((i for i in infos if i), None), asm_of(executable)

@@ -249,7 +249,9 @@ def import_onnx(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | Non
                     error = None
             except Exception:  # noqa: BLE001 - the first error (the importer's, on the user's graph) names the node
                 pass
-        gc.collect()  # a failed import leaves a BlockBuilder whose destructor logs a warning
+            # a failed import leaves a BlockBuilder whose destructor logs a warning: collect it here,
+            # muted. Only then: a full collection costs 0.4-1 s with TVM loaded, on every compile
+            gc.collect()
     if error is not None:
         raise ModelLoadError(f"TVM's ONNX importer failed on {path!r}{_failed_node(model, printed.getvalue())}: "
                              f"{one_line(error).rstrip('.')}; simplify the model (e.g. onnxsim) or check that op's "

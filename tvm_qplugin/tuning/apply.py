@@ -59,7 +59,7 @@ class AppliedTuning:
                 self.tensorized[gv.name_hint] = info
             sch = None
             if self.db is not None and self.db.best_run_us(workload_of(func)) is not None:
-                sch = self.db.memory.query_schedule(workload_of(func), target, workload_name="main")
+                sch = self.db.query_schedule(workload_of(func), target)  # decodes this workload's records only
             if sch is None:
                 if info is None:  # a prepacked kernel without a record keeps its rule's default quietly
                     self.untuned.append(gv.name_hint)
@@ -178,8 +178,8 @@ def resolve_tuning(tuning_db: str | Path | None, board, target: tvm.target.Targe
 
 def shipped_db(folder: Path) -> TuningDB:
     """The shipped database in ``folder``, read once per process while its files stay unchanged.
-    Decoding its records (MetaSchedule traces, ~6 ms each, ~300 of them) takes 2-4 s: more than a
-    small model's whole compile, and paid again by every compile of a process (a test run, a
+    A compile decodes only the records of its own kernels (database.py: lazy per workload); sharing
+    the database keeps what one compile decoded for the next compile of the process (a test run, a
     benchmark, a notebook). Sharing is safe: a compile only reads the database (lookups, verdicts),
     and a tune that rewrites the folder changes the files' stamps, so the next compile reads it anew."""
     stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(Path(folder).iterdir()) if p.is_file())

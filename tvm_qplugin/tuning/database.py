@@ -23,6 +23,14 @@ record cut short by a SIGKILL would make the whole database unreadable. Here eve
 written with one ``write`` + ``fsync``; on reading, a line that does not parse is skipped with a
 warning naming the file and line, and a tune that resumes first cuts a truncated last line away
 (a half-written record is the only damage a kill can do to an append-only file).
+
+Reading is lazy per workload: :meth:`TuningDB.open` parses every line and decodes the workloads
+(cheap: ~30 ms for the shipped x86 database), but a workload's records -- MetaSchedule traces,
+~3 ms each to decode, and the tensor intrinsics a packed workload's traces name, ~50 ms each to
+register -- are decoded the first time that workload is looked up. A compile looks up only its
+own kernels, and the shipped database's ~300 records took 2-4 s to decode in every process (each
+CLI compile), longer than a small model's whole compile. What needs every record (the tune's
+MetaSchedule search, ``stored`` counts, ``memory``) decodes them all first.
 """
 from __future__ import annotations
 
@@ -128,17 +136,18 @@ class TuningDB:
     def __init__(self, path: Path, info: DBInfo):
         self.path = Path(path)
         self.info = info
-        self.memory = MemoryDatabase(module_equality="structural")
+        self._memory = MemoryDatabase(module_equality="structural")
         self.workloads: dict[str, tuple[int, Workload]] = {}     # key -> (line index, workload)
-        self.stored: Counter = Counter()                          # key -> records in the database
+        self._stored: Counter = Counter()                         # key -> records in the database (decoded keys)
         self.rejected: Counter = Counter()                        # key -> measured, not stored
         self.rejected_wrong: Counter = Counter()                  # key -> failed the reference check
-        self.seen_traces: set[tuple[str, str]] = set()            # (key, trace) already stored
+        self._seen_traces: set[tuple[str, str]] = set()           # (key, trace) already stored (decoded keys)
+        self._undecoded: dict[str, list[tuple[int, object]]] = {}  # key -> (line, record JSON) not decoded yet
         self.default_us: dict[str, float] = {}                    # key -> default schedule's time
         self.verdicts: dict[str, bool] = {}                       # key -> best record faster, interleaved
         self.verdict_best_us: dict[str, float] = {}               # key -> the best record's time then
         self.exhausted: set[str] = set()                          # the search had nothing new to try
-        self.skipped_lines = 0
+        self._skipped_lines = 0
 
     # --- opening ---
     @classmethod
@@ -198,20 +207,17 @@ class TuningDB:
                 self._skip(WORKLOADS, n, "workload")
                 continue
             by_line[index] = wl
-            self.workloads[workload_key(wl.mod)] = (index, self.memory.commit_workload(wl.mod))
-            _register_intrinsics_of(wl.mod)
+            self.workloads[workload_key(wl.mod)] = (index, self._memory.commit_workload(wl.mod))
+            self._undecoded[workload_key(wl.mod)] = []
         keys = {index: workload_key(wl.mod) for index, wl in by_line.items()}
         for n, obj in _lines(self.path / RECORDS):
             try:
                 index, rec_json = obj
                 key = keys[int(index)]
-                rec = TuningRecord.from_json(rec_json, self.workloads[key][1])
             except Exception:  # noqa: BLE001
                 self._skip(RECORDS, n, "tuning record")
                 continue
-            self.memory.commit_tuning_record(rec)
-            self.stored[key] += 1
-            self.seen_traces.add((key, json.dumps(rec_json[0])))
+            self._undecoded[key].append((n, rec_json))  # decoded on the key's first lookup (module doc)
         for n, obj in _lines(self.path / REJECTED):
             if not isinstance(obj, dict) or "workload" not in obj:
                 self._skip(REJECTED, n, "rejected-candidate")
@@ -232,8 +238,63 @@ class TuningDB:
             except (TypeError, KeyError, ValueError):
                 self._skip(DEFAULTS, n, "default-time")
 
+    def _decode(self, key: str) -> None:
+        """Decode the records of workload ``key`` into :attr:`memory` (once; a record that does not
+        decode is skipped with the same warning, naming file and line, as a line that does not parse)."""
+        pending = self._undecoded.pop(key, None)
+        if pending is None:
+            return
+        workload = self.workloads[key][1]
+        if pending:
+            _register_intrinsics_of(workload.mod)
+        for n, rec_json in pending:
+            try:
+                rec = TuningRecord.from_json(rec_json, workload)
+            except Exception:  # noqa: BLE001 - any undecodable record is skipped the same way
+                self._skip(RECORDS, n, "tuning record")
+                continue
+            self._memory.commit_tuning_record(rec)
+            self._stored[key] += 1
+            self._seen_traces.add((key, json.dumps(rec_json[0])))
+
+    def _decode_all(self) -> None:
+        for key in list(self._undecoded):
+            self._decode(key)
+
+    @property
+    def memory(self) -> MemoryDatabase:
+        """Every record, decoded (MetaSchedule's search reads the whole database)."""
+        self._decode_all()
+        return self._memory
+
+    @property
+    def stored(self) -> Counter:
+        """Key -> records in the database (every record decoded; a corrupt one is not counted)."""
+        self._decode_all()
+        return self._stored
+
+    @property
+    def seen_traces(self) -> set[tuple[str, str]]:
+        self._decode_all()
+        return self._seen_traces
+
+    @property
+    def skipped_lines(self) -> int:
+        """Corrupt lines skipped, records that do not decode included (all decoded first)."""
+        self._decode_all()
+        return self._skipped_lines
+
+    def query_schedule(self, mod: tvm.IRModule, target: tvm.target.Target) -> tvm.s_tir.Schedule | None:
+        """The best record of workload ``mod`` replayed on it (MetaSchedule's ``query_schedule``),
+        decoding only that workload's records."""
+        key = workload_key(mod)
+        if key not in self.workloads:
+            return None
+        self._decode(key)
+        return self._memory.query_schedule(mod, target, workload_name="main")
+
     def _skip(self, name: str, line: int, what: str) -> None:
-        self.skipped_lines += 1
+        self._skipped_lines += 1
         log.warning("%s:%d: corrupt %s line skipped (the rest of the database is used)", self.path / name, line, what)
 
     def _compact_if_damaged(self) -> None:
@@ -254,7 +315,8 @@ class TuningDB:
 
     # --- accounting ---
     def trials_done(self, key: str) -> int:
-        return self.stored[key] + self.rejected[key]
+        self._decode(key)
+        return self._stored[key] + self.rejected[key]
 
     def best_run_us(self, mod: tvm.IRModule) -> float | None:
         rec = self.best_record(mod)
@@ -264,9 +326,12 @@ class TuningDB:
 
     def best_record(self, mod: tvm.IRModule) -> TuningRecord | None:
         key = workload_key(mod)
-        if key not in self.workloads or not self.stored[key]:
+        if key not in self.workloads:
             return None
-        top = self.memory.get_top_k(self.workloads[key][1], 1)
+        self._decode(key)
+        if not self._stored[key]:
+            return None
+        top = self._memory.get_top_k(self.workloads[key][1], 1)
         return top[0] if top else None
 
     # --- writing (tune) ---
@@ -274,7 +339,7 @@ class TuningDB:
         """The workload of ``mod``, appended to the workload file the first time."""
         key = workload_key(mod)
         if key not in self.workloads:
-            wl = self.memory.commit_workload(mod)
+            wl = self._memory.commit_workload(mod)
             _register_intrinsics_of(mod)
             index = sum(1 for _ in _lines(self.path / WORKLOADS))
             _append(self.path / WORKLOADS, wl.as_json())
@@ -286,13 +351,14 @@ class TuningDB:
         key = workload_key(record.workload.mod)
         rec_json = record.as_json()
         trace = json.dumps(rec_json[0])
-        if (key, trace) in self.seen_traces:
+        self._decode(key)
+        if (key, trace) in self._seen_traces:
             return False
         index = self.workloads[key][0]
         _append(self.path / RECORDS, [index, rec_json])
-        self.memory.commit_tuning_record(record)
-        self.stored[key] += 1
-        self.seen_traces.add((key, trace))
+        self._memory.commit_tuning_record(record)
+        self._stored[key] += 1
+        self._seen_traces.add((key, trace))
         return True
 
     def record_default(self, key: str, us: float, schedule: str) -> None:
