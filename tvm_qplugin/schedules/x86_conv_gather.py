@@ -4,6 +4,10 @@ interleaving stores and unit-stride or strided row copies, with the image border
 """
 from __future__ import annotations
 
+from tvm import te
+
+from ..ops.conv_narrowed import narrowed_input
+
 
 def _border_parts(out: int, extent: int, size: int, taps: int, stride: int, dilation: int, pad_lo: int) -> list[int]:
     """Lengths of the consecutive ranges of one output axis (``extent`` >= ``out`` positions, the
@@ -47,3 +51,28 @@ def _schedule_gather(sch, info) -> None:
         lengths = [n for n in lengths if n]
         if len(lengths) > 1:
             sch.loop_partition(loop, [*lengths[:-1], None])
+
+
+def activation_input(xs, adt: str, params: dict):
+    """``(input placeholder, x, trailing placeholders)`` of a packed conv: ``x`` is the ``adt``
+    operand its gather reads. For ``conv2d_requant_narrowed`` (x86_narrowing.py) the input is the
+    int16 tensor and ``x`` its narrowing (ops/conv_narrowed.py), a stage that
+    :func:`_inline_narrowing` folds into the gather; its multiplier and shift come last, after the
+    per-channel constants (the call's argument order)."""
+    if "in_dtype" not in params:
+        x = te.placeholder(xs, adt, name="x")
+        return x, x, []
+    wide = te.placeholder(xs, "int16", name="x_wide")
+    mult = te.placeholder((1,), "int64", name="in_multiplier")
+    shift = te.placeholder((1,), "int64", name="in_shift")
+    return wide, narrowed_input(wide, mult, shift, params["in_qmin"], params["in_qmax"], params["in_dtype"]), [mult, shift]
+
+
+def _inline_narrowing(sch) -> None:
+    """The narrowing, if any, computed in the gather itself: each int16 element requantized in
+    registers where it is read, no 8-bit copy of the input in memory."""
+    try:
+        block = sch.get_sblock("x_narrow")
+    except Exception:  # noqa: BLE001 -- s_tir raises a plain error for a missing block
+        return
+    sch.compute_inline(block)
