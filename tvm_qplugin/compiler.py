@@ -33,6 +33,7 @@ from .budget import Budget
 from .build import build
 from .diagnose import tensor_errors
 from .kernel_check import check_kernels
+from .schedules.x86_narrowing import built_module
 from .bitexact import first_difference
 from .reference import ReferenceInterpreter
 from .targets import get_board
@@ -290,7 +291,7 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
                               accuracy=accuracy, latency=latency, tensors=errors,
                               timing_s={"total": time.perf_counter() - t0, "tvm_build": build_s},
                               isa=None if c_route else isa_key(tvm_target))
-    report.record_tuning(art.report, *tuning.report(imod.mod, imod.layers))
+    report.record_tuning(art.report, *tuning.report(built_module(art), imod.layers))  # the kernels built
     report.record_onnx_nodes(art.report, {layer.var_name: layer.onnx_node for layer in front.layers})
     annotate_report(art.report, imod, iv)
     if not c_route and not cuda_route:
