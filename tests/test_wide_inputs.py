@@ -225,3 +225,40 @@ def test_mobilenet_v2_auto_keeps_every_confident_crop():
     assert instructions[8] and not instructions[8] & instructions[16], instructions
     acc = r["accuracy"]
     assert acc["value"] >= 0.88 and acc["top1_agreement_confident"] == 1.0, acc
+
+
+def test_auto_builds_each_kernel_once_and_reusing_them_changes_nothing(model, calib, monkeypatch):
+    """``auto`` integerizes a second time once its plan is known; that pass takes the first one's
+    PrimFuncs (ops/registry.reuse_kernels) instead of building each kernel again -- and the module
+    and report are those of a compile that builds them all anew."""
+    import contextlib
+    import json
+
+    import tvm
+
+    import tvm_qplugin.compiler as compiler
+    from tvm_qplugin.ops.registry import IntegerOp
+
+    built: list = []
+    prim_func = IntegerOp.prim_func
+
+    def counted(self, arg_types, **params):
+        if self.name != "conv2d_requant_narrowed":  # the build's fusion (x86_narrowing.py), not integerization
+            built.append((self.name, repr(arg_types), json.dumps(params, sort_keys=True)))
+        return prim_func(self, arg_types, **params)
+
+    monkeypatch.setattr(IntegerOp, "prim_func", counted)
+    reused = tq.compile(model, calib=calib, wide_inputs="auto", timing_runs=2)
+    assert reused.report["wide_inputs"]["narrowed"] >= 1
+    assert len(built) == len(set(built)), "a kernel was built twice"
+    monkeypatch.setattr(compiler, "reuse_kernels", lambda kernels: contextlib.nullcontext())
+    anew = tq.compile(model, calib=calib, wide_inputs="auto", timing_runs=2)
+    assert len(built) > len(set(built))  # the counter sees the second pass without reuse
+    tvm.ir.assert_structural_equal(reused.integer_mod, anew.integer_mod)
+    def timeless(entries):  # the kernel times of two builds differ; everything else must not
+        return [{k: v for k, v in e.items() if k not in ("latency_us", "gmacs", "fraction_of_peak")} for e in entries]
+
+    wide, wide_anew = reused.report["wide_inputs"], anew.report["wide_inputs"]
+    assert {**wide, "tensors": None} == {**wide_anew, "tensors": None}
+    assert timeless(wide["tensors"]) == timeless(wide_anew["tensors"])
+    assert timeless(reused.report["layers"]) == timeless(anew.report["layers"])
