@@ -25,7 +25,12 @@ from tvm import relax
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]
 from common import onnxruntime_static_int8
-from isa_variants import AVX2_TARGET, assert_same_outputs, interleaved_median_ms, rounds_of_blocks
+from isa_variants import (
+    AVX2_TARGET,
+    assert_same_outputs,
+    interleaved_median_ms,
+    rounds_of_blocks,
+)
 
 import tvm_qplugin as tq
 import tvm_qplugin.build as qbuild

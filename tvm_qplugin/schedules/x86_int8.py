@@ -34,7 +34,12 @@ from .intrin_x86 import (
 )
 from .packing import Packing, packed_info, tag_packed, with_info
 from .x86_byte_pairs import packed_order, saturating_pairs
-from .x86_conv_gather import _border_parts, _inline_narrowing, _schedule_gather, activation_input
+from .x86_conv_gather import (
+    _border_parts,
+    _inline_narrowing,
+    _schedule_gather,
+    activation_input,
+)
 from .x86_requant import (
     _channel_consts,
     _channel_placeholders,

@@ -19,6 +19,7 @@ x86_conv_channel_lanes) and the narrowed tensor has no other reader; elsewhere t
 """
 from __future__ import annotations
 
+import numpy as np
 import tvm
 from tvm import relax
 
@@ -72,9 +73,7 @@ def _fused_kernel(mod, conv_call: relax.Call, narrow_call: relax.Call, params: d
     return func, out_ty, args
 
 
-def _int64(v: int):
-    import numpy as np
-
+def _int64(v: int) -> np.ndarray:
     return np.array([int(v)], np.int64)
 
 
