@@ -124,3 +124,47 @@ def test_a_narrowing_with_another_reader_stays_its_own_kernel(rng):
     got = [t.numpy() for t in relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x))]
     for g, want in zip(got, ReferenceInterpreter(mod).run("main", x)):
         assert_bit_exact(g, want, "unfused narrowing")
+
+
+# (multiplier, shift) of narrowings: the int32 form's bounds (x86_conv_gather.narrowing_fits_int32),
+# MobileNetV2's kind (~127/32767), a tie-rich one, small multipliers
+EVERY_VALUE_NARROWINGS = [(2**31 - 1, 17), (2**31 - 1, 46), (1090921693, 38), (3 << 28, 38), (1, 17), (2**30 + 12345, 45)]
+
+
+@pytest.mark.parametrize("target_name", ["vnni", "avx2"])
+def test_int32_narrowing_is_exact_on_every_int16_value(target_name):
+    """Every int16 value through the fused gather under each narrowing, read back through an
+    identity conv (one channel per channel, output = the narrowed value): the int32 form of the
+    gather (x86_conv_gather._narrowed_int32) against the requantize's int64 twin, exhaustively.
+    One kernel serves every narrowing (its multiplier and shift are runtime constants)."""
+    c = 16
+    x = np.arange(-(2**15), 2**15, dtype=np.int16).reshape(1, c, 64, 64)
+    eye = np.eye(c, dtype=np.int8).reshape(c, c, 1, 1)
+    identity = [np.zeros(c, np.int32), np.full(c, 2**30, np.int64), np.full(c, 30, np.int64)]
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(list(x.shape), "int16"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            outs = []
+            for m, s in EVERY_VALUE_NARROWINGS:
+                n = emit(bb, "requantize", [xv], multiplier=m, shift=s, qmin=-128, qmax=127, out_dtype="int8")
+                outs.append(bb.emit_output(emit(bb, "conv2d_requant", [n, const(eye), *map(const, identity)],
+                                                **{"strides": [1, 1], "padding": [0] * 4, "dilation": [1, 1],
+                                                   "groups": 1, "qmin": -128, "qmax": 127, "out_dtype": "int8"})))
+        bb.emit_func_output(relax.Tuple(outs))
+    mod = bb.get()
+    target = TARGETS[target_name]
+    assert kernels_of(lower(mod, target)[0]) == ["conv2d_requant_narrowed"]
+    executable, _ = build(mod, target)
+    got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x))
+    for (m, s), g, want in zip(EVERY_VALUE_NARROWINGS, got, ReferenceInterpreter(mod).run("main", x)):
+        assert_bit_exact(g.numpy(), want, f"narrowing ({m}, {s}) on {target_name}")
+        np.testing.assert_array_equal(want, OPS["requantize"].reference(x, multiplier=m, shift=s, qmin=-128,
+                                                                         qmax=127, out_dtype="int8"))
+
+
+def test_a_narrowing_outside_the_int32_form_stays_its_own_kernel(rng):
+    """A shift past the int32 form's bound (47 and up: its rounding term would overflow) is not fused."""
+    wt = weights(rng, (16, 8, 1, 1))
+    mod = two_op_module((1, 8, 4, 4), wt, requant_consts(rng, 16, 14), narrow={**NARROW, "shift": 47})
+    assert kernels_of(lower(mod, TARGETS["vnni"])[0]) == ["conv2d_requant", "requantize"]

@@ -27,6 +27,7 @@ from ..ops import OPS, const, op_of
 from ..ops.conv_narrowed import Conv2DRequantNarrowed
 from ..ops.registry import _kernel_name, type_of, type_of_ty
 from .packing import _call_tir_sites
+from .x86_conv_gather import narrowing_fits_int32
 
 NARROWED = Conv2DRequantNarrowed.name
 WIDE_DTYPE = "int16"  # the residual stream's dtype: the only input a consumer narrows
@@ -41,7 +42,8 @@ def _narrowing(mod: tvm.IRModule, call: relax.Call) -> dict | None:
     (_, in_dtype), = [type_of(a) for a in call.args[1].fields]
     if in_dtype != WIDE_DTYPE or params["out_dtype"] not in ("int8", "uint8"):
         return None
-    return params
+    # the gather narrows in int32 (x86_conv_gather._narrowed_int32): exact for these constants only
+    return params if narrowing_fits_int32(params["multiplier"], params["shift"]) else None
 
 
 def _use_counts(func: relax.Function) -> dict:
