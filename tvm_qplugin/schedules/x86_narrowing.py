@@ -7,7 +7,11 @@ gather reads back. The conv's gather (x86_conv_gather.py) touches every input el
 :func:`fuse_narrowing` replaces each such pair, in the copy of the module that is built, by one
 ``conv2d_requant_narrowed`` kernel (ops/conv_narrowed.py) whose gather reads the int16 tensor and
 requantizes it in registers on the way in -- the same integers (the requantize's own rounding and
-clamp, an int64 product per element), one pass over the input fewer and no launch.
+clamp, computed in int32 arithmetic: x86_conv_gather._narrowed_int32), one pass over the input
+fewer and no launch. Measured against the alternatives (docs/architecture.md): the same gather with
+the requantize's int64 product was slower than the separate kernel on AVX2 (no 64-bit multiply),
+and a narrowing stage inside the PrimFunc ahead of the gather (a full-size 8-bit buffer again)
+was slower on the large planes.
 
 The integer module itself keeps the two ops: the NumPy reference, integer_module.json, the C
 export and the integer-only report all see the graph as integerized. What runs the build (the
@@ -15,7 +19,9 @@ per-kernel check, kernel_check.py, and the per-call profile, profile.py) takes
 :func:`built_module`, the same rewrite, so their kernel names and call order are the library's.
 
 Fused only when a tensorized x86 rule packs the fused kernel (the int8 conv rules of x86_int8 /
-x86_conv_channel_lanes) and the narrowed tensor has no other reader; elsewhere the pair stays.
+x86_conv_channel_lanes), the narrowed tensor has no other reader and the int32 form is exact for
+the narrowing's constants (``shift`` 17..46: every narrowing of the stream to 8 bits, ~38);
+elsewhere the pair stays.
 """
 from __future__ import annotations
 
