@@ -49,13 +49,13 @@ def unfused():
         qbuild.fuse_narrowing = saved
 
 
-def vm_for(mod, target, fused: bool):
+def executable_for(mod, target, fused: bool):
     from tvm_qplugin.targets import get_board
     from tvm_qplugin.tuning.apply import resolve_tuning
 
     tuning = resolve_tuning(None, get_board("x86-host"), target)
     with contextlib.nullcontext() if fused else unfused():
-        return relax.VirtualMachine(qbuild.build(mod, target, tuning=tuning)[0], tvm.cpu())
+        return qbuild.build(mod, target, tuning=tuning)[0]
 
 
 def call_order(mod, func: str) -> list[tuple[str, str]]:
@@ -64,8 +64,10 @@ def call_order(mod, func: str) -> list[tuple[str, str]]:
             if isinstance(b.value, relax.Call) and getattr(b.value.op, "name", "") == "relax.call_tir"]
 
 
-def per_binding_us(vm, order, q, runs: int = 30) -> dict[str, float]:
-    """Median microseconds per binding of ``order`` (the VM's calls matched in order)."""
+def per_binding_us(executable, order, q, runs: int = 30) -> dict[str, float]:
+    """Median microseconds per binding of ``order`` (the VM's calls matched in order), on a VM of
+    its own: the instrument's Python callback per call would slow any VM timed afterwards."""
+    vm = relax.VirtualMachine(executable, tvm.cpu())
     calls: list = []
     started: dict = defaultdict(list)
 
@@ -90,18 +92,18 @@ def per_binding_us(vm, order, q, runs: int = 30) -> dict[str, float]:
     return {v: float(np.median(t)) for v, t in samples.items()}
 
 
-def layer_table(art, target, vm_fused, vm_unfused, q) -> list[dict]:
+def layer_table(art, target, fused, plain, q) -> list[dict]:
     """Per fused consumer: the fused kernel's time against its requantize + conv's."""
     core = art.integer_function
-    plain = call_order(art.integer_mod, core)
-    built = call_order(fuse_narrowing(art.integer_mod, target), core)
-    t_plain, t_fused = per_binding_us(vm_unfused, plain, q), per_binding_us(vm_fused, built, q)
+    order_plain = call_order(art.integer_mod, core)
+    order_built = call_order(fuse_narrowing(art.integer_mod, target), core)
+    t_plain, t_fused = per_binding_us(plain, order_plain, q), per_binding_us(fused, order_built, q)
     tir_calls = [b for blk in art.integer_mod[core].body.blocks for b in blk.bindings
                  if isinstance(b.value, relax.Call) and getattr(b.value.op, "name", "") == "relax.call_tir"]
     producer = {b.var.name: b.value.args[1].fields[0] for b in tir_calls}
     out_shape = {b.var.name: [int(d) for d in b.var.ty.shape] for b in tir_calls}
     rows = []
-    for var, kernel in built:
+    for var, kernel in order_built:
         if not kernel.startswith(NARROWED):
             continue
         narrow_var = producer[var].name
@@ -128,7 +130,6 @@ def main() -> None:
     native = tvm.target.Target.from_device(tvm.cpu())
     res: dict = {"threads": args.threads, "load_before": os.getloadavg(), "layers": {}, "compile_s": {}}
     calls: dict = {}
-    vms: dict = {}
     for policy in args.policies.split(","):
         t0 = time.perf_counter()
         art = tq.compile(path, target="x86-host", calib={"input": calib}, eval={"input": evaluation[:16]},
@@ -138,11 +139,11 @@ def main() -> None:
         q = tvm.runtime.tensor(art.inputs[0].qtype.quantize(x))
         targets = {"native": native} if args.no_avx2 else {"native": native, "avx2": AVX2_TARGET}
         for name, target in targets.items():
-            fused = art.vm if name == "native" else vm_for(art.integer_mod, target, True)
-            plain = vm_for(art.integer_mod, target, False)
+            fused_ex = art.executable if name == "native" else executable_for(art.integer_mod, target, True)
+            plain_ex = executable_for(art.integer_mod, target, False)
+            res["layers"][f"{policy}_{name}"] = layer_table(art, target, fused_ex, plain_ex, q)
+            fused, plain = (relax.VirtualMachine(ex, tvm.cpu()) for ex in (fused_ex, plain_ex))
             assert_same_outputs({"fused": fused, "unfused": plain}, "core", q)
-            res["layers"][f"{policy}_{name}"] = layer_table(art, target, fused, plain, q)
-            vms[f"{policy}_{name}"] = (fused, plain, q)
             calls[f"ours_{policy}_{name}_fused"] = lambda vm=fused, q=q: vm["core"](q)
             calls[f"ours_{policy}_{name}_unfused"] = lambda vm=plain, q=q: vm["core"](q)
     import onnxruntime as ort
