@@ -148,9 +148,9 @@ def test_int32_narrowing_is_exact_on_every_int16_value(target_name):
             outs = []
             for m, s in EVERY_VALUE_NARROWINGS:
                 n = emit(bb, "requantize", [xv], multiplier=m, shift=s, qmin=-128, qmax=127, out_dtype="int8")
-                outs.append(bb.emit_output(emit(bb, "conv2d_requant", [n, const(eye), *map(const, identity)],
-                                                **{"strides": [1, 1], "padding": [0] * 4, "dilation": [1, 1],
-                                                   "groups": 1, "qmin": -128, "qmax": 127, "out_dtype": "int8"})))
+                y = emit(bb, "conv2d_requant", [n, const(eye), *map(const, identity)], strides=[1, 1],
+                         padding=[0] * 4, dilation=[1, 1], groups=1, qmin=-128, qmax=127, out_dtype="int8")
+                outs.append(bb.emit_output(y))
         bb.emit_func_output(relax.Tuple(outs))
     mod = bb.get()
     target = TARGETS[target_name]
