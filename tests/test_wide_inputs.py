@@ -132,6 +132,31 @@ def test_each_consumer_reads_the_width_its_report_says(policy, compiled):
     assert len(narrowing) == art.report["wide_inputs"]["narrowed"], kernel_calls(art)
 
 
+def fused_narrowings(art) -> list[str]:
+    """The calls of the built module (schedules/x86_narrowing.py) that narrow the int16 stream in a
+    conv's gather; asserts no separate int16 -> 8-bit requantize kernel is left."""
+    from tvm_qplugin.schedules.x86_narrowing import built_module
+
+    calls = [(b.value.args[0].name_hint, str(b.value.args[1].fields[0].ty.dtype), str(b.var.ty.dtype))
+             for block in built_module(art)[art.integer_function].body.blocks for b in block.bindings
+             if getattr(getattr(b.value, "op", None), "name", "") == "relax.call_tir"]
+    assert not [c for c in calls if c[0].startswith("requantize") and c[1:] in (("int16", "int8"), ("int16", "uint8"))]
+    return [name for name, _, _ in calls if name.startswith("conv2d_requant_narrowed")]
+
+
+@pytest.mark.parametrize("policy", ["8", "auto"])
+def test_narrowed_consumers_read_the_stream_in_their_gather(policy, compiled):
+    """Each narrowed consumer is one fused kernel in the library (no narrowing kernel, no 8-bit
+    copy of the stream), checked on its own against the two ops' twins, and timed as its layer."""
+    art = compiled(policy)
+    assert len(fused_narrowings(art)) == art.report["wide_inputs"]["narrowed"] >= 1
+    assert "conv2d_requant_narrowed" in {row["op"] for row in art.report["kernels"]}, art.report["kernels"]
+    assert art.report["bit_exact_kernels"]["checked"] >= 1 and not art.report["bit_exact_kernels"]["mismatched"]
+    # the integer module (the reference, integer_module.json) keeps the requantize of each narrowed input
+    narrowing = [n for n, out, first in kernel_calls(art).values() if (first, out) == ("int16", "int8")]
+    assert len(narrowing) == art.report["wide_inputs"]["narrowed"]
+
+
 def test_auto_narrows_the_harmless_input_only_and_keeps_the_plan_within_budget(compiled):
     w = compiled("auto").report["wide_inputs"]
     assert w["measured"] and w["samples"] == 48 and w["metric"] == "kl"
@@ -176,6 +201,7 @@ def test_narrowed_consumers_on_the_avx2_target(model, calib):
     for node in (CONSUMER_OF_OUTLIER, CONSUMER_OF_PLAIN):
         why = layer(art, node)["kernel"]["why"]
         assert layer(art, node)["input_bits"] == 8 and "vpmaddubsw" in why, why
+    assert len(fused_narrowings(art)) == art.report["wide_inputs"]["narrowed"]  # read in the gather on AVX2 too
 
 
 @pytest.mark.extended
@@ -199,3 +225,40 @@ def test_mobilenet_v2_auto_keeps_every_confident_crop():
     assert instructions[8] and not instructions[8] & instructions[16], instructions
     acc = r["accuracy"]
     assert acc["value"] >= 0.88 and acc["top1_agreement_confident"] == 1.0, acc
+
+
+def test_auto_builds_each_kernel_once_and_reusing_them_changes_nothing(model, calib, monkeypatch):
+    """``auto`` integerizes a second time once its plan is known; that pass takes the first one's
+    PrimFuncs (ops/registry.reuse_kernels) instead of building each kernel again -- and the module
+    and report are those of a compile that builds them all anew."""
+    import contextlib
+    import json
+
+    import tvm
+
+    import tvm_qplugin.compiler as compiler
+    from tvm_qplugin.ops.registry import IntegerOp
+
+    built: list = []
+    prim_func = IntegerOp.prim_func
+
+    def counted(self, arg_types, **params):
+        if self.name != "conv2d_requant_narrowed":  # the build's fusion (x86_narrowing.py), not integerization
+            built.append((self.name, repr(arg_types), json.dumps(params, sort_keys=True)))
+        return prim_func(self, arg_types, **params)
+
+    monkeypatch.setattr(IntegerOp, "prim_func", counted)
+    reused = tq.compile(model, calib=calib, wide_inputs="auto", timing_runs=2)
+    assert reused.report["wide_inputs"]["narrowed"] >= 1
+    assert len(built) == len(set(built)), "a kernel was built twice"
+    monkeypatch.setattr(compiler, "reuse_kernels", lambda kernels: contextlib.nullcontext())
+    anew = tq.compile(model, calib=calib, wide_inputs="auto", timing_runs=2)
+    assert len(built) > len(set(built))  # the counter sees the second pass without reuse
+    tvm.ir.assert_structural_equal(reused.integer_mod, anew.integer_mod)
+    def timeless(entries):  # the kernel times of two builds differ; everything else must not
+        return [{k: v for k, v in e.items() if k not in ("latency_us", "gmacs", "fraction_of_peak")} for e in entries]
+
+    wide, wide_anew = reused.report["wide_inputs"], anew.report["wide_inputs"]
+    assert {**wide, "tensors": None} == {**wide_anew, "tensors": None}
+    assert timeless(wide["tensors"]) == timeless(wide_anew["tensors"])
+    assert timeless(reused.report["layers"]) == timeless(anew.report["layers"])

@@ -15,6 +15,7 @@ import tvm
 from tvm import relax
 
 from .schedules import apply_default_schedules, pack_weights
+from .schedules.x86_narrowing import fuse_narrowing
 
 
 def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
@@ -46,6 +47,7 @@ def lower(mod: tvm.IRModule, target: tvm.target.Target, tuning=None) -> tuple[tv
     """Default schedules + the Relax pipeline above: the module TVM's TIR pipeline and codegen get.
     ``tuning`` (tuning/apply.py ``AppliedTuning``): its database's schedules replace the default
     ones, kernel by kernel. Returns ``(lowered module, number of kernels a schedule rule took)``."""
+    mod = fuse_narrowing(mod, target)  # a narrowing requantize read in its conv's gather (schedules/x86_narrowing.py)
     mod = pack_weights(mod, target)  # a copy with prepacked weights: the integer module keeps plain layouts
     scheduled, n = apply_default_schedules(mod, target)
     if tuning is not None:  # MetaSchedule records win over the default rules where they were faster

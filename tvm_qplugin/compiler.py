@@ -33,6 +33,8 @@ from .budget import Budget
 from .build import build
 from .diagnose import tensor_errors
 from .kernel_check import check_kernels
+from .ops.registry import reuse_kernels
+from .schedules.x86_narrowing import built_module
 from .bitexact import first_difference
 from .reference import ReferenceInterpreter
 from .targets import get_board
@@ -149,15 +151,18 @@ def integer_front(model, opts: CompileOptions, tvm_target: tvm.target.Target, ca
     runner = FloatRunner(float_mod, tvm_target)
     ranges = calibrate(runner, calib_ds, opts.observer, opts.calib_limit, opts.show_progress)
 
+    kernels: dict = {}  # the PrimFuncs of the first integerization, reused by the next (ops/registry.py)
+
     def integerize_with(plan, narrowed=()):
         ranges.input_moments = int4_input_moments(  # the int4 layers' rounding (quant/int4.py)
             runner, calib_ds, float_mod["main"], {layer.var_name for layer in layers if plan[layer.onnx_node][0] == 4},
             opts.calib_limit, ranges.input_moments)
         try:
-            return integerize(float_mod, ranges, IntegerizeConfig(
-                int_io=opts.int_io, scheme=opts.scheme, input_bits=opts.input_bits, shiftadd=opts.shiftadd,
-                layer_bits=tuple((layer.var_name, *plan[layer.onnx_node]) for layer in layers),
-                wide_input_bits=8 if opts.wide_inputs == "8" else 16, narrowed_inputs=tuple(narrowed)))
+            with reuse_kernels(kernels):
+                return integerize(float_mod, ranges, IntegerizeConfig(
+                    int_io=opts.int_io, scheme=opts.scheme, input_bits=opts.input_bits, shiftadd=opts.shiftadd,
+                    layer_bits=tuple((layer.var_name, *plan[layer.onnx_node]) for layer in layers),
+                    wide_input_bits=8 if opts.wide_inputs == "8" else 16, narrowed_inputs=tuple(narrowed)))
         except UnsupportedOpError as e:
             raise name_onnx_nodes(e, imported.onnx_model) from None
 
@@ -290,7 +295,7 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
                               accuracy=accuracy, latency=latency, tensors=errors,
                               timing_s={"total": time.perf_counter() - t0, "tvm_build": build_s},
                               isa=None if c_route else isa_key(tvm_target))
-    report.record_tuning(art.report, *tuning.report(imod.mod, imod.layers))
+    report.record_tuning(art.report, *tuning.report(built_module(art), imod.layers))  # the kernels built
     report.record_onnx_nodes(art.report, {layer.var_name: layer.onnx_node for layer in front.layers})
     annotate_report(art.report, imod, iv)
     if not c_route and not cuda_route:

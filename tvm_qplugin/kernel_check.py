@@ -23,6 +23,7 @@ from .ops import OPS, op_of
 from .ops.registry import type_of_ty
 from .bitexact import first_difference
 from .schedules.packing import pack_call_args, packing_plan
+from .schedules.x86_narrowing import built_module
 from .tie_inputs import TIE_BUILDERS, KernelSite, TieCount, extreme_cases
 
 BATCHED_TWINS = ("conv2d_requant", "dense_requant", "max_pool2d", "avg_pool2d_requant", "requantize")
@@ -150,9 +151,10 @@ def check_kernels(art, seed: int = 0) -> dict:
 
     # the build packed weights for its target (build.lower): the same plan, recomputed; a loaded
     # artifact was built for this host (x86-host, or the host side of a C-package target)
-    packings = packing_plan(art.integer_mod, art.build_target or get_board("x86-host").target())
+    built = built_module(art)  # the kernels of the library: a narrowing requantize fused into its conv
+    packings = packing_plan(built, art.build_target or get_board("x86-host").target())
     results = [check_site(lib, s, rng, packings.get(s.name))
-               for s in kernel_sites(art.integer_mod, art.integer_function)]
+               for s in kernel_sites(built, art.integer_function)]
     return {
         "checked": len(results),
         "cases": sum(r.cases for r in results),

@@ -15,6 +15,7 @@ import tvm
 from tvm import relax
 
 from .ops import op_of
+from .schedules.x86_narrowing import built_module
 
 
 def instrumented_runs(art, runs: int) -> list[list[tuple[str, float]]]:
@@ -61,7 +62,7 @@ def binding_times(art, runs: list[list[tuple[str, float]]]) -> dict[relax.Var, f
     """Median microseconds of each integer kernel *call* of the integer function over the
     :func:`instrumented_runs`, keyed by the Relax var it binds (shared kernels are told apart by
     call order, which the VM keeps)."""
-    func = art.integer_mod[art.integer_function]
+    func = built_module(art)[art.integer_function]  # the calls the library makes (schedules/x86_narrowing.py)
     order = [(b.var, b.value.args[0].name_hint) for blk in func.body.blocks for b in blk.bindings
              if isinstance(b.value, relax.Call) and getattr(b.value.op, "name", "") == "relax.call_tir"]
     kernels = {name for _, name in order}
@@ -82,7 +83,7 @@ def binding_times(art, runs: list[list[tuple[str, float]]]) -> dict[relax.Var, f
 def by_op(art, times: dict[str, float]) -> list[dict]:
     """Kernel time summed per integer op kind, largest first, with its share of the total."""
     ops = {}
-    for gv, func in art.integer_mod.functions.items():
+    for gv, func in built_module(art).functions.items():
         if isinstance(func, tvm.tirx.PrimFunc) and op_of(func) is not None:
             ops[gv.name_hint] = op_of(func)[0]
     sums: dict[str, list] = defaultdict(lambda: [0.0, 0])

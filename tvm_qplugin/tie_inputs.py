@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .ops.conv_narrowed import narrowing_site
 from .ops.int4_linear import widened_site
 from .quant import qrange
 from .tie_solver import dot_range, may_tie, solve_dot, spread_sum, tie_step, tie_targets
@@ -343,3 +344,5 @@ TIE_BUILDERS = {"avg_pool2d_requant": _ties_avg_pool, "matmul_requant": _ties_ma
 # int4-weight kernels: the int8 builders on the widened weights (ops/int4_linear.py)
 TIE_BUILDERS["dense_requant_w4"] = lambda site, count: _ties_dense(widened_site(site), count)
 TIE_BUILDERS["conv2d_requant_w4"] = lambda site, count: _ties_conv(widened_site(site), count)
+# the x86 build's narrowing requantize fused into its conv: the requantize's ties, through the conv
+TIE_BUILDERS["conv2d_requant_narrowed"] = lambda site, count: _ties_requantize(narrowing_site(site), count)

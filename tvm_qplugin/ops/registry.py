@@ -8,6 +8,7 @@ without trusting the kernel's code.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Callable, ClassVar
 
@@ -80,11 +81,35 @@ def dtype_of_type(ty) -> str:
     return str(dt.dtype) if hasattr(dt, "dtype") else str(dt)
 
 
+_REUSED: dict | None = None  # (op, argument types, params) -> (PrimFunc, out type) inside reuse_kernels()
+
+
+@contextlib.contextmanager
+def reuse_kernels(kernels: dict):
+    """Inside it, an op emitted with the argument types and params of one in ``kernels`` (filled by
+    every such block given the same dict) takes that PrimFunc instead of building it again (the
+    op's TE definition is a function of those alone). ``--wide-inputs auto`` integerizes the graph
+    a second time once its plan is known (quant/wide_inputs.py) and only the narrowed consumers'
+    kernels differ: building every kernel anew was 85 % of that second pass."""
+    global _REUSED
+    saved, _REUSED = _REUSED, kernels
+    try:
+        yield
+    finally:
+        _REUSED = saved
+
+
 def emit(bb: relax.BlockBuilder, op_name: str, args: list[relax.Expr], **params) -> relax.Var:
     """Emit ``call_tir(op(params), args)`` into ``bb`` and return the bound variable."""
     op = OPS[op_name]
     arg_types = [type_of(a) for a in args]
-    func, out_ty = op.prim_func(arg_types, **params)
+    if _REUSED is None:
+        func, out_ty = op.prim_func(arg_types, **params)
+    else:
+        key = (op_name, repr(arg_types), json.dumps(params, sort_keys=True))
+        if key not in _REUSED:
+            _REUSED[key] = op.prim_func(arg_types, **params)
+        func, out_ty = _REUSED[key]
     gvar = bb.add_func(func, _kernel_name(op_name, arg_types, type_of_ty(out_ty)[1]))
     return bb.emit(relax.call_tir(gvar, args, out_ty))
 

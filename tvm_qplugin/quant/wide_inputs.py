@@ -22,7 +22,11 @@ stays int16 -- and it costs precision, so ``auto`` measures it instead of guessi
   with float (the resolution of the measure), else its costliest member goes back to 16.
 
 The integer build of the chosen plan is then verified bit-exactly like any other; this float
-simulation only decides the plan (an integer build per candidate would take minutes).
+simulation only decides the plan (an integer build per candidate would take minutes). The
+consumers and their ranges come from the all-16 integerization (:func:`consumers_of`); the plan's
+own integerization then reuses that one's kernels (compiler.integer_front with
+ops/registry.reuse_kernels), so only the narrowed consumers' kernels are built a second time, and
+the x86 build reads each narrowing in its conv's gather (schedules/x86_narrowing.py).
 """
 from __future__ import annotations
 

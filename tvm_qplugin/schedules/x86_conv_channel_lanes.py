@@ -15,6 +15,7 @@ from tvm import te
 
 from .intrin_x86 import ISA_BY_NAME, dot_term
 from .packing import Packing, tag_packed
+from .x86_conv_gather import _inline_narrowing, activation_input
 from .x86_int8 import (
     TensorizedRule,
     _dense_tile_body,
@@ -64,6 +65,7 @@ class Conv2D1x1ChannelLanes(TensorizedRule):
     """
 
     op = "conv2d_requant"
+    narrowed_op = "conv2d_requant_narrowed"
 
     def pack_for(self, func, params, shapes, isa, k_len=None):
         (xs, adt), (ws, _) = shapes[0], shapes[1]
@@ -87,7 +89,7 @@ class Conv2D1x1ChannelLanes(TensorizedRule):
             wp = wt.astype(np.int64).reshape(o // lanes, lanes, c // kp, kp).transpose(0, 2, 1, 3)
             return [np.ascontiguousarray(wp.astype(isa.packed_dtype)), *_channel_consts(wt, bias, mult, shift, off, o)]
 
-        x = te.placeholder(xs, adt, name="x")
+        x_in, x, narrowing = activation_input(xs, adt, params)
         wp = te.placeholder((o // lanes, c // kp, lanes, kp), isa.packed_dtype, name="w_packed")
         consts = _channel_placeholders(o)
         xi = te.compute((c // kp, rows, kp), lambda kb, m, j: x[m // p, kb * kp + j, m % p // w, m % w], name="x_kp")
@@ -96,7 +98,7 @@ class Conv2D1x1ChannelLanes(TensorizedRule):
             dot_term(xi[rk // kp, m, rk % kp], wp[j // lanes, rk // kp, j % lanes, rk % kp], off), axis=rk), name="acc")
         y = _requant_stage(acc, (nb, o, h, w), lambda i: (i[0] * p + i[2] * w + i[3], i[1]), lambda a: a[1],
                            consts, params, padded=False)
-        out = te.create_prim_func([x, wp, *consts, y]).without_attr("global_symbol")
+        out = te.create_prim_func([x_in, wp, *consts, *narrowing, y]).without_attr("global_symbol")
         return Packing(tag_packed(out, func, info), (1, 2, 3, 4), pack_args,
                        lambda consts: _epilogue_exact(consts[0].reshape(o, c), *consts[1:4], adt, off))
 
@@ -111,6 +113,7 @@ class Conv2D1x1ChannelLanes(TensorizedRule):
         ko, ki = sch.split(k, [None, isa.kp])
         sch.reorder(no, mo, ko, mi, nr, ni, ki)
         _dense_tile_body(sch, acc, (no, mo), ko, mi, nr, ni, isa, info["offset"])
+        _inline_narrowing(sch)
         kb, _, j = sch.get_loops(sch.get_sblock("x_kp"))
         sch.parallel(kb)
         sch.unroll(j)  # kp values per pixel innermost: LLVM vectorizes the pixels into interleaving stores

@@ -34,7 +34,12 @@ from .intrin_x86 import (
 )
 from .packing import Packing, packed_info, tag_packed, with_info
 from .x86_byte_pairs import packed_order, saturating_pairs
-from .x86_conv_gather import _border_parts, _schedule_gather
+from .x86_conv_gather import (
+    _border_parts,
+    _inline_narrowing,
+    _schedule_gather,
+    activation_input,
+)
 from .x86_requant import (
     _channel_consts,
     _channel_placeholders,
@@ -79,11 +84,13 @@ class TensorizedRule:
 
     def pack(self, func: tvm.tirx.PrimFunc, target: tvm.target.Target) -> Packing | None:
         described = op_of(func)
-        if target.kind.name != "llvm" or described is None or described[0] != self.op:
+        if target.kind.name != "llvm" or described is None or described[0] not in (self.op, self.narrowed_op):
             return None
         if _constant_output(described[1]):
             return None
         shapes = [_param_type(p) for p in func.params]
+        if described[0] == self.narrowed_op:  # the dot reads the int16 input's narrowing (x86_narrowing.py)
+            shapes[0] = (shapes[0][0], described[1]["in_dtype"])
         act_dtype = shapes[0][1]
         isa = select_isa(target, act_dtype)
         if isa is None or shapes[1][1] != "int8":
@@ -95,6 +102,7 @@ class TensorizedRule:
         return dataclasses.replace(exact, for_calls=lambda calls: self._byte_pairs_or_exact(
             func, described[1], shapes, pair_isa, exact, calls))
 
+    narrowed_op = None  # the op of this rule's kernels fused with a narrowing requantize (x86_narrowing.py)
     byte_pairs = False  # whether pack_for takes AVX2's vpmaddubsw (x86_byte_pairs.py) where the weights allow
     reorders_k = False  # whether it then gathers the activations in a K order of its own (a k_order table)
 
@@ -271,6 +279,7 @@ class Conv2DTensorized(TensorizedRule):
     """
 
     op = "conv2d_requant"
+    narrowed_op = "conv2d_requant_narrowed"
     byte_pairs = reorders_k = True
 
     def pack_for(self, func, params, shapes, isa, k_len=None):
@@ -317,7 +326,7 @@ class Conv2DTensorized(TensorizedRule):
             return [wk.reshape(o, kpad // kp, kp).astype(isa.packed_dtype), table,
                     *_channel_consts(wt, bias, mult, shift, off, o)]
 
-        x = te.placeholder(xs, adt, name="x")
+        x_in, x, narrowing = activation_input(xs, adt, params)
         wk = te.placeholder((o, kpad // kp, kp), isa.packed_dtype, name="w_packed")
         # the reduction index each packed position gathers (vpmaddubsw's safe pairing), a per-call constant
         table = None if k_len is None else te.placeholder((kpad,), "int32", name="k_order")
@@ -358,7 +367,8 @@ class Conv2DTensorized(TensorizedRule):
             dot_term(xp[b, rc, q, rj], wk[oc, rc, rj], 0), axis=[rc, rj]), name="acc")
         y = _requant_stage(acc, (nb, o, oh, ow), lambda i: (i[0], i[1], i[2] * ow + i[3]), lambda a: a[1],
                            consts, params, padded=True)  # always a tile: _tensorized_epilogue_at
-        out = te.create_prim_func([x, wk, *([table] if table is not None else []), *consts, y]).without_attr("global_symbol")
+        out = te.create_prim_func([x_in, wk, *([table] if table is not None else []), *consts, *narrowing,
+                                   y]).without_attr("global_symbol")
         return Packing(tag_packed(out, func, info), (1, 2, 3, 4), pack_args,
                        lambda consts: _epilogue_exact(consts[0].reshape(o, k), *consts[1:4], adt, off))
 
@@ -375,6 +385,7 @@ class Conv2DTensorized(TensorizedRule):
         tile = sch.fuse(b, oo, qo)
         sch.parallel(tile)
         _tensorized_epilogue_at(sch, tile, isa.lanes, info["requant"], info["acc_scope"])
+        _inline_narrowing(sch)
         _schedule_gather(sch, info)
         init = sch.decompose_reduction(acc, rc)
         sch.vectorize(sch.get_loops(init)[-1])
@@ -447,6 +458,10 @@ def _param_type(param) -> tuple[tuple[int, ...], str]:
 
 
 def _act_dtype(sch) -> str:
+    """The dtype the dot reads: the first parameter's, or its narrowing's (x86_narrowing.py)."""
+    described = op_of(sch.mod["main"])
+    if described is not None and "in_dtype" in described[1]:
+        return described[1]["in_dtype"]
     return _param_type(sch.mod["main"].params[0])[1]
 
 
