@@ -38,6 +38,11 @@ from tvm_qplugin.mixed.simulate import simulated_outputs, top1
 from tvm_qplugin.mixed.torch_graph import load_torch_graph
 
 
+# MobileNetV2's sensitivity settings: 8 crops in the loss; at most 1 536 HVPs -- the two-phase
+# estimator stops once its top layers' traces are within 10 % (about 800 HVPs, stop 24)
+MOBILENET_V2_SETTINGS = {"samples": 8, "probes": 1536}
+
+
 def load(model: str, eval_count: int = 128):
     """(onnx path, calibration inputs, calibration labels or None, eval inputs, eval reference, settings)."""
     if model.startswith("digits"):
@@ -49,8 +54,7 @@ def load(model: str, eval_count: int = 128):
     from qplugin_zoo import imagenet_calib_eval, mobilenet_v2_onnx
 
     calib, evaluation = imagenet_calib_eval()
-    return mobilenet_v2_onnx(), {"input": calib}, None, {"input": evaluation[:eval_count]}, None, {"samples": 8,
-                                                                                              "probes": 128}
+    return mobilenet_v2_onnx(), {"input": calib}, None, {"input": evaluation[:eval_count]}, None, MOBILENET_V2_SETTINGS
 
 
 def compiled_figures(model: str, path: str, calib: dict, jobs: dict) -> dict:
@@ -171,6 +175,8 @@ def main() -> None:
     ap.add_argument("--budgets", default="25%,midway,75%", help="which size budgets to plan for")
     ap.add_argument("--compile", type=int, default=0, metavar="N",
                     help="compile the midway plans, the N best random ones (by simulation) and int4 for real")
+    ap.add_argument("--uniform", default="yes", choices=["yes", "no", "only"],
+                    help="with --compile: compile uniform int4 and int8 too (yes), not (no), or only them")
     ap.add_argument("--distill", action="store_true")
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS)
@@ -184,6 +190,10 @@ def main() -> None:
         return
     t0 = time.perf_counter()
     path, calib, labels, evaluation, reference, settings = load(args.model, args.eval_count)
+    if args.uniform == "only":  # needs no sensitivity: run it beside the planning run
+        print(json.dumps({"model": args.model, "compiled": compiled_figures(
+            args.model, path, calib, {"int4": {"precision": "int4"}, "int8": {"precision": "int8"}})}, indent=1))
+        return
     g = load_torch_graph(path)
     if reference is None:  # agreement with fp32
         reference = simulated_outputs(g, {}, {}, evaluation)
@@ -236,7 +246,8 @@ def main() -> None:
         jobs = {k: {"precision": "mixed", "layer_bits": v} for k, v in plans.items()
                 if k.startswith("midway/") and k != "midway/auto"}  # auto's plan is one of these
         jobs.update({f"random{i}": {"precision": "mixed", "layer_bits": rand_plans[i]} for i in best})
-        jobs["int4"], jobs["int8"] = {"precision": "int4"}, {"precision": "int8"}
+        if args.uniform == "yes":
+            jobs["int4"], jobs["int8"] = {"precision": "int4"}, {"precision": "int8"}
         out["compiled"] = compiled_figures(args.model, path, calib, jobs)
         if "midway/auto" in out["plans"]:
             out["compiled"]["midway/auto"] = out["compiled"][f"midway/{out['plans']['midway/auto']['chosen']}"]
