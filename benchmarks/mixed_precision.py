@@ -107,8 +107,10 @@ def digits_kl(path: str, art, x: np.ndarray) -> float:
 
 
 def spearman(a: list[float], b: list[float]) -> float:
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
+    """Spearman's rank correlation, ties at their mean rank (the layers whose Omega is 0 tie)."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
 
 
 def mobilenet_v2_with_batchnorms() -> str:
@@ -214,6 +216,8 @@ def main() -> None:
            "spread_median_all": round(float(np.median(list(sens.trace_w_spread.values()))), 3),
            "spearman_omega4_vs_direct4": round(spearman([sens.omega_w[n]["4"] for n in names],
                                                         [sens.direct_w[n]["4"] for n in names]), 3),
+           "spearman_omega4_vs_direct4_top_layers": round(spearman([sens.omega_w[n]["4"] for n in sens.top_layers],
+                                                                   [sens.direct_w[n]["4"] for n in sens.top_layers]), 3),
            "ranking_omega4": sorted(names, key=lambda n: -sens.omega_w[n]["4"])[:8],
            "ranking_direct4": sorted(names, key=lambda n: -sens.direct_w[n]["4"])[:8],
            "uniform": {"int8": {"size": u8, "acc": acc({n: (8, 8) for n in names})},
