@@ -82,16 +82,16 @@ def compiled_figures(model: str, path: str, calib: dict, jobs: dict) -> dict:
         art = tq.compile(path, target="x86-host", calib=calib, eval=evaluation, **options)
         r = art.report
         out[name] = {"acc": r["accuracy"].get(key), "inputs": r["accuracy"].get("inputs"),
-                     **({"kl_to_fp32": digits_kl(path, art, xte)} if model.startswith("digits") else {}),
+                     "kl_to_fp32": kl_to_fp32(path, art, xte if model.startswith("digits") else evaluation["input"]),
                      "weights_bytes": r["size_bytes"]["weights"], "bit_exact": r["bit_exact"],
                      "integer_only": r["integer_only"], "compile_s": round(time.perf_counter() - t, 1)}
         print(name, out[name], file=sys.stderr, flush=True)
     return out
 
 
-def digits_kl(path: str, art, x: np.ndarray) -> float:
+def kl_to_fp32(path: str, art, x: np.ndarray, chunk: int = 32) -> float:
     """Mean KL(fp32 || integer build) of the output distributions on ``x``: the finer measure of the
-    same digits, where one digit is 0.19 point of accuracy."""
+    same inputs, where one digit is 0.19 point of accuracy and one MobileNetV2 crop 0.39 point."""
     import torch
 
     from tvm_qplugin.mixed.torch_graph import load_torch_graph
@@ -100,8 +100,9 @@ def digits_kl(path: str, art, x: np.ndarray) -> float:
         z = np.asarray(z, dtype=np.float64) - np.max(z, axis=1, keepdims=True)
         return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
+    g = load_torch_graph(path)
     with torch.no_grad():
-        ref = log_softmax(load_torch_graph(path).run({"input": x})[0].numpy())
+        ref = log_softmax(np.concatenate([g.run({"input": x[i:i + chunk]})[0].numpy() for i in range(0, len(x), chunk)]))
     got = log_softmax(np.concatenate([art.run({"input": x[i:i + 1]})[0] for i in range(len(x))]))
     return round(float((np.exp(ref) * (ref - got)).sum(axis=1).mean()), 6)
 

