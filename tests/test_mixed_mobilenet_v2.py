@@ -24,7 +24,7 @@ from tvm_qplugin.mixed.simulate import simulated_outputs, top1
 from tvm_qplugin.mixed.torch_graph import load_torch_graph, one_torch_thread
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from mixed_precision import MOBILENET_V2_SETTINGS, spearman  # noqa: E402  (one home for the settings)
+from mixed_precision import MOBILENET_V2_SETTINGS, spearman  # one home for the settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.extended]
 SETTINGS = MOBILENET_V2_SETTINGS  # the benchmark's: cached there under the same key
