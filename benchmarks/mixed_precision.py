@@ -59,8 +59,8 @@ def load(model: str, eval_count: int = 128):
 
 def compiled_figures(model: str, path: str, calib: dict, jobs: dict) -> dict:
     """Real x86 compiles of ``jobs`` (name -> compile options): agreement with fp32 on every real
-    crop (MobileNetV2) or labelled accuracy on the held-out digits and their KL to fp32, weight bytes,
-    bit-exactness."""
+    crop (MobileNetV2) or labelled accuracy on the held-out digits, the mean KL to fp32 on the same
+    inputs (finer than one crop or digit), weight bytes, bit-exactness."""
     import tvm_qplugin as tq
 
     if model.startswith("digits"):
