@@ -58,3 +58,22 @@ def test_sensitivity_focuses_on_unresolved_top_layers_until_the_target(tmp_path)
     assert s.probes == PILOT_PROBES + sum(s.probes_per_layer[n] for n in s.focused_layers)
     assert all(s.trace_w_spread[n] < 0.1 for n in s.top_layers), s.trace_w_spread
     assert s.probes < PILOT_PROBES + 1600, s.probes_per_layer  # stopped at the target, in blocks of 16
+
+
+def test_a_focused_probe_equals_the_whole_graph_hvp_with_v_zero_elsewhere(tmp_path):
+    """The focused HVP runs the double backward from that layer's gradient to that layer only
+    (``_HessianProbes._hvp``); it must be the same product as the whole second-order graph with
+    ``v`` zero on every other block and activation -- only cheaper."""
+    import torch
+
+    tg = load_torch_graph(_small_then_big(tmp_path))
+    inputs, labels = _data()
+    hvp = _HessianProbes(tg, inputs, labels, seed=5)
+    gen = torch.Generator().manual_seed(5)  # the probes rows() draws, drawn again
+    for layer in (0, 1):
+        rows, _ = hvp.rows(3, only=[layer])
+        for got in rows[:, layer]:
+            v = torch.randint(0, 2, hvp.leaves[layer].shape, generator=gen).to(hvp.leaves[layer].dtype) * 2 - 1
+            vs = [v if i == layer else torch.zeros_like(t) for i, t in enumerate(hvp.leaves)]
+            whole = torch.autograd.grad(hvp.grads, hvp.leaves, grad_outputs=vs, retain_graph=True)[layer]
+            assert got == pytest.approx(float((v * whole).sum()), rel=1e-5, abs=1e-7)

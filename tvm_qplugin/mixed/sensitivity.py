@@ -157,17 +157,29 @@ class _HessianProbes:
         self.gen = torch.Generator().manual_seed(seed)
         self.taps = {n: x.detach() for n, x in taps.items()}
 
+    def _hvp(self, live: list[int], vs: list):
+        """``(H v)`` on the leaves ``live`` only, ``v`` zero elsewhere: the double backward starts
+        from those leaves' gradients alone and ends at those leaves, so autograd skips the rest of
+        the second-order graph (exact: the blocks left out would multiply a zero ``v`` or are not
+        read) -- a focused probe of a layer near the output is a fraction of a whole-model HVP."""
+        import torch
+
+        return torch.autograd.grad([self.grads[i] for i in live], [self.leaves[i] for i in live],
+                                   grad_outputs=vs, retain_graph=True, allow_unused=True)
+
     def rows(self, count: int, only=None, enough=lambda w_rows, a_rows: False, block: int = 16):
         import torch
 
         n = len(self.names)
-        live = set(range(2 * n)) if only is None else {int(i) for i in only}
+        live = list(range(2 * n)) if only is None else sorted({int(i) for i in only})
         rows = []
         for p in range(count):
-            vs = [(torch.randint(0, 2, t.shape, generator=self.gen).to(t.dtype) * 2 - 1) if i in live
-                  else torch.zeros_like(t) for i, t in enumerate(self.leaves)]
-            hv = torch.autograd.grad(self.grads, self.leaves, grad_outputs=vs, retain_graph=True)
-            rows.append([float((v * h).sum()) if i in live else np.nan for i, (v, h) in enumerate(zip(vs, hv))])
+            vs = {i: torch.randint(0, 2, self.leaves[i].shape, generator=self.gen).to(self.leaves[i].dtype) * 2 - 1
+                  for i in live}
+            hv = self._hvp(live, [vs[i] for i in live])
+            row = np.full(2 * n, np.nan)
+            row[live] = [0.0 if h is None else float((vs[i] * h).sum()) for i, h in zip(live, hv)]
+            rows.append(row)
             if (p + 1) % block == 0 and enough(np.array(rows)[:, :n], np.array(rows)[:, n:]):
                 break
         rows = np.array(rows).reshape(-1, 2 * n)
@@ -213,6 +225,8 @@ def _hessian(g: TorchGraph, inputs: dict, labels, probes: int, s: Sensitivity, t
     cols = [w_rows[:, i] for i in range(len(g.layers))]   # each layer's probe values
     total = len(w_rows)
     focused = {i: np.empty(0) for i in focus}
+    log.info("Hutchinson pilot: %d whole-model probes; %d of the %d top layers above %.0f %% spread, probed alone next",
+             total, len(focus), len(top), 100 * target_spread)
     while total + block <= probes:  # round robin over the unresolved ones, one layer per HVP
         todo = [i for i, c in focused.items() if len(c) < 2 or relative_spread(c[:, None])[0] >= target_spread]
         if not todo:
@@ -221,6 +235,8 @@ def _hessian(g: TorchGraph, inputs: dict, labels, probes: int, s: Sensitivity, t
             f_rows, _ = hvp.rows(block, only=[i])
             focused[i] = np.concatenate([focused[i], f_rows[:, i]])
             total += block
+        log.info("Hutchinson focused: %d HVPs; still above %.0f %%: %d of %d", total, 100 * target_spread,
+                 sum(relative_spread(c[:, None])[0] >= target_spread for c in focused.values()), len(focused))
     for i, c in focused.items():  # a focused layer's estimate: its focused probes only
         if len(c):
             cols[i] = c
