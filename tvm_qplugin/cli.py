@@ -216,6 +216,8 @@ def _add_tune_parser(sub) -> None:
     t.add_argument("--observer", default="percentile")
     t.add_argument("--nonlinear", default="ivit")
     t.add_argument("--int-io", action="store_true")
+    t.add_argument("--wide-inputs", default="16", metavar="16|8|auto",
+                   help="as for compile: the kernels of the graph compile builds (8 / auto: narrowed convs)")
     t.add_argument("--calib-limit", type=_positive_int)
     t.add_argument("--eval", help=argparse.SUPPRESS)      # _precheck reads it; tune evaluates nothing
     t.add_argument("--trials-per-iter", type=_positive_int, default=16, help="candidates measured per batch")
@@ -234,7 +236,7 @@ def cmd_tune(a) -> int:
     res = tune(a.model, target=a.target, trials=a.trials, calib=a.calib, db=a.db, isa=a.isa,
                rpc_tracker=a.rpc_tracker, rpc_key=a.rpc_key, input_shapes=a.input_shape,
                trials_per_iter=a.trials_per_iter, observer=a.observer, nonlinear=a.nonlinear, int_io=a.int_io,
-               calib_limit=a.calib_limit, input_values=tuple(a.input_value) or None,
+               wide_inputs=a.wide_inputs, calib_limit=a.calib_limit, input_values=tuple(a.input_value) or None,
                progress=lambda line: print(line, file=sys.stderr, flush=True))
     tuned = sum(1 for t in res.tasks if t.stored)
     print(f"database     {res.db}  ({res.board} / {res.isa})")
@@ -242,9 +244,10 @@ def cmd_tune(a) -> int:
           "rejected")
     for t in res.tasks:
         print(f"  {t.line(res.trials)}" + (f"  [not tuned: {t.skipped}]" if t.skipped else ""))
-    use = (f"TVM_QPLUGIN_SCHEDULES={res.db.parent.parent} tvm-qplugin compile {a.model} --target {res.board} ..."
+    same = f" --wide-inputs {a.wide_inputs}" if a.wide_inputs != "16" else ""  # the graph that was tuned
+    use = (f"TVM_QPLUGIN_SCHEDULES={res.db.parent.parent} tvm-qplugin compile {a.model} --target {res.board}{same} ..."
            if res.c_package   # the C package's kernels (tune_qemu.py): export's kernel choice finds them
-           else f"tvm-qplugin compile {a.model} --target {res.board} --tuning-db {res.db} ...")
+           else f"tvm-qplugin compile {a.model} --target {res.board}{same} --tuning-db {res.db} ...")
     print(f"use it       {use}")
     return 0
 

@@ -47,7 +47,7 @@ def workload_key(mod: tvm.IRModule) -> str:
 class KernelTask:
     """One tuning task: a distinct integer kernel and what is needed to check a candidate of it."""
 
-    name: str                       # the kernel's global name in the integer module (first call site)
+    name: str                       # the kernel's global name in the module the build compiles (first call site)
     op: str                         # ``qplugin.op``
     params: dict                    # ``qplugin.params``
     func: tvm.tirx.PrimFunc          # the unscheduled kernel
@@ -96,8 +96,11 @@ def extract_tasks(mod: tvm.IRModule, target: tvm.target.Target | None = None) ->
     table) keep their default schedule and are no task.
     """
     from ..schedules.packing import packing_plan
+    from ..schedules.x86_narrowing import fuse_narrowing
     from .space import rule_space
 
+    if target is not None:  # the kernels the build compiles: a narrowing read in its conv's gather
+        mod = fuse_narrowing(mod, target)
     packed = packing_plan(mod, target) if target is not None else {}
     tasks: dict[str, KernelTask] = {}
     for gvar, args in _call_sites(mod):
