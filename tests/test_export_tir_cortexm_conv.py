@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_export_tir_cortexm_dw import M4, M55, QRANGE, _run
+from test_export_tir_cortexm_dw import M4, M55, QRANGE, _run, assert_fewest_kept
 
 from tvm_qplugin.export.tir_kernels_cortexm_conv import Im2colSpec, is_im2col_conv
 from tvm_qplugin.ops import OPS
@@ -116,11 +116,5 @@ def test_export_measures_the_im2col_candidates_and_runs_the_fastest_bit_exact(bo
     mod = conv_model(3, 8, 12, 2, "uint8", seed=4)
     x = _sample((1, 3, 12, 12), "uint8", seed=2)
     res = export_mcu(mod, tmp_path / "pkg", get_board(board), samples=[[x]], workdir=tmp_path / "work")
-    assert res["bit_exact"], res.get("mismatches")
-    (layer,) = res["layers"]
-    ch = layer["kernel_choice"]
-    counts = ch["instructions"]
-    assert set(counts) == {HANDWRITTEN, *(f"tensorir-{k}" for k in kinds)} and ch["dropped"] == 0, ch["why"]
-    assert counts[ch["source"]] == min(counts.values()) and "qemu-system-arm" in ch["why"], ch["why"]
-    if ch["source"] != HANDWRITTEN:
+    if assert_fewest_kept(res, kinds) != HANDWRITTEN:
         assert res["package"]["steps"][0]["c_func"] == "qk_tir_conv_0", res["package"]["steps"][0]
