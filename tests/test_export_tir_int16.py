@@ -53,7 +53,11 @@ def test_int16_layers_cover_every_requantization():
 def test_only_smlal_is_an_int16_candidate_and_the_others_refuse(tmp_path):
     from tvm_qplugin.errors import UnsupportedOpError
     from tvm_qplugin.export.c_graph import build_graph, integer_module_of
-    from tvm_qplugin.export.kernel_choice import int16_candidates, schedules_for, tir_candidates
+    from tvm_qplugin.export.kernel_choice import (
+        int16_candidates,
+        schedules_for,
+        tir_candidates,
+    )
 
     mod, _, _ = _one_layer("conv2d_requant", (1, 16, 4, 4), "int16", 8, "int8", -128, 127, (1 / 9e5, 1 / 2e5), seed=3)
     g = build_graph(integer_module_of(mod))
