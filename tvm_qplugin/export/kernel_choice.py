@@ -1,7 +1,7 @@
 """Which kernel each layer of an aarch64 board's C package calls: measured, not assumed.
 
 For every layer a TensorIR kernel can take (:mod:`.tir_kernels`: dense_requant and pointwise
-conv2d_requant on 8-bit inputs; depthwise 3x3 convs; small-channel convs such as the 3x3 stem, on boards
+conv2d_requant on 8-bit inputs, and on int16 ones the ``smlal`` kernel; depthwise 3x3 convs; small-channel convs such as the 3x3 stem, on boards
 with the dot product),
 the layer alone -- its own weights, requantization and shape -- is written as a one-step package
 once per candidate (the hand-written C, and each TIR schedule compiled by TVM's LLVM backend for
@@ -27,6 +27,7 @@ from ..errors import QPluginError, UnsupportedOpError
 from .tir_kernels import (
     DOTPROD_SCHEDULES,
     I8MM_SCHEDULES,
+    INT16_SCHEDULES,
     NEON_SCHEDULES,
     SCHEDULES,
     shift_range,
@@ -54,6 +55,14 @@ def tir_candidates(g) -> list:
             and all(a.val.kind == "const" for a in s.args[1:])]
 
 
+def int16_candidates(g) -> list:
+    """The dense layers and pointwise convs on int16 inputs (MobileNetV2's residual stream feeding an
+    expansion): on aarch64 boards the ``smlal`` kernel (tir_kernels_neon.py, the only TIR kernel that reads
+    int16 x) is measured beside the hand-written one; not the tuner's nor Cortex-M's."""
+    return [s for s in g.steps if (s.op == "dense_requant" or _pointwise(s)) and s.args[0].dtype == "int16"
+            and all(a.val.kind == "const" for a in s.args[1:])]
+
+
 def dw_candidates(g) -> list:
     """The depthwise 3x3 steps on 8-bit inputs: on aarch64 boards, tir_kernels_dw.py's kernel is
     measured beside the hand-written ``qk_dw3x3``."""
@@ -71,7 +80,7 @@ def schedules_for(s, board) -> tuple:
     """The TIR schedules measured for step ``s`` on ``board``: the sdot kernel only where the core has
     the dot-product extension (elsewhere its object would SIGILL) and 4 | n, 4 | k; the smmla kernel
     only where it has the int8 matrix multiply (i8mm) and 2 | n; the smlal kernel where its lanes
-    (pixels of a pointwise conv, or output channels) come in fours. A depthwise 3x3 conv has its own
+    (pixels of a pointwise conv, or output channels) come in fours, and nothing else on int16 x. A depthwise 3x3 conv has its own
     kernel (tir_kernels_dw.py)."""
     if im2col_step(s):   # a small-channel conv: its im2col kernel, where the core has sdot
         return IM2COL_SCHEDULES if "dotprod" in board.features else ()
@@ -82,6 +91,8 @@ def schedules_for(s, board) -> tuple:
     sdot_ok = "dotprod" in board.features and n % 4 == 0 and k % 4 == 0
     i8mm_ok = "i8mm" in board.features and n % 2 == 0
     neon_ok = n % 4 == 0 or (_pointwise(s) and int(np.prod(s.out.shape[2:])) % 4 == 0)
+    if s.args[0].dtype == "int16":   # only smlal reads int16 x
+        return INT16_SCHEDULES if neon_ok else ()
     return tuple(sc for sc in SCHEDULES if (sc not in DOTPROD_SCHEDULES or sdot_ok)
                  and (sc not in I8MM_SCHEDULES or i8mm_ok) and (sc not in NEON_SCHEDULES or neon_ok))
 
@@ -168,7 +179,7 @@ def choose_kernels(imod, board, workdir=None, ram_budget=None) -> tuple[dict, di
     kernels, choices = {}, {}
     seen: dict[tuple, int] = {}
     convs = conv_candidates(g) if "dotprod" in board.features else []
-    for s in sorted(tir_candidates(g) + dw_candidates(g) + convs, key=lambda s: s.index):
+    for s in sorted(tir_candidates(g) + int16_candidates(g) + dw_candidates(g) + convs, key=lambda s: s.index):
         key = _shape_key(s)
         if key in seen:  # same code and shapes as a layer measured already: the same counts
             first = choices[seen[key]]

@@ -2,7 +2,7 @@
 boards' kernels are :mod:`.tir_kernels_cortexm`'s, built and called by the same functions here.
 
 A dense_requant layer, or a pointwise conv2d_requant (one image, NCHW: packed transposed per block
-of pixels inside the kernel), with 8-bit inputs becomes a TIR PrimFunc -- the int8 dot products, the
+of pixels inside the kernel), with 8-bit inputs (int16 ones: the ``smlal`` kernel only) becomes a TIR PrimFunc -- the int8 dot products, the
 per-channel requantization of quant/dyadic.py and the clamp, shapes baked in -- compiled by TVM's
 LLVM backend for the board's own target (``-mcpu`` / ``-mattr``: ``+dotprod`` gives ``sdot``)
 into an ELF object that the package links beside qkernels.c. The kernel reads the package's own
@@ -49,7 +49,7 @@ from .tir_kernels_i8mm import (
     pack_weights_i8mm,
 )
 from .tir_kernels_i8mm import workspace_bytes as i8mm_workspace_bytes
-from .tir_kernels_neon import NEON_SCHEDULES, neon_applies, neon_module, pack_weights_neon
+from .tir_kernels_neon import INT16_SCHEDULES, NEON_SCHEDULES, neon_applies, neon_module, pack_weights_neon
 from .tir_kernels_neon import workspace_bytes as neon_workspace_bytes
 from .tir_kernels_sdot_conv import (  # a small-channel conv (the 3x3 stem) by im2col and sdot
     IM2COL_SCHEDULES,
@@ -216,6 +216,9 @@ def build_object(specs: list[DenseSpec], board, path: Path) -> list[Path]:
     target = object_target(board)
     out = []
     for sp in specs:
+        if sp.x_dtype == "int16" and sp.schedule not in INT16_SCHEDULES:   # the others read x as 8-bit
+            raise UnsupportedOpError(f"TIR kernel {sp.name}: int16 x has only the {'/'.join(INT16_SCHEDULES)} "
+                                     f"kernel, not {sp.schedule}; choose it or handwritten-c")
         if isinstance(sp.schedule, TunedKernel):
             mod = sp.schedule.mod
         elif isinstance(sp, DwSpec) and sp.schedule not in CORTEXM_SCHEDULES:   # a depthwise 3x3 conv (tir_kernels_dw.py)
@@ -338,6 +341,7 @@ void qk_tir_call(int32_t (*fn)(void *, void *, int32_t, void *), int32_t n, void
 """
 
 OUT_DTYPES = ("uint8", "int8", "int16", "int32")
+TIR_X_DTYPES = ("uint8", "int8", "int16")   # int16 x: only INT16_SCHEDULES (smlal, tir_kernels_neon.py)
 
 
 def prototype(sp: DenseSpec) -> str:
@@ -403,8 +407,11 @@ def step_spec(s, schedule="default") -> DenseSpec:
     from .kernels_c import conv_dims, dense_dims
 
     x = s.args[0]
-    if x.dtype not in ("uint8", "int8") or s.out.dtype not in OUT_DTYPES:
+    if x.dtype not in TIR_X_DTYPES or s.out.dtype not in OUT_DTYPES:
         raise UnsupportedOpError(f"TIR kernel: {s.name}: {s.op} {x.dtype} -> {s.out.dtype} has no TIR kernel")
+    if x.dtype == "int16" and schedule not in INT16_SCHEDULES:
+        raise UnsupportedOpError(f"TIR kernel: {s.name}: {s.op} on int16 x has only the {'/'.join(INT16_SCHEDULES)} "
+                                 f"kernel, not {schedule}; choose it or handwritten-c")
     geom = ()
     if s.op == "conv2d_requant":   # a conv of one image: a GEMM over its pixels, channel-major
         c = conv_dims(s)

@@ -25,6 +25,13 @@ is no horizontal add and the requantization runs on 4 outputs at once (``sdot4x4
    feed 64 ``smlal`` = 256 MACs), fewer where the shape is smaller (:func:`_tile`); a last tile past the elements repeats
    the last one (it stores the same values to the same place).
 
+int16 inputs (the residual stream of MobileNetV2's projections feeding the next block's expansion:
+issue 11, 92 % of the model's instructions on rpi5 while they ran on the hand-written C) take the same
+kernel: ``smlal`` multiplies int16 by int16 anyway, so x is only repacked (no widening) and the weights'
+int16 copy is the same. The int32 accumulator cannot overflow: the package refuses a layer whose
+``sum |w| * 32768 + |b|`` reaches 2^31 (kernels_c.py). Only this kernel takes int16 x
+(:data:`INT16_SCHEDULES`; :func:`.tir_kernels.step_spec` refuses the others).
+
 Note: the weights' int16 copy doubles their bytes on the board (a Linux board's DRAM: no flash limit);
 int16 weights are what lets the inner loop be ``smlal`` alone, with no widening per use.
 """
@@ -37,6 +44,7 @@ from tvm.script import tirx as T
 from .tir_kernels_sdot import _requant4
 
 NEON_SCHEDULES = ("smlal",)   # plain NEON (Armv8.0-A): a candidate on every aarch64 board
+INT16_SCHEDULES = NEON_SCHEDULES   # the TIR kernels that take int16 x (the others read x as 8-bit)
 SMULL = T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v4i32")
 LANE_TILES, ELEMENT_TILE = 2, 4   # vectors of 4 lanes x elements per register tile
 
@@ -95,12 +103,16 @@ def neon_module(sp) -> tvm.IRModule:
     pix = _pixel_lanes(sp)
     ltiles, etiles = lanes // 4 // lt, (elems + et - 1) // et
 
-    def x16(v, n_lanes):   # 8-bit x -> int16 (uint8 flipped to int8 first)
+    def x16(v, n_lanes):   # 8-bit x -> int16 (uint8 flipped to int8 first); int16 x as it is
+        if xd == "int16":
+            return v
         if flip:
             v = T.reinterpret(f"int8x{n_lanes}", T.bitwise_xor(v, T.Broadcast(T.uint8(128), n_lanes)))
         return T.Cast(f"int16x{n_lanes}", v)
 
     def x16s(v):
+        if xd == "int16":
+            return v
         return T.Cast("int16", T.Cast("int8", T.bitwise_xor(v, T.uint8(128))) if flip else v)
 
     def elem(ie, e):   # element e of element tile ie; a last tile past the elements repeats the last
