@@ -131,7 +131,8 @@ def write_c_package(imod, outdir, board=None, inputs=None, outputs=None, kernels
     files.update(build_system_files())
     tir_objects = []
     if em.tir_specs:
-        from .tir_kernels import build_object, shim_sources
+        from .tir_kernels import build_object
+        from .tir_shim import shim_sources
 
         if board is None:
             raise ValueError("write_c_package: TIR kernels need the board they are compiled for")

@@ -31,10 +31,10 @@ from .tir_kernels import (
     NEON_SCHEDULES,
     SCHEDULES,
     shift_range,
-    symbol_address,
 )
 from .tir_kernels_dw import DW_SCHEDULES, is_depthwise3x3
 from .tir_kernels_sdot_conv import IM2COL_SCHEDULES, im2col_step
+from .tir_shim import symbol_address
 
 TIR_INPUTS = ("uint8", "int8")
 HANDWRITTEN = "handwritten-c"

@@ -29,6 +29,7 @@ does a small-channel conv such as the 3x3 stem, ``im2col-sdot`` (:mod:`.tir_kern
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -37,7 +38,6 @@ import tvm
 from tvm.script import tirx as T
 
 from ..errors import UnsupportedOpError
-from .c_graph import dt_info
 from .tir_kernels_cortexm import CORTEXM_SCHEDULES, cortexm_applies, cortexm_module
 from .tir_kernels_cortexm import workspace_bytes as cortexm_workspace_bytes
 from .tir_kernels_cortexm_dw import cortexm_dw_spec
@@ -49,20 +49,26 @@ from .tir_kernels_i8mm import (
     pack_weights_i8mm,
 )
 from .tir_kernels_i8mm import workspace_bytes as i8mm_workspace_bytes
-from .tir_kernels_neon import INT16_SCHEDULES, NEON_SCHEDULES, neon_applies, neon_module, pack_weights_neon
+from .tir_kernels_neon import (
+    INT16_SCHEDULES,
+    NEON_SCHEDULES,
+    neon_applies,
+    neon_module,
+    pack_weights_neon,
+)
 from .tir_kernels_neon import workspace_bytes as neon_workspace_bytes
+from .tir_kernels_sdot import (  # the sdot4x4 kernel
+    pack_weights_sdot,
+    sdot_applies,
+    sdot_module,
+    workspace_bytes,
+)
 from .tir_kernels_sdot_conv import (  # a small-channel conv (the 3x3 stem) by im2col and sdot
     IM2COL_SCHEDULES,
     conv_geometry,
     im2col_applies,
     im2col_module,
     im2col_workspace_bytes,
-)
-from .tir_kernels_sdot import (  # the sdot4x4 kernel
-    pack_weights_sdot,
-    sdot_applies,
-    sdot_module,
-    workspace_bytes,
 )
 
 SCHEDULES = ("default", "tiled", "tiled2x4", "tiled4x4", *NEON_SCHEDULES, "sdot4x4", *I8MM_SCHEDULES)
@@ -210,6 +216,74 @@ def object_target(board) -> tvm.target.Target:
     return tvm.target.Target({**dict(board.target().export()), "num-cores": 1, **extra})
 
 
+@dataclass(frozen=True)
+class KernelKind:
+    """A family of TIR kernels: the schedule names it builds, why it cannot build a spec for a board
+    (``refusal``: the text after "TIR kernel <name>: ", None when it can), its unbuilt module and
+    the workspace bytes its accumulators and packed blocks take from the shim's pool. A new kernel
+    family is one entry of :data:`KINDS` (and its candidates in kernel_choice.py)."""
+
+    schedules: tuple
+    refusal: Callable
+    module: Callable
+    workspace: Callable
+
+
+def _features(board) -> str:
+    return f"board {board.name}: {list(board.features)}"
+
+
+def _gemm_refusal(needs: Callable | None = None) -> Callable:
+    """A GEMM kernel's refusal: a conv with taps (the GEMMs read x as a pointwise conv's), then ``needs``."""
+    def refusal(sp, board):
+        if sp.conv:
+            return (f"a {sp.conv[3]}x{sp.conv[4]} conv has only the {IM2COL_SCHEDULES[0]} kernel, not {sp.schedule}; "
+                    "choose it or handwritten-c")
+        return needs(sp, board) if needs else None
+    return refusal
+
+
+def _nchw_only(workspace: Callable) -> Callable:
+    """Kernels that pack a pointwise conv's block of pixels; a dense layer's x is read in place."""
+    return lambda sp: workspace(sp) if sp.nchw else 0
+
+
+TUNED = KernelKind((), lambda sp, board: None, lambda sp: sp.schedule.mod,
+                   lambda sp: sp.m * sp.kp + 4 * sp.m * sp.n)   # may keep all of x packed and every accumulator
+DEPTHWISE = KernelKind(("dw3x3",), lambda sp, board: None, dw_module, dw_workspace_bytes)  # tir_kernels_dw.py
+CORTEXM = KernelKind(CORTEXM_SCHEDULES, lambda sp, board: None if cortexm_applies(sp.schedule, board) else (
+    f"{sp.schedule} needs a Cortex-M core with {'MVE' if sp.schedule == 'mve' else 'the DSP extension'} "
+    f"({_features(board)}); choose another schedule"), cortexm_module, cortexm_workspace_bytes)  # GEMM and depthwise
+DEFAULT = KernelKind(("default", "tiled", "tiled2x4", "tiled4x4"), _gemm_refusal(),
+                     lambda sp: _schedule(_dense_module(sp), sp), _nchw_only(lambda sp: 4 * sp.kp))
+KINDS = (
+    CORTEXM,
+    KernelKind(IM2COL_SCHEDULES, lambda sp, board: None if "dotprod" in board.features and im2col_applies(sp) else (
+        f"{sp.schedule} needs the dot-product extension ({_features(board)}), a conv of int8 x with 4 | n and "
+        "every shift >= 31; choose another schedule"), im2col_module, _nchw_only(im2col_workspace_bytes)),
+    KernelKind(DOTPROD_SCHEDULES, _gemm_refusal(lambda sp, board: None if "dotprod" in board.features and sdot_applies(
+        sp) else (f"{sp.schedule} needs the dot-product extension ({_features(board)}) and n, k multiples of 4 "
+                  f"(n={sp.n}, k={sp.k}); choose another schedule")), sdot_module, _nchw_only(workspace_bytes)),
+    KernelKind(I8MM_SCHEDULES, _gemm_refusal(lambda sp, board: None if "i8mm" in board.features and i8mm_applies(
+        sp) else (f"{sp.schedule} needs the int8 matrix multiply (i8mm; {_features(board)}) and an even n "
+                  f"(n={sp.n}); choose another schedule")), i8mm_module, i8mm_workspace_bytes),
+    KernelKind(NEON_SCHEDULES, _gemm_refusal(lambda sp, board: None if neon_applies(sp) else (
+        f"{sp.schedule} needs the pixels or the output channels in groups of 4 (m={sp.m}, n={sp.n}); "
+        "choose another schedule")), neon_module, neon_workspace_bytes),
+)
+
+
+def kernel_kind(sp) -> KernelKind:
+    """The family that builds ``sp``: a tuning record's module, a depthwise spec's own kernel (on
+    Cortex-M, its SMLAD / MVE one), else the family of its schedule name (``default`` and the tiled
+    ones: :func:`_schedule`)."""
+    if isinstance(sp.schedule, TunedKernel):
+        return TUNED
+    if isinstance(sp, DwSpec) and sp.schedule not in CORTEXM_SCHEDULES:
+        return DEPTHWISE
+    return next((kind for kind in KINDS if sp.schedule in kind.schedules), DEFAULT)
+
+
 def build_object(specs: list[DenseSpec], board, path: Path) -> list[Path]:
     """Compile every kernel for ``board`` (:func:`object_target`) into one object each; return their
     paths (``<path stem>_<name>.o``)."""
@@ -219,44 +293,11 @@ def build_object(specs: list[DenseSpec], board, path: Path) -> list[Path]:
         if sp.x_dtype == "int16" and sp.schedule not in INT16_SCHEDULES:   # the others read x as 8-bit
             raise UnsupportedOpError(f"TIR kernel {sp.name}: int16 x has only the {'/'.join(INT16_SCHEDULES)} "
                                      f"kernel, not {sp.schedule}; choose it or handwritten-c")
-        if isinstance(sp.schedule, TunedKernel):
-            mod = sp.schedule.mod
-        elif isinstance(sp, DwSpec) and sp.schedule not in CORTEXM_SCHEDULES:   # a depthwise 3x3 conv (tir_kernels_dw.py)
-            mod = dw_module(sp)
-        elif sp.schedule in CORTEXM_SCHEDULES:   # GEMM or depthwise (cortexm_module dispatches)
-            if not cortexm_applies(sp.schedule, board):
-                raise UnsupportedOpError(f"TIR kernel {sp.name}: {sp.schedule} needs a Cortex-M core with "
-                                         f"{'MVE' if sp.schedule == 'mve' else 'the DSP extension'} (board "
-                                         f"{board.name}: {list(board.features)}); choose another schedule")
-            mod = cortexm_module(sp)
-        elif sp.conv and sp.schedule not in IM2COL_SCHEDULES:   # the GEMM kernels read x as a pointwise conv's
-            raise UnsupportedOpError(f"TIR kernel {sp.name}: a {sp.conv[3]}x{sp.conv[4]} conv has only the "
-                                     f"{IM2COL_SCHEDULES[0]} kernel, not {sp.schedule}; choose it or handwritten-c")
-        elif sp.schedule in IM2COL_SCHEDULES:
-            if "dotprod" not in board.features or not im2col_applies(sp):
-                raise UnsupportedOpError(f"TIR kernel {sp.name}: {sp.schedule} needs the dot-product extension "
-                                         f"(board {board.name}: {list(board.features)}), a conv of int8 x with 4 | n "
-                                         "and every shift >= 31; choose another schedule")
-            mod = im2col_module(sp)
-        elif sp.schedule in DOTPROD_SCHEDULES:
-            if "dotprod" not in board.features or not sdot_applies(sp):
-                raise UnsupportedOpError(f"TIR kernel {sp.name}: {sp.schedule} needs the dot-product extension "
-                                         f"(board {board.name}: {list(board.features)}) and n, k multiples of 4 "
-                                         f"(n={sp.n}, k={sp.k}); choose another schedule")
-            mod = sdot_module(sp)
-        elif sp.schedule in I8MM_SCHEDULES:
-            if "i8mm" not in board.features or not i8mm_applies(sp):
-                raise UnsupportedOpError(f"TIR kernel {sp.name}: {sp.schedule} needs the int8 matrix multiply (i8mm; "
-                                         f"board {board.name}: {list(board.features)}) and an even n (n={sp.n}); "
-                                         "choose another schedule")
-            mod = i8mm_module(sp)
-        elif sp.schedule in NEON_SCHEDULES:
-            if not neon_applies(sp):
-                raise UnsupportedOpError(f"TIR kernel {sp.name}: {sp.schedule} needs the pixels or the output channels "
-                                         f"in groups of 4 (m={sp.m}, n={sp.n}); choose another schedule")
-            mod = neon_module(sp)
-        else:
-            mod = _schedule(_dense_module(sp), sp)
+        kind = kernel_kind(sp)
+        why = kind.refusal(sp, board)
+        if why is not None:
+            raise UnsupportedOpError(f"TIR kernel {sp.name}: {why}")
+        mod = kind.module(sp)
         mod["main"] = mod["main"].with_attr("global_symbol", sp.name)
         with tvm.transform.PassContext(opt_level=3, config={"tirx.disable_assert": True}):
             lib = tvm.tirx.build(mod, target=target)
@@ -266,132 +307,8 @@ def build_object(specs: list[DenseSpec], board, path: Path) -> list[Path]:
     return out
 
 
-_SHIM_HEAD = """/* tir_kernels.c - calls of the TensorIR-generated kernels (tir_kernels_*.o, TVM's LLVM backend for this
- * board) through their TVM-FFI packed wrappers: each argument is a DLTensor* (type index 7) whose data
- * pointer is all the wrapper reads. Generated by tvm-qplugin; see tvm_qplugin/export/tir_kernels.py. */
-#include <stdint.h>
-#include "tir_kernels.h"
-
-#ifndef QK_TIR_POOL_BYTES
-#define QK_TIR_POOL_BYTES @POOL@
-#endif
-
-typedef struct { int32_t type_index; uint32_t pad; union { int64_t i; void *p; } v; } qk_tir_any_t;
-typedef struct {
-  void *data;
-  int32_t device_type, device_id, ndim;
-  uint8_t code, bits;
-  uint16_t lanes;
-  int64_t *shape, *strides;
-  uint64_t byte_offset;
-} qk_tir_tensor_t;
-
-/* TVM lowers a kernel's local accumulators to TVMBackendAllocWorkspace calls through these two pointers
- * (weak, null, in each object): a LIFO bump allocator over a static pool serves them */
-static uint8_t qk_tir_pool[QK_TIR_POOL_BYTES] __attribute__((aligned(64)));
-static uint32_t qk_tir_top;
-
-static void *qk_tir_alloc(int device_type, int device_id, uint64_t nbytes, int code, int bits) {
-  const uint32_t size = (uint32_t)((nbytes + 63) & ~(uint64_t)63);
-  (void)device_type, (void)device_id, (void)code, (void)bits;
-  if (size > QK_TIR_POOL_BYTES - qk_tir_top) return 0;
-  qk_tir_top += size;
-  return qk_tir_pool + qk_tir_top - size;
-}
-
-static int qk_tir_free(int device_type, int device_id, void *ptr) {
-  (void)device_type, (void)device_id;
-  qk_tir_top = (uint32_t)((uint8_t *)ptr - qk_tir_pool);
-  return 0;
-}
-
-void *(*__TVMBackendAllocWorkspace)(int, int, uint64_t, int, int) = qk_tir_alloc;
-int (*__TVMBackendFreeWorkspace)(int, int, void *) = qk_tir_free;
-
-/* a parallel loop (a tuned candidate's) runs as one task on the calling core */
-typedef struct { void *sync_handle; int32_t num_task; } qk_tir_penv_t;
-static int qk_tir_parallel(int (*task)(int, qk_tir_penv_t *, void *), void *cdata, int num_task) {
-  qk_tir_penv_t env = {0, 1};
-  (void)num_task;
-  return task(0, &env, cdata);
-}
-int (*__TVMBackendParallelLaunch)(int (*)(int, qk_tir_penv_t *, void *), void *, int) = qk_tir_parallel;
-
-#if defined(__arm__)
-/* Cortex-M: LLVM's unwind tables name the EHABI personality routine; the kernels never unwind, and
- * without this (weak) definition libgcc's unwinder, which needs __exidx_start, would be linked */
-__attribute__((weak)) void __aeabi_unwind_cpp_pr0(void) {}
-#endif
-
-void qk_tir_call(int32_t (*fn)(void *, void *, int32_t, void *), int32_t n, void *const *ptrs) {
-  qk_tir_tensor_t t[8];
-  qk_tir_any_t a[8], r;
-  int32_t i;
-  for (i = 0; i < n; i++) {
-    t[i] = (qk_tir_tensor_t){0};
-    t[i].data = ptrs[i];
-    t[i].device_type = 1; /* kDLCPU */
-    a[i].type_index = 7;  /* kTVMFFIDLTensorPtr */
-    a[i].pad = 0;
-    a[i].v.p = &t[i];
-  }
-  r.type_index = 0;
-  (void)fn(0, a, n, &r);
-}
-"""
-
 OUT_DTYPES = ("uint8", "int8", "int16", "int32")
 TIR_X_DTYPES = ("uint8", "int8", "int16")   # int16 x: only INT16_SCHEDULES (smlal, tir_kernels_neon.py)
-
-
-def prototype(sp: DenseSpec) -> str:
-    """The C prototype of a kernel's call (one home for tir_kernels.h and tir_kernels.c)."""
-    return (f"void {sp.name}(const {dt_info(sp.x_dtype)[1]} *x, const int8_t *w, const int32_t *b, const int32_t *m, "
-            f"const int8_t *s, {dt_info(sp.out_dtype)[1]} *y)")
-
-
-def symbol_address(board, exe, name: str) -> int:
-    """Address of symbol ``name`` in a cross-built executable (the board's binutils ``nm``)."""
-    from .toolchain import GeneratedCodeError, run_tool, which
-
-    nm = run_tool([which(board.cc.replace("-gcc", "-nm")), exe], what="nm").stdout
-    for ln in nm.splitlines():
-        if ln.endswith(" " + name):
-            return int(ln.split()[0], 16)
-    raise GeneratedCodeError(f"{exe}: no symbol {name}")
-
-
-def shim_sources(specs: list[DenseSpec]) -> tuple[str, str]:
-    """(tir_kernels.h, tir_kernels.c): one plain-C entry point per kernel."""
-    header = ("/* tir_kernels.h - TensorIR-generated kernels of this package (tir_kernels.c). */\n"
-              "#ifndef TIR_KERNELS_H\n#define TIR_KERNELS_H\n#include <stdint.h>\n"
-              "/* a TIR kernel's packed entry called on plain pointers (each becomes a DLTensor's data) */\n"
-              "void qk_tir_call(int32_t (*fn)(void *, void *, int32_t, void *), int32_t n, void *const *ptrs);\n"
-              + "".join(prototype(sp) + ";\n" for sp in specs) + "#endif\n")
-    # workspace: the local accumulators and a pointwise conv's packed block of pixels (<= 4 rows of k int8)
-    # (sdot4x4: all of x packed, workspace_bytes)
-    # (a tuned schedule may keep all of x packed and every accumulator: the workload's two buffers)
-    # (smlad / mve: one tile's rows of x packed, tir_kernels_cortexm.workspace_bytes)
-    # (smmla: all of x packed, dense too, tir_kernels_i8mm.workspace_bytes)
-    # (dw3x3: one channel's padded int16 block and a row of sums, tir_kernels_dw.dw_workspace_bytes)
-    gemms = [sp for sp in specs if not isinstance(sp, DwSpec)]
-    pool = 1024 + max([sp.m * sp.kp + 4 * sp.m * sp.n if isinstance(sp.schedule, TunedKernel)
-                       else cortexm_workspace_bytes(sp) if sp.schedule in CORTEXM_SCHEDULES
-                       else i8mm_workspace_bytes(sp) if sp.schedule in I8MM_SCHEDULES
-                       else neon_workspace_bytes(sp) if sp.schedule in NEON_SCHEDULES
-                       else im2col_workspace_bytes(sp) if sp.schedule in IM2COL_SCHEDULES
-                       else workspace_bytes(sp) if sp.schedule in DOTPROD_SCHEDULES else 4 * sp.kp
-                       for sp in gemms if sp.nchw or isinstance(sp.schedule, TunedKernel)
-                       or sp.schedule in CORTEXM_SCHEDULES or sp.schedule in I8MM_SCHEDULES + NEON_SCHEDULES]
-                      + [cortexm_workspace_bytes(sp) if sp.schedule in CORTEXM_SCHEDULES else dw_workspace_bytes(sp)
-                         for sp in specs if isinstance(sp, DwSpec)], default=0)
-    body = [_SHIM_HEAD.replace("@POOL@", str((pool + 63) // 64 * 64))]
-    for sp in specs:
-        body.append(f"\nint32_t __tvm_ffi_{sp.name}(void *self, void *args, int32_t n, void *result);\n"
-                    f"{prototype(sp)} {{\n"
-                    f"  void *const p[6] = {{(void *)x, (void *)w, (void *)b, (void *)m, (void *)s, (void *)y}};\n"
-                    f"  qk_tir_call(__tvm_ffi_{sp.name}, 6, p);\n}}\n")
-    return header, "".join(body)
 
 
 def shift_range(shifts) -> tuple[int, int]:
@@ -469,7 +386,7 @@ class TirKernelCalls:
         # (Cortex-M's 3x3 stems: tir_kernels_cortexm_conv.py)
         from .tir_kernels_cortexm_conv import im2col_spec, is_im2col_conv
 
-        x, w, bias = s.args[:3]
+        x, w = s.args[:2]
         sched = self.tir_choice[s.index]
         sp = replace((im2col_spec if is_im2col_conv(s) and sched in CORTEXM_SCHEDULES else step_spec)(s, sched),
                      kp=wk["kp"])   # the package's row padding

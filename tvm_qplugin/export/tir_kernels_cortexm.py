@@ -20,7 +20,7 @@ widening every byte). Both kernels here name the instruction through its LLVM in
 
 Otherwise the requantization and clamp are :mod:`.tir_kernels`'s (one home: :func:`.tir_kernels.requant`).
 The package calls these objects exactly as it calls the aarch64 ones (the packed entry, DLTensors
-whose data pointers are its own arrays: :func:`.tir_kernels.shim_sources`); the packed x lives in
+whose data pointers are its own arrays: :func:`.tir_shim.shim_sources`); the packed x lives in
 the kernel's workspace (:func:`workspace_bytes`), served from the shim's static pool.
 
 Note: the weights are not prepacked (no second copy in flash, unlike ``sdot4x4``): a weight word

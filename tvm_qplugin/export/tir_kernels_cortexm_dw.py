@@ -24,7 +24,7 @@ zero), so every tap of every output reads inside it without a bounds check.
 
 The requantization is :func:`.tir_kernels.requant`'s (one home). The kernels read the package's own
 arrays (weight rows of ``kp`` bytes, bias, multipliers, shifts) through the same shim and ABI as
-the GEMM kernels (:func:`.tir_kernels.shim_sources`).
+the GEMM kernels (:func:`.tir_shim.shim_sources`).
 
 Note: the M4 block is filled one int16 at a time (a word store would land on the odd halfword of
 a left-padded row): at stride 2, where a plane feeds 4x fewer outputs, that copy is about a third

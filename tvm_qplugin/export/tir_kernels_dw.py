@@ -9,7 +9,7 @@ row's pixels contiguously, for a strided copy), then accumulates a
 row of outputs at a time in int32 with the 9 taps unrolled and the row's pixels innermost (LLVM
 vectorizes that loop), and requantizes the row (quant/dyadic.py's formula: :func:`.tir_kernels.requant`).
 It reads the package's own weight rows (9 taps, rows padded to ``kp``), bias, multipliers and
-shifts, so choosing it costs no flash; the same plain-pointer shim (:func:`.tir_kernels.shim_sources`)
+shifts, so choosing it costs no flash; the same plain-pointer shim (:func:`.tir_shim.shim_sources`)
 calls it, the padded block coming from the shim's workspace pool (:func:`dw_workspace_bytes`).
 """
 from __future__ import annotations
@@ -46,7 +46,7 @@ class DwSpec:
     schedule: str = "dw3x3"
     shift33: bool = False   # every shift >= 33: the requantization in 32 bits (tir_kernels.requant)
     shift_range: tuple = (0, 62)
-    nchw: bool = False      # (not a pointwise GEMM: tir_kernels.shim_sources sizes its pool by dw_workspace_bytes)
+    nchw: bool = False      # (not a pointwise GEMM: tir_shim.shim_sources sizes its pool by dw_workspace_bytes)
 
     @property
     def phases(self) -> int:

@@ -125,7 +125,7 @@ class QemuRunner(PyRunner):
 
     def _run_one(self, obj: Path) -> RunnerResult:
         from ..export.harness_mcu import plugin_path
-        from ..export.tir_kernels import shim_sources, symbol_address
+        from ..export.tir_shim import shim_sources, symbol_address
         from ..export.toolchain import ToolchainError, run_tool, which
 
         work = obj.parent
