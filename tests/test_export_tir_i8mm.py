@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_bit_exact
-from test_export_tir_kernels import _objdump, _one_layer
+from test_export_tir_kernels import _objdump, _one_layer, run_one_kernel
 
-from tvm_qplugin.export import harness
 from tvm_qplugin.export.c_package import write_c_package
-from tvm_qplugin.reference import ReferenceInterpreter
 from tvm_qplugin.targets import get_board
 
 BOARD = "graviton3"
@@ -43,15 +40,7 @@ I8MM_LAYERS = {
 @pytest.mark.parametrize("name", sorted(I8MM_LAYERS))
 def test_smmla_kernel_bit_exact_on_every_path(name, tmp_path):
     mod, x, _ = _one_layer(*I8MM_LAYERS[name], seed=100 + sorted(I8MM_LAYERS).index(name))
-    (want,) = ReferenceInterpreter(mod).run("main", x)
-    board = get_board(BOARD)
-    pkg = tmp_path / "pkg"
-    info = write_c_package(mod, pkg, board, kernels={0: "smmla"})
-    assert info["steps"][0]["kernel_source"] == "tensorir-smmla"
-    assert "smmla\t" in _objdump(pkg / info["tir_objects"][0])
-    exe = harness.build_linux(pkg, board, tmp_path / "build")
-    got = harness.run_linux(exe, pkg, board, [[x]], tmp_path / "run")[0][0]
-    assert_bit_exact(got, want, f"smmla {name}")
+    assert "smmla\t" in run_one_kernel(mod, x, BOARD, "smmla", tmp_path, f"smmla {name}")
 
 
 def test_smmla_layers_cover_every_requantization():

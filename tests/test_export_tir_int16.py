@@ -6,12 +6,9 @@ kernels refuse int16 x."""
 from __future__ import annotations
 
 import pytest
-from conftest import assert_bit_exact
-from test_export_tir_kernels import _objdump, _one_layer
+from test_export_tir_kernels import _objdump, _one_layer, run_one_kernel
 
-from tvm_qplugin.export import harness
 from tvm_qplugin.export.c_package import write_c_package
-from tvm_qplugin.reference import ReferenceInterpreter
 from tvm_qplugin.targets import get_board
 
 # name: (op, x shape, x dtype, n, out dtype, qmin, qmax, multiplier range): pointwise with pixel lanes (8-bit and
@@ -32,16 +29,8 @@ INT16_LAYERS = {
 def test_smlal_int16_input_bit_exact_on_cortex_a76(name, tmp_path):
     mod, x, _ = _one_layer(*INT16_LAYERS[name], seed=300 + sorted(INT16_LAYERS).index(name))
     assert x.min() == -32768 and x.max() == 32767
-    (want,) = ReferenceInterpreter(mod).run("main", x)
-    board = get_board("rpi5")
-    pkg = tmp_path / "pkg"
-    info = write_c_package(mod, pkg, board, kernels={0: "smlal"})
-    assert info["steps"][0]["kernel_source"] == "tensorir-smlal"
-    dis = _objdump(pkg / info["tir_objects"][0])
+    dis = run_one_kernel(mod, x, "rpi5", "smlal", tmp_path, f"smlal int16 {name} under -cpu cortex-a76")
     assert "smlal\t" in dis or "smlal2\t" in dis
-    exe = harness.build_linux(pkg, board, tmp_path / "build")
-    got = harness.run_linux(exe, pkg, board, [[x]], tmp_path / "run")[0][0]
-    assert_bit_exact(got, want, f"smlal int16 {name} under -cpu cortex-a76")
 
 
 def test_int16_layers_cover_every_requantization():

@@ -59,6 +59,21 @@ def _objdump(obj) -> str:
     return run_tool([which("aarch64-linux-gnu-objdump"), "-d", obj], what="objdump").stdout
 
 
+def run_one_kernel(mod, x, board_name: str, kernel: str, tmp_path, label: str):
+    """Package ``mod`` for ``board_name`` with its step 0 on TIR kernel ``kernel``, run ``x`` under
+    qemu and check the output bit-exact with the NumPy reference; returns the kernel object's
+    disassembly (each test asserts the instructions its kernel is about)."""
+    (want,) = ReferenceInterpreter(mod).run("main", x)
+    board = get_board(board_name)
+    pkg = tmp_path / "pkg"
+    info = write_c_package(mod, pkg, board, kernels={0: kernel})
+    assert info["steps"][0]["kernel_source"] == f"tensorir-{kernel}"
+    exe = harness.build_linux(pkg, board, tmp_path / "build")
+    got = harness.run_linux(exe, pkg, board, [[x]], tmp_path / "run")[0][0]
+    assert_bit_exact(got, want, label)
+    return _objdump(pkg / info["tir_objects"][0])
+
+
 def _check_choices(choices):
     assert sorted(choices) == [0, 2], choices
     for ch in choices.values():
@@ -266,15 +281,7 @@ def _one_layer(op, xshape, xdtype, n, out, lo, hi, mrange, seed):
 @pytest.mark.parametrize("name", sorted(SDOT_LAYERS))
 def test_sdot4x4_kernel_bit_exact_on_every_path(name, tmp_path):
     mod, x, _ = _one_layer(*SDOT_LAYERS[name], seed=sorted(SDOT_LAYERS).index(name))
-    (want,) = ReferenceInterpreter(mod).run("main", x)
-    board = get_board("rpi5")
-    pkg = tmp_path / "pkg"
-    info = write_c_package(mod, pkg, board, kernels={0: "sdot4x4"})
-    assert info["steps"][0]["kernel_source"] == "tensorir-sdot4x4"
-    assert "sdot\t" in _objdump(pkg / info["tir_objects"][0])
-    exe = harness.build_linux(pkg, board, tmp_path / "build")
-    got = harness.run_linux(exe, pkg, board, [[x]], tmp_path / "run")[0][0]
-    assert_bit_exact(got, want, f"sdot4x4 {name}")
+    assert "sdot\t" in run_one_kernel(mod, x, "rpi5", "sdot4x4", tmp_path, f"sdot4x4 {name}")
 
 
 def test_sdot4x4_layers_cover_every_requantization():

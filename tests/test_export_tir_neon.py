@@ -4,12 +4,9 @@ op's NumPy twin, ``smlal`` in the object, no SIGILL; chosen by measurement over 
 from __future__ import annotations
 
 import pytest
-from conftest import assert_bit_exact
-from test_export_tir_kernels import _objdump, _one_layer
+from test_export_tir_kernels import _objdump, _one_layer, run_one_kernel
 
-from tvm_qplugin.export import harness
 from tvm_qplugin.export.c_package import write_c_package
-from tvm_qplugin.reference import ReferenceInterpreter
 from tvm_qplugin.targets import get_board
 
 BOARD = "rpi4"
@@ -35,16 +32,8 @@ NEON_LAYERS = {
 @pytest.mark.parametrize("name", sorted(NEON_LAYERS))
 def test_smlal_kernel_bit_exact_on_cortex_a72(name, tmp_path):
     mod, x, _ = _one_layer(*NEON_LAYERS[name], seed=200 + sorted(NEON_LAYERS).index(name))
-    (want,) = ReferenceInterpreter(mod).run("main", x)
-    board = get_board(BOARD)
-    pkg = tmp_path / "pkg"
-    info = write_c_package(mod, pkg, board, kernels={0: "smlal"})
-    assert info["steps"][0]["kernel_source"] == "tensorir-smlal"
-    dis = _objdump(pkg / info["tir_objects"][0])
+    dis = run_one_kernel(mod, x, BOARD, "smlal", tmp_path, f"smlal {name} under -cpu cortex-a72")
     assert "smlal\t" in dis and "sdot" not in dis
-    exe = harness.build_linux(pkg, board, tmp_path / "build")
-    got = harness.run_linux(exe, pkg, board, [[x]], tmp_path / "run")[0][0]
-    assert_bit_exact(got, want, f"smlal {name} under -cpu cortex-a72")
 
 
 def test_smlal_layers_cover_every_requantization_and_tile():

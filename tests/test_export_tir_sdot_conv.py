@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_bit_exact
-from test_export_tir_kernels import _objdump
+from test_export_tir_kernels import run_one_kernel
 from tvm import relax
 
 from tvm_qplugin.errors import UnsupportedOpError
-from tvm_qplugin.export import harness
 from tvm_qplugin.export.c_graph import build_graph, integer_module_of
 from tvm_qplugin.export.c_package import write_c_package
 from tvm_qplugin.export.kernel_choice import HANDWRITTEN, choose_kernels, schedules_for
@@ -19,7 +17,6 @@ from tvm_qplugin.export.tir_kernels import step_spec
 from tvm_qplugin.export.tir_kernels_sdot_conv import im2col_applies, im2col_step
 from tvm_qplugin.ops import const, emit
 from tvm_qplugin.quant import dyadic
-from tvm_qplugin.reference import ReferenceInterpreter
 from tvm_qplugin.targets import get_board
 
 CONVS = {
@@ -63,15 +60,7 @@ def test_im2col_sdot_bit_exact(name, tmp_path):
     mod, x = _conv(*CONVS[name], seed=sorted(CONVS).index(name))
     s = _step(mod)
     assert im2col_step(s) and im2col_applies(step_spec(s, "im2col-sdot")), name
-    (want,) = ReferenceInterpreter(mod).run("main", x)
-    board = get_board("rpi5")
-    pkg = tmp_path / "pkg"
-    info = write_c_package(mod, pkg, board, kernels={0: "im2col-sdot"})
-    assert info["steps"][0]["kernel_source"] == "tensorir-im2col-sdot"
-    assert "sdot\t" in _objdump(pkg / info["tir_objects"][0])
-    exe = harness.build_linux(pkg, board, tmp_path / "build")
-    got = harness.run_linux(exe, pkg, board, [[x]], tmp_path / "run")[0][0]
-    assert_bit_exact(got, want, f"im2col-sdot {name}")
+    assert "sdot\t" in run_one_kernel(mod, x, "rpi5", "im2col-sdot", tmp_path, f"im2col-sdot {name}")
 
 
 def test_the_choice_measures_it_and_picks_it_on_rpi5(tmp_path):
