@@ -78,11 +78,26 @@ class DepthwiseGeometry:
                                  "uint8" if isa.kp == 4 else "int16", (h + pt + pb - kh) // sh + 1,
                                  (w + pl + pr - kw) // sw + 1, _ceil_div(kw, isa.kp))
 
-    def taps_padded(self, wt: np.ndarray, kp: int) -> np.ndarray:
-        """``wt`` ``[C, KH, KW]`` with each kernel row zero-padded to ``rbs * kp`` taps (int64)."""
+    def packed_constants(self, consts, kp: int) -> tuple[np.ndarray, list]:
+        """The call's constants (weights ``[C, 1, KH, KW]``, bias, multiplier, shift) as both rules
+        pack them: the weights ``[C, KH, rbs * kp]`` with each kernel row zero-padded (int64; each
+        rule lays them out for its lanes) and the per-channel epilogue constants."""
+        wt, bias, mult, shift = consts[0].reshape(self.c, self.kh, self.kw), *consts[1:4]
         wp = np.zeros((self.c, self.kh, self.rbs * kp), np.int64)
         wp[:, :, :self.kw] = wt
-        return wp
+        return wp, _channel_consts(wt.reshape(self.c, -1), bias, mult, shift, self.off, self.c)
+
+    def epilogue_exact(self, consts) -> bool:
+        """x86_requant's check that the call's constants keep the register epilogue exact."""
+        return _epilogue_exact(consts[0].reshape(self.c, -1), *consts[1:4], self.adt, self.off)
+
+    def padded_operand(self, read, r, col):
+        """The dot's activation operand at padded row ``r``, column ``col``: ``read(row, col)`` of the
+        input inside it, 0 in the zero padding, plus the offset, in the operand's dtype."""
+        pt, pl = self.pads[:2]
+        v = tirx.if_then_else(tirx.all(r >= pt, r < self.h + pt, col >= pl, col < self.w + pl),
+                              read(r - pt, col - pl).astype("int32"), tirx.const(0, "int32"))
+        return (v + self.off).astype(self.pdt)
 
 
 ROW_TILES = (8, 7, 4, 2, 1)
@@ -139,10 +154,10 @@ class DepthwiseConv2DTensorized(TensorizedRule):
         if geo is None:
             return None
         xs, nb, c, h, w, kh, kw = shapes[0][0], geo.nb, geo.c, geo.h, geo.w, geo.kh, geo.kw
-        (sh, sw), (pt, pl, _, _), adt, off, pdt = (geo.sh, geo.sw), geo.pads, geo.adt, geo.off, geo.pdt
+        (sh, sw), (pt, pl, _, _), adt, off = (geo.sh, geo.sw), geo.pads, geo.adt, geo.off
         oh, ow, rbs = geo.oh, geo.ow, geo.rbs
         lanes, kp = isa.lanes, isa.kp
-        load = _load_elems(isa, pdt)
+        load = _load_elems(isa, geo.pdt)
         if (lanes - 1) * sw + kp > load or not _fits_int32(adt, kh * kw, off):
             return None
         nvec = _ceil_div(ow, lanes)
@@ -157,29 +172,22 @@ class DepthwiseConv2DTensorized(TensorizedRule):
                 "requant": {key: params[key] for key in ("qmin", "qmax", "out_dtype")}}
 
         def pack_args(consts):
-            wt, bias, mult, shift = consts[0].reshape(c, kh, kw), *consts[1:]
-            wp = geo.taps_padded(wt, kp)
-            return [wp.reshape(c, kh, rbs, kp).astype(isa.packed_dtype),
-                    *_channel_consts(wt.reshape(c, kh * kw), bias, mult, shift, off, c)]
+            wp, channel = geo.packed_constants(consts, kp)
+            return [wp.reshape(c, kh, rbs, kp).astype(isa.packed_dtype), *channel]
 
         x = te.placeholder(xs, adt, name="x")
         wp = te.placeholder((c, kh, rbs, kp), isa.packed_dtype, name="w_packed")
         consts = _channel_placeholders(c)
 
-        def padded(b, ch, r, col):
-            v = tirx.if_then_else(tirx.all(r >= pt, r < h + pt, col >= pl, col < w + pl),
-                                  x[b, ch, r - pt, col - pl].astype("int32"), tirx.const(0, "int32"))
-            return (v + off).astype(pdt)
-
-        xpad = te.compute((nb, c, hx, wx), padded, name="x_pad")
+        xpad = te.compute((nb, c, hx, wx), lambda b, ch, r, col: geo.padded_operand(
+            lambda row, cl: x[b, ch, row, cl], r, col), name="x_pad")
         ry, rb, rk = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, rbs), "rb"), te.reduce_axis((0, kp), "rk")
         acc = te.compute((nb, c, oh, owpad), lambda b, ch, i, j: te.sum(
             dot_term(xpad[b, ch, i * sh + ry, j * sw + rb * kp + rk], wp[ch, ry, rb, rk], 0), axis=[ry, rb, rk]),
             name="acc")
         y = _requant_stage(acc, (nb, c, oh, ow), lambda i: i, lambda a: a[1], consts, params, owpad != ow)
         out = te.create_prim_func([x, wp, *consts, y]).without_attr("global_symbol")
-        return Packing(tag_packed(out, func, info), (1, 2, 3, 4), pack_args,
-                       lambda consts: _epilogue_exact(consts[0].reshape(c, kh * kw), *consts[1:4], adt, off))
+        return Packing(tag_packed(out, func, info), (1, 2, 3, 4), pack_args, geo.epilogue_exact)
 
     def schedule(self, sch, info):
         isa = ISA_BY_NAME[info["isa"]]

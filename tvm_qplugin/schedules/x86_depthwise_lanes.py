@@ -25,9 +25,7 @@ from .packing import Packing, tag_packed
 from .x86_depthwise import DepthwiseGeometry
 from .x86_int8 import TensorizedRule, _fits_int32
 from .x86_requant import (
-    _channel_consts,
     _channel_placeholders,
-    _epilogue_exact,
     _requant_stage,
     _with_root_regions,
 )
@@ -73,8 +71,7 @@ class DepthwiseChannelLanes(TensorizedRule):
         if geo is None:
             return None
         xs, nb, c, h, w, kh, kw = shapes[0][0], geo.nb, geo.c, geo.h, geo.w, geo.kh, geo.kw
-        (sh, sw), (pt, pl, _, _), adt, off, pdt = (geo.sh, geo.sw), geo.pads, geo.adt, geo.off, geo.pdt
-        oh, ow, rbs = geo.oh, geo.ow, geo.rbs
+        sh, sw, adt, off, oh, ow, rbs = geo.sh, geo.sw, geo.adt, geo.off, geo.oh, geo.ow, geo.rbs
         lanes, kp = isa.lanes, isa.kp
         registers = 32 if isa.vector_bits == 512 else 16
         if (c % lanes or ow > MAX_OUT_WIDTH or sh != sw or sh not in STRIDES[isa.vector_bits]
@@ -88,10 +85,9 @@ class DepthwiseChannelLanes(TensorizedRule):
                 "requant": {key: params[key] for key in ("qmin", "qmax", "out_dtype")}}
 
         def pack_args(consts):
-            wt, bias, mult, shift = consts[0].reshape(c, kh, kw), *consts[1:]
-            wp = geo.taps_padded(wt, kp).reshape(cb, lanes, kh, rbs, kp).transpose(0, 2, 3, 1, 4)
-            return [np.ascontiguousarray(wp.astype(isa.packed_dtype)),
-                    *_channel_consts(wt.reshape(c, kh * kw), bias, mult, shift, off, c)]
+            wp, channel = geo.packed_constants(consts, kp)
+            wp = wp.reshape(cb, lanes, kh, rbs, kp).transpose(0, 2, 3, 1, 4)
+            return [np.ascontiguousarray(wp.astype(isa.packed_dtype)), *channel]
 
         x = te.placeholder(xs, adt, name="x")
         wp = te.placeholder((cb, kh, rbs, lanes, kp), isa.packed_dtype, name="w_packed")
@@ -99,12 +95,8 @@ class DepthwiseChannelLanes(TensorizedRule):
         xr = te.compute((nb, cb, h, w, lanes), lambda b, blk, r, col, lane: x[b, blk * lanes + lane, r, col],
                         name="x_rows")
 
-        def padded(b, blk, r, col, lane):
-            v = tirx.if_then_else(tirx.all(r >= pt, r < h + pt, col >= pl, col < w + pl),
-                                  xr[b, blk, r - pt, col - pl, lane].astype("int32"), tirx.const(0, "int32"))
-            return (v + off).astype(pdt)
-
-        xt = te.compute((nb, cb, hx, wx, lanes), padded, name="x_t")
+        xt = te.compute((nb, cb, hx, wx, lanes), lambda b, blk, r, col, lane: geo.padded_operand(
+            lambda row, cl: xr[b, blk, row, cl, lane], r, col), name="x_t")
         ry, rb, rk = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, rbs), "rb"), te.reduce_axis((0, kp), "rk")
         acc = te.compute((nb, cb, oh, ow, lanes), lambda b, blk, i, j, lane: te.sum(
             dot_term(xt[b, blk, i * sh + ry, j * sw + rb * kp + rk, lane], wp[blk, ry, rb, lane, rk], 0),
@@ -112,8 +104,7 @@ class DepthwiseChannelLanes(TensorizedRule):
         y = _requant_stage(acc, (nb, c, oh, ow), lambda i: (i[0], i[1] // lanes, i[2], i[3], i[1] % lanes),
                            lambda a: a[1] * lanes + a[4], consts, params, True)
         out = te.create_prim_func([x, wp, *consts, y]).without_attr("global_symbol")
-        return Packing(tag_packed(out, func, info), (1, 2, 3, 4), pack_args,
-                       lambda consts: _epilogue_exact(consts[0].reshape(c, kh * kw), *consts[1:4], adt, off))
+        return Packing(tag_packed(out, func, info), (1, 2, 3, 4), pack_args, geo.epilogue_exact)
 
     def schedule(self, sch, info):
         isa = ISA_BY_NAME[info["isa"]]
