@@ -4,9 +4,13 @@ qemu-aarch64 -cpu max): every code path bit-exact against the op's NumPy twin, `
 object, a candidate of the measured kernel choice only where the core has i8mm."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
-from test_export_tir_kernels import _objdump, _one_layer, run_one_kernel
+from test_export_tir_kernels import (
+    _objdump,
+    _one_layer,
+    compile_digits_cnn_for,
+    run_one_kernel,
+)
 
 from tvm_qplugin.export.c_package import write_c_package
 from tvm_qplugin.targets import get_board
@@ -117,18 +121,7 @@ def test_compile_digits_cnn_for_graviton3(tmp_path):
     its 4x4 pointwise conv measured with smmla among the candidates (bit-exact) and given the fewest --
     since sdot4x4's pixel-lane path (tir_kernels_sdot_px.py) that is sdot4x4, no longer smmla -- its
     chosen object holding that instruction (~1 minute: 3 layers x 7 candidates measured)."""
-    import json
-
-    from cli_run import run_cli
-
-    from qplugin_zoo import digits_split
-
-    np.savez(tmp_path / "calib.npz", input=digits_split()[0][:128])
-    out = tmp_path / "out"
-    r = run_cli("compile", "examples/digits_cnn.onnx", "--target", BOARD, "--calib", tmp_path / "calib.npz", "-o", out)
-    assert r.returncode == 0, r.stderr
-    rep = json.loads((out / "report.json").read_text())
-    assert rep["bit_exact"] and rep["mcu"]["bit_exact"] and rep["mcu"]["verified_on"] == BOARD
+    rep, out = compile_digits_cnn_for(BOARD, tmp_path)
     kern = {layer["name"]: layer["kernel"] for layer in rep["layers"] if "instructions" in layer["kernel"]}
     counts = kern["lv171"]["instructions"]
     assert counts["tensorir-smmla"] and counts["tensorir-sdot4x4"], counts   # both measured, both bit-exact

@@ -74,6 +74,25 @@ def run_one_kernel(mod, x, board_name: str, kernel: str, tmp_path, label: str):
     return _objdump(pkg / info["tir_objects"][0])
 
 
+def compile_digits_cnn_for(board_name: str, tmp_path) -> tuple[dict, object]:
+    """`compile --target <board>` of the digits CNN through the CLI, verified bit-exact under qemu
+    on that board; returns (report.json, the output folder)."""
+    import json
+
+    from cli_run import run_cli
+
+    from qplugin_zoo import digits_split
+
+    np.savez(tmp_path / "calib.npz", input=digits_split()[0][:128])
+    out = tmp_path / "out"
+    r = run_cli("compile", "examples/digits_cnn.onnx", "--target", board_name, "--calib", tmp_path / "calib.npz",
+                "-o", out)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["bit_exact"] and rep["mcu"]["bit_exact"] and rep["mcu"]["verified_on"] == board_name
+    return rep, out
+
+
 def _check_choices(choices):
     assert sorted(choices) == [0, 2], choices
     for ch in choices.values():

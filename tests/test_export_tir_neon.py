@@ -4,7 +4,12 @@ op's NumPy twin, ``smlal`` in the object, no SIGILL; chosen by measurement over 
 from __future__ import annotations
 
 import pytest
-from test_export_tir_kernels import _objdump, _one_layer, run_one_kernel
+from test_export_tir_kernels import (
+    _objdump,
+    _one_layer,
+    compile_digits_cnn_for,
+    run_one_kernel,
+)
 
 from tvm_qplugin.export.c_package import write_c_package
 from tvm_qplugin.targets import get_board
@@ -90,19 +95,7 @@ def test_smlal_is_no_candidate_where_neither_pixels_nor_channels_come_in_fours(t
 def test_compile_digits_cnn_for_rpi4(tmp_path):
     """`compile --target rpi4` end to end on the digits CNN: bit-exact under qemu-aarch64 -cpu cortex-a72 (no
     SIGILL), both 1x1 convs on smlal (measured fewest), smlal in their objects (~1 minute)."""
-    import json
-
-    import numpy as np
-    from cli_run import run_cli
-
-    from qplugin_zoo import digits_split
-
-    np.savez(tmp_path / "calib.npz", input=digits_split()[0][:128])
-    out = tmp_path / "out"
-    r = run_cli("compile", "examples/digits_cnn.onnx", "--target", BOARD, "--calib", tmp_path / "calib.npz", "-o", out)
-    assert r.returncode == 0, r.stderr
-    rep = json.loads((out / "report.json").read_text())
-    assert rep["bit_exact"] and rep["mcu"]["bit_exact"] and rep["mcu"]["verified_on"] == BOARD
+    rep, out = compile_digits_cnn_for(BOARD, tmp_path)
     chosen = {layer["name"]: layer["kernel"]["source"] for layer in rep["layers"] if "instructions" in layer["kernel"]}
     assert chosen["lv171"] == chosen["lv231"] == "tensorir-smlal", chosen
     objs = sorted((out / "c").glob("tir_kernels_qk_tir_conv1x1_*.o"))
