@@ -48,32 +48,39 @@ def _pointwise(s) -> bool:
             and not any(p["padding"]))
 
 
+def _constant_weights(s) -> bool:
+    """Every argument but the activations is a constant of the package (weights, bias, requantization)."""
+    return all(a.val.kind == "const" for a in s.args[1:])
+
+
+def _gemm(s, x_dtypes) -> bool:
+    """A dense layer or a pointwise conv on activations of ``x_dtypes``, with constant weights."""
+    return (s.op == "dense_requant" or _pointwise(s)) and s.args[0].dtype in x_dtypes and _constant_weights(s)
+
+
 def tir_candidates(g) -> list:
     """The steps of a package graph a TIR kernel can take: dense layers and pointwise convolutions
     on 8-bit inputs (the tuner's and Cortex-M's too; aarch64 also measures :func:`dw_candidates`)."""
-    return [s for s in g.steps if (s.op == "dense_requant" or _pointwise(s)) and s.args[0].dtype in TIR_INPUTS
-            and all(a.val.kind == "const" for a in s.args[1:])]
+    return [s for s in g.steps if _gemm(s, TIR_INPUTS)]
 
 
 def int16_candidates(g) -> list:
     """The dense layers and pointwise convs on int16 inputs (MobileNetV2's residual stream feeding an
     expansion): on aarch64 boards the ``smlal`` kernel (tir_kernels_neon.py, the only TIR kernel that reads
     int16 x) is measured beside the hand-written one; not the tuner's nor Cortex-M's."""
-    return [s for s in g.steps if (s.op == "dense_requant" or _pointwise(s)) and s.args[0].dtype == "int16"
-            and all(a.val.kind == "const" for a in s.args[1:])]
+    return [s for s in g.steps if _gemm(s, ("int16",))]
 
 
 def dw_candidates(g) -> list:
     """The depthwise 3x3 steps on 8-bit inputs: on aarch64 boards, tir_kernels_dw.py's kernel is
     measured beside the hand-written ``qk_dw3x3``."""
-    return [s for s in g.steps if is_depthwise3x3(s) and s.args[0].dtype in TIR_INPUTS
-            and all(a.val.kind == "const" for a in s.args[1:])]
+    return [s for s in g.steps if is_depthwise3x3(s) and s.args[0].dtype in TIR_INPUTS and _constant_weights(s)]
 
 
 def conv_candidates(g) -> list:
     """The small-channel convs (the 3x3 stem) on aarch64 boards with the dot product: tir_kernels_sdot_conv.py's
     kernel is measured beside the hand-written ``qk_conv``."""
-    return [s for s in g.steps if im2col_step(s) and all(a.val.kind == "const" for a in s.args[1:])]
+    return [s for s in g.steps if im2col_step(s) and _constant_weights(s)]
 
 
 def schedules_for(s, board) -> tuple:
