@@ -88,14 +88,14 @@ def prototype(sp: DenseSpec) -> str:
 
 
 def symbol_address(board, exe, name: str) -> int:
-    """Address of symbol ``name`` in a cross-built executable (the board's binutils ``nm``)."""
-    from .toolchain import GeneratedCodeError, run_tool, which
+    """Address of symbol ``name`` in a cross-built executable (harness_mcu.symbols, the board's binutils ``nm``)."""
+    from .harness_mcu import symbols
+    from .toolchain import GeneratedCodeError
 
-    nm = run_tool([which(board.cc.replace("-gcc", "-nm")), exe], what="nm").stdout
-    for ln in nm.splitlines():
-        if ln.endswith(" " + name):
-            return int(ln.split()[0], 16)
-    raise GeneratedCodeError(f"{exe}: no symbol {name}")
+    found = next((a for n, a, _, _ in symbols(exe, nm=board.cc.replace("-gcc", "-nm")) if n == name), None)
+    if found is None:
+        raise GeneratedCodeError(f"{exe}: no symbol {name}")
+    return found
 
 
 def shim_sources(specs: list[DenseSpec]) -> tuple[str, str]:
