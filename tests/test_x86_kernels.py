@@ -448,3 +448,19 @@ def test_fraction_of_peak_uses_the_instruction_the_kernel_reads(rng):
         if layer["fraction_of_peak"]:  # a thin layer under load may round to 0
             implied = layer["macs"] / layer["latency_us"] / 1e3 / layer["fraction_of_peak"]
             assert abs(implied / (peak16 if i == 0 else peak8) - 1) < 0.1, (layer["name"], implied, peak8, peak16)
+
+
+@pytest.mark.parametrize("xdt", ["uint8", "int8", "int16"])
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_avx2_gemv_keeps_weights_int8_in_memory(rng, xdt, pattern):
+    """Batch-1 dense on AVX2 (one row tile: each weight read once per call, from memory): the weights
+    stay int8 and are widened as they are loaded (``vpmovsxbw``, isa ``avx2w8``), five channel
+    vectors per tile (N = 40) -- bit-exact at the extremes, int16 activations included."""
+    k, n = (256 if xdt == "int16" else 96), 40
+    x = activations(rng, (1, k), xdt, pattern)
+    wt = weights(rng, (n, k))
+    bias, mult, shift = requant_consts(rng, n, 8 + (8 if xdt == "int16" else 0) + 6)
+    info, asm = check_kernel("dense_requant", x, [wt, bias, mult, shift], "avx2", qmin=-128, qmax=127,
+                             out_dtype="int8")
+    assert (info["isa"], info["mr"], info["nr"]) == ("avx2w8", 1, 5)
+    assert "vpmovsxbw" in asm and "vpmaddwd" in asm

@@ -25,6 +25,10 @@ Instructions (all exact: no intermediate saturation):
 * ``avxvnni`` AVX-VNNI (256-bit) ``vpdpbusd``: as ``vnni`` on 8 lanes.
 * ``avx2``    AVX2 ``vpmaddwd``: s16 x s16, kp=2, 8 lanes. 8-bit operands are widened to int16
   first. Exact for every operand.
+* ``avx2w8``  ``avx2`` with the packed operand (dense weights) stored int8 and sign-extended to
+  int16 as it is loaded (``vpmovsxbw ymm, m128``): the same products, half the weight bytes --
+  for a batch-1 GEMV, which reads every weight once per call and waits on memory
+  (``x86_int8.DenseTensorized``).
 * ``avx2ub``  AVX2 ``vpmaddubsw`` + ``vpmaddwd`` against ones: u8 x s8, kp=4, 8 lanes (offset as
   ``vnni``). ``vpmaddubsw`` adds adjacent u8 x s8 products into int16 *with saturation*
   (255*127*2 > 32767), so it is exact only for weights whose every packed pair is proven safe at
@@ -69,7 +73,10 @@ VNNI16 = DotIsa("vnni16", 16, 2, "int16", "llvm.x86.avx512.vpdpwssd.512", True, 
 AVXVNNI = DotIsa("avxvnni", 8, 4, "int8", "llvm.x86.avx512.vpdpbusd.256", True, 256)
 AVX2 = DotIsa("avx2", 8, 2, "int16", "llvm.x86.avx2.pmadd.wd", False, 256)
 AVX2UB = DotIsa("avx2ub", 8, 4, "int8", "llvm.x86.avx2.pmadd.ub.sw", False, 256)
-ISA_BY_NAME = {isa.name: isa for isa in (VNNI, VNNI16, AVXVNNI, AVX2, AVX2UB)}
+# ``vpmaddwd`` with the packed operand kept int8 in memory and widened as it is loaded (``vpmovsxbw``):
+# half avx2's weight bytes, for kernels that read each weight once per call (batch-1 GEMV)
+AVX2W8 = DotIsa("avx2w8", 8, 2, "int8", "llvm.x86.avx2.pmadd.wd", False, 256)
+ISA_BY_NAME = {isa.name: isa for isa in (VNNI, VNNI16, AVXVNNI, AVX2, AVX2UB, AVX2W8)}
 
 
 def _has(target: tvm.target.Target, *features: str) -> bool:

@@ -25,6 +25,8 @@ from tvm.s_tir import schedule as s_tir_schedule
 from ..ops import op_of
 from ..quant import abs_max
 from .intrin_x86 import (
+    AVX2,
+    AVX2W8,
     ISA_BY_NAME,
     DotIsa,
     byte_pair_isa,
@@ -183,7 +185,10 @@ class DenseTensorized(TensorizedRule):
         npad = _round_up(n, isa.lanes)
         small = isa.vector_bits == 256
         mr = _largest_divisor(rows, (3, 2, 1) if small else (4, 3, 2, 1))
-        nr = _largest_divisor(npad // isa.lanes, (2, 1) if small else (3, 2, 1))
+        gemv = isa is AVX2 and rows == mr  # one row tile: every weight read once per call, from memory
+        if gemv:
+            isa = AVX2W8
+        nr = _largest_divisor(npad // isa.lanes, GEMV_VECTORS if gemv else (2, 1) if small else (3, 2, 1))
         info = {"rule": type(self).__name__, "isa": isa.name, "mr": mr, "nr": nr, "offset": off,
                 "out_shape": [*xs[:-1], n], "acc_shape": [rows, npad]}
         lanes, kp = isa.lanes, isa.kp
@@ -242,6 +247,9 @@ def _dense_tile_body(sch, acc, tile_loops, ko, mi, nr, ni, isa, offset: int) -> 
     sch.unroll(nr)
 
 
+GEMV_VECTORS = (5, 4, 3, 2, 1)
+
+
 def _weight_sums_fit_int32(w2d: np.ndarray, act_dtype: str, offset: int) -> bool:
     """A dense call whose dtypes alone need an int64 accumulator (``acc_bits=64``: int16 x int8 over
     a long K, e.g. MiniLM's 1536 -> 384 FFN output) still sums exactly in int32 when its constant
@@ -295,9 +303,9 @@ class Conv2DTensorized(TensorizedRule):
         ow = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
         lanes, kp = isa.lanes, isa.kp
         p = oh * ow
-        nr = 2 if _round_up(p, 2 * lanes) == _round_up(p, lanes) else 1
-        ppad, kpad = _round_up(p, nr * lanes), k_len or _round_up(k, kp)
-        mr, acc_scope = _conv_tile_rows(o, nr, isa, kpad // kp)
+        kpad = k_len or _round_up(k, kp)
+        mr, nr, acc_scope = _conv_tile(o, p, isa, kpad // kp)
+        ppad = _round_up(p, nr * lanes)
         flat = kh == kw == 1 and (sh, sw) == (1, 1) and not any(params["padding"])
         # the row-wise gather walks whole output rows: its pixel extent rounded up to them
         pbuf = ppad if flat else _round_up(ppad, ow)
@@ -403,6 +411,14 @@ class Conv2DTensorized(TensorizedRule):
 # (runtime::kMaxStackAlloca); any other buffer is a TVMBackendAllocWorkspace call where it lives
 STACK_BYTES = 1024
 LONG_K_STEPS = 160  # dot steps per tile from which the bigger, workspace-allocated tile wins
+
+
+def _conv_tile(o: int, p: int, isa: DotIsa, k_steps: int) -> tuple[int, int, str]:
+    """``(mr, nr, acc_scope)`` of the pixel-lane conv's register tile: ``nr`` pixel vectors (2
+    where the plane fills whole pairs of vectors, else 1) and :func:`_conv_tile_rows`' channels."""
+    nr = 2 if _round_up(p, 2 * isa.lanes) == _round_up(p, isa.lanes) else 1
+    mr, acc_scope = _conv_tile_rows(o, nr, isa, k_steps)
+    return mr, nr, acc_scope
 
 
 def _conv_tile_rows(o: int, nr: int, isa: DotIsa, k_steps: int) -> tuple[int, str]:
