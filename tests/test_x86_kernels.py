@@ -24,6 +24,7 @@ from tvm_qplugin.schedules.x86_conv_gather import _border_parts
 from tvm_qplugin.schedules.x86_int8 import (
     LONG_K_STEPS,
     STACK_BYTES,
+    _conv_tile,
     _conv_tile_rows,
 )
 
@@ -464,3 +465,33 @@ def test_avx2_gemv_keeps_weights_int8_in_memory(rng, xdt, pattern):
                              out_dtype="int8")
     assert (info["isa"], info["mr"], info["nr"]) == ("avx2w8", 1, 5)
     assert "vpmovsxbw" in asm and "vpmaddwd" in asm
+
+
+@pytest.mark.parametrize("target_name", ["vnni", "avx2"])
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_small_int16_plane_is_one_tile_row_on_avx2(rng, target_name, pattern):
+    """AVX2 vpmaddwd on a 7x7 plane whose packed activations stay in L1: one output channel x the
+    whole plane (7 pixel vectors, 49 real lanes) per tile -- bit-exact at the extremes; VNNI's
+    tile is unchanged. Built for both targets (only AVX2 code runs on an AVX2-only CPU)."""
+    c, o = 40, 24
+    x = activations(rng, (1, c, 7, 7), "int16", pattern)
+    consts = [weights(rng, (o, c, 1, 1)), *requant_consts(rng, o, 8 + 8 + 6)]
+    if target_name == "vnni":  # built, not run: this CPU may lack AVX-512
+        info = next(packed_info(f) for f in pack_weights(one_op_module("conv2d_requant", x, consts, **POINTWISE),
+                                                         TARGETS["vnni"]).functions.values()
+                    if isinstance(f, tvm.tirx.PrimFunc) and packed_info(f))
+        build(one_op_module("conv2d_requant", x, consts, **POINTWISE), TARGETS["vnni"])
+        assert (info["mr"], info["nr"]) != (1, 7)
+        return
+    info, asm = check_kernel("conv2d_requant", x, consts, "avx2", **POINTWISE)
+    assert (info["isa"], info["mr"], info["nr"]) == ("avx2", 1, 7) and "vpmaddwd" in asm
+
+
+@pytest.mark.parametrize("c, whole_plane", [(40, True), (320, False)])
+def test_whole_plane_tile_only_while_the_packed_plane_fits_l1(c, whole_plane):
+    """The whole-plane tile re-reads the packed plane for every channel: 320 channels of int16 at
+    56 lanes (36 KB) keep the channel-block tile."""
+    isa = select_isa(AVX2_TARGET, "int16")
+    mr, nr, _ = _conv_tile(1280, 49, isa, c // isa.kp)
+    assert ((mr, nr) == (1, 7)) == whole_plane
+    assert _conv_tile(1280, 14 * 14, isa, 20)[1] != 25  # bigger planes: vectors of pixels in pairs or ones
