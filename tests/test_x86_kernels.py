@@ -495,3 +495,13 @@ def test_whole_plane_tile_only_while_the_packed_plane_fits_l1(c, whole_plane):
     mr, nr, _ = _conv_tile(1280, 49, isa, c // isa.kp)
     assert ((mr, nr) == (1, 7)) == whole_plane
     assert _conv_tile(1280, 14 * 14, isa, 20)[1] != 25  # bigger planes: vectors of pixels in pairs or ones
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_fourteen_by_fourteen_int16_plane_takes_five_pixel_vectors_on_avx2(rng, pattern):
+    """A 14x14 plane is 25 pixel vectors (odd: no pairs): AVX2 vpmaddwd takes 2 channels x 5
+    vectors per tile -- bit-exact at the extremes (196 real lanes of 200)."""
+    x = activations(rng, (1, 40, 14, 14), "int16", pattern)
+    consts = [weights(rng, (24, 40, 1, 1)), *requant_consts(rng, 24, 8 + 8 + 6)]
+    info, asm = check_kernel("conv2d_requant", x, consts, "avx2", **POINTWISE)
+    assert (info["isa"], info["mr"], info["nr"]) == ("avx2", 2, 5) and "vpmaddwd" in asm

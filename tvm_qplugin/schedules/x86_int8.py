@@ -430,11 +430,17 @@ def _conv_tile(o: int, p: int, isa: DotIsa, k_steps: int) -> tuple[int, int, str
     packed plane (``K x P`` int16, re-read for every channel) stays in L1
     (:data:`WHOLE_PLANE_BYTES`). Measured on a Zen 3 (1 thread, thread CPU time, interleaved):
     MobileNetV2's int16 160 -> 960 at 7x7 (18 KB packed) 239 -> 155 us; 320 -> 1280 (36 KB) ran
-    518 us either way; ``vpmaddubsw`` kernels and 14x14+ planes were no faster so."""
+    518 us either way; ``vpmaddubsw`` kernels and 14x14+ planes were no faster so.
+    An odd number of pixel vectors that 5 divides (14x14: 25) takes ``2 x 5`` instead of ``12 x 1``
+    (10 accumulators, 5 pixel vectors and a broadcast: the 16 ymm registers; 2 broadcasts per 10
+    multiplies instead of 12 per 12): int16 96 -> 576 at 14x14 313 -> 267 us, 64 -> 384
+    142 -> 129 us (same runs); the ``vpmaddubsw`` 576 -> 96 ran 164 -> 180, so it keeps its tile."""
     vectors = _round_up(p, isa.lanes) // isa.lanes
     packed_bytes = k_steps * isa.kp * vectors * isa.lanes * 2
     if isa.name == "avx2" and vectors <= WHOLE_PLANE_VECTORS and packed_bytes <= WHOLE_PLANE_BYTES:
         return 1, vectors, "global"
+    if isa.name == "avx2" and vectors % 2 and vectors % 5 == 0:
+        return _largest_divisor(o, (2, 1)), 5, "global"
     nr = 2 if _round_up(p, 2 * isa.lanes) == _round_up(p, isa.lanes) else 1
     mr, acc_scope = _conv_tile_rows(o, nr, isa, k_steps)
     return mr, nr, acc_scope
