@@ -494,7 +494,9 @@ def test_whole_plane_tile_only_while_the_packed_plane_fits_l1(c, whole_plane):
     isa = select_isa(AVX2_TARGET, "int16")
     mr, nr, _ = _conv_tile(1280, 49, isa, c // isa.kp)
     assert ((mr, nr) == (1, 7)) == whole_plane
-    assert _conv_tile(1280, 14 * 14, isa, 20)[1] != 25  # bigger planes: vectors of pixels in pairs or ones
+    assert _conv_tile(1280, 14 * 14, isa, 20)[:2] == (2, 5)   # 25 vectors: 2 x 5
+    assert _conv_tile(96, 28 * 28, isa, 20)[:2] == (6, 2)     # 98 vectors: the pairs of before
+    assert _conv_tile(1280, 7 * 7, select_isa(VNNI_TARGET, "int16"), 20)[1] == 1  # 512-bit: unchanged
 
 
 @pytest.mark.parametrize("pattern", PATTERNS)
