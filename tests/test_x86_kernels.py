@@ -496,7 +496,8 @@ def test_whole_plane_tile_only_while_the_packed_plane_fits_l1(c, whole_plane):
     assert ((mr, nr) == (1, 7)) == whole_plane
     assert _conv_tile(1280, 14 * 14, isa, 20)[:2] == (2, 5)   # 25 vectors: 2 x 5
     assert _conv_tile(96, 28 * 28, isa, 20)[:2] == (6, 2)     # 98 vectors: the pairs of before
-    assert _conv_tile(1280, 7 * 7, select_isa(VNNI_TARGET, "int16"), 20)[1] == 1  # 512-bit: unchanged
+    vnni = select_isa(VNNI_TARGET, "int16")                  # 512-bit: 49 pixels in a pair of vectors, as before
+    assert _conv_tile(1280, 7 * 7, vnni, 20)[:2] == (_conv_tile_rows(1280, 2, vnni, 20)[0], 2)
 
 
 @pytest.mark.parametrize("pattern", PATTERNS)
