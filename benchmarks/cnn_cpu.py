@@ -20,6 +20,9 @@ first is the artifact the other engines are compared with, the others are timed 
 top-1 agreement with fp32 (``agreement``; ONNX Runtime int8's on the same crops next to it) and its
 per-tensor kernel times and accuracy effects (``wide_inputs``); the engines are also timed call
 by call in turn (``interleaved_median_ms``), which a loaded machine disturbs less than blocks.
+With ``--threads 1`` every engine is also timed in thread CPU time, call by call in turn
+(``thread_cpu_median_ms``: at one thread TVM and ONNX Runtime compute on the calling thread, so
+other jobs' share of a loaded machine stays out of the figure).
 
 ``--depthwise-one-row`` adds the same integer module built with one output row per depthwise
 tile (``x86_depthwise.ROW_TILES = (1,)``: the depthwise schedule before stop 21's row tiles), for
@@ -32,6 +35,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 import numpy as np
 import onnxruntime as ort
@@ -151,6 +155,11 @@ def main() -> None:
         res["interleaved_median_ms"] = {k: round(v, 3) for k, v in alternating.items()}
         res["interleaved_peer_over_ours"] = {k: round(v / alternating["tvm_qplugin_int8"], 3)
                                              for k, v in alternating.items() if k != "tvm_qplugin_int8"}
+    if args.threads == 1:  # every engine computes on this thread: its CPU time, call by call in turn
+        cpu = interleaved_median_ms(calls, args.rounds * args.runs, clock=time.thread_time)
+        res["thread_cpu_median_ms"] = {k: round(v, 3) for k, v in cpu.items()}
+        res["thread_cpu_peer_over_ours"] = {k: round(v / cpu["tvm_qplugin_int8"], 3)
+                                            for k, v in cpu.items() if k != "tvm_qplugin_int8"}
     res["load_after"] = os.getloadavg()
     res["note"] = ("peer_over_ours: median over rounds of (peer median / tvm_qplugin_int8 median) in the round; "
                    "> 1 means ours is faster. _avx2: the same integer module built for znver3 (AVX2).")

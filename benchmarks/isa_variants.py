@@ -65,17 +65,19 @@ def assert_same_outputs(vms: dict, func: str, *args) -> None:
         assert np.array_equal(out, first), f"build variant {name or 'native'!r} differs from the others"
 
 
-def interleaved_median_ms(calls: dict, runs: int) -> dict:
+def interleaved_median_ms(calls: dict, runs: int, clock=time.perf_counter) -> dict:
     """Median milliseconds per call, the calls taken round-robin so that machine noise (this
-    machine is shared) falls on all of them alike."""
+    machine is shared) falls on all of them alike. ``clock=time.thread_time``: the calling
+    thread's CPU time, which another job's share of a loaded machine does not enter -- the figure
+    of 1-thread runs, where TVM and ONNX Runtime (intra-op 1) compute on the calling thread."""
     for fn in calls.values():
         fn()
     times = {name: [] for name in calls}
     for _ in range(runs):
         for name, fn in calls.items():
-            t = time.perf_counter()
+            t = clock()
             fn()
-            times[name].append((time.perf_counter() - t) * 1e3)
+            times[name].append((clock() - t) * 1e3)
     return {name: float(np.median(ts)) for name, ts in times.items()}
 
 
