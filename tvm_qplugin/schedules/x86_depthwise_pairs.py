@@ -30,20 +30,12 @@ import numpy as np
 from tvm import te, tirx
 from tvm.s_tir import TensorIntrin
 from tvm.script import from_source
-from tvm.script import tirx as T
 
 from .intrin_x86 import AVX2, ISA_BY_NAME, dot_intrin, dot_term
 from .packing import Packing, tag_packed
 from .x86_depthwise import DepthwiseGeometry, _schedule_padding
 from .x86_int8 import TensorizedRule, _fits_int32, _round_up
-from .x86_requant import (
-    _channel_placeholders,
-    _epilogue_vector,
-    _has_block,
-    _loops_under,
-    _requant_stage,
-    epilogue_intrin,
-)
+from .x86_requant import _channel_placeholders, _has_block, _loops_under, _requant_stage, epilogue_intrin
 
 # Pair rows of the register tile, tried in this order: the first that divides the pair rows of the
 # plane into at least two tiles (or is 1) and whose ``rows * npar * nr`` accumulators stay within
@@ -56,7 +48,6 @@ PAIR_ROWS = (4, 2, 1)
 STRIDES = (1,)
 ACCUMULATORS = 8
 NR = (4, 3, 2, 1)
-EPILOGUE_ROWS = (4, 2)   # tile rows requantized together (rows_epilogue_intrin), the first that divides
 CHUNK = 16   # output pairs of one interleave step (two 256-bit stores)
 
 
@@ -162,20 +153,12 @@ class DepthwiseRowPairs(TensorizedRule):
             sch.reverse_compute_at(sch.get_sblock("y"), io)
         *stage_rows, stage_cols = _loops_under(sch, stage, jo)
         outer, inner = sch.split(stage_cols, [None, isa.lanes])
-        tile_rows = info["rows"] * npar
-        together = next((r for r in EPILOGUE_ROWS if stage_rows and tile_rows % r == 0), 1)
-        if together > 1:  # rows of the tile requantized and narrowed together
-            ro, ri = sch.split(stage_rows[-1], [None, together])
-            sch.reorder(ro, outer, ri, inner)
-            stage_rows, epilogue = [ro], (ri, rows_epilogue_intrin(together, isa.lanes, info["requant"]))
-        else:
-            epilogue = (inner, epilogue_intrin(isa.lanes, info["requant"]))
         for loop in (*stage_rows, outer):
             sch.unroll(loop)
         init = sch.decompose_reduction(acc, q)
         sch.vectorize(sch.get_loops(init)[-1])
         sch.tensorize(ji, dot_intrin(isa, "int16", "b", 0, "global"))
-        sch.tensorize(*epilogue)
+        sch.tensorize(inner, epilogue_intrin(isa.lanes, info["requant"]))
         for loop in (q, kx, ir, par, jr):
             sch.unroll(loop)
 
@@ -223,66 +206,5 @@ def f(a: T.handle, d: T.handle):
                    f"[A[0, T.Ramp(0, 1, {load})], A[1, T.Ramp(0, 1, {load})]], {index}))\n")
     name = f"qplugin_dw_pair_rows_{dtype}_s{stride}_{chunk}"
     TensorIntrin.register(name, from_source(desc), from_source(impl), override=True)
-    _REGISTERED[key] = name
-    return name
-
-
-def rows_epilogue_intrin(rows: int, lanes: int, params: dict) -> str:
-    """x86_requant's epilogue on ``rows`` vectors of ``lanes`` accumulators of one channel at a
-    time, each a row of the tile (any pitch), as one ``rows * lanes``-element expression: LLVM then
-    narrows the rows together (``vpackssdw`` / ``vpackuswb`` across registers) instead of one
-    extract and two packs per vector. The description is ``_requant_stage`` on a 2-D tile, the
-    implementation :func:`x86_requant._epilogue_vector` on the rows concatenated, stored row by
-    row. Registered on first use."""
-    key = ("rows_epilogue", rows, lanes, params["qmin"], params["qmax"], params["out_dtype"])
-    if key in _REGISTERED:
-        return _REGISTERED[key]
-    qmin, qmax, dt = params["qmin"], params["qmax"], params["out_dtype"]
-    acc = te.placeholder((rows, lanes), "int32", name="acc")
-    consts = _channel_placeholders(1)
-    y = _requant_stage(acc, (rows, lanes), lambda i: i, lambda a: 0, consts, params, False)
-    # the TE function's loops and block, under a root whose tile buffers have a row pitch (TE has no
-    # strided placeholders; the printed block parses back to the same expression)
-    text = te.create_prim_func([acc, *consts, y]).script()
-    loops = "\n".join("    " + line for line in text[text.index("    for "):].rstrip().splitlines())
-    desc = from_source(f"""
-@T.prim_func(s_tir=True)
-def f(a: T.handle, fh: T.handle, mh: T.handle, ph: T.handle, qh: T.handle, yh: T.handle):
-    acc_pitch = T.int32()
-    y_pitch = T.int32()
-    acc = T.match_buffer(a, ({rows}, {lanes}), "int32", offset_factor=1, strides=[acc_pitch, 1])
-    bias_times_multiplier = T.match_buffer(fh, (1,), "int64", offset_factor=1)
-    multiplier = T.match_buffer(mh, (1,), "int32", offset_factor=1)
-    pre_shift = T.match_buffer(ph, (1,), "int32", offset_factor=1)
-    post_shift = T.match_buffer(qh, (1,), "int32", offset_factor=1)
-    y = T.match_buffer(yh, ({rows}, {lanes}), "{dt}", offset_factor=1, strides=[y_pitch, 1])
-    with T.sblock("root"):
-        T.reads(acc[0:{rows}, 0:{lanes}], pre_shift[0:1], multiplier[0:1], bias_times_multiplier[0:1], post_shift[0:1])
-        T.writes(y[0:{rows}, 0:{lanes}])
-{loops}
-""")
-
-    n = rows * lanes
-    rows_in = ", ".join(f"A[{r}, T.Ramp(0, 1, {lanes})]" for r in range(rows))
-    stores = "".join(f"        O[{r}, T.Ramp(0, 1, {lanes})] = T.Shuffle([narrowed], {list(range(r * lanes, (r + 1) * lanes))})\n"
-                     for r in range(rows))
-    impl = from_source(f"""
-@T.prim_func(s_tir=True)
-def f(a: T.handle, fh: T.handle, mh: T.handle, ph: T.handle, qh: T.handle, yh: T.handle):
-    a_pitch = T.int32()
-    o_pitch = T.int32()
-    A = T.match_buffer(a, ({rows}, {lanes}), "int32", offset_factor=1, strides=[a_pitch, 1])
-    F = T.match_buffer(fh, (1,), "int64", offset_factor=1)
-    M = T.match_buffer(mh, (1,), "int32", offset_factor=1)
-    P = T.match_buffer(ph, (1,), "int32", offset_factor=1)
-    Q = T.match_buffer(qh, (1,), "int32", offset_factor=1)
-    O = T.match_buffer(yh, ({rows}, {lanes}), "{dt}", offset_factor=1, strides=[o_pitch, 1])
-    with T.sblock("root"):
-        T.reads(A[0:{rows}, 0:{lanes}], P[0:1], M[0:1], F[0:1], Q[0:1])
-        T.writes(O[0:{rows}, 0:{lanes}])
-        narrowed = epilogue(T.Shuffle([{rows_in}], {list(range(n))}), F[0], M[0], P[0], Q[0])
-{stores}""", extra_vars={"T": T, "epilogue": lambda vec, f, m, p, q: _epilogue_vector(vec, f, m, p, q, n, qmin, qmax, dt)})
-    name = f"qplugin_dw_rows_epilogue_{rows}x{lanes}_{qmin}_{qmax}_{dt}"
-    TensorIntrin.register(name, desc, impl, override=True)
     _REGISTERED[key] = name
     return name
