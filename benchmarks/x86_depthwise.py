@@ -11,17 +11,22 @@ tiles off, ``x86_depthwise.ROW_TILES = (1,)``) instead of TVM's default loops.
 ``--before pixel-lanes``: "before" is the pixel-lane rule alone (``DepthwiseConv2DTensorized``),
 "after" the rules as registered (``DepthwiseChannelLanes`` where it is chosen): the before / after
 of the channel-lane rule (shapes it does not take time the same kernel twice).
+``--before no-row-pairs``: "before" is the registered rules without AVX2's row-pair rule
+(``DepthwiseChannelLanes``, ``DepthwiseConv2DTensorized``), "after" the rules as registered
+(``DepthwiseRowPairs`` on AVX2 stride 1): the before / after of the row-pair rule.
 Each kernel's ``after_fraction_of_peak`` is against this CPU's measured peak of the instruction it
 runs (``tvm_qplugin/peak.py``, as report.json's ``layers[].fraction_of_peak``), at the thread count
 of ``TVM_NUM_THREADS`` (default: all cores).
 
-``--whole-model``: MobileNetV2 batch 1 (compiled here, shipped database) built with and without the
-channel-lane rule (``x86_depthwise_lanes.MAX_OUT_WIDTH = 0``), native and AVX2-restricted, timed in
-rounds of blocks together with ONNX Runtime int8 (QDQ), as ``cnn_cpu.py`` times them; every build's
-outputs are checked identical first.
+``--whole-model``: MobileNetV2 batch 1 (compiled here, shipped database) built with and without a
+rule -- ``--without channel-lanes`` (``x86_depthwise_lanes.MAX_OUT_WIDTH = 0``) or ``row-pairs``
+(``x86_depthwise_pairs.STRIDES = ()``, the default) --, native and AVX2-restricted (``--targets``),
+timed in rounds of blocks together with ONNX Runtime int8 (QDQ), as ``cnn_cpu.py`` times them; every
+build's outputs are checked identical first.
 
 Run: `.venv/bin/python benchmarks/x86_depthwise.py [--dtype uint8] [--rounds 15]
-[--before plain|one-row|pixel-lanes] [--targets native avx2] [--whole-model [--runs 20]]`
+[--before plain|one-row|pixel-lanes|no-row-pairs] [--targets native avx2]
+[--whole-model [--without row-pairs|channel-lanes] [--runs 20]]`
 """
 from __future__ import annotations
 
@@ -40,7 +45,7 @@ from x86_kernels import time_pair
 
 from tvm_qplugin.ops import OPS
 from tvm_qplugin.peak import peak_gmacs
-from tvm_qplugin.schedules import x86_depthwise, x86_depthwise_lanes
+from tvm_qplugin.schedules import x86_depthwise, x86_depthwise_lanes, x86_depthwise_pairs
 from tvm_qplugin.schedules.intrin_x86 import select_isa
 
 # (channels, input plane, stride) of each depthwise conv, in model order (3x3, padding 1)
@@ -82,7 +87,7 @@ class OneRowTiles:
 
 
 def _whole_model(args) -> dict:
-    """MobileNetV2 with and without the channel-lane rule, with ONNX Runtime int8, in rounds of blocks."""
+    """MobileNetV2 with and without the rule ``args.without``, with ONNX Runtime int8, in rounds of blocks."""
     import onnxruntime as ort
     from common import onnxruntime_static_int8
     from isa_variants import assert_same_outputs, build_variants, rounds_of_blocks
@@ -95,14 +100,18 @@ def _whole_model(args) -> dict:
     x = evaluation[:1]
     art = tq.compile(path, target="x86-host", calib={"input": calib}, eval={"input": evaluation[:16]})
     q = tvm.runtime.tensor(art.inputs[0].qtype.quantize(x))
-    targets = {"native": tvm.target.Target.from_device(tvm.cpu()), "avx2": AVX2_TARGET}
+    targets = {name: {"native": tvm.target.Target.from_device(tvm.cpu()), "avx2": AVX2_TARGET}[name]
+               for name in args.targets}
     variants = build_variants(art.integer_mod, targets, with_untensorized=False)
-    width, x86_depthwise_lanes.MAX_OUT_WIDTH = x86_depthwise_lanes.MAX_OUT_WIDTH, 0
+    module, attr, off = {"channel-lanes": (x86_depthwise_lanes, "MAX_OUT_WIDTH", 0),
+                         "row-pairs": (x86_depthwise_pairs, "STRIDES", ())}[args.without]
+    kept = getattr(module, attr)
+    setattr(module, attr, off)
     try:
-        variants.update({f"{k}_pixel_lanes": vm for k, vm in
+        variants.update({f"{k}_without_{args.without.replace('-', '_')}": vm for k, vm in
                          build_variants(art.integer_mod, targets, with_untensorized=False).items()})
     finally:
-        x86_depthwise_lanes.MAX_OUT_WIDTH = width
+        setattr(module, attr, kept)
     assert_same_outputs(variants, "core", q)
     calls = {f"ours{suffix}": (lambda vm=vm: vm["core"](q)) for suffix, vm in variants.items()}
     so = ort.SessionOptions()
@@ -113,7 +122,7 @@ def _whole_model(args) -> dict:
     medians, ratios = rounds_of_blocks(calls, args.rounds, args.runs, reference="ours")
     return {"bit_exact": bool(art.report["bit_exact"]), "median_ms": medians,
             "other_over_ours": {k: round(v, 3) for k, v in ratios.items()},
-            "note": "ours: native build with the channel-lane rule; _pixel_lanes: without it; _avx2: znver3; "
+            "note": f"ours: native build with every rule; _without_*: without the {args.without} rule; _avx2: znver3; "
                     "other_over_ours: median over rounds of the per-round ratio (> 1: ours faster)"}
 
 
@@ -128,10 +137,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dtype", default="uint8", choices=["uint8", "int8", "int16"])
     ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--before", choices=["plain", "one-row", "pixel-lanes"], default="plain")
+    ap.add_argument("--before", choices=["plain", "one-row", "pixel-lanes", "no-row-pairs"], default="plain")
     ap.add_argument("--targets", nargs="+", choices=["native", "avx2"], default=["native", "avx2"])
     ap.add_argument("--whole-model", action="store_true")
     ap.add_argument("--runs", type=int, default=20, help="--whole-model: calls per engine per round")
+    ap.add_argument("--without", choices=["row-pairs", "channel-lanes"], default="row-pairs",
+                    help="--whole-model: the rule the second build leaves out")
     args = ap.parse_args()
     if args.whole_model:
         print(json.dumps({"load_before": os.getloadavg(), **_whole_model(args), "load_after": os.getloadavg()},
@@ -139,7 +150,9 @@ def main() -> None:
         return
     rng = np.random.default_rng(0)
     baseline = {"plain": None, "one-row": [OneRowTiles()],
-                "pixel-lanes": [x86_depthwise.DepthwiseConv2DTensorized()]}[args.before]
+                "pixel-lanes": [x86_depthwise.DepthwiseConv2DTensorized()],
+                "no-row-pairs": [x86_depthwise_lanes.DepthwiseChannelLanes(),
+                                 x86_depthwise.DepthwiseConv2DTensorized()]}[args.before]
     targets = {name: {"native": tvm.target.Target.from_device(tvm.cpu()), "avx2": AVX2_TARGET}[name]
                for name in args.targets}
     threads = int(os.environ.get("TVM_NUM_THREADS", os.cpu_count()))
@@ -168,7 +181,8 @@ def main() -> None:
                                  "model_17_calls": {"before_us": round(before), "after_us": round(after),
                                                     "speedup": round(before / after, 2)}}
     before = {"plain": "TVM's default loops", "one-row": "DepthwiseConv2DTensorized, one row per tile",
-              "pixel-lanes": "DepthwiseConv2DTensorized alone (no channel lanes)"}[args.before]
+              "pixel-lanes": "DepthwiseConv2DTensorized alone (no channel lanes)",
+              "no-row-pairs": "DepthwiseChannelLanes + DepthwiseConv2DTensorized (no row pairs)"}[args.before]
     res["note"] = ("medians of interleaved runs; the machine is shared and noisy, so absolute figures move between "
                    f"runs; before = {before}, after = the registered rules (rule: the one that took it)")
     print(json.dumps(res, indent=2))

@@ -19,6 +19,7 @@ from onnx_builders import OnnxGraph
 
 import tvm_qplugin as tq
 from tvm_qplugin.schedules import RULES
+from tvm_qplugin.schedules.intrin_x86 import AVX2, select_isa
 from tvm_qplugin.schedules.packing import packed_info, packing_plan
 from tvm_qplugin.targets import get_board
 from tvm_qplugin.tuning.apply import resolve_tuning
@@ -77,7 +78,7 @@ def test_packed_conv_and_dense_are_tasks_whose_every_design_is_bit_exact(packed_
 
 def test_a_kernel_packed_by_a_rule_without_a_design_space_is_no_task(tmp_path):
     """A depthwise conv is prepacked and tensorized by a rule with no design space
-    (schedules/x86_depthwise.py): no task (nothing MetaSchedule could search); the groups-1 conv
+    (schedules/x86_depthwise.py, x86_depthwise_pairs.py): no task (nothing MetaSchedule could search); the groups-1 conv
     after it, packed by a rule with a space (tuning/space.py's ``rule_space``), is one."""
     g = OnnxGraph((1, 8, 8, 8))
     y = g.conv(g.relu(g.conv("x", 8, k=3, pads=[1, 1, 1, 1], groups=8)), 16, k=3, pads=[1, 1, 1, 1])
@@ -86,7 +87,9 @@ def test_a_kernel_packed_by_a_rule_without_a_design_space_is_no_task(tmp_path):
     imod = integer_module(str(path), get_board("x86-host"), str(tmp_path / "calib.npz")).mod
     target = _target(None)
     packed_by = sorted(packed_info(p.func)["rule"] for p in packing_plan(imod, target).values())
-    assert packed_by == ["Conv2DTensorized", "DepthwiseConv2DTensorized"], packed_by
+    # AVX2 hosts: stride-1 depthwise on the row-pair rule (schedules/x86_depthwise_pairs.py), no space either
+    depthwise = "DepthwiseRowPairs" if select_isa(target, "uint8") is AVX2 else "DepthwiseConv2DTensorized"
+    assert packed_by == sorted(["Conv2DTensorized", depthwise]), packed_by
     tasks = extract_tasks(imod, target)
     assert [packed_info(t.func)["rule"] for t in tasks if t.packing is not None] == ["Conv2DTensorized"], \
         [t.describe() for t in tasks]

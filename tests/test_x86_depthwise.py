@@ -29,6 +29,27 @@ INSTRUCTIONS = {"vnni": ("vpermb", "vpdpbusd"), "avx2": ("vpmaddwd",)}
 MOBILENET_V2_PLANES = [(112, 1), (112, 2), (56, 1), (56, 2), (28, 1), (28, 2), (14, 1), (14, 2), (7, 1)]
 
 
+def pixel_rule(target_name: str, stride: int) -> str:
+    """The rule that takes a depthwise conv with pixel lanes: AVX2's stride 1 goes to the row-pair
+    rule (schedules/x86_depthwise_pairs.py, tests/test_x86_depthwise_pairs.py), the rest to
+    DepthwiseConv2DTensorized."""
+    return "DepthwiseRowPairs" if target_name == "avx2" and stride == 1 else "DepthwiseConv2DTensorized"
+
+
+@pytest.fixture
+def pixel_lanes_only(monkeypatch):
+    """The row-pair rule off (its strides emptied), for the tests of the pixel-lane rule's own
+    tiles on AVX2; check_kernel's cached builds are dropped on both sides."""
+    from test_x86_kernels import _BUILDS
+
+    from tvm_qplugin.schedules import x86_depthwise_pairs
+
+    _BUILDS.clear()
+    monkeypatch.setattr(x86_depthwise_pairs, "STRIDES", ())
+    yield
+    _BUILDS.clear()
+
+
 def depthwise_params(c: int, k: int, stride: int, pad, out_dtype="uint8") -> dict:
     qmin, qmax = (0, 255) if out_dtype == "uint8" else (-128, 127)
     return {"strides": [stride, stride], "padding": list(pad), "dilation": [1, 1], "groups": c, "qmin": qmin,
@@ -70,7 +91,8 @@ def test_mobilenet_v2_planes_bit_exact(rng, target_name):
     layers = [([weights(rng, (c, 1, 3, 3)), *requant_consts(rng, c, 8 + 7 + 4)], depthwise_params(c, 3, stride, (1, 1, 1, 1)))
               for _plane, stride in MOBILENET_V2_PLANES]
     infos, asm = chain(x, layers, target_name)
-    assert infos and all(i is not None and i["rule"] == "DepthwiseConv2DTensorized" for i in infos)
+    assert infos and all(i is not None for i in infos)
+    assert sorted(i["rule"] for i in infos) == sorted(pixel_rule(target_name, s) for _plane, s in MOBILENET_V2_PLANES)
     assert all(instr in asm for instr in INSTRUCTIONS[target_name])
 
 
@@ -105,7 +127,7 @@ def test_odd_shapes_bit_exact(rng, target_name):
     mod = bb.get()
     target = TARGETS[target_name]
     infos = [packed_info(f) for f in pack_weights(mod, target).functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
-    assert len(infos) == len(ODD_CASES) and all(i["rule"] == "DepthwiseConv2DTensorized" for i in infos)
+    assert sorted(i["rule"] for i in infos) == sorted(pixel_rule(target_name, case[4]) for case in ODD_CASES)
     got = relax.VirtualMachine(build(mod, target)[0], tvm.cpu())["main"](*[tvm.runtime.tensor(x) for x in xs])
     for n, (x, (consts, params), case) in enumerate(zip(xs, cases, ODD_CASES)):
         assert_bit_exact(got[n].numpy(), OPS["conv2d_requant"].reference(x, *consts, **params), f"{case} on {target_name}")
@@ -124,7 +146,7 @@ def test_dtype_extremes_bit_exact(rng, target_name, xdt):
     params = depthwise_params(c, 3, 1, (1, 1, 1, 1), "int8")
     info, _ = check_kernel("conv2d_requant", x, [wt, *requant_consts(rng, c, 8 + (8 if xdt == "int16" else 0) + 4)],
                              target_name, **params)
-    assert info is not None and info["rule"] == "DepthwiseConv2DTensorized"
+    assert info is not None and info["rule"] == pixel_rule(target_name, 1)
     assert info["isa"] == {"vnni": "vnni16" if xdt == "int16" else "vnni", "avx2": "avx2"}[target_name]
 
 
@@ -137,7 +159,8 @@ def test_avx_vnni_target_bit_exact(rng, xdt, k, stride):
     params = depthwise_params(c, k, stride, (k // 2,) * 4, "int8")
     info, asm = check_kernel("conv2d_requant", x, [weights(rng, (c, 1, k, k)), *requant_consts(rng, c, 19)], "avxvnni",
                              **params)
-    assert info is not None and info["rule"] == "DepthwiseConv2DTensorized"
+    assert info is not None and info["rule"] == ("DepthwiseRowPairs" if xdt == "int16" and stride == 1 else
+                                                 "DepthwiseConv2DTensorized")
     assert info["isa"] == ("avx2" if xdt == "int16" else "avxvnni") and "zmm" not in asm
 
 
@@ -153,7 +176,7 @@ def test_one_row_planes_read_only_inside_the_padded_plane(rng, target_name):
         params = {**depthwise_params(c, 1, 1, (0, 0, 0, 0)), "qmin": -32768, "qmax": 32767, "out_dtype": "int16"}
         info, _ = check_kernel("conv2d_requant", x, [weights(rng, (c, 1, 1, 1)), bias, mult, shift - 8], target_name,
                                **params)
-        assert info is not None and info["rule"] == "DepthwiseConv2DTensorized"
+        assert info is not None and info["rule"] == pixel_rule(target_name, 1)
 
 
 def test_kernels_the_rule_cannot_take_stay_exact_on_the_plain_rules(rng):
@@ -183,7 +206,7 @@ def test_report_names_the_depthwise_rule():
 
 @pytest.mark.parametrize("target_name", ["vnni", "avx2"])
 @pytest.mark.parametrize("xdt", ["uint8", "int8", "int16"])
-def test_row_tiles_bit_exact_at_extremes(rng, target_name, xdt):
+def test_row_tiles_bit_exact_at_extremes(rng, target_name, xdt, pixel_lanes_only):
     """Several output rows per tile (``_row_tile``: each input row's window feeds every output row
     it lies under) at the dtype extremes, with full-range weights: a 16-row plane takes 8 rows per
     tile on AVX-512 (2 vectors a row) and 2 on AVX2 (3 vectors a row: 6 accumulators of 8)."""
@@ -210,7 +233,7 @@ ROW_TILE_CASES = [  # (target, c, h, w, k, stride, padding, rows per tile expect
 
 
 @pytest.mark.parametrize("case", ROW_TILE_CASES, ids=lambda c: f"{c[0]}-{c[4]}x{c[4]}s{c[5]}-h{c[2]}")
-def test_row_tiles_strides_and_kernels_bit_exact(rng, case):
+def test_row_tiles_strides_and_kernels_bit_exact(rng, case, pixel_lanes_only):
     """Row tiles with stride 2 (the tile's input rows overlap by one), 5x5 kernels (ten windows
     per kernel row pair), the 256-bit targets' smaller register budget and the planes that keep
     one row per tile."""

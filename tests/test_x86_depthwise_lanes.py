@@ -38,7 +38,7 @@ CASES = {
     "avxvnni-s8-7x7": ("avxvnni", "int8", 16, 7, 3, 1, "DepthwiseChannelLanes"),
     # left to the pixel-lane rule
     "vnni-odd-channels": ("vnni", "int8", 24, 7, 3, 1, "DepthwiseConv2DTensorized"),
-    "avx2-odd-channels": ("avx2", "uint8", 12, 7, 3, 1, "DepthwiseConv2DTensorized"),
+    "avx2-odd-channels": ("avx2", "uint8", 12, 7, 3, 1, "DepthwiseRowPairs"),   # AVX2 stride 1: row pairs
     "vnni-14x14-s1": ("vnni", "uint8", 16, 14, 3, 1, "DepthwiseConv2DTensorized"),
     "avx2-14x14-s2": ("avx2", "uint8", 16, 14, 3, 2, "DepthwiseConv2DTensorized"),
 }
@@ -87,7 +87,8 @@ def test_rule_is_registered_and_named_in_the_report():
     from tvm_qplugin.tuning.apply import AppliedTuning
 
     names = [type(rule).__name__ for rule in RULES]
-    assert names.index("DepthwiseChannelLanes") < names.index("DepthwiseConv2DTensorized")
+    assert names.index("DepthwiseChannelLanes") < names.index("DepthwiseRowPairs") < \
+        names.index("DepthwiseConv2DTensorized")
     applied = AppliedTuning(db=None, tensorized={"k": {"rule": "DepthwiseChannelLanes", "isa": "vnni"}})
     why = applied._kernel_source("k")["why"]
     assert "DepthwiseChannelLanes" in why and "schedules/x86_depthwise_lanes.py" in why and "vpdpbusd" in why

@@ -17,6 +17,7 @@ from .x86 import Conv2D1x1Reorder, DenseRowBlocks, GeluInlineStages, MatmulRequa
 from .x86_conv_channel_lanes import Conv2D1x1ChannelLanes
 from .x86_depthwise import DepthwiseConv2DTensorized
 from .x86_depthwise_lanes import DepthwiseChannelLanes
+from .x86_depthwise_pairs import DepthwiseRowPairs
 from .x86_int4 import Int4WidenedAtBuild
 from .x86_int8 import Conv2DTensorized, DenseTensorized
 from .x86_matmul import MatmulTensorized
@@ -26,7 +27,8 @@ from .x86_shiftadd import AddAttentionPerHead, ShiftDenseRows
 log = logging.getLogger(__name__)
 
 # tensorized rules first: they take the kernels pack_weights packed for them (and only those)
-RULES = [Conv2D1x1ChannelLanes(), Conv2DTensorized(), DepthwiseChannelLanes(), DepthwiseConv2DTensorized(), DenseTensorized(), MatmulTensorized(),
+RULES = [Conv2D1x1ChannelLanes(), Conv2DTensorized(), DepthwiseChannelLanes(), DepthwiseRowPairs(), DepthwiseConv2DTensorized(),
+         DenseTensorized(), MatmulTensorized(),
          GeluTable(), GeluRowsParallel(), SoftmaxRowsParallel(),
          Conv2D1x1Reorder(), DenseRowBlocks(), MatmulRequantIKJ(), GeluInlineStages(),
          AddAttentionPerHead(), ShiftDenseRows()]

@@ -1,0 +1,210 @@
+"""Depthwise int8 ``conv2d_requant`` on AVX2 with the taps of *two input rows* as ``vpmaddwd``'s
+pairs: no shuffle in the inner loop.
+
+``vpmaddwd`` multiplies adjacent int16 pairs and adds each pair into an int32 lane. With a row's
+output pixels in the lanes (``x86_depthwise.DepthwiseConv2DTensorized``) a pair must come from the
+taps, and that rule pairs horizontal neighbours: every window is a load, a ``vpermq`` and a
+``vpshufb`` (stride 1). On Zen 3 (``znver3``) the shuffles and the requantization's shifts share
+two pipes and were the bound: ~14 shuffle / shift instructions for every 8 outputs against 6
+``vpmaddwd``.
+
+Here the pairs are *vertical*: per channel the zero-padded plane is interleaved once into a plane
+of row pairs, ``x_pairs[p, phase, c, e] = x_pad[2p + e, sw * c + phase]`` (int16; for stride 2 the
+columns are deinterleaved by ``phase`` in the same pass), so that for 8 consecutive output pixels
+the 16 values ``(x[2p][col + l], x[2p + 1][col + l])`` are one contiguous load. An output row ``i``
+(stride ``sh``) reads input rows ``sh * i + ky``; with ``npar`` output rows per pair row (2 at
+stride 1, 1 at stride 2) and ``d = sh * (i % npar) + ky``, tap row ``ky`` is element ``d % 2`` of
+pair row ``i // npar + d // 2``. The weights are packed per output row parity
+``w_pairs[ch, par, q, kx, e] = w[ch, 2q + e - sh * par, kx]`` (0 outside the kernel), broadcast:
+3x3 stride 1 is ``x_pairs[i/2] . (w0, w1) + x_pairs[i/2 + 1] . (w2, 0)`` for even rows and
+``x_pairs[i/2] . (0, w0) + x_pairs[i/2 + 1] . (w1, w2)`` for odd rows -- 6 ``vpmaddwd`` and no
+shuffle per 8 outputs, each pair-row load shared by the rows of the register tile it lies under.
+
+Exactness: the sums are the kernel's own int32 sums (``vpmaddwd`` neither saturates nor rounds on
+int16 operands; the zero weights add 0), the epilogue is x86_requant's, checked per call by
+``_epilogue_exact``.
+"""
+from __future__ import annotations
+
+import numpy as np
+from tvm import te, tirx
+from tvm.s_tir import TensorIntrin
+from tvm.script import from_source
+
+from .intrin_x86 import AVX2, ISA_BY_NAME, dot_intrin, dot_term
+from .packing import Packing, tag_packed
+from .x86_depthwise import DepthwiseGeometry, _schedule_padding
+from .x86_int8 import TensorizedRule, _fits_int32, _round_up
+from .x86_requant import _channel_placeholders, _has_block, _loops_under, _requant_stage, epilogue_intrin
+
+# Pair rows of the register tile, tried in this order: the first that divides the pair rows of the
+# plane into at least two tiles (or is 1) and whose ``rows * npar * nr`` accumulators stay within
+# ACCUMULATORS (the 12 broadcast weight vectors of a 3x3 at stride 1 are reloaded from the stack).
+PAIR_ROWS = (4, 2, 1)
+# Stride 2 builds (the column phases deinterleaved in the pair pass, one input row pair per output
+# row) but measured 0.7x against the pixel-lane rule, whose stride-2 windows need no shuffle at
+# all (its int16 pairs are adjacent columns already) -- the pass over an input four times the
+# output costs more than it saves. Taken for stride 1 only.
+STRIDES = (1,)
+ACCUMULATORS = 8
+NR = (4, 3, 2, 1)
+CHUNK = 16   # output pairs of one interleave step (two 256-bit stores)
+
+
+def _tile(pair_rows: int, npar: int, nvec: int) -> tuple[int, int]:
+    """``(rows, nr)``: pair rows and 8-pixel vectors of a row per register tile."""
+    nr = min(NR, key=lambda n: (_round_up(nvec, n), -n))
+    while nr > 1 and npar * nr > ACCUMULATORS:
+        nr -= 1
+    rows = next(r for r in PAIR_ROWS if r == 1 or (pair_rows % r == 0 and r < pair_rows
+                                                   and r * npar * nr <= ACCUMULATORS))
+    return rows, nr
+
+
+class DepthwiseRowPairs(TensorizedRule):
+    """Depthwise ``conv2d_requant`` (groups == C == O, dilation 1, any KHxKW, strides 1 or 2) on
+    AVX2's ``vpmaddwd``, output pixels of a row as lanes, the pairs taken from two input rows.
+
+    Per channel (the parallel loop):
+    1. ``x_pad``: the zero-padded plane in the activations' dtype (border rows and columns split
+       off: the interior is a plain copy), then ``x_pairs``: its rows interleaved in pairs and
+       widened to int16, :data:`CHUNK` pairs per step (:func:`pair_rows_intrin`: two row loads, one
+       shuffle; the stride-2 column phases deinterleaved by the same shuffle).
+    2. ``acc``: tiles of ``rows * npar`` output rows x ``nr`` vectors of 8 pixels, accumulated in
+       registers, one ``vpmaddwd`` per (pair row, kx) straight from ``x_pairs`` (no shuffle) times
+       the row parity's broadcast weight pair.
+    3. Requantized from registers (x86_requant's even / odd qword epilogue) and written to the
+       NCHW rows (through a tile when the plane's rows or columns were padded).
+    """
+
+    op = "conv2d_requant"
+
+    def pack_for(self, func, params, shapes, isa):
+        geo = DepthwiseGeometry.of(params, shapes, isa)
+        if geo is None or isa is not AVX2 or geo.sh not in STRIDES or geo.sw not in STRIDES:
+            return None
+        xs, nb, c, h, w, kh, kw = shapes[0][0], geo.nb, geo.c, geo.h, geo.w, geo.kh, geo.kw
+        (sh, sw), (pt, pl, _, _), adt, oh, ow = (geo.sh, geo.sw), geo.pads, geo.adt, geo.oh, geo.ow
+        if geo.off or not _fits_int32(adt, kh * kw, 0):
+            return None
+        lanes = isa.lanes
+        npar = 2 if sh == 1 else 1
+        ohp = _round_up(oh, npar)
+        nq = -(-(sh * (npar - 1) + kh) // 2)           # pair rows one output row reads
+        pq = ohp // npar + nq - 1                         # pair rows of the plane
+        rows, nr = _tile(ohp // npar, npar, -(-ow // lanes))
+        owpad = _round_up(-(-ow // lanes), nr) * lanes
+        reach = owpad + (kw - 1) // sw                    # pair columns per phase the tiles read
+        chunk = min(CHUNK, reach)                         # (compute_at keeps no more than that)
+        wq = _round_up(reach, chunk)
+        hx, wx = 2 * pq, sw * wq + sw                     # the last chunk's loads end before sw * wq + sw
+        info = {"rule": type(self).__name__, "isa": isa.name, "nr": nr, "rows": rows, "npar": npar,
+                "stride_w": sw, "chunk": chunk, "x_dtype": adt, "pad": [pt, pl, h, w], "plane": hx * wx,
+                "out_shape": [nb, c, oh, ow], "requant": {key: params[key] for key in ("qmin", "qmax", "out_dtype")}}
+
+        def pack_args(consts):
+            wp, channel = geo.packed_constants(consts, isa.kp)
+            wt = wp[:, :, :kw]
+            pairs = np.zeros((c, npar, nq, kw, 2), np.int64)
+            for par in range(npar):
+                for q in range(nq):
+                    for e in range(2):
+                        ky = 2 * q + e - sh * par
+                        if 0 <= ky < kh:
+                            pairs[:, par, q, :, e] = wt[:, ky, :]
+            return [pairs.astype(isa.packed_dtype), *channel]
+
+        x = te.placeholder(xs, adt, name="x")
+        wpairs = te.placeholder((c, npar, nq, kw, 2), isa.packed_dtype, name="w_pairs")
+        consts = _channel_placeholders(c)
+        xpad = te.compute((nb, c, hx, wx), lambda b, ch, r, col: tirx.if_then_else(
+            tirx.all(r >= pt, r < h + pt, col >= pl, col < w + pl), x[b, ch, r - pt, col - pl],
+            tirx.const(0, adt)), name="x_pad")
+        xpairs = te.compute((nb, c, pq, sw, wq // chunk, chunk, 2), lambda b, ch, p, ph, cb, ci, e: xpad[
+            b, ch, 2 * p + e, sw * (cb * chunk + ci) + ph].astype("int16"), name="x_pairs")
+        q, kx, e = te.reduce_axis((0, nq), "q"), te.reduce_axis((0, kw), "kx"), te.reduce_axis((0, 2), "e")
+        acc = te.compute((nb, c, ohp, owpad), lambda b, ch, i, j: te.sum(dot_term(
+            xpairs[b, ch, i // npar + q, kx % sw, (j + kx // sw) // chunk, (j + kx // sw) % chunk, e],
+            wpairs[ch, i % npar, q, kx, e], 0),
+            axis=[q, kx, e]), name="acc")
+        y = _requant_stage(acc, (nb, c, oh, ow), lambda i: i, lambda a: a[1], consts, params,
+                           owpad != ow or ohp != oh)
+        out = te.create_prim_func([x, wpairs, *consts, y]).without_attr("global_symbol")
+        return Packing(tag_packed(out, func, info), (1, 2, 3, 4), pack_args, geo.epilogue_exact)
+
+    def schedule(self, sch, info):
+        isa = ISA_BY_NAME[info["isa"]]
+        npar, sw = info["npar"], info["stride_w"]
+        acc = sch.get_sblock("acc")
+        b, ch, i, j, q, kx, e = sch.get_loops(acc)
+        plane = sch.fuse(b, ch)
+        io, ir, par = sch.split(i, [None, info["rows"], npar])
+        jo, jr, ji = sch.split(j, [None, info["nr"], isa.lanes])
+        sch.reorder(io, jo, q, kx, ir, par, jr, ji, e)
+        sch.parallel(plane)
+        pairs = sch.get_sblock("x_pairs")
+        sch.compute_at(pairs, plane, preserve_unit_loops=True)
+        _schedule_padding(sch, plane, info)
+        _schedule_pairs(sch, pairs, info["x_dtype"], sw, info["chunk"])
+        first = "y_tile" if _has_block(sch, "y_tile") else "y"
+        stage = sch.get_sblock(first)
+        sch.reverse_compute_at(stage, jo)
+        if first == "y_tile":
+            sch.reverse_compute_at(sch.get_sblock("y"), io)
+        *stage_rows, stage_cols = _loops_under(sch, stage, jo)
+        outer, inner = sch.split(stage_cols, [None, isa.lanes])
+        for loop in (*stage_rows, outer):
+            sch.unroll(loop)
+        init = sch.decompose_reduction(acc, q)
+        sch.vectorize(sch.get_loops(init)[-1])
+        sch.tensorize(ji, dot_intrin(isa, "int16", "b", 0, "global"))
+        sch.tensorize(inner, epilogue_intrin(isa.lanes, info["requant"]))
+        for loop in (q, kx, ir, par, jr):
+            sch.unroll(loop)
+
+
+def _schedule_pairs(sch, pairs, dtype: str, sw: int, chunk: int) -> None:
+    """Tensorize the interleave ``pairs`` in steps of ``chunk`` pairs (:data:`CHUNK`, or all the
+    columns read when fewer). The buffer is declared in whole chunks (``[.., chunks, chunk, 2]``)
+    so that compute_at keeps whole chunks (it keeps only the columns the tiles read: 58 of 64, no
+    whole number of steps), then laid out flat (``[.., chunks * chunk, 2]``) so that a tile's
+    8-pixel load is one rectangle."""
+    sch.transform_layout(pairs, ("write", 0), lambda b, ch, p, ph, cb, ci, e: (b, ch, p, ph, cb * chunk + ci, e))
+    *_, ci, _ = sch.get_loops(pairs)
+    sch.tensorize(ci, pair_rows_intrin(dtype, sw, chunk))
+
+
+_REGISTERED: dict[tuple, str] = {}
+
+
+def pair_rows_intrin(dtype: str, stride: int, chunk: int) -> str:
+    """``D[c, e] = int16(A[e, stride * c])`` for ``c < chunk``, ``e < 2``: two padded rows (any
+    pitch) interleaved into pairs and widened, every ``stride``-th column. Two row loads of
+    ``stride * chunk`` elements (``stride - 1`` past the region: the plane's width leaves room),
+    one shuffle, the widening. Registered on first use."""
+    key = (dtype, stride, chunk)
+    if key in _REGISTERED:
+        return _REGISTERED[key]
+    span, load = stride * (chunk - 1) + 1, stride * chunk
+    head = f"""
+@T.prim_func(s_tir=True)
+def f(a: T.handle, d: T.handle):
+    row_pitch = T.int32()
+    A = T.match_buffer(a, (2, {span}), "{dtype}", offset_factor=1, strides=[row_pitch, 1])
+    D = T.match_buffer(d, ({chunk}, 2), "int16", offset_factor=1)
+    with T.sblock("root"):
+        T.reads(A[0:2, 0:{span}])
+        T.writes(D[0:{chunk}, 0:2])
+"""
+    desc = head + f"""        for i, j in T.grid({chunk}, 2):
+            with T.sblock("update"):
+                vi, vj = T.axis.remap("SS", [i, j])
+                D[vi, vj] = T.Cast("int16", A[vj, vi * {stride}])
+"""
+    index = [e * load + stride * col for col in range(chunk) for e in range(2)]
+    impl = head + (f"        D[0, T.Ramp(0, 1, {2 * chunk})] = T.Cast(\"int16x{2 * chunk}\", T.Shuffle("
+                   f"[A[0, T.Ramp(0, 1, {load})], A[1, T.Ramp(0, 1, {load})]], {index}))\n")
+    name = f"qplugin_dw_pair_rows_{dtype}_s{stride}_{chunk}"
+    TensorIntrin.register(name, from_source(desc), from_source(impl), override=True)
+    _REGISTERED[key] = name
+    return name
