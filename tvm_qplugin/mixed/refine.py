@@ -91,8 +91,9 @@ def _moves(problem: Problem, limits: dict, choice: np.ndarray, delta: dict, trie
     ``delta``) within the budgets and ties -- the ILP again, on these costs, with the number of
     layers that differ from ``choice`` bounded by ``k``; only predicted improvements. Not
     ``improving`` (``delta`` from the ILP's own costs, whose optimum ``choice`` is, so every move
-    predicts a loss): the ``tries`` best plans that differ from ``choice`` in 1 to ``NEAR`` layers,
-    by the same ILP with each plan found cut off (``sum x[l, found_l] <= layers - 1``)."""
+    predicts a loss): the ``tries`` best plans that differ from ``choice`` in 1 to ``NEAR`` layers
+    and raise at least one (lowering alone only adds error), by the same ILP with each plan found
+    cut off (``sum x[l, found_l] <= layers - 1``)."""
     n, m = len(problem.names), len(problem.options)
     big = 1e3 * (1 + max((abs(v) for v in delta.values()), default=0.0))
     objective = np.full((n, m), big)  # options that are not a weight flip of the current one: never
@@ -115,8 +116,13 @@ def _moves(problem: Problem, limits: dict, choice: np.ndarray, delta: dict, trie
 
     found: list[np.ndarray] = []
     if not improving:  # the K best plans of 1..NEAR flips by the ILP's costs (each found one cut off)
+        raised = np.zeros((n, m))  # a move re-spends bytes: it raises at least one layer's weights
+        for i in delta:
+            o = _flipped(problem, choice[i])
+            if problem.options[o][0] > problem.options[choice[i]][0]:
+                raised[i, o] = 1.0
         for _ in range(tries):
-            c = best(((same, n - NEAR, n - 1), *((picked(f), -np.inf, n - 1) for f in found)))
+            c = best(((same, n - NEAR, n - 1), (raised, 1, np.inf), *((picked(f), -np.inf, n - 1) for f in found)))
             if c is None:
                 break
             found.append(c)
