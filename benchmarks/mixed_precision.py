@@ -239,8 +239,10 @@ def main() -> None:
                                                  "acc": acc(plan.bits)}
     if "midway" in budgets and "midway" in args.budgets:
         auto = plan_model(path, calib, f"size={int(mid)}B", labels, method="auto", a_bits=(8,), **settings)[0]
-        chosen = next(m for m in METHODS if plans[f"midway/{m}"] == auto.bits)
-        out["plans"]["midway/auto"] = {"chosen": chosen, **out["plans"][f"midway/{chosen}"]}
+        chosen = next((m for m in METHODS if plans[f"midway/{m}"] == auto.bits), None)  # None: the refinement moved
+        out["plans"]["midway/auto"] = {
+            "chosen": chosen or "refined", "refinement": auto.refinement, "size": auto.totals["size"],
+            "int4_layers": sum(w == 4 for w, _ in auto.bits.values()), "acc": acc(auto.bits)}
         plans["midway/auto"] = auto.bits
     rand_plans = random_plans(problem, mid, args.random)
     rand = [acc(bits) for bits in rand_plans]
@@ -248,13 +250,13 @@ def main() -> None:
                             "worst": min(rand)}
     if args.compile:
         best = list(np.argsort(rand)[::-1][: args.compile])
-        jobs = {k: {"precision": "mixed", "layer_bits": v} for k, v in plans.items()
-                if k.startswith("midway/") and k != "midway/auto"}  # auto's plan is one of these
+        jobs = {k: {"precision": "mixed", "layer_bits": v} for k, v in plans.items()  # auto's: when it is its own
+                if k.startswith("midway/") and (k != "midway/auto" or out["plans"][k]["chosen"] == "refined")}
         jobs.update({f"random{i}": {"precision": "mixed", "layer_bits": rand_plans[i]} for i in best})
         if args.uniform == "yes":
             jobs["int4"], jobs["int8"] = {"precision": "int4"}, {"precision": "int8"}
         out["compiled"] = compiled_figures(args.model, path, calib, jobs)
-        if "midway/auto" in out["plans"]:
+        if "midway/auto" in out["plans"] and out["plans"]["midway/auto"]["chosen"] != "refined":
             out["compiled"]["midway/auto"] = out["compiled"][f"midway/{out['plans']['midway/auto']['chosen']}"]
     t = time.perf_counter()
     front = pareto_front(build_problem(sens, g.model), list(np.linspace(u4, u8, 9)))

@@ -48,7 +48,8 @@ def _brute_best(problem: Problem, limits: dict, loss) -> float:
 @pytest.mark.parametrize("seed", range(8))
 def test_refinement_reaches_a_better_plan_when_lowered_layers_interact(seed):
     problem = _problem(seed)
-    limits = {"size": problem.uniform(8, 8)["size"] - 0.45 * (problem.uniform(8, 8)["size"] - problem.uniform(4, 8)["size"])}
+    u8, u4 = problem.uniform(8, 8)["size"], problem.uniform(4, 8)["size"]
+    limits = {"size": u8 - 0.45 * (u8 - u4)}
     ilp = solve(problem, limits)
     low = [i for i, n in enumerate(problem.names) if ilp.bits[n][0] == 4]
     penalty = np.zeros((6, 6))
@@ -106,7 +107,8 @@ def test_large_models_take_their_moves_from_the_ilps_costs():
     ILP's nearest alternatives, each simulated: a plan the additive costs rank second but the
     loss prefers is found in ``tries + 1`` simulations per round."""
     problem = _problem(2)
-    limits = {"size": problem.uniform(8, 8)["size"] - 0.45 * (problem.uniform(8, 8)["size"] - problem.uniform(4, 8)["size"])}
+    u8, u4 = problem.uniform(8, 8)["size"], problem.uniform(4, 8)["size"]
+    limits = {"size": u8 - 0.45 * (u8 - u4)}
     ilp = solve(problem, limits)
     low = [i for i, n in enumerate(problem.names) if ilp.bits[n][0] == 4]
     penalty = np.zeros((6, 6))

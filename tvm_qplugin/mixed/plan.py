@@ -11,7 +11,10 @@ depthwise convs: 288-8640 weights next to blocks of 10^5-10^6) gets the cross te
 blocks as noise; at 128 probes six of its depthwise traces are not resolved from 0 (relative
 spread 1.6-15), their Omega is 0 and the ILP lowers exactly the layers int4 hurts most. The
 direct measure lowers each layer alone and has no such noise, but misses what Omega captures
-where traces are resolved (the digits CNN). A held-out check is the arbiter both agree on.
+where traces are resolved (the digits CNN). A held-out check is the arbiter both agree on
+(top-1; equal top-1 goes to the lower KL to fp32). The chosen plan is then refined by measured
+swaps at the same budget on the same held-out samples (refine.py): the ILP's objective is a sum
+of per-layer terms and cannot see layers that interact.
 """
 from __future__ import annotations
 
@@ -153,7 +156,8 @@ class HeldOut:
         return output_distance(self.outputs(bits), self.reference)
 
 
-def choose_by_held_out(model, calib: dict, labels, sens: Sensitivity, plans: dict, held: HeldOut | None = None) -> str:
+def choose_by_held_out(model, calib: dict, labels, sens: Sensitivity, plans: dict,
+                       held: HeldOut | None = None) -> str:
     """The method whose plan scores best, simulated, on the held-out calibration samples
     (:class:`HeldOut`): top-1 against ``labels`` when given, else agreement with the float model;
     equal top-1 (a few dozen samples resolve little) goes to the lower mean KL to the float model's
