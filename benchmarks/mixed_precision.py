@@ -180,6 +180,8 @@ def main() -> None:
                     help="compile the midway plans, the N best random ones (by simulation) and int4 for real")
     ap.add_argument("--uniform", default="yes", choices=["yes", "no", "only"],
                     help="with --compile: compile uniform int4 and int8 too (yes), not (no), or only them")
+    ap.add_argument("--refine", action="store_true",
+                    help="the auto plan with plan_model(refine=True): measured swaps around the ILP's plan")
     ap.add_argument("--distill", action="store_true")
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS)
@@ -238,7 +240,8 @@ def main() -> None:
                                                  "int4_layers": sum(w == 4 for w, _ in plan.bits.values()),
                                                  "acc": acc(plan.bits)}
     if "midway" in budgets and "midway" in args.budgets:
-        auto = plan_model(path, calib, f"size={int(mid)}B", labels, method="auto", a_bits=(8,), **settings)[0]
+        auto = plan_model(path, calib, f"size={int(mid)}B", labels, method="auto", a_bits=(8,), refine=args.refine,
+                          **settings)[0]
         chosen = next((m for m in METHODS if plans[f"midway/{m}"] == auto.bits), None)  # None: the refinement moved
         out["plans"]["midway/auto"] = {
             "chosen": chosen or "refined", "refinement": auto.refinement, "size": auto.totals["size"],

@@ -113,8 +113,9 @@ def test_held_out_tie_on_top1_goes_to_the_plan_closer_to_fp32(digits):
 def test_refined_plan_fits_the_budget_and_is_no_farther_from_fp32_on_the_held_out_samples(digits):
     path, calib, labels, sens = digits
     midway = _midway(path, sens)
-    plain = plan_model(path, calib, f"size={int(midway)}B", labels, a_bits=(8,), refine=False, **SETTINGS)[0]
-    plan = plan_model(path, calib, f"size={int(midway)}B", labels, a_bits=(8,), **SETTINGS)[0]
+    plain = plan_model(path, calib, f"size={int(midway)}B", labels, a_bits=(8,), **SETTINGS)[0]
+    assert plain.refinement is None  # opt-in
+    plan = plan_model(path, calib, f"size={int(midway)}B", labels, a_bits=(8,), refine=True, **SETTINGS)[0]
     r = plan.refinement
     assert plan.totals["size"] <= midway and r["samples"] == min(HELD_OUT_MAX, len(calib["input"]) - sens.samples)
     assert r["loss"] <= r["start_loss"] and r["evaluations"] >= len(plan.bits) + 1
