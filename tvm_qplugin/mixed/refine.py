@@ -28,8 +28,9 @@ One round:
 At most ``rounds`` rounds (``rounds x (layers + tries)`` simulations). Only weight widths move:
 activation widths stay as the ILP chose them. Large models (more than ``CONTEXT_LAYERS``) skip
 step 1, whose cost grows with the layer count, and take the moves from the ILP's own costs
-instead: the nearest alternatives to its plan within the trust region, measured the same way --
-the plan's near-ties under the additive model, decided by the joint simulation.
+instead: its ``TRIES`` best alternatives that change at most ``NEAR`` layers and raise at least
+one, measured the same way -- the plan's near-ties under the additive model, decided by the
+joint simulation.
 """
 from __future__ import annotations
 
