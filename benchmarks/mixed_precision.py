@@ -180,6 +180,8 @@ def main() -> None:
                     help="compile the midway plans, the N best random ones (by simulation) and int4 for real")
     ap.add_argument("--uniform", default="yes", choices=["yes", "no", "only"],
                     help="with --compile: compile uniform int4 and int8 too (yes), not (no), or only them")
+    ap.add_argument("--refine", action="store_true",
+                    help="the auto plan with plan_model(refine=True): measured swaps around the ILP's plan")
     ap.add_argument("--distill", action="store_true")
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS)
@@ -238,9 +240,12 @@ def main() -> None:
                                                  "int4_layers": sum(w == 4 for w, _ in plan.bits.values()),
                                                  "acc": acc(plan.bits)}
     if "midway" in budgets and "midway" in args.budgets:
-        auto = plan_model(path, calib, f"size={int(mid)}B", labels, method="auto", a_bits=(8,), **settings)[0]
-        chosen = next(m for m in METHODS if plans[f"midway/{m}"] == auto.bits)
-        out["plans"]["midway/auto"] = {"chosen": chosen, **out["plans"][f"midway/{chosen}"]}
+        auto = plan_model(path, calib, f"size={int(mid)}B", labels, method="auto", a_bits=(8,), refine=args.refine,
+                          **settings)[0]
+        chosen = next((m for m in METHODS if plans[f"midway/{m}"] == auto.bits), None)  # None: the refinement moved
+        out["plans"]["midway/auto"] = {
+            "chosen": chosen or "refined", "refinement": auto.refinement, "size": auto.totals["size"],
+            "int4_layers": sum(w == 4 for w, _ in auto.bits.values()), "acc": acc(auto.bits)}
         plans["midway/auto"] = auto.bits
     rand_plans = random_plans(problem, mid, args.random)
     rand = [acc(bits) for bits in rand_plans]
@@ -248,13 +253,13 @@ def main() -> None:
                             "worst": min(rand)}
     if args.compile:
         best = list(np.argsort(rand)[::-1][: args.compile])
-        jobs = {k: {"precision": "mixed", "layer_bits": v} for k, v in plans.items()
-                if k.startswith("midway/") and k != "midway/auto"}  # auto's plan is one of these
+        jobs = {k: {"precision": "mixed", "layer_bits": v} for k, v in plans.items()  # auto's: when it is its own
+                if k.startswith("midway/") and (k != "midway/auto" or out["plans"][k]["chosen"] == "refined")}
         jobs.update({f"random{i}": {"precision": "mixed", "layer_bits": rand_plans[i]} for i in best})
         if args.uniform == "yes":
             jobs["int4"], jobs["int8"] = {"precision": "int4"}, {"precision": "int8"}
         out["compiled"] = compiled_figures(args.model, path, calib, jobs)
-        if "midway/auto" in out["plans"]:
+        if "midway/auto" in out["plans"] and out["plans"]["midway/auto"]["chosen"] != "refined":
             out["compiled"]["midway/auto"] = out["compiled"][f"midway/{out['plans']['midway/auto']['chosen']}"]
     t = time.perf_counter()
     front = pareto_front(build_problem(sens, g.model), list(np.linspace(u4, u8, 9)))

@@ -12,6 +12,8 @@ from tvm_qplugin.mixed.ilp import Plan
 from tvm_qplugin.mixed.plan import (
     METHODS,
     build_problem,
+    HELD_OUT_MAX,
+    HeldOut,
     choose_by_held_out,
     int4_moments,
     plan_model,
@@ -72,7 +74,7 @@ def test_auto_plan_is_the_better_of_the_two_measures_at_the_midway_size(digits):
     evaluation = {"input": x_test}
 
     def accuracy(method):
-        plan = plan_model(path, calib, budget, labels, method=method, a_bits=(8,), **SETTINGS)[0]
+        plan = plan_model(path, calib, budget, labels, method=method, a_bits=(8,), refine=False, **SETTINGS)[0]
         assert 4 in {w for w, _ in plan.bits.values()} and plan.totals["size"] <= _midway(path, sens)
         return plan.bits, top1(simulated_outputs(g, plan.bits, sens.act_range, evaluation), y_test)
 
@@ -81,6 +83,46 @@ def test_auto_plan_is_the_better_of_the_two_measures_at_the_midway_size(digits):
     assert auto_bits in [bits for bits, _ in others.values()]
     int8 = top1(simulated_outputs(g, {n: (8, 8) for n in auto_bits}, sens.act_range, evaluation), y_test)
     assert auto_acc >= int8 - 0.01, f"auto plan {auto_acc:.4f} loses more than a point to int8 {int8:.4f}"
+
+
+def test_held_out_tie_on_top1_goes_to_the_plan_closer_to_fp32(digits):
+    """On digits both plans classify perfectly (int4 vs int8 everywhere), top-1 cannot separate
+    them; the mean KL to the float outputs can, whichever method's plan is listed first."""
+    path, calib, labels, sens = digits
+    g = load_torch_graph(path)
+    problem = build_problem(sens, g.model)
+    int8 = Plan({n: (8, 8) for n in problem.names}, {}, 0.0)
+    int4 = Plan({n: (4, 8) for n in problem.names}, {}, 0.0)
+    x_train, y_train = digits_split()[:2]
+    logits = simulated_outputs(g, {}, {}, {"input": x_train[128:]})
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    easy = 128 + np.argsort(top2[:, 1] - top2[:, 0])[::-1][:64]  # the largest fp32 margins
+    calib = {"input": np.concatenate([calib["input"][:sens.samples], x_train[easy]])}
+    labels = np.concatenate([labels[:sens.samples], y_train[easy]])
+    held = {"input": calib["input"][sens.samples:]}
+    moments = int4_moments(g, calib, sens, [int4.bits])
+    acc8 = top1(simulated_outputs(g, int8.bits, sens.act_range, held), labels[sens.samples:])
+    acc4 = top1(simulated_outputs(g, int4.bits, sens.act_range, held, moments=moments), labels[sens.samples:])
+    assert acc8 == acc4, (acc8, acc4)  # the premise: a tie on top-1
+    assert choose_by_held_out(path, calib, labels, sens, {"hessian": (int4, problem), "direct": (int8, problem)}) \
+        == "direct"
+    assert choose_by_held_out(path, calib, labels, sens, {"hessian": (int8, problem), "direct": (int4, problem)}) \
+        == "hessian"
+
+
+def test_refined_plan_fits_the_budget_and_is_no_farther_from_fp32_on_the_held_out_samples(digits):
+    path, calib, labels, sens = digits
+    midway = _midway(path, sens)
+    plain = plan_model(path, calib, f"size={int(midway)}B", labels, a_bits=(8,), **SETTINGS)[0]
+    assert plain.refinement is None  # opt-in
+    plan = plan_model(path, calib, f"size={int(midway)}B", labels, a_bits=(8,), refine=True, **SETTINGS)[0]
+    r = plan.refinement
+    assert plan.totals["size"] <= midway and r["samples"] == min(HELD_OUT_MAX, len(calib["input"]) - sens.samples)
+    assert r["loss"] <= r["start_loss"] and r["evaluations"] >= len(plan.bits) + 1
+    held = HeldOut(path, calib, sens)
+    assert np.mean(held.loss(plain.bits)) == pytest.approx(r["start_loss"], rel=1e-6)
+    assert np.mean(held.loss(plan.bits)) == pytest.approx(r["loss"], rel=1e-6)
+    assert (plan.bits != plain.bits) == bool(r["moves"])
 
 
 def test_unknown_method_is_refused_in_one_line(digits):

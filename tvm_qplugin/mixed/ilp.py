@@ -80,10 +80,12 @@ class Plan:
     bits: dict
     totals: dict
     solve_s: float
+    refinement: dict | None = None   # plan.plan_model's measured swaps after the solve (refine.py)
 
     def to_json(self) -> dict:
-        return {"bits": {k: list(v) for k, v in self.bits.items()}, "totals": self.totals,
-                "solve_s": round(self.solve_s, 4)}
+        out = {"bits": {k: list(v) for k, v in self.bits.items()}, "totals": self.totals,
+               "solve_s": round(self.solve_s, 4)}
+        return {**out, "refinement": self.refinement} if self.refinement is not None else out
 
 
 def parse_budget(text: str | Budget | None, problem: Problem) -> dict:
@@ -120,10 +122,11 @@ def parse_budget(text: str | Budget | None, problem: Problem) -> dict:
     return limits
 
 
-def solve(problem: Problem, limits: dict, objective: np.ndarray | None = None) -> Plan:
-    """The least-cost assignment within ``limits``; an infeasible budget raises BudgetError."""
+def solve(problem: Problem, limits: dict, objective: np.ndarray | None = None, rows: tuple = ()) -> Plan:
+    """The least-cost assignment within ``limits``; an infeasible budget raises BudgetError.
+    ``rows``: extra constraints ``(coefficients over x[layer, option] row-major, lo, hi)``."""
     t = time.perf_counter()
-    choice = _milp(problem, problem.cost if objective is None else objective, limits)
+    choice = _milp(problem, problem.cost if objective is None else objective, limits, rows)
     if choice is None:
         raise BudgetError(_infeasible_message(problem, limits))
     plan = Plan({n: problem.options[o] for n, o in zip(problem.names, choice)}, problem.totals(choice),
@@ -149,7 +152,7 @@ def smallest_feasible(problem: Problem, key: str, limits: dict) -> float | None:
     return None if choice is None else problem.totals(choice)[key]
 
 
-def _milp(problem: Problem, objective: np.ndarray, limits: dict) -> np.ndarray | None:
+def _milp(problem: Problem, objective: np.ndarray, limits: dict, extra: tuple = ()) -> np.ndarray | None:
     from scipy.optimize import Bounds, LinearConstraint, milp
 
     n_layers, n_opts = objective.shape
@@ -165,6 +168,8 @@ def _milp(problem: Problem, objective: np.ndarray, limits: dict) -> np.ndarray |
     rows += _tie_rows(problem, n_opts)
     lo += [0] * (len(rows) - len(lo))
     hi += [0] * (len(rows) - len(hi))
+    for r, low, high in extra:
+        rows.append(np.asarray(r, dtype=np.float64).ravel()), lo.append(low), hi.append(high)
     ub = np.ones(nvar)
     if "latency" in limits:  # an option whose latency was not measured cannot be chosen under a latency budget
         ub[np.isnan(problem.latency).ravel()] = 0
