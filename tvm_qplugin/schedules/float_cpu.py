@@ -70,9 +70,12 @@ def schedule_conv(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc | None:
             or any(k != tvm.tirx.IterVar.CommReduce for k in kinds[n_spatial:])):
         return None
     outer, plane, reduce = loops[:2], loops[2:n_spatial], loops[n_spatial:]
-    sch.reorder(*outer, *reduce, *plane)
-    sch.parallel(fuse_loops(sch, outer))
-    sch.decompose_reduction(block, reduce[0])
+    try:
+        sch.reorder(*outer, *reduce, *plane)
+        sch.parallel(fuse_loops(sch, outer))
+        sch.decompose_reduction(block, reduce[0])
+    except s_tir_schedule.ScheduleError:  # a conv form this order does not fit: the naive loops still compute it
+        return None
     return sch.mod["main"]
 
 
