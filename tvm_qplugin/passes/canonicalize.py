@@ -214,6 +214,7 @@ FoldBatchNorm = function_pass(_fold_batch_norm, "FoldBatchNorm")
 def canonicalize(mod: tvm.IRModule) -> tvm.IRModule:
     """The canonicalization pipeline (module doc)."""
     from .conv_transpose import ConvTransposeToConv
+    from .fold_exact import FoldExactConstants
     from .coverage_forms import CancelTransposes, Conv1DToConv2D, PoolToNCHW, PowerToMultiply, TakeToSlice
     from .outputs import FlattenOutputTuple
     from .pad import NormalizePad, refuse_other_pad_modes
@@ -223,6 +224,7 @@ def canonicalize(mod: tvm.IRModule) -> tvm.IRModule:
     refuse_other_pad_modes(mod)
     seq = tvm.ir.transform.Sequential([
         relax.transform.DecomposeOpsForInference(),
+        FoldExactConstants,    # data movement and isnan/where on constants, in NumPy: no LLVM build each
         relax.transform.FoldConstant(),
         # before FoldBatchNorm: GELU's trailing "* 0.5" would otherwise fold into the next weights
         FuseGELU,

@@ -5,6 +5,15 @@ The float graph is compiled with TVM only to observe every intermediate; Legaliz
 calibration batch, three quarters of a compile. This rule reorders each matmul to
 ``i, k, j`` (the output row and B's row stream with unit stride, so LLVM vectorizes ``j``),
 parallelizes the leading spatial loops, and leaves everything else to the default pipeline.
+The legalized convolutions had the same naive order (``n, c, y, x`` then the reduction), ~1.2
+GFLOP/s: MobileNetV2's 64 calibration and 256 evaluation images took 80 s of a 160 s compile.
+:func:`schedule_conv` moves the reduction outside the output plane (``n, c`` parallel, then
+``rc, ry, rx``, then ``y, x``): rows stream with unit stride and LLVM vectorizes ``x`` (MobileNetV2
+float convs ~4x faster on one thread).
+
+Both rules only reorder *spatial* loops around the reduction: every output element still sums its
+products in the same order from the same zero, so the float results -- the calibrated ranges and the
+fp32 figures of the report -- are bit for bit those of the unscheduled build.
 """
 from __future__ import annotations
 
@@ -43,15 +52,43 @@ def schedule_matmul(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc | None:
     return sch.mod["main"]
 
 
+def schedule_conv(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc | None:
+    """``n, c, y.., r..`` -> parallel ``n, c``, then ``r..``, then the output plane ``y..``; None
+    unless ``func`` is a legalized float convolution (one block named ``*conv*``: batch, channel and
+    plane loops, then reduction loops). Each weight is read once per plane, the plane stays in cache."""
+    if op_of(func) is not None:
+        return None
+    sch = s_tir_schedule.Schedule(func)
+    convs = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if "conv" in sch.get(b).name_hint]
+    if len(convs) != 1:
+        return None
+    block = convs[0]
+    kinds = [iv.iter_type for iv in sch.get(block).iter_vars]
+    n_spatial = kinds.count(tvm.tirx.IterVar.DataPar)
+    loops = sch.get_loops(block)
+    if (n_spatial < 3 or n_spatial == len(kinds) or len(loops) != len(kinds)
+            or any(k != tvm.tirx.IterVar.CommReduce for k in kinds[n_spatial:])):
+        return None
+    outer, plane, reduce = loops[:2], loops[2:n_spatial], loops[n_spatial:]
+    try:
+        sch.reorder(*outer, *reduce, *plane)
+        sch.parallel(fuse_loops(sch, outer))
+        sch.decompose_reduction(block, reduce[0])
+    except s_tir_schedule.ScheduleError:  # a conv form this order does not fit: the naive loops still compute it
+        return None
+    return sch.mod["main"]
+
+
 def legalize_and_schedule(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
-    """LegalizeOps, then :func:`schedule_matmul` on every float matmul PrimFunc (CPU targets)."""
+    """LegalizeOps, then :func:`schedule_matmul` / :func:`schedule_conv` on every float matmul /
+    convolution PrimFunc (CPU targets)."""
     with target:
         mod = relax.transform.LegalizeOps()(mod)
     if target.kind.name != "llvm":
         return mod
     for gv, func in list(mod.functions.items()):
         if isinstance(func, tvm.tirx.PrimFunc):
-            new = schedule_matmul(func)
+            new = schedule_matmul(func) or schedule_conv(func)
             if new is not None:
                 mod.update_func(gv, new)
     return mod

@@ -1,0 +1,54 @@
+"""schedules/float_cpu.py: the float model's convolutions and matmuls are scheduled for speed, and
+every observed tensor (the calibration's taps, the fp32 outputs) stays bit for bit what the
+unscheduled build computes -- the calibrated ranges must not depend on the schedule."""
+from __future__ import annotations
+
+import numpy as np
+import tvm
+
+from onnx_builders import OnnxGraph
+from tvm_qplugin.calibrate import FloatRunner
+from tvm_qplugin.frontend import import_onnx
+from tvm_qplugin.passes.canonicalize import canonicalize
+from tvm_qplugin.schedules import float_cpu
+
+TARGET = tvm.target.Target.from_device(tvm.cpu())
+
+
+def conv_zoo(tmp_path, rng):
+    """3x3 / strided / pointwise / depthwise / unpadded convs, then a dense head."""
+    g = OnnxGraph((2, 3, 13, 11), rng)
+    y = g.clip(g.conv("x", 8, k=3, stride=2))
+    y = g.relu(g.conv(y, 8, k=3, groups=8))
+    y = g.conv(y, 16, k=1)
+    y = g.conv(y, 6, k=3, pads=(0, 0, 0, 0))
+    return g.save(g.gemm(g.flatten(y), 5), tmp_path / "convs.onnx")
+
+
+def test_scheduled_float_build_is_bit_identical(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    mod = canonicalize(import_onnx(conv_zoo(tmp_path, rng)).mod)
+    legal = float_cpu.legalize_and_schedule(mod, TARGET)
+    convs = [f for f in legal.functions.values()
+             if isinstance(f, tvm.tirx.PrimFunc) and "conv" in f.script() and "T.parallel" in f.script()]
+    assert len(convs) == 4, "every float conv gets the parallel plane schedule"
+    x = {"x": rng.standard_normal((2, 3, 13, 11)).astype(np.float32)}
+    scheduled = FloatRunner(mod, TARGET).run(x)
+    with monkeypatch.context() as m:
+        m.setattr(float_cpu, "schedule_conv", lambda func: None)
+        m.setattr(float_cpu, "schedule_matmul", lambda func: None)
+        plain = FloatRunner(mod, TARGET).run(x)
+    taps = scheduled[0] + scheduled[1]
+    assert len(taps) > 8
+    for i, (a, b) in enumerate(zip(taps, plain[0] + plain[1])):
+        assert a.dtype == b.dtype and np.array_equal(a, b), f"tap {i} differs"
+
+
+def test_non_conv_kernels_are_left_alone():
+    """Elementwise float kernels are not the conv rule's: it answers None."""
+    from tvm import te
+
+    a = te.placeholder((4, 8), "float32", name="a")
+    out = te.compute((4, 8), lambda i, j: a[i, j] * 2.0, name="scale")
+    func = te.create_prim_func([a, out])
+    assert float_cpu.schedule_conv(func) is None
