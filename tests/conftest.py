@@ -57,6 +57,41 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 
 
+#: x86 vector features that code built for a target may use, widest first (LLVM's names).
+_X86_FEATURES = ("avx512f", "avx512bw", "avx512vnni", "avxvnni", "avx2")
+
+
+def host_runs(target: tvm.target.Target) -> bool:
+    """Whether this CPU can execute code built for ``target``: every x86 vector feature the target
+    enables is one the host has too.
+
+    The build machines differ from day to day (AVX-512 VNNI on some, AVX2 only on others). The
+    kernel tests build for every x86 level on every machine and check the assembly; they *run* a
+    level's code (and compare it bit for bit with the NumPy twin) only where the CPU has it --
+    running AVX-512 code on an AVX2 CPU dies of SIGILL. The AVX2 code runs everywhere."""
+    from tvm_qplugin.tuning.isa import _has
+
+    if target.kind.name != "llvm":
+        return False
+    host = _host_target()
+    return all(_has(host, (f,)) for f in _X86_FEATURES if _has(target, (f,)))
+
+
+def _host_target() -> tvm.target.Target:
+    return tvm.target.Target.from_device(tvm.cpu())
+
+
+def run_if_host_can(executable, target: tvm.target.Target, *inputs: np.ndarray):
+    """``executable``'s ``main`` on ``inputs`` (a numpy array, or a list for a tuple output) when this
+    CPU runs ``target``'s code (:func:`host_runs`); None when it cannot."""
+    from tvm import relax
+
+    if not host_runs(target):
+        return None
+    out = relax.VirtualMachine(executable, tvm.cpu())["main"](*[tvm.runtime.tensor(x) for x in inputs])
+    return out.numpy() if hasattr(out, "numpy") else [o.numpy() for o in out]
+
+
 def assert_bit_exact(actual: np.ndarray, expected: np.ndarray, what: str = "") -> None:
     """Exact comparison that names the first mismatching positions (CMSIS-NN test style)."""
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"

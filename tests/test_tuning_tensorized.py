@@ -160,3 +160,18 @@ def test_interleaved_timing_tells_a_slower_kernel_from_a_faster_one():
     out_big = type("Info", (), {"shape": (1 << 15,), "dtype": "int32"})()
     slow_us, = interleaved_us([big], [np.zeros(1 << 15, np.int32)], out_big, rounds=3)
     assert slow_us > fast_us
+
+
+def test_the_byte_pair_conv_is_timed_by_the_tuners_runner(packed_tasks):
+    """AVX2's byte-pair conv gathers through an int32 index table (``k_order``): the runner fills
+    int32 arguments with zeros (runners.alloc_for_timing), not MetaSchedule's random values that
+    index outside the input -- with those the timing worker died of SIGSEGV and the conv could be
+    neither timed nor tuned on AVX2."""
+    from tvm_qplugin.tuning.runners import local_runner
+    from tvm_qplugin.tuning.tuner import _measure_default
+
+    (conv,) = [t for t in packed_tasks["avx2"] if t.op == "conv2d_requant"]
+    assert packed_info(conv.func)["isa"] == "avx2ub", packed_info(conv.func)  # reordered K: a k_order argument
+    assert "k_order" in conv.func.script()
+    measured = _measure_default(conv, _target("avx2"), local_runner())
+    assert measured is not None and measured[0] > 0, measured

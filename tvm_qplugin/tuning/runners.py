@@ -58,15 +58,49 @@ def evaluator() -> ms.runner.EvaluatorConfig:
     return ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50, enable_cpu_cache_flush=False)
 
 
+def _fill_for_timing(arg: tvm.runtime.Tensor, random_fill: Callable) -> None:
+    """MetaSchedule's random fill of one argument, except int32 arrays: zeros.
+
+    The AVX2 byte-pair conv gathers its activations through an index table (``k_order``, an int32
+    argument, schedules/x86_int8.py): random int32 entries point far outside the input, and the
+    timing worker died of SIGSEGV -- on an AVX2 CPU neither that conv's default nor any of its
+    candidates could be timed. Zero is a valid index, multiplier and shift; the kernels have no
+    data-dependent control flow, so their time does not depend on these values, and a record only
+    replaces the default after an interleaved comparison on real inputs (compare.py)."""
+    if arg.dtype == "int32":
+        import numpy as np
+
+        arg.copyfrom(np.zeros(tuple(arg.shape), "int32"))
+    else:
+        random_fill(arg)
+
+
+def alloc_for_timing(device, args_info, alloc_repeat: int):
+    """LocalRunner's ``f_alloc_argument``: :func:`_fill_for_timing` on every argument."""
+    from tvm.s_tir.meta_schedule.runner.utils import alloc_argument_common
+
+    random_fill = tvm.get_global_func("tvm.contrib.random.random_fill_for_measure")
+    return alloc_argument_common(lambda arg: _fill_for_timing(arg, random_fill), device, args_info, alloc_repeat)
+
+
+def rpc_alloc_for_timing(session, device, args_info, alloc_repeat: int):
+    """RPCRunner's ``f_alloc_argument``: :func:`_fill_for_timing` on the board."""
+    from tvm.s_tir.meta_schedule.runner.utils import alloc_argument_common
+
+    random_fill = session.get_function("tvm.contrib.random.random_fill_for_measure")
+    return alloc_argument_common(lambda arg: _fill_for_timing(arg, random_fill), device, args_info, alloc_repeat)
+
+
 def local_runner() -> ms.runner.LocalRunner:
-    return ms.runner.LocalRunner(timeout_sec=60, evaluator_config=evaluator())
+    return ms.runner.LocalRunner(timeout_sec=60, evaluator_config=evaluator(), f_alloc_argument=alloc_for_timing)
 
 
 def rpc_runner(host: str, port: int, key: str, servers: int) -> ms.runner.RPCRunner:
     """MetaSchedule's RPC runner: one session per candidate, on any server free under ``key``."""
     config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key, session_priority=1,
                                  session_timeout_sec=120)
-    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator(), max_workers=max(1, servers))
+    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator(), max_workers=max(1, servers),
+                               f_alloc_argument=rpc_alloc_for_timing)
 
 
 class RemoteDevice:
