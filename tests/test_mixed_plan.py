@@ -40,25 +40,35 @@ def _midway(path, sens) -> float:
     return (p.uniform(8, 8)["size"] + p.uniform(4, 8)["size"]) / 2
 
 
-def test_held_out_check_keeps_the_better_plan_whichever_measure_made_it(digits):
+def _uniform_plans_held_out(digits, hardest: bool):
+    """Uniform int8 and int4 plans with a calibration set whose held-out part (after the
+    sensitivities' samples) is the 64 training digits after the module's 128 with the smallest
+    (``hardest``) or the largest fp32 top-1 margins, and each plan's simulated top-1 there:
+    ``(path, calib, labels, sens, problem, int8, int4, (acc8, acc4))``."""
     path, calib, labels, sens = digits
     g = load_torch_graph(path)
     problem = build_problem(sens, g.model)
     int8 = Plan({n: (8, 8) for n in problem.names}, {}, 0.0)
     int4 = Plan({n: (4, 8) for n in problem.names}, {}, 0.0)
-    # held out: the 64 training digits after the module's 128 that fp32 separates least (smallest
-    # top-1 margin), where width shows: with the compiler's int4 (min-MSE grid, error feedback) int4
-    # everywhere ties int8 on the easy ones
     x_train, y_train = digits_split()[:2]
     logits = simulated_outputs(g, {}, {}, {"input": x_train[128:]})
     top2 = np.sort(logits, axis=1)[:, -2:]
-    hard = 128 + np.argsort(top2[:, 1] - top2[:, 0])[:64]
-    calib = {"input": np.concatenate([calib["input"][:sens.samples], x_train[hard]])}
-    labels = np.concatenate([labels[:sens.samples], y_train[hard]])
+    by_margin = np.argsort(top2[:, 1] - top2[:, 0])
+    picked = 128 + (by_margin if hardest else by_margin[::-1])[:64]
+    calib = {"input": np.concatenate([calib["input"][:sens.samples], x_train[picked]])}
+    labels = np.concatenate([labels[:sens.samples], y_train[picked]])
     held = {"input": calib["input"][sens.samples:]}
     moments = int4_moments(g, calib, sens, [int4.bits])
     acc8 = top1(simulated_outputs(g, int8.bits, sens.act_range, held), labels[sens.samples:])
     acc4 = top1(simulated_outputs(g, int4.bits, sens.act_range, held, moments=moments), labels[sens.samples:])
+    return path, calib, labels, sens, problem, int8, int4, (acc8, acc4)
+
+
+def test_held_out_check_keeps_the_better_plan_whichever_measure_made_it(digits):
+    # held out: the 64 training digits after the module's 128 that fp32 separates least (smallest
+    # top-1 margin), where width shows: with the compiler's int4 (min-MSE grid, error feedback) int4
+    # everywhere ties int8 on the easy ones
+    path, calib, labels, sens, problem, int8, int4, (acc8, acc4) = _uniform_plans_held_out(digits, hardest=True)
     assert acc8 > acc4, (acc8, acc4)  # the premise: int4 everywhere is measurably worse here
     assert choose_by_held_out(path, calib, labels, sens, {"hessian": (int4, problem), "direct": (int8, problem)}) \
         == "direct"
@@ -88,21 +98,7 @@ def test_auto_plan_is_the_better_of_the_two_measures_at_the_midway_size(digits):
 def test_held_out_tie_on_top1_goes_to_the_plan_closer_to_fp32(digits):
     """On digits both plans classify perfectly (int4 vs int8 everywhere), top-1 cannot separate
     them; the mean KL to the float outputs can, whichever method's plan is listed first."""
-    path, calib, labels, sens = digits
-    g = load_torch_graph(path)
-    problem = build_problem(sens, g.model)
-    int8 = Plan({n: (8, 8) for n in problem.names}, {}, 0.0)
-    int4 = Plan({n: (4, 8) for n in problem.names}, {}, 0.0)
-    x_train, y_train = digits_split()[:2]
-    logits = simulated_outputs(g, {}, {}, {"input": x_train[128:]})
-    top2 = np.sort(logits, axis=1)[:, -2:]
-    easy = 128 + np.argsort(top2[:, 1] - top2[:, 0])[::-1][:64]  # the largest fp32 margins
-    calib = {"input": np.concatenate([calib["input"][:sens.samples], x_train[easy]])}
-    labels = np.concatenate([labels[:sens.samples], y_train[easy]])
-    held = {"input": calib["input"][sens.samples:]}
-    moments = int4_moments(g, calib, sens, [int4.bits])
-    acc8 = top1(simulated_outputs(g, int8.bits, sens.act_range, held), labels[sens.samples:])
-    acc4 = top1(simulated_outputs(g, int4.bits, sens.act_range, held, moments=moments), labels[sens.samples:])
+    path, calib, labels, sens, problem, int8, int4, (acc8, acc4) = _uniform_plans_held_out(digits, hardest=False)
     assert acc8 == acc4, (acc8, acc4)  # the premise: a tie on top-1
     assert choose_by_held_out(path, calib, labels, sens, {"hessian": (int4, problem), "direct": (int8, problem)}) \
         == "direct"

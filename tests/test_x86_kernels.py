@@ -22,7 +22,7 @@ from tvm_qplugin.schedules import apply_default_schedules, pack_weights
 from tvm_qplugin.schedules.intrin_x86 import select_isa
 from tvm_qplugin.schedules.packing import packed_info
 from tvm_qplugin.schedules.x86_conv_gather import _border_parts
-from tvm_qplugin.schedules.x86_int8 import (
+from tvm_qplugin.schedules.x86_conv_tiles import (
     LONG_K_STEPS,
     STACK_BYTES,
     _conv_tile,

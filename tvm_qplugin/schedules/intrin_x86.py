@@ -219,7 +219,7 @@ def dot_intrin(isa: DotIsa, a_dtype: str, bcast: str, offset: int = 0, acc_scope
     """Name of the intrinsic for ``isa`` with activation dtype ``a_dtype`` broadcast (``"a"``) or
     packed (``"b"`` broadcasts the weights), accumulating into a buffer of ``acc_scope`` (a
     "global" tile under 1 KB is a stack slot, a "local" one a workspace allocation:
-    x86_int8._conv_tile_rows), registering it on first use."""
+    x86_conv_tiles._conv_tile_rows), registering it on first use."""
     key = (isa, a_dtype, bcast, offset, acc_scope)
     if key not in _REGISTERED:
         _REGISTERED[key] = _register(isa, a_dtype, bcast, offset, acc_scope)

@@ -16,14 +16,8 @@ from tvm import te
 from .intrin_x86 import ISA_BY_NAME, dot_term
 from .packing import Packing, tag_packed
 from .x86_conv_gather import _inline_narrowing, activation_input
-from .x86_int8 import (
-    TensorizedRule,
-    _dense_tile_body,
-    _fits_int32,
-    _largest_divisor,
-    _offset,
-    _round_up,
-)
+from .x86_conv_tiles import _largest_divisor, _round_up
+from .x86_int8 import TensorizedRule, _dense_tile_body, _fits_int32, _offset
 from .x86_requant import (
     _channel_consts,
     _channel_placeholders,

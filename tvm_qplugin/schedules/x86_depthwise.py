@@ -20,7 +20,8 @@ from tvm.script import tirx as T
 
 from .intrin_x86 import ISA_BY_NAME, DotIsa, _dot, _operand, dot_term
 from .packing import Packing, tag_packed
-from .x86_int8 import TensorizedRule, _fits_int32, _offset, _round_up
+from .x86_conv_tiles import _round_up
+from .x86_int8 import TensorizedRule, _fits_int32, _offset
 from .x86_requant import (
     _channel_consts,
     _channel_placeholders,
@@ -199,11 +200,7 @@ class DepthwiseConv2DTensorized(TensorizedRule):
         sch.reorder(io, jo, ry, rb, ir, jr, ji, rk)
         sch.parallel(plane)
         _schedule_padding(sch, plane, info)
-        first = "y_tile" if _has_block(sch, "y_tile") else "y"
-        stage = sch.get_sblock(first)
-        sch.reverse_compute_at(stage, jo)
-        if first == "y_tile":
-            sch.reverse_compute_at(sch.get_sblock("y"), io)
+        stage = stage_output_at(sch, jo, io)
         *_, stage_rows, stage_cols = sch.get_loops(stage)
         outer, inner = sch.split(stage_cols, [None, isa.lanes])
         sch.unroll(outer)
@@ -215,6 +212,18 @@ class DepthwiseConv2DTensorized(TensorizedRule):
         sch.tensorize(inner, epilogue_intrin(isa.lanes, info["requant"]))
         for loop in (ry, rb, ir, jr):
             sch.unroll(loop)
+
+
+def stage_output_at(sch, jo, io):
+    """Move the requantized tile's stage under the column-tile loop ``jo`` (and, where the kernel
+    stages its tile, the copy into ``y`` under the row-tile loop ``io``); returns the stage block.
+    Shared by the depthwise rules on pixel lanes and on row pairs (x86_depthwise_pairs.py)."""
+    first = "y_tile" if _has_block(sch, "y_tile") else "y"
+    stage = sch.get_sblock(first)
+    sch.reverse_compute_at(stage, jo)
+    if first == "y_tile":
+        sch.reverse_compute_at(sch.get_sblock("y"), io)
+    return stage
 
 
 def _schedule_padding(sch, plane, info) -> None:

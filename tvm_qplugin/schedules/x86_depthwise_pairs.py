@@ -33,9 +33,10 @@ from tvm.script import from_source
 
 from .intrin_x86 import AVX2, ISA_BY_NAME, dot_intrin, dot_term
 from .packing import Packing, tag_packed
-from .x86_depthwise import DepthwiseGeometry, _schedule_padding
-from .x86_int8 import TensorizedRule, _fits_int32, _round_up
-from .x86_requant import _channel_placeholders, _has_block, _loops_under, _requant_stage, epilogue_intrin
+from .x86_depthwise import DepthwiseGeometry, _schedule_padding, stage_output_at
+from .x86_conv_tiles import _round_up
+from .x86_int8 import TensorizedRule, _fits_int32
+from .x86_requant import _channel_placeholders, _loops_under, _requant_stage, epilogue_intrin
 
 # Pair rows of the register tile, tried in this order: the first that divides the pair rows of the
 # plane into at least two tiles (or is 1) and whose ``rows * npar * nr`` accumulators stay within
@@ -146,11 +147,7 @@ class DepthwiseRowPairs(TensorizedRule):
         sch.compute_at(pairs, plane, preserve_unit_loops=True)
         _schedule_padding(sch, plane, info)
         _schedule_pairs(sch, pairs, info["x_dtype"], sw, info["chunk"])
-        first = "y_tile" if _has_block(sch, "y_tile") else "y"
-        stage = sch.get_sblock(first)
-        sch.reverse_compute_at(stage, jo)
-        if first == "y_tile":
-            sch.reverse_compute_at(sch.get_sblock("y"), io)
+        stage = stage_output_at(sch, jo, io)
         *stage_rows, stage_cols = _loops_under(sch, stage, jo)
         outer, inner = sch.split(stage_cols, [None, isa.lanes])
         for loop in (*stage_rows, outer):

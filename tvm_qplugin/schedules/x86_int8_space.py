@@ -29,7 +29,7 @@ from .x86_requant import epilogue_intrin
 
 # accumulator vectors a register tile may hold: 32 zmm (16 ymm) registers minus the broadcast operands
 MAX_ACCUMULATORS = {512: 24, 256: 12}
-# a "global" tile is a stack slot only below x86_int8.STACK_BYTES: 15 x 64-byte vectors
+# a "global" tile is a stack slot only below x86_conv_tiles.STACK_BYTES: 15 x 64-byte vectors
 STACK_ACCUMULATORS = {512: 15, 256: 12}
 
 

@@ -40,7 +40,8 @@ from ..ops.requant import requant
 from ..quant import abs_max
 from .intrin_x86 import dot_intrin, dot_term, select_isa
 from .packing import PACKED_ATTR
-from .x86_int8 import _largest_divisor, _ravel, _unravel
+from .x86_conv_tiles import _largest_divisor
+from .x86_int8 import _ravel, _unravel
 
 SPLIT_BITS = 8  # a = (a >> 8) * 256 + (a & 255)
 
