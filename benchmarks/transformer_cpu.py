@@ -1,6 +1,6 @@
 """all-MiniLM-L6-v2 (seq 128) at batch 1 and batch 8 on this CPU, peers side by side in one process:
 tvm-qplugin int8 integer-only (native target, and the AVX2-restricted build of the same integer
-module: LLVM ``znver3``, no AVX-512 / VNNI; it runs here since this CPU has AVX-512), ONNX Runtime
+module: LLVM ``znver3``, no AVX-512 / VNNI: the native build on an AVX2-only CPU), ONNX Runtime
 fp32, ONNX Runtime static int8 (QDQ) and ONNX Runtime dynamic int8 (its
 recommendation for transformers; float softmax / GELU / LayerNorm, so not integer-only).
 
