@@ -35,11 +35,9 @@ def _concat(b: Binding, values: list[np.ndarray], out_shape) -> np.ndarray:
 
 #: op -> NumPy evaluation from the constant operands' values (the first operand only for the
 #: shape-taking ops, whose target shape is the binding's own static shape)
+RESHAPED = (False, lambda b, v, shape: np.reshape(v[0], shape))  # every op that only reshapes
 EXACT_FOLDS: dict[str, tuple[bool, Callable]] = {
-    "relax.reshape": (False, lambda b, v, shape: np.reshape(v[0], shape)),
-    "relax.expand_dims": (False, lambda b, v, shape: np.reshape(v[0], shape)),
-    "relax.squeeze": (False, lambda b, v, shape: np.reshape(v[0], shape)),
-    "relax.flatten": (False, lambda b, v, shape: np.reshape(v[0], shape)),
+    **dict.fromkeys(("relax.reshape", "relax.expand_dims", "relax.squeeze", "relax.flatten"), RESHAPED),
     "relax.broadcast_to": (False, lambda b, v, shape: np.broadcast_to(v[0], shape)),
     "relax.permute_dims": (False, _transpose),
     "relax.concat": (True, _concat),

@@ -63,8 +63,9 @@ def _tile(pair_rows: int, npar: int, nvec: int) -> tuple[int, int]:
 
 
 class DepthwiseRowPairs(TensorizedRule):
-    """Depthwise ``conv2d_requant`` (groups == C == O, dilation 1, any KHxKW, strides 1 or 2) on
-    AVX2's ``vpmaddwd``, output pixels of a row as lanes, the pairs taken from two input rows.
+    """Depthwise ``conv2d_requant`` (groups == C == O, dilation 1, any KHxKW, stride 1: the kernel
+    also builds stride 2, but :data:`STRIDES` does not take it) on AVX2's ``vpmaddwd``, output
+    pixels of a row as lanes, the pairs taken from two input rows.
 
     Per channel (the parallel loop):
     1. ``x_pad``: the zero-padded plane in the activations' dtype (border rows and columns split
