@@ -18,15 +18,19 @@ Each kernel's ``after_fraction_of_peak`` is against this CPU's measured peak of 
 runs (``tvm_qplugin/peak.py``, as report.json's ``layers[].fraction_of_peak``), at the thread count
 of ``TVM_NUM_THREADS`` (default: all cores).
 
+``--before no-narrow``: "before" is the registered rules with AVX2's narrow epilogue
+(x86_requant_narrow, in both pixel-lane rules) and the row pairs' 8-pair unpacking off
+(``NARROW_FLAGS``), "after" as registered.
 ``--whole-model``: MobileNetV2 batch 1 (compiled here, shipped database) built with and without a
-rule -- ``--without channel-lanes`` (``x86_depthwise_lanes.MAX_OUT_WIDTH = 0``) or ``row-pairs``
+rule -- ``--without channel-lanes`` (``x86_depthwise_lanes.MAX_OUT_WIDTH = 0``), ``narrow``
+(``NARROW_FLAGS``) or ``row-pairs``
 (``x86_depthwise_pairs.STRIDES = ()``, the default) --, native and AVX2-restricted (``--targets``),
 timed in rounds of blocks together with ONNX Runtime int8 (QDQ), as ``cnn_cpu.py`` times them; every
 build's outputs are checked identical first.
 
 Run: `.venv/bin/python benchmarks/x86_depthwise.py [--dtype uint8] [--rounds 15]
-[--before plain|one-row|pixel-lanes|no-row-pairs] [--targets native avx2]
-[--whole-model [--without row-pairs|channel-lanes] [--runs 20]]`
+[--before plain|one-row|pixel-lanes|no-row-pairs|no-narrow] [--targets native avx2]
+[--whole-model [--without row-pairs|channel-lanes|narrow] [--runs 20]]`
 """
 from __future__ import annotations
 
@@ -86,6 +90,46 @@ class OneRowTiles:
         return self.rule.apply(func, target)
 
 
+# The AVX2 epilogue and pair-pass changes of issue 9's stop 26, as module flags: off = before them.
+NARROW_FLAGS = [(x86_depthwise, "NARROW", False), (x86_depthwise_pairs, "NARROW", False),
+                (x86_depthwise_pairs, "UNPACK_ROWS", False)]
+
+
+class FlagsOff:
+    """The registered depthwise rules packed and scheduled with ``flags`` set (``[(module, name,
+    value)]``), restored after each call: a ``time_pair`` baseline."""
+
+    def __init__(self, flags, rules):
+        self.flags, self.rules = flags, rules
+
+    def _with_flags(self, fn):
+        kept = [getattr(m, n) for m, n, _ in self.flags]
+        for m, n, v in self.flags:
+            setattr(m, n, v)
+        try:
+            return fn()
+        finally:
+            for (m, n, _), k in zip(self.flags, kept):
+                setattr(m, n, k)
+
+    def pack(self, func, target):
+        for rule in self.rules:
+            packing = self._with_flags(lambda r=rule: r.pack(func, target))
+            if packing is not None:
+                self.chosen = rule
+                return packing
+        return None
+
+    def apply(self, func, target):
+        def first():
+            for rule in self.rules:
+                scheduled = rule.apply(func, target)
+                if scheduled is not None:
+                    return scheduled
+            return None
+        return self._with_flags(first)
+
+
 def _whole_model(args) -> dict:
     """MobileNetV2 with and without the rule ``args.without``, with ONNX Runtime int8, in rounds of blocks."""
     import onnxruntime as ort
@@ -103,15 +147,11 @@ def _whole_model(args) -> dict:
     targets = {name: {"native": tvm.target.Target.from_device(tvm.cpu()), "avx2": AVX2_TARGET}[name]
                for name in args.targets}
     variants = build_variants(art.integer_mod, targets, with_untensorized=False)
-    module, attr, off = {"channel-lanes": (x86_depthwise_lanes, "MAX_OUT_WIDTH", 0),
-                         "row-pairs": (x86_depthwise_pairs, "STRIDES", ())}[args.without]
-    kept = getattr(module, attr)
-    setattr(module, attr, off)
-    try:
-        variants.update({f"{k}_without_{args.without.replace('-', '_')}": vm for k, vm in
-                         build_variants(art.integer_mod, targets, with_untensorized=False).items()})
-    finally:
-        setattr(module, attr, kept)
+    flags = {"channel-lanes": [(x86_depthwise_lanes, "MAX_OUT_WIDTH", 0)],
+             "row-pairs": [(x86_depthwise_pairs, "STRIDES", ())], "narrow": NARROW_FLAGS}[args.without]
+    variants.update(FlagsOff(flags, [])._with_flags(lambda: {
+        f"{k}_without_{args.without.replace('-', '_')}": vm
+        for k, vm in build_variants(art.integer_mod, targets, with_untensorized=False).items()}))
     assert_same_outputs(variants, "core", q)
     calls = {f"ours{suffix}": (lambda vm=vm: vm["core"](q)) for suffix, vm in variants.items()}
     so = ort.SessionOptions()
@@ -137,11 +177,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dtype", default="uint8", choices=["uint8", "int8", "int16"])
     ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--before", choices=["plain", "one-row", "pixel-lanes", "no-row-pairs"], default="plain")
+    ap.add_argument("--before", choices=["plain", "one-row", "pixel-lanes", "no-row-pairs", "no-narrow"], default="plain")
     ap.add_argument("--targets", nargs="+", choices=["native", "avx2"], default=["native", "avx2"])
     ap.add_argument("--whole-model", action="store_true")
     ap.add_argument("--runs", type=int, default=20, help="--whole-model: calls per engine per round")
-    ap.add_argument("--without", choices=["row-pairs", "channel-lanes"], default="row-pairs",
+    ap.add_argument("--without", choices=["row-pairs", "channel-lanes", "narrow"], default="row-pairs",
                     help="--whole-model: the rule the second build leaves out")
     args = ap.parse_args()
     if args.whole_model:
@@ -152,7 +192,10 @@ def main() -> None:
     baseline = {"plain": None, "one-row": [OneRowTiles()],
                 "pixel-lanes": [x86_depthwise.DepthwiseConv2DTensorized()],
                 "no-row-pairs": [x86_depthwise_lanes.DepthwiseChannelLanes(),
-                                 x86_depthwise.DepthwiseConv2DTensorized()]}[args.before]
+                                 x86_depthwise.DepthwiseConv2DTensorized()],
+                "no-narrow": [FlagsOff(NARROW_FLAGS, [x86_depthwise_lanes.DepthwiseChannelLanes(),
+                                                      x86_depthwise_pairs.DepthwiseRowPairs(),
+                                                      x86_depthwise.DepthwiseConv2DTensorized()])]}[args.before]
     targets = {name: {"native": tvm.target.Target.from_device(tvm.cpu()), "avx2": AVX2_TARGET}[name]
                for name in args.targets}
     threads = int(os.environ.get("TVM_NUM_THREADS", os.cpu_count()))
@@ -182,7 +225,8 @@ def main() -> None:
                                                     "speedup": round(before / after, 2)}}
     before = {"plain": "TVM's default loops", "one-row": "DepthwiseConv2DTensorized, one row per tile",
               "pixel-lanes": "DepthwiseConv2DTensorized alone (no channel lanes)",
-              "no-row-pairs": "DepthwiseChannelLanes + DepthwiseConv2DTensorized (no row pairs)"}[args.before]
+              "no-row-pairs": "DepthwiseChannelLanes + DepthwiseConv2DTensorized (no row pairs)",
+              "no-narrow": "the registered rules without the narrow epilogue and the unpacked row pairs"}[args.before]
     res["note"] = ("medians of interleaved runs; the machine is shared and noisy, so absolute figures move between "
                    f"runs; before = {before}, after = the registered rules (rule: the one that took it)")
     print(json.dumps(res, indent=2))

@@ -20,6 +20,7 @@ from tvm_qplugin.build import build
 from tvm_qplugin.ops import OPS, const, emit
 from tvm_qplugin.schedules import pack_weights
 from tvm_qplugin.schedules.packing import packed_info
+from tvm_qplugin.schedules.x86_requant_narrow import narrow_consts
 
 RULE = "DepthwiseRowPairs"
 
@@ -43,6 +44,50 @@ def test_row_pairs_bit_exact_at_extremes(rng, xdt, h):
     info, asm = check_kernel("conv2d_requant", x, consts, "avx2", **depthwise_params(c, 3, 1, (1, 1, 1, 1), "int8"))
     assert info is not None and info["rule"] == RULE and info["isa"] == "avx2" and "vpmaddwd" in asm
     assert info["npar"] == 2 and info["rows"] == {16: 2, 9: 1}[h], info
+    # shifts >= 33 and int32 sums: the narrow epilogue without the pre-shift (x86_requant_narrow)
+    assert info["epilogue"] == "narrow" and "vpsllvd" not in asm, info
+
+
+@pytest.mark.parametrize("xdt", ["uint8", "int8"])
+def test_narrow_epilogue_with_pre_shift_bit_exact(rng, xdt):
+    """Shifts below 33 (small multipliers, small weights): the narrow epilogue shifts the
+    accumulator left first (``narrow_shift``, vpsllvd); one channel at shift 32, one at 20."""
+    c, h, w = 5, 10, 19
+    x = np.concatenate([activations(rng, (1, c, h, w), xdt, p) for p in PATTERNS])
+    wt = rng.integers(-20, 21, (c, 1, 3, 3)).astype(np.int8)
+    bias = rng.integers(-(2**12), 2**12, c).astype(np.int32)
+    mult = rng.integers(2**9, 2**11, c).astype(np.int64)
+    shift = np.array([24, 32, 20, 24, 28], np.int64)
+    info, asm = check_kernel("conv2d_requant", x, [wt, bias, mult, shift], "avx2",
+                             **depthwise_params(c, 3, 1, (1, 1, 1, 1), "int8"))
+    assert info["rule"] == RULE and info["epilogue"] == "narrow_shift" and "vpsllvd" in asm, info
+
+
+def test_narrow_epilogue_refused_when_the_shifted_sum_can_leave_int32(rng):
+    """A bias near the int32 limit: ``max|acc| + |bias|`` may not fit int32, so the kernel keeps
+    x86_requant's int64 epilogue (bit-exact either way)."""
+    c = 4
+    x = np.concatenate([activations(rng, (1, c, 9, 11), "uint8", p) for p in PATTERNS])
+    wt = _full_range_weights(rng, c, 3)
+    bias = np.array([2**31 - 2**10, -(2**31) + 2**10, 5, -7], np.int32)
+    mult = rng.integers(2**30, 2**31 - 1, c).astype(np.int64)
+    shift = np.full(c, 56, np.int64)
+    info, _ = check_kernel("conv2d_requant", x, [wt, bias, mult, shift], "avx2",
+                           **depthwise_params(c, 3, 1, (1, 1, 1, 1), "int8"))
+    assert info["rule"] == RULE and "epilogue" not in info, info   # x86_requant's (the info names only the narrow ones)
+
+
+def test_narrow_consts_bounds():
+    """The compile-time proof itself, at its edges: the reach ``(max|acc| + |bias'|) << t`` just
+    under and at 2**31, a multiplier of 2**31, and ``t`` / ``s2`` from shifts around 33."""
+    w = np.full((1, 9), 127, np.int64)                   # u8: max|acc| = 255 * 1143 = 291465
+    ok = narrow_consts(w, np.array([2**31 - 1 - 291465]), np.array([2**30]), np.array([40]), "uint8", 0, 1)
+    assert ok is not None and [int(v[0]) for v in ok[2:]] == [0, 2**7, 8]
+    assert narrow_consts(w, np.array([2**31 - 291465]), np.array([2**30]), np.array([40]), "uint8", 0, 1) is None
+    assert narrow_consts(w, np.array([0]), np.array([2**31]), np.array([40]), "uint8", 0, 1) is None
+    low = narrow_consts(w, np.array([0]), np.array([2**10]), np.array([30]), "uint8", 0, 2)  # t = 3, s2 = 1
+    assert [int(v[0]) for v in low[2:]] == [3, 1, 1] and all(len(v) == 2 for v in low)
+    assert narrow_consts(w, np.array([0]), np.array([2**10]), np.array([20]), "uint8", 0, 1) is None  # 291465 << 13
 
 
 ODD_CASES = [  # (c, h, w, k, padding (top, left, bottom, right))

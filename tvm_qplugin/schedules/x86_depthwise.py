@@ -11,6 +11,7 @@ and the epilogue is x86_requant's, checked per call by its ``_epilogue_exact``.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +19,7 @@ from tvm import te, tirx
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
-from .intrin_x86 import ISA_BY_NAME, DotIsa, _dot, _operand, dot_term
+from .intrin_x86 import AVX2, ISA_BY_NAME, DotIsa, _dot, _operand, dot_term
 from .packing import Packing, tag_packed
 from .x86_conv_tiles import _round_up
 from .x86_int8 import TensorizedRule, _fits_int32, _offset
@@ -30,6 +31,8 @@ from .x86_requant import (
     _requant_stage,
     epilogue_intrin,
 )
+from .x86_requant_narrow import (info_epilogue_intrin, narrow_consts, narrow_or_exact, narrow_placeholders,
+                                 narrow_stage, starting_at_bias)
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -88,6 +91,18 @@ class DepthwiseGeometry:
         wp[:, :, :self.kw] = wt
         return wp, _channel_consts(wt.reshape(self.c, -1), bias, mult, shift, self.off, self.c)
 
+    def narrow_constants(self, consts) -> list | None:
+        """x86_requant_narrow's per-channel constants of the call, None when not proven exact."""
+        return narrow_consts(consts[0].reshape(self.c, -1), *consts[1:4], self.adt, self.off, self.c)
+
+    def narrow_accepts(self, epilogue: str):
+        """The ``accepts`` of a packing with the narrow ``epilogue``: proven for the call, and
+        without the pre-shift ("narrow") only when every channel's is 0."""
+        def accepts(consts) -> bool:
+            found = self.narrow_constants(consts)
+            return found is not None and (epilogue == "narrow_shift" or not found[2].any())
+        return accepts
+
     def epilogue_exact(self, consts) -> bool:
         """x86_requant's check that the call's constants keep the register epilogue exact."""
         return _epilogue_exact(consts[0].reshape(self.c, -1), *consts[1:4], self.adt, self.off)
@@ -102,6 +117,8 @@ class DepthwiseGeometry:
 
 
 ROW_TILES = (8, 7, 4, 2, 1)
+# AVX2: x86_requant_narrow's shorter epilogue where every call's constants prove it (off: x86_requant's).
+NARROW = True
 
 
 def _row_tile(oh: int, nr: int, sh: int, kh: int, kw: int, isa: DotIsa) -> int:
@@ -154,6 +171,15 @@ class DepthwiseConv2DTensorized(TensorizedRule):
         geo = DepthwiseGeometry.of(params, shapes, isa)
         if geo is None:
             return None
+        exact = self._packing(func, params, shapes, isa, geo, "exact")
+        if exact is None or isa is not AVX2 or not NARROW:
+            return exact
+        return dataclasses.replace(exact, for_calls=lambda calls: narrow_or_exact(
+            calls, geo, exact, lambda kind: self._packing(func, params, shapes, isa, geo, kind)))
+
+    def _packing(self, func, params, shapes, isa, geo, epilogue: str):
+        """The packing with ``epilogue``: "exact" (x86_requant's), "narrow" or "narrow_shift"
+        (x86_requant_narrow's; AVX2 only: the 512-bit ISAs are not measured with it)."""
         xs, nb, c, h, w, kh, kw = shapes[0][0], geo.nb, geo.c, geo.h, geo.w, geo.kh, geo.kw
         (sh, sw), (pt, pl, _, _), adt, off = (geo.sh, geo.sw), geo.pads, geo.adt, geo.off
         oh, ow, rbs = geo.oh, geo.ow, geo.rbs
@@ -172,13 +198,18 @@ class DepthwiseConv2DTensorized(TensorizedRule):
                 "pad": [pt, pl, h, w], "plane": plane, "out_shape": [nb, c, oh, ow],
                 "requant": {key: params[key] for key in ("qmin", "qmax", "out_dtype")}}
 
+        if epilogue != "exact":   # absent for x86_requant's (the kernels and their records before it)
+            info["epilogue"] = epilogue
+
         def pack_args(consts):
             wp, channel = geo.packed_constants(consts, kp)
+            if epilogue != "exact":
+                channel = geo.narrow_constants(consts)
             return [wp.reshape(c, kh, rbs, kp).astype(isa.packed_dtype), *channel]
 
         x = te.placeholder(xs, adt, name="x")
         wp = te.placeholder((c, kh, rbs, kp), isa.packed_dtype, name="w_packed")
-        consts = _channel_placeholders(c)
+        consts = _channel_placeholders(c) if epilogue == "exact" else narrow_placeholders(c)
 
         xpad = te.compute((nb, c, hx, wx), lambda b, ch, r, col: geo.padded_operand(
             lambda row, cl: x[b, ch, row, cl], r, col), name="x_pad")
@@ -186,9 +217,16 @@ class DepthwiseConv2DTensorized(TensorizedRule):
         acc = te.compute((nb, c, oh, owpad), lambda b, ch, i, j: te.sum(
             dot_term(xpad[b, ch, i * sh + ry, j * sw + rb * kp + rk], wp[ch, ry, rb, rk], 0), axis=[ry, rb, rk]),
             name="acc")
-        y = _requant_stage(acc, (nb, c, oh, ow), lambda i: i, lambda a: a[1], consts, params, owpad != ow)
+        if epilogue == "exact":
+            y = _requant_stage(acc, (nb, c, oh, ow), lambda i: i, lambda a: a[1], consts, params, owpad != ow)
+        else:
+            y = narrow_stage(acc, (nb, c, oh, ow), lambda i: i, lambda a: a[1], consts, params, owpad != ow,
+                             epilogue == "narrow_shift")
         out = te.create_prim_func([x, wp, *consts, y]).without_attr("global_symbol")
-        return Packing(tag_packed(out, func, info), (1, 2, 3, 4), pack_args, geo.epilogue_exact)
+        if epilogue == "exact":
+            return Packing(tag_packed(out, func, info), (1, 2, 3, 4), pack_args, geo.epilogue_exact)
+        out = starting_at_bias(out, "acc", consts[0].name, 1)
+        return Packing(tag_packed(out, func, info), (1, 2, 3, 4), pack_args, geo.narrow_accepts(epilogue))
 
     def schedule(self, sch, info):
         isa = ISA_BY_NAME[info["isa"]]
@@ -209,7 +247,7 @@ class DepthwiseConv2DTensorized(TensorizedRule):
         init = sch.decompose_reduction(acc, ry)
         sch.vectorize(sch.get_loops(init)[-1])
         sch.tensorize(ji, window_intrin(isa, info["stride_w"]))
-        sch.tensorize(inner, epilogue_intrin(isa.lanes, info["requant"]))
+        sch.tensorize(inner, info_epilogue_intrin(isa.lanes, info))
         for loop in (ry, rb, ir, jr):
             sch.unroll(loop)
 

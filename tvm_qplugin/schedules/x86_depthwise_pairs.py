@@ -26,7 +26,10 @@ int16 operands; the zero weights add 0), the epilogue is x86_requant's, checked 
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+import tvm
 from tvm import te, tirx
 from tvm.s_tir import TensorIntrin
 from tvm.script import from_source
@@ -36,7 +39,8 @@ from .packing import Packing, tag_packed
 from .x86_depthwise import DepthwiseGeometry, _schedule_padding, stage_output_at
 from .x86_conv_tiles import _round_up
 from .x86_int8 import TensorizedRule, _fits_int32
-from .x86_requant import _channel_placeholders, _loops_under, _requant_stage, epilogue_intrin
+from .x86_requant import _channel_placeholders, _loops_under, _requant_stage
+from .x86_requant_narrow import info_epilogue_intrin, narrow_or_exact, narrow_placeholders, narrow_stage, starting_at_bias
 
 # Pair rows of the register tile, tried in this order: the first that divides the pair rows of the
 # plane into at least two tiles (or is 1) and whose ``rows * npar * nr`` accumulators stay within
@@ -50,6 +54,16 @@ STRIDES = (1,)
 ACCUMULATORS = 8
 NR = (4, 3, 2, 1)
 CHUNK = 16   # output pairs of one interleave step (two 256-bit stores)
+# Stride 1: interleave 8 pairs at a time (two 8-byte row loads, vpunpcklbw, the widening vpmovzxbw: 2
+# shuffles per 8 pairs) instead of one shuffle of the whole chunk, which LLVM lowered to vpermq /
+# vpunpcklbw / vpmovzxbw / vextracti128 (3 shuffles per 8 pairs); off: the whole-chunk shuffle.
+# Only where the padded plane is a workspace (over STACK_BYTES, TVM's stack-allocation limit): a
+# plane on the stack (14 x 14) is unrolled whole, and LLVM then forwards the padded copy's stores
+# into the 8-byte loads as byte inserts (384 x 14 x 14: 0.72x).
+UNPACK_ROWS = True
+STACK_BYTES = 1024
+# Take x86_requant_narrow's shorter epilogue where every call's constants prove it (off: x86_requant's).
+NARROW = True
 
 
 def _tile(pair_rows: int, npar: int, nvec: int) -> tuple[int, int]:
@@ -85,6 +99,15 @@ class DepthwiseRowPairs(TensorizedRule):
         geo = DepthwiseGeometry.of(params, shapes, isa)
         if geo is None or isa is not AVX2 or geo.sh not in STRIDES or geo.sw not in STRIDES:
             return None
+        exact = self._packing(func, params, shapes, isa, geo, "exact")
+        if exact is None or not NARROW:
+            return exact
+        return dataclasses.replace(exact, for_calls=lambda calls: narrow_or_exact(
+            calls, geo, exact, lambda kind: self._packing(func, params, shapes, isa, geo, kind)))
+
+    def _packing(self, func, params, shapes, isa, geo, epilogue: str):
+        """The packing with ``epilogue``: "exact" (x86_requant's), "narrow" or "narrow_shift"
+        (x86_requant_narrow's, with the pre-shift)."""
         xs, nb, c, h, w, kh, kw = shapes[0][0], geo.nb, geo.c, geo.h, geo.w, geo.kh, geo.kw
         (sh, sw), (pt, pl, _, _), adt, oh, ow = (geo.sh, geo.sw), geo.pads, geo.adt, geo.oh, geo.ow
         if geo.off or not _fits_int32(adt, kh * kw, 0):
@@ -104,8 +127,13 @@ class DepthwiseRowPairs(TensorizedRule):
                 "stride_w": sw, "chunk": chunk, "x_dtype": adt, "pad": [pt, pl, h, w], "plane": hx * wx,
                 "out_shape": [nb, c, oh, ow], "requant": {key: params[key] for key in ("qmin", "qmax", "out_dtype")}}
 
+        if epilogue != "exact":   # absent for x86_requant's (the kernels and their records before it)
+            info["epilogue"] = epilogue
+
         def pack_args(consts):
             wp, channel = geo.packed_constants(consts, isa.kp)
+            if epilogue != "exact":
+                channel = geo.narrow_constants(consts)
             wt = wp[:, :, :kw]
             pairs = np.zeros((c, npar, nq, kw, 2), np.int64)
             for par in range(npar):
@@ -118,7 +146,7 @@ class DepthwiseRowPairs(TensorizedRule):
 
         x = te.placeholder(xs, adt, name="x")
         wpairs = te.placeholder((c, npar, nq, kw, 2), isa.packed_dtype, name="w_pairs")
-        consts = _channel_placeholders(c)
+        consts = _channel_placeholders(c) if epilogue == "exact" else narrow_placeholders(c)
         xpad = te.compute((nb, c, hx, wx), lambda b, ch, r, col: tirx.if_then_else(
             tirx.all(r >= pt, r < h + pt, col >= pl, col < w + pl), x[b, ch, r - pt, col - pl],
             tirx.const(0, adt)), name="x_pad")
@@ -129,10 +157,18 @@ class DepthwiseRowPairs(TensorizedRule):
             xpairs[b, ch, i // npar + q, kx % sw, (j + kx // sw) // chunk, (j + kx // sw) % chunk, e],
             wpairs[ch, i % npar, q, kx, e], 0),
             axis=[q, kx, e]), name="acc")
-        y = _requant_stage(acc, (nb, c, oh, ow), lambda i: i, lambda a: a[1], consts, params,
-                           owpad != ow or ohp != oh)
+        if epilogue == "exact":
+            y = _requant_stage(acc, (nb, c, oh, ow), lambda i: i, lambda a: a[1], consts, params,
+                               owpad != ow or ohp != oh)
+            accepts = geo.epilogue_exact
+        else:
+            y = narrow_stage(acc, (nb, c, oh, ow), lambda i: i, lambda a: a[1], consts, params,
+                             owpad != ow or ohp != oh, epilogue == "narrow_shift")
+            accepts = geo.narrow_accepts(epilogue)
         out = te.create_prim_func([x, wpairs, *consts, y]).without_attr("global_symbol")
-        return Packing(tag_packed(out, func, info), (1, 2, 3, 4), pack_args, geo.epilogue_exact)
+        if epilogue != "exact":
+            out = starting_at_bias(out, "acc", consts[0].name, 1)
+        return Packing(tag_packed(out, func, info), (1, 2, 3, 4), pack_args, accepts)
 
     def schedule(self, sch, info):
         isa = ISA_BY_NAME[info["isa"]]
@@ -147,7 +183,8 @@ class DepthwiseRowPairs(TensorizedRule):
         pairs = sch.get_sblock("x_pairs")
         sch.compute_at(pairs, plane, preserve_unit_loops=True)
         _schedule_padding(sch, plane, info)
-        _schedule_pairs(sch, pairs, info["x_dtype"], sw, info["chunk"])
+        plane_bytes = info["plane"] * tvm.DataType(info["x_dtype"]).bits // 8
+        _schedule_pairs(sch, pairs, info["x_dtype"], sw, info["chunk"], UNPACK_ROWS and plane_bytes > STACK_BYTES)
         stage = stage_output_at(sch, jo, io)
         *stage_rows, stage_cols = _loops_under(sch, stage, jo)
         outer, inner = sch.split(stage_cols, [None, isa.lanes])
@@ -156,12 +193,12 @@ class DepthwiseRowPairs(TensorizedRule):
         init = sch.decompose_reduction(acc, q)
         sch.vectorize(sch.get_loops(init)[-1])
         sch.tensorize(ji, dot_intrin(isa, "int16", "b", 0, "global"))
-        sch.tensorize(inner, epilogue_intrin(isa.lanes, info["requant"]))
+        sch.tensorize(inner, info_epilogue_intrin(isa.lanes, info))
         for loop in (q, kx, ir, par, jr):
             sch.unroll(loop)
 
 
-def _schedule_pairs(sch, pairs, dtype: str, sw: int, chunk: int) -> None:
+def _schedule_pairs(sch, pairs, dtype: str, sw: int, chunk: int, unpack: bool) -> None:
     """Tensorize the interleave ``pairs`` in steps of ``chunk`` pairs (:data:`CHUNK`, or all the
     columns read when fewer). The buffer is declared in whole chunks (``[.., chunks, chunk, 2]``)
     so that compute_at keeps whole chunks (it keeps only the columns the tiles read: 58 of 64, no
@@ -169,18 +206,20 @@ def _schedule_pairs(sch, pairs, dtype: str, sw: int, chunk: int) -> None:
     8-pixel load is one rectangle."""
     sch.transform_layout(pairs, ("write", 0), lambda b, ch, p, ph, cb, ci, e: (b, ch, p, ph, cb * chunk + ci, e))
     *_, ci, _ = sch.get_loops(pairs)
-    sch.tensorize(ci, pair_rows_intrin(dtype, sw, chunk))
+    sch.tensorize(ci, pair_rows_intrin(dtype, sw, chunk, unpack))
 
 
 _REGISTERED: dict[tuple, str] = {}
 
 
-def pair_rows_intrin(dtype: str, stride: int, chunk: int) -> str:
+def pair_rows_intrin(dtype: str, stride: int, chunk: int, unpack: bool = False) -> str:
     """``D[c, e] = int16(A[e, stride * c])`` for ``c < chunk``, ``e < 2``: two padded rows (any
     pitch) interleaved into pairs and widened, every ``stride``-th column. Two row loads of
     ``stride * chunk`` elements (``stride - 1`` past the region: the plane's width leaves room),
-    one shuffle, the widening. Registered on first use."""
-    key = (dtype, stride, chunk)
+    one shuffle, the widening; with ``unpack`` (stride 1), 8 pairs at a time from two 8-byte
+    loads (:data:`UNPACK_ROWS`). Registered on first use."""
+    unpack = unpack and stride == 1 and chunk % 8 == 0
+    key = (dtype, stride, chunk, unpack)
     if key in _REGISTERED:
         return _REGISTERED[key]
     span, load = stride * (chunk - 1) + 1, stride * chunk
@@ -199,10 +238,17 @@ def f(a: T.handle, d: T.handle):
                 vi, vj = T.axis.remap("SS", [i, j])
                 D[vi, vj] = T.Cast("int16", A[vj, vi * {stride}])
 """
-    index = [e * load + stride * col for col in range(chunk) for e in range(2)]
-    impl = head + (f"        D[0, T.Ramp(0, 1, {2 * chunk})] = T.Cast(\"int16x{2 * chunk}\", T.Shuffle("
-                   f"[A[0, T.Ramp(0, 1, {load})], A[1, T.Ramp(0, 1, {load})]], {index}))\n")
-    name = f"qplugin_dw_pair_rows_{dtype}_s{stride}_{chunk}"
+    if unpack:   # 8 pairs at a time: unpack the two rows' 8 bytes, then widen (UNPACK_ROWS)
+        body = "".join(
+            f"        D[{lo}, T.Ramp(0, 1, 16)] = T.Cast(\"int16x16\", T.Shuffle([A[0, T.Ramp({lo}, 1, 8)], "
+            f"A[1, T.Ramp({lo}, 1, 8)]], {[e * 8 + col for col in range(8) for e in range(2)]}))\n"
+            for lo in range(0, chunk, 8))
+        impl = head + body
+    else:
+        index = [e * load + stride * col for col in range(chunk) for e in range(2)]
+        impl = head + (f"        D[0, T.Ramp(0, 1, {2 * chunk})] = T.Cast(\"int16x{2 * chunk}\", T.Shuffle("
+                       f"[A[0, T.Ramp(0, 1, {load})], A[1, T.Ramp(0, 1, {load})]], {index}))\n")
+    name = f"qplugin_dw_pair_rows_{dtype}_s{stride}_{chunk}" + ("_unpacked" if unpack else "")
     TensorIntrin.register(name, from_source(desc), from_source(impl), override=True)
     _REGISTERED[key] = name
     return name
