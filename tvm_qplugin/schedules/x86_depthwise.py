@@ -158,7 +158,8 @@ class DepthwiseConv2DTensorized(TensorizedRule):
     3. Tiles of ``rows`` output rows x ``nr`` vectors of a row's pixels (``_row_tile``: a window
        of one input row serves every output row of the tile it lies under), accumulated in
        registers over ``KH*RB`` dot steps, requantized from registers (x86_requant's epilogue,
-       on even / odd qwords: :func:`epilogue_intrin`) and written to the NCHW rows; channels run
+       on even / odd qwords: :func:`epilogue_intrin`; on AVX2 x86_requant_narrow's where every
+       call's constants prove it, :data:`NARROW`) and written to the NCHW rows; channels run
        in parallel.
     Note: lanes over channels would need the NCHW activations transposed in and out, and an
     im2col of the taps (x86_int8's route) writes ``KH*KW`` bytes per output for 9 MACs.
