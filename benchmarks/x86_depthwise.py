@@ -19,7 +19,7 @@ runs (``tvm_qplugin/peak.py``, as report.json's ``layers[].fraction_of_peak``), 
 of ``TVM_NUM_THREADS`` (default: all cores).
 
 ``--before no-narrow``: "before" is the registered rules with AVX2's narrow epilogue
-(x86_requant_narrow, in both pixel-lane rules) and the row pairs' 8-pair unpacking off
+(x86_requant_narrow, in both pixel-lane rules), the row pairs' 8-pair unpacking and their even steps off
 (``NARROW_FLAGS``), "after" as registered.
 ``--whole-model``: MobileNetV2 batch 1 (compiled here, shipped database) built with and without a
 rule -- ``--without channel-lanes`` (``x86_depthwise_lanes.MAX_OUT_WIDTH = 0``), ``narrow``
@@ -92,7 +92,7 @@ class OneRowTiles:
 
 # The AVX2 epilogue and pair-pass changes of issue 9's stop 26, as module flags: off = before them.
 NARROW_FLAGS = [(x86_depthwise, "NARROW", False), (x86_depthwise_pairs, "NARROW", False),
-                (x86_depthwise_pairs, "UNPACK_ROWS", False)]
+                (x86_depthwise_pairs, "UNPACK_ROWS", False), (x86_depthwise_pairs, "STACK_BYTES", 1 << 30)]
 
 
 class FlagsOff:

@@ -29,7 +29,6 @@ from .x86_requant import (
     _epilogue_exact,
     _has_block,
     _requant_stage,
-    epilogue_intrin,
 )
 from .x86_requant_narrow import (info_epilogue_intrin, narrow_consts, narrow_or_exact, narrow_placeholders,
                                  narrow_stage, starting_at_bias)
