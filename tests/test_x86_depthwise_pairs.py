@@ -46,6 +46,19 @@ def test_row_pairs_bit_exact_at_extremes(rng, xdt, h):
     assert info["npar"] == 2 and info["rows"] == {16: 2, 9: 1}[h], info
     # shifts >= 33 and int32 sums: the narrow epilogue without the pre-shift (x86_requant_narrow)
     assert info["epilogue"] == "narrow" and "vpsllvd" not in asm, info
+    # 16 rows: the plane of pairs (9 pair rows x 18 pairs) fits the stack in 2 even steps of 9 (_chunk)
+    assert info["chunk"] == {16: 9, 9: 16}[h], info
+
+
+@pytest.mark.parametrize("xdt", ["uint8", "int8"])
+def test_unpacked_pairs_on_a_workspace_plane_bit_exact(rng, xdt):
+    """A padded plane over the stack limit (18 x 81 bytes): the pairs are interleaved 8 at a time
+    (UNPACK_ROWS: vpunpcklbw, then the widening)."""
+    c, h, w = 2, 16, 64
+    x = np.concatenate([activations(rng, (1, c, h, w), xdt, p) for p in PATTERNS])
+    consts = [_full_range_weights(rng, c, 3), *requant_consts(rng, c, 8 + 4)]
+    info, asm = check_kernel("conv2d_requant", x, consts, "avx2", **depthwise_params(c, 3, 1, (1, 1, 1, 1), "int8"))
+    assert info["rule"] == RULE and info["chunk"] == 16 and "vpunpcklbw" in asm, info
 
 
 @pytest.mark.parametrize("xdt", ["uint8", "int8"])
