@@ -511,3 +511,23 @@ def test_fourteen_by_fourteen_int16_plane_takes_five_pixel_vectors_on_avx2(rng, 
     consts = [weights(rng, (24, 40, 1, 1)), *requant_consts(rng, 24, 8 + 8 + 6)]
     info, asm = check_kernel("conv2d_requant", x, consts, "avx2", **POINTWISE)
     assert (info["isa"], info["mr"], info["nr"]) == ("avx2", 2, 5) and "vpmaddwd" in asm
+
+
+@pytest.mark.parametrize("out", [(0, 255, "uint8"), (-128, 127, "int8"), (-32767, 32767, "int16")])
+@pytest.mark.parametrize("xdt", ["uint8", "int16"])
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_avx2_two_vector_epilogue_bit_exact(rng, out, xdt, pattern):
+    """An AVX2 tile row of two pixel vectors is requantized in one 16-lane epilogue that takes the
+    products' high words in groups of 4 lanes, out of order, and puts the narrowed outputs back
+    (x86_int8.epilogue_lanes, x86_requant's ``grouped``): a lane sent to the wrong pixel fails the
+    comparison. 8x8 pixels: 8 vectors, tiles of 2; every output dtype's narrowing."""
+    qmin, qmax, odt = out
+    o, c = 12, 32
+    x = activations(rng, (1, c, 8, 8), xdt, pattern)
+    wt = weights(rng, (o, c, 1, 1))
+    bias, mult, shift = requant_consts(rng, o, 8 + (8 if xdt == "int16" else 0) + 5 - (8 if odt == "int16" else 0))
+    info, asm = check_kernel("conv2d_requant", x, [wt, bias, mult, shift], "avx2", strides=[1, 1],
+                             padding=[0, 0, 0, 0], dilation=[1, 1], groups=1, qmin=qmin, qmax=qmax, out_dtype=odt)
+    assert info is not None and info["nr"] == 2
+    if odt == "uint8":
+        assert "vshufps" in asm  # the grouped high words; the one-vector form shifts and blends

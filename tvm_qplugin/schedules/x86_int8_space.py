@@ -56,7 +56,7 @@ def conv_pixel_lanes_space(rule, func, info) -> list:
     """Designs of :class:`x86_int8.Conv2DTensorized`: scope x ``nr`` x tile order, each with the
     channels per tile sampled (at most the accumulators the scope allows)."""
     from .x86_conv_gather import _schedule_gather
-    from .x86_int8 import _flatten_output
+    from .x86_int8 import _flatten_output, epilogue_lanes
     from .x86_requant import _tensorized_epilogue_at
 
     isa = ISA_BY_NAME[info["isa"]]
@@ -77,7 +77,8 @@ def conv_pixel_lanes_space(rule, func, info) -> list:
                 sch.reorder(b, *((oo, qo) if channels_outer else (qo, oo)), rc, oi, qr, qi, rj)
                 tile = sch.fuse(b, *((oo, qo) if channels_outer else (qo, oo)))
                 sch.parallel(tile)
-                _tensorized_epilogue_at(sch, tile, isa.lanes, info["requant"], scope)
+                lanes = epilogue_lanes(isa, nr)
+                _tensorized_epilogue_at(sch, tile, lanes, info["requant"], scope, grouped=lanes > isa.lanes)
                 _schedule_gather(sch, info)
                 init = sch.decompose_reduction(acc, rc)
                 sch.vectorize(sch.get_loops(init)[-1])
@@ -153,5 +154,7 @@ def register_intrinsics(info: dict, act_dtype: str) -> None:
         for scope in _scopes(isa):
             dot_intrin(isa, "uint8" if isa.kp == 4 else "int16", "b", 0, scope)
             epilogue_intrin(isa.lanes, info["requant"], scope)
+            if isa.vector_bits == 256:  # the two-vector epilogue (x86_int8.epilogue_lanes)
+                epilogue_intrin(2 * isa.lanes, info["requant"], scope, grouped=True)
     elif info["rule"] in ("DenseTensorized", "Conv2D1x1ChannelLanes"):
         dot_intrin(isa, act_dtype, "a", info["offset"], "global")

@@ -99,16 +99,18 @@ def _requant_stage(acc, shape, acc_index, channel, consts, params, padded: bool)
 _REGISTERED: dict[tuple, str] = {}
 
 
-def epilogue_intrin(lanes: int, params: dict, acc_scope: str = "global") -> str:
+def epilogue_intrin(lanes: int, params: dict, acc_scope: str = "global", grouped: bool = False) -> str:
     """The requantization of ``lanes`` accumulators of one channel (in a buffer of ``acc_scope``:
     the depthwise tile is a plain stack buffer, the groups-1 conv's a ``local`` one, as its dot
     intrinsic writes), computed on even / odd
     qwords: ``vpmuldq`` reads the (sign-extended) low dword of each qword, so the even
     accumulators multiply in place and the odd ones after an arithmetic 32-bit shift; one shuffle
-    takes the high word of each sum ``P' = (acc << t) * m + folded``. Same integers: ``P'`` is
-    the exact int64 sum (``_epilogue_exact``'s bounds) and its high word is
-    ``floor(P' / 2**32)`` either way -- 9 instructions per 16 outputs where LLVM makes 15 of the
-    per-lane int64 expression (sign extension, two halves, truncation).
+    takes the high word of each sum ``P' = (acc << t) * m + folded`` (:func:`_epilogue_vector`).
+    Same integers: ``P'`` is the exact int64 sum (``_epilogue_exact``'s bounds) and its high
+    word is ``floor(P' / 2**32)`` either way -- 9 instructions per 16 outputs where LLVM makes 15
+    of the per-lane int64 expression (sign extension, two halves, truncation). ``grouped``: the
+    high words taken in groups of 4 lanes (:func:`_epilogue_vector`), for the AVX2 groups-1 conv's
+    two-vector epilogue.
 
     The description *is* the packed kernels' TE expression (``_requant_stage`` on one channel), so
     tensorize only matches the kernels whose epilogue is that expression; the implementation
@@ -116,7 +118,7 @@ def epilogue_intrin(lanes: int, params: dict, acc_scope: str = "global") -> str:
     tests and every compile's check against the NumPy twin catch a divergence.
     MobileNetV2's groups-1 convs (the tile's rows are output channels): 2178 -> 2005 us in all,
     the thin layers (K = 16 .. 32) 1.1-1.2x."""
-    key = ("epilogue", lanes, params["qmin"], params["qmax"], params["out_dtype"], acc_scope)
+    key = ("epilogue", lanes, params["qmin"], params["qmax"], params["out_dtype"], acc_scope, grouped)
     if key in _REGISTERED:
         return _REGISTERED[key]
     acc = te.placeholder((lanes,), "int32", name="acc")
@@ -139,9 +141,9 @@ def epilogue_intrin(lanes: int, params: dict, acc_scope: str = "global") -> str:
             T.reads(A[0:lanes], F[0:1], M[0:1], P[0:1], Q[0:1])
             T.writes(O[0:lanes])
             O[T.ramp(T.int32(0), 1, lanes)] = _epilogue_vector(A.vload([0], f"int32x{lanes}"), F[0], M[0], P[0], Q[0],
-                                                               lanes, qmin, qmax, dt)
+                                                               lanes, qmin, qmax, dt, grouped)
 
-    name = f"qplugin_epilogue_{lanes}_{qmin}_{qmax}_{dt}_{acc_scope}"
+    name = f"qplugin_epilogue_{lanes}_{qmin}_{qmax}_{dt}_{acc_scope}" + ("_grouped" if grouped else "")
     TensorIntrin.register(name, desc, impl, override=True)
     _REGISTERED[key] = name
     return name
@@ -160,19 +162,37 @@ def _with_root_regions(func):
     return func.with_body(SBlockRealize([], True, block))
 
 
-def _epilogue_vector(acc, folded, mult, pre, post, lanes: int, qmin: int, qmax: int, dt: str):
-    """The vector expression of :func:`epilogue_intrin`."""
+def _epilogue_vector(acc, folded, mult, pre, post, lanes: int, qmin: int, qmax: int, dt: str, grouped: bool = False):
+    """The vector expression of :func:`epilogue_intrin`.
+
+    The high dwords of the even and odd products sit at the odd dword positions of their qwords.
+    By default one shuffle takes them in lane order (LLVM: the even products shifted into place,
+    then a blend, or ``vpermt2d`` on AVX-512). ``grouped`` takes them per 128-bit group of 4 lanes
+    in the order (0, 2, 1, 3) instead -- one ``vshufps`` where the shift and the blend were two --
+    and puts the narrowed outputs back in lane order at the end, where LLVM folds that permutation
+    into the pack sequence's own final shuffle (AVX2, two ymm narrowed to u8 together: a
+    ``vpshufb`` in place of a ``vpshufd``; with one ymm LLVM cannot fold it and the count is
+    unchanged, so the one-vector epilogues keep the default). Lane for lane the same integers:
+    only where each lane's value travels changes."""
     half = lanes // 2
     shifted = T.reinterpret(acc << T.broadcast(pre, lanes), dtype=f"int64x{half}")
     m = T.broadcast(T.Cast("int64", mult), half)
     b = T.broadcast(folded, half)
     thirty_two = T.broadcast(T.int64(32), half)
-    even = T.reinterpret(((shifted << thirty_two) >> thirty_two) * m + b >> thirty_two, dtype=f"int32x{lanes}")
+    even = ((shifted << thirty_two) >> thirty_two) * m + b
     odd = T.reinterpret((shifted >> thirty_two) * m + b, dtype=f"int32x{lanes}")
-    high = tirx.Shuffle([even, odd], [l + (lanes if l % 2 else 0) for l in range(lanes)])
+    grouped = grouped and lanes % 4 == 0
+    if grouped:  # lane i holds output order[i] (an involution: the same list puts them back)
+        order = [4 * (i // 4) + (0, 2, 1, 3)[i % 4] for i in range(lanes)]
+        high = tirx.Shuffle([T.reinterpret(even, dtype=f"int32x{lanes}"), odd],
+                            [(lanes if j % 2 else 0) + 2 * (j // 2) + 1 for j in order])
+    else:
+        high = tirx.Shuffle([T.reinterpret(even >> thirty_two, dtype=f"int32x{lanes}"), odd],
+                            [l + (lanes if l % 2 else 0) for l in range(lanes)])
     clamped = T.max(T.min(high >> T.broadcast(post, lanes), T.broadcast(T.int32(qmax), lanes)),
                     T.broadcast(T.int32(qmin), lanes))
-    return T.Cast(f"{dt}x{lanes}", clamped)
+    narrowed = T.Cast(f"{dt}x{lanes}", clamped)
+    return tirx.Shuffle([narrowed], order) if grouped else narrowed
 
 
 def _has_block(sch, name: str) -> bool:
@@ -201,7 +221,7 @@ def _epilogue_at(sch, tile, lanes: int) -> None:
         sch.unroll(loop)
 
 
-def _tensorized_epilogue_at(sch, tile, lanes: int, requant: dict, acc_scope: str) -> None:
+def _tensorized_epilogue_at(sch, tile, lanes: int, requant: dict, acc_scope: str, grouped: bool = False) -> None:
     """Requantize each accumulator tile under its ``tile`` loop with :func:`epilogue_intrin` (one
     output channel per tile row, ``lanes`` pixels per step) into the tile ``y_tile``, then copy
     its rows to the NCHW output (the intrinsic writes a whole vector: on the 4-D output a vector
@@ -213,7 +233,7 @@ def _tensorized_epilogue_at(sch, tile, lanes: int, requant: dict, acc_scope: str
     outer, inner = sch.split(last, [None, lanes])
     for loop in (*rows, outer):  # constant tile indices: LLVM keeps the accumulators in registers
         sch.unroll(loop)
-    sch.tensorize(inner, epilogue_intrin(lanes, requant, acc_scope))
+    sch.tensorize(inner, epilogue_intrin(lanes, requant, acc_scope, grouped))
     # the copy's own loops only: a tile of one channel and one pixel (Silero VAD's last 128 -> 1
     # conv on a 1x1 plane) has none, and the innermost loop of the block is then the parallel tile
     # loop, whose vectorization put the dot intrinsic's vectors inside a vectorized loop ("Cannot
