@@ -81,15 +81,27 @@ def _requant_stage(acc, shape, acc_index, channel, consts, params, padded: bool)
     ``acc[acc_index(i)]``, channel ``channel(acc index)``): straight into the output when the
     accumulator has no pad lanes, else into a tile of the accumulator's shape (``y_tile``: kept
     in registers, vectorized without a predicate) copied out after."""
-    qmin, qmax, dt = params["qmin"], params["qmax"], params["out_dtype"]
     folded, mult, pre, post = consts
 
     def rq(a):  # see _epilogue_exact
         ch = channel(a)
         product = i64(acc(*a) << pre[ch]) * i64(mult[ch]) + folded[ch]
         high = (product >> tirx.const(32, "int64")).astype("int32") >> post[ch]
-        return tirx.max(tirx.min(high, tirx.const(qmax, "int32")), tirx.const(qmin, "int32")).astype(dt)
+        return clamp_to(high, params)
 
+    return laid_out(rq, acc, shape, acc_index, padded)
+
+
+def clamp_to(y, params: dict):
+    """int32 ``y`` clamped to the output's ``[qmin, qmax]`` and cast to its dtype."""
+    return tirx.max(tirx.min(y, tirx.const(params["qmax"], "int32")),
+                    tirx.const(params["qmin"], "int32")).astype(params["out_dtype"])
+
+
+def laid_out(rq, acc, shape, acc_index, padded: bool):
+    """The epilogue ``rq`` (of an accumulator index) as the output of ``shape``: ``y`` directly, or
+    ``y_tile`` over the accumulator then ``y`` when the accumulator has pad lanes -- the layout every
+    packed kernel's epilogue intrinsic is matched against (exact and narrow alike)."""
     if not padded:
         return te.compute(shape, lambda *i: rq(acc_index(i)), name="y")
     tile = te.compute(acc.shape, lambda *a: rq(a), name="y_tile")

@@ -30,7 +30,7 @@ from tvm.script import tirx as T
 
 from ..ops.requant import i64
 from ..quant import abs_max
-from .x86_requant import _bias_with_offset, _with_root_regions, epilogue_intrin
+from .x86_requant import _bias_with_offset, _with_root_regions, clamp_to, epilogue_intrin, laid_out
 
 
 def narrow_consts(w2d: np.ndarray, bias, mult, shift, act_dtype: str, offset: int, pad_to: int) -> list | None:
@@ -100,7 +100,6 @@ def narrow_stage(acc, shape, acc_index, channel, consts, params, padded: bool, p
     the output of ``shape``, as ``x86_requant._requant_stage`` lays it out (``y``, or ``y_tile``
     then ``y`` when the accumulator has pad lanes). ``pre_shift``: apply ``t`` (some channel's
     shift is below 33)."""
-    qmin, qmax, dt = params["qmin"], params["qmax"], params["out_dtype"]
     _, mult, pre, rounding, post = consts
 
     def rq(a):
@@ -108,12 +107,9 @@ def narrow_stage(acc, shape, acc_index, channel, consts, params, padded: bool, p
         v = acc(*a) << pre[ch] if pre_shift else acc(*a)
         high = ((i64(v) * i64(mult[ch])) >> tirx.const(32, "int64")).astype("int32")
         y = (high + rounding[ch]) >> post[ch]
-        return tirx.max(tirx.min(y, tirx.const(qmax, "int32")), tirx.const(qmin, "int32")).astype(dt)
+        return clamp_to(y, params)
 
-    if not padded:
-        return te.compute(shape, lambda *i: rq(acc_index(i)), name="y")
-    tile = te.compute(acc.shape, lambda *a: rq(a), name="y_tile")
-    return te.compute(shape, lambda *i: tile(*acc_index(i)), name="y")
+    return laid_out(rq, acc, shape, acc_index, padded)
 
 
 _REGISTERED: dict[tuple, str] = {}
