@@ -1,4 +1,4 @@
-"""The real detectors of docs/architecture.md ("Real models") on this CPU, peers side by side:
+"""The real detectors of docs/model-coverage.md ("Real models") on this CPU, peers side by side:
 tvm-qplugin int8 integer-only, ONNX Runtime fp32 and ONNX Runtime static int8 (QDQ, per-channel,
 same calibration inputs as ours).
 

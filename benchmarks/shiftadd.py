@@ -6,7 +6,7 @@
 2. ``cortexm``: the ViT's kernels alone in a C package under qemu (Cortex-M4 / M55, the
    instruction-count plugin): each linear shape as an int8 multiply and as a shift linear, and the
    add attention of one encoder block. (The whole ViT per variant on Cortex-M: `compile --target
-   qemu-mps2-an386 / qemu-mps3-an547`, figures in docs/architecture.md "Shift/add".)
+   qemu-mps2-an386 / qemu-mps3-an547`, figures in docs/transformers.md "Shift/add".)
 3. ``scaling``: add attention against softmax attention (``Q Kᵀ`` -> integer softmax -> ``P V``,
    the int8 path's kernels) on the host at sequence lengths 128, 256, 512 (4 heads, d = 32),
    timed interleaved; and add attention's instruction count on Cortex-M4 at the same lengths.

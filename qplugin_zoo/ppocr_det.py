@@ -59,7 +59,7 @@ def text_inputs(names: list[str], crops_per_photo: int = 0, seed: int = 0) -> np
 def calibration_inputs() -> np.ndarray:
     """The calibration set (30): each of :data:`CALIB_PHOTOS` whole plus two random crops, and two
     :func:`text_scenes` of each (text drawn on them lifted the worst map cosine, ``coins``, from
-    0.978 to 0.986; docs/architecture.md "Real models")."""
+    0.978 to 0.986; docs/model-coverage.md "Real models")."""
     return np.concatenate([text_inputs(CALIB_PHOTOS, crops_per_photo=2, seed=0), text_scenes(CALIB_PHOTOS, 2)])
 
 

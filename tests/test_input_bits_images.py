@@ -2,7 +2,7 @@
 so an int8 input (steps of 0.021) is coarser than the image's own 256 pixel levels (0.017), and an
 edge filter -- the first conv of most detectors -- amplifies that white noise (its output energy
 on a smooth image is far below ``|W|^2 |x|^2``). ``--input-bits 16`` removes it; this checks the
-gap on real photos (docs/architecture.md, "Real models", the PP-OCRv5 notes)."""
+gap on real photos (docs/model-coverage.md, "Real models", the PP-OCRv5 notes)."""
 from __future__ import annotations
 
 import numpy as np

@@ -9,7 +9,7 @@ as every random plan and uniform int4 and within a point of int8 (one digit is 0
 with the int4 weights rounded against their calibrated inputs, int4 and int8 both miss the same
 4 digits, so no plan can beat int4 on labels by more than a tie); on KL to fp32 -- the finer
 measure of the same digits -- it is strictly closer to the float model than uniform int4 and than
-every random plan that is not the ILP's own plan (docs/architecture.md "Mixed precision").
+every random plan that is not the ILP's own plan (docs/mixed-precision.md "Mixed precision").
 Extended: 14 distinct plans compiled (~2 min here)."""
 from __future__ import annotations
 

@@ -102,7 +102,7 @@ def test_groups_are_rounded_against_their_own_moments():
 
 
 def test_digits_cnn_conv_85_output_error_falls_with_the_calibrated_moments():
-    """The layer behind the digits CNN's mixed-precision acceptance (docs/architecture.md "Mixed
+    """The layer behind the digits CNN's mixed-precision acceptance (docs/mixed-precision.md "Mixed
     precision"): with its real input moments (the training digits) the layer's output error is
     well under half of round to nearest's on the same min-MSE scales."""
     with one_torch_thread():

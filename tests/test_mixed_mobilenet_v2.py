@@ -42,7 +42,7 @@ def test_hutchinson_spread_is_below_10_percent_on_the_top_layers_and_ranks_like_
     (within the benchmark's budget of HVPs), and there Omega(w4) ranks the layers like the direct
     KL(w4) (measured 0.76). Over all 53 layers it is 0.33: the other layers' traces keep the
     pilot's whole-model noise, and the direct measure rounds int4 with error feedback where Omega
-    models round to nearest (docs/architecture.md, "Hutchinson spread")."""
+    models round to nearest (docs/mixed-precision.md, "Hutchinson spread")."""
     spread = {n: sens.trace_w_spread[n] for n in sens.top_layers}
     assert len(spread) >= 14 and all(v < 0.1 for v in spread.values()), (sens.probes, spread)
     assert sens.probes <= SETTINGS["probes"]
@@ -86,7 +86,7 @@ def test_mixed_beats_uniform_int4(compiled):
 
 @pytest.mark.xfail(strict=True, reason="open (stop 25): the product's plan (direct, by the auto check's KL "
                    "tie-break) agrees on 221 crops, the best random plan by simulation on 222 (its KL to fp32 40 % "
-                   "higher); the opt-in refinement's plan 220; docs/architecture.md 'Mixed precision', stop 25")
+                   "higher); the opt-in refinement's plan 220; docs/mixed-precision.md 'Mixed precision', stop 25")
 def test_mixed_beats_the_best_random_plan(compiled):
     _, _, reports = compiled
     acc = {k: r["accuracy"]["value"] for k, r in reports.items()}

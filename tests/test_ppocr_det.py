@@ -7,7 +7,7 @@ Compiled as qplugin_zoo/ppocr_det.py's COMPILE_OPTIONS say: a 16-bit input. At 8
 normalised image (range ~[-2.1, 2.6]) is quantized more coarsely than its own 256 pixel levels, and
 this network amplifies that white noise (per-tensor SQNR 47 dB at the input, 32 dB after the first
 conv, 5 dB in the FPN neck): the page map's cosine was 0.88, text-mask IoU 0.77. The figures of
-docs/architecture.md ("Real models") come from this test's log."""
+docs/model-coverage.md ("Real models") come from this test's log."""
 from __future__ import annotations
 
 import logging

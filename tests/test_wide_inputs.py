@@ -214,7 +214,7 @@ def test_narrowed_consumers_on_the_avx2_target(model, calib):
 
 @pytest.mark.extended
 def test_mobilenet_v2_auto_keeps_every_confident_crop():
-    """MobileNetV2 under ``auto`` (docs/architecture.md, "Width of the residual stream's consumers"):
+    """MobileNetV2 under ``auto`` (docs/precision.md, "Width of the residual stream's consumers"):
     bit-exact, some expansion convs narrowed -- on the byte dot product -- and the 256 real crops
     still agree with fp32 as under 16 within one crop (88.7 % -> 88.3 %), every confident crop kept."""
     from qplugin_zoo import imagenet_calib_eval, mobilenet_v2_onnx

@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "uint8 at 2^-8, in our arithmetic)")
     c.add_argument("--attention", default="int8", help="int8 | shiftadd (ShiftAddViT: add attention + shift linears)")
     c.add_argument("--shift-linears", default=None, help="off | rule | all: power-of-two linears (default: rule "
-                   "with --attention shiftadd, else off; docs/architecture.md \"Shift/add\")")
+                   "with --attention shiftadd, else off; docs/transformers.md \"Shift/add\")")
     c.add_argument("--primitive", action="append", default=[], metavar="LAYER=int8|shift",
                    help="per-layer override of the shift/add rule (LAYER as in report.json layers[].name)")
     c.add_argument("--input-shape", action="append", default=[], metavar="NAME=D1,D2,...")

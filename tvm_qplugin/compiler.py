@@ -206,7 +206,7 @@ def resolve_layer_bits(precision: str, layers: list[WeightedLayer], names_matche
     with ``layer_bits`` (the user's, or the mixed-precision ILP's) on top, each entry checked.
 
     int8: all (8, 8). int4: all (4, 8) but the first and last layer, which stay (8, 8) unless
-    ``layer_bits`` names them (HAWQ's convention, docs/architecture.md "Precision: int4").
+    ``layer_bits`` names them (HAWQ's convention, docs/precision.md "Precision: int4").
     mixed: the plan itself (the user's ``--layer-bits`` or :func:`mixed_precision_plan`'s) over int8.
     """
     check_plan(layer_bits or {}, layers, names_matched)

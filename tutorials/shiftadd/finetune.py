@@ -2,7 +2,7 @@
 
 Post-training, ``--attention shiftadd`` swaps each softmax attention for Hamming add attention and
 the linears for power-of-two ones: the shift linears cost the digits ViT well under a point, the
-add attention costs it most of its accuracy (docs/architecture.md, "Shift/add"). This helper
+add attention costs it most of its accuracy (docs/transformers.md, "Shift/add"). This helper
 loads the shipped float ViT (examples/digits_vit.onnx) into the model of
 examples/train_digits_vit.py, then fine-tunes it for a few epochs with the *same* arithmetic the compiled kernels run -- power-of-two weights
 (quant/pow2.py's rounding) and add attention (ops/shiftadd.py: codes of ``x > mean(x)``, scores

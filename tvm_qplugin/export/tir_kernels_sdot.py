@@ -227,7 +227,7 @@ def _pointwise_tile(sp) -> tuple:
     pixels pass: one load of x per 4 ``sdot``). Otherwise 8 channels where 8 | n (each load of x
     feeds 8 ``sdot``) by 8 pixels (each load of w feeds 8), or by 12 where the groups of 4 pixels
     come in threes, not pairs (6x6 maps: 9 groups; 3x3 maps: one tile, 9 live lanes, no ``sdot``
-    on the 3 past the map). Measured on MobileNetV2-96's layers (docs/architecture.md)."""
+    on the 3 past the map). Measured on MobileNetV2-96's layers (docs/mcu-export.md)."""
     mtile = (sp.m + 3) // 4
     if sp.k <= SMALL_K:
         return 1, 1

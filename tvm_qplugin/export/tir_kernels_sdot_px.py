@@ -20,7 +20,7 @@ the dot products. Here an accumulator holds 4 pixels of one channel:
 
 Offered where 16 | m, n k <= :data:`PX_MAX_NK`, every shift >= 31 and 8/16-bit outputs
 (:func:`px_applies`); :func:`.tir_kernels_sdot.sdot_module` dispatches here, the package and the
-kernel choice still call it ``sdot4x4``. Measured on MobileNetV2-96 (docs/architecture.md): lv2
+kernel choice still call it ``sdot4x4``. Measured on MobileNetV2-96 (docs/mcu-export.md): lv2
 0.167 -> 0.114 instructions/MAC, the 24x24 and 12x12 projections 0.104-0.117 -> 0.090-0.097.
 """
 from __future__ import annotations

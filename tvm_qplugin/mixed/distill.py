@@ -5,7 +5,7 @@ Gradient descent on the *input* (through the float model, PyTorch twin: torch_gr
 the batch mean and standard deviation of each BN input towards those stored values (ZeroQ's
 "distilled data"); the calibrator then observes ranges on these inputs as on real ones.
 
-Two additions to ZeroQ, each for a range it gets wrong on MobileNetV2 (docs/architecture.md):
+Two additions to ZeroQ, each for a range it gets wrong on MobileNetV2 (docs/mixed-precision.md):
 the inputs stay inside the preprocessing's value range when the user gives it (unbounded
 synthetic pixels made the input scale 2.5x coarser than real crops need), and a classifier's
 inputs are also pushed towards a random class each (DeepInversion's term), or the logits
@@ -42,7 +42,7 @@ DEFAULT_SAMPLES = 16
 # loss falls alike), then the inputs upsampled to the model's size and FINE_ITERATIONS steps there,
 # which restore the fine detail the first layers' statistics (and the logits' range) ask for.
 # MobileNetV2, 16 inputs: 40 steps at 112x112 + 8 at 224x224 take 33 CPU-s (60 steps at 224x224:
-# ~100) and calibrate as well (85.9 vs 85.5 % agreement; docs/architecture.md "Mixed precision").
+# ~100) and calibrate as well (85.9 vs 85.5 % agreement; docs/mixed-precision.md "Mixed precision").
 DEFAULT_ITERATIONS = 40
 FINE_ITERATIONS = 8
 COARSE = 2

@@ -88,7 +88,7 @@ def plan_model(model, calib: dict, budget, labels=None, method: str = "auto", la
     swaps at the same budget on the held-out calibration samples (refine.py); ``Plan.refinement``
     says what they did. Off by default: on MobileNetV2 (the one model where it moved the plan)
     the 10 % lower held-out KL did not carry over to the 256 evaluation crops (compiled: KL to
-    fp32 0.0423 vs 0.0403, one crop less agreement; docs/architecture.md "Mixed precision")."""
+    fp32 0.0423 vs 0.0403, one crop less agreement; docs/mixed-precision.md "Mixed precision")."""
     if method not in PLAN_METHODS:
         raise QPluginError(f"sensitivity method {method!r}: choose one of {', '.join(PLAN_METHODS)}")
     sens = sensitivity(model, calib, labels, **sensitivity_options)

@@ -1,5 +1,5 @@
 """Refinement of the ILP's plan by measured swaps at the same budget (after HAWQ-V3's ILP).
-Opt-in: ``plan.plan_model(refine=True)``; why not the default, measured: docs/architecture.md.
+Opt-in: ``plan.plan_model(refine=True)``; why not the default, measured: docs/mixed-precision.md.
 
 Why: the ILP's objective is additive -- each layer's sensitivity is measured with every other
 layer at full precision (or, for Omega, from a block of the Hessian) and the plan's cost is their

@@ -135,7 +135,7 @@ class IntegerizeContext:
         was narrowed from (None when read as is). Only an int16 input (the residual stream) can be
         narrowed: the stream itself keeps its 16 bits for the adds and the skip path; this one
         consumer gets its own 8-bit requantization, so its kernel multiplies bytes (vpdpbusd) instead
-        of words (vpdpwssd) -- the precision / speed trade-off of docs/architecture.md."""
+        of words (vpdpwssd) -- the precision / speed trade-off of docs/precision.md."""
         if x.qtype is None or x.qtype.dtype != "int16":
             return x, None
         if self.config.wide_input_bits == 8 or layer in self.config.narrowed_inputs:

@@ -3,7 +3,7 @@ against the layer's calibrated inputs) and the two-per-byte storage.
 
 Why packed int8 bytes and not TVM's ``int4`` dtype: TVM 0.27 refuses to run it and its TIR reads
 one value per byte of what the runtime packs two per byte -- silently wrong results
-(docs/architecture.md "Precision: int4"). So every int4 weight tensor of the integer module is an
+(docs/precision.md "Precision: int4"). So every int4 weight tensor of the integer module is an
 ``int8`` array of shape ``(rows, ceil(K / 2))`` and the kernels (ops/int4_linear.py, the C
 package's ``qk_unpack_s4``) widen it themselves.
 
@@ -96,7 +96,7 @@ def round_with_error_feedback(w: np.ndarray, scale: np.ndarray, moments: np.ndar
     Why not round to nearest: a layer's inputs are correlated (neighbouring pixels, channels after
     a ReLU), so independent rounding errors add up in the output where correlated corrections
     cancel. On the digits CNN's ``node_Conv_85`` (4 608 weights, the layer every midway plan
-    lowers) the output error falls 3.8x and the compiled network's KL to fp32 3.8x (docs/architecture.md
+    lowers) the output error falls 3.8x and the compiled network's KL to fp32 3.8x (docs/mixed-precision.md
     "Mixed precision"). Returns int8 codes in [-7, 7]."""
     groups, k = moments.shape[0], moments.shape[1]
     assert w.shape[1] == k and w.shape[0] % groups == 0, (w.shape, moments.shape)

@@ -43,7 +43,7 @@ int64 (``Q Kᵀ``): ``mul.wide.s32`` + a 64-bit add. Splitting int16 into a sign
 unsigned low byte (``x = 256 * hi + lo``) for two ``__dp4a`` per four MACs would reach ~0.7 as
 well, but it rewrites the computation (byte planes, two accumulators, their recombination)
 instead of scheduling the op's TIR, and gains nothing on int16 x int16 -- so it is not done.
-On an H200 (docs/architecture.md, "CUDA"): bit-exact; MiniLM's FFN up 34.5x faster than the
+On an H200 (docs/cuda.md, "CUDA"): bit-exact; MiniLM's FFN up 34.5x faster than the
 fallback, its attention matmuls 1.7-2x.
 """
 from __future__ import annotations

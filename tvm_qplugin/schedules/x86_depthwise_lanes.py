@@ -31,7 +31,7 @@ from .x86_requant import (
 )
 
 # Taken where it measured faster than the pixel-lane rule (benchmarks/x86_depthwise.py --before
-# pixel-lanes, one thread, interleaved, bit-exact; docs/architecture.md "Depthwise on channel lanes"):
+# pixel-lanes, one thread, interleaved, bit-exact; docs/kernels.md "Depthwise on channel lanes"):
 # output rows of at most MAX_OUT_WIDTH pixels, and on the 256-bit ISAs (8 lanes: a 7-pixel row already
 # fills 7 of 8) stride 1 only. MobileNetV2, AVX-512 VNNI: 960 x 7 x 7 2.6x, 576 x 14 x 14 s2 1.3x;
 # 14 x 14 s1 0.69-0.83x and 28 x 28 s2 0.69-0.72x (rows of 14: the pixel lanes are full, the transposes

@@ -8,7 +8,7 @@ gather reads back. The conv's gather (x86_conv_gather.py) touches every input el
 ``conv2d_requant_narrowed`` kernel (ops/conv_narrowed.py) whose gather reads the int16 tensor and
 requantizes it in registers on the way in -- the same integers (the requantize's own rounding and
 clamp, computed in int32 arithmetic: x86_conv_gather._narrowed_int32), one pass over the input
-fewer and no launch. Measured against the alternatives (docs/architecture.md): the same gather with
+fewer and no launch. Measured against the alternatives (docs/kernels.md): the same gather with
 the requantize's int64 product was slower than the separate kernel on AVX2 (no 64-bit multiply),
 and a narrowing stage inside the PrimFunc ahead of the gather (a full-size 8-bit buffer again)
 was slower on the large planes.

@@ -1,4 +1,4 @@
-"""MetaSchedule as the product's tuner (docs/architecture.md "Tuning").
+"""MetaSchedule as the product's tuner (docs/tuning.md "Tuning").
 
 ``tvm-qplugin tune`` / :func:`tvm_qplugin.tuning.tuner.tune` searches schedules for a model's
 integer kernels and stores the verified ones in a database per board and ISA level;

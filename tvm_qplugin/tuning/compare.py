@@ -3,7 +3,7 @@ timing both *interleaved*: same process, same inputs, alternating, several round
 
 Why: the tune used to time the default once at the task's start and each candidate later, alone;
 on a shared machine the load between the two decides the comparison (a record 4.1x slower than
-the default was applied, docs/architecture.md "Tuning"). Alternating the two in short rounds puts
+the default was applied, docs/tuning.md "Tuning"). Alternating the two in short rounds puts
 both under the same load; the median of the rounds drops the rounds a burst hit.
 """
 from __future__ import annotations
