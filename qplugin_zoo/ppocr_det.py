@@ -20,7 +20,7 @@ DB_THRESH = 0.3
 # ``coins`` (lettering), ``rocket`` (a few letters: 30 text pixels) and ``text`` (none at this size)
 CALIB_PHOTOS = ["page", "text", "camera", "coffee", "motorcycle_left", "china"]
 EVAL_PHOTOS = ["page", "text", "coins", "rocket"]
-# how the test and benchmarks/detector_cpu.py compile it: a 16-bit input (docs/architecture.md,
+# how the test and benchmarks/detector_cpu.py compile it: a 16-bit input (docs/model-coverage.md,
 # "Real models": at 8 bits the normalised image is quantized more coarsely than its own 256 pixel
 # levels, and this network amplifies that white noise: the page map's cosine 0.88 -> 0.99)
 COMPILE_OPTIONS = {"input_shapes": [INPUT_SHAPE], "input_bits": 16}

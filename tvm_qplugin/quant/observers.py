@@ -104,7 +104,7 @@ def mse_threshold(h: Histogram, qmax: int) -> float:
 
 
 OBSERVERS = {"minmax": minmax_threshold, "percentile": percentile_threshold, "mse": mse_threshold}
-DEFAULT_OBSERVER = "percentile"  # 99.999: best MobileNetV2 agreement (docs/architecture.md); the one default
+DEFAULT_OBSERVER = "percentile"  # 99.999: best MobileNetV2 agreement (docs/performance.md); the one default
 
 
 def calibrated_range(h: Histogram, method: str) -> tuple[float, float]:

@@ -116,7 +116,7 @@ def softmax_format_of(dtype: str) -> SoftmaxFormat:
 class NonlinearScheme:
     """How a compile integerizes softmax, GELU and LayerNorm (``--nonlinear``, ``--gelu``,
     ``--softmax-bits``), validated once. ``exp_poly`` 2 refines ShiftExp's ``log2 e`` and ``2**p``
-    (docs/architecture.md); 1 is the paper's formula. I-BERT's i-exp has no such refinement.
+    (docs/transformers.md); 1 is the paper's formula. I-BERT's i-exp has no such refinement.
 
     A paper variant (``ivit-paper``, ``ibert-paper``) fixes all three: its GELU is the paper's, its
     softmax 8-bit, its exponential unrefined, so ``gelu`` / ``softmax_bits`` / ``exp_poly`` are set

@@ -17,7 +17,7 @@ instructions under qemu, keep only candidates that are bit-exact (issue 11, deli
   ``run_secs`` is instructions x 1e-9 (one instruction per nanosecond): MetaSchedule ranks by it.
 
 On a real board the same runner interface applies with the harness run over ssh / serial instead
-of qemu (documented in docs/architecture.md); only the emulated route is built here.
+of qemu (docs/mcu-export.md, "Tuning under qemu"); only the emulated route is built here.
 """
 from __future__ import annotations
 
