@@ -33,3 +33,11 @@ def test_mixed_precision_compiles_the_ilp_plan_under_the_size_budget(digits):
     widths = [layer["w_bits"] for layer in rep["layers"] if layer["op"] in ("conv2d", "dense")]
     assert 4 in widths and 8 in widths, widths
     assert rep["accuracy"]["top1_int"] >= int8.report["accuracy"]["top1_int"] - 0.01
+    # the sensitivities the ILP chose from are in the report (DESIGN.md's layers[].sensitivity),
+    # per ONNX node: the int4 layers are the ones whose direct KL at 4 bits the plan could afford
+    weighted = [layer for layer in rep["layers"] if layer["op"] in ("conv2d", "dense")]
+    for layer in weighted:
+        sens = layer["sensitivity"]
+        assert set(sens) == {"hessian_trace", "trace_spread", "omega", "kl"}, layer["name"]
+        assert sens["kl"]["4"] >= 0 and sens["kl"]["8"] >= 0 and set(sens["omega"]) >= {"4", "8"}
+    assert all(layer["sensitivity"] is None for layer in int8.report["layers"])

@@ -129,6 +129,7 @@ class IntegerFront:
     layers: list[WeightedLayer]   # conv / dense layers with their ONNX node names (quant/precision.py)
     layer_bits: dict          # {onnx node: (w_bits, a_bits)}: resolve_layer_bits's plan
     wide_plan: WidePlan | None = None  # what each int16 input's consumer reads (--wide-inputs)
+    sensitivity: object = None  # mixed.sensitivity.Sensitivity behind the ILP's plan (report layers[].sensitivity)
 
 
 def integer_front(model, opts: CompileOptions, tvm_target: tvm.target.Target, calib, input_shapes=None,
@@ -167,10 +168,11 @@ def integer_front(model, opts: CompileOptions, tvm_target: tvm.target.Target, ca
             raise name_onnx_nodes(e, imported.onnx_model) from None
 
     imod = integerize_with(plan)
+    sens = None
     if needs_ilp:  # the ILP's plan (mixed/), costed against the constants this int8 graph really holds
         held = weight_bytes(imod.mod[integer_function(opts.int_io)]) - sum(layer.weight_size for layer in layers)
-        plan = resolve_layer_bits("mixed", layers, names_matched,
-                                  mixed_precision_plan(model, calib_ds, opts.budget, held))
+        ilp_bits, sens = mixed_precision_plan(model, calib_ds, opts.budget, held)
+        plan = resolve_layer_bits("mixed", layers, names_matched, ilp_bits)
         imod = integerize_with(plan)
     consumers = consumers_of(imod, layers)
     if opts.wide_inputs == "auto":  # measured on the calibration data, then integerized once more
@@ -180,7 +182,7 @@ def integer_front(model, opts: CompileOptions, tvm_target: tvm.target.Target, ca
             imod = integerize_with(plan, wide_plan.narrowed)
     else:
         wide_plan = fixed_plan(consumers, int(opts.wide_inputs))
-    return IntegerFront(imported, float_mod, runner, calib_ds, eval_ds, imod, layers, plan, wide_plan)
+    return IntegerFront(imported, float_mod, runner, calib_ds, eval_ds, imod, layers, plan, wide_plan, sens)
 
 
 #: activation widths the integer conv / dense kernels take in a mixed plan (quant/precision.py also
@@ -188,16 +190,19 @@ def integer_front(model, opts: CompileOptions, tvm_target: tvm.target.Target, ca
 MIXED_A_BITS = (8,)
 
 
-def mixed_precision_plan(model, calib_ds: Dataset, budget: Budget, other_bytes: int) -> dict[str, tuple[int, int]]:
+def mixed_precision_plan(model, calib_ds: Dataset, budget: Budget, other_bytes: int):
     """``--precision mixed`` without ``--layer-bits``: per-layer widths from the ILP (mixed/plan.py,
     ``method="auto"``: the Hessian and the direct sensitivity plans, the better one on held-out
-    calibration samples) under ``--budget`` (size / bops), on the calibration data.
+    calibration samples) under ``--budget`` (size / bops), on the calibration data, and the
+    sensitivities it was solved from (the report's ``layers[].sensitivity``).
     ``other_bytes``: the constants besides the conv / dense weights (biases, multipliers, shifts,
-    tables) that ``--budget size=`` counts too, so the ILP's sizes are the compile's."""
-    from .mixed.plan import resolve_layer_bits as ilp_layer_bits
+    tables) that ``--budget size=`` counts too, so the ILP's sizes are the compile's.
+    Returns ``({onnx node: (w_bits, a_bits)}, Sensitivity)``."""
+    from .mixed.plan import plan_model
 
-    return ilp_layer_bits(str(model), calib_ds.arrays, budget, labels=calib_ds.labels, a_bits=MIXED_A_BITS,
-                          other_bytes=other_bytes)
+    plan, _, sens = plan_model(str(model), calib_ds.arrays, budget, labels=calib_ds.labels, a_bits=MIXED_A_BITS,
+                               other_bytes=other_bytes)
+    return plan.bits, sens
 
 
 def resolve_layer_bits(precision: str, layers: list[WeightedLayer], names_matched: bool = True,
@@ -297,6 +302,8 @@ def compile(model: str | Path, target: str = "x86-host", calib=None, eval=None, 
                               isa=None if c_route else isa_key(tvm_target))
     report.record_tuning(art.report, *tuning.report(built_module(art), imod.layers))  # the kernels built
     report.record_onnx_nodes(art.report, {layer.var_name: layer.onnx_node for layer in front.layers})
+    if front.sensitivity is not None:
+        report.record_sensitivity(art.report, front.sensitivity)
     annotate_report(art.report, imod, iv)
     if not c_route and not cuda_route:
         add_kernel_times(art, imod, runs=3)

@@ -61,6 +61,19 @@ def record_onnx_nodes(r: dict, names: dict[str, str]) -> None:
         layer["onnx_node"] = names.get(layer["name"])
 
 
+def record_sensitivity(r: dict, sens) -> None:
+    """``layers[].sensitivity`` of a ``--precision mixed`` compile: what the ILP chose from, per layer
+    (``sens``: mixed.sensitivity.Sensitivity, keyed by ONNX node; needs ``record_onnx_nodes`` first).
+    HAWQ's Hessian trace per weight (Tr/n) with its estimator's relative standard error, Omega and the
+    direct output KL per weight width -- both measures, since ``auto`` picks between their plans."""
+    for layer in r["layers"]:
+        node = layer.get("onnx_node")
+        if node not in sens.trace_w:
+            continue
+        layer["sensitivity"] = {"hessian_trace": sens.trace_w[node], "trace_spread": sens.trace_w_spread.get(node),
+                                "omega": sens.omega_w.get(node), "kl": sens.direct_w.get(node)}
+
+
 def record_c_package(r: dict, res: dict, board) -> None:
     """Memory, emulated bit-exactness and instruction counts of the exported C package (``res``:
     what ``export.export_mcu`` returns). The board runs emulated, so there is no latency."""
