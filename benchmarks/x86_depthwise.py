@@ -21,6 +21,8 @@ of ``TVM_NUM_THREADS`` (default: all cores).
 ``--before no-narrow``: "before" is the registered rules with AVX2's narrow epilogue
 (x86_requant_narrow, in both pixel-lane rules), the row pairs' 8-pair unpacking and their even steps off
 (``NARROW_FLAGS``), "after" as registered.
+``--before no-narrow-wide``: "before" is the registered rules with the narrow epilogue kept to AVX2
+(``NARROW_WIDE_FLAGS``: the VNNI / AVX-VNNI pixel-lane kernels on x86_requant's), "after" as registered.
 ``--whole-model``: MobileNetV2 batch 1 (compiled here, shipped database) built with and without a
 rule -- ``--without channel-lanes`` (``x86_depthwise_lanes.MAX_OUT_WIDTH = 0``), ``narrow``
 (``NARROW_FLAGS``) or ``row-pairs``
@@ -93,6 +95,8 @@ class OneRowTiles:
 # The AVX2 epilogue and pair-pass changes of issue 9's stop 26, as module flags: off = before them.
 NARROW_FLAGS = [(x86_depthwise, "NARROW", False), (x86_depthwise_pairs, "NARROW", False),
                 (x86_depthwise_pairs, "UNPACK_ROWS", False), (x86_depthwise_pairs, "STACK_BYTES", 1 << 30)]
+# the narrow epilogue on the VNNI / AVX-VNNI pixel-lane rule (issue 9, stop 27): off = before it
+NARROW_WIDE_FLAGS = [(x86_depthwise, "NARROW_WIDE", False)]
 
 
 class FlagsOff:
@@ -177,7 +181,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dtype", default="uint8", choices=["uint8", "int8", "int16"])
     ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--before", choices=["plain", "one-row", "pixel-lanes", "no-row-pairs", "no-narrow"], default="plain")
+    ap.add_argument("--before", choices=["plain", "one-row", "pixel-lanes", "no-row-pairs", "no-narrow", "no-narrow-wide"],
+                    default="plain")
     ap.add_argument("--targets", nargs="+", choices=["native", "avx2"], default=["native", "avx2"])
     ap.add_argument("--whole-model", action="store_true")
     ap.add_argument("--runs", type=int, default=20, help="--whole-model: calls per engine per round")
@@ -195,7 +200,10 @@ def main() -> None:
                                  x86_depthwise.DepthwiseConv2DTensorized()],
                 "no-narrow": [FlagsOff(NARROW_FLAGS, [x86_depthwise_lanes.DepthwiseChannelLanes(),
                                                       x86_depthwise_pairs.DepthwiseRowPairs(),
-                                                      x86_depthwise.DepthwiseConv2DTensorized()])]}[args.before]
+                                                      x86_depthwise.DepthwiseConv2DTensorized()])],
+                "no-narrow-wide": [FlagsOff(NARROW_WIDE_FLAGS, [x86_depthwise_lanes.DepthwiseChannelLanes(),
+                                                                x86_depthwise_pairs.DepthwiseRowPairs(),
+                                                                x86_depthwise.DepthwiseConv2DTensorized()])]}[args.before]
     targets = {name: {"native": tvm.target.Target.from_device(tvm.cpu()), "avx2": AVX2_TARGET}[name]
                for name in args.targets}
     threads = int(os.environ.get("TVM_NUM_THREADS", os.cpu_count()))
@@ -226,7 +234,8 @@ def main() -> None:
     before = {"plain": "TVM's default loops", "one-row": "DepthwiseConv2DTensorized, one row per tile",
               "pixel-lanes": "DepthwiseConv2DTensorized alone (no channel lanes)",
               "no-row-pairs": "DepthwiseChannelLanes + DepthwiseConv2DTensorized (no row pairs)",
-              "no-narrow": "the registered rules without the narrow epilogue and the unpacked row pairs"}[args.before]
+              "no-narrow": "the registered rules without the narrow epilogue and the unpacked row pairs",
+              "no-narrow-wide": "the registered rules without the narrow epilogue on VNNI / AVX-VNNI"}[args.before]
     res["note"] = ("medians of interleaved runs; the machine is shared and noisy, so absolute figures move between "
                    f"runs; before = {before}, after = the registered rules (rule: the one that took it)")
     print(json.dumps(res, indent=2))

@@ -24,6 +24,7 @@ proves it per call at compile time (None: keep x86_requant's epilogue).
 from __future__ import annotations
 
 import numpy as np
+import tvm
 from tvm import te, tirx
 from tvm.s_tir import SBlock, Schedule, TensorIntrin
 from tvm.script import tirx as T
@@ -81,13 +82,13 @@ def narrow_or_exact(calls, geo, exact, packing):
     return packing("narrow_shift" if any(f[2].any() for f in found) else "narrow")
 
 
-def info_epilogue_intrin(lanes: int, info: dict) -> str:
+def info_epilogue_intrin(lanes: int, info: dict, acc_scope: str = "global", grouped: bool = False) -> str:
     """The epilogue intrinsic of a packed kernel whose info names its ``epilogue`` (absent:
-    x86_requant's)."""
+    x86_requant's, the only one with a ``grouped`` form)."""
     epilogue = info.get("epilogue", "exact")
     if epilogue == "exact":
-        return epilogue_intrin(lanes, info["requant"])
-    return narrow_epilogue_intrin(lanes, info["requant"], epilogue == "narrow_shift")
+        return epilogue_intrin(lanes, info["requant"], acc_scope, grouped)
+    return narrow_epilogue_intrin(lanes, info["requant"], epilogue == "narrow_shift", acc_scope)
 
 
 def narrow_placeholders(channels: int):
@@ -115,13 +116,14 @@ def narrow_stage(acc, shape, acc_index, channel, consts, params, padded: bool, p
 _REGISTERED: dict[tuple, str] = {}
 
 
-def narrow_epilogue_intrin(lanes: int, params: dict, pre_shift: bool) -> str:
-    """:func:`narrow_stage` on ``lanes`` accumulators of one channel as a tensor intrinsic: the
+def narrow_epilogue_intrin(lanes: int, params: dict, pre_shift: bool, acc_scope: str = "global") -> str:
+    """:func:`narrow_stage` on ``lanes`` accumulators of one channel (in a buffer of ``acc_scope``:
+    the groups-1 conv's long-K tile is ``local``) as a tensor intrinsic: the
     description is the TE expression (so only kernels whose epilogue is exactly it match), the
     implementation computes the high words on even / odd qwords as ``x86_requant.epilogue_intrin``
     does. Registered on first use."""
     qmin, qmax, dt = params["qmin"], params["qmax"], params["out_dtype"]
-    key = (lanes, qmin, qmax, dt, pre_shift)
+    key = (lanes, qmin, qmax, dt, pre_shift, acc_scope)
     if key in _REGISTERED:
         return _REGISTERED[key]
     acc = te.placeholder((lanes,), "int32", name="acc")
@@ -129,10 +131,12 @@ def narrow_epilogue_intrin(lanes: int, params: dict, pre_shift: bool) -> str:
     y = narrow_stage(acc, (lanes,), lambda i: i, lambda a: 0, consts, params, False, pre_shift)
     used = (consts[1], consts[2], consts[3], consts[4]) if pre_shift else (consts[1], consts[3], consts[4])
     desc = _with_root_regions(te.create_prim_func([acc, *used, y]))
+    if acc_scope != "global":
+        desc = desc.specialize({desc.params[0]: tvm.tirx.decl_buffer((lanes,), "int32", "acc", scope=acc_scope)})
 
     @T.prim_func(s_tir=True)
     def with_shift(a: T.handle, m: T.handle, p: T.handle, r: T.handle, q: T.handle, o: T.handle) -> None:
-        A = T.match_buffer(a, (lanes,), "int32", offset_factor=1)
+        A = T.match_buffer(a, (lanes,), "int32", offset_factor=1, scope=acc_scope)
         M = T.match_buffer(m, (1,), "int32", offset_factor=1)
         P = T.match_buffer(p, (1,), "int32", offset_factor=1)
         R = T.match_buffer(r, (1,), "int32", offset_factor=1)
@@ -146,7 +150,7 @@ def narrow_epilogue_intrin(lanes: int, params: dict, pre_shift: bool) -> str:
 
     @T.prim_func(s_tir=True)
     def without_shift(a: T.handle, m: T.handle, r: T.handle, q: T.handle, o: T.handle) -> None:
-        A = T.match_buffer(a, (lanes,), "int32", offset_factor=1)
+        A = T.match_buffer(a, (lanes,), "int32", offset_factor=1, scope=acc_scope)
         M = T.match_buffer(m, (1,), "int32", offset_factor=1)
         R = T.match_buffer(r, (1,), "int32", offset_factor=1)
         Q = T.match_buffer(q, (1,), "int32", offset_factor=1)
@@ -158,7 +162,8 @@ def narrow_epilogue_intrin(lanes: int, params: dict, pre_shift: bool) -> str:
                                                              lanes, qmin, qmax, dt)
 
     impl = with_shift if pre_shift else without_shift
-    name = f"qplugin_narrow_epilogue_{lanes}_{qmin}_{qmax}_{dt}_{int(pre_shift)}"
+    name = f"qplugin_narrow_epilogue_{lanes}_{qmin}_{qmax}_{dt}_{int(pre_shift)}" + \
+        ("" if acc_scope == "global" else f"_{acc_scope}")
     TensorIntrin.register(name, desc, impl, override=True)
     _REGISTERED[key] = name
     return name
