@@ -51,7 +51,8 @@ from .x86_requant import (
     _requant_stage,
     _tensorized_epilogue_at,
 )
-from .x86_requant_narrow import info_epilogue_intrin, narrow_consts, narrow_or_exact, narrow_placeholders, narrow_stage, starting_at_bias
+from .x86_requant_narrow import (NarrowCheck, info_epilogue_intrin, narrow_or_exact, narrow_placeholders, narrow_stage,
+                                 starting_at_bias)
 
 OFFSET = 128  # s8 activation + 128 = u8 (the operand vpdpbusd reads unsigned)
 
@@ -71,25 +72,6 @@ def _constant_output(params: dict) -> bool:
 def _fits_int32(act_dtype: str, k: int, offset: int) -> bool:
     """The (offset) int32 sum cannot overflow: ``(max|x| + offset) * 128 * K < 2**31``."""
     return (abs_max(act_dtype) + offset) * 128 * k < 2**31
-
-
-@dataclasses.dataclass(frozen=True)
-class _NarrowCheck:
-    """x86_requant_narrow's per-call proof for a kernel whose weights are ``[O, ...]`` (the
-    ``geo`` of ``narrow_or_exact``)."""
-
-    adt: str
-    off: int
-
-    def narrow_constants(self, consts) -> list | None:
-        w2d = consts[0].reshape(consts[0].shape[0], -1)
-        return narrow_consts(w2d, *consts[1:4], self.adt, self.off, w2d.shape[0])
-
-    def accepts(self, epilogue: str):
-        def accepts(consts) -> bool:
-            found = self.narrow_constants(consts)
-            return found is not None and (epilogue == "narrow_shift" or not found[2].any())
-        return accepts
 
 
 class TensorizedRule:
@@ -126,7 +108,7 @@ class TensorizedRule:
         from the constants of all the kernel's calls (``narrow_or_exact``), as the depthwise rule does."""
         if exact is None or isa.name not in self.narrow_isas:
             return exact
-        check = _NarrowCheck(shapes[0][1], _offset(isa, shapes[0][1]))
+        check = NarrowCheck(shapes[0][1], _offset(isa, shapes[0][1]))
         return dataclasses.replace(exact, for_calls=lambda calls: narrow_or_exact(
             calls, check, exact, lambda kind: self.pack_for(func, params, shapes, isa, epilogue=kind)))
     byte_pairs = False  # whether pack_for takes AVX2's vpmaddubsw (x86_byte_pairs.py) where the weights allow
@@ -347,7 +329,7 @@ class Conv2DTensorized(TensorizedRule):
                 "requant": {key: params[key] for key in ("qmin", "qmax", "out_dtype")}}
         if epilogue != "exact":   # absent for x86_requant's (the kernels and their records before it)
             info["epilogue"] = epilogue
-        check = _NarrowCheck(adt, off)
+        check = NarrowCheck(adt, off)
         if not flat:
             info["row_parts"] = _border_parts(oh, pbuf // ow, h, kh, sh, dh, pt)
             info["col_parts"] = _border_parts(ow, ow, w, kw, sw, dw, pl)

@@ -23,6 +23,8 @@ proves it per call at compile time (None: keep x86_requant's epilogue).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import tvm
 from tvm import te, tirx
@@ -51,6 +53,26 @@ def narrow_consts(w2d: np.ndarray, bias, mult, shift, act_dtype: str, offset: in
         padded[: len(value)] = value
         out.append(padded)
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class NarrowCheck:
+    """The per-call proof (:func:`narrow_consts`) for a kernel whose weights are ``[O, ...]`` and
+    whose activations are ``adt`` with the dot's ``off``: the ``geo`` of :func:`narrow_or_exact`
+    and the ``accepts`` of its packings (x86_int8's groups-1 conv)."""
+
+    adt: str
+    off: int
+
+    def narrow_constants(self, consts) -> list | None:
+        w2d = consts[0].reshape(consts[0].shape[0], -1)
+        return narrow_consts(w2d, *consts[1:4], self.adt, self.off, w2d.shape[0])
+
+    def accepts(self, epilogue: str):
+        def accepts(consts) -> bool:
+            found = self.narrow_constants(consts)
+            return found is not None and (epilogue == "narrow_shift" or not found[2].any())
+        return accepts
 
 
 def starting_at_bias(func, block: str, bias: str, channel_index: int):
