@@ -54,6 +54,8 @@ from tvm_qplugin.peak import peak_gmacs
 from tvm_qplugin.schedules import x86_depthwise, x86_depthwise_lanes, x86_depthwise_pairs
 from tvm_qplugin.schedules.intrin_x86 import select_isa
 
+AVXVNNI_TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "alderlake"})  # AVX-VNNI 256-bit, no AVX-512
+
 # (channels, input plane, stride) of each depthwise conv, in model order (3x3, padding 1)
 MOBILENET_V2 = [(32, 112, 1), (96, 112, 2), (144, 56, 1), (144, 56, 2), (192, 28, 1), (192, 28, 1), (192, 28, 2),
                 (384, 14, 1), (384, 14, 1), (384, 14, 1), (384, 14, 1), (576, 14, 1), (576, 14, 1), (576, 14, 2),
@@ -148,8 +150,8 @@ def _whole_model(args) -> dict:
     x = evaluation[:1]
     art = tq.compile(path, target="x86-host", calib={"input": calib}, eval={"input": evaluation[:16]})
     q = tvm.runtime.tensor(art.inputs[0].qtype.quantize(x))
-    targets = {name: {"native": tvm.target.Target.from_device(tvm.cpu()), "avx2": AVX2_TARGET}[name]
-               for name in args.targets}
+    targets = {name: {"native": tvm.target.Target.from_device(tvm.cpu()), "avx2": AVX2_TARGET,
+                      "avxvnni": AVXVNNI_TARGET}[name] for name in args.targets}
     variants = build_variants(art.integer_mod, targets, with_untensorized=False)
     flags = {"channel-lanes": [(x86_depthwise_lanes, "MAX_OUT_WIDTH", 0)],
              "row-pairs": [(x86_depthwise_pairs, "STRIDES", ())], "narrow": NARROW_FLAGS}[args.without]
@@ -183,7 +185,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--before", choices=["plain", "one-row", "pixel-lanes", "no-row-pairs", "no-narrow", "no-narrow-wide"],
                     default="plain")
-    ap.add_argument("--targets", nargs="+", choices=["native", "avx2"], default=["native", "avx2"])
+    ap.add_argument("--targets", nargs="+", choices=["native", "avx2", "avxvnni"], default=["native", "avx2"],
+                    help="avxvnni: AVX-VNNI without AVX-512 (alderlake; runs where the CPU has avx_vnni)")
     ap.add_argument("--whole-model", action="store_true")
     ap.add_argument("--runs", type=int, default=20, help="--whole-model: calls per engine per round")
     ap.add_argument("--without", choices=["row-pairs", "channel-lanes", "narrow"], default="row-pairs",
@@ -204,8 +207,8 @@ def main() -> None:
                 "no-narrow-wide": [FlagsOff(NARROW_WIDE_FLAGS, [x86_depthwise_lanes.DepthwiseChannelLanes(),
                                                                 x86_depthwise_pairs.DepthwiseRowPairs(),
                                                                 x86_depthwise.DepthwiseConv2DTensorized()])]}[args.before]
-    targets = {name: {"native": tvm.target.Target.from_device(tvm.cpu()), "avx2": AVX2_TARGET}[name]
-               for name in args.targets}
+    targets = {name: {"native": tvm.target.Target.from_device(tvm.cpu()), "avx2": AVX2_TARGET,
+                      "avxvnni": AVXVNNI_TARGET}[name] for name in args.targets}
     threads = int(os.environ.get("TVM_NUM_THREADS", os.cpu_count()))
     res = {"threads": os.cpu_count(), "dtype": args.dtype, "load_avg": os.getloadavg()[0],
            "tvm_threads": os.environ.get("TVM_NUM_THREADS", "all"), "before": args.before, "targets": {}}

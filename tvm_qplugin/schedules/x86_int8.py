@@ -292,7 +292,8 @@ class Conv2DTensorized(TensorizedRule):
     2. Output channels in blocks of ``mr`` (weights broadcast straight from memory), pixels in
        blocks of ``nr`` vectors: ``mr x nr`` accumulators in registers over the K loop.
     3. The tile is requantized from registers (x86_requant.epilogue_intrin: 9 instructions per
-       vector) and its rows copied to the NCHW output.
+       vector; x86_requant_narrow's 7 where the call's constants prove it, :attr:`narrow_isas`)
+       and its rows copied to the NCHW output.
     Note: the weights stay ``[O, K/kp, kp]`` -- OIHW flattened (widened to int16 where the
     instruction reads int16). Lanes over output channels instead would need a scatter to write
     NCHW. Zero padding is the value 0 (u8 128 after the offset, as the weight-sum correction
@@ -302,7 +303,10 @@ class Conv2DTensorized(TensorizedRule):
     op = "conv2d_requant"
     narrowed_op = "conv2d_requant_narrowed"
     byte_pairs = reorders_k = True
-    narrow_isas = ("vnni", "vnni16")
+    # x86_requant_narrow's epilogue where proven: on this Intel Xeon (1 thread, against x86_requant's)
+    # the thin-K convs 1.09-1.14x (AVX-512 VNNI and AVX2 vpmaddwd), long K ~1.0x; AVX-VNNI's grouped
+    # two-vector epilogue has no narrow form, and AVX2's byte-pair kernels keep theirs (_byte_pairs_or_exact)
+    narrow_isas = ("vnni", "vnni16", "avx2")
 
     def pack_for(self, func, params, shapes, isa, k_len=None, epilogue="exact"):
         (xs, adt), (ws, _) = shapes[0], shapes[1]
