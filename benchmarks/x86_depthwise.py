@@ -21,6 +21,8 @@ of ``TVM_NUM_THREADS`` (default: all cores).
 ``--before no-narrow``: "before" is the registered rules with AVX2's narrow epilogue
 (x86_requant_narrow, in both pixel-lane rules), the row pairs' 8-pair unpacking and their even steps off
 (``NARROW_FLAGS``), "after" as registered.
+``--before no-narrow-wide``: "before" is the registered rules with the narrow epilogue kept to AVX2
+(``NARROW_WIDE_FLAGS``: the VNNI / AVX-VNNI pixel-lane kernels on x86_requant's), "after" as registered.
 ``--whole-model``: MobileNetV2 batch 1 (compiled here, shipped database) built with and without a
 rule -- ``--without channel-lanes`` (``x86_depthwise_lanes.MAX_OUT_WIDTH = 0``), ``narrow``
 (``NARROW_FLAGS``) or ``row-pairs``
@@ -51,6 +53,8 @@ from tvm_qplugin.ops import OPS
 from tvm_qplugin.peak import peak_gmacs
 from tvm_qplugin.schedules import x86_depthwise, x86_depthwise_lanes, x86_depthwise_pairs
 from tvm_qplugin.schedules.intrin_x86 import select_isa
+
+AVXVNNI_TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "alderlake"})  # AVX-VNNI 256-bit, no AVX-512
 
 # (channels, input plane, stride) of each depthwise conv, in model order (3x3, padding 1)
 MOBILENET_V2 = [(32, 112, 1), (96, 112, 2), (144, 56, 1), (144, 56, 2), (192, 28, 1), (192, 28, 1), (192, 28, 2),
@@ -93,6 +97,8 @@ class OneRowTiles:
 # The AVX2 epilogue and pair-pass changes of issue 9's stop 26, as module flags: off = before them.
 NARROW_FLAGS = [(x86_depthwise, "NARROW", False), (x86_depthwise_pairs, "NARROW", False),
                 (x86_depthwise_pairs, "UNPACK_ROWS", False), (x86_depthwise_pairs, "STACK_BYTES", 1 << 30)]
+# the narrow epilogue on the VNNI / AVX-VNNI pixel-lane rule (issue 9, stop 27): off = before it
+NARROW_WIDE_FLAGS = [(x86_depthwise, "NARROW_WIDE", False)]
 
 
 class FlagsOff:
@@ -144,8 +150,8 @@ def _whole_model(args) -> dict:
     x = evaluation[:1]
     art = tq.compile(path, target="x86-host", calib={"input": calib}, eval={"input": evaluation[:16]})
     q = tvm.runtime.tensor(art.inputs[0].qtype.quantize(x))
-    targets = {name: {"native": tvm.target.Target.from_device(tvm.cpu()), "avx2": AVX2_TARGET}[name]
-               for name in args.targets}
+    targets = {name: {"native": tvm.target.Target.from_device(tvm.cpu()), "avx2": AVX2_TARGET,
+                      "avxvnni": AVXVNNI_TARGET}[name] for name in args.targets}
     variants = build_variants(art.integer_mod, targets, with_untensorized=False)
     flags = {"channel-lanes": [(x86_depthwise_lanes, "MAX_OUT_WIDTH", 0)],
              "row-pairs": [(x86_depthwise_pairs, "STRIDES", ())], "narrow": NARROW_FLAGS}[args.without]
@@ -177,8 +183,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dtype", default="uint8", choices=["uint8", "int8", "int16"])
     ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--before", choices=["plain", "one-row", "pixel-lanes", "no-row-pairs", "no-narrow"], default="plain")
-    ap.add_argument("--targets", nargs="+", choices=["native", "avx2"], default=["native", "avx2"])
+    ap.add_argument("--before", choices=["plain", "one-row", "pixel-lanes", "no-row-pairs", "no-narrow", "no-narrow-wide"],
+                    default="plain")
+    ap.add_argument("--targets", nargs="+", choices=["native", "avx2", "avxvnni"], default=["native", "avx2"],
+                    help="avxvnni: AVX-VNNI without AVX-512 (alderlake; runs where the CPU has avx_vnni)")
     ap.add_argument("--whole-model", action="store_true")
     ap.add_argument("--runs", type=int, default=20, help="--whole-model: calls per engine per round")
     ap.add_argument("--without", choices=["row-pairs", "channel-lanes", "narrow"], default="row-pairs",
@@ -195,9 +203,12 @@ def main() -> None:
                                  x86_depthwise.DepthwiseConv2DTensorized()],
                 "no-narrow": [FlagsOff(NARROW_FLAGS, [x86_depthwise_lanes.DepthwiseChannelLanes(),
                                                       x86_depthwise_pairs.DepthwiseRowPairs(),
-                                                      x86_depthwise.DepthwiseConv2DTensorized()])]}[args.before]
-    targets = {name: {"native": tvm.target.Target.from_device(tvm.cpu()), "avx2": AVX2_TARGET}[name]
-               for name in args.targets}
+                                                      x86_depthwise.DepthwiseConv2DTensorized()])],
+                "no-narrow-wide": [FlagsOff(NARROW_WIDE_FLAGS, [x86_depthwise_lanes.DepthwiseChannelLanes(),
+                                                                x86_depthwise_pairs.DepthwiseRowPairs(),
+                                                                x86_depthwise.DepthwiseConv2DTensorized()])]}[args.before]
+    targets = {name: {"native": tvm.target.Target.from_device(tvm.cpu()), "avx2": AVX2_TARGET,
+                      "avxvnni": AVXVNNI_TARGET}[name] for name in args.targets}
     threads = int(os.environ.get("TVM_NUM_THREADS", os.cpu_count()))
     res = {"threads": os.cpu_count(), "dtype": args.dtype, "load_avg": os.getloadavg()[0],
            "tvm_threads": os.environ.get("TVM_NUM_THREADS", "all"), "before": args.before, "targets": {}}
@@ -226,7 +237,8 @@ def main() -> None:
     before = {"plain": "TVM's default loops", "one-row": "DepthwiseConv2DTensorized, one row per tile",
               "pixel-lanes": "DepthwiseConv2DTensorized alone (no channel lanes)",
               "no-row-pairs": "DepthwiseChannelLanes + DepthwiseConv2DTensorized (no row pairs)",
-              "no-narrow": "the registered rules without the narrow epilogue and the unpacked row pairs"}[args.before]
+              "no-narrow": "the registered rules without the narrow epilogue and the unpacked row pairs",
+              "no-narrow-wide": "the registered rules without the narrow epilogue on VNNI / AVX-VNNI"}[args.before]
     res["note"] = ("medians of interleaved runs; the machine is shared and noisy, so absolute figures move between "
                    f"runs; before = {before}, after = the registered rules (rule: the one that took it)")
     print(json.dumps(res, indent=2))

@@ -58,7 +58,8 @@ def rng() -> np.random.Generator:
 
 
 #: x86 vector features that code built for a target may use, widest first (LLVM's names).
-_X86_FEATURES = ("avx512f", "avx512bw", "avx512vnni", "avxvnni", "avx2")
+# sse4a: AMD only (a Zen target's code may hold its insertq / extrq, which an Intel CPU cannot run)
+_X86_FEATURES = ("avx512f", "avx512bw", "avx512vnni", "avxvnni", "avx2", "sse4a")
 
 
 def host_runs(target: tvm.target.Target) -> bool:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tvm
 from conftest import assert_bit_exact, run_if_host_can
-from test_x86_kernels import activations, asm_of, check_kernel, requant_consts, weights
+from test_x86_kernels import AVX2_TARGET, VNNI_TARGET, activations, asm_of, check_kernel, requant_consts, weights
 from tvm import relax
 
 from tvm_qplugin.build import build
@@ -22,8 +22,7 @@ from tvm_qplugin.schedules import pack_weights
 from tvm_qplugin.schedules.packing import packed_info
 from tvm_qplugin.tuning.apply import AppliedTuning
 
-TARGETS = {"vnni": tvm.target.Target({"kind": "llvm", "mcpu": "znver4"}),
-           "avx2": tvm.target.Target({"kind": "llvm", "mcpu": "znver3"})}
+TARGETS = {"vnni": VNNI_TARGET, "avx2": AVX2_TARGET}   # test_x86_kernels' (no SSE4a)
 # the window shuffle and the dot instruction of each target (AVX2: int16 pairs on vpmaddwd)
 INSTRUCTIONS = {"vnni": ("vpermb", "vpdpbusd"), "avx2": ("vpmaddwd",)}
 # MobileNetV2-224's depthwise 3x3 convs as (input plane, stride): 112 s1, 112 s2, ... 7 s1
@@ -245,3 +244,39 @@ def test_row_tiles_strides_and_kernels_bit_exact(rng, case, pixel_lanes_only):
     info, _ = check_kernel("conv2d_requant", x, [weights(rng, (c, 1, k, k)), *requant_consts(rng, c, 8 + 7 + 5)],
                            target_name, **params)
     assert info is not None and info["rule"] == "DepthwiseConv2DTensorized" and info["rows"] == rows
+
+
+def _narrow_case(rng, xdt: str, kind: str):
+    """Activations at the extremes and constants for each epilogue of the pixel-lane rule: ``narrow``
+    (full-range weights, shifts >= 33), ``narrow_shift`` (small weights and multipliers, shifts
+    below 33: the accumulator shifted left first) and ``exact`` (a bias near the int32 limit: the
+    narrow epilogue cannot be proven, x86_requant's is kept)."""
+    c, h, w = 5, 10, 19
+    x = np.concatenate([activations(rng, (1, c, h, w), xdt, p) for p in ("min", "max", "random", "alternating")])
+    if kind == "narrow_shift":
+        wt = rng.integers(-20, 21, (c, 1, 3, 3)).astype(np.int8)
+        bias = rng.integers(-(2**12), 2**12, c).astype(np.int32)
+        mult = rng.integers(2**9, 2**11, c).astype(np.int64)
+        shift = np.array([24, 32, 20, 24, 28], np.int64) + (4 if xdt == "int16" else 0)
+        return x, [wt, bias, mult, shift]
+    wt = weights(rng, (c, 1, 3, 3))
+    wt[0], wt[-1] = 127, -127
+    if kind == "narrow":
+        return x, [wt, *requant_consts(rng, c, 8 + (8 if xdt == "int16" else 0) + 4)]
+    bias = np.array([2**31 - 2**10, -(2**31) + 2**10, 5, -7, 9], np.int32)
+    return x, [wt, bias, rng.integers(2**28, 2**29, c).astype(np.int64), np.full(c, 56, np.int64)]
+
+
+@pytest.mark.parametrize("target_name", ["vnni", "avxvnni"])
+@pytest.mark.parametrize("xdt", ["uint8", "int8", "int16"])
+@pytest.mark.parametrize("kind", ["narrow", "narrow_shift", "exact"])
+def test_narrow_epilogue_on_vnni_bit_exact(rng, target_name, xdt, kind):
+    """The pixel-lane rule on the VNNI ISAs (512-bit and AVX-VNNI; stride 2, which AVX-VNNI's
+    int16 stride 1 leaves to it) takes x86_requant_narrow's epilogue where the call's constants
+    prove it (``NARROW_WIDE``): the accumulator starts at the offset-corrected bias, and the
+    s8 + 128 offset of vpdpbusd is in that bias. Each epilogue at the dtype extremes, bit-exact."""
+    x, consts = _narrow_case(rng, xdt, kind)
+    params = depthwise_params(5, 3, 2, (1, 1, 1, 1), "int8")
+    info, _ = check_kernel("conv2d_requant", x, consts, target_name, **params)
+    assert info is not None and info["rule"] == "DepthwiseConv2DTensorized", info
+    assert info.get("epilogue", "exact") == kind, info

@@ -29,8 +29,10 @@ from tvm_qplugin.schedules.x86_conv_tiles import (
     _conv_tile_rows,
 )
 
-VNNI_TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "znver4"})        # AVX-512 VNNI
-AVX2_TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "znver3"})        # AVX2, no VNNI
+# the Zen targets without SSE4a (AMD-only: LLVM emits its insertq in some shuffles, SIGILL on an
+# Intel host), so that their code also runs on the Intel machines that have the ISA (conftest.host_runs)
+VNNI_TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "znver4", "mattr": ["-sse4a"]})        # AVX-512 VNNI
+AVX2_TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "znver3", "mattr": ["-sse4a"]})        # AVX2, no VNNI
 AVXVNNI_TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "alderlake"})      # AVX-VNNI 256, no AVX-512
 TARGETS = {"vnni": VNNI_TARGET, "avx2": AVX2_TARGET, "avxvnni": AVXVNNI_TARGET}
 INSTRUCTION = {"vnni": {"uint8": "vpdpbusd", "int8": "vpdpbusd", "int16": "vpdpwssd"},
@@ -529,5 +531,74 @@ def test_avx2_two_vector_epilogue_bit_exact(rng, out, xdt, pattern):
     info, asm = check_kernel("conv2d_requant", x, [wt, bias, mult, shift], "avx2", strides=[1, 1],
                              padding=[0, 0, 0, 0], dilation=[1, 1], groups=1, qmin=qmin, qmax=qmax, out_dtype=odt)
     assert info is not None and info["nr"] == 2
-    if odt == "uint8":
+    # int16 activations run vpmaddwd with x86_requant_narrow's epilogue (no grouped form; Conv2DTensorized.narrow_isas),
+    # 8-bit ones (vpmaddwd or the byte pairs) keep x86_requant's, grouped
+    assert info.get("epilogue") == ("narrow" if xdt == "int16" else None), info
+    if odt == "uint8" and xdt == "uint8":
         assert "vshufps" in asm  # the grouped high words; the one-vector form shifts and blends
+
+
+def _narrow_consts_for(rng, kind: str, o: int, k: int, xdt: str, scale_bits: int) -> list:
+    """Constants of a groups-1 conv for each epilogue: ``narrow`` (full-range weights, shifts >= 33),
+    ``narrow_shift`` (small weights and multipliers, some shifts below 33: the accumulator is
+    shifted left first) and ``exact`` (a bias near the int32 limit: the narrow epilogue is not
+    proven, x86_requant's is kept)."""
+    if kind == "narrow_shift":
+        wt = rng.integers(-20, 21, (o, k)).astype(np.int8)
+        shift = np.resize(np.array([24, 32, 20, 28], np.int64), o) + (8 if xdt == "int16" else 0)
+        return [wt, rng.integers(-(2**12), 2**12, o).astype(np.int32), rng.integers(2**9, 2**11, o).astype(np.int64),
+                shift]
+    wt = weights(rng, (o, k))
+    wt[0], wt[-1] = 127, -127
+    if kind == "narrow":
+        return [wt, *requant_consts(rng, o, scale_bits)]
+    bias = rng.integers(-(2**16), 2**16, o).astype(np.int32)
+    bias[:2] = [2**31 - 2**10, -(2**31) + 2**10]
+    return [wt, bias, rng.integers(2**28, 2**29, o).astype(np.int64), np.full(o, 56, np.int64)]
+
+
+# (C, O, H, W, kernel, stride, pad): 1x1 with pad pixels (flat gather), a long K (the ``local``
+# accumulator tile), a 3x3 stride-2 padded conv (the row gather, deinterleaved columns)
+NARROW_SHAPES = {"pointwise": (40, 24, 5, 7, 1, 1, 0), "long_k": (640, 16, 3, 5, 1, 1, 0),
+                 "stem": (3, 16, 12, 14, 3, 2, 1)}
+
+
+@pytest.mark.parametrize("target_name", ["vnni", "avx2"])
+@pytest.mark.parametrize("xdt", ["uint8", "int8", "int16"])
+@pytest.mark.parametrize("kind, shape", [("narrow", "pointwise"), ("narrow", "long_k"), ("narrow", "stem"),
+                                         ("narrow_shift", "pointwise"), ("exact", "pointwise")])
+def test_groups1_conv_narrow_epilogue_bit_exact(rng, target_name, xdt, kind, shape):
+    """``Conv2DTensorized`` takes x86_requant_narrow's epilogue where every call's constants prove
+    it (``narrow_isas``: AVX-512 VNNI, and AVX2's ``vpmaddwd`` kernels): the accumulator starts at
+    the offset-corrected bias (``-128 * sum(w)`` included for s8 on vpdpbusd), the rounding is
+    added to the product's high word. Each epilogue at the dtype extremes, on each accumulator
+    scope and gather, bit-exact against the NumPy twin (run where the CPU has the ISA). AVX2's
+    8-bit kernels go through the byte-pair decision (x86_byte_pairs) and keep x86_requant's."""
+    c, o, h, w, kk, s, p = NARROW_SHAPES[shape]
+    if xdt == "int16" and shape == "long_k":
+        c = 320                                   # the local tile from 160 dot steps: K >= 320 int16
+    x = np.concatenate([activations(rng, (1, c, h, w), xdt, pt) for pt in PATTERNS])
+    scale_bits = 8 + (8 if xdt == "int16" else 0) + int(np.ceil(np.log2(c * kk * kk)))
+    consts = _narrow_consts_for(rng, kind, o, c * kk * kk, xdt, scale_bits)
+    consts[0] = consts[0].reshape(o, c, kk, kk)
+    params = {**POINTWISE, "strides": [s, s], "padding": [p] * 4}
+    info, asm = check_kernel("conv2d_requant", x, consts, target_name, **params)
+    assert info is not None and info["rule"] == "Conv2DTensorized", info
+    narrow_here = target_name == "vnni" or xdt == "int16"
+    assert info.get("epilogue", "exact") == (kind if narrow_here else "exact"), info
+    long_tile = target_name == "vnni" and shape == "long_k"
+    assert info["acc_scope"] == ("local" if long_tile else "global"), info
+    assert INSTRUCTION[target_name][xdt] in asm
+
+
+@pytest.mark.parametrize("xdt", ["uint8", "int8"])
+def test_groups1_narrow_epilogue_not_on_avx_vnni(rng, xdt):
+    """AVX-VNNI's 256-bit ``vpdpbusd`` kernels keep x86_requant's epilogue for groups-1 convs (its
+    two-vector ``grouped`` epilogue has no narrow form; not measured), even where the constants
+    would prove the narrow one; still bit-exact. (Its int16 kernels are AVX2's ``vpmaddwd`` ones.)"""
+    c, o = 40, 24
+    x = np.concatenate([activations(rng, (1, c, 5, 7), xdt, pt) for pt in PATTERNS])
+    consts = _narrow_consts_for(rng, "narrow", o, c, xdt, 8 + (8 if xdt == "int16" else 0) + 6)
+    consts[0] = consts[0].reshape(o, c, 1, 1)
+    info, _ = check_kernel("conv2d_requant", x, consts, "avxvnni", **POINTWISE)
+    assert info is not None and info["rule"] == "Conv2DTensorized" and "epilogue" not in info, info

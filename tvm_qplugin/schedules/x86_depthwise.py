@@ -118,6 +118,8 @@ class DepthwiseGeometry:
 ROW_TILES = (8, 7, 4, 2, 1)
 # AVX2: x86_requant_narrow's shorter epilogue where every call's constants prove it (off: x86_requant's).
 NARROW = True
+# the same on the 512-bit / AVX-VNNI ISAs (VNNI, s8 + 128 offset folded into bias' as on AVX2)
+NARROW_WIDE = True
 
 
 def _row_tile(oh: int, nr: int, sh: int, kh: int, kw: int, isa: DotIsa) -> int:
@@ -172,7 +174,7 @@ class DepthwiseConv2DTensorized(TensorizedRule):
         if geo is None:
             return None
         exact = self._packing(func, params, shapes, isa, geo, "exact")
-        if exact is None or isa is not AVX2 or not NARROW:
+        if exact is None or not NARROW or (isa is not AVX2 and not NARROW_WIDE):
             return exact
         return dataclasses.replace(exact, for_calls=lambda calls: narrow_or_exact(
             calls, geo, exact, lambda kind: self._packing(func, params, shapes, isa, geo, kind)))

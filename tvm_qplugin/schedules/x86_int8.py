@@ -51,6 +51,8 @@ from .x86_requant import (
     _requant_stage,
     _tensorized_epilogue_at,
 )
+from .x86_requant_narrow import (NarrowCheck, info_epilogue_intrin, narrow_or_exact, narrow_placeholders, narrow_stage,
+                                 starting_at_bias)
 
 OFFSET = 128  # s8 activation + 128 = u8 (the operand vpdpbusd reads unsigned)
 
@@ -93,11 +95,22 @@ class TensorizedRule:
         exact = self.pack_for(func, described[1], shapes, isa)
         pair_isa = byte_pair_isa(isa, act_dtype) if self.byte_pairs else None
         if exact is None or pair_isa is None:
-            return exact
+            return self._narrow_or_exact(func, described[1], shapes, isa, exact)
         return dataclasses.replace(exact, for_calls=lambda calls: self._byte_pairs_or_exact(
             func, described[1], shapes, pair_isa, exact, calls))
 
     narrowed_op = None  # the op of this rule's kernels fused with a narrowing requantize (x86_narrowing.py)
+    # ISAs on which pack_for takes x86_requant_narrow's epilogue where every call's constants prove it
+    narrow_isas: tuple[str, ...] = ()
+
+    def _narrow_or_exact(self, func, params, shapes, isa, exact) -> Packing | None:
+        """``exact``, or on :attr:`narrow_isas` a packing that picks x86_requant_narrow's epilogue
+        from the constants of all the kernel's calls (``narrow_or_exact``), as the depthwise rule does."""
+        if exact is None or isa.name not in self.narrow_isas:
+            return exact
+        check = NarrowCheck(shapes[0][1], _offset(isa, shapes[0][1]))
+        return dataclasses.replace(exact, for_calls=lambda calls: narrow_or_exact(
+            calls, check, exact, lambda kind: self.pack_for(func, params, shapes, isa, epilogue=kind)))
     byte_pairs = False  # whether pack_for takes AVX2's vpmaddubsw (x86_byte_pairs.py) where the weights allow
     reorders_k = False  # whether it then gathers the activations in a K order of its own (a k_order table)
 
@@ -279,7 +292,8 @@ class Conv2DTensorized(TensorizedRule):
     2. Output channels in blocks of ``mr`` (weights broadcast straight from memory), pixels in
        blocks of ``nr`` vectors: ``mr x nr`` accumulators in registers over the K loop.
     3. The tile is requantized from registers (x86_requant.epilogue_intrin: 9 instructions per
-       vector) and its rows copied to the NCHW output.
+       vector; x86_requant_narrow's 7 where the call's constants prove it, :attr:`narrow_isas`)
+       and its rows copied to the NCHW output.
     Note: the weights stay ``[O, K/kp, kp]`` -- OIHW flattened (widened to int16 where the
     instruction reads int16). Lanes over output channels instead would need a scatter to write
     NCHW. Zero padding is the value 0 (u8 128 after the offset, as the weight-sum correction
@@ -289,8 +303,12 @@ class Conv2DTensorized(TensorizedRule):
     op = "conv2d_requant"
     narrowed_op = "conv2d_requant_narrowed"
     byte_pairs = reorders_k = True
+    # x86_requant_narrow's epilogue where proven: on this Intel Xeon (1 thread, against x86_requant's)
+    # the thin-K convs 1.09-1.14x (AVX-512 VNNI and AVX2 vpmaddwd), long K ~1.0x; AVX-VNNI's grouped
+    # two-vector epilogue has no narrow form, and AVX2's byte-pair kernels keep theirs (_byte_pairs_or_exact)
+    narrow_isas = ("vnni", "vnni16", "avx2")
 
-    def pack_for(self, func, params, shapes, isa, k_len=None):
+    def pack_for(self, func, params, shapes, isa, k_len=None, epilogue="exact"):
         (xs, adt), (ws, _) = shapes[0], shapes[1]
         o, c, kh, kw = ws
         k = c * kh * kw
@@ -313,6 +331,9 @@ class Conv2DTensorized(TensorizedRule):
                 "out_shape": [nb, o, oh, ow], "acc_shape": [nb, o, ppad],
                 "gather": "flat" if flat else "rows", "acc_scope": acc_scope,
                 "requant": {key: params[key] for key in ("qmin", "qmax", "out_dtype")}}
+        if epilogue != "exact":   # absent for x86_requant's (the kernels and their records before it)
+            info["epilogue"] = epilogue
+        check = NarrowCheck(adt, off)
         if not flat:
             info["row_parts"] = _border_parts(oh, pbuf // ow, h, kh, sh, dh, pt)
             info["col_parts"] = _border_parts(ow, ow, w, kw, sw, dw, pl)
@@ -323,7 +344,9 @@ class Conv2DTensorized(TensorizedRule):
             wk = np.zeros((o, kpad), np.int64)
             if k_len is None:
                 wk[:, :k] = wt
-                return [wk.reshape(o, kpad // kp, kp).astype(isa.packed_dtype), *_channel_consts(wt, bias, mult, shift, off, o)]
+                channel = _channel_consts(wt, bias, mult, shift, off, o) if epilogue == "exact" else \
+                    check.narrow_constants(consts)
+                return [wk.reshape(o, kpad // kp, kp).astype(isa.packed_dtype), *channel]
             # packed position -> reduction index (x86_byte_pairs); spacers and pad: zero weight, any index
             order = packed_order(wt, kp, True)
             order = np.concatenate([order, np.full(kpad - len(order), -1)])  # calls needing fewer spacers
@@ -338,7 +361,7 @@ class Conv2DTensorized(TensorizedRule):
         wk = te.placeholder((o, kpad // kp, kp), isa.packed_dtype, name="w_packed")
         # the reduction index each packed position gathers (vpmaddubsw's safe pairing), a per-call constant
         table = None if k_len is None else te.placeholder((kpad,), "int32", name="k_order")
-        consts = _channel_placeholders(o)
+        consts = _channel_placeholders(o) if epilogue == "exact" else narrow_placeholders(o)
 
         # stride 2 along the rows: the columns deinterleaved first (one pass over the input), so that
         # each tap's row read is unit-stride (:func:`_schedule_gather`)
@@ -373,10 +396,17 @@ class Conv2DTensorized(TensorizedRule):
         rc, rj = te.reduce_axis((0, kpad // kp), "rc"), te.reduce_axis((0, kp), "rj")
         acc = te.compute((nb, o, ppad), lambda b, oc, q: te.sum(
             dot_term(xp[b, rc, q, rj], wk[oc, rc, rj], 0), axis=[rc, rj]), name="acc")
-        y = _requant_stage(acc, (nb, o, oh, ow), lambda i: (i[0], i[1], i[2] * ow + i[3]), lambda a: a[1],
-                           consts, params, padded=True)  # always a tile: _tensorized_epilogue_at
+        if epilogue == "exact":
+            y = _requant_stage(acc, (nb, o, oh, ow), lambda i: (i[0], i[1], i[2] * ow + i[3]), lambda a: a[1],
+                               consts, params, padded=True)  # always a tile: _tensorized_epilogue_at
+        else:
+            y = narrow_stage(acc, (nb, o, oh, ow), lambda i: (i[0], i[1], i[2] * ow + i[3]), lambda a: a[1],
+                             consts, params, True, epilogue == "narrow_shift")
         out = te.create_prim_func([x_in, wk, *([table] if table is not None else []), *consts, *narrowing,
                                    y]).without_attr("global_symbol")
+        if epilogue != "exact":   # the accumulator starts at bias' (x86_requant_narrow)
+            return Packing(tag_packed(starting_at_bias(out, "acc", consts[0].name, 1), func, info), (1, 2, 3, 4),
+                           pack_args, check.accepts(epilogue))
         return Packing(tag_packed(out, func, info), (1, 2, 3, 4), pack_args,
                        lambda consts: _epilogue_exact(consts[0].reshape(o, k), *consts[1:4], adt, off))
 
@@ -393,7 +423,9 @@ class Conv2DTensorized(TensorizedRule):
         tile = sch.fuse(b, oo, qo)
         sch.parallel(tile)
         lanes = epilogue_lanes(isa, info["nr"])
-        _tensorized_epilogue_at(sch, tile, lanes, info["requant"], info["acc_scope"], grouped=lanes > isa.lanes)
+        grouped = lanes > isa.lanes
+        _tensorized_epilogue_at(sch, tile, lanes, info["requant"], info["acc_scope"], grouped,
+                                info_epilogue_intrin(lanes, info, info["acc_scope"], grouped))
         _inline_narrowing(sch)
         _schedule_gather(sch, info)
         init = sch.decompose_reduction(acc, rc)

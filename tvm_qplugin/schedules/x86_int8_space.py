@@ -26,6 +26,7 @@ from tvm.s_tir import schedule as s_tir_schedule
 
 from .intrin_x86 import ISA_BY_NAME, dot_intrin
 from .x86_requant import epilogue_intrin
+from .x86_requant_narrow import info_epilogue_intrin, narrow_epilogue_intrin
 
 # accumulator vectors a register tile may hold: 32 zmm (16 ymm) registers minus the broadcast operands
 MAX_ACCUMULATORS = {512: 24, 256: 12}
@@ -78,7 +79,9 @@ def conv_pixel_lanes_space(rule, func, info) -> list:
                 tile = sch.fuse(b, *((oo, qo) if channels_outer else (qo, oo)))
                 sch.parallel(tile)
                 lanes = epilogue_lanes(isa, nr)
-                _tensorized_epilogue_at(sch, tile, lanes, info["requant"], scope, grouped=lanes > isa.lanes)
+                grouped = lanes > isa.lanes
+                _tensorized_epilogue_at(sch, tile, lanes, info["requant"], scope, grouped,
+                                        info_epilogue_intrin(lanes, info, scope, grouped))
                 _schedule_gather(sch, info)
                 init = sch.decompose_reduction(acc, rc)
                 sch.vectorize(sch.get_loops(init)[-1])
@@ -154,6 +157,8 @@ def register_intrinsics(info: dict, act_dtype: str) -> None:
         for scope in _scopes(isa):
             dot_intrin(isa, "uint8" if isa.kp == 4 else "int16", "b", 0, scope)
             epilogue_intrin(isa.lanes, info["requant"], scope)
+            if info.get("epilogue", "exact") != "exact":   # x86_requant_narrow's
+                narrow_epilogue_intrin(isa.lanes, info["requant"], info["epilogue"] == "narrow_shift", scope)
             if isa.vector_bits == 256:  # the two-vector epilogue (x86_int8.epilogue_lanes)
                 epilogue_intrin(2 * isa.lanes, info["requant"], scope, grouped=True)
     elif info["rule"] in ("DenseTensorized", "Conv2D1x1ChannelLanes"):

@@ -233,8 +233,10 @@ def _epilogue_at(sch, tile, lanes: int) -> None:
         sch.unroll(loop)
 
 
-def _tensorized_epilogue_at(sch, tile, lanes: int, requant: dict, acc_scope: str, grouped: bool = False) -> None:
-    """Requantize each accumulator tile under its ``tile`` loop with :func:`epilogue_intrin` (one
+def _tensorized_epilogue_at(sch, tile, lanes: int, requant: dict, acc_scope: str, grouped: bool = False,
+                            intrin: str | None = None) -> None:
+    """Requantize each accumulator tile under its ``tile`` loop with :func:`epilogue_intrin` (or
+    ``intrin``: x86_requant_narrow's) (one
     output channel per tile row, ``lanes`` pixels per step) into the tile ``y_tile``, then copy
     its rows to the NCHW output (the intrinsic writes a whole vector: on the 4-D output a vector
     of a flattened pixel range is no rectangle tensorize can match)."""
@@ -245,7 +247,7 @@ def _tensorized_epilogue_at(sch, tile, lanes: int, requant: dict, acc_scope: str
     outer, inner = sch.split(last, [None, lanes])
     for loop in (*rows, outer):  # constant tile indices: LLVM keeps the accumulators in registers
         sch.unroll(loop)
-    sch.tensorize(inner, epilogue_intrin(lanes, requant, acc_scope, grouped))
+    sch.tensorize(inner, intrin or epilogue_intrin(lanes, requant, acc_scope, grouped))
     # the copy's own loops only: a tile of one channel and one pixel (Silero VAD's last 128 -> 1
     # conv on a 1x1 plane) has none, and the innermost loop of the block is then the parallel tile
     # loop, whose vectorization put the dot intrinsic's vectors inside a vectorized loop ("Cannot

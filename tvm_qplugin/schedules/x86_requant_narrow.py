@@ -23,7 +23,10 @@ proves it per call at compile time (None: keep x86_requant's epilogue).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+import tvm
 from tvm import te, tirx
 from tvm.s_tir import SBlock, Schedule, TensorIntrin
 from tvm.script import tirx as T
@@ -50,6 +53,26 @@ def narrow_consts(w2d: np.ndarray, bias, mult, shift, act_dtype: str, offset: in
         padded[: len(value)] = value
         out.append(padded)
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class NarrowCheck:
+    """The per-call proof (:func:`narrow_consts`) for a kernel whose weights are ``[O, ...]`` and
+    whose activations are ``adt`` with the dot's ``off``: the ``geo`` of :func:`narrow_or_exact`
+    and the ``accepts`` of its packings (x86_int8's groups-1 conv)."""
+
+    adt: str
+    off: int
+
+    def narrow_constants(self, consts) -> list | None:
+        w2d = consts[0].reshape(consts[0].shape[0], -1)
+        return narrow_consts(w2d, *consts[1:4], self.adt, self.off, w2d.shape[0])
+
+    def accepts(self, epilogue: str):
+        def accepts(consts) -> bool:
+            found = self.narrow_constants(consts)
+            return found is not None and (epilogue == "narrow_shift" or not found[2].any())
+        return accepts
 
 
 def starting_at_bias(func, block: str, bias: str, channel_index: int):
@@ -81,13 +104,13 @@ def narrow_or_exact(calls, geo, exact, packing):
     return packing("narrow_shift" if any(f[2].any() for f in found) else "narrow")
 
 
-def info_epilogue_intrin(lanes: int, info: dict) -> str:
+def info_epilogue_intrin(lanes: int, info: dict, acc_scope: str = "global", grouped: bool = False) -> str:
     """The epilogue intrinsic of a packed kernel whose info names its ``epilogue`` (absent:
-    x86_requant's)."""
+    x86_requant's, the only one with a ``grouped`` form)."""
     epilogue = info.get("epilogue", "exact")
     if epilogue == "exact":
-        return epilogue_intrin(lanes, info["requant"])
-    return narrow_epilogue_intrin(lanes, info["requant"], epilogue == "narrow_shift")
+        return epilogue_intrin(lanes, info["requant"], acc_scope, grouped)
+    return narrow_epilogue_intrin(lanes, info["requant"], epilogue == "narrow_shift", acc_scope)
 
 
 def narrow_placeholders(channels: int):
@@ -115,13 +138,14 @@ def narrow_stage(acc, shape, acc_index, channel, consts, params, padded: bool, p
 _REGISTERED: dict[tuple, str] = {}
 
 
-def narrow_epilogue_intrin(lanes: int, params: dict, pre_shift: bool) -> str:
-    """:func:`narrow_stage` on ``lanes`` accumulators of one channel as a tensor intrinsic: the
+def narrow_epilogue_intrin(lanes: int, params: dict, pre_shift: bool, acc_scope: str = "global") -> str:
+    """:func:`narrow_stage` on ``lanes`` accumulators of one channel (in a buffer of ``acc_scope``:
+    the groups-1 conv's long-K tile is ``local``) as a tensor intrinsic: the
     description is the TE expression (so only kernels whose epilogue is exactly it match), the
     implementation computes the high words on even / odd qwords as ``x86_requant.epilogue_intrin``
     does. Registered on first use."""
     qmin, qmax, dt = params["qmin"], params["qmax"], params["out_dtype"]
-    key = (lanes, qmin, qmax, dt, pre_shift)
+    key = (lanes, qmin, qmax, dt, pre_shift, acc_scope)
     if key in _REGISTERED:
         return _REGISTERED[key]
     acc = te.placeholder((lanes,), "int32", name="acc")
@@ -129,10 +153,12 @@ def narrow_epilogue_intrin(lanes: int, params: dict, pre_shift: bool) -> str:
     y = narrow_stage(acc, (lanes,), lambda i: i, lambda a: 0, consts, params, False, pre_shift)
     used = (consts[1], consts[2], consts[3], consts[4]) if pre_shift else (consts[1], consts[3], consts[4])
     desc = _with_root_regions(te.create_prim_func([acc, *used, y]))
+    if acc_scope != "global":
+        desc = desc.specialize({desc.params[0]: tvm.tirx.decl_buffer((lanes,), "int32", "acc", scope=acc_scope)})
 
     @T.prim_func(s_tir=True)
     def with_shift(a: T.handle, m: T.handle, p: T.handle, r: T.handle, q: T.handle, o: T.handle) -> None:
-        A = T.match_buffer(a, (lanes,), "int32", offset_factor=1)
+        A = T.match_buffer(a, (lanes,), "int32", offset_factor=1, scope=acc_scope)
         M = T.match_buffer(m, (1,), "int32", offset_factor=1)
         P = T.match_buffer(p, (1,), "int32", offset_factor=1)
         R = T.match_buffer(r, (1,), "int32", offset_factor=1)
@@ -146,7 +172,7 @@ def narrow_epilogue_intrin(lanes: int, params: dict, pre_shift: bool) -> str:
 
     @T.prim_func(s_tir=True)
     def without_shift(a: T.handle, m: T.handle, r: T.handle, q: T.handle, o: T.handle) -> None:
-        A = T.match_buffer(a, (lanes,), "int32", offset_factor=1)
+        A = T.match_buffer(a, (lanes,), "int32", offset_factor=1, scope=acc_scope)
         M = T.match_buffer(m, (1,), "int32", offset_factor=1)
         R = T.match_buffer(r, (1,), "int32", offset_factor=1)
         Q = T.match_buffer(q, (1,), "int32", offset_factor=1)
@@ -158,7 +184,8 @@ def narrow_epilogue_intrin(lanes: int, params: dict, pre_shift: bool) -> str:
                                                              lanes, qmin, qmax, dt)
 
     impl = with_shift if pre_shift else without_shift
-    name = f"qplugin_narrow_epilogue_{lanes}_{qmin}_{qmax}_{dt}_{int(pre_shift)}"
+    name = f"qplugin_narrow_epilogue_{lanes}_{qmin}_{qmax}_{dt}_{int(pre_shift)}" + \
+        ("" if acc_scope == "global" else f"_{acc_scope}")
     TensorIntrin.register(name, desc, impl, override=True)
     _REGISTERED[key] = name
     return name
