@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     args = ap.parse_args()
     native = tvm.target.Target.from_device(tvm.cpu())
-    avx2 = tvm.target.Target({"kind": "llvm", "mcpu": "znver3"})
+    avx2 = tvm.target.Target({"kind": "llvm", "mcpu": "znver3", "mattr": ["-sse4a"]})
     res = {"cpu": _cpu_name(), "target": str(native.attrs.get("mcpu", "")), "gmacs": {}}
     cases = [("avx2 vpmaddubsw + vpmaddwd (u8 x s8)", avx2, AVX2UB), ("avx2 vpmaddwd (s16 pairs)", avx2, AVX2)]
     if select_isa(native, "uint8") is VNNI:

@@ -169,7 +169,7 @@ def main() -> None:
     dense = [k for k in ks if k["op"] == "dense_requant"][:1]
     threads = os.cpu_count()
     targets = {"native": tvm.target.Target.from_device(tvm.cpu()),
-               "avx2": tvm.target.Target({"kind": "llvm", "mcpu": "znver3"})}
+               "avx2": tvm.target.Target({"kind": "llvm", "mcpu": "znver3", "mattr": ["-sse4a"]})}
     targets = {name: t for name, t in targets.items() if args.isa in ("all", name)}
     rng = np.random.default_rng(0)
     res = {"cpu": _cpu_name(), "threads": threads, "targets": {}}
