@@ -25,6 +25,15 @@ def conv_zoo(tmp_path, rng):
     return g.save(g.gemm(g.flatten(y), 5), tmp_path / "convs.onnx")
 
 
+def _conv_loop_count(func) -> int:
+    from tvm.s_tir import schedule as s_tir_schedule
+
+    sch = s_tir_schedule.Schedule(func)
+    update = next(b for b in sch.get_child_blocks(sch.get_sblock("root"))
+                  if "conv" in sch.get(b).name_hint and "init" not in sch.get(b).name_hint)
+    return len(sch.get_loops(update))
+
+
 def test_scheduled_float_build_is_bit_identical(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     mod = canonicalize(import_onnx(conv_zoo(tmp_path, rng)).mod)
@@ -32,6 +41,8 @@ def test_scheduled_float_build_is_bit_identical(tmp_path, monkeypatch):
     convs = [f for f in legal.functions.values()
              if isinstance(f, tvm.tirx.PrimFunc) and "conv" in f.script() and "T.parallel" in f.script()]
     assert len(convs) == 4, "every float conv gets the parallel plane schedule"
+    # the 1x1 conv's plane is one loop: (n, c) fused, rc, ry, rx, then y*x -- the others keep y and x
+    assert sorted(_conv_loop_count(f) for f in convs) == [5, 6, 6, 6]
     x = {"x": rng.standard_normal((2, 3, 13, 11)).astype(np.float32)}
     scheduled = FloatRunner(mod, TARGET).run(x)
     with monkeypatch.context() as m:
