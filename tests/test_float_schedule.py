@@ -63,3 +63,15 @@ def test_non_conv_kernels_are_left_alone():
     out = te.compute((4, 8), lambda i, j: a[i, j] * 2.0, name="scale")
     func = te.create_prim_func([a, out])
     assert float_cpu.schedule_conv(func) is None
+
+
+def test_taps_outlive_the_next_run(tmp_path):
+    """FloatRunner.run hands out zero-copy views of the VM's result tensors: a later run must not
+    write into the arrays of an earlier one (calibration keeps none, but an evaluation may)."""
+    rng = np.random.default_rng(1)
+    runner = FloatRunner(canonicalize(import_onnx(conv_zoo(tmp_path, rng)).mod), TARGET)
+    first = runner.run({"x": rng.standard_normal((2, 3, 13, 11)).astype(np.float32)})
+    kept = [a.copy() for a in first[0] + first[1]]
+    for _ in range(3):
+        runner.run({"x": rng.standard_normal((2, 3, 13, 11)).astype(np.float32)})
+    assert all(np.array_equal(a, b) for a, b in zip(first[0] + first[1], kept))
