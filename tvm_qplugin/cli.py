@@ -11,6 +11,7 @@ import traceback
 import warnings
 from pathlib import Path
 
+from . import torch_gate
 from .errors import QPluginError, last_line, one_line
 from .quant.scheme import VARIANTS, NonlinearScheme
 
@@ -305,6 +306,7 @@ COMMANDS = {name: f"cmd_{name}" for name in ("compile", "tune", "verify", "inspe
 
 
 def main(argv: list[str] | None = None) -> int:
+    torch_gate.install()  # before any command imports tvm: TVM's own torch import costs ~2.4 s of CPU
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     # Python warnings (numpy's overflow/invalid on user data, ...) are held back: a failed command

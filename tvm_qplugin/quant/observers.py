@@ -28,22 +28,29 @@ class Histogram:
         return cls(np.zeros(BINS, dtype=np.float64), 0.0, np.inf, -np.inf)
 
     def update(self, x: np.ndarray) -> None:
+        """Add ``x``'s magnitudes. One pass each for min / max (they also find NaN / Inf: either
+        shows in an extreme), then |x| scaled, clipped and truncated in one float32 buffer: the
+        bin of ``|x| * (BINS / amax)`` capped at the last -- the same float32 products and so the
+        same counts as indexing then capping in int64, at ~1/3 of the time (calibration runs this
+        on every float tensor of every batch)."""
         x = np.asarray(x, dtype=np.float32).ravel()
         if x.size == 0:
             return
-        if not np.all(np.isfinite(x)):
+        xmin, xmax = float(x.min()), float(x.max())
+        if not (np.isfinite(xmin) and np.isfinite(xmax)):
             raise ValueError("non-finite values (NaN/Inf) in a calibration activation")
-        self.lo = min(self.lo, float(x.min()))
-        self.hi = max(self.hi, float(x.max()))
-        a = np.abs(x)
-        amax = float(a.max())
+        self.lo = min(self.lo, xmin)
+        self.hi = max(self.hi, xmax)
+        amax = max(-xmin, xmax)
         if amax > self.amax:
             self._rebin(amax)
         if self.amax == 0.0:
-            self.counts[0] += a.size
+            self.counts[0] += x.size
             return
-        idx = np.minimum((a * (BINS / self.amax)).astype(np.int64), BINS - 1)
-        self.counts += np.bincount(idx, minlength=BINS)
+        buf = np.abs(x)
+        buf *= BINS / self.amax            # float32 products (a Python float scalar stays weak)
+        np.minimum(buf, BINS - 1, out=buf)  # exact: BINS - 1 is a float32, and truncation is monotone
+        self.counts += np.bincount(buf.astype(np.intp), minlength=BINS)
 
     def _rebin(self, new_amax: float) -> None:
         """Widen the range; old bins move to the new bin holding their centre."""
