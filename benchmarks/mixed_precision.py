@@ -76,22 +76,27 @@ def compiled_figures(model: str, path: str, calib: dict, jobs: dict) -> dict:
         from qplugin_zoo import imagenet_calib_eval
 
         evaluation, key = {"input": imagenet_calib_eval()[1]}, "value"
-    out = {}
+    out, per_sample = {}, {}
     for name, options in jobs.items():
         t = time.perf_counter()
         art = tq.compile(path, target="x86-host", calib=calib, eval=evaluation, **options)
         r = art.report
+        x = xte if model.startswith("digits") else evaluation["input"]
+        kl, hit = per_sample_figures(path, art, x, yte if model.startswith("digits") else None)
+        per_sample[name] = (hit, kl)
         out[name] = {"acc": r["accuracy"].get(key), "inputs": r["accuracy"].get("inputs"),
-                     "kl_to_fp32": kl_to_fp32(path, art, xte if model.startswith("digits") else evaluation["input"]),
+                     "kl_to_fp32": round(float(kl.mean()), 6),
                      "weights_bytes": r["size_bytes"]["weights"], "bit_exact": r["bit_exact"],
                      "integer_only": r["integer_only"], "compile_s": round(time.perf_counter() - t, 1)}
         print(name, out[name], file=sys.stderr, flush=True)
+    out["per_sample"] = per_sample  # (hits, KL) per evaluation input: for paired_bootstrap; not printed
     return out
 
 
-def kl_to_fp32(path: str, art, x: np.ndarray, chunk: int = 32) -> float:
-    """Mean KL(fp32 || integer build) of the output distributions on ``x``: the finer measure of the
-    same inputs, where one digit is 0.19 point of accuracy and one MobileNetV2 crop 0.39 point."""
+def per_sample_figures(path: str, art, x: np.ndarray, labels=None, chunk: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Per input of ``x``: KL(fp32 || integer build) of the output distributions (the finer measure
+    of the same inputs, where one digit is 0.19 point of accuracy and one MobileNetV2 crop 0.39
+    point) and whether the build's top-1 is right (``labels``) or agrees with fp32's."""
     import torch
 
     from tvm_qplugin.mixed.torch_graph import load_torch_graph
@@ -104,7 +109,43 @@ def kl_to_fp32(path: str, art, x: np.ndarray, chunk: int = 32) -> float:
     with torch.no_grad():
         ref = log_softmax(np.concatenate([g.run({"input": x[i:i + chunk]})[0].numpy() for i in range(0, len(x), chunk)]))
     got = log_softmax(np.concatenate([art.run({"input": x[i:i + 1]})[0] for i in range(len(x))]))
-    return round(float((np.exp(ref) * (ref - got)).sum(axis=1).mean()), 6)
+    want = ref.argmax(axis=1) if labels is None else np.asarray(labels)
+    return (np.exp(ref) * (ref - got)).sum(axis=1), got.argmax(axis=1) == want
+
+
+def kl_to_fp32(path: str, art, x: np.ndarray, chunk: int = 32) -> float:
+    """Mean KL(fp32 || integer build) on ``x`` (:func:`per_sample_figures`)."""
+    return round(float(per_sample_figures(path, art, x, chunk=chunk)[0].mean()), 6)
+
+
+def crop_photos(count: int) -> np.ndarray:
+    """The photo each of the first ``count`` ImageNet crops comes from (qplugin_zoo.images: crop
+    ``i`` from photo ``i % len(real_photos())``): the clusters of :func:`paired_bootstrap`."""
+    from qplugin_zoo import real_photos
+
+    return np.arange(count) % len(real_photos())
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, clusters: np.ndarray | None = None, draws: int = 10000,
+                     seed: int = 0) -> dict:
+    """Does plan A's per-input figure ``a`` (hits, or KL) differ from plan B's ``b`` on the same
+    inputs by more than the inputs resolve? The difference (sum and mean) with 95 % percentile
+    intervals, resampling inputs -- or whole ``clusters``: the MobileNetV2 crops come from 15
+    photos (crop ``i`` from photo ``i % 15``), and crops of one photo are not independent, so
+    resampling crops alone would overstate what 256 of them resolve."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    ids = np.arange(len(d)) if clusters is None else np.asarray(clusters)
+    keys = np.unique(ids)
+    sums = np.array([d[ids == k].sum() for k in keys])
+    sizes = np.array([(ids == k).sum() for k in keys])
+    pick = np.random.default_rng(seed).integers(0, len(keys), (draws, len(keys)))
+    total, count = sums[pick].sum(axis=1), sizes[pick].sum(axis=1)
+    means = total / count
+    return {"diff_sum": float(d.sum()), "diff_mean": float(d.mean()), "discordant": int((d != 0).sum()),
+            "sum_ci95": [float(np.percentile(total, 2.5)), float(np.percentile(total, 97.5))],
+            "mean_ci95": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))],
+            "p_diff_le_0": float(np.mean(means <= 0)), "p_diff_ge_0": float(np.mean(means >= 0)),
+            "resampled": f"{len(keys)} {'inputs' if clusters is None else 'clusters'}"}
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -196,8 +237,9 @@ def main() -> None:
     t0 = time.perf_counter()
     path, calib, labels, evaluation, reference, settings = load(args.model, args.eval_count)
     if args.uniform == "only":  # needs no sensitivity: run it beside the planning run
-        print(json.dumps({"model": args.model, "compiled": compiled_figures(
-            args.model, path, calib, {"int4": {"precision": "int4"}, "int8": {"precision": "int8"}})}, indent=1))
+        compiled = compiled_figures(args.model, path, calib, {"int4": {"precision": "int4"}, "int8": {"precision": "int8"}})
+        compiled.pop("per_sample")
+        print(json.dumps({"model": args.model, "compiled": compiled}, indent=1))
         return
     g = load_torch_graph(path)
     if reference is None:  # agreement with fp32
@@ -259,8 +301,16 @@ def main() -> None:
         if args.uniform == "yes":
             jobs["int4"], jobs["int8"] = {"precision": "int4"}, {"precision": "int8"}
         out["compiled"] = compiled_figures(args.model, path, calib, jobs)
-        if "midway/auto" in out["plans"] and out["plans"]["midway/auto"]["chosen"] != "refined":
-            out["compiled"]["midway/auto"] = out["compiled"][f"midway/{out['plans']['midway/auto']['chosen']}"]
+        per_sample = out["compiled"].pop("per_sample")
+        auto = out["plans"].get("midway/auto", {}).get("chosen")
+        if auto is not None and auto != "refined":
+            out["compiled"]["midway/auto"] = out["compiled"][f"midway/{auto}"]
+            per_sample["midway/auto"] = per_sample[f"midway/{auto}"]
+        if "midway/auto" in per_sample:  # the product's plan vs each compiled random one, same inputs
+            clusters = None if args.model.startswith("digits") else crop_photos(len(per_sample["midway/auto"][0]))
+            out["auto_vs_random"] = {k: {what: paired_bootstrap(per_sample["midway/auto"][i], v[i], clusters)
+                                         for i, what in enumerate(("top1", "kl_to_fp32"))}
+                                     for k, v in per_sample.items() if k.startswith("random")}
     t = time.perf_counter()
     front = pareto_front(build_problem(sens, g.model), list(np.linspace(u4, u8, 9)))
     out["pareto_9_sizes_s"] = round(time.perf_counter() - t, 3)

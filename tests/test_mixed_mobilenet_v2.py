@@ -24,7 +24,8 @@ from tvm_qplugin.mixed.simulate import simulated_outputs, top1
 from tvm_qplugin.mixed.torch_graph import load_torch_graph, one_torch_thread
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from mixed_precision import MOBILENET_V2_SETTINGS, spearman  # one home for the settings
+from mixed_precision import (  # one home for the settings and the statistics
+    MOBILENET_V2_SETTINGS, crop_photos, paired_bootstrap, per_sample_figures, spearman)
 
 pytestmark = [pytest.mark.slow, pytest.mark.extended]
 SETTINGS = MOBILENET_V2_SETTINGS  # the benchmark's: cached there under the same key
@@ -67,27 +68,43 @@ def compiled(sens):
                                                       reference))
     runs = {"mixed": {"precision": "mixed", "layer_bits": plan.bits}, "int4": {"precision": "int4"},
             "random": {"precision": "mixed", "layer_bits": best_random}}
-    reports = {k: tq.compile(path, calib={"input": calib}, eval={"input": evaluation}, **v).report
-               for k, v in runs.items()}
-    return plan, midway, reports
+    reports, per_sample = {}, {}
+    for k, v in runs.items():
+        art = tq.compile(path, calib={"input": calib}, eval={"input": evaluation}, **v)
+        reports[k], per_sample[k] = art.report, per_sample_figures(path, art, evaluation)  # (KL, hit) per crop
+    return plan, midway, reports, per_sample
 
 
 def test_mixed_plan_fits_the_midway_size_and_the_ilp_is_fast(compiled):
-    plan, midway, reports = compiled
+    plan, midway, reports, _ = compiled
     assert plan.totals["size"] <= midway and plan.solve_s < 5.0, (plan.totals, plan.solve_s)
     assert all(r["bit_exact"] and r["integer_only"] for r in reports.values())
 
 
 def test_mixed_beats_uniform_int4(compiled):
-    _, _, reports = compiled
+    _, _, reports, _ = compiled
     acc = {k: r["accuracy"]["value"] for k, r in reports.items()}
     assert acc["mixed"] > acc["int4"], f"agreement with fp32: {acc}"
 
 
-@pytest.mark.xfail(strict=True, reason="open (stop 25): the product's plan (direct, by the auto check's KL "
-                   "tie-break) agrees on 221 crops, the best random plan by simulation on 222 (its KL to fp32 40 % "
-                   "higher); the opt-in refinement's plan 220; docs/mixed-precision.md 'Mixed precision', stop 25")
+def test_mixed_is_closer_to_fp32_than_the_best_random_plan_beyond_what_the_crops_resolve(compiled):
+    """The finer measure of the same crops: per crop KL(fp32 || build), mixed minus random, paired,
+    resampling whole photos (the 256 crops come from 15): the interval lies below 0. Stop 27: passed
+    (against random plan 4, below); against random plan 17, compiled outside this test, the
+    difference is -0.0175 with a photo-clustered 95 % interval of [-0.0267, -0.0096]."""
+    _, _, _, per_sample = compiled
+    (kl_mixed, _), (kl_random, _) = per_sample["mixed"], per_sample["random"]
+    r = paired_bootstrap(kl_mixed, kl_random, crop_photos(len(kl_mixed)))
+    assert r["mean_ci95"][1] < 0, r
+
+
 def test_mixed_beats_the_best_random_plan(compiled):
-    _, _, reports = compiled
+    """Against the best random plan by simulation on 32 crops. Stop 27 (run with the strict xfail
+    of stop 25 lifted: it passed): that is random plan 4 -- three plans tie at 24/32 and the first
+    is taken -- and the product's plan (the direct one, 221 crops) beats it compiled. Random plan
+    17, another of the tied ones (the benchmark takes the last), compiled agrees on 222 (stop 24/25/27): one crop more, 23
+    discordant crops, a photo-clustered paired interval of [-10, +8] crops for the difference --
+    not resolved by these 256 crops; on KL the product's plan is 30 % closer to fp32, resolved."""
+    _, _, reports, _ = compiled
     acc = {k: r["accuracy"]["value"] for k, r in reports.items()}
     assert acc["mixed"] > acc["random"], f"agreement with fp32: {acc}"
