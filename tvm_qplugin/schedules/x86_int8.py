@@ -102,6 +102,8 @@ class TensorizedRule:
     narrowed_op = None  # the op of this rule's kernels fused with a narrowing requantize (x86_narrowing.py)
     # ISAs on which pack_for takes x86_requant_narrow's epilogue where every call's constants prove it
     narrow_isas: tuple[str, ...] = ()
+    byte_pairs = False  # whether pack_for takes AVX2's vpmaddubsw (x86_byte_pairs.py) where the weights allow
+    reorders_k = False  # whether it then gathers the activations in a K order of its own (a k_order table)
 
     def _narrow_or_exact(self, func, params, shapes, isa, exact) -> Packing | None:
         """``exact``, or on :attr:`narrow_isas` a packing that picks x86_requant_narrow's epilogue
@@ -111,8 +113,6 @@ class TensorizedRule:
         check = NarrowCheck(shapes[0][1], _offset(isa, shapes[0][1]))
         return dataclasses.replace(exact, for_calls=lambda calls: narrow_or_exact(
             calls, check, exact, lambda kind: self.pack_for(func, params, shapes, isa, epilogue=kind)))
-    byte_pairs = False  # whether pack_for takes AVX2's vpmaddubsw (x86_byte_pairs.py) where the weights allow
-    reorders_k = False  # whether it then gathers the activations in a K order of its own (a k_order table)
 
     def _byte_pairs_or_exact(self, func, params, shapes, pair_isa, exact, calls) -> Packing:
         """``pair_isa``'s (``vpmaddubsw``) packing when every call's weights have a safe packed
