@@ -99,7 +99,7 @@ def schedule_conv(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc | None:
             or any(k != tvm.tirx.IterVar.CommReduce for k in kinds[n_spatial:])):
         return None
     outer, plane, reduce = loops[:2], loops[2:n_spatial], loops[n_spatial:]
-    pointwise = all(isinstance(e, tvm.tirx.IntImm) and e.value == 1 for e in (sch.get(r).extent for r in reduce[1:]))
+    pointwise = all(_extent(sch, r) == 1 for r in reduce[1:])
     try:
         sch.reorder(*outer, *reduce, *plane)
         sch.parallel(fuse_loops(sch, outer))
