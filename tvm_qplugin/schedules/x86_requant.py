@@ -235,9 +235,9 @@ def _epilogue_at(sch, tile, lanes: int) -> None:
 
 def _tensorized_epilogue_at(sch, tile, lanes: int, requant: dict, acc_scope: str, grouped: bool = False,
                             intrin: str | None = None) -> None:
-    """Requantize each accumulator tile under its ``tile`` loop with :func:`epilogue_intrin` (or
-    ``intrin``: x86_requant_narrow's) (one
-    output channel per tile row, ``lanes`` pixels per step) into the tile ``y_tile``, then copy
+    """Requantize each accumulator tile under its ``tile`` loop with :func:`epilogue_intrin`, or
+    ``intrin`` (x86_requant_narrow's), one output channel per tile row and ``lanes`` pixels per
+    step, into the tile ``y_tile``, then copy
     its rows to the NCHW output (the intrinsic writes a whole vector: on the 4-D output a vector
     of a flattened pixel range is no rectangle tensorize can match)."""
     stage = sch.get_sblock("y_tile")
